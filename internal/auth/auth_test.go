@@ -1,0 +1,130 @@
+package auth
+
+import (
+	"encoding/base64"
+	"errors"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/golang-jwt/jwt/v5"
+)
+
+var secret = []byte("test-secret")
+
+func TestVerify(t *testing.T) {
+	good, err := Mint(secret, "app-1", RoleClient, []string{"dev-*"}, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	expired, _ := Mint(secret, "app-1", RoleClient, nil, -time.Minute)
+	wrong, _ := Mint([]byte("other"), "app-1", RoleClient, nil, time.Hour)
+	noneTok := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"none","typ":"JWT"}`)) + "." +
+		base64.RawURLEncoding.EncodeToString([]byte(`{"sub":"app-1","role":"client","exp":9999999999}`)) + "."
+	hs512, _ := jwt.NewWithClaims(jwt.SigningMethodHS512, jwt.MapClaims{"sub": "app-1", "role": "client", "exp": time.Now().Add(time.Hour).Unix()}).SignedString(secret)
+	noExp, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "app-1", "role": "client"}).SignedString(secret)
+	badRole, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "app-1", "role": "root", "exp": time.Now().Add(time.Hour).Unix()}).SignedString(secret)
+	badSub, _ := jwt.NewWithClaims(jwt.SigningMethodHS256, jwt.MapClaims{"sub": "a/b", "role": "client", "exp": time.Now().Add(time.Hour).Unix()}).SignedString(secret)
+	// An RS256 header over an HMAC signature: algorithm confusion must fail.
+	parts := strings.Split(good, ".")
+	rs256 := base64.RawURLEncoding.EncodeToString([]byte(`{"alg":"RS256","typ":"JWT"}`)) + "." + parts[1] + "." + parts[2]
+
+	v, err := NewVerifier(secret)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name  string
+		token string
+		want  error
+	}{
+		{"good", good, nil},
+		{"missing", "", ErrMissing},
+		{"garbage", "not-a-token", ErrMalformed},
+		{"expired", expired, ErrExpired},
+		{"wrong secret", wrong, ErrSignature},
+		{"alg none", noneTok, ErrSignature},
+		{"alg HS512", hs512, ErrSignature},
+		{"alg RS256", rs256, ErrSignature},
+		{"no exp", noExp, ErrClaims},
+		{"bad role", badRole, ErrClaims},
+		{"bad sub", badSub, ErrClaims},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c, err := v.Verify(tt.token)
+			if tt.want == nil {
+				if err != nil {
+					t.Fatalf("Verify = %v, want nil", err)
+				}
+				if c.Identity() != "app-1" || c.Role != RoleClient {
+					t.Fatalf("claims = %+v, want app-1/client", c)
+				}
+				return
+			}
+			if !errors.Is(err, tt.want) {
+				t.Fatalf("Verify = %v, want %v", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestMayCommand(t *testing.T) {
+	tests := []struct {
+		role   Role
+		globs  []string
+		device string
+		want   bool
+	}{
+		{RoleClient, []string{"dev-*"}, "dev-1", true},
+		{RoleClient, []string{"dev-*"}, "pump-1", false},
+		{RoleClient, []string{"pump-?", "dev-1"}, "pump-7", true},
+		{RoleClient, nil, "dev-1", false},
+		{RoleDevice, []string{"*"}, "dev-1", false},
+		{RoleOperator, nil, "anything", true},
+	}
+	for _, tt := range tests {
+		c := &Claims{Role: tt.role, Devices: tt.globs}
+		if got := c.MayCommand(tt.device); got != tt.want {
+			t.Errorf("%s %v MayCommand(%q) = %v, want %v", tt.role, tt.globs, tt.device, got, tt.want)
+		}
+	}
+}
+
+func TestMintRefuses(t *testing.T) {
+	if _, err := Mint(nil, "a", RoleClient, nil, time.Hour); !errors.Is(err, ErrNoSecret) {
+		t.Errorf("Mint without secret = %v, want ErrNoSecret", err)
+	}
+	if _, err := Mint(secret, "a:b", RoleClient, nil, time.Hour); err == nil {
+		t.Errorf("Mint with bad identity = nil, want error")
+	}
+	if _, err := Mint(secret, "a", "root", nil, time.Hour); !errors.Is(err, ErrClaims) {
+		t.Errorf("Mint with bad role = %v, want ErrClaims", err)
+	}
+	if _, err := Mint(secret, "a", RoleClient, []string{"["}, time.Hour); !errors.Is(err, ErrClaims) {
+		t.Errorf("Mint with bad glob = %v, want ErrClaims", err)
+	}
+}
+
+func TestBearerToken(t *testing.T) {
+	for in, want := range map[string]string{"Bearer abc": "abc", "bearer  abc ": "abc", "Basic abc": "", "Bearer": "", "": ""} {
+		if got := BearerToken(in); got != want {
+			t.Errorf("BearerToken(%q) = %q, want %q", in, got, want)
+		}
+	}
+}
+
+func FuzzVerify(f *testing.F) {
+	good, _ := Mint(secret, "app-1", RoleClient, []string{"dev-*"}, time.Hour)
+	f.Add(good)
+	f.Add("")
+	f.Add("a.b.c")
+	f.Add("eyJhbGciOiJub25lIn0.e30.")
+	v, _ := NewVerifier(secret)
+	f.Fuzz(func(t *testing.T, tok string) {
+		c, err := v.Verify(tok)
+		if err == nil && (c == nil || !c.Role.Valid() || c.Identity() == "") {
+			t.Fatalf("Verify(%q) accepted invalid claims %+v", tok, c)
+		}
+	})
+}

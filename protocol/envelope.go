@@ -1,0 +1,108 @@
+package protocol
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// EnvelopeVersion is the version written into every envelope. Readers
+// accept any envelope whose version is at most this and ignore unknown
+// fields, so a newer writer may add fields without breaking older readers.
+const EnvelopeVersion = 1
+
+// Envelope kinds.
+const (
+	KindCommand = "command" // apiserver → commands queue: a client's request
+	KindResult  = "result"  // pushserver → results queue: a device's response
+)
+
+// Envelope is the body of every AMQP message (DESIGN §6). Times are UTC
+// with millisecond precision; durations are milliseconds.
+type Envelope struct {
+	V      int    `json:"v"`
+	Kind   string `json:"kind"`
+	Client string `json:"client"`
+	Device string `json:"device"`
+	// MsgID is the client's own ID, as the client wrote it.
+	MsgID ID `json:"msg_id"`
+	// Payload is the JSON-RPC request (commands) as the device will get it
+	// apart from its id, or the device's JSON-RPC response (results).
+	Payload json.RawMessage `json:"payload"`
+	// AcceptedAt is when the apiserver accepted the command.
+	AcceptedAt time.Time `json:"accepted_at"`
+	// DeliverBy is the deadline for delivery to the device (expires_in).
+	DeliverBy time.Time `json:"deliver_by,omitzero"`
+	// AnswerWithinMS is the device's answer deadline after delivery (timeout).
+	AnswerWithinMS int64 `json:"answer_within_ms,omitempty"`
+	// Attempt counts publishes of this command (1 for the first; a replay
+	// from the dead letters adds one).
+	Attempt int `json:"attempt"`
+	// TraceParent is the W3C trace context of the request.
+	TraceParent string `json:"traceparent,omitempty"`
+}
+
+// AnswerWithin returns AnswerWithinMS as a duration.
+func (e *Envelope) AnswerWithin() time.Duration {
+	return time.Duration(e.AnswerWithinMS) * time.Millisecond
+}
+
+// Errors of envelope decoding.
+var ErrEnvelope = errors.New("protocol: invalid envelope")
+
+// Encode returns the JSON of e, stamping the current version.
+func (e *Envelope) Encode() ([]byte, error) {
+	e.V = EnvelopeVersion
+	b, err := json.Marshal(e)
+	if err != nil {
+		return nil, fmt.Errorf("protocol: cannot encode envelope: %w", err)
+	}
+	return b, nil
+}
+
+// DecodeEnvelope parses and checks an envelope: known version and kind,
+// valid identities and message ID, a JSON payload. Unknown fields are
+// ignored.
+func DecodeEnvelope(b []byte) (*Envelope, error) {
+	var e Envelope
+	if err := json.Unmarshal(b, &e); err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrEnvelope, err)
+	}
+	switch {
+	case e.V < 1 || e.V > EnvelopeVersion:
+		return nil, fmt.Errorf("%w: unsupported version %d", ErrEnvelope, e.V)
+	case e.Kind != KindCommand && e.Kind != KindResult:
+		return nil, fmt.Errorf("%w: unknown kind %q", ErrEnvelope, e.Kind)
+	case !ValidIdentity(e.Client):
+		return nil, fmt.Errorf("%w: client %q", ErrEnvelope, e.Client)
+	case !ValidIdentity(e.Device):
+		return nil, fmt.Errorf("%w: device %q", ErrEnvelope, e.Device)
+	case e.MsgID.IsZero():
+		return nil, fmt.Errorf("%w: msg_id missing", ErrEnvelope)
+	case len(bytes.TrimSpace(e.Payload)) == 0 || !json.Valid(e.Payload):
+		return nil, fmt.Errorf("%w: payload is not JSON", ErrEnvelope)
+	}
+	return &e, nil
+}
+
+// DeviceRequest returns the JSON-RPC request the device receives for a
+// command envelope: the client's method and params, with the id
+// "{client}:{id}".
+func (e *Envelope) DeviceRequest() ([]byte, error) {
+	var req struct {
+		Method string          `json:"method"`
+		Params json.RawMessage `json:"params,omitempty"`
+	}
+	if err := json.Unmarshal(e.Payload, &req); err != nil {
+		return nil, fmt.Errorf("%w: payload: %w", ErrEnvelope, err)
+	}
+	out := struct {
+		JSONRPC string          `json:"jsonrpc"`
+		Method  string          `json:"method"`
+		Params  json.RawMessage `json:"params,omitempty"`
+		ID      string          `json:"id"`
+	}{Version, req.Method, req.Params, DeviceMsgID(e.Client, e.MsgID)}
+	return json.Marshal(out)
+}

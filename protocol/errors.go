@@ -1,0 +1,145 @@
+package protocol
+
+import (
+	"encoding/json"
+	"net/http"
+)
+
+// JSON-RPC 2.0 error codes of the specification.
+const (
+	CodeParseError     = -32700
+	CodeInvalidRequest = -32600
+	CodeMethodNotFound = -32601
+	CodeInvalidParams  = -32602
+	CodeInternalError  = -32603
+)
+
+// Gateway result codes: the error of a command's result when the gateway,
+// not the device, decided its final status (data.source = "gateway").
+const (
+	CodeTimeout   = -32001
+	CodeExpired   = -32002
+	CodeDead      = -32003
+	CodeCancelled = -32004
+	CodeRejected  = -32005
+)
+
+// Gateway HTTP error codes, each paired with one HTTP status (HTTPStatus).
+const (
+	CodeUnauthorized = -32010
+	CodeForbidden    = -32011
+	CodeNotFound     = -32012
+	CodeConflict     = -32013
+	CodeTooLarge     = -32014
+	CodeRateLimited  = -32015
+	CodeUnavailable  = -32016
+)
+
+// SourceGateway is data.source of every error the gateway makes; a device
+// may use the same codes for its own errors, and source tells them apart.
+const SourceGateway = "gateway"
+
+// Error is a JSON-RPC 2.0 error object. It implements error.
+type Error struct {
+	Code    int             `json:"code"`
+	Message string          `json:"message"`
+	Data    json.RawMessage `json:"data,omitempty"`
+}
+
+// Error returns the message with its code.
+func (e *Error) Error() string {
+	return "jsonrpc error " + itoa(int64(e.Code)) + ": " + e.Message
+}
+
+// NewError returns a gateway error: data is {"source":"gateway"} plus the
+// given fields (which may not override source).
+func NewError(code int, message string, fields map[string]any) *Error {
+	data := map[string]any{}
+	for k, v := range fields {
+		data[k] = v
+	}
+	data["source"] = SourceGateway
+	raw, err := json.Marshal(data)
+	if err != nil {
+		raw = []byte(`{"source":"gateway"}`)
+	}
+	return &Error{Code: code, Message: message, Data: raw}
+}
+
+// Source returns data.source of e, or "" when there is none.
+func (e *Error) Source() string {
+	var d struct {
+		Source string `json:"source"`
+	}
+	if len(e.Data) == 0 || json.Unmarshal(e.Data, &d) != nil {
+		return ""
+	}
+	return d.Source
+}
+
+// Constructors for the errors of DESIGN §3 and §4.
+func ErrParse(detail string) *Error {
+	return NewError(CodeParseError, "parse error: "+detail, nil)
+}
+func ErrInvalidRequest(detail string) *Error {
+	return NewError(CodeInvalidRequest, "invalid request: "+detail, nil)
+}
+func ErrUnauthorized(detail string) *Error {
+	return NewError(CodeUnauthorized, "unauthorized: "+detail, nil)
+}
+func ErrForbidden(detail string) *Error {
+	return NewError(CodeForbidden, "forbidden: "+detail, nil)
+}
+func ErrNotFound(detail string) *Error {
+	return NewError(CodeNotFound, "not found: "+detail, nil)
+}
+func ErrConflict(detail string) *Error {
+	return NewError(CodeConflict, "conflict: "+detail, nil)
+}
+func ErrTooLarge(detail string) *Error {
+	return NewError(CodeTooLarge, "request too large: "+detail, nil)
+}
+func ErrRateLimited(detail string) *Error {
+	return NewError(CodeRateLimited, "rate limited: "+detail, nil)
+}
+func ErrUnavailable(detail string) *Error {
+	return NewError(CodeUnavailable, "service unavailable: "+detail, nil)
+}
+
+// ResultError returns the gateway error a client receives when its
+// command ends in status s without a device answer (timeout, expired,
+// dead, cancelled, rejected); nil for other statuses.
+func ResultError(s Status, detail string) *Error {
+	code := s.ResultCode()
+	if code == 0 {
+		return nil
+	}
+	msg := string(s)
+	if detail != "" {
+		msg += ": " + detail
+	}
+	return NewError(code, msg, map[string]any{"status": string(s)})
+}
+
+// HTTPStatus returns the HTTP status that goes with an error code.
+func HTTPStatus(code int) int {
+	switch code {
+	case CodeParseError, CodeInvalidRequest, CodeInvalidParams, CodeMethodNotFound:
+		return http.StatusBadRequest
+	case CodeUnauthorized:
+		return http.StatusUnauthorized
+	case CodeForbidden:
+		return http.StatusForbidden
+	case CodeNotFound:
+		return http.StatusNotFound
+	case CodeConflict:
+		return http.StatusConflict
+	case CodeTooLarge:
+		return http.StatusRequestEntityTooLarge
+	case CodeRateLimited:
+		return http.StatusTooManyRequests
+	case CodeUnavailable:
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusInternalServerError
+}

@@ -1,0 +1,157 @@
+package protocol
+
+import "fmt"
+
+// Status is the state of one command (DESIGN §4).
+type Status string
+
+// The statuses of a command. See doc.go for their meaning, owners and
+// ThingsBoard equivalents.
+const (
+	StatusPending   Status = "pending"
+	StatusQueued    Status = "queued"
+	StatusSent      Status = "sent"
+	StatusDelivered Status = "delivered"
+	StatusSucceeded Status = "succeeded"
+	StatusFailed    Status = "failed"
+	StatusTimeout   Status = "timeout"
+	StatusExpired   Status = "expired"
+	StatusCancelled Status = "cancelled"
+	StatusRejected  Status = "rejected"
+	StatusDead      Status = "dead"
+)
+
+// Statuses lists every status in lifecycle order.
+var Statuses = []Status{
+	StatusPending, StatusQueued, StatusSent, StatusDelivered,
+	StatusSucceeded, StatusFailed, StatusTimeout, StatusExpired,
+	StatusCancelled, StatusRejected, StatusDead,
+}
+
+// Owner is the part of the gateway that may set a status.
+type Owner string
+
+// The owners of transitions.
+const (
+	OwnerAPI    Owner = "apiserver"
+	OwnerWorker Owner = "msgworker"
+	OwnerPush   Owner = "pushserver"
+)
+
+// Transition is one legal change of status and the part that makes it.
+type Transition struct {
+	From, To Status
+	By       Owner
+}
+
+// Transitions is the table of every legal status change. Anything not in
+// it is refused by the scripts in package mailbox.
+var Transitions = []Transition{
+	{StatusPending, StatusQueued, OwnerAPI},
+	{StatusQueued, StatusSent, OwnerWorker},
+	{StatusQueued, StatusCancelled, OwnerAPI},
+	{StatusQueued, StatusExpired, OwnerWorker},
+	{StatusQueued, StatusRejected, OwnerWorker},
+	{StatusQueued, StatusDead, OwnerWorker},
+	{StatusSent, StatusDelivered, OwnerPush},
+	{StatusSent, StatusSucceeded, OwnerWorker},
+	{StatusSent, StatusFailed, OwnerWorker},
+	{StatusSent, StatusCancelled, OwnerAPI},
+	{StatusSent, StatusExpired, OwnerWorker},
+	{StatusSent, StatusTimeout, OwnerWorker},
+	{StatusSent, StatusDead, OwnerWorker},
+	{StatusDelivered, StatusSucceeded, OwnerWorker},
+	{StatusDelivered, StatusFailed, OwnerWorker},
+	{StatusDelivered, StatusTimeout, OwnerWorker},
+	{StatusDelivered, StatusDead, OwnerWorker},
+}
+
+// Final reports whether s is a final status: nothing changes it again.
+func (s Status) Final() bool {
+	switch s {
+	case StatusSucceeded, StatusFailed, StatusTimeout, StatusExpired,
+		StatusCancelled, StatusRejected, StatusDead:
+		return true
+	}
+	return false
+}
+
+// Valid reports whether s is one of the statuses.
+func (s Status) Valid() bool {
+	for _, v := range Statuses {
+		if s == v {
+			return true
+		}
+	}
+	return false
+}
+
+// ParseStatus returns the status named s.
+func ParseStatus(s string) (Status, error) {
+	if st := Status(s); st.Valid() {
+		return st, nil
+	}
+	return "", fmt.Errorf("protocol: unknown status %q", s)
+}
+
+// CanTransition reports whether by may change a command from one status
+// to another.
+func CanTransition(from, to Status, by Owner) bool {
+	for _, t := range Transitions {
+		if t.From == from && t.To == to && t.By == by {
+			return true
+		}
+	}
+	return false
+}
+
+// Sources lists the statuses from which to is legal, in table order.
+func Sources(to Status) []Status {
+	var out []Status
+	for _, t := range Transitions {
+		if t.To == to {
+			out = append(out, t.From)
+		}
+	}
+	return out
+}
+
+// ThingsBoard maps a status to ThingsBoard's persistent RPC state.
+func (s Status) ThingsBoard() string {
+	switch s {
+	case StatusPending, StatusQueued:
+		return "QUEUED"
+	case StatusSent:
+		return "SENT"
+	case StatusDelivered:
+		return "DELIVERED"
+	case StatusSucceeded:
+		return "SUCCESSFUL"
+	case StatusTimeout:
+		return "TIMEOUT"
+	case StatusExpired:
+		return "EXPIRED"
+	case StatusFailed, StatusCancelled, StatusRejected, StatusDead:
+		return "FAILED"
+	}
+	return ""
+}
+
+// ResultCode is the gateway error code carried by the client's result for
+// a final status the gateway decided (0 for succeeded and failed, whose
+// result comes from the device).
+func (s Status) ResultCode() int {
+	switch s {
+	case StatusTimeout:
+		return CodeTimeout
+	case StatusExpired:
+		return CodeExpired
+	case StatusDead:
+		return CodeDead
+	case StatusCancelled:
+		return CodeCancelled
+	case StatusRejected:
+		return CodeRejected
+	}
+	return 0
+}
