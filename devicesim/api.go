@@ -1,0 +1,152 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// API is a small client of the gateway's HTTP API.
+type API struct {
+	Base string
+	HTTP *http.Client
+}
+
+// NewAPI returns a client for the gateway at base, with connection reuse
+// sized for load generation.
+func NewAPI(base string) *API {
+	tr := &http.Transport{
+		Proxy:               nil,
+		DialContext:         (&net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second}).DialContext,
+		MaxIdleConns:        4096,
+		MaxIdleConnsPerHost: 4096,
+		IdleConnTimeout:     90 * time.Second,
+	}
+	return &API{Base: strings.TrimRight(base, "/"), HTTP: &http.Client{Transport: tr, Timeout: 70 * time.Second}}
+}
+
+// APIError is a non-2xx answer of the gateway.
+type APIError struct {
+	Status int
+	Code   int
+	Msg    string
+	Body   string
+}
+
+func (e *APIError) Error() string {
+	if e.Code != 0 {
+		return fmt.Sprintf("gateway answered %d: %d %s", e.Status, e.Code, e.Msg)
+	}
+	return fmt.Sprintf("gateway answered %d: %s", e.Status, strings.TrimSpace(e.Body))
+}
+
+// Do sends a request with a bearer token and decodes a 2xx JSON answer
+// into out (when not nil). It returns the HTTP status too.
+func (a *API) Do(ctx context.Context, method, path, token string, body []byte, out any) (int, error) {
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequestWithContext(ctx, method, a.Base+path, rd)
+	if err != nil {
+		return 0, fmt.Errorf("cannot build request: %w", err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
+	}
+	if token != "" {
+		req.Header.Set("Authorization", "Bearer "+token)
+	}
+	resp, err := a.HTTP.Do(req)
+	if err != nil {
+		return 0, err
+	}
+	defer resp.Body.Close()
+	raw, err := io.ReadAll(io.LimitReader(resp.Body, 8<<20))
+	if err != nil {
+		return resp.StatusCode, fmt.Errorf("cannot read answer: %w", err)
+	}
+	if resp.StatusCode/100 != 2 {
+		e := &APIError{Status: resp.StatusCode, Body: string(raw)}
+		var env struct {
+			Error struct {
+				Code    int    `json:"code"`
+				Message string `json:"message"`
+			} `json:"error"`
+		}
+		if json.Unmarshal(raw, &env) == nil {
+			e.Code, e.Msg = env.Error.Code, env.Error.Message
+		}
+		return resp.StatusCode, e
+	}
+	if out != nil {
+		if err := json.Unmarshal(raw, out); err != nil {
+			return resp.StatusCode, fmt.Errorf("cannot decode answer: %w", err)
+		}
+	}
+	return resp.StatusCode, nil
+}
+
+// Owner is the answer of GET /v1/connect/{identity}.
+type Owner struct {
+	Node    string `json:"node"`
+	MQTTURL string `json:"mqtt_url"`
+}
+
+// Connect asks which push server owns identity.
+func (a *API) Connect(ctx context.Context, identity, token string) (Owner, error) {
+	var o Owner
+	_, err := a.Do(ctx, http.MethodGet, "/v1/connect/"+url.PathEscape(identity), token, nil, &o)
+	if err != nil {
+		return o, fmt.Errorf("cannot find the push server of %s: %w", identity, err)
+	}
+	return o, nil
+}
+
+// Accepted is the answer to an accepted command.
+type Accepted struct {
+	ID        json.RawMessage `json:"id"`
+	Status    string          `json:"status"`
+	StatusURL string          `json:"status_url"`
+}
+
+// SendCommand posts one JSON-RPC request to device.
+func (a *API) SendCommand(ctx context.Context, token, device string, req []byte, timeout, expiresIn time.Duration) (Accepted, int, error) {
+	q := url.Values{}
+	if timeout > 0 {
+		q.Set("timeout", timeout.String())
+	}
+	if expiresIn > 0 {
+		q.Set("expires_in", expiresIn.String())
+	}
+	path := "/v1/devices/" + url.PathEscape(device) + "/commands"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	var acc Accepted
+	status, err := a.Do(ctx, http.MethodPost, path, token, req, &acc)
+	return acc, status, err
+}
+
+// brokerURL turns the gateway's advertised mqtt:// or mqtts:// URL into
+// the scheme paho expects.
+func brokerURL(advertised string) (string, error) {
+	u, err := url.Parse(advertised)
+	if err != nil || u.Host == "" {
+		return "", fmt.Errorf("bad MQTT URL %q", advertised)
+	}
+	switch u.Scheme {
+	case "mqtt", "tcp":
+		return "tcp://" + u.Host, nil
+	case "mqtts", "ssl", "tls":
+		return "ssl://" + u.Host, nil
+	}
+	return "", fmt.Errorf("unsupported MQTT URL scheme %q", u.Scheme)
+}

@@ -1,0 +1,357 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/protocol"
+)
+
+// LoadOptions configure a load run.
+type LoadOptions struct {
+	Clients      int
+	ClientPrefix string
+	Devices      int
+	Prefix       string
+	Rate         float64 // commands per second, open loop; 0: closed loop with Concurrency
+	Concurrency  int
+	Duration     time.Duration
+	Method       string
+	Timeout      time.Duration
+	ExpiresIn    time.Duration
+	Drain        time.Duration // longest wait for quiescence after the run
+	MaxInflight  int
+	JSON         bool
+	Progress     bool
+}
+
+func loadCmd(ctx context.Context, g *globals) *cobra.Command {
+	var o LoadOptions
+	cmd := &cobra.Command{
+		Use:   "load",
+		Short: "Send commands from M clients to a fleet at a fixed rate or concurrency, and report latency and loss",
+		Long: `M simulated clients, each subscribed to its results over MQTT, send commands to
+devices {prefix}0 … {prefix}{N-1} (run "devicesim fleet" for them). With --rate the
+load is open loop: commands are scheduled at fixed times and the round trip is
+measured from the scheduled time, so a slow gateway cannot hide its delay
+(no coordinated omission). With --rate 0 each of --concurrency workers sends the
+next command as soon as the previous one was answered by the API.
+
+After the run it waits (at most --drain) until every accepted command has its
+result, then reports: accepted (202), rejected (4xx), indeterminate (timeouts,
+5xx), received once, duplicated, lost (accepted, never received), unexpected
+(received, never sent) and wrong (an echo result that is not its params, or an
+error no device or gateway rule explains).`,
+		Example: `  devicesim load --clients 10 --devices 100 --prefix dev- --rate 500 --duration 30s --method echo --json`,
+		Args:    cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			rep, err := RunLoad(ctx, g, o)
+			if err != nil {
+				return err
+			}
+			if o.JSON {
+				enc := json.NewEncoder(g.stdout)
+				enc.SetIndent("", "  ")
+				return enc.Encode(rep)
+			}
+			rep.WriteTable(g.stdout)
+			return nil
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&o.Clients, "clients", 10, "number of simulated clients")
+	f.StringVar(&o.ClientPrefix, "client-prefix", "load-", "client identity prefix")
+	f.IntVar(&o.Devices, "devices", 100, "number of devices (run devicesim fleet with the same --devices and --prefix)")
+	f.StringVar(&o.Prefix, "prefix", "dev-", "device ID prefix")
+	f.Float64Var(&o.Rate, "rate", 100, "commands per second (open loop); 0 for closed loop with --concurrency")
+	f.IntVar(&o.Concurrency, "concurrency", 64, "closed-loop workers when --rate is 0")
+	f.DurationVar(&o.Duration, "duration", 10*time.Second, "how long to send")
+	f.StringVar(&o.Method, "method", "echo", "JSON-RPC method")
+	f.DurationVar(&o.Timeout, "timeout", 10*time.Second, "the device must answer within this after delivery")
+	f.DurationVar(&o.ExpiresIn, "expires-in", time.Minute, "the command must be delivered within this")
+	f.DurationVar(&o.Drain, "drain", 0, "longest wait for all results after the run (default: timeout + 20s)")
+	f.IntVar(&o.MaxInflight, "max-inflight", 2048, "most HTTP requests in flight at once")
+	f.BoolVar(&o.JSON, "json", false, "print the report as JSON")
+	f.BoolVar(&o.Progress, "progress", true, "print a live progress line to stderr")
+	return cmd
+}
+
+// LoadReport is the outcome of a load run. Its JSON keys are an interface
+// that outside scripts rely on.
+type LoadReport struct {
+	Clients       int           `json:"clients"`
+	Devices       int           `json:"devices"`
+	Method        string        `json:"method"`
+	TargetRate    float64       `json:"target_rate_per_s"`
+	DurationS     float64       `json:"duration_s"`
+	Sent          int64         `json:"sent"`
+	Accepted      int64         `json:"accepted"`
+	Rejected      int64         `json:"rejected"`
+	Indeterminate int64         `json:"indeterminate"`
+	Received      int64         `json:"received"`
+	Duplicated    int64         `json:"duplicated"`
+	Lost          int64         `json:"lost"`
+	Unexpected    int64         `json:"unexpected"`
+	Wrong         int64         `json:"wrong"`
+	Outcomes      Outcomes      `json:"outcomes"`
+	Throughput    float64       `json:"throughput_per_s"`
+	AcceptLatency Percentiles   `json:"accept_latency_ms"`
+	RoundTrip     Percentiles   `json:"roundtrip_latency_ms"`
+	RejectedBy    map[int]int64 `json:"rejected_by_status,omitempty"`
+	Errors        []string      `json:"sample_errors,omitempty"`
+}
+
+// Outcomes counts the first result of each command by kind.
+type Outcomes struct {
+	Succeeded   int64 `json:"succeeded"`
+	DeviceError int64 `json:"device_error"`
+	Timeout     int64 `json:"timeout"`
+	Expired     int64 `json:"expired"`
+	OtherGW     int64 `json:"other_gateway_error"`
+}
+
+type cmdRecord struct {
+	scheduled time.Time
+	params    []byte
+	state     int32 // 0 sending, 1 accepted, 2 rejected, 3 indeterminate
+	results   int
+}
+
+type ledger struct {
+	mu       sync.Mutex
+	recs     map[string]*cmdRecord
+	method   string
+	rep      *LoadReport
+	rtt      Recorder
+	accepted Recorder
+	pending  atomic.Int64 // accepted and not yet received
+	errs     []string
+}
+
+func (l *ledger) onResult(client string, r Result) {
+	id, err := protocol.ParseID(r.Resp.ID)
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	var rec *cmdRecord
+	if err == nil {
+		rec = l.recs[client+"\x00"+id.Key()]
+	}
+	if rec == nil {
+		l.rep.Unexpected++
+		return
+	}
+	rec.results++
+	if rec.results > 1 {
+		l.rep.Duplicated++
+		return
+	}
+	l.rep.Received++
+	if rec.state == 1 {
+		l.pending.Add(-1)
+	}
+	l.rtt.Add(r.At.Sub(rec.scheduled))
+	switch e := r.Resp.Error; {
+	case e == nil:
+		l.rep.Outcomes.Succeeded++
+		if l.method == "echo" && !sameJSON(r.Resp.Result, rec.params) {
+			l.rep.Wrong++
+			l.sample(fmt.Sprintf("echo result %s, want %s", r.Resp.Result, rec.params))
+		}
+	case e.Source() == protocol.SourceGateway && e.Code == protocol.CodeTimeout:
+		l.rep.Outcomes.Timeout++
+	case e.Source() == protocol.SourceGateway && e.Code == protocol.CodeExpired:
+		l.rep.Outcomes.Expired++
+	case e.Source() == protocol.SourceGateway:
+		l.rep.Outcomes.OtherGW++
+	case e.Code == SimulatedFailureCode:
+		l.rep.Outcomes.DeviceError++
+	default:
+		l.rep.Outcomes.DeviceError++
+		if l.method == "echo" {
+			l.rep.Wrong++
+			l.sample(fmt.Sprintf("unexplained device error %d %s", e.Code, e.Message))
+		}
+	}
+}
+
+func (l *ledger) sample(s string) {
+	if len(l.errs) < 10 {
+		l.errs = append(l.errs, s)
+	}
+}
+
+func sameJSON(a, b []byte) bool {
+	ca, err1 := protocol.CanonicalJSON(a)
+	cb, err2 := protocol.CanonicalJSON(b)
+	return err1 == nil && err2 == nil && bytes.Equal(ca, cb)
+}
+
+// RunLoad runs one load against a running gateway and fleet.
+func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error) {
+	secret, err := g.secret()
+	if err != nil {
+		return nil, err
+	}
+	if o.Clients < 1 || o.Devices < 1 || o.Duration <= 0 || o.Rate < 0 || (o.Rate == 0 && o.Concurrency < 1) {
+		return nil, errors.New("need --clients ≥ 1, --devices ≥ 1, --duration > 0, and --rate > 0 or --concurrency ≥ 1")
+	}
+	if o.Drain == 0 {
+		o.Drain = o.Timeout + 20*time.Second
+	}
+	api := NewAPI(g.API)
+	rep := &LoadReport{Clients: o.Clients, Devices: o.Devices, Method: o.Method, TargetRate: o.Rate, RejectedBy: map[int]int64{}}
+	l := &ledger{recs: map[string]*cmdRecord{}, method: o.Method, rep: rep}
+
+	// Clients connect and subscribe before anything is sent.
+	sessCtx, stopSessions := context.WithCancel(context.WithoutCancel(ctx))
+	var sessWG sync.WaitGroup
+	defer func() { stopSessions(); sessWG.Wait() }()
+	clients := make([]string, o.Clients)
+	tokens := make([]string, o.Clients)
+	sessions := make([]*Session, o.Clients)
+	for i := range clients {
+		clients[i] = fmt.Sprintf("%s%d", o.ClientPrefix, i)
+		tokens[i], err = auth.Mint(secret, clients[i], auth.RoleClient, []string{o.Prefix + "*"}, 24*time.Hour)
+		if err != nil {
+			return nil, err
+		}
+		c := clients[i]
+		sessions[i] = NewClientSession(c, tokens[i], api, func(r Result) { l.onResult(c, r) })
+		sessions[i].Log = g.log
+		sessWG.Add(1)
+		go func() { defer sessWG.Done(); sessions[i].Run(sessCtx, nil) }()
+	}
+	for _, s := range sessions {
+		select {
+		case <-s.Ready():
+		case <-time.After(30 * time.Second):
+			return nil, fmt.Errorf("client %s could not connect to its push server within 30s", s.Identity)
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+
+	runID := strconv.FormatInt(time.Now().UnixNano(), 36)
+	var seq atomic.Int64
+	sem := make(chan struct{}, max(o.MaxInflight, 1))
+	var sendWG sync.WaitGroup
+	send := func(scheduled time.Time) {
+		n := seq.Add(1)
+		ci := int(n) % o.Clients
+		device := o.Prefix + strconv.Itoa(rand.IntN(o.Devices))
+		id := runID + "-" + strconv.FormatInt(n, 10)
+		params := []byte(`{"seq":` + strconv.FormatInt(n, 10) + `,"client":"` + clients[ci] + `"}`)
+		body := []byte(`{"jsonrpc":"2.0","method":"` + o.Method + `","params":` + string(params) + `,"id":"` + id + `"}`)
+		key := clients[ci] + "\x00" + id
+		rec := &cmdRecord{scheduled: scheduled, params: params}
+		l.mu.Lock()
+		l.recs[key] = rec
+		rep.Sent++
+		l.mu.Unlock()
+		start := time.Now()
+		_, status, err := api.SendCommand(ctx, tokens[ci], device, body, o.Timeout, o.ExpiresIn)
+		lat := time.Since(start)
+		l.mu.Lock()
+		defer l.mu.Unlock()
+		switch {
+		case err == nil:
+			rec.state = 1
+			rep.Accepted++
+			l.accepted.Add(lat)
+			if rec.results == 0 {
+				l.pending.Add(1)
+			}
+		case status >= 400 && status < 500:
+			rec.state = 2
+			rep.Rejected++
+			rep.RejectedBy[status]++
+			l.sample(err.Error())
+		default:
+			rec.state = 3
+			rep.Indeterminate++
+			l.sample(err.Error())
+		}
+	}
+
+	runCtx, stopRun := context.WithTimeout(ctx, o.Duration)
+	defer stopRun()
+	if o.Progress {
+		progCtx, stopProg := context.WithCancel(ctx)
+		defer stopProg()
+		go progress(progCtx, g.stderr, func() string {
+			l.mu.Lock()
+			defer l.mu.Unlock()
+			return fmt.Sprintf("sent %d  accepted %d  rejected %d  indeterminate %d  received %d  waiting %d",
+				rep.Sent, rep.Accepted, rep.Rejected, rep.Indeterminate, rep.Received, l.pending.Load())
+		})
+	}
+	began := time.Now()
+	if o.Rate > 0 {
+		interval := time.Duration(float64(time.Second) / o.Rate)
+		for i := 0; ; i++ {
+			at := began.Add(time.Duration(i) * interval)
+			if at.Sub(began) >= o.Duration {
+				break
+			}
+			if d := time.Until(at); d > 0 {
+				sleep(runCtx, d)
+			}
+			if runCtx.Err() != nil {
+				break
+			}
+			sem <- struct{}{}
+			sendWG.Add(1)
+			go func() { defer sendWG.Done(); defer func() { <-sem }(); send(at) }()
+		}
+	} else {
+		for w := 0; w < o.Concurrency; w++ {
+			sendWG.Add(1)
+			go func() {
+				defer sendWG.Done()
+				for runCtx.Err() == nil {
+					send(time.Now())
+				}
+			}()
+		}
+	}
+	sendWG.Wait()
+	sent := time.Since(began)
+
+	// Quiescence: every accepted command has a result, or the drain ends.
+	deadline := time.Now().Add(o.Drain)
+	for l.pending.Load() > 0 && time.Now().Before(deadline) && ctx.Err() == nil {
+		sleep(ctx, 50*time.Millisecond)
+	}
+	sleep(ctx, 300*time.Millisecond) // let late duplicates show
+	elapsed := time.Since(began)
+
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	for _, rec := range l.recs {
+		if rec.state == 1 && rec.results == 0 {
+			rep.Lost++
+		}
+	}
+	rep.DurationS = sent.Seconds()
+	if elapsed > 0 {
+		rep.Throughput = float64(rep.Received) / elapsed.Seconds()
+	}
+	rep.AcceptLatency = l.accepted.Summary()
+	rep.RoundTrip = l.rtt.Summary()
+	rep.Errors = l.errs
+	if len(rep.RejectedBy) == 0 {
+		rep.RejectedBy = nil
+	}
+	return rep, nil
+}
