@@ -1,0 +1,229 @@
+// Package mailbox holds all Redis state of delivery: the command records
+// (status machine and idempotency), one mailbox per identity (a Redis
+// Stream), the timer set, the live-session registry, the node wake
+// signals, and the Lua scripts that change several of them at once.
+//
+// # Design
+//
+// Every status transition of a command is a compare-and-set inside one
+// Lua script, so a transition and its side effects are atomic: a command
+// enters a device's mailbox at most once (Dispatch), leaves it at the
+// first PUBACK (Ack) or when the command becomes final, and every script
+// that sets a final status also removes the command's device-mailbox
+// entry, cancels its timers, appends exactly one result to the client's
+// mailbox and sets the record's expiry to Options.Retention.
+//
+// Any script that appends to a mailbox signals the push server that should
+// stream it ("store, then forward", DESIGN §5): the node of the
+// identity's live session when that node is still a ring member, else the
+// ring owner the caller passed. A signal is SADD NodePending(node) plus
+// PUBLISH NodeWake(node); the pub/sub message is the fast path, the
+// pending set (TakePending) is what a node's sweep reads when a message
+// was lost.
+//
+// # Who calls what
+//
+//   - apiserver: Reserve, then publish with confirm, then MarkQueued (or
+//     Release when the publish definitely failed); Get, List, Cancel,
+//     CancelAll, DeadList, ReplayDead, Totals, StatusCounts.
+//   - msgworker: Dispatch for each command delivery, Complete for each
+//     device response, FireTimers in a loop, MarkDead for dead letters.
+//   - pushserver: SetSession/ClearSession, Wake and TakePending to learn
+//     which mailboxes to stream, Fetch to read them and Ack on PUBACK.
+//
+// # Errors
+//
+// Callers test errors with errors.Is against ErrNotFound, ErrConflict,
+// ErrFull and ErrState. Any other error means Redis is unavailable (or
+// answered something unexpected); it wraps the go-redis error.
+//
+// # Redis layout
+//
+// Keys come from protocol.Keys. A command record is a hash at
+// Keys.Command(client, idKey) with the fields listed in record.go. A
+// mailbox entry has the fields t (topic), p (payload), x (expiry, unix ms)
+// and, for a command entry, c (client) and k (message ID key). Timer set
+// members are "d|{client}|{key}" (deliver-by) and "a|{client}|{key}"
+// (answer-within), scored by due time in unix ms.
+package mailbox
+
+import (
+	"encoding/json"
+	"errors"
+	"io"
+	"log/slog"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/iotgw/gateway/protocol"
+)
+
+// Options configure a Store. The zero value of every field means its
+// default.
+type Options struct {
+	// Retention is how long final records and their result entries are
+	// kept. Default 24h.
+	Retention time.Duration
+	// MailboxCap is the number of entries a mailbox holds at most.
+	// Default 10000.
+	MailboxCap int
+	// Lease is how long a pending reservation is held (twice the confirm
+	// timeout). Default 10s.
+	Lease time.Duration
+	// Now is the clock. Default time.Now; tests may fake it.
+	Now func() time.Time
+	// Logger receives diagnostics. Default discards.
+	Logger *slog.Logger
+}
+
+func (o *Options) ensureDefaults() {
+	if o.Retention <= 0 {
+		o.Retention = 24 * time.Hour
+	}
+	if o.MailboxCap <= 0 {
+		o.MailboxCap = 10000
+	}
+	if o.Lease <= 0 {
+		o.Lease = 10 * time.Second
+	}
+	if o.Now == nil {
+		o.Now = time.Now
+	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+}
+
+// Store is the Redis state of delivery of one namespace. It is safe for
+// concurrent use.
+type Store struct {
+	rdb  redis.UniversalClient
+	keys protocol.Keys
+	opts Options
+	log  *slog.Logger
+}
+
+// New returns the Store of namespace ns on rdb.
+func New(rdb redis.UniversalClient, ns string, opts Options) *Store {
+	opts.ensureDefaults()
+	return &Store{rdb: rdb, keys: protocol.NewKeys(ns), opts: opts, log: opts.Logger}
+}
+
+// Keys returns the key builder of the store's namespace.
+func (s *Store) Keys() protocol.Keys { return s.keys }
+
+// Errors returned by the Store. Wrapped errors (ErrState carries the
+// status) are tested with errors.Is.
+var (
+	ErrNotFound = errors.New("mailbox: command not found")
+	ErrConflict = errors.New("mailbox: same id with a different body")
+	ErrFull     = errors.New("mailbox: mailbox full")
+	ErrState    = errors.New("mailbox: command is not in a state that allows this")
+)
+
+// Command is one command record.
+type Command struct {
+	Client, Device string
+	// ID is the client's ID as written (the record keeps Raw()).
+	ID          protocol.ID
+	Method      string
+	Params      json.RawMessage
+	Fingerprint string // protocol.Fingerprint(...)
+	Status      protocol.Status
+	Timeout     time.Duration // answer within this after delivery
+	ExpiresIn   time.Duration // deliver within this after acceptance
+
+	// Times of the transitions; zero means not yet.
+	CreatedAt, QueuedAt, SendingAt, SentAt, DeliveredAt, FinishedAt time.Time
+	DeliverBy                                                       time.Time // CreatedAt + ExpiresIn
+
+	// Attempts counts PUBLISHes to the device (incremented by Fetch).
+	Attempts int
+	// Response is the JSON-RPC response the client gets once the command
+	// is final, with the client's own id: the device's result or error,
+	// or the gateway's error (-32001..-32005, data.source "gateway").
+	Response json.RawMessage
+	// Late is a device answer that arrived after the command was final
+	// (recorded, then dropped).
+	Late json.RawMessage
+	// Reason says why the command is dead, rejected, expired, timed out or
+	// cancelled (free text).
+	Reason string
+	// ResultDropped is set when the client's mailbox was full at the final
+	// transition: the result was not appended (it stays readable here).
+	ResultDropped bool
+
+	// LeaseToken and LeaseUntil describe a pending reservation. The token
+	// is only returned to the caller that holds the lease (Reserved or
+	// Retake); Get and Exists leave it empty.
+	LeaseToken string
+	LeaseUntil time.Time
+}
+
+// ReserveOutcome says what Reserve did.
+type ReserveOutcome int
+
+// The outcomes of Reserve.
+const (
+	// Reserved: a new pending record with a lease; the caller publishes,
+	// then calls MarkQueued, or Release if the publish failed.
+	Reserved ReserveOutcome = iota
+	// Retake: an earlier pending record with the same fingerprint had
+	// run out of lease; the caller now holds a fresh lease and publishes
+	// again.
+	Retake
+	// Exists: the same fingerprint, not pending or pending within someone
+	// else's lease. The existing command is returned: the caller returns
+	// it, or, when it is still pending, polls Get for the outcome.
+	Exists
+)
+
+// String names the outcome.
+func (o ReserveOutcome) String() string {
+	switch o {
+	case Reserved:
+		return "reserved"
+	case Retake:
+		return "retake"
+	case Exists:
+		return "exists"
+	}
+	return "unknown"
+}
+
+// Outcome is what a msgworker-side operation did to a command.
+type Outcome string
+
+// The outcomes of Dispatch, Complete, FireTimers and MarkDead.
+const (
+	OutcomeNoop      Outcome = "noop"      // nothing changed
+	OutcomeSent      Outcome = "sent"      // queued → sent, in the device's mailbox
+	OutcomeExpired   Outcome = "expired"   // deliver-by passed
+	OutcomeRejected  Outcome = "rejected"  // the device's mailbox was full
+	OutcomeSucceeded Outcome = "succeeded" // the device answered with a result
+	OutcomeFailed    Outcome = "failed"    // the device answered with an error
+	OutcomeLate      Outcome = "late"      // an answer after the command was final: recorded, dropped
+	OutcomeTimeout   Outcome = "timeout"   // no answer within the timeout
+	OutcomeDead      Outcome = "dead"      // dead-lettered
+	OutcomeRearmed   Outcome = "rearmed"   // deliver-by fired while on the wire: waits one timeout
+)
+
+// Entry is one message of a mailbox.
+type Entry struct {
+	ID      string // stream entry ID
+	Topic   string // MQTT topic to publish on
+	Payload []byte // bytes to publish
+	Expires time.Time
+	// Client and MsgKey name the command a command entry carries; both are
+	// "" for other entries (results).
+	Client, MsgKey string
+}
+
+// Totals are the monitoring totals of a namespace.
+type Totals struct {
+	Mailboxes int64 // non-empty mailboxes
+	Entries   int64 // entries in all mailboxes
+	Timers    int64 // armed timers
+	Dead      int64 // dead-lettered commands
+}

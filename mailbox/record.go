@@ -1,0 +1,195 @@
+package mailbox
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/iotgw/gateway/protocol"
+)
+
+// A command record is a hash at protocol.Keys.Command(client, idKey) with
+// these fields (times are unix ms, durations ms; absent = not yet):
+//
+//	client, device   identities
+//	id               the client's ID as raw JSON (protocol.ID.Raw)
+//	key              the ID's key (protocol.ID.Key)
+//	method, params   the request (params raw JSON, may be empty)
+//	fp               fingerprint (protocol.Fingerprint)
+//	status           protocol.Status
+//	tmo, exp         timeout and expires_in
+//	created, queued, sending, sent, delivered, finished, deliver_by
+//	attempts         PUBLISHes to the device
+//	entry            stream entry ID in the device's mailbox while it is there
+//	resp             the client's final JSON-RPC response
+//	late             a device answer after the command was final
+//	reason           why it ended as it did (gateway statuses)
+//	dropped          "1" when the client's mailbox was full at the final transition
+//	lease, lease_until, retakes   pending reservations
+//	replays          times an operator replayed it from the dead letters
+const (
+	fClient     = "client"
+	fDevice     = "device"
+	fID         = "id"
+	fKey        = "key"
+	fMethod     = "method"
+	fParams     = "params"
+	fFP         = "fp"
+	fStatus     = "status"
+	fTimeout    = "tmo"
+	fExpires    = "exp"
+	fCreated    = "created"
+	fQueued     = "queued"
+	fSending    = "sending"
+	fSent       = "sent"
+	fDelivered  = "delivered"
+	fFinished   = "finished"
+	fDeliverBy  = "deliver_by"
+	fAttempts   = "attempts"
+	fResp       = "resp"
+	fLate       = "late"
+	fReason     = "reason"
+	fDropped    = "dropped"
+	fLease      = "lease"
+	fLeaseUntil = "lease_until"
+)
+
+// decodeRecord turns the fields of a record hash into a Command.
+func decodeRecord(m map[string]string) (*Command, error) {
+	id, err := protocol.ParseID(json.RawMessage(m[fID]))
+	if err != nil {
+		return nil, fmt.Errorf("mailbox: corrupt record %s:%s: id: %w", m[fClient], m[fKey], err)
+	}
+	c := &Command{
+		Client:      m[fClient],
+		Device:      m[fDevice],
+		ID:          id,
+		Method:      m[fMethod],
+		Fingerprint: m[fFP],
+		Status:      protocol.Status(m[fStatus]),
+		Timeout:     msDur(m[fTimeout]),
+		ExpiresIn:   msDur(m[fExpires]),
+		CreatedAt:   msTime(m[fCreated]),
+		QueuedAt:    msTime(m[fQueued]),
+		SendingAt:   msTime(m[fSending]),
+		SentAt:      msTime(m[fSent]),
+		DeliveredAt: msTime(m[fDelivered]),
+		FinishedAt:  msTime(m[fFinished]),
+		DeliverBy:   msTime(m[fDeliverBy]),
+		Reason:      m[fReason],
+		LeaseToken:  m[fLease],
+		LeaseUntil:  msTime(m[fLeaseUntil]),
+	}
+	c.Attempts, _ = strconv.Atoi(m[fAttempts])
+	c.ResultDropped = m[fDropped] == "1"
+	if v := m[fParams]; v != "" {
+		c.Params = json.RawMessage(v)
+	}
+	if v := m[fResp]; v != "" {
+		c.Response = json.RawMessage(v)
+	}
+	if v := m[fLate]; v != "" {
+		c.Late = json.RawMessage(v)
+	}
+	return c, nil
+}
+
+func msTime(s string) time.Time {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n == 0 {
+		return time.Time{}
+	}
+	return time.UnixMilli(n)
+}
+
+func msDur(s string) time.Duration {
+	n, _ := strconv.ParseInt(s, 10, 64)
+	return time.Duration(n) * time.Millisecond
+}
+
+// pairs turns a flat [k1 v1 k2 v2 …] reply into a map.
+func pairs(v any) map[string]string {
+	a, _ := v.([]any)
+	m := make(map[string]string, len(a)/2)
+	for i := 0; i+1 < len(a); i += 2 {
+		k, _ := a[i].(string)
+		val, _ := a[i+1].(string)
+		m[k] = val
+	}
+	return m
+}
+
+// recordReply decodes a record returned by a script, nil when empty.
+func recordReply(v any) (*Command, error) {
+	m := pairs(v)
+	if len(m) == 0 {
+		return nil, nil
+	}
+	return decodeRecord(m)
+}
+
+// run runs a script with the common arguments (prefix, now, retention,
+// cap) followed by args.
+func (s *Store) run(ctx context.Context, sc *redis.Script, key string, args ...any) (any, error) {
+	base := make([]any, 0, 4+len(args))
+	base = append(base, s.keys.Prefix(), s.now().UnixMilli(), s.opts.Retention.Milliseconds(), s.opts.MailboxCap)
+	base = append(base, args...)
+	var keys []string
+	if key != "" {
+		keys = []string{key}
+	}
+	v, err := sc.Run(ctx, s.rdb, keys, base...).Result()
+	if errors.Is(err, redis.Nil) {
+		return nil, nil
+	}
+	return v, err
+}
+
+func (s *Store) now() time.Time { return s.opts.Now() }
+
+// reply splits a script's {outcome, value} reply.
+func reply(v any) (string, any) {
+	a, _ := v.([]any)
+	if len(a) == 0 {
+		return "", nil
+	}
+	head := fmt.Sprint(a[0])
+	if len(a) < 2 {
+		return head, nil
+	}
+	return head, a[1]
+}
+
+// gatewayError returns the '"error":{…}' member of the client's result
+// for a final status decided by the gateway.
+func gatewayError(st protocol.Status, reason string) string {
+	b, err := json.Marshal(protocol.ResultError(st, reason))
+	if err != nil { // cannot happen: the error holds only strings
+		b = []byte(`{"code":` + strconv.Itoa(st.ResultCode()) + `,"message":"` + string(st) + `"}`)
+	}
+	return `"error":` + string(b)
+}
+
+func newToken() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// timer members: "d|client|key" (deliver-by), "a|client|key" (answer-within).
+func parseTimer(m string) (kind, client, key string, ok bool) {
+	kind, rest, ok1 := strings.Cut(m, "|")
+	client, key, ok2 := strings.Cut(rest, "|")
+	if !ok1 || !ok2 || (kind != "d" && kind != "a") || client == "" || key == "" {
+		return "", "", "", false
+	}
+	return kind, client, key, true
+}

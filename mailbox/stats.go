@@ -1,0 +1,162 @@
+package mailbox
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"strings"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/iotgw/gateway/protocol"
+)
+
+// Totals returns the monitoring totals: non-empty mailboxes, their
+// entries, armed timers and dead-lettered commands. It walks the
+// Mailboxes set (SSCAN + XLEN), forgetting mailboxes found empty or gone.
+func (s *Store) Totals(ctx context.Context) (Totals, error) {
+	var t Totals
+	var cursor uint64
+	for {
+		ids, next, err := s.rdb.SScan(ctx, s.keys.Mailboxes(), cursor, "", 500).Result()
+		if err != nil {
+			return t, fmt.Errorf("cannot total mailboxes: %w", err)
+		}
+		lens := make([]*redis.IntCmd, len(ids))
+		_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, id := range ids {
+				lens[i] = p.XLen(ctx, s.keys.Mailbox(id))
+			}
+			return nil
+		})
+		if err != nil {
+			return t, fmt.Errorf("cannot total mailboxes: %w", err)
+		}
+		for i, id := range ids {
+			n := lens[i].Val()
+			if n == 0 {
+				if _, err := s.run(ctx, pruneScript, s.keys.Mailbox(id), id); err != nil {
+					return t, fmt.Errorf("cannot total mailboxes: %w", err)
+				}
+				continue
+			}
+			t.Mailboxes++
+			t.Entries += n
+		}
+		if cursor = next; cursor == 0 {
+			break
+		}
+	}
+	var timers, dead *redis.IntCmd
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		timers = p.ZCard(ctx, s.keys.Timers())
+		dead = p.ZCard(ctx, s.keys.Dead())
+		return nil
+	})
+	if err != nil {
+		return t, fmt.Errorf("cannot total timers: %w", err)
+	}
+	t.Timers, t.Dead = timers.Val(), dead.Val()
+	return t, nil
+}
+
+// StatusCounts returns how many transitions into each status happened
+// over the last minutes minutes (1 to 60, clamped), the current minute
+// included. Statuses without transitions are absent. The scripts count
+// into StatusCounts(unix minute) hashes that expire after about an hour;
+// the same hashes also count the events "late" (answers after final) and
+// "result_dropped" (results a full client mailbox refused), which
+// EventCounts returns.
+func (s *Store) StatusCounts(ctx context.Context, minutes int) (map[protocol.Status]int64, error) {
+	all, err := s.counts(ctx, minutes)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[protocol.Status]int64)
+	for k, n := range all {
+		if st := protocol.Status(k); st.Valid() {
+			out[st] = n
+		}
+	}
+	return out, nil
+}
+
+// EventCounts returns the counts of the events that are not statuses
+// ("late", "result_dropped") over the last minutes minutes.
+func (s *Store) EventCounts(ctx context.Context, minutes int) (map[string]int64, error) {
+	all, err := s.counts(ctx, minutes)
+	if err != nil {
+		return nil, err
+	}
+	out := make(map[string]int64)
+	for k, n := range all {
+		if !protocol.Status(k).Valid() {
+			out[k] = n
+		}
+	}
+	return out, nil
+}
+
+func (s *Store) counts(ctx context.Context, minutes int) (map[string]int64, error) {
+	minutes = min(max(minutes, 1), 60)
+	cur := s.now().Unix() / 60
+	cmds := make([]*redis.MapStringStringCmd, minutes)
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := range cmds {
+			cmds[i] = p.HGetAll(ctx, s.keys.StatusCounts(cur-int64(i)))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot read status counts: %w", err)
+	}
+	out := make(map[string]int64)
+	for _, c := range cmds {
+		for k, v := range c.Val() {
+			n, _ := strconv.ParseInt(v, 10, 64)
+			out[k] += n
+		}
+	}
+	return out, nil
+}
+
+// CheckDurability returns a warning when Redis does not run with
+// appendonly yes and appendfsync always (the mailbox is only as durable
+// as Redis, DESIGN §7), "" when it does. When CONFIG GET is refused (a
+// managed Redis, an ACL) the warning says durability could not be
+// checked.
+func CheckDurability(ctx context.Context, rdb redis.UniversalClient) string {
+	get := func(name string) (string, error) {
+		m, err := rdb.ConfigGet(ctx, name).Result()
+		if err != nil {
+			return "", err
+		}
+		return m[name], nil
+	}
+	aof, err := get("appendonly")
+	if err != nil {
+		return "cannot check Redis durability (CONFIG GET refused: " + err.Error() + "); the gateway needs appendonly yes and appendfsync always to lose nothing"
+	}
+	fsync, err := get("appendfsync")
+	if err != nil {
+		return "cannot check Redis durability (CONFIG GET refused: " + err.Error() + "); the gateway needs appendonly yes and appendfsync always to lose nothing"
+	}
+	var bad []string
+	if !strings.EqualFold(aof, "yes") {
+		bad = append(bad, "appendonly is "+quote(aof)+", want yes")
+	}
+	if !strings.EqualFold(fsync, "always") {
+		bad = append(bad, "appendfsync is "+quote(fsync)+", want always")
+	}
+	if len(bad) == 0 {
+		return ""
+	}
+	return "Redis is not durable: " + strings.Join(bad, "; ") + ": mailboxes and command records written in the last moments before a Redis crash can be lost"
+}
+
+func quote(s string) string {
+	if s == "" {
+		return `""`
+	}
+	return strconv.Quote(s)
+}

@@ -1,0 +1,98 @@
+package mailbox
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/iotgw/gateway/protocol"
+)
+
+// fetchScanMax bounds the stale entries one Fetch may skip (and delete)
+// beyond count; skipped entries are gone, so the next Fetch goes further.
+const fetchScanMax = 1000
+
+// Fetch returns up to count entries of identity's mailbox after stream
+// ID after ("" or "0" = from the start), in order. It deletes the entries
+// it skips: expired ones, and command entries whose command is final,
+// gone, or no longer carried by that entry. For each command entry it
+// returns whose command is sent, it stamps SendingAt (the first time: the
+// command is now on the wire, Cancel answers 409) and increments Attempts,
+// in the same script. So call Fetch only for entries about to be
+// published. It scans at most count+1000 entries; an empty result means
+// the mailbox has nothing more after after.
+func (s *Store) Fetch(ctx context.Context, identity, after string, count int) ([]Entry, error) {
+	if count <= 0 {
+		return nil, nil
+	}
+	v, err := s.run(ctx, fetchScript, s.keys.Mailbox(identity), after, count, count+fetchScanMax)
+	if err != nil {
+		return nil, fmt.Errorf("cannot fetch mailbox of %s: %w", identity, err)
+	}
+	rows, _ := v.([]any)
+	out := make([]Entry, 0, len(rows))
+	for _, row := range rows {
+		f, _ := row.([]any)
+		if len(f) < 6 {
+			return nil, fmt.Errorf("cannot fetch mailbox of %s: malformed reply", identity)
+		}
+		str := func(i int) string { s, _ := f[i].(string); return s }
+		x, _ := strconv.ParseInt(str(3), 10, 64)
+		out = append(out, Entry{
+			ID:      str(0),
+			Topic:   str(1),
+			Payload: []byte(str(2)),
+			Expires: time.UnixMilli(x),
+			Client:  str(4),
+			MsgKey:  str(5),
+		})
+	}
+	return out, nil
+}
+
+// Ack removes one entry of identity's mailbox after its PUBACK. For a
+// command entry whose command is still sent (and carried by this entry)
+// it is the delivered transition: stamps DeliveredAt, cancels the
+// deliver-by timer and arms the answer-within timer at now+Timeout. For a
+// command already final (or any other entry) it only deletes the entry.
+// Acking an entry that is gone is a no-op.
+func (s *Store) Ack(ctx context.Context, identity string, e Entry) error {
+	if _, err := s.run(ctx, ackScript, s.keys.Mailbox(identity), identity, e.ID, e.Client, e.MsgKey); err != nil {
+		return fmt.Errorf("cannot ack entry %s of %s: %w", e.ID, identity, err)
+	}
+	return nil
+}
+
+// Len returns the number of entries in identity's mailbox, expired ones
+// included until something deletes them.
+func (s *Store) Len(ctx context.Context, identity string) (int64, error) {
+	n, err := s.rdb.XLen(ctx, s.keys.Mailbox(identity)).Result()
+	if err != nil {
+		return 0, fmt.Errorf("cannot count mailbox of %s: %w", identity, err)
+	}
+	return n, nil
+}
+
+// Put appends a message to identity's mailbox and signals (the live
+// session's node, else owner); it returns the entry ID. expires zero
+// means now + Retention. ErrFull when the mailbox holds MailboxCap
+// entries that have not expired.
+func (s *Store) Put(ctx context.Context, identity, topic string, payload []byte, expires time.Time, owner string) (string, error) {
+	if !protocol.ValidIdentity(identity) {
+		return "", fmt.Errorf("mailbox: cannot put: %w", protocol.CheckIdentity(identity))
+	}
+	if expires.IsZero() {
+		expires = s.now().Add(s.opts.Retention)
+	}
+	v, err := s.run(ctx, putScript, s.keys.Mailbox(identity), identity, topic, string(payload), expires.UnixMilli(), owner)
+	if err != nil {
+		return "", fmt.Errorf("cannot put into mailbox of %s: %w", identity, err)
+	}
+	head, id := reply(v)
+	if head == "full" {
+		return "", fmt.Errorf("%w: %s", ErrFull, identity)
+	}
+	sid, _ := id.(string)
+	return sid, nil
+}
