@@ -1,0 +1,150 @@
+package amqpx
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/iotgw/gateway/protocol"
+)
+
+// Declare declares the namespace's topology on ch: every exchange of
+// topo.Exchanges() durable and of kind protocol.ExchangeKind, every queue of
+// topo.Bindings() durable with exactly its arguments (quorum queues with
+// the delivery limit and dead-lettering), and each queue's binding. Dead
+// letter queues come first, so a main queue's dead-letter target exists.
+//
+// Every process calls it identically, on every (re)connect; declaring an
+// existing topology again is a no-op. A declaration that differs from what
+// exists closes ch with PRECONDITION_FAILED, which Declare returns.
+func Declare(ch *amqp.Channel, topo protocol.Topology) error {
+	for _, ex := range topo.Exchanges() {
+		if err := ch.ExchangeDeclare(ex, protocol.ExchangeKind, true, false, false, false, nil); err != nil {
+			return fmt.Errorf("cannot declare exchange %s: %w", ex, err)
+		}
+	}
+	for _, b := range topo.Bindings() {
+		if _, err := ch.QueueDeclare(b.Queue, true, false, false, false, amqp.Table(b.Args)); err != nil {
+			return fmt.Errorf("cannot declare queue %s: %w", b.Queue, err)
+		}
+		if err := ch.QueueBind(b.Queue, b.RoutingKey, b.Exchange, false, nil); err != nil {
+			return fmt.Errorf("cannot bind queue %s to %s: %w", b.Queue, b.Exchange, err)
+		}
+	}
+	return nil
+}
+
+// QueueInfo is what a passive declare tells about a queue.
+type QueueInfo struct {
+	Messages  int // ready messages (not counting unacked ones)
+	Consumers int // consumers attached
+}
+
+// QueueDepth does a passive declare of each queue on a channel of its own
+// and returns the ready messages and consumer counts by queue name. A queue
+// that does not exist is left out of the map and reported in the error;
+// the map always holds every queue that could be inspected. It returns
+// early when ctx is done.
+func QueueDepth(ctx context.Context, conn *amqp.Connection, queues ...string) (map[string]QueueInfo, error) {
+	type result struct {
+		m   map[string]QueueInfo
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		m := make(map[string]QueueInfo, len(queues))
+		var errs []error
+		var ch *amqp.Channel
+		defer func() {
+			if ch != nil {
+				_ = ch.Close()
+			}
+		}()
+		for _, q := range queues {
+			if ctx.Err() != nil {
+				errs = append(errs, ctx.Err())
+				break
+			}
+			if ch == nil || ch.IsClosed() {
+				var err error
+				if ch, err = conn.Channel(); err != nil {
+					ch = nil
+					errs = append(errs, fmt.Errorf("cannot open channel: %w", err))
+					break
+				}
+			}
+			qi, err := ch.QueueDeclarePassive(q, true, false, false, false, nil)
+			if err != nil {
+				errs = append(errs, fmt.Errorf("cannot inspect queue %s: %w", q, err))
+				continue
+			}
+			m[q] = QueueInfo{Messages: qi.Messages, Consumers: qi.Consumers}
+		}
+		done <- result{m, errors.Join(errs...)}
+	}()
+	select {
+	case r := <-done:
+		return r.m, r.err
+	case <-ctx.Done():
+		return map[string]QueueInfo{}, fmt.Errorf("cannot inspect queues: %w", ctx.Err())
+	}
+}
+
+// Dial opens a connection with the options' URL, connection name and
+// socket write timeout (Options.ConfirmTimeout), giving up when ctx is
+// done. Callers own the connection; Publisher and Consumer dial their own.
+func Dial(ctx context.Context, opts Options) (*amqp.Connection, error) {
+	opts.ensureDefaults()
+	return dial(ctx, &opts)
+}
+
+func dial(ctx context.Context, o *Options) (*amqp.Connection, error) {
+	props := amqp.NewConnectionProperties()
+	if o.Name != "" {
+		props.SetClientConnectionName(o.Name)
+	}
+	writeTimeout := o.ConfirmTimeout
+	cfg := amqp.Config{
+		Properties: props,
+		Heartbeat:  10 * time.Second,
+		Locale:     "en_US",
+		Dial: func(network, addr string) (net.Conn, error) {
+			d := net.Dialer{Timeout: 30 * time.Second}
+			c, err := d.DialContext(ctx, network, addr)
+			if err != nil {
+				return nil, err
+			}
+			// The handshake must finish in time too.
+			if err := c.SetDeadline(time.Now().Add(30 * time.Second)); err != nil {
+				_ = c.Close()
+				return nil, err
+			}
+			return &deadlineConn{Conn: c, write: writeTimeout}, nil
+		},
+	}
+	conn, err := amqp.DialConfig(o.URL, cfg)
+	if err != nil {
+		return nil, &Error{Op: "connect", Reason: "not connected", Recover: true, Err: fmt.Errorf("%w: %w", ErrNotConnected, err)}
+	}
+	return conn, nil
+}
+
+// deadlineConn bounds every write: a broker that stops reading (a blocked
+// connection whose socket buffers are full, a dead peer) makes the write
+// fail after the timeout, which closes the connection, instead of hanging
+// a publisher forever.
+type deadlineConn struct {
+	net.Conn
+	write time.Duration
+}
+
+func (c *deadlineConn) Write(p []byte) (int, error) {
+	if err := c.Conn.SetWriteDeadline(time.Now().Add(c.write)); err != nil {
+		return 0, err
+	}
+	return c.Conn.Write(p)
+}
