@@ -1,7 +1,6 @@
 package protocol
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -52,19 +51,31 @@ func (e *Envelope) AnswerWithin() time.Duration {
 // Errors of envelope decoding.
 var ErrEnvelope = errors.New("protocol: invalid envelope")
 
-// Encode returns the JSON of e, stamping the current version.
+// Encode returns the JSON of e, stamping the current version. Times are
+// written in UTC, truncated to the millisecond (e itself keeps them as
+// they are).
 func (e *Envelope) Encode() ([]byte, error) {
 	e.V = EnvelopeVersion
-	b, err := json.Marshal(e)
+	c := *e
+	c.AcceptedAt = wireTime(c.AcceptedAt)
+	c.DeliverBy = wireTime(c.DeliverBy)
+	b, err := json.Marshal(&c)
 	if err != nil {
 		return nil, fmt.Errorf("protocol: cannot encode envelope: %w", err)
 	}
 	return b, nil
 }
 
+func wireTime(t time.Time) time.Time {
+	if t.IsZero() {
+		return t
+	}
+	return t.UTC().Truncate(time.Millisecond)
+}
+
 // DecodeEnvelope parses and checks an envelope: known version and kind,
-// valid identities and message ID, a JSON payload. Unknown fields are
-// ignored.
+// valid identities and message ID, a payload that is a JSON object.
+// Unknown fields are ignored.
 func DecodeEnvelope(b []byte) (*Envelope, error) {
 	var e Envelope
 	if err := json.Unmarshal(b, &e); err != nil {
@@ -81,8 +92,8 @@ func DecodeEnvelope(b []byte) (*Envelope, error) {
 		return nil, fmt.Errorf("%w: device %q", ErrEnvelope, e.Device)
 	case e.MsgID.IsZero():
 		return nil, fmt.Errorf("%w: msg_id missing", ErrEnvelope)
-	case len(bytes.TrimSpace(e.Payload)) == 0 || !json.Valid(e.Payload):
-		return nil, fmt.Errorf("%w: payload is not JSON", ErrEnvelope)
+	case len(e.Payload) == 0 || e.Payload[0] != '{' || !json.Valid(e.Payload):
+		return nil, fmt.Errorf("%w: payload is not a JSON object", ErrEnvelope)
 	}
 	return &e, nil
 }

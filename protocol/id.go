@@ -1,7 +1,6 @@
 package protocol
 
 import (
-	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -39,7 +38,7 @@ var (
 
 // ParseID validates raw (a JSON value) as a message ID.
 func ParseID(raw json.RawMessage) (ID, error) {
-	raw = bytes.TrimSpace(raw)
+	raw = trimJSONSpace(raw)
 	if len(raw) == 0 {
 		return ID{}, ErrIDMissing
 	}
@@ -55,7 +54,7 @@ func ParseID(raw json.RawMessage) (ID, error) {
 		return ID{raw: append(json.RawMessage(nil), raw...), key: s}, nil
 	case c == '-' || (c >= '0' && c <= '9'):
 		return parseIntID(raw)
-	case c == 'n':
+	case string(raw) == "null":
 		return ID{}, ErrIDNull
 	}
 	return ID{}, ErrIDType
@@ -91,9 +90,11 @@ func parseIntID(raw []byte) (ID, error) {
 
 // ParseIDKey validates s as the key of an ID (as in a URL path) and
 // returns the ID it names: an integer key gives the integer ID, since "1"
-// and 1 name the same command.
+// and 1 name the same command. A key of more than 15 digits can only be
+// a string ID (an integer ID has at most 15), so it gives the string ID:
+// the Key of every valid ID parses back to an ID with the same Key.
 func ParseIDKey(s string) (ID, error) {
-	if isIntKey(s) {
+	if isIntKey(s) && (s[0] == '-' || len(s) <= MaxIDDigits) {
 		return parseIntID([]byte(s))
 	}
 	if err := checkIDString(s); err != nil {

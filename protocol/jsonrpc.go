@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
+	"strconv"
 	"strings"
 )
 
@@ -47,9 +49,10 @@ type Entry struct {
 // gives -32600. Otherwise each element is validated on its own: entries
 // holds one Entry per element, in order, and batch tells whether the body
 // was an array. The same id twice in one batch makes the later elements
-// invalid.
+// invalid. A single object gives one entry and a nil err even when that
+// entry is invalid: callers check entries[0].Err.
 func ParseBody(body []byte) (entries []Entry, batch bool, err *Error) {
-	body = bytes.TrimSpace(body)
+	body = trimJSONSpace(body)
 	if !json.Valid(body) {
 		return nil, false, ErrParse("body is not valid JSON")
 	}
@@ -75,10 +78,13 @@ func ParseBody(body []byte) (entries []Entry, batch bool, err *Error) {
 	seen := make(map[string]bool, len(elems))
 	for i, el := range elems {
 		e := parseEntry(el)
-		if e.Req != nil {
-			k := e.Req.ID.Key()
-			if seen[k] {
-				e = Entry{Err: ErrInvalidRequest(fmt.Sprintf("id %s appears more than once in the batch", e.Req.ID.raw)), ID: e.ID}
+		// e.ID is set only when the element's id is valid, even when the
+		// element is not: an invalid element still claims its id, so that
+		// no two entries of the answer carry the same id.
+		if id, perr := ParseID(e.ID); perr == nil {
+			k := id.Key()
+			if seen[k] && e.Req != nil {
+				e = Entry{Err: ErrInvalidRequest(fmt.Sprintf("id %s appears more than once in the batch", id.raw)), ID: e.ID}
 			}
 			seen[k] = true
 		}
@@ -89,7 +95,7 @@ func ParseBody(body []byte) (entries []Entry, batch bool, err *Error) {
 
 // ParseRequest parses one JSON-RPC request object.
 func ParseRequest(b []byte) (*Request, *Error) {
-	b = bytes.TrimSpace(b)
+	b = trimJSONSpace(b)
 	if !json.Valid(b) {
 		return nil, ErrParse("not valid JSON")
 	}
@@ -98,7 +104,7 @@ func ParseRequest(b []byte) (*Request, *Error) {
 }
 
 func parseEntry(el json.RawMessage) Entry {
-	el = bytes.TrimSpace(el)
+	el = trimJSONSpace(el)
 	if len(el) == 0 || el[0] != '{' {
 		return Entry{Err: ErrInvalidRequest("request must be a JSON object")}
 	}
@@ -125,7 +131,7 @@ func parseEntry(el json.RawMessage) Entry {
 		return fail(`"method" is missing`)
 	}
 	var method string
-	if len(bytes.TrimSpace(rawMethod)) == 0 || bytes.TrimSpace(rawMethod)[0] != '"' || json.Unmarshal(rawMethod, &method) != nil {
+	if len(trimJSONSpace(rawMethod)) == 0 || trimJSONSpace(rawMethod)[0] != '"' || json.Unmarshal(rawMethod, &method) != nil {
 		return fail(`"method" must be a string`)
 	}
 	if method == "" {
@@ -152,10 +158,15 @@ func parseEntry(el json.RawMessage) Entry {
 	return Entry{Req: &Request{JSONRPC: Version, Method: method, Params: params, ID: id}, ID: id.raw}
 }
 
+// trimJSONSpace removes the whitespace JSON allows around a value: space,
+// tab, CR and LF. (bytes.TrimSpace would also remove \v, \f and Unicode
+// spaces, which would let a body that is not JSON through.)
+func trimJSONSpace(b []byte) []byte { return bytes.Trim(b, " \t\r\n") }
+
 func compact(b []byte) json.RawMessage {
 	var buf bytes.Buffer
 	if err := json.Compact(&buf, b); err != nil {
-		return append(json.RawMessage(nil), bytes.TrimSpace(b)...)
+		return append(json.RawMessage(nil), trimJSONSpace(b)...)
 	}
 	return buf.Bytes()
 }
@@ -164,7 +175,7 @@ func compact(b []byte) json.RawMessage {
 // "2.0", an id that is a string or a number, and exactly one of result
 // and error (an error with an integer code and a string message).
 func ParseResponse(b []byte) (*Response, error) {
-	b = bytes.TrimSpace(b)
+	b = trimJSONSpace(b)
 	if len(b) == 0 || b[0] != '{' || !json.Valid(b) {
 		return nil, fmt.Errorf("protocol: response must be a JSON object")
 	}
@@ -195,16 +206,16 @@ func ParseResponse(b []byte) (*Response, error) {
 		return r, nil
 	}
 	var e struct {
-		Code    *json.Number    `json:"code"`
+		Code    json.RawMessage `json:"code"`
 		Message *string         `json:"message"`
 		Data    json.RawMessage `json:"data"`
 	}
-	dec := json.NewDecoder(bytes.NewReader(rawErr))
-	dec.UseNumber()
-	if err := dec.Decode(&e); err != nil || e.Code == nil || e.Message == nil {
+	if err := json.Unmarshal(rawErr, &e); err != nil || len(e.Code) == 0 || string(e.Code) == "null" || e.Message == nil {
 		return nil, fmt.Errorf(`protocol: response "error" must be an object with an integer "code" and a string "message"`)
 	}
-	code, err := e.Code.Int64()
+	// A JSON number only: encoding/json would also read a quoted "-32000"
+	// into a json.Number.
+	code, err := strconv.ParseInt(string(e.Code), 10, 64)
 	if err != nil || code != int64(int(code)) {
 		return nil, fmt.Errorf(`protocol: response "error.code" must be an integer`)
 	}
@@ -233,7 +244,7 @@ func NewErrorResponse(id json.RawMessage, e *Error) *Response {
 // members sorted by name, so that two encodings of the same value compare
 // equal. Numbers keep their literal form. An empty input gives nil.
 func CanonicalJSON(v json.RawMessage) (json.RawMessage, error) {
-	if len(bytes.TrimSpace(v)) == 0 {
+	if len(trimJSONSpace(v)) == 0 {
 		return nil, nil
 	}
 	dec := json.NewDecoder(bytes.NewReader(v))
@@ -241,6 +252,9 @@ func CanonicalJSON(v json.RawMessage) (json.RawMessage, error) {
 	var x any
 	if err := dec.Decode(&x); err != nil {
 		return nil, fmt.Errorf("protocol: cannot canonicalize JSON: %w", err)
+	}
+	if _, err := dec.Token(); err != io.EOF {
+		return nil, fmt.Errorf("protocol: cannot canonicalize JSON: data after the value")
 	}
 	var buf bytes.Buffer
 	enc := json.NewEncoder(&buf)

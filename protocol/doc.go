@@ -1,0 +1,364 @@
+// Package protocol is the wire contract of the IoT command gateway: what
+// goes over HTTP, AMQP and MQTT and what is kept in Redis, written down
+// once so that apiserver, msgworker, pushserver, devicesim and outside
+// tools agree. It uses the standard library only and does no I/O.
+//
+// It provides JSON-RPC 2.0 parsing and validation ([ParseBody],
+// [ParseRequest], [ParseResponse]), the message ID and identity rules
+// ([ParseID], [ParseIDKey], [ValidIdentity], [DeviceMsgID]), error codes
+// and their HTTP statuses ([Error], [HTTPStatus]), the AMQP [Envelope]
+// and [Topology], the MQTT topics and their ACL ([ParseTopic],
+// [MaySubscribe], [MayPublish]), the statuses of a command and who may
+// change them ([Status], [Transitions], [CanTransition]), the Redis key
+// layout ([Keys]) and the fingerprint of "the same body" ([Fingerprint]).
+//
+// The tables below are normative. MUST, MUST NOT and MAY are used as in
+// RFC 2119. {ns} is the namespace (GW_NAMESPACE, default "gw"), {client}
+// and {device} are identities, {id} is the key of a message ID.
+//
+// # Identities and message IDs
+//
+// An identity names a client or a device. It is the MQTT username and
+// client ID and the "sub" of its token.
+//
+//	what        rule                                                    checked by
+//	identity    1 to 128 characters of [A-Za-z0-9._-], the first a      ValidIdentity, CheckIdentity
+//	            letter or digit; never a colon, "/", "+", "#" or "$"
+//	message ID  a JSON string of 1 to 128 characters of                 ParseID
+//	            [A-Za-z0-9._:-], the first a letter or digit; or a
+//	            JSON integer of at most 15 digits (optionally negative)
+//	ID key      the string itself, or the integer in decimal            ID.Key, ParseIDKey
+//	            (-0 is 0); 1 and "1" have the same key "1" and are
+//	            the same ID; "01" and 1 are different IDs
+//
+// A client MUST make its IDs unique for the retention period
+// (GW_RETENTION, default 24 h after the command became final). Sending
+// the same ID again with the same body is harmless (the existing command
+// is returned); with a different body it is a conflict (-32013). "The
+// same body" is the same device, method, canonical params, timeout and
+// expires_in ([Fingerprint], after defaults are applied).
+//
+// In a URL path an ID is written as its key ([ParseIDKey]): an integer key
+// of at most 15 digits names the integer ID, any other valid key the
+// string ID.
+//
+// # HTTP: sending a command
+//
+// POST /v1/devices/{device_id}/commands sends one command, or a batch, to
+// one device. It returns as soon as the command is durable in RabbitMQ;
+// it never waits for the device.
+//
+//	name           mandatory  location  type               meaning
+//	device_id      yes        path      identity           The device that MUST receive the command.
+//	Authorization  yes        header    "Bearer " + JWT    A client token whose "devices" globs match
+//	                                                       device_id, or an operator token.
+//	timeout        no         query     duration           The device MUST answer within this long after
+//	                                                       the command was delivered to it, or the command
+//	                                                       ends "timeout". Default 30s; 1s to 24h.
+//	expires_in     no         query     duration           The command MUST be delivered within this long
+//	                                                       after it was accepted, or it ends "expired".
+//	                                                       Default 1h; 1s to 7 days (168h).
+//	(body)         yes        body      object or array    One JSON-RPC 2.0 request object, or a batch: an
+//	                                                       array of 1 to 100 (MaxBatch) request objects.
+//	                                                       At most GW_BODY_LIMIT bytes (default 64 KiB).
+//
+// A duration is written in Go syntax ("30s", "1m30s", "2h"; there is no
+// "d" unit) or as whole seconds ("90"). A timeout or expires_in that
+// cannot be read or is out of range is refused with 400 and -32600.
+//
+// Each request object of the body:
+//
+//	name     mandatory  type               meaning
+//	jsonrpc  yes        string             MUST be exactly "2.0".
+//	method   yes        string             The command. MUST NOT be empty and MUST NOT start with
+//	                                       "rpc." (reserved by JSON-RPC). Passed to the device as is.
+//	params   no         object or array    The command's arguments. If present it MUST be an object or
+//	                                       an array (not null). Passed to the device compacted.
+//	id       yes        string or integer  The message ID (see above). A request without id is a
+//	                                       JSON-RPC notification; the gateway MUST refuse it, because
+//	                                       every command is tracked. The id MUST NOT be null, a
+//	                                       fraction, an exponent, a boolean, an object or an array.
+//
+// Other members are ignored. In a batch every element is checked on its
+// own, and an id that an earlier element of the same batch already has
+// (as a key: 1 and "1" clash) makes the later element invalid.
+//
+// [ParseBody] checks the body. Its errors, in the order they are checked:
+//
+//	condition                                   code    message
+//	not JSON (also empty, or trailing data)     -32700  parse error: body is not valid JSON
+//	JSON, but not an object or an array         -32600  invalid request: body must be a JSON-RPC request object or a batch array
+//	[]                                          -32600  invalid request: empty batch
+//	more than 100 elements                      -32600  invalid request: batch of N requests, at most 100 allowed
+//	element not an object                       -32600  invalid request: request must be a JSON object
+//	jsonrpc missing or not "2.0"                -32600  invalid request: "jsonrpc" must be exactly "2.0"
+//	method missing                              -32600  invalid request: "method" is missing
+//	method not a string                         -32600  invalid request: "method" must be a string
+//	method ""                                   -32600  invalid request: "method" must not be empty
+//	method "rpc.…"                              -32600  invalid request: "method" names starting with "rpc." are reserved
+//	params neither object nor array             -32600  invalid request: "params" must be an object or an array
+//	id missing (a notification)                 -32600  invalid request: "id" is missing: notifications are not accepted, every command is tracked
+//	id null                                     -32600  invalid request: "id": id is null
+//	id a fraction or with an exponent           -32600  invalid request: "id": id must be an integer, not a fraction or exponent
+//	id boolean, object or array                 -32600  invalid request: "id": id must be a string or an integer
+//	integer id of more than 15 digits           -32600  invalid request: "id": integer id has more than 15 digits
+//	string id of more than 128 characters       -32600  invalid request: "id": id is longer than 128 characters
+//	string id with other characters, or ""      -32600  invalid request: "id": id may only contain A-Z a-z 0-9 . _ : - and must start with a letter or digit
+//	id already used in this batch               -32600  invalid request: id ID appears more than once in the batch
+//
+// The first four are errors of the whole body; the others belong to one
+// element. An element's error carries the element's id when that id is
+// valid ([Entry].ID); otherwise it has none.
+//
+// Responses:
+//
+//	status   when                                       body
+//	202      one command accepted (durable)             {"id": ID, "status": "queued", "status_url": URL}
+//	200      the same id and the same body again        the existing command
+//	4xx/5xx  the body or the one command is refused     {"error": {"code": C, "message": M, "data": {"source": "gateway", …}},
+//	                                                     "id": ID}  (id left out when it is not known)
+//	202      a batch of which at least one element      an array, one entry per element, in order: an accepted
+//	         was accepted (or already existed)          entry as above, the existing command, or an error entry
+//	                                                    {"error": {…}, "id": ID}
+//	4xx/5xx  a batch of which no element was accepted   the same array, with the status of the first error, or
+//	                                                    503 with Retry-After when any element got a 503
+//
+// A 202 is given only after a publisher confirm of a message that a
+// queue took; anything else is a 503 and nothing was accepted.
+//
+// # Error codes
+//
+// Every error the gateway makes is a JSON-RPC error object whose data has
+// "source": "gateway" ([NewError]; a caller cannot override source). A
+// device MAY use the same codes for its own errors: source tells them
+// apart, and a device's errors reach the client unchanged.
+//
+//	code    constant            HTTP  meaning
+//	-32700  CodeParseError      400   the body is not JSON
+//	-32600  CodeInvalidRequest  400   not a valid request (see above), including a missing id
+//	-32601  CodeMethodNotFound  400   (JSON-RPC; the gateway does not check methods, devices MAY use it)
+//	-32602  CodeInvalidParams   400   (JSON-RPC; for devices)
+//	-32603  CodeInternalError   500   (JSON-RPC)
+//	-32010  CodeUnauthorized    401   no token, bad signature, expired, or a role not allowed here
+//	-32011  CodeForbidden       403   the device is outside the token's globs
+//	-32012  CodeNotFound        404   no such command, device or dead letter (for this caller)
+//	-32013  CodeConflict        409   the id was used with a different body; or cancel too late
+//	-32014  CodeTooLarge        413   the body is larger than GW_BODY_LIMIT
+//	-32015  CodeRateLimited     429   over GW_RATE / GW_BURST; with Retry-After
+//	-32016  CodeUnavailable     503   RabbitMQ or Redis unavailable or blocked; with Retry-After;
+//	                                  the command was NOT accepted and MAY be retried with the same id
+//
+// Gateway result codes are not HTTP errors: they are the error of a
+// command's result when the gateway, not the device, decided its final
+// status ([ResultError]; data also carries "status").
+//
+//	code    constant       status
+//	-32001  CodeTimeout    timeout
+//	-32002  CodeExpired    expired
+//	-32003  CodeDead       dead
+//	-32004  CodeCancelled  cancelled
+//	-32005  CodeRejected   rejected
+//
+// [HTTPStatus] maps every other code, these included, to 500.
+//
+// # Statuses
+//
+// A command has one status at a time ([Status]). Every change is a
+// compare-and-set in package mailbox, allowed only if it is in
+// [Transitions]. Final statuses never change again.
+//
+//	status     final  set by      meaning                                                ThingsBoard  result code
+//	pending    no     apiserver   id reserved, publish not yet confirmed (internal)      QUEUED       -
+//	queued     no     apiserver   durable in RabbitMQ                                    QUEUED       -
+//	sent       no     msgworker   in the device's mailbox                                SENT         -
+//	delivered  no     pushserver  the device PUBACKed it                                 DELIVERED    -
+//	succeeded  yes    msgworker   the device answered with "result"                      SUCCESSFUL   -
+//	failed     yes    msgworker   the device answered with "error"                       FAILED       -
+//	timeout    yes    msgworker   no answer within timeout of delivery                   TIMEOUT      -32001
+//	expired    yes    msgworker   not delivered within expires_in                        EXPIRED      -32002
+//	cancelled  yes    apiserver   cancelled before it went on the wire                   FAILED       -32004
+//	rejected   yes    msgworker   the device's mailbox was full                          FAILED       -32005
+//	dead       yes    msgworker   not processed within the delivery limit (dead letter)  FAILED       -32003
+//
+// The ThingsBoard column is [Status.ThingsBoard]: ThingsBoard's persistent
+// RPC states QUEUED, SENT, DELIVERED, SUCCESSFUL, TIMEOUT, EXPIRED and
+// FAILED. ThingsBoard has no cancelled, rejected or dead: they are FAILED,
+// and the result code tells which.
+//
+// The legal transitions ([Transitions]; anything else MUST be refused):
+//
+//	from       to                                         by
+//	pending    queued                                     apiserver
+//	queued     sent, expired, rejected, dead              msgworker
+//	queued     cancelled                                  apiserver
+//	sent       delivered                                  pushserver
+//	sent       succeeded, failed, expired, timeout, dead  msgworker
+//	sent       cancelled                                  apiserver
+//	delivered  succeeded, failed, timeout, dead           msgworker
+//
+// sent → succeeded/failed: the answer can arrive before its PUBACK is
+// seen. sent → timeout: the deliver-by deadline passed while the command
+// was on the wire, so the worker waits one timeout instead of expiring it.
+// A late answer (after timeout) is recorded and dropped. Every transition
+// into a final status removes the command from the device's mailbox and
+// puts exactly one result into the client's.
+//
+// One exception is not in [Transitions]: an operator's replay of a dead
+// letter (POST /v1/dead/{id}/replay) puts a dead command back to queued
+// (package mailbox, ReplayDead), and its client then gets a second final
+// result for the same id.
+//
+// # AMQP
+//
+// Every process that publishes or consumes declares the whole topology of
+// its namespace, identically ([Topology.Bindings]; a different argument
+// makes RabbitMQ refuse the declaration with PRECONDITION_FAILED). All
+// exchanges are durable and of kind direct; all queues are durable quorum
+// queues.
+//
+//	name                kind      arguments                                         bound to, routing key
+//	{ns}.dead           exchange  direct                                            -
+//	{ns}.commands       exchange  direct                                            -
+//	{ns}.results        exchange  direct                                            -
+//	{ns}.commands.dead  queue     x-queue-type=quorum                               {ns}.dead, "commands"
+//	{ns}.results.dead   queue     x-queue-type=quorum                               {ns}.dead, "results"
+//	{ns}.commands       queue     x-queue-type=quorum, x-delivery-limit=5 (int32),  {ns}.commands, "command"
+//	                              x-dead-letter-exchange={ns}.dead,
+//	                              x-dead-letter-routing-key=commands,
+//	                              x-dead-letter-strategy=at-least-once,
+//	                              x-overflow=reject-publish
+//	{ns}.results        queue     as {ns}.commands, with                            {ns}.results, "result"
+//	                              x-dead-letter-routing-key=results
+//
+// Declare in this order: the dead-letter queues exist before the queues
+// that dead-letter into them. An exchange and a queue may share a name.
+//
+//	message   publisher                      exchange, routing key     consumer
+//	command   apiserver (and dead replay)    {ns}.commands, "command"  msgworker (competing)
+//	result    pushserver                     {ns}.results, "result"    msgworker (competing)
+//
+// Every message MUST be persistent and published mandatory with publisher
+// confirms; a returned (unroutable), nacked or unconfirmed message is a
+// failure. Consumers ack manually, only after the effect is durable, with
+// a bounded prefetch. A message returned to its queue more than
+// DeliveryLimit (5) times is dead-lettered.
+//
+// The body of every message is an [Envelope], in JSON ([Envelope.Encode],
+// [DecodeEnvelope]):
+//
+//	name              mandatory  type               meaning
+//	v                 yes        integer            Envelope version, 1 (EnvelopeVersion). A reader MUST refuse
+//	                                                a version it does not know and MUST ignore unknown fields.
+//	kind              yes        string             "command" (to the commands queue) or "result" (to results).
+//	client            yes        identity           The client that sent the command.
+//	device            yes        identity           The device the command is for.
+//	msg_id            yes        string or integer  The client's message ID. Commands: as the client wrote it.
+//	                                                Results: as recovered from the device's "{client}:{id}",
+//	                                                so only its key is reliable (see MQTT).
+//	payload           yes        object             Commands: the client's JSON-RPC request (the device gets its
+//	                                                method and params, see Envelope.DeviceRequest). Results: the
+//	                                                device's JSON-RPC response as received.
+//	accepted_at       commands*  RFC 3339 time      When the apiserver accepted the command (UTC, milliseconds).
+//	deliver_by        no         RFC 3339 time      Deadline for delivery: accepted_at + expires_in.
+//	answer_within_ms  no         integer            The timeout, in milliseconds after delivery.
+//	attempt           yes*       integer            1 for the first publish; a replay of a dead letter adds 1.
+//	traceparent       no         string             W3C trace context of the request.
+//
+// (*) Writers MUST set it; [DecodeEnvelope] does not check it. Times are
+// written in UTC with millisecond precision ([Envelope.Encode] truncates),
+// durations as integer milliseconds; absent optional fields are left out.
+//
+// # MQTT
+//
+// Devices and clients connect to the push server that owns their
+// identity (GET /v1/connect/{identity}). Username and client ID MUST be
+// the identity, the password its token. The session ends when the token
+// expires. A push server that does not own the identity refuses it: MQTT
+// 3.1.1 CONNACK 0x03 (server unavailable), MQTT 5 CONNACK 0x9C (use
+// another server) with the owner as server reference.
+//
+//	topic                     subscriber     publisher    payload
+//	devices/{d}/commands      device d       push server  JSON-RPC request, id "{client}:{id}"
+//	devices/{d}/responses     push server    device d     JSON-RPC response, the same id
+//	clients/{c}/results/{d}   client c       push server  JSON-RPC response to c's command to d, c's own id
+//
+// A client subscribes to clients/{c}/results/+ (all devices) or to one
+// clients/{c}/results/{d}. Everything else is refused ([MaySubscribe],
+// [MayPublish]): other identities' topics, any other wildcard ("#", "+"
+// elsewhere), $share/…, $SYS/…, publishing by clients, publishing by a
+// device anywhere but its own responses topic. Subscriptions MUST be QoS
+// 1: QoS 0 and QoS 2 are refused (a mailbox entry is removed only on the
+// PUBACK of its PUBLISH). Retained messages are refused. Sessions always
+// start fresh (session present = 0).
+//
+// The id a device sees is "{client}:{id}" ([DeviceMsgID]), where {id} is
+// the key of the client's ID: ids of different clients never collide at a
+// device, and an identity has no colon, so the first colon splits it
+// ([ParseDeviceMsgID]). A device MUST answer on its responses topic with
+// the same id, "jsonrpc": "2.0" and exactly one of "result" and "error"
+// (an object with an integer code and a string message), see
+// [ParseResponse]; a response it refuses is not an answer. A device MUST
+// deduplicate by id: a redelivered command is answered again, not
+// executed again.
+//
+// Because {id} is the key, a device sees "app-1:42" for both 42 and "42"
+// (and "app-1:0" for -0), and [ParseDeviceMsgID] gives back the integer
+// ID 42: only the key survives the round trip through the device. The
+// client's own id, as the client wrote it, comes from the command record.
+//
+// A client's result is a JSON-RPC response with the client's own id:
+//
+//	final status       result payload
+//	succeeded          {"jsonrpc":"2.0","result":<the device's result>,"id":ID}
+//	failed             {"jsonrpc":"2.0","error":<the device's error, unchanged>,"id":ID}
+//	timeout, expired,  {"jsonrpc":"2.0","error":{"code":-3200x,"message":STATUS[": " detail],
+//	dead, cancelled,     "data":{"source":"gateway","status":STATUS}},"id":ID}   (ResultError)
+//	rejected
+//
+// Every message to an identity goes through its mailbox (Redis) and is
+// delivered at least once, at QoS 1; receivers deduplicate by id. No order
+// is promised between commands, even to the same device. When the recipient is not connected, or has not subscribed:
+//
+//	recipient  outcome
+//	device     The command waits in the device's mailbox (status sent) and is delivered when the device
+//	           connects and subscribes. The timeout clock starts only at delivery. If it is not delivered
+//	           within expires_in it ends expired (-32002); if the mailbox is full it ends rejected (-32005).
+//	           A command already on the wire when the device disconnects is sent again on reconnect.
+//	client     The result waits in the client's mailbox until the client connects and subscribes, until
+//	           the retention period ends, or until the mailbox is full (then it is dropped and counted).
+//	           It stays readable with GET /v1/commands/{id} (long-poll with ?wait=) either way.
+//
+// # Redis
+//
+// Every key starts with "{ns}:" ([Keys.Prefix], [Keys.Owns]). Keys of one
+// command or one client carry the client in a fixed position, so that a
+// move to Redis Cluster needs only hash tags around it.
+//
+//	key                          type            method               content
+//	{ns}:cmd:{client}:{id}       hash            Keys.Command         one command record (status, time of each
+//	                                                                  transition, attempts, response; fields are
+//	                                                                  package mailbox's); no expiry until final,
+//	                                                                  then GW_RETENTION
+//	{ns}:cmds:{client}:{device}  sorted set      Keys.ClientCommands  a client's commands to a device
+//	                                                                  (score: accepted-at, ms)
+//	{ns}:mbox:{identity}         stream          Keys.Mailbox         messages waiting for a device or client
+//	                                                                  (expiry per entry, capped at GW_MAILBOX_CAP)
+//	{ns}:mboxes                  set             Keys.Mailboxes       identities whose mailbox may be non-empty
+//	{ns}:timers                  sorted set      Keys.Timers          deadlines (score: due time, ms)
+//	{ns}:dead                    sorted set      Keys.Dead            dead commands (score: dead-lettered at, ms)
+//	{ns}:ring:nodes              set             Keys.RingNodes       push servers registered in the ring
+//	{ns}:ring:node:{node}        string, expiry  Keys.RingNode        one live member (value: advertise URL)
+//	{ns}:ring:changes            pub/sub         Keys.RingChanges     ring membership changes
+//	{ns}:sess:{identity}         string          Keys.Session         the push server holding the live session
+//	{ns}:node:{node}:sessions    set             Keys.NodeSessions    identities connected to a push server
+//	{ns}:node:{node}:pending     set             Keys.NodePending     identities of a push server with entries
+//	                                                                  to stream (read by its sweep)
+//	{ns}:node:{node}:wake        pub/sub         Keys.NodeWake        "this identity's mailbox has new entries"
+//	{ns}:stats:{unix minute}     hash            Keys.StatusCounts    transitions into each status in that minute
+//
+// {id} in a key is always the ID's key (ID.Key), so 1 and "1" are one
+// record.
+//
+// The mailbox is as durable as Redis: a deployment that must lose nothing
+// runs Redis with appendonly yes and appendfsync always.
+package protocol

@@ -1,0 +1,222 @@
+package protocol
+
+import (
+	"reflect"
+	"testing"
+)
+
+func TestStatusFinal(t *testing.T) {
+	final := map[Status]bool{
+		StatusSucceeded: true, StatusFailed: true, StatusTimeout: true, StatusExpired: true,
+		StatusCancelled: true, StatusRejected: true, StatusDead: true,
+	}
+	for _, s := range Statuses {
+		if got := s.Final(); got != final[s] {
+			t.Errorf("Status(%q).Final() = %v, want %v", s, got, final[s])
+		}
+	}
+	for _, s := range []Status{"", "unknown", "QUEUED", "Succeeded"} {
+		if s.Final() || s.Valid() {
+			t.Errorf("Status(%q).Final(), Valid() = %v, %v, want false, false", s, s.Final(), s.Valid())
+		}
+	}
+}
+
+func TestStatusNames(t *testing.T) {
+	want := []Status{"pending", "queued", "sent", "delivered", "succeeded", "failed",
+		"timeout", "expired", "cancelled", "rejected", "dead"}
+	if !reflect.DeepEqual(Statuses, want) {
+		t.Errorf("Statuses = %q, want %q", Statuses, want)
+	}
+	for _, s := range Statuses {
+		got, err := ParseStatus(string(s))
+		if err != nil || got != s || !s.Valid() {
+			t.Errorf("ParseStatus(%q) = %q, %v, want %q", s, got, err, s)
+		}
+	}
+	for _, s := range []string{"", "Queued", "QUEUED", "done", " sent"} {
+		if got, err := ParseStatus(s); err == nil || got != "" {
+			t.Errorf("ParseStatus(%q) = %q, %v, want an error", s, got, err)
+		}
+	}
+}
+
+// TestCanTransition checks CanTransition against the table of DESIGN §4,
+// written out here on its own: every (from, to, by) in it is allowed and
+// every other triple is refused.
+func TestCanTransition(t *testing.T) {
+	type key struct {
+		from, to Status
+		by       Owner
+	}
+	allowed := map[key]bool{
+		{StatusPending, StatusQueued, OwnerAPI}: true,
+
+		{StatusQueued, StatusSent, OwnerWorker}:     true,
+		{StatusQueued, StatusCancelled, OwnerAPI}:   true,
+		{StatusQueued, StatusExpired, OwnerWorker}:  true,
+		{StatusQueued, StatusRejected, OwnerWorker}: true,
+		{StatusQueued, StatusDead, OwnerWorker}:     true,
+
+		{StatusSent, StatusDelivered, OwnerPush}:   true,
+		{StatusSent, StatusSucceeded, OwnerWorker}: true, // answer before the PUBACK was seen
+		{StatusSent, StatusFailed, OwnerWorker}:    true,
+		{StatusSent, StatusCancelled, OwnerAPI}:    true, // not yet on the wire
+		{StatusSent, StatusExpired, OwnerWorker}:   true,
+		{StatusSent, StatusTimeout, OwnerWorker}:   true, // deliver-by fired while on the wire
+		{StatusSent, StatusDead, OwnerWorker}:      true,
+
+		{StatusDelivered, StatusSucceeded, OwnerWorker}: true,
+		{StatusDelivered, StatusFailed, OwnerWorker}:    true,
+		{StatusDelivered, StatusTimeout, OwnerWorker}:   true,
+		{StatusDelivered, StatusDead, OwnerWorker}:      true,
+	}
+	if len(Transitions) != len(allowed) {
+		t.Errorf("len(Transitions) = %d, want %d", len(Transitions), len(allowed))
+	}
+	owners := []Owner{OwnerAPI, OwnerWorker, OwnerPush, "", "devicesim"}
+	statuses := append(append([]Status(nil), Statuses...), "", "unknown")
+	for _, from := range statuses {
+		for _, to := range statuses {
+			for _, by := range owners {
+				want := allowed[key{from, to, by}]
+				if got := CanTransition(from, to, by); got != want {
+					t.Errorf("CanTransition(%q, %q, %q) = %v, want %v", from, to, by, got, want)
+				}
+			}
+		}
+	}
+	// Each status has one owner who sets it (DESIGN §4 "set by").
+	setBy := map[Status]Owner{
+		StatusQueued: OwnerAPI, StatusSent: OwnerWorker, StatusDelivered: OwnerPush,
+		StatusSucceeded: OwnerWorker, StatusFailed: OwnerWorker, StatusTimeout: OwnerWorker,
+		StatusExpired: OwnerWorker, StatusCancelled: OwnerAPI, StatusRejected: OwnerWorker,
+		StatusDead: OwnerWorker,
+	}
+	for _, tr := range Transitions {
+		if setBy[tr.To] != tr.By {
+			t.Errorf("Transition %v→%v by %q, want by %q", tr.From, tr.To, tr.By, setBy[tr.To])
+		}
+	}
+}
+
+func TestFinalStatusesHaveNoWayOut(t *testing.T) {
+	for _, tr := range Transitions {
+		if tr.From.Final() {
+			t.Errorf("Transition %v→%v by %q leaves final status %q", tr.From, tr.To, tr.By, tr.From)
+		}
+		if !tr.From.Valid() || !tr.To.Valid() || tr.From == tr.To {
+			t.Errorf("Transition %v→%v by %q, want two different known statuses", tr.From, tr.To, tr.By)
+		}
+	}
+	// Every status but pending is reachable, and every final status is
+	// reachable from queued, sent or delivered.
+	for _, s := range Statuses {
+		if s == StatusPending {
+			if got := Sources(s); len(got) != 0 {
+				t.Errorf("Sources(%q) = %q, want none", s, got)
+			}
+			continue
+		}
+		if len(Sources(s)) == 0 {
+			t.Errorf("Sources(%q) = none, want at least one", s)
+		}
+	}
+	// Every non-final status leads somewhere.
+	for _, s := range Statuses {
+		if s.Final() {
+			continue
+		}
+		out := false
+		for _, tr := range Transitions {
+			out = out || tr.From == s
+		}
+		if !out {
+			t.Errorf("non-final status %q has no outgoing transition", s)
+		}
+	}
+}
+
+func TestSources(t *testing.T) {
+	tests := []struct {
+		to   Status
+		want []Status
+	}{
+		{StatusQueued, []Status{StatusPending}},
+		{StatusSent, []Status{StatusQueued}},
+		{StatusDelivered, []Status{StatusSent}},
+		{StatusSucceeded, []Status{StatusSent, StatusDelivered}},
+		{StatusFailed, []Status{StatusSent, StatusDelivered}},
+		{StatusTimeout, []Status{StatusSent, StatusDelivered}},
+		{StatusExpired, []Status{StatusQueued, StatusSent}},
+		{StatusCancelled, []Status{StatusQueued, StatusSent}},
+		{StatusRejected, []Status{StatusQueued}},
+		{StatusDead, []Status{StatusQueued, StatusSent, StatusDelivered}},
+		{StatusPending, nil},
+		{"unknown", nil},
+	}
+	for _, tt := range tests {
+		if got := Sources(tt.to); !reflect.DeepEqual(got, tt.want) {
+			t.Errorf("Sources(%q) = %q, want %q", tt.to, got, tt.want)
+		}
+	}
+}
+
+func TestStatusThingsBoard(t *testing.T) {
+	tests := []struct {
+		s    Status
+		want string
+	}{
+		{StatusPending, "QUEUED"},
+		{StatusQueued, "QUEUED"},
+		{StatusSent, "SENT"},
+		{StatusDelivered, "DELIVERED"},
+		{StatusSucceeded, "SUCCESSFUL"},
+		{StatusFailed, "FAILED"},
+		{StatusTimeout, "TIMEOUT"},
+		{StatusExpired, "EXPIRED"},
+		{StatusCancelled, "FAILED"},
+		{StatusRejected, "FAILED"},
+		{StatusDead, "FAILED"},
+		{"", ""},
+		{"unknown", ""},
+	}
+	for _, tt := range tests {
+		if got := tt.s.ThingsBoard(); got != tt.want {
+			t.Errorf("Status(%q).ThingsBoard() = %q, want %q", tt.s, got, tt.want)
+		}
+	}
+	for _, s := range Statuses {
+		if s.ThingsBoard() == "" {
+			t.Errorf("Status(%q).ThingsBoard() = \"\", want a ThingsBoard state", s)
+		}
+	}
+}
+
+func TestStatusResultCode(t *testing.T) {
+	tests := []struct {
+		s    Status
+		want int
+	}{
+		{StatusPending, 0},
+		{StatusQueued, 0},
+		{StatusSent, 0},
+		{StatusDelivered, 0},
+		{StatusSucceeded, 0},
+		{StatusFailed, 0},
+		{StatusTimeout, -32001},
+		{StatusExpired, -32002},
+		{StatusDead, -32003},
+		{StatusCancelled, -32004},
+		{StatusRejected, -32005},
+		{"unknown", 0},
+	}
+	for _, tt := range tests {
+		if got := tt.s.ResultCode(); got != tt.want {
+			t.Errorf("Status(%q).ResultCode() = %d, want %d", tt.s, got, tt.want)
+		}
+		if tt.want != 0 && !tt.s.Final() {
+			t.Errorf("Status(%q).Final() = false, want true for a status with a result code", tt.s)
+		}
+	}
+}
