@@ -1,0 +1,191 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"regexp"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/iotgw/gateway/internal/config"
+)
+
+// Defaults of the worker's own settings. The shared ones (URLs, namespace,
+// retention, mailbox cap, metrics address) come from package config.
+const (
+	// DefaultPrefetch is the prefetch count of the commands and results
+	// consumers: at most this many unacked deliveries per queue and worker.
+	DefaultPrefetch = 128
+	// DefaultConcurrency is the number of handlers running at once per
+	// queue and worker.
+	DefaultConcurrency = 64
+	// DefaultTimerInterval is how often every worker polls the timer set.
+	DefaultTimerInterval = 200 * time.Millisecond
+	// DefaultTimerBatch is the most timers one FireTimers call fires.
+	DefaultTimerBatch = 256
+	// DefaultShutdownTimeout bounds the wait for in-flight handlers at
+	// shutdown.
+	DefaultShutdownTimeout = 10 * time.Second
+	// deadPrefetch and deadConcurrency size the dead-letter consumers:
+	// dead letters are rare, and slow handling of them harms nobody.
+	deadPrefetch    = 16
+	deadConcurrency = 4
+)
+
+// Config is the configuration of a Worker. Every field states its default;
+// the zero value of a field means its default. In the binary each field is
+// a flag and a GW_* variable of the same name (see bind).
+type Config struct {
+	// AMQPURL is the RabbitMQ URL (amqp-url, GW_AMQP_URL). Default
+	// amqp://guest:guest@127.0.0.1:5672/.
+	AMQPURL string
+	// RedisURL is the Redis URL (redis-url, GW_REDIS_URL). Default
+	// redis://127.0.0.1:6379/0.
+	RedisURL string
+	// Namespace prefixes every exchange, queue and key (namespace,
+	// GW_NAMESPACE). Default "gw".
+	Namespace string
+	// Retention is how long final records and results are kept
+	// (retention, GW_RETENTION). Default 24h.
+	Retention time.Duration
+	// MailboxCap is the number of entries a mailbox holds at most; a
+	// command for a device whose mailbox is full is rejected (mailbox-cap,
+	// GW_MAILBOX_CAP). Default 10000.
+	MailboxCap int
+	// Prefetch bounds the unacked deliveries of the commands and of the
+	// results consumer (prefetch, GW_PREFETCH). Default 128.
+	Prefetch int
+	// Concurrency is how many handlers of each of those queues run at once
+	// (concurrency, GW_CONCURRENCY). Default 64, and never above Prefetch.
+	Concurrency int
+	// TimerInterval is how often the worker polls the timer set
+	// (timer-interval, GW_TIMER_INTERVAL). Default 200ms.
+	TimerInterval time.Duration
+	// TimerBatch is the most timers fired by one poll; a full batch is
+	// followed by another poll at once. Default 256.
+	TimerBatch int
+	// ShutdownTimeout bounds how long Run waits for in-flight handlers
+	// once its context is cancelled. Default 10s.
+	ShutdownTimeout time.Duration
+
+	// Logger receives the worker's logs. Default discards.
+	Logger *slog.Logger
+	// Registerer receives the worker's metrics. Default: a private
+	// registry nobody reads (two Workers in one process each need their
+	// own registry).
+	Registerer prometheus.Registerer
+
+	// middleware is prepended to every queue's handler chain, after the
+	// standard middleware; tests use it to inject faults.
+	middleware []Middleware
+}
+
+func (c *Config) ensureDefaults() {
+	if c.AMQPURL == "" {
+		c.AMQPURL = config.DefaultAMQPURL
+	}
+	if c.RedisURL == "" {
+		c.RedisURL = config.DefaultRedisURL
+	}
+	if c.Namespace == "" {
+		c.Namespace = config.DefaultNamespace
+	}
+	if c.Retention <= 0 {
+		c.Retention = config.DefaultRetention
+	}
+	if c.MailboxCap <= 0 {
+		c.MailboxCap = config.DefaultMailboxCap
+	}
+	if c.Prefetch <= 0 {
+		c.Prefetch = DefaultPrefetch
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = DefaultConcurrency
+	}
+	if c.Concurrency > c.Prefetch {
+		c.Concurrency = c.Prefetch
+	}
+	if c.TimerInterval <= 0 {
+		c.TimerInterval = DefaultTimerInterval
+	}
+	if c.TimerBatch <= 0 {
+		c.TimerBatch = DefaultTimerBatch
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.NewTextHandler(io.Discard, nil))
+	}
+	if c.Registerer == nil {
+		c.Registerer = prometheus.NewRegistry()
+	}
+}
+
+// namespaceRE is what a namespace may look like: it must be valid both as
+// an AMQP name prefix and as a Redis key prefix.
+var namespaceRE = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+
+// validate reports the first setting that cannot work. It runs after
+// ensureDefaults, so only explicitly bad values fail.
+func (c *Config) validate() error {
+	if !namespaceRE.MatchString(c.Namespace) {
+		return fmt.Errorf("namespace %q must be 1 to 64 of A-Z a-z 0-9 _ - starting with a letter or digit", c.Namespace)
+	}
+	if c.Prefetch > 65535 {
+		return errors.New("prefetch must be at most 65535")
+	}
+	return nil
+}
+
+// flags is the binary's configuration: the Worker's Config plus what only
+// the process needs.
+type flags struct {
+	Config
+	MetricsAddr string
+	LogLevel    string
+	LogFormat   string
+}
+
+// bind defines every setting as a flag whose default comes from its GW_*
+// variable, then the documented default.
+func (f *flags) bind(b *config.Binder) {
+	b.String(&f.AMQPURL, "amqp-url", config.DefaultAMQPURL, "RabbitMQ URL")
+	b.String(&f.RedisURL, "redis-url", config.DefaultRedisURL, "Redis URL")
+	b.String(&f.Namespace, "namespace", config.DefaultNamespace, "prefix of every exchange, queue and key")
+	b.Duration(&f.Retention, "retention", config.DefaultRetention, "how long final records and results are kept")
+	b.Int(&f.MailboxCap, "mailbox-cap", config.DefaultMailboxCap, "entries per mailbox; a command to a full device mailbox is rejected")
+	b.Int(&f.Prefetch, "prefetch", DefaultPrefetch, "unacked deliveries per queue (commands, results)")
+	b.Int(&f.Concurrency, "concurrency", DefaultConcurrency, "handlers running at once per queue (at most prefetch)")
+	b.Duration(&f.TimerInterval, "timer-interval", DefaultTimerInterval, "how often the timer set is polled")
+	b.String(&f.MetricsAddr, "metrics-addr", config.DefaultMetricsAddr, "Prometheus listen address (port 0: any free port, logged at start)")
+	b.String(&f.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
+	b.String(&f.LogFormat, "log-format", "json", "log format: json or text")
+}
+
+// check refuses values that the Worker would silently replace by a default.
+func (f *flags) check() error {
+	switch {
+	case f.Retention <= 0:
+		return errors.New("retention must be positive")
+	case f.MailboxCap <= 0:
+		return errors.New("mailbox-cap must be positive")
+	case f.Prefetch <= 0:
+		return errors.New("prefetch must be positive")
+	case f.Concurrency <= 0:
+		return errors.New("concurrency must be positive")
+	case f.TimerInterval <= 0:
+		return errors.New("timer-interval must be positive")
+	case f.LogFormat != "json" && f.LogFormat != "text":
+		return fmt.Errorf("log-format %q must be json or text", f.LogFormat)
+	}
+	switch f.LogLevel {
+	case "debug", "info", "warn", "error":
+	default:
+		return fmt.Errorf("log-level %q must be debug, info, warn or error", f.LogLevel)
+	}
+	return nil
+}

@@ -1,0 +1,80 @@
+// Msgworker drives every command from queued to its final state, apart
+// from delivered (set by the push server on PUBACK) and cancelled (set by
+// the apiserver). Any number of msgworkers compete for the same queues.
+//
+// Usage:
+//
+//	msgworker [flags]
+//
+// Every flag is also a GW_* environment variable of the same name
+// (--amqp-url is GW_AMQP_URL); a flag wins over the variable, which wins
+// over the default. Run with -h for the list.
+//
+// # What it does
+//
+//	queue / loop          handler                         outcome → ack
+//	{ns}.commands         mailbox.Dispatch                sent, expired (deliver-by passed),
+//	                                                      rejected (device mailbox full),
+//	                                                      noop (cancelled, sent or beyond)
+//	{ns}.results          protocol.ParseResponse,         succeeded, failed, late (recorded
+//	                      mailbox.Complete                and dropped), noop
+//	{ns}.commands.dead    mailbox.MarkDead (unless        dead: the client gets -32003
+//	                      already sent)
+//	{ns}.results.dead     mailbox.Complete once more,     logged; the command's own timer
+//	                      else log                        ends it as timeout (-32001)
+//	timer loop            mailbox.FireTimers every        expired, timeout, rearmed
+//	                      --timer-interval
+//
+// A delivery is acknowledged only after the script that applied it has
+// returned, that is, after its effect is in Redis (durable as far as
+// Redis is: run it with appendfsync always; the worker warns at start when
+// it is not). Every transition is a compare-and-set in one script of
+// package mailbox, so a redelivery (after a crash between the script and
+// the ack, or from a competing worker) changes nothing: a command enters a
+// device's mailbox at most once, and every command gets exactly one final
+// result.
+//
+// # Failures
+//
+//   - A body that is not an envelope of the queue's kind (or a result
+//     whose payload is not a JSON-RPC response) is poison: it is rejected
+//     and goes to the dead letters at once.
+//   - Redis unavailable (network error, timeout, LOADING, READONLY…) is
+//     transient, not poison: the handler returns amqpx.ErrTransient, the
+//     consumer holds the delivery unacked (its delivery count does not
+//     grow), stops taking new ones and retries with backoff. The timer
+//     loop backs off the same way.
+//   - Any other error nacks with requeue; after protocol.DeliveryLimit
+//     attempts RabbitMQ dead-letters the message. A panic is recovered
+//     and counts as such an error.
+//   - A dead command is marked dead with the reason from the
+//     x-first-death-reason header. When its body does not decode, its
+//     client and msg_id fields are read leniently; a dead letter naming no
+//     command is logged and dropped. A command that is sent or delivered
+//     already (its Dispatch succeeded, only the acks failed) is not
+//     killed: it ends normally, by the device's answer or its timers.
+//   - The dead-letter queues have no delivery limit: a dead letter whose
+//     handling keeps failing (not transiently) is dropped with an error
+//     log after protocol.DeliveryLimit retries instead of looping.
+//   - A dead result (a device answer that could not be processed) is
+//     logged, counted, and offered once more to mailbox.Complete, which is
+//     harmless thanks to the compare-and-set: it may still save the
+//     device's real answer, or records it as late. If it cannot be
+//     applied it is dropped and the command's answer-within timer ends it
+//     as timeout, so the client still gets exactly one result.
+//   - RabbitMQ connection loss: the consumers reconnect with backoff and
+//     redeclare the topology (amqpx); unacked deliveries return to the
+//     queue and are handled again, harmlessly.
+//
+// On SIGINT or SIGTERM the worker stops taking deliveries, lets those in
+// flight finish within 10 s, then closes its connections. A second signal
+// exits at once.
+//
+// # Metrics
+//
+// Served at --metrics-addr (default 127.0.0.1:0, the bound address is
+// logged): gw_worker_handled_total{queue,outcome},
+// gw_worker_handler_duration_seconds{queue}, gw_worker_timers_fired_total,
+// gw_worker_dead_letters_total{queue}, gw_worker_reconnects_total, and the
+// Go and process collectors.
+package main

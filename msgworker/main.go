@@ -1,0 +1,74 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/iotgw/gateway/internal/config"
+	"github.com/iotgw/gateway/internal/telemetry"
+)
+
+func main() {
+	ctx, cancel := telemetry.SignalContext(context.Background())
+	defer cancel()
+	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {
+		fmt.Fprintln(os.Stderr, "msgworker:", err)
+		os.Exit(1)
+	}
+}
+
+// run is the whole program: it reads the configuration from args and
+// getenv, logs to stdout, serves metrics, and runs a Worker until ctx is
+// cancelled.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	var f flags
+	b := config.NewBinder("msgworker", getenv)
+	b.FS.SetOutput(stdout)
+	f.bind(b)
+	if err := b.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if err := f.check(); err != nil {
+		return fmt.Errorf("invalid configuration: %w", err)
+	}
+	log := telemetry.NewLogger(stdout, f.LogFormat, f.LogLevel)
+	// go-redis logs every failed dial to stderr; during an outage that is
+	// a flood. The worker reports outages itself; keep go-redis at debug.
+	redis.SetLogger(redisLogger{log.With("component", "go-redis")})
+	reg := telemetry.NewRegistry()
+	f.Logger = log
+	f.Registerer = reg
+	w, err := New(f.Config)
+	if err != nil {
+		return err
+	}
+	ms, err := telemetry.ServeMetrics(f.MetricsAddr, reg, log)
+	if err != nil {
+		return err
+	}
+	defer func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		defer cancel()
+		_ = ms.Shutdown(sctx)
+	}()
+	log.Info("msgworker starting", "ns", f.Namespace, "metrics_addr", ms.Addr(), "pid", os.Getpid())
+	return w.Run(ctx)
+}
+
+// redisLogger sends go-redis's internal log lines to slog at debug level.
+type redisLogger struct{ log *slog.Logger }
+
+func (l redisLogger) Printf(ctx context.Context, format string, v ...any) {
+	l.log.DebugContext(ctx, fmt.Sprintf(format, v...))
+}

@@ -1,0 +1,51 @@
+package main
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// metrics are the worker's Prometheus metrics (DESIGN §9: served at
+// GW_METRICS_ADDR).
+type metrics struct {
+	handled     *prometheus.CounterVec   // gw_worker_handled_total{queue,outcome}
+	duration    *prometheus.HistogramVec // gw_worker_handler_duration_seconds{queue}
+	timersFired prometheus.Counter       // gw_worker_timers_fired_total
+	deadLetters *prometheus.CounterVec   // gw_worker_dead_letters_total{queue}
+}
+
+// newMetrics registers the worker's metrics with reg. reconnects reports
+// the total reconnects of the worker's AMQP consumers.
+func newMetrics(reg prometheus.Registerer, reconnects func() float64) (*metrics, error) {
+	m := &metrics{
+		handled: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gw_worker_handled_total",
+			Help: "Deliveries handled, by queue (commands, results, commands.dead, results.dead) and outcome (sent, noop, expired, rejected, succeeded, failed, late, dead, unknown, conflict, poison, transient, error, panic, logged, dropped).",
+		}, []string{"queue", "outcome"}),
+		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "gw_worker_handler_duration_seconds",
+			Help:    "Time spent handling one delivery, by queue.",
+			Buckets: []float64{.0002, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5},
+		}, []string{"queue"}),
+		timersFired: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gw_worker_timers_fired_total",
+			Help: "Timers (deliver-by, answer-within) fired by this worker.",
+		}),
+		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gw_worker_dead_letters_total",
+			Help: "Dead letters consumed, by dead-letter queue.",
+		}, []string{"queue"}),
+	}
+	cs := []prometheus.Collector{
+		m.handled, m.duration, m.timersFired, m.deadLetters,
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gw_worker_reconnects_total",
+			Help: "AMQP connection or channel losses the worker's consumers recovered from.",
+		}, reconnects),
+	}
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}

@@ -1,0 +1,275 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"testing"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/redis/go-redis/v9"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iotgw/gateway/internal/amqpx"
+	"github.com/iotgw/gateway/internal/testenv"
+	"github.com/iotgw/gateway/mailbox"
+)
+
+func TestDeathReason(t *testing.T) {
+	tests := []struct {
+		name string
+		h    amqp.Table
+		want string
+	}{
+		{"first death", amqp.Table{"x-first-death-reason": "delivery_limit", "x-first-death-queue": "gw.commands"}, "delivery_limit in gw.commands"},
+		{"x-death only", amqp.Table{"x-death": []any{amqp.Table{"reason": "rejected", "queue": "gw.commands", "count": int64(1)}}}, "rejected in gw.commands"},
+		{"none", amqp.Table{}, "unknown"},
+		{"nil", nil, "unknown"},
+	}
+	for _, tt := range tests {
+		if got := deathReason(tt.h); got != tt.want {
+			t.Errorf("%s: deathReason(%v) = %q, want %q", tt.name, tt.h, got, tt.want)
+		}
+	}
+}
+
+func TestCommandOf(t *testing.T) {
+	tests := []struct {
+		body        string
+		client, key string
+		ok          bool
+	}{
+		{`{"v":1,"kind":"command","client":"c1","device":"d1","msg_id":42,"payload":{"method":"m"}}`, "c1", "42", true},
+		{`{"v":99,"client":"c1","msg_id":"a-1"}`, "c1", "a-1", true},
+		{`{"client":"c1","msg_id":null}`, "", "", false},
+		{`{"client":"bad:client","msg_id":1}`, "", "", false},
+		{`garbage`, "", "", false},
+		{``, "", "", false},
+	}
+	for _, tt := range tests {
+		c, k, ok := commandOf([]byte(tt.body))
+		if c != tt.client || k != tt.key || ok != tt.ok {
+			t.Errorf("commandOf(%q) = %q, %q, %v, want %q, %q, %v", tt.body, c, k, ok, tt.client, tt.key, tt.ok)
+		}
+	}
+}
+
+func TestDecodeResult(t *testing.T) {
+	ok := `{"v":1,"kind":"result","client":"c1","device":"d1","msg_id":7,"payload":{"jsonrpc":"2.0","result":1,"id":"c1:7"}}`
+	tests := []struct {
+		body    string
+		wantErr string
+	}{
+		{ok, ""},
+		{strings.Replace(ok, `"id":"c1:7"`, `"id":"c1:8"`, 1), "is not the envelope's command"},
+		{strings.Replace(ok, `"id":"c1:7"`, `"id":"c2:7"`, 1), "is not the envelope's command"},
+		{strings.Replace(ok, `"id":"c1:7"`, `"id":7`, 1), ""}, // not a device id: the envelope decides
+		{strings.Replace(ok, `"kind":"result"`, `"kind":"command"`, 1), "kind"},
+		{strings.Replace(ok, `"result":1`, `"nothing":1`, 1), "exactly one"},
+		{`nope`, "invalid envelope"},
+	}
+	for _, tt := range tests {
+		_, _, err := decodeResult([]byte(tt.body))
+		if tt.wantErr == "" {
+			if err != nil {
+				t.Errorf("decodeResult(%s) = %v, want nil", tt.body, err)
+			}
+			continue
+		}
+		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("decodeResult(%s) = %v, want an error containing %q", tt.body, err, tt.wantErr)
+		}
+	}
+}
+
+// TestIsTransient classifies real go-redis errors: a server that cannot
+// be reached is transient, a script error is not.
+func TestIsTransient(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	dead := ln.Addr().String()
+	require.NoError(t, ln.Close())
+	ctx := context.Background()
+	down := redis.NewClient(&redis.Options{Addr: dead, MaxRetries: -1, DialTimeout: 200 * time.Millisecond})
+	defer down.Close()
+	refused := down.Ping(ctx).Err()
+	require.Error(t, refused)
+
+	closed := redis.NewClient(&redis.Options{Addr: dead})
+	_ = closed.Close()
+	closedErr := closed.Ping(ctx).Err()
+
+	tests := []struct {
+		name string
+		err  error
+		want bool
+	}{
+		{"refused", refused, true},
+		{"wrapped refused", fmt.Errorf("cannot dispatch: %w", refused), true},
+		{"client closed", closedErr, true},
+		{"eof", io.EOF, true},
+		{"deadline", context.DeadlineExceeded, true},
+		{"canceled", context.Canceled, false},
+		{"plain", errors.New("something else"), false},
+		{"nil", nil, false},
+	}
+	if !testing.Short() {
+		rdb := testenv.Redis(t)
+		scriptErr := rdb.Eval(ctx, "return redis.error_reply('ERR boom')", nil).Err()
+		require.Error(t, scriptErr)
+		loading := rdb.Eval(ctx, "return redis.error_reply('LOADING Redis is loading the dataset in memory')", nil).Err()
+		tests = append(tests,
+			struct {
+				name string
+				err  error
+				want bool
+			}{"script error", scriptErr, false},
+			struct {
+				name string
+				err  error
+				want bool
+			}{"loading", loading, true},
+		)
+	}
+	for _, tt := range tests {
+		if got := isTransient(tt.err); got != tt.want {
+			t.Errorf("%s: isTransient(%v) = %v, want %v", tt.name, tt.err, got, tt.want)
+		}
+	}
+}
+
+func TestOutcomeOf(t *testing.T) {
+	tests := []struct {
+		outcome string
+		err     error
+		want    string
+	}{
+		{"sent", nil, "sent"},
+		{"", nil, "ok"},
+		{"", fmt.Errorf("x: %w", amqpx.ErrTransient), outcomeTransient},
+		{outcomePoison, fmt.Errorf("x: %w", amqpx.ErrReject), outcomePoison},
+		{"", errors.New("boom"), outcomeError},
+		{outcomePanic, errPanic, outcomePanic},
+	}
+	for _, tt := range tests {
+		if got := outcomeOf(&Message{Outcome: tt.outcome}, tt.err); got != tt.want {
+			t.Errorf("outcomeOf(%q, %v) = %q, want %q", tt.outcome, tt.err, got, tt.want)
+		}
+	}
+}
+
+// TestChainOrder checks that middleware runs outermost first and that a
+// panic becomes an error.
+func TestChainOrder(t *testing.T) {
+	var trace []string
+	mw := func(name string) Middleware {
+		return func(next Handler) Handler {
+			return func(ctx context.Context, m *Message) error {
+				trace = append(trace, name+">")
+				err := next(ctx, m)
+				trace = append(trace, "<"+name)
+				return err
+			}
+		}
+	}
+	h := chain(func(context.Context, *Message) error { trace = append(trace, "h"); panic("boom") },
+		mw("a"), recoverer(testenv.Logger(t)), mw("b"))
+	m := &Message{Queue: "q"}
+	err := h(context.Background(), m)
+	require.ErrorIs(t, err, errPanic)
+	require.Equal(t, outcomePanic, m.Outcome)
+	require.Equal(t, []string{"a>", "b>", "h", "<a"}, trace)
+}
+
+// TestRunConfig checks the binary's configuration: flags, variables,
+// errors and -h.
+func TestRunConfig(t *testing.T) {
+	env := func(kv ...string) func(string) string {
+		return func(k string) string {
+			for i := 0; i+1 < len(kv); i += 2 {
+				if kv[i] == k {
+					return kv[i+1]
+				}
+			}
+			return ""
+		}
+	}
+	ctx := context.Background()
+	tests := []struct {
+		name    string
+		args    []string
+		getenv  func(string) string
+		wantErr string
+	}{
+		{"bad variable", nil, env("GW_PREFETCH", "lots"), "GW_PREFETCH"},
+		{"bad flag", []string{"--nope"}, env(), "invalid flags"},
+		{"zero prefetch", []string{"--prefetch", "0"}, env(), "prefetch must be positive"},
+		{"bad interval", nil, env("GW_TIMER_INTERVAL", "0"), "timer-interval"},
+		{"bad namespace", []string{"--namespace", "a b"}, env(), "namespace"},
+		{"bad log level", []string{"--log-level", "loud"}, env(), "log-level"},
+		{"bad redis url", []string{"--redis-url", "http://x"}, env(), "redis-url"},
+		{"bad metrics addr", []string{"--metrics-addr", "256.0.0.1:99999"}, env(), "cannot listen for metrics"},
+	}
+	for _, tt := range tests {
+		var out bytes.Buffer
+		err := run(ctx, tt.args, tt.getenv, &out)
+		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+			t.Errorf("%s: run(%q) = %v, want an error containing %q", tt.name, tt.args, err, tt.wantErr)
+		}
+	}
+	var out bytes.Buffer
+	require.NoError(t, run(ctx, []string{"-h"}, env(), &out))
+	for _, name := range []string{"amqp-url", "redis-url", "namespace", "retention", "mailbox-cap", "prefetch",
+		"concurrency", "timer-interval", "metrics-addr", "log-level", "log-format", "GW_AMQP_URL"} {
+		require.Contains(t, out.String(), name)
+	}
+}
+
+// TestRunStartsAndStops runs the program in-process: it logs the metrics
+// address, warns about Redis durability when it applies, and returns nil
+// once its context is cancelled.
+func TestRunStartsAndStops(t *testing.T) {
+	t.Parallel()
+	testenv.RequireServices(t)
+	ns := testenv.Namespace(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	out := &syncBuffer{}
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--log-format", "text"}, func(k string) string {
+			switch k {
+			case "GW_NAMESPACE":
+				return ns
+			case "GW_AMQP_URL":
+				return testenv.AMQPURL()
+			case "GW_REDIS_URL":
+				return testenv.RedisURL()
+			}
+			return ""
+		}, out)
+	}()
+	require.Eventually(t, func() bool { return strings.Count(out.String(), "msg=consuming") >= 4 },
+		20*time.Second, 20*time.Millisecond, "%s", out.String())
+	require.Contains(t, out.String(), "metrics listening")
+	if msg := checkDurability(t); msg != "" {
+		require.Eventually(t, func() bool { return strings.Contains(out.String(), "redis durability") },
+			5*time.Second, 10*time.Millisecond, "no durability warning")
+	}
+	cancel()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("run did not return")
+	}
+	require.Contains(t, out.String(), "msgworker stopped")
+}
+
+func checkDurability(t testing.TB) string {
+	return mailbox.CheckDurability(context.Background(), testenv.Redis(t))
+}

@@ -1,0 +1,253 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/iotgw/gateway/internal/amqpx"
+	"github.com/iotgw/gateway/mailbox"
+	"github.com/iotgw/gateway/protocol"
+	"github.com/iotgw/gateway/pushserver/ring"
+)
+
+// Worker is one msgworker: competing consumers of the commands and
+// results queues and of their dead-letter queues, and the timer loop. Any
+// number of Workers (processes or, in tests, values in one process) share
+// the work of a namespace.
+type Worker struct {
+	cfg   Config
+	log   *slog.Logger
+	topo  protocol.Topology
+	rdb   *redis.Client
+	store *mailbox.Store
+	ring  *ring.Ring
+	mx    *metrics
+
+	consumers []*amqpx.Consumer
+}
+
+// New returns a Worker for cfg. It checks the configuration and creates
+// the Redis client, but does no I/O: Run connects.
+func New(cfg Config) (*Worker, error) {
+	cfg.ensureDefaults()
+	if err := cfg.validate(); err != nil {
+		return nil, fmt.Errorf("invalid configuration: %w", err)
+	}
+	ropts, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return nil, fmt.Errorf("invalid configuration: redis-url: %w", err)
+	}
+	// Handlers of both main queues and the timer loop share the pool.
+	if n := 2*cfg.Concurrency + 2*deadConcurrency + 4; ropts.PoolSize < n {
+		ropts.PoolSize = n
+	}
+	// Maintenance notifications need a server that offers them; asking an
+	// older one only produces warnings.
+	ropts.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	w := &Worker{
+		cfg:  cfg,
+		log:  cfg.Logger.With("component", "msgworker", "ns", cfg.Namespace),
+		topo: protocol.NewTopology(cfg.Namespace),
+		rdb:  redis.NewClient(ropts),
+	}
+	w.store = mailbox.New(w.rdb, cfg.Namespace, mailbox.Options{
+		Retention:  cfg.Retention,
+		MailboxCap: cfg.MailboxCap,
+		Logger:     cfg.Logger,
+	})
+	w.ring = ring.New(w.rdb, cfg.Namespace, ring.Options{Logger: cfg.Logger})
+	w.mx, err = newMetrics(cfg.Registerer, w.reconnects)
+	if err != nil {
+		_ = w.rdb.Close()
+		return nil, fmt.Errorf("cannot register metrics: %w", err)
+	}
+
+	// The connection name shows the namespace in RabbitMQ's UI.
+	aopts := amqpx.Options{URL: cfg.AMQPURL, Name: "msgworker@" + cfg.Namespace, Logger: cfg.Logger}
+	// Outermost first: count and log what the layers below did, panics
+	// included.
+	std := []Middleware{instrument(w.mx), logging(w.log), recoverer(w.log)}
+	queues := []struct {
+		queue, label      string
+		prefetch, workers int
+		h                 Handler
+	}{
+		{w.topo.CommandsQueue, queueCommands, cfg.Prefetch, cfg.Concurrency, w.handleCommand},
+		{w.topo.ResultsQueue, queueResults, cfg.Prefetch, cfg.Concurrency, w.handleResult},
+		{w.topo.CommandsDeadQueue, queueCommandsDead, deadPrefetch, deadConcurrency, w.handleDeadCommand},
+		{w.topo.ResultsDeadQueue, queueResultsDead, deadPrefetch, deadConcurrency, w.handleDeadResult},
+	}
+	for _, q := range queues {
+		// The standard middleware is outermost, so it logs and counts what
+		// test middleware injects too.
+		h := chain(q.h, append(std, cfg.middleware...)...)
+		w.consumers = append(w.consumers, amqpx.NewConsumer(aopts, w.topo, amqpx.ConsumerOptions{
+			Queue:           q.queue,
+			Prefetch:        q.prefetch,
+			Concurrency:     q.workers,
+			ShutdownTimeout: cfg.ShutdownTimeout,
+		}, adapt(q.label, h)))
+	}
+	return w, nil
+}
+
+// reconnects is the total of the consumers' reconnects, for the metric.
+func (w *Worker) reconnects() float64 {
+	var n int64
+	for _, c := range w.consumers {
+		n += c.Reconnects()
+	}
+	return float64(n)
+}
+
+// Store returns the worker's mailbox store.
+func (w *Worker) Store() *mailbox.Store { return w.store }
+
+// ownerOf is the push server the mailbox scripts signal for identity when
+// it has no live session: its ring owner, or "" when no push server is in
+// the ring (the mailbox then only keeps the entry; a push server streams it
+// when the identity connects).
+func (w *Worker) ownerOf(identity string) string {
+	if m, ok := w.ring.Owner(identity); ok {
+		return m.Node
+	}
+	return ""
+}
+
+// Run works until ctx is cancelled, then shuts down in order: the
+// consumers stop taking deliveries and finish those in flight within
+// Config.ShutdownTimeout (unfinished ones go back to the queue), the timer
+// loop and the ring stop, and the Redis client closes. Connection losses
+// of RabbitMQ are retried with backoff by the consumers; Redis outages
+// pause the consumers (transient errors) and the timer loop until Redis is
+// back. Run returns nil after a shutdown, or the first error that stops
+// it. Run may be called once.
+func (w *Worker) Run(ctx context.Context) error {
+	defer w.rdb.Close()
+
+	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
+	var bgWG sync.WaitGroup
+	bgWG.Add(3)
+	go func() {
+		defer bgWG.Done()
+		w.checkRedis(bg)
+	}()
+	go func() {
+		defer bgWG.Done()
+		_ = w.ring.Run(bg)
+	}()
+	go func() {
+		defer bgWG.Done()
+		w.runTimers(bg)
+	}()
+	// The ring and the timers keep going while the consumers drain, so the
+	// owners passed to the scripts stay current until the last handler.
+	defer func() {
+		stopBG()
+		bgWG.Wait()
+	}()
+
+	// A consumer that cannot run at all stops the others too.
+	cctx, stop := context.WithCancel(ctx)
+	defer stop()
+	errs := make(chan error, len(w.consumers))
+	for _, c := range w.consumers {
+		go func() {
+			err := c.Run(cctx)
+			if err != nil {
+				stop()
+			}
+			errs <- err
+		}()
+	}
+	w.log.Info("msgworker running", "prefetch", w.cfg.Prefetch, "concurrency", w.cfg.Concurrency,
+		"timer_interval", w.cfg.TimerInterval, "mailbox_cap", w.cfg.MailboxCap, "retention", w.cfg.Retention)
+	var first error
+	for range w.consumers {
+		if err := <-errs; err != nil && first == nil {
+			first = err
+		}
+	}
+	if first != nil {
+		return fmt.Errorf("consumer stopped: %w", first)
+	}
+	w.log.Info("msgworker stopped")
+	return nil
+}
+
+// checkRedis warns when Redis does not keep every write on disk
+// (appendonly yes, appendfsync always; DESIGN §7). When Redis cannot be
+// reached it says so once and checks again every 2s until it can, or
+// until ctx is done: the handlers wait for Redis meanwhile.
+func (w *Worker) checkRedis(ctx context.Context) {
+	for warned := false; ; warned = true {
+		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+		err := w.rdb.Ping(cctx).Err()
+		if err == nil {
+			if msg := mailbox.CheckDurability(cctx, w.rdb); msg != "" {
+				w.log.Warn("redis durability: "+msg, "want", "appendonly yes, appendfsync always")
+			}
+			cancel()
+			return
+		}
+		cancel()
+		if !warned {
+			w.log.Warn("redis not reachable yet; handlers wait for it", "err", err)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// runTimers polls the timer set every Config.TimerInterval until ctx is
+// done. Every worker polls; the FireTimers script fires each due timer
+// exactly once across all of them. A full batch is followed by another
+// poll at once. While Redis fails, polls back off (doubling up to 5s) and
+// the loop logs the outage once and the recovery once.
+func (w *Worker) runTimers(ctx context.Context) {
+	const maxBackoff = 5 * time.Second
+	delay := w.cfg.TimerInterval
+	failing := false
+	t := time.NewTimer(0)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		n, err := w.store.FireTimers(ctx, w.cfg.TimerBatch, w.ownerOf)
+		if n > 0 {
+			w.mx.timersFired.Add(float64(n))
+		}
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return
+		case err != nil:
+			if !failing {
+				failing = true
+				w.log.Warn("cannot fire timers; backing off", "err", err)
+			}
+			delay = min(2*delay, maxBackoff)
+		default:
+			if failing {
+				failing = false
+				w.log.Info("timers firing again")
+			}
+			delay = w.cfg.TimerInterval
+			if n >= w.cfg.TimerBatch {
+				delay = 0
+			}
+		}
+		t.Reset(delay)
+	}
+}

@@ -1,0 +1,506 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/iotgw/gateway/internal/testenv"
+	"github.com/iotgw/gateway/protocol"
+)
+
+// TestCommandSucceeds follows one command through the whole state
+// machine: one entry in the device's mailbox carrying "{client}:{id}",
+// delivered by the (simulated) push server, answered by the device, and
+// the client's result with its own id.
+func TestCommandSucceeds(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	w := h.worker(nil)
+
+	env := h.send(spec{client: "app-1", device: "lamp-1", id: `42`})
+	c := h.waitStatus(env, protocol.StatusSent, 10*time.Second)
+	require.False(t, c.SentAt.IsZero())
+
+	es := h.mailboxEntries("lamp-1")
+	require.Len(t, es, 1, "device mailbox")
+	require.Equal(t, protocol.DeviceCommandsTopic("lamp-1"), es[0]["t"])
+	var req protocol.Request
+	require.NoError(t, json.Unmarshal([]byte(es[0]["p"].(string)), &req))
+	require.Equal(t, "app-1:42", req.ID.Key())
+	require.Equal(t, "set", req.Method)
+
+	require.Len(t, h.deliver("lamp-1"), 1)
+	h.waitStatus(env, protocol.StatusDelivered, 5*time.Second)
+	require.Empty(t, h.mailboxEntries("lamp-1"))
+
+	h.answer(env, 0)
+	c = h.waitStatus(env, protocol.StatusSucceeded, 10*time.Second)
+	r := h.oneResult(env)
+	require.Nil(t, r.Error)
+	require.JSONEq(t, `42`, string(r.ID), "the client's own id")
+	require.JSONEq(t, `{"ok":true,"for":"app-1:42"}`, string(r.Result))
+	require.JSONEq(t, string(c.Response), mustJSON(t, r))
+	// The counters are bumped just after the script returns.
+	waitHandled(t, w, queueCommands, "sent", 1, 5*time.Second)
+	waitHandled(t, w, queueResults, "succeeded", 1, 5*time.Second)
+	require.Equal(t, protocol.ClientResultsTopic("app-1", "lamp-1"), h.mailboxEntries("app-1")[0]["t"])
+}
+
+func mustJSON(t testing.TB, v any) string {
+	b, err := json.Marshal(v)
+	require.NoError(t, err)
+	return string(b)
+}
+
+// TestDeviceErrorFails: a device answering with an error makes the
+// command failed, and the client gets the device's error (not a gateway
+// one), even before the PUBACK was seen.
+func TestDeviceErrorFails(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.worker(nil)
+
+	env := h.send(spec{client: "app-1", device: "lamp-1", id: `"set-1"`})
+	h.waitStatus(env, protocol.StatusSent, 10*time.Second)
+	h.answer(env, -32601) // answer before any PUBACK: accepted from sent
+	c := h.waitStatus(env, protocol.StatusFailed, 10*time.Second)
+	require.False(t, c.DeliveredAt.IsZero(), "delivered_at filled in by the answer")
+	r := h.oneResult(env)
+	require.NotNil(t, r.Error)
+	require.Equal(t, -32601, r.Error.Code)
+	require.NotEqual(t, protocol.SourceGateway, r.Error.Source())
+	require.JSONEq(t, `"set-1"`, string(r.ID))
+	require.Empty(t, h.mailboxEntries("lamp-1"), "the final transition removes the device entry")
+}
+
+// TestNoAnswerTimesOut: delivered and never answered → timeout (-32001),
+// fired by the timer loop.
+func TestNoAnswerTimesOut(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	w := h.worker(nil)
+
+	env := h.send(spec{client: "app-1", device: "lamp-1", id: `1`, timeout: time.Second})
+	h.waitStatus(env, protocol.StatusSent, 10*time.Second)
+	h.deliver("lamp-1")
+	start := time.Now()
+	h.waitStatus(env, protocol.StatusTimeout, 10*time.Second)
+	require.GreaterOrEqual(t, time.Since(start), 800*time.Millisecond, "fired too early")
+	require.Equal(t, protocol.CodeTimeout, gatewayCode(t, h.oneResult(env)))
+	require.Eventually(t, func() bool { return counterValue(w.mx.timersFired) == 1 }, 5*time.Second, 10*time.Millisecond)
+}
+
+// TestOfflineDeviceExpires: a device that never connects does not get
+// the command after expires_in: the deliver-by timer expires it and
+// removes its mailbox entry.
+func TestOfflineDeviceExpires(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.worker(nil)
+
+	env := h.send(spec{client: "app-1", device: "lamp-1", id: `1`, expiresIn: time.Second})
+	h.waitStatus(env, protocol.StatusSent, 10*time.Second)
+	require.Len(t, h.mailboxEntries("lamp-1"), 1)
+	c := h.waitStatus(env, protocol.StatusExpired, 10*time.Second)
+	require.Contains(t, c.Reason, "expires_in")
+	require.Equal(t, protocol.CodeExpired, gatewayCode(t, h.oneResult(env)))
+	require.Empty(t, h.mailboxEntries("lamp-1"))
+}
+
+// TestExpiredBeforeDispatch: a command whose deliver-by passed while it
+// waited in the queue is expired by Dispatch and never enters the
+// device's mailbox.
+func TestExpiredBeforeDispatch(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	w := h.worker(nil)
+
+	env := h.send(spec{client: "app-1", device: "lamp-1", id: `1`, expiresIn: time.Minute,
+		created: time.Now().Add(-2 * time.Minute)})
+	h.waitStatus(env, protocol.StatusExpired, 10*time.Second)
+	require.Equal(t, protocol.CodeExpired, gatewayCode(t, h.oneResult(env)))
+	require.Empty(t, h.mailboxEntries("lamp-1"))
+	waitHandled(t, w, queueCommands, "expired", 1, 5*time.Second)
+}
+
+// TestCancelBeforeDelivery: a command cancelled while queued is a noop
+// when its message arrives: it never enters the device's mailbox, and the
+// client has exactly one result (cancelled).
+func TestCancelBeforeDelivery(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	ctx := context.Background()
+
+	rec, env, err := h.reserve(spec{client: "app-1", device: "lamp-1", id: `1`})
+	require.NoError(t, err)
+	require.NoError(t, h.store.MarkQueued(ctx, env.Client, env.MsgID.Key(), rec.LeaseToken))
+	c, err := h.store.Cancel(ctx, env.Client, env.MsgID.Key(), "")
+	require.NoError(t, err)
+	require.Equal(t, protocol.StatusCancelled, c.Status)
+
+	h.publishCommand(env)
+	w := h.worker(nil)
+	waitHandled(t, w, queueCommands, "noop", 1, 10*time.Second)
+	require.Equal(t, protocol.StatusCancelled, h.get(env).Status)
+	require.Empty(t, h.mailboxEntries("lamp-1"))
+	require.Equal(t, protocol.CodeCancelled, gatewayCode(t, h.oneResult(env)))
+}
+
+// TestLateAnswer: an answer after the timeout is recorded on the command
+// and dropped: the client has exactly one result, the timeout.
+func TestLateAnswer(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	w := h.worker(nil)
+
+	env := h.send(spec{client: "app-1", device: "lamp-1", id: `1`, timeout: time.Second})
+	h.waitStatus(env, protocol.StatusSent, 10*time.Second)
+	h.deliver("lamp-1")
+	h.waitStatus(env, protocol.StatusTimeout, 10*time.Second)
+
+	h.answer(env, 0)
+	waitHandled(t, w, queueResults, "late", 1, 10*time.Second)
+	c := h.get(env)
+	require.Equal(t, protocol.StatusTimeout, c.Status)
+	require.Contains(t, string(c.Late), `"ok":true`)
+	require.Equal(t, protocol.CodeTimeout, gatewayCode(t, h.oneResult(env)))
+}
+
+// TestFullMailboxRejected: with room for two entries, a third command to
+// an offline device is rejected (-32005).
+func TestFullMailboxRejected(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	w := h.worker(func(c *Config) { c.MailboxCap = 2 })
+
+	var envs []*protocol.Envelope
+	for i := range 3 {
+		env := h.send(spec{client: "app-1", device: "lamp-1", id: fmt.Sprint(i)})
+		envs = append(envs, env)
+		require.Eventually(t, func() bool { return h.get(env).Status.Final() || h.get(env).Status == protocol.StatusSent },
+			10*time.Second, 10*time.Millisecond)
+	}
+	require.Equal(t, protocol.StatusSent, h.get(envs[0]).Status)
+	require.Equal(t, protocol.StatusSent, h.get(envs[1]).Status)
+	c := h.get(envs[2])
+	require.Equal(t, protocol.StatusRejected, c.Status)
+	require.Equal(t, protocol.CodeRejected, gatewayCode(t, h.oneResult(envs[2])))
+	require.Len(t, h.mailboxEntries("lamp-1"), 2)
+	waitHandled(t, w, queueCommands, "rejected", 1, 5*time.Second)
+}
+
+// TestPoisonCommand: a body that is not an envelope goes to the dead
+// letters at once (not after five attempts) and is dropped there with a
+// log line, since it names no command; an envelope whose payload the
+// device cannot get is poison too, and its command ends dead (-32003).
+func TestPoisonCommand(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	w := h.worker(nil)
+
+	h.publish(h.topo.CommandsExchange, protocol.RoutingCommand, []byte("garbage \x00 not json"))
+	waitHandled(t, w, queueCommandsDead, outcomeLogged, 1, 10*time.Second)
+	require.Equal(t, 1, handled(w, queueCommands, outcomePoison), "rejected on the first delivery")
+	require.Equal(t, 0, handled(w, queueCommands, outcomeError))
+
+	// A decodable envelope whose payload is not a request object.
+	rec, env, err := h.reserve(spec{client: "app-1", device: "lamp-1", id: `"p-1"`})
+	require.NoError(t, err)
+	env.Payload = json.RawMessage(`[1,2,3]`)
+	h.publishCommand(env)
+	require.NoError(t, h.store.MarkQueued(context.Background(), env.Client, env.MsgID.Key(), rec.LeaseToken))
+	c := h.waitStatus(env, protocol.StatusDead, 10*time.Second)
+	require.Contains(t, c.Reason, "rejected")
+	require.Equal(t, protocol.CodeDead, gatewayCode(t, h.oneResult(env)))
+	require.Equal(t, 2, handled(w, queueCommands, outcomePoison))
+	waitHandled(t, w, queueCommandsDead, "dead", 1, 5*time.Second)
+	require.Equal(t, 2.0, counterValue(w.mx.deadLetters.WithLabelValues(queueCommandsDead)))
+
+	// A body that is no envelope but names its command is still ended.
+	rec, env, err = h.reserve(spec{client: "app-1", device: "lamp-1", id: `7`})
+	require.NoError(t, err)
+	h.publish(h.topo.CommandsExchange, protocol.RoutingCommand, []byte(`{"v":99,"client":"app-1","msg_id":7}`))
+	require.NoError(t, h.store.MarkQueued(context.Background(), env.Client, env.MsgID.Key(), rec.LeaseToken))
+	h.waitStatus(env, protocol.StatusDead, 10*time.Second)
+}
+
+// TestDeliveryLimitDead: a command whose handling fails every time is
+// retried protocol.DeliveryLimit times, then dead-lettered and ended as
+// dead with RabbitMQ's reason.
+func TestDeliveryLimitDead(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	var attempts atomic.Int32
+	w := h.worker(func(c *Config) {
+		c.middleware = []Middleware{func(next Handler) Handler {
+			return func(ctx context.Context, m *Message) error {
+				if m.Queue == queueCommands {
+					attempts.Add(1)
+					return errors.New("injected failure")
+				}
+				return next(ctx, m)
+			}
+		}}
+	})
+
+	env := h.send(spec{client: "app-1", device: "lamp-1", id: `1`})
+	c := h.waitStatus(env, protocol.StatusDead, 20*time.Second)
+	require.Equal(t, protocol.CodeDead, gatewayCode(t, h.oneResult(env)))
+	require.Contains(t, c.Reason, "delivery_limit")
+	require.Equal(t, int32(protocol.DeliveryLimit+1), attempts.Load())
+	require.Equal(t, protocol.DeliveryLimit+1, handled(w, queueCommands, outcomeError))
+	require.Empty(t, h.mailboxEntries("lamp-1"))
+}
+
+// TestRedeliveryAfterCrash: the worker "crashes" after the Dispatch script
+// ran and before the ack (the handler panics, so the delivery is
+// requeued, as a lost connection would): the redelivery is a noop and the
+// device's mailbox holds one entry.
+func TestRedeliveryAfterCrash(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	var crashed atomic.Bool
+	w := h.worker(func(c *Config) {
+		c.middleware = []Middleware{func(next Handler) Handler {
+			return func(ctx context.Context, m *Message) error {
+				err := next(ctx, m)
+				if m.Queue == queueCommands && err == nil && !crashed.Swap(true) {
+					panic("crash between the script and the ack")
+				}
+				return err
+			}
+		}}
+	})
+
+	env := h.send(spec{client: "app-1", device: "lamp-1", id: `1`})
+	waitHandled(t, w, queueCommands, "noop", 1, 10*time.Second)
+	require.Equal(t, 1, handled(w, queueCommands, outcomePanic))
+	require.Equal(t, protocol.StatusSent, h.get(env).Status)
+	require.Len(t, h.mailboxEntries("lamp-1"), 1, "one mailbox entry")
+
+	// It still completes normally.
+	h.deliver("lamp-1")
+	h.answer(env, 0)
+	h.waitStatus(env, protocol.StatusSucceeded, 10*time.Second)
+	h.oneResult(env)
+}
+
+// TestSameIDTwoClients: two clients using the same id towards one device
+// are two commands: two entries with distinct device ids, and each client
+// gets its own result with its own id.
+func TestSameIDTwoClients(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	h.worker(nil)
+
+	a := h.send(spec{client: "app-a", device: "lamp-1", id: `7`})
+	b := h.send(spec{client: "app-b", device: "lamp-1", id: `7`})
+	h.waitStatus(a, protocol.StatusSent, 10*time.Second)
+	h.waitStatus(b, protocol.StatusSent, 10*time.Second)
+	es := h.deliver("lamp-1")
+	require.Len(t, es, 2)
+	ids := map[string]bool{}
+	for _, e := range es {
+		var req protocol.Request
+		require.NoError(t, json.Unmarshal(e.Payload, &req))
+		ids[req.ID.Key()] = true
+	}
+	require.Equal(t, map[string]bool{"app-a:7": true, "app-b:7": true}, ids)
+
+	h.answer(a, 0)
+	h.answer(b, -1)
+	h.waitStatus(a, protocol.StatusSucceeded, 10*time.Second)
+	h.waitStatus(b, protocol.StatusFailed, 10*time.Second)
+	ra, rb := h.oneResult(a), h.oneResult(b)
+	require.JSONEq(t, `7`, string(ra.ID))
+	require.JSONEq(t, `7`, string(rb.ID))
+	require.Contains(t, string(ra.Result), "app-a:7")
+	require.Equal(t, -1, rb.Error.Code)
+}
+
+// TestPoisonResult: an undecodable result is dead-lettered at once and
+// dropped with a log line; a result whose id names another command than
+// its envelope is poison too.
+func TestPoisonResult(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	w := h.worker(nil)
+
+	h.publish(h.topo.ResultsExchange, protocol.RoutingResult, []byte(`{"v":1,"kind":"result"}`))
+	env := h.send(spec{client: "app-1", device: "lamp-1", id: `1`})
+	h.waitStatus(env, protocol.StatusSent, 10*time.Second)
+	other := *env
+	other.MsgID, _ = protocol.ParseID(json.RawMessage(`2`))
+	body := resultBody(t, &other, 0)
+	body = []byte(strings.Replace(string(body), `"msg_id":2`, `"msg_id":1`, 1)) // envelope says 1, response says app-1:2
+	h.publish(h.topo.ResultsExchange, protocol.RoutingResult, body)
+
+	waitHandled(t, w, queueResultsDead, outcomeLogged, 2, 10*time.Second)
+	require.Equal(t, 2, handled(w, queueResults, outcomePoison))
+	require.Equal(t, protocol.StatusSent, h.get(env).Status, "a poison result changes nothing")
+	require.Empty(t, h.results("app-1"))
+}
+
+// TestDeadResultSalvaged: a device answer that failed until the delivery
+// limit is applied once more from the dead letters: the client gets the
+// device's real answer rather than a timeout.
+func TestDeadResultSalvaged(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	w := h.worker(func(c *Config) {
+		c.middleware = []Middleware{func(next Handler) Handler {
+			return func(ctx context.Context, m *Message) error {
+				if m.Queue == queueResults {
+					return errors.New("injected failure")
+				}
+				return next(ctx, m)
+			}
+		}}
+	})
+
+	env := h.send(spec{client: "app-1", device: "lamp-1", id: `1`})
+	h.waitStatus(env, protocol.StatusSent, 10*time.Second)
+	h.answer(env, 0)
+	h.waitStatus(env, protocol.StatusSucceeded, 20*time.Second)
+	require.Equal(t, protocol.DeliveryLimit+1, handled(w, queueResults, outcomeError))
+	waitHandled(t, w, queueResultsDead, "succeeded", 1, 5*time.Second)
+	require.Nil(t, h.oneResult(env).Error)
+}
+
+// TestGracefulShutdown: cancelling Run lets an in-flight handler finish
+// and ack (its effect is kept and not redone), and Run returns promptly.
+func TestGracefulShutdown(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	entered := make(chan struct{})
+	var once atomic.Bool
+	cfg := Config{
+		AMQPURL: testenv.AMQPURL(), RedisURL: testenv.RedisURL(), Namespace: h.ns, Logger: testenv.Logger(t),
+		middleware: []Middleware{func(next Handler) Handler {
+			return func(ctx context.Context, m *Message) error {
+				if m.Queue == queueCommands && !once.Swap(true) {
+					close(entered)
+					time.Sleep(500 * time.Millisecond) // in flight during the shutdown
+				}
+				return next(ctx, m)
+			}
+		}},
+	}
+	w, err := New(cfg)
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- w.Run(ctx) }()
+
+	env := h.send(spec{client: "app-1", device: "lamp-1", id: `1`})
+	<-entered
+	start := time.Now()
+	cancel()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(12 * time.Second):
+		t.Fatal("Run did not return within the shutdown timeout")
+	}
+	require.Less(t, time.Since(start), 5*time.Second)
+	require.Equal(t, protocol.StatusSent, h.get(env).Status, "the in-flight command was finished")
+	require.Equal(t, 1, handled(w, queueCommands, "sent"))
+
+	// It was acked: a new worker finds nothing to do.
+	w2 := h.worker(nil)
+	time.Sleep(500 * time.Millisecond)
+	require.Equal(t, 0, handled(w2, queueCommands, "noop"))
+	require.Len(t, h.mailboxEntries("lamp-1"), 1)
+}
+
+// TestKindMismatchIsPoison: an envelope of the other kind is poison on
+// either queue.
+func TestKindMismatchIsPoison(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	w := h.worker(nil)
+
+	// A result envelope on the commands queue: poison, and since it names a
+	// command, that command ends dead.
+	rec, env, err := h.reserve(spec{client: "app-1", device: "lamp-1", id: `1`})
+	require.NoError(t, err)
+	require.NoError(t, h.store.MarkQueued(context.Background(), env.Client, env.MsgID.Key(), rec.LeaseToken))
+	h.publish(h.topo.CommandsExchange, protocol.RoutingCommand, resultBody(t, env, 0))
+	h.waitStatus(env, protocol.StatusDead, 10*time.Second)
+	require.Equal(t, 1, handled(w, queueCommands, outcomePoison))
+
+	// A command envelope on the results queue: poison, logged.
+	body, err := env.Encode()
+	require.NoError(t, err)
+	h.publish(h.topo.ResultsExchange, protocol.RoutingResult, body)
+	waitHandled(t, w, queueResultsDead, outcomeLogged, 1, 10*time.Second)
+}
+
+// TestDeadLetterFailingIsDropped: the dead-letter queues have no delivery
+// limit, so a dead letter whose handling keeps failing (not transiently)
+// is dropped with an error log after protocol.DeliveryLimit retries
+// instead of looping forever.
+func TestDeadLetterFailingIsDropped(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	var attempts atomic.Int32
+	w := h.worker(func(c *Config) {
+		c.middleware = []Middleware{func(next Handler) Handler {
+			return func(ctx context.Context, m *Message) error {
+				if m.Queue == queueCommandsDead {
+					attempts.Add(1)
+					return w0settle(m, errors.New("injected failure"))
+				}
+				return next(ctx, m)
+			}
+		}}
+	})
+	h.publish(h.topo.CommandsExchange, protocol.RoutingCommand, []byte("poison"))
+	waitHandled(t, w, queueCommandsDead, outcomeDropped, 1, 20*time.Second)
+	require.Equal(t, int32(protocol.DeliveryLimit+1), attempts.Load())
+	require.Equal(t, protocol.DeliveryLimit, handled(w, queueCommandsDead, outcomeError))
+}
+
+// w0settle applies the dead queues' settling to err, as the dead handlers
+// do.
+func w0settle(m *Message, err error) error {
+	return (&Worker{log: slog.New(slog.DiscardHandler)}).settleDead(m, "test", err)
+}
+
+// TestDeadAfterDispatchLeftAlone: a command whose Dispatch succeeded but
+// whose delivery kept failing afterwards (no ack) reaches the dead
+// letters; it is in the device's mailbox already, so it is not killed and
+// finishes normally.
+func TestDeadAfterDispatchLeftAlone(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	w := h.worker(func(c *Config) {
+		c.middleware = []Middleware{func(next Handler) Handler {
+			return func(ctx context.Context, m *Message) error {
+				err := next(ctx, m)
+				if m.Queue == queueCommands && err == nil {
+					return errors.New("injected failure after the script")
+				}
+				return err
+			}
+		}}
+	})
+	env := h.send(spec{client: "app-1", device: "lamp-1", id: `1`})
+	waitHandled(t, w, queueCommandsDead, "noop", 1, 20*time.Second)
+	require.Equal(t, protocol.StatusSent, h.get(env).Status)
+	require.Len(t, h.mailboxEntries("lamp-1"), 1)
+	require.Equal(t, 1.0, counterValue(w.mx.deadLetters.WithLabelValues(queueCommandsDead)))
+	h.deliver("lamp-1")
+	h.answer(env, 0)
+	h.waitStatus(env, protocol.StatusSucceeded, 10*time.Second)
+	require.Nil(t, h.oneResult(env).Error)
+}
