@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# run.sh starts the whole gateway on this machine, without Docker:
+# RabbitMQ and Redis (through services.sh), the apiserver on
+# 127.0.0.1:8080, two msgworkers, three pushservers on free ports from
+# 1884 up, and a simulated fleet of 100 devices. Logs go to one run
+# folder. Ctrl-C stops everything in order.
+#
+# Settings (environment): GW_AUTH_SECRET (generated when unset),
+# GW_NAMESPACE (gw), GW_HTTP_ADDR (127.0.0.1:8080), FLEET_DEVICES (100),
+# PUSH_SERVERS (3), WORKERS (2), RUN_DIR (run/<timestamp>).
+set -euo pipefail
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$root"
+
+export GW_NAMESPACE="${GW_NAMESPACE:-gw}"
+export GW_HTTP_ADDR="${GW_HTTP_ADDR:-127.0.0.1:8080}"
+fleet_devices="${FLEET_DEVICES:-100}"
+push_servers="${PUSH_SERVERS:-3}"
+workers="${WORKERS:-2}"
+run_dir="${RUN_DIR:-run/$(date +%Y%m%d-%H%M%S)}"
+mkdir -p "$run_dir"
+run_dir="$(cd "$run_dir" && pwd)"
+
+if [[ -z "${GW_AUTH_SECRET:-}" ]]; then
+  GW_AUTH_SECRET="$(head -c 24 /dev/urandom | od -An -tx1 | tr -d ' \n')"
+fi
+export GW_AUTH_SECRET
+printf '%s\n' "$GW_AUTH_SECRET" > "$run_dir/secret"
+chmod 600 "$run_dir/secret"
+
+bash deployments/local/services.sh
+
+echo "building into bin/ ..."
+make -s build
+
+pids=()
+names=()
+start() { # start NAME CMD...: runs CMD in the background, logging to the run folder
+  local name="$1"; shift
+  "$@" >>"$run_dir/$name.log" 2>&1 &
+  pids+=("$!")
+  names+=("$name")
+}
+
+stopping=0
+stop_all() {
+  [[ $stopping == 1 ]] && return
+  stopping=1
+  echo
+  echo "stopping (logs stay in $run_dir) ..."
+  # Reverse order: the fleet first, then the apiserver, workers, push servers.
+  local i
+  for (( i=${#pids[@]}-1; i>=0; i-- )); do
+    kill -TERM "${pids[$i]}" 2>/dev/null || true
+  done
+  local deadline=$((SECONDS + 15))
+  for pid in "${pids[@]}"; do
+    while kill -0 "$pid" 2>/dev/null && (( SECONDS < deadline )); do sleep 0.2; done
+    kill -KILL "$pid" 2>/dev/null || true
+  done
+  wait 2>/dev/null || true
+  echo "stopped."
+}
+trap stop_all EXIT
+trap 'exit 130' INT TERM
+
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+port=1884
+for (( n=0; n<push_servers; n++ )); do
+  while ! port_free "$port"; do port=$((port + 1)); done
+  start "pushserver-$n" bin/pushserver --mqtt-addr "127.0.0.1:$port" --node-id "push-$n"
+  port=$((port + 1))
+done
+for (( n=0; n<workers; n++ )); do
+  start "msgworker-$n" bin/msgworker
+done
+start apiserver bin/apiserver
+
+api="http://$GW_HTTP_ADDR"
+echo "waiting for the apiserver at $api ..."
+ok=0
+for _ in $(seq 1 100); do
+  if curl -fsS "$api/readyz" >/dev/null 2>&1; then ok=1; break; fi
+  for pid in "${pids[@]}"; do
+    if ! kill -0 "$pid" 2>/dev/null; then
+      echo "a service exited during start; see the logs in $run_dir:" >&2
+      tail -n 5 "$run_dir"/*.log >&2
+      exit 1
+    fi
+  done
+  sleep 0.2
+done
+if [[ $ok != 1 ]]; then
+  echo "the apiserver did not become ready within 20s; see $run_dir/apiserver.log" >&2
+  exit 1
+fi
+
+operator="$(bin/devicesim token --role operator --sub operator --ttl 24h)"
+client="$(bin/devicesim token --role client --sub app-1 --devices 'dev-*' --ttl 24h)"
+printf '%s\n' "$operator" > "$run_dir/operator.token"
+printf '%s\n' "$client" > "$run_dir/client.token"
+
+start fleet bin/devicesim --api "$api" fleet --devices "$fleet_devices" --prefix dev- --progress=false
+
+cat <<MSG
+
+The gateway is running (namespace $GW_NAMESPACE, logs in $run_dir).
+
+  Dashboard:     $api/#token=$operator
+  API:           $api  (OpenAPI: $api/openapi.yaml)
+  Client token:  $client
+                 (sub app-1, may command dev-*; also in $run_dir/client.token)
+
+Send a command to a simulated device:
+
+  bin/devicesim send --api $api --secret $GW_AUTH_SECRET --device dev-1 --method echo --params '{"hello":"world"}'
+
+Watch queue depth:   bin/devicesim stats --watch --api $api --secret $GW_AUTH_SECRET
+Generate load:       bin/devicesim load --api $api --secret $GW_AUTH_SECRET --devices $fleet_devices --rate 500 --duration 20s
+
+Press Ctrl-C to stop everything.
+MSG
+
+# Stay up until interrupted or until a service dies.
+while true; do
+  for i in "${!pids[@]}"; do
+    if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+      echo "${names[$i]} exited; see $run_dir/${names[$i]}.log" >&2
+      tail -n 20 "$run_dir/${names[$i]}.log" >&2 || true
+      exit 1
+    fi
+  done
+  sleep 1
+done
