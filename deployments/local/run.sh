@@ -33,6 +33,12 @@ bash deployments/local/services.sh
 
 echo "building into bin/ ..."
 make -s build
+for b in apiserver msgworker pushserver devicesim; do
+  if [[ ! -x bin/$b ]]; then
+    echo "bin/$b was not built; see the build output above" >&2
+    exit 1
+  fi
+done
 
 pids=()
 names=()
