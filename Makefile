@@ -11,10 +11,13 @@ SERVICES := apiserver msgworker pushserver devicesim
 # How long `make fuzz` runs each fuzz target.
 FUZZTIME ?= 60s
 
-.PHONY: help build test test-short fmt vet services fuzz clean
+.PHONY: help run build test test-short fmt vet services fuzz bench clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+
+run: ## Start RabbitMQ, Redis, the apiserver, 2 workers, 3 push servers and a 100-device fleet; Ctrl-C stops
+	@bash deployments/local/run.sh
 
 build: ## Build every service that exists into bin/
 	@mkdir -p bin
@@ -62,6 +65,10 @@ fuzz: ## Run every fuzz target of the module for FUZZTIME each (default 60s)
 		done; \
 	done; \
 	if [ "$$found" = 0 ]; then echo "no fuzz targets found"; fi
+
+bench: ## Start local services, run the benchmark (~5 min; BENCH_FLAGS=--quick: ~1 min), write bench/results/
+	@if [ -f deployments/local/services.sh ]; then bash deployments/local/services.sh; fi
+	$(GO) run ./bench $(BENCH_FLAGS)
 
 clean: ## Remove bin/ and test leftovers (run/ stays: a local Redis may use it)
 	rm -rf bin coverage.out coverage.html

@@ -1,0 +1,180 @@
+package main
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"strings"
+	"time"
+
+	"github.com/iotgw/gateway/internal/config"
+)
+
+// Bounds of the per-command query parameters (DESIGN §3).
+const (
+	DefaultTimeout   = 30 * time.Second
+	MinTimeout       = time.Second
+	MaxTimeout       = 24 * time.Hour
+	DefaultExpiresIn = time.Hour
+	MinExpiresIn     = time.Second
+	MaxExpiresIn     = 7 * 24 * time.Hour
+)
+
+// Defaults of the settings that are not in DESIGN §9.
+const (
+	// DefaultMaxWait caps ?wait= of the long-poll.
+	DefaultMaxWait = 60 * time.Second
+	// DefaultShutdownTimeout is how long in-flight requests get to finish
+	// once the server stops accepting.
+	DefaultShutdownTimeout = 10 * time.Second
+	// DefaultReadTimeout, DefaultWriteTimeout and DefaultIdleTimeout are the
+	// http.Server timeouts. A long-poll extends its own write deadline.
+	DefaultReadTimeout  = 30 * time.Second
+	DefaultWriteTimeout = 30 * time.Second
+	DefaultIdleTimeout  = 120 * time.Second
+)
+
+// Config is the apiserver's configuration. Flags and GW_* environment
+// variables of the same names fill it (see bind); a zero field of a
+// Config built in code takes the documented default in NewServer.
+type Config struct {
+	// AMQPURL is the RabbitMQ URL. Default config.DefaultAMQPURL.
+	AMQPURL string
+	// AMQPMgmtURL is RabbitMQ's management API, for the rates and ages of
+	// GET /v1/stats. Default config.DefaultAMQPMgmtURL.
+	AMQPMgmtURL string
+	// RedisURL is the Redis URL (go-redis ParseURL syntax). Default
+	// config.DefaultRedisURL.
+	RedisURL string
+	// Namespace prefixes every exchange, queue and key. Default "gw".
+	Namespace string
+	// AuthSecret is the HS256 key of the tokens. Required: there is no
+	// default, and the server refuses to start without it.
+	AuthSecret string
+	// HTTPAddr is the listen address. Default 127.0.0.1:8080; with port 0
+	// the bound address is logged ("listening", addr=…).
+	HTTPAddr string
+	// TLSCert and TLSKey are PEM files; when both are set the server
+	// speaks HTTPS. Default: plain HTTP.
+	TLSCert, TLSKey string
+	// Retention is how long final records are kept. Default 24h.
+	Retention time.Duration
+	// Rate and Burst are each client's token bucket: Rate requests per
+	// second on average, Burst at once. Defaults 1000 and 2000; a Rate
+	// below zero disables the limit.
+	Rate  float64
+	Burst int
+	// BodyLimit is the largest request body in bytes. Default 64 KiB.
+	BodyLimit int64
+	// ConfirmTimeout is the longest wait for a publisher confirm; the
+	// reservation lease of a pending command is twice this. Default 5s.
+	ConfirmTimeout time.Duration
+	// LogLevel (debug, info, warn, error; default info) and LogFormat
+	// (json or text; default json) of the service's logger.
+	LogLevel, LogFormat string
+
+	// MaxWait caps the long-poll's ?wait=. Default 60s. Not a flag.
+	MaxWait time.Duration
+	// ShutdownTimeout bounds the graceful shutdown. Default 10s. Not a flag.
+	ShutdownTimeout time.Duration
+	// ReadTimeout, WriteTimeout and IdleTimeout of the http.Server.
+	// Defaults 30s, 30s, 120s. Not flags.
+	ReadTimeout, WriteTimeout, IdleTimeout time.Duration
+}
+
+// ErrNoSecret is returned when GW_AUTH_SECRET is not set.
+var ErrNoSecret = errors.New("apiserver: GW_AUTH_SECRET (or --auth-secret) is required: it is the HS256 key of the tokens")
+
+// ensureDefaults fills the zero fields with their defaults.
+func (c *Config) ensureDefaults() {
+	if c.AMQPURL == "" {
+		c.AMQPURL = config.DefaultAMQPURL
+	}
+	if c.AMQPMgmtURL == "" {
+		c.AMQPMgmtURL = config.DefaultAMQPMgmtURL
+	}
+	if c.RedisURL == "" {
+		c.RedisURL = config.DefaultRedisURL
+	}
+	if c.Namespace == "" {
+		c.Namespace = config.DefaultNamespace
+	}
+	if c.HTTPAddr == "" {
+		c.HTTPAddr = config.DefaultHTTPAddr
+	}
+	if c.Retention <= 0 {
+		c.Retention = config.DefaultRetention
+	}
+	if c.Rate == 0 {
+		c.Rate = config.DefaultRate
+	}
+	if c.Burst <= 0 {
+		c.Burst = config.DefaultBurst
+	}
+	if c.BodyLimit <= 0 {
+		c.BodyLimit = config.DefaultBodyLimit
+	}
+	if c.ConfirmTimeout <= 0 {
+		c.ConfirmTimeout = config.DefaultConfirmTimeout
+	}
+	if c.MaxWait <= 0 {
+		c.MaxWait = DefaultMaxWait
+	}
+	if c.ShutdownTimeout <= 0 {
+		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.ReadTimeout <= 0 {
+		c.ReadTimeout = DefaultReadTimeout
+	}
+	if c.WriteTimeout <= 0 {
+		c.WriteTimeout = DefaultWriteTimeout
+	}
+	if c.IdleTimeout <= 0 {
+		c.IdleTimeout = DefaultIdleTimeout
+	}
+}
+
+// validate reports a configuration the server cannot run with.
+func (c *Config) validate() error {
+	if strings.TrimSpace(c.AuthSecret) == "" {
+		return ErrNoSecret
+	}
+	if (c.TLSCert == "") != (c.TLSKey == "") {
+		return errors.New("apiserver: GW_TLS_CERT and GW_TLS_KEY must be set together")
+	}
+	if c.BodyLimit < 2 {
+		return fmt.Errorf("apiserver: body limit %d is too small", c.BodyLimit)
+	}
+	return nil
+}
+
+// parseConfig fills a Config from args and getenv (flags win over GW_*
+// variables, which win over the defaults).
+func parseConfig(args []string, getenv func(string) string, out io.Writer) (Config, error) {
+	var c Config
+	b := config.NewBinder("apiserver", getenv)
+	b.FS.SetOutput(out)
+	b.String(&c.AMQPURL, "amqp-url", config.DefaultAMQPURL, "RabbitMQ URL")
+	b.String(&c.AMQPMgmtURL, "amqp-mgmt-url", config.DefaultAMQPMgmtURL, "RabbitMQ management API URL (rates and ages of /v1/stats)")
+	b.String(&c.RedisURL, "redis-url", config.DefaultRedisURL, "Redis URL")
+	b.String(&c.Namespace, "namespace", config.DefaultNamespace, "prefix of every exchange, queue and key")
+	b.String(&c.AuthSecret, "auth-secret", "", "HS256 key of the tokens (required)")
+	b.String(&c.HTTPAddr, "http-addr", config.DefaultHTTPAddr, "HTTP listen address")
+	b.String(&c.TLSCert, "tls-cert", "", "TLS certificate (PEM); serve HTTPS when set with --tls-key")
+	b.String(&c.TLSKey, "tls-key", "", "TLS private key (PEM)")
+	b.Duration(&c.Retention, "retention", config.DefaultRetention, "how long final records are kept")
+	b.Float(&c.Rate, "rate", config.DefaultRate, "per-client requests per second (negative: no limit)")
+	b.Int(&c.Burst, "burst", config.DefaultBurst, "per-client burst")
+	b.Bytes(&c.BodyLimit, "body-limit", config.DefaultBodyLimit, "largest request body")
+	b.Duration(&c.ConfirmTimeout, "confirm-timeout", config.DefaultConfirmTimeout, "longest wait for a publisher confirm")
+	b.String(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
+	b.String(&c.LogFormat, "log-format", "json", "json or text")
+	if err := b.Parse(args); err != nil {
+		return Config{}, err
+	}
+	if b.FS.NArg() > 0 {
+		return Config{}, fmt.Errorf("invalid flags: unexpected arguments %q", b.FS.Args())
+	}
+	c.ensureDefaults()
+	return c, nil
+}

@@ -1,0 +1,397 @@
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/labstack/echo/v4"
+
+	"github.com/iotgw/gateway/internal/amqpx"
+	"github.com/iotgw/gateway/internal/config"
+	"github.com/iotgw/gateway/mailbox"
+	"github.com/iotgw/gateway/protocol"
+)
+
+// batchParallelism bounds the commands of one batch that are reserved and
+// published at the same time.
+const batchParallelism = 16
+
+// acceptedBody is the answer to an accepted command, and an accepted
+// entry of a batch.
+type acceptedBody struct {
+	ID        json.RawMessage `json:"id"`
+	Status    protocol.Status `json:"status"`
+	StatusURL string          `json:"status_url"`
+}
+
+// intakeResult is what became of one request of a POST.
+type intakeResult struct {
+	accepted bool             // 202: published, confirmed, queued
+	existing *mailbox.Command // 200: the same request was accepted before
+	err      *apiError        // the error of this request
+}
+
+// postCommands is POST /v1/devices/{device_id}/commands: one JSON-RPC
+// request or a batch. Every command is reserved in Redis, published with
+// a confirm, and marked queued before it is answered 202.
+func (s *Server) postCommands(c echo.Context) error {
+	device := c.Param("device_id")
+	if !protocol.ValidIdentity(device) {
+		return errBadRequest("device_id: " + strings.TrimPrefix(protocol.ErrIdentity.Error(), "protocol: "))
+	}
+	cl := claimsOf(c)
+	if q := c.QueryParam("client"); q != "" && q != cl.Subject {
+		return errBadRequest("client: a command is always sent as the token's subject")
+	}
+	if !cl.MayCommand(device) {
+		return errForbidden(fmt.Sprintf("the token may not command device %q", device))
+	}
+	q := c.QueryParams()
+	timeout, err := durationParam(q, "timeout", DefaultTimeout, MinTimeout, MaxTimeout)
+	if err != nil {
+		return err
+	}
+	expiresIn, err := durationParam(q, "expires_in", DefaultExpiresIn, MinExpiresIn, MaxExpiresIn)
+	if err != nil {
+		return err
+	}
+	body, err := s.readBody(c)
+	if err != nil {
+		return err
+	}
+	entries, batch, perr := protocol.ParseBody(body)
+	if perr != nil {
+		return newAPIError(perr)
+	}
+	in := intake{
+		client:    cl.Subject,
+		device:    device,
+		timeout:   timeout,
+		expiresIn: expiresIn,
+		trace:     traceParent(c.Request().Header.Get("traceparent")),
+	}
+	if !batch {
+		e := entries[0]
+		if e.Err != nil {
+			return newAPIError(e.Err).withID(e.ID)
+		}
+		c.Set(ctxMsgID, e.Req.ID.Key())
+		r := s.intakeOne(c.Request().Context(), in, e.Req)
+		switch {
+		case r.err != nil:
+			return r.err.withID(e.Req.ID.Raw())
+		case r.existing != nil:
+			return c.JSON(http.StatusOK, viewFor(r.existing, in.client))
+		}
+		return c.JSON(http.StatusAccepted, acceptedBody{ID: e.Req.ID.Raw(), Status: protocol.StatusQueued, StatusURL: statusURL(e.Req.ID, "")})
+	}
+
+	results := make([]intakeResult, len(entries))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, batchParallelism)
+	for i, e := range entries {
+		if e.Err != nil {
+			results[i] = intakeResult{err: newAPIError(e.Err).withID(e.ID)}
+			continue
+		}
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer func() { <-sem; wg.Done() }()
+			results[i] = s.intakeOne(c.Request().Context(), in, e.Req)
+			if results[i].err != nil {
+				results[i].err.withID(e.Req.ID.Raw())
+			}
+		}()
+	}
+	wg.Wait()
+
+	out := make([]any, len(results))
+	ok := false
+	var firstErr, unavailable *apiError
+	for i, r := range results {
+		switch {
+		case r.err != nil:
+			out[i] = r.err.body()
+			if firstErr == nil {
+				firstErr = r.err
+			}
+			if r.err.status == http.StatusServiceUnavailable && unavailable == nil {
+				unavailable = r.err
+			}
+		case r.existing != nil:
+			ok = true
+			out[i] = viewFor(r.existing, in.client)
+		default:
+			ok = true
+			id := entries[i].Req.ID
+			out[i] = acceptedBody{ID: id.Raw(), Status: protocol.StatusQueued, StatusURL: statusURL(id, "")}
+		}
+	}
+	if ok {
+		return c.JSON(http.StatusAccepted, out)
+	}
+	// Nothing accepted: the error status, 503 first since a retry may
+	// succeed, with every entry's error in the body.
+	decisive := firstErr
+	if unavailable != nil {
+		decisive = unavailable
+		c.Response().Header().Set("Retry-After", fmt.Sprint(unavailable.retryAfter))
+	}
+	return c.JSON(decisive.status, out)
+}
+
+// intake is what the requests of one POST share.
+type intake struct {
+	client, device     string
+	timeout, expiresIn time.Duration
+	trace              string
+}
+
+// intakeOne reserves, publishes and queues one command. A request seen
+// before with the same body answers the existing command (200); one whose
+// earlier attempt is still pending under another request's lease waits
+// for that outcome, at most about one lease.
+func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request) intakeResult {
+	cmd := &mailbox.Command{
+		Client:      in.client,
+		Device:      in.device,
+		ID:          req.ID,
+		Method:      req.Method,
+		Params:      req.Params,
+		Fingerprint: protocol.Fingerprint(in.device, req.Method, req.Params, in.timeout, in.expiresIn),
+		Status:      protocol.StatusPending,
+		Timeout:     in.timeout,
+		ExpiresIn:   in.expiresIn,
+	}
+	lease := 2 * s.cfg.ConfirmTimeout
+	giveUp := time.Now().Add(lease + s.cfg.ConfirmTimeout)
+	poll := 5 * time.Millisecond
+	for {
+		outcome, rec, err := s.store.Reserve(ctx, cmd)
+		switch {
+		case errors.Is(err, mailbox.ErrConflict):
+			return intakeResult{err: newAPIError(protocol.NewError(protocol.CodeConflict,
+				"conflict: this id was used before with a different body (device, method, params, timeout or expires_in)", nil))}
+		case err != nil:
+			if ctx.Err() != nil {
+				return intakeResult{err: errUnavailable("request cancelled")}
+			}
+			s.metrics.publishFailures.WithLabelValues("redis").Inc()
+			s.log.Warn("cannot reserve command", "client_id", in.client, "msg_id", req.ID.Key(), "err", err)
+			return intakeResult{err: errUnavailable("Redis is unavailable; the command was not accepted")}
+		}
+		if outcome == mailbox.Reserved || outcome == mailbox.Retake {
+			return s.publish(ctx, in, req, rec)
+		}
+		if rec.Status != protocol.StatusPending {
+			return intakeResult{existing: rec}
+		}
+		// Pending under another request's lease: wait for its outcome
+		// (queued, released, or the lease running out, which we retake).
+		if time.Now().After(giveUp) {
+			return intakeResult{err: errUnavailable("an earlier request with this id is still being published; retry")}
+		}
+		select {
+		case <-ctx.Done():
+			return intakeResult{err: errUnavailable("request cancelled")}
+		case <-s.stopping:
+			return intakeResult{err: errUnavailable("the server is shutting down")}
+		case <-time.After(poll):
+		}
+		poll = min(2*poll, 100*time.Millisecond)
+	}
+}
+
+// publish publishes a reserved command with a confirm and marks it
+// queued; on failure it releases the reservation. It does not stop when
+// the client goes away: its own deadline is one confirm timeout plus the
+// Redis calls around it, so no reservation is left behind by a hang-up.
+func (s *Server) publish(reqCtx context.Context, in intake, req *protocol.Request, rec *mailbox.Command) intakeResult {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(reqCtx), s.cfg.ConfirmTimeout+2*time.Second)
+	defer cancel()
+	key := req.ID.Key()
+
+	payload, err := json.Marshal(req)
+	if err != nil {
+		return intakeResult{err: errBadRequest("cannot encode the request")}
+	}
+	accepted := rec.CreatedAt
+	if accepted.IsZero() {
+		accepted = time.Now()
+	}
+	deliverBy := rec.DeliverBy
+	if deliverBy.IsZero() {
+		deliverBy = accepted.Add(in.expiresIn)
+	}
+	env := protocol.Envelope{
+		Kind:           protocol.KindCommand,
+		Client:         in.client,
+		Device:         in.device,
+		MsgID:          req.ID,
+		Payload:        payload,
+		AcceptedAt:     accepted.UTC().Truncate(time.Millisecond),
+		DeliverBy:      deliverBy.UTC().Truncate(time.Millisecond),
+		AnswerWithinMS: in.timeout.Milliseconds(),
+		Attempt:        1,
+		TraceParent:    in.trace,
+	}
+	body, err := env.Encode()
+	if err != nil {
+		s.release(in.client, key, rec.LeaseToken)
+		return intakeResult{err: errBadRequest("cannot encode the command")}
+	}
+	err = s.pub.Publish(ctx, s.topo.CommandsExchange, protocol.RoutingCommand, body, amqpx.Headers{
+		MessageID:   protocol.DeviceMsgID(in.client, req.ID),
+		TraceParent: in.trace,
+		Type:        protocol.KindCommand,
+	})
+	if err != nil {
+		reason := publishReason(err)
+		s.metrics.publishFailures.WithLabelValues(reason).Inc()
+		s.log.Warn("publish failed; command not accepted", "client_id", in.client, "msg_id", key, "reason", reason, "err", err)
+		if definitelyNotPublished(reason) {
+			s.release(in.client, key, rec.LeaseToken)
+		}
+		return intakeResult{err: errUnavailable(unavailableDetail(reason))}
+	}
+	if err := s.store.MarkQueued(ctx, in.client, key, rec.LeaseToken); err != nil {
+		// The command is durable in RabbitMQ: the worker queues a pending
+		// record when it takes the message, so the command is accepted.
+		s.log.Warn("published but cannot mark queued; the worker will", "client_id", in.client, "msg_id", key, "err", err)
+	}
+	s.metrics.accepted.Inc()
+	return intakeResult{accepted: true}
+}
+
+// definitelyNotPublished reports whether a publish failure means that no
+// queue has the message (nothing sent, nacked, returned). After a confirm
+// timeout or a channel lost before the confirm the message may still be
+// enqueued: the reservation is then kept until its lease runs out, so the
+// worker can still take the message and a retry retakes it (mailbox.Release).
+func definitelyNotPublished(reason string) bool {
+	switch reason {
+	case "not_connected", "blocked", "nacked", "returned", "closed":
+		return true
+	}
+	return false
+}
+
+// release ends a reservation whose publish failed, so that a retry
+// publishes at once.
+func (s *Server) release(client, key, token string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := s.store.Release(ctx, client, key, token); err != nil {
+		s.log.Warn("cannot release reservation; it ends with its lease", "client_id", client, "msg_id", key, "err", err)
+	}
+}
+
+// unavailableDetail explains a 503 of a failed publish.
+func unavailableDetail(reason string) string {
+	switch reason {
+	case "not_connected", "channel_closed", "closed":
+		return "RabbitMQ is unavailable; the command was not accepted"
+	case "blocked":
+		return "RabbitMQ is blocked (resource alarm); the command was not accepted"
+	case "returned":
+		return "no queue took the command; it was not accepted"
+	case "nacked":
+		return "RabbitMQ refused the command (queue full?); it was not accepted"
+	case "confirm_timeout":
+		return "RabbitMQ did not confirm the command in time; it was not accepted"
+	}
+	return "the command could not be published; it was not accepted"
+}
+
+// readBody reads the request body within Config.BodyLimit: 413 (-32014)
+// beyond it.
+func (s *Server) readBody(c echo.Context) ([]byte, error) {
+	r := c.Request()
+	limit := s.cfg.BodyLimit
+	if r.ContentLength > limit {
+		return nil, errTooLarge(limit)
+	}
+	b, err := io.ReadAll(http.MaxBytesReader(c.Response().Writer, r.Body, limit))
+	if err != nil {
+		var mbe *http.MaxBytesError
+		if errors.As(err, &mbe) {
+			return nil, errTooLarge(limit)
+		}
+		return nil, errBadRequest("cannot read the body")
+	}
+	if len(b) == 0 {
+		return nil, newAPIError(protocol.ErrParse("empty body"))
+	}
+	return b, nil
+}
+
+// durationParam reads a query duration (Go syntax or whole seconds),
+// def when absent, 400 when unparsable or outside [lo, hi].
+func durationParam(q url.Values, name string, def, lo, hi time.Duration) (time.Duration, error) {
+	v := q.Get(name)
+	if v == "" {
+		return def, nil
+	}
+	d, err := config.ParseDuration(v)
+	if err != nil {
+		return 0, errBadRequest(fmt.Sprintf("%s: %q is neither a duration (30s) nor whole seconds", name, v))
+	}
+	if d < lo || d > hi {
+		return 0, errBadRequest(fmt.Sprintf("%s: %s is out of range [%s, %s]", name, d, lo, hi))
+	}
+	return d, nil
+}
+
+// traceParent returns h when it is a valid W3C traceparent, else a new
+// one with a random trace and span.
+func traceParent(h string) string {
+	if validTraceParent(h) {
+		return h
+	}
+	var b [24]byte
+	_, _ = rand.Read(b[:])
+	return "00-" + hex.EncodeToString(b[:16]) + "-" + hex.EncodeToString(b[16:]) + "-01"
+}
+
+// validTraceParent checks version 00's layout: 00-<32 hex>-<16 hex>-<2
+// hex>, lowercase, with trace and parent IDs that are not all zeros.
+func validTraceParent(h string) bool {
+	if len(h) != 55 || h[:3] != "00-" || h[35] != '-' || h[52] != '-' {
+		return false
+	}
+	hexOK := func(s string, nonZero bool) bool {
+		zero := true
+		for i := 0; i < len(s); i++ {
+			c := s[i]
+			if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+				return false
+			}
+			if s[i] != '0' {
+				zero = false
+			}
+		}
+		return !nonZero || !zero
+	}
+	return hexOK(h[3:35], true) && hexOK(h[36:52], true) && hexOK(h[53:55], false)
+}
+
+// statusURL is the path of a command's status; client is added for an
+// operator reading another client's command.
+func statusURL(id protocol.ID, client string) string {
+	u := "/v1/commands/" + url.PathEscape(id.Key())
+	if client != "" {
+		u += "?client=" + url.QueryEscape(client)
+	}
+	return u
+}

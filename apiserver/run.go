@@ -1,0 +1,97 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/iotgw/gateway/internal/amqpx"
+	"github.com/iotgw/gateway/internal/telemetry"
+	"github.com/iotgw/gateway/mailbox"
+	"github.com/iotgw/gateway/protocol"
+	"github.com/iotgw/gateway/pushserver/ring"
+)
+
+// run is the apiserver: it reads the configuration from args and getenv,
+// logs to stdout, connects to Redis and RabbitMQ, follows the ring, and
+// serves until ctx is done. It returns an error when it cannot start (no
+// GW_AUTH_SECRET, a bad flag or URL, a listen error).
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	cfg, err := parseConfig(args, getenv, stdout)
+	if err != nil {
+		return err
+	}
+	if err := cfg.validate(); err != nil {
+		return err
+	}
+	log := telemetry.NewLogger(stdout, cfg.LogFormat, cfg.LogLevel).With("service", "apiserver")
+
+	ropts, err := redis.ParseURL(cfg.RedisURL)
+	if err != nil {
+		return fmt.Errorf("cannot parse GW_REDIS_URL: %w", err)
+	}
+	ropts.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	ropts.DialTimeout = 2 * time.Second
+	ropts.ReadTimeout = 2 * time.Second
+	ropts.WriteTimeout = 2 * time.Second
+	// One retry covers a pooled connection that died with a Redis restart;
+	// more would only delay the 503 of a Redis that is down.
+	ropts.MaxRetries = 1
+	rdb := redis.NewClient(ropts)
+	defer rdb.Close()
+	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	if err := rdb.Ping(pctx).Err(); err != nil {
+		log.Warn("redis not reachable; requests get 503 until it is", "err", err)
+	} else if warn := mailbox.CheckDurability(pctx, rdb); warn != "" {
+		log.Warn(warn)
+	}
+	cancel()
+
+	cctx, cancel := context.WithTimeout(ctx, cfg.ConfirmTimeout)
+	pub, err := amqpx.NewPublisher(cctx, amqpx.Options{
+		URL:            cfg.AMQPURL,
+		ConfirmTimeout: cfg.ConfirmTimeout,
+		Name:           "apiserver",
+		Logger:         log,
+	}, protocol.NewTopology(cfg.Namespace))
+	cancel()
+	if err != nil {
+		return fmt.Errorf("cannot create the AMQP publisher: %w", err)
+	}
+	defer pub.Close()
+
+	rg := ring.New(rdb, cfg.Namespace, ring.Options{Logger: log})
+	rctx, stopRing := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() { defer wg.Done(); _ = rg.Run(rctx) }()
+	defer func() { stopRing(); wg.Wait() }()
+
+	store := mailbox.New(rdb, cfg.Namespace, mailbox.Options{
+		Retention: cfg.Retention,
+		Lease:     2 * cfg.ConfirmTimeout,
+		Logger:    log,
+	})
+	srv, err := NewServer(cfg, Deps{Redis: rdb, Store: store, Publisher: pub, Ring: rg, Logger: log})
+	if err != nil {
+		return err
+	}
+	ln, err := net.Listen("tcp", cfg.HTTPAddr)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s: %w", cfg.HTTPAddr, err)
+	}
+	scheme := "http"
+	if cfg.TLSCert != "" {
+		scheme = "https"
+	}
+	log.Info("listening", "addr", ln.Addr().String(), "scheme", scheme, "namespace", cfg.Namespace)
+	err = srv.Serve(ctx, ln)
+	log.Info("stopped")
+	return err
+}

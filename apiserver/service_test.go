@@ -1,0 +1,393 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/json"
+	"encoding/pem"
+	"log/slog"
+	"math/big"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/testenv"
+)
+
+func TestHealthReadyMetricsOpenAPI(t *testing.T) {
+	t.Parallel()
+	g := newGW(t)
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+
+	r := g.do(http.MethodGet, "/healthz", "", nil)
+	assert.Equal(t, http.StatusOK, r.Status)
+	r = g.do(http.MethodGet, "/readyz", "", nil)
+	assert.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+	assert.JSONEq(t, `{"status":"ready","checks":{"rabbitmq":"ok","redis":"ok"}}`, string(r.Body))
+
+	r = g.do(http.MethodGet, "/openapi.yaml", "", nil)
+	require.Equal(t, http.StatusOK, r.Status)
+	assert.Equal(t, openapiYAML, r.Body)
+	assert.Equal(t, "application/yaml", r.Header.Get("Content-Type"))
+
+	require.Equal(t, http.StatusAccepted, g.post(tok, "dev-1", cmd(1, "m", nil)).Status)
+	require.Equal(t, http.StatusNotFound, g.do(http.MethodGet, "/v1/commands/2", tok, nil).Status)
+	for _, p := range []string{"/v1/nothing/1", "/v1/nothing/2", "/favicon.ico"} {
+		resp, err := http.Get(g.ts.URL + p)
+		require.NoError(t, err)
+		resp.Body.Close()
+		require.Equal(t, http.StatusNotFound, resp.StatusCode)
+	}
+	g.drain()
+	r = g.do(http.MethodGet, "/metrics", "", nil)
+	require.Equal(t, http.StatusOK, r.Status)
+	m := string(r.Body)
+	for _, want := range []string{
+		`gw_api_requests_total{code="202",route="/v1/devices/:device_id/commands"} 1`,
+		`gw_api_requests_total{code="404",route="/v1/commands/:id"} 1`,
+		`gw_api_requests_total{code="404",route="unmatched"} 3`,
+		`gw_api_request_duration_seconds_bucket{route="/v1/devices/:device_id/commands",le="+Inf"} 1`,
+		`gw_api_commands_accepted_total 1`,
+		`gw_api_publish_failures_total{reason="returned"} 0`,
+		`go_goroutines`,
+	} {
+		assert.Contains(t, m, want)
+	}
+}
+
+// The request log carries client_id, msg_id, status and latency.
+func TestRequestLog(t *testing.T) {
+	t.Parallel()
+	var buf syncBuffer
+	g := newGW(t, func(_ *Config, d *Deps) { d.Logger = newJSONLogger(&buf) })
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+	require.Equal(t, http.StatusAccepted, g.post(tok, "dev-1", cmd("log-1", "m", nil)).Status)
+	g.drain()
+	var found bool
+	for _, line := range buf.lines() {
+		var rec map[string]any
+		require.NoError(t, json.Unmarshal([]byte(line), &rec), line)
+		if rec["msg"] != "request" {
+			continue
+		}
+		found = true
+		assert.Equal(t, "app-1", rec["client_id"])
+		assert.Equal(t, "log-1", rec["msg_id"])
+		assert.Equal(t, float64(202), rec["status"])
+		assert.Equal(t, "/v1/devices/:device_id/commands", rec["route"])
+		assert.Contains(t, rec, "latency")
+	}
+	assert.True(t, found, "no request log line in %q", buf.String())
+}
+
+// run serves HTTPS with GW_TLS_CERT/GW_TLS_KEY, logs the bound address,
+// accepts a command, and shuts down when its context ends.
+func TestRunTLS(t *testing.T) {
+	t.Parallel()
+	testenv.RequireServices(t)
+	ns := testenv.Namespace(t)
+	conn := testenv.AMQP(t)
+	certFile, keyFile, pool := selfSignedCert(t)
+	env := map[string]string{
+		"GW_AUTH_SECRET":     testSecret,
+		"GW_NAMESPACE":       ns,
+		"GW_HTTP_ADDR":       "127.0.0.1:0",
+		"GW_AMQP_URL":        testenv.AMQPURL(),
+		"GW_REDIS_URL":       testenv.RedisURL(),
+		"GW_TLS_CERT":        certFile,
+		"GW_TLS_KEY":         keyFile,
+		"GW_CONFIRM_TIMEOUT": "3s",
+	}
+	var out syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	done := make(chan error, 1)
+	go func() {
+		done <- run(ctx, []string{"--log-format", "json"}, func(k string) string { return env[k] }, &out)
+	}()
+
+	addr := waitListening(t, &out, done)
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool}}}
+	base := "https://" + addr
+	require.Eventually(t, func() bool {
+		resp, err := client.Get(base + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}, 10*time.Second, 50*time.Millisecond, "not ready")
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+	r := doURL(t, client, base, http.MethodPost, "/v1/devices/dev-1/commands", tok, cmd("tls-1", "m", nil))
+	require.Equal(t, http.StatusAccepted, r.Status, "%s", r.Body)
+
+	// Plain HTTP is not served.
+	resp, err := http.Get("http://" + addr + "/healthz")
+	if err == nil {
+		assert.Equal(t, http.StatusBadRequest, resp.StatusCode)
+		resp.Body.Close()
+	}
+
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	defer ch.Close()
+	d, ok, err := ch.Get(ns+".commands", true)
+	require.NoError(t, err)
+	require.True(t, ok, "the command is in the queue")
+	assert.Contains(t, string(d.Body), `"msg_id":"tls-1"`)
+
+	cancel()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(15 * time.Second):
+		t.Fatal("run did not return after its context ended")
+	}
+	assert.Contains(t, out.String(), `"msg":"stopped"`)
+}
+
+func TestRunRefusesWithoutSecret(t *testing.T) {
+	t.Parallel()
+	var out syncBuffer
+	err := run(context.Background(), nil, func(string) string { return "" }, &out)
+	require.ErrorIs(t, err, ErrNoSecret)
+	assert.Contains(t, err.Error(), "GW_AUTH_SECRET")
+
+	err = run(context.Background(), []string{"--no-such-flag"}, func(k string) string {
+		return map[string]string{"GW_AUTH_SECRET": "s"}[k]
+	}, &out)
+	require.Error(t, err)
+	err = run(context.Background(), nil, func(k string) string {
+		return map[string]string{"GW_AUTH_SECRET": "s", "GW_CONFIRM_TIMEOUT": "soon"}[k]
+	}, &out)
+	require.ErrorContains(t, err, "GW_CONFIRM_TIMEOUT")
+	err = run(context.Background(), nil, func(k string) string {
+		return map[string]string{"GW_AUTH_SECRET": "s", "GW_TLS_CERT": "c.pem"}[k]
+	}, &out)
+	require.ErrorContains(t, err, "GW_TLS_KEY")
+}
+
+func TestParseConfig(t *testing.T) {
+	env := map[string]string{
+		"GW_AUTH_SECRET": "s", "GW_BODY_LIMIT": "1MiB", "GW_RATE": "10", "GW_BURST": "20",
+		"GW_CONFIRM_TIMEOUT": "7", "GW_RETENTION": "1h", "GW_HTTP_ADDR": "127.0.0.1:0",
+	}
+	c, err := parseConfig([]string{"--burst", "30", "--namespace", "x"}, func(k string) string { return env[k] }, &bytes.Buffer{})
+	require.NoError(t, err)
+	assert.Equal(t, int64(1<<20), c.BodyLimit)
+	assert.Equal(t, 10.0, c.Rate)
+	assert.Equal(t, 30, c.Burst, "a flag wins over the variable")
+	assert.Equal(t, 7*time.Second, c.ConfirmTimeout)
+	assert.Equal(t, time.Hour, c.Retention)
+	assert.Equal(t, "x", c.Namespace)
+	assert.Equal(t, "s", c.AuthSecret)
+	assert.Equal(t, "amqp://guest:guest@127.0.0.1:5672/", c.AMQPURL)
+	assert.Equal(t, DefaultMaxWait, c.MaxWait)
+	assert.Equal(t, DefaultShutdownTimeout, c.ShutdownTimeout)
+}
+
+// Serve shuts down gracefully: a waiting long-poll answers at once with
+// the current status, and Serve returns nil.
+func TestGracefulShutdown(t *testing.T) {
+	t.Parallel()
+	g := newGW(t)
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+	require.Equal(t, http.StatusAccepted, g.post(tok, "dev-1", cmd("gs", "m", nil)).Status)
+	g.drain()
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	served := make(chan error, 1)
+	go func() { served <- g.srv.Serve(ctx, ln) }()
+	base := "http://" + ln.Addr().String()
+
+	poll := make(chan *reply, 1)
+	go func() {
+		poll <- doURL(t, http.DefaultClient, base, http.MethodGet, "/v1/commands/gs?wait=30s", tok, nil)
+	}()
+	time.Sleep(300 * time.Millisecond)
+	start := time.Now()
+	cancel()
+	select {
+	case r := <-poll:
+		assert.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+		assert.Contains(t, string(r.Body), `"status":"queued"`)
+	case <-time.After(5 * time.Second):
+		t.Fatal("the long-poll did not end at shutdown")
+	}
+	select {
+	case err := <-served:
+		require.NoError(t, err)
+	case <-time.After(11 * time.Second):
+		t.Fatal("Serve did not return")
+	}
+	assert.Less(t, time.Since(start), 5*time.Second)
+	_, err = http.Get(base + "/healthz")
+	assert.Error(t, err, "no longer accepting")
+}
+
+// A long-poll may outlast the server's write timeout: it extends its own
+// write deadline.
+func TestLongPollOutlastsWriteTimeout(t *testing.T) {
+	t.Parallel()
+	g := newGW(t, func(c *Config, _ *Deps) { c.WriteTimeout = 300 * time.Millisecond })
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+	require.Equal(t, http.StatusAccepted, g.post(tok, "dev-1", cmd("wt", "m", nil)).Status)
+	g.drain()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	require.NoError(t, err)
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- g.srv.Serve(ctx, ln) }()
+	defer func() { cancel(); <-served }()
+	r := doURL(t, http.DefaultClient, "http://"+ln.Addr().String(), http.MethodGet, "/v1/commands/wt?wait=1s", tok, nil)
+	assert.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+}
+
+// FuzzTraceParent: whatever the header, the envelope gets a valid
+// traceparent, and a valid one is kept as it is.
+func FuzzTraceParent(f *testing.F) {
+	f.Add("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+	f.Add("")
+	f.Add("00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01")
+	f.Fuzz(func(t *testing.T, h string) {
+		got := traceParent(h)
+		if !validTraceParent(got) {
+			t.Fatalf("traceParent(%q) = %q, not valid", h, got)
+		}
+		if validTraceParent(h) && got != h {
+			t.Fatalf("traceParent(%q) = %q, want it unchanged", h, got)
+		}
+	})
+}
+
+func TestTraceParent(t *testing.T) {
+	for _, tc := range []struct {
+		in    string
+		valid bool
+	}{
+		{"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", true},
+		{"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", true},
+		{"00-00000000000000000000000000000000-00f067aa0ba902b7-01", false},
+		{"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", false},
+		{"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", false},
+		{"00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01", false},
+		{"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", false},
+		{"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7", false},
+		{"", false},
+	} {
+		assert.Equal(t, tc.valid, validTraceParent(tc.in), "validTraceParent(%q)", tc.in)
+		got := traceParent(tc.in)
+		assert.True(t, validTraceParent(got), "traceParent(%q) = %q", tc.in, got)
+		if tc.valid {
+			assert.Equal(t, tc.in, got)
+		}
+	}
+}
+
+// waitListening reads run's log until the "listening" line and returns
+// its address.
+func waitListening(t *testing.T, out *syncBuffer, done <-chan error) string {
+	t.Helper()
+	deadline := time.Now().Add(15 * time.Second)
+	for time.Now().Before(deadline) {
+		for _, line := range out.lines() {
+			var rec struct{ Msg, Addr string }
+			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "listening" {
+				return rec.Addr
+			}
+		}
+		select {
+		case err := <-done:
+			t.Fatalf("run returned before listening: %v\n%s", err, out.String())
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	t.Fatalf("no listening line in %s", out.String())
+	return ""
+}
+
+// selfSignedCert writes a certificate for 127.0.0.1 and its key, and
+// returns a pool that trusts it.
+func selfSignedCert(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	require.NoError(t, err)
+	tmpl := &x509.Certificate{
+		SerialNumber:          big.NewInt(1),
+		Subject:               pkix.Name{CommonName: "apiserver test"},
+		NotBefore:             time.Now().Add(-time.Hour),
+		NotAfter:              time.Now().Add(time.Hour),
+		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
+		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
+		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+		BasicConstraintsValid: true,
+		IsCA:                  true,
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	require.NoError(t, err)
+	kder, err := x509.MarshalECPrivateKey(key)
+	require.NoError(t, err)
+	dir := t.TempDir()
+	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
+	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600))
+	cert, err := x509.ParseCertificate(der)
+	require.NoError(t, err)
+	pool = x509.NewCertPool()
+	pool.AddCert(cert)
+	return certFile, keyFile, pool
+}
+
+// syncBuffer is a bytes.Buffer safe for a writer and a reader.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func (b *syncBuffer) lines() []string {
+	var out []string
+	sc := bufio.NewScanner(strings.NewReader(b.String()))
+	sc.Buffer(make([]byte, 1<<20), 1<<20)
+	for sc.Scan() {
+		if line := strings.TrimSpace(sc.Text()); line != "" {
+			out = append(out, line)
+		}
+	}
+	return out
+}
+
+// newJSONLogger logs JSON to w at debug level.
+func newJSONLogger(w *syncBuffer) *slog.Logger {
+	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
