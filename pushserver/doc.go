@@ -1,0 +1,70 @@
+// Command pushserver is the gateway's MQTT side (DESIGN §5): an MQTT
+// 3.1.1 and 5 broker (mochi-mqtt, embedded) that streams each connected
+// identity's mailbox to it and forwards device responses to RabbitMQ.
+//
+// # What a connection goes through
+//
+//	step            rule                                           refusal
+//	CONNECT         username = identity, password = HS256 token    0x86 (3.1.1: 0x04)
+//	                whose sub is the identity
+//	                client ID = identity                           0x85 (0x02)
+//	                no will message                                0x87 (0x05)
+//	                this node owns the identity (ring, with grace) 0x9C + server reference (0x03)
+//	session         always fresh: session present 0, nothing is
+//	                inherited from an earlier connection; ends when
+//	                the token expires (MQTT 5: DISCONNECT 0xA0)
+//	SUBSCRIBE       own topics only (protocol.MaySubscribe), QoS 1  SUBACK 0x87 (3.1.1: 0x80)
+//	                only; no #, no $share/…, no $SYS/…
+//	PUBLISH         devices/{d}/responses by device d only          MQTT 5: PUBACK 0x87; 3.1.1: disconnect
+//	                QoS 2 or retain flag                            DISCONNECT 0x9B / 0x9A
+//
+// # Delivery (store, then forward)
+//
+// Workers append to mailboxes in Redis and signal the node that holds the
+// identity's live session (registered with mailbox.SetSession) or the ring
+// owner. For each session that has subscribed, a goroutine reads the
+// mailbox in order and sends each entry a subscription matches as a QoS 1
+// PUBLISH, with at most Inflight unacknowledged; the entry is removed
+// (mailbox.Ack) only when the PUBACK for that packet ID arrives on that
+// very connection. Reads are triggered by the subscription, by wake
+// signals (Redis pub/sub) and by a sweep, which catches a lost signal:
+// every two seconds the node's pending set, every ten seconds every
+// subscribed session.
+// Whatever is not acknowledged when a connection ends stays in the
+// mailbox and is sent again to the next session, on whichever node owns
+// the identity then: duplicates are possible, loss is not; receivers
+// deduplicate by id.
+//
+// # Device responses
+//
+// A response on devices/{d}/responses must be a JSON-RPC 2.0 response
+// whose id is the string "{client}:{id}" of a command of device d. It is
+// published (mandatory, persistent, confirmed) to the results exchange as
+// a result envelope, and only then does the device get its PUBACK. When
+// that fails the connection is closed without a PUBACK, so the device
+// sends it again. Responses that can never succeed are dropped, counted
+// in gw_push_responses_dropped_total{reason} and still acknowledged.
+//
+// # Ring
+//
+// The node joins the ring once it listens and leaves it at shutdown.
+// After a ring change it honours the previous ring for a grace period
+// (ring-grace), then closes the sessions it no longer owns at shed-rate
+// per second (MQTT 5: DISCONNECT 0x9C with the new owner as server
+// reference). Shutdown leaves the ring first, then closes the sessions
+// gradually, then the broker, Redis and RabbitMQ.
+//
+// # Configuration
+//
+// Flags, or the GW_* variables of the same names: mqtt-addr, node-id,
+// advertise-url, redis-url, amqp-url, namespace, auth-secret (required),
+// metrics-addr, tls-cert, tls-key, confirm-timeout, inflight,
+// max-packet-size, max-clients, shed-rate, ring-grace, log-level,
+// log-format. See Config for the defaults.
+//
+// # Metrics
+//
+// gw_push_sessions, gw_push_deliveries_total, gw_push_acks_total,
+// gw_push_redirects_total, gw_push_sheds_total, gw_push_responses_total,
+// gw_push_responses_dropped_total{reason}, gw_push_mailbox_reads_total.
+package main

@@ -1,0 +1,58 @@
+package main
+
+import "github.com/prometheus/client_golang/prometheus"
+
+// Reasons of gw_push_responses_dropped_total.
+const (
+	dropMalformed = "malformed"     // not a JSON-RPC 2.0 response
+	dropID        = "bad_id"        // id is not a "{client}:{id}" string
+	dropUnknown   = "unknown"       // no such command
+	dropDevice    = "wrong_device"  // the command is another device's
+	dropUnsent    = "not_forwarded" // QoS 0 response that could not be published
+)
+
+// metrics are the push server's Prometheus metrics.
+type metrics struct {
+	sessions  prometheus.Gauge
+	delivers  prometheus.Counter
+	acks      prometheus.Counter
+	redirects prometheus.Counter
+	sheds     prometheus.Counter
+	responses prometheus.Counter
+	dropped   *prometheus.CounterVec
+	reads     prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "gw_push_sessions", Help: "Live MQTT sessions on this push server.",
+		}),
+		delivers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gw_push_deliveries_total", Help: "Mailbox entries sent as QoS 1 PUBLISH (redeliveries included).",
+		}),
+		acks: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gw_push_acks_total", Help: "Mailbox entries removed after their PUBACK.",
+		}),
+		redirects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gw_push_redirects_total", Help: "Connections refused because another push server owns the identity.",
+		}),
+		sheds: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gw_push_sheds_total", Help: "Sessions closed because this push server no longer owns them, or is shutting down.",
+		}),
+		responses: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gw_push_responses_total", Help: "Device responses published to the results exchange (confirmed).",
+		}),
+		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gw_push_responses_dropped_total", Help: "Device responses dropped, by reason.",
+		}, []string{"reason"}),
+		reads: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gw_push_mailbox_reads_total", Help: "Mailbox reads (Fetch calls).",
+		}),
+	}
+	for _, r := range []string{dropMalformed, dropID, dropUnknown, dropDevice, dropUnsent} {
+		m.dropped.WithLabelValues(r)
+	}
+	reg.MustRegister(m.sessions, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads)
+	return m
+}

@@ -1,0 +1,650 @@
+package main
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"hash/fnv"
+	"log/slog"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/redis/go-redis/v9"
+	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/iotgw/gateway/internal/amqpx"
+	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/telemetry"
+	"github.com/iotgw/gateway/mailbox"
+	"github.com/iotgw/gateway/protocol"
+	"github.com/iotgw/gateway/pushserver/ring"
+)
+
+// Errors of the Node's life cycle.
+var (
+	ErrStarted = errors.New("pushserver: node already started")
+	ErrStopped = errors.New("pushserver: node stopped")
+)
+
+// Node is one push server: an embedded mochi MQTT broker with the
+// gateway's authentication and ACL hooks, a member of the ring, streaming
+// mailboxes to its connected identities and forwarding device responses
+// to RabbitMQ.
+//
+// NewNode only checks the configuration; Start listens, connects, joins
+// the ring and serves; Shutdown leaves the ring and closes everything in
+// order.
+type Node struct {
+	cfg      Config
+	log      *slog.Logger
+	verifier *auth.Verifier
+	m        *metrics
+	topo     protocol.Topology
+
+	// Set by Start.
+	node, url, addr string
+	rdb             *redis.Client
+	store           *mailbox.Store
+	ring            *ring.Ring
+	pub             *amqpx.Publisher
+	server          *mqtt.Server
+	lis             *listener
+	metricsSrv      *telemetry.MetricsServer
+
+	ctx        context.Context // cancelled by kill, or at the end of Shutdown
+	cancel     context.CancelFunc
+	joinCancel context.CancelFunc // stops the ring heartbeat
+	loops      sync.WaitGroup     // background loops
+	sessWG     sync.WaitGroup     // session goroutines
+
+	mu       sync.RWMutex
+	byClient map[*mqtt.Client]*session
+	byID     map[string]*session // the current session of each identity
+
+	// regLocks order the session registrations (SetSession/ClearSession)
+	// of one identity, so that an old connection's ClearSession cannot
+	// land after a newer connection's SetSession.
+	regLocks [64]sync.Mutex
+
+	started  atomic.Bool
+	running  atomic.Bool // Start succeeded
+	stopping atomic.Bool // refuse new connections; set by Shutdown
+	killed   atomic.Bool // kill was called: no Redis cleanup anymore
+	stopOnce sync.Once
+	stopErr  error
+}
+
+// NewNode returns a Node for cfg. It does no I/O.
+func NewNode(cfg Config) (*Node, error) {
+	if cfg.AuthSecret == "" {
+		return nil, ErrNoSecret
+	}
+	cfg.ensureDefaults()
+	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
+		return nil, errors.New("pushserver: set both GW_TLS_CERT and GW_TLS_KEY, or neither")
+	}
+	v, err := auth.NewVerifier([]byte(cfg.AuthSecret))
+	if err != nil {
+		return nil, fmt.Errorf("pushserver: %w", err)
+	}
+	return &Node{
+		cfg:      cfg,
+		log:      cfg.Logger,
+		verifier: v,
+		m:        newMetrics(cfg.Registry),
+		topo:     protocol.NewTopology(cfg.Namespace),
+		byClient: make(map[*mqtt.Client]*session),
+		byID:     make(map[string]*session),
+	}, nil
+}
+
+// Addr returns the bound MQTT address (after Start).
+func (n *Node) Addr() string { return n.addr }
+
+// NodeID returns the node's name in the ring (after Start).
+func (n *Node) NodeID() string { return n.node }
+
+// URL returns the advertised URL (after Start).
+func (n *Node) URL() string { return n.url }
+
+// MetricsAddr returns the bound metrics address, "" when none.
+func (n *Node) MetricsAddr() string {
+	if n.metricsSrv == nil {
+		return ""
+	}
+	return n.metricsSrv.Addr()
+}
+
+// Start listens on MQTTAddr, connects to Redis and RabbitMQ, joins the
+// ring and starts serving. Listening happens synchronously, so a bad
+// address fails here. ctx bounds the start only.
+func (n *Node) Start(ctx context.Context) (err error) {
+	if n.started.Swap(true) {
+		return ErrStarted
+	}
+	var undo []func()
+	defer func() {
+		if err != nil {
+			for i := len(undo) - 1; i >= 0; i-- {
+				undo[i]()
+			}
+		}
+	}()
+
+	var tlsConfig *tls.Config
+	scheme := "mqtt"
+	if n.cfg.TLSCert != "" {
+		cert, err := tls.LoadX509KeyPair(n.cfg.TLSCert, n.cfg.TLSKey)
+		if err != nil {
+			return fmt.Errorf("cannot load TLS certificate: %w", err)
+		}
+		tlsConfig = &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+		scheme = "mqtts"
+	}
+	ln, err := net.Listen("tcp", n.cfg.MQTTAddr)
+	if err != nil {
+		return fmt.Errorf("cannot listen on %s: %w", n.cfg.MQTTAddr, err)
+	}
+	undo = append(undo, func() { _ = ln.Close() })
+	n.addr = ln.Addr().String()
+	n.node = n.cfg.NodeID
+	if n.node == "" {
+		n.node = reachableAddr(n.addr)
+	}
+	n.url = n.cfg.AdvertiseURL
+	if n.url == "" {
+		n.url = scheme + "://" + reachableAddr(n.addr)
+	}
+	n.log = n.log.With("node", n.node)
+
+	ropts, err := redis.ParseURL(n.cfg.RedisURL)
+	if err != nil {
+		return fmt.Errorf("cannot parse Redis URL: %w", err)
+	}
+	ropts.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
+	if ropts.PoolSize == 0 {
+		// Every session reads and acks on its own goroutine: more
+		// connections than go-redis's default of 10 per CPU.
+		ropts.PoolSize = max(64, 10*runtime.GOMAXPROCS(0))
+	}
+	n.rdb = redis.NewClient(ropts)
+	undo = append(undo, func() { _ = n.rdb.Close() })
+	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err = n.rdb.Ping(pctx).Err()
+	cancel()
+	if err != nil {
+		return fmt.Errorf("cannot reach Redis: %w", err)
+	}
+	if w := mailbox.CheckDurability(ctx, n.rdb); w != "" {
+		n.log.Warn(w)
+	}
+	n.store = mailbox.New(n.rdb, n.cfg.Namespace, mailbox.Options{Logger: n.log})
+	n.ring = ring.New(n.rdb, n.cfg.Namespace, ring.Options{
+		Heartbeat: n.cfg.RingHeartbeat, TTL: n.cfg.RingTTL, Grace: n.cfg.RingGrace, Logger: n.cfg.Logger, // the ring logs the node itself
+	})
+
+	n.pub, err = amqpx.NewPublisher(ctx, amqpx.Options{
+		URL: n.cfg.AMQPURL, ConfirmTimeout: n.cfg.ConfirmTimeout, Name: "pushserver " + n.node, Logger: n.log,
+	}, n.topo)
+	if err != nil {
+		return fmt.Errorf("cannot start AMQP publisher: %w", err)
+	}
+	undo = append(undo, func() { _ = n.pub.Close() })
+
+	n.server = mqtt.New(&mqtt.Options{
+		Capabilities:             n.capabilities(),
+		Logger:                   slog.New(minLevel{n.log.With("component", "mochi").Handler(), slog.LevelWarn}),
+		ClientNetWriteBufferSize: 4096,
+		ClientNetReadBufferSize:  4096,
+		SysTopicResendInterval:   60,
+	})
+	if err := n.server.AddHook(&hook{n: n}, nil); err != nil {
+		return fmt.Errorf("cannot add MQTT hook: %w", err)
+	}
+	n.lis = newListener("mqtt", ln, tlsConfig, n.cfg.ConnectTimeout, n.log)
+	if err := n.server.AddListener(n.lis); err != nil {
+		return fmt.Errorf("cannot add MQTT listener: %w", err)
+	}
+
+	n.ctx, n.cancel = context.WithCancel(context.Background())
+	undo = append(undo, func() { n.cancel(); n.loops.Wait() })
+
+	// Subscribe to wake signals before joining, so that no signal sent to
+	// a member that is already in the ring is missed.
+	wake := n.store.Wake(n.ctx, n.node)
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	_, err = wake.Receive(wctx)
+	cancel()
+	if err != nil {
+		_ = wake.Close()
+		return fmt.Errorf("cannot subscribe to wake signals: %w", err)
+	}
+	n.goLoop(func() { n.ring.Run(n.ctx) }) //nolint:errcheck // Run returns nil
+	n.goLoop(func() { n.wakeLoop(wake) })
+
+	var joinCtx context.Context
+	joinCtx, n.joinCancel = context.WithCancel(context.Background())
+	undo = append(undo, n.joinCancel)
+	if err := n.ring.Join(joinCtx, ring.Member{Node: n.node, URL: n.url}); err != nil {
+		return fmt.Errorf("cannot join the ring: %w", err)
+	}
+	undo = append(undo, func() {
+		lctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		_ = n.ring.Leave(lctx)
+	})
+
+	if n.cfg.MetricsAddr != "" {
+		n.metricsSrv, err = telemetry.ServeMetrics(n.cfg.MetricsAddr, n.cfg.Registry, n.log)
+		if err != nil {
+			return err
+		}
+	}
+
+	n.goLoop(n.sweepLoop)
+	n.goLoop(n.shedLoop)
+	if err := n.server.Serve(); err != nil {
+		return fmt.Errorf("cannot serve MQTT: %w", err)
+	}
+	n.running.Store(true)
+	n.log.Info("push server listening", "addr", n.addr, "url", n.url,
+		"tls", tlsConfig != nil, "max_clients", n.server.Options.Capabilities.MaximumClients,
+		"inflight", n.cfg.Inflight, "max_packet_size", n.cfg.MaxPacketSize)
+	return nil
+}
+
+// reachableAddr returns addr, with the host name instead of an unspecified
+// IP (0.0.0.0, ::), which names no machine.
+func reachableAddr(addr string) string {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return addr
+	}
+	if ip := net.ParseIP(host); ip != nil && ip.IsUnspecified() {
+		if h, err := os.Hostname(); err == nil && h != "" {
+			return net.JoinHostPort(h, port)
+		}
+	}
+	return addr
+}
+
+// capabilities are the broker's limits: QoS 1 at most, no retained
+// messages, no shared subscriptions, sessions that end with the
+// connection, a maximum packet size, and a client limit below the file
+// limit.
+func (n *Node) capabilities() *mqtt.Capabilities {
+	c := mqtt.NewDefaultServerCapabilities()
+	c.MaximumClients = maxClients(n.cfg.MaxClients)
+	c.MaximumQos = 1
+	c.RetainAvailable = 0
+	c.SharedSubAvailable = 0
+	c.SubIDAvailable = 0
+	c.TopicAliasMaximum = 0
+	c.MaximumPacketSize = uint32(n.cfg.MaxPacketSize)
+	c.MaximumSessionExpiryInterval = 0
+	c.MinimumProtocolVersion = 4
+	// Outbound PUBLISHes are written by the session goroutines, not queued
+	// by mochi: its per-client queue only needs a little room.
+	c.MaximumClientWritesPending = 64
+	// Inbound QoS 1 publishes (device responses) in flight per client.
+	c.ReceiveMaximum = 64
+	c.MaximumInflight = 1024
+	c.Compatibilities.NoInheritedPropertiesOnAck = true
+	return c
+}
+
+func (n *Node) goLoop(f func()) {
+	n.loops.Add(1)
+	go func() {
+		defer n.loops.Done()
+		f()
+	}()
+}
+
+// Shutdown stops the node in order: it leaves the ring (other nodes take
+// over its identities), stops accepting connections, closes its sessions
+// gradually (at most Config.ShutdownShed, less if ctx ends sooner, MQTT 5
+// clients are told the new owner), closes the broker, waits for the
+// session goroutines, and closes Redis and RabbitMQ. When ctx ends first,
+// the remaining steps are done at once. It returns the first error.
+func (n *Node) Shutdown(ctx context.Context) error {
+	if !n.running.Load() {
+		return nil
+	}
+	n.stopOnce.Do(func() { n.stopErr = n.shutdown(ctx) })
+	return n.stopErr
+}
+
+func (n *Node) shutdown(ctx context.Context) error {
+	if n.stopping.Swap(true) {
+		return nil // killed
+	}
+	var errs []error
+	n.log.Info("push server shutting down")
+	lctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	if err := n.ring.Leave(lctx); err != nil {
+		errs = append(errs, err)
+	}
+	cancel()
+	n.joinCancel()
+	n.lis.stopAccepting()
+
+	budget := n.cfg.ShutdownShed
+	if dl, ok := ctx.Deadline(); ok {
+		budget = min(budget, time.Until(dl)/2)
+	}
+	n.shedAll(ctx, budget)
+
+	closed := make(chan struct{})
+	go func() {
+		_ = n.server.Close()
+		close(closed)
+	}()
+	select {
+	case <-closed:
+	case <-ctx.Done():
+		n.lis.dropAll()
+		errs = append(errs, fmt.Errorf("cannot close MQTT server in time: %w", ctx.Err()))
+	}
+	if !waitGroup(ctx, &n.sessWG) {
+		errs = append(errs, fmt.Errorf("cannot finish sessions in time: %w", ctx.Err()))
+	}
+	n.cancel()
+	n.loops.Wait()
+	if n.metricsSrv != nil {
+		if err := n.metricsSrv.Shutdown(ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	_ = n.pub.Close()
+	_ = n.rdb.Close()
+	n.log.Info("push server stopped")
+	return errors.Join(errs...)
+}
+
+// kill stops the node abruptly, as a crash would (for tests): the
+// heartbeat stops without leaving the ring, every connection is dropped
+// without a DISCONNECT, and no Redis state is cleaned up (sessions stay
+// registered, unacknowledged entries stay in their mailboxes).
+func (n *Node) kill() {
+	if !n.running.Load() || n.stopping.Swap(true) {
+		return // not running, shutting down, or killed already
+	}
+	n.killed.Store(true)
+	n.joinCancel()
+	n.cancel()
+	n.lis.stopAccepting()
+	n.lis.dropAll()
+	_ = n.server.Close()
+	n.sessWG.Wait()
+	n.loops.Wait()
+	if n.metricsSrv != nil {
+		_ = n.metricsSrv.Shutdown(context.Background())
+	}
+	_ = n.pub.Close()
+	_ = n.rdb.Close()
+}
+
+func waitGroup(ctx context.Context, wg *sync.WaitGroup) bool {
+	done := make(chan struct{})
+	go func() {
+		wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+// Session registry.
+
+func (n *Node) sessionOf(cl *mqtt.Client) *session {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.byClient[cl]
+}
+
+func (n *Node) current(identity string) *session {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	return n.byID[identity]
+}
+
+func (n *Node) addSession(s *session) {
+	n.mu.Lock()
+	n.byClient[s.cl] = s
+	n.byID[s.identity] = s
+	n.mu.Unlock()
+	n.m.sessions.Inc()
+}
+
+func (n *Node) removeSession(cl *mqtt.Client) *session {
+	n.mu.Lock()
+	s := n.byClient[cl]
+	if s != nil {
+		delete(n.byClient, cl)
+		if n.byID[s.identity] == s {
+			delete(n.byID, s.identity)
+		}
+	}
+	n.mu.Unlock()
+	if s != nil {
+		n.m.sessions.Dec()
+	}
+	return s
+}
+
+func (n *Node) sessions() []*session {
+	n.mu.RLock()
+	defer n.mu.RUnlock()
+	out := make([]*session, 0, len(n.byClient))
+	for _, s := range n.byClient {
+		out = append(out, s)
+	}
+	return out
+}
+
+func (n *Node) regLock(identity string) *sync.Mutex {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(identity))
+	return &n.regLocks[h.Sum32()%uint32(len(n.regLocks))]
+}
+
+// Background loops.
+
+// wakeLoop kicks the session of every identity named on the node's wake
+// channel.
+func (n *Node) wakeLoop(ps *redis.PubSub) {
+	defer ps.Close()
+	ch := ps.Channel()
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case msg, ok := <-ch:
+			if !ok {
+				return
+			}
+			if s := n.current(msg.Payload); s != nil {
+				s.kick()
+			}
+		}
+	}
+}
+
+// fullSweepEvery is how many sweeps of the pending set go with one sweep
+// of every live session.
+const fullSweepEvery = 5
+
+// sweepLoop catches lost wake signals. Every SweepInterval it takes the
+// node's pending set (what a lost pub/sub message leaves behind) and
+// kicks those sessions; every fullSweepEvery sweeps it also kicks every
+// subscribed session, for an append whose signal went to another node
+// (one read per session: this is why it is less frequent).
+func (n *Node) sweepLoop() {
+	t := time.NewTicker(n.cfg.SweepInterval)
+	defer t.Stop()
+	failing := false
+	for tick := 1; ; tick++ {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-t.C:
+		}
+		err := n.sweepPending()
+		switch {
+		case err != nil && n.ctx.Err() != nil:
+			return
+		case err != nil && !failing:
+			failing = true
+			n.log.Warn("cannot read pending identities", "err", err)
+		case err == nil && failing:
+			failing = false
+			n.log.Info("pending identities readable again")
+		}
+		if tick%fullSweepEvery == 0 {
+			for _, s := range n.sessions() {
+				if s.hasSubscription() {
+					s.kick()
+				}
+			}
+		}
+	}
+}
+
+func (n *Node) sweepPending() error {
+	const batch = 1000
+	for range 100 {
+		ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+		ids, err := n.store.TakePending(ctx, n.node, batch)
+		cancel()
+		if err != nil {
+			return err
+		}
+		// Identities not connected here are dropped from the set: they
+		// are drained when they connect.
+		for _, id := range ids {
+			if s := n.current(id); s != nil {
+				s.kick()
+			}
+		}
+		if len(ids) < batch {
+			return nil
+		}
+	}
+	return nil
+}
+
+// shedLoop closes, at most ShedRate per second, the sessions of
+// identities that this node no longer owns once the ring's grace period
+// is over. It looks after every ring change and every half second.
+func (n *Node) shedLoop() {
+	t := time.NewTicker(500 * time.Millisecond)
+	defer t.Stop()
+	interval := time.Second / time.Duration(n.cfg.ShedRate)
+	var last time.Time
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-n.ring.Changes():
+		case <-t.C:
+		}
+		for _, s := range n.sessions() {
+			if n.stopping.Load() {
+				break
+			}
+			if s.isShed() || n.ring.OwnsDuringGrace(n.node, s.identity) {
+				continue
+			}
+			if wait := time.Until(last.Add(interval)); wait > 0 {
+				select {
+				case <-n.ctx.Done():
+					return
+				case <-time.After(wait):
+				}
+			}
+			if n.ring.OwnsDuringGrace(n.node, s.identity) {
+				continue
+			}
+			last = time.Now()
+			owner, _ := n.ring.Owner(s.identity)
+			n.log.Info("shedding session this node no longer owns", "client_id", s.identity, "owner", owner.Node)
+			s.shed(owner)
+		}
+	}
+}
+
+// shedAll closes every session, spread over budget (at least ShedRate per
+// second), telling MQTT 5 clients where to go.
+func (n *Node) shedAll(ctx context.Context, budget time.Duration) {
+	all := n.sessions()
+	if len(all) == 0 {
+		return
+	}
+	interval := time.Second / time.Duration(n.cfg.ShedRate)
+	if budget > 0 {
+		interval = min(interval, budget/time.Duration(len(all)))
+	}
+	n.log.Info("closing sessions", "count", len(all), "over", interval*time.Duration(len(all)))
+	for i, s := range all {
+		if i > 0 && interval > 0 {
+			select {
+			case <-ctx.Done():
+				interval = 0
+			case <-time.After(interval):
+			}
+		}
+		owner, ok := n.ring.Owner(s.identity)
+		if !ok || owner.Node == n.node {
+			owner = ring.Member{}
+		}
+		s.shed(owner)
+	}
+}
+
+// disconnect ends a client's connection: MQTT 5 clients get a DISCONNECT
+// with code (and the server reference, if any); MQTT 3.1.1 has no
+// server DISCONNECT, so the connection is just closed.
+func disconnect(cl *mqtt.Client, code packets.Code, serverRef string) {
+	if cl.Net.Conn != nil {
+		_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(time.Second))
+	}
+	if cl.Properties.ProtocolVersion == 5 {
+		pk := packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
+			ReasonCode:  code.Code,
+			Properties:  packets.Properties{ReasonString: code.Reason, ServerReference: serverRef},
+		}
+		_ = cl.WritePacket(pk)
+	}
+	cl.Stop(code)
+}
+
+// minLevel is a slog.Handler that drops records below a level.
+type minLevel struct {
+	slog.Handler
+	min slog.Level
+}
+
+func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
+	return l >= h.min && h.Handler.Enabled(ctx, l)
+}
+
+func (h minLevel) WithAttrs(a []slog.Attr) slog.Handler {
+	return minLevel{h.Handler.WithAttrs(a), h.min}
+}
+
+func (h minLevel) WithGroup(g string) slog.Handler {
+	return minLevel{h.Handler.WithGroup(g), h.min}
+}
