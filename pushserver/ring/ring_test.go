@@ -237,7 +237,7 @@ func TestGrace(t *testing.T) {
 	t.Parallel()
 	ns := testenv.Namespace(t)
 	opts := fast(t)
-	opts.Grace = 500 * time.Millisecond
+	opts.Grace = 3 * time.Second // long enough that "right after the change" holds on a loaded machine
 	join(t, ns, "push-a", opts)
 	join(t, ns, "push-b", opts)
 	obs := newRing(t, ns, opts)
