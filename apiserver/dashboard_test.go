@@ -1,5 +1,3 @@
-//go:build opsdev
-
 package main
 
 import (
@@ -231,6 +229,16 @@ func TestDashboardInChromium(t *testing.T) {
 	assert.Contains(t, lookup, "app-1 → dev-1")
 	assert.Contains(t, lookup, "Reason: delivery limit reached for 4242")
 	assert.Contains(t, lookup, `"code": -32003`, "the client's response")
+
+	// Without a token: the sign-in form, and no data.
+	dom = runChromium(t, bin, g.ts.URL+"/", "--virtual-time-budget=2000", "--dump-dom")
+	assert.Regexp(t, `<section class="card signin" id="signin">`, dom, "the sign-in form shows")
+	assert.Regexp(t, `<div id="dashboard" hidden`, dom)
+	assert.Equal(t, "—", textOf(dom, "commands-ready"))
+	// A token the API refuses: back to the sign-in form, saying why.
+	dom = runChromium(t, bin, g.ts.URL+"/#token="+token(t, "app-1", auth.RoleClient, "dev-*"), "--virtual-time-budget=2000", "--dump-dom")
+	assert.Regexp(t, `<section class="card signin" id="signin">`, dom)
+	assert.Contains(t, textOf(dom, "signin-error"), "The token was refused")
 
 	// The screenshot, with a queue that grows while the page polls.
 	shot := filepath.Join(t.TempDir(), "dashboard.png")

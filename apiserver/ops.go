@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"context"
 	"encoding/base64"
 	"encoding/json"
@@ -236,15 +237,9 @@ func (o *ops) collect(ctx context.Context) statsView {
 	if depthErr != nil {
 		errs["rabbitmq"] = depthErr.Error()
 	}
-	var redisErrs []string
-	for _, err := range []error{totErr, cntErr, sessErr} {
-		if err != nil {
-			redisErrs = append(redisErrs, err.Error())
-		}
-	}
-	if len(redisErrs) > 0 {
-		errs["redis"] = strings.Join(redisErrs, "; ")
-		s.log.Debug("stats: redis unavailable", "err", errs["redis"])
+	if err := cmp.Or(totErr, cntErr, sessErr); err != nil {
+		errs["redis"] = err.Error()
+		s.log.Debug("stats: redis unavailable", "err", err)
 	}
 	if len(errs) > 0 {
 		v.Errors = errs
@@ -318,8 +313,10 @@ func (o *ops) mgmtQueues(ctx context.Context, queues []string) (map[string]mgmtQ
 		go func() { defer wg.Done(); out[i], errs[i] = o.mgmt.queue(ctx, q) }()
 	}
 	wg.Wait()
-	if err := errors.Join(errs...); err != nil {
-		return nil, err
+	for _, err := range errs {
+		if err != nil {
+			return nil, err // the first: the others are most likely the same
+		}
 	}
 	m := make(map[string]mgmtQueue, len(queues))
 	for i, q := range queues {

@@ -25,9 +25,13 @@ import (
 // existing record without a token. A record with the same (client, id) but
 // a different fingerprint gives ErrConflict, with the existing record.
 //
-// A pending record expires Lease + Retention after its last reservation,
-// so an abandoned reservation does not stay forever; MarkQueued (or a
-// Dispatch) removes that expiry.
+// A pending record expires ExpiresIn + Timeout + Lease + Retention after
+// its last reservation, so an abandoned reservation does not stay forever
+// while a command whose message waits in RabbitMQ until its deliver-by
+// (and whose MarkQueued was lost) is still there for Dispatch; MarkQueued
+// (or a Dispatch) removes that expiry. Reserve also arms the command's
+// deliver-by timer, at DeliverBy but not before the lease ends (see
+// FireTimers), and a Retake moves it to the new DeliverBy.
 func (s *Store) Reserve(ctx context.Context, c *Command) (ReserveOutcome, *Command, error) {
 	if c == nil || c.Client == "" || c.Device == "" || c.ID.IsZero() {
 		return 0, nil, errors.New("mailbox: Reserve needs a client, a device and an id")
@@ -52,6 +56,8 @@ func (s *Store) Reserve(ctx context.Context, c *Command) (ReserveOutcome, *Comma
 		return 0, nil, fmt.Errorf("cannot reserve command %s: empty reply", c.ID.Key())
 	}
 	switch head {
+	case "corrupt":
+		return 0, nil, fmt.Errorf("cannot reserve command %s: corrupt record", c.ID.Key())
 	case "reserved":
 		return Reserved, rec, nil
 	case "retake":
@@ -80,8 +86,11 @@ func (s *Store) MarkQueued(ctx context.Context, client, idKey, leaseToken string
 	if err != nil {
 		return fmt.Errorf("cannot mark command %s queued: %w", idKey, err)
 	}
-	if v == "notfound" {
+	switch v {
+	case "notfound":
 		return fmt.Errorf("%w: %s", ErrNotFound, idKey)
+	case "corrupt":
+		return fmt.Errorf("cannot mark command %s queued: corrupt record", idKey)
 	}
 	return nil
 }
@@ -137,8 +146,11 @@ func (s *Store) Cancel(ctx context.Context, client, idKey string, clientOwner st
 		return nil, fmt.Errorf("cannot cancel command %s: %w", idKey, err)
 	}
 	head, val := reply(v)
-	if head == "notfound" {
+	switch head {
+	case "notfound":
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, idKey)
+	case "corrupt":
+		return nil, fmt.Errorf("cannot cancel command %s: corrupt record", idKey)
 	}
 	rec, err := recordReply(val)
 	if err != nil {
@@ -302,45 +314,47 @@ func (s *Store) zpage(ctx context.Context, key string, cur zcursor, n int) ([]re
 	}
 }
 
+// cancelAllPage is how many index members CancelAll hands to one script.
+const cancelAllPage = 200
+
 // CancelAll cancels every cancellable command (see Cancel) of client to
-// device and returns how many it cancelled.
+// device and returns how many it cancelled. It looks only at the index
+// members created within Options.MaxLifetime + Lease (no older command
+// can still be queued or sent, except a dead command an operator
+// replayed: cancel that one by id), a page at a time, each page in one
+// script.
 func (s *Store) CancelAll(ctx context.Context, client, device, clientOwner string) (int, error) {
+	const reason = "cancelled by the client"
+	body := gatewayError(protocol.StatusCancelled, reason)
 	ik := s.keys.ClientCommands(client, device)
+	oldest := s.now().Add(-s.opts.MaxLifetime - s.opts.Lease).UnixMilli()
 	n := 0
-	var cursor uint64
+	var cur zcursor
 	for {
-		members, next, err := s.rdb.ZScan(ctx, ik, cursor, "", 500).Result()
+		zs, end, err := s.zpage(ctx, ik, cur, cancelAllPage)
 		if err != nil {
 			return n, fmt.Errorf("cannot cancel commands: %w", err)
 		}
-		var keys []string
-		for i := 0; i < len(members); i += 2 {
-			keys = append(keys, members[i])
-		}
-		sts := make([]*redis.SliceCmd, len(keys))
-		_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, k := range keys {
-				sts[i] = p.HMGet(ctx, s.keys.Command(client, k), fStatus, fSending)
+		args := make([]any, 0, 4+len(zs))
+		args = append(args, body, reason, clientOwner, client)
+		for _, z := range zs {
+			if int64(z.Score) < oldest {
+				end = true
+				break
 			}
-			return nil
-		})
-		if err != nil {
-			return n, fmt.Errorf("cannot cancel commands: %w", err)
+			m, _ := z.Member.(string)
+			args = append(args, m)
+			cur = zcursor{score: int64(z.Score), member: m, set: true}
 		}
-		for i, k := range keys {
-			v := sts[i].Val()
-			st, _ := v[0].(string)
-			sending, _ := v[1].(string)
-			if st != string(protocol.StatusQueued) && (st != string(protocol.StatusSent) || sending != "") {
-				continue
+		if len(args) > 4 {
+			v, err := s.run(ctx, cancelManyScript, ik, args...)
+			if err != nil {
+				return n, fmt.Errorf("cannot cancel commands: %w", err)
 			}
-			if _, err := s.Cancel(ctx, client, k, clientOwner); err == nil {
-				n++
-			} else if !errors.Is(err, ErrState) && !errors.Is(err, ErrNotFound) {
-				return n, err
-			}
+			k, _ := v.(int64)
+			n += int(k)
 		}
-		if cursor = next; cursor == 0 {
+		if end || len(zs) == 0 {
 			return n, nil
 		}
 	}

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -21,8 +22,10 @@ const (
 // Dispatch handles one delivery of a command envelope from the commands
 // queue, in one script: queued → sent (stamps SentAt), appends the device
 // request (env.DeviceRequest()) to the device's mailbox with expiry
-// DeliverBy, signals the node of the device's live session (or
-// deviceOwner when none is live), and arms the deliver-by timer.
+// DeliverBy, and signals the node of the device's live session and
+// deviceOwner. The deliver-by timer armed at Reserve (or ReplayDead) is
+// moved to DeliverBy, now the deadline of the sent command. A replayed
+// command leaves the dead set here.
 //
 // A record still pending (the worker was faster than the apiserver's
 // MarkQueued) is marked queued first: the message is in the queue, so the
@@ -38,7 +41,8 @@ const (
 //     envelope. A missing record means the command was released after a
 //     failed publish (the client got 503), or its retention ran out before
 //     a replay of an old message: in both cases there is nothing to
-//     deliver, and the caller acks the message.
+//     deliver, and the caller acks the message. A corrupt record is a
+//     noop too (logged).
 //
 // clientOwner and deviceOwner are the ring owners (node IDs) of the client
 // and the device. Any error means Redis was not changed or not reached:
@@ -60,7 +64,12 @@ func (s *Store) Dispatch(ctx context.Context, env *protocol.Envelope, deviceOwne
 		return "", fmt.Errorf("cannot dispatch command %s: %w", env.MsgID.Key(), err)
 	}
 	head, detail := reply(v)
-	if head == string(OutcomeNoop) {
+	switch head {
+	case "corrupt":
+		s.log.Warn("dispatch of a corrupt record: nothing changed", "client_id", env.Client,
+			"device_id", env.Device, "msg_id", env.MsgID.Key())
+		return OutcomeNoop, nil
+	case string(OutcomeNoop):
 		s.log.Debug("dispatch is a no-op", "client_id", env.Client, "device_id", env.Device,
 			"msg_id", env.MsgID.Key(), "why", detail)
 	}
@@ -74,9 +83,13 @@ func (s *Store) Dispatch(ctx context.Context, env *protocol.Envelope, deviceOwne
 // (the device's result or error with the client's own id) on
 // clients/{client}/results/{device}, signalling as Dispatch does.
 //
-// A command already final records resp in Late and returns OutcomeLate,
-// changing nothing else. An unknown command, a command of another device,
-// or one not yet sent returns OutcomeNoop.
+// A command already made succeeded or failed by this very response (an
+// AMQP redelivery: the worker died between Complete and its ack) returns
+// OutcomeDuplicate and changes nothing. Any other answer to a final
+// command is recorded in Late (once per distinct answer) and returns
+// OutcomeLate, changing nothing else. An unknown command, a command of
+// another device, one not yet sent, or a corrupt record (logged) returns
+// OutcomeNoop.
 func (s *Store) Complete(ctx context.Context, client, idKey, device string, resp *protocol.Response, clientOwner string) (Outcome, error) {
 	if resp == nil {
 		return "", errors.New("mailbox: Complete needs a response")
@@ -105,60 +118,103 @@ func (s *Store) Complete(ctx context.Context, client, idKey, device string, resp
 	if err != nil {
 		return "", fmt.Errorf("cannot complete command %s: %w", idKey, err)
 	}
+	if v == "corrupt" {
+		s.log.Warn("answer to a corrupt record: nothing changed", "client_id", client, "device_id", device, "msg_id", idKey)
+		return OutcomeNoop, nil
+	}
 	return Outcome(fmt.Sprint(v)), nil
 }
 
-// FireTimers pops up to limit due timers (score ≤ now) and applies them.
-// Each timer fires exactly once across competing callers: candidates are
-// read with ZRANGEBYSCORE, then one script per timer removes it and
-// applies it only if it was still there and still due.
+// fireBatch bounds the timers one script pops and applies.
+const fireBatch = 100
+
+// FireTimers pops up to limit due timers (score ≤ now) and applies them,
+// at most 100 per script: each script pops its batch atomically, so
+// competing callers never take the same timer nor read the same
+// candidates.
 //
-//   - deliver-by: sent and not on the wire → expired (-32002); on the wire
-//     (SendingAt set, no PUBACK yet) → re-armed once as an answer-within
-//     timer at now+Timeout, which later fires as timeout.
+//   - deliver-by on a queued command, or on a sent one not on the wire:
+//     expired (-32002). On the wire (SendingAt set, no PUBACK yet): re-
+//     armed once as an answer-within timer at now+Timeout, which later
+//     fires as timeout. On a pending command: re-armed to the end of its
+//     lease while the lease runs (its publish is being confirmed), else
+//     expired (through queued).
 //   - answer-within: sent or delivered → timeout (-32001).
 //
-// Anything else (the command final, or gone) just drops the timer.
-// ownerOf gives the ring owner of a client, for signalling; nil means no
-// owner (only a live session is signalled). FireTimers returns how many
+// A deliver-by timer whose command's DeliverBy moved later is re-armed to
+// it. Anything else (the command final, or gone) just drops the timer.
+// The scripts signal the client's live-session node; FireTimers then
+// signals ownerOf(client), the ring owner, when that is another node
+// (nil ownerOf: only live sessions are signalled). It returns how many
 // timers it took, with the first error met.
 func (s *Store) FireTimers(ctx context.Context, limit int, ownerOf func(identity string) string) (int, error) {
 	if limit <= 0 {
-		limit = 100
-	}
-	tk := s.keys.Timers()
-	members, err := s.rdb.ZRangeByScore(ctx, tk, &redis.ZRangeBy{
-		Min: "-inf", Max: fmt.Sprint(s.now().UnixMilli()), Count: int64(limit),
-	}).Result()
-	if err != nil {
-		return 0, fmt.Errorf("cannot read timers: %w", err)
+		limit = fireBatch
 	}
 	expired := gatewayError(protocol.StatusExpired, reasonExpired)
 	timeout := gatewayError(protocol.StatusTimeout, reasonTimeout)
 	fired := 0
-	for _, m := range members {
-		kind, client, key, ok := parseTimer(m)
-		if !ok {
-			s.log.Warn("dropping malformed timer", "timer", m)
-			if err := s.rdb.ZRem(ctx, tk, m).Err(); err != nil {
-				return fired, fmt.Errorf("cannot drop timer: %w", err)
-			}
-			continue
-		}
-		owner := ""
-		if ownerOf != nil {
-			owner = ownerOf(client)
-		}
-		v, err := s.run(ctx, fireScript, s.keys.Command(client, key),
-			m, kind, expired, reasonExpired, timeout, reasonTimeout, owner)
+	for fired < limit {
+		batch := min(limit-fired, fireBatch)
+		v, err := s.run(ctx, fireScript, s.keys.Timers(), batch, expired, reasonExpired, timeout, reasonTimeout)
 		if err != nil {
-			return fired, fmt.Errorf("cannot fire timer %s: %w", m, err)
+			return fired, fmt.Errorf("cannot fire timers: %w", err)
 		}
-		took, what := reply(v)
-		if took == "1" {
-			fired++
-			s.log.Debug("timer fired", "client_id", client, "msg_id", key, "kind", kind, "outcome", what)
+		rows, _ := v.([]any)
+		fired += len(rows)
+		wake := map[[2]string]bool{}
+		for _, row := range rows {
+			f, _ := row.([]any)
+			str := func(i int) string {
+				if i >= len(f) {
+					return ""
+				}
+				v, _ := f[i].(string)
+				return v
+			}
+			member, what, client, sess := str(0), str(1), str(2), str(3)
+			switch what {
+			case "malformed":
+				s.log.Warn("dropped a malformed timer", "timer", member)
+			case "corrupt":
+				s.log.Warn("dropped the timer of a corrupt record", "timer", member)
+			default:
+				s.log.Debug("timer fired", "timer", member, "outcome", what)
+			}
+			if client != "" && ownerOf != nil {
+				if owner := ownerOf(client); owner != "" && owner != sess {
+					wake[[2]string{owner, client}] = true
+				}
+			}
+		}
+		if len(wake) > 0 {
+			if err := s.signal(ctx, wake); err != nil {
+				return fired, fmt.Errorf("cannot signal results of fired timers: %w", err)
+			}
+		}
+		if len(rows) < batch {
+			break
 		}
 	}
 	return fired, nil
 }
+
+// signal wakes each (node, identity) as the scripts do: SADD
+// NodePending(node), PUBLISH NodeWake(node).
+func (s *Store) signal(ctx context.Context, wake map[[2]string]bool) error {
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for w := range wake {
+			node, identity := w[0], w[1]
+			pk := s.keys.NodePending(node)
+			p.SAdd(ctx, pk, identity)
+			p.PExpire(ctx, pk, pendingTTL)
+			p.Publish(ctx, s.keys.NodeWake(node), identity)
+		}
+		return nil
+	})
+	return err
+}
+
+// pendingTTL is the expiry of a node's pending set, renewed when it
+// gains a member.
+const pendingTTL = 24 * time.Hour

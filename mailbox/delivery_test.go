@@ -487,7 +487,7 @@ func TestFireTimersExactlyOnce(t *testing.T) {
 func TestMarkDeadAndReplay(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, mailbox.Options{})
-	e.sent(cmd(t, "c1", "d1", `"a"`, ``))
+	e.queued(cmd(t, "c1", "d1", `"a"`, ``))
 	e.queued(cmd(t, "c1", "d1", `"b"`, ``))
 	e.clock.Add(time.Millisecond)
 	if _, _, err := e.s.Reserve(e.ctx, cmd(t, "c1", "d1", `"p"`, ``)); err != nil {
@@ -508,8 +508,8 @@ func TestMarkDeadAndReplay(t *testing.T) {
 			t.Errorf("MarkDead(%s) = %v, %v, want %v", tt.key, got, err, tt.want)
 		}
 	}
-	if n, _ := e.s.Len(e.ctx, "d1"); n != 0 {
-		t.Errorf("device mailbox holds %d entries after MarkDead, want 0", n)
+	if _, ok := e.timerScore("d", "c1", "p"); ok {
+		t.Error("deliver-by timer of a dead command still armed")
 	}
 	rs := e.results("c1")
 	if len(rs) != 3 || gatewayCode(t, rs[0]) != protocol.CodeDead {
@@ -575,9 +575,9 @@ func TestSignals(t *testing.T) {
 			return "(nothing)"
 		}
 	}
-	put := func(identity string) {
+	put := func(identity, owner string) {
 		t.Helper()
-		if _, err := e.s.Put(e.ctx, identity, "t", []byte("p"), time.Time{}, "owner"); err != nil {
+		if _, err := e.s.Put(e.ctx, identity, "t", []byte("p"), time.Time{}, owner); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -591,7 +591,7 @@ func TestSignals(t *testing.T) {
 	}
 
 	// No session: the owner.
-	put("d1")
+	put("d1", "owner")
 	if got := recv(ps); got != "d1" {
 		t.Errorf("owner woken for %q, want d1", got)
 	}
@@ -602,7 +602,8 @@ func TestSignals(t *testing.T) {
 		t.Errorf("owner pending after TakePending = %v, want empty", got)
 	}
 
-	// A live session on a ring member is preferred over the owner.
+	// A live session on another node than the owner: both are signalled
+	// (a ring change may be under way).
 	if err := e.rdb.Set(e.ctx, e.keys.RingNode("live"), "mqtt://x", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
@@ -612,25 +613,58 @@ func TestSignals(t *testing.T) {
 	if n, _ := e.s.SessionNode(e.ctx, "d1"); n != "live" {
 		t.Errorf("SessionNode = %q, want live", n)
 	}
-	put("d1")
+	put("d1", "owner")
 	if got := recv(live); got != "d1" {
 		t.Errorf("live node woken for %q, want d1", got)
+	}
+	if got := recv(ps); got != "d1" {
+		t.Errorf("owner woken for %q, want d1", got)
 	}
 	if got := pending("live"); fmt.Sprint(got) != "[d1]" {
 		t.Errorf("live pending = %v, want [d1]", got)
 	}
-	if got := pending("owner"); len(got) != 0 {
-		t.Errorf("owner signalled although a live session exists: %v", got)
+	if got := pending("owner"); fmt.Sprint(got) != "[d1]" {
+		t.Errorf("owner pending = %v, want [d1]", got)
 	}
 
-	// The session's node left the ring: back to the owner.
+	// The session's node lost its ring key (a heartbeat gap): it still
+	// holds the session, so it is still signalled, and so is the owner.
 	if err := e.rdb.Del(e.ctx, e.keys.RingNode("live")).Err(); err != nil {
 		t.Fatal(err)
 	}
-	put("d1")
-	if got := recv(ps); got != "d1" {
-		t.Errorf("owner woken for %q after the session node died, want d1", got)
+	put("d1", "owner")
+	if got := recv(live); got != "d1" {
+		t.Errorf("session node without ring key woken for %q, want d1", got)
 	}
+	if got := recv(ps); got != "d1" {
+		t.Errorf("owner woken for %q, want d1", got)
+	}
+	if got := pending("live"); fmt.Sprint(got) != "[d1]" {
+		t.Errorf("live pending = %v, want [d1]", got)
+	}
+	_ = pending("owner")
+
+	// The session is on the owner: one signal, not two. No owner given:
+	// the session node alone.
+	put("d1", "live")
+	if got := recv(live); got != "d1" {
+		t.Errorf("live node woken for %q, want d1", got)
+	}
+	put("d1", "")
+	if got := recv(live); got != "d1" {
+		t.Errorf("live node woken for %q, want d1", got)
+	}
+	put("d2", "owner") // a sentinel: the next message on live must be nothing
+	if got := recv(ps); got != "d2" {
+		t.Errorf("owner woken for %q, want d2", got)
+	}
+	select {
+	case m := <-live.Channel():
+		t.Errorf("live node woken again for %q: one signal per node", m.Payload)
+	case <-time.After(100 * time.Millisecond):
+	}
+	_ = pending("live")
+	_ = pending("owner")
 
 	// Sessions move and clear only on their own node.
 	if err := e.s.SetSession(e.ctx, "d1", "other"); err != nil {

@@ -13,13 +13,27 @@
 // entry, cancels its timers, appends exactly one result to the client's
 // mailbox and sets the record's expiry to Options.Retention.
 //
-// Any script that appends to a mailbox signals the push server that should
-// stream it ("store, then forward", DESIGN §5): the node of the
-// identity's live session when that node is still a ring member, else the
-// ring owner the caller passed. A signal is SADD NodePending(node) plus
-// PUBLISH NodeWake(node); the pub/sub message is the fast path, the
-// pending set (TakePending) is what a node's sweep reads when a message
-// was lost.
+// Any script that appends to a mailbox signals the push servers that
+// should stream it ("store, then forward", DESIGN §5): the node named by
+// the identity's live session, whether or not that node's ring key is
+// alive (a heartbeat gap must not hide a connected identity), and the
+// ring owner the caller passed, when that is another node. A signal is
+// SADD NodePending(node) plus PUBLISH NodeWake(node); the pub/sub message
+// is the fast path, the pending set (TakePending, Repend) is what a
+// node's sweep reads when a message was lost.
+//
+// # Timers
+//
+// Every command that is not final has exactly one timer, so none can be
+// forgotten. The deliver-by timer is armed by Reserve, at DeliverBy but
+// not before the lease ends, as the watchdog of a pending or queued
+// command; Dispatch moves it to DeliverBy exactly, as the deadline of the
+// sent command; Ack replaces it by the answer-within timer, and so does a
+// deliver-by timer that finds the command on the wire; ReplayDead arms a
+// new one; a final transition removes them. So a command whose AMQP
+// message is lost still ends (expired), as does a pending command whose
+// publish outcome never came back (past its lease). A message that merely
+// arrives late is expired by its own Dispatch.
 //
 // # Who calls what
 //
@@ -27,15 +41,23 @@
 //     Release when the publish definitely failed); Get, List, Cancel,
 //     CancelAll, DeadList, ReplayDead, Totals, StatusCounts.
 //   - msgworker: Dispatch for each command delivery, Complete for each
-//     device response, FireTimers in a loop, MarkDead for dead letters.
-//   - pushserver: SetSession/ClearSession, Wake and TakePending to learn
-//     which mailboxes to stream, Fetch to read them and Ack on PUBACK.
+//     device response (and for dead results), FireTimers in a loop,
+//     MarkDead for dead command letters.
+//   - pushserver: SetSessionConn/ClearSessionConn (or SetSession/
+//     ClearSession), Wake, TakePending and Repend to learn which
+//     mailboxes to stream, Fetch to read them, Unsend for fetched entries
+//     it did not publish, and Ack or AckMany on PUBACK.
 //
 // # Errors
 //
 // Callers test errors with errors.Is against ErrNotFound, ErrConflict,
 // ErrFull and ErrState. Any other error means Redis is unavailable (or
 // answered something unexpected); it wraps the go-redis error.
+//
+// A corrupt record (one missing a field a transition reads) is never
+// changed, not even in part: every script checks the record before its
+// first write. The msgworker-side operations then answer OutcomeNoop and
+// log a warning (a retry could not help); the others return an error.
 //
 // # Redis layout
 //
@@ -44,7 +66,12 @@
 // mailbox entry has the fields t (topic), p (payload), x (expiry, unix ms)
 // and, for a command entry, c (client) and k (message ID key). Timer set
 // members are "d|{client}|{key}" (deliver-by) and "a|{client}|{key}"
-// (answer-within), scored by due time in unix ms.
+// (answer-within), scored by due time in unix ms. The per-(client,
+// device) index Keys.ClientCommands is scored by creation (unix ms);
+// members older than Retention + MaxLifetime + Lease are pruned when a
+// command is queued. One key is the package's own: Keys.Session(identity)
+// + ":conn" holds the connection token of the live session
+// (SetSessionConn); identities cannot contain ':', so it never collides.
 package mailbox
 
 import (
@@ -71,6 +98,13 @@ type Options struct {
 	// Lease is how long a pending reservation is held (twice the confirm
 	// timeout). Default 10s.
 	Lease time.Duration
+	// MaxLifetime is the longest ExpiresIn + Timeout of a command.
+	// Default 8 days (the apiserver's maxima: 7 days and 24 hours). It
+	// bounds the per-(client, device) index: members created more than
+	// Retention + MaxLifetime + Lease ago are pruned (a command with a
+	// longer life keeps its own). CancelAll looks only at commands
+	// created within MaxLifetime + Lease.
+	MaxLifetime time.Duration
 	// Now is the clock. Default time.Now; tests may fake it.
 	Now func() time.Time
 	// Logger receives diagnostics. Default discards.
@@ -86,6 +120,9 @@ func (o *Options) ensureDefaults() {
 	}
 	if o.Lease <= 0 {
 		o.Lease = 10 * time.Second
+	}
+	if o.MaxLifetime <= 0 {
+		o.MaxLifetime = 8 * 24 * time.Hour
 	}
 	if o.Now == nil {
 		o.Now = time.Now
@@ -204,9 +241,10 @@ const (
 	OutcomeSucceeded Outcome = "succeeded" // the device answered with a result
 	OutcomeFailed    Outcome = "failed"    // the device answered with an error
 	OutcomeLate      Outcome = "late"      // an answer after the command was final: recorded, dropped
+	OutcomeDuplicate Outcome = "duplicate" // the answer that made the command final, again (a redelivery): nothing changed
 	OutcomeTimeout   Outcome = "timeout"   // no answer within the timeout
 	OutcomeDead      Outcome = "dead"      // dead-lettered
-	OutcomeRearmed   Outcome = "rearmed"   // deliver-by fired while on the wire: waits one timeout
+	OutcomeRearmed   Outcome = "rearmed"   // a deliver-by timer that could not decide yet (on the wire: waits one timeout; pending within its lease) was re-armed
 )
 
 // Entry is one message of a mailbox.
@@ -225,5 +263,5 @@ type Totals struct {
 	Mailboxes int64 // non-empty mailboxes
 	Entries   int64 // entries in all mailboxes
 	Timers    int64 // armed timers
-	Dead      int64 // dead-lettered commands
+	Dead      int64 // dead-lettered commands (replays not yet dispatched included)
 }

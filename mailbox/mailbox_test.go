@@ -187,6 +187,7 @@ func TestLuaKeysMatchProtocol(t *testing.T) {
 		k.Timers(), k.Dead(), k.RingNode("node-1"), k.Session("ident"), k.NodeSessions("node-1"),
 		k.NodePending("node-1"), k.NodeWake("node-1"), k.StatusCounts(29000000),
 		protocol.ClientResultsTopic("cl", "dev"), protocol.DeviceCommandsTopic("dev"),
+		k.Session("ident") + ":conn",
 	}
 	if fmt.Sprint(got) != fmt.Sprint(want) {
 		t.Errorf("Lua key names =\n%q\nwant\n%q", got, want)
@@ -195,9 +196,20 @@ func TestLuaKeysMatchProtocol(t *testing.T) {
 
 func TestScriptTransitionsAreLegal(t *testing.T) {
 	t.Parallel()
+	replay := false
 	for _, tr := range mailbox.ScriptTransitions {
 		if !protocol.CanTransition(tr.From, tr.To, tr.By) {
 			t.Errorf("scripts make %s → %s by %s, not in protocol.Transitions", tr.From, tr.To, tr.By)
+		}
+		replay = replay || tr == protocol.Transition{From: protocol.StatusDead, To: protocol.StatusQueued, By: protocol.OwnerAPI}
+	}
+	if !replay {
+		t.Error("ScriptTransitions does not list the operator's replay (dead → queued by apiserver)")
+	}
+	// MarkDead acts only before a command reaches a device's mailbox.
+	for _, tr := range mailbox.ScriptTransitions {
+		if tr.To == protocol.StatusDead && tr.From != protocol.StatusQueued {
+			t.Errorf("scripts make %s → dead: MarkDead must leave sent and delivered commands to their timers", tr.From)
 		}
 	}
 }
@@ -450,10 +462,12 @@ func TestCheckDurability(t *testing.T) {
 		t.Skipf("CONFIG GET refused: %v", err)
 	}
 	aof, _ := rdb.ConfigGet(ctx, "appendonly").Result()
+	pol, _ := rdb.ConfigGet(ctx, "maxmemory-policy").Result()
 	w := mailbox.CheckDurability(ctx, rdb)
-	durable := aof["appendonly"] == "yes" && cfg["appendfsync"] == "always"
+	durable := aof["appendonly"] == "yes" && cfg["appendfsync"] == "always" && pol["maxmemory-policy"] == "noeviction"
 	if durable && w != "" || !durable && w == "" {
-		t.Errorf("CheckDurability with appendonly=%s appendfsync=%s = %q", aof["appendonly"], cfg["appendfsync"], w)
+		t.Errorf("CheckDurability with appendonly=%s appendfsync=%s maxmemory-policy=%s = %q",
+			aof["appendonly"], cfg["appendfsync"], pol["maxmemory-policy"], w)
 	}
 	t.Logf("CheckDurability: %s", w)
 }

@@ -8,7 +8,6 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -28,13 +27,16 @@ import (
 //	tmo, exp         timeout and expires_in
 //	created, queued, sending, sent, delivered, finished, deliver_by
 //	attempts         PUBLISHes to the device
-//	entry            stream entry ID in the device's mailbox while it is there
+//	entry            stream entry ID in the device's mailbox while it is there ("" after)
 //	resp             the client's final JSON-RPC response
 //	late             a device answer after the command was final
 //	reason           why it ended as it did (gateway statuses)
 //	dropped          "1" when the client's mailbox was full at the final transition
-//	lease, lease_until, retakes   pending reservations
+//	lease, lease_until, retakes   pending reservations ("" once queued)
 //	replays          times an operator replayed it from the dead letters
+//
+// A field set to "" means the same as an absent one (scripts blank
+// fields in the same HSET instead of a second HDEL).
 const (
 	fClient     = "client"
 	fDevice     = "device"
@@ -137,10 +139,11 @@ func recordReply(v any) (*Command, error) {
 }
 
 // run runs a script with the common arguments (prefix, now, retention,
-// cap) followed by args.
+// cap, index horizon) followed by args.
 func (s *Store) run(ctx context.Context, sc *redis.Script, key string, args ...any) (any, error) {
-	base := make([]any, 0, 4+len(args))
-	base = append(base, s.keys.Prefix(), s.now().UnixMilli(), s.opts.Retention.Milliseconds(), s.opts.MailboxCap)
+	base := make([]any, 0, 5+len(args))
+	base = append(base, s.keys.Prefix(), s.now().UnixMilli(), s.opts.Retention.Milliseconds(), s.opts.MailboxCap,
+		(s.opts.Retention + s.opts.MaxLifetime + s.opts.Lease).Milliseconds())
 	base = append(base, args...)
 	var keys []string
 	if key != "" {
@@ -182,14 +185,4 @@ func newToken() string {
 	var b [16]byte
 	_, _ = rand.Read(b[:])
 	return hex.EncodeToString(b[:])
-}
-
-// timer members: "d|client|key" (deliver-by), "a|client|key" (answer-within).
-func parseTimer(m string) (kind, client, key string, ok bool) {
-	kind, rest, ok1 := strings.Cut(m, "|")
-	client, key, ok2 := strings.Cut(rest, "|")
-	if !ok1 || !ok2 || (kind != "d" && kind != "a") || client == "" || key == "" {
-		return "", "", "", false
-	}
-	return kind, client, key, true
 }

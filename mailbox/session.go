@@ -11,20 +11,40 @@ import (
 // SetSession records that identity's live session is on node:
 // Session(identity) = node, identity in NodeSessions(node) (and out of
 // the set of the node it was on before). The session key has no expiry:
-// signals check that the node is still a ring member, so a session left
-// behind by a crashed node only costs a fallback to the ring owner.
+// a session left behind by a crashed node only costs an extra signal to
+// that node. It is SetSessionConn without a connection token.
 func (s *Store) SetSession(ctx context.Context, identity, node string) error {
-	if _, err := s.run(ctx, setSessionScript, s.keys.Session(identity), identity, node); err != nil {
+	return s.SetSessionConn(ctx, identity, node, "")
+}
+
+// ClearSession forgets identity's session on node: it leaves
+// NodeSessions(node), and Session(identity) is deleted only if it still
+// names node (the identity may have reconnected elsewhere meanwhile). It
+// is ClearSessionConn for any connection.
+func (s *Store) ClearSession(ctx context.Context, identity, node string) error {
+	return s.ClearSessionConn(ctx, identity, node, "")
+}
+
+// SetSessionConn is SetSession for one connection of identity, named by
+// conn (any token unique per connection on node, e.g. a counter or a
+// random string; "" for none): ClearSessionConn of an older connection of
+// identity on the same node then leaves this one registered, in whatever
+// order the two calls reach Redis.
+func (s *Store) SetSessionConn(ctx context.Context, identity, node, conn string) error {
+	if _, err := s.run(ctx, setSessionScript, s.keys.Session(identity), identity, node, conn); err != nil {
 		return fmt.Errorf("cannot set session of %s: %w", identity, err)
 	}
 	return nil
 }
 
-// ClearSession forgets identity's session on node: it leaves
-// NodeSessions(node), and Session(identity) is deleted only if it still
-// names node (the identity may have reconnected elsewhere meanwhile).
-func (s *Store) ClearSession(ctx context.Context, identity, node string) error {
-	if _, err := s.run(ctx, clearSessionScript, s.keys.Session(identity), identity, node); err != nil {
+// ClearSessionConn forgets identity's session on node only if it is the
+// connection conn ("" = whichever): Session(identity) is deleted and
+// identity leaves NodeSessions(node) when Session(identity) names node
+// with that connection. When Session(identity) names another node (or
+// none), identity only leaves NodeSessions(node); when it names node with
+// another connection (a newer one), nothing changes.
+func (s *Store) ClearSessionConn(ctx context.Context, identity, node, conn string) error {
+	if _, err := s.run(ctx, clearSessionScript, s.keys.Session(identity), identity, node, conn); err != nil {
 		return fmt.Errorf("cannot clear session of %s: %w", identity, err)
 	}
 	return nil
@@ -45,8 +65,9 @@ func (s *Store) SessionNode(ctx context.Context, identity string) (string, error
 
 // TakePending removes and returns up to max identities signalled to node
 // (SPOP of NodePending(node)): the mailboxes the node's sweep should
-// stream. An identity taken here and not drained must be put back by the
-// caller (or it will be signalled again by the next append).
+// stream. An identity taken here and not drained (its stream failed, the
+// node is stopping) is put back with Repend, or it waits for the next
+// append's signal.
 func (s *Store) TakePending(ctx context.Context, node string, max int) ([]string, error) {
 	if max <= 0 {
 		max = 100
@@ -64,4 +85,26 @@ func (s *Store) TakePending(ctx context.Context, node string, max int) ([]string
 // backstop.
 func (s *Store) Wake(ctx context.Context, node string) *redis.PubSub {
 	return s.rdb.Subscribe(ctx, s.keys.NodeWake(node))
+}
+
+// Repend puts identities back into node's pending set (the inverse of
+// TakePending), for the node's next sweep. No identities: nothing.
+func (s *Store) Repend(ctx context.Context, node string, identities ...string) error {
+	if len(identities) == 0 {
+		return nil
+	}
+	members := make([]any, len(identities))
+	for i, id := range identities {
+		members[i] = id
+	}
+	pk := s.keys.NodePending(node)
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.SAdd(ctx, pk, members...)
+		p.PExpire(ctx, pk, pendingTTL)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cannot put back pending identities of %s: %w", node, err)
+	}
+	return nil
 }

@@ -122,9 +122,11 @@ func (s *Store) counts(ctx context.Context, minutes int) (map[string]int64, erro
 
 // CheckDurability returns a warning when Redis does not run with
 // appendonly yes and appendfsync always (the mailbox is only as durable
-// as Redis, DESIGN §7), "" when it does. When CONFIG GET is refused (a
-// managed Redis, an ACL) the warning says durability could not be
-// checked.
+// as Redis, DESIGN §7), or with a maxmemory-policy other than noeviction
+// (an evicting Redis silently deletes command records, mailboxes and
+// timers under memory pressure), "" when all hold. When CONFIG GET is
+// refused (a managed Redis, an ACL) the warning says durability could not
+// be checked.
 func CheckDurability(ctx context.Context, rdb redis.UniversalClient) string {
 	get := func(name string) (string, error) {
 		m, err := rdb.ConfigGet(ctx, name).Result()
@@ -133,25 +135,24 @@ func CheckDurability(ctx context.Context, rdb redis.UniversalClient) string {
 		}
 		return m[name], nil
 	}
-	aof, err := get("appendonly")
-	if err != nil {
-		return "cannot check Redis durability (CONFIG GET refused: " + err.Error() + "); the gateway needs appendonly yes and appendfsync always to lose nothing"
-	}
-	fsync, err := get("appendfsync")
-	if err != nil {
-		return "cannot check Redis durability (CONFIG GET refused: " + err.Error() + "); the gateway needs appendonly yes and appendfsync always to lose nothing"
-	}
 	var bad []string
-	if !strings.EqualFold(aof, "yes") {
-		bad = append(bad, "appendonly is "+quote(aof)+", want yes")
-	}
-	if !strings.EqualFold(fsync, "always") {
-		bad = append(bad, "appendfsync is "+quote(fsync)+", want always")
+	for _, want := range []struct{ name, value string }{
+		{"appendonly", "yes"},
+		{"appendfsync", "always"},
+		{"maxmemory-policy", "noeviction"},
+	} {
+		v, err := get(want.name)
+		if err != nil {
+			return "cannot check Redis durability (CONFIG GET refused: " + err.Error() + "); the gateway needs appendonly yes, appendfsync always and maxmemory-policy noeviction to lose nothing"
+		}
+		if !strings.EqualFold(v, want.value) {
+			bad = append(bad, want.name+" is "+quote(v)+", want "+want.value)
+		}
 	}
 	if len(bad) == 0 {
 		return ""
 	}
-	return "Redis is not durable: " + strings.Join(bad, "; ") + ": mailboxes and command records written in the last moments before a Redis crash can be lost"
+	return "Redis is not durable: " + strings.Join(bad, "; ") + ": mailboxes and command records written in the last moments before a Redis crash, or evicted under memory pressure, can be lost"
 }
 
 func quote(s string) string {

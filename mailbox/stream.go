@@ -18,10 +18,17 @@ const fetchScanMax = 1000
 // it skips: expired ones, and command entries whose command is final,
 // gone, or no longer carried by that entry. For each command entry it
 // returns whose command is sent, it stamps SendingAt (the first time: the
-// command is now on the wire, Cancel answers 409) and increments Attempts,
-// in the same script. So call Fetch only for entries about to be
-// published. It scans at most count+1000 entries; an empty result means
-// the mailbox has nothing more after after.
+// command is now on the wire, Cancel answers 409 and a deliver-by timer
+// waits one timeout instead of expiring it) and increments Attempts, in
+// the same script, before the caller publishes.
+//
+// Callers must therefore fetch only what they publish now: count no more
+// than the free slots of the in-flight window. An entry fetched but not
+// published (no matching subscription, too large for the client, the
+// connection gone, the process stopping) must be handed to Unsend, or the
+// command stays "on the wire" (conservative: it cannot be cancelled, and
+// it times out instead of expiring). It scans at most count+1000 entries;
+// an empty result means the mailbox has nothing more after after.
 func (s *Store) Fetch(ctx context.Context, identity, after string, count int) ([]Entry, error) {
 	if count <= 0 {
 		return nil, nil
@@ -56,10 +63,46 @@ func (s *Store) Fetch(ctx context.Context, identity, after string, count int) ([
 // it is the delivered transition: stamps DeliveredAt, cancels the
 // deliver-by timer and arms the answer-within timer at now+Timeout. For a
 // command already final (or any other entry) it only deletes the entry.
-// Acking an entry that is gone is a no-op.
+// Acking an entry that is gone is a no-op. Only e.ID is used: the command
+// an entry carries is read from the stored entry, not from e.
 func (s *Store) Ack(ctx context.Context, identity string, e Entry) error {
-	if _, err := s.run(ctx, ackScript, s.keys.Mailbox(identity), identity, e.ID, e.Client, e.MsgKey); err != nil {
+	if _, err := s.run(ctx, ackScript, s.keys.Mailbox(identity), identity, e.ID); err != nil {
 		return fmt.Errorf("cannot ack entry %s of %s: %w", e.ID, identity, err)
+	}
+	return nil
+}
+
+// ackManyMax bounds the entries one AckMany script handles.
+const ackManyMax = 500
+
+// AckMany acks several entries of identity's mailbox, as Ack does for
+// each, in one round trip (one script per 500 entries). Use it when
+// several PUBACKs arrived together.
+func (s *Store) AckMany(ctx context.Context, identity string, entries []Entry) error {
+	for len(entries) > 0 {
+		n := min(len(entries), ackManyMax)
+		args := make([]any, 0, 1+n)
+		args = append(args, identity)
+		for _, e := range entries[:n] {
+			args = append(args, e.ID)
+		}
+		if _, err := s.run(ctx, ackScript, s.keys.Mailbox(identity), args...); err != nil {
+			return fmt.Errorf("cannot ack %d entries of %s: %w", n, identity, err)
+		}
+		entries = entries[n:]
+	}
+	return nil
+}
+
+// Unsend undoes Fetch's stamp for an entry that was fetched but not
+// published: the command's Attempts goes down by one and, when no other
+// fetch is counted, SendingAt is cleared, so the command can be cancelled
+// and expire again. It does nothing when the entry is gone, is no command
+// entry, or its command is no longer sent by this entry (delivered, final,
+// another entry). As with Ack, the command is read from the stored entry.
+func (s *Store) Unsend(ctx context.Context, identity string, e Entry) error {
+	if _, err := s.run(ctx, unsendScript, s.keys.Mailbox(identity), identity, e.ID); err != nil {
+		return fmt.Errorf("cannot unsend entry %s of %s: %w", e.ID, identity, err)
 	}
 	return nil
 }

@@ -64,6 +64,10 @@ var Transitions = []Transition{
 	{StatusDelivered, StatusFailed, OwnerWorker},
 	{StatusDelivered, StatusTimeout, OwnerWorker},
 	{StatusDelivered, StatusDead, OwnerWorker},
+	// The operator's replay of a dead letter (POST /v1/dead/{id}/replay,
+	// mailbox.ReplayDead): the only way out of a final status; the client
+	// then gets a second final result for the same id.
+	{StatusDead, StatusQueued, OwnerAPI},
 }
 
 // Final reports whether s is a final status: nothing changes it again.

@@ -70,6 +70,8 @@ func TestCanTransition(t *testing.T) {
 		{StatusDelivered, StatusFailed, OwnerWorker}:    true,
 		{StatusDelivered, StatusTimeout, OwnerWorker}:   true,
 		{StatusDelivered, StatusDead, OwnerWorker}:      true,
+
+		{StatusDead, StatusQueued, OwnerAPI}: true, // operator replay of a dead letter
 	}
 	if len(Transitions) != len(allowed) {
 		t.Errorf("len(Transitions) = %d, want %d", len(Transitions), len(allowed))
@@ -101,8 +103,10 @@ func TestCanTransition(t *testing.T) {
 }
 
 func TestFinalStatusesHaveNoWayOut(t *testing.T) {
+	// The one exception: an operator replays a dead letter.
+	replay := Transition{StatusDead, StatusQueued, OwnerAPI}
 	for _, tr := range Transitions {
-		if tr.From.Final() {
+		if tr.From.Final() && tr != replay {
 			t.Errorf("Transition %v→%v by %q leaves final status %q", tr.From, tr.To, tr.By, tr.From)
 		}
 		if !tr.From.Valid() || !tr.To.Valid() || tr.From == tr.To {
@@ -142,7 +146,7 @@ func TestSources(t *testing.T) {
 		to   Status
 		want []Status
 	}{
-		{StatusQueued, []Status{StatusPending}},
+		{StatusQueued, []Status{StatusPending, StatusDead}},
 		{StatusSent, []Status{StatusQueued}},
 		{StatusDelivered, []Status{StatusSent}},
 		{StatusSucceeded, []Status{StatusSent, StatusDelivered}},

@@ -1,5 +1,3 @@
-//go:build opsdev
-
 package main
 
 import (

@@ -1,0 +1,149 @@
+package mailbox_test
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/iotgw/gateway/internal/testenv"
+	"github.com/iotgw/gateway/mailbox"
+	"github.com/iotgw/gateway/protocol"
+)
+
+// redisCalls returns the total number of commands Redis has run (INFO
+// commandstats, scripts' inner calls included), how many of them were
+// EVALSHA/EVAL, and the server time spent in those (µs, inner calls
+// included).
+func redisCalls(b *testing.B, rdb *redis.Client) (total, evals, evalUsec int64) {
+	b.Helper()
+	s, err := rdb.Info(context.Background(), "commandstats").Result()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, line := range strings.Split(s, "\n") {
+		name, rest, ok := strings.Cut(strings.TrimSpace(line), ":calls=")
+		if !ok {
+			continue
+		}
+		f := strings.Split(rest, ",")
+		n, _ := strconv.ParseInt(f[0], 10, 64)
+		total += n
+		if name == "cmdstat_evalsha" || name == "cmdstat_eval" {
+			evals += n
+			if len(f) > 1 {
+				us, _ := strconv.ParseInt(strings.TrimPrefix(f[1], "usec="), 10, 64)
+				evalUsec += us
+			}
+		}
+	}
+	return total, evals, evalUsec
+}
+
+// lifecycle returns a function that runs the full life of command i
+// (unique per call) on s.
+func lifecycle(b *testing.B, s *mailbox.Store) func(i int) {
+	ctx := context.Background()
+	resp := protocol.NewResult(json.RawMessage(`"x"`), json.RawMessage(`{"ok":true}`))
+	return func(i int) {
+		client, device := fmt.Sprintf("c%d", i%50), fmt.Sprintf("d%d", i%50)
+		id, err := protocol.ParseID(json.RawMessage(strconv.Itoa(i + 2)))
+		if err != nil {
+			b.Fatal(err)
+		}
+		c := &mailbox.Command{
+			Client: client, Device: device, Method: "reboot",
+			ID: id, Timeout: 30 * time.Second, ExpiresIn: time.Hour,
+		}
+		c.Fingerprint = protocol.Fingerprint(device, c.Method, nil, c.Timeout, c.ExpiresIn)
+		out, rec, err := s.Reserve(ctx, c)
+		if err != nil || out != mailbox.Reserved {
+			b.Fatalf("Reserve = %v, %v", out, err)
+		}
+		if err := s.MarkQueued(ctx, client, id.Key(), rec.LeaseToken); err != nil {
+			b.Fatal(err)
+		}
+		payload, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": c.Method, "id": id.Raw()})
+		env := &protocol.Envelope{
+			V: protocol.EnvelopeVersion, Kind: protocol.KindCommand,
+			Client: client, Device: device, MsgID: id, Payload: payload,
+			AcceptedAt: rec.CreatedAt, DeliverBy: rec.DeliverBy,
+			AnswerWithinMS: c.Timeout.Milliseconds(), Attempt: 1,
+		}
+		if out, err := s.Dispatch(ctx, env, "node-d", "node-c"); err != nil || out != mailbox.OutcomeSent {
+			b.Fatalf("Dispatch = %v, %v", out, err)
+		}
+		es, err := s.Fetch(ctx, device, "", 10)
+		if err != nil || len(es) == 0 {
+			b.Fatalf("Fetch(device) = %d, %v", len(es), err)
+		}
+		for _, e := range es {
+			if e.MsgKey == id.Key() {
+				if err := s.Ack(ctx, device, e); err != nil {
+					b.Fatal(err)
+				}
+			}
+		}
+		if out, err := s.Complete(ctx, client, id.Key(), device, resp, "node-c"); err != nil || out != mailbox.OutcomeSucceeded {
+			b.Fatalf("Complete = %v, %v", out, err)
+		}
+		es, err = s.Fetch(ctx, client, "", 10)
+		if err != nil {
+			b.Fatalf("Fetch(client) = %d, %v", len(es), err)
+		}
+		for _, e := range es {
+			if err := s.Ack(ctx, client, e); err != nil {
+				b.Fatal(err)
+			}
+		}
+	}
+}
+
+// BenchmarkLifecycle runs the full life of one command against real
+// Redis, one after the other: Reserve → MarkQueued → Dispatch → Fetch →
+// Ack (device) → Complete → Fetch → Ack (client). It reports Redis
+// commands per lifecycle (inner script calls included, and the EVALs
+// themselves) and the server time of the scripts, as measured by INFO
+// commandstats: run it alone for exact counts.
+func BenchmarkLifecycle(b *testing.B) {
+	rdb := testenv.Redis(b)
+	s := mailbox.New(rdb, testenv.Namespace(b), mailbox.Options{})
+	one := lifecycle(b, s)
+	one(-1) // load the scripts
+	calls0, evals0, us0 := redisCalls(b, rdb)
+	b.ResetTimer()
+	for i := range b.N {
+		one(i)
+	}
+	b.StopTimer()
+	calls1, evals1, us1 := redisCalls(b, rdb)
+	// INFO itself is counted once.
+	b.ReportMetric(float64(calls1-calls0-1)/float64(b.N), "rediscalls/op")
+	b.ReportMetric(float64(evals1-evals0)/float64(b.N), "evals/op")
+	b.ReportMetric(float64(us1-us0)/float64(b.N), "redis-µs/op")
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "lifecycles/s")
+}
+
+// BenchmarkLifecycleParallel runs lifecycles from 8 goroutines per CPU,
+// so that Redis, not the round trips, bounds the rate.
+func BenchmarkLifecycleParallel(b *testing.B) {
+	rdb := testenv.Redis(b)
+	s := mailbox.New(rdb, testenv.Namespace(b), mailbox.Options{})
+	one := lifecycle(b, s)
+	one(-1)
+	var next atomic.Int64
+	b.SetParallelism(8)
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			one(int(next.Add(1)))
+		}
+	})
+	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "lifecycles/s")
+}
