@@ -18,8 +18,10 @@
 //	                                                      noop (cancelled, sent or beyond)
 //	{ns}.results          protocol.ParseResponse,         succeeded, failed, late (recorded
 //	                      mailbox.Complete                and dropped), noop
-//	{ns}.commands.dead    mailbox.MarkDead (unless        dead: the client gets -32003
-//	                      already sent)
+//	{ns}.commands.dead    mailbox.MarkDead, which acts    dead (pending or queued): the
+//	                      only on a pending or queued     client gets -32003; noop when
+//	                      command                         sent or beyond (its timers or
+//	                                                      the device's answer end it)
 //	{ns}.results.dead     mailbox.Complete once more,     logged; the command's own timer
 //	                      else log                        ends it as timeout (-32001)
 //	timer loop            mailbox.FireTimers every        expired, timeout, rearmed
@@ -50,9 +52,10 @@
 //   - A dead command is marked dead with the reason from the
 //     x-first-death-reason header. When its body does not decode, its
 //     client and msg_id fields are read leniently; a dead letter naming no
-//     command is logged and dropped. A command that is sent or delivered
-//     already (its Dispatch succeeded, only the acks failed) is not
-//     killed: it ends normally, by the device's answer or its timers.
+//     command is logged and dropped. Only a pending or queued command is
+//     marked dead; one that is sent or delivered already (its Dispatch
+//     succeeded, only the acks failed) is left alone: it ends normally,
+//     by the device's answer or its timers.
 //   - The dead-letter queues have no delivery limit: a dead letter whose
 //     handling keeps failing (not transiently) is dropped with an error
 //     log after protocol.DeliveryLimit retries instead of looping.

@@ -165,7 +165,8 @@
 //
 // A command has one status at a time ([Status]). Every change is a
 // compare-and-set in package mailbox, allowed only if it is in
-// [Transitions]. Final statuses never change again.
+// [Transitions]. Final statuses never change again, with one exception:
+// an operator's replay of a dead command (see below).
 //
 //	status     final  set by      meaning                                                ThingsBoard  result code
 //	pending    no     apiserver   id reserved, publish not yet confirmed (internal)      QUEUED       -
@@ -195,6 +196,7 @@
 //	sent       succeeded, failed, expired, timeout, dead  msgworker
 //	sent       cancelled                                  apiserver
 //	delivered  succeeded, failed, timeout, dead           msgworker
+//	dead       queued (operator replay)                   apiserver
 //
 // sent → succeeded/failed: the answer can arrive before its PUBACK is
 // seen. sent → timeout: the deliver-by deadline passed while the command
@@ -203,10 +205,11 @@
 // into a final status removes the command from the device's mailbox and
 // puts exactly one result into the client's.
 //
-// One exception is not in [Transitions]: an operator's replay of a dead
-// letter (POST /v1/dead/{id}/replay) puts a dead command back to queued
-// (package mailbox, ReplayDead), and its client then gets a second final
-// result for the same id.
+// dead → queued is the only way out of a final status: an operator's
+// replay of a dead letter (POST /v1/dead/{id}/replay, package mailbox's
+// ReplayDead) puts a dead command back to queued and publishes it again.
+// Its client then gets a second final result for the same id. Only an
+// operator token may replay; every other final status is final for good.
 //
 // # AMQP
 //

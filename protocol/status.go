@@ -70,7 +70,10 @@ var Transitions = []Transition{
 	{StatusDead, StatusQueued, OwnerAPI},
 }
 
-// Final reports whether s is a final status: nothing changes it again.
+// Final reports whether s is a final status: the command has its result,
+// and nothing changes it again, except an operator's replay of a dead
+// command (dead → queued, the one transition out of a final status in
+// Transitions).
 func (s Status) Final() bool {
 	switch s {
 	case StatusSucceeded, StatusFailed, StatusTimeout, StatusExpired,

@@ -21,15 +21,22 @@
 // # Delivery (store, then forward)
 //
 // Workers append to mailboxes in Redis and signal the node that holds the
-// identity's live session (registered with mailbox.SetSession) or the ring
-// owner. For each session that has subscribed, a goroutine reads the
-// mailbox in order and sends each entry a subscription matches as a QoS 1
-// PUBLISH, with at most Inflight unacknowledged; the entry is removed
-// (mailbox.Ack) only when the PUBACK for that packet ID arrives on that
-// very connection. Reads are triggered by the subscription, by wake
-// signals (Redis pub/sub) and by a sweep, which catches a lost signal:
-// every two seconds the node's pending set, every ten seconds every
-// subscribed session.
+// identity's live session (registered with mailbox.SetSessionConn, with a
+// token per connection, so that the end of a connection that was taken
+// over never clears its successor's registration) or the ring owner. For
+// each session that has subscribed, a goroutine reads the mailbox in
+// order, no more entries at once than the free slots of its window, and
+// sends each entry a subscription matches as a QoS 1 PUBLISH, with at
+// most Inflight unacknowledged; the entry is removed only when the PUBACK
+// for that packet ID arrives on that very connection (PUBACKs that arrive
+// together are acked in one mailbox.AckMany). Reading a command entry
+// marks the command as on the wire; a command entry read but not
+// published (no subscription matches it, too large for the client,
+// already in flight, the connection ended) is handed back with
+// mailbox.Unsend, so that it can still be cancelled and expire. Reads are
+// triggered by the subscription, by wake signals (Redis pub/sub) and by a
+// sweep, which catches a lost signal: every two seconds the node's
+// pending set, every ten seconds every subscribed session.
 // Whatever is not acknowledged when a connection ends stays in the
 // mailbox and is sent again to the next session, on whichever node owns
 // the identity then: duplicates are possible, loss is not; receivers
@@ -66,5 +73,6 @@
 //
 // gw_push_sessions, gw_push_deliveries_total, gw_push_acks_total,
 // gw_push_redirects_total, gw_push_sheds_total, gw_push_responses_total,
-// gw_push_responses_dropped_total{reason}, gw_push_mailbox_reads_total.
+// gw_push_responses_dropped_total{reason}, gw_push_mailbox_reads_total,
+// gw_push_unsent_total.
 package main

@@ -21,6 +21,7 @@ type metrics struct {
 	responses prometheus.Counter
 	dropped   *prometheus.CounterVec
 	reads     prometheus.Counter
+	unsent    prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -49,10 +50,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		reads: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gw_push_mailbox_reads_total", Help: "Mailbox reads (Fetch calls).",
 		}),
+		unsent: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gw_push_unsent_total", Help: "Command entries read from a mailbox but not published, handed back (Unsend).",
+		}),
 	}
 	for _, r := range []string{dropMalformed, dropID, dropUnknown, dropDevice, dropUnsent} {
 		m.dropped.WithLabelValues(r)
 	}
-	reg.MustRegister(m.sessions, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads)
+	reg.MustRegister(m.sessions, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.unsent)
 	return m
 }

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
 	"crypto/tls"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"hash/fnv"
@@ -10,6 +12,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -68,10 +71,19 @@ type Node struct {
 	byClient map[*mqtt.Client]*session
 	byID     map[string]*session // the current session of each identity
 
-	// regLocks order the session registrations (SetSession/ClearSession)
-	// of one identity, so that an old connection's ClearSession cannot
-	// land after a newer connection's SetSession.
-	regLocks [64]sync.Mutex
+	// regLocks order the session registrations (SetSessionConn and
+	// ClearSessionConn) of one identity on this node, so that an old
+	// connection does not register after a newer one. Each connection
+	// registers with its own token (connPrefix and connSeq), so that an
+	// old connection's ClearSessionConn that still reaches Redis after a
+	// newer connection's SetSessionConn changes nothing.
+	regLocks   [64]sync.Mutex
+	connPrefix string // random, per process
+	connSeq    atomic.Uint64
+
+	// beforePublish, when set (by tests), runs just before a session
+	// writes a PUBLISH.
+	beforePublish atomic.Pointer[func(*session)]
 
 	started  atomic.Bool
 	running  atomic.Bool // Start succeeded
@@ -94,15 +106,25 @@ func NewNode(cfg Config) (*Node, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pushserver: %w", err)
 	}
+	var prefix [8]byte
+	_, _ = rand.Read(prefix[:]) // never fails (crypto/rand)
 	return &Node{
-		cfg:      cfg,
-		log:      cfg.Logger,
-		verifier: v,
-		m:        newMetrics(cfg.Registry),
-		topo:     protocol.NewTopology(cfg.Namespace),
-		byClient: make(map[*mqtt.Client]*session),
-		byID:     make(map[string]*session),
+		cfg:        cfg,
+		log:        cfg.Logger,
+		verifier:   v,
+		m:          newMetrics(cfg.Registry),
+		topo:       protocol.NewTopology(cfg.Namespace),
+		byClient:   make(map[*mqtt.Client]*session),
+		byID:       make(map[string]*session),
+		connPrefix: hex.EncodeToString(prefix[:]),
 	}, nil
+}
+
+// newConnToken returns a token unique to one connection: unique on this
+// node across restarts (a random prefix per process) and within the
+// process (a counter).
+func (n *Node) newConnToken() string {
+	return n.connPrefix + "-" + strconv.FormatUint(n.connSeq.Add(1), 10)
 }
 
 // Addr returns the bound MQTT address (after Start).
@@ -531,8 +553,14 @@ func (n *Node) sweepPending() error {
 		if err != nil {
 			return err
 		}
-		// Identities not connected here are dropped from the set: they
-		// are drained when they connect.
+		// Nothing taken here needs to go back (mailbox.Repend): a kick
+		// is never lost by a session that cannot stream yet (not
+		// subscribed, window full, Redis failing), it stays pending in
+		// the session until it can, and its first subscription reads
+		// the mailbox anyway. Identities not connected here (or whose
+		// connection is ending) are dropped from the set: their next
+		// session, wherever it is, reads the whole mailbox when it
+		// subscribes.
 		for _, id := range ids {
 			if s := n.current(id); s != nil {
 				s.kick()

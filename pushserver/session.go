@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"errors"
-	"github.com/iotgw/gateway/internal/auth"
 	"slices"
 	"sync"
 	"time"
@@ -11,6 +10,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 	"github.com/iotgw/gateway/pushserver/ring"
@@ -23,9 +23,6 @@ const redisTimeout = 5 * time.Second
 // after a Redis error.
 const retryDelay = time.Second
 
-// maxAcking bounds the mailbox.Ack calls of one session in flight at once.
-const maxAcking = 8
-
 // session is one live MQTT connection of an identity and the goroutine
 // that streams the identity's mailbox to it.
 //
@@ -34,19 +31,29 @@ const maxAcking = 8
 // the session goroutine, so a slow Redis never blocks mochi.
 //
 // Delivery: once the session has a subscription, the goroutine reads the
-// mailbox in order (Fetch after a cursor) and sends each entry that one of
-// its subscriptions matches as a QoS 1 PUBLISH, with a packet ID it
-// allocates itself, keeping at most window PUBLISHes unacknowledged. A
-// PUBACK read on this very connection (hook OnPacketRead) removes the
-// entry from the mailbox (mailbox.Ack). Entries no subscription matches
-// are skipped and stay in the mailbox; a later subscription re-reads the
+// mailbox in order (Fetch after a cursor, no more entries than the free
+// slots of the window) and sends each entry that one of its subscriptions
+// matches as a QoS 1 PUBLISH, with a packet ID it allocates itself,
+// keeping at most window PUBLISHes unacknowledged. A PUBACK read on this
+// very connection (hook OnPacketRead) removes the entry from the mailbox:
+// the PUBACKed entries are acked in batches (mailbox.AckMany) by the
+// session's background goroutine. Entries no subscription matches are
+// skipped and stay in the mailbox; a later subscription re-reads the
 // mailbox from the start. When the connection ends, unacknowledged
 // entries simply stay in the mailbox for the next session, wherever it
 // is.
+//
+// Fetch marks every command entry it returns as on the wire. Each fetched
+// command entry that is not published after all (no subscription matches
+// it, it is too large for the client, it is in flight or being acked
+// already, the connection has ended or refuses writes) is handed back
+// with mailbox.Unsend, by the background goroutine, so that Cancel and
+// the deliver-by timer see the truth.
 type session struct {
 	n        *Node
 	cl       *mqtt.Client
 	identity string
+	conn     string    // token of this connection in the session registry
 	role     auth.Role // the token's role: decides the topics (topicAllowed)
 	window   int
 	expiry   *time.Timer // closes the session when its token expires
@@ -57,14 +64,17 @@ type session struct {
 	wake     bool            // the mailbox may have new entries
 	rewind   bool            // a subscription was added: re-read skipped entries
 	shedding bool            // being closed by the node
-	acking   map[string]bool // entry IDs PUBACKed whose Ack is running
+	acking   map[string]bool // entry IDs PUBACKed whose Ack is queued or running
+	ackQ     []mailbox.Entry // PUBACKed entries for the background goroutine to ack
+	unsendQ  []mailbox.Entry // fetched, unpublished entries for it to Unsend
+	bgBusy   bool            // the background goroutine is running
 
-	ackSem chan struct{}  // bounds the Acks in flight
-	ackWG  sync.WaitGroup // Acks in flight
+	bgWG sync.WaitGroup // the background goroutine
 
 	signal    chan struct{} // cap 1: something to do
 	closed    chan struct{} // closed when the connection has ended
 	closeOnce sync.Once
+	finished  chan struct{} // closed when run has returned (session unregistered)
 }
 
 func newSession(n *Node, cl *mqtt.Client, expires time.Time) *session {
@@ -76,11 +86,12 @@ func newSession(n *Node, cl *mqtt.Client, expires time.Time) *session {
 		n:        n,
 		cl:       cl,
 		identity: cl.ID,
+		conn:     n.newConnToken(),
 		window:   window,
 		signal:   make(chan struct{}, 1),
 		closed:   make(chan struct{}),
+		finished: make(chan struct{}),
 		acking:   make(map[string]bool),
-		ackSem:   make(chan struct{}, maxAcking),
 	}
 	if !expires.IsZero() {
 		s.expiry = time.AfterFunc(time.Until(expires), func() {
@@ -144,6 +155,16 @@ func (s *session) close() {
 	})
 }
 
+// isClosed reports whether the connection has ended.
+func (s *session) isClosed() bool {
+	select {
+	case <-s.closed:
+		return true
+	default:
+		return false
+	}
+}
+
 func (s *session) hasSubscription() bool {
 	s.mu.Lock()
 	defer s.mu.Unlock()
@@ -188,6 +209,7 @@ func (s *session) take() (acked []uint16, wake, rewind bool, subs []string) {
 // run is the session goroutine.
 func (s *session) run() {
 	defer s.n.sessWG.Done()
+	defer close(s.finished)
 	s.register()
 
 	var (
@@ -214,6 +236,7 @@ func (s *session) run() {
 			closed = true
 		}
 		acked, wake, rewind, subs := s.take()
+		var acks []mailbox.Entry
 		for _, id := range acked {
 			e, ok := inflight[id]
 			if !ok {
@@ -221,10 +244,11 @@ func (s *session) run() {
 			}
 			delete(inflight, id)
 			delete(sending, e.ID)
-			s.ackAsync(e)
+			acks = append(acks, e)
 		}
+		s.enqueue(acks, nil)
 		if closed {
-			s.ackWG.Wait()
+			s.bgWG.Wait()
 			s.unregister()
 			return
 		}
@@ -238,9 +262,11 @@ func (s *session) run() {
 			continue // nothing is streamed before a subscription
 		}
 		// Refill the window in batches of at least a quarter of it (one
-		// Fetch for many entries), unless nothing is in flight.
+		// Fetch for many entries), unless nothing is in flight. Fetch
+		// marks what it returns as on the wire: ask for no more than the
+		// free slots.
 		refill := max(1, s.window/4)
-		for more && (len(inflight) == 0 || s.window-len(inflight) >= refill) {
+		for more && !broken && !s.isClosed() && (len(inflight) == 0 || s.window-len(inflight) >= refill) {
 			want := s.window - len(inflight)
 			ctx, cancel := context.WithTimeout(s.n.ctx, redisTimeout)
 			entries, err := s.n.store.Fetch(ctx, s.identity, cursor, want)
@@ -268,13 +294,32 @@ func (s *session) run() {
 			if len(entries) < want {
 				more = false
 			}
+			var unsend []mailbox.Entry
+			// notSent hands a fetched entry back (command entries only:
+			// Fetch marks nothing else).
+			notSent := func(e mailbox.Entry) {
+				if e.Client != "" {
+					unsend = append(unsend, e)
+				}
+			}
 			for _, e := range entries {
 				cursor = e.ID
+				if broken {
+					notSent(e)
+					continue
+				}
 				if sending[e.ID] || s.isAcking(e.ID) {
+					notSent(e) // re-read after a rewind: already on the wire
 					continue
 				}
 				if !matchesAny(subs, e.Topic) {
 					skipped = true
+					notSent(e)
+					continue
+				}
+				if s.isClosed() {
+					broken, more = true, false
+					notSent(e)
 					continue
 				}
 				for {
@@ -286,6 +331,9 @@ func (s *session) run() {
 						break
 					}
 				}
+				if h := s.n.beforePublish.Load(); h != nil {
+					(*h)(s)
+				}
 				err := s.publish(pid, e)
 				if errors.Is(err, packets.ErrPacketTooLarge) {
 					// Larger than the client's Maximum Packet Size: it can
@@ -294,18 +342,23 @@ func (s *session) run() {
 					s.n.log.Warn("mailbox entry too large for the client's maximum packet size; skipped",
 						"client_id", s.identity, "entry", e.ID, "size", len(e.Payload))
 					skipped = true
+					notSent(e)
 					continue
 				}
 				if err != nil {
-					// The connection is going away; the close follows.
+					// The connection is going away; the close follows. A
+					// failed write never completes a PUBLISH, so neither
+					// this entry nor the rest of the batch went out.
 					s.n.log.Debug("cannot send mailbox entry", "client_id", s.identity, "err", err)
 					broken, more = true, false
-					break
+					notSent(e)
+					continue
 				}
 				inflight[pid] = e
 				sending[e.ID] = true
 				s.n.m.delivers.Inc()
 			}
+			s.enqueue(nil, unsend)
 		}
 	}
 }
@@ -325,23 +378,61 @@ func (s *session) publish(pid uint16, e mailbox.Entry) error {
 	return s.cl.WritePacket(pk)
 }
 
-// ackAsync acks e in its own goroutine (at most maxAcking at once), so
-// that the window refills without waiting for Redis. Until the Ack is
-// done, a re-read of the mailbox skips the entry.
-func (s *session) ackAsync(e mailbox.Entry) {
-	s.ackSem <- struct{}{}
+// enqueue hands PUBACKed entries (acks) and fetched but unpublished
+// entries (unsends) to the session's background goroutine, starting it
+// if it is not running, so that the window refills without waiting for
+// Redis. Until its Ack is done, a re-read of the mailbox skips an acked
+// entry.
+func (s *session) enqueue(acks, unsends []mailbox.Entry) {
+	if len(acks) == 0 && len(unsends) == 0 {
+		return
+	}
 	s.mu.Lock()
-	s.acking[e.ID] = true
+	for _, e := range acks {
+		s.acking[e.ID] = true
+	}
+	s.ackQ = append(s.ackQ, acks...)
+	s.unsendQ = append(s.unsendQ, unsends...)
+	start := !s.bgBusy
+	if start {
+		s.bgBusy = true
+		s.bgWG.Add(1)
+	}
 	s.mu.Unlock()
-	s.ackWG.Add(1)
-	go func() {
-		defer s.ackWG.Done()
-		s.ack(e)
+	if start {
+		go s.background()
+	}
+}
+
+// background makes the Redis calls that the session goroutine does not
+// wait for, until nothing is queued: the Unsends first (so that an entry
+// re-read while its Ack is still queued gets its attempt back before the
+// Ack makes it delivered), then all the PUBACKed entries in one AckMany.
+// What arrives meanwhile makes the next batch.
+func (s *session) background() {
+	defer s.bgWG.Done()
+	for {
 		s.mu.Lock()
-		delete(s.acking, e.ID)
+		acks, unsends := s.ackQ, s.unsendQ
+		s.ackQ, s.unsendQ = nil, nil
+		if len(acks) == 0 && len(unsends) == 0 {
+			s.bgBusy = false
+			s.mu.Unlock()
+			return
+		}
 		s.mu.Unlock()
-		<-s.ackSem
-	}()
+		if len(unsends) > 0 {
+			s.unsend(unsends)
+		}
+		if len(acks) > 0 {
+			s.ack(acks)
+			s.mu.Lock()
+			for _, e := range acks {
+				delete(s.acking, e.ID)
+			}
+			s.mu.Unlock()
+		}
+	}
 }
 
 func (s *session) isAcking(id string) bool {
@@ -350,10 +441,10 @@ func (s *session) isAcking(id string) bool {
 	return s.acking[id]
 }
 
-// ack removes an entry whose PUBACK arrived. A failure leaves the entry in
-// the mailbox: it is sent again to the next session (a duplicate, never a
-// loss).
-func (s *session) ack(e mailbox.Entry) {
+// ack removes entries whose PUBACK arrived on this connection, in one
+// round trip. A failure leaves the entries in the mailbox: they are sent
+// again to the next session (a duplicate, never a loss).
+func (s *session) ack(entries []mailbox.Entry) {
 	if s.n.killed.Load() {
 		return
 	}
@@ -363,21 +454,44 @@ func (s *session) ack(e mailbox.Entry) {
 			time.Sleep(100 * time.Millisecond)
 		}
 		ctx, cancel := context.WithTimeout(s.n.ctx, redisTimeout)
-		err = s.n.store.Ack(ctx, s.identity, e)
+		err = s.n.store.AckMany(ctx, s.identity, entries)
 		cancel()
 		if err == nil {
-			s.n.m.acks.Inc()
+			s.n.m.acks.Add(float64(len(entries)))
 			return
 		}
 		if s.n.ctx.Err() != nil {
 			break
 		}
 	}
-	s.n.log.Warn("cannot remove acknowledged mailbox entry; it will be sent again", "client_id", s.identity, "entry", e.ID, "err", err)
+	s.n.log.Warn("cannot remove acknowledged mailbox entries; they will be sent again", "client_id", s.identity,
+		"entries", len(entries), "first", entries[0].ID, "err", err)
 }
 
-// register records the live session in Redis (mailbox.SetSession), so
-// that workers signal this node.
+// unsend hands back fetched entries that were not published
+// (mailbox.Unsend), within one Redis timeout for the batch. A failure
+// leaves those commands marked as on the wire: they cannot be cancelled,
+// and time out instead of expiring (conservative, not wrong).
+func (s *session) unsend(entries []mailbox.Entry) {
+	if s.n.killed.Load() {
+		return
+	}
+	ctx, cancel := context.WithTimeout(s.n.ctx, redisTimeout)
+	defer cancel()
+	for i, e := range entries {
+		if err := s.n.store.Unsend(ctx, s.identity, e); err != nil {
+			if s.n.ctx.Err() == nil {
+				s.n.log.Warn("cannot hand back unsent mailbox entries; their commands stay on the wire",
+					"client_id", s.identity, "entries", len(entries)-i, "first", e.ID, "err", err)
+			}
+			return
+		}
+		s.n.m.unsent.Inc()
+	}
+}
+
+// register records the live session in Redis with this connection's
+// token (mailbox.SetSessionConn), so that workers signal this node.
 func (s *session) register() {
 	mu := s.n.regLock(s.identity)
 	mu.Lock()
@@ -387,7 +501,7 @@ func (s *session) register() {
 	}
 	ctx, cancel := context.WithTimeout(s.n.ctx, redisTimeout)
 	defer cancel()
-	if err := s.n.store.SetSession(ctx, s.identity, s.n.node); err != nil {
+	if err := s.n.store.SetSessionConn(ctx, s.identity, s.n.node, s.conn); err != nil {
 		s.n.log.Warn("cannot register session", "client_id", s.identity, "err", err)
 	}
 }
@@ -404,11 +518,19 @@ func (s *session) unregister() {
 	if s.n.current(s.identity) != nil {
 		return
 	}
-	ctx, cancel := context.WithTimeout(s.n.ctx, redisTimeout)
-	defer cancel()
-	if err := s.n.store.ClearSession(ctx, s.identity, s.n.node); err != nil && s.n.ctx.Err() == nil {
+	if err := s.clearRegistration(); err != nil && s.n.ctx.Err() == nil {
 		s.n.log.Warn("cannot unregister session", "client_id", s.identity, "err", err)
 	}
+}
+
+// clearRegistration forgets the registration of this very connection
+// (mailbox.ClearSessionConn): when it reaches Redis after a newer
+// connection of the identity has registered (a takeover, a call that
+// timed out here but still ran there), it changes nothing.
+func (s *session) clearRegistration() error {
+	ctx, cancel := context.WithTimeout(s.n.ctx, redisTimeout)
+	defer cancel()
+	return s.n.store.ClearSessionConn(ctx, s.identity, s.n.node, s.conn)
 }
 
 func matchesAny(filters []string, topic string) bool {
