@@ -69,6 +69,15 @@
 // max-packet-size, max-clients, shed-rate, ring-grace, log-level,
 // log-format. See Config for the defaults.
 //
+// # Memory
+//
+// The binary runs its garbage collector at GOGC=50 (defaultGCPercent)
+// unless the GOGC variable is set: most of a push server's memory is
+// idle connections (mochi's two goroutines per connection, whose stacks
+// also raise the heap goal), and the default of 100 would let the heap
+// grow by as much again before collecting. An idle session holds no
+// goroutine of the push server's own.
+//
 // # Metrics
 //
 // gw_push_sessions, gw_push_deliveries_total, gw_push_acks_total,

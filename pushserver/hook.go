@@ -220,7 +220,7 @@ func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	s.role = claims.Role
 	h.n.addSession(s)
 	h.n.sessWG.Add(1)
-	go s.run()
+	s.start()
 	h.n.log.Debug("session established", "client_id", s.identity, "remote", cl.Net.Remote,
 		"protocol", cl.Properties.ProtocolVersion, "window", s.window)
 }

@@ -221,10 +221,13 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	undo = append(undo, func() { _ = n.pub.Close() })
 
 	n.server = mqtt.New(&mqtt.Options{
-		Capabilities:             n.capabilities(),
-		Logger:                   slog.New(minLevel{n.log.With("component", "mochi").Handler(), slog.LevelWarn}),
+		Capabilities: n.capabilities(),
+		Logger:       slog.New(minLevel{n.log.With("component", "mochi").Handler(), slog.LevelWarn}),
+		// The write buffer is allocated only while writes queue up; the
+		// read buffer is held by every connection for its life: keep it
+		// small (a larger packet is read straight into its own buffer).
 		ClientNetWriteBufferSize: 4096,
-		ClientNetReadBufferSize:  4096,
+		ClientNetReadBufferSize:  1024,
 		SysTopicResendInterval:   60,
 	})
 	if err := n.server.AddHook(&hook{n: n}, nil); err != nil {
@@ -313,8 +316,9 @@ func (n *Node) capabilities() *mqtt.Capabilities {
 	c.MaximumSessionExpiryInterval = 0
 	c.MinimumProtocolVersion = 4
 	// Outbound PUBLISHes are written by the session goroutines, not queued
-	// by mochi: its per-client queue only needs a little room.
-	c.MaximumClientWritesPending = 64
+	// by mochi: its per-client queue (allocated for every connection) only
+	// needs a little room.
+	c.MaximumClientWritesPending = 16
 	// Inbound QoS 1 publishes (device responses) in flight per client.
 	c.ReceiveMaximum = 64
 	c.MaximumInflight = 1024

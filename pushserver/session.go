@@ -64,17 +64,32 @@ type session struct {
 	wake     bool            // the mailbox may have new entries
 	rewind   bool            // a subscription was added: re-read skipped entries
 	shedding bool            // being closed by the node
-	acking   map[string]bool // entry IDs PUBACKed whose Ack is queued or running
+	acking   map[string]bool // entry IDs PUBACKed whose Ack is queued or running (nil when none)
 	ackQ     []mailbox.Entry // PUBACKed entries for the background goroutine to ack
 	unsendQ  []mailbox.Entry // fetched, unpublished entries for it to Unsend
 	bgBusy   bool            // the background goroutine is running
+	pending  bool            // something for the session goroutine to do
+	running  bool            // the session goroutine is running (for good once it has ended the session)
 
 	bgWG sync.WaitGroup // the background goroutine
 
-	signal    chan struct{} // cap 1: something to do
+	// The delivery state, owned by the session goroutine. That goroutine
+	// runs only while there is work (see poke), so an idle session costs
+	// no goroutine; one run hands the state to the next under mu.
+	registered bool
+	inflight   map[uint16]mailbox.Entry // by packet ID; nil when empty
+	sending    map[string]bool          // entry IDs in flight; nil when empty
+	cursor     string                   // last entry read
+	more       bool                     // the mailbox may hold more after cursor
+	skipped    bool                     // some entry was skipped for want of a subscription
+	pid        uint16                   // last packet ID allocated
+	retry      *time.Timer
+	failing    bool
+	broken     bool // the connection refused a write: send nothing more
+
 	closed    chan struct{} // closed when the connection has ended
 	closeOnce sync.Once
-	finished  chan struct{} // closed when run has returned (session unregistered)
+	finished  chan struct{} // closed when the session goroutine has ended the session (unregistered)
 }
 
 func newSession(n *Node, cl *mqtt.Client, expires time.Time) *session {
@@ -88,10 +103,8 @@ func newSession(n *Node, cl *mqtt.Client, expires time.Time) *session {
 		identity: cl.ID,
 		conn:     n.newConnToken(),
 		window:   window,
-		signal:   make(chan struct{}, 1),
 		closed:   make(chan struct{}),
 		finished: make(chan struct{}),
-		acking:   make(map[string]bool),
 	}
 	if !expires.IsZero() {
 		s.expiry = time.AfterFunc(time.Until(expires), func() {
@@ -110,12 +123,22 @@ func (s *session) kick() {
 	s.poke()
 }
 
+// poke gives the session goroutine something to do, starting it if it is
+// not running.
 func (s *session) poke() {
-	select {
-	case s.signal <- struct{}{}:
-	default:
+	s.mu.Lock()
+	s.pending = true
+	start := !s.running
+	s.running = true
+	s.mu.Unlock()
+	if start {
+		go s.run()
 	}
 }
+
+// start starts the session: its goroutine registers it (and then waits
+// for work). The caller has added the session to n.sessWG.
+func (s *session) start() { s.poke() }
 
 // subscribed records granted filters and starts (or resumes) streaming.
 func (s *session) subscribed(filters []string) {
@@ -152,6 +175,7 @@ func (s *session) close() {
 			s.expiry.Stop()
 		}
 		close(s.closed)
+		s.poke()
 	})
 }
 
@@ -206,161 +230,174 @@ func (s *session) take() (acked []uint16, wake, rewind bool, subs []string) {
 	return acked, wake, rewind, slices.Clone(s.subs)
 }
 
-// run is the session goroutine.
+// run is the session goroutine: it runs while there is something to do
+// (a kick, a subscription, a PUBACK, the end of the connection) and
+// returns when there is nothing, so that idle sessions hold no goroutine.
+// At most one runs at a time (poke). The first run registers the session;
+// the run that sees the connection closed ends the session for good.
 func (s *session) run() {
-	defer s.n.sessWG.Done()
-	defer close(s.finished)
-	s.register()
-
-	var (
-		inflight = make(map[uint16]mailbox.Entry, s.window) // by packet ID
-		sending  = make(map[string]bool, s.window)          // entry IDs in flight
-		cursor   string                                     // last entry read
-		more     bool                                       // the mailbox may hold more after cursor
-		skipped  bool                                       // some entry was skipped for want of a subscription
-		pid      uint16                                     // last packet ID allocated
-		retry    *time.Timer
-		failing  bool
-		broken   bool // the connection refused a write: send nothing more
-	)
-	defer func() {
-		if retry != nil {
-			retry.Stop()
-		}
-	}()
 	for {
-		closed := false
-		select {
-		case <-s.signal:
-		case <-s.closed:
-			closed = true
-		}
-		acked, wake, rewind, subs := s.take()
-		var acks []mailbox.Entry
-		for _, id := range acked {
-			e, ok := inflight[id]
-			if !ok {
-				continue // not ours (or acked twice)
-			}
-			delete(inflight, id)
-			delete(sending, e.ID)
-			acks = append(acks, e)
-		}
-		s.enqueue(acks, nil)
-		if closed {
-			s.bgWG.Wait()
-			s.unregister()
+		s.mu.Lock()
+		if !s.pending {
+			s.running = false
+			s.mu.Unlock()
 			return
 		}
-		if wake {
-			more = true
+		s.pending = false
+		s.mu.Unlock()
+		if !s.registered {
+			s.registered = true
+			s.register()
 		}
-		if rewind && skipped {
-			cursor, skipped, more = "", false, true
-		}
-		if len(subs) == 0 || broken {
-			continue // nothing is streamed before a subscription
-		}
-		// Refill the window in batches of at least a quarter of it (one
-		// Fetch for many entries), unless nothing is in flight. Fetch
-		// marks what it returns as on the wire: ask for no more than the
-		// free slots.
-		refill := max(1, s.window/4)
-		for more && !broken && !s.isClosed() && (len(inflight) == 0 || s.window-len(inflight) >= refill) {
-			want := s.window - len(inflight)
-			ctx, cancel := context.WithTimeout(s.n.ctx, redisTimeout)
-			entries, err := s.n.store.Fetch(ctx, s.identity, cursor, want)
-			cancel()
-			if err != nil {
-				if s.n.ctx.Err() != nil {
-					break
-				}
-				if !failing {
-					failing = true
-					s.n.log.Warn("cannot read mailbox; retrying", "client_id", s.identity, "err", err)
-				}
-				if retry == nil {
-					retry = time.AfterFunc(retryDelay, s.kick)
-				} else {
-					retry.Reset(retryDelay)
-				}
-				break
-			}
-			if failing {
-				failing = false
-				s.n.log.Info("mailbox readable again", "client_id", s.identity)
-			}
-			s.n.m.reads.Inc()
-			if len(entries) < want {
-				more = false
-			}
-			var unsend []mailbox.Entry
-			// notSent hands a fetched entry back (command entries only:
-			// Fetch marks nothing else).
-			notSent := func(e mailbox.Entry) {
-				if e.Client != "" {
-					unsend = append(unsend, e)
-				}
-			}
-			for _, e := range entries {
-				cursor = e.ID
-				if broken {
-					notSent(e)
-					continue
-				}
-				if sending[e.ID] || s.isAcking(e.ID) {
-					notSent(e) // re-read after a rewind: already on the wire
-					continue
-				}
-				if !matchesAny(subs, e.Topic) {
-					skipped = true
-					notSent(e)
-					continue
-				}
-				if s.isClosed() {
-					broken, more = true, false
-					notSent(e)
-					continue
-				}
-				for {
-					pid++
-					if pid == 0 {
-						pid = 1
-					}
-					if _, used := inflight[pid]; !used {
-						break
-					}
-				}
-				if h := s.n.beforePublish.Load(); h != nil {
-					(*h)(s)
-				}
-				err := s.publish(pid, e)
-				if errors.Is(err, packets.ErrPacketTooLarge) {
-					// Larger than the client's Maximum Packet Size: it can
-					// never be delivered on this connection. It stays in
-					// the mailbox (until it expires).
-					s.n.log.Warn("mailbox entry too large for the client's maximum packet size; skipped",
-						"client_id", s.identity, "entry", e.ID, "size", len(e.Payload))
-					skipped = true
-					notSent(e)
-					continue
-				}
-				if err != nil {
-					// The connection is going away; the close follows. A
-					// failed write never completes a PUBLISH, so neither
-					// this entry nor the rest of the batch went out.
-					s.n.log.Debug("cannot send mailbox entry", "client_id", s.identity, "err", err)
-					broken, more = true, false
-					notSent(e)
-					continue
-				}
-				inflight[pid] = e
-				sending[e.ID] = true
-				s.n.m.delivers.Inc()
-			}
-			s.enqueue(nil, unsend)
+		if s.step() {
+			return // ended: running stays set, no run starts again
 		}
 	}
+}
+
+// step does what the hooks recorded: it processes the PUBACKs, then,
+// when the session is subscribed, refills the window from the mailbox.
+// It returns true when it has ended the session (the connection closed).
+func (s *session) step() bool {
+	closed := s.isClosed()
+	acked, wake, rewind, subs := s.take()
+	var acks []mailbox.Entry
+	for _, id := range acked {
+		e, ok := s.inflight[id]
+		if !ok {
+			continue // not ours (or acked twice)
+		}
+		delete(s.inflight, id)
+		delete(s.sending, e.ID)
+		acks = append(acks, e)
+	}
+	if len(s.inflight) == 0 {
+		s.inflight, s.sending = nil, nil // give the memory back while idle
+	}
+	s.enqueue(acks, nil)
+	if closed {
+		if s.retry != nil {
+			s.retry.Stop()
+		}
+		s.bgWG.Wait()
+		s.unregister()
+		close(s.finished)
+		s.n.sessWG.Done()
+		return true
+	}
+	if wake {
+		s.more = true
+	}
+	if rewind && s.skipped {
+		s.cursor, s.skipped, s.more = "", false, true
+	}
+	if len(subs) == 0 || s.broken {
+		return false // nothing is streamed before a subscription
+	}
+	// Refill the window in batches of at least a quarter of it (one
+	// Fetch for many entries), unless nothing is in flight. Fetch marks
+	// what it returns as on the wire: ask for no more than the free
+	// slots.
+	refill := max(1, s.window/4)
+	for s.more && !s.broken && !s.isClosed() && (len(s.inflight) == 0 || s.window-len(s.inflight) >= refill) {
+		want := s.window - len(s.inflight)
+		ctx, cancel := context.WithTimeout(s.n.ctx, redisTimeout)
+		entries, err := s.n.store.Fetch(ctx, s.identity, s.cursor, want)
+		cancel()
+		if err != nil {
+			if s.n.ctx.Err() != nil {
+				break
+			}
+			if !s.failing {
+				s.failing = true
+				s.n.log.Warn("cannot read mailbox; retrying", "client_id", s.identity, "err", err)
+			}
+			if s.retry == nil {
+				s.retry = time.AfterFunc(retryDelay, s.kick)
+			} else {
+				s.retry.Reset(retryDelay)
+			}
+			break
+		}
+		if s.failing {
+			s.failing = false
+			s.n.log.Info("mailbox readable again", "client_id", s.identity)
+		}
+		s.n.m.reads.Inc()
+		if len(entries) < want {
+			s.more = false
+		}
+		var unsend []mailbox.Entry
+		// notSent hands a fetched entry back (command entries only: Fetch
+		// marks nothing else).
+		notSent := func(e mailbox.Entry) {
+			if e.Client != "" {
+				unsend = append(unsend, e)
+			}
+		}
+		for _, e := range entries {
+			s.cursor = e.ID
+			if s.broken {
+				notSent(e)
+				continue
+			}
+			if s.sending[e.ID] || s.isAcking(e.ID) {
+				notSent(e) // re-read after a rewind: already on the wire
+				continue
+			}
+			if !matchesAny(subs, e.Topic) {
+				s.skipped = true
+				notSent(e)
+				continue
+			}
+			if s.isClosed() {
+				s.broken, s.more = true, false
+				notSent(e)
+				continue
+			}
+			for {
+				s.pid++
+				if s.pid == 0 {
+					s.pid = 1
+				}
+				if _, used := s.inflight[s.pid]; !used {
+					break
+				}
+			}
+			if h := s.n.beforePublish.Load(); h != nil {
+				(*h)(s)
+			}
+			err := s.publish(s.pid, e)
+			if errors.Is(err, packets.ErrPacketTooLarge) {
+				// Larger than the client's Maximum Packet Size: it can
+				// never be delivered on this connection. It stays in the
+				// mailbox (until it expires).
+				s.n.log.Warn("mailbox entry too large for the client's maximum packet size; skipped",
+					"client_id", s.identity, "entry", e.ID, "size", len(e.Payload))
+				s.skipped = true
+				notSent(e)
+				continue
+			}
+			if err != nil {
+				// The connection is going away; the close follows. A
+				// failed write never completes a PUBLISH, so neither this
+				// entry nor the rest of the batch went out.
+				s.n.log.Debug("cannot send mailbox entry", "client_id", s.identity, "err", err)
+				s.broken, s.more = true, false
+				notSent(e)
+				continue
+			}
+			if s.inflight == nil {
+				s.inflight = make(map[uint16]mailbox.Entry)
+				s.sending = make(map[string]bool)
+			}
+			s.inflight[s.pid] = e
+			s.sending[e.ID] = true
+			s.n.m.delivers.Inc()
+		}
+		s.enqueue(nil, unsend)
+	}
+	return false
 }
 
 // publish writes entry e as a QoS 1 PUBLISH with packet ID pid.
@@ -388,6 +425,9 @@ func (s *session) enqueue(acks, unsends []mailbox.Entry) {
 		return
 	}
 	s.mu.Lock()
+	if len(acks) > 0 && s.acking == nil {
+		s.acking = make(map[string]bool)
+	}
 	for _, e := range acks {
 		s.acking[e.ID] = true
 	}
@@ -429,6 +469,9 @@ func (s *session) background() {
 			s.mu.Lock()
 			for _, e := range acks {
 				delete(s.acking, e.ID)
+			}
+			if len(s.acking) == 0 {
+				s.acking = nil
 			}
 			s.mu.Unlock()
 		}

@@ -1,0 +1,98 @@
+package main
+
+import (
+	"bufio"
+	"net"
+	"os"
+	"runtime"
+	"runtime/pprof"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/stretchr/testify/require"
+
+	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/protocol"
+)
+
+// TestIdleMemory connects PUSHSERVER_IDLE_SESSIONS raw MQTT 3.1.1
+// clients that subscribe and stay idle, and reports the node's memory per
+// session (heap and goroutine stacks). Diagnostic: skipped unless the
+// variable is set.
+func TestIdleMemory(t *testing.T) {
+	count, _ := strconv.Atoi(os.Getenv("PUSHSERVER_IDLE_SESSIONS"))
+	if testing.Short() || count <= 0 {
+		t.Skip("set PUSHSERVER_IDLE_SESSIONS to run")
+	}
+	e := newEnv(t)
+	n := e.startNode(func(c *Config) { c.SweepInterval = time.Hour })
+	ids := identitiesOwnedBy(e.members(), n.NodeID(), "idle", count)
+	snap := func() runtime.MemStats {
+		for range 6 {
+			runtime.GC()
+		}
+		var m runtime.MemStats
+		runtime.ReadMemStats(&m)
+		return m
+	}
+	time.Sleep(500 * time.Millisecond)
+	m0, g0 := snap(), runtime.NumGoroutine()
+	conns := make([]net.Conn, len(ids))
+	var wg sync.WaitGroup
+	sem := make(chan struct{}, 64)
+	for i, id := range ids {
+		wg.Add(1)
+		sem <- struct{}{}
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			tok, err := auth.Mint([]byte(testSecret), id, auth.RoleDevice, nil, time.Hour)
+			require.NoError(t, err)
+			c := &raw{t: t, v: 4}
+			c.conn, err = net.DialTimeout("tcp", n.Addr(), 5*time.Second)
+			require.NoError(t, err)
+			c.r = bufio.NewReaderSize(c.conn, 64)
+			require.NoError(t, c.send(packets.Packet{
+				FixedHeader: packets.FixedHeader{Type: packets.Connect},
+				Connect: packets.ConnectParams{
+					ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 600,
+					ClientIdentifier: id, UsernameFlag: true, Username: []byte(id),
+					PasswordFlag: true, Password: []byte(tok),
+				},
+			}))
+			pk, err := c.recv(5 * time.Second)
+			require.NoError(t, err)
+			require.Equal(t, packets.Connack, pk.FixedHeader.Type)
+			pk = c.subscribe(protocol.DeviceCommandsTopic(id), 1)
+			require.Equal(t, packets.Suback, pk.FixedHeader.Type)
+			_ = c.conn.SetReadDeadline(time.Time{})
+			conns[i] = c.conn
+		}()
+	}
+	wg.Wait()
+	time.Sleep(2 * time.Second)
+	m1, g1 := snap(), runtime.NumGoroutine()
+	k := float64(len(ids))
+	t.Logf("%d sessions: goroutines/session %.2f", len(ids), float64(g1-g0)/k)
+	t.Logf("HeapInuse/session %.0f B, HeapAlloc/session %.0f B, StackInuse/session %.0f B, Sys/session %.0f B",
+		float64(m1.HeapInuse-m0.HeapInuse)/k, float64(m1.HeapAlloc-m0.HeapAlloc)/k,
+		float64(m1.StackInuse-m0.StackInuse)/k, float64(m1.Sys-m0.Sys)/k)
+	if dir := os.Getenv("PUSHSERVER_IDLE_PROFILE"); dir != "" {
+		f, err := os.Create(dir + "/heap.pprof")
+		require.NoError(t, err)
+		require.NoError(t, pprof.Lookup("heap").WriteTo(f, 0))
+		_ = f.Close()
+		f, err = os.Create(dir + "/goroutine.txt")
+		require.NoError(t, err)
+		require.NoError(t, pprof.Lookup("goroutine").WriteTo(f, 1))
+		_ = f.Close()
+	}
+	for _, c := range conns {
+		if c != nil {
+			_ = c.Close()
+		}
+	}
+}
