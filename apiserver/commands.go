@@ -108,6 +108,35 @@ func deviceParam(c echo.Context) (string, error) {
 	return d, nil
 }
 
+// commandParams parses {id} (idParam), then names the acting client
+// (actingClient): the command a request reads, cancels or replays.
+func commandParams(c echo.Context) (protocol.ID, string, error) {
+	id, err := idParam(c)
+	if err != nil {
+		return protocol.ID{}, "", err
+	}
+	client, err := actingClient(c)
+	if err != nil {
+		return protocol.ID{}, "", err
+	}
+	return id, client, nil
+}
+
+// deviceClientParams parses {device_id} (deviceParam), then names the
+// acting client (actingClient): whose commands to the device a request
+// lists or cancels.
+func deviceClientParams(c echo.Context) (device, client string, err error) {
+	d, err := deviceParam(c)
+	if err != nil {
+		return "", "", err
+	}
+	client, err = actingClient(c)
+	if err != nil {
+		return "", "", err
+	}
+	return d, client, nil
+}
+
 // storeError maps a mailbox error: not found is 404, anything else means
 // Redis is unavailable (503).
 func (s *Server) storeError(err error, what string) error {
@@ -122,11 +151,7 @@ func (s *Server) storeError(err error, what string) error {
 // long-polled until it is final or the wait (capped at Config.MaxWait)
 // ends.
 func (s *Server) getCommand(c echo.Context) error {
-	id, err := idParam(c)
-	if err != nil {
-		return err
-	}
-	client, err := actingClient(c)
+	id, client, err := commandParams(c)
 	if err != nil {
 		return err
 	}
@@ -190,11 +215,7 @@ func (s *Server) waitFinal(ctx context.Context, rec *mailbox.Command, deadline t
 // cancelCommand is DELETE /v1/commands/{id}: 200 with the cancelled
 // command if it was not yet on the wire, else 409 with its status.
 func (s *Server) cancelCommand(c echo.Context) error {
-	id, err := idParam(c)
-	if err != nil {
-		return err
-	}
-	client, err := actingClient(c)
+	id, client, err := commandParams(c)
 	if err != nil {
 		return err
 	}
@@ -285,11 +306,7 @@ type listView struct {
 
 // listCommands is GET /v1/devices/{device_id}/commands?status=&limit=&cursor=.
 func (s *Server) listCommands(c echo.Context) error {
-	d, err := deviceParam(c)
-	if err != nil {
-		return err
-	}
-	client, err := actingClient(c)
+	d, client, err := deviceClientParams(c)
 	if err != nil {
 		return err
 	}
@@ -322,11 +339,7 @@ func (s *Server) listCommands(c echo.Context) error {
 // cancelAll is DELETE /v1/devices/{device_id}/commands: cancel every
 // command of the client to the device that is not yet on the wire.
 func (s *Server) cancelAll(c echo.Context) error {
-	d, err := deviceParam(c)
-	if err != nil {
-		return err
-	}
-	client, err := actingClient(c)
+	d, client, err := deviceClientParams(c)
 	if err != nil {
 		return err
 	}

@@ -38,16 +38,15 @@ const (
 // variables of the same names fill it (see bind); a zero field of a
 // Config built in code takes the documented default in NewServer.
 type Config struct {
-	// AMQPURL is the RabbitMQ URL. Default config.DefaultAMQPURL.
-	AMQPURL string
+	// Common holds AMQPURL, RedisURL and Namespace (defaults as in
+	// DESIGN §9).
+	config.Common
+	// Logging holds LogLevel (debug, info, warn, error; default info) and
+	// LogFormat (json or text; default json) of the service's logger.
+	config.Logging
 	// AMQPMgmtURL is RabbitMQ's management API, for the rates and ages of
 	// GET /v1/stats. Default config.DefaultAMQPMgmtURL.
 	AMQPMgmtURL string
-	// RedisURL is the Redis URL (go-redis ParseURL syntax). Default
-	// config.DefaultRedisURL.
-	RedisURL string
-	// Namespace prefixes every exchange, queue and key. Default "gw".
-	Namespace string
 	// AuthSecret is the HS256 key of the tokens. Required: there is no
 	// default, and the server refuses to start without it.
 	AuthSecret string
@@ -69,9 +68,6 @@ type Config struct {
 	// ConfirmTimeout is the longest wait for a publisher confirm; the
 	// reservation lease of a pending command is twice this. Default 5s.
 	ConfirmTimeout time.Duration
-	// LogLevel (debug, info, warn, error; default info) and LogFormat
-	// (json or text; default json) of the service's logger.
-	LogLevel, LogFormat string
 
 	// MaxWait caps the long-poll's ?wait=. Default 60s. Not a flag.
 	MaxWait time.Duration
@@ -87,17 +83,9 @@ var ErrNoSecret = errors.New("apiserver: GW_AUTH_SECRET (or --auth-secret) is re
 
 // ensureDefaults fills the zero fields with their defaults.
 func (c *Config) ensureDefaults() {
-	if c.AMQPURL == "" {
-		c.AMQPURL = config.DefaultAMQPURL
-	}
+	c.Common.SetDefaults()
 	if c.AMQPMgmtURL == "" {
 		c.AMQPMgmtURL = config.DefaultAMQPMgmtURL
-	}
-	if c.RedisURL == "" {
-		c.RedisURL = config.DefaultRedisURL
-	}
-	if c.Namespace == "" {
-		c.Namespace = config.DefaultNamespace
 	}
 	if c.HTTPAddr == "" {
 		c.HTTPAddr = config.DefaultHTTPAddr
@@ -154,10 +142,9 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	var c Config
 	b := config.NewBinder("apiserver", getenv)
 	b.FS.SetOutput(out)
-	b.String(&c.AMQPURL, "amqp-url", config.DefaultAMQPURL, "RabbitMQ URL")
+	c.Common.Bind(b)
+	c.Logging.Bind(b)
 	b.String(&c.AMQPMgmtURL, "amqp-mgmt-url", config.DefaultAMQPMgmtURL, "RabbitMQ management API URL (rates and ages of /v1/stats)")
-	b.String(&c.RedisURL, "redis-url", config.DefaultRedisURL, "Redis URL")
-	b.String(&c.Namespace, "namespace", config.DefaultNamespace, "prefix of every exchange, queue and key")
 	b.String(&c.AuthSecret, "auth-secret", "", "HS256 key of the tokens (required)")
 	b.String(&c.HTTPAddr, "http-addr", config.DefaultHTTPAddr, "HTTP listen address")
 	b.String(&c.TLSCert, "tls-cert", "", "TLS certificate (PEM); serve HTTPS when set with --tls-key")
@@ -167,8 +154,6 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	b.Int(&c.Burst, "burst", config.DefaultBurst, "per-client burst")
 	b.Bytes(&c.BodyLimit, "body-limit", config.DefaultBodyLimit, "largest request body")
 	b.Duration(&c.ConfirmTimeout, "confirm-timeout", config.DefaultConfirmTimeout, "longest wait for a publisher confirm")
-	b.String(&c.LogLevel, "log-level", "info", "debug, info, warn or error")
-	b.String(&c.LogFormat, "log-format", "json", "json or text")
 	if err := b.Parse(args); err != nil {
 		return Config{}, err
 	}

@@ -23,6 +23,7 @@ import (
 
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
@@ -58,7 +59,7 @@ func newGW(t testing.TB, opts ...gwOption) *gw {
 	rdb := testenv.Redis(t)
 	g := &gw{t: t, ns: ns, topo: protocol.NewTopology(ns), rdb: rdb, conn: testenv.AMQP(t)}
 	g.cfg = Config{
-		Namespace:      ns,
+		Common:         config.Common{Namespace: ns},
 		AuthSecret:     testSecret,
 		ConfirmTimeout: 2 * time.Second,
 		Rate:           -1,

@@ -234,31 +234,14 @@ func (s *Server) publish(reqCtx context.Context, in intake, req *protocol.Reques
 	if deliverBy.IsZero() {
 		deliverBy = accepted.Add(in.expiresIn)
 	}
-	env := protocol.Envelope{
-		Kind:           protocol.KindCommand,
-		Client:         in.client,
-		Device:         in.device,
-		MsgID:          req.ID,
-		Payload:        payload,
-		AcceptedAt:     accepted.UTC().Truncate(time.Millisecond),
-		DeliverBy:      deliverBy.UTC().Truncate(time.Millisecond),
-		AnswerWithinMS: in.timeout.Milliseconds(),
-		Attempt:        1,
-		TraceParent:    in.trace,
-	}
+	env := commandEnvelope(in.client, in.device, req.ID, payload, accepted, deliverBy, in.timeout, 1, in.trace)
 	body, err := env.Encode()
 	if err != nil {
 		s.release(in.client, key, rec.LeaseToken)
 		return intakeResult{err: errBadRequest("cannot encode the command")}
 	}
-	err = s.pub.Publish(ctx, s.topo.CommandsExchange, protocol.RoutingCommand, body, amqpx.Headers{
-		MessageID:   protocol.DeviceMsgID(in.client, req.ID),
-		TraceParent: in.trace,
-		Type:        protocol.KindCommand,
-	})
-	if err != nil {
-		reason := publishReason(err)
-		s.metrics.publishFailures.WithLabelValues(reason).Inc()
+	if err := s.publishCommand(ctx, body, in.client, req.ID, in.trace); err != nil {
+		reason := s.publishFailed(err)
 		s.log.Warn("publish failed; command not accepted", "client_id", in.client, "msg_id", key, "reason", reason, "err", err)
 		if definitelyNotPublished(reason) {
 			s.release(in.client, key, rec.LeaseToken)
@@ -272,6 +255,43 @@ func (s *Server) publish(reqCtx context.Context, in intake, req *protocol.Reques
 	}
 	s.metrics.accepted.Inc()
 	return intakeResult{accepted: true}
+}
+
+// commandEnvelope is the envelope of a command: as intake publishes it
+// (attempt 1), and as a replay publishes it again (a higher attempt).
+// The times are sent in UTC to the millisecond.
+func commandEnvelope(client, device string, id protocol.ID, payload []byte, accepted, deliverBy time.Time, answerWithin time.Duration, attempt int, trace string) protocol.Envelope {
+	return protocol.Envelope{
+		Kind:           protocol.KindCommand,
+		Client:         client,
+		Device:         device,
+		MsgID:          id,
+		Payload:        payload,
+		AcceptedAt:     accepted.UTC().Truncate(time.Millisecond),
+		DeliverBy:      deliverBy.UTC().Truncate(time.Millisecond),
+		AnswerWithinMS: answerWithin.Milliseconds(),
+		Attempt:        attempt,
+		TraceParent:    trace,
+	}
+}
+
+// publishCommand publishes an encoded command envelope to the commands
+// exchange (persistent, mandatory, with a publisher confirm), with the
+// message id of the client's command id.
+func (s *Server) publishCommand(ctx context.Context, body []byte, client string, id protocol.ID, trace string) error {
+	return s.pub.Publish(ctx, s.topo.CommandsExchange, protocol.RoutingCommand, body, amqpx.Headers{
+		MessageID:   protocol.DeviceMsgID(client, id),
+		TraceParent: trace,
+		Type:        protocol.KindCommand,
+	})
+}
+
+// publishFailed counts a failed publish in gw_api_publish_failures_total
+// and returns its reason.
+func (s *Server) publishFailed(err error) string {
+	reason := publishReason(err)
+	s.metrics.publishFailures.WithLabelValues(reason).Inc()
+	return reason
 }
 
 // definitelyNotPublished reports whether a publish failure means that no

@@ -496,11 +496,7 @@ func validCursor(s string) bool {
 // dispatched), and if nobody does, its deliver-by timer expires it.
 func (o *ops) replay(c echo.Context) error {
 	s := o.s
-	id, err := idParam(c)
-	if err != nil {
-		return err
-	}
-	client, err := actingClient(c)
+	id, client, err := commandParams(c)
 	if err != nil {
 		return err
 	}
@@ -520,16 +516,11 @@ func (o *ops) replay(c echo.Context) error {
 	body, err := replayEnvelope(rec, o.attempt(ctx, client, key), trace)
 	if err == nil {
 		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ConfirmTimeout+2*time.Second)
-		err = s.pub.Publish(pctx, s.topo.CommandsExchange, protocol.RoutingCommand, body, amqpx.Headers{
-			MessageID:   protocol.DeviceMsgID(client, rec.ID),
-			TraceParent: trace,
-			Type:        protocol.KindCommand,
-		})
+		err = s.publishCommand(pctx, body, client, rec.ID, trace)
 		cancel()
 	}
 	if err != nil {
-		reason := publishReason(err)
-		s.metrics.publishFailures.WithLabelValues(reason).Inc()
+		reason := s.publishFailed(err)
 		s.log.Warn("replay: publish failed; the command waits for another replay", "client_id", client, "msg_id", key, "reason", reason, "err", err)
 		return errUnavailable("the replayed command could not be published (" + reason + "); replay it again")
 	}
@@ -545,18 +536,7 @@ func replayEnvelope(rec *mailbox.Command, attempt int, trace string) ([]byte, er
 	if err != nil {
 		return nil, fmt.Errorf("cannot encode the request: %w", err)
 	}
-	env := protocol.Envelope{
-		Kind:           protocol.KindCommand,
-		Client:         rec.Client,
-		Device:         rec.Device,
-		MsgID:          rec.ID,
-		Payload:        payload,
-		AcceptedAt:     rec.CreatedAt.UTC().Truncate(time.Millisecond),
-		DeliverBy:      rec.DeliverBy.UTC().Truncate(time.Millisecond),
-		AnswerWithinMS: rec.Timeout.Milliseconds(),
-		Attempt:        attempt,
-		TraceParent:    trace,
-	}
+	env := commandEnvelope(rec.Client, rec.Device, rec.ID, payload, rec.CreatedAt, rec.DeliverBy, rec.Timeout, attempt, trace)
 	return env.Encode()
 }
 

@@ -9,10 +9,8 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/iotgw/gateway/internal/amqpx"
-	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 	"github.com/iotgw/gateway/pushserver/ring"
@@ -30,13 +28,12 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	log := telemetry.NewLogger(stdout, cfg.LogFormat, cfg.LogLevel).With("service", "apiserver")
+	log := cfg.NewLogger(stdout).With("service", "apiserver")
 
-	ropts, err := redis.ParseURL(cfg.RedisURL)
+	ropts, err := cfg.RedisOptions()
 	if err != nil {
 		return fmt.Errorf("cannot parse GW_REDIS_URL: %w", err)
 	}
-	ropts.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	ropts.DialTimeout = 2 * time.Second
 	ropts.ReadTimeout = 2 * time.Second
 	ropts.WriteTimeout = 2 * time.Second

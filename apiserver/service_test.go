@@ -1,25 +1,13 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
-	"crypto/ecdsa"
-	"crypto/elliptic"
-	"crypto/rand"
 	"crypto/tls"
-	"crypto/x509"
-	"crypto/x509/pkix"
 	"encoding/json"
-	"encoding/pem"
 	"log/slog"
-	"math/big"
 	"net"
 	"net/http"
-	"os"
-	"path/filepath"
-	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -74,13 +62,13 @@ func TestHealthReadyMetricsOpenAPI(t *testing.T) {
 // The request log carries client_id, msg_id, status and latency.
 func TestRequestLog(t *testing.T) {
 	t.Parallel()
-	var buf syncBuffer
+	var buf testenv.SyncBuffer
 	g := newGW(t, func(_ *Config, d *Deps) { d.Logger = newJSONLogger(&buf) })
 	tok := token(t, "app-1", auth.RoleClient, "dev-*")
 	require.Equal(t, http.StatusAccepted, g.post(tok, "dev-1", cmd("log-1", "m", nil)).Status)
 	g.drain()
 	var found bool
-	for _, line := range buf.lines() {
+	for _, line := range buf.Lines() {
 		var rec map[string]any
 		require.NoError(t, json.Unmarshal([]byte(line), &rec), line)
 		if rec["msg"] != "request" {
@@ -103,7 +91,7 @@ func TestRunTLS(t *testing.T) {
 	testenv.RequireServices(t)
 	ns := testenv.Namespace(t)
 	conn := testenv.AMQP(t)
-	certFile, keyFile, pool := selfSignedCert(t)
+	certFile, keyFile, pool := testenv.SelfSignedCert(t)
 	env := map[string]string{
 		"GW_AUTH_SECRET":     testSecret,
 		"GW_NAMESPACE":       ns,
@@ -114,7 +102,7 @@ func TestRunTLS(t *testing.T) {
 		"GW_TLS_KEY":         keyFile,
 		"GW_CONFIRM_TIMEOUT": "3s",
 	}
-	var out syncBuffer
+	var out testenv.SyncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	done := make(chan error, 1)
@@ -164,7 +152,7 @@ func TestRunTLS(t *testing.T) {
 
 func TestRunRefusesWithoutSecret(t *testing.T) {
 	t.Parallel()
-	var out syncBuffer
+	var out testenv.SyncBuffer
 	err := run(context.Background(), nil, func(string) string { return "" }, &out)
 	require.ErrorIs(t, err, ErrNoSecret)
 	assert.Contains(t, err.Error(), "GW_AUTH_SECRET")
@@ -305,11 +293,11 @@ func TestTraceParent(t *testing.T) {
 
 // waitListening reads run's log until the "listening" line and returns
 // its address.
-func waitListening(t *testing.T, out *syncBuffer, done <-chan error) string {
+func waitListening(t *testing.T, out *testenv.SyncBuffer, done <-chan error) string {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for time.Now().Before(deadline) {
-		for _, line := range out.lines() {
+		for _, line := range out.Lines() {
 			var rec struct{ Msg, Addr string }
 			if json.Unmarshal([]byte(line), &rec) == nil && rec.Msg == "listening" {
 				return rec.Addr
@@ -325,69 +313,7 @@ func waitListening(t *testing.T, out *syncBuffer, done <-chan error) string {
 	return ""
 }
 
-// selfSignedCert writes a certificate for 127.0.0.1 and its key, and
-// returns a pool that trusts it.
-func selfSignedCert(t *testing.T) (certFile, keyFile string, pool *x509.CertPool) {
-	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	require.NoError(t, err)
-	tmpl := &x509.Certificate{
-		SerialNumber:          big.NewInt(1),
-		Subject:               pkix.Name{CommonName: "apiserver test"},
-		NotBefore:             time.Now().Add(-time.Hour),
-		NotAfter:              time.Now().Add(time.Hour),
-		IPAddresses:           []net.IP{net.ParseIP("127.0.0.1")},
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	require.NoError(t, err)
-	kder, err := x509.MarshalECPrivateKey(key)
-	require.NoError(t, err)
-	dir := t.TempDir()
-	certFile, keyFile = filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
-	require.NoError(t, os.WriteFile(certFile, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o600))
-	require.NoError(t, os.WriteFile(keyFile, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: kder}), 0o600))
-	cert, err := x509.ParseCertificate(der)
-	require.NoError(t, err)
-	pool = x509.NewCertPool()
-	pool.AddCert(cert)
-	return certFile, keyFile, pool
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
-
-func (b *syncBuffer) lines() []string {
-	var out []string
-	sc := bufio.NewScanner(strings.NewReader(b.String()))
-	sc.Buffer(make([]byte, 1<<20), 1<<20)
-	for sc.Scan() {
-		if line := strings.TrimSpace(sc.Text()); line != "" {
-			out = append(out, line)
-		}
-	}
-	return out
-}
-
 // newJSONLogger logs JSON to w at debug level.
-func newJSONLogger(w *syncBuffer) *slog.Logger {
+func newJSONLogger(w *testenv.SyncBuffer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

@@ -110,32 +110,132 @@ var (
 	envNameRE  = regexp.MustCompile(`^GW_[A-Z0-9_]+$`)
 )
 
+// callName is the name of the function or method a call calls.
+func callName(call *ast.CallExpr) string {
+	switch fn := call.Fun.(type) {
+	case *ast.SelectorExpr:
+		return fn.Sel.Name
+	case *ast.Ident:
+		return fn.Name
+	}
+	return ""
+}
+
+// boundFlag returns the flag name of a binder call
+// b.String(&field, "flag-name", default, usage).
+func boundFlag(call *ast.CallExpr) (string, bool) {
+	if !binderMethods[callName(call)] || len(call.Args) < 2 {
+		return "", false
+	}
+	if u, ok := call.Args[0].(*ast.UnaryExpr); !ok || u.Op != token.AND {
+		return "", false
+	}
+	name, ok := stringLit(call.Args[1])
+	return name, ok && flagNameRE.MatchString(name)
+}
+
+// sharedBinds returns the flags of the shared settings of package config:
+// for each type T with a method Bind (config.Common, config.Logging), the
+// flags that method binds.
+func sharedBinds(files []*ast.File) map[string][]string {
+	out := map[string][]string{}
+	for _, f := range files {
+		for _, d := range f.Decls {
+			fd, ok := d.(*ast.FuncDecl)
+			if !ok || fd.Recv == nil || fd.Name.Name != "Bind" || fd.Body == nil {
+				continue
+			}
+			typ := fd.Recv.List[0].Type
+			if star, ok := typ.(*ast.StarExpr); ok {
+				typ = star.X
+			}
+			id, ok := typ.(*ast.Ident)
+			if !ok {
+				continue
+			}
+			ast.Inspect(fd.Body, func(n ast.Node) bool {
+				if call, ok := n.(*ast.CallExpr); ok {
+					if name, ok := boundFlag(call); ok {
+						out[id.Name] = append(out[id.Name], name)
+					}
+				}
+				return true
+			})
+		}
+	}
+	return out
+}
+
+// sharedBound returns the config type whose Bind a call calls: x.T.Bind(b)
+// on an embedded config.T, or x.Bind(b) on a variable declared
+// "var x config.T". It returns "" for any other call.
+func sharedBound(call *ast.CallExpr, vars map[string]string, shared map[string][]string) string {
+	sel, ok := call.Fun.(*ast.SelectorExpr)
+	if !ok || sel.Sel.Name != "Bind" || len(call.Args) != 1 {
+		return ""
+	}
+	switch x := sel.X.(type) {
+	case *ast.SelectorExpr:
+		if _, ok := shared[x.Sel.Name]; ok {
+			return x.Sel.Name
+		}
+	case *ast.Ident:
+		return vars[x.Name]
+	}
+	return ""
+}
+
+// configVars maps the variables the files declare as "var x config.T",
+// for a T in shared, to T.
+func configVars(files []*ast.File, shared map[string][]string) map[string]string {
+	out := map[string]string{}
+	for _, f := range files {
+		ast.Inspect(f, func(n ast.Node) bool {
+			vs, ok := n.(*ast.ValueSpec)
+			if !ok {
+				return true
+			}
+			sel, ok := vs.Type.(*ast.SelectorExpr)
+			if !ok {
+				return true
+			}
+			if pkg, ok := sel.X.(*ast.Ident); !ok || pkg.Name != "config" {
+				return true
+			}
+			if _, ok := shared[sel.Sel.Name]; ok {
+				for _, name := range vs.Names {
+					out[name.Name] = sel.Sel.Name
+				}
+			}
+			return true
+		})
+	}
+	return out
+}
+
 // readEnv returns the GW_* variables the package in dir reads: the flags
 // bound with a config.Binder (each is a variable through config.EnvName),
-// and GW_* literals passed to a getenv-like call. Flags of a package that
-// does not use config.NewBinder (devicesim's cobra flags) are not
-// variables.
-func readEnv(files []*ast.File) map[string]bool {
+// those of the shared settings it binds (shared: the flags of each
+// config type's Bind, from sharedBinds), and GW_* literals passed to a
+// getenv-like call. Flags of a package that does not use config.NewBinder
+// (devicesim's cobra flags) are not variables.
+func readEnv(files []*ast.File, shared map[string][]string) map[string]bool {
 	vars := map[string]bool{}
 	binder := uses(files, "config", "NewBinder")
+	declared := configVars(files, shared)
 	for _, f := range files {
 		ast.Inspect(f, func(n ast.Node) bool {
 			call, ok := n.(*ast.CallExpr)
 			if !ok {
 				return true
 			}
-			var fun string
-			switch fn := call.Fun.(type) {
-			case *ast.SelectorExpr:
-				fun = fn.Sel.Name
-			case *ast.Ident:
-				fun = fn.Name
-			}
-			if binder && binderMethods[fun] && len(call.Args) >= 2 {
-				if u, ok := call.Args[0].(*ast.UnaryExpr); ok && u.Op == token.AND {
-					if name, ok := stringLit(call.Args[1]); ok && flagNameRE.MatchString(name) {
-						vars[config.EnvName(name)] = true
-					}
+			fun := callName(call)
+			if binder {
+				if name, ok := boundFlag(call); ok {
+					vars[config.EnvName(name)] = true
+				}
+				for _, name := range shared[sharedBound(call, declared, shared)] {
+					vars[config.EnvName(name)] = true
 				}
 			}
 			if (strings.EqualFold(fun, "getenv") || fun == "LookupEnv") && len(call.Args) == 1 {
@@ -287,6 +387,11 @@ func scanSources(root string) (*facts, error) {
 	if err != nil {
 		return nil, err
 	}
+	configFiles, err := parseDir(filepath.Join(root, "internal", "config"))
+	if err != nil {
+		return nil, err
+	}
+	shared := sharedBinds(configFiles)
 	for _, bin := range binaries {
 		files, err := parseDir(filepath.Join(root, bin))
 		if err != nil {
@@ -295,7 +400,7 @@ func scanSources(root string) (*facts, error) {
 		if files[0].Name.Name != "main" {
 			return nil, fmt.Errorf("%s is package %s, not main", bin, files[0].Name.Name)
 		}
-		f.env[bin] = readEnv(files)
+		f.env[bin] = readEnv(files, shared)
 		f.paths[bin] = servedPaths(files)
 		// msgworker and pushserver serve /metrics and /healthz through
 		// telemetry.ServeMetrics.
@@ -360,9 +465,9 @@ func sortedKeys[V any](m map[string]V) []string {
 func TestSourceFacts(t *testing.T) {
 	f := sourceFacts(t)
 	want := map[string][]string{
-		"apiserver":  {"GW_AMQP_URL", "GW_REDIS_URL", "GW_NAMESPACE", "GW_AUTH_SECRET", "GW_HTTP_ADDR"},
-		"msgworker":  {"GW_AMQP_URL", "GW_REDIS_URL", "GW_NAMESPACE", "GW_METRICS_ADDR"},
-		"pushserver": {"GW_AMQP_URL", "GW_REDIS_URL", "GW_NAMESPACE", "GW_AUTH_SECRET", "GW_MQTT_ADDR", "GW_METRICS_ADDR", "GW_NODE_ID", "GW_ADVERTISE_URL"},
+		"apiserver":  {"GW_AMQP_URL", "GW_REDIS_URL", "GW_NAMESPACE", "GW_LOG_LEVEL", "GW_LOG_FORMAT", "GW_AUTH_SECRET", "GW_HTTP_ADDR"},
+		"msgworker":  {"GW_AMQP_URL", "GW_REDIS_URL", "GW_NAMESPACE", "GW_LOG_LEVEL", "GW_LOG_FORMAT", "GW_METRICS_ADDR"},
+		"pushserver": {"GW_AMQP_URL", "GW_REDIS_URL", "GW_NAMESPACE", "GW_LOG_LEVEL", "GW_LOG_FORMAT", "GW_AUTH_SECRET", "GW_MQTT_ADDR", "GW_METRICS_ADDR", "GW_NODE_ID", "GW_ADVERTISE_URL"},
 	}
 	for bin, vars := range want {
 		for _, v := range vars {

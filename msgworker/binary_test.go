@@ -2,7 +2,6 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -147,12 +146,12 @@ func TestMain(m *testing.M) {
 // process is a msgworker subprocess.
 type process struct {
 	cmd *exec.Cmd
-	out *syncBuffer
+	out *testenv.SyncBuffer
 }
 
 func startProcess(t testing.TB, bin, ns, name string) *process {
 	t.Helper()
-	p := &process{cmd: exec.Command(bin), out: &syncBuffer{}}
+	p := &process{cmd: exec.Command(bin), out: &testenv.SyncBuffer{}}
 	p.cmd.Env = append(os.Environ(),
 		"GW_NAMESPACE="+ns,
 		"GW_AMQP_URL="+testenv.AMQPURL(),
@@ -214,22 +213,4 @@ func (p *process) metric(t testing.TB, sample string) int {
 		}
 	}
 	return 0
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and readers.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

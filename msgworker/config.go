@@ -39,15 +39,11 @@ const (
 // the zero value of a field means its default. In the binary each field is
 // a flag and a GW_* variable of the same name (see bind).
 type Config struct {
-	// AMQPURL is the RabbitMQ URL (amqp-url, GW_AMQP_URL). Default
-	// amqp://guest:guest@127.0.0.1:5672/.
-	AMQPURL string
-	// RedisURL is the Redis URL (redis-url, GW_REDIS_URL). Default
-	// redis://127.0.0.1:6379/0.
-	RedisURL string
-	// Namespace prefixes every exchange, queue and key (namespace,
-	// GW_NAMESPACE). Default "gw".
-	Namespace string
+	// Common holds AMQPURL (amqp-url, GW_AMQP_URL), RedisURL (redis-url,
+	// GW_REDIS_URL) and Namespace (namespace, GW_NAMESPACE); defaults
+	// amqp://guest:guest@127.0.0.1:5672/, redis://127.0.0.1:6379/0 and
+	// "gw".
+	config.Common
 	// Retention is how long final records and results are kept
 	// (retention, GW_RETENTION). Default 24h.
 	Retention time.Duration
@@ -84,15 +80,7 @@ type Config struct {
 }
 
 func (c *Config) ensureDefaults() {
-	if c.AMQPURL == "" {
-		c.AMQPURL = config.DefaultAMQPURL
-	}
-	if c.RedisURL == "" {
-		c.RedisURL = config.DefaultRedisURL
-	}
-	if c.Namespace == "" {
-		c.Namespace = config.DefaultNamespace
-	}
+	c.Common.SetDefaults()
 	if c.Retention <= 0 {
 		c.Retention = config.DefaultRetention
 	}
@@ -145,25 +133,21 @@ func (c *Config) validate() error {
 // the process needs.
 type flags struct {
 	Config
+	config.Logging
 	MetricsAddr string
-	LogLevel    string
-	LogFormat   string
 }
 
 // bind defines every setting as a flag whose default comes from its GW_*
 // variable, then the documented default.
 func (f *flags) bind(b *config.Binder) {
-	b.String(&f.AMQPURL, "amqp-url", config.DefaultAMQPURL, "RabbitMQ URL")
-	b.String(&f.RedisURL, "redis-url", config.DefaultRedisURL, "Redis URL")
-	b.String(&f.Namespace, "namespace", config.DefaultNamespace, "prefix of every exchange, queue and key")
+	f.Common.Bind(b)
+	f.Logging.Bind(b)
 	b.Duration(&f.Retention, "retention", config.DefaultRetention, "how long final records and results are kept")
 	b.Int(&f.MailboxCap, "mailbox-cap", config.DefaultMailboxCap, "entries per mailbox; a command to a full device mailbox is rejected")
 	b.Int(&f.Prefetch, "prefetch", DefaultPrefetch, "unacked deliveries per queue (commands, results)")
 	b.Int(&f.Concurrency, "concurrency", DefaultConcurrency, "handlers running at once per queue (at most prefetch)")
 	b.Duration(&f.TimerInterval, "timer-interval", DefaultTimerInterval, "how often the timer set is polled")
 	b.String(&f.MetricsAddr, "metrics-addr", config.DefaultMetricsAddr, "Prometheus listen address (port 0: any free port, logged at start)")
-	b.String(&f.LogLevel, "log-level", "info", "log level: debug, info, warn or error")
-	b.String(&f.LogFormat, "log-format", "json", "log format: json or text")
 }
 
 // check refuses values that the Worker would silently replace by a default.
@@ -179,13 +163,6 @@ func (f *flags) check() error {
 		return errors.New("concurrency must be positive")
 	case f.TimerInterval <= 0:
 		return errors.New("timer-interval must be positive")
-	case f.LogFormat != "json" && f.LogFormat != "text":
-		return fmt.Errorf("log-format %q must be json or text", f.LogFormat)
 	}
-	switch f.LogLevel {
-	case "debug", "info", "warn", "error":
-	default:
-		return fmt.Errorf("log-level %q must be debug, info, warn or error", f.LogLevel)
-	}
-	return nil
+	return f.Logging.Check()
 }

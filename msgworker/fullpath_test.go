@@ -114,7 +114,7 @@ func startPushServer(t testing.TB, ns, secret string) string {
 		t.Skip("pushserver not present")
 	}
 	psBin := buildBinary(t, "../pushserver")
-	p := &process{cmd: exec.Command(psBin), out: &syncBuffer{}}
+	p := &process{cmd: exec.Command(psBin), out: &testenv.SyncBuffer{}}
 	p.cmd.Env = append(os.Environ(),
 		"GW_NAMESPACE="+ns,
 		"GW_AMQP_URL="+testenv.AMQPURL(),

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iotgw/gateway/internal/amqpx"
+	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
@@ -56,9 +57,7 @@ func newHarness(t testing.TB) *harness {
 func (h *harness) worker(mutate func(*Config)) *Worker {
 	h.t.Helper()
 	cfg := Config{
-		AMQPURL:       testenv.AMQPURL(),
-		RedisURL:      testenv.RedisURL(),
-		Namespace:     h.ns,
+		Common:        config.Common{AMQPURL: testenv.AMQPURL(), RedisURL: testenv.RedisURL(), Namespace: h.ns},
 		TimerInterval: 50 * time.Millisecond,
 		Logger:        testenv.Logger(h.t),
 		Registerer:    prometheus.NewRegistry(),

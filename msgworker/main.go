@@ -42,7 +42,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err := f.check(); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
-	log := telemetry.NewLogger(stdout, f.LogFormat, f.LogLevel)
+	log := f.NewLogger(stdout)
 	// go-redis logs every failed dial to stderr; during an outage that is
 	// a flood. The worker reports outages itself; keep go-redis at debug.
 	redis.SetLogger(redisLogger{log.With("component", "go-redis")})

@@ -238,7 +238,7 @@ func TestRunStartsAndStops(t *testing.T) {
 	testenv.RequireServices(t)
 	ns := testenv.Namespace(t)
 	ctx, cancel := context.WithCancel(context.Background())
-	out := &syncBuffer{}
+	out := &testenv.SyncBuffer{}
 	done := make(chan error, 1)
 	go func() {
 		done <- run(ctx, []string{"--log-format", "text"}, func(k string) string {

@@ -8,7 +8,6 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/mailbox"
@@ -39,7 +38,7 @@ func New(cfg Config) (*Worker, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("invalid configuration: %w", err)
 	}
-	ropts, err := redis.ParseURL(cfg.RedisURL)
+	ropts, err := cfg.RedisOptions()
 	if err != nil {
 		return nil, fmt.Errorf("invalid configuration: redis-url: %w", err)
 	}
@@ -47,9 +46,6 @@ func New(cfg Config) (*Worker, error) {
 	if n := 2*cfg.Concurrency + 2*deadConcurrency + 4; ropts.PoolSize < n {
 		ropts.PoolSize = n
 	}
-	// Maintenance notifications need a server that offers them; asking an
-	// older one only produces warnings.
-	ropts.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	w := &Worker{
 		cfg:  cfg,
 		log:  cfg.Logger.With("component", "msgworker", "ns", cfg.Namespace),

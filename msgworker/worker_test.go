@@ -13,6 +13,7 @@ import (
 
 	"github.com/stretchr/testify/require"
 
+	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -388,7 +389,8 @@ func TestGracefulShutdown(t *testing.T) {
 	entered := make(chan struct{})
 	var once atomic.Bool
 	cfg := Config{
-		AMQPURL: testenv.AMQPURL(), RedisURL: testenv.RedisURL(), Namespace: h.ns, Logger: testenv.Logger(t),
+		Common: config.Common{AMQPURL: testenv.AMQPURL(), RedisURL: testenv.RedisURL(), Namespace: h.ns},
+		Logger: testenv.Logger(t),
 		middleware: []Middleware{func(next Handler) Handler {
 			return func(ctx context.Context, m *Message) error {
 				if m.Queue == queueCommands && !once.Swap(true) {

@@ -40,9 +40,9 @@ type Config struct {
 	// AdvertiseURL is the URL clients are sent to (server reference, GET
 	// /v1/connect). Default mqtt://<bound address> (mqtts:// with TLS).
 	AdvertiseURL string
-	// RedisURL, AMQPURL and Namespace locate the shared state. Defaults
-	// as in DESIGN §9.
-	RedisURL, AMQPURL, Namespace string
+	// Common holds RedisURL, AMQPURL and Namespace, which locate the
+	// shared state. Defaults as in DESIGN §9.
+	config.Common
 	// AuthSecret is the HS256 key of the tokens. Required.
 	AuthSecret string
 	// MetricsAddr is where /metrics is served. Empty: no metrics listener
@@ -89,15 +89,7 @@ func (c *Config) ensureDefaults() {
 	if c.MQTTAddr == "" {
 		c.MQTTAddr = config.DefaultMQTTAddr
 	}
-	if c.RedisURL == "" {
-		c.RedisURL = config.DefaultRedisURL
-	}
-	if c.AMQPURL == "" {
-		c.AMQPURL = config.DefaultAMQPURL
-	}
-	if c.Namespace == "" {
-		c.Namespace = config.DefaultNamespace
-	}
+	c.Common.SetDefaults()
 	if c.ConfirmTimeout <= 0 {
 		c.ConfirmTimeout = config.DefaultConfirmTimeout
 	}

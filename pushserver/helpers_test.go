@@ -21,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/pushserver/ring"
@@ -56,9 +57,7 @@ func newEnv(t testing.TB) *env {
 func (e *env) config() Config {
 	return Config{
 		MQTTAddr:      "127.0.0.1:0",
-		RedisURL:      testenv.RedisURL(),
-		AMQPURL:       testenv.AMQPURL(),
-		Namespace:     e.ns,
+		Common:        config.Common{RedisURL: testenv.RedisURL(), AMQPURL: testenv.AMQPURL(), Namespace: e.ns},
 		AuthSecret:    testSecret,
 		Logger:        testenv.Logger(e.t),
 		SweepInterval: 300 * time.Millisecond,

@@ -39,19 +39,18 @@ const shutdownTimeout = 30 * time.Second
 // down.
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	var (
-		cfg              Config
-		logLevel, logFmt string
-		maxPacketSize    int64
-		ringGrace        time.Duration
+		cfg           Config
+		logging       config.Logging
+		maxPacketSize int64
+		ringGrace     time.Duration
 	)
 	b := config.NewBinder("pushserver", getenv)
 	b.FS.SetOutput(stdout)
 	b.String(&cfg.MQTTAddr, "mqtt-addr", config.DefaultMQTTAddr, "MQTT listen address (port 0: any free port)")
 	b.String(&cfg.NodeID, "node-id", "", "name in the ring (default: the bound address)")
 	b.String(&cfg.AdvertiseURL, "advertise-url", "", "URL given to clients (default: mqtt://<bound address>)")
-	b.String(&cfg.RedisURL, "redis-url", config.DefaultRedisURL, "Redis URL")
-	b.String(&cfg.AMQPURL, "amqp-url", config.DefaultAMQPURL, "RabbitMQ URL")
-	b.String(&cfg.Namespace, "namespace", config.DefaultNamespace, "prefix of every exchange, queue and key")
+	cfg.Common.Bind(b)
+	logging.Bind(b)
 	b.String(&cfg.AuthSecret, "auth-secret", "", "HS256 key of the tokens (required)")
 	b.String(&cfg.MetricsAddr, "metrics-addr", config.DefaultMetricsAddr, "Prometheus listen address")
 	b.String(&cfg.TLSCert, "tls-cert", "", "PEM certificate: serve MQTT over TLS (with tls-key)")
@@ -62,8 +61,6 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	b.Int(&cfg.MaxClients, "max-clients", 0, "most connected clients (0: the file limit minus a headroom)")
 	b.Int(&cfg.ShedRate, "shed-rate", DefaultShedRate, "sessions closed per second after a ring change")
 	b.Duration(&ringGrace, "ring-grace", 5*time.Second, "how long the previous ring is honoured before sessions are shed")
-	b.String(&logLevel, "log-level", "info", "debug, info, warn or error")
-	b.String(&logFmt, "log-format", "json", "json or text")
 	if err := b.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
@@ -78,7 +75,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if ringGrace == 0 {
 		cfg.RingGrace = -1 // no grace
 	}
-	cfg.Logger = telemetry.NewLogger(stdout, logFmt, logLevel)
+	cfg.Logger = logging.NewLogger(stdout)
 	cfg.Registry = telemetry.NewRegistry()
 
 	node, err := NewNode(cfg)

@@ -20,7 +20,6 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
@@ -186,11 +185,10 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	n.log = n.log.With("node", n.node)
 
-	ropts, err := redis.ParseURL(n.cfg.RedisURL)
+	ropts, err := n.cfg.RedisOptions()
 	if err != nil {
 		return fmt.Errorf("cannot parse Redis URL: %w", err)
 	}
-	ropts.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	if ropts.PoolSize == 0 {
 		// Every session reads and acks on its own goroutine: more
 		// connections than go-redis's default of 10 per CPU.
