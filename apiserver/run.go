@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"time"
 
@@ -40,6 +41,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	// One retry covers a pooled connection that died with a Redis restart;
 	// more would only delay the 503 of a Redis that is down.
 	ropts.MaxRetries = 1
+	// Every request in flight holds a connection for each script it runs,
+	// and long-polls poll; go-redis's default (10 per CPU) made the pool,
+	// not Redis, the limit under load, and its timeouts looked like a Redis
+	// outage (503). Redis itself serves thousands of connections.
+	if ropts.PoolSize == 0 {
+		ropts.PoolSize = max(256, 32*runtime.GOMAXPROCS(0))
+	}
 	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)

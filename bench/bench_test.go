@@ -1,0 +1,228 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestSummarize(t *testing.T) {
+	seq := func(n int) []time.Duration {
+		s := make([]time.Duration, n)
+		for i := range s {
+			s[i] = time.Duration(n-i) * time.Millisecond // reversed: Summarize sorts
+		}
+		return s
+	}
+	tests := []struct {
+		name string
+		in   []time.Duration
+		want Percentiles
+	}{
+		{"empty", nil, Percentiles{}},
+		{"one", []time.Duration{1500 * time.Microsecond}, Percentiles{Count: 1, P50: 1.5, P90: 1.5, P99: 1.5, P999: 1.5, Max: 1.5, Mean: 1.5}},
+		{"1..100 ms", seq(100), Percentiles{Count: 100, P50: 50, P90: 90, P99: 99, P999: 100, Max: 100, Mean: 50.5}},
+		{"1..1000 ms", seq(1000), Percentiles{Count: 1000, P50: 500, P90: 900, P99: 990, P999: 999, Max: 1000, Mean: 500.5}},
+		{"1..3 ms", seq(3), Percentiles{Count: 3, P50: 2, P90: 3, P99: 3, P999: 3, Max: 3, Mean: 2}},
+		{"sub-microsecond rounds", []time.Duration{1234567 * time.Nanosecond}, Percentiles{Count: 1, P50: 1.235, P90: 1.235, P99: 1.235, P999: 1.235, Max: 1.235, Mean: 1.235}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := Summarize(tt.in); got != tt.want {
+				t.Errorf("Summarize(%s) = %+v, want %+v", tt.name, got, tt.want)
+			}
+		})
+	}
+}
+
+func TestRecorder(t *testing.T) {
+	var r Recorder
+	for i := 1; i <= 10; i++ {
+		r.Add(time.Duration(i) * time.Millisecond)
+	}
+	if got := r.Summary(); got.Count != 10 || got.P50 != 5 || got.Max != 10 {
+		t.Errorf("Summary() = %+v, want count 10, p50 5, max 10", got)
+	}
+	if r.Len() != 10 {
+		t.Errorf("Len() = %d, want 10", r.Len())
+	}
+}
+
+func TestThousands(t *testing.T) {
+	tests := []struct {
+		in   float64
+		want string
+	}{{0, "0"}, {999, "999"}, {1000, "1,000"}, {1234567.6, "1,234,568"}, {-20000, "-20,000"}}
+	for _, tt := range tests {
+		if got := thousands(tt.in); got != tt.want {
+			t.Errorf("thousands(%v) = %q, want %q", tt.in, got, tt.want)
+		}
+	}
+}
+
+func TestTargetMet(t *testing.T) {
+	tests := []struct {
+		t    *Target
+		v    float64
+		want bool
+	}{
+		{AtLeast(10), 10, true}, {AtLeast(10), 9.99, false},
+		{AtMost(5), 5, true}, {AtMost(5), 5.01, false}, {nil, 0, true},
+	}
+	for _, tt := range tests {
+		if got := tt.t.Met(tt.v); got != tt.want {
+			t.Errorf("%+v.Met(%v) = %v, want %v", tt.t, tt.v, got, tt.want)
+		}
+	}
+}
+
+func TestPerSecond(t *testing.T) {
+	if got := perSecond(500, 250*time.Millisecond); got != 2000 {
+		t.Errorf("perSecond(500, 250ms) = %v, want 2000", got)
+	}
+	if got := perSecond(5, 0); got != 0 {
+		t.Errorf("perSecond(5, 0) = %v, want 0", got)
+	}
+}
+
+func sampleReport() *Report {
+	p := func(p50 float64) Percentiles {
+		return Percentiles{Count: 100, P50: p50, P90: 2 * p50, P99: 3 * p50, P999: 4 * p50, Max: 5 * p50, Mean: p50}
+	}
+	base := &Section{Name: "baseline", Title: "Baseline", Namespace: "bench-1-baseline", Status: StatusOK, DurationS: 17}
+	base.Add("baseline_amqp_per_s", "bare RabbitMQ", 20000, "/s", nil)
+	rt := &Section{Name: "roundtrip", Title: "Round trip", Namespace: "bench-1-roundtrip", Status: StatusOK, DurationS: 90}
+	rt.Add("roundtrip_max_per_s", "round trip at maximum rate", 4000, "/s", AtLeast(5000))
+	rt.Explain("maximum rate")
+	rt.Add("roundtrip_2500_p99_ms", "round trip p99 at 2,500/s", 12.5, "ms", AtMost(25))
+	rt.Latencies = []LatencyRow{
+		{"round trip at maximum rate (128 in flight)", p(20)},
+		{"round trip at 1,000/s", p(2)}, {"202 accepted at 1,000/s", p(1)},
+		{"round trip at 2,500/s", p(3)}, {"round trip at 5,000/s", p(9)},
+	}
+	rt.CPU = []CPUTable{{Run: "maximum rate", Messages: 1000, Rows: []CPURow{
+		{Process: "apiserver", CPUS: 0.3, PerMsgUS: 300}, {Process: "rabbitmq", CPUS: 0.5, PerMsgUS: 500}}}}
+	rt.Note("a note with 1,000 commands")
+	idle := &Section{Name: "idle", Title: "Idle", Status: StatusSkipped, Reason: "pushserver does not build yet"}
+	r := &Report{Started: time.Date(2026, 11, 23, 15, 0, 0, 0, time.UTC), DurationS: 300,
+		Host:     Host{CPUs: 2, Go: "go1.26", RabbitMQ: "3.10.8", Redis: "7.0.15", AppendFsync: "everysec", NoFile: 20000},
+		Gateway:  GatewaySet{APIServers: 1, Workers: 2, PushServers: 3},
+		Sections: []*Section{base, rt, idle}}
+	r.summarize()
+	return r
+}
+
+func TestReportJSON(t *testing.T) {
+	r := sampleReport()
+	var buf bytes.Buffer
+	if err := r.WriteJSON(&buf); err != nil {
+		t.Fatal(err)
+	}
+	var got struct {
+		Baseline float64                           `json:"baseline_amqp_per_s"`
+		Max      float64                           `json:"roundtrip_max_per_s"`
+		Ratio    float64                           `json:"ratio"`
+		Lat      map[string]map[string]json.Number `json:"roundtrip_latency_ms"`
+	}
+	if err := json.Unmarshal(buf.Bytes(), &got); err != nil {
+		t.Fatal(err)
+	}
+	if got.Baseline != 20000 || got.Max != 4000 || got.Ratio != 0.2 {
+		t.Errorf("baseline, max, ratio = %v, %v, %v, want 20000, 4000, 0.2", got.Baseline, got.Max, got.Ratio)
+	}
+	for _, rate := range []string{"1000", "2500", "5000"} {
+		p, ok := got.Lat[rate]
+		if !ok {
+			t.Errorf("roundtrip_latency_ms has no %q: %v", rate, got.Lat)
+			continue
+		}
+		for _, k := range []string{"p50", "p90", "p99", "p999", "max"} {
+			if _, ok := p[k]; !ok {
+				t.Errorf("roundtrip_latency_ms[%q] has no %q", rate, k)
+			}
+		}
+	}
+	if len(got.Lat) != 3 {
+		t.Errorf("roundtrip_latency_ms has keys %v, want only the fixed rates", got.Lat)
+	}
+	if got.Lat["2500"]["p50"] != "3" {
+		t.Errorf("roundtrip_latency_ms[2500].p50 = %v, want 3", got.Lat["2500"]["p50"])
+	}
+}
+
+func TestReportRatioWithoutBaseline(t *testing.T) {
+	r := &Report{Sections: []*Section{{Name: "roundtrip", Figures: []Figure{{Key: "roundtrip_max_per_s", Value: 10}}}}}
+	r.summarize()
+	if r.Ratio != 0 || r.RoundtripLatencyMS == nil {
+		t.Errorf("ratio = %v, latency map %v; want 0 and an empty map", r.Ratio, r.RoundtripLatencyMS)
+	}
+}
+
+func TestReportMarkdown(t *testing.T) {
+	r := sampleReport()
+	var buf bytes.Buffer
+	if err := r.WriteMarkdown(&buf); err != nil {
+		t.Fatal(err)
+	}
+	md := buf.String()
+	for _, want := range []string{
+		"# Gateway benchmark, 2026-11-23 15:00 UTC",
+		"| bare RabbitMQ baseline (one hop) | 20,000 /s | | |",
+		"| ratio round trip / baseline | 0.200 × | ≥ 0.200 × | ✓ |",
+		"| round trip at maximum rate | 4,000 /s | ≥ 5,000 /s | ✗ |",
+		"| round trip p99 at 2,500/s | 12.50 ms | ≤ 25.00 ms | ✓ |",
+		"- **Idle**: skipped: pushserver does not build yet",
+		"**skipped: pushserver does not build yet**",
+		"| round trip at 2,500/s | 100 | 3.00 | 6.00 | 9.00 | 12.00 | 15.00 |",
+		"| **all processes** | **0.80** | **800** |",
+		"## Where the time goes",
+		"rabbitmq 500 µs (62%), apiserver 300 µs (38%)",
+		"At that cost 2 CPUs carry at most 2,500 messages/s.",
+		"- a note with 1,000 commands",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+}
+
+func TestSelectSections(t *testing.T) {
+	all, err := selectSections("")
+	if err != nil || len(all) != len(sectionDefs) {
+		t.Fatalf("selectSections(\"\") = %d sections, %v; want all", len(all), err)
+	}
+	got, err := selectSections("idle, baseline")
+	if err != nil || len(got) != 2 || got[0].name != "baseline" || got[1].name != "idle" {
+		t.Errorf("selectSections(idle, baseline) = %v, %v; want baseline, idle in report order", got, err)
+	}
+	if _, err := selectSections("baseline,nope"); err == nil {
+		t.Error("selectSections(nope) = nil error, want an error")
+	}
+}
+
+func TestMQTTPackets(t *testing.T) {
+	long := strings.Repeat("x", 300) // remaining length needs two bytes
+	pkt := connectPacket("dev-1", "dev-1", long, 600*time.Second)
+	typ, body, err := readPacket(bufio.NewReader(bytes.NewReader(pkt)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if typ != 0x10 {
+		t.Errorf("type = 0x%02x, want 0x10", typ)
+	}
+	wantHead := []byte{0, 4, 'M', 'Q', 'T', 'T', 4, 0xC2, 0x02, 0x58, 0, 5, 'd', 'e', 'v', '-', '1'}
+	if !bytes.HasPrefix(body, wantHead) {
+		t.Errorf("CONNECT body starts % x, want % x", body[:len(wantHead)], wantHead)
+	}
+	if !bytes.HasSuffix(body, []byte(long)) || len(body) != len(wantHead)+2+5+2+300 {
+		t.Errorf("CONNECT body has %d bytes, want the username and the password at the end", len(body))
+	}
+	sub := subscribePacket(7, "devices/dev-1/commands")
+	typ, body, err = readPacket(bufio.NewReader(bytes.NewReader(sub)))
+	if err != nil || typ != 0x80 || body[0] != 0 || body[1] != 7 || body[len(body)-1] != 1 {
+		t.Errorf("SUBSCRIBE = 0x%02x % x, %v", typ, body, err)
+	}
+}

@@ -1,0 +1,179 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/iotgw/gateway/internal/auth"
+)
+
+// httpLoad posts commands to the apiserver: the bench's own small HTTP
+// load loop, for the sections that have no MQTT side.
+type httpLoad struct {
+	base    string
+	client  *http.Client
+	tokens  []string // one per client identity
+	devices int
+	prefix  string // device prefix
+	runID   string
+	query   string
+	seq     atomic.Int64
+
+	mu       sync.Mutex
+	byStatus map[int]int64
+	errs     []string
+}
+
+func newHTTPLoad(base, secret, clientPrefix string, clients, devices int, query string) (*httpLoad, error) {
+	h := &httpLoad{
+		base: strings.TrimRight(base, "/"),
+		client: &http.Client{Timeout: 30 * time.Second, Transport: &http.Transport{
+			Proxy:               nil,
+			DialContext:         (&net.Dialer{Timeout: 5 * time.Second}).DialContext,
+			MaxIdleConns:        4096,
+			MaxIdleConnsPerHost: 4096,
+			IdleConnTimeout:     90 * time.Second,
+		}},
+		devices:  devices,
+		prefix:   "dev-",
+		runID:    strconv.FormatInt(time.Now().UnixNano(), 36),
+		query:    query,
+		byStatus: map[int]int64{},
+	}
+	for i := range clients {
+		tok, err := auth.Mint([]byte(secret), fmt.Sprintf("%s%d", clientPrefix, i), auth.RoleClient, []string{"*"}, 24*time.Hour)
+		if err != nil {
+			return nil, err
+		}
+		h.tokens = append(h.tokens, tok)
+	}
+	return h, nil
+}
+
+// post sends one new command from client ci to device and returns the
+// HTTP status (0 for a transport error).
+func (h *httpLoad) post(ctx context.Context, ci int, device string) int {
+	n := h.seq.Add(1)
+	id := h.runID + "-" + strconv.FormatInt(n, 10)
+	body := `{"jsonrpc":"2.0","method":"echo","params":{"seq":` + strconv.FormatInt(n, 10) + `},"id":"` + id + `"}`
+	if device == "" {
+		device = h.prefix + strconv.FormatInt(n%int64(h.devices), 10)
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.base+"/v1/devices/"+device+"/commands"+h.query, strings.NewReader(body))
+	if err != nil {
+		return 0
+	}
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", "Bearer "+h.tokens[ci%len(h.tokens)])
+	resp, err := h.client.Do(req)
+	status := 0
+	if err == nil {
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+		resp.Body.Close()
+		status = resp.StatusCode
+		if status != http.StatusAccepted {
+			h.sample(fmt.Sprintf("%d %s", status, strings.TrimSpace(string(b[:min(len(b), 200)]))))
+		}
+	} else if ctx.Err() == nil {
+		h.sample(err.Error())
+	} else {
+		return 0 // cut off by the end of the run: not an answer
+	}
+	h.mu.Lock()
+	h.byStatus[status]++
+	h.mu.Unlock()
+	return status
+}
+
+func (h *httpLoad) sample(s string) {
+	h.mu.Lock()
+	if len(h.errs) < 5 {
+		h.errs = append(h.errs, s)
+	}
+	h.mu.Unlock()
+}
+
+// statuses returns and resets the counts by status.
+func (h *httpLoad) statuses() map[int]int64 {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	out := h.byStatus
+	h.byStatus = map[int]int64{}
+	return out
+}
+
+// closedLoop runs workers goroutines, each sending as soon as the
+// previous answer came, for d (and at most maxN requests in all). It
+// records the latency of each 202 and returns the number of 202s.
+func (h *httpLoad) closedLoop(ctx context.Context, workers int, d time.Duration, maxN int64, lat *Recorder) (accepted int64, elapsed time.Duration) {
+	ctx, cancel := context.WithTimeout(ctx, d)
+	defer cancel()
+	var n, acc atomic.Int64
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil && n.Add(1) <= maxN {
+				start := time.Now()
+				if h.post(ctx, w, "") == http.StatusAccepted {
+					lat.Add(time.Since(start))
+					acc.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	return acc.Load(), time.Since(t0)
+}
+
+// openLoop sends at rate per second for d, each request at its scheduled
+// time whatever the earlier ones do (at most maxInflight at once; beyond,
+// the schedule slips and the latency shows it). Latency is measured from
+// the scheduled time.
+func (h *httpLoad) openLoop(ctx context.Context, rate float64, d time.Duration, maxInflight int, lat, service *Recorder) (accepted, sent int64, elapsed time.Duration) {
+	interval := time.Duration(float64(time.Second) / rate)
+	sem := make(chan struct{}, maxInflight)
+	var acc atomic.Int64
+	var wg sync.WaitGroup
+	t0 := time.Now()
+	for i := 0; ; i++ {
+		at := t0.Add(time.Duration(i) * interval)
+		if at.Sub(t0) >= d || ctx.Err() != nil {
+			break
+		}
+		if w := time.Until(at); w > 0 {
+			sleepCtx(ctx, w)
+		}
+		select {
+		case sem <- struct{}{}:
+		case <-ctx.Done():
+		}
+		if ctx.Err() != nil {
+			break
+		}
+		sent++
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer func() { <-sem }()
+			start := time.Now()
+			if h.post(ctx, i, "") == http.StatusAccepted {
+				lat.Add(time.Since(at))
+				service.Add(time.Since(start))
+				acc.Add(1)
+			}
+		}()
+	}
+	wg.Wait()
+	return acc.Load(), sent, time.Since(t0)
+}

@@ -1,0 +1,344 @@
+// Command bench is the gateway's benchmark: `make bench` runs it after
+// starting RabbitMQ and Redis. In about five minutes it measures, on this
+// machine and with every process on 127.0.0.1:
+//
+//   - baseline: bare RabbitMQ, one hop, with the gateway's settings
+//     (persistent, mandatory, confirmed publishes to a quorum queue with
+//     the gateway's arguments; manual acks, prefetch 128);
+//   - roundtrip: client → apiserver → RabbitMQ → msgworker → Redis →
+//     pushserver → device → pushserver → RabbitMQ → msgworker → Redis →
+//     pushserver → client, at the maximum rate and at 200 (the path's own
+//     latency), 1,000, 2,500 and 5,000 commands/s, with devicesim fleet
+//     and devicesim load processes; unless --workers and --push-servers
+//     are given, it first probes 2 msgworkers with 3 pushservers against
+//     1 with 1 and keeps the faster layout;
+//   - reconnect: a device that connects to 1,000 waiting commands;
+//   - intake: the apiserver alone, no workers;
+//   - worker: one msgworker draining pre-filled commands and results
+//     queues;
+//   - push: one push server streaming mailboxes to 1,000 subscribers, and
+//     Mosquitto doing the same;
+//   - idle: resident memory per idle MQTT session of a push server.
+//
+// It writes bench/results/<date>T<hhmm>.md and .json: throughput, latency
+// percentiles, the CPU of every process (the brokers included) per
+// message of each run, and the ratio of the round trip to the baseline.
+// A section whose parts do not build or cannot run here is reported as
+// skipped with the reason; the others still run.
+//
+// Usage:
+//
+//	go run ./bench [--quick] [--sections baseline,roundtrip,...] [--out bench/results]
+//
+// Every section works in a namespace of its own (bench-<unix>-<section>)
+// and deletes its queues and keys afterwards. Logs of the processes go to
+// run/bench-<date>/ (not committed).
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/url"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"runtime/debug"
+	"strings"
+	"syscall"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/iotgw/gateway/internal/config"
+	"github.com/iotgw/gateway/internal/gwproc"
+)
+
+func main() {
+	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout)
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		os.Exit(1)
+	}
+}
+
+// sectionDef is one section of the benchmark.
+type sectionDef struct {
+	name, title string
+	run         func(ctx context.Context, b *Bench, s *Section) error
+	// budget bounds the section (full run; a quick run takes half).
+	budget time.Duration
+}
+
+var sectionDefs = []sectionDef{
+	{"baseline", "Bare RabbitMQ baseline (one hop, the gateway's settings)", runBaseline, 60 * time.Second},
+	{"roundtrip", "Round trip through the gateway", runRoundtrip, 4 * time.Minute},
+	{"reconnect", "A device reconnecting to 1,000 waiting commands", runReconnect, 90 * time.Second},
+	{"intake", "Intake only: the apiserver without workers", runIntake, 90 * time.Second},
+	{"worker", "Worker only: one msgworker draining pre-filled queues", runWorker, 2 * time.Minute},
+	{"push", "Push server only, and Mosquitto for comparison", runPush, 2 * time.Minute},
+	{"idle", "Idle MQTT sessions: memory per session", runIdle, 2 * time.Minute},
+}
+
+// run is the whole program; main only supplies the process's context,
+// arguments, environment and output.
+func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	out := fs.String("out", "bench/results", "folder of the reports (relative to the module root)")
+	only := fs.String("sections", "", "comma-separated sections to run (default all): "+sectionNames())
+	quick := fs.Bool("quick", false, "a smoke run of about a minute and a half: short runs, small counts")
+	workers := fs.Int("workers", 0, "msgworkers of the round-trip gateway (default: probe 2 and 1, keep the faster)")
+	push := fs.Int("push-servers", 0, "pushservers of the round-trip gateway (default: probe 3 and 1, keep the faster)")
+	logLevel := fs.String("log-level", "", "GW_LOG_LEVEL of the gateway's processes (default: theirs, info)")
+	maxTime := fs.Duration("max-time", 0, "sections that would start after this are skipped (default 9m, 4m with --quick)")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil
+		}
+		return err
+	}
+	if fs.NArg() > 0 {
+		return fmt.Errorf("unexpected arguments %q", fs.Args())
+	}
+	selected, err := selectSections(*only)
+	if err != nil {
+		return err
+	}
+	if *workers < 0 || *push < 0 || (*workers == 0) != (*push == 0) {
+		return errors.New("--workers and --push-servers go together, each at least 1")
+	}
+	if *maxTime <= 0 {
+		*maxTime = 9 * time.Minute
+		if *quick {
+			*maxTime = 4 * time.Minute
+		}
+	}
+	root, err := gwproc.RepoRoot()
+	if err != nil {
+		return err
+	}
+	outDir := *out
+	if !filepath.IsAbs(outDir) {
+		outDir = filepath.Join(root, outDir)
+	}
+	if err := os.MkdirAll(outDir, 0o755); err != nil {
+		return fmt.Errorf("cannot create %s: %w", outDir, err)
+	}
+
+	started := time.Now()
+	stamp := started.UTC().Format("2006-01-02T1504")
+	b := &Bench{
+		AMQPURL:     envOr(getenv, "GW_AMQP_URL", config.DefaultAMQPURL),
+		MgmtURL:     envOr(getenv, "GW_AMQP_MGMT_URL", config.DefaultAMQPMgmtURL),
+		RedisURL:    envOr(getenv, "GW_REDIS_URL", config.DefaultRedisURL),
+		Secret:      randomSecret(),
+		Quick:       *quick,
+		Workers:     *workers,
+		PushServers: *push,
+		LogLevel:    *logLevel,
+		Root:        root,
+		Log:         stdout,
+		started:     started,
+		metricsAddr: map[*gwproc.Proc]string{},
+	}
+	for _, u := range []string{b.AMQPURL, b.MgmtURL, b.RedisURL} {
+		if err := requireLoopback(u); err != nil {
+			return err
+		}
+	}
+	// A folder of its own: two runs may start in the same minute.
+	if err := os.MkdirAll(filepath.Join(root, "run"), 0o755); err != nil {
+		return err
+	}
+	if b.RunDir, err = os.MkdirTemp(filepath.Join(root, "run"), "bench-"+stamp+"-"); err != nil {
+		return fmt.Errorf("cannot create the run folder: %w", err)
+	}
+	b.BinDir = filepath.Join(b.RunDir, "bin")
+	if err := os.MkdirAll(b.BinDir, 0o755); err != nil {
+		return fmt.Errorf("cannot create %s: %w", b.BinDir, err)
+	}
+	defer os.RemoveAll(b.BinDir) // the logs stay
+	nofile := raiseNoFile()
+	b.rdb, err = newRedis(b.RedisURL, 256)
+	if err != nil {
+		return err
+	}
+	defer b.rdb.Close()
+
+	rep := &Report{Started: started, Quick: *quick}
+	load0 := loadAvg()
+	serversErr := b.checkServers(ctx)
+	if serversErr == nil {
+		rep.Host = b.hostInfo(ctx, nofile)
+		b.logf("building the gateway into %s", b.BinDir)
+		b.build(ctx)
+	} else {
+		rep.Host = Host{NoFile: nofile}
+	}
+	rep.Host.LoadStart = load0
+	if serversErr != nil {
+		b.logf("servers: %v", serversErr)
+	}
+
+	for _, def := range selected {
+		s := &Section{Name: def.name, Title: def.title, Status: StatusOK}
+		rep.Sections = append(rep.Sections, s)
+		if serversErr != nil {
+			s.Status, s.Reason = StatusSkipped, serversErr.Error()
+			continue
+		}
+		if ctx.Err() != nil {
+			s.Status, s.Reason = StatusSkipped, "interrupted"
+			continue
+		}
+		left := time.Until(started.Add(*maxTime))
+		if left < 10*time.Second {
+			s.Status, s.Reason = StatusSkipped, fmt.Sprintf("the run's time limit (--max-time %s) was reached", *maxTime)
+			continue
+		}
+		budget := def.budget
+		if b.Quick {
+			budget /= 2
+		}
+		budget = min(budget, left)
+		b.logf("== %s", def.name)
+		t0 := time.Now()
+		err := runSection(ctx, budget, b, s, def)
+		s.DurationS = time.Since(t0).Seconds()
+		var sk errSkip
+		switch {
+		case errors.As(err, &sk):
+			s.Status, s.Reason = StatusSkipped, sk.reason
+		case err != nil:
+			s.Status, s.Reason = StatusFailed, err.Error()
+		}
+		b.logf("== %s: %s %s (%s)", def.name, s.Status, s.Reason, time.Since(t0).Round(100*time.Millisecond))
+	}
+	rep.Gateway = b.layout
+	rep.DurationS = time.Since(started).Seconds()
+	rep.Host.LoadEnd = loadAvg()
+	rep.summarize()
+	return writeReports(rep, outDir, stamp, stdout)
+}
+
+// runSection runs one section within its budget, turning a panic into a
+// failure so the other sections still run.
+func runSection(ctx context.Context, budget time.Duration, b *Bench, s *Section, def sectionDef) (err error) {
+	ctx, cancel := context.WithTimeout(ctx, budget)
+	defer cancel()
+	defer func() {
+		if p := recover(); p != nil {
+			err = fmt.Errorf("panic: %v\n%s", p, debug.Stack())
+		}
+	}()
+	err = def.run(ctx, b, s)
+	if err != nil && ctx.Err() != nil && !errors.As(err, new(errSkip)) {
+		err = fmt.Errorf("%w (the section's budget is %s)", err, budget)
+	}
+	return err
+}
+
+// checkServers checks that RabbitMQ and Redis answer.
+func (b *Bench) checkServers(ctx context.Context) error {
+	cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	if err := b.rdb.Ping(cctx).Err(); err != nil {
+		return fmt.Errorf("Redis is not reachable at %s (start it with deployments/local/services.sh): %w", b.RedisURL, err)
+	}
+	conn, err := amqp.DialConfig(b.AMQPURL, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second)})
+	if err != nil {
+		return fmt.Errorf("RabbitMQ is not reachable (start it with deployments/local/services.sh): %w", err)
+	}
+	return conn.Close()
+}
+
+func writeReports(rep *Report, dir, stamp string, stdout io.Writer) error {
+	base := filepath.Join(dir, stamp)
+	for i := 2; ; i++ {
+		if _, err := os.Stat(base + ".md"); errors.Is(err, os.ErrNotExist) {
+			break
+		}
+		base = filepath.Join(dir, fmt.Sprintf("%s-%d", stamp, i))
+	}
+	var md, js strings.Builder
+	if err := rep.WriteMarkdown(&md); err != nil {
+		return err
+	}
+	if err := rep.WriteJSON(&js); err != nil {
+		return err
+	}
+	if err := os.WriteFile(base+".md", []byte(md.String()), 0o644); err != nil {
+		return fmt.Errorf("cannot write the report: %w", err)
+	}
+	if err := os.WriteFile(base+".json", []byte(js.String()), 0o644); err != nil {
+		return fmt.Errorf("cannot write the report: %w", err)
+	}
+	fmt.Fprintf(stdout, "\nreport: %s.md\n        %s.json\n", base, base)
+	fmt.Fprintf(stdout, "baseline %.0f/s, round trip %.0f/s, ratio %.3f\n", rep.BaselineAMQPPerS, rep.RoundtripMaxPerS, rep.Ratio)
+	return nil
+}
+
+func selectSections(list string) ([]sectionDef, error) {
+	if strings.TrimSpace(list) == "" {
+		return sectionDefs, nil
+	}
+	want := map[string]bool{}
+	for _, n := range strings.Split(list, ",") {
+		n = strings.TrimSpace(n)
+		found := false
+		for _, d := range sectionDefs {
+			if d.name == n {
+				found = true
+			}
+		}
+		if !found {
+			return nil, fmt.Errorf("unknown section %q (sections: %s)", n, sectionNames())
+		}
+		want[n] = true
+	}
+	var out []sectionDef
+	for _, d := range sectionDefs {
+		if want[d.name] {
+			out = append(out, d)
+		}
+	}
+	return out, nil
+}
+
+func sectionNames() string {
+	var n []string
+	for _, d := range sectionDefs {
+		n = append(n, d.name)
+	}
+	return strings.Join(n, ",")
+}
+
+// requireLoopback refuses a server URL whose host is not a loopback
+// address: the benchmark sends all its traffic to 127.0.0.1.
+func requireLoopback(raw string) error {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return fmt.Errorf("cannot parse server URL: %w", err)
+	}
+	h := u.Hostname()
+	if h == "localhost" {
+		return nil
+	}
+	if ip := net.ParseIP(h); ip != nil && ip.IsLoopback() {
+		return nil
+	}
+	return fmt.Errorf("the benchmark only talks to servers on loopback, and %s is on %q", u.Redacted(), h)
+}
+
+func envOr(getenv func(string) string, name, def string) string {
+	if v := getenv(name); v != "" {
+		return v
+	}
+	return def
+}

@@ -1,0 +1,352 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"strconv"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/mailbox"
+	"github.com/iotgw/gateway/protocol"
+)
+
+// mosquittoAddr is where the comparison broker listens.
+const mosquittoAddr = "127.0.0.1:1883"
+
+// receiver counts the messages of a push run: each (client, j) once,
+// duplicates apart, with the latency from the time written in the
+// payload.
+type receiver struct {
+	run       int // messages of other runs are stale redeliveries
+	stale     atomic.Int64
+	perClient int
+	seen      []atomic.Int32
+	count     atomic.Int64
+	dups      atomic.Int64
+	bad       atomic.Int64
+	last      atomic.Int64 // unix ns of the latest first receipt
+	lat       Recorder
+	done      chan struct{}
+	total     int64
+}
+
+func newReceiver(run, clients, perClient int) *receiver {
+	return &receiver{run: run, perClient: perClient, seen: make([]atomic.Int32, clients*perClient),
+		done: make(chan struct{}), total: int64(clients * perClient)}
+}
+
+func pushPayload(run, c, j int) []byte {
+	return []byte(`{"jsonrpc":"2.0","result":{"r":` + strconv.Itoa(run) + `,"t":` + strconv.FormatInt(time.Now().UnixNano(), 10) +
+		`,"c":` + strconv.Itoa(c) + `,"j":` + strconv.Itoa(j) + `},"id":"r-` + strconv.Itoa(c) + `-` + strconv.Itoa(j) + `"}`)
+}
+
+func (r *receiver) handle(_ mqtt.Client, m mqtt.Message) {
+	now := time.Now()
+	var v struct {
+		Result struct {
+			R    int   `json:"r"`
+			T    int64 `json:"t"`
+			C, J int
+		} `json:"result"`
+	}
+	if json.Unmarshal(m.Payload(), &v) != nil || v.Result.J >= r.perClient || v.Result.C*r.perClient+v.Result.J >= len(r.seen) {
+		r.bad.Add(1)
+		return
+	}
+	if v.Result.R != r.run {
+		r.stale.Add(1)
+		return
+	}
+	if r.seen[v.Result.C*r.perClient+v.Result.J].Add(1) > 1 {
+		r.dups.Add(1)
+		return
+	}
+	r.lat.Add(now.Sub(time.Unix(0, v.Result.T)))
+	r.last.Store(now.UnixNano())
+	if r.count.Add(1) == r.total {
+		close(r.done)
+	}
+}
+
+// wait waits until every message arrived or d passed.
+func (r *receiver) wait(ctx context.Context, d time.Duration) bool {
+	select {
+	case <-r.done:
+		return true
+	case <-time.After(d):
+	case <-ctx.Done():
+	}
+	return false
+}
+
+// runPush measures one push server streaming mailboxes: 1,000 clients
+// connected and subscribed to their results, then every mailbox filled
+// with mailbox.Put; the figure is messages delivered per second at QoS 1
+// (each removed from its mailbox on its PUBACK). Then the same clients
+// and messages through Mosquitto on 127.0.0.1:1883, published at QoS 1.
+func runPush(ctx context.Context, b *Bench, s *Section) error {
+	ns := b.namespace("push")
+	s.Namespace = ns
+	defer func() {
+		if err := b.cleanup(ns); err != nil {
+			s.Note("cleanup: %v", err)
+		}
+	}()
+	clients, per := 1000, 50
+	if b.Quick {
+		clients, per = 1000, 10
+	}
+	s.Note("%d clients, each subscribed at QoS 1 to its results filter, %d messages each (%d in all), payloads of about 90 bytes; the bench's paho clients PUBACK each message.", clients, per, clients*per)
+
+	gwErr := pushGateway(ctx, b, s, ns, clients, per)
+	if gwErr != nil && !errors.As(gwErr, new(errSkip)) {
+		return gwErr
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	sleepCtx(ctx, time.Second)
+	if err := pushMosquitto(ctx, b, s, ns, clients, per); err != nil {
+		if errors.As(err, new(errSkip)) {
+			s.Note("Mosquitto: %v", err)
+		} else {
+			return fmt.Errorf("mosquitto: %w", err)
+		}
+	}
+	if gw, ok := s.Figure("push_msgs_per_s"); ok {
+		if mq, ok := s.Figure("mosquitto_msgs_per_s"); ok && mq.Value > 0 {
+			s.Add("push_vs_mosquitto", "push server / Mosquitto", gw.Value/mq.Value, "×", nil)
+		}
+	}
+	return gwErr
+}
+
+func pushGateway(ctx context.Context, b *Bench, s *Section, ns string, clients, per int) error {
+	const node = "push-0"
+	p, addr, err := b.startPushServer(ctx, "push", ns, node)
+	if err != nil {
+		return err
+	}
+	defer p.Stop()
+	store := mailbox.New(b.rdb, ns, mailbox.Options{})
+	ids := make([]string, clients)
+	tokens := make([]string, clients)
+	for i := range ids {
+		ids[i] = "pc-" + strconv.Itoa(i)
+		if tokens[i], err = auth.Mint([]byte(b.Secret), ids[i], auth.RoleClient, nil, 24*time.Hour); err != nil {
+			return err
+		}
+	}
+	var cur atomic.Pointer[receiver]
+	handle := func(c mqtt.Client, m mqtt.Message) { cur.Load().handle(c, m) }
+	total := clients * per
+	run := 1
+	put := func(k int) error {
+		j, c := k/clients, k%clients
+		_, err := store.Put(ctx, ids[c], protocol.ClientResultsTopic(ids[c], "dev-"+strconv.Itoa(j%100)), pushPayload(run, c, j), time.Time{}, node)
+		return err
+	}
+
+	// Backlog: the clients connect without subscribing, the mailboxes
+	// are filled, then every client subscribes and gets its backlog.
+	t0 := time.Now()
+	subs, err := connectAll(ctx, clients, 64, func(i int) (mqtt.Client, error) {
+		return pahoClient(addr, ids[i], ids[i], tokens[i], "", nil)
+	})
+	if err != nil {
+		return fmt.Errorf("push server: %w (log %s)", err, p.Log)
+	}
+	defer disconnectAll(subs)
+	s.Note("Push server: %d clients connected in %s.", clients, time.Since(t0).Round(time.Millisecond))
+	b.logf("push: %d clients connected", clients)
+	rcv := newReceiver(run, clients, per)
+	cur.Store(rcv)
+	t0 = time.Now()
+	if err := parallel(ctx, 64, total, put); err != nil {
+		return fmt.Errorf("cannot fill the mailboxes: %w", err)
+	}
+	putEl := time.Since(t0)
+	s.Add("push_put_per_s", "mailbox.Put by the bench, 64 at a time", perSecond(int64(total), putEl), "/s", nil)
+	sleepCtx(ctx, 300*time.Millisecond)
+	if n := rcv.count.Load(); n > 0 {
+		s.Note("Push server: %d messages reached clients that had not subscribed (DESIGN §5: a session that never subscribes receives nothing).", n)
+	}
+	m := b.newMeter(append([]cpuSource{procSource(p)}, b.brokers(ctx)...)...)
+	t0 = time.Now()
+	if err := parallel(ctx, 64, clients, func(i int) error {
+		return pahoSubscribe(subs[i], protocol.ClientResultsFilter(ids[i]), handle)
+	}); err != nil {
+		return fmt.Errorf("push server: %w", err)
+	}
+	subEl := time.Since(t0)
+	complete := rcv.wait(ctx, 60*time.Second)
+	el := time.Duration(rcv.last.Load() - t0.UnixNano())
+	got := rcv.count.Load()
+	cpu := m.table("push server, backlog", got)
+	s.CPU = append(s.CPU, cpu)
+	if !complete {
+		s.Note("Push server, backlog: only %d of %d messages arrived within 60 s.", got, total)
+	}
+	s.Add("push_backlog_msgs_per_s", fmt.Sprintf("push server: waiting messages delivered at QoS 1 to %s clients that subscribe", thousands(float64(clients))), perSecond(got, el), "msgs/s", AtLeast(20000))
+	s.Explain(cpu.Run)
+	s.Note("Push server, backlog: %d messages put in %s while the clients were connected but not subscribed; the SUBSCRIBEs took %s; the last message arrived %s after the first SUBSCRIBE; %d duplicates.",
+		total, putEl.Round(time.Millisecond), subEl.Round(time.Millisecond), el.Round(time.Millisecond), rcv.dups.Load())
+	b.logf("push server backlog: %.0f msgs/s", perSecond(got, el))
+	if err := mailboxesEmpty(ctx, s, store, ids, "backlog"); err != nil {
+		return err
+	}
+
+	// Live: the clients are subscribed, the mailboxes are filled; the
+	// push server streams while the Puts go on.
+	run = 2
+	rcv = newReceiver(run, clients, per)
+	cur.Store(rcv)
+	sleepCtx(ctx, 500*time.Millisecond)
+	m.reset()
+	t0 = time.Now()
+	if err := parallel(ctx, 64, total, put); err != nil {
+		return fmt.Errorf("cannot fill the mailboxes: %w", err)
+	}
+	putEl = time.Since(t0)
+	complete = rcv.wait(ctx, 60*time.Second)
+	el = time.Duration(rcv.last.Load() - t0.UnixNano())
+	got = rcv.count.Load()
+	cpu = m.table("push server, live", got)
+	s.CPU = append(s.CPU, cpu)
+	if !complete {
+		s.Note("Push server, live: only %d of %d messages arrived within 60 s.", got, total)
+	}
+	rate := perSecond(got, el)
+	s.Add("push_msgs_per_s", fmt.Sprintf("push server: messages delivered at QoS 1 to %s subscribed clients while their mailboxes are filled", thousands(float64(clients))), rate, "msgs/s", AtLeast(20000))
+	s.Explain(cpu.Run)
+	s.Latencies = append(s.Latencies, LatencyRow{"push server, live: mailbox.Put → client receives", rcv.lat.Summary()})
+	s.Note("Push server, live: the last of %d messages arrived %s after the first Put; the Puts took %s; %d duplicates, %d unparsable, %d redeliveries of backlog messages.",
+		got, el.Round(time.Millisecond), putEl.Round(time.Millisecond), rcv.dups.Load(), rcv.bad.Load(), rcv.stale.Load())
+	if putEl > el*9/10 {
+		s.Note("Push server, live: the Puts ended close to the last delivery, so the filling side (Redis scripts run by the bench, sharing the CPUs) bounds this figure as much as the push server; the backlog figure leaves it out.")
+	}
+	b.logf("push server live: %.0f msgs/s", rate)
+	if err := mailboxesEmpty(ctx, s, store, ids, "live"); err != nil {
+		return err
+	}
+	s.Notes = append(s.Notes, logProblems(p)...)
+	return nil
+}
+
+// mailboxesEmpty notes entries left in the mailboxes once every message
+// was received (each should go at its PUBACK): how many, and how long
+// they took to go (at most 10 s).
+func mailboxesEmpty(ctx context.Context, s *Section, store *mailbox.Store, ids []string, run string) error {
+	count := func() (int64, error) {
+		var left int64
+		for _, id := range ids {
+			n, err := store.Len(ctx, id)
+			if err != nil {
+				return 0, err
+			}
+			left += n
+		}
+		return left, nil
+	}
+	t0 := time.Now()
+	first, err := count()
+	if err != nil || first == 0 {
+		return err
+	}
+	left := first
+	for time.Since(t0) < 10*time.Second && left > 0 && ctx.Err() == nil {
+		time.Sleep(100 * time.Millisecond)
+		if left, err = count(); err != nil {
+			return err
+		}
+	}
+	if left == 0 {
+		s.Note("Push server, %s: %d entries were still in the mailboxes when the last message had been received; they were gone %s later (an entry goes at its PUBACK).", run, first, time.Since(t0).Round(100*time.Millisecond))
+	} else {
+		s.Note("Push server, %s: %d entries were still in the mailboxes when the last message had been received, and %d after 10 s more (an entry goes at its PUBACK).", run, first, left)
+	}
+	return nil
+}
+
+func pushMosquitto(ctx context.Context, b *Bench, s *Section, ns string, clients, per int) error {
+	c, err := net.DialTimeout("tcp", mosquittoAddr, 2*time.Second)
+	if err != nil {
+		return skip("nothing listens on %s (install mosquitto for the comparison)", mosquittoAddr)
+	}
+	c.Close()
+	rcv := newReceiver(0, clients, per)
+	topic := func(c, j int) string {
+		return ns + "/clients/pc-" + strconv.Itoa(c) + "/results/dev-" + strconv.Itoa(j%100)
+	}
+	t0 := time.Now()
+	subs, err := connectAll(ctx, clients, 64, func(i int) (mqtt.Client, error) {
+		return pahoClient(mosquittoAddr, ns+"-pc-"+strconv.Itoa(i), "", "", ns+"/clients/pc-"+strconv.Itoa(i)+"/results/+", rcv.handle)
+	})
+	if err != nil {
+		return err
+	}
+	defer disconnectAll(subs)
+	const publishers = 8
+	pubs, err := connectAll(ctx, publishers, publishers, func(i int) (mqtt.Client, error) {
+		return pahoClient(mosquittoAddr, ns+"-pub-"+strconv.Itoa(i), "", "", "", nil)
+	})
+	if err != nil {
+		return err
+	}
+	defer disconnectAll(pubs)
+	s.Note("Mosquitto: %d clients connected and subscribed in %s; %d publisher connections publish at QoS 1.", clients, time.Since(t0).Round(time.Millisecond), publishers)
+	sleepCtx(ctx, 500*time.Millisecond)
+
+	srcs := []cpuSource{}
+	if pid := listenerPID(1883); pid > 0 {
+		srcs = append(srcs, cpuSource{"mosquitto", func() time.Duration { return procCPU(pid) }})
+	}
+	self := b.brokers(ctx)
+	srcs = append(srcs, self[len(self)-1]) // the bench itself
+	m := b.newMeter(srcs...)
+	total := clients * per
+	t0 = time.Now()
+	var pubErrs atomic.Int64
+	pubDone := make(chan time.Duration, 1)
+	deadline := time.Now().Add(60 * time.Second)
+	go func() {
+		_ = parallel(ctx, publishers, publishers, func(k int) error {
+			var toks []mqtt.Token
+			for n := k; n < total; n += publishers {
+				j, c := n/clients, n%clients
+				toks = append(toks, pubs[k].Publish(topic(c, j), 1, false, pushPayload(0, c, j)))
+			}
+			for _, t := range toks {
+				if !t.WaitTimeout(max(time.Until(deadline), time.Millisecond)) || t.Error() != nil {
+					pubErrs.Add(1)
+				}
+			}
+			return nil
+		})
+		pubDone <- time.Since(t0)
+	}()
+	complete := rcv.wait(ctx, 90*time.Second)
+	pd := <-pubDone
+	el := time.Duration(rcv.last.Load() - t0.UnixNano())
+	got := rcv.count.Load()
+	cpu := m.table("Mosquitto", got)
+	s.CPU = append(s.CPU, cpu)
+	if !complete {
+		s.Note("Mosquitto: only %d of %d messages arrived within 90 s.", got, total)
+	}
+	rate := perSecond(got, el)
+	s.Add("mosquitto_msgs_per_s", fmt.Sprintf("Mosquitto: messages delivered at QoS 1 to %s clients", thousands(float64(clients))), rate, "msgs/s", nil)
+	s.Explain(cpu.Run)
+	s.Latencies = append(s.Latencies, LatencyRow{"Mosquitto: publish → client receives", rcv.lat.Summary()})
+	s.Note("Mosquitto: the last of %d messages arrived %s after the first publish; the publishes were acknowledged after %s; %d duplicates, %d publish errors.",
+		got, el.Round(time.Millisecond), pd.Round(time.Millisecond), rcv.dups.Load(), pubErrs.Load())
+	b.logf("mosquitto: %.0f msgs/s", rate)
+	return nil
+}

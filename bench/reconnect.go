@@ -1,0 +1,171 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/protocol"
+)
+
+// reconnectWaiting is how many commands wait for the device.
+const reconnectWaiting = 1000
+
+// runReconnect measures a device that comes back to a full mailbox: a
+// client sends 1,000 commands to an offline device through the API, the
+// worker puts them all into its mailbox, then the device connects and
+// subscribes; the figure is the time from CONNECT to the 1,000th command.
+func runReconnect(ctx context.Context, b *Bench, s *Section) error {
+	ns := b.namespace("reconnect")
+	s.Namespace = ns
+	defer func() {
+		if err := b.cleanup(ns); err != nil {
+			s.Note("cleanup: %v", err)
+		}
+	}()
+	g, err := b.startGateway(ctx, "reconnect", ns, 1, 1)
+	if err != nil {
+		return err
+	}
+	defer g.Stop()
+	const device = "dev-waiting"
+
+	// 1,000 commands from one client, 32 at a time, to the offline device.
+	load, err := newHTTPLoad(g.APIURL, b.Secret, "rc-", 1, 1, "?expires_in=10m&timeout=60s")
+	if err != nil {
+		return err
+	}
+	var acc atomic.Int64
+	if err := parallel(ctx, 32, reconnectWaiting, func(int) error {
+		if load.post(ctx, 0, device) == http.StatusAccepted {
+			acc.Add(1)
+		}
+		return nil
+	}); err != nil {
+		return err
+	}
+	if acc.Load() != reconnectWaiting {
+		return fmt.Errorf("only %d of %d commands accepted: %v %q", acc.Load(), reconnectWaiting, load.statuses(), load.errs)
+	}
+	keys := protocol.NewKeys(ns)
+	var inbox int64
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		if inbox, err = b.rdb.XLen(ctx, keys.Mailbox(device)).Result(); err != nil {
+			return err
+		}
+		if inbox >= reconnectWaiting || time.Now().After(deadline) || ctx.Err() != nil {
+			break
+		}
+	}
+	if inbox < reconnectWaiting {
+		return fmt.Errorf("only %d of %d commands reached the device's mailbox within 30s", inbox, reconnectWaiting)
+	}
+	b.logf("reconnect: %d commands waiting", inbox)
+
+	tok, err := auth.Mint([]byte(b.Secret), device, auth.RoleDevice, nil, time.Hour)
+	if err != nil {
+		return err
+	}
+	broker, err := ownerAddr(ctx, g.APIURL, device, tok)
+	if err != nil {
+		return err
+	}
+	var (
+		mu       sync.Mutex
+		seen     = map[string]bool{}
+		dups     int
+		first    time.Time
+		lastAt   time.Time
+		complete = make(chan struct{})
+	)
+	handler := func(_ mqtt.Client, m mqtt.Message) {
+		now := time.Now()
+		var req struct {
+			ID string `json:"id"`
+		}
+		_ = json.Unmarshal(m.Payload(), &req)
+		mu.Lock()
+		defer mu.Unlock()
+		if seen[req.ID] {
+			dups++
+			return
+		}
+		seen[req.ID] = true
+		if first.IsZero() {
+			first = now
+		}
+		lastAt = now
+		if len(seen) == reconnectWaiting {
+			close(complete)
+		}
+	}
+	push := g.Push[0]
+	m := b.newMeter(append(gatewaySources(g), b.brokers(ctx)...)...)
+	t0 := time.Now()
+	c, err := pahoClient(broker, device, device, tok, "", nil)
+	if err != nil {
+		return err
+	}
+	defer c.Disconnect(50)
+	tConn := time.Now()
+	if err := pahoSubscribe(c, protocol.DeviceCommandsTopic(device), handler); err != nil {
+		return err
+	}
+	tSub := time.Now()
+	select {
+	case <-complete:
+	case <-time.After(30 * time.Second):
+	case <-ctx.Done():
+	}
+	mu.Lock()
+	got, d, f, l := len(seen), dups, first, lastAt
+	mu.Unlock()
+	s.CPU = append(s.CPU, m.table("the drain", int64(got)))
+	if got < reconnectWaiting {
+		return fmt.Errorf("the device received %d of %d waiting commands within 30s (push server log %s)", got, reconnectWaiting, push.Log)
+	}
+	total := l.Sub(t0)
+	s.Add("reconnect_drain_ms", "1,000 waiting commands: CONNECT → 1,000th command", float64(total.Microseconds())/1000, "ms", AtMost(1000))
+	s.Add("reconnect_per_s", "commands per second to the reconnected device", perSecond(int64(got), l.Sub(f)), "/s", nil)
+	s.Note("CONNECT → CONNACK %s, → SUBACK %s, → first command %s, → 1,000th command %s; %d duplicates. The device PUBACKs each command (paho) and does not answer it.",
+		tConn.Sub(t0).Round(100*time.Microsecond), tSub.Sub(t0).Round(100*time.Microsecond), f.Sub(t0).Round(100*time.Microsecond), total.Round(100*time.Microsecond), d)
+	s.Note("Gateway: 1 apiserver, 1 msgworker, 1 pushserver. The commands were accepted through the API (expires_in 10m) and all %d were in the device's mailbox before it connected.", inbox)
+	s.Notes = append(s.Notes, logProblems(g.All()...)...)
+	b.logf("reconnect: %s", total.Round(time.Millisecond))
+	return nil
+}
+
+// ownerAddr asks the API which push server owns identity and returns its
+// host:port.
+func ownerAddr(ctx context.Context, api, identity, token string) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, strings.TrimRight(api, "/")+"/v1/connect/"+url.PathEscape(identity), nil)
+	if err != nil {
+		return "", err
+	}
+	req.Header.Set("Authorization", "Bearer "+token)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return "", fmt.Errorf("cannot find the push server of %s: %w", identity, err)
+	}
+	defer resp.Body.Close()
+	var o struct {
+		MQTTURL string `json:"mqtt_url"`
+	}
+	if resp.StatusCode != http.StatusOK || json.NewDecoder(resp.Body).Decode(&o) != nil {
+		return "", fmt.Errorf("cannot find the push server of %s: %s", identity, resp.Status)
+	}
+	u, err := url.Parse(o.MQTTURL)
+	if err != nil || u.Host == "" {
+		return "", fmt.Errorf("bad MQTT URL %q for %s", o.MQTTURL, identity)
+	}
+	return u.Host, nil
+}
