@@ -11,6 +11,7 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/iotgw/gateway/internal/amqpx"
+	"github.com/iotgw/gateway/internal/latency"
 	"github.com/iotgw/gateway/protocol"
 )
 
@@ -103,7 +104,7 @@ func runBaseline(ctx context.Context, b *Bench, s *Section) error {
 		room <- struct{}{}
 	}
 	var measuring atomic.Bool
-	var hop Recorder
+	var hop latency.Recorder
 	consumerDone := make(chan struct{})
 	go func() {
 		defer close(consumerDone)
@@ -143,7 +144,7 @@ func runBaseline(ctx context.Context, b *Bench, s *Section) error {
 		chans = append(chans, ch)
 	}
 	var confirmed, nacked, perrs, started atomic.Int64
-	var confirmLat Recorder
+	var confirmLat latency.Recorder
 	pctx, stopPub := context.WithCancel(ctx)
 	defer stopPub()
 	var wg sync.WaitGroup

@@ -223,47 +223,6 @@ func raiseNoFile() uint64 {
 	return rl.Cur
 }
 
-// procCPU returns the user+system CPU time of process pid (0 when it
-// cannot be read).
-func procCPU(pid int) time.Duration {
-	if pid <= 0 {
-		return 0
-	}
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	if err != nil {
-		return 0
-	}
-	s := string(b)
-	i := strings.LastIndexByte(s, ')')
-	if i < 0 {
-		return 0
-	}
-	f := strings.Fields(s[i+1:])
-	if len(f) < 13 {
-		return 0
-	}
-	ut, _ := strconv.ParseInt(f[11], 10, 64)
-	st, _ := strconv.ParseInt(f[12], 10, 64)
-	return time.Duration(ut+st) * time.Second / 100 // USER_HZ
-}
-
-// procRSS returns the resident set size of pid in bytes.
-func procRSS(pid int) int64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
-	if err != nil {
-		return 0
-	}
-	for _, line := range strings.Split(string(b), "\n") {
-		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			if f := strings.Fields(rest); len(f) > 0 {
-				kb, _ := strconv.ParseInt(f[0], 10, 64)
-				return kb << 10
-			}
-		}
-	}
-	return 0
-}
-
 // listenerPID finds the process listening on 127.0.0.1 (or any address)
 // at port, through /proc/net/tcp and the processes' descriptors; 0 when
 // it cannot tell (another user's process, not Linux).
@@ -336,15 +295,15 @@ type meter struct {
 func (b *Bench) brokers(ctx context.Context) []cpuSource {
 	var out []cpuSource
 	if pid := listenerPID(urlPort(b.AMQPURL, 5672)); pid > 0 {
-		out = append(out, cpuSource{"rabbitmq", func() time.Duration { return procCPU(pid) }})
+		out = append(out, cpuSource{"rabbitmq", func() time.Duration { return gwproc.ProcessCPU(pid) }})
 	}
 	if m, err := b.rdb.InfoMap(ctx, "server").Result(); err == nil {
-		if pid, _ := strconv.Atoi(m["Server"]["process_id"]); pid > 0 && procCPU(pid) > 0 {
-			out = append(out, cpuSource{"redis", func() time.Duration { return procCPU(pid) }})
+		if pid, _ := strconv.Atoi(m["Server"]["process_id"]); pid > 0 && gwproc.ProcessCPU(pid) > 0 {
+			out = append(out, cpuSource{"redis", func() time.Duration { return gwproc.ProcessCPU(pid) }})
 		}
 	}
 	self := os.Getpid()
-	out = append(out, cpuSource{"bench (this process)", func() time.Duration { return procCPU(self) }})
+	out = append(out, cpuSource{"bench (this process)", func() time.Duration { return gwproc.ProcessCPU(self) }})
 	return out
 }
 

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/latency"
 )
 
 // httpLoad posts commands to the apiserver: the bench's own small HTTP
@@ -113,7 +114,7 @@ func (h *httpLoad) statuses() map[int]int64 {
 // closedLoop runs workers goroutines, each sending as soon as the
 // previous answer came, for d (and at most maxN requests in all). It
 // records the latency of each 202 and returns the number of 202s.
-func (h *httpLoad) closedLoop(ctx context.Context, workers int, d time.Duration, maxN int64, lat *Recorder) (accepted int64, elapsed time.Duration) {
+func (h *httpLoad) closedLoop(ctx context.Context, workers int, d time.Duration, maxN int64, lat *latency.Recorder) (accepted int64, elapsed time.Duration) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	var n, acc atomic.Int64
@@ -140,7 +141,7 @@ func (h *httpLoad) closedLoop(ctx context.Context, workers int, d time.Duration,
 // time whatever the earlier ones do (at most maxInflight at once; beyond,
 // the schedule slips and the latency shows it). Latency is measured from
 // the scheduled time.
-func (h *httpLoad) openLoop(ctx context.Context, rate float64, d time.Duration, maxInflight int, lat, service *Recorder) (accepted, sent int64, elapsed time.Duration) {
+func (h *httpLoad) openLoop(ctx context.Context, rate float64, d time.Duration, maxInflight int, lat, service *latency.Recorder) (accepted, sent int64, elapsed time.Duration) {
 	interval := time.Duration(float64(time.Second) / rate)
 	sem := make(chan struct{}, maxInflight)
 	var acc atomic.Int64

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/iotgw/gateway/internal/gwproc"
+	"github.com/iotgw/gateway/internal/latency"
 )
 
 // intakeClients is the closed-loop concurrency of the intake figure; each
@@ -51,13 +52,13 @@ func runIntake(ctx context.Context, b *Bench, s *Section) error {
 		return err
 	}
 	// Warm up connections and the apiserver's pools.
-	var warm Recorder
+	var warm latency.Recorder
 	load.closedLoop(ctx, intakeClients, time.Second, 2000, &warm)
 	load.statuses()
 
 	m := b.newMeter(append([]cpuSource{procSource(api)}, b.brokers(ctx)...)...)
 
-	var lat Recorder
+	var lat latency.Recorder
 	acc, el := load.closedLoop(ctx, intakeClients, dur, 1_000_000, &lat)
 	st := load.statuses()
 	s.CPU = append(s.CPU, m.table(fmt.Sprintf("%d concurrent clients", intakeClients), acc))
@@ -72,7 +73,7 @@ func runIntake(ctx context.Context, b *Bench, s *Section) error {
 	}
 	sleepCtx(ctx, time.Second)
 	m.reset()
-	var olat, svc Recorder
+	var olat, svc latency.Recorder
 	acc, sent, el := load.openLoop(ctx, 2500, dur, 4096, &olat, &svc)
 	st = load.statuses()
 	s.CPU = append(s.CPU, m.table("2,500/s", acc))

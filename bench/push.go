@@ -13,6 +13,8 @@ import (
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/gwproc"
+	"github.com/iotgw/gateway/internal/latency"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -32,7 +34,7 @@ type receiver struct {
 	dups      atomic.Int64
 	bad       atomic.Int64
 	last      atomic.Int64 // unix ns of the latest first receipt
-	lat       Recorder
+	lat       latency.Recorder
 	done      chan struct{}
 	total     int64
 }
@@ -306,7 +308,7 @@ func pushMosquitto(ctx context.Context, b *Bench, s *Section, ns string, clients
 
 	srcs := []cpuSource{}
 	if pid := listenerPID(1883); pid > 0 {
-		srcs = append(srcs, cpuSource{"mosquitto", func() time.Duration { return procCPU(pid) }})
+		srcs = append(srcs, cpuSource{"mosquitto", func() time.Duration { return gwproc.ProcessCPU(pid) }})
 	}
 	self := b.brokers(ctx)
 	srcs = append(srcs, self[len(self)-1]) // the bench itself

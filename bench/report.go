@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"fmt"
+	"github.com/iotgw/gateway/internal/latency"
 	"io"
 	"math"
 	"sort"
@@ -28,7 +29,7 @@ type Report struct {
 	Ratio float64 `json:"ratio"`
 	// RoundtripLatencyMS is keyed by the fixed rate ("1000", "2500",
 	// "5000").
-	RoundtripLatencyMS map[string]Percentiles `json:"roundtrip_latency_ms"`
+	RoundtripLatencyMS map[string]latency.Percentiles `json:"roundtrip_latency_ms"`
 
 	Started   time.Time  `json:"started"`
 	DurationS float64    `json:"duration_s"`
@@ -121,8 +122,8 @@ func (f Figure) Met() bool { return f.Target.Met(f.Value) }
 
 // LatencyRow is one latency distribution.
 type LatencyRow struct {
-	Name string      `json:"name"`
-	P    Percentiles `json:"ms"`
+	Name string              `json:"name"`
+	P    latency.Percentiles `json:"ms"`
 }
 
 // CPUTable is the CPU each process used over one measured run, and per
@@ -212,7 +213,7 @@ func (s *Section) Note(format string, args ...any) {
 
 // summarize fills the headline fields from the sections.
 func (r *Report) summarize() {
-	r.RoundtripLatencyMS = map[string]Percentiles{}
+	r.RoundtripLatencyMS = map[string]latency.Percentiles{}
 	for _, s := range r.Sections {
 		if f, ok := s.Figure("baseline_amqp_per_s"); ok {
 			r.BaselineAMQPPerS = f.Value

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/iotgw/gateway/internal/gwproc"
+	"github.com/iotgw/gateway/internal/latency"
 )
 
 // loadReport is the part of devicesim load's JSON report the bench uses.
@@ -33,11 +34,11 @@ type loadReport struct {
 		Expired     int64 `json:"expired"`
 		OtherGW     int64 `json:"other_gateway_error"`
 	} `json:"outcomes"`
-	Throughput    float64          `json:"throughput_per_s"`
-	AcceptLatency Percentiles      `json:"accept_latency_ms"`
-	RoundTrip     Percentiles      `json:"roundtrip_latency_ms"`
-	RejectedBy    map[string]int64 `json:"rejected_by_status,omitempty"`
-	Errors        []string         `json:"sample_errors,omitempty"`
+	Throughput    float64             `json:"throughput_per_s"`
+	AcceptLatency latency.Percentiles `json:"accept_latency_ms"`
+	RoundTrip     latency.Percentiles `json:"roundtrip_latency_ms"`
+	RejectedBy    map[string]int64    `json:"rejected_by_status,omitempty"`
+	Errors        []string            `json:"sample_errors,omitempty"`
 }
 
 // Round-trip settings.

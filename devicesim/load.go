@@ -15,6 +15,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/latency"
 	"github.com/iotgw/gateway/protocol"
 )
 
@@ -90,26 +91,26 @@ error no device or gateway rule explains).`,
 // LoadReport is the outcome of a load run. Its JSON keys are an interface
 // that outside scripts rely on.
 type LoadReport struct {
-	Clients       int           `json:"clients"`
-	Devices       int           `json:"devices"`
-	Method        string        `json:"method"`
-	TargetRate    float64       `json:"target_rate_per_s"`
-	DurationS     float64       `json:"duration_s"`
-	Sent          int64         `json:"sent"`
-	Accepted      int64         `json:"accepted"`
-	Rejected      int64         `json:"rejected"`
-	Indeterminate int64         `json:"indeterminate"`
-	Received      int64         `json:"received"`
-	Duplicated    int64         `json:"duplicated"`
-	Lost          int64         `json:"lost"`
-	Unexpected    int64         `json:"unexpected"`
-	Wrong         int64         `json:"wrong"`
-	Outcomes      Outcomes      `json:"outcomes"`
-	Throughput    float64       `json:"throughput_per_s"`
-	AcceptLatency Percentiles   `json:"accept_latency_ms"`
-	RoundTrip     Percentiles   `json:"roundtrip_latency_ms"`
-	RejectedBy    map[int]int64 `json:"rejected_by_status,omitempty"`
-	Errors        []string      `json:"sample_errors,omitempty"`
+	Clients       int                 `json:"clients"`
+	Devices       int                 `json:"devices"`
+	Method        string              `json:"method"`
+	TargetRate    float64             `json:"target_rate_per_s"`
+	DurationS     float64             `json:"duration_s"`
+	Sent          int64               `json:"sent"`
+	Accepted      int64               `json:"accepted"`
+	Rejected      int64               `json:"rejected"`
+	Indeterminate int64               `json:"indeterminate"`
+	Received      int64               `json:"received"`
+	Duplicated    int64               `json:"duplicated"`
+	Lost          int64               `json:"lost"`
+	Unexpected    int64               `json:"unexpected"`
+	Wrong         int64               `json:"wrong"`
+	Outcomes      Outcomes            `json:"outcomes"`
+	Throughput    float64             `json:"throughput_per_s"`
+	AcceptLatency latency.Percentiles `json:"accept_latency_ms"`
+	RoundTrip     latency.Percentiles `json:"roundtrip_latency_ms"`
+	RejectedBy    map[int]int64       `json:"rejected_by_status,omitempty"`
+	Errors        []string            `json:"sample_errors,omitempty"`
 }
 
 // Outcomes counts the first result of each command by kind.
@@ -133,8 +134,8 @@ type ledger struct {
 	recs     map[string]*cmdRecord
 	method   string
 	rep      *LoadReport
-	rtt      Recorder
-	accepted Recorder
+	rtt      latency.Recorder
+	accepted latency.Recorder
 	pending  atomic.Int64 // accepted and not yet received
 	errs     []string
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"github.com/iotgw/gateway/internal/latency"
 	"io"
 	"text/tabwriter"
 )
@@ -21,7 +22,7 @@ func (r *LoadReport) WriteTable(w io.Writer) {
 	fmt.Fprintln(tw, "\nlatency (ms)\tp50\tp90\tp99\tp99.9\tmax\t")
 	for _, row := range []struct {
 		name string
-		p    Percentiles
+		p    latency.Percentiles
 	}{{"202 accepted", r.AcceptLatency}, {"round trip", r.RoundTrip}} {
 		fmt.Fprintf(tw, "%s\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t\n", row.name, row.p.P50, row.p.P90, row.p.P99, row.p.P999, row.p.Max)
 	}

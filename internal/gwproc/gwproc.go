@@ -184,9 +184,15 @@ func (p *Proc) Tail(n int64) string {
 
 // CPU returns the user+system CPU time the process used so far (Linux
 // /proc; zero elsewhere).
-func (p *Proc) CPU() time.Duration {
-	pid := p.Pid()
-	if pid == 0 || runtime.GOOS != "linux" {
+func (p *Proc) CPU() time.Duration { return ProcessCPU(p.Pid()) }
+
+// RSS returns the resident set size of the process in bytes (Linux).
+func (p *Proc) RSS() int64 { return ProcessRSS(p.Pid()) }
+
+// ProcessCPU returns the user+system CPU time process pid used so far,
+// from /proc (zero when it cannot be read, or not on Linux).
+func ProcessCPU(pid int) time.Duration {
+	if pid <= 0 || runtime.GOOS != "linux" {
 		return 0
 	}
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
@@ -209,10 +215,10 @@ func (p *Proc) CPU() time.Duration {
 	return time.Duration(ut+st) * time.Second / ticks
 }
 
-// RSS returns the resident set size of the process in bytes (Linux).
-func (p *Proc) RSS() int64 {
-	pid := p.Pid()
-	if pid == 0 {
+// ProcessRSS returns the resident set size of process pid in bytes, from
+// /proc (zero when it cannot be read).
+func ProcessRSS(pid int) int64 {
+	if pid <= 0 {
 		return 0
 	}
 	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/status")
@@ -221,8 +227,7 @@ func (p *Proc) RSS() int64 {
 	}
 	for _, line := range strings.Split(string(b), "\n") {
 		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
-			f := strings.Fields(rest)
-			if len(f) >= 1 {
+			if f := strings.Fields(rest); len(f) > 0 {
 				kb, _ := strconv.ParseInt(f[0], 10, 64)
 				return kb << 10
 			}
