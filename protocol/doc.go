@@ -145,7 +145,8 @@
 //	-32013  CodeConflict        409   the id was used with a different body; or cancel too late
 //	-32014  CodeTooLarge        413   the body is larger than GW_BODY_LIMIT
 //	-32015  CodeRateLimited     429   over GW_RATE / GW_BURST; with Retry-After
-//	-32016  CodeUnavailable     503   RabbitMQ or Redis unavailable or blocked; with Retry-After;
+//	-32016  CodeUnavailable     503   RabbitMQ or Redis unavailable or blocked, or the apiserver
+//	                                  overloaded (over GW_MAX_INFLIGHT requests); with Retry-After;
 //	                                  the command was NOT accepted and MAY be retried with the same id
 //
 // Gateway result codes are not HTTP errors: they are the error of a

@@ -77,9 +77,12 @@ func wireTime(t time.Time) time.Time {
 // valid identities and message ID, a payload that is a JSON object.
 // Unknown fields are ignored.
 func DecodeEnvelope(b []byte) (*Envelope, error) {
-	var e Envelope
-	if err := json.Unmarshal(b, &e); err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrEnvelope, err)
+	e, ok := decodeEnvelopeFast(b)
+	if !ok {
+		e = &Envelope{}
+		if err := json.Unmarshal(b, e); err != nil {
+			return nil, fmt.Errorf("%w: %w", ErrEnvelope, err)
+		}
 	}
 	switch {
 	case e.V < 1 || e.V > EnvelopeVersion:
@@ -92,28 +95,49 @@ func DecodeEnvelope(b []byte) (*Envelope, error) {
 		return nil, fmt.Errorf("%w: device %q", ErrEnvelope, e.Device)
 	case e.MsgID.IsZero():
 		return nil, fmt.Errorf("%w: msg_id missing", ErrEnvelope)
-	case len(e.Payload) == 0 || e.Payload[0] != '{' || !json.Valid(e.Payload):
+	case len(e.Payload) == 0 || e.Payload[0] != '{':
+		// Either decoder leaves only valid JSON in Payload.
 		return nil, fmt.Errorf("%w: payload is not a JSON object", ErrEnvelope)
 	}
-	return &e, nil
+	return e, nil
 }
 
 // DeviceRequest returns the JSON-RPC request the device receives for a
 // command envelope: the client's method and params, with the id
 // "{client}:{id}".
 func (e *Envelope) DeviceRequest() ([]byte, error) {
+	_, req, err := e.DeviceCommand()
+	return req, err
+}
+
+// DeviceCommand is DeviceRequest that also returns the method, read in
+// the same pass over the payload.
+func (e *Envelope) DeviceCommand() (method string, req []byte, err error) {
+	id := DeviceMsgID(e.Client, e.MsgID)
+	if method, req, ok := deviceRequestFast(e.Payload, id); ok {
+		return method, req, nil
+	}
+	return deviceRequestStd(e.Payload, id)
+}
+
+// deviceRequestStd is DeviceCommand through encoding/json.
+func deviceRequestStd(payload []byte, id string) (string, []byte, error) {
 	var req struct {
 		Method string          `json:"method"`
 		Params json.RawMessage `json:"params,omitempty"`
 	}
-	if err := json.Unmarshal(e.Payload, &req); err != nil {
-		return nil, fmt.Errorf("%w: payload: %w", ErrEnvelope, err)
+	if err := json.Unmarshal(payload, &req); err != nil {
+		return "", nil, fmt.Errorf("%w: payload: %w", ErrEnvelope, err)
 	}
 	out := struct {
 		JSONRPC string          `json:"jsonrpc"`
 		Method  string          `json:"method"`
 		Params  json.RawMessage `json:"params,omitempty"`
 		ID      string          `json:"id"`
-	}{Version, req.Method, req.Params, DeviceMsgID(e.Client, e.MsgID)}
-	return json.Marshal(out)
+	}{Version, req.Method, req.Params, id}
+	b, err := json.Marshal(out)
+	if err != nil {
+		return "", nil, fmt.Errorf("%w: payload: %w", ErrEnvelope, err)
+	}
+	return req.Method, b, nil
 }

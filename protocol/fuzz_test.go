@@ -159,6 +159,12 @@ func FuzzParseID(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, raw []byte) {
+		if s, ok := plainIDString(raw); ok {
+			var want string
+			if err := json.Unmarshal(raw, &want); err != nil || s != want {
+				t.Fatalf("plainIDString(%q) = %q, json.Unmarshal gives %q, %v", raw, s, want, err)
+			}
+		}
 		id, err := ParseID(raw)
 		if ref, refOK := referenceID(raw); refOK != (err == nil) || (refOK && ref != id.Key()) {
 			t.Fatalf("ParseID(%q) = %q, %v, want key %q (accepted %v)", raw, id.Key(), err, ref, refOK)
@@ -362,6 +368,14 @@ func FuzzParseResponse(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if tb := trimJSONSpace(b); len(tb) > 0 && tb[0] == '{' && json.Valid(tb) {
+			if fast, ok := parseResponseFast(tb); ok {
+				std, err := parseResponseStd(tb)
+				if err != nil || !reflect.DeepEqual(fast, std) {
+					t.Fatalf("parseResponseFast(%q) = %+v, encoding/json gives %+v, %v", b, fast, std, err)
+				}
+			}
+		}
 		r, err := ParseResponse(b)
 		if err != nil {
 			if r != nil || !strings.HasPrefix(err.Error(), "protocol: ") {
@@ -419,6 +433,12 @@ func FuzzDecodeEnvelope(f *testing.F) {
 		f.Add([]byte(s))
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		if fast, ok := decodeEnvelopeFast(b); ok {
+			var std Envelope
+			if err := json.Unmarshal(b, &std); err != nil || !reflect.DeepEqual(*fast, std) {
+				t.Fatalf("decodeEnvelopeFast(%q) = %+v, encoding/json gives %+v, %v", b, *fast, std, err)
+			}
+		}
 		e, err := DecodeEnvelope(b)
 		if err != nil {
 			if e != nil || !errors.Is(err, ErrEnvelope) {
@@ -478,4 +498,40 @@ func FuzzDecodeEnvelope(f *testing.F) {
 func outOfRange(t time.Time) bool {
 	y := t.UTC().Year()
 	return y < 0 || y > 9999
+}
+
+func FuzzDeviceRequest(f *testing.F) {
+	for _, s := range []string{
+		`{"jsonrpc":"2.0","method":"echo","params":{"i":1},"id":"r-1"}`,
+		`{"jsonrpc":"2.0","method":"reboot","id":1}`,
+		`{"method":"m","params":null}`,
+		`{"method":"m","params":[1, 2]}`,
+		`{"method":"<&>","params":{"a":"\u2028"}}`,
+		`{"METHOD":"a","method":"b"}`,
+		`{"paramſ":1,"params":2,"method":"x"}`,
+		`{"method":"a","method":"b"}`,
+		`{"method":null}`,
+		`{"method":1}`,
+		` {"method" : "m" , "params" : { "a" : 1 } } `,
+		`{"method":"m\"q"}`,
+		`[]`, `{`, ``,
+	} {
+		f.Add([]byte(s), "c:1")
+	}
+	f.Add([]byte(`{"method":"m"}`), `c:<1>`)
+	f.Fuzz(func(t *testing.T, payload []byte, id string) {
+		stdMethod, std, stdErr := deviceRequestStd(payload, id)
+		method, fast, ok := deviceRequestFast(payload, id)
+		if ok && (stdErr != nil || !bytes.Equal(fast, std) || method != stdMethod) {
+			t.Fatalf("deviceRequestFast(%q, %q) = %q, %s; encoding/json gives %q, %s, %v", payload, id, method, fast, stdMethod, std, stdErr)
+		}
+		if stdErr == nil {
+			var m struct {
+				Method string `json:"method"`
+			}
+			if err := json.Unmarshal(payload, &m); err != nil || m.Method != stdMethod {
+				t.Fatalf("DeviceCommand(%q) method = %q, json.Unmarshal gives %q, %v", payload, stdMethod, m.Method, err)
+			}
+		}
+	})
 }

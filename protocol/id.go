@@ -44,9 +44,11 @@ func ParseID(raw json.RawMessage) (ID, error) {
 	}
 	switch c := raw[0]; {
 	case c == '"':
-		var s string
-		if err := json.Unmarshal(raw, &s); err != nil {
-			return ID{}, ErrIDType
+		s, ok := plainIDString(raw)
+		if !ok {
+			if err := json.Unmarshal(raw, &s); err != nil {
+				return ID{}, ErrIDType
+			}
 		}
 		if err := checkIDString(s); err != nil {
 			return ID{}, err
@@ -58,6 +60,22 @@ func ParseID(raw json.RawMessage) (ID, error) {
 		return ID{}, ErrIDNull
 	}
 	return ID{}, ErrIDType
+}
+
+// plainIDString returns the contents of a string literal made only of
+// the characters an ID may hold (no escapes): what json.Unmarshal would
+// give, without its cost. ok is false for any other literal.
+func plainIDString(raw []byte) (string, bool) {
+	if len(raw) < 2 || raw[0] != '"' || raw[len(raw)-1] != '"' {
+		return "", false
+	}
+	in := raw[1 : len(raw)-1]
+	for _, c := range in {
+		if !isAlnum(c) && c != '.' && c != '_' && c != ':' && c != '-' {
+			return "", false
+		}
+	}
+	return string(in), true
 }
 
 func parseIntID(raw []byte) (ID, error) {

@@ -179,6 +179,15 @@ func ParseResponse(b []byte) (*Response, error) {
 	if len(b) == 0 || b[0] != '{' || !json.Valid(b) {
 		return nil, fmt.Errorf("protocol: response must be a JSON object")
 	}
+	if r, ok := parseResponseFast(b); ok {
+		return r, nil
+	}
+	return parseResponseStd(b)
+}
+
+// parseResponseStd is ParseResponse through encoding/json, for a valid
+// JSON object b.
+func parseResponseStd(b []byte) (*Response, error) {
 	var m map[string]json.RawMessage
 	if err := json.Unmarshal(b, &m); err != nil {
 		return nil, fmt.Errorf("protocol: response must be a JSON object")

@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"path"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/golang-jwt/jwt/v5"
@@ -104,29 +105,53 @@ func Mint(secret []byte, identity string, role Role, devices []string, ttl time.
 	return s, nil
 }
 
-// Verifier checks tokens with one secret.
+// DefaultCacheSize is how many verified tokens a Verifier remembers.
+const DefaultCacheSize = 10000
+
+// Verifier checks tokens with one secret. It remembers tokens it has
+// verified (see Verify), so it is meant to be shared.
 type Verifier struct {
 	secret []byte
 	parser *jwt.Parser
+	now    func() time.Time
+	cache  tokenCache
 }
 
-// NewVerifier returns a verifier for secret; ErrNoSecret when it is empty.
+// NewVerifier returns a verifier for secret that remembers up to
+// DefaultCacheSize verified tokens; ErrNoSecret when secret is empty.
 func NewVerifier(secret []byte) (*Verifier, error) {
+	return newVerifier(secret, DefaultCacheSize, time.Now)
+}
+
+func newVerifier(secret []byte, cacheSize int, now func() time.Time) (*Verifier, error) {
 	if len(secret) == 0 {
 		return nil, ErrNoSecret
 	}
 	return &Verifier{
 		secret: secret,
-		parser: jwt.NewParser(jwt.WithValidMethods([]string{"HS256"}), jwt.WithExpirationRequired(), jwt.WithLeeway(0)),
+		parser: jwt.NewParser(jwt.WithValidMethods([]string{"HS256"}), jwt.WithExpirationRequired(), jwt.WithLeeway(0), jwt.WithTimeFunc(now)),
+		now:    now,
+		cache:  tokenCache{max: cacheSize},
 	}, nil
 }
 
 // Verify parses token and checks its algorithm (HS256 only), signature,
 // expiry, subject (a valid identity), role and globs.
+//
+// A token that passed every check is remembered by its exact string
+// until it expires (at most DefaultCacheSize tokens, the least recently
+// used forgotten first): verifying it again checks only its expiry, which
+// is the only check whose answer changes with time (a not-before time, once
+// passed, stays passed). The claims returned are the caller's own copy.
 func (v *Verifier) Verify(token string) (*Claims, error) {
 	token = strings.TrimSpace(token)
 	if token == "" {
 		return nil, ErrMissing
+	}
+	now := v.now()
+	if c := v.cache.get(token, now); c != nil {
+		cp := *c
+		return &cp, nil
 	}
 	var c Claims
 	_, err := v.parser.ParseWithClaims(token, &c, func(*jwt.Token) (any, error) { return v.secret, nil })
@@ -152,7 +177,66 @@ func (v *Verifier) Verify(token string) (*Claims, error) {
 			return nil, fmt.Errorf("%w: bad glob %q", ErrClaims, g)
 		}
 	}
+	cached := c
+	v.cache.put(token, &cached)
 	return &c, nil
+}
+
+// tokenCache remembers verified tokens in two generations: hits in the
+// older one move to the current one, and when the current one is full
+// the older one is dropped. So it holds at most max tokens, and the ones
+// dropped are those not used for the longest (approximately: a
+// generation at a time).
+type tokenCache struct {
+	max int
+
+	mu       sync.RWMutex
+	cur, old map[string]*Claims
+}
+
+// get returns the claims of token if it was verified and has not
+// expired at now.
+func (tc *tokenCache) get(token string, now time.Time) *Claims {
+	if tc.max <= 0 {
+		return nil
+	}
+	tc.mu.RLock()
+	c, inCur := tc.cur[token]
+	if !inCur {
+		c = tc.old[token]
+	}
+	tc.mu.RUnlock()
+	if c == nil {
+		return nil
+	}
+	if !now.Before(c.ExpiresAt.Time) {
+		// Expired, by jwt's rule without leeway (valid while now < exp):
+		// the full check answers ErrExpired.
+		tc.mu.Lock()
+		delete(tc.cur, token)
+		delete(tc.old, token)
+		tc.mu.Unlock()
+		return nil
+	}
+	if !inCur {
+		tc.put(token, c)
+	}
+	return c
+}
+
+// put remembers the claims of a verified token (ExpiresAt set).
+func (tc *tokenCache) put(token string, c *Claims) {
+	if tc.max <= 0 || c.ExpiresAt == nil {
+		return
+	}
+	tc.mu.Lock()
+	defer tc.mu.Unlock()
+	half := max(1, tc.max/2)
+	if tc.cur == nil || len(tc.cur) >= half {
+		tc.old, tc.cur = tc.cur, make(map[string]*Claims, half)
+	}
+	tc.cur[token] = c
+	delete(tc.old, token)
 }
 
 // BearerToken returns the token of an Authorization header value, or ""

@@ -128,3 +128,80 @@ func FuzzVerify(f *testing.F) {
 		}
 	})
 }
+
+// A verified token is remembered until it expires, and only tokens that
+// passed every check are: a cached token whose exp has passed is refused
+// like any expired token.
+func TestVerifyCache(t *testing.T) {
+	now := time.Now()
+	clock := func() time.Time { return now }
+	v, err := newVerifier(secret, 4, clock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tok, _ := Mint(secret, "app-1", RoleClient, []string{"dev-*"}, time.Minute)
+	c1, err := v.Verify(tok)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c2, err := v.Verify(" " + tok)
+	if err != nil || c2.Identity() != "app-1" || c2.Role != RoleClient || len(c2.Devices) != 1 {
+		t.Fatalf("cached Verify = %+v, %v", c2, err)
+	}
+	if c1 == c2 {
+		t.Fatal("Verify returned the same *Claims twice: callers must get their own copy")
+	}
+	c2.Subject = "mallory"
+	if c3, _ := v.Verify(tok); c3.Subject != "app-1" {
+		t.Fatalf("a caller's change reached the cache: %q", c3.Subject)
+	}
+
+	// A token signed with another secret never matches a cached one.
+	wrong, _ := Mint([]byte("other"), "app-1", RoleClient, nil, time.Minute)
+	if _, err := v.Verify(wrong); !errors.Is(err, ErrSignature) {
+		t.Fatalf("wrong secret = %v", err)
+	}
+	// Tampering with one character of a cached token is caught.
+	sig := strings.LastIndexByte(tok, '.') + 1
+	flip := byte('A')
+	if tok[sig] == 'A' {
+		flip = 'B'
+	}
+	tampered := tok[:sig] + string(flip) + tok[sig+1:]
+	if _, err := v.Verify(tampered); err == nil {
+		t.Fatal("a tampered token was accepted")
+	}
+
+	// exp is checked on every hit (jwt's rule: valid while now < exp).
+	now = now.Add(time.Minute + time.Second)
+	if _, err := v.Verify(tok); !errors.Is(err, ErrExpired) {
+		t.Fatalf("cached token after exp = %v, want ErrExpired", err)
+	}
+
+	// The cache stays bounded: at most 4 tokens remembered.
+	now = time.Now()
+	for i := range 20 {
+		tk, _ := Mint(secret, "app-"+string(rune('a'+i)), RoleClient, nil, time.Hour)
+		if _, err := v.Verify(tk); err != nil {
+			t.Fatal(err)
+		}
+		if n := len(v.cache.cur) + len(v.cache.old); n > 4 {
+			t.Fatalf("cache holds %d tokens, want at most 4", n)
+		}
+	}
+}
+
+func BenchmarkVerify(b *testing.B) {
+	tok, _ := Mint(secret, "app-1", RoleClient, []string{"dev-*"}, time.Hour)
+	for _, size := range []int{0, DefaultCacheSize} {
+		v, _ := newVerifier(secret, size, time.Now)
+		b.Run(map[int]string{0: "uncached", DefaultCacheSize: "cached"}[size], func(b *testing.B) {
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, err := v.Verify(tok); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}

@@ -11,8 +11,10 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
+	"runtime/debug"
 	"strings"
 	"syscall"
 	"time"
@@ -61,8 +63,10 @@ type MetricsServer struct {
 }
 
 // ServeMetrics listens on addr synchronously (so a bad address fails at
-// once) and serves reg's metrics at /metrics in the background. Addr
-// returns the bound address (useful with port 0).
+// once) and serves reg's metrics at /metrics in the background, with the
+// Go runtime's profiles at /debug/pprof/ (the listener is for operators:
+// it defaults to loopback, GW_METRICS_ADDR). Addr returns the bound
+// address (useful with port 0).
 func ServeMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (*MetricsServer, error) {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
@@ -71,6 +75,11 @@ func ServeMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (*Met
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
 	m := &MetricsServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln: ln}
 	go func() {
 		if err := m.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -105,4 +114,13 @@ func SignalContext(parent context.Context) (context.Context, context.CancelFunc)
 		os.Exit(1)
 	}()
 	return ctx, cancel
+}
+
+// DefaultGCPercent sets the garbage collector's target to percent unless
+// the GOGC variable is set, which then wins: a service's own default,
+// still tunable by the operator.
+func DefaultGCPercent(percent int) {
+	if os.Getenv("GOGC") == "" {
+		debug.SetGCPercent(percent)
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"io"
 	"net/http"
+	"runtime/debug"
 	"strings"
 	"testing"
 
@@ -29,6 +30,16 @@ func TestServeMetrics(t *testing.T) {
 	if !strings.Contains(string(body), "gw_test_things_total 3") {
 		t.Fatalf("GET /metrics = %q, want it to contain gw_test_things_total 3", body)
 	}
+	// The runtime's profiles, for operators.
+	resp, err = http.Get("http://" + m.Addr() + "/debug/pprof/heap?debug=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ = io.ReadAll(resp.Body)
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), "heap profile") {
+		t.Fatalf("GET /debug/pprof/heap = %d %.80q, want 200 with a heap profile", resp.StatusCode, body)
+	}
 }
 
 func TestNewLogger(t *testing.T) {
@@ -37,5 +48,23 @@ func TestNewLogger(t *testing.T) {
 	NewLogger(&buf, "json", "warn").Warn("shown", "node", "n1")
 	if got := buf.String(); strings.Contains(got, "hidden") || !strings.Contains(got, `"node":"n1"`) {
 		t.Fatalf("log = %q, want only the warning with node", got)
+	}
+}
+
+func TestDefaultGCPercent(t *testing.T) {
+	defer debug.SetGCPercent(debug.SetGCPercent(100))
+	for _, tc := range []struct {
+		gogc string
+		want int
+	}{
+		{"", 123},    // the service's default
+		{"100", 100}, // the operator's GOGC wins
+	} {
+		t.Setenv("GOGC", tc.gogc)
+		debug.SetGCPercent(100)
+		DefaultGCPercent(123)
+		if got := debug.SetGCPercent(100); got != tc.want {
+			t.Errorf("GOGC=%q: GC percent %d, want %d", tc.gogc, got, tc.want)
+		}
 	}
 }
