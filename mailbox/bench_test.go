@@ -19,7 +19,7 @@ import (
 
 // redisCalls returns the total number of commands Redis has run (INFO
 // commandstats, scripts' inner calls included), how many of them were
-// EVALSHA/EVAL, and the server time spent in those (µs, inner calls
+// FCALL/EVALSHA/EVAL, and the server time spent in those (µs, inner calls
 // included).
 func redisCalls(b *testing.B, rdb *redis.Client) (total, evals, evalUsec int64) {
 	b.Helper()
@@ -35,7 +35,7 @@ func redisCalls(b *testing.B, rdb *redis.Client) (total, evals, evalUsec int64) 
 		f := strings.Split(rest, ",")
 		n, _ := strconv.ParseInt(f[0], 10, 64)
 		total += n
-		if name == "cmdstat_evalsha" || name == "cmdstat_eval" {
+		if name == "cmdstat_evalsha" || name == "cmdstat_eval" || name == "cmdstat_fcall" {
 			evals += n
 			if len(f) > 1 {
 				us, _ := strconv.ParseInt(strings.TrimPrefix(f[1], "usec="), 10, 64)
@@ -133,8 +133,17 @@ func BenchmarkLifecycle(b *testing.B) {
 // BenchmarkLifecycleParallel runs lifecycles from 8 goroutines per CPU,
 // so that Redis, not the round trips, bounds the rate.
 func BenchmarkLifecycleParallel(b *testing.B) {
+	for _, bc := range []struct {
+		name     string
+		inFlight int
+	}{{"batched", 0}, {"unbatched", -1}} {
+		b.Run(bc.name, func(b *testing.B) { lifecycleParallel(b, bc.inFlight) })
+	}
+}
+
+func lifecycleParallel(b *testing.B, inFlight int) {
 	rdb := testenv.Redis(b)
-	s := mailbox.New(rdb, testenv.Namespace(b), mailbox.Options{})
+	s := mailbox.New(rdb, testenv.Namespace(b), mailbox.Options{BatchInFlight: inFlight})
 	one := lifecycle(b, s)
 	one(-1)
 	var next atomic.Int64
@@ -146,4 +155,34 @@ func BenchmarkLifecycleParallel(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "lifecycles/s")
+}
+
+// BenchmarkPutParallel puts messages into 100 mailboxes from 32
+// goroutines per CPU, batched (the default) and not.
+func BenchmarkPutParallel(b *testing.B) {
+	for _, bc := range []struct {
+		name     string
+		inFlight int
+	}{{"batched", 0}, {"unbatched", -1}} {
+		b.Run(bc.name, func(b *testing.B) {
+			rdb := testenv.Redis(b)
+			s := mailbox.New(rdb, testenv.Namespace(b), mailbox.Options{BatchInFlight: bc.inFlight})
+			ctx := context.Background()
+			payload := []byte(`{"jsonrpc":"2.0","result":{"ok":true},"id":"abc"}`)
+			var next atomic.Int64
+			b.SetParallelism(32)
+			b.ResetTimer()
+			b.RunParallel(func(pb *testing.PB) {
+				for pb.Next() {
+					i := next.Add(1)
+					id := fmt.Sprintf("c%d", i%100)
+					if _, err := s.Put(ctx, id, "clients/"+id+"/results/d", payload, time.Now().Add(time.Minute), "node-1"); err != nil {
+						b.Error(err)
+						return
+					}
+				}
+			})
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "puts/s")
+		})
+	}
 }

@@ -19,6 +19,13 @@ const (
 	reasonTimeout  = "no answer within timeout of delivery"
 )
 
+// The '"error":…' members of those results, built once.
+var (
+	errExpired  = gatewayError(protocol.StatusExpired, reasonExpired)
+	errRejected = gatewayError(protocol.StatusRejected, reasonRejected)
+	errTimeout  = gatewayError(protocol.StatusTimeout, reasonTimeout)
+)
+
 // Dispatch handles one delivery of a command envelope from the commands
 // queue, in one script: queued → sent (stamps SentAt), appends the device
 // request (env.DeviceRequest()) to the device's mailbox with expiry
@@ -48,18 +55,13 @@ const (
 // and the device. Any error means Redis was not changed or not reached:
 // nack and retry.
 func (s *Store) Dispatch(ctx context.Context, env *protocol.Envelope, deviceOwner, clientOwner string) (Outcome, error) {
-	req, err := env.DeviceRequest()
+	method, req, err := env.DeviceCommand()
 	if err != nil {
 		return "", fmt.Errorf("cannot dispatch command %s: %w", env.MsgID.Key(), err)
 	}
-	var m struct {
-		Method string `json:"method"`
-	}
-	_ = json.Unmarshal(env.Payload, &m) // DeviceRequest parsed it already
 	v, err := s.run(ctx, dispatchScript, s.keys.Command(env.Client, env.MsgID.Key()),
-		env.Device, m.Method, string(req), ms(env.DeliverBy), deviceOwner, clientOwner,
-		gatewayError(protocol.StatusExpired, reasonExpired), reasonExpired,
-		gatewayError(protocol.StatusRejected, reasonRejected), reasonRejected)
+		env.Device, method, string(req), ms(env.DeliverBy), deviceOwner, clientOwner,
+		errExpired, reasonExpired, errRejected, reasonRejected)
 	if err != nil {
 		return "", fmt.Errorf("cannot dispatch command %s: %w", env.MsgID.Key(), err)
 	}
@@ -151,8 +153,7 @@ func (s *Store) FireTimers(ctx context.Context, limit int, ownerOf func(identity
 	if limit <= 0 {
 		limit = fireBatch
 	}
-	expired := gatewayError(protocol.StatusExpired, reasonExpired)
-	timeout := gatewayError(protocol.StatusTimeout, reasonTimeout)
+	expired, timeout := errExpired, errTimeout
 	fired := 0
 	for fired < limit {
 		batch := min(limit-fired, fireBatch)

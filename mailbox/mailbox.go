@@ -48,6 +48,14 @@
 //     mailboxes to stream, Fetch to read them, Unsend for fetched entries
 //     it did not publish, and Ack or AckMany on PUBACK.
 //
+// # How scripts run
+//
+// On Redis 7 and later the scripts are the functions of one library,
+// loaded once and called with FCALL; on older servers they run with
+// EVALSHA (functions.go). Concurrent calls of one script are coalesced
+// into one batched call, each item keeping the semantics of its own call
+// (batch.go: Options.BatchInFlight and BatchMax).
+//
 // # Errors
 //
 // Callers test errors with errors.Is against ErrNotFound, ErrConflict,
@@ -105,6 +113,17 @@ type Options struct {
 	// longer life keeps its own). CancelAll looks only at commands
 	// created within MaxLifetime + Lease.
 	MaxLifetime time.Duration
+	// BatchInFlight is how many calls of one script run at once before
+	// further concurrent calls wait and are coalesced into one batched
+	// call (see batch.go). Default 4. Negative: no batching, every call
+	// runs on its own.
+	BatchInFlight int
+	// BatchMax is the most calls one batched call carries. Default 64.
+	BatchMax int
+	// NoFunctions runs the scripts with EVALSHA even on a server that
+	// has Redis 7 functions (functions.go). Default false: FCALL where
+	// available.
+	NoFunctions bool
 	// Now is the clock. Default time.Now; tests may fake it.
 	Now func() time.Time
 	// Logger receives diagnostics. Default discards.
@@ -124,6 +143,12 @@ func (o *Options) ensureDefaults() {
 	if o.MaxLifetime <= 0 {
 		o.MaxLifetime = 8 * 24 * time.Hour
 	}
+	if o.BatchInFlight == 0 {
+		o.BatchInFlight = 4
+	}
+	if o.BatchMax <= 0 {
+		o.BatchMax = 64
+	}
 	if o.Now == nil {
 		o.Now = time.Now
 	}
@@ -139,12 +164,26 @@ type Store struct {
 	keys protocol.Keys
 	opts Options
 	log  *slog.Logger
+	// batchers coalesce concurrent calls, one per script; nil when
+	// batching is off.
+	batchers map[*luaScript]*batcher
+	scripts  *scriptRunner
 }
 
 // New returns the Store of namespace ns on rdb.
 func New(rdb redis.UniversalClient, ns string, opts Options) *Store {
 	opts.ensureDefaults()
-	return &Store{rdb: rdb, keys: protocol.NewKeys(ns), opts: opts, log: opts.Logger}
+	s := &Store{rdb: rdb, keys: protocol.NewKeys(ns), opts: opts, log: opts.Logger, scripts: &scriptRunner{rdb: rdb}}
+	if opts.NoFunctions {
+		s.scripts.state.Store(libEval)
+	}
+	if opts.BatchInFlight > 0 {
+		s.batchers = make(map[*luaScript]*batcher, len(allScripts))
+		for _, sc := range allScripts {
+			s.batchers[sc] = &batcher{s: s, sc: sc}
+		}
+	}
+	return s
 }
 
 // Keys returns the key builder of the store's namespace.

@@ -471,3 +471,34 @@ func TestCheckDurability(t *testing.T) {
 	}
 	t.Logf("CheckDurability: %s", w)
 }
+
+// Listed is true for a mailbox with entries and false for one that never
+// had any or whose last entry was acknowledged.
+func TestListed(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	exp := e.clock.Now().Add(time.Hour)
+	for _, id := range []string{"full", "acked"} {
+		if _, err := e.s.Put(e.ctx, id, "clients/"+id+"/results/d", []byte("p"), exp, ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	es, err := e.s.Fetch(e.ctx, "acked", "", 10)
+	if err != nil || len(es) != 1 {
+		t.Fatalf("Fetch = %d, %v", len(es), err)
+	}
+	if err := e.s.Ack(e.ctx, "acked", es[0]); err != nil {
+		t.Fatal(err)
+	}
+	ids := []string{"full", "never", "acked"}
+	got, err := e.s.Listed(e.ctx, ids)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []bool{true, false, false}
+	for i := range ids {
+		if got[i] != want[i] {
+			t.Errorf("Listed(%s) = %v, want %v", ids[i], got[i], want[i])
+		}
+	}
+}

@@ -105,6 +105,9 @@ func decodeRecord(m map[string]string) (*Command, error) {
 }
 
 func msTime(s string) time.Time {
+	if s == "" {
+		return time.Time{} // not yet: no error to allocate
+	}
 	n, err := strconv.ParseInt(s, 10, 64)
 	if err != nil || n == 0 {
 		return time.Time{}
@@ -113,6 +116,9 @@ func msTime(s string) time.Time {
 }
 
 func msDur(s string) time.Duration {
+	if s == "" {
+		return 0
+	}
 	n, _ := strconv.ParseInt(s, 10, 64)
 	return time.Duration(n) * time.Millisecond
 }
@@ -139,21 +145,35 @@ func recordReply(v any) (*Command, error) {
 }
 
 // run runs a script with the common arguments (prefix, now, retention,
-// cap, index horizon) followed by args.
-func (s *Store) run(ctx context.Context, sc *redis.Script, key string, args ...any) (any, error) {
-	base := make([]any, 0, 5+len(args))
-	base = append(base, s.keys.Prefix(), s.now().UnixMilli(), s.opts.Retention.Milliseconds(), s.opts.MailboxCap,
-		(s.opts.Retention + s.opts.MaxLifetime + s.opts.Lease).Milliseconds())
-	base = append(base, args...)
+// cap, index horizon) followed by args: coalesced with concurrent calls
+// of the same script (batch.go) unless batching is off.
+func (s *Store) run(ctx context.Context, sc *luaScript, key string, args ...any) (any, error) {
+	if b := s.batchers[sc]; b != nil {
+		return b.do(ctx, key, args)
+	}
+	return s.runNow(ctx, sc, key, args...)
+}
+
+// runNow runs one plain script call.
+func (s *Store) runNow(ctx context.Context, sc *luaScript, key string, args ...any) (any, error) {
+	base := append(s.commonArgs(len(args)), args...)
 	var keys []string
 	if key != "" {
 		keys = []string{key}
 	}
-	v, err := sc.Run(ctx, s.rdb, keys, base...).Result()
+	v, err := s.scripts.call(ctx, sc, false, keys, base)
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
 	}
 	return v, err
+}
+
+// commonArgs returns the arguments every script starts with, with room
+// for n more.
+func (s *Store) commonArgs(n int) []any {
+	base := make([]any, 0, 5+n)
+	return append(base, s.keys.Prefix(), s.now().UnixMilli(), s.opts.Retention.Milliseconds(), s.opts.MailboxCap,
+		(s.opts.Retention + s.opts.MaxLifetime + s.opts.Lease).Milliseconds())
 }
 
 func (s *Store) now() time.Time { return s.opts.Now() }

@@ -274,14 +274,22 @@ end
 
 var luaIdent = regexp.MustCompile(`[A-Za-z_][A-Za-z0-9_]*`)
 
-// luaSources holds the source of every script, for tests.
-var luaSources []string
+// luaSources holds the source of every script, plain and batched, for
+// tests; allScripts holds every script, for Store's batchers.
+var (
+	luaSources []string
+	allScripts []*luaScript
+)
 
-// script returns the script made of body and the library pieces it uses.
-func script(body string) *redis.Script {
+// script returns the script made of body and the library pieces it uses,
+// with its batched form (see batch.go).
+func script(body string) *luaScript {
 	src := luaSource(body)
-	luaSources = append(luaSources, src)
-	return redis.NewScript(src)
+	bsrc := luaSource(batchWrapperHead + body + batchWrapperTail)
+	luaSources = append(luaSources, src, bsrc)
+	sc := &luaScript{body: body, one: redis.NewScript(src), batch: redis.NewScript(bsrc)}
+	allScripts = append(allScripts, sc)
+	return sc
 }
 
 func luaSource(body string) string {

@@ -108,3 +108,32 @@ func (s *Store) Repend(ctx context.Context, node string, identities ...string) e
 	}
 	return nil
 }
+
+// Listed reports, for each identity, whether its mailbox is in the
+// namespace's set of non-empty mailboxes (Keys.Mailboxes). The set may
+// still list a mailbox whose entries have all gone another way (expired,
+// or removed with their command), never the other way round: an append to
+// an empty mailbox lists it, and only an acknowledgement or a prune that
+// leaves it empty unlists it. So an identity reported false has nothing
+// to read, and a periodic read of every session's mailbox can skip it.
+func (s *Store) Listed(ctx context.Context, identities []string) ([]bool, error) {
+	out := make([]bool, len(identities))
+	const chunk = 1000
+	for start := 0; start < len(identities); start += chunk {
+		ids := identities[start:min(start+chunk, len(identities))]
+		cmds := make([]*redis.BoolCmd, len(ids))
+		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+			for i, id := range ids {
+				cmds[i] = p.SIsMember(ctx, s.keys.Mailboxes(), id)
+			}
+			return nil
+		})
+		if err != nil {
+			return nil, fmt.Errorf("cannot read the set of mailboxes: %w", err)
+		}
+		for i, c := range cmds {
+			out[start+i] = c.Val()
+		}
+	}
+	return out, nil
+}

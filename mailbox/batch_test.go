@@ -1,0 +1,263 @@
+package mailbox
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/iotgw/gateway/internal/testenv"
+	"github.com/iotgw/gateway/protocol"
+)
+
+// One batch of Puts in which one item fails: the failing item gets its
+// own error (a redis.Error, as a plain script's error would be), and the
+// items before and after it succeed, in order.
+func TestBatchItemErrorIsItsOwn(t *testing.T) {
+	t.Parallel()
+	rdb := testenv.Redis(t)
+	s := New(rdb, testenv.Namespace(t), Options{})
+	ctx := context.Background()
+	// A mailbox key holding a string: XLEN fails with WRONGTYPE.
+	if err := rdb.Set(ctx, s.keys.Mailbox("bad"), "x", time.Minute).Err(); err != nil {
+		t.Fatal(err)
+	}
+	exp := time.Now().Add(time.Minute).UnixMilli()
+	ids := []string{"a", "b", "bad", "c"}
+	batch := make([]*batchCall, len(ids))
+	for i, id := range ids {
+		batch[i] = &batchCall{key: s.keys.Mailbox(id), args: []any{id, "t/" + id, "p" + id, exp, ""}, done: make(chan struct{})}
+	}
+	s.batchers[putScript].exec(batch)
+	for i, c := range batch {
+		select {
+		case <-c.done:
+		default:
+			t.Fatalf("call %d not done after exec", i)
+		}
+		if ids[i] == "bad" {
+			var re redis.Error
+			if c.err == nil || !errors.As(c.err, &re) || !strings.Contains(c.err.Error(), "WRONGTYPE") {
+				t.Errorf("bad item: err = %v, want a redis.Error with WRONGTYPE", c.err)
+			}
+			continue
+		}
+		head, id := reply(c.v)
+		if c.err != nil || head != "ok" || id == nil {
+			t.Errorf("item %s: got %v, %v; want ok and an entry id", ids[i], c.v, c.err)
+		}
+		es, err := s.Fetch(ctx, ids[i], "", 10)
+		if err != nil || len(es) != 1 || string(es[0].Payload) != "p"+ids[i] {
+			t.Errorf("mailbox %s: got %d entries (%v), want exactly its own", ids[i], len(es), err)
+		}
+	}
+}
+
+// A batch whose items return nothing, a table and a string keeps each
+// item's value as the plain script returns it.
+func TestBatchRepliesMatchPlainScript(t *testing.T) {
+	t.Parallel()
+	rdb := testenv.Redis(t)
+	s := New(rdb, testenv.Namespace(t), Options{BatchInFlight: -1})
+	ctx := context.Background()
+	if err := s.SetSession(ctx, "d1", "node-1"); err != nil {
+		t.Fatal(err)
+	}
+	plain := func(sc *luaScript, key string, args ...any) any {
+		v, err := s.runNow(ctx, sc, key, args...)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return v
+	}
+	b := &batcher{s: s, sc: keysScript}
+	args := []any{"c", "k", "d", "i", "n", 7}
+	calls := []*batchCall{
+		{args: args, done: make(chan struct{})},
+		{args: args, done: make(chan struct{})},
+	}
+	b.exec(calls)
+	want := fmt.Sprint(plain(keysScript, "", args...))
+	for i, c := range calls {
+		if c.err != nil || fmt.Sprint(c.v) != want {
+			t.Errorf("call %d: got %v, %v; want %s", i, c.v, c.err, want)
+		}
+	}
+	// Prune of a non-empty mailbox returns 0, of an empty one 1.
+	if _, err := s.Put(ctx, "full", "t", []byte("p"), time.Now().Add(time.Minute), ""); err != nil {
+		t.Fatal(err)
+	}
+	b = &batcher{s: s, sc: pruneScript}
+	calls = []*batchCall{
+		{key: s.keys.Mailbox("full"), args: []any{"full"}, done: make(chan struct{})},
+		{key: s.keys.Mailbox("empty"), args: []any{"empty"}, done: make(chan struct{})},
+	}
+	b.exec(calls)
+	for i, want := range []int64{0, 1} {
+		if got, _ := calls[i].v.(int64); calls[i].err != nil || got != want {
+			t.Errorf("prune %d: got %v, %v; want %d", i, calls[i].v, calls[i].err, want)
+		}
+	}
+}
+
+// Many concurrent Reserves of the same few commands, forced into batches
+// (one batch in flight at a time): every key is reserved exactly once,
+// every other call sees it exist, and batches did form.
+func TestBatchedConcurrentReserves(t *testing.T) {
+	t.Parallel()
+	rdb := testenv.Redis(t)
+	s := New(rdb, testenv.Namespace(t), Options{BatchInFlight: 1, BatchMax: 16})
+	ctx := context.Background()
+	const keys, per = 20, 10
+	var mu sync.Mutex
+	reserved := map[string]int{}
+	var wg sync.WaitGroup
+	for i := range keys * per {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := newTestCommand(t, "c1", "d1", fmt.Sprintf("%d", i%keys+1))
+			out, rec, err := s.Reserve(ctx, c)
+			if err != nil {
+				t.Errorf("Reserve: %v", err)
+				return
+			}
+			if out == Reserved && rec.LeaseToken == "" {
+				t.Errorf("Reserved without a lease token")
+			}
+			if out == Reserved {
+				mu.Lock()
+				reserved[c.ID.Key()]++
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	if n := s.batchers[reserveScript].coalesced.Load(); n == 0 {
+		t.Errorf("no call ran in a batch of more than one")
+	}
+	if len(reserved) != keys {
+		t.Errorf("reserved %d keys, want %d", len(reserved), keys)
+	}
+	for k, n := range reserved {
+		if n != 1 {
+			t.Errorf("key %s reserved %d times, want 1", k, n)
+		}
+	}
+}
+
+// A caller whose ctx ends while it waits gets ctx's error at once.
+func TestBatchCallerContext(t *testing.T) {
+	t.Parallel()
+	rdb := testenv.Redis(t)
+	s := New(rdb, testenv.Namespace(t), Options{BatchInFlight: 1})
+	b := s.batchers[putScript]
+	// Occupy the only slot, so the next call waits in the queue.
+	b.mu.Lock()
+	b.running = 1
+	b.mu.Unlock()
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	_, err := s.Put(ctx, "x", "t", []byte("p"), time.Now().Add(time.Minute), "")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Errorf("Put with a waiting slot: err = %v, want context.DeadlineExceeded", err)
+	}
+	// Release the slot the way a finishing batch does: the waiting call
+	// runs then.
+	b.mu.Lock()
+	batch := b.takeLocked()
+	b.mu.Unlock()
+	b.loop(batch)
+	if n, err := s.Len(context.Background(), "x"); err != nil || n != 1 {
+		t.Errorf("after the slot freed: mailbox holds %d (%v), want 1 (the abandoned call still ran)", n, err)
+	}
+}
+
+func newTestCommand(t *testing.T, client, device, rawID string) *Command {
+	t.Helper()
+	id, err := protocol.ParseID(json.RawMessage(rawID))
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Command{Client: client, Device: device, ID: id, Method: "reboot", Timeout: 30 * time.Second, ExpiresIn: time.Hour}
+	c.Fingerprint = protocol.Fingerprint(device, c.Method, nil, c.Timeout, c.ExpiresIn)
+	return c
+}
+
+// A Store loads the function library when Redis lacks it, and again
+// after the library is deleted (a FUNCTION FLUSH, a restart without
+// persistence).
+func TestFunctionLibraryReloads(t *testing.T) {
+	rdb := testenv.Redis(t)
+	s := New(rdb, testenv.Namespace(t), Options{})
+	ctx := context.Background()
+	put := func() {
+		t.Helper()
+		if _, err := s.Put(ctx, "x", "t", []byte("p"), time.Now().Add(time.Minute), ""); err != nil {
+			t.Fatalf("Put: %v", err)
+		}
+	}
+	put()
+	name := theLibrary().name
+	if got := s.scripts.state.Load(); got != libFunctions {
+		t.Fatalf("runner state after a call = %d, want libFunctions (%d)", got, libFunctions)
+	}
+	if err := rdb.FunctionDelete(ctx, name).Err(); err != nil {
+		t.Fatalf("FUNCTION DELETE: %v", err)
+	}
+	// Concurrent calls that all find it missing load it once.
+	loads := s.scripts.loads.Load()
+	var wg sync.WaitGroup
+	for range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if _, err := s.Put(ctx, "x", "t", []byte("p"), time.Now().Add(time.Minute), ""); err != nil {
+				t.Errorf("Put: %v", err)
+			}
+		}()
+	}
+	wg.Wait()
+	if got := s.scripts.loads.Load() - loads; got != 1 {
+		t.Errorf("loaded the library %d times for 20 concurrent calls, want 1", got)
+	}
+	libs, err := rdb.FunctionList(ctx, redis.FunctionListQuery{LibraryNamePattern: name}).Result()
+	if err != nil || len(libs) != 1 {
+		t.Errorf("after the delete and a call: %d libraries named %s (%v), want 1", len(libs), name, err)
+	}
+	if n, err := s.Len(ctx, "x"); err != nil || n != 21 {
+		t.Errorf("mailbox holds %d (%v), want 21", n, err)
+	}
+}
+
+// With NoFunctions the same operations run by EVALSHA, plain and batched.
+func TestEvalScriptsWithoutFunctions(t *testing.T) {
+	t.Parallel()
+	rdb := testenv.Redis(t)
+	s := New(rdb, testenv.Namespace(t), Options{NoFunctions: true, BatchInFlight: 1})
+	ctx := context.Background()
+	var wg sync.WaitGroup
+	for i := range 50 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			c := newTestCommand(t, "c1", "d1", fmt.Sprintf("%d", i+1))
+			if out, _, err := s.Reserve(ctx, c); err != nil || out != Reserved {
+				t.Errorf("Reserve %d = %v, %v; want reserved", i, out, err)
+			}
+		}()
+	}
+	wg.Wait()
+	if got := s.scripts.state.Load(); got != libEval {
+		t.Errorf("runner state = %d, want libEval (%d)", got, libEval)
+	}
+	if n := s.batchers[reserveScript].coalesced.Load(); n == 0 {
+		t.Errorf("no Reserve ran batched")
+	}
+}
