@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sort"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -83,8 +84,21 @@ type Handler func(ctx context.Context, d Delivery) error
 
 // Consumer consumes one queue with manual acks and a bounded prefetch,
 // calling its Handler concurrently (up to ConsumerOptions.Concurrency
-// goroutines). It reconnects with backoff, redeclaring the topology, after
-// the loss of its connection or channel.
+// goroutines, kept for the whole Run). It reconnects with backoff,
+// redeclaring the topology, after the loss of its connection or channel.
+//
+// Acknowledgements are coalesced. Handlers finish out of order; once a
+// contiguous run of delivery tags, from the lowest one not yet settled,
+// is done, one basic.ack with multiple=true settles the whole run (when
+// an eighth of the prefetch window is ready, or 2 ms after the first).
+// A nack or reject is sent on its own as soon as its handler returns, so
+// it always reaches the broker before any multiple ack whose range
+// includes its tag. A delivery is never acked before its handler returned
+// nil, and never twice. Acks held back by a delivery that is still running
+// (or held after ErrTransient) are sent one by one after 20 ms, or at once
+// when half the prefetch window waits, so they never starve the handlers.
+// At shutdown everything decided is sent before the channel closes. See
+// tagTracker and ackBatcher.
 type Consumer struct {
 	opts Options
 	topo protocol.Topology
@@ -98,6 +112,7 @@ type Consumer struct {
 	running    atomic.Bool
 
 	sem  chan struct{}  // one slot per running handler
+	jobs chan job       // deliveries for the handler goroutines
 	gate gate           // closed while a delivery is held after ErrTransient
 	wg   sync.WaitGroup // running handlers, of every session
 	// stopping is closed once Run is shutting down and the consumer is
@@ -114,6 +129,7 @@ func NewConsumer(opts Options, topo protocol.Topology, co ConsumerOptions, h Han
 		opts: opts, topo: topo, co: co, h: h,
 		log:      opts.Logger.With("component", "amqpx.consumer", "queue", co.Queue, "conn", opts.Name),
 		sem:      make(chan struct{}, co.Concurrency),
+		jobs:     make(chan job, co.Concurrency),
 		stopping: make(chan struct{}),
 	}
 }
@@ -140,12 +156,19 @@ func (c *Consumer) Run(ctx context.Context) error {
 	// finish; hcancel ends them.
 	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer hcancel()
+	// Long-lived handler goroutines: a goroutine per delivery would grow
+	// a fresh stack (JSON, Redis) for every message. They end once the
+	// last job is taken, after Run stopped dispatching.
+	for range c.co.Concurrency {
+		go c.worker(hctx)
+	}
+	defer close(c.jobs)
 	// Handlers of a lost session may still run when ctx ends between
 	// sessions: give them the same bounded time.
 	defer c.waitHandlers(hcancel)
 	attempt := 0
 	for {
-		connected, err := c.session(ctx, hctx, hcancel)
+		connected, err := c.session(ctx, hcancel)
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -167,7 +190,7 @@ func (c *Consumer) Run(ctx context.Context) error {
 // session runs one connection: it returns when the connection or channel is
 // lost (connected reports whether it got as far as consuming), or, after a
 // graceful shutdown, when ctx is done.
-func (c *Consumer) session(ctx, hctx context.Context, hcancel context.CancelFunc) (connected bool, err error) {
+func (c *Consumer) session(ctx context.Context, hcancel context.CancelFunc) (connected bool, err error) {
 	conn, err := dial(ctx, &c.opts)
 	if err != nil {
 		return false, err
@@ -216,10 +239,15 @@ func (c *Consumer) session(ctx, hctx context.Context, hcancel context.CancelFunc
 		close(lost)
 	}()
 
+	// Every acknowledgement of this channel goes through acks, in order.
+	acks := newAckBatcher(ch, c.co.Prefetch, lost, c.log)
+	go acks.run()
+	defer acks.abandon() // when the channel is lost; a no-op after shutdown
+
 	for {
 		select {
 		case <-ctx.Done():
-			c.shutdown(ctx, hctx, ch, tag, deliveries, lost, hcancel)
+			c.shutdown(ctx, ch, tag, deliveries, lost, hcancel, acks)
 			return true, nil
 		case <-lost:
 			return true, why
@@ -231,16 +259,34 @@ func (c *Consumer) session(ctx, hctx context.Context, hcancel context.CancelFunc
 				case <-lost:
 					return true, why
 				case <-time.After(100 * time.Millisecond):
+					// The channel still works: send what is decided.
+					acks.finish()
 					return true, errors.New("consumer cancelled by the broker")
 				}
 			}
-			if !c.dispatch(ctx, hctx, d, lost, nil) {
+			acks.track(d.DeliveryTag)
+			if !c.dispatch(ctx, d, lost, nil, acks) {
 				// ctx ended while waiting for a slot: d is part of
 				// the shutdown's work.
-				c.shutdown(ctx, hctx, ch, tag, deliveries, lost, hcancel, d)
+				c.shutdown(ctx, ch, tag, deliveries, lost, hcancel, acks, d)
 				return true, nil
 			}
 		}
+	}
+}
+
+// job is one delivery for a handler goroutine, with the session it came
+// from.
+type job struct {
+	d    amqp.Delivery
+	lost <-chan struct{}
+	acks *ackBatcher
+}
+
+// worker runs handlers until Run closes c.jobs.
+func (c *Consumer) worker(hctx context.Context) {
+	for j := range c.jobs {
+		c.handle(hctx, &j)
 	}
 }
 
@@ -248,7 +294,7 @@ func (c *Consumer) session(ctx, hctx context.Context, hcancel context.CancelFunc
 // It returns false, without starting it, if ctx ends first (or, during
 // shutdown, if stop closes first); if the channel is lost meanwhile it
 // returns true without starting it (the broker has requeued d).
-func (c *Consumer) dispatch(ctx, hctx context.Context, d amqp.Delivery, lost, stop <-chan struct{}) bool {
+func (c *Consumer) dispatch(ctx context.Context, d amqp.Delivery, lost, stop <-chan struct{}, acks *ackBatcher) bool {
 	done := ctx.Done()
 	if stop != nil {
 		done = nil // draining at shutdown: only the deadline stops us
@@ -279,13 +325,15 @@ func (c *Consumer) dispatch(ctx, hctx context.Context, d amqp.Delivery, lost, st
 	}
 	c.inflight.Add(1)
 	c.wg.Add(1)
-	go c.handle(hctx, d, lost)
+	// Never blocks: a job is sent only with a slot of c.sem, and c.jobs
+	// has room for as many jobs as there are slots.
+	c.jobs <- job{d: d, lost: lost, acks: acks}
 	return true
 }
 
 // shutdown stops the consumer gracefully; pending are deliveries received
 // but not yet dispatched.
-func (c *Consumer) shutdown(ctx, hctx context.Context, ch *amqp.Channel, tag string, deliveries <-chan amqp.Delivery, lost <-chan struct{}, hcancel context.CancelFunc, pending ...amqp.Delivery) {
+func (c *Consumer) shutdown(ctx context.Context, ch *amqp.Channel, tag string, deliveries <-chan amqp.Delivery, lost <-chan struct{}, hcancel context.CancelFunc, acks *ackBatcher, pending ...amqp.Delivery) {
 	dctx, dcancel := context.WithTimeout(context.Background(), c.co.ShutdownTimeout)
 	defer dcancel()
 	deadline := dctx.Done()
@@ -309,13 +357,9 @@ func (c *Consumer) shutdown(ctx, hctx context.Context, ch *amqp.Channel, tag str
 	c.stop()
 
 	stopped := false
-	release := func(d amqp.Delivery) {
-		if err := d.Nack(false, true); err != nil {
-			c.log.Debug("cannot nack", "msg_id", d.MessageId, "err", err)
-		}
-	}
+	release := func(d amqp.Delivery) { acks.settle(d.DeliveryTag, opRequeue) }
 	for _, d := range pending {
-		if stopped || !c.dispatch(ctx, hctx, d, lost, deadline) {
+		if stopped || !c.dispatch(ctx, d, lost, deadline, acks) {
 			stopped = true
 			release(d)
 		}
@@ -327,7 +371,8 @@ drain:
 			if !ok {
 				break drain
 			}
-			if !c.dispatch(ctx, hctx, d, lost, deadline) {
+			acks.track(d.DeliveryTag)
+			if !c.dispatch(ctx, d, lost, deadline, acks) {
 				stopped = true
 				release(d)
 			}
@@ -355,6 +400,10 @@ drain:
 		case <-time.After(time.Second):
 		}
 	}
+	// Send every settlement decided so far before the channel closes;
+	// handlers still running after this settle nothing, and the close
+	// gives their deliveries back to the queue.
+	acks.finish()
 	_ = ch.Close()
 	c.log.Info("consumer stopped")
 }
@@ -379,15 +428,16 @@ func (c *Consumer) waitHandlers(hcancel context.CancelFunc) {
 	}
 }
 
-// handle runs the handler for d, retrying it while it returns ErrTransient,
-// and settles d. Once the Consumer is stopping, nothing is held any more.
-func (c *Consumer) handle(hctx context.Context, d amqp.Delivery, lost <-chan struct{}) {
+// handle runs the handler for j's delivery, retrying it while it returns
+// ErrTransient, and settles the delivery through its session's
+// ackBatcher. Once the Consumer is stopping, nothing is held any more.
+func (c *Consumer) handle(hctx context.Context, j *job) {
 	defer c.wg.Done()
 	defer func() { <-c.sem }()
 	defer c.inflight.Add(-1)
 
+	d := &j.d
 	dv := toDelivery(d)
-	log := c.log.With("msg_id", d.MessageId)
 	held := false
 	var heldSince time.Time
 	defer func() {
@@ -399,35 +449,31 @@ func (c *Consumer) handle(hctx context.Context, d amqp.Delivery, lost <-chan str
 		err := c.call(hctx, dv)
 		switch {
 		case err == nil:
-			if err := d.Ack(false); err != nil {
-				log.Debug("cannot ack", "err", err)
-			}
+			j.acks.settle(d.DeliveryTag, opAck)
 		case errors.Is(err, ErrReject):
-			log.Warn("handler rejected the message: dead-lettering it", "err", err)
-			if err := d.Reject(false); err != nil {
-				log.Debug("cannot reject", "err", err)
-			}
+			c.log.Warn("handler rejected the message: dead-lettering it", "msg_id", d.MessageId, "err", err)
+			j.acks.settle(d.DeliveryTag, opReject)
 		case errors.Is(err, ErrTransient):
 			if !held {
 				held, heldSince = true, time.Now()
 				c.gate.hold()
-				log.Warn("transient failure: pausing the consumer and holding the message", "err", err)
+				c.log.Warn("transient failure: pausing the consumer and holding the message", "msg_id", d.MessageId, "err", err)
 			}
 			if isClosed(c.stopping) || time.Since(heldSince) >= c.co.MaxTransientHold {
-				c.requeue(d, log)
+				j.acks.settle(d.DeliveryTag, opRequeue)
 				return
 			}
 			select {
 			case <-time.After(backoff(c.opts.MinBackoff, c.opts.MaxBackoff, attempt)):
 				continue
 			case <-c.stopping:
-				c.requeue(d, log)
-			case <-lost:
+				j.acks.settle(d.DeliveryTag, opRequeue)
+			case <-j.lost:
 				// The broker has requeued it with the channel.
 			}
 		default:
-			log.Warn("handler failed: requeueing the message", "err", err, "delivery_count", dv.DeliveryCount)
-			c.requeue(d, log)
+			c.log.Warn("handler failed: requeueing the message", "msg_id", d.MessageId, "err", err, "delivery_count", dv.DeliveryCount)
+			j.acks.settle(d.DeliveryTag, opRequeue)
 		}
 		return
 	}
@@ -442,12 +488,6 @@ func isClosed(ch <-chan struct{}) bool {
 	}
 }
 
-func (c *Consumer) requeue(d amqp.Delivery, log *slog.Logger) {
-	if err := d.Nack(false, true); err != nil {
-		log.Debug("cannot nack", "err", err)
-	}
-}
-
 // call runs the handler, turning a panic into an error.
 func (c *Consumer) call(ctx context.Context, d Delivery) (err error) {
 	defer func() {
@@ -458,7 +498,7 @@ func (c *Consumer) call(ctx context.Context, d Delivery) (err error) {
 	return c.h(ctx, d)
 }
 
-func toDelivery(d amqp.Delivery) Delivery {
+func toDelivery(d *amqp.Delivery) Delivery {
 	n, _ := headerUint(d.Headers["x-delivery-count"])
 	return Delivery{
 		Body:          d.Body,
@@ -529,3 +569,414 @@ func (c *Consumer) Reconnects() int64 { return c.reconnects.Load() }
 
 // Inflight returns how many handlers are running now.
 func (c *Consumer) Inflight() int { return int(c.inflight.Load()) }
+
+// settleOp is how a delivery is settled.
+type settleOp uint8
+
+const (
+	opAck     settleOp = iota + 1 // basic.ack
+	opRequeue                     // basic.nack with requeue
+	opReject                      // basic.reject without requeue: dead-lettered
+)
+
+func (o settleOp) String() string {
+	switch o {
+	case opAck:
+		return "ack"
+	case opRequeue:
+		return "nack"
+	case opReject:
+		return "reject"
+	}
+	return "?"
+}
+
+// settlement is one acknowledgement frame to send: an ack (of one tag, or
+// with multiple=true of every outstanding tag up to it), a nack with
+// requeue, or a reject.
+type settlement struct {
+	tag      uint64
+	op       settleOp
+	multiple bool
+}
+
+// tagState is where one delivery tag stands.
+type tagState uint8
+
+const (
+	tagOpen    tagState = iota // delivered; its handler has not decided
+	tagDone                    // its handler returned nil; the ack is not sent yet
+	tagSettled                 // its ack, nack or reject is decided (sent or queued to send)
+)
+
+type trackedTag struct {
+	tag   uint64
+	state tagState
+}
+
+// tagTracker is the pure logic of ack coalescing for one channel. It
+// knows the delivery tags received (in increasing order, as the broker
+// numbers them) and turns handler outcomes into settlements:
+//
+//   - a nack or reject is a settlement of its own, at once (settle);
+//   - an ack only marks the tag done; advance then settles the run of
+//     settled and done tags at the front (from the lowest tag still open)
+//     with one ack of the highest done tag in it, multiple=true when the
+//     run holds more than one done tag. Tags in the run that were nacked
+//     or rejected were settled before, so the broker no longer counts them
+//     as outstanding and the multiple ack does not touch them;
+//   - flush does what advance does, then acks one by one the done tags
+//     left above a tag that is still open.
+//
+// A tag is settled at most once: a second outcome for it, or an outcome
+// for a tag never added, is ignored (and reported). Not safe for
+// concurrent use.
+type tagTracker struct {
+	tags []trackedTag // from head: not yet passed by advance, increasing
+	head int
+	done int // tags in state tagDone
+}
+
+// add records a delivered tag; it must be higher than every tag added
+// before (else add reports false and ignores it).
+func (t *tagTracker) add(tag uint64) bool {
+	if n := len(t.tags); n > t.head && t.tags[n-1].tag >= tag {
+		return false
+	}
+	switch {
+	case t.head == len(t.tags):
+		t.tags, t.head = t.tags[:0], 0
+	case t.head >= 64 && 2*t.head >= len(t.tags):
+		n := copy(t.tags, t.tags[t.head:])
+		t.tags, t.head = t.tags[:n], 0
+	}
+	t.tags = append(t.tags, trackedTag{tag: tag})
+	return true
+}
+
+// find returns the index of tag in t.tags, or -1.
+func (t *tagTracker) find(tag uint64) int {
+	live := t.tags[t.head:]
+	if len(live) == 0 || tag < live[0].tag {
+		return -1
+	}
+	// Tags are consecutive unless the channel skipped some.
+	if i := tag - live[0].tag; i < uint64(len(live)) && live[i].tag == tag {
+		return t.head + int(i)
+	}
+	i := sort.Search(len(live), func(i int) bool { return live[i].tag >= tag })
+	if i < len(live) && live[i].tag == tag {
+		return t.head + i
+	}
+	return -1
+}
+
+// settle records the outcome of tag and appends what must be sent at once
+// (a nack or reject) to out. ok is false when tag is unknown or already
+// settled: then nothing changes.
+func (t *tagTracker) settle(tag uint64, op settleOp, out []settlement) (_ []settlement, ok bool) {
+	i := t.find(tag)
+	if i < 0 || t.tags[i].state != tagOpen {
+		return out, false
+	}
+	if op == opAck {
+		t.tags[i].state = tagDone
+		t.done++
+		return out, true
+	}
+	t.tags[i].state = tagSettled
+	return append(out, settlement{tag: tag, op: op}), true
+}
+
+// advance passes the front run of done and settled tags and appends the
+// one ack that settles its done tags to out.
+func (t *tagTracker) advance(out []settlement) []settlement {
+	var last uint64
+	n := 0
+	for t.head < len(t.tags) && t.tags[t.head].state != tagOpen {
+		if t.tags[t.head].state == tagDone {
+			last = t.tags[t.head].tag
+			n++
+		}
+		t.head++
+	}
+	if n == 0 {
+		return out
+	}
+	t.done -= n
+	return append(out, settlement{tag: last, op: opAck, multiple: n > 1})
+}
+
+// flush advances, then acks every done tag left one by one.
+func (t *tagTracker) flush(out []settlement) []settlement {
+	out = t.advance(out)
+	for i := t.head; t.done > 0 && i < len(t.tags); i++ {
+		if t.tags[i].state == tagDone {
+			t.tags[i].state = tagSettled
+			t.done--
+			out = append(out, settlement{tag: t.tags[i].tag, op: opAck})
+		}
+	}
+	return out
+}
+
+// waiting returns how many done tags have no ack sent yet.
+func (t *tagTracker) waiting() int { return t.done }
+
+// ready returns how many done tags advance would ack now: those of the
+// front run, below the lowest open tag.
+func (t *tagTracker) ready() int {
+	n := 0
+	for i := t.head; i < len(t.tags) && t.tags[i].state != tagOpen; i++ {
+		if t.tags[i].state == tagDone {
+			n++
+		}
+	}
+	return n
+}
+
+// firstOpen returns the lowest open tag, or 0 when none is open.
+func (t *tagTracker) firstOpen() uint64 {
+	for i := t.head; i < len(t.tags); i++ {
+		if t.tags[i].state == tagOpen {
+			return t.tags[i].tag
+		}
+	}
+	return 0
+}
+
+// acknowledger is what ackBatcher sends on: an *amqp.Channel.
+type acknowledger interface {
+	Ack(tag uint64, multiple bool) error
+	Nack(tag uint64, multiple, requeue bool) error
+	Reject(tag uint64, requeue bool) error
+}
+
+// Timing of coalesced acks.
+const (
+	// ackLinger is the longest a done delivery at the front waits for
+	// others to share its ack (ackPolicy.batch of them go at once).
+	ackLinger = 2 * time.Millisecond
+	// ackMaxBlock is how long one open delivery may hold back the acks
+	// of later ones before they are sent one by one.
+	ackMaxBlock = 20 * time.Millisecond
+)
+
+// ackPolicy says when the acks of done deliveries go out.
+type ackPolicy struct {
+	// batch: the front run's acks go as soon as this many are ready (or
+	// once the first has waited linger, or with any nack or reject).
+	batch  int
+	linger time.Duration
+	// blockLimit: done deliveries above an open one are acked one by
+	// one once this many wait (so they never starve the handlers of
+	// deliveries: the prefetch window counts them), or once the open one
+	// has held them back for maxBlock.
+	blockLimit int
+	maxBlock   time.Duration
+}
+
+// newAckPolicy sizes the policy for a prefetch window: batches of an
+// eighth of it, and at most half of it held back by a slow delivery.
+func newAckPolicy(prefetch int) ackPolicy {
+	return ackPolicy{
+		batch:      max(1, prefetch/8),
+		linger:     ackLinger,
+		blockLimit: max(1, prefetch/2),
+		maxBlock:   ackMaxBlock,
+	}
+}
+
+// ackBatcher sends the acknowledgements of one channel, coalesced by a
+// tagTracker, from one goroutine (run), in the order they were decided.
+// Handlers hand their outcome to settle and go on. Nacks and rejects go
+// out at once; acks of the front run go out when ackPolicy.batch of them
+// are ready or the first has waited ackPolicy.linger, as one basic.ack
+// with multiple=true, so under load one frame (and one write, and one
+// command in the quorum queue's log) settles many deliveries.
+type ackBatcher struct {
+	ch   acknowledger
+	lost <-chan struct{}
+	log  *slog.Logger
+	pol  ackPolicy
+
+	mu     sync.Mutex
+	t      tagTracker
+	out    []settlement // decided, not yet taken by run; in order
+	closed bool         // finished or abandoned: outcomes are dropped
+	// What run has seen and timed; settle wakes run when that changes.
+	lingering bool // done deliveries ready at the front
+	blocked   bool // done deliveries above an open one
+
+	wake     chan struct{} // capacity 1
+	fin      chan struct{} // closed by finish: send everything and stop
+	quit     chan struct{} // closed by abandon: stop, send nothing more
+	finOnce  sync.Once
+	quitOnce sync.Once
+	done     chan struct{} // closed when run returns
+}
+
+func newAckBatcher(ch acknowledger, prefetch int, lost <-chan struct{}, log *slog.Logger) *ackBatcher {
+	return &ackBatcher{
+		ch: ch, lost: lost, log: log,
+		pol:  newAckPolicy(prefetch),
+		wake: make(chan struct{}, 1),
+		fin:  make(chan struct{}),
+		quit: make(chan struct{}),
+		done: make(chan struct{}),
+	}
+}
+
+// track records a delivery received on the channel, before its handler
+// starts. Tags must come in the order the channel delivered them.
+func (a *ackBatcher) track(tag uint64) {
+	a.mu.Lock()
+	ok := a.t.add(tag)
+	a.mu.Unlock()
+	if !ok {
+		a.log.Error("delivery tag out of order: it will not be acked", "tag", tag)
+	}
+}
+
+// settle hands over the outcome of a delivery. It never blocks on the
+// network; after finish or abandon it does nothing (the channel's close
+// gives the delivery back to the queue).
+func (a *ackBatcher) settle(tag uint64, op settleOp) {
+	a.mu.Lock()
+	if a.closed {
+		a.mu.Unlock()
+		return
+	}
+	var ok bool
+	a.out, ok = a.t.settle(tag, op, a.out)
+	wake := false
+	if ok {
+		// Wake run only when it has something to do: a frame to send,
+		// enough acks, or a wait to time.
+		ready := a.t.ready()
+		held := a.t.waiting() - ready
+		wake = len(a.out) > 0 || ready >= a.pol.batch || held >= a.pol.blockLimit ||
+			(ready > 0 && !a.lingering) || (held > 0 && !a.blocked)
+	}
+	a.mu.Unlock()
+	if !ok {
+		a.log.Error("delivery settled twice or never tracked: ignored", "tag", tag, "op", op)
+		return
+	}
+	if wake {
+		select {
+		case a.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// run sends the settlements until finish, abandon or the channel's loss.
+func (a *ackBatcher) run() {
+	defer close(a.done)
+	timer := time.NewTimer(time.Hour)
+	timer.Stop()
+	var (
+		batch        []settlement
+		readySince   time.Time // the front run's first ready ack
+		blocker      uint64    // the open tag that holds back later acks
+		blockedSince time.Time
+	)
+	for {
+		final := false
+		select {
+		case <-a.wake:
+		case <-timer.C:
+		case <-a.fin:
+			final = true
+		case <-a.quit:
+			return
+		case <-a.lost:
+			return
+		}
+		a.mu.Lock()
+		batch, a.out = a.out, batch[:0]
+		var next time.Time // when to look again, if nothing wakes run
+		if final {
+			a.closed = true
+			batch = a.t.flush(batch)
+		} else {
+			now := time.Now()
+			ready := a.t.ready()
+			held := a.t.waiting() - ready
+			if ready == 0 {
+				readySince = time.Time{}
+			} else if readySince.IsZero() {
+				readySince = now
+			}
+			if held == 0 {
+				blocker = 0
+			} else if f := a.t.firstOpen(); f != blocker {
+				blocker, blockedSince = f, now
+			}
+			switch {
+			case held > 0 && (held >= a.pol.blockLimit || now.Sub(blockedSince) >= a.pol.maxBlock):
+				batch = a.t.flush(batch)
+				readySince, blocker = time.Time{}, 0
+			case ready > 0 && (len(batch) > 0 || ready >= a.pol.batch || now.Sub(readySince) >= a.pol.linger):
+				batch = a.t.advance(batch)
+				readySince = time.Time{}
+			}
+			if !readySince.IsZero() {
+				next = readySince.Add(a.pol.linger)
+			}
+			if blocker != 0 {
+				if t := blockedSince.Add(a.pol.maxBlock); next.IsZero() || t.Before(next) {
+					next = t
+				}
+			}
+			a.lingering, a.blocked = !readySince.IsZero(), blocker != 0
+		}
+		a.mu.Unlock()
+		a.send(batch)
+		if final {
+			return
+		}
+		timer.Stop()
+		if !next.IsZero() {
+			timer.Reset(time.Until(next))
+		}
+	}
+}
+
+func (a *ackBatcher) send(batch []settlement) {
+	if len(batch) == 0 {
+		return
+	}
+	for _, s := range batch {
+		var err error
+		switch s.op {
+		case opAck:
+			err = a.ch.Ack(s.tag, s.multiple)
+		case opRequeue:
+			err = a.ch.Nack(s.tag, false, true)
+		case opReject:
+			err = a.ch.Reject(s.tag, false)
+		}
+		if err != nil {
+			a.log.Debug("cannot settle", "op", s.op, "tag", s.tag, "multiple", s.multiple, "err", err)
+		}
+	}
+}
+
+// finish sends every settlement decided so far, acks included, and stops
+// run; later outcomes are dropped. It returns once that is done (or the
+// channel is lost).
+func (a *ackBatcher) finish() {
+	a.finOnce.Do(func() { close(a.fin) })
+	<-a.done
+}
+
+// abandon stops run without sending anything more: the channel is gone or
+// about to close.
+func (a *ackBatcher) abandon() {
+	a.mu.Lock()
+	a.closed = true
+	a.mu.Unlock()
+	a.quitOnce.Do(func() { close(a.quit) })
+}

@@ -26,11 +26,13 @@
 //
 // Publishing is concurrent: a publish holds its channel's lock only to take
 // the next sequence number and write the frames, then waits for the confirm
-// without any lock, so confirms of many publishes overlap. One goroutine per
-// channel reads the confirms and returns; a message carries its sequence
-// number in the x-amqpx-seq header so a return is matched to its publish,
-// and because the library hands over a message's basic.return before its
-// basic.ack, draining returns before resolving each ack gets the order right.
+// without any lock, so confirms of many publishes overlap. It waits on the
+// library's deferred confirmation, resolved by the library's reader; a
+// message carries its sequence number in the x-amqpx-seq header so a return
+// is matched to its publish, and because the library hands over a message's
+// basic.return before its basic.ack, a publish that takes the waiting
+// returns after its ack came gets the order right. The frames of concurrent
+// publishes are coalesced into as few socket writes as there is time for.
 //
 // Publish fails fast: when the connection is down (the Publisher
 // reconnects with backoff in the background) or blocked by a memory or

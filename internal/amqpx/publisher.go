@@ -5,12 +5,14 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
+	"github.com/iotgw/gateway/internal/coalesce"
 	"github.com/iotgw/gateway/protocol"
 )
 
@@ -33,8 +35,8 @@ type Headers struct {
 // confirm on every publish. It owns one connection, which it re-establishes
 // with backoff in the background (redeclaring the topology each time), and a
 // pool of Options.Channels confirm-mode channels. It is safe for concurrent
-// use by many goroutines: a publish holds a channel only while writing, and
-// waits for its confirm without any lock.
+// use by many goroutines: a publish holds a channel only while writing (into
+// a buffer: see coalescingConn), and waits for its confirm without any lock.
 type Publisher struct {
 	opts Options
 	topo protocol.Topology
@@ -58,11 +60,24 @@ type pubSession struct {
 
 // pubChan is one confirm-mode channel. lock (a one-slot semaphore, so a
 // waiter can give up) serializes taking the next sequence number and
-// writing the publish, so the number is the message's delivery tag; one
-// goroutine (watch) resolves confirms and returns.
+// writing the publish, so the number is the message's delivery tag.
+//
+// A publish waits for its confirm on the library's DeferredConfirmation,
+// which the library's reader resolves itself: no goroutine of ours stands
+// between the broker's basic.ack and the waiting publish. Returns
+// (basic.return of a mandatory publish no queue took) arrive on the
+// returns channel, and are taken from it only under pmu, without blocking
+// (takeReturns): a publish that sees its ack takes the returns waiting
+// there before it looks whether its message was returned. That is
+// enough, because the library's reader hands a message's basic.return to
+// the returns channel before it reads the basic.ack that follows it
+// (RabbitMQ sends them in that order), so the return of an acked message
+// is either in the channel or already marked on its pending entry.
 type pubChan struct {
-	lock chan struct{}
-	ch   *amqp.Channel
+	lock    chan struct{}
+	ch      *amqp.Channel
+	returns <-chan amqp.Return // read only under pmu, never blocking
+	log     *slog.Logger
 
 	pmu     sync.Mutex
 	pending map[uint64]*pending
@@ -70,22 +85,14 @@ type pubChan struct {
 	// closeErr is why the channel closed (nil for a clean close), set
 	// before dead.
 	closeErr atomic.Pointer[amqp.Error]
+	// closed is closed once closeErr and dead are set.
+	closed chan struct{}
 }
 
 // pending is a publish awaiting its confirm.
 type pending struct {
-	returned bool         // guarded by pubChan.pmu
-	done     chan outcome // buffered 1
+	returned bool // guarded by pubChan.pmu
 }
-
-type outcome int
-
-const (
-	outAck outcome = iota
-	outNack
-	outReturned
-	outClosed
-)
 
 // NewPublisher returns a Publisher after a first connection attempt bounded
 // by ctx (ctx bounds only that attempt; the Publisher lives until Close). If
@@ -121,7 +128,7 @@ func NewPublisher(ctx context.Context, opts Options, topo protocol.Topology) (*P
 
 // connect dials, declares the topology and opens the channel pool.
 func (p *Publisher) connect(ctx context.Context) (*pubSession, error) {
-	conn, err := dial(ctx, &p.opts)
+	conn, err := dialCoalescing(ctx, &p.opts)
 	if err != nil {
 		return nil, err
 	}
@@ -166,97 +173,59 @@ func (p *Publisher) openChan(conn *amqp.Connection) (*pubChan, error) {
 		_ = ch.Close()
 		return nil, err
 	}
-	pc := &pubChan{ch: ch, lock: make(chan struct{}, 1), pending: make(map[uint64]*pending)}
-	// Both are read by one goroutine through generous buffers: the reader
-	// never blocks the library, and because the library sends a message's
-	// basic.return before its basic.ack, draining returns before resolving
-	// an ack keeps them in order.
-	confirms := ch.NotifyPublish(make(chan amqp.Confirmation, 1024))
-	returns := ch.NotifyReturn(make(chan amqp.Return, 1024))
+	pc := &pubChan{ch: ch, lock: make(chan struct{}, 1), pending: make(map[uint64]*pending), log: p.log, closed: make(chan struct{})}
+	// Generous: every return is followed by its ack, whose publish takes
+	// the returns waiting; Publisher.serve takes the rest now and then.
+	// The library blocks its reader while this is full.
+	pc.returns = ch.NotifyReturn(make(chan amqp.Return, 1024))
 	closes := ch.NotifyClose(make(chan *amqp.Error, 1))
-	go pc.watch(confirms, returns, closes, p.log)
+	go func() {
+		// The library sends the reason of an abnormal close, or just
+		// closes the listener.
+		if e, ok := <-closes; ok && e != nil {
+			pc.closeErr.Store(e)
+			p.log.Warn("publishing channel closed", "err", e)
+		}
+		pc.dead.Store(true)
+		close(pc.closed)
+	}()
 	return pc, nil
 }
 
-// watch resolves pending publishes from confirms and returns until the
-// channel closes, then fails whatever is still pending.
-func (pc *pubChan) watch(confirms <-chan amqp.Confirmation, returns <-chan amqp.Return, closes <-chan *amqp.Error, log *slog.Logger) {
-	markReturned := func(r amqp.Return) {
-		seq, ok := headerUint(r.Headers[seqHeader])
-		if !ok {
-			log.Warn("returned message without sequence header", "msg_id", r.MessageId, "exchange", r.Exchange, "key", r.RoutingKey)
-			return
-		}
-		pc.pmu.Lock()
-		if pp := pc.pending[seq]; pp != nil {
-			pp.returned = true
-		}
-		pc.pmu.Unlock()
-	}
+// takeReturnsLocked marks the pending publishes whose returns are waiting
+// in the returns channel. pmu must be held.
+func (pc *pubChan) takeReturnsLocked() {
 	for {
 		select {
-		case r, ok := <-returns:
+		case r, ok := <-pc.returns:
 			if !ok {
-				returns = nil
-				continue
-			}
-			markReturned(r)
-		case c, ok := <-confirms:
-			if !ok {
-				// The library reports the close reason before it
-				// closes the confirm listeners.
-				select {
-				case e := <-closes:
-					if e != nil {
-						pc.closeErr.Store(e)
-						log.Warn("publishing channel closed", "err", e)
-					}
-				default:
-				}
-				pc.dead.Store(true)
-				pc.failAll()
 				return
 			}
-			// Every return sent before this confirm is already buffered.
-		drain:
-			for returns != nil {
-				select {
-				case r, ok := <-returns:
-					if !ok {
-						returns = nil
-						break drain
-					}
-					markReturned(r)
-				default:
-					break drain
-				}
+			seq, ok := headerUint(r.Headers[seqHeader])
+			if !ok {
+				pc.log.Warn("returned message without sequence header", "msg_id", r.MessageId, "exchange", r.Exchange, "key", r.RoutingKey)
+				continue
 			}
-			pc.pmu.Lock()
-			pp := pc.pending[c.DeliveryTag]
-			delete(pc.pending, c.DeliveryTag)
-			pc.pmu.Unlock()
-			if pp == nil {
-				continue // the publisher gave up on it
+			if pp := pc.pending[seq]; pp != nil {
+				pp.returned = true
 			}
-			switch {
-			case pp.returned:
-				pp.done <- outReturned
-			case c.Ack:
-				pp.done <- outAck
-			default:
-				pp.done <- outNack
-			}
+		default:
+			return
 		}
 	}
 }
 
-func (pc *pubChan) failAll() {
+// settle ends the wait of the publish with tag after its confirm came,
+// and reports whether the message was returned.
+func (pc *pubChan) settle(tag uint64) (returned bool) {
 	pc.pmu.Lock()
 	defer pc.pmu.Unlock()
-	for tag, pp := range pc.pending {
+	pc.takeReturnsLocked()
+	if pp := pc.pending[tag]; pp != nil {
+		returned = pp.returned
 		delete(pc.pending, tag)
-		pp.done <- outClosed
 	}
+	return returned
 }
 
 // loop keeps the Publisher connected until Close.
@@ -304,7 +273,12 @@ func (p *Publisher) serve(ctx context.Context, s *pubSession) {
 			return
 		case <-tick.C:
 			for i := range s.chans {
-				if !s.chans[i].Load().dead.Load() {
+				pc := s.chans[i].Load()
+				// Returns of publishes that gave up waiting.
+				pc.pmu.Lock()
+				pc.takeReturnsLocked()
+				pc.pmu.Unlock()
+				if !pc.dead.Load() {
 					continue
 				}
 				npc, err := p.openChan(s.conn)
@@ -371,7 +345,7 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, body []by
 		Timestamp:     time.Now(),
 		Body:          body,
 	}
-	pp := &pending{done: make(chan outcome, 1)}
+	pp := &pending{}
 
 	// One deadline for the whole publish: waiting for the channel, and
 	// waiting for the confirm. (The write itself is bounded by the
@@ -392,8 +366,11 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, body []by
 	pc.pmu.Lock()
 	pc.pending[tag] = pp
 	pc.pmu.Unlock()
-	err := pc.ch.PublishWithContext(ctx, exchange, key, true, false, msg)
+	dc, err := pc.ch.PublishWithDeferredConfirmWithContext(ctx, exchange, key, true, false, msg)
 	<-pc.lock
+	if err == nil && dc == nil {
+		err = errors.New("channel not in confirm mode")
+	}
 	if err != nil {
 		pc.forget(tag)
 		if ctx.Err() != nil {
@@ -403,17 +380,26 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, body []by
 	}
 
 	select {
-	case o := <-pp.done:
-		switch o {
-		case outAck:
-			return nil
-		case outReturned:
-			return &Error{Op: "publish", Reason: "returned", Recover: true, Err: ErrReturned}
-		case outNack:
-			return &Error{Op: "confirm", Reason: "nack", Recover: true, Err: ErrNacked}
-		default:
+	case <-dc.Done():
+		returned := pc.settle(tag)
+		switch {
+		case !dc.Acked() && pc.ch.IsClosed():
+			// The library fails the confirms of a channel that
+			// closes as nacks; a nack just before a close is taken
+			// for the close too (the message may be in a queue).
+			// The library told the close listener first: its reason
+			// is at hand.
+			select {
+			case <-pc.closed:
+			case <-timer.C:
+			}
 			return &Error{Op: "confirm", Reason: "channel closed", Recover: true, Err: pc.closedErr(nil)}
+		case !dc.Acked():
+			return &Error{Op: "confirm", Reason: "nack", Recover: true, Err: ErrNacked}
+		case returned:
+			return &Error{Op: "publish", Reason: "returned", Recover: true, Err: ErrReturned}
 		}
+		return nil
 	case <-timer.C:
 		pc.forget(tag)
 		return &Error{Op: "confirm", Reason: "confirm timeout", Recover: true, Err: ErrConfirmTimeout}
@@ -513,4 +499,62 @@ func headerUint(v any) (uint64, bool) {
 		return uint64(n), true
 	}
 	return 0, false
+}
+
+// dialCoalescing is dial, with the socket's writes coalesced (see
+// coalescingConn).
+func dialCoalescing(ctx context.Context, o *Options) (*amqp.Connection, error) {
+	return dialWrapped(ctx, o, func(c net.Conn) net.Conn { return newCoalescingConn(c) })
+}
+
+// coalescingMax is how many bytes may wait for the socket before a write
+// blocks until they are written.
+const coalescingMax = 1 << 20
+
+// coalescingConn coalesces the writes of concurrent publishes into fewer
+// system calls. The library writes and flushes every publish on its own,
+// under one lock per connection, so concurrent publishes cost one write
+// (and one wake-up of the broker) each. Here Write only appends to a
+// buffer, and one goroutine writes whatever has accumulated: at once when
+// it is idle, so a lone publish is not delayed, and many publishes per
+// write under load. Order is kept. A write error (the socket's write
+// deadline, Options.ConfirmTimeout, included) is returned by every later
+// Write and closes the socket, so the library sees the connection fail
+// and every publish waiting for a confirm fails with it, as when the
+// library's own write fails; nothing is confirmed that was not written.
+type coalescingConn struct {
+	net.Conn // writes bounded by a deadline
+
+	w      *coalesce.Writer
+	closed atomic.Bool
+}
+
+func newCoalescingConn(c net.Conn) *coalescingConn {
+	return &coalescingConn{Conn: c, w: coalesce.New(c, coalesce.Options{
+		Max:     coalescingMax,
+		OnError: func(error) { _ = c.Close() },
+	})}
+}
+
+// Write queues a copy of p for the writer goroutine.
+func (c *coalescingConn) Write(p []byte) (int, error) {
+	n, err := c.w.Write(p)
+	if err == coalesce.ErrClosed {
+		err = net.ErrClosed
+	}
+	return n, err
+}
+
+// Close stops taking writes, gives the writer a moment to write what
+// waits (the library closes the socket right after its last frame, a
+// connection.close-ok), then closes the socket.
+func (c *coalescingConn) Close() error {
+	if c.closed.Swap(true) {
+		return nil
+	}
+	select {
+	case <-c.w.Stop():
+	case <-time.After(100 * time.Millisecond):
+	}
+	return c.Conn.Close()
 }

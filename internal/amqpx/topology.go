@@ -103,11 +103,21 @@ func Dial(ctx context.Context, opts Options) (*amqp.Connection, error) {
 }
 
 func dial(ctx context.Context, o *Options) (*amqp.Connection, error) {
+	return dialWrapped(ctx, o, nil)
+}
+
+// dialWrapped is dial with the socket (whose writes are bounded by the
+// write timeout) wrapped by wrap, when not nil.
+func dialWrapped(ctx context.Context, o *Options, wrap func(net.Conn) net.Conn) (*amqp.Connection, error) {
 	props := amqp.NewConnectionProperties()
 	if o.Name != "" {
 		props.SetClientConnectionName(o.Name)
 	}
 	writeTimeout := o.ConfirmTimeout
+	// The library does not close the socket when the handshake fails
+	// (refused credentials, no common SASL mechanism): close it here, with
+	// whatever wraps it (a coalescing writer's goroutine).
+	var opened net.Conn
 	cfg := amqp.Config{
 		Properties: props,
 		Heartbeat:  10 * time.Second,
@@ -123,11 +133,19 @@ func dial(ctx context.Context, o *Options) (*amqp.Connection, error) {
 				_ = c.Close()
 				return nil, err
 			}
-			return &deadlineConn{Conn: c, write: writeTimeout}, nil
+			var nc net.Conn = &deadlineConn{Conn: c, write: writeTimeout}
+			if wrap != nil {
+				nc = wrap(nc)
+			}
+			opened = nc
+			return nc, nil
 		},
 	}
 	conn, err := amqp.DialConfig(o.URL, cfg)
 	if err != nil {
+		if opened != nil {
+			_ = opened.Close()
+		}
 		return nil, &Error{Op: "connect", Reason: "not connected", Recover: true, Err: fmt.Errorf("%w: %w", ErrNotConnected, err)}
 	}
 	return conn, nil
