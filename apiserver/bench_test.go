@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"strings"
@@ -46,6 +47,8 @@ func BenchmarkIntake(b *testing.B) {
 				failed.Add(1)
 				continue
 			}
+			// Read to the end, so the connection is reused.
+			_, _ = io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
 			if resp.StatusCode != http.StatusAccepted {
 				failed.Add(1)

@@ -172,6 +172,9 @@ func (s *Server) getCommand(c echo.Context) error {
 		// The long-poll may outlast the server's write timeout.
 		rc := http.NewResponseController(c.Response().Writer)
 		_ = rc.SetWriteDeadline(time.Now().Add(wait + s.cfg.WriteTimeout))
+		// Waiting costs a goroutine and a poll now and then, not a place
+		// among the requests in flight.
+		s.leaveInFlight(c)
 		if rec, err = s.waitFinal(ctx, rec, time.Now().Add(wait)); err != nil {
 			return err
 		}

@@ -93,7 +93,7 @@ func (s *Server) postCommands(c echo.Context) error {
 		case r.existing != nil:
 			return c.JSON(http.StatusOK, viewFor(r.existing, in.client))
 		}
-		return c.JSON(http.StatusAccepted, acceptedBody{ID: e.Req.ID.Raw(), Status: protocol.StatusQueued, StatusURL: statusURL(e.Req.ID, "")})
+		return c.JSONBlob(http.StatusAccepted, acceptedJSON(e.Req.ID))
 	}
 
 	results := make([]intakeResult, len(entries))
@@ -404,6 +404,36 @@ func validTraceParent(h string) bool {
 		return !nonZero || !zero
 	}
 	return hexOK(h[3:35], true) && hexOK(h[36:52], true) && hexOK(h[53:55], false)
+}
+
+// acceptedJSON is the body of a 202 for one command: acceptedBody, as
+// encoding/json writes it, without reflection (it is the answer to every
+// accepted command).
+func acceptedJSON(id protocol.ID) []byte {
+	raw, u := id.Raw(), statusURL(id, "")
+	if len(raw) == 0 {
+		raw = json.RawMessage("null")
+	}
+	b := make([]byte, 0, len(raw)+len(u)+48)
+	b = append(b, `{"id":`...)
+	b = append(b, raw...)
+	b = append(b, `,"status":"`+string(protocol.StatusQueued)+`","status_url":`...)
+	b = appendJSONString(b, u)
+	return append(b, "}\n"...)
+}
+
+// appendJSONString appends s as a JSON string, escaped as encoding/json
+// escapes it.
+func appendJSONString(b []byte, s string) []byte {
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			q, _ := json.Marshal(s)
+			return append(b, q...)
+		}
+	}
+	b = append(b, '"')
+	b = append(b, s...)
+	return append(b, '"')
 }
 
 // statusURL is the path of a command's status; client is added for an

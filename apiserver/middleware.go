@@ -24,7 +24,51 @@ const (
 	ctxClaims = "claims"    // *auth.Claims of the request's token
 	ctxClient = "client_id" // the token's subject, for the request log
 	ctxMsgID  = "msg_id"    // the command's message ID key, for the request log
+	// ctxInFlight is true while the request holds one of the
+	// Config.MaxInFlight places.
+	ctxInFlight = "in_flight"
 )
+
+// retryAfterOverloaded is the Retry-After (seconds) of a 503 for too many
+// requests in flight.
+const retryAfterOverloaded = 1
+
+// overloaded is the error object of a request refused because
+// Config.MaxInFlight requests are in flight (built once: it is the
+// cheap answer of an overloaded server).
+var overloaded = protocol.NewError(protocol.CodeUnavailable,
+	"server overloaded: too many requests in flight; retry after "+strconv.Itoa(retryAfterOverloaded)+"s",
+	map[string]any{"reason": "overloaded", "retry_after": retryAfterOverloaded})
+
+// admit bounds the requests in flight to Config.MaxInFlight: beyond it a
+// request is answered 503 (-32016, "server overloaded") with Retry-After
+// at once, before its token is checked or its body read, so that an
+// overloaded server sheds load instead of queueing it with ever growing
+// latency. It runs after observe, which logs and counts the 503.
+func (s *Server) admit(next echo.HandlerFunc) echo.HandlerFunc {
+	if s.cfg.MaxInFlight < 0 {
+		return next
+	}
+	limit := int64(s.cfg.MaxInFlight)
+	return func(c echo.Context) error {
+		if s.inFlight.Add(1) > limit {
+			s.inFlight.Add(-1)
+			return &apiError{status: http.StatusServiceUnavailable, rpc: overloaded, retryAfter: retryAfterOverloaded}
+		}
+		c.Set(ctxInFlight, true)
+		defer s.leaveInFlight(c)
+		return next(c)
+	}
+}
+
+// leaveInFlight gives up the request's place among those in flight, if it
+// holds one: at its end, or before a long-poll waits.
+func (s *Server) leaveInFlight(c echo.Context) {
+	if held, _ := c.Get(ctxInFlight).(bool); held {
+		c.Set(ctxInFlight, false)
+		s.inFlight.Add(-1)
+	}
+}
 
 // observe records every request: the request log (slog, with client_id
 // and msg_id when known), gw_api_requests_total and

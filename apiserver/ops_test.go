@@ -141,7 +141,15 @@ func TestStatsQueueDepthIsExact(t *testing.T) {
 	_, err = ch.Consume(g.topo.ResultsQueue, "stats-test", false, false, false, false, nil)
 	require.NoError(t, err)
 
+	// A quorum queue counts consumers from its Raft state, which may
+	// trail the consume-ok by a moment.
 	v := g.stats(t)
+	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); v = g.stats(t) {
+		if c := v.Queues[g.topo.ResultsQueue].Consumers; c != nil && *c == 1 {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
 	assert.Equal(t, g.ns, v.Namespace)
 	assert.WithinDuration(t, time.Now(), v.At, 5*time.Second)
 	require.Len(t, v.Queues, 4)

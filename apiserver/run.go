@@ -29,7 +29,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err := cfg.validate(); err != nil {
 		return err
 	}
-	log := cfg.NewLogger(stdout).With("service", "apiserver")
+	// The request log is written by a goroutine of its own, a batch of
+	// lines at a time (logwriter.go); what is left is written on return.
+	lw := newLogWriter(stdout)
+	defer lw.Close()
+	log := cfg.NewLogger(lw).With("service", "apiserver")
 
 	ropts, err := cfg.RedisOptions()
 	if err != nil {
@@ -41,12 +45,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	// One retry covers a pooled connection that died with a Redis restart;
 	// more would only delay the 503 of a Redis that is down.
 	ropts.MaxRetries = 1
-	// Every request in flight holds a connection for each script it runs,
-	// and long-polls poll; go-redis's default (10 per CPU) made the pool,
-	// not Redis, the limit under load, and its timeouts looked like a Redis
-	// outage (503). Redis itself serves thousands of connections.
+	// A request in flight uses at most one connection at a time (fewer:
+	// the mailbox batches concurrent scripts), and requests in flight are
+	// bounded (GW_MAX_INFLIGHT), so a pool of that size plus some for
+	// long-polls, the ring and the gauges never makes a request wait for a
+	// connection. go-redis's default (10 per CPU) made the pool, not Redis,
+	// the limit under load, and its timeouts looked like a Redis outage
+	// (503). Without a bound: the former default.
 	if ropts.PoolSize == 0 {
 		ropts.PoolSize = max(256, 32*runtime.GOMAXPROCS(0))
+		if cfg.MaxInFlight > 0 {
+			ropts.PoolSize = cfg.MaxInFlight + 64
+		}
 	}
 	rdb := redis.NewClient(ropts)
 	defer rdb.Close()

@@ -10,6 +10,7 @@ import (
 	"net"
 	"net/http"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/labstack/echo/v4"
@@ -75,6 +76,8 @@ type Server struct {
 
 	stopOnce sync.Once
 	stopping chan struct{} // closed when shutdown begins: long-polls return
+
+	inFlight atomic.Int64 // requests holding a place (admit)
 }
 
 // NewServer returns a Server for cfg (zero fields take their defaults) and
@@ -122,6 +125,12 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 		log:      deps.Logger,
 		stopping: make(chan struct{}),
 	}
+	if err := deps.Registry.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+		Name: "gw_api_requests_in_flight",
+		Help: "Client API requests being handled (bounded by GW_MAX_INFLIGHT; long-polls that wait not counted).",
+	}, func() float64 { return float64(s.inFlight.Load()) })); err != nil {
+		return nil, fmt.Errorf("apiserver: cannot register metrics: %w", err)
+	}
 	s.routes()
 	return s, nil
 }
@@ -130,9 +139,11 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 func (s *Server) Handler() http.Handler { return s.echo }
 
 // routes builds the echo router. Middleware order matters: the request
-// log and metrics wrap everything; authentication runs before the rate
-// limit (which is per client) and both before any handler reads the body,
-// so a request without a valid token gets 401 however large its body.
+// log and metrics wrap everything; the bound on requests in flight comes
+// first on /v1, so that an overloaded server refuses cheaply; then
+// authentication runs before the rate limit (which is per client) and
+// both before any handler reads the body, so a request without a valid
+// token gets 401 however large its body.
 func (s *Server) routes() {
 	e := echo.New()
 	e.HideBanner = true
@@ -141,8 +152,8 @@ func (s *Server) routes() {
 	e.HTTPErrorHandler = s.handleError
 	e.Use(s.observe, s.recoverPanic)
 
-	clientAPI := []echo.MiddlewareFunc{s.authenticate(auth.RoleClient, auth.RoleOperator), s.rateLimit}
-	anyRole := []echo.MiddlewareFunc{s.authenticate(auth.RoleClient, auth.RoleOperator, auth.RoleDevice), s.rateLimit}
+	clientAPI := []echo.MiddlewareFunc{s.admit, s.authenticate(auth.RoleClient, auth.RoleOperator), s.rateLimit}
+	anyRole := []echo.MiddlewareFunc{s.admit, s.authenticate(auth.RoleClient, auth.RoleOperator, auth.RoleDevice), s.rateLimit}
 
 	e.POST("/v1/devices/:device_id/commands", s.postCommands, clientAPI...)
 	e.GET("/v1/devices/:device_id/commands", s.listCommands, clientAPI...)

@@ -37,7 +37,18 @@ type APIError struct {
 	Status int
 	Code   int
 	Msg    string
+	// Reason is the error's data.reason ("overloaded" for a 503 the
+	// apiserver answered before looking at the command).
+	Reason string
 	Body   string
+}
+
+// NotAccepted reports whether the answer says for sure that the command
+// was not accepted: a 4xx, or a 503 because the apiserver was overloaded
+// (it refuses those before anything is stored or published). Any other
+// 5xx may follow a publish whose confirm timed out: indeterminate.
+func (e *APIError) NotAccepted() bool {
+	return e.Status >= 400 && e.Status < 500 || e.Status == http.StatusServiceUnavailable && e.Reason == "overloaded"
 }
 
 func (e *APIError) Error() string {
@@ -79,10 +90,13 @@ func (a *API) Do(ctx context.Context, method, path, token string, body []byte, o
 			Error struct {
 				Code    int    `json:"code"`
 				Message string `json:"message"`
+				Data    struct {
+					Reason string `json:"reason"`
+				} `json:"data"`
 			} `json:"error"`
 		}
 		if json.Unmarshal(raw, &env) == nil {
-			e.Code, e.Msg = env.Error.Code, env.Error.Message
+			e.Code, e.Msg, e.Reason = env.Error.Code, env.Error.Message, env.Error.Data.Reason
 		}
 		return resp.StatusCode, e
 	}

@@ -50,7 +50,8 @@ measured from the scheduled time, so a slow gateway cannot hide its delay
 next command as soon as the previous one was answered by the API.
 
 After the run it waits (at most --drain) until every accepted command has its
-result, then reports: accepted (202), rejected (4xx), indeterminate (timeouts,
+result, then reports: accepted (202), rejected (4xx, and 503 "overloaded", which
+the apiserver answers before storing anything), indeterminate (timeouts, other
 5xx), received once, duplicated, lost (accepted, never received), unexpected
 (received, never sent) and wrong (an echo result that is not its params, or an
 error no device or gateway rule explains).`,
@@ -273,7 +274,7 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 			if rec.results == 0 {
 				l.pending.Add(1)
 			}
-		case status >= 400 && status < 500:
+		case notAccepted(err):
 			rec.state = 2
 			rep.Rejected++
 			rep.RejectedBy[status]++
@@ -355,4 +356,11 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 		rep.RejectedBy = nil
 	}
 	return rep, nil
+}
+
+// notAccepted reports whether err is an answer saying for sure that the
+// command was not accepted (APIError.NotAccepted).
+func notAccepted(err error) bool {
+	var ae *APIError
+	return errors.As(err, &ae) && ae.NotAccepted()
 }
