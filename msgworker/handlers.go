@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -92,8 +93,7 @@ func decodeResult(body []byte) (*protocol.Envelope, *protocol.Response, error) {
 	if err != nil {
 		return nil, nil, err
 	}
-	var s string
-	if json.Unmarshal(resp.ID, &s) == nil {
+	if s, ok := stringID(resp.ID); ok {
 		if c, id, err := protocol.ParseDeviceMsgID(s); err == nil && (c != env.Client || id.Key() != env.MsgID.Key()) {
 			return nil, nil, fmt.Errorf("response id %q is not the envelope's command %s:%s", s, env.Client, env.MsgID.Key())
 		}
@@ -314,4 +314,15 @@ func preview(b []byte) string {
 		return string(b[:max]) + "…"
 	}
 	return string(b)
+}
+
+// stringID reads a response's id into a string as json.Unmarshal does
+// (false when it cannot). An id string without escapes, what devices
+// send, is read without encoding/json.
+func stringID(raw json.RawMessage) (string, bool) {
+	if n := len(raw); n >= 2 && raw[0] == '"' && raw[n-1] == '"' && bytes.IndexByte(raw[1:n-1], '\\') < 0 && bytes.IndexByte(raw[1:n-1], '"') < 0 {
+		return string(raw[1 : n-1]), true
+	}
+	var s string
+	return s, json.Unmarshal(raw, &s) == nil
 }

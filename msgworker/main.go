@@ -16,7 +16,16 @@ import (
 	"github.com/iotgw/gateway/internal/telemetry"
 )
 
+// gcPercent is the GC target the worker runs with unless GOGC is set.
+// Its live heap is about a megabyte (the deliveries in flight), so with
+// Go's default of 100 the heap goal is the 4 MB minimum and under load the
+// worker collects many times a second: the worker benchmark measured 110
+// collections and 300 ms of GC CPU for 40,000 messages, about 7 µs per
+// message. At 400 the goal is 16 MB: 16 collections, 33 ms.
+const gcPercent = 400
+
 func main() {
+	telemetry.DefaultGCPercent(gcPercent)
 	ctx, cancel := telemetry.SignalContext(context.Background())
 	defer cancel()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {

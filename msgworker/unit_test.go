@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -69,6 +70,8 @@ func TestDecodeResult(t *testing.T) {
 		{strings.Replace(ok, `"id":"c1:7"`, `"id":"c1:8"`, 1), "is not the envelope's command"},
 		{strings.Replace(ok, `"id":"c1:7"`, `"id":"c2:7"`, 1), "is not the envelope's command"},
 		{strings.Replace(ok, `"id":"c1:7"`, `"id":7`, 1), ""}, // not a device id: the envelope decides
+		{strings.Replace(ok, `"id":"c1:7"`, `"id":"c1\u003a8"`, 1), "is not the envelope's command"},
+		{strings.Replace(ok, `"id":"c1:7"`, `"id":"c1\u003a7"`, 1), ""},
 		{strings.Replace(ok, `"kind":"result"`, `"kind":"command"`, 1), "kind"},
 		{strings.Replace(ok, `"result":1`, `"nothing":1`, 1), "exactly one"},
 		{`nope`, "invalid envelope"},
@@ -83,6 +86,28 @@ func TestDecodeResult(t *testing.T) {
 		}
 		if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 			t.Errorf("decodeResult(%s) = %v, want an error containing %q", tt.body, err, tt.wantErr)
+		}
+	}
+}
+
+func TestStringID(t *testing.T) {
+	tests := []struct {
+		raw  string
+		want string
+		ok   bool
+	}{
+		{`"c1:7"`, "c1:7", true},
+		{`""`, "", true},
+		{`"c1\u003a7"`, "c1:7", true},
+		{`"a\"b"`, `a"b`, true},
+		{`7`, "", false},
+		{`null`, "", true}, // as json.Unmarshal reads it (ParseResponse never gives a null id)
+		{`"`, "", false},
+	}
+	for _, tt := range tests {
+		got, ok := stringID(json.RawMessage(tt.raw))
+		if got != tt.want || ok != tt.ok {
+			t.Errorf("stringID(%s) = %q, %v, want %q, %v", tt.raw, got, ok, tt.want, tt.ok)
 		}
 	}
 }
