@@ -65,7 +65,7 @@ func TestKilledNodeLosesNothing(t *testing.T) {
 	e := newEnv(t)
 	a := e.startNode()
 	b := e.startNode()
-	members := e.members()
+	members := e.converged(a, b)
 	require.Len(t, members, 2)
 	ids := append(identitiesOwnedBy(members, a.NodeID(), "dev-k", 6), identitiesOwnedBy(members, b.NodeID(), "dev-k", 3)...)
 

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -97,6 +98,25 @@ func (e *env) members() []ring.Member {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	require.NoError(e.t, e.ring.Refresh(ctx))
+	return e.ring.Members()
+}
+
+// converged waits until every node's own ring holds exactly the members
+// Redis lists, and returns them. A node learns of another's joining or
+// leaving from a notification or its next refresh, so right after a
+// change a node may still compute the old owners.
+func (e *env) converged(nodes ...*Node) []ring.Member {
+	e.t.Helper()
+	var want []string
+	eventually(e.t, 10*time.Second, func() bool {
+		want = nodeNames(e.members())
+		for _, n := range nodes {
+			if !slices.Equal(nodeNames(n.ring.Members()), want) {
+				return false
+			}
+		}
+		return true
+	}, "rings converge on %v", want)
 	return e.ring.Members()
 }
 

@@ -22,11 +22,15 @@ const deniedPrefix = "$gw-denied/"
 // mochi's auth ledger; with no other auth hook, mochi denies anything this
 // hook does not allow.
 //
-// Every method runs on mochi's goroutine of one connection (or, for
-// OnPacketEncode, of whoever writes to it) and returns quickly, except
-// OnPublish of a device response, which waits for RabbitMQ's confirm
-// (bounded by ConfirmTimeout) before mochi may send the PUBACK: it holds
-// up only that device's connection.
+// Every method runs on the goroutine that is reading one connection's
+// packets (a short-lived one, see conn.go; or, for OnPacketEncode, on
+// whoever writes to the connection) and returns quickly, except OnPublish
+// of a device response, which waits for RabbitMQ's confirm (bounded by
+// ConfirmTimeout) before mochi may send the PUBACK: it holds up only that
+// device's connection. Most methods are called by the node itself
+// (conn.go: the connection's beginning and end, SUBSCRIBE, UNSUBSCRIBE),
+// the others (OnPacketRead, OnPublish with its OnACLCheck, OnPacketEncode)
+// by mochi.
 type hook struct {
 	mqtt.HookBase
 	n *Node
@@ -244,7 +248,8 @@ func (h *hook) OnSubscribe(_ *mqtt.Client, pk packets.Packet) packets.Packet {
 	return pk
 }
 
-// OnSubscribed starts streaming for the granted filters.
+// OnSubscribed records the granted filters; streaming for them starts
+// once the SUBACK is written (Node.subscribe, session.subscribeDone).
 func (h *hook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
 	s := h.n.sessionOf(cl)
 	if s == nil {

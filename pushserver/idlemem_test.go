@@ -2,6 +2,8 @@ package main
 
 import (
 	"bufio"
+	"crypto/tls"
+	"crypto/x509"
 	"net"
 	"os"
 	"runtime"
@@ -15,20 +17,30 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/protocol"
 )
 
 // TestIdleMemory connects PUSHSERVER_IDLE_SESSIONS raw MQTT 3.1.1
 // clients that subscribe and stay idle, and reports the node's memory per
-// session (heap and goroutine stacks). Diagnostic: skipped unless the
-// variable is set.
+// session (heap and goroutine stacks); over TLS when PUSHSERVER_IDLE_TLS
+// is set. Diagnostic: skipped unless the variable is set. The figures
+// include the clients' side of the connections (same process).
 func TestIdleMemory(t *testing.T) {
 	count, _ := strconv.Atoi(os.Getenv("PUSHSERVER_IDLE_SESSIONS"))
 	if testing.Short() || count <= 0 {
 		t.Skip("set PUSHSERVER_IDLE_SESSIONS to run")
 	}
 	e := newEnv(t)
-	n := e.startNode(func(c *Config) { c.SweepInterval = time.Hour })
+	var clientTLS *tls.Config
+	n := e.startNode(func(c *Config) {
+		c.SweepInterval = time.Hour
+		if os.Getenv("PUSHSERVER_IDLE_TLS") != "" {
+			var pool *x509.CertPool
+			c.TLSCert, c.TLSKey, pool = testenv.SelfSignedCert(t)
+			clientTLS = &tls.Config{RootCAs: pool, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS12}
+		}
+	})
 	ids := identitiesOwnedBy(e.members(), n.NodeID(), "idle", count)
 	snap := func() runtime.MemStats {
 		for range 6 {
@@ -54,6 +66,9 @@ func TestIdleMemory(t *testing.T) {
 			c := &raw{t: t, v: 4}
 			c.conn, err = net.DialTimeout("tcp", n.Addr(), 5*time.Second)
 			require.NoError(t, err)
+			if clientTLS != nil {
+				c.conn = tls.Client(c.conn, clientTLS)
+			}
 			c.r = bufio.NewReaderSize(c.conn, 64)
 			require.NoError(t, c.send(packets.Packet{
 				FixedHeader: packets.FixedHeader{Type: packets.Connect},
@@ -73,7 +88,11 @@ func TestIdleMemory(t *testing.T) {
 		}()
 	}
 	wg.Wait()
+	// Let the sessions' goroutines (registration in Redis) finish.
 	time.Sleep(2 * time.Second)
+	for deadline := time.Now().Add(10 * time.Second); runtime.NumGoroutine()-g0 > len(ids) && time.Now().Before(deadline); {
+		time.Sleep(200 * time.Millisecond)
+	}
 	m1, g1 := snap(), runtime.NumGoroutine()
 	k := float64(len(ids))
 	t.Logf("%d sessions: goroutines/session %.2f", len(ids), float64(g1-g0)/k)

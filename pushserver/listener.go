@@ -33,6 +33,8 @@ type listener struct {
 	tlsConfig      *tls.Config // nil: plain TCP
 	connectTimeout time.Duration
 	log            *slog.Logger
+	serve          serveFn               // runs a connection (the node's serveConn, which its hooks rely on); nil: mochi's establish
+	endedFn        func(net.Conn, error) // l.ended, made once
 
 	closed atomic.Bool
 	mu     sync.Mutex
@@ -41,15 +43,22 @@ type listener struct {
 
 var _ listeners.Listener = (*listener)(nil)
 
-func newListener(id string, ln net.Listener, tlsConfig *tls.Config, connectTimeout time.Duration, log *slog.Logger) *listener {
-	return &listener{
+// serveFn runs one connection, accepted by listener lid; it may return
+// before the connection ends, and calls ended once it has.
+type serveFn func(lid string, c net.Conn, ended func(net.Conn, error))
+
+func newListener(id string, ln net.Listener, tlsConfig *tls.Config, connectTimeout time.Duration, log *slog.Logger, serve serveFn) *listener {
+	l := &listener{
 		id:             id,
 		ln:             ln,
 		tlsConfig:      tlsConfig,
 		connectTimeout: connectTimeout,
 		log:            log,
+		serve:          serve,
 		conns:          make(map[net.Conn]struct{}),
 	}
+	l.endedFn = l.ended
+	return l
 }
 
 // ID returns the listener's ID.
@@ -69,8 +78,10 @@ func (l *listener) Protocol() string {
 // Init does nothing: the socket is bound already.
 func (l *listener) Init(*slog.Logger) error { return nil }
 
-// Serve accepts connections until the listener is closed and hands each
-// to establish in its own goroutine.
+// Serve accepts connections until the listener is closed and runs each
+// in a goroutine of its own: with the listener's serve function (the
+// node's serveConn, which hands established connections to goroutines of
+// their own, see conn.go), or else with mochi's establish.
 func (l *listener) Serve(establish listeners.EstablishFn) {
 	for {
 		conn, err := l.accept()
@@ -78,12 +89,21 @@ func (l *listener) Serve(establish listeners.EstablishFn) {
 			return
 		}
 		l.track(conn)
+		if l.serve != nil {
+			go l.serve(l.id, conn, l.endedFn)
+			continue
+		}
 		go func() {
-			defer l.untrack(conn)
-			if err := establish(l.id, conn); err != nil {
-				l.log.Debug("mqtt connection ended", "remote", conn.RemoteAddr().String(), "err", err)
-			}
+			l.ended(conn, establish(l.id, conn))
 		}()
+	}
+}
+
+// ended forgets a connection that has ended.
+func (l *listener) ended(conn net.Conn, err error) {
+	l.untrack(conn)
+	if err != nil {
+		l.log.Debug("mqtt connection ended", "remote", conn.RemoteAddr().String(), "err", err)
 	}
 }
 

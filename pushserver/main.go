@@ -7,22 +7,18 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime/debug"
 	"time"
 
 	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/telemetry"
 )
 
-// defaultGCPercent is the binary's GOGC unless the GOGC variable is set:
-// lower than Go's 100, since the goroutine stacks of idle connections
-// count in the heap goal (see "Memory" in the package documentation).
-const defaultGCPercent = 50
+// defaultGCPercent is the binary's GOGC unless the GOGC variable is set
+// (see "Memory" in the package documentation for what it trades).
+const defaultGCPercent = 100
 
 func main() {
-	if os.Getenv("GOGC") == "" {
-		debug.SetGCPercent(defaultGCPercent)
-	}
+	telemetry.DefaultGCPercent(defaultGCPercent)
 	ctx, cancel := telemetry.SignalContext(context.Background())
 	defer cancel()
 	if err := run(ctx, os.Args[1:], os.Getenv, os.Stdout); err != nil {

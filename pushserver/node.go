@@ -57,6 +57,9 @@ type Node struct {
 	ring            *ring.Ring
 	pub             *amqpx.Publisher
 	server          *mqtt.Server
+	hook            *hook
+	workers         *workers[*conn]    // process the connections' packets (conn.go)
+	runners         *workers[*session] // run the sessions' steps
 	lis             *listener
 	metricsSrv      *telemetry.MetricsServer
 
@@ -79,6 +82,14 @@ type Node struct {
 	regLocks   [64]sync.Mutex
 	connPrefix string // random, per process
 	connSeq    atomic.Uint64
+
+	// clientLocks order attach and detach (conn.go) of one client ID.
+	clientLocks [64]sync.Mutex
+	// establishLocks make the establishment of one client ID's
+	// connections (take-over, attach, CONNACK, session start) one at a
+	// time, so that of many connections arriving together the last one
+	// is both mochi's client and the node's current session.
+	establishLocks [64]sync.Mutex
 
 	// beforePublish, when set (by tests), runs just before a session
 	// writes a PUBLISH.
@@ -221,23 +232,29 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.server = mqtt.New(&mqtt.Options{
 		Capabilities: n.capabilities(),
 		Logger:       slog.New(minLevel{n.log.With("component", "mochi").Handler(), slog.LevelWarn}),
-		// The write buffer is allocated only while writes queue up; the
-		// read buffer is held by every connection for its life: keep it
-		// small (a larger packet is read straight into its own buffer).
+		// The write buffer is used only while mochi's write queue holds
+		// packets, which it never does here (conn.go). Mochi's read
+		// buffer is held by every connection for its life: bufio's
+		// smallest, since connReader reads ahead into pooled buffers
+		// while packets arrive (and a large body is read straight into
+		// its own buffer).
 		ClientNetWriteBufferSize: 4096,
-		ClientNetReadBufferSize:  1024,
+		ClientNetReadBufferSize:  16,
 		SysTopicResendInterval:   60,
 	})
-	if err := n.server.AddHook(&hook{n: n}, nil); err != nil {
+	n.hook = &hook{n: n}
+	if err := n.server.AddHook(n.hook, nil); err != nil {
 		return fmt.Errorf("cannot add MQTT hook: %w", err)
 	}
-	n.lis = newListener("mqtt", ln, tlsConfig, n.cfg.ConnectTimeout, n.log)
+	n.lis = newListener("mqtt", ln, tlsConfig, n.cfg.ConnectTimeout, n.log, n.serveConn)
 	if err := n.server.AddListener(n.lis); err != nil {
 		return fmt.Errorf("cannot add MQTT listener: %w", err)
 	}
 
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	undo = append(undo, func() { n.cancel(); n.loops.Wait() })
+	n.workers = newWorkers(max(16, 4*runtime.GOMAXPROCS(0)), (*conn).burst, n.ctx.Done())
+	n.runners = newWorkers(max(16, 4*runtime.GOMAXPROCS(0)), (*session).run, n.ctx.Done())
 
 	// Subscribe to wake signals before joining, so that no signal sent to
 	// a member that is already in the ring is missed.
@@ -313,10 +330,11 @@ func (n *Node) capabilities() *mqtt.Capabilities {
 	c.MaximumPacketSize = uint32(n.cfg.MaxPacketSize)
 	c.MaximumSessionExpiryInterval = 0
 	c.MinimumProtocolVersion = 4
-	// Outbound PUBLISHes are written by the session goroutines, not queued
-	// by mochi: its per-client queue (allocated for every connection) only
-	// needs a little room.
-	c.MaximumClientWritesPending = 16
+	// Outbound PUBLISHes are written by the session goroutines, and mochi
+	// never routes a PUBLISH to a client here, so nothing is ever queued
+	// for mochi's write loop, which does not run (conn.go): no room in the
+	// per-client queue (allocated for every connection).
+	c.MaximumClientWritesPending = 0
 	// Inbound QoS 1 publishes (device responses) in flight per client.
 	c.ReceiveMaximum = 64
 	c.MaximumInflight = 1024
@@ -479,9 +497,14 @@ func (n *Node) sessions() []*session {
 }
 
 func (n *Node) regLock(identity string) *sync.Mutex {
+	return &n.regLocks[stripe(identity, len(n.regLocks))]
+}
+
+// stripe maps a key to one of n stripes.
+func stripe(key string, n int) int {
 	h := fnv.New32a()
-	_, _ = h.Write([]byte(identity))
-	return &n.regLocks[h.Sum32()%uint32(len(n.regLocks))]
+	_, _ = h.Write([]byte(key))
+	return int(h.Sum32() % uint32(n))
 }
 
 // Background loops.
@@ -510,14 +533,21 @@ func (n *Node) wakeLoop(ps *redis.PubSub) {
 // of every live session.
 const fullSweepEvery = 5
 
+// sweepWorkers is how many sessions a full sweep reads at once.
+const sweepWorkers = 64
+
 // sweepLoop catches lost wake signals. Every SweepInterval it takes the
 // node's pending set (what a lost pub/sub message leaves behind) and
-// kicks those sessions; every fullSweepEvery sweeps it also kicks every
-// subscribed session, for an append whose signal went to another node
-// (one read per session: this is why it is less frequent).
+// kicks those sessions; every fullSweepEvery sweeps it also reads the
+// mailbox of every subscribed session whose mailbox is not empty
+// (sweepSessions), for an append whose signal went to another node,
+// unless the previous full sweep is still going.
 func (n *Node) sweepLoop() {
 	t := time.NewTicker(n.cfg.SweepInterval)
 	defer t.Stop()
+	var full sync.WaitGroup
+	defer full.Wait()
+	var sweeping atomic.Bool
 	failing := false
 	for tick := 1; ; tick++ {
 		select {
@@ -536,12 +566,64 @@ func (n *Node) sweepLoop() {
 			failing = false
 			n.log.Info("pending identities readable again")
 		}
-		if tick%fullSweepEvery == 0 {
-			for _, s := range n.sessions() {
-				if s.hasSubscription() {
-					s.kick()
-				}
+		if tick%fullSweepEvery == 0 && !sweeping.Swap(true) {
+			full.Add(1)
+			go func() {
+				defer full.Done()
+				defer sweeping.Store(false)
+				n.sweepSessions()
+			}()
+		}
+	}
+}
+
+// sweepSessions kicks every subscribed session whose mailbox the set of
+// non-empty mailboxes lists (mailbox.Listed: an empty mailbox has
+// nothing to read), sweepWorkers at a time:
+// each worker runs the session's step itself when the session goroutine
+// is not running (session.kickHere), so that a sweep of many idle
+// sessions never starts a goroutine (and its stack) for each of them at
+// once.
+func (n *Node) sweepSessions() {
+	all := n.sessions()
+	ch := make(chan *session)
+	var wg sync.WaitGroup
+	for range min(sweepWorkers, len(all)) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for s := range ch {
+				s.kickHere()
 			}
+		}()
+	}
+	defer wg.Wait()
+	defer close(ch)
+	var subscribed []*session
+	var ids []string
+	for _, s := range all {
+		if s.hasSubscription() {
+			subscribed = append(subscribed, s)
+			ids = append(ids, s.identity)
+		}
+	}
+	// Only mailboxes that hold something are read: one pipelined set
+	// lookup per thousand sessions instead of a read of every mailbox.
+	ctx, cancel := context.WithTimeout(n.ctx, redisTimeout)
+	listed, err := n.store.Listed(ctx, ids)
+	cancel()
+	if err != nil {
+		n.log.Debug("full sweep skipped: cannot read the set of mailboxes", "err", err)
+		return
+	}
+	for i, s := range subscribed {
+		if !listed[i] {
+			continue
+		}
+		select {
+		case ch <- s:
+		case <-n.ctx.Done():
+			return
 		}
 	}
 }

@@ -22,7 +22,7 @@ func TestWrongNodeRefused(t *testing.T) {
 	e := newEnv(t)
 	a := e.startNode()
 	b := e.startNode()
-	members := e.members()
+	members := e.converged(a, b)
 	require.Len(t, members, 2)
 	id := identitiesOwnedBy(members, a.NodeID(), "dev-wrong", 1)[0]
 	tok := token(t, id, auth.RoleDevice, time.Hour)

@@ -23,10 +23,27 @@ const redisTimeout = 5 * time.Second
 // after a Redis error.
 const retryDelay = time.Second
 
+// The delivery state's maps and queues come from process-wide pools and
+// go back when they empty: a session that goes idle after every message
+// (live delivery, one message at a time) allocates nothing per message,
+// and an idle session holds none of them.
+var (
+	flightPool = sync.Pool{New: func() any { return make(map[uint16]mailbox.Entry) }}
+	idSetPool  = sync.Pool{New: func() any { return make(map[string]bool) }}
+	entryPool  = sync.Pool{New: func() any { b := make([]mailbox.Entry, 0, 8); return &b }}
+)
+
+// putEntries clears the buffer (so that it keeps no payload) and pools it.
+func putEntries(b *[]mailbox.Entry) {
+	clear(*b)
+	*b = (*b)[:0]
+	entryPool.Put(b)
+}
+
 // session is one live MQTT connection of an identity and the goroutine
 // that streams the identity's mailbox to it.
 //
-// The hooks (on mochi's goroutine of the connection) only record events
+// The hooks (on the goroutine reading the connection) only record events
 // under mu and kick the session goroutine; every Redis call is made by
 // the session goroutine, so a slow Redis never blocks mochi.
 //
@@ -59,17 +76,18 @@ type session struct {
 	expiry   *time.Timer // closes the session when its token expires
 
 	mu       sync.Mutex
-	subs     []string        // granted filters (QoS 1)
-	acked    []uint16        // packet IDs PUBACKed and not yet processed
-	wake     bool            // the mailbox may have new entries
-	rewind   bool            // a subscription was added: re-read skipped entries
-	shedding bool            // being closed by the node
-	acking   map[string]bool // entry IDs PUBACKed whose Ack is queued or running (nil when none)
-	ackQ     []mailbox.Entry // PUBACKed entries for the background goroutine to ack
-	unsendQ  []mailbox.Entry // fetched, unpublished entries for it to Unsend
-	bgBusy   bool            // the background goroutine is running
-	pending  bool            // something for the session goroutine to do
-	running  bool            // the session goroutine is running (for good once it has ended the session)
+	subs     []string         // granted filters (QoS 1)
+	granted  []string         // filters granted by a SUBSCRIBE whose SUBACK is not written yet
+	acked    []uint16         // packet IDs PUBACKed and not yet processed
+	wake     bool             // the mailbox may have new entries
+	rewind   bool             // a subscription was added: re-read skipped entries
+	shedding bool             // being closed by the node
+	acking   map[string]bool  // entry IDs PUBACKed whose Ack is queued or running (nil when none)
+	ackQ     *[]mailbox.Entry // PUBACKed entries for the background goroutine to ack (nil when none)
+	unsendQ  []mailbox.Entry  // fetched, unpublished entries for it to Unsend
+	bgBusy   bool             // the background goroutine is running
+	pending  bool             // something for the session goroutine to do
+	running  bool             // the session goroutine is running (for good once it has ended the session)
 
 	bgWG sync.WaitGroup // the background goroutine
 
@@ -123,6 +141,24 @@ func (s *session) kick() {
 	s.poke()
 }
 
+// kickHere is kick, but when the session goroutine is not running, the
+// caller does the step itself (for the full sweep, whose workers bound
+// how many sessions read their mailbox at once); what arrives meanwhile
+// continues on a runner.
+func (s *session) kickHere() {
+	s.mu.Lock()
+	s.wake = true
+	s.pending = true
+	start := !s.running
+	s.running = true
+	s.mu.Unlock()
+	if start && s.once() {
+		// More arrived during the step (a busy session): it continues
+		// on a runner, so that no sweep worker is held by one session.
+		s.n.runners.start(s)
+	}
+}
+
 // poke gives the session goroutine something to do, starting it if it is
 // not running.
 func (s *session) poke() {
@@ -132,7 +168,8 @@ func (s *session) poke() {
 	s.running = true
 	s.mu.Unlock()
 	if start {
-		go s.run()
+		// On a parked runner, whose stack has grown for a step already.
+		s.n.runners.start(s)
 	}
 }
 
@@ -140,17 +177,40 @@ func (s *session) poke() {
 // for work). The caller has added the session to n.sessWG.
 func (s *session) start() { s.poke() }
 
-// subscribed records granted filters and starts (or resumes) streaming.
+// subscribed records filters granted by a SUBSCRIBE; they take effect
+// with subscribeDone.
 func (s *session) subscribed(filters []string) {
 	s.mu.Lock()
-	for _, f := range filters {
+	s.granted = append(s.granted, filters...)
+	s.mu.Unlock()
+}
+
+// subscribeDone makes the filters granted by a SUBSCRIBE take effect and
+// starts (or resumes) streaming. It is called once the SUBACK is written,
+// so that nothing is published on a subscription before its SUBACK.
+func (s *session) subscribeDone() {
+	s.mu.Lock()
+	if len(s.granted) == 0 {
+		s.mu.Unlock()
+		return
+	}
+	for _, f := range s.granted {
 		if !slices.Contains(s.subs, f) {
 			s.subs = append(s.subs, f)
 		}
 	}
+	s.granted = nil
 	s.wake, s.rewind = true, true
 	s.mu.Unlock()
 	s.poke()
+}
+
+// subscribedTo reports whether filter is one of the session's
+// subscriptions.
+func (s *session) subscribedTo(filter string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Contains(s.subs, filter)
 }
 
 // unsubscribed forgets filters.
@@ -236,23 +296,36 @@ func (s *session) take() (acked []uint16, wake, rewind bool, subs []string) {
 // At most one runs at a time (poke). The first run registers the session;
 // the run that sees the connection closed ends the session for good.
 func (s *session) run() {
-	for {
-		s.mu.Lock()
-		if !s.pending {
-			s.running = false
-			s.mu.Unlock()
-			return
-		}
-		s.pending = false
-		s.mu.Unlock()
-		if !s.registered {
-			s.registered = true
-			s.register()
-		}
-		if s.step() {
-			return // ended: running stays set, no run starts again
-		}
+	for s.once() {
 	}
+}
+
+// once does the pending step, if any, and reports whether more is
+// pending; when it reports false, running is cleared (nothing pending)
+// or the session has ended (running stays set: no run starts again).
+func (s *session) once() bool {
+	s.mu.Lock()
+	if !s.pending {
+		s.running = false
+		s.mu.Unlock()
+		return false
+	}
+	s.pending = false
+	s.mu.Unlock()
+	if !s.registered {
+		s.registered = true
+		s.register()
+	}
+	if s.step() {
+		return false // ended
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if !s.pending {
+		s.running = false
+		return false
+	}
+	return true
 }
 
 // step does what the hooks recorded: it processes the PUBACKs, then,
@@ -261,7 +334,8 @@ func (s *session) run() {
 func (s *session) step() bool {
 	closed := s.isClosed()
 	acked, wake, rewind, subs := s.take()
-	var acks []mailbox.Entry
+	var buf [4]mailbox.Entry
+	acks := buf[:0]
 	for _, id := range acked {
 		e, ok := s.inflight[id]
 		if !ok {
@@ -271,8 +345,12 @@ func (s *session) step() bool {
 		delete(s.sending, e.ID)
 		acks = append(acks, e)
 	}
-	if len(s.inflight) == 0 {
-		s.inflight, s.sending = nil, nil // give the memory back while idle
+	if s.inflight != nil && len(s.inflight) == 0 {
+		// Give the maps back while idle.
+		clear(s.sending) // in step with inflight; cleared to be sure
+		flightPool.Put(s.inflight)
+		idSetPool.Put(s.sending)
+		s.inflight, s.sending = nil, nil
 	}
 	s.enqueue(acks, nil)
 	if closed {
@@ -388,8 +466,8 @@ func (s *session) step() bool {
 				continue
 			}
 			if s.inflight == nil {
-				s.inflight = make(map[uint16]mailbox.Entry)
-				s.sending = make(map[string]bool)
+				s.inflight = flightPool.Get().(map[uint16]mailbox.Entry)
+				s.sending = idSetPool.Get().(map[string]bool)
 			}
 			s.inflight[s.pid] = e
 			s.sending[e.ID] = true
@@ -419,19 +497,24 @@ func (s *session) publish(pid uint16, e mailbox.Entry) error {
 // entries (unsends) to the session's background goroutine, starting it
 // if it is not running, so that the window refills without waiting for
 // Redis. Until its Ack is done, a re-read of the mailbox skips an acked
-// entry.
+// entry. It copies the entries: the caller keeps its slices.
 func (s *session) enqueue(acks, unsends []mailbox.Entry) {
 	if len(acks) == 0 && len(unsends) == 0 {
 		return
 	}
 	s.mu.Lock()
-	if len(acks) > 0 && s.acking == nil {
-		s.acking = make(map[string]bool)
+	if len(acks) > 0 {
+		if s.acking == nil {
+			s.acking = idSetPool.Get().(map[string]bool)
+		}
+		if s.ackQ == nil {
+			s.ackQ = entryPool.Get().(*[]mailbox.Entry)
+		}
+		for _, e := range acks {
+			s.acking[e.ID] = true
+		}
+		*s.ackQ = append(*s.ackQ, acks...)
 	}
-	for _, e := range acks {
-		s.acking[e.ID] = true
-	}
-	s.ackQ = append(s.ackQ, acks...)
 	s.unsendQ = append(s.unsendQ, unsends...)
 	start := !s.bgBusy
 	if start {
@@ -455,7 +538,7 @@ func (s *session) background() {
 		s.mu.Lock()
 		acks, unsends := s.ackQ, s.unsendQ
 		s.ackQ, s.unsendQ = nil, nil
-		if len(acks) == 0 && len(unsends) == 0 {
+		if acks == nil && len(unsends) == 0 {
 			s.bgBusy = false
 			s.mu.Unlock()
 			return
@@ -464,16 +547,18 @@ func (s *session) background() {
 		if len(unsends) > 0 {
 			s.unsend(unsends)
 		}
-		if len(acks) > 0 {
-			s.ack(acks)
+		if acks != nil {
+			s.ack(*acks)
 			s.mu.Lock()
-			for _, e := range acks {
+			for _, e := range *acks {
 				delete(s.acking, e.ID)
 			}
 			if len(s.acking) == 0 {
+				idSetPool.Put(s.acking)
 				s.acking = nil
 			}
 			s.mu.Unlock()
+			putEntries(acks)
 		}
 	}
 }

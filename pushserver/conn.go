@@ -1,0 +1,661 @@
+package main
+
+import (
+	"bytes"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/packets"
+)
+
+// One MQTT connection, with small stacks.
+//
+// Mochi's own Server.EstablishConnection holds two goroutines for every
+// connection for its whole life: the one that reads (parked, between
+// packets, under attachClient and Client.Read, whose frames alone are
+// 4.6 KB because mochi passes its 808-byte packets.Packet by value) and
+// Client.WriteLoop (parked in a 1.8 KB frame: a 4 KB stack). Handling one
+// packet takes that reading goroutine about 18 KB deep, so its stack
+// grows to 32 KB; the garbage collector halves a stack only while less
+// than a quarter of it is in use, so it comes back to 16 KB and no
+// further. That is 20 KB of stack per idle connection, more than the
+// whole budget of an idle session.
+//
+// serveConn does what EstablishConnection does, with mochi's exported
+// API, in another shape:
+//
+//   - a connection has one goroutine at a time. The one that waits
+//     between packets does nothing else: it is started for that (fresh,
+//     with Go's smallest stack, 2 KB), reads the first bytes of the next
+//     packet in a shallow call chain (about 0.7 KB) and allocates nothing
+//     before it has them;
+//   - then the packets that have arrived are read and processed, as deep
+//     as mochi needs, by a worker: a goroutine whose stack has grown for
+//     that already, parked after an earlier burst (of any connection),
+//     or else the waiting goroutine itself. When nothing more has
+//     arrived, the worker starts a new waiting goroutine for the
+//     connection and parks (a few are kept) or ends. So the deep stacks
+//     belong to the few connections that are busy, not to every idle
+//     one. The CONNECT (with the token check) runs on the listener's
+//     goroutine, which then becomes a worker too;
+//   - there is no WriteLoop: mochi queues packets for it only when it
+//     routes a PUBLISH to subscribers, which never happens here (every
+//     PUBLISH is a device response, which OnPublish marks as not to be
+//     routed; retained messages and the inline client are off; $SYS
+//     topics cannot be subscribed). Everything else mochi writes, and
+//     every mailbox entry, is written directly (Client.WritePacket).
+//
+// Packets are read by mochi (Client.ReadFixedHeader, Client.ReadPacket
+// with the OnPacketRead hook), in order, one at a time, as its own read
+// loop does, and processed by mochi (Server.InjectPacket), except
+// SUBSCRIBE and UNSUBSCRIBE, which the node processes as mochi does but
+// records only in the session (see subscribe).
+
+// conn is one established connection, handed from goroutine to goroutine.
+type conn struct {
+	n     *Node
+	cl    *mqtt.Client
+	rc    connReader
+	ended func(net.Conn, error) // called once, when the connection has ended
+
+	// waitFn is c.waitPacket, made once: starting a waiting goroutine
+	// allocates nothing (an allocation can take a goroutine deeper than
+	// its smallest stack).
+	waitFn func()
+}
+
+// serveConn runs the MQTT connection nc, accepted by listener lid, from
+// its CONNECT to its end (what mochi's Server.EstablishConnection does;
+// see above), and calls ended with why it ended. It returns once the
+// connection is refused, or established and handed on.
+func (n *Node) serveConn(lid string, nc net.Conn, ended func(net.Conn, error)) {
+	s := n.server
+	s.Listeners.ClientsWg.Add(1)
+	c := &conn{n: n, ended: ended}
+	c.rc.Conn = nc
+	c.cl = s.NewClient(&c.rc, lid, "", false)
+	if ok, err := n.connect(c.cl, &c.rc, lid); !ok {
+		c.cl.Stop(nil)
+		s.Listeners.ClientsWg.Done()
+		ended(nc, err)
+		return
+	}
+	c.waitFn = c.waitPacket
+	if c.rc.buffered() {
+		c.burst()
+	} else {
+		c.next(nil)
+	}
+	n.workers.stay()
+}
+
+// next hands the connection, whose packets so far have all been
+// processed, to a new waiting goroutine, or ends it (err, or a client
+// that is closed: mochi's read loop returns nil then).
+func (c *conn) next(err error) {
+	if err != nil || c.cl.Closed() {
+		c.end(err)
+		return
+	}
+	go c.waitFn()
+}
+
+// waitPacket waits for the first bytes of the next packet (the deadline
+// set after the last packet bounds the wait), then has them processed.
+// It is the first function of a waiting goroutine: until its wait is
+// over, keep it shallow and allocation-free.
+func (c *conn) waitPacket() {
+	if err := c.rc.wait(); err != nil {
+		c.end(err)
+		return
+	}
+	c.n.workers.run(c)
+}
+
+// burst reads and processes the packets that have arrived, then hands
+// the connection on.
+func (c *conn) burst() {
+	c.next(c.n.readPackets(c.cl, &c.rc))
+}
+
+// end ends an established connection.
+func (c *conn) end(err error) {
+	c.n.disconnected(c.cl, err)
+	c.cl.Stop(nil)
+	c.n.server.Listeners.ClientsWg.Done()
+	c.ended(c.rc.Conn, err)
+}
+
+// workers keeps up to max goroutines whose stacks have grown to what
+// their task takes, parked, for the next task (so that a task does not
+// cost the growth of a new stack). The node has two pools: one processes
+// bursts of packets of any connection, the other runs session steps.
+type workers[T any] struct {
+	ch   chan T
+	do   func(T)
+	idle atomic.Int32
+	max  int32
+	done <-chan struct{} // parked workers end
+}
+
+func newWorkers[T any](max int, do func(T), done <-chan struct{}) *workers[T] {
+	return &workers[T]{ch: make(chan T), do: do, max: int32(max), done: done}
+}
+
+// run does t on a parked worker, or else on the calling goroutine, which
+// then stays as a worker (see stay).
+func (w *workers[T]) run(t T) {
+	select {
+	case w.ch <- t:
+		return
+	default:
+	}
+	w.do(t)
+	w.stay()
+}
+
+// start does t on a parked worker, or else on a new goroutine, which then
+// stays as a worker: for callers that must not block.
+func (w *workers[T]) start(t T) {
+	select {
+	case w.ch <- t:
+		return
+	default:
+	}
+	go func() {
+		w.do(t)
+		w.stay()
+	}()
+}
+
+// stay parks the calling goroutine as a worker, doing the tasks handed to
+// it, while fewer than max are parked; it returns when that many are, or
+// when the node stops.
+func (w *workers[T]) stay() {
+	for {
+		if w.idle.Add(1) > w.max {
+			w.idle.Add(-1)
+			return
+		}
+		select {
+		case t := <-w.ch:
+			w.idle.Add(-1)
+			w.do(t)
+		case <-w.done:
+			w.idle.Add(-1)
+			return
+		}
+	}
+}
+
+// connect reads the CONNECT and, when the connection is accepted, sends
+// the CONNACK and establishes the session: the first half of mochi's
+// attachClient, with the hooks of the node called directly (the node's
+// server has no other hook). It reports whether the session is
+// established; if not, the error says why.
+func (n *Node) connect(cl *mqtt.Client, rc *connReader, lid string) (bool, error) {
+	s := n.server
+	var fh packets.FixedHeader
+	if err := cl.ReadFixedHeader(&fh); err != nil {
+		return false, fmt.Errorf("read connection: %w", err)
+	}
+	if fh.Type != packets.Connect {
+		return false, fmt.Errorf("read connection: %w", packets.ErrProtocolViolationRequireFirstConnect) // [MQTT-3.1.0-1]
+	}
+	pk, err := cl.ReadPacket(&fh)
+	if err != nil {
+		return false, fmt.Errorf("read connection: %w", err)
+	}
+	rc.read++
+
+	cl.ParseConnect(lid, pk)
+	// ParseConnect keeps the username as a slice of the packet, which
+	// would keep the whole CONNECT (the token too) for the life of the
+	// connection.
+	cl.Properties.Username = bytes.Clone(cl.Properties.Username)
+	if atomic.LoadInt64(&s.Info.ClientsConnected) >= s.Options.Capabilities.MaximumClients {
+		code := packets.ErrServerBusy
+		if cl.Properties.ProtocolVersion < 5 {
+			code = packets.ErrServerUnavailable
+		}
+		_ = s.SendConnack(cl, code, false, nil)
+		return false, packets.ErrServerBusy
+	}
+	if code := n.validateConnect(cl, pk); code != packets.CodeSuccess {
+		if err := s.SendConnack(cl, code, false, nil); err != nil {
+			return false, fmt.Errorf("invalid connection send ack: %w", err)
+		}
+		return false, code // [MQTT-3.2.2-7] [MQTT-3.1.4-6]
+	}
+	if err := n.hook.OnConnect(cl, pk); err != nil {
+		return false, err
+	}
+	refreshDeadline(cl)
+	if !n.hook.OnConnectAuthenticate(cl, pk) { // [MQTT-3.1.4-2]
+		if err := s.SendConnack(cl, packets.ErrBadUsernameOrPassword, false, nil); err != nil {
+			return false, fmt.Errorf("invalid connection send ack: %w", err)
+		}
+		return false, packets.ErrBadUsernameOrPassword
+	}
+
+	atomic.AddInt64(&s.Info.ClientsConnected, 1)
+	if err := n.establish(cl, pk); err != nil {
+		atomic.AddInt64(&s.Info.ClientsConnected, -1)
+		return false, err
+	}
+	refreshDeadline(cl)
+	return true, nil
+}
+
+// establish takes the client ID over from an earlier connection, makes cl
+// its client, sends the CONNACK and starts the session, one connection of
+// the ID at a time: connections of one ID that arrive together (a device
+// reconnecting in a loop, two devices with one identity) would otherwise
+// each take over the same earlier one, and leave a connection open that
+// is neither mochi's client of the ID nor the node's current session,
+// which no wake signal reaches.
+func (n *Node) establish(cl *mqtt.Client, pk packets.Packet) error {
+	mu := &n.establishLocks[stripe(cl.ID, len(n.establishLocks))]
+	mu.Lock()
+	defer mu.Unlock()
+	n.hook.OnSessionEstablish(cl, pk)
+	n.attach(cl)
+	// Sessions are always fresh: session present is 0 (and OnPacketEncode
+	// would make it so).
+	if err := n.server.SendConnack(cl, packets.CodeSuccess, false, nil); err != nil { // [MQTT-3.2.0-1]
+		n.detach(cl)
+		return fmt.Errorf("ack connection packet: %w", err)
+	}
+	n.hook.OnSessionEstablished(cl, pk)
+	return nil
+}
+
+// validateConnect is mochi's check of a CONNECT packet.
+func (n *Node) validateConnect(cl *mqtt.Client, pk packets.Packet) packets.Code {
+	code := pk.ConnectValidate() // [MQTT-3.1.4-1] [MQTT-3.1.4-2]
+	if code != packets.CodeSuccess {
+		return code
+	}
+	caps := n.server.Options.Capabilities
+	switch {
+	case cl.Properties.ProtocolVersion < 5 && !pk.Connect.Clean && pk.Connect.ClientIdentifier == "":
+		return packets.ErrUnspecifiedError
+	case cl.Properties.ProtocolVersion < caps.MinimumProtocolVersion:
+		return packets.ErrUnsupportedProtocolVersion // [MQTT-3.1.2-2]
+	case cl.Properties.Will.Qos > caps.MaximumQos:
+		return packets.ErrQosNotSupported // [MQTT-3.2.2-12]
+	case cl.Properties.Will.Retain && caps.RetainAvailable == 0x00:
+		return packets.ErrRetainNotSupported // [MQTT-3.2.2-13]
+	}
+	return code
+}
+
+// attach makes cl the client of its ID, taking over from an earlier
+// connection of the same ID (which OnSessionEstablish has already
+// emptied: sessions are always fresh, so nothing is inherited).
+func (n *Node) attach(cl *mqtt.Client) {
+	s := n.server
+	if old, ok := s.Clients.Get(cl.ID); ok && old != cl {
+		_ = s.DisconnectClient(old, packets.ErrSessionTakenOver) // [MQTT-3.1.4-3]
+		s.UnsubscribeClient(old)
+		old.ClearInflights()
+	} else if atomic.LoadInt64(&s.Info.ClientsConnected) > atomic.LoadInt64(&s.Info.ClientsMaximum) {
+		atomic.AddInt64(&s.Info.ClientsMaximum, 1)
+	}
+	mu := n.clientLock(cl.ID)
+	mu.Lock()
+	s.Clients.Add(cl) // [MQTT-4.1.0-1]
+	mu.Unlock()
+}
+
+// detach forgets cl as the client of its ID, unless a newer connection
+// has taken the ID over; it reports whether cl was the client.
+func (n *Node) detach(cl *mqtt.Client) bool {
+	mu := n.clientLock(cl.ID)
+	mu.Lock()
+	defer mu.Unlock()
+	if cur, ok := n.server.Clients.Get(cl.ID); !ok || cur != cl {
+		return false
+	}
+	n.server.UnsubscribeClient(cl)
+	n.server.Clients.Delete(cl.ID) // [MQTT-4.1.0-2]
+	return true
+}
+
+// clientLock orders attach and detach of one client ID.
+func (n *Node) clientLock(id string) *sync.Mutex {
+	return &n.clientLocks[stripe(id, len(n.clientLocks))]
+}
+
+// readPackets reads and processes the packets that have arrived, one at
+// a time, as mochi's Client.Read does, and returns when no byte of a
+// further packet has arrived (nil), when the client is closed (nil), or
+// with the error that ends the connection.
+func (n *Node) readPackets(cl *mqtt.Client, rc *connReader) error {
+	for {
+		var fh packets.FixedHeader
+		if err := cl.ReadFixedHeader(&fh); err != nil {
+			return err
+		}
+		pk, err := cl.ReadPacket(&fh)
+		if err != nil {
+			return err
+		}
+		rc.read++
+		if err := n.receivePacket(cl, pk); err != nil {
+			return err
+		}
+		if cl.Closed() {
+			return nil
+		}
+		refreshDeadline(cl) // for the next packet
+		if !rc.buffered() {
+			return nil
+		}
+	}
+}
+
+// receivePacket processes one packet read from cl, as mochi's
+// receivePacket does: an error that is an MQTT 5 reason code is sent to
+// the client in a DISCONNECT; every error ends the connection. SUBSCRIBE
+// and UNSUBSCRIBE are processed by the node (subscribe, unsubscribe),
+// every other packet by mochi.
+func (n *Node) receivePacket(cl *mqtt.Client, pk packets.Packet) error {
+	s := n.server
+	var err error
+	switch pk.FixedHeader.Type {
+	case packets.Subscribe:
+		err = n.subscribe(cl, pk)
+	case packets.Unsubscribe:
+		err = n.unsubscribe(cl, pk)
+	default:
+		if err = s.InjectPacket(cl, pk); err == nil {
+			// InjectPacket counts the packet as received; ReadPacket
+			// has already.
+			atomic.AddInt64(&s.Info.PacketsReceived, -1)
+			if pk.FixedHeader.Type == packets.Publish {
+				atomic.AddInt64(&s.Info.MessagesReceived, -1)
+			}
+		}
+	}
+	if err == nil {
+		return nil
+	}
+	if code, ok := err.(packets.Code); ok && cl.Properties.ProtocolVersion == 5 && code.Code >= packets.ErrUnspecifiedError.Code { //nolint:errorlint // as mochi
+		_ = s.DisconnectClient(cl, code)
+	}
+	s.Log.Warn("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "pk", pk)
+	return err
+}
+
+// subscribe processes a SUBSCRIBE as mochi's processSubscribe does (the
+// same checks of each filter, with the hook's OnSubscribe and
+// OnACLCheck, the same SUBACK), except that a granted subscription is
+// recorded by the session only, not in mochi's topic index and the
+// client's subscription map: only mochi's routing of PUBLISHes reads
+// those, and it never routes here (see the top of this file), while they
+// would cost every session about 2 KB. The subscriptions take effect once
+// the SUBACK is written (session.subscribeDone), so that nothing is
+// published on them before it.
+func (n *Node) subscribe(cl *mqtt.Client, pk packets.Packet) error {
+	if code := pk.SubscribeValidate(); code != packets.CodeSuccess {
+		return code
+	}
+	pk = n.hook.OnSubscribe(cl, pk)
+	code := packets.CodeSuccess
+	if _, ok := cl.State.Inflight.Get(pk.PacketID); ok {
+		code = packets.ErrPacketIdentifierInUse
+	}
+	caps := n.server.Options.Capabilities
+	reasons := make([]byte, len(pk.Filters))
+	for i, sub := range pk.Filters {
+		switch {
+		case code != packets.CodeSuccess:
+			reasons[i] = code.Code // NB 3.9.3 Non-normative 0x91
+			continue
+		case !mqtt.IsValidFilter(sub.Filter, false):
+			reasons[i] = packets.ErrTopicFilterInvalid.Code
+		case sub.NoLocal && mqtt.IsSharedFilter(sub.Filter):
+			reasons[i] = packets.ErrProtocolViolationInvalidSharedNoLocal.Code // [MQTT-3.8.3-4]
+		case !n.hook.OnACLCheck(cl, sub.Filter, false):
+			reasons[i] = packets.ErrNotAuthorized.Code
+			if caps.Compatibilities.ObscureNotAuthorized {
+				reasons[i] = packets.ErrUnspecifiedError.Code
+			}
+		default:
+			reasons[i] = min(sub.Qos, caps.MaximumQos) // [MQTT-3.2.2-9] [MQTT-3.9.3-1] [MQTT-3.8.4-7]
+		}
+		if reasons[i] > packets.CodeGrantedQos2.Code && cl.Properties.ProtocolVersion < 5 { // MQTT 3.1.1
+			reasons[i] = packets.ErrUnspecifiedError.Code
+		}
+	}
+	ack := packets.Packet{ // [MQTT-3.8.4-1] [MQTT-3.8.4-5]
+		FixedHeader: packets.FixedHeader{Type: packets.Suback},
+		PacketID:    pk.PacketID, // [MQTT-2.2.1-6] [MQTT-3.8.4-2]
+		ReasonCodes: reasons,     // [MQTT-3.8.4-6]
+		Properties:  packets.Properties{User: pk.Properties.User},
+	}
+	if code.Code >= packets.ErrUnspecifiedError.Code {
+		ack.Properties.ReasonString = code.Reason
+	}
+	n.hook.OnSubscribed(cl, pk, reasons)
+	if err := cl.WritePacket(ack); err != nil {
+		return err
+	}
+	// No retained messages to send: retain is not available.
+	if s := n.sessionOf(cl); s != nil {
+		s.subscribeDone()
+	}
+	return nil
+}
+
+// unsubscribe processes an UNSUBSCRIBE as mochi's processUnsubscribe
+// does, with the session's subscriptions (see subscribe): the UNSUBACK
+// says, for each filter, whether it was subscribed.
+func (n *Node) unsubscribe(cl *mqtt.Client, pk packets.Packet) error {
+	if code := pk.UnsubscribeValidate(); code != packets.CodeSuccess {
+		return code
+	}
+	code := packets.CodeSuccess
+	if _, ok := cl.State.Inflight.Get(pk.PacketID); ok {
+		code = packets.ErrPacketIdentifierInUse
+	}
+	s := n.sessionOf(cl)
+	reasons := make([]byte, len(pk.Filters))
+	for i, sub := range pk.Filters { // [MQTT-3.10.4-6] [MQTT-3.11.3-1]
+		switch {
+		case code != packets.CodeSuccess:
+			reasons[i] = code.Code // NB 3.11.3 Non-normative 0x91
+		case s != nil && s.subscribedTo(sub.Filter):
+			reasons[i] = packets.CodeSuccess.Code
+		default:
+			reasons[i] = packets.CodeNoSubscriptionExisted.Code
+		}
+	}
+	ack := packets.Packet{ // [MQTT-3.10.4-4]
+		FixedHeader: packets.FixedHeader{Type: packets.Unsuback},
+		PacketID:    pk.PacketID, // [MQTT-2.2.1-6]  [MQTT-3.10.4-5]
+		ReasonCodes: reasons,     // [MQTT-3.11.3-2]
+		Properties:  packets.Properties{User: pk.Properties.User},
+	}
+	if code.Code >= packets.ErrUnspecifiedError.Code {
+		ack.Properties.ReasonString = code.Reason
+	}
+	n.hook.OnUnsubscribed(cl, pk) // [MQTT-3.10.4-2]
+	return cl.WritePacket(ack)
+}
+
+// disconnected ends an established connection: the second half of
+// mochi's attachClient. There is no will message to send: OnConnect
+// refuses them.
+func (n *Node) disconnected(cl *mqtt.Client, err error) {
+	s := n.server
+	if err != nil {
+		cl.Stop(err)
+	} else {
+		cl.Properties.Will = mqtt.Will{} // [MQTT-3.14.4-3] [MQTT-3.1.2-10]
+	}
+	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener)
+	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) ||
+		(cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
+	n.hook.OnDisconnect(cl, err, expire)
+	if expire {
+		cl.ClearInflights()
+		n.detach(cl)
+	}
+	atomic.AddInt64(&s.Info.ClientsConnected, -1)
+}
+
+// refreshDeadline sets the connection's deadline to one and a half keep
+// alive intervals from now, as mochi does before reading each packet
+// ([MQTT-3.1.2-22]); keep alive 0 means no deadline.
+func refreshDeadline(cl *mqtt.Client) {
+	var expiry time.Time
+	if ka := cl.State.Keepalive; ka > 0 {
+		expiry = time.Now().Add(time.Duration(ka+ka/2) * time.Second)
+	}
+	_ = cl.Net.Conn.SetDeadline(expiry)
+}
+
+// readAheadSize is the size of the buffers a connection reads into while
+// packets arrive. They come from a pool: an idle connection holds none.
+const readAheadSize = 4096
+
+var readAheadPool = sync.Pool{New: func() any { return new([readAheadSize]byte) }}
+
+// connReader is the net.Conn given to mochi. It lets a connection's
+// waiting goroutine wait for the next packet without a buffer of its own
+// (wait reads into a small array in the connReader and keeps what it
+// read for the next Reads), reads ahead into a pooled buffer only while
+// bytes are arriving, and follows
+// the MQTT framing of the bytes it hands to mochi's reader, so that
+// buffered can tell whether any byte of a packet that mochi has not read
+// yet is waiting in that reader.
+//
+// Reads happen on one goroutine at a time (the connection's waiting
+// goroutine, then the worker that reads and processes); writes,
+// deadlines and Close are the underlying connection's.
+type connReader struct {
+	net.Conn
+
+	small  [16]byte             // what wait read
+	sr, sw uint8                // small[sr:sw] is unread
+	ahead  *[readAheadSize]byte // read ahead, not yet handed out (nil when empty)
+	r, w   int                  // ahead[r:w] is unread
+
+	// The framing of the bytes handed out (mochi's packets.DecodeLength).
+	state   uint8
+	shift   uint32
+	length  uint32
+	left    int    // bytes of the current packet's body not handed out
+	started uint64 // packets whose first byte has been handed out
+	read    uint64 // packets mochi has read (counted by its caller)
+}
+
+// States of connReader's framing.
+const (
+	frameHeader uint8 = iota // next byte starts a packet
+	frameLength              // in the remaining length
+	frameBody                // in the body (left bytes)
+	frameBroken              // a malformed length: mochi ends the connection
+)
+
+// wait blocks until bytes arrive on the connection (or the read fails,
+// e.g. at the keep alive deadline), and keeps them (at most 16, which
+// the connection holds anyway: enough for a PUBACK or two, or a PINGREQ)
+// for the next Reads.
+func (c *connReader) wait() error {
+	for {
+		k, err := c.Conn.Read(c.small[:])
+		if k > 0 {
+			c.sr, c.sw = 0, uint8(k)
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+	}
+}
+
+// buffered reports whether a byte of a packet that mochi has not read yet
+// is waiting: kept by wait, read ahead, or in mochi's reader.
+func (c *connReader) buffered() bool {
+	return c.sr < c.sw || c.ahead != nil || c.started > c.read
+}
+
+// Read hands mochi's reader what wait read, then what was read ahead,
+// then reads from the connection (small reads go through a read-ahead
+// buffer).
+func (c *connReader) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	var k int
+	var err error
+	switch {
+	case c.sr < c.sw:
+		k = copy(p, c.small[c.sr:c.sw])
+		c.sr += uint8(k)
+	case c.ahead != nil:
+		k = copy(p, c.ahead[c.r:c.w])
+		c.r += k
+	case len(p) >= readAheadSize:
+		k, err = c.Conn.Read(p)
+	default:
+		buf := readAheadPool.Get().(*[readAheadSize]byte)
+		var m int
+		m, err = c.Conn.Read(buf[:])
+		c.ahead, c.r, c.w = buf, 0, m
+		k = copy(p, buf[:m])
+		c.r = k
+	}
+	if c.ahead != nil && c.r == c.w {
+		readAheadPool.Put(c.ahead)
+		c.ahead = nil
+	}
+	c.frame(p[:k])
+	return k, err
+}
+
+// frame follows the MQTT framing through bytes handed out: a fixed
+// header byte, the remaining length (a variable byte integer, decoded as
+// mochi's packets.DecodeLength does), then that many bytes of body.
+func (c *connReader) frame(b []byte) {
+	for len(b) > 0 {
+		switch c.state {
+		case frameHeader:
+			c.started++
+			c.state, c.shift, c.length = frameLength, 0, 0
+			b = b[1:]
+		case frameLength:
+			x := b[0]
+			b = b[1:]
+			c.length |= uint32(x&127) << c.shift
+			switch {
+			case c.length > 268435455:
+				c.state = frameBroken
+			case x&128 == 0:
+				c.left = int(c.length)
+				c.state = frameBody
+				if c.left == 0 {
+					c.state = frameHeader
+				}
+			default:
+				c.shift += 7
+			}
+		case frameBody:
+			k := min(c.left, len(b))
+			c.left -= k
+			b = b[k:]
+			if c.left == 0 {
+				c.state = frameHeader
+			}
+		default:
+			return
+		}
+	}
+}
