@@ -37,14 +37,9 @@ const (
 // gateway's arguments, and one consumer with manual acks and prefetch
 // 128. The figure is the rate of acked deliveries during the window.
 func runBaseline(ctx context.Context, b *Bench, s *Section) error {
-	ns := b.namespace("baseline")
-	s.Namespace = ns
+	ns, cleanup := b.sectionNamespace(s, "baseline")
+	defer cleanup()
 	topo := protocol.NewTopology(ns)
-	defer func() {
-		if err := b.cleanup(ns); err != nil {
-			s.Note("cleanup: %v", err)
-		}
-	}()
 	window := 15 * time.Second
 	if b.Quick {
 		window = 5 * time.Second

@@ -106,6 +106,18 @@ func (b *Bench) namespace(section string) string {
 	return fmt.Sprintf("bench-%d-%s", time.Now().Unix(), section)
 }
 
+// sectionNamespace gives section s its namespace (recorded in the report)
+// and the cleanup to defer, which notes in s when it fails.
+func (b *Bench) sectionNamespace(s *Section, section string) (ns string, cleanup func()) {
+	ns = b.namespace(section)
+	s.Namespace = ns
+	return ns, func() {
+		if err := b.cleanup(ns); err != nil {
+			s.Note("cleanup: %v", err)
+		}
+	}
+}
+
 // gwEnv is the environment of a gateway process in namespace ns.
 func (b *Bench) gwEnv(ns string) []string {
 	env := []string{

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net"
@@ -62,36 +63,85 @@ func newHTTPLoad(base, secret, clientPrefix string, clients, devices int, query 
 // post sends one new command from client ci to device and returns the
 // HTTP status (0 for a transport error).
 func (h *httpLoad) post(ctx context.Context, ci int, device string) int {
-	n := h.seq.Add(1)
-	id := h.runID + "-" + strconv.FormatInt(n, 10)
-	body := `{"jsonrpc":"2.0","method":"echo","params":{"seq":` + strconv.FormatInt(n, 10) + `},"id":"` + id + `"}`
+	status, _ := h.postN(ctx, ci, device, 0)
+	return status
+}
+
+// postN sends n new commands from client ci to device as one JSON-RPC
+// batch (n = 0: a single request, not a batch) and returns the HTTP
+// status (0 for a transport error) and how many commands were accepted
+// (for a batch, the entries answered queued; a batch is 202 when at
+// least one was).
+func (h *httpLoad) postN(ctx context.Context, ci int, device string, n int) (int, int) {
+	var body string
+	var first int64
+	if n == 0 {
+		first = h.seq.Add(1)
+		body = h.command(first)
+	} else {
+		first = h.seq.Add(int64(n)) - int64(n) + 1
+		var b strings.Builder
+		b.WriteByte('[')
+		for i := range int64(n) {
+			if i > 0 {
+				b.WriteByte(',')
+			}
+			b.WriteString(h.command(first + i))
+		}
+		b.WriteByte(']')
+		body = b.String()
+	}
 	if device == "" {
-		device = h.prefix + strconv.FormatInt(n%int64(h.devices), 10)
+		device = h.prefix + strconv.FormatInt(first%int64(h.devices), 10)
 	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, h.base+"/v1/devices/"+device+"/commands"+h.query, strings.NewReader(body))
 	if err != nil {
-		return 0
+		return 0, 0
 	}
 	req.Header.Set("Content-Type", "application/json")
 	req.Header.Set("Authorization", "Bearer "+h.tokens[ci%len(h.tokens)])
 	resp, err := h.client.Do(req)
-	status := 0
+	status, accepted := 0, 0
 	if err == nil {
-		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<16))
+		b, _ := io.ReadAll(io.LimitReader(resp.Body, 1<<20))
 		resp.Body.Close()
 		status = resp.StatusCode
-		if status != http.StatusAccepted {
+		switch {
+		case status != http.StatusAccepted:
 			h.sample(fmt.Sprintf("%d %s", status, strings.TrimSpace(string(b[:min(len(b), 200)]))))
+		case n == 0:
+			accepted = 1
+		default:
+			var entries []struct {
+				Status string          `json:"status"`
+				Error  json.RawMessage `json:"error"`
+			}
+			if err := json.Unmarshal(b, &entries); err != nil {
+				h.sample(fmt.Sprintf("202 with a body that is not a batch: %v", err))
+			}
+			for _, e := range entries {
+				if e.Status == "queued" && e.Error == nil {
+					accepted++
+				} else if e.Error != nil {
+					h.sample(fmt.Sprintf("202 batch entry %s", e.Error))
+				}
+			}
 		}
 	} else if ctx.Err() == nil {
 		h.sample(err.Error())
 	} else {
-		return 0 // cut off by the end of the run: not an answer
+		return 0, 0 // cut off by the end of the run: not an answer
 	}
 	h.mu.Lock()
 	h.byStatus[status]++
 	h.mu.Unlock()
-	return status
+	return status, accepted
+}
+
+// command is the JSON-RPC request of command n.
+func (h *httpLoad) command(n int64) string {
+	s := strconv.FormatInt(n, 10)
+	return `{"jsonrpc":"2.0","method":"echo","params":{"seq":` + s + `},"id":"` + h.runID + "-" + s + `"}`
 }
 
 func (h *httpLoad) sample(s string) {
@@ -115,6 +165,13 @@ func (h *httpLoad) statuses() map[int]int64 {
 // previous answer came, for d (and at most maxN requests in all). It
 // records the latency of each 202 and returns the number of 202s.
 func (h *httpLoad) closedLoop(ctx context.Context, workers int, d time.Duration, maxN int64, lat *latency.Recorder) (accepted int64, elapsed time.Duration) {
+	return h.closedLoopN(ctx, workers, 0, d, maxN, lat)
+}
+
+// closedLoopN is closedLoop with each request a batch of batch commands
+// (0: single requests). It records the latency of each 202 request and
+// returns the number of commands accepted.
+func (h *httpLoad) closedLoopN(ctx context.Context, workers, batch int, d time.Duration, maxN int64, lat *latency.Recorder) (accepted int64, elapsed time.Duration) {
 	ctx, cancel := context.WithTimeout(ctx, d)
 	defer cancel()
 	var n, acc atomic.Int64
@@ -126,9 +183,9 @@ func (h *httpLoad) closedLoop(ctx context.Context, workers int, d time.Duration,
 			defer wg.Done()
 			for ctx.Err() == nil && n.Add(1) <= maxN {
 				start := time.Now()
-				if h.post(ctx, w, "") == http.StatusAccepted {
+				if status, k := h.postN(ctx, w, "", batch); status == http.StatusAccepted {
 					lat.Add(time.Since(start))
-					acc.Add(1)
+					acc.Add(int64(k))
 				}
 			}
 		}()

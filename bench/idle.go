@@ -24,13 +24,8 @@ func runIdle(ctx context.Context, b *Bench, s *Section) error {
 	if err := b.need("pushserver"); err != nil {
 		return err
 	}
-	ns := b.namespace("idle")
-	s.Namespace = ns
-	defer func() {
-		if err := b.cleanup(ns); err != nil {
-			s.Note("cleanup: %v", err)
-		}
-	}()
+	ns, cleanup := b.sectionNamespace(s, "idle")
+	defer cleanup()
 	target := idleTarget
 	if b.Quick {
 		target = 3000

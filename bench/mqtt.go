@@ -69,17 +69,17 @@ func pahoSubscribe(c mqtt.Client, filter string, handler mqtt.MessageHandler) er
 	return nil
 }
 
-// connectAll connects n paho clients, k at a time; mk makes client i.
-// On error it disconnects those already connected.
-func connectAll(ctx context.Context, n, k int, mk func(i int) (mqtt.Client, error)) ([]mqtt.Client, error) {
-	clients := make([]mqtt.Client, n)
+// connectAll connects n clients, k at a time; mk makes client i. On an
+// error it closes (with closeAll) those already connected.
+func connectAll[C any](ctx context.Context, n, k int, mk func(i int) (C, error), closeAll func([]C)) ([]C, error) {
+	clients := make([]C, n)
 	err := parallel(ctx, k, n, func(i int) error {
 		c, err := mk(i)
 		clients[i] = c
 		return err
 	})
 	if err != nil {
-		disconnectAll(clients)
+		closeAll(clients)
 		return nil, err
 	}
 	return clients, nil
@@ -212,20 +212,21 @@ func appendString(b []byte, s string) []byte {
 	return append(b, s...)
 }
 
-// readPacket reads one packet: its type byte (with flags) and body.
-func readPacket(r *bufio.Reader) (byte, []byte, error) {
+// readHeader reads a packet's fixed header: its first byte (type and
+// flags) and its remaining length.
+func readHeader(r *bufio.Reader) (byte, int, error) {
 	h, err := r.ReadByte()
 	if err != nil {
-		return 0, nil, err
+		return 0, 0, err
 	}
 	n, mult := 0, 1
 	for i := 0; ; i++ {
 		if i == 4 {
-			return 0, nil, errors.New("malformed remaining length")
+			return 0, 0, errors.New("malformed remaining length")
 		}
 		d, err := r.ReadByte()
 		if err != nil {
-			return 0, nil, err
+			return 0, 0, err
 		}
 		n += int(d&0x7f) * mult
 		mult *= 128
@@ -233,9 +234,143 @@ func readPacket(r *bufio.Reader) (byte, []byte, error) {
 			break
 		}
 	}
+	return h, n, nil
+}
+
+// readPacket reads one packet: its type (the first byte without flags)
+// and body.
+func readPacket(r *bufio.Reader) (byte, []byte, error) {
+	h, n, err := readHeader(r)
+	if err != nil {
+		return 0, nil, err
+	}
 	body := make([]byte, n)
 	if _, err := io.ReadFull(r, body); err != nil {
 		return 0, nil, err
 	}
 	return h & 0xF0, body, nil
+}
+
+// leanClient is the bench's receiving MQTT 3.1.1 client of the push
+// section, for the push server and Mosquitto alike. One goroutine reads
+// the socket: it hands each PUBLISH's payload to the handler and answers
+// each QoS 1 PUBLISH with a PUBACK, writing the PUBACKs of everything
+// one read brought in one write. paho spends several goroutine hand-offs
+// and allocations per message; on two shared CPUs that cost would come
+// out of the broker under test.
+type leanClient struct {
+	conn    net.Conn
+	wmu     sync.Mutex // writes: PUBACKs, SUBSCRIBE, DISCONNECT
+	subacks chan byte  // return codes of SUBACKs
+	done    chan struct{}
+}
+
+// leanConnect connects (clean session, no keep-alive: the runs are
+// short) and starts reading. handle gets each message's payload; it must
+// not keep the slice.
+func leanConnect(addr, id, user, pass string, handle func(payload []byte)) (*leanClient, error) {
+	rs, err := rawConnect(addr, id, user, pass, "", 0)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s to %s: %w", id, addr, err)
+	}
+	c := &leanClient{conn: rs.conn, subacks: make(chan byte, 1), done: make(chan struct{})}
+	go c.read(handle)
+	return c, nil
+}
+
+// Subscribe subscribes filter at QoS 1 and waits for a SUBACK granting it.
+func (c *leanClient) Subscribe(filter string) error {
+	c.wmu.Lock()
+	_ = c.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+	_, err := c.conn.Write(subscribePacket(1, filter))
+	c.wmu.Unlock()
+	if err != nil {
+		return fmt.Errorf("subscribe %s: %w", filter, err)
+	}
+	select {
+	case code := <-c.subacks:
+		if code >= 0x80 {
+			return fmt.Errorf("subscribe %s refused with 0x%02x", filter, code)
+		}
+		return nil
+	case <-c.done:
+		return fmt.Errorf("subscribe %s: connection closed", filter)
+	case <-time.After(15 * time.Second):
+		return fmt.Errorf("subscribe %s: no SUBACK within 15s", filter)
+	}
+}
+
+func (c *leanClient) read(handle func([]byte)) {
+	defer close(c.done)
+	r := bufio.NewReaderSize(c.conn, 8192)
+	var body, acks []byte
+	for {
+		h, n, err := readHeader(r)
+		if err != nil {
+			return
+		}
+		if cap(body) < n {
+			body = make([]byte, n)
+		}
+		body = body[:n]
+		if _, err := io.ReadFull(r, body); err != nil {
+			return
+		}
+		switch h & 0xF0 {
+		case 0x30: // PUBLISH
+			if len(body) < 2 {
+				return
+			}
+			p := 2 + int(binary.BigEndian.Uint16(body))
+			if h&0x06 != 0 { // QoS 1 (2 is never granted here)
+				if len(body) < p+2 {
+					return
+				}
+				acks = append(acks, 0x40, 2, body[p], body[p+1])
+				p += 2
+			}
+			if p > len(body) {
+				return
+			}
+			handle(body[p:])
+		case 0x90: // SUBACK
+			if len(body) >= 3 {
+				select {
+				case c.subacks <- body[2]:
+				default:
+				}
+			}
+		}
+		if len(acks) > 0 && r.Buffered() == 0 {
+			c.wmu.Lock()
+			_ = c.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
+			_, err := c.conn.Write(acks)
+			c.wmu.Unlock()
+			if err != nil {
+				return
+			}
+			acks = acks[:0]
+		}
+	}
+}
+
+// Close sends DISCONNECT, closes the socket and waits for the reader.
+func (c *leanClient) Close() {
+	c.wmu.Lock()
+	_ = c.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = c.conn.Write([]byte{0xE0, 0x00})
+	c.wmu.Unlock()
+	_ = c.conn.Close()
+	<-c.done
+}
+
+// closeAll closes the clients that are not nil.
+func closeAll(cs []*leanClient) {
+	var wg sync.WaitGroup
+	for _, c := range cs {
+		if c != nil {
+			wg.Go(c.Close)
+		}
+	}
+	wg.Wait()
 }

@@ -49,7 +49,7 @@ func pushPayload(run, c, j int) []byte {
 		`,"c":` + strconv.Itoa(c) + `,"j":` + strconv.Itoa(j) + `},"id":"r-` + strconv.Itoa(c) + `-` + strconv.Itoa(j) + `"}`)
 }
 
-func (r *receiver) handle(_ mqtt.Client, m mqtt.Message) {
+func (r *receiver) handle(payload []byte) {
 	now := time.Now()
 	var v struct {
 		Result struct {
@@ -58,7 +58,7 @@ func (r *receiver) handle(_ mqtt.Client, m mqtt.Message) {
 			C, J int
 		} `json:"result"`
 	}
-	if json.Unmarshal(m.Payload(), &v) != nil || v.Result.J >= r.perClient || v.Result.C*r.perClient+v.Result.J >= len(r.seen) {
+	if json.Unmarshal(payload, &v) != nil || v.Result.J >= r.perClient || v.Result.C*r.perClient+v.Result.J >= len(r.seen) {
 		r.bad.Add(1)
 		return
 	}
@@ -94,18 +94,13 @@ func (r *receiver) wait(ctx context.Context, d time.Duration) bool {
 // (each removed from its mailbox on its PUBACK). Then the same clients
 // and messages through Mosquitto on 127.0.0.1:1883, published at QoS 1.
 func runPush(ctx context.Context, b *Bench, s *Section) error {
-	ns := b.namespace("push")
-	s.Namespace = ns
-	defer func() {
-		if err := b.cleanup(ns); err != nil {
-			s.Note("cleanup: %v", err)
-		}
-	}()
+	ns, cleanup := b.sectionNamespace(s, "push")
+	defer cleanup()
 	clients, per := 1000, 50
 	if b.Quick {
 		clients, per = 1000, 10
 	}
-	s.Note("%d clients, each subscribed at QoS 1 to its results filter, %d messages each (%d in all), payloads of about 90 bytes; the bench's paho clients PUBACK each message.", clients, per, clients*per)
+	s.Note("%d clients, each subscribed at QoS 1 to its results filter, %d messages each (%d in all), payloads of about 90 bytes. The receiving clients are the bench's own lean MQTT 3.1.1 clients (one goroutine per connection, the PUBACKs of one read in one write), for both brokers, so that the load generator takes little of the CPUs the broker needs.", clients, per, clients*per)
 
 	gwErr := pushGateway(ctx, b, s, ns, clients, per)
 	if gwErr != nil && !errors.As(gwErr, new(errSkip)) {
@@ -130,6 +125,10 @@ func runPush(ctx context.Context, b *Bench, s *Section) error {
 	return gwErr
 }
 
+// putters is how many goroutines of the bench fill the mailboxes, as
+// many workers would.
+const putters = 128
+
 func pushGateway(ctx context.Context, b *Bench, s *Section, ns string, clients, per int) error {
 	const node = "push-0"
 	p, addr, err := b.startPushServer(ctx, "push", ns, node)
@@ -147,7 +146,7 @@ func pushGateway(ctx context.Context, b *Bench, s *Section, ns string, clients, 
 		}
 	}
 	var cur atomic.Pointer[receiver]
-	handle := func(c mqtt.Client, m mqtt.Message) { cur.Load().handle(c, m) }
+	handle := func(payload []byte) { cur.Load().handle(payload) }
 	total := clients * per
 	run := 1
 	put := func(k int) error {
@@ -159,23 +158,23 @@ func pushGateway(ctx context.Context, b *Bench, s *Section, ns string, clients, 
 	// Backlog: the clients connect without subscribing, the mailboxes
 	// are filled, then every client subscribes and gets its backlog.
 	t0 := time.Now()
-	subs, err := connectAll(ctx, clients, 64, func(i int) (mqtt.Client, error) {
-		return pahoClient(addr, ids[i], ids[i], tokens[i], "", nil)
-	})
+	subs, err := connectAll(ctx, clients, 64, func(i int) (*leanClient, error) {
+		return leanConnect(addr, ids[i], ids[i], tokens[i], handle)
+	}, closeAll)
 	if err != nil {
 		return fmt.Errorf("push server: %w (log %s)", err, p.Log)
 	}
-	defer disconnectAll(subs)
+	defer closeAll(subs)
 	s.Note("Push server: %d clients connected in %s.", clients, time.Since(t0).Round(time.Millisecond))
 	b.logf("push: %d clients connected", clients)
 	rcv := newReceiver(run, clients, per)
 	cur.Store(rcv)
 	t0 = time.Now()
-	if err := parallel(ctx, 64, total, put); err != nil {
+	if err := parallel(ctx, putters, total, put); err != nil {
 		return fmt.Errorf("cannot fill the mailboxes: %w", err)
 	}
 	putEl := time.Since(t0)
-	s.Add("push_put_per_s", "mailbox.Put by the bench, 64 at a time", perSecond(int64(total), putEl), "/s", nil)
+	s.Add("push_put_per_s", fmt.Sprintf("mailbox.Put by the bench, %d at a time", putters), perSecond(int64(total), putEl), "/s", nil)
 	sleepCtx(ctx, 300*time.Millisecond)
 	if n := rcv.count.Load(); n > 0 {
 		s.Note("Push server: %d messages reached clients that had not subscribed (DESIGN §5: a session that never subscribes receives nothing).", n)
@@ -183,7 +182,7 @@ func pushGateway(ctx context.Context, b *Bench, s *Section, ns string, clients, 
 	m := b.newMeter(append([]cpuSource{procSource(p)}, b.brokers(ctx)...)...)
 	t0 = time.Now()
 	if err := parallel(ctx, 64, clients, func(i int) error {
-		return pahoSubscribe(subs[i], protocol.ClientResultsFilter(ids[i]), handle)
+		return subs[i].Subscribe(protocol.ClientResultsFilter(ids[i]))
 	}); err != nil {
 		return fmt.Errorf("push server: %w", err)
 	}
@@ -213,7 +212,7 @@ func pushGateway(ctx context.Context, b *Bench, s *Section, ns string, clients, 
 	sleepCtx(ctx, 500*time.Millisecond)
 	m.reset()
 	t0 = time.Now()
-	if err := parallel(ctx, 64, total, put); err != nil {
+	if err := parallel(ctx, putters, total, put); err != nil {
 		return fmt.Errorf("cannot fill the mailboxes: %w", err)
 	}
 	putEl = time.Since(t0)
@@ -288,17 +287,25 @@ func pushMosquitto(ctx context.Context, b *Bench, s *Section, ns string, clients
 		return ns + "/clients/pc-" + strconv.Itoa(c) + "/results/dev-" + strconv.Itoa(j%100)
 	}
 	t0 := time.Now()
-	subs, err := connectAll(ctx, clients, 64, func(i int) (mqtt.Client, error) {
-		return pahoClient(mosquittoAddr, ns+"-pc-"+strconv.Itoa(i), "", "", ns+"/clients/pc-"+strconv.Itoa(i)+"/results/+", rcv.handle)
-	})
+	subs, err := connectAll(ctx, clients, 64, func(i int) (*leanClient, error) {
+		c, err := leanConnect(mosquittoAddr, ns+"-pc-"+strconv.Itoa(i), "", "", rcv.handle)
+		if err != nil {
+			return nil, err
+		}
+		if err := c.Subscribe(ns + "/clients/pc-" + strconv.Itoa(i) + "/results/+"); err != nil {
+			c.Close()
+			return nil, err
+		}
+		return c, nil
+	}, closeAll)
 	if err != nil {
 		return err
 	}
-	defer disconnectAll(subs)
+	defer closeAll(subs)
 	const publishers = 8
 	pubs, err := connectAll(ctx, publishers, publishers, func(i int) (mqtt.Client, error) {
 		return pahoClient(mosquittoAddr, ns+"-pub-"+strconv.Itoa(i), "", "", "", nil)
-	})
+	}, disconnectAll)
 	if err != nil {
 		return err
 	}

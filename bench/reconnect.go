@@ -25,13 +25,8 @@ const reconnectWaiting = 1000
 // worker puts them all into its mailbox, then the device connects and
 // subscribes; the figure is the time from CONNECT to the 1,000th command.
 func runReconnect(ctx context.Context, b *Bench, s *Section) error {
-	ns := b.namespace("reconnect")
-	s.Namespace = ns
-	defer func() {
-		if err := b.cleanup(ns); err != nil {
-			s.Note("cleanup: %v", err)
-		}
-	}()
+	ns, cleanup := b.sectionNamespace(s, "reconnect")
+	defer cleanup()
 	g, err := b.startGateway(ctx, "reconnect", ns, 1, 1)
 	if err != nil {
 		return err

@@ -33,13 +33,8 @@ func runWorker(ctx context.Context, b *Bench, s *Section) error {
 	if err := b.need("msgworker"); err != nil {
 		return err
 	}
-	ns := b.namespace("worker")
-	s.Namespace = ns
-	defer func() {
-		if err := b.cleanup(ns); err != nil {
-			s.Note("cleanup: %v", err)
-		}
-	}()
+	ns, cleanup := b.sectionNamespace(s, "worker")
+	defer cleanup()
 	n, clients, devices := 20000, 16, 100
 	if b.Quick {
 		n = 4000
