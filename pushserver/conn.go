@@ -10,6 +10,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+
+	"github.com/iotgw/gateway/internal/auth"
 )
 
 // One MQTT connection, with small stacks.
@@ -231,19 +233,16 @@ func (n *Node) connect(cl *mqtt.Client, rc *connReader, lid string) (bool, error
 		}
 		return false, code // [MQTT-3.2.2-7] [MQTT-3.1.4-6]
 	}
-	if err := n.hook.OnConnect(cl, pk); err != nil {
+	// admit is OnConnect and OnConnectAuthenticate in one, verifying the
+	// token once: it sends its own refusing CONNACK. [MQTT-3.1.4-2]
+	claims, err := n.hook.admit(cl, pk)
+	if err != nil {
 		return false, err
 	}
 	refreshDeadline(cl)
-	if !n.hook.OnConnectAuthenticate(cl, pk) { // [MQTT-3.1.4-2]
-		if err := s.SendConnack(cl, packets.ErrBadUsernameOrPassword, false, nil); err != nil {
-			return false, fmt.Errorf("invalid connection send ack: %w", err)
-		}
-		return false, packets.ErrBadUsernameOrPassword
-	}
 
 	atomic.AddInt64(&s.Info.ClientsConnected, 1)
-	if err := n.establish(cl, pk); err != nil {
+	if err := n.establish(cl, pk, claims); err != nil {
 		atomic.AddInt64(&s.Info.ClientsConnected, -1)
 		return false, err
 	}
@@ -258,7 +257,7 @@ func (n *Node) connect(cl *mqtt.Client, rc *connReader, lid string) (bool, error
 // each take over the same earlier one, and leave a connection open that
 // is neither mochi's client of the ID nor the node's current session,
 // which no wake signal reaches.
-func (n *Node) establish(cl *mqtt.Client, pk packets.Packet) error {
+func (n *Node) establish(cl *mqtt.Client, pk packets.Packet, claims *auth.Claims) error {
 	mu := &n.establishLocks[stripe(cl.ID, len(n.establishLocks))]
 	mu.Lock()
 	defer mu.Unlock()
@@ -270,7 +269,7 @@ func (n *Node) establish(cl *mqtt.Client, pk packets.Packet) error {
 		n.detach(cl)
 		return fmt.Errorf("ack connection packet: %w", err)
 	}
-	n.hook.OnSessionEstablished(cl, pk)
+	n.hook.start(cl, claims)
 	return nil
 }
 

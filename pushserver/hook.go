@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"strings"
+	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
@@ -73,14 +74,33 @@ var (
 // It also marks the session clean, so that mochi never keeps it after the
 // connection.
 func (h *hook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
+	_, err := h.admit(cl, pk)
+	return err
+}
+
+// admit is OnConnect's decision. It returns the token's claims, verified
+// once per connection: the node's own connection loop (conn.go) passes
+// them on to start the session instead of verifying the token again.
+func (h *hook) admit(cl *mqtt.Client, pk packets.Packet) (*auth.Claims, error) {
+	n := h.n
+	identity := string(pk.Connect.Username)
+	claims, err := n.authenticate(pk)
+	if err != nil {
+		n.log.Info("connection refused: bad credentials", "client_id", identity, "remote", cl.Net.Remote, "err", err)
+		return nil, h.refuse(cl, refuseBadCredentials, "")
+	}
+	if err := h.place(cl, pk, claims); err != nil {
+		return nil, err
+	}
+	return claims, nil
+}
+
+// place checks everything but the token: the client ID, no will, and
+// that this node owns the identity.
+func (h *hook) place(cl *mqtt.Client, pk packets.Packet, claims *auth.Claims) error {
 	n := h.n
 	identity := string(pk.Connect.Username)
 	log := n.log.With("client_id", identity, "remote", cl.Net.Remote)
-	claims, err := n.authenticate(pk)
-	if err != nil {
-		log.Info("connection refused: bad credentials", "err", err)
-		return h.refuse(cl, refuseBadCredentials, "")
-	}
 	if pk.Connect.ClientIdentifier != claims.Subject {
 		log.Info("connection refused: client ID is not the identity", "mqtt_client_id", pk.Connect.ClientIdentifier)
 		return h.refuse(cl, refuseClientID, "")
@@ -217,6 +237,16 @@ func (h *hook) OnSessionEstablish(cl *mqtt.Client, _ packets.Packet) {
 func (h *hook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	claims, err := h.n.authenticate(pk)
 	if err != nil { // expired between CONNECT and now
+		disconnect(cl, packets.ErrNotAuthorized, "")
+		return
+	}
+	h.start(cl, claims)
+}
+
+// start starts the session of an established connection whose token
+// gave claims.
+func (h *hook) start(cl *mqtt.Client, claims *auth.Claims) {
+	if exp := claims.Expires(); !exp.IsZero() && !time.Now().Before(exp) { // expired since CONNECT
 		disconnect(cl, packets.ErrNotAuthorized, "")
 		return
 	}
