@@ -124,7 +124,7 @@ Send a command to a simulated device:
   bin/devicesim send --api $api --secret $GW_AUTH_SECRET --device dev-1 --method echo --params '{"hello":"world"}'
 
 Watch queue depth:   bin/devicesim stats --watch --api $api --secret $GW_AUTH_SECRET
-Generate load:       bin/devicesim load --api $api --secret $GW_AUTH_SECRET --devices $fleet_devices --rate 500 --duration 20s
+Generate load:       bin/devicesim load --api $api --secret $GW_AUTH_SECRET --devices $fleet_devices --rate 200 --duration 20s
 
 Press Ctrl-C to stop everything.
 MSG
