@@ -254,7 +254,10 @@ func isTransient(err error) bool {
 	var re redis.Error
 	if errors.As(err, &re) {
 		msg := re.Error()
-		for _, p := range []string{"LOADING", "READONLY", "MASTERDOWN", "BUSY", "TRYAGAIN", "CLUSTERDOWN", "NOREPLICAS", "OOM"} {
+		// MISCONF: Redis refuses writes after a failed save or AOF write
+		// (until the disk is fixed); it is an outage, not a poison message.
+		for _, p := range []string{"LOADING", "READONLY", "MASTERDOWN", "BUSY", "TRYAGAIN", "CLUSTERDOWN",
+			"NOREPLICAS", "OOM", "MISCONF", "ERR max number of clients reached"} {
 			if strings.HasPrefix(msg, p) {
 				return true
 			}

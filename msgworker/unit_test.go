@@ -147,18 +147,23 @@ func TestIsTransient(t *testing.T) {
 		rdb := testenv.Redis(t)
 		scriptErr := rdb.Eval(ctx, "return redis.error_reply('ERR boom')", nil).Err()
 		require.Error(t, scriptErr)
-		loading := rdb.Eval(ctx, "return redis.error_reply('LOADING Redis is loading the dataset in memory')", nil).Err()
+		reply := func(msg string) error {
+			err := rdb.Eval(ctx, "return redis.error_reply(ARGV[1])", nil, msg).Err()
+			require.Error(t, err)
+			return err
+		}
+		type tc = struct {
+			name string
+			err  error
+			want bool
+		}
 		tests = append(tests,
-			struct {
-				name string
-				err  error
-				want bool
-			}{"script error", scriptErr, false},
-			struct {
-				name string
-				err  error
-				want bool
-			}{"loading", loading, true},
+			tc{"script error", scriptErr, false},
+			tc{"loading", reply("LOADING Redis is loading the dataset in memory"), true},
+			tc{"misconf", reply("MISCONF Redis is configured to save RDB snapshots, but it's currently unable to persist to disk."), true},
+			tc{"max clients", reply("ERR max number of clients reached"), true},
+			tc{"oom", reply("OOM command not allowed when used memory > 'maxmemory'."), true},
+			tc{"wrong type", reply("WRONGTYPE Operation against a key holding the wrong kind of value"), false},
 		)
 	}
 	for _, tt := range tests {
