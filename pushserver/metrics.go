@@ -8,6 +8,7 @@ const (
 	dropID        = "bad_id"        // id is not a "{client}:{id}" string
 	dropUnknown   = "unknown"       // no such command
 	dropDevice    = "wrong_device"  // the command is another device's
+	dropNotSent   = "not_sent"      // the command was never sent (pending or queued)
 	dropUnsent    = "not_forwarded" // QoS 0 response that could not be published
 )
 
@@ -54,7 +55,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "gw_push_unsent_total", Help: "Command entries read from a mailbox but not published, handed back (Unsend).",
 		}),
 	}
-	for _, r := range []string{dropMalformed, dropID, dropUnknown, dropDevice, dropUnsent} {
+	for _, r := range []string{dropMalformed, dropID, dropUnknown, dropDevice, dropNotSent, dropUnsent} {
 		m.dropped.WithLabelValues(r)
 	}
 	reg.MustRegister(m.sessions, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.unsent)

@@ -63,6 +63,10 @@ func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 		return n.failResponse(cl, pk, log, fmt.Errorf("cannot look up the command: %w", err))
 	case cmd.Device != device:
 		return n.dropResponse(log, dropDevice, fmt.Errorf("the command is for device %q", cmd.Device))
+	case cmd.Status == protocol.StatusPending || cmd.Status == protocol.StatusQueued:
+		// A worker puts a command into the device's mailbox and marks it
+		// sent in one script, so a device cannot have received it yet.
+		return n.dropResponse(log, dropNotSent, fmt.Errorf("the command is %s: it was never sent", cmd.Status))
 	}
 	msgID := cmd.ID
 	if msgID.IsZero() {

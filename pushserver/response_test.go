@@ -19,10 +19,9 @@ import (
 	"github.com/iotgw/gateway/protocol"
 )
 
-// sendCommand creates a command of client to device the way the apiserver
-// and a worker would (reserve, queued, dispatch into the device's
-// mailbox), signalling node.
-func (e *env) sendCommand(client, device, rawID, node string) *mailbox.Command {
+// queueCommand creates a command of client to device the way the
+// apiserver would (reserve, queued), and returns its record.
+func (e *env) queueCommand(client, device, rawID string) *mailbox.Command {
 	e.t.Helper()
 	ctx := e.t.Context()
 	id, err := protocol.ParseID(json.RawMessage(rawID))
@@ -37,6 +36,18 @@ func (e *env) sendCommand(client, device, rawID, node string) *mailbox.Command {
 	require.NoError(e.t, err)
 	require.Equal(e.t, mailbox.Reserved, out)
 	require.NoError(e.t, e.store.MarkQueued(ctx, client, id.Key(), rec.LeaseToken))
+	return rec
+}
+
+// sendCommand creates a command of client to device the way the apiserver
+// and a worker would (reserve, queued, dispatch into the device's
+// mailbox), signalling node.
+func (e *env) sendCommand(client, device, rawID, node string) *mailbox.Command {
+	e.t.Helper()
+	ctx := e.t.Context()
+	rec := e.queueCommand(client, device, rawID)
+	id := rec.ID
+	timeout := rec.Timeout
 	env := &protocol.Envelope{
 		V: protocol.EnvelopeVersion, Kind: protocol.KindCommand, Client: client, Device: device,
 		MsgID: id, Payload: json.RawMessage(fmt.Sprintf(`{"jsonrpc":"2.0","method":"reboot","id":%s}`, rawID)),
@@ -69,6 +80,7 @@ func TestDeviceResponse(t *testing.T) {
 	const device, client = "dev-resp", "cli-resp"
 	cmd := e.sendCommand(client, device, "42", n.NodeID())
 	e.sendCommand(client, "dev-other", `"x-1"`, n.NodeID())
+	e.queueCommand(client, device, "43") // accepted, not yet sent
 	ch, queue := e.resultsChannel()
 
 	c := mustV3(t, n.Addr(), device)
@@ -118,6 +130,7 @@ func TestDeviceResponse(t *testing.T) {
 		{`{"jsonrpc":"2.0","result":1,"id":"no-colon"}`, dropID},
 		{`{"jsonrpc":"2.0","result":1,"id":"cli-resp:999"}`, dropUnknown},
 		{`{"jsonrpc":"2.0","result":1,"id":"cli-resp:x-1"}`, dropDevice},
+		{`{"jsonrpc":"2.0","result":1,"id":"cli-resp:43"}`, dropNotSent},
 	}
 	for _, d := range dropped {
 		before := value(t, n.m.dropped.WithLabelValues(d.reason))
