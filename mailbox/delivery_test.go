@@ -805,3 +805,53 @@ func TestResultDroppedByFullClientMailbox(t *testing.T) {
 		t.Errorf("EventCounts = %v, %v; want result_dropped 1", ev, err)
 	}
 }
+
+// TestFetchPageBehindStaleRun: more stale entries than one Fetch may skip
+// lie in front of a live one. The first page comes back empty with more
+// set (the stale entries it scanned are deleted); the next page has the
+// live entry and more unset.
+func TestFetchPageBehindStaleRun(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{MailboxCap: 5000})
+	now := e.clock.Now()
+	const stale = 1100 // above fetchScanMax + count
+	_, err := e.rdb.Pipelined(e.ctx, func(p redis.Pipeliner) error {
+		for range stale {
+			p.XAdd(e.ctx, &redis.XAddArgs{
+				Stream: e.keys.Mailbox("d1"),
+				Values: []any{"t", "old", "p", "x", "x", now.Add(-time.Second).UnixMilli()},
+			})
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.s.Put(e.ctx, "d1", "live", []byte("live"), now.Add(time.Hour), ""); err != nil {
+		t.Fatal(err)
+	}
+
+	var pages []string
+	after := ""
+	for range 5 {
+		es, more, err := e.s.FetchPage(e.ctx, "d1", after, 32)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var topics []string
+		for _, en := range es {
+			topics = append(topics, en.Topic)
+			after = en.ID
+		}
+		pages = append(pages, fmt.Sprintf("%v more=%v", topics, more))
+		if !more && len(es) < 32 {
+			break
+		}
+	}
+	if got, want := fmt.Sprint(pages), "[[] more=true [live] more=false]"; got != want {
+		t.Errorf("pages = %s, want %s", got, want)
+	}
+	if n, _ := e.s.Len(e.ctx, "d1"); n != 1 {
+		t.Errorf("mailbox holds %d entries after the pages, want 1 (the stale ones deleted)", n)
+	}
+}

@@ -636,7 +636,10 @@ while #out < want and budget > 0 do
   if #es < n then break end
 end
 if #gone > 0 then redis.call('XDEL', mk, unpack(gone)) end
-return out
+-- more: the scan stopped at its budget, not at the end of the mailbox.
+local more = 0
+if #out < want and budget <= 0 then more = 1 end
+return {out, more}
 `)
 
 // ackScript: KEYS[1] mailbox; ARGV[6] identity, ARGV[7..] entry IDs. The

@@ -27,22 +27,38 @@ const fetchScanMax = 1000
 // published (no matching subscription, too large for the client, the
 // connection gone, the process stopping) must be handed to Unsend, or the
 // command stays "on the wire" (conservative: it cannot be cancelled, and
-// it times out instead of expiring). It scans at most count+1000 entries;
-// an empty result means the mailbox has nothing more after after.
+// it times out instead of expiring). It scans at most count+1000 entries,
+// so fewer than count entries do not mean the mailbox has nothing more:
+// FetchPage tells.
 func (s *Store) Fetch(ctx context.Context, identity, after string, count int) ([]Entry, error) {
+	entries, _, err := s.FetchPage(ctx, identity, after, count)
+	return entries, err
+}
+
+// FetchPage is Fetch that also reports whether the mailbox may hold more
+// after the entries returned although fewer than count came back: the
+// scan ran out of its budget skipping (and deleting) stale entries, so
+// the caller should fetch again from the last entry it got. When more is
+// false and fewer than count came back, the mailbox had nothing more.
+func (s *Store) FetchPage(ctx context.Context, identity, after string, count int) (entries []Entry, more bool, err error) {
 	if count <= 0 {
-		return nil, nil
+		return nil, false, nil
 	}
 	v, err := s.run(ctx, fetchScript, s.keys.Mailbox(identity), after, count, count+fetchScanMax)
 	if err != nil {
-		return nil, fmt.Errorf("cannot fetch mailbox of %s: %w", identity, err)
+		return nil, false, fmt.Errorf("cannot fetch mailbox of %s: %w", identity, err)
 	}
-	rows, _ := v.([]any)
+	reply, _ := v.([]any)
+	if len(reply) != 2 {
+		return nil, false, fmt.Errorf("cannot fetch mailbox of %s: malformed reply", identity)
+	}
+	rows, _ := reply[0].([]any)
+	flag, _ := reply[1].(int64)
 	out := make([]Entry, 0, len(rows))
 	for _, row := range rows {
 		f, _ := row.([]any)
 		if len(f) < 6 {
-			return nil, fmt.Errorf("cannot fetch mailbox of %s: malformed reply", identity)
+			return nil, false, fmt.Errorf("cannot fetch mailbox of %s: malformed reply", identity)
 		}
 		str := func(i int) string { s, _ := f[i].(string); return s }
 		x, _ := strconv.ParseInt(str(3), 10, 64)
@@ -55,7 +71,7 @@ func (s *Store) Fetch(ctx context.Context, identity, after string, count int) ([
 			MsgKey:  str(5),
 		})
 	}
-	return out, nil
+	return out, flag == 1, nil
 }
 
 // Ack removes one entry of identity's mailbox after its PUBACK. For a

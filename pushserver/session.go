@@ -380,7 +380,7 @@ func (s *session) step() bool {
 	for s.more && !s.broken && !s.isClosed() && (len(s.inflight) == 0 || s.window-len(s.inflight) >= refill) {
 		want := s.window - len(s.inflight)
 		ctx, cancel := context.WithTimeout(s.n.ctx, redisTimeout)
-		entries, err := s.n.store.Fetch(ctx, s.identity, s.cursor, want)
+		entries, more, err := s.n.store.FetchPage(ctx, s.identity, s.cursor, want)
 		cancel()
 		if err != nil {
 			if s.n.ctx.Err() != nil {
@@ -402,8 +402,11 @@ func (s *session) step() bool {
 			s.n.log.Info("mailbox readable again", "client_id", s.identity)
 		}
 		s.n.m.reads.Inc()
-		if len(entries) < want {
+		if len(entries) < want && !more {
 			s.more = false
+		}
+		if len(entries) == 0 {
+			continue // a run of stale entries, skipped and deleted: read on
 		}
 		var unsend []mailbox.Entry
 		// notSent hands a fetched entry back (command entries only: Fetch
