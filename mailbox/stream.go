@@ -136,7 +136,8 @@ func (s *Store) Len(ctx context.Context, identity string) (int64, error) {
 // Put appends a message to identity's mailbox and signals (the live
 // session's node, else owner); it returns the entry ID. expires zero
 // means now + Retention. ErrFull when the mailbox holds MailboxCap
-// entries that have not expired.
+// entries and its oldest entry is live: a full mailbox frees only the run
+// of stale entries (expired, or of a command that ended) at its head.
 func (s *Store) Put(ctx context.Context, identity, topic string, payload []byte, expires time.Time, owner string) (string, error) {
 	if !protocol.ValidIdentity(identity) {
 		return "", fmt.Errorf("mailbox: cannot put: %w", protocol.CheckIdentity(identity))
