@@ -196,6 +196,8 @@ var (
 	ErrConflict = errors.New("mailbox: same id with a different body")
 	ErrFull     = errors.New("mailbox: mailbox full")
 	ErrState    = errors.New("mailbox: command is not in a state that allows this")
+	// ErrNodeAlive: ForgetSessions of a node that is a live ring member.
+	ErrNodeAlive = errors.New("mailbox: the node is a live ring member")
 )
 
 // Command is one command record.

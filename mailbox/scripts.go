@@ -748,6 +748,24 @@ redis.call('SREM', K.nsess(node), identity)
 return 0
 `)
 
+// forgetSessionsScript: ARGV[6..] node, batch size, force ("1": even
+// while the node's ring key is alive). It takes up to batch identities
+// out of NodeSessions(node) and deletes the registration of each that
+// still names node; the last batch (fewer taken) also deletes the node's
+// pending set. Unless forced it does nothing while the node is a live
+// ring member (returns -1): a node that was pruned after a pause and came
+// back registers its sessions again, and none of this may undo that.
+var forgetSessionsScript = script(`
+local node, batch, force = ARGV[6], tonumber(ARGV[7]), ARGV[8] == '1'
+if not force and redis.call('EXISTS', K.ringnode(node)) == 1 then return -1 end
+local ids = redis.call('SPOP', K.nsess(node), batch)
+for _, i in ipairs(ids) do
+  if redis.call('GET', K.sess(i)) == node then redis.call('DEL', K.sess(i), K.sessconn(i)) end
+end
+if #ids < batch then redis.call('DEL', K.pending(node)) end
+return #ids
+`)
+
 // keysScript returns the key names the Lua helpers build, for the test
 // that keeps them in step with protocol.Keys. ARGV[6..] client, key,
 // device, identity, node, minute.

@@ -11,8 +11,9 @@ import (
 // SetSession records that identity's live session is on node:
 // Session(identity) = node, identity in NodeSessions(node) (and out of
 // the set of the node it was on before). The session key has no expiry:
-// a session left behind by a crashed node only costs an extra signal to
-// that node. It is SetSessionConn without a connection token.
+// the node clears it when the session ends, and the registrations of a
+// node that stopped without doing so are cleared by ForgetSessions. It is
+// SetSessionConn without a connection token.
 func (s *Store) SetSession(ctx context.Context, identity, node string) error {
 	return s.SetSessionConn(ctx, identity, node, "")
 }
@@ -48,6 +49,38 @@ func (s *Store) ClearSessionConn(ctx context.Context, identity, node, conn strin
 		return fmt.Errorf("cannot clear session of %s: %w", identity, err)
 	}
 	return nil
+}
+
+// ForgetSessions deletes the session registrations that name node, and
+// its pending set: what a push server that stopped without cleaning up
+// (killed, crashed) left behind. The survivor that prunes the silent node
+// from the ring calls it; a node calls it with force for its own name
+// when it starts, before it accepts a connection, for what an earlier
+// process of the same name left. Unless force is set it changes nothing
+// while node is a live ring member, and stops (returning ErrNodeAlive) if the
+// node comes back midway. It returns how many identities it took out of
+// the node's session set.
+func (s *Store) ForgetSessions(ctx context.Context, node string, force bool) (int, error) {
+	const batch = 1000
+	f := "0"
+	if force {
+		f = "1"
+	}
+	total := 0
+	for {
+		v, err := s.run(ctx, forgetSessionsScript, "", node, batch, f)
+		if err != nil {
+			return total, fmt.Errorf("cannot forget the sessions of %s: %w", node, err)
+		}
+		n, _ := v.(int64)
+		if n < 0 {
+			return total, fmt.Errorf("%w: %s", ErrNodeAlive, node)
+		}
+		total += int(n)
+		if n < batch {
+			return total, nil
+		}
+	}
 }
 
 // SessionNode returns the node holding identity's live session, "" when

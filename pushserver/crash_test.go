@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iotgw/gateway/internal/testenv"
+	"github.com/iotgw/gateway/protocol"
 )
 
 // produce puts rounds messages into each follower's mailbox, signalling
@@ -175,4 +176,69 @@ func TestSIGKILLSubprocess(t *testing.T) {
 		require.Equal(t, b.Addr(), f.connectedTo())
 	}
 	require.False(t, strings.Contains(killedAddr, b.Addr()))
+}
+
+// TestSilentNodeSessionsCleared: the sessions a killed node had
+// registered are cleared by the node that prunes it from the ring, so no
+// identity is reported online on a dead node; a node started under the
+// name of a killed one clears what that one left.
+func TestSilentNodeSessionsCleared(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	a := e.startNode()
+	b := e.startNode()
+	members := e.converged(a, b)
+	require.Len(t, members, 2)
+	id := identitiesOwnedBy(members, a.NodeID(), "dev-silent", 1)[0]
+	c := mustV3(t, a.Addr(), id)
+	c.subscribe(t, protocol.DeviceCommandsTopic(id), 1, newCollector())
+	registeredOn := func(node string) func() bool {
+		return func() bool {
+			got, err := e.store.SessionNode(t.Context(), id)
+			return err == nil && got == node
+		}
+	}
+	eventually(t, 5*time.Second, registeredOn(a.NodeID()), "session registered on a")
+
+	a.kill() // nothing cleaned up: the registration stays until a prune
+	ok, err := e.rdb.SIsMember(t.Context(), e.store.Keys().NodeSessions(a.NodeID()), id).Result()
+	require.NoError(t, err)
+	require.True(t, ok, "the kill cleaned up after all")
+	eventually(t, 15*time.Second, registeredOn(""), "the survivor clears the silent node's session")
+	n, err := e.rdb.Exists(t.Context(), e.store.Keys().NodeSessions(a.NodeID())).Result()
+	require.NoError(t, err)
+	require.Zero(t, n, "the silent node's session set is left")
+
+	// A node restarted under the same name finds its predecessor's
+	// registrations and clears them before it serves.
+	const name = "push-reborn"
+	first := e.startNode(func(c *Config) { c.NodeID = name })
+	reborn := identitiesOwnedBy(e.converged(b, first), name, "dev-reborn", 1)[0]
+	c2 := mustV3(t, first.Addr(), reborn)
+	c2.subscribe(t, protocol.DeviceCommandsTopic(reborn), 1, newCollector())
+	eventually(t, 5*time.Second, func() bool {
+		got, err := e.store.SessionNode(t.Context(), reborn)
+		return err == nil && got == name
+	}, "session registered on %s", name)
+	first.kill()
+	b.kill() // no survivor to prune it: only the new process can clean up
+	// The name is free once the killed process's ring key expires.
+	var second *Node
+	eventually(t, 15*time.Second, func() bool {
+		cfg := e.config()
+		cfg.NodeID = name
+		n, err := NewNode(cfg)
+		require.NoError(t, err)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		if n.Start(ctx) != nil {
+			return false
+		}
+		second = n
+		return true
+	}, "a node named %s starts again", name)
+	t.Cleanup(func() { second.kill() })
+	got, err := e.store.SessionNode(t.Context(), reborn)
+	require.NoError(t, err)
+	require.Empty(t, got, "the restarted node kept its predecessor's session")
 }

@@ -81,7 +81,9 @@ type Node struct {
 	// newer connection's SetSessionConn changes nothing.
 	regLocks   [64]sync.Mutex
 	connPrefix string // random, per process
-	connSeq    atomic.Uint64
+
+	revived chan struct{} // the ring re-registered this node after a prune
+	connSeq atomic.Uint64
 
 	// clientLocks order attach and detach (conn.go) of one client ID.
 	clientLocks [64]sync.Mutex
@@ -127,6 +129,7 @@ func NewNode(cfg Config) (*Node, error) {
 		byClient:   make(map[*mqtt.Client]*session),
 		byID:       make(map[string]*session),
 		connPrefix: hex.EncodeToString(prefix[:]),
+		revived:    make(chan struct{}, 1),
 	}, nil
 }
 
@@ -219,6 +222,13 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.store = mailbox.New(n.rdb, n.cfg.Namespace, mailbox.Options{Logger: n.log})
 	n.ring = ring.New(n.rdb, n.cfg.Namespace, ring.Options{
 		Heartbeat: n.cfg.RingHeartbeat, TTL: n.cfg.RingTTL, Grace: n.cfg.RingGrace, Logger: n.cfg.Logger, // the ring logs the node itself
+		OnPruned: n.forgetSilentNodes,
+		OnRevived: func() {
+			select {
+			case n.revived <- struct{}{}:
+			default:
+			}
+		},
 	})
 
 	n.pub, err = amqpx.NewPublisher(ctx, amqpx.Options{
@@ -269,6 +279,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.goLoop(func() { n.ring.Run(n.ctx) }) //nolint:errcheck // Run returns nil
 	n.goLoop(func() { n.wakeLoop(wake) })
 
+	n.goLoop(n.reregisterLoop)
+
 	var joinCtx context.Context
 	joinCtx, n.joinCancel = context.WithCancel(context.Background())
 	undo = append(undo, n.joinCancel)
@@ -280,6 +292,14 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		defer cancel()
 		_ = n.ring.Leave(lctx)
 	})
+	// The name is ours now (Join refuses a name a live member holds) and
+	// nothing is served yet: any session registered under it is an
+	// earlier process's (killed, crashed) and gone.
+	if forgot, err := n.store.ForgetSessions(ctx, n.node, true); err != nil {
+		return fmt.Errorf("cannot clear an earlier process's sessions: %w", err)
+	} else if forgot > 0 {
+		n.log.Info("cleared the sessions an earlier process of this node left registered", "count", forgot)
+	}
 
 	if n.cfg.MetricsAddr != "" {
 		n.metricsSrv, err = telemetry.ServeMetrics(n.cfg.MetricsAddr, n.cfg.Registry, n.log)
@@ -655,6 +675,48 @@ func (n *Node) sweepPending() error {
 		}
 	}
 	return nil
+}
+
+// forgetSilentNodes clears the session registrations of push servers
+// this node's ring pruned (gone silent without leaving: killed, crashed),
+// so that no live session is claimed for them and no signal goes to
+// them. A pruned node that comes back registers its sessions again
+// (reregisterLoop); ForgetSessions leaves a live member alone.
+func (n *Node) forgetSilentNodes(ctx context.Context, nodes []string) {
+	ctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	for _, node := range nodes {
+		forgot, err := n.store.ForgetSessions(ctx, node, false)
+		switch {
+		case errors.Is(err, mailbox.ErrNodeAlive):
+			n.log.Info("a pruned push server is back; its sessions stay", "silent_node", node, "cleared", forgot)
+		case err != nil:
+			n.log.Warn("cannot clear the sessions of a silent push server", "silent_node", node, "err", err)
+		default:
+			n.log.Info("cleared the sessions of a silent push server", "silent_node", node, "count", forgot)
+		}
+	}
+}
+
+// reregisterLoop registers every session of the node again after the
+// ring found this node pruned (a pause longer than the ring's TTL):
+// the node that pruned it may have cleared them (forgetSilentNodes).
+func (n *Node) reregisterLoop() {
+	for {
+		select {
+		case <-n.ctx.Done():
+			return
+		case <-n.revived:
+		}
+		all := n.sessions()
+		for _, s := range all {
+			if n.ctx.Err() != nil {
+				return
+			}
+			s.register()
+		}
+		n.log.Info("registered the sessions again after the ring had pruned this node", "count", len(all))
+	}
 }
 
 // shedLoop closes, at most ShedRate per second, the sessions of

@@ -42,6 +42,16 @@ type Options struct {
 	Grace time.Duration
 	// Logger receives membership changes and Redis errors. Default: discard.
 	Logger *slog.Logger
+	// OnPruned, when set, is called with the members this Ring found
+	// silent (key expired without a Leave) and removed from the member
+	// set, after the new ring is installed. Exactly one process prunes a
+	// member, so exactly one calls OnPruned for it: the place to clean up
+	// what the member left behind. It runs in the Refresh that pruned.
+	OnPruned func(ctx context.Context, nodes []string)
+	// OnRevived, when set, is called by the heartbeat when it finds that
+	// this Ring's own member had been pruned (a pause longer than TTL)
+	// and has just registered it again. It must not block.
+	OnRevived func()
 }
 
 func (o *Options) ensureDefaults() {
@@ -168,9 +178,12 @@ func (r *Ring) Refresh(ctx context.Context) error {
 	r.refreshMu.Lock()
 	defer r.refreshMu.Unlock()
 	var members []Member
+	var pruned []string
 	for attempt := 0; ; attempt++ {
-		ms, revived, err := r.read(ctx)
+		ms, revived, gone, err := r.read(ctx)
+		pruned = append(pruned, gone...)
 		if err != nil {
+			r.announcePruned(ctx, pruned)
 			return err
 		}
 		members = ms
@@ -181,18 +194,26 @@ func (r *Ring) Refresh(ctx context.Context) error {
 		}
 	}
 	r.install(canonical(members))
+	r.announcePruned(ctx, pruned)
 	return nil
 }
 
+func (r *Ring) announcePruned(ctx context.Context, nodes []string) {
+	if len(nodes) > 0 && r.opts.OnPruned != nil {
+		r.opts.OnPruned(ctx, nodes)
+	}
+}
+
 // read returns the live members and prunes the expired ones; revived
-// reports that a member missing from MGET was back by the prune.
-func (r *Ring) read(ctx context.Context) (members []Member, revived bool, err error) {
+// reports that a member missing from MGET was back by the prune, pruned
+// names the members this call removed.
+func (r *Ring) read(ctx context.Context) (members []Member, revived bool, pruned []string, err error) {
 	nodes, err := r.rdb.SMembers(ctx, r.keys.RingNodes()).Result()
 	if err != nil {
-		return nil, false, fmt.Errorf("ring: cannot read members: %w", err)
+		return nil, false, nil, fmt.Errorf("ring: cannot read members: %w", err)
 	}
 	if len(nodes) == 0 {
-		return nil, false, nil
+		return nil, false, nil, nil
 	}
 	slices.Sort(nodes)
 	keys := make([]string, len(nodes))
@@ -201,7 +222,7 @@ func (r *Ring) read(ctx context.Context) (members []Member, revived bool, err er
 	}
 	vals, err := r.rdb.MGet(ctx, keys...).Result()
 	if err != nil {
-		return nil, false, fmt.Errorf("ring: cannot read members: %w", err)
+		return nil, false, nil, fmt.Errorf("ring: cannot read members: %w", err)
 	}
 	var gone []string
 	for i, v := range vals {
@@ -212,7 +233,7 @@ func (r *Ring) read(ctx context.Context) (members []Member, revived bool, err er
 		}
 	}
 	if len(gone) == 0 {
-		return members, false, nil
+		return members, false, nil, nil
 	}
 	pkeys := make([]string, 0, len(gone)+1)
 	args := make([]any, 0, len(gone)+1)
@@ -222,17 +243,30 @@ func (r *Ring) read(ctx context.Context) (members []Member, revived bool, err er
 		pkeys = append(pkeys, r.keys.RingNode(n))
 		args = append(args, n)
 	}
-	res, err := pruneScript.Run(ctx, r.rdb, pkeys, args...).Int64Slice()
+	res, err := pruneScript.Run(ctx, r.rdb, pkeys, args...).Slice()
 	if err != nil {
-		return nil, false, fmt.Errorf("ring: cannot prune members: %w", err)
+		return nil, false, nil, fmt.Errorf("ring: cannot prune members: %w", err)
 	}
-	if len(res) != 2 {
-		return nil, false, fmt.Errorf("ring: cannot prune members: unexpected reply %v", res)
+	alive, ok := int64(0), len(res) == 2
+	if ok {
+		alive, ok = res[0].(int64)
 	}
-	if res[0] > 0 {
-		r.log.Info("ring: pruned silent members", "count", res[0])
+	var names []any
+	if ok {
+		names, ok = res[1].([]any)
 	}
-	return members, res[1] > 0, nil
+	if !ok {
+		return nil, false, nil, fmt.Errorf("ring: cannot prune members: unexpected reply %v", res)
+	}
+	for _, v := range names {
+		if n, ok := v.(string); ok {
+			pruned = append(pruned, n)
+		}
+	}
+	if len(pruned) > 0 {
+		r.log.Info("ring: pruned silent members", "nodes", pruned)
+	}
+	return members, alive > 0, pruned, nil
 }
 
 // install publishes the ring of sorted members if it differs from the
@@ -389,6 +423,10 @@ func (r *Ring) heartbeat(ctx context.Context, m Member, done chan struct{}) {
 		added, err := r.register(cctx, m)
 		if err == nil && added {
 			// We had been pruned (a pause longer than TTL): say we are back.
+			r.log.Warn("ring: this member had been pruned after a silence; registered again", "node", m.Node)
+			if r.opts.OnRevived != nil {
+				r.opts.OnRevived()
+			}
 			err = r.rdb.Publish(cctx, r.keys.RingChanges(), m.Node).Err()
 		}
 		cancel()
@@ -460,16 +498,16 @@ return 1
 // member that heartbeated meanwhile stays. Announces any removal.
 // KEYS: node set, then one node key per member. ARGV: changes channel,
 // then the member names in the order of their keys.
-// Returns {removed, still alive}.
+// Returns {still alive, the names removed}.
 var pruneScript = redis.NewScript(`
-local n, alive = 0, 0
+local pruned, alive = {}, 0
 for i = 2, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 0 then
-    n = n + redis.call('SREM', KEYS[1], ARGV[i])
+    if redis.call('SREM', KEYS[1], ARGV[i]) == 1 then pruned[#pruned + 1] = ARGV[i] end
   else
     alive = alive + 1
   end
 end
-if n > 0 then redis.call('PUBLISH', ARGV[1], 'prune') end
-return {n, alive}
+if #pruned > 0 then redis.call('PUBLISH', ARGV[1], 'prune') end
+return {alive, pruned}
 `)
