@@ -14,8 +14,8 @@ import (
 )
 
 // startGateway builds the real binaries and starts them as processes in a
-// fresh namespace on free ports.
-func startGateway(t *testing.T, workers, push int) *gwproc.Gateway {
+// fresh namespace on free ports, with extraEnv added to each.
+func startGateway(t *testing.T, workers, push int, extraEnv ...string) *gwproc.Gateway {
 	t.Helper()
 	testenv.RequireServices(t)
 	ns := testenv.Namespace(t)
@@ -29,7 +29,7 @@ func startGateway(t *testing.T, workers, push int) *gwproc.Gateway {
 	g, err := gwproc.Start(ctx, gwproc.Options{
 		BinDir: bin, RunDir: runDir, Namespace: ns, Secret: "e2e-secret-" + ns,
 		AMQPURL: testenv.AMQPURL(), RedisURL: testenv.RedisURL(),
-		Workers: workers, PushServers: push,
+		Workers: workers, PushServers: push, ExtraEnv: extraEnv,
 	})
 	if err != nil {
 		t.Fatal(err)

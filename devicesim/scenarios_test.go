@@ -1,0 +1,388 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sync"
+	"testing"
+	"time"
+
+	mqtt "github.com/eclipse/paho.mqtt.golang"
+
+	"github.com/iotgw/gateway/protocol"
+)
+
+// scenarioEnv is a running gateway (real binaries: apiserver, one worker,
+// one push server) with MQTT clients that record every result they get.
+type scenarioEnv struct {
+	t    *testing.T
+	api  *API
+	addr string // the push server's MQTT address
+	tok  func(role, sub string, devices ...string) string
+
+	mu      sync.Mutex
+	results map[string][]*protocol.Response // by client, then the result's id
+}
+
+func newScenarioEnv(t *testing.T, extraEnv ...string) *scenarioEnv {
+	g := startGateway(t, 1, 1, extraEnv...)
+	e := &scenarioEnv{t: t, api: NewAPI(g.APIURL), addr: g.PushAddrs[0], results: map[string][]*protocol.Response{}}
+	e.tok = func(role, sub string, devices ...string) string {
+		tok, err := g.Token(role, sub, devices)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tok
+	}
+	return e
+}
+
+// connect opens an MQTT session for identity with the token of role.
+func (e *scenarioEnv) connect(identity, role string, manualAck bool, devices ...string) mqtt.Client {
+	e.t.Helper()
+	opts := mqtt.NewClientOptions().AddBroker("tcp://"+e.addr).
+		SetClientID(identity).SetUsername(identity).SetPassword(e.tok(role, identity, devices...)).
+		SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false).
+		SetConnectTimeout(5 * time.Second).SetAutoAckDisabled(manualAck)
+	c := mqtt.NewClient(opts)
+	tok := c.Connect()
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		e.t.Fatalf("connect %s: %v", identity, tok.Error())
+	}
+	e.t.Cleanup(func() { c.Disconnect(100) })
+	return c
+}
+
+func (e *scenarioEnv) subscribe(c mqtt.Client, filter string, h mqtt.MessageHandler) {
+	e.t.Helper()
+	tok := c.Subscribe(filter, 1, h)
+	if !tok.WaitTimeout(5*time.Second) || tok.Error() != nil {
+		e.t.Fatalf("subscribe %s: %v", filter, tok.Error())
+	}
+}
+
+// client connects a client that may command devices and records the
+// results it receives.
+func (e *scenarioEnv) client(name string, devices ...string) string {
+	c := e.connect(name, "client", false, devices...)
+	e.subscribe(c, protocol.ClientResultsFilter(name), func(_ mqtt.Client, m mqtt.Message) {
+		r, err := protocol.ParseResponse(m.Payload())
+		if err != nil {
+			e.t.Errorf("client %s got a malformed result %s: %v", name, m.Payload(), err)
+			return
+		}
+		e.mu.Lock()
+		e.results[name+"|"+string(r.ID)] = append(e.results[name+"|"+string(r.ID)], r)
+		e.mu.Unlock()
+	})
+	return e.tok("client", name, devices...)
+}
+
+// device connects a device whose handler gets each command.
+func (e *scenarioEnv) device(name string, manualAck bool, h mqtt.MessageHandler) mqtt.Client {
+	c := e.connect(name, "device", manualAck)
+	e.subscribe(c, protocol.DeviceCommandsTopic(name), h)
+	return c
+}
+
+// publishAnswer publishes a device's response and waits for its PUBACK.
+func publishAnswer(t *testing.T, c mqtt.Client, device, payload string) {
+	tok := c.Publish(protocol.DeviceResponsesTopic(device), 1, false, payload)
+	if !tok.WaitTimeout(10*time.Second) || tok.Error() != nil {
+		t.Errorf("device %s: response not acknowledged: %v", device, tok.Error())
+	}
+}
+
+// send posts one command with a string id and wants 202.
+func (e *scenarioEnv) send(token, device, id, method string, timeout, expiresIn time.Duration) {
+	e.t.Helper()
+	req := fmt.Sprintf(`{"jsonrpc":"2.0","method":%q,"id":%q}`, method, id)
+	_, status, err := e.api.SendCommand(e.t.Context(), token, device, []byte(req), timeout, expiresIn)
+	if err != nil || status != http.StatusAccepted {
+		e.t.Fatalf("POST %s to %s: status %d, %v; want 202", id, device, status, err)
+	}
+}
+
+// result waits for the client's result for id, and returns it once no
+// different result has come for a moment after it (at least once: copies
+// of the same result are allowed, two different ones are not).
+func (e *scenarioEnv) result(client, id string) *protocol.Response {
+	e.t.Helper()
+	key := client + "|" + fmt.Sprintf("%q", id)
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		e.mu.Lock()
+		got := e.results[key]
+		e.mu.Unlock()
+		if len(got) > 0 {
+			time.Sleep(300 * time.Millisecond)
+			e.mu.Lock()
+			got = e.results[key]
+			e.mu.Unlock()
+			for _, r := range got[1:] {
+				a, _ := json.Marshal(got[0])
+				b, _ := json.Marshal(r)
+				if string(a) != string(b) {
+					e.t.Errorf("%s got two different results for %s: %s and %s", client, id, a, b)
+				}
+			}
+			return got[0]
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s got no result for %s within 30s", client, id)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// status reads a command's record through the API.
+func (e *scenarioEnv) status(token, id string) (st protocol.Status, delivered bool) {
+	e.t.Helper()
+	var v struct {
+		Status      protocol.Status `json:"status"`
+		DeliveredAt time.Time       `json:"delivered_at"`
+	}
+	if _, err := e.api.Do(e.t.Context(), http.MethodGet, "/v1/commands/"+id, token, nil, &v); err != nil {
+		e.t.Fatalf("GET %s: %v", id, err)
+	}
+	return v.Status, !v.DeliveredAt.IsZero()
+}
+
+// gatewayCode is the JSON-RPC error code of a result, 0 for a success.
+func gatewayCode(r *protocol.Response) int {
+	if r.Error == nil {
+		return 0
+	}
+	return r.Error.Code
+}
+
+// TestScenarios drives each outcome of a command through the real
+// binaries, from the POST to the client's MQTT subscription: success,
+// device error, no answer, offline past expires_in, cancel before
+// delivery, a late answer after the timeout, a full device mailbox, the
+// same id from two clients, and an answer that overtakes its PUBACK.
+func TestScenarios(t *testing.T) {
+	t.Parallel()
+	e := newScenarioEnv(t, "GW_MAILBOX_CAP=2")
+	app := e.client("app-sc", "sc-*")
+	other := e.client("app-sc2", "sc-*")
+	respond := func(c mqtt.Client, device string, m mqtt.Message, body string) {
+		var req protocol.Request
+		if err := json.Unmarshal(m.Payload(), &req); err != nil {
+			t.Errorf("%s got a bad request %s: %v", device, m.Payload(), err)
+			return
+		}
+		id, _ := json.Marshal(req.ID)
+		go publishAnswer(t, c, device, fmt.Sprintf(`{"jsonrpc":"2.0",%s,"id":%s}`, body, id))
+	}
+
+	t.Run("success", func(t *testing.T) {
+		var c mqtt.Client
+		c = e.device("sc-ok", false, func(_ mqtt.Client, m mqtt.Message) { respond(c, "sc-ok", m, `"result":{"on":true}`) })
+		e.send(app, "sc-ok", "ok-1", "switch", 0, 0)
+		r := e.result("app-sc", "ok-1")
+		if gatewayCode(r) != 0 || string(r.Result) != `{"on":true}` {
+			t.Errorf("result = %+v, want the device's {\"on\":true}", r)
+		}
+		if st, _ := e.status(app, "ok-1"); st != protocol.StatusSucceeded {
+			t.Errorf("status = %s, want succeeded", st)
+		}
+	})
+
+	t.Run("device error", func(t *testing.T) {
+		var c mqtt.Client
+		c = e.device("sc-err", false, func(_ mqtt.Client, m mqtt.Message) {
+			respond(c, "sc-err", m, `"error":{"code":-32601,"message":"no such method"}`)
+		})
+		e.send(app, "sc-err", "err-1", "fly", 0, 0)
+		if r := e.result("app-sc", "err-1"); gatewayCode(r) != -32601 {
+			t.Errorf("result = %+v, want the device's -32601", r)
+		}
+		if st, _ := e.status(app, "err-1"); st != protocol.StatusFailed {
+			t.Errorf("status = %s, want failed", st)
+		}
+	})
+
+	t.Run("no answer", func(t *testing.T) {
+		e.device("sc-mute", false, func(mqtt.Client, mqtt.Message) {})
+		e.send(app, "sc-mute", "mute-1", "ping", time.Second, 0)
+		if r := e.result("app-sc", "mute-1"); gatewayCode(r) != protocol.CodeTimeout {
+			t.Errorf("result = %+v, want %d (timeout)", r, protocol.CodeTimeout)
+		}
+		if st, delivered := e.status(app, "mute-1"); st != protocol.StatusTimeout || !delivered {
+			t.Errorf("status = %s (delivered %v), want timeout after delivery", st, delivered)
+		}
+	})
+
+	t.Run("offline past expires_in", func(t *testing.T) {
+		e.send(app, "sc-away", "away-1", "ping", 0, time.Second)
+		if r := e.result("app-sc", "away-1"); gatewayCode(r) != protocol.CodeExpired {
+			t.Errorf("result = %+v, want %d (expired)", r, protocol.CodeExpired)
+		}
+		if st, _ := e.status(app, "away-1"); st != protocol.StatusExpired {
+			t.Errorf("status = %s, want expired", st)
+		}
+		// The device connects afterwards: nothing is waiting for it.
+		got := make(chan string, 1)
+		e.device("sc-away", false, func(_ mqtt.Client, m mqtt.Message) { got <- string(m.Payload()) })
+		select {
+		case p := <-got:
+			t.Errorf("the device got an expired command: %s", p)
+		case <-time.After(500 * time.Millisecond):
+		}
+	})
+
+	t.Run("cancel before delivery", func(t *testing.T) {
+		e.send(app, "sc-later", "later-1", "ping", 0, time.Hour)
+		var v struct {
+			Status protocol.Status `json:"status"`
+		}
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			code, err := e.api.Do(t.Context(), http.MethodDelete, "/v1/commands/later-1", app, nil, &v)
+			if err == nil && code == http.StatusOK {
+				break
+			}
+			// 409 while the command is still pending (its publish not yet
+			// confirmed): retry, as a client would.
+			if time.Now().After(deadline) {
+				t.Fatalf("DELETE = %d, %v; want 200", code, err)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+		if v.Status != protocol.StatusCancelled {
+			t.Errorf("DELETE answered status %s, want cancelled", v.Status)
+		}
+		if r := e.result("app-sc", "later-1"); gatewayCode(r) != protocol.CodeCancelled {
+			t.Errorf("result = %+v, want %d (cancelled)", r, protocol.CodeCancelled)
+		}
+		got := make(chan string, 1)
+		e.device("sc-later", false, func(_ mqtt.Client, m mqtt.Message) { got <- string(m.Payload()) })
+		select {
+		case p := <-got:
+			t.Errorf("the device got a cancelled command: %s", p)
+		case <-time.After(500 * time.Millisecond):
+		}
+	})
+
+	t.Run("late answer", func(t *testing.T) {
+		held := make(chan mqtt.Message, 1)
+		c := e.device("sc-slow", false, func(_ mqtt.Client, m mqtt.Message) { held <- m })
+		e.send(app, "sc-slow", "slow-1", "ping", time.Second, 0)
+		var m mqtt.Message
+		select {
+		case m = <-held:
+		case <-time.After(10 * time.Second):
+			t.Fatal("the device got no command")
+		}
+		if r := e.result("app-sc", "slow-1"); gatewayCode(r) != protocol.CodeTimeout {
+			t.Fatalf("result = %+v, want %d (timeout)", r, protocol.CodeTimeout)
+		}
+		respond(c, "sc-slow", m, `"result":"too late"`)
+		time.Sleep(time.Second) // the late answer went through the worker by now
+		// result checks that no different result came for the id.
+		if r := e.result("app-sc", "slow-1"); gatewayCode(r) != protocol.CodeTimeout {
+			t.Errorf("after the late answer: result = %+v, want the timeout still", r)
+		}
+		if st, _ := e.status(app, "slow-1"); st != protocol.StatusTimeout {
+			t.Errorf("status = %s, want timeout (final)", st)
+		}
+	})
+
+	t.Run("full device mailbox", func(t *testing.T) {
+		for _, id := range []string{"full-1", "full-2"} {
+			e.send(app, "sc-full", id, "ping", 0, time.Hour)
+		}
+		// The worker takes commands in order: the first two fill the
+		// mailbox (GW_MAILBOX_CAP=2) before the third is dispatched.
+		deadline := time.Now().Add(10 * time.Second)
+		for {
+			if st, _ := e.status(app, "full-2"); st == protocol.StatusSent {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatal("the first two commands were not sent")
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		e.send(app, "sc-full", "full-3", "ping", 0, time.Hour)
+		if r := e.result("app-sc", "full-3"); gatewayCode(r) != protocol.CodeRejected {
+			t.Errorf("result = %+v, want %d (rejected)", r, protocol.CodeRejected)
+		}
+		if st, _ := e.status(app, "full-3"); st != protocol.StatusRejected {
+			t.Errorf("status = %s, want rejected", st)
+		}
+		// The two that fit are delivered once the device connects.
+		var c mqtt.Client
+		c = e.device("sc-full", false, func(_ mqtt.Client, m mqtt.Message) { respond(c, "sc-full", m, `"result":"ok"`) })
+		for _, id := range []string{"full-1", "full-2"} {
+			if r := e.result("app-sc", id); gatewayCode(r) != 0 {
+				t.Errorf("%s: result = %+v, want success", id, r)
+			}
+		}
+	})
+
+	t.Run("same id from two clients", func(t *testing.T) {
+		var c mqtt.Client
+		c = e.device("sc-twin", false, func(_ mqtt.Client, m mqtt.Message) {
+			var req struct {
+				Method string `json:"method"`
+			}
+			_ = json.Unmarshal(m.Payload(), &req)
+			respond(c, "sc-twin", m, fmt.Sprintf(`"result":%q`, req.Method))
+		})
+		e.send(app, "sc-twin", "twin", "from-app", 0, 0)
+		e.send(other, "sc-twin", "twin", "from-other", 0, 0)
+		if r := e.result("app-sc", "twin"); string(r.Result) != `"from-app"` {
+			t.Errorf("app-sc's result = %+v, want its own \"from-app\"", r)
+		}
+		if r := e.result("app-sc2", "twin"); string(r.Result) != `"from-other"` {
+			t.Errorf("app-sc2's result = %+v, want its own \"from-other\"", r)
+		}
+	})
+
+	t.Run("answer before PUBACK", func(t *testing.T) {
+		// The device answers, waits until the command has succeeded, and
+		// only then acknowledges the command's PUBLISH.
+		var c mqtt.Client
+		acked := make(chan struct{})
+		c = e.device("sc-eager", true, func(_ mqtt.Client, m mqtt.Message) {
+			go func() {
+				var req protocol.Request
+				if err := json.Unmarshal(m.Payload(), &req); err != nil {
+					t.Errorf("bad request %s: %v", m.Payload(), err)
+					return
+				}
+				id, _ := json.Marshal(req.ID)
+				publishAnswer(t, c, "sc-eager", fmt.Sprintf(`{"jsonrpc":"2.0","result":"first","id":%s}`, id))
+				deadline := time.Now().Add(10 * time.Second)
+				for {
+					if st, _ := e.status(app, "eager-1"); st == protocol.StatusSucceeded {
+						break
+					}
+					if time.Now().After(deadline) {
+						t.Error("the answer did not complete the command before its PUBACK")
+						break
+					}
+					time.Sleep(20 * time.Millisecond)
+				}
+				m.Ack()
+				close(acked)
+			}()
+		})
+		e.send(app, "sc-eager", "eager-1", "ping", 0, 0)
+		select {
+		case <-acked:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the device never acknowledged the command")
+		}
+		time.Sleep(500 * time.Millisecond) // the late PUBACK's delivered transition ran by now
+		if r := e.result("app-sc", "eager-1"); string(r.Result) != `"first"` {
+			t.Errorf("result = %+v, want the device's \"first\"", r)
+		}
+		if st, delivered := e.status(app, "eager-1"); st != protocol.StatusSucceeded || !delivered {
+			t.Errorf("status = %s (delivered_at set %v), want succeeded with delivered_at", st, delivered)
+		}
+	})
+}
