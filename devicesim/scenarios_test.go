@@ -41,7 +41,7 @@ func newScenarioEnv(t *testing.T, extraEnv ...string) *scenarioEnv {
 // connect opens an MQTT session for identity with the token of role.
 func (e *scenarioEnv) connect(identity, role string, manualAck bool, devices ...string) mqtt.Client {
 	e.t.Helper()
-	opts := mqtt.NewClientOptions().AddBroker("tcp://"+e.addr).
+	opts := mqtt.NewClientOptions().AddBroker("tcp://" + e.addr).
 		SetClientID(identity).SetUsername(identity).SetPassword(e.tok(role, identity, devices...)).
 		SetCleanSession(true).SetAutoReconnect(false).SetConnectRetry(false).
 		SetConnectTimeout(5 * time.Second).SetAutoAckDisabled(manualAck)
