@@ -141,7 +141,10 @@ const fireBatch = 100
 //     fires as timeout. On a pending command: re-armed to the end of its
 //     lease while the lease runs (its publish is being confirmed), else
 //     expired (through queued).
-//   - answer-within: sent or delivered → timeout (-32001).
+//   - answer-within: sent or delivered → timeout (-32001); but a sent
+//     command no longer on the wire (handed back with Unsend after its
+//     deliver-by was re-armed) never reached the device: expired at its
+//     deliver-by.
 //
 // A deliver-by timer whose command's DeliverBy moved later is re-armed to
 // it. Anything else (the command final, or gone) just drops the timer.

@@ -855,3 +855,40 @@ func TestFetchPageBehindStaleRun(t *testing.T) {
 		t.Errorf("mailbox holds %d entries after the pages, want 1 (the stale ones deleted)", n)
 	}
 }
+
+// TestFireTimersUnsentAfterRearm: a command on the wire at its deliver-by
+// gets an answer-within timer; handed back before it reached the device
+// (Unsend), it ends as expired, not timeout, when that timer fires.
+func TestFireTimersUnsentAfterRearm(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	owner := func(string) string { return "node-c" }
+	e.sent(cmd(t, "c1", "d1", `"u"`, ``)) // timeout 30s, expires_in 1h
+	es, err := e.s.Fetch(e.ctx, "d1", "", 1)
+	if err != nil || len(es) != 1 {
+		t.Fatalf("Fetch = %+v, %v", es, err)
+	}
+	e.clock.Add(time.Hour)
+	if n, err := e.s.FireTimers(e.ctx, 10, owner); err != nil || n != 1 {
+		t.Fatalf("FireTimers at deliver-by = %d, %v, want 1 (re-armed)", n, err)
+	}
+	if err := e.s.Unsend(e.ctx, "d1", es[0]); err != nil {
+		t.Fatal(err)
+	}
+	e.clock.Add(31 * time.Second)
+	if n, err := e.s.FireTimers(e.ctx, 10, owner); err != nil || n != 1 {
+		t.Fatalf("FireTimers at the re-armed deadline = %d, %v, want 1", n, err)
+	}
+	if rec := e.get("c1", "u"); rec.Status != protocol.StatusExpired {
+		t.Errorf("status = %s, want expired (it never reached the device)", rec.Status)
+	}
+	if rs := e.results("c1"); len(rs) != 1 || gatewayCode(t, rs[0]) != protocol.CodeExpired {
+		t.Errorf("client results = %+v, want one -32002", rs)
+	}
+	if n, _ := e.s.Len(e.ctx, "d1"); n != 0 {
+		t.Errorf("device mailbox holds %d entries, want 0", n)
+	}
+	if n, _ := e.rdb.ZCard(e.ctx, e.keys.Timers()).Result(); n != 0 {
+		t.Errorf("%d timers left", n)
+	}
+}

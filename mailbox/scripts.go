@@ -529,6 +529,16 @@ local function fire(m, kind, ck, r)
     end
     return expire(ck, r)
   end
+  if st == 'sent' and num(r.sending) == 0 then
+    -- Re-armed while on the wire, then handed back (Unsend): it never
+    -- reached the device, so its deliver-by decides.
+    local by = num(r.deliver_by)
+    if by > NOW then
+      redis.call('ZADD', tk, ms(by), 'd|' .. r.client .. '|' .. r.key)
+      return 'rearmed'
+    end
+    return expire(ck, r)
+  end
   if st == 'sent' or st == 'delivered' then
     finalize(ck, r, 'timeout', ARGV[9], ARGV[10], '')
     return 'timeout'
