@@ -226,6 +226,31 @@ func TestListenerKeepsAcceptingAfterErrors(t *testing.T) {
 	require.False(t, errors.As(err, &ne) && ne.Timeout(), "connection still open")
 }
 
+// TestMaxClientsRefusesBeyond: with MaxClients connected, the next
+// connection is refused (3.1.1: 0x03 server unavailable; 5: 0x89 server
+// busy), and accepted again once one has gone.
+func TestMaxClientsRefusesBeyond(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	n := e.startNode(func(c *Config) { c.MaxClients = 2 })
+	first := mustV3(t, n.Addr(), "dev-max-1")
+	mustV3(t, n.Addr(), "dev-max-2")
+
+	_, code, err := connectV3(t, n.Addr(), "dev-max-3", "dev-max-3", token(t, "dev-max-3", auth.RoleDevice, time.Hour))
+	require.Error(t, err)
+	require.Equal(t, byte(0x03), code, "3.1.1 refusal code")
+	_, ca, err := connectV5(t, n.Addr(), "dev-max-3", "dev-max-3", token(t, "dev-max-3", auth.RoleDevice, time.Hour))
+	require.Error(t, err)
+	require.NotNil(t, ca)
+	require.Equal(t, byte(0x89), ca.ReasonCode, "MQTT 5 refusal code")
+
+	first.Disconnect(100)
+	eventually(t, 5*time.Second, func() bool {
+		_, _, err := connectV3(t, n.Addr(), "dev-max-3", "dev-max-3", token(t, "dev-max-3", auth.RoleDevice, time.Hour))
+		return err == nil
+	}, "a connection accepted after a client left")
+}
+
 func TestMaxClientsBelowFileLimit(t *testing.T) {
 	limit := int64(fileLimit())
 	got := maxClients(0)
