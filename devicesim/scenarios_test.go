@@ -178,8 +178,7 @@ func TestScenarios(t *testing.T) {
 	}
 
 	t.Run("success", func(t *testing.T) {
-		var c mqtt.Client
-		c = e.device("sc-ok", false, func(_ mqtt.Client, m mqtt.Message) { respond(c, "sc-ok", m, `"result":{"on":true}`) })
+		e.device("sc-ok", false, func(c mqtt.Client, m mqtt.Message) { respond(c, "sc-ok", m, `"result":{"on":true}`) })
 		e.send(app, "sc-ok", "ok-1", "switch", 0, 0)
 		r := e.result("app-sc", "ok-1")
 		if gatewayCode(r) != 0 || string(r.Result) != `{"on":true}` {
@@ -191,8 +190,7 @@ func TestScenarios(t *testing.T) {
 	})
 
 	t.Run("device error", func(t *testing.T) {
-		var c mqtt.Client
-		c = e.device("sc-err", false, func(_ mqtt.Client, m mqtt.Message) {
+		e.device("sc-err", false, func(c mqtt.Client, m mqtt.Message) {
 			respond(c, "sc-err", m, `"error":{"code":-32601,"message":"no such method"}`)
 		})
 		e.send(app, "sc-err", "err-1", "fly", 0, 0)
@@ -314,8 +312,7 @@ func TestScenarios(t *testing.T) {
 			t.Errorf("status = %s, want rejected", st)
 		}
 		// The two that fit are delivered once the device connects.
-		var c mqtt.Client
-		c = e.device("sc-full", false, func(_ mqtt.Client, m mqtt.Message) { respond(c, "sc-full", m, `"result":"ok"`) })
+		e.device("sc-full", false, func(c mqtt.Client, m mqtt.Message) { respond(c, "sc-full", m, `"result":"ok"`) })
 		for _, id := range []string{"full-1", "full-2"} {
 			if r := e.result("app-sc", id); gatewayCode(r) != 0 {
 				t.Errorf("%s: result = %+v, want success", id, r)
@@ -324,8 +321,7 @@ func TestScenarios(t *testing.T) {
 	})
 
 	t.Run("same id from two clients", func(t *testing.T) {
-		var c mqtt.Client
-		c = e.device("sc-twin", false, func(_ mqtt.Client, m mqtt.Message) {
+		e.device("sc-twin", false, func(c mqtt.Client, m mqtt.Message) {
 			var req struct {
 				Method string `json:"method"`
 			}
@@ -345,9 +341,8 @@ func TestScenarios(t *testing.T) {
 	t.Run("answer before PUBACK", func(t *testing.T) {
 		// The device answers, waits until the command has succeeded, and
 		// only then acknowledges the command's PUBLISH.
-		var c mqtt.Client
 		acked := make(chan struct{})
-		c = e.device("sc-eager", true, func(_ mqtt.Client, m mqtt.Message) {
+		e.device("sc-eager", true, func(c mqtt.Client, m mqtt.Message) {
 			go func() {
 				var req protocol.Request
 				if err := json.Unmarshal(m.Payload(), &req); err != nil {
