@@ -211,7 +211,9 @@ func TestFunctionLibraryReloads(t *testing.T) {
 	if err := rdb.FunctionDelete(ctx, name).Err(); err != nil {
 		t.Fatalf("FUNCTION DELETE: %v", err)
 	}
-	// Concurrent calls that all find it missing load it once.
+	// Concurrent calls that all find it missing load it once. (Other test
+	// processes share this Redis and the library: one of them may load it
+	// first, so this Store may load it zero times, never more than once.)
 	loads := s.scripts.loads.Load()
 	var wg sync.WaitGroup
 	for range 20 {
@@ -224,8 +226,8 @@ func TestFunctionLibraryReloads(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if got := s.scripts.loads.Load() - loads; got != 1 {
-		t.Errorf("loaded the library %d times for 20 concurrent calls, want 1", got)
+	if got := s.scripts.loads.Load() - loads; got > 1 {
+		t.Errorf("loaded the library %d times for 20 concurrent calls, want at most 1", got)
 	}
 	libs, err := rdb.FunctionList(ctx, redis.FunctionListQuery{LibraryNamePattern: name}).Result()
 	if err != nil || len(libs) != 1 {
