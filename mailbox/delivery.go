@@ -153,6 +153,16 @@ const fireBatch = 100
 // (nil ownerOf: only live sessions are signalled). It returns how many
 // timers it took, with the first error met.
 func (s *Store) FireTimers(ctx context.Context, limit int, ownerOf func(identity string) string) (int, error) {
+	n, _, err := s.FireTimersOutcomes(ctx, limit, ownerOf)
+	return n, err
+}
+
+// FireTimersOutcomes is FireTimers that also counts what the timers it
+// took did, by outcome: "expired" and "timeout" (the command ended),
+// "rearmed" (it waits for a later deadline), "noop" (the command had
+// ended already, or is gone), "malformed" and "corrupt" (dropped).
+func (s *Store) FireTimersOutcomes(ctx context.Context, limit int, ownerOf func(identity string) string) (int, map[string]int, error) {
+	outcomes := map[string]int{}
 	if limit <= 0 {
 		limit = fireBatch
 	}
@@ -162,7 +172,7 @@ func (s *Store) FireTimers(ctx context.Context, limit int, ownerOf func(identity
 		batch := min(limit-fired, fireBatch)
 		v, err := s.run(ctx, fireScript, s.keys.Timers(), batch, expired, reasonExpired, timeout, reasonTimeout)
 		if err != nil {
-			return fired, fmt.Errorf("cannot fire timers: %w", err)
+			return fired, outcomes, fmt.Errorf("cannot fire timers: %w", err)
 		}
 		rows, _ := v.([]any)
 		fired += len(rows)
@@ -177,6 +187,7 @@ func (s *Store) FireTimers(ctx context.Context, limit int, ownerOf func(identity
 				return v
 			}
 			member, what, client, sess := str(0), str(1), str(2), str(3)
+			outcomes[what]++
 			switch what {
 			case "malformed":
 				s.log.Warn("dropped a malformed timer", "timer", member)
@@ -193,14 +204,14 @@ func (s *Store) FireTimers(ctx context.Context, limit int, ownerOf func(identity
 		}
 		if len(wake) > 0 {
 			if err := s.signal(ctx, wake); err != nil {
-				return fired, fmt.Errorf("cannot signal results of fired timers: %w", err)
+				return fired, outcomes, fmt.Errorf("cannot signal results of fired timers: %w", err)
 			}
 		}
 		if len(rows) < batch {
 			break
 		}
 	}
-	return fired, nil
+	return fired, outcomes, nil
 }
 
 // signal wakes each (node, identity) as the scripts do: SADD

@@ -410,8 +410,12 @@ func TestFireTimersOnTheWire(t *testing.T) {
 		t.Errorf("FireTimers before any deadline = %d, %v, want 0", n, err)
 	}
 	e.clock.Add(time.Hour)
-	if n, err := e.s.FireTimers(e.ctx, 10, owner); err != nil || n != 2 {
+	n, outcomes, err := e.s.FireTimersOutcomes(e.ctx, 10, owner)
+	if err != nil || n != 2 {
 		t.Errorf("FireTimers at deliver-by = %d, %v, want 2", n, err)
+	}
+	if got, want := fmt.Sprint(outcomes), "map[expired:1 rearmed:1]"; got != want {
+		t.Errorf("outcomes at deliver-by = %s, want %s", got, want)
 	}
 	if rec := e.get("c1", "idle"); rec.Status != protocol.StatusExpired {
 		t.Errorf("command not on the wire: %s, want expired", rec.Status)

@@ -7,10 +7,11 @@ import (
 // metrics are the worker's Prometheus metrics (DESIGN §9: served at
 // GW_METRICS_ADDR).
 type metrics struct {
-	handled     *prometheus.CounterVec   // gw_worker_handled_total{queue,outcome}
-	duration    *prometheus.HistogramVec // gw_worker_handler_duration_seconds{queue}
-	timersFired prometheus.Counter       // gw_worker_timers_fired_total
-	deadLetters *prometheus.CounterVec   // gw_worker_dead_letters_total{queue}
+	handled       *prometheus.CounterVec   // gw_worker_handled_total{queue,outcome}
+	duration      *prometheus.HistogramVec // gw_worker_handler_duration_seconds{queue}
+	timersFired   prometheus.Counter       // gw_worker_timers_fired_total
+	timerOutcomes *prometheus.CounterVec   // gw_worker_timer_outcomes_total{outcome}
+	deadLetters   *prometheus.CounterVec   // gw_worker_dead_letters_total{queue}
 }
 
 // newMetrics registers the worker's metrics with reg. reconnects reports
@@ -28,15 +29,19 @@ func newMetrics(reg prometheus.Registerer, reconnects func() float64) (*metrics,
 		}, []string{"queue"}),
 		timersFired: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gw_worker_timers_fired_total",
-			Help: "Timers (deliver-by, answer-within) fired by this worker.",
+			Help: "Due timers (deliver-by, answer-within) this worker took from the timer set, whatever they did (gw_worker_timer_outcomes_total says what).",
 		}),
+		timerOutcomes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gw_worker_timer_outcomes_total",
+			Help: "What the due timers this worker took did: expired or timeout (the command ended), rearmed (a later deadline), noop (the command had ended already), malformed or corrupt (dropped).",
+		}, []string{"outcome"}),
 		deadLetters: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gw_worker_dead_letters_total",
 			Help: "Dead letters consumed, by dead-letter queue.",
 		}, []string{"queue"}),
 	}
 	cs := []prometheus.Collector{
-		m.handled, m.duration, m.timersFired, m.deadLetters,
+		m.handled, m.duration, m.timersFired, m.timerOutcomes, m.deadLetters,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "gw_worker_reconnects_total",
 			Help: "AMQP connection or channel losses the worker's consumers recovered from.",

@@ -221,9 +221,12 @@ func (w *Worker) runTimers(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		n, err := w.store.FireTimers(ctx, w.cfg.TimerBatch, w.ownerOf)
+		n, outcomes, err := w.store.FireTimersOutcomes(ctx, w.cfg.TimerBatch, w.ownerOf)
 		if n > 0 {
 			w.mx.timersFired.Add(float64(n))
+		}
+		for what, k := range outcomes {
+			w.mx.timerOutcomes.WithLabelValues(what).Add(float64(k))
 		}
 		switch {
 		case err != nil && ctx.Err() != nil:

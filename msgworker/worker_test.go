@@ -98,6 +98,7 @@ func TestNoAnswerTimesOut(t *testing.T) {
 	require.GreaterOrEqual(t, time.Since(start), 800*time.Millisecond, "fired too early")
 	require.Equal(t, protocol.CodeTimeout, gatewayCode(t, h.oneResult(env)))
 	require.Eventually(t, func() bool { return counterValue(w.mx.timersFired) == 1 }, 5*time.Second, 10*time.Millisecond)
+	require.Equal(t, 1.0, counterValue(w.mx.timerOutcomes.WithLabelValues("timeout")), "timer outcomes: timeout")
 }
 
 // TestOfflineDeviceExpires: a device that never connects does not get
