@@ -175,7 +175,8 @@ func (h *harness) waitAllFinal(envs []*protocol.Envelope, want func(i int) proto
 
 // TestRedisOutage: while Redis cannot be reached, a command is held by the
 // worker (transient), not retried until the delivery limit: nothing goes
-// to the dead letters, and the command is sent once Redis is back.
+// to the dead letters, and the command is sent once Redis is back. A
+// timer that came due during the outage fires once Redis is back.
 func TestRedisOutage(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
@@ -185,22 +186,29 @@ func TestRedisOutage(t *testing.T) {
 	u.Host = p.addr()
 	w := h.worker(func(c *Config) { c.RedisURL = u.String() })
 
-	first := h.send(spec{client: "app-1", device: "lamp-1", id: `1`})
+	// The first command is delivered and never answered: its
+	// answer-within timer comes due during the outage.
+	first := h.send(spec{client: "app-1", device: "lamp-1", id: `1`, timeout: time.Second})
 	h.waitStatus(first, protocol.StatusSent, 10*time.Second)
+	require.Len(t, h.deliver("lamp-1"), 1)
+	h.waitStatus(first, protocol.StatusDelivered, 5*time.Second)
+	due := time.Now().Add(time.Second)
 
 	p.setDown(true)
 	env := h.send(spec{client: "app-1", device: "lamp-1", id: `2`})
 	waitHandled(t, w, queueCommands, outcomeTransient, 3, 10*time.Second)
 	require.Equal(t, protocol.StatusQueued, h.get(env).Status)
-	time.Sleep(500 * time.Millisecond)
+	time.Sleep(max(500*time.Millisecond, time.Until(due.Add(500*time.Millisecond))))
+	require.Equal(t, protocol.StatusDelivered, h.get(first).Status, "a timer fired while Redis was down")
 	p.setDown(false)
 
 	h.waitStatus(env, protocol.StatusSent, 15*time.Second)
-	require.Len(t, h.mailboxEntries("lamp-1"), 2)
+	h.waitStatus(first, protocol.StatusTimeout, 15*time.Second)
+	require.Equal(t, protocol.CodeTimeout, gatewayCode(t, h.oneResult(first)))
+	require.Len(t, h.mailboxEntries("lamp-1"), 1)
 	require.Equal(t, 0, handled(w, queueCommands, outcomeError), "no attempt burnt")
 	require.Equal(t, 0.0, counterValue(w.mx.deadLetters.WithLabelValues(queueCommandsDead)))
 
-	// The timers resume as well.
 	h.deliver("lamp-1")
 	h.answer(env, 0)
 	h.waitStatus(env, protocol.StatusSucceeded, 10*time.Second)
