@@ -64,10 +64,7 @@ func checkAll(t *testing.T, e *env, fs []*follower, rounds int, timeout time.Dur
 func TestKilledNodeLosesNothing(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	a := e.startNode()
-	b := e.startNode()
-	members := e.converged(a, b)
-	require.Len(t, members, 2)
+	a, b, members := e.twoNodes()
 	ids := append(identitiesOwnedBy(members, a.NodeID(), "dev-k", 6), identitiesOwnedBy(members, b.NodeID(), "dev-k", 3)...)
 
 	ctx, cancel := context.WithCancel(context.Background())
@@ -185,10 +182,7 @@ func TestSIGKILLSubprocess(t *testing.T) {
 func TestSilentNodeSessionsCleared(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	a := e.startNode()
-	b := e.startNode()
-	members := e.converged(a, b)
-	require.Len(t, members, 2)
+	a, b, members := e.twoNodes()
 	id := identitiesOwnedBy(members, a.NodeID(), "dev-silent", 1)[0]
 	c := mustV3(t, a.Addr(), id)
 	c.subscribe(t, protocol.DeviceCommandsTopic(id), 1, newCollector())

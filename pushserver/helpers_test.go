@@ -120,6 +120,16 @@ func (e *env) converged(nodes ...*Node) []ring.Member {
 	return e.ring.Members()
 }
 
+// twoNodes starts two nodes and waits until both rings hold both; it
+// returns them with the members.
+func (e *env) twoNodes() (a, b *Node, members []ring.Member) {
+	e.t.Helper()
+	a, b = e.startNode(), e.startNode()
+	members = e.converged(a, b)
+	require.Len(e.t, members, 2)
+	return a, b, members
+}
+
 // ownerAddr returns the MQTT address of identity's owner, "" when the
 // ring is empty.
 func (e *env) ownerAddr(identity string) string {

@@ -28,10 +28,7 @@ import (
 func TestShutdownShedsToNewOwner(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	a := e.startNode()
-	b := e.startNode()
-	members := e.converged(a, b)
-	require.Len(t, members, 2)
+	a, b, members := e.twoNodes()
 	id := identitiesOwnedBy(members, a.NodeID(), "dev-bye", 1)[0]
 	c, _, err := connectV5(t, a.Addr(), id, id, token(t, id, auth.RoleDevice, time.Hour))
 	require.NoError(t, err)

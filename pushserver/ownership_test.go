@@ -20,10 +20,7 @@ import (
 func TestWrongNodeRefused(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	a := e.startNode()
-	b := e.startNode()
-	members := e.converged(a, b)
-	require.Len(t, members, 2)
+	a, b, members := e.twoNodes()
 	id := identitiesOwnedBy(members, a.NodeID(), "dev-wrong", 1)[0]
 	tok := token(t, id, auth.RoleDevice, time.Hour)
 
