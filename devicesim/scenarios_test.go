@@ -149,6 +149,31 @@ func (e *scenarioEnv) status(token, id string) (st protocol.Status, delivered bo
 	return v.Status, !v.DeliveredAt.IsZero()
 }
 
+// waitStatus polls the command's status until it is want; false when it
+// is not within timeout.
+func (e *scenarioEnv) waitStatus(token, id string, want protocol.Status, timeout time.Duration) bool {
+	for deadline := time.Now().Add(timeout); ; time.Sleep(20 * time.Millisecond) {
+		if st, _ := e.status(token, id); st == want {
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
+	}
+}
+
+// nothingWaits connects device and fails t if it gets any command within
+// half a second: what ended before delivery must not reach it.
+func (e *scenarioEnv) nothingWaits(t *testing.T, device string) {
+	got := make(chan string, 1)
+	e.device(device, false, func(_ mqtt.Client, m mqtt.Message) { got <- string(m.Payload()) })
+	select {
+	case p := <-got:
+		t.Errorf("%s got a command that had ended: %s", device, p)
+	case <-time.After(500 * time.Millisecond):
+	}
+}
+
 // gatewayCode is the JSON-RPC error code of a result, 0 for a success.
 func gatewayCode(r *protocol.Response) int {
 	if r.Error == nil {
@@ -221,14 +246,7 @@ func TestScenarios(t *testing.T) {
 		if st, _ := e.status(app, "away-1"); st != protocol.StatusExpired {
 			t.Errorf("status = %s, want expired", st)
 		}
-		// The device connects afterwards: nothing is waiting for it.
-		got := make(chan string, 1)
-		e.device("sc-away", false, func(_ mqtt.Client, m mqtt.Message) { got <- string(m.Payload()) })
-		select {
-		case p := <-got:
-			t.Errorf("the device got an expired command: %s", p)
-		case <-time.After(500 * time.Millisecond):
-		}
+		e.nothingWaits(t, "sc-away") // the device connects afterwards
 	})
 
 	t.Run("cancel before delivery", func(t *testing.T) {
@@ -255,13 +273,7 @@ func TestScenarios(t *testing.T) {
 		if r := e.result("app-sc", "later-1"); gatewayCode(r) != protocol.CodeCancelled {
 			t.Errorf("result = %+v, want %d (cancelled)", r, protocol.CodeCancelled)
 		}
-		got := make(chan string, 1)
-		e.device("sc-later", false, func(_ mqtt.Client, m mqtt.Message) { got <- string(m.Payload()) })
-		select {
-		case p := <-got:
-			t.Errorf("the device got a cancelled command: %s", p)
-		case <-time.After(500 * time.Millisecond):
-		}
+		e.nothingWaits(t, "sc-later")
 	})
 
 	t.Run("late answer", func(t *testing.T) {
@@ -294,15 +306,8 @@ func TestScenarios(t *testing.T) {
 		}
 		// The worker takes commands in order: the first two fill the
 		// mailbox (GW_MAILBOX_CAP=2) before the third is dispatched.
-		deadline := time.Now().Add(10 * time.Second)
-		for {
-			if st, _ := e.status(app, "full-2"); st == protocol.StatusSent {
-				break
-			}
-			if time.Now().After(deadline) {
-				t.Fatal("the first two commands were not sent")
-			}
-			time.Sleep(20 * time.Millisecond)
+		if !e.waitStatus(app, "full-2", protocol.StatusSent, 10*time.Second) {
+			t.Fatal("the first two commands were not sent")
 		}
 		e.send(app, "sc-full", "full-3", "ping", 0, time.Hour)
 		if r := e.result("app-sc", "full-3"); gatewayCode(r) != protocol.CodeRejected {
@@ -351,16 +356,8 @@ func TestScenarios(t *testing.T) {
 				}
 				id, _ := json.Marshal(req.ID)
 				publishAnswer(t, c, "sc-eager", fmt.Sprintf(`{"jsonrpc":"2.0","result":"first","id":%s}`, id))
-				deadline := time.Now().Add(10 * time.Second)
-				for {
-					if st, _ := e.status(app, "eager-1"); st == protocol.StatusSucceeded {
-						break
-					}
-					if time.Now().After(deadline) {
-						t.Error("the answer did not complete the command before its PUBACK")
-						break
-					}
-					time.Sleep(20 * time.Millisecond)
+				if !e.waitStatus(app, "eager-1", protocol.StatusSucceeded, 10*time.Second) {
+					t.Error("the answer did not complete the command before its PUBACK")
 				}
 				m.Ack()
 				close(acked)

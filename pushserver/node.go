@@ -81,9 +81,9 @@ type Node struct {
 	// newer connection's SetSessionConn changes nothing.
 	regLocks   [64]sync.Mutex
 	connPrefix string // random, per process
+	connSeq    atomic.Uint64
 
 	revived chan struct{} // the ring re-registered this node after a prune
-	connSeq atomic.Uint64
 
 	// clientLocks order attach and detach (conn.go) of one client ID.
 	clientLocks [64]sync.Mutex
