@@ -21,9 +21,9 @@ import (
 	"github.com/iotgw/gateway/apiserver/web"
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/protocol"
-	"github.com/iotgw/gateway/pushserver/ring"
 )
 
 // The dashboard and its files are served from the binary, next to the

@@ -24,10 +24,10 @@ import (
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/internal/config"
+	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
-	"github.com/iotgw/gateway/pushserver/ring"
 )
 
 const testSecret = "apiserver-test-secret"

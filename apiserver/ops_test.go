@@ -19,10 +19,10 @@ import (
 
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
-	"github.com/iotgw/gateway/pushserver/ring"
 )
 
 // opsGW is an apiserver under test with the operations routes, reading

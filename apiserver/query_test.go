@@ -13,9 +13,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
-	"github.com/iotgw/gateway/pushserver/ring"
 )
 
 // dispatch plays the msgworker for every message in the queue: the

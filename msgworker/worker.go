@@ -10,9 +10,9 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/iotgw/gateway/internal/amqpx"
+	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
-	"github.com/iotgw/gateway/pushserver/ring"
 )
 
 // Worker is one msgworker: competing consumers of the commands and

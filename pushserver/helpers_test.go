@@ -23,9 +23,9 @@ import (
 
 	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/internal/config"
+	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/mailbox"
-	"github.com/iotgw/gateway/pushserver/ring"
 )
 
 const testSecret = "pushserver-test-secret"

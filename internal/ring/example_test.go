@@ -3,7 +3,7 @@ package ring_test
 import (
 	"fmt"
 
-	"github.com/iotgw/gateway/pushserver/ring"
+	"github.com/iotgw/gateway/internal/ring"
 )
 
 // OwnerOf gives the owner every process computes from the same members,
