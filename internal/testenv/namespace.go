@@ -41,9 +41,10 @@ var sweepOnce sync.Once
 
 // Namespace returns a namespace of its own for t, of the form
 // gwt-<unix seconds>-<8 lowercase hex digits>, and registers a cleanup that
-// deletes, when t ends, the Redis keys matching "<ns>:*" and the RabbitMQ
-// queues and exchanges whose names start with "<ns>.". The first call in a
-// process also deletes what test namespaces older than an hour left behind.
+// deletes, when t ends, the Redis keys matching "<ns>:*" or "{<ns>:*" (keys
+// with a hash tag, DESIGN §7) and the RabbitMQ queues and exchanges whose
+// names start with "<ns>.". The first call in a process also deletes what
+// test namespaces older than an hour left behind.
 //
 // Cleanup problems are reported with t.Log, and do not fail t. With -short
 // (integration tests skipped) nothing is cleaned or swept.
@@ -78,8 +79,10 @@ func Namespace(t testing.TB) string {
 // of ns.
 func cleanNamespace(ctx context.Context, ns string) error {
 	var errs []error
-	if err := cleanRedis(ctx, func(key string) bool { return strings.HasPrefix(key, ns+":") }, ns+":*"); err != nil {
-		errs = append(errs, err)
+	for _, prefix := range []string{ns + ":", "{" + ns + ":"} {
+		if err := cleanRedis(ctx, func(key string) bool { return strings.HasPrefix(key, prefix) }, prefix+"*"); err != nil {
+			errs = append(errs, err)
+		}
 	}
 
 	mine := func(name string) bool { return strings.HasPrefix(name, ns+".") }
@@ -109,8 +112,11 @@ func sweepStale(ctx context.Context, cutoff time.Time) error {
 		created, ok := namespaceTime(name, sep)
 		return ok && created.Before(cutoff)
 	}
-	if err := cleanRedis(ctx, func(key string) bool { return stale(key, ':') }, namespacePrefix+"*"); err != nil {
-		errs = append(errs, err)
+	for _, pattern := range []string{namespacePrefix + "*", "{" + namespacePrefix + "*"} {
+		isStale := func(key string) bool { return stale(strings.TrimPrefix(key, "{"), ':') }
+		if err := cleanRedis(ctx, isStale, pattern); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	queues, exchanges, err := listAMQP(ctx)
 	if err != nil {
