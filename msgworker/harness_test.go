@@ -150,7 +150,7 @@ func (h *harness) send(s spec) *protocol.Envelope {
 // trySend is send for other goroutines than the test's: it returns its
 // error.
 func (h *harness) trySend(s spec) (*protocol.Envelope, error) {
-	rec, env, err := h.reserve(s)
+	_, env, err := h.reserve(s)
 	if err != nil {
 		return nil, err
 	}
@@ -162,7 +162,7 @@ func (h *harness) trySend(s spec) (*protocol.Envelope, error) {
 	if err := h.tryPublish(exchange, key, body); err != nil {
 		return nil, err
 	}
-	return env, h.store.MarkQueued(context.Background(), env.Client, env.MsgID.Key(), rec.LeaseToken)
+	return env, h.store.MarkQueued(context.Background(), env.Device, env.Client, env.MsgID.Key())
 }
 
 // publishCommand publishes env to the command queue of its device.
