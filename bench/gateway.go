@@ -141,14 +141,14 @@ func (b *Bench) startPushServer(ctx context.Context, section, ns, node string) (
 		_ = p.Stop()
 		return nil, "", err
 	}
-	keys := protocol.NewKeys(ns)
+	keys := protocol.NewKeys(ns).Ring(protocol.RingPush)
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		if n, _ := b.rdb.Exists(ctx, keys.RingNode(node)).Result(); n == 1 {
+		if n, _ := b.rdb.Exists(ctx, keys.Node(node)).Result(); n == 1 {
 			break
 		}
 		if time.Now().After(deadline) {
 			_ = p.Stop()
-			return nil, "", fmt.Errorf("push server %s did not join the ring (no key %s) within 10s", node, keys.RingNode(node))
+			return nil, "", fmt.Errorf("push server %s did not join the ring (no key %s) within 10s", node, keys.Node(node))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
