@@ -117,7 +117,7 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 		pub:      deps.Publisher,
 		ring:     deps.Ring,
 		rdb:      deps.Redis,
-		topo:     protocol.NewTopology(cfg.Namespace),
+		topo:     cfg.topology(),
 		verifier: v,
 		limiter:  newLimiter(cfg.Rate, cfg.Burst),
 		metrics:  m,

@@ -62,7 +62,7 @@ func (b *Bench) waitOnline(ctx context.Context, ns string, ids []string, d time.
 		for i := 0; i < len(ids); i += 500 {
 			batch := make([]string, 0, 500)
 			for _, id := range ids[i:min(i+500, len(ids))] {
-				batch = append(batch, keys.Session(id))
+				batch = append(batch, keys.Part(protocol.Partition(id, protocol.DefaultPartitions)).Session(id))
 			}
 			c, err := b.rdb.Exists(ctx, batch...).Result()
 			if err != nil {

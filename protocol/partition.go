@@ -19,7 +19,7 @@ import (
 //   - Partition(identity) holds the identity's session registration.
 //
 // A command to device d goes to the command queue Partition(d) mod
-// GW_QUEUES (Topology.CommandQueue).
+// GW_QUEUES (Topology.CommandQueueOf).
 
 // DefaultPartitions is GW_PARTITIONS when it is not set: enough for a
 // Redis Cluster of dozens of primaries and a million devices (about 4,000

@@ -64,7 +64,7 @@ func TestTag(t *testing.T) {
 	if got, want := Tag("gw", 17), "{gw:17}"; got != want {
 		t.Errorf("Tag(gw, 17) = %q, want %q", got, want)
 	}
-	if !strings.HasPrefix(Tag("gw", 17)+":mbox:d", "{gw:17}:") {
+	if !strings.HasPrefix(NewKeys("gw").Part(17).Mailbox("d"), "{gw:17}:") {
 		t.Errorf("a partition key does not start with its tag")
 	}
 }

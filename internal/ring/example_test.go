@@ -24,3 +24,33 @@ func ExampleOwnerOf() {
 	// dev-2 push-2 mqtt://127.0.0.1:1886
 	// app-7 push-1 mqtt://127.0.0.1:1885
 }
+
+// OwnerOfPartition gives the owner of a state partition that every worker
+// computes from the same members. The output pins the assignment: if it
+// changes, workers of different versions disagree about owners.
+func ExampleOwnerOfPartition() {
+	members := []ring.Member{
+		{Node: "worker-b", URL: "worker://worker-b"},
+		{Node: "worker-a", URL: "worker://worker-a"},
+		{Node: "worker-c", URL: "worker://worker-c"},
+	}
+	share := map[string]int{}
+	for p := range 256 {
+		m, _ := ring.OwnerOfPartition(members, 256, p)
+		share[m.Node]++
+		if p < 8 {
+			fmt.Println(p, m.Node)
+		}
+	}
+	fmt.Println(share)
+	// Output:
+	// 0 worker-b
+	// 1 worker-b
+	// 2 worker-b
+	// 3 worker-a
+	// 4 worker-b
+	// 5 worker-a
+	// 6 worker-b
+	// 7 worker-c
+	// map[worker-a:90 worker-b:94 worker-c:72]
+}
