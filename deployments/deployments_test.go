@@ -270,14 +270,6 @@ func checkEnv(t *testing.T, where, bin string, names []string) {
 			t.Errorf("%s: %s is not given %s (its default is loopback or the default namespace)", where, bin, name)
 		}
 	}
-	// The fixed counts are given explicitly, so that no service falls back
-	// on a default another service does not share (the fence would stop
-	// it).
-	for _, name := range []string{"GW_QUEUES", "GW_PARTITIONS"} {
-		if f.env[bin][name] && !slices.Contains(names, name) {
-			t.Errorf("%s: %s is not given %s: every service of a namespace must have the same one", where, bin, name)
-		}
-	}
 	if f.env[bin]["GW_AUTH_SECRET"] && !slices.Contains(names, "GW_AUTH_SECRET") {
 		t.Errorf("%s: %s is not given GW_AUTH_SECRET and refuses to start without it", where, bin)
 	}
@@ -620,7 +612,6 @@ func TestCompose(t *testing.T) {
 
 	// The gateway services.
 	namespaces := map[string]bool{}
-	counts := map[string]bool{} // "GW_QUEUES/GW_PARTITIONS" of each service
 	nodeIDs := map[string]string{}
 	advertised := map[string]string{}
 	var image string
@@ -658,7 +649,6 @@ func TestCompose(t *testing.T) {
 			t.Errorf("%s: GW_AUTH_SECRET=%q, want ${GW_AUTH_SECRET:?…} so that compose refuses to start without it", where, s.rawEnv["GW_AUTH_SECRET"])
 		}
 		namespaces[s.env["GW_NAMESPACE"]] = true
-		counts[s.env["GW_QUEUES"]+"/"+s.env["GW_PARTITIONS"]] = true
 		for _, v := range []string{"GW_AMQP_URL", "GW_AMQP_MGMT_URL", "GW_REDIS_URL"} {
 			if _, ok := s.env[v]; !ok {
 				continue // checkEnv reports a missing one
@@ -725,24 +715,6 @@ func TestCompose(t *testing.T) {
 	if len(namespaces) != 1 {
 		t.Errorf("compose: GW_NAMESPACE differs between services: %v", sortedKeys(namespaces))
 	}
-	checkCounts(t, "compose", counts)
-}
-
-// checkCounts checks that the services of a deployment share one
-// GW_QUEUES/GW_PARTITIONS pair (the keys of counts), and that it is valid.
-func checkCounts(t *testing.T, where string, counts map[string]bool) (queues, partitions int) {
-	t.Helper()
-	if len(counts) != 1 {
-		t.Errorf("%s: GW_QUEUES/GW_PARTITIONS differ between services: %v; the fence refuses all but the first", where, sortedKeys(counts))
-		return protocol.DefaultQueues, protocol.DefaultPartitions
-	}
-	q, p, _ := strings.Cut(sortedKeys(counts)[0], "/")
-	queues, err1 := strconv.Atoi(q)
-	partitions, err2 := strconv.Atoi(p)
-	if err := errors.Join(err1, err2, protocol.CheckQueues(queues), protocol.CheckPartitions(partitions)); err != nil {
-		t.Errorf("%s: GW_QUEUES=%q GW_PARTITIONS=%q: %v", where, q, p, err)
-	}
-	return queues, partitions
 }
 
 func mustAbs(rel string) string {
@@ -945,7 +917,6 @@ func TestKubernetes(t *testing.T) {
 	workloads := set.all("Deployment", "StatefulSet")
 	seen := map[string]bool{}
 	namespaces := map[string]bool{}
-	counts := map[string]bool{} // "GW_QUEUES/GW_PARTITIONS" of each service
 	retention := map[string]bool{}
 	podPorts := map[string]map[string]int{} // workload name → named ports
 	for _, w := range workloads {
@@ -1000,7 +971,6 @@ func TestKubernetes(t *testing.T) {
 				}
 			}
 			namespaces[env["GW_NAMESPACE"]] = true
-			counts[env["GW_QUEUES"]+"/"+env["GW_PARTITIONS"]] = true
 			if r, ok := env["GW_RETENTION"]; ok {
 				retention[r] = true
 			}
@@ -1084,7 +1054,6 @@ func TestKubernetes(t *testing.T) {
 	if len(retention) > 1 {
 		t.Errorf("k8s: GW_RETENTION differs between apiserver and msgworker: %v", sortedKeys(retention))
 	}
-	queues, partitions := checkCounts(t, "k8s", counts)
 
 	// Services select a workload and target its ports.
 	for _, svc := range set.all("Service") {
@@ -1106,14 +1075,12 @@ func TestKubernetes(t *testing.T) {
 		}
 	}
 
-	// KEDA scales the workers on the command queues of the namespace,
-	// summed (a queue-name regex through the management API), and on the
-	// results queue.
+	// KEDA scales the workers on the commands queue of the namespace.
 	var ns1 string
 	for n := range namespaces {
 		ns1 = n
 	}
-	topo := protocol.NewTopology(ns1, queues, partitions)
+	topo := protocol.NewTopology(ns1)
 	sos := set.all("ScaledObject")
 	if len(sos) != 1 {
 		t.Fatalf("k8s: %d KEDA ScaledObjects, want 1", len(sos))
@@ -1127,95 +1094,35 @@ func TestKubernetes(t *testing.T) {
 	if dig(d, "spec", "replicas") != nil {
 		t.Errorf("Deployment %s: sets replicas, which fights KEDA's HPA on every apply", target)
 	}
-	commands, results := false, false
+	commands := false
 	for _, tr := range asArr(dig(so, "spec", "triggers")) {
 		md := asObj(dig(tr, "metadata"))
 		q := asStr(md["queueName"])
 		if asStr(dig(tr, "type")) != "rabbitmq" {
 			t.Errorf("ScaledObject: trigger type %v, want rabbitmq", dig(tr, "type"))
 		}
+		if !slices.Contains(topo.Queues(), q) {
+			t.Errorf("ScaledObject: queueName %q is not a queue of namespace %q (%v)", q, ns1, topo.Queues())
+		}
 		if asStr(md["mode"]) != "QueueLength" {
 			t.Errorf("ScaledObject: trigger on %s has mode %q, want QueueLength", q, md["mode"])
 		}
-		hostKey := ""
+		commands = commands || q == topo.CommandsQueue
 		auth := asStr(dig(tr, "authenticationRef", "name"))
 		ta := set.get("TriggerAuthentication", auth)
 		if ta == nil {
 			t.Errorf("ScaledObject: trigger on %s uses TriggerAuthentication %q, which does not exist", q, auth)
+			continue
 		}
 		for _, ref := range asArr(dig(ta, "spec", "secretTargetRef")) {
 			sn, key := asStr(dig(ref, "name")), asStr(dig(ref, "key"))
 			if _, ok := asObj(dig(set.get("Secret", sn), "stringData"))[key]; !ok {
 				t.Errorf("TriggerAuthentication %s: Secret %s has no key %s", auth, sn, key)
 			}
-			if asStr(dig(ref, "parameter")) == "host" {
-				hostKey = key
-			}
 		}
-		if asStr(md["useRegex"]) == "true" {
-			checkCommandsTrigger(t, topo, md, hostKey)
-			commands = true
-			continue
-		}
-		if !slices.Contains(topo.Queues(), q) {
-			t.Errorf("ScaledObject: queueName %q is not a queue of namespace %q (%v)", q, ns1, topo.Queues())
-		}
-		if slices.Contains(topo.CommandQueues(), q) {
-			t.Errorf("ScaledObject: a trigger on the one command queue %s: scale on their sum (useRegex, operation sum)", q)
-		}
-		results = results || q == topo.ResultsQueue
 	}
 	if !commands {
-		t.Errorf("ScaledObject: no trigger on the command queues of %q (useRegex with operation sum)", ns1)
-	}
-	if !results {
-		t.Errorf("ScaledObject: no trigger on %s", topo.ResultsQueue)
-	}
-}
-
-// checkCommandsTrigger checks KEDA's trigger on the command queues: the
-// management API (protocol http, with the host from GW_AMQP_MGMT_URL), a
-// queue-name regex that matches every command queue of topo, and of any
-// other count, and no other queue of the namespace or of another, summed
-// over the ready messages.
-func checkCommandsTrigger(t *testing.T, topo protocol.Topology, md obj, hostKey string) {
-	t.Helper()
-	if p := asStr(md["protocol"]); p != "http" {
-		t.Errorf("ScaledObject: the regex trigger has protocol %q; useRegex needs http (the management API)", p)
-	}
-	if hostKey != "GW_AMQP_MGMT_URL" {
-		t.Errorf("ScaledObject: the regex trigger's host comes from %q, want the management API's URL, GW_AMQP_MGMT_URL", hostKey)
-	}
-	if op := asStr(md["operation"]); op != "sum" {
-		t.Errorf("ScaledObject: the regex trigger has operation %q, want sum (every worker consumes every command queue)", op)
-	}
-	if asStr(md["excludeUnacknowledged"]) != "true" {
-		t.Errorf("ScaledObject: the regex trigger counts unacknowledged messages; set excludeUnacknowledged (workers hold GW_PREFETCH each)")
-	}
-	if n, err := strconv.Atoi(asStr(md["pageSize"])); md["pageSize"] != nil && (err != nil || n <= protocol.MaxQueues) {
-		t.Errorf("ScaledObject: pageSize %v, want more than %d (KEDA fails when the regex matches more than a page)", md["pageSize"], protocol.MaxQueues)
-	} else if md["pageSize"] == nil && topo.QueueCount >= 100 {
-		t.Errorf("ScaledObject: %d command queues need a pageSize above KEDA's default of 100", topo.QueueCount)
-	}
-	re, err := regexp.Compile(asStr(md["queueName"]))
-	if err != nil {
-		t.Errorf("ScaledObject: queueName %q: %v", md["queueName"], err)
-		return
-	}
-	for _, other := range []int{1, topo.QueueCount, 16, protocol.MaxQueues} {
-		for _, q := range protocol.NewTopology(topo.NS, other, topo.PartitionCount).CommandQueues() {
-			if !re.MatchString(q) {
-				t.Errorf("ScaledObject: queueName %q does not match the command queue %s", re, q)
-			}
-		}
-	}
-	others := append([]string{topo.ResultsQueue, topo.CommandsDeadQueue, topo.ResultsDeadQueue, topo.FenceQueue, topo.CommandsGroup,
-		topo.NS + "x.commands.0", "x" + topo.NS + ".commands.0", topo.NS + ".commands.0.dead"},
-		protocol.NewTopology(topo.NS+"-other", topo.QueueCount, topo.PartitionCount).Queues()...)
-	for _, q := range others {
-		if re.MatchString(q) {
-			t.Errorf("ScaledObject: queueName %q matches %s, which is not a command queue of %s", re, q, topo.NS)
-		}
+		t.Errorf("ScaledObject: no trigger on %s (protocol.NewTopology(%q).CommandsQueue)", topo.CommandsQueue, ns1)
 	}
 }
 

@@ -413,7 +413,7 @@ func scanSources(root string) (*facts, error) {
 		f.literals[bin] = literalsOf(files)
 	}
 	// Metrics may also be registered by shared packages.
-	for _, dir := range []string{"mailbox", "internal/ring", "internal/amqpx", "internal/telemetry"} {
+	for _, dir := range []string{"mailbox", "pushserver/ring", "internal/amqpx", "internal/telemetry"} {
 		files, err := parseDir(filepath.Join(root, dir))
 		if err != nil {
 			if os.IsNotExist(err) || strings.Contains(err.Error(), "no Go files") {

@@ -1,33 +1,23 @@
 package mailbox
 
-import (
-	"context"
-	"fmt"
-	"strconv"
-)
+import "context"
 
-// Library returns the name and code of the function library.
-func Library() (name, code string) { l := theLibrary(); return l.name, l.code }
+// ScriptTransitions exposes the transitions the scripts make.
+var ScriptTransitions = scriptTransitions
 
-// RelayTwice reads the oldest entry of partition p's outbox and relays it
-// twice, as two relayers (or a relay repeated after a crash) would.
-func RelayTwice(ctx context.Context, s *Store, p int) error {
-	es, err := s.rdb.XRangeN(ctx, s.keys.Part(p).Outbox(), "-", "+", 1).Result()
+// LuaSources returns the source of every script.
+func LuaSources() []string { return luaSources }
+
+// LuaKeys returns the key names and topics the Lua helpers build.
+func LuaKeys(ctx context.Context, s *Store, client, key, device, identity, node string, minute int64) ([]string, error) {
+	v, err := s.run(ctx, keysScript, "", client, key, device, identity, node, minute)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	if len(es) == 0 {
-		return fmt.Errorf("outbox %d is empty", p)
+	a, _ := v.([]any)
+	out := make([]string, len(a))
+	for i, x := range a {
+		out[i], _ = x.(string)
 	}
-	m := es[0]
-	str := func(f string) string { v, _ := m.Values[f].(string); return v }
-	g, _ := strconv.Atoi(str("g"))
-	e := &outboxEntry{p: p, id: m.ID, client: str("c"), key: str("k"), device: str("d"), gen: g,
-		status: str("s"), resp: str("r"), finished: str("f"), expires: str("x")}
-	for range 2 {
-		if err := s.relay(ctx, e, ""); err != nil {
-			return err
-		}
-	}
-	return nil
+	return out, nil
 }

@@ -76,7 +76,7 @@ func TestWatchdogOfQueuedAndPending(t *testing.T) {
 	if sc, _ := e.timerScore("d", "c1", "life"); int64(sc) != rec.DeliverBy.UnixMilli() {
 		t.Errorf("deliver-by timer at %d, want %d", int64(sc), rec.DeliverBy.UnixMilli())
 	}
-	if err := e.s.MarkQueued(e.ctx, "d1", "c1", "life"); err != nil {
+	if err := e.s.MarkQueued(e.ctx, "c1", "life", rec.LeaseToken); err != nil {
 		t.Fatal(err)
 	}
 	want("MarkQueued", "d")
@@ -94,7 +94,7 @@ func TestWatchdogOfQueuedAndPending(t *testing.T) {
 	}
 	want("Ack", "a")
 	resp := protocol.NewResult(json.RawMessage(`"c1:life"`), json.RawMessage(`1`))
-	if out, err := e.s.Complete(e.ctx, "c1", "life", "d1", resp, 0, "node-c"); err != nil || out != mailbox.OutcomeSucceeded {
+	if out, err := e.s.Complete(e.ctx, "c1", "life", "d1", resp, "node-c"); err != nil || out != mailbox.OutcomeSucceeded {
 		t.Fatalf("Complete = %v, %v", out, err)
 	}
 	want("Complete")
@@ -195,7 +195,7 @@ func TestReplayWatchdogAndDeadSet(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, mailbox.Options{})
 	e.queued(cmd(t, "c1", "d1", `"r"`, ``))
-	if out, err := e.s.MarkDead(e.ctx, "d1", "c1", "r", "poison", "node-c"); err != nil || out != mailbox.OutcomeDead {
+	if out, err := e.s.MarkDead(e.ctx, "c1", "r", "poison", "node-c"); err != nil || out != mailbox.OutcomeDead {
 		t.Fatalf("MarkDead = %v, %v", out, err)
 	}
 	e.clock.Add(time.Minute)
@@ -230,7 +230,7 @@ func TestReplayWatchdogAndDeadSet(t *testing.T) {
 
 	// A replay that is dispatched leaves the dead set then.
 	e.queued(cmd(t, "c1", "d1", `"s"`, ``))
-	if _, err := e.s.MarkDead(e.ctx, "d1", "c1", "s", "poison", "node-c"); err != nil {
+	if _, err := e.s.MarkDead(e.ctx, "c1", "s", "poison", "node-c"); err != nil {
 		t.Fatal(err)
 	}
 	rec, err = e.s.ReplayDead(e.ctx, "c1", "s")
@@ -368,7 +368,7 @@ func TestMarkDeadLeavesSentToTimers(t *testing.T) {
 	}
 	for _, k := range []string{"s", "d"} {
 		before := e.record("c1", k)
-		if out, err := e.s.MarkDead(e.ctx, "d1", "c1", k, "delivery_limit", "node-c"); err != nil || out != mailbox.OutcomeNoop {
+		if out, err := e.s.MarkDead(e.ctx, "c1", k, "delivery_limit", "node-c"); err != nil || out != mailbox.OutcomeNoop {
 			t.Errorf("MarkDead(%s) = %v, %v, want noop", k, out, err)
 		}
 		if after := e.record("c1", k); !reflect.DeepEqual(before, after) {
@@ -421,7 +421,7 @@ func TestCompleteRedeliveryIsDuplicate(t *testing.T) {
 		{"y", bad, mailbox.OutcomeDuplicate},
 	} {
 		before := e.record("c1", tt.key)
-		got, err := e.s.Complete(e.ctx, "c1", tt.key, "d1", tt.resp, 0, "node-c")
+		got, err := e.s.Complete(e.ctx, "c1", tt.key, "d1", tt.resp, "node-c")
 		if err != nil || got != tt.want {
 			t.Errorf("Complete(%s) = %v, %v, want %v", tt.key, got, err, tt.want)
 		}
@@ -440,7 +440,7 @@ func TestCompleteRedeliveryIsDuplicate(t *testing.T) {
 	// is redelivered.
 	other := protocol.NewResult(json.RawMessage(`"c1:x"`), json.RawMessage(`{"v":2}`))
 	for range 2 {
-		if got, err := e.s.Complete(e.ctx, "c1", "x", "d1", other, 0, "node-c"); err != nil || got != mailbox.OutcomeLate {
+		if got, err := e.s.Complete(e.ctx, "c1", "x", "d1", other, "node-c"); err != nil || got != mailbox.OutcomeLate {
 			t.Errorf("a different answer = %v, %v, want late", got, err)
 		}
 	}
@@ -459,8 +459,7 @@ func TestScriptsPassIntegerStrings(t *testing.T) {
 	call := regexp.MustCompile(`redis\.call\('(PEXPIRE|ZADD|ZRANGEBYSCORE|ZREMRANGEBYSCORE)', [^,]+, ([^,)]+)`)
 	ok := regexp.MustCompile(`^(ms\(|'|r\.created$|unpack\()`)
 	n := 0
-	_, code := mailbox.Library()
-	for _, src := range []string{code} {
+	for _, src := range mailbox.LuaSources() {
 		for _, m := range call.FindAllStringSubmatch(src, -1) {
 			n++
 			if !ok.MatchString(strings.TrimSpace(m[2])) {
@@ -523,7 +522,7 @@ func TestCorruptRecordsAreNotTouched(t *testing.T) {
 	}
 	corrupt("p", "created", nil)
 	before = snap("p")
-	if out, err := e.s.MarkDead(e.ctx, "d1", "c1", "p", "x", "node-c"); err != nil || out != mailbox.OutcomeNoop {
+	if out, err := e.s.MarkDead(e.ctx, "c1", "p", "x", "node-c"); err != nil || out != mailbox.OutcomeNoop {
 		t.Errorf("MarkDead of a corrupt record = %v, %v, want noop", out, err)
 	}
 	if after := snap("p"); !reflect.DeepEqual(before, after) {
@@ -546,7 +545,7 @@ func TestCorruptRecordsAreNotTouched(t *testing.T) {
 	corrupt("k", "key", nil)
 	before = snap("k")
 	resp := protocol.NewResult(json.RawMessage(`"c1:k"`), json.RawMessage(`1`))
-	if out, err := e.s.Complete(e.ctx, "c1", "k", "d1", resp, 0, "node-c"); err != nil || out != mailbox.OutcomeNoop {
+	if out, err := e.s.Complete(e.ctx, "c1", "k", "d1", resp, "node-c"); err != nil || out != mailbox.OutcomeNoop {
 		t.Errorf("Complete of a corrupt record = %v, %v, want noop", out, err)
 	}
 	if after := snap("k"); !reflect.DeepEqual(before, after) {

@@ -44,96 +44,65 @@ func (s *Store) FetchPage(ctx context.Context, identity, after string, count int
 	if count <= 0 {
 		return nil, false, nil
 	}
-	p := s.PartitionOf(identity)
-	pk := s.keys.Part(p)
-	mk := pk.Mailbox(identity)
-	start := "-"
-	if after != "" && after != "0" && after != "0-0" {
-		start = "(" + after
+	v, err := s.run(ctx, fetchScript, s.keys.Mailbox(identity), after, count, count+fetchScanMax)
+	if err != nil {
+		return nil, false, fmt.Errorf("cannot fetch mailbox of %s: %w", identity, err)
 	}
-	budget := count + fetchScanMax
-	out := make([]Entry, 0, count)
-	// Read, then one step that declares the record of every command entry
-	// read, re-checks it and stamps it (DESIGN §7a: keys a step can name).
-	for len(out) < count && budget > 0 {
-		n := min(count-len(out), budget)
-		msgs, err := s.rdb.XRangeN(ctx, mk, start, "+", int64(n)).Result()
-		if err != nil {
-			return nil, false, fmt.Errorf("cannot fetch mailbox of %s: %w", identity, s.classify(err))
-		}
-		if len(msgs) == 0 {
-			break
-		}
-		budget -= len(msgs)
-		start = "(" + msgs[len(msgs)-1].ID
-		keys := []string{mk}
-		args := make([]any, 0, 3*len(msgs))
-		read := make(map[string]Entry, len(msgs))
-		for _, m := range msgs {
-			str := func(f string) string { v, _ := m.Values[f].(string); return v }
-			x, _ := strconv.ParseInt(str("x"), 10, 64)
-			e := Entry{ID: m.ID, Topic: str("t"), Payload: []byte(str("p")), Expires: time.UnixMilli(x),
-				Client: str("c"), MsgKey: str("k")}
-			read[m.ID] = e
-			ri := 0
-			if e.Client != "" {
-				keys = append(keys, pk.Command(e.Client, e.MsgKey))
-				ri = len(keys)
-			}
-			args = append(args, m.ID, ri, x)
-		}
-		v, err := s.run(ctx, p, stepStamp, keys, args...)
-		if err != nil {
-			return nil, false, fmt.Errorf("cannot fetch mailbox of %s: %w", identity, err)
-		}
-		kept, _ := v.([]any)
-		for _, k := range kept {
-			id, _ := k.(string)
-			if e, ok := read[id]; ok {
-				out = append(out, e)
-			}
-		}
-		if len(msgs) < n {
-			return out, false, nil
-		}
+	reply, _ := v.([]any)
+	if len(reply) != 2 {
+		return nil, false, fmt.Errorf("cannot fetch mailbox of %s: malformed reply", identity)
 	}
-	return out, len(out) < count && budget <= 0, nil
+	rows, _ := reply[0].([]any)
+	flag, _ := reply[1].(int64)
+	out := make([]Entry, 0, len(rows))
+	for _, row := range rows {
+		f, _ := row.([]any)
+		if len(f) < 6 {
+			return nil, false, fmt.Errorf("cannot fetch mailbox of %s: malformed reply", identity)
+		}
+		str := func(i int) string { s, _ := f[i].(string); return s }
+		x, _ := strconv.ParseInt(str(3), 10, 64)
+		out = append(out, Entry{
+			ID:      str(0),
+			Topic:   str(1),
+			Payload: []byte(str(2)),
+			Expires: time.UnixMilli(x),
+			Client:  str(4),
+			MsgKey:  str(5),
+		})
+	}
+	return out, flag == 1, nil
 }
 
 // Ack removes one entry of identity's mailbox after its PUBACK. For a
-// command entry (e.Client and e.MsgKey, as Fetch returned them) whose
-// command is still sent through this entry to identity, it is the
-// delivered transition: stamps DeliveredAt, cancels the deliver-by timer
-// and arms the answer timer at now + Timeout + grace. For a command
-// already final (or any other entry) it only deletes the entry. Acking
-// an entry that is gone is a no-op.
+// command entry whose command is still sent (and carried by this entry)
+// it is the delivered transition: stamps DeliveredAt, cancels the
+// deliver-by timer and arms the answer-within timer at now+Timeout. For a
+// command already final (or any other entry) it only deletes the entry.
+// Acking an entry that is gone is a no-op. Only e.ID is used: the command
+// an entry carries is read from the stored entry, not from e.
 func (s *Store) Ack(ctx context.Context, identity string, e Entry) error {
-	return s.AckMany(ctx, identity, []Entry{e})
+	if _, err := s.run(ctx, ackScript, s.keys.Mailbox(identity), identity, e.ID); err != nil {
+		return fmt.Errorf("cannot ack entry %s of %s: %w", e.ID, identity, err)
+	}
+	return nil
 }
 
-// ackManyMax bounds the entries one ack step handles.
+// ackManyMax bounds the entries one AckMany script handles.
 const ackManyMax = 500
 
 // AckMany acks several entries of identity's mailbox, as Ack does for
-// each, in one round trip (one step per 500 entries). Use it when several
-// PUBACKs arrived together.
+// each, in one round trip (one script per 500 entries). Use it when
+// several PUBACKs arrived together.
 func (s *Store) AckMany(ctx context.Context, identity string, entries []Entry) error {
-	p := s.PartitionOf(identity)
-	pk := s.keys.Part(p)
 	for len(entries) > 0 {
 		n := min(len(entries), ackManyMax)
-		keys := []string{pk.Mailbox(identity), pk.Mailboxes(), pk.Timers(), pk.StatusCounts(s.now().Unix() / 60)}
-		args := make([]any, 0, 1+2*n)
+		args := make([]any, 0, 1+n)
 		args = append(args, identity)
 		for _, e := range entries[:n] {
-			ri := 0
-			if e.Client != "" {
-				keys = append(keys, pk.Command(e.Client, e.MsgKey))
-				ri = len(keys)
-			}
-			args = append(args, e.ID, ri)
+			args = append(args, e.ID)
 		}
-		if _, err := s.run(ctx, p, stepAck, keys, args...); err != nil {
+		if _, err := s.run(ctx, ackScript, s.keys.Mailbox(identity), args...); err != nil {
 			return fmt.Errorf("cannot ack %d entries of %s: %w", n, identity, err)
 		}
 		entries = entries[n:]
@@ -145,14 +114,10 @@ func (s *Store) AckMany(ctx context.Context, identity string, entries []Entry) e
 // published: the command's Attempts goes down by one and, when no other
 // fetch is counted, SendingAt is cleared, so the command can be cancelled
 // and expire again. It does nothing when the entry is gone, is no command
-// entry, or its command is no longer sent by this entry.
+// entry, or its command is no longer sent by this entry (delivered, final,
+// another entry). As with Ack, the command is read from the stored entry.
 func (s *Store) Unsend(ctx context.Context, identity string, e Entry) error {
-	if e.Client == "" {
-		return nil
-	}
-	p := s.PartitionOf(identity)
-	pk := s.keys.Part(p)
-	if _, err := s.run(ctx, p, stepUnsend, []string{pk.Mailbox(identity), pk.Command(e.Client, e.MsgKey)}, identity, e.ID); err != nil {
+	if _, err := s.run(ctx, unsendScript, s.keys.Mailbox(identity), identity, e.ID); err != nil {
 		return fmt.Errorf("cannot unsend entry %s of %s: %w", e.ID, identity, err)
 	}
 	return nil
@@ -161,7 +126,7 @@ func (s *Store) Unsend(ctx context.Context, identity string, e Entry) error {
 // Len returns the number of entries in identity's mailbox, expired ones
 // included until something deletes them.
 func (s *Store) Len(ctx context.Context, identity string) (int64, error) {
-	n, err := s.rdb.XLen(ctx, s.part(identity).Mailbox(identity)).Result()
+	n, err := s.rdb.XLen(ctx, s.keys.Mailbox(identity)).Result()
 	if err != nil {
 		return 0, fmt.Errorf("cannot count mailbox of %s: %w", identity, err)
 	}
@@ -180,28 +145,14 @@ func (s *Store) Put(ctx context.Context, identity, topic string, payload []byte,
 	if expires.IsZero() {
 		expires = s.now().Add(s.opts.Retention)
 	}
-	p := s.PartitionOf(identity)
-	pk := s.keys.Part(p)
-	v, err := s.run(ctx, p, stepPut, []string{pk.Mailbox(identity), pk.Mailboxes(), pk.Session(identity)},
-		identity, topic, string(payload), expires.UnixMilli())
+	v, err := s.run(ctx, putScript, s.keys.Mailbox(identity), identity, topic, string(payload), expires.UnixMilli(), owner)
 	if err != nil {
 		return "", fmt.Errorf("cannot put into mailbox of %s: %w", identity, err)
 	}
-	a, _ := v.([]any)
 	head, id := reply(v)
 	if head == "full" {
 		return "", fmt.Errorf("%w: %s", ErrFull, identity)
 	}
 	sid, _ := id.(string)
-	sess := ""
-	if len(a) > 2 {
-		sess, _ = a[2].(string)
-	}
-	if owner == "" && s.opts.OwnerOf != nil {
-		owner = s.opts.OwnerOf(identity)
-	}
-	if err := s.wake(ctx, identity, sess, owner); err != nil {
-		s.log.Warn("cannot wake the push server; its sweep will find the entry", "identity", identity, "err", err)
-	}
 	return sid, nil
 }

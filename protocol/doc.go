@@ -218,48 +218,28 @@
 // its namespace, identically ([Topology.Bindings]; a different argument
 // makes RabbitMQ refuse the declaration with PRECONDITION_FAILED). All
 // exchanges are durable and of kind direct; all queues are durable quorum
-// queues. Q is GW_QUEUES and P is GW_PARTITIONS, both fixed per namespace.
+// queues.
 //
 //	name                kind      arguments                                         bound to, routing key
 //	{ns}.dead           exchange  direct                                            -
 //	{ns}.commands       exchange  direct                                            -
 //	{ns}.results        exchange  direct                                            -
-//	{ns}.fence          queue     x-queue-type=quorum,                              - (nothing routes to it)
-//	                              x-dead-letter-exchange={ns}.dead,
-//	                              x-dead-letter-routing-key="queues=Q,partitions=P",
-//	                              x-gw-queues=Q, x-gw-partitions=P (int32)
 //	{ns}.commands.dead  queue     x-queue-type=quorum                               {ns}.dead, "commands"
 //	{ns}.results.dead   queue     x-queue-type=quorum                               {ns}.dead, "results"
-//	{ns}.commands.{q}   queue     x-queue-type=quorum, x-delivery-limit=5 (int32),  {ns}.commands, "command.{q}"
-//	(q = 0..Q-1)                  x-dead-letter-exchange={ns}.dead,
+//	{ns}.commands       queue     x-queue-type=quorum, x-delivery-limit=5 (int32),  {ns}.commands, "command"
+//	                              x-dead-letter-exchange={ns}.dead,
 //	                              x-dead-letter-routing-key=commands,
 //	                              x-dead-letter-strategy=at-least-once,
-//	                              x-overflow=reject-publish,
-//	                              x-queue-leader-locator=balanced
-//	{ns}.results        queue     as a command queue, with                          {ns}.results, "result"
-//	                              x-dead-letter-routing-key=results and
-//	                              no leader locator
+//	                              x-overflow=reject-publish
+//	{ns}.results        queue     as {ns}.commands, with                            {ns}.results, "result"
+//	                              x-dead-letter-routing-key=results
 //
-// Declare in this order: the fence first, then the dead-letter queues
-// before the queues that dead-letter into them. An exchange and a queue
-// may share a name; no queue is named {ns}.commands.
+// Declare in this order: the dead-letter queues exist before the queues
+// that dead-letter into them. An exchange and a queue may share a name.
 //
-// The fence keeps the counts (DESIGN §7a). RabbitMQ compares
-// x-dead-letter-routing-key on every declaration, so a process whose Q or
-// P differ from those of the namespace's first process is refused at the
-// fence (PRECONDITION_FAILED, "received 'queues=8,partitions=256' but
-// current is 'queues=4,partitions=256'") before it declares anything
-// else, and MUST NOT start. x-gw-queues and x-gw-partitions only repeat
-// the counts for the reader: RabbitMQ does not compare arguments it does
-// not know. Changing Q is a resize (workers consume the old and the new
-// queues, apiservers switch when every worker does, the operator deletes
-// the fence so the new count can declare it, an old queue goes once
-// empty); changing P is a new deployment.
-//
-//	message   publisher                      exchange, routing key              consumer
-//	command   apiserver (and dead replay)    {ns}.commands, "command.{q}"       msgworker (competing, every queue)
-//	          to device d: q = Partition(d, P) mod Q ([Topology.CommandQueueOf], [Topology.DeviceRoute])
-//	result    pushserver                     {ns}.results, "result"             msgworker (competing)
+//	message   publisher                      exchange, routing key     consumer
+//	command   apiserver (and dead replay)    {ns}.commands, "command"  msgworker (competing)
+//	result    pushserver                     {ns}.results, "result"    msgworker (competing)
 //
 // Every message MUST be persistent and published mandatory with publisher
 // confirms; a returned (unroutable), nacked or unconfirmed message is a
@@ -273,7 +253,7 @@
 //	name              mandatory  type               meaning
 //	v                 yes        integer            Envelope version, 1 (EnvelopeVersion). A reader MUST refuse
 //	                                                a version it does not know and MUST ignore unknown fields.
-//	kind              yes        string             "command" (to a command queue) or "result" (to results).
+//	kind              yes        string             "command" (to the commands queue) or "result" (to results).
 //	client            yes        identity           The client that sent the command.
 //	device            yes        identity           The device the command is for.
 //	msg_id            yes        string or integer  The client's message ID. Commands: as the client wrote it.

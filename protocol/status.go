@@ -19,17 +19,13 @@ const (
 	StatusCancelled Status = "cancelled"
 	StatusRejected  Status = "rejected"
 	StatusDead      Status = "dead"
-	// StatusVoid is an internal tombstone: reserved, then released after
-	// a definite publish failure (DESIGN §7a). It is never shown to a
-	// client (a void command is "not found") and never final.
-	StatusVoid Status = "void"
 )
 
 // Statuses lists every status in lifecycle order.
 var Statuses = []Status{
 	StatusPending, StatusQueued, StatusSent, StatusDelivered,
 	StatusSucceeded, StatusFailed, StatusTimeout, StatusExpired,
-	StatusCancelled, StatusRejected, StatusDead, StatusVoid,
+	StatusCancelled, StatusRejected, StatusDead,
 }
 
 // Owner is the part of the gateway that may set a status.
@@ -58,15 +54,14 @@ var Transitions = []Transition{
 	{StatusQueued, StatusRejected, OwnerWorker},
 	{StatusQueued, StatusDead, OwnerWorker},
 	{StatusSent, StatusDelivered, OwnerPush},
-	{StatusPending, StatusVoid, OwnerAPI},
-	{StatusSent, StatusSucceeded, OwnerPush},
-	{StatusSent, StatusFailed, OwnerPush},
+	{StatusSent, StatusSucceeded, OwnerWorker},
+	{StatusSent, StatusFailed, OwnerWorker},
 	{StatusSent, StatusCancelled, OwnerAPI},
 	{StatusSent, StatusExpired, OwnerWorker},
 	{StatusSent, StatusTimeout, OwnerWorker},
 	{StatusSent, StatusDead, OwnerWorker},
-	{StatusDelivered, StatusSucceeded, OwnerPush},
-	{StatusDelivered, StatusFailed, OwnerPush},
+	{StatusDelivered, StatusSucceeded, OwnerWorker},
+	{StatusDelivered, StatusFailed, OwnerWorker},
 	{StatusDelivered, StatusTimeout, OwnerWorker},
 	{StatusDelivered, StatusDead, OwnerWorker},
 	// The operator's replay of a dead letter (POST /v1/dead/{id}/replay,

@@ -41,10 +41,9 @@ var sweepOnce sync.Once
 
 // Namespace returns a namespace of its own for t, of the form
 // gwt-<unix seconds>-<8 lowercase hex digits>, and registers a cleanup that
-// deletes, when t ends, the Redis keys matching "<ns>:*" or "{<ns>:*" (keys
-// with a hash tag, DESIGN §7) and the RabbitMQ queues and exchanges whose
-// names start with "<ns>.". The first call in a process also deletes what
-// test namespaces older than an hour left behind.
+// deletes, when t ends, the Redis keys matching "<ns>:*" and the RabbitMQ
+// queues and exchanges whose names start with "<ns>.". The first call in a
+// process also deletes what test namespaces older than an hour left behind.
 //
 // Cleanup problems are reported with t.Log, and do not fail t. With -short
 // (integration tests skipped) nothing is cleaned or swept.
@@ -79,10 +78,8 @@ func Namespace(t testing.TB) string {
 // of ns.
 func cleanNamespace(ctx context.Context, ns string) error {
 	var errs []error
-	for _, prefix := range []string{ns + ":", "{" + ns + ":"} {
-		if err := cleanRedis(ctx, func(key string) bool { return strings.HasPrefix(key, prefix) }, prefix+"*"); err != nil {
-			errs = append(errs, err)
-		}
+	if err := cleanRedis(ctx, func(key string) bool { return strings.HasPrefix(key, ns+":") }, ns+":*"); err != nil {
+		errs = append(errs, err)
 	}
 
 	mine := func(name string) bool { return strings.HasPrefix(name, ns+".") }
@@ -112,11 +109,8 @@ func sweepStale(ctx context.Context, cutoff time.Time) error {
 		created, ok := namespaceTime(name, sep)
 		return ok && created.Before(cutoff)
 	}
-	for _, pattern := range []string{namespacePrefix + "*", "{" + namespacePrefix + "*"} {
-		isStale := func(key string) bool { return stale(strings.TrimPrefix(key, "{"), ':') }
-		if err := cleanRedis(ctx, isStale, pattern); err != nil {
-			errs = append(errs, err)
-		}
+	if err := cleanRedis(ctx, func(key string) bool { return stale(key, ':') }, namespacePrefix+"*"); err != nil {
+		errs = append(errs, err)
 	}
 	queues, exchanges, err := listAMQP(ctx)
 	if err != nil {
