@@ -50,8 +50,10 @@ fmt: ## Format the Go code
 vet: ## Run go vet
 	$(GO) vet ./...
 
-services: ## Make RabbitMQ (with management) and Redis run on loopback
+services: ## Make RabbitMQ (with management), Redis, a Redis Cluster and Redis Sentinel run on loopback
 	@bash deployments/local/services.sh
+	@bash deployments/local/redis-cluster.sh start
+	@bash deployments/local/redis-sentinel.sh start
 
 fuzz: ## Run every fuzz target of the module for FUZZTIME each (default 60s)
 	@\

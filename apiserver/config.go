@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/iotgw/gateway/internal/config"
+	"github.com/iotgw/gateway/protocol"
 )
 
 // Bounds of the per-command query parameters (DESIGN §3).
@@ -51,6 +52,12 @@ type Config struct {
 	// Logging holds LogLevel (debug, info, warn, error; default info) and
 	// LogFormat (json or text; default json) of the service's logger.
 	config.Logging
+	// Scale holds the fixed counts, Partitions (GW_PARTITIONS) and Queues
+	// (GW_QUEUES), and the durability settings; defaults in package
+	// config. A command to device d is published to command queue
+	// protocol.Partition(d, Partitions) mod Queues. Both counts must be
+	// those of the namespace: the fence refuses other ones at start.
+	config.Scale
 	// AMQPMgmtURL is RabbitMQ's management API, for the rates and ages of
 	// GET /v1/stats. Default config.DefaultAMQPMgmtURL.
 	AMQPMgmtURL string
@@ -99,6 +106,7 @@ var ErrNoSecret = errors.New("apiserver: GW_AUTH_SECRET (or --auth-secret) is re
 // ensureDefaults fills the zero fields with their defaults.
 func (c *Config) ensureDefaults() {
 	c.Common.SetDefaults()
+	c.Scale.SetDefaults()
 	if c.AMQPMgmtURL == "" {
 		c.AMQPMgmtURL = config.DefaultAMQPMgmtURL
 	}
@@ -151,7 +159,15 @@ func (c *Config) validate() error {
 	if c.BodyLimit < 2 {
 		return fmt.Errorf("apiserver: body limit %d is too small", c.BodyLimit)
 	}
+	if err := c.Scale.Check(); err != nil {
+		return fmt.Errorf("apiserver: %w", err)
+	}
 	return nil
+}
+
+// topology is the namespace's AMQP topology with the configured counts.
+func (c *Config) topology() protocol.Topology {
+	return protocol.NewTopology(c.Namespace, c.Queues, c.Partitions)
 }
 
 // parseConfig fills a Config from args and getenv (flags win over GW_*
@@ -162,6 +178,7 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	b.FS.SetOutput(out)
 	c.Common.Bind(b)
 	c.Logging.Bind(b)
+	c.Scale.Bind(b)
 	b.String(&c.AMQPMgmtURL, "amqp-mgmt-url", config.DefaultAMQPMgmtURL, "RabbitMQ management API URL (rates and ages of /v1/stats)")
 	b.String(&c.AuthSecret, "auth-secret", "", "HS256 key of the tokens (required)")
 	b.String(&c.HTTPAddr, "http-addr", config.DefaultHTTPAddr, "HTTP listen address")
@@ -178,6 +195,10 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	}
 	if b.FS.NArg() > 0 {
 		return Config{}, fmt.Errorf("invalid flags: unexpected arguments %q", b.FS.Args())
+	}
+	// Before the defaults: --queues 0 is an error, not the default.
+	if err := c.Scale.Check(); err != nil {
+		return Config{}, fmt.Errorf("apiserver: %w", err)
 	}
 	c.ensureDefaults()
 	return c, nil

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"image/png"
 	"io"
 	"net/http"
@@ -10,6 +11,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -21,9 +23,9 @@ import (
 	"github.com/iotgw/gateway/apiserver/web"
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/protocol"
-	"github.com/iotgw/gateway/pushserver/ring"
 )
 
 // The dashboard and its files are served from the binary, next to the
@@ -202,8 +204,18 @@ func TestDashboardInChromium(t *testing.T) {
 	dom := runChromium(t, bin, url, "--virtual-time-budget=5000", "--dump-dom")
 
 	assert.Equal(t, "23", textOf(dom, "commands-ready"), "the commands tile")
+	assert.Equal(t, fmt.Sprintf("%d queues", g.topo.QueueCount), textOf(dom, "commands-queues"))
 	assert.Equal(t, "23", textOf(dom, "q-commands-ready"), "the queue table")
 	assert.Equal(t, "0", textOf(dom, "q-commands-consumers"))
+	// Each command queue in a row of its own under the sum.
+	sum := 0
+	for q := range g.topo.QueueCount {
+		n, err := strconv.Atoi(textOf(dom, fmt.Sprintf("q-commands.%d-ready", q)))
+		require.NoError(t, err, "command queue %d", q)
+		sum += n
+		assert.Contains(t, dom, ">"+g.topo.CommandQueue(q)+"<")
+	}
+	assert.Equal(t, 23, sum, "the command queues add up")
 	assert.Equal(t, "0", textOf(dom, "results-ready"))
 	assert.Equal(t, "3", textOf(dom, "dead-count"))
 	assert.Regexp(t, `id="outcome-dead"><span class="n">3</span>`, dom, "dead in the recent outcomes")
@@ -272,11 +284,9 @@ func (g *gw) backgroundLoad(t *testing.T) func() {
 	ch, err := g.conn.Channel()
 	require.NoError(t, err)
 	require.NoError(t, ch.Qos(20, 0, false))
-	deliveries, err := ch.Consume(g.topo.CommandsQueue, "dashboard-test", false, false, false, false, nil)
-	require.NoError(t, err)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
-	wg.Add(2)
+	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		tick := time.NewTicker(8 * time.Millisecond)
@@ -287,7 +297,7 @@ func (g *gw) backgroundLoad(t *testing.T) func() {
 				return
 			case <-tick.C:
 			}
-			exchange, key := g.topo.CommandsExchange, protocol.RoutingCommand
+			exchange, key := g.topo.DeviceRoute(fmt.Sprintf("dev-%d", i))
 			if i%3 == 0 {
 				exchange, key = g.topo.ResultsExchange, protocol.RoutingResult
 			}
@@ -296,20 +306,27 @@ func (g *gw) backgroundLoad(t *testing.T) func() {
 			pcancel()
 		}
 	}()
-	go func() {
-		defer wg.Done()
-		for {
-			select {
-			case <-ctx.Done():
-				return
-			case d, ok := <-deliveries:
-				if !ok {
+	// Every command queue is consumed, each a little slower than its
+	// share of the publishes.
+	for _, q := range g.topo.CommandQueues() {
+		deliveries, err := ch.Consume(q, "dashboard-test-"+q, false, false, false, false, nil)
+		require.NoError(t, err)
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for {
+				select {
+				case <-ctx.Done():
 					return
+				case d, ok := <-deliveries:
+					if !ok {
+						return
+					}
+					time.Sleep(time.Duration(14*g.topo.QueueCount) * time.Millisecond)
+					_ = d.Ack(false)
 				}
-				time.Sleep(14 * time.Millisecond)
-				_ = d.Ack(false)
 			}
-		}
-	}()
+		}()
+	}
 	return func() { cancel(); wg.Wait(); ch.Close() }
 }

@@ -24,13 +24,16 @@ import (
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/internal/config"
+	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
-	"github.com/iotgw/gateway/pushserver/ring"
 )
 
 const testSecret = "apiserver-test-secret"
+
+// testAnswerGrace is the answer grace of the test stores and servers.
+const testAnswerGrace = 100 * time.Millisecond
 
 // gw is one apiserver under test, on real RabbitMQ and Redis, in a
 // namespace of its own.
@@ -57,13 +60,16 @@ func newGW(t testing.TB, opts ...gwOption) *gw {
 	t.Helper()
 	ns := testenv.Namespace(t) // first: its cleanup runs after the components stop
 	rdb := testenv.Redis(t)
-	g := &gw{t: t, ns: ns, topo: protocol.NewTopology(ns), rdb: rdb, conn: testenv.AMQP(t)}
+	// The counts are the defaults, as in g.cfg.
+	g := &gw{t: t, ns: ns, topo: protocol.NewTopology(ns, protocol.DefaultQueues, protocol.DefaultPartitions), rdb: rdb, conn: testenv.AMQP(t)}
 	g.cfg = Config{
 		Common:         config.Common{Namespace: ns},
 		AuthSecret:     testSecret,
 		ConfirmTimeout: 2 * time.Second,
 		Rate:           -1,
 		MaxWait:        10 * time.Second,
+		// A small answer grace: timeout statuses come soon after the deadline.
+		Scale: config.Scale{AnswerGrace: testAnswerGrace},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -79,7 +85,7 @@ func newGW(t testing.TB, opts ...gwOption) *gw {
 	go func() { defer close(done); _ = g.ring.Run(rctx) }()
 	t.Cleanup(func() { stop(); <-done })
 
-	g.store = mailbox.New(rdb, ns, mailbox.Options{Lease: 2 * g.cfg.ConfirmTimeout, Logger: testenv.Logger(t)})
+	g.store = mailbox.New(rdb, ns, mailbox.Options{Lease: 2 * g.cfg.ConfirmTimeout, AnswerGrace: testAnswerGrace, Logger: testenv.Logger(t)})
 	deps := Deps{Redis: rdb, Store: g.store, Publisher: pub, Ring: g.ring, Logger: testenv.Logger(t)}
 	for _, o := range opts {
 		o(&g.cfg, &deps)
@@ -222,22 +228,29 @@ func truncate(b []byte) string {
 	return string(b)
 }
 
-// drain reads every message of the namespace's commands queue (basic.get,
-// auto-ack) and returns them.
+// drain reads every message of the namespace's command queues (basic.get,
+// auto-ack), queue 0 first, and returns them. Each must be in the queue
+// of its device.
 func (g *gw) drain() []amqp.Delivery {
 	g.t.Helper()
 	ch, err := g.conn.Channel()
 	require.NoError(g.t, err)
 	defer ch.Close()
 	var out []amqp.Delivery
-	for {
-		d, ok, err := ch.Get(g.topo.CommandsQueue, true)
-		require.NoError(g.t, err)
-		if !ok {
-			return out
+	for q, queue := range g.topo.CommandQueues() {
+		for {
+			d, ok, err := ch.Get(queue, true)
+			require.NoError(g.t, err)
+			if !ok {
+				break
+			}
+			if env, err := protocol.DecodeEnvelope(d.Body); err == nil {
+				require.Equal(g.t, g.topo.CommandQueueOf(env.Device, g.topo.PartitionCount), q, "the command to %s is in %s", env.Device, queue)
+			}
+			out = append(out, d)
 		}
-		out = append(out, d)
 	}
+	return out
 }
 
 // envelopes drains the queue and decodes the envelopes.

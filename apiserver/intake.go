@@ -237,18 +237,18 @@ func (s *Server) publish(reqCtx context.Context, in intake, req *protocol.Reques
 	env := commandEnvelope(in.client, in.device, req.ID, payload, accepted, deliverBy, in.timeout, 1, in.trace)
 	body, err := env.Encode()
 	if err != nil {
-		s.release(in.client, key, rec.LeaseToken)
+		s.release(in.device, in.client, key, rec.LeaseToken)
 		return intakeResult{err: errBadRequest("cannot encode the command")}
 	}
-	if err := s.publishCommand(ctx, body, in.client, req.ID, in.trace); err != nil {
+	if err := s.publishCommand(ctx, body, in.client, in.device, req.ID, in.trace); err != nil {
 		reason := s.publishFailed(err)
 		s.log.Warn("publish failed; command not accepted", "client_id", in.client, "msg_id", key, "reason", reason, "err", err)
 		if definitelyNotPublished(reason) {
-			s.release(in.client, key, rec.LeaseToken)
+			s.release(in.device, in.client, key, rec.LeaseToken)
 		}
 		return intakeResult{err: errUnavailable(unavailableDetail(reason))}
 	}
-	if err := s.store.MarkQueued(ctx, in.client, key, rec.LeaseToken); err != nil {
+	if err := s.store.MarkQueued(ctx, in.device, in.client, key); err != nil {
 		// The command is durable in RabbitMQ: the worker queues a pending
 		// record when it takes the message, so the command is accepted.
 		s.log.Warn("published but cannot mark queued; the worker will", "client_id", in.client, "msg_id", key, "err", err)
@@ -275,11 +275,13 @@ func commandEnvelope(client, device string, id protocol.ID, payload []byte, acce
 	}
 }
 
-// publishCommand publishes an encoded command envelope to the commands
-// exchange (persistent, mandatory, with a publisher confirm), with the
-// message id of the client's command id.
-func (s *Server) publishCommand(ctx context.Context, body []byte, client string, id protocol.ID, trace string) error {
-	return s.pub.Publish(ctx, s.topo.CommandsExchange, protocol.RoutingCommand, body, amqpx.Headers{
+// publishCommand publishes an encoded command envelope to the device's
+// command queue, protocol.Partition(device, GW_PARTITIONS) mod GW_QUEUES
+// (persistent, mandatory, with a publisher confirm), with the message id
+// of the client's command id.
+func (s *Server) publishCommand(ctx context.Context, body []byte, client, device string, id protocol.ID, trace string) error {
+	exchange, key := s.topo.DeviceRoute(device)
+	return s.pub.Publish(ctx, exchange, key, body, amqpx.Headers{
 		MessageID:   protocol.DeviceMsgID(client, id),
 		TraceParent: trace,
 		Type:        protocol.KindCommand,
@@ -309,10 +311,10 @@ func definitelyNotPublished(reason string) bool {
 
 // release ends a reservation whose publish failed, so that a retry
 // publishes at once.
-func (s *Server) release(client, key, token string) {
+func (s *Server) release(device, client, key, token string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	if err := s.store.Release(ctx, client, key, token); err != nil {
+	if err := s.store.Release(ctx, device, client, key, token); err != nil {
 		s.log.Warn("cannot release reservation; it ends with its lease", "client_id", client, "msg_id", key, "err", err)
 	}
 }

@@ -41,7 +41,7 @@ func TestPostAcceptedLeavesOneDurableMessage(t *testing.T) {
 	assert.Equal(t, "/v1/commands/cmd-1", acc.StatusURL)
 
 	msgs := g.drain()
-	require.Len(t, msgs, 1, "exactly one message in %s", g.topo.CommandsQueue)
+	require.Len(t, msgs, 1, "exactly one message in %s.*", g.topo.CommandsGroup)
 	m := msgs[0]
 	assert.Equal(t, uint8(amqp.Persistent), m.DeliveryMode, "persistent")
 	assert.Equal(t, trace, m.Headers["traceparent"])
@@ -368,7 +368,10 @@ func TestUnroutableIs503(t *testing.T) {
 	tok := token(t, "app-1", auth.RoleClient, "dev-*")
 	ch, err := g.conn.Channel()
 	require.NoError(t, err)
-	require.NoError(t, ch.QueueUnbind(g.topo.CommandsQueue, protocol.RoutingCommand, g.topo.CommandsExchange, nil))
+	// The queue of dev-1 (and of dev-1 only) takes no command.
+	q := g.topo.CommandQueueOf("dev-1", g.topo.PartitionCount)
+	exchange, key := g.topo.CommandRoute(q)
+	require.NoError(t, ch.QueueUnbind(g.topo.CommandQueue(q), key, exchange, nil))
 	ch.Close()
 
 	r := g.post(tok, "dev-1", cmd("u1", "reboot", nil))
@@ -386,7 +389,7 @@ func TestUnroutableIs503(t *testing.T) {
 	// Bound again: the retry is accepted.
 	ch, err = g.conn.Channel()
 	require.NoError(t, err)
-	require.NoError(t, ch.QueueBind(g.topo.CommandsQueue, protocol.RoutingCommand, g.topo.CommandsExchange, false, nil))
+	require.NoError(t, ch.QueueBind(g.topo.CommandQueue(q), key, exchange, false, nil))
 	ch.Close()
 	r = g.post(tok, "dev-1", cmd("u1", "reboot", nil))
 	require.Equal(t, http.StatusAccepted, r.Status, "%s", r.Body)
@@ -406,7 +409,7 @@ func TestBrokerUnreachable(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		defer cancel()
 		c.ConfirmTimeout = 5 * time.Second
-		p, err := amqpx.NewPublisher(ctx, amqpx.Options{URL: closed, ConfirmTimeout: c.ConfirmTimeout}, protocol.NewTopology(c.Namespace))
+		p, err := amqpx.NewPublisher(ctx, amqpx.Options{URL: closed, ConfirmTimeout: c.ConfirmTimeout}, protocol.NewTopology(c.Namespace, protocol.DefaultQueues, protocol.DefaultPartitions))
 		require.NoError(t, err)
 		t.Cleanup(func() { p.Close() })
 		d.Publisher, pub = p, p

@@ -35,7 +35,10 @@ import (
 //
 //   - ready and consumers of each queue: a passive queue.declare on the
 //     publisher's connection at the moment of the call (exact, what
-//     rabbitmqctl list_queues says then);
+//     rabbitmqctl list_queues says then). The GW_QUEUES command queues
+//     are read one by one and shown as one entry, {ns}.commands, with
+//     their sums and the list of them (queueView); the gauges have one
+//     series per command queue and none for the sum;
 //   - unacked, publish and deliver rates and the oldest message's age:
 //     RabbitMQ's management API, which samples every 5 s; they are labelled
 //     "sampled": true, "source": "management". When the management API is
@@ -117,8 +120,11 @@ func (s *Server) registerOps(e *echo.Echo) {
 // statsView is GET /v1/stats. A null number is one whose source failed
 // (see Errors) or that the source does not report.
 type statsView struct {
-	At          time.Time            `json:"at"`
-	Namespace   string               `json:"namespace"`
+	At        time.Time `json:"at"`
+	Namespace string    `json:"namespace"`
+	// Queues holds {ns}.commands (the GW_QUEUES command queues together,
+	// each listed in its Queues), {ns}.results and the two dead-letter
+	// queues.
 	Queues      map[string]queueView `json:"queues"`
 	Management  mgmtStatus           `json:"management"`
 	Mailboxes   mailboxView          `json:"mailboxes"`
@@ -134,6 +140,12 @@ type statsView struct {
 
 // queueView is one queue of the stats: Ready and Consumers are exact
 // (passive declare), the others sampled by the management API.
+//
+// The entry {ns}.commands stands for the command queues together: each
+// number is the sum over them (null when it is null for any of them),
+// but OldestAgeS, the oldest message of any; Queues lists them one by
+// one, queue 0 first. Every worker consumes every command queue, so its
+// Consumers is GW_QUEUES times the workers.
 type queueView struct {
 	Ready       *int     `json:"ready"`
 	Consumers   *int     `json:"consumers"`
@@ -143,6 +155,53 @@ type queueView struct {
 	OldestAgeS  *float64 `json:"oldest_age_s"`
 	Sampled     bool     `json:"sampled"`
 	Source      string   `json:"source"`
+	// Queues is set in the entry {ns}.commands only.
+	Queues []commandQueueView `json:"queues,omitempty"`
+}
+
+// commandQueueView is one command queue, {ns}.commands.{index}.
+type commandQueueView struct {
+	Name  string `json:"name"`
+	Index int    `json:"index"`
+	queueView
+}
+
+// sumQueues is the entry of the command queues together (see queueView).
+func sumQueues(qs []commandQueueView) queueView {
+	v := queueView{
+		Ready:       total(qs, func(q queueView) *int { return q.Ready }),
+		Consumers:   total(qs, func(q queueView) *int { return q.Consumers }),
+		Unacked:     total(qs, func(q queueView) *int64 { return q.Unacked }),
+		PublishRate: total(qs, func(q queueView) *float64 { return q.PublishRate }),
+		DeliverRate: total(qs, func(q queueView) *float64 { return q.DeliverRate }),
+		Sampled:     true,
+		Source:      "management",
+		Queues:      qs,
+	}
+	for _, q := range qs {
+		if a := q.OldestAgeS; a != nil && (v.OldestAgeS == nil || *a > *v.OldestAgeS) {
+			v.OldestAgeS = a
+		}
+	}
+	return v
+}
+
+// total is the sum of a field over qs; nil when the field is nil in any
+// of them (a sum of the queues that could be read would look exact), or
+// when there are none.
+func total[T int | int64 | float64](qs []commandQueueView, field func(queueView) *T) *T {
+	if len(qs) == 0 {
+		return nil
+	}
+	var sum T
+	for _, q := range qs {
+		p := field(q.queueView)
+		if p == nil {
+			return nil
+		}
+		sum += *p
+	}
+	return &sum
 }
 
 type mgmtStatus struct {
@@ -249,7 +308,7 @@ func (o *ops) collect(ctx context.Context) statsView {
 	if mqErr != nil {
 		v.Management.Error = mqErr.Error()
 	}
-	for _, q := range queues {
+	view := func(q string) queueView {
 		qv := queueView{Sampled: true, Source: "management"}
 		if qi, ok := depth[q]; ok {
 			qv.Ready, qv.Consumers = ptr(qi.Messages), ptr(qi.Consumers)
@@ -258,7 +317,15 @@ func (o *ops) collect(ctx context.Context) statsView {
 			qv.Unacked, qv.PublishRate, qv.DeliverRate = m.unacked(), m.publishRate(), m.deliverRate()
 			qv.OldestAgeS = m.oldestAge(v.At)
 		}
-		v.Queues[q] = qv
+		return qv
+	}
+	commands := make([]commandQueueView, 0, s.topo.QueueCount)
+	for i, q := range s.topo.CommandQueues() {
+		commands = append(commands, commandQueueView{Name: q, Index: i, queueView: view(q)})
+	}
+	v.Queues[s.topo.CommandsGroup] = sumQueues(commands)
+	for _, q := range []string{s.topo.ResultsQueue, s.topo.CommandsDeadQueue, s.topo.ResultsDeadQueue} {
+		v.Queues[q] = view(q)
 	}
 	if totErr == nil {
 		v.Mailboxes = mailboxView{Mailboxes: ptr(totals.Mailboxes), Entries: ptr(totals.Entries)}
@@ -516,7 +583,7 @@ func (o *ops) replay(c echo.Context) error {
 	body, err := replayEnvelope(rec, o.attempt(ctx, client, key), trace)
 	if err == nil {
 		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ConfirmTimeout+2*time.Second)
-		err = s.publishCommand(pctx, body, client, rec.ID, trace)
+		err = s.publishCommand(pctx, body, client, rec.Device, rec.ID, trace)
 		cancel()
 	}
 	if err != nil {
@@ -546,11 +613,11 @@ func replayEnvelope(rec *mailbox.Command, attempt int, trace string) ([]byte, er
 // from the record's "replays" field (see the record layout in
 // mailbox/record.go); 2 when that read fails.
 func (o *ops) attempt(ctx context.Context, client, key string) int {
-	n, err := o.s.rdb.HGet(ctx, o.s.store.Keys().Command(client, key), "replays").Int()
-	if err != nil || n < 1 {
+	c, err := o.s.store.Get(ctx, client, key)
+	if err != nil || c.Replays < 1 {
 		return 2
 	}
-	return 1 + n
+	return 1 + c.Replays
 }
 
 // opsSample is what the sampler keeps for the gauges.
@@ -673,9 +740,9 @@ type opsCollector struct{ o *ops }
 
 var (
 	descQueueReady = prometheus.NewDesc("gw_queue_ready_messages",
-		"Messages ready in each queue of the namespace (passive declare, sampled every 5 s while scraped).", []string{"queue"}, nil)
+		"Messages ready in each queue of the namespace, each command queue ({ns}.commands.{q}) on its own (passive declare, sampled every 5 s while scraped).", []string{"queue"}, nil)
 	descQueueConsumers = prometheus.NewDesc("gw_queue_consumers",
-		"Consumers of each queue of the namespace (passive declare, sampled every 5 s while scraped).", []string{"queue"}, nil)
+		"Consumers of each queue of the namespace, each command queue ({ns}.commands.{q}) on its own (passive declare, sampled every 5 s while scraped).", []string{"queue"}, nil)
 	descMailboxEntries = prometheus.NewDesc("gw_mailbox_entries",
 		"Entries waiting in all mailboxes.", nil, nil)
 	descMailboxes = prometheus.NewDesc("gw_mailboxes",

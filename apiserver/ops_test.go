@@ -19,10 +19,10 @@ import (
 
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
-	"github.com/iotgw/gateway/pushserver/ring"
 )
 
 // opsGW is an apiserver under test with the operations routes, reading
@@ -45,12 +45,14 @@ func (g *gw) stats(t *testing.T) statsView {
 	return v
 }
 
-// postN sends n commands with ids prefix-0 … prefix-(n-1) as client.
+// postN sends n commands with ids prefix-0 … prefix-(n-1) as client, to
+// dev-1 … dev-6 in turn (with the default counts, their commands go to
+// command queues 0, 1, 2, 0, 1, 3: every queue).
 func (g *gw) postN(t *testing.T, client, prefix string, n int) {
 	t.Helper()
 	tok := token(t, client, auth.RoleClient, "dev-*")
 	for i := range n {
-		r := g.post(tok, "dev-1", cmd(fmt.Sprintf("%s-%d", prefix, i), "reboot", nil))
+		r := g.post(tok, fmt.Sprintf("dev-%d", 1+i%6), cmd(fmt.Sprintf("%s-%d", prefix, i), "reboot", nil))
 		require.Equal(t, http.StatusAccepted, r.Status, "%s", r.Body)
 	}
 }
@@ -153,21 +155,40 @@ func TestStatsQueueDepthIsExact(t *testing.T) {
 	assert.Equal(t, g.ns, v.Namespace)
 	assert.WithinDuration(t, time.Now(), v.At, 5*time.Second)
 	require.Len(t, v.Queues, 4)
-	for _, q := range g.topo.Queues() {
+	for _, q := range statsQueues(g.topo) {
 		require.Contains(t, v.Queues, q)
 		require.NotNil(t, v.Queues[q].Ready, q)
 		require.NotNil(t, v.Queues[q].Consumers, q)
 		assert.True(t, v.Queues[q].Sampled, q)
 		assert.Equal(t, "management", v.Queues[q].Source, q)
 	}
-	cq := v.Queues[g.topo.CommandsQueue]
+	// The commands entry is the sum of the command queues, each listed
+	// with the commands of its devices (dev-1 … dev-6 in turn).
+	cq := v.Queues[g.topo.CommandsGroup]
 	assert.Equal(t, k, *cq.Ready)
 	assert.Equal(t, 0, *cq.Consumers)
+	require.Len(t, cq.Queues, g.topo.QueueCount)
+	want := make([]int, g.topo.QueueCount)
+	for i := range k {
+		want[g.topo.CommandQueueOf(fmt.Sprintf("dev-%d", 1+i%6), g.topo.PartitionCount)]++
+	}
+	sum := 0
+	for i, q := range cq.Queues {
+		assert.Equal(t, g.topo.CommandQueue(i), q.Name)
+		assert.Equal(t, i, q.Index)
+		require.NotNil(t, q.Ready, q.Name)
+		assert.Equal(t, want[i], *q.Ready, q.Name)
+		assert.Equal(t, 0, *q.Consumers, q.Name)
+		assert.Nil(t, q.Queues, "a command queue lists no queues")
+		sum += *q.Ready
+		compareWithRabbitmqctl(t, q.Name, *q.Ready)
+	}
+	assert.Equal(t, k, sum)
 	assert.Equal(t, 0, *v.Queues[g.topo.ResultsQueue].Ready)
 	assert.Equal(t, 1, *v.Queues[g.topo.ResultsQueue].Consumers)
+	assert.Nil(t, v.Queues[g.topo.ResultsQueue].Queues)
 	assert.Equal(t, 0, *v.Queues[g.topo.CommandsDeadQueue].Ready)
 	assert.Equal(t, 0, *v.Queues[g.topo.ResultsDeadQueue].Ready)
-	compareWithRabbitmqctl(t, g.topo.CommandsQueue, *cq.Ready)
 
 	if mgmtReachable(t) {
 		assert.True(t, v.Management.Available, "management: %+v", v.Management)
@@ -202,11 +223,22 @@ func TestStatsQueueDepthIsExact(t *testing.T) {
 	for _, key := range []string{"at", "namespace", "queues", "management", "mailboxes", "timers", "dead", "statuses", "push_servers", "ring"} {
 		assert.Contains(t, raw, key)
 	}
-	q := raw["queues"].(map[string]any)[g.topo.CommandsQueue].(map[string]any)
-	for _, key := range []string{"ready", "consumers", "unacked", "publish_rate", "deliver_rate", "oldest_age_s", "sampled", "source"} {
+	q := raw["queues"].(map[string]any)[g.topo.CommandsGroup].(map[string]any)
+	for _, key := range []string{"ready", "consumers", "unacked", "publish_rate", "deliver_rate", "oldest_age_s", "sampled", "source", "queues"} {
 		assert.Contains(t, q, key)
 	}
 	assert.Nil(t, q["oldest_age_s"], "quorum queues report no head timestamp")
+	list := q["queues"].([]any)
+	require.Len(t, list, g.topo.QueueCount)
+	for i, e := range list {
+		one := e.(map[string]any)
+		for _, key := range []string{"name", "index", "ready", "consumers", "unacked", "publish_rate", "deliver_rate", "oldest_age_s", "sampled", "source"} {
+			assert.Contains(t, one, key)
+		}
+		assert.NotContains(t, one, "queues")
+		assert.Equal(t, g.topo.CommandQueue(i), one["name"])
+	}
+	assert.NotContains(t, raw["queues"].(map[string]any)[g.topo.ResultsQueue], "queues")
 }
 
 // Only operators may read stats and dead letters.
@@ -239,9 +271,14 @@ func TestStatsWithoutManagementAPI(t *testing.T) {
 	assert.False(t, v.Management.Available)
 	assert.Contains(t, v.Management.Error, "management API unreachable")
 	assert.NotContains(t, v.Management.Error, "secret-pw", "the password leaks")
-	cq := v.Queues[g.topo.CommandsQueue]
+	cq := v.Queues[g.topo.CommandsGroup]
 	require.NotNil(t, cq.Ready)
 	assert.Equal(t, 3, *cq.Ready)
+	require.Len(t, cq.Queues, g.topo.QueueCount)
+	for _, q := range cq.Queues {
+		require.NotNil(t, q.Ready, q.Name)
+		assert.Nil(t, q.Unacked, q.Name)
+	}
 	assert.Nil(t, cq.Unacked)
 	assert.Nil(t, cq.PublishRate)
 	assert.Nil(t, cq.DeliverRate)
@@ -256,10 +293,20 @@ func TestStatsWithoutQueueDepth(t *testing.T) {
 	g := opsGW(t, func(_ *Config, d *Deps) { d.Publisher = plainPublisher{d.Publisher} })
 	v := g.stats(t)
 	assert.Contains(t, v.Errors["rabbitmq"], "cannot inspect queues")
-	for _, q := range g.topo.Queues() {
+	for _, q := range statsQueues(g.topo) {
+		require.Contains(t, v.Queues, q)
 		assert.Nil(t, v.Queues[q].Ready, q)
 		assert.Nil(t, v.Queues[q].Consumers, q)
 	}
+	for _, q := range v.Queues[g.topo.CommandsGroup].Queues {
+		assert.Nil(t, q.Ready, q.Name)
+		assert.Nil(t, q.Consumers, q.Name)
+	}
+}
+
+// statsQueues are the keys of the queues of GET /v1/stats.
+func statsQueues(topo protocol.Topology) []string {
+	return []string{topo.CommandsGroup, topo.ResultsQueue, topo.CommandsDeadQueue, topo.ResultsDeadQueue}
 }
 
 // plainPublisher hides QueueDepth.
@@ -325,7 +372,7 @@ func (g *gw) deadCommands(t *testing.T, ids ...any) {
 	}
 	require.Len(t, g.drain(), len(ids))
 	for _, id := range ids {
-		out, err := g.store.MarkDead(context.Background(), "app-1", fmt.Sprint(id), fmt.Sprintf("delivery limit reached for %v", id), "")
+		out, err := g.store.MarkDead(context.Background(), "dev-1", "app-1", fmt.Sprint(id), fmt.Sprintf("delivery limit reached for %v", id), "")
 		require.NoError(t, err)
 		require.Equal(t, mailbox.OutcomeDead, out)
 		time.Sleep(2 * time.Millisecond) // distinct dead-at times: a stable order
@@ -444,7 +491,7 @@ func TestDeadListAndReplay(t *testing.T) {
 	envs = g.envelopes()
 	require.Len(t, envs, 1)
 	assert.Equal(t, 2, envs[0].Attempt)
-	out, err = g.store.MarkDead(context.Background(), "app-1", "d-1", "delivery limit reached again", "")
+	out, err = g.store.MarkDead(context.Background(), "dev-1", "app-1", "d-1", "delivery limit reached again", "")
 	require.NoError(t, err)
 	require.Equal(t, mailbox.OutcomeDead, out)
 	r = g.do(http.MethodPost, "/v1/dead/d-1/replay?client=app-1", op, nil)
@@ -535,13 +582,23 @@ func TestOpsGauges(t *testing.T) {
 		require.Equal(t, http.StatusOK, r.Status)
 		return string(r.Body)
 	}
-	ready := fmt.Sprintf(`gw_queue_ready_messages{queue=%q}`, g.topo.CommandsQueue)
+	// One series per command queue, none for their sum.
+	// ready sums them; -1 when one is missing.
+	ready := func(m string) float64 {
+		sum := 0.0
+		for _, q := range g.topo.CommandQueues() {
+			v, ok := metricValue(t, m, fmt.Sprintf(`gw_queue_ready_messages{queue=%q}`, q))
+			if !ok {
+				return -1
+			}
+			sum += v
+		}
+		return sum
+	}
 	m := scrape()
-	v, ok := metricValue(t, m, ready)
-	require.True(t, ok, "no %s in\n%s", ready, m)
-	assert.Equal(t, 4.0, v)
-	for series, want := range map[string]float64{
-		fmt.Sprintf(`gw_queue_consumers{queue=%q}`, g.topo.CommandsQueue):          0,
+	require.Equal(t, 4.0, ready(m), "gw_queue_ready_messages of the command queues in\n%s", m)
+	assert.NotContains(t, m, fmt.Sprintf(`{queue=%q}`, g.topo.CommandsGroup), "a series for the sum")
+	series := map[string]float64{
 		fmt.Sprintf(`gw_queue_ready_messages{queue=%q}`, g.topo.ResultsQueue):      0,
 		fmt.Sprintf(`gw_queue_ready_messages{queue=%q}`, g.topo.CommandsDeadQueue): 0,
 		fmt.Sprintf(`gw_queue_ready_messages{queue=%q}`, g.topo.ResultsDeadQueue):  0,
@@ -549,7 +606,11 @@ func TestOpsGauges(t *testing.T) {
 		"gw_mailboxes":       1,
 		"gw_timers_pending":  4, // the deliver-by timers of the queued commands
 		"gw_dead_commands":   1,
-	} {
+	}
+	for _, q := range g.topo.CommandQueues() {
+		series[fmt.Sprintf(`gw_queue_consumers{queue=%q}`, q)] = 0
+	}
+	for series, want := range series {
 		v, ok := metricValue(t, m, series)
 		if assert.True(t, ok, "no %s", series) {
 			assert.Equal(t, want, v, series)
@@ -559,11 +620,9 @@ func TestOpsGauges(t *testing.T) {
 	// Two more: the next scrape still shows the snapshot, a later one
 	// (within the 5-s period) the new depth.
 	g.postN(t, "app-1", "gauge-more", 2)
-	v, _ = metricValue(t, scrape(), ready)
-	assert.Equal(t, 4.0, v, "a scrape right after the sample reads the snapshot")
+	assert.Equal(t, 4.0, ready(scrape()), "a scrape right after the sample reads the snapshot")
 	require.Eventually(t, func() bool {
-		v, _ := metricValue(t, scrape(), ready)
-		return v == 6
+		return ready(scrape()) == 6
 	}, 3*sampleEvery, 200*time.Millisecond)
 }
 

@@ -13,9 +13,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
-	"github.com/iotgw/gateway/pushserver/ring"
 )
 
 // dispatch plays the msgworker for every message in the queue: the
@@ -90,7 +90,7 @@ func TestGetCommandAndLongPoll(t *testing.T) {
 	require.Len(t, es, 1)
 	resp, err := protocol.ParseResponse([]byte(`{"jsonrpc":"2.0","result":{"temp":21.5},"id":"app-1:7"}`))
 	require.NoError(t, err)
-	out, err := g.store.Complete(ctx, "app-1", "7", "dev-1", resp, "")
+	out, err := g.store.Complete(ctx, "app-1", "7", "dev-1", resp, 0, "")
 	require.NoError(t, err)
 	require.Equal(t, mailbox.OutcomeSucceeded, out)
 	select {

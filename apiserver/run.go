@@ -12,9 +12,8 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/iotgw/gateway/internal/amqpx"
+	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/mailbox"
-	"github.com/iotgw/gateway/protocol"
-	"github.com/iotgw/gateway/pushserver/ring"
 )
 
 // run is the apiserver: it reads the configuration from args and getenv,
@@ -74,9 +73,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		ConfirmTimeout: cfg.ConfirmTimeout,
 		Name:           "apiserver",
 		Logger:         log,
-	}, protocol.NewTopology(cfg.Namespace))
+	}, cfg.topology())
 	cancel()
 	if err != nil {
+		// Also when the namespace's fence refuses GW_QUEUES or
+		// GW_PARTITIONS (amqpx.ErrCounts): the error names both counts.
 		return fmt.Errorf("cannot create the AMQP publisher: %w", err)
 	}
 	defer pub.Close()
@@ -89,9 +90,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	defer func() { stopRing(); wg.Wait() }()
 
 	store := mailbox.New(rdb, cfg.Namespace, mailbox.Options{
-		Retention: cfg.Retention,
-		Lease:     2 * cfg.ConfirmTimeout,
-		Logger:    log,
+		Partitions:   cfg.Partitions,
+		Retention:    cfg.Retention,
+		Lease:        2 * cfg.ConfirmTimeout,
+		AnswerGrace:  cfg.AnswerGrace,
+		WaitReplicas: cfg.WaitReplicas,
+		WaitTimeout:  cfg.WaitTimeout,
+		OwnerOf: func(identity string) string {
+			if m, ok := rg.Owner(identity); ok {
+				return m.Node
+			}
+			return ""
+		},
+		Logger: log,
 	})
 	srv, err := NewServer(cfg, Deps{Redis: rdb, Store: store, Publisher: pub, Ring: rg, Logger: log})
 	if err != nil {

@@ -20,10 +20,10 @@ import (
 
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
-	"github.com/iotgw/gateway/pushserver/ring"
 )
 
 // Publisher publishes a message with a publisher confirm: nil only when
@@ -117,7 +117,7 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 		pub:      deps.Publisher,
 		ring:     deps.Ring,
 		rdb:      deps.Redis,
-		topo:     protocol.NewTopology(cfg.Namespace),
+		topo:     cfg.topology(),
 		verifier: v,
 		limiter:  newLimiter(cfg.Rate, cfg.Burst),
 		metrics:  m,

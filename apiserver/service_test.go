@@ -8,14 +8,17 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/internal/testenv"
+	"github.com/iotgw/gateway/protocol"
 )
 
 func TestHealthReadyMetricsOpenAPI(t *testing.T) {
@@ -135,7 +138,8 @@ func TestRunTLS(t *testing.T) {
 	ch, err := conn.Channel()
 	require.NoError(t, err)
 	defer ch.Close()
-	d, ok, err := ch.Get(ns+".commands", true)
+	topo := protocol.NewTopology(ns, protocol.DefaultQueues, protocol.DefaultPartitions)
+	d, ok, err := ch.Get(topo.CommandQueue(topo.CommandQueueOf("dev-1", topo.PartitionCount)), true)
 	require.NoError(t, err)
 	require.True(t, ok, "the command is in the queue")
 	assert.Contains(t, string(d.Body), `"msg_id":"tls-1"`)
@@ -171,13 +175,59 @@ func TestRunRefusesWithoutSecret(t *testing.T) {
 	require.ErrorContains(t, err, "GW_TLS_KEY")
 }
 
+// The counts are checked, and those of the namespace's fence win: run
+// refuses to start with other ones, naming both.
+func TestRunCounts(t *testing.T) {
+	for _, tt := range []struct{ name, queues, partitions, want string }{
+		{"partitions not a power of two", "4", "100", "partitions"},
+		{"no queue", "0", "256", "queues"},
+		{"too many queues", "257", "256", "queues"},
+	} {
+		c, err := parseConfig(nil, func(k string) string {
+			return map[string]string{"GW_AUTH_SECRET": "s", "GW_QUEUES": tt.queues, "GW_PARTITIONS": tt.partitions}[k]
+		}, &bytes.Buffer{})
+		if err == nil {
+			err = c.validate()
+		}
+		if err == nil || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: GW_QUEUES=%s GW_PARTITIONS=%s: %v, want an error about %s", tt.name, tt.queues, tt.partitions, err, tt.want)
+		}
+	}
+
+	testenv.RequireServices(t)
+	ns := testenv.Namespace(t)
+	ch, err := testenv.AMQP(t).Channel()
+	require.NoError(t, err)
+	require.NoError(t, amqpx.Declare(ch, protocol.NewTopology(ns, 4, 256)))
+	ch.Close()
+	var out testenv.SyncBuffer
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = run(ctx, nil, func(k string) string {
+		return map[string]string{
+			"GW_AUTH_SECRET": testSecret, "GW_NAMESPACE": ns, "GW_HTTP_ADDR": "127.0.0.1:0",
+			"GW_AMQP_URL": testenv.AMQPURL(), "GW_REDIS_URL": testenv.RedisURL(),
+			"GW_QUEUES": "8", "GW_PARTITIONS": "256",
+		}[k]
+	}, &out)
+	require.ErrorIs(t, err, amqpx.ErrCounts)
+	assert.ErrorContains(t, err, "GW_QUEUES=4 and GW_PARTITIONS=256")
+	assert.ErrorContains(t, err, "GW_QUEUES=8 and GW_PARTITIONS=256")
+	assert.NotContains(t, out.String(), `"msg":"listening"`)
+}
+
 func TestParseConfig(t *testing.T) {
 	env := map[string]string{
 		"GW_AUTH_SECRET": "s", "GW_BODY_LIMIT": "1MiB", "GW_RATE": "10", "GW_BURST": "20",
 		"GW_CONFIRM_TIMEOUT": "7", "GW_RETENTION": "1h", "GW_HTTP_ADDR": "127.0.0.1:0",
+		"GW_QUEUES": "8", "GW_PARTITIONS": "64",
 	}
-	c, err := parseConfig([]string{"--burst", "30", "--namespace", "x"}, func(k string) string { return env[k] }, &bytes.Buffer{})
+	c, err := parseConfig([]string{"--burst", "30", "--namespace", "x", "--partitions", "1024"}, func(k string) string { return env[k] }, &bytes.Buffer{})
 	require.NoError(t, err)
+	require.NoError(t, c.validate())
+	assert.Equal(t, 8, c.Queues)
+	assert.Equal(t, 1024, c.Partitions, "a flag wins over the variable")
+	assert.Equal(t, protocol.NewTopology("x", 8, 1024), c.topology())
 	assert.Equal(t, int64(1<<20), c.BodyLimit)
 	assert.Equal(t, 10.0, c.Rate)
 	assert.Equal(t, 30, c.Burst, "a flag wins over the variable")

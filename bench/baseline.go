@@ -17,7 +17,9 @@ import (
 
 // Settings of the baseline, the gateway's own: the apiserver's publisher
 // has 4 confirm-mode channels on one connection (amqpx.Options.Channels),
-// a msgworker's consumer has prefetch 128 (msgworker.DefaultPrefetch).
+// a msgworker's command consumers share a prefetch of 128
+// (msgworker.DefaultPrefetch), each of the GW_QUEUES queues getting its
+// share.
 const (
 	baselineChannels = 4
 	baselinePrefetch = 128
@@ -33,13 +35,17 @@ const (
 
 // runBaseline measures one hop through bare RabbitMQ with the gateway's
 // settings: closed-loop publishers (persistent, mandatory, each publish
-// waits for its confirm) to the commands quorum queue declared with the
-// gateway's arguments, and one consumer with manual acks and prefetch
-// 128. The figure is the rate of acked deliveries during the window.
+// waits for its confirm) to the command quorum queues declared with the
+// gateway's arguments and counts, spread over the queues as devices are,
+// and on one connection a consumer of each queue with manual acks and the
+// queue's share of a prefetch of 128. The figure is the rate of acked
+// deliveries during the window.
 func runBaseline(ctx context.Context, b *Bench, s *Section) error {
 	ns, cleanup := b.sectionNamespace(s, "baseline")
 	defer cleanup()
-	topo := protocol.NewTopology(ns)
+	topo := benchTopology(ns)
+	queues := topo.CommandQueues()
+	prefetch := (baselinePrefetch + len(queues) - 1) / len(queues)
 	window := 15 * time.Second
 	if b.Quick {
 		window = 5 * time.Second
@@ -81,18 +87,7 @@ func runBaseline(ctx context.Context, b *Bench, s *Section) error {
 		return err
 	}
 
-	// Consumer.
-	cch, err := cconn.Channel()
-	if err != nil {
-		return err
-	}
-	if err := cch.Qos(baselinePrefetch, 0, false); err != nil {
-		return err
-	}
-	deliveries, err := cch.Consume(topo.CommandsQueue, "", false, false, false, false, nil)
-	if err != nil {
-		return fmt.Errorf("cannot consume: %w", err)
-	}
+	// Consumers: a channel for each command queue, as a worker has.
 	var consumed atomic.Int64
 	room := make(chan struct{}, baselineInflight)
 	for range baselineInflight {
@@ -100,23 +95,39 @@ func runBaseline(ctx context.Context, b *Bench, s *Section) error {
 	}
 	var measuring atomic.Bool
 	var hop latency.Recorder
-	consumerDone := make(chan struct{})
-	go func() {
-		defer close(consumerDone)
-		for d := range deliveries {
-			if t, ok := d.Headers["t"].(int64); ok && measuring.Load() {
-				hop.Add(time.Duration(time.Now().UnixNano() - t))
-			}
-			if err := d.Ack(false); err != nil {
-				return
-			}
-			consumed.Add(1)
-			select {
-			case room <- struct{}{}:
-			default:
-			}
+	var cchs []*amqp.Channel
+	var consumers sync.WaitGroup
+	for _, q := range queues {
+		cch, err := cconn.Channel()
+		if err != nil {
+			return err
 		}
-	}()
+		cchs = append(cchs, cch)
+		if err := cch.Qos(prefetch, 0, false); err != nil {
+			return err
+		}
+		deliveries, err := cch.Consume(q, "", false, false, false, false, nil)
+		if err != nil {
+			return fmt.Errorf("cannot consume %s: %w", q, err)
+		}
+		consumers.Add(1)
+		go func() {
+			defer consumers.Done()
+			for d := range deliveries {
+				if t, ok := d.Headers["t"].(int64); ok && measuring.Load() {
+					hop.Add(time.Duration(time.Now().UnixNano() - t))
+				}
+				if err := d.Ack(false); err != nil {
+					return
+				}
+				consumed.Add(1)
+				select {
+				case room <- struct{}{}:
+				default:
+				}
+			}
+		}()
+	}
 
 	// Publishers: baselineInflight goroutines over baselineChannels
 	// confirm-mode channels, every publish mandatory and persistent.
@@ -145,6 +156,8 @@ func runBaseline(ctx context.Context, b *Bench, s *Section) error {
 	var wg sync.WaitGroup
 	for i := range baselineInflight {
 		ch := chans[i%len(chans)]
+		// Publisher i sends to the queue of its device, as intake does.
+		exchange, key := topo.DeviceRoute(fmt.Sprintf("dev-%d", i))
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -155,7 +168,7 @@ func runBaseline(ctx context.Context, b *Bench, s *Section) error {
 					return
 				}
 				start := time.Now()
-				dc, err := ch.PublishWithDeferredConfirmWithContext(pctx, topo.CommandsExchange, protocol.RoutingCommand, true, false,
+				dc, err := ch.PublishWithDeferredConfirmWithContext(pctx, exchange, key, true, false,
 					amqp.Publishing{
 						Headers:      amqp.Table{"t": start.UnixNano(), "traceparent": env.TraceParent},
 						ContentType:  "application/json",
@@ -204,14 +217,20 @@ func runBaseline(ctx context.Context, b *Bench, s *Section) error {
 	wg.Wait()
 	// Let the consumer take what is left, bounded.
 	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); {
-		qi, err := amqpx.QueueDepth(ctx, pconn, topo.CommandsQueue)
-		if err != nil || qi[topo.CommandsQueue].Messages == 0 {
+		qi, err := amqpx.QueueDepth(ctx, pconn, queues...)
+		left := 0
+		for _, q := range queues {
+			left += qi[q].Messages
+		}
+		if err != nil || left == 0 {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	_ = cch.Close()
-	<-consumerDone
+	for _, cch := range cchs {
+		_ = cch.Close()
+	}
+	consumers.Wait()
 	if err := ctx.Err(); err != nil {
 		return err
 	}
@@ -223,10 +242,10 @@ func runBaseline(ctx context.Context, b *Bench, s *Section) error {
 		LatencyRow{"publish → confirm", confirmLat.Summary()},
 		LatencyRow{"publish → delivery to the consumer", hop.Summary()})
 	s.CPU = append(s.CPU, cpu)
-	s.Note("Closed loop: at most %d messages published and not yet delivered, over %d confirm-mode channels of one connection (every publisher waits for its confirm); one consumer channel, prefetch %d, one ack per delivery; %d-byte envelope bodies; a %s window after %s of warm-up.",
-		baselineInflight, baselineChannels, baselinePrefetch, len(body), el.Round(time.Millisecond), warmup)
-	s.Note("Queue %s: quorum, x-delivery-limit %d, dead-letter exchange %s (at-least-once), x-overflow reject-publish, declared with amqpx.Declare exactly as the gateway declares it.",
-		topo.CommandsQueue, protocol.DeliveryLimit, topo.DeadExchange)
+	s.Note("Closed loop: at most %d messages published and not yet delivered, over %d confirm-mode channels of one connection (every publisher waits for its confirm), spread over the %d command queues as devices are; one consumer channel for each queue, prefetch %d each (%d in all), one ack per delivery; %d-byte envelope bodies; a %s window after %s of warm-up.",
+		baselineInflight, baselineChannels, len(queues), prefetch, prefetch*len(queues), len(body), el.Round(time.Millisecond), warmup)
+	s.Note("Queues %s.0 … %s.%d: quorum, x-delivery-limit %d, dead-letter exchange %s (at-least-once), x-overflow reject-publish, x-queue-leader-locator %s, declared with amqpx.Declare exactly as the gateway declares them.",
+		topo.CommandsGroup, topo.CommandsGroup, len(queues)-1, protocol.DeliveryLimit, topo.DeadExchange, protocol.LeaderLocator)
 	if n := returned.Load() + nacked.Load() + perrs.Load(); n > 0 {
 		s.Note("Problems: %d returned, %d nacked, %d publish errors.", returned.Load(), nacked.Load(), perrs.Load())
 	}

@@ -174,7 +174,7 @@ func (b *Bench) cleanup(ns string, extraQueues ...string) error {
 			break
 		}
 	}
-	topo := protocol.NewTopology(ns)
+	topo := benchTopology(ns)
 	conn, err := amqp.DialConfig(b.AMQPURL, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second)})
 	if err != nil {
 		return errors.Join(append(errs, fmt.Errorf("cannot connect to RabbitMQ: %w", err))...)
@@ -192,13 +192,20 @@ func (b *Bench) cleanup(ns string, extraQueues ...string) error {
 			errs = append(errs, err)
 		}
 	}
-	for _, q := range append(topo.Queues(), extraQueues...) {
+	for _, q := range append(append(topo.Queues(), topo.FenceQueue), extraQueues...) {
 		do(func(ch *amqp.Channel) error { _, err := ch.QueueDelete(q, false, false, false); return err })
 	}
 	for _, x := range topo.Exchanges() {
 		do(func(ch *amqp.Channel) error { return ch.ExchangeDelete(x, false, false) })
 	}
 	return errors.Join(errs...)
+}
+
+// benchTopology is the topology of namespace ns with the counts the
+// gateway processes the bench starts run with: the defaults (gwEnv sets
+// neither GW_QUEUES nor GW_PARTITIONS).
+func benchTopology(ns string) protocol.Topology {
+	return protocol.NewTopology(ns, protocol.DefaultQueues, protocol.DefaultPartitions)
 }
 
 // newRedis returns a client for the Redis URL with a pool sized for load.

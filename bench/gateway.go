@@ -62,7 +62,7 @@ func (b *Bench) waitOnline(ctx context.Context, ns string, ids []string, d time.
 		for i := 0; i < len(ids); i += 500 {
 			batch := make([]string, 0, 500)
 			for _, id := range ids[i:min(i+500, len(ids))] {
-				batch = append(batch, keys.Session(id))
+				batch = append(batch, keys.Part(protocol.Partition(id, protocol.DefaultPartitions)).Session(id))
 			}
 			c, err := b.rdb.Exists(ctx, batch...).Result()
 			if err != nil {
@@ -141,14 +141,14 @@ func (b *Bench) startPushServer(ctx context.Context, section, ns, node string) (
 		_ = p.Stop()
 		return nil, "", err
 	}
-	keys := protocol.NewKeys(ns)
+	keys := protocol.NewKeys(ns).Ring(protocol.RingPush)
 	for deadline := time.Now().Add(10 * time.Second); ; {
-		if n, _ := b.rdb.Exists(ctx, keys.RingNode(node)).Result(); n == 1 {
+		if n, _ := b.rdb.Exists(ctx, keys.Node(node)).Result(); n == 1 {
 			break
 		}
 		if time.Now().After(deadline) {
 			_ = p.Stop()
-			return nil, "", fmt.Errorf("push server %s did not join the ring (no key %s) within 10s", node, keys.RingNode(node))
+			return nil, "", fmt.Errorf("push server %s did not join the ring (no key %s) within 10s", node, keys.Node(node))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -138,7 +138,7 @@ func runIntake(ctx context.Context, b *Bench, s *Section) error {
 // rate limit, the request log), so on the same machine the intake figure
 // cannot exceed this one.
 func intakeFloor(ctx context.Context, b *Bench, s *Section, ns string, dur time.Duration) error {
-	topo := protocol.NewTopology(ns)
+	topo := benchTopology(ns)
 	store := mailbox.New(b.rdb, ns, mailbox.Options{})
 	pub, err := amqpx.NewPublisher(ctx, amqpx.Options{URL: b.AMQPURL, Name: "bench-intake-floor"}, topo)
 	if err != nil {

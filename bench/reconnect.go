@@ -54,7 +54,7 @@ func runReconnect(ctx context.Context, b *Bench, s *Section) error {
 	keys := protocol.NewKeys(ns)
 	var inbox int64
 	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
-		if inbox, err = b.rdb.XLen(ctx, keys.Mailbox(device)).Result(); err != nil {
+		if inbox, err = b.rdb.XLen(ctx, keys.Part(protocol.Partition(device, protocol.DefaultPartitions)).Mailbox(device)).Result(); err != nil {
 			return err
 		}
 		if inbox >= reconnectWaiting || time.Now().After(deadline) || ctx.Err() != nil {

@@ -39,7 +39,7 @@ func runWorker(ctx context.Context, b *Bench, s *Section) error {
 	if b.Quick {
 		n = 4000
 	}
-	topo := protocol.NewTopology(ns)
+	topo := benchTopology(ns)
 	store := mailbox.New(b.rdb, ns, mailbox.Options{})
 	pub, err := amqpx.NewPublisher(ctx, amqpx.Options{URL: b.AMQPURL, Name: "bench-worker-prefill"}, topo)
 	if err != nil {
@@ -65,7 +65,7 @@ func runWorker(ctx context.Context, b *Bench, s *Section) error {
 	if err := parallel(ctx, 64, n, func(i int) error { return prefillCommand(ctx, store, pub, topo, refs[i]) }); err != nil {
 		return fmt.Errorf("cannot pre-fill the commands queue: %w", err)
 	}
-	if err := waitDepth(ctx, pub, topo.CommandsQueue, n); err != nil {
+	if err := waitDepth(ctx, pub, n, topo.CommandQueues()...); err != nil {
 		return err
 	}
 	s.Note("Pre-filled %d commands (Reserve, publish with confirm, MarkQueued, 64 at a time) in %s: %.0f/s.", n, time.Since(t0).Round(time.Millisecond), perSecond(int64(n), time.Since(t0)))
@@ -93,7 +93,7 @@ func runWorker(ctx context.Context, b *Bench, s *Section) error {
 	if err := parallel(ctx, 64, n, func(i int) error { return prefillResult(ctx, pub, topo, refs[i]) }); err != nil {
 		return fmt.Errorf("cannot pre-fill the results queue: %w", err)
 	}
-	if err := waitDepth(ctx, pub, topo.ResultsQueue, n); err != nil {
+	if err := waitDepth(ctx, pub, n, topo.ResultsQueue); err != nil {
 		return err
 	}
 	s.Note("Pre-filled %d results in %s.", n, time.Since(t0).Round(time.Millisecond))
@@ -111,7 +111,7 @@ func runWorker(ctx context.Context, b *Bench, s *Section) error {
 	if err := w.Stop(); err != nil {
 		s.Note("stopping the worker: %v", err)
 	}
-	s.Note("%d clients, %d devices; the worker's defaults: prefetch %d, %d handlers per queue. CPU is counted from the first observed progress, so the process's start is left out.", clients, devices, 128, 64)
+	s.Note("%d clients, %d devices; the worker's defaults: %d command queues, prefetch %d and %d handlers for the command queues together (and for results). CPU is counted from the first observed progress, so the process's start is left out.", clients, devices, topo.QueueCount, 128, 64)
 	s.Notes = append(s.Notes, logProblems(w)...)
 	return nil
 }
@@ -204,7 +204,8 @@ func prefillCommand(ctx context.Context, store *mailbox.Store, pub *amqpx.Publis
 	if err != nil {
 		return err
 	}
-	if err := pub.Publish(ctx, topo.CommandsExchange, protocol.RoutingCommand, body, amqpx.Headers{
+	exchange, key := topo.DeviceRoute(r.device)
+	if err := pub.Publish(ctx, exchange, key, body, amqpx.Headers{
 		MessageID: protocol.DeviceMsgID(r.client, r.id), Type: protocol.KindCommand}); err != nil {
 		return err
 	}
@@ -224,19 +225,24 @@ func prefillResult(ctx context.Context, pub *amqpx.Publisher, topo protocol.Topo
 		MessageID: protocol.DeviceMsgID(r.client, r.id), Type: protocol.KindResult})
 }
 
-// waitDepth waits until queue holds n ready messages (at most 20 s).
-func waitDepth(ctx context.Context, pub *amqpx.Publisher, queue string, n int) error {
+// waitDepth waits until the queues hold n ready messages together (at
+// most 20 s).
+func waitDepth(ctx context.Context, pub *amqpx.Publisher, n int, queues ...string) error {
 	var got int
 	for deadline := time.Now().Add(20 * time.Second); time.Now().Before(deadline) && ctx.Err() == nil; {
-		qi, err := pub.QueueDepth(ctx, queue)
+		qi, err := pub.QueueDepth(ctx, queues...)
 		if err == nil {
-			if got = qi[queue].Messages; got >= n {
+			got = 0
+			for _, q := range queues {
+				got += qi[q].Messages
+			}
+			if got >= n {
 				return nil
 			}
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
-	return fmt.Errorf("queue %s holds %d messages, want %d", queue, got, n)
+	return fmt.Errorf("queues %v hold %d messages, want %d", queues, got, n)
 }
 
 // parallel runs f(0) … f(n-1) on k goroutines and returns the first

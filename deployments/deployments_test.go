@@ -270,6 +270,14 @@ func checkEnv(t *testing.T, where, bin string, names []string) {
 			t.Errorf("%s: %s is not given %s (its default is loopback or the default namespace)", where, bin, name)
 		}
 	}
+	// The fixed counts are given explicitly, so that no service falls back
+	// on a default another service does not share (the fence would stop
+	// it).
+	for _, name := range []string{"GW_QUEUES", "GW_PARTITIONS"} {
+		if f.env[bin][name] && !slices.Contains(names, name) {
+			t.Errorf("%s: %s is not given %s: every service of a namespace must have the same one", where, bin, name)
+		}
+	}
 	if f.env[bin]["GW_AUTH_SECRET"] && !slices.Contains(names, "GW_AUTH_SECRET") {
 		t.Errorf("%s: %s is not given GW_AUTH_SECRET and refuses to start without it", where, bin)
 	}
@@ -612,6 +620,7 @@ func TestCompose(t *testing.T) {
 
 	// The gateway services.
 	namespaces := map[string]bool{}
+	counts := map[string]bool{} // "GW_QUEUES/GW_PARTITIONS" of each service
 	nodeIDs := map[string]string{}
 	advertised := map[string]string{}
 	var image string
@@ -649,6 +658,7 @@ func TestCompose(t *testing.T) {
 			t.Errorf("%s: GW_AUTH_SECRET=%q, want ${GW_AUTH_SECRET:?…} so that compose refuses to start without it", where, s.rawEnv["GW_AUTH_SECRET"])
 		}
 		namespaces[s.env["GW_NAMESPACE"]] = true
+		counts[s.env["GW_QUEUES"]+"/"+s.env["GW_PARTITIONS"]] = true
 		for _, v := range []string{"GW_AMQP_URL", "GW_AMQP_MGMT_URL", "GW_REDIS_URL"} {
 			if _, ok := s.env[v]; !ok {
 				continue // checkEnv reports a missing one
@@ -715,6 +725,24 @@ func TestCompose(t *testing.T) {
 	if len(namespaces) != 1 {
 		t.Errorf("compose: GW_NAMESPACE differs between services: %v", sortedKeys(namespaces))
 	}
+	checkCounts(t, "compose", counts)
+}
+
+// checkCounts checks that the services of a deployment share one
+// GW_QUEUES/GW_PARTITIONS pair (the keys of counts), and that it is valid.
+func checkCounts(t *testing.T, where string, counts map[string]bool) (queues, partitions int) {
+	t.Helper()
+	if len(counts) != 1 {
+		t.Errorf("%s: GW_QUEUES/GW_PARTITIONS differ between services: %v; the fence refuses all but the first", where, sortedKeys(counts))
+		return protocol.DefaultQueues, protocol.DefaultPartitions
+	}
+	q, p, _ := strings.Cut(sortedKeys(counts)[0], "/")
+	queues, err1 := strconv.Atoi(q)
+	partitions, err2 := strconv.Atoi(p)
+	if err := errors.Join(err1, err2, protocol.CheckQueues(queues), protocol.CheckPartitions(partitions)); err != nil {
+		t.Errorf("%s: GW_QUEUES=%q GW_PARTITIONS=%q: %v", where, q, p, err)
+	}
+	return queues, partitions
 }
 
 func mustAbs(rel string) string {
@@ -917,6 +945,7 @@ func TestKubernetes(t *testing.T) {
 	workloads := set.all("Deployment", "StatefulSet")
 	seen := map[string]bool{}
 	namespaces := map[string]bool{}
+	counts := map[string]bool{} // "GW_QUEUES/GW_PARTITIONS" of each service
 	retention := map[string]bool{}
 	podPorts := map[string]map[string]int{} // workload name → named ports
 	for _, w := range workloads {
@@ -971,6 +1000,7 @@ func TestKubernetes(t *testing.T) {
 				}
 			}
 			namespaces[env["GW_NAMESPACE"]] = true
+			counts[env["GW_QUEUES"]+"/"+env["GW_PARTITIONS"]] = true
 			if r, ok := env["GW_RETENTION"]; ok {
 				retention[r] = true
 			}
@@ -1054,6 +1084,7 @@ func TestKubernetes(t *testing.T) {
 	if len(retention) > 1 {
 		t.Errorf("k8s: GW_RETENTION differs between apiserver and msgworker: %v", sortedKeys(retention))
 	}
+	queues, partitions := checkCounts(t, "k8s", counts)
 
 	// Services select a workload and target its ports.
 	for _, svc := range set.all("Service") {
@@ -1075,12 +1106,14 @@ func TestKubernetes(t *testing.T) {
 		}
 	}
 
-	// KEDA scales the workers on the commands queue of the namespace.
+	// KEDA scales the workers on the command queues of the namespace,
+	// summed (a queue-name regex through the management API), and on the
+	// results queue.
 	var ns1 string
 	for n := range namespaces {
 		ns1 = n
 	}
-	topo := protocol.NewTopology(ns1)
+	topo := protocol.NewTopology(ns1, queues, partitions)
 	sos := set.all("ScaledObject")
 	if len(sos) != 1 {
 		t.Fatalf("k8s: %d KEDA ScaledObjects, want 1", len(sos))
@@ -1094,35 +1127,95 @@ func TestKubernetes(t *testing.T) {
 	if dig(d, "spec", "replicas") != nil {
 		t.Errorf("Deployment %s: sets replicas, which fights KEDA's HPA on every apply", target)
 	}
-	commands := false
+	commands, results := false, false
 	for _, tr := range asArr(dig(so, "spec", "triggers")) {
 		md := asObj(dig(tr, "metadata"))
 		q := asStr(md["queueName"])
 		if asStr(dig(tr, "type")) != "rabbitmq" {
 			t.Errorf("ScaledObject: trigger type %v, want rabbitmq", dig(tr, "type"))
 		}
-		if !slices.Contains(topo.Queues(), q) {
-			t.Errorf("ScaledObject: queueName %q is not a queue of namespace %q (%v)", q, ns1, topo.Queues())
-		}
 		if asStr(md["mode"]) != "QueueLength" {
 			t.Errorf("ScaledObject: trigger on %s has mode %q, want QueueLength", q, md["mode"])
 		}
-		commands = commands || q == topo.CommandsQueue
+		hostKey := ""
 		auth := asStr(dig(tr, "authenticationRef", "name"))
 		ta := set.get("TriggerAuthentication", auth)
 		if ta == nil {
 			t.Errorf("ScaledObject: trigger on %s uses TriggerAuthentication %q, which does not exist", q, auth)
-			continue
 		}
 		for _, ref := range asArr(dig(ta, "spec", "secretTargetRef")) {
 			sn, key := asStr(dig(ref, "name")), asStr(dig(ref, "key"))
 			if _, ok := asObj(dig(set.get("Secret", sn), "stringData"))[key]; !ok {
 				t.Errorf("TriggerAuthentication %s: Secret %s has no key %s", auth, sn, key)
 			}
+			if asStr(dig(ref, "parameter")) == "host" {
+				hostKey = key
+			}
 		}
+		if asStr(md["useRegex"]) == "true" {
+			checkCommandsTrigger(t, topo, md, hostKey)
+			commands = true
+			continue
+		}
+		if !slices.Contains(topo.Queues(), q) {
+			t.Errorf("ScaledObject: queueName %q is not a queue of namespace %q (%v)", q, ns1, topo.Queues())
+		}
+		if slices.Contains(topo.CommandQueues(), q) {
+			t.Errorf("ScaledObject: a trigger on the one command queue %s: scale on their sum (useRegex, operation sum)", q)
+		}
+		results = results || q == topo.ResultsQueue
 	}
 	if !commands {
-		t.Errorf("ScaledObject: no trigger on %s (protocol.NewTopology(%q).CommandsQueue)", topo.CommandsQueue, ns1)
+		t.Errorf("ScaledObject: no trigger on the command queues of %q (useRegex with operation sum)", ns1)
+	}
+	if !results {
+		t.Errorf("ScaledObject: no trigger on %s", topo.ResultsQueue)
+	}
+}
+
+// checkCommandsTrigger checks KEDA's trigger on the command queues: the
+// management API (protocol http, with the host from GW_AMQP_MGMT_URL), a
+// queue-name regex that matches every command queue of topo, and of any
+// other count, and no other queue of the namespace or of another, summed
+// over the ready messages.
+func checkCommandsTrigger(t *testing.T, topo protocol.Topology, md obj, hostKey string) {
+	t.Helper()
+	if p := asStr(md["protocol"]); p != "http" {
+		t.Errorf("ScaledObject: the regex trigger has protocol %q; useRegex needs http (the management API)", p)
+	}
+	if hostKey != "GW_AMQP_MGMT_URL" {
+		t.Errorf("ScaledObject: the regex trigger's host comes from %q, want the management API's URL, GW_AMQP_MGMT_URL", hostKey)
+	}
+	if op := asStr(md["operation"]); op != "sum" {
+		t.Errorf("ScaledObject: the regex trigger has operation %q, want sum (every worker consumes every command queue)", op)
+	}
+	if asStr(md["excludeUnacknowledged"]) != "true" {
+		t.Errorf("ScaledObject: the regex trigger counts unacknowledged messages; set excludeUnacknowledged (workers hold GW_PREFETCH each)")
+	}
+	if n, err := strconv.Atoi(asStr(md["pageSize"])); md["pageSize"] != nil && (err != nil || n <= protocol.MaxQueues) {
+		t.Errorf("ScaledObject: pageSize %v, want more than %d (KEDA fails when the regex matches more than a page)", md["pageSize"], protocol.MaxQueues)
+	} else if md["pageSize"] == nil && topo.QueueCount >= 100 {
+		t.Errorf("ScaledObject: %d command queues need a pageSize above KEDA's default of 100", topo.QueueCount)
+	}
+	re, err := regexp.Compile(asStr(md["queueName"]))
+	if err != nil {
+		t.Errorf("ScaledObject: queueName %q: %v", md["queueName"], err)
+		return
+	}
+	for _, other := range []int{1, topo.QueueCount, 16, protocol.MaxQueues} {
+		for _, q := range protocol.NewTopology(topo.NS, other, topo.PartitionCount).CommandQueues() {
+			if !re.MatchString(q) {
+				t.Errorf("ScaledObject: queueName %q does not match the command queue %s", re, q)
+			}
+		}
+	}
+	others := append([]string{topo.ResultsQueue, topo.CommandsDeadQueue, topo.ResultsDeadQueue, topo.FenceQueue, topo.CommandsGroup,
+		topo.NS + "x.commands.0", "x" + topo.NS + ".commands.0", topo.NS + ".commands.0.dead"},
+		protocol.NewTopology(topo.NS+"-other", topo.QueueCount, topo.PartitionCount).Queues()...)
+	for _, q := range others {
+		if re.MatchString(q) {
+			t.Errorf("ScaledObject: queueName %q matches %s, which is not a command queue of %s", re, q, topo.NS)
+		}
 	}
 }
 
@@ -1181,6 +1274,10 @@ func checkPromQL(t *testing.T, where, expr string) {
 		metric := sel[1]
 		for _, m := range matcherRE.FindAllStringSubmatch(sel[2], -1) {
 			label, op, value := m[1], m[2], m[3]
+			if op == "=~" && label == "queue" && (strings.HasPrefix(metric, "rabbitmq_") || strings.HasPrefix(metric, "gw_queue_")) {
+				checkQueueRegex(t, where, value)
+				continue
+			}
 			if op != "=" && !(op == "=~" && label == "job") {
 				continue
 			}
@@ -1204,12 +1301,47 @@ func checkPromQL(t *testing.T, where, expr string) {
 					}
 				case label == "queue" && (strings.HasPrefix(metric, "rabbitmq_") || strings.HasPrefix(metric, "gw_queue_")):
 					ns, _, _ := strings.Cut(v, ".")
-					if !strings.Contains(v, "$") && !slices.Contains(protocol.NewTopology(ns).Queues(), v) {
-						t.Errorf("%s: queue %q is not a gateway queue", where, v)
+					if !strings.Contains(v, "$") && !slices.Contains(protocol.NewTopology(ns, protocol.MaxQueues, protocol.DefaultPartitions).Queues(), v) {
+						t.Errorf("%s: queue %q is not a gateway queue (the command queues are %s.commands.N)", where, v, ns)
 					}
 				}
 			}
 		}
+	}
+}
+
+// checkQueueRegex checks a queue=~"…" matcher of the dashboard ($ns is
+// the namespace) or the alerts: it must match some queue of a namespace
+// ("gw", four command queues), and one that names the command queues
+// (commands followed by a number) must match all of them and no other
+// queue.
+func checkQueueRegex(t *testing.T, where, value string) {
+	t.Helper()
+	expr := strings.ReplaceAll(strings.ReplaceAll(value, "$ns", "gw"), `\\`, `\`) // PromQL string escapes
+	if strings.Contains(expr, "$") {
+		return // another variable
+	}
+	re, err := regexp.Compile("^(?:" + expr + ")$") // PromQL anchors its regexes
+	if err != nil {
+		t.Errorf("%s: queue=~%q: %v", where, value, err)
+		return
+	}
+	topo := protocol.NewTopology("gw", 4, protocol.DefaultPartitions)
+	var matched []string
+	for _, q := range append(topo.Queues(), topo.FenceQueue) {
+		if re.MatchString(q) {
+			matched = append(matched, q)
+		}
+	}
+	if len(matched) == 0 {
+		t.Errorf("%s: queue=~%q matches no queue of %v", where, value, topo.Queues())
+	}
+	if strings.Contains(value, "commands") && strings.Contains(value, "[0-9]") && !slices.Equal(matched, topo.CommandQueues()) &&
+		!strings.Contains(value, "results") {
+		t.Errorf("%s: queue=~%q matches %v, want exactly the command queues %v", where, value, matched, topo.CommandQueues())
+	}
+	if slices.Contains(matched, topo.FenceQueue) && !strings.Contains(value, ".*") {
+		t.Errorf("%s: queue=~%q matches the fence %s, which carries no messages", where, value, topo.FenceQueue)
 	}
 }
 

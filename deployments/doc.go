@@ -9,8 +9,9 @@
 // package's test reads the files instead and checks them against the
 // sources: every GW_* variable is one the binary it is given to really
 // reads, every port and probe path is one it serves, every metric name in
-// a dashboard or an alert is one a service registers, and the KEDA trigger
-// watches the commands queue of protocol.NewTopology. When `docker
+// a dashboard or an alert is one a service registers, every service gets
+// the same GW_QUEUES and GW_PARTITIONS, and the KEDA trigger sums exactly
+// the command queues of protocol.NewTopology. When `docker
 // compose`, `kubectl` or `promtool` is installed the test also runs it on
 // the files; otherwise it logs that it skipped that check.
 package deployments

@@ -413,7 +413,7 @@ func scanSources(root string) (*facts, error) {
 		f.literals[bin] = literalsOf(files)
 	}
 	// Metrics may also be registered by shared packages.
-	for _, dir := range []string{"mailbox", "pushserver/ring", "internal/amqpx", "internal/telemetry"} {
+	for _, dir := range []string{"mailbox", "internal/ring", "internal/amqpx", "internal/telemetry"} {
 		files, err := parseDir(filepath.Join(root, dir))
 		if err != nil {
 			if os.IsNotExist(err) || strings.Contains(err.Error(), "no Go files") {
@@ -464,10 +464,13 @@ func sortedKeys[V any](m map[string]V) []string {
 // makes this test fail instead of making the others vacuous.
 func TestSourceFacts(t *testing.T) {
 	f := sourceFacts(t)
+	// Every service binds config.Scale: the fixed counts and the
+	// durability settings.
+	scale := []string{"GW_QUEUES", "GW_PARTITIONS", "GW_REDIS_WAIT_REPLICAS", "GW_DURABILITY", "GW_ANSWER_GRACE"}
 	want := map[string][]string{
-		"apiserver":  {"GW_AMQP_URL", "GW_REDIS_URL", "GW_NAMESPACE", "GW_LOG_LEVEL", "GW_LOG_FORMAT", "GW_AUTH_SECRET", "GW_HTTP_ADDR"},
-		"msgworker":  {"GW_AMQP_URL", "GW_REDIS_URL", "GW_NAMESPACE", "GW_LOG_LEVEL", "GW_LOG_FORMAT", "GW_METRICS_ADDR"},
-		"pushserver": {"GW_AMQP_URL", "GW_REDIS_URL", "GW_NAMESPACE", "GW_LOG_LEVEL", "GW_LOG_FORMAT", "GW_AUTH_SECRET", "GW_MQTT_ADDR", "GW_METRICS_ADDR", "GW_NODE_ID", "GW_ADVERTISE_URL"},
+		"apiserver":  append([]string{"GW_AMQP_URL", "GW_REDIS_URL", "GW_NAMESPACE", "GW_LOG_LEVEL", "GW_LOG_FORMAT", "GW_AUTH_SECRET", "GW_HTTP_ADDR"}, scale...),
+		"msgworker":  append([]string{"GW_AMQP_URL", "GW_REDIS_URL", "GW_NAMESPACE", "GW_LOG_LEVEL", "GW_LOG_FORMAT", "GW_METRICS_ADDR"}, scale...),
+		"pushserver": append([]string{"GW_AMQP_URL", "GW_REDIS_URL", "GW_NAMESPACE", "GW_LOG_LEVEL", "GW_LOG_FORMAT", "GW_AUTH_SECRET", "GW_MQTT_ADDR", "GW_METRICS_ADDR", "GW_NODE_ID", "GW_ADVERTISE_URL"}, scale...),
 	}
 	for bin, vars := range want {
 		for _, v := range vars {

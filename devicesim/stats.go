@@ -22,7 +22,7 @@ func statsCmd(ctx context.Context, g *globals) *cobra.Command {
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "stats",
-		Short: "Show queue depth, dead letters, mailboxes, timers and push servers (GET /v1/stats)",
+		Short: "Show queue depth (the command queues' sum and each one), dead letters, mailboxes, timers and push servers (GET /v1/stats)",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if token == "" {
@@ -72,6 +72,8 @@ func statsCmd(ctx context.Context, g *globals) *cobra.Command {
 }
 
 // writeTree prints nested JSON as indented "key: value" lines, keys sorted.
+// An element of a list that has a "name" (each command queue listed under
+// queues.{ns}.commands, whose numbers are their sum) is headed by it.
 func writeTree(w io.Writer, indent string, v any) {
 	switch x := v.(type) {
 	case map[string]any:
@@ -91,6 +93,19 @@ func writeTree(w io.Writer, indent string, v any) {
 		}
 	case []any:
 		for i, e := range x {
+			if m, ok := e.(map[string]any); ok {
+				if name, ok := m["name"].(string); ok {
+					fmt.Fprintf(w, "%s- %s\n", indent, name)
+					rest := make(map[string]any, len(m))
+					for k, v := range m {
+						if k != "name" {
+							rest[k] = v
+						}
+					}
+					writeTree(w, indent+"  ", rest)
+					continue
+				}
+			}
 			fmt.Fprintf(w, "%s- [%d]\n", indent, i)
 			writeTree(w, indent+"  ", e)
 		}

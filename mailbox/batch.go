@@ -5,93 +5,98 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
-
-	"github.com/redis/go-redis/v9"
 )
 
-// Group commit. Every script also exists in a batched form that runs the
-// same body once per item, inside one EVALSHA. Concurrent calls of one
-// script are coalesced into such batches: a call that finds fewer than
-// Options.BatchInFlight batches of its script running starts one at once
-// (when nothing else waits, it runs the plain script itself, with its own
-// ctx and no goroutine); otherwise it
-// waits in the queue, and the next batch to start takes everything queued
-// (up to Options.BatchMax). Under light load nothing waits and nothing is
-// batched; under heavy load one Redis call carries many transitions, which
-// saves the per-call work of Redis (reading, parsing, replying, waking
-// up), of the network and of go-redis, and the script's prelude.
+// Group commit. Concurrent calls of one step on one group of partitions
+// are coalesced into one call of the library's batch function, which
+// runs the step once per item. On one server (or Sentinel) every
+// partition is one group; on Cluster each partition is its own group,
+// because one call may only name the keys of one slot.
 //
-// Each item keeps the semantics of its own call. The items of a batch run
-// one after the other in Redis, each in a protected call (pcall), so an
-// item that fails returns its error to its caller only, with the writes it
-// made before the error kept, exactly as the plain script would have left
-// them; the other items are unaffected. All items of a batch see the same
-// clock (the batch's start). A caller whose ctx ends while its item waits
-// or runs gets ctx's error, and its item may still run: the same
-// uncertainty as a call whose reply was lost, which every caller already
-// handles (every transition is a compare-and-set).
-
-// luaScript is one script in its plain and batched forms.
-type luaScript struct {
-	body       string // the script's own code, without the library
-	one, batch *redis.Script
-}
-
-// batchWrapper turns a script body into the body of a batched script.
-// KEYS[i] is item i's key ("" for none); ARGV[1..5] are the common
-// arguments, then for each item its argument count followed by its
-// arguments. The reply holds one {1, value} or {0, error text} per item.
-const batchWrapperHead = `
-local function one(KEYS, ARGV)
-`
-
-const batchWrapperTail = `
-end
-local out, pos = {}, 6
-for i = 1, #KEYS do
-  local n = tonumber(ARGV[pos])
-  local a = {ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5]}
-  for j = 1, n do a[5 + j] = ARGV[pos + j] end
-  pos = pos + n + 1
-  local k = {}
-  if KEYS[i] ~= '' then k[1] = KEYS[i] end
-  local ok, v = pcall(one, k, a)
-  if ok then
-    if v == nil then v = false end
-    out[i] = {1, v}
-  elseif type(v) == 'table' and v.err then
-    out[i] = {0, v.err}
-  else
-    out[i] = {0, tostring(v)}
-  end
-end
-return out
-`
+// A call that finds fewer than Options.BatchInFlight batches of its
+// (step, group) running starts one at once (when nothing else waits, it
+// runs the plain step itself, with its own ctx); otherwise it waits in
+// the queue, and the next batch to start takes everything queued (up to
+// Options.BatchMax). Under light load nothing waits and nothing is
+// batched; under heavy load one Redis call carries many transitions,
+// which saves the per-call work of Redis, of the network and of go-redis.
+//
+// Each item keeps the semantics of its own call. Items run one after the
+// other in Redis, each in a protected call (pcall), so an item that fails
+// returns its error to its caller only, with the writes it made before
+// the error kept, exactly as the plain step would have left them. All
+// items of a batch see the same clock. A caller whose ctx ends while its
+// item waits or runs gets ctx's error, and its item may still run: the
+// same uncertainty as a call whose reply was lost, which every caller
+// already handles (every transition is a compare-and-set).
 
 // batchCall is one call waiting for, or in, a batch.
 type batchCall struct {
-	key  string
+	p    int
+	keys []string
 	args []any
 	v    any
 	err  error
 	done chan struct{}
 }
 
-// batcher coalesces the concurrent calls of one script.
+// batcher coalesces the concurrent calls of one step on one group.
 type batcher struct {
-	s  *Store
-	sc *luaScript
+	s    *Store
+	step string
 
 	mu      sync.Mutex
 	queue   []*batchCall
-	running int // batches in flight
+	running int
 
 	coalesced atomic.Int64 // calls that ran in a batch of more than one
 }
 
-// do runs the script for key and args, in a batch when others wait.
-func (b *batcher) do(ctx context.Context, key string, args []any) (any, error) {
-	c := &batchCall{key: key, args: args, done: make(chan struct{})}
+type batchKey struct {
+	step  string
+	group int
+}
+
+// batcherFor returns the batcher of step on p's group.
+func (s *Store) batcherFor(step string, p int) *batcher {
+	k := batchKey{step: step}
+	if s.cluster {
+		k.group = p
+	}
+	s.batchMu.Lock()
+	defer s.batchMu.Unlock()
+	b := s.batchers[k]
+	if b == nil {
+		b = &batcher{s: s, step: step}
+		s.batchers[k] = b
+	}
+	return b
+}
+
+// run runs step on partition p with keys and the step's own args,
+// coalesced with concurrent calls unless batching is off.
+func (s *Store) run(ctx context.Context, p int, step string, keys []string, args ...any) (any, error) {
+	if s.opts.BatchInFlight > 0 {
+		return s.batcherFor(step, p).do(ctx, p, keys, args)
+	}
+	return s.runNow(ctx, p, step, keys, args)
+}
+
+// runNow runs one plain step call.
+func (s *Store) runNow(ctx context.Context, p int, step string, keys []string, args []any) (any, error) {
+	return s.call(ctx, p, step, keys, append(s.commonArgs(len(args)), args...))
+}
+
+// commonArgs returns the arguments every step starts with (lib.lua's
+// begin), with room for n more.
+func (s *Store) commonArgs(n int) []any {
+	base := make([]any, 0, 4+n)
+	return append(base, s.clockMs(), s.opts.Retention.Milliseconds(), s.opts.MailboxCap, s.opts.AnswerGrace.Milliseconds())
+}
+
+// do runs the step for keys and args, in a batch when others wait.
+func (b *batcher) do(ctx context.Context, p int, keys []string, args []any) (any, error) {
+	c := &batchCall{p: p, keys: keys, args: args, done: make(chan struct{})}
 	b.mu.Lock()
 	b.queue = append(b.queue, c)
 	if b.running < b.s.opts.BatchInFlight {
@@ -99,10 +104,7 @@ func (b *batcher) do(ctx context.Context, key string, args []any) (any, error) {
 		batch := b.takeLocked()
 		b.mu.Unlock()
 		if len(batch) == 1 {
-			// Nothing else waits (the usual case under light load): run
-			// the call here, with its own ctx, and hand what queued up
-			// meanwhile to a goroutine.
-			c.v, c.err = b.s.runNow(ctx, b.sc, key, args...)
+			c.v, c.err = b.s.runNow(ctx, p, b.step, keys, args)
 			close(c.done)
 			b.next()
 			return c.v, c.err
@@ -119,7 +121,6 @@ func (b *batcher) do(ctx context.Context, key string, args []any) (any, error) {
 	}
 }
 
-// takeLocked takes up to BatchMax queued calls, oldest first.
 func (b *batcher) takeLocked() []*batchCall {
 	n := min(len(b.queue), b.s.opts.BatchMax)
 	batch := make([]*batchCall, n)
@@ -130,7 +131,6 @@ func (b *batcher) takeLocked() []*batchCall {
 	return batch
 }
 
-// loop runs batch, then the calls queued meanwhile, until none are left.
 func (b *batcher) loop(batch []*batchCall) {
 	for {
 		b.exec(batch)
@@ -145,8 +145,6 @@ func (b *batcher) loop(batch []*batchCall) {
 	}
 }
 
-// next ends a run started inline by do: the calls queued meanwhile go to
-// a goroutine, which keeps the run's slot; with none, the slot is freed.
 func (b *batcher) next() {
 	b.mu.Lock()
 	if len(b.queue) == 0 {
@@ -160,8 +158,7 @@ func (b *batcher) next() {
 }
 
 // exec runs one batch and hands each call its result. The calls' own
-// contexts do not bound it (they may end while it runs); go-redis's read
-// and write timeouts do.
+// contexts do not bound it; go-redis's read and write timeouts do.
 func (b *batcher) exec(batch []*batchCall) {
 	ctx := context.Background()
 	defer func() {
@@ -171,37 +168,55 @@ func (b *batcher) exec(batch []*batchCall) {
 	}()
 	if len(batch) == 1 {
 		c := batch[0]
-		c.v, c.err = b.s.runNow(ctx, b.sc, c.key, c.args...)
+		c.v, c.err = b.s.runNow(ctx, c.p, b.step, c.keys, c.args)
 		return
 	}
 	b.coalesced.Add(int64(len(batch)))
-	keys := make([]string, len(batch))
-	n := 0
-	for _, c := range batch {
-		n += 1 + len(c.args)
-	}
-	argv := b.s.commonArgs(n)
-	for i, c := range batch {
-		keys[i] = c.key
-		argv = append(argv, len(c.args))
-		argv = append(argv, c.args...)
-	}
-	v, err := b.s.scripts.call(ctx, b.sc, true, keys, argv)
+	v, err := b.s.runBatch(ctx, batch[0].p, b.step, batch)
 	if err != nil {
 		for _, c := range batch {
 			c.err = err
 		}
 		return
 	}
-	rows, _ := v.([]any)
 	for i, c := range batch {
+		c.v, c.err = v[i].v, v[i].err
+	}
+}
+
+type itemResult struct {
+	v   any
+	err error
+}
+
+// runBatch runs the items in one call of the batch function on p's node
+// and splits its reply.
+func (s *Store) runBatch(ctx context.Context, p int, step string, items []*batchCall) ([]itemResult, error) {
+	var keys []string
+	n := 1
+	for _, c := range items {
+		n += 2 + len(c.args)
+	}
+	argv := append(s.commonArgs(n), step)
+	for _, c := range items {
+		keys = append(keys, c.keys...)
+		argv = append(argv, len(c.keys), len(c.args))
+		argv = append(argv, c.args...)
+	}
+	v, err := s.call(ctx, p, "batch", keys, argv)
+	if err != nil {
+		return nil, err
+	}
+	rows, _ := v.([]any)
+	out := make([]itemResult, len(items))
+	for i := range items {
 		if i >= len(rows) {
-			c.err = fmt.Errorf("mailbox: batched script answered %d rows for %d calls", len(rows), len(batch))
+			out[i].err = fmt.Errorf("mailbox: batched step answered %d rows for %d calls", len(rows), len(items))
 			continue
 		}
 		row, _ := rows[i].([]any)
 		if len(row) == 0 {
-			c.err = fmt.Errorf("mailbox: batched script answered %v for a call", rows[i])
+			out[i].err = fmt.Errorf("mailbox: batched step answered %v for a call", rows[i])
 			continue
 		}
 		if ok, _ := row[0].(int64); ok != 1 {
@@ -209,23 +224,22 @@ func (b *batcher) exec(batch []*batchCall) {
 			if len(row) > 1 {
 				msg = fmt.Sprint(row[1])
 			}
-			c.err = scriptError(msg)
+			out[i].err = s.classify(scriptError(msg))
 			continue
 		}
 		if len(row) > 1 {
-			c.v = row[1]
+			out[i].v = row[1]
 		}
 	}
+	return out, nil
 }
 
 // scriptError is the error one item of a batch raised in Redis. Like the
 // errors go-redis returns for a failed script, it is a redis.Error, so
-// callers classify it the same way (by its text: "OOM …", "BUSY …").
+// callers classify it the same way.
 type scriptError string
 
 func (e scriptError) Error() string { return string(e) }
 
 // RedisError marks scriptError as a redis.Error.
 func (scriptError) RedisError() {}
-
-var _ redis.Error = scriptError("")

@@ -25,16 +25,18 @@ func TestBatchItemErrorIsItsOwn(t *testing.T) {
 	s := New(rdb, testenv.Namespace(t), Options{})
 	ctx := context.Background()
 	// A mailbox key holding a string: XLEN fails with WRONGTYPE.
-	if err := rdb.Set(ctx, s.keys.Mailbox("bad"), "x", time.Minute).Err(); err != nil {
+	if err := rdb.Set(ctx, s.part("bad").Mailbox("bad"), "x", time.Minute).Err(); err != nil {
 		t.Fatal(err)
 	}
 	exp := time.Now().Add(time.Minute).UnixMilli()
 	ids := []string{"a", "b", "bad", "c"}
 	batch := make([]*batchCall, len(ids))
 	for i, id := range ids {
-		batch[i] = &batchCall{key: s.keys.Mailbox(id), args: []any{id, "t/" + id, "p" + id, exp, ""}, done: make(chan struct{})}
+		pk := s.part(id)
+		batch[i] = &batchCall{p: s.PartitionOf(id), keys: []string{pk.Mailbox(id), pk.Mailboxes(), pk.Session(id)},
+			args: []any{id, "t/" + id, "p" + id, exp}, done: make(chan struct{})}
 	}
-	s.batchers[putScript].exec(batch)
+	s.batcherFor(stepPut, 0).exec(batch)
 	for i, c := range batch {
 		select {
 		case <-c.done:
@@ -59,8 +61,8 @@ func TestBatchItemErrorIsItsOwn(t *testing.T) {
 	}
 }
 
-// A batch whose items return nothing, a table and a string keeps each
-// item's value as the plain script returns it.
+// A batch whose items return a string, a table and an integer keeps
+// each item's value as the plain step returns it.
 func TestBatchRepliesMatchPlainScript(t *testing.T) {
 	t.Parallel()
 	rdb := testenv.Redis(t)
@@ -69,34 +71,53 @@ func TestBatchRepliesMatchPlainScript(t *testing.T) {
 	if err := s.SetSession(ctx, "d1", "node-1"); err != nil {
 		t.Fatal(err)
 	}
-	plain := func(sc *luaScript, key string, args ...any) any {
-		v, err := s.runNow(ctx, sc, key, args...)
+	plain := func(p int, step string, keys []string, args ...any) any {
+		v, err := s.runNow(ctx, p, step, keys, args)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return v
 	}
-	b := &batcher{s: s, sc: keysScript}
-	args := []any{"c", "k", "d", "i", "n", 7}
+	// mark_queued of a missing record: a string.
+	p, keys := s.cmdKeys("d1", "c1", "missing")
+	args := []any{s.horizonMs()}
+	b := &batcher{s: s, step: stepMarkQueued}
 	calls := []*batchCall{
-		{args: args, done: make(chan struct{})},
-		{args: args, done: make(chan struct{})},
+		{p: p, keys: keys, args: args, done: make(chan struct{})},
+		{p: p, keys: keys, args: args, done: make(chan struct{})},
 	}
 	b.exec(calls)
-	want := fmt.Sprint(plain(keysScript, "", args...))
+	want := fmt.Sprint(plain(p, stepMarkQueued, keys, args...))
+	if want != "notfound" {
+		t.Fatalf("plain mark_queued of a missing record = %s, want notfound", want)
+	}
 	for i, c := range calls {
 		if c.err != nil || fmt.Sprint(c.v) != want {
 			t.Errorf("call %d: got %v, %v; want %s", i, c.v, c.err, want)
+		}
+	}
+	// session_set of the same node: the node registered before.
+	pk := s.part("d1")
+	skeys := []string{pk.Session("d1"), pk.SessionConn("d1")}
+	b = &batcher{s: s, step: stepSessionSet}
+	calls = []*batchCall{
+		{p: pk.P, keys: skeys, args: []any{"node-1", ""}, done: make(chan struct{})},
+		{p: pk.P, keys: skeys, args: []any{"node-1", ""}, done: make(chan struct{})},
+	}
+	b.exec(calls)
+	for i, c := range calls {
+		if c.err != nil || fmt.Sprint(c.v) != "node-1" {
+			t.Errorf("session_set %d: got %v, %v; want node-1", i, c.v, c.err)
 		}
 	}
 	// Prune of a non-empty mailbox returns 0, of an empty one 1.
 	if _, err := s.Put(ctx, "full", "t", []byte("p"), time.Now().Add(time.Minute), ""); err != nil {
 		t.Fatal(err)
 	}
-	b = &batcher{s: s, sc: pruneScript}
+	b = &batcher{s: s, step: stepPrune}
 	calls = []*batchCall{
-		{key: s.keys.Mailbox("full"), args: []any{"full"}, done: make(chan struct{})},
-		{key: s.keys.Mailbox("empty"), args: []any{"empty"}, done: make(chan struct{})},
+		{p: s.PartitionOf("full"), keys: []string{s.part("full").Mailbox("full"), s.part("full").Mailboxes()}, args: []any{"full"}, done: make(chan struct{})},
+		{p: s.PartitionOf("empty"), keys: []string{s.part("empty").Mailbox("empty"), s.part("empty").Mailboxes()}, args: []any{"empty"}, done: make(chan struct{})},
 	}
 	b.exec(calls)
 	for i, want := range []int64{0, 1} {
@@ -139,7 +160,7 @@ func TestBatchedConcurrentReserves(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if n := s.batchers[reserveScript].coalesced.Load(); n == 0 {
+	if n := s.batcherFor(stepReserve, 0).coalesced.Load() + s.batcherFor(stepClaim, 0).coalesced.Load(); n == 0 {
 		t.Errorf("no call ran in a batch of more than one")
 	}
 	if len(reserved) != keys {
@@ -157,7 +178,7 @@ func TestBatchCallerContext(t *testing.T) {
 	t.Parallel()
 	rdb := testenv.Redis(t)
 	s := New(rdb, testenv.Namespace(t), Options{BatchInFlight: 1})
-	b := s.batchers[putScript]
+	b := s.batcherFor(stepPut, s.PartitionOf("x"))
 	// Occupy the only slot, so the next call waits in the queue.
 	b.mu.Lock()
 	b.running = 1
@@ -205,16 +226,15 @@ func TestFunctionLibraryReloads(t *testing.T) {
 	}
 	put()
 	name := theLibrary().name
-	if got := s.scripts.state.Load(); got != libFunctions {
-		t.Fatalf("runner state after a call = %d, want libFunctions (%d)", got, libFunctions)
-	}
 	if err := rdb.FunctionDelete(ctx, name).Err(); err != nil {
 		t.Fatalf("FUNCTION DELETE: %v", err)
 	}
-	// Concurrent calls that all find it missing load it once. (Other test
-	// processes share this Redis and the library: one of them may load it
-	// first, so this Store may load it zero times, never more than once.)
-	loads := s.scripts.loads.Load()
+	// Concurrent calls that all find it missing load it at most once per
+	// call in flight (Options.BatchInFlight, 4): the calls that wait are
+	// batched after a load. (Other test processes share this Redis and the
+	// library: one of them may load it first, so this Store may load it
+	// zero times.)
+	loads := s.loads.Load()
 	var wg sync.WaitGroup
 	for range 20 {
 		wg.Add(1)
@@ -226,8 +246,8 @@ func TestFunctionLibraryReloads(t *testing.T) {
 		}()
 	}
 	wg.Wait()
-	if got := s.scripts.loads.Load() - loads; got > 1 {
-		t.Errorf("loaded the library %d times for 20 concurrent calls, want at most 1", got)
+	if got := s.loads.Load() - loads; got > int64(s.opts.BatchInFlight) {
+		t.Errorf("loaded the library %d times for 20 concurrent calls, want at most %d", got, s.opts.BatchInFlight)
 	}
 	libs, err := rdb.FunctionList(ctx, redis.FunctionListQuery{LibraryNamePattern: name}).Result()
 	if err != nil || len(libs) != 1 {
@@ -235,31 +255,5 @@ func TestFunctionLibraryReloads(t *testing.T) {
 	}
 	if n, err := s.Len(ctx, "x"); err != nil || n != 21 {
 		t.Errorf("mailbox holds %d (%v), want 21", n, err)
-	}
-}
-
-// With NoFunctions the same operations run by EVALSHA, plain and batched.
-func TestEvalScriptsWithoutFunctions(t *testing.T) {
-	t.Parallel()
-	rdb := testenv.Redis(t)
-	s := New(rdb, testenv.Namespace(t), Options{NoFunctions: true, BatchInFlight: 1})
-	ctx := context.Background()
-	var wg sync.WaitGroup
-	for i := range 50 {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			c := newTestCommand(t, "c1", "d1", fmt.Sprintf("%d", i+1))
-			if out, _, err := s.Reserve(ctx, c); err != nil || out != Reserved {
-				t.Errorf("Reserve %d = %v, %v; want reserved", i, out, err)
-			}
-		}()
-	}
-	wg.Wait()
-	if got := s.scripts.state.Load(); got != libEval {
-		t.Errorf("runner state = %d, want libEval (%d)", got, libEval)
-	}
-	if n := s.batchers[reserveScript].coalesced.Load(); n == 0 {
-		t.Errorf("no Reserve ran batched")
 	}
 }

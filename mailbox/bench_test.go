@@ -66,7 +66,7 @@ func lifecycle(b *testing.B, s *mailbox.Store) func(i int) {
 		if err != nil || out != mailbox.Reserved {
 			b.Fatalf("Reserve = %v, %v", out, err)
 		}
-		if err := s.MarkQueued(ctx, client, id.Key(), rec.LeaseToken); err != nil {
+		if err := s.MarkQueued(ctx, device, client, id.Key()); err != nil {
 			b.Fatal(err)
 		}
 		payload, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": c.Method, "id": id.Raw()})
@@ -90,7 +90,7 @@ func lifecycle(b *testing.B, s *mailbox.Store) func(i int) {
 				}
 			}
 		}
-		if out, err := s.Complete(ctx, client, id.Key(), device, resp, "node-c"); err != nil || out != mailbox.OutcomeSucceeded {
+		if out, err := s.Complete(ctx, client, id.Key(), device, resp, 0, "node-c"); err != nil || out != mailbox.OutcomeSucceeded {
 			b.Fatalf("Complete = %v, %v", out, err)
 		}
 		es, err = s.Fetch(ctx, client, "", 10)

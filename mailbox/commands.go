@@ -3,6 +3,7 @@ package mailbox
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
@@ -14,50 +15,72 @@ import (
 	"github.com/iotgw/gateway/protocol"
 )
 
-// Reserve atomically creates the record of (c.Client, c.ID) as pending
-// with a lease, or reports what is there.
+// Reserve claims (c.Client, c.ID) for c.Device and this body in the
+// client's partition, then creates the record as pending with a lease in
+// the device's partition, or reports what is there (DESIGN §7: intake
+// claims the id first, then reserves the record; a crash between leaves a
+// claim that a retry completes).
 //
 // c needs Client, Device, ID, Method, Params, Fingerprint, Timeout and
-// ExpiresIn; CreatedAt defaults to now, and DeliverBy is CreatedAt +
-// ExpiresIn. The returned command is the stored record: for Reserved and
-// Retake it carries the LeaseToken, CreatedAt and DeliverBy the caller
-// puts in the envelope (AcceptedAt, DeliverBy). Exists returns the
-// existing record without a token. A record with the same (client, id) but
-// a different fingerprint gives ErrConflict, with the existing record.
+// ExpiresIn. The partition's clock sets CreatedAt (accepted-at) and
+// DeliverBy = CreatedAt + ExpiresIn; the returned command is the stored
+// record: for Reserved and Retake it carries the LeaseToken, CreatedAt and
+// DeliverBy the caller puts in the envelope. Exists returns the existing
+// record without a token (or, for a command whose record is gone and
+// whose claim is final, a command built from the claim). A claim or a
+// record with another device or fingerprint gives ErrConflict.
 //
-// A pending record expires ExpiresIn + Timeout + Lease + Retention after
-// its last reservation, so an abandoned reservation does not stay forever
-// while a command whose message waits in RabbitMQ until its deliver-by
-// (and whose MarkQueued was lost) is still there for Dispatch; MarkQueued
-// (or a Dispatch) removes that expiry. Reserve also arms the command's
-// deliver-by timer, at DeliverBy but not before the lease ends (see
-// FireTimers), and a Retake moves it to the new DeliverBy.
+// A pending record expires ExpiresIn + Timeout + Lease + 2 × grace +
+// Retention after its last reservation, so an abandoned reservation does
+// not stay forever while a command whose message waits in RabbitMQ until
+// its deliver-by is still there for Dispatch. Reserve also arms the
+// deliver-by timer, at DeliverBy but not before the lease ends.
 func (s *Store) Reserve(ctx context.Context, c *Command) (ReserveOutcome, *Command, error) {
 	if c == nil || c.Client == "" || c.Device == "" || c.ID.IsZero() {
 		return 0, nil, errors.New("mailbox: Reserve needs a client, a device and an id")
 	}
-	created := c.CreatedAt
-	if created.IsZero() {
-		created = s.now()
-	}
-	v, err := s.run(ctx, reserveScript, s.keys.Command(c.Client, c.ID.Key()),
-		c.Client, c.Device, string(c.ID.Raw()), c.ID.Key(), c.Method, string(c.Params),
-		c.Fingerprint, c.Timeout.Milliseconds(), c.ExpiresIn.Milliseconds(),
-		created.UnixMilli(), newToken(), s.opts.Lease.Milliseconds())
+	key := c.ID.Key()
+	lifetime := (c.ExpiresIn + c.Timeout + s.opts.Lease + 2*s.opts.AnswerGrace + s.opts.Retention).Milliseconds()
+	cp := s.PartitionOf(c.Client)
+	v, err := s.run(ctx, cp, stepClaim, []string{s.keys.Part(cp).Claim(c.Client, key)}, c.Device, c.Fingerprint, lifetime)
 	if err != nil {
-		return 0, nil, fmt.Errorf("cannot reserve command %s: %w", c.ID.Key(), err)
+		return 0, nil, fmt.Errorf("cannot claim command %s: %w", key, err)
 	}
 	head, val := reply(v)
+	switch head {
+	case "conflict":
+		return Exists, nil, fmt.Errorf("%w: command %s", ErrConflict, key)
+	case "same":
+		if val == "final" {
+			// Final and relayed: the claim answers, whatever became of
+			// the record.
+			if rec, err := s.Get(ctx, c.Client, key); err == nil {
+				return Exists, rec, nil
+			}
+		}
+	case "new":
+	default:
+		return 0, nil, fmt.Errorf("cannot claim command %s: unexpected reply %q", key, head)
+	}
+	p, keys := s.cmdKeys(c.Device, c.Client, key)
+	v, err = s.run(ctx, p, stepReserve, keys,
+		c.Client, c.Device, string(c.ID.Raw()), key, c.Method, string(c.Params),
+		c.Fingerprint, c.Timeout.Milliseconds(), c.ExpiresIn.Milliseconds(),
+		newToken(), s.opts.Lease.Milliseconds())
+	if err != nil {
+		return 0, nil, fmt.Errorf("cannot reserve command %s: %w", key, err)
+	}
+	head, val = reply(v)
 	rec, err := recordReply(val)
 	if err != nil {
 		return 0, nil, err
 	}
 	if rec == nil {
-		return 0, nil, fmt.Errorf("cannot reserve command %s: empty reply", c.ID.Key())
+		return 0, nil, fmt.Errorf("cannot reserve command %s: empty reply", key)
 	}
 	switch head {
 	case "corrupt":
-		return 0, nil, fmt.Errorf("cannot reserve command %s: corrupt record", c.ID.Key())
+		return 0, nil, fmt.Errorf("cannot reserve command %s: corrupt record", key)
 	case "reserved":
 		return Reserved, rec, nil
 	case "retake":
@@ -67,22 +90,21 @@ func (s *Store) Reserve(ctx context.Context, c *Command) (ReserveOutcome, *Comma
 		return Exists, rec, nil
 	case "conflict":
 		rec.LeaseToken = ""
-		return Exists, rec, fmt.Errorf("%w: command %s", ErrConflict, c.ID.Key())
+		return Exists, rec, fmt.Errorf("%w: command %s", ErrConflict, key)
 	}
-	return 0, nil, fmt.Errorf("cannot reserve command %s: unexpected reply %q", c.ID.Key(), head)
+	return 0, nil, fmt.Errorf("cannot reserve command %s: unexpected reply %q", key, head)
 }
 
 // MarkQueued records that the command's publish was confirmed: pending →
 // queued (stamps QueuedAt, removes the lease and the pending expiry,
-// indexes the command in ClientCommands). A record already queued or
-// beyond is left alone (nil error). ErrNotFound when there is no record.
+// lists the command in ClientCommands). A record already queued or beyond
+// is left alone (nil error). ErrNotFound when there is no record.
 //
 // Any pending record is marked queued, whoever holds the lease now: a
-// confirmed publish makes the command durable in RabbitMQ, so refusing it
-// because another request retook the lease meanwhile could only lose a
-// command. leaseToken is accepted for symmetry with Release and for logs.
-func (s *Store) MarkQueued(ctx context.Context, client, idKey, leaseToken string) error {
-	v, err := s.run(ctx, markQueuedScript, s.keys.Command(client, idKey))
+// confirmed publish makes the command durable in RabbitMQ.
+func (s *Store) MarkQueued(ctx context.Context, device, client, idKey string) error {
+	p, keys := s.cmdKeys(device, client, idKey)
+	v, err := s.run(ctx, p, stepMarkQueued, keys, s.horizonMs())
 	if err != nil {
 		return fmt.Errorf("cannot mark command %s queued: %w", idKey, err)
 	}
@@ -95,31 +117,56 @@ func (s *Store) MarkQueued(ctx context.Context, client, idKey, leaseToken string
 	return nil
 }
 
-// Release deletes a pending reservation held with leaseToken: the publish
-// definitely failed (nack, returned, or never sent). Otherwise it does
-// nothing. When the lease had been retaken from an earlier holder, whose
-// publish may still be confirmed, the record is kept and only the lease
-// ends (a retry retakes it). After a confirm timeout, prefer to let the
-// lease run out rather than Release.
-func (s *Store) Release(ctx context.Context, client, idKey, leaseToken string) error {
+// Release ends a pending reservation held with leaseToken whose publish
+// definitely failed (nack, returned, or never sent): the record becomes a
+// void tombstone (DESIGN §7a: never deleted), which a retry with the same
+// body reserves afresh; the claim stays, so another body is 409. When the
+// lease had been retaken from an earlier holder, whose publish may still
+// be confirmed, only the lease ends. After a confirm timeout, prefer to
+// let the lease run out rather than Release.
+func (s *Store) Release(ctx context.Context, device, client, idKey, leaseToken string) error {
 	if leaseToken == "" {
 		return nil
 	}
-	if _, err := s.run(ctx, releaseScript, s.keys.Command(client, idKey), leaseToken); err != nil {
+	p, keys := s.cmdKeys(device, client, idKey)
+	if _, err := s.run(ctx, p, stepRelease, keys, leaseToken); err != nil {
 		return fmt.Errorf("cannot release command %s: %w", idKey, err)
 	}
 	return nil
 }
 
-// Get returns the command (client, idKey), or ErrNotFound. A pending
+// claimOf reads the claim of (client, idKey): nil when there is none.
+func (s *Store) claimOf(ctx context.Context, client, idKey string) (map[string]string, error) {
+	m, err := s.rdb.HGetAll(ctx, s.part(client).Claim(client, idKey)).Result()
+	if err != nil {
+		return nil, s.classify(err)
+	}
+	if len(m) == 0 || m["device"] == "" {
+		return nil, nil
+	}
+	return m, nil
+}
+
+// Get returns the command (client, idKey), or ErrNotFound. It finds the
+// device through the client's claim, reads the record in the device's
+// partition, and reports the final status and response the claim holds
+// (the client's ledger, DESIGN §7a) when the claim is final. A pending
 // record is returned as pending even when its lease ran out (LeaseUntil
-// tells); LeaseToken is never returned.
+// tells); LeaseToken is never returned. A void record (a released
+// reservation) is not found.
 func (s *Store) Get(ctx context.Context, client, idKey string) (*Command, error) {
-	m, err := s.rdb.HGetAll(ctx, s.keys.Command(client, idKey)).Result()
+	cl, err := s.claimOf(ctx, client, idKey)
 	if err != nil {
 		return nil, fmt.Errorf("cannot get command %s: %w", idKey, err)
 	}
-	if len(m) == 0 {
+	if cl == nil {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, idKey)
+	}
+	m, err := s.rdb.HGetAll(ctx, s.part(cl["device"]).Command(client, idKey)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("cannot get command %s: %w", idKey, s.classify(err))
+	}
+	if len(m) == 0 || m[fStatus] == string(protocol.StatusVoid) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, idKey)
 	}
 	c, err := decodeRecord(m)
@@ -127,24 +174,39 @@ func (s *Store) Get(ctx context.Context, client, idKey string) (*Command, error)
 		return nil, err
 	}
 	c.LeaseToken = ""
+	if cl["state"] == "final" && cl["status"] != "" && cl["gen"] == strconv.Itoa(c.Replays) {
+		c.Status = protocol.Status(cl["status"])
+		c.Response = json.RawMessage(cl["resp"])
+		c.ResultDropped = cl["dropped"] == "1"
+		if t := msTime(cl["finished"]); !t.IsZero() {
+			c.FinishedAt = t
+		}
+	}
 	return c, nil
 }
 
 // Cancel cancels a command that is not on the wire yet: queued, or sent
 // while its mailbox entry has not been taken by a push server (SendingAt
-// zero). It removes the device-mailbox entry, cancels the timers, appends
-// the client's -32004 result (signalling clientOwner unless the client's
-// live session is elsewhere), sets the retention expiry, and returns the
-// updated command. For any other status it returns the command and an
-// error wrapping ErrState (the apiserver answers 409). ErrNotFound when
-// there is no record.
+// zero). It removes the device-mailbox entry, cancels the timers, relays
+// the client's -32004 result (waking clientOwner unless the client's live
+// session is elsewhere), and returns the updated command. For any other
+// status it returns the command and an error wrapping ErrState (the
+// apiserver answers 409). ErrNotFound when there is no record.
 func (s *Store) Cancel(ctx context.Context, client, idKey string, clientOwner string) (*Command, error) {
 	const reason = "cancelled by the client"
-	v, err := s.run(ctx, cancelScript, s.keys.Command(client, idKey),
-		gatewayError(protocol.StatusCancelled, reason), reason, clientOwner)
+	cl, err := s.claimOf(ctx, client, idKey)
 	if err != nil {
 		return nil, fmt.Errorf("cannot cancel command %s: %w", idKey, err)
 	}
+	if cl == nil {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, idKey)
+	}
+	p, keys := s.cmdKeys(cl["device"], client, idKey)
+	v, err := s.run(ctx, p, stepCancel, keys, gatewayError(protocol.StatusCancelled, reason), reason)
+	if err != nil {
+		return nil, fmt.Errorf("cannot cancel command %s: %w", idKey, err)
+	}
+	a, _ := v.([]any)
 	head, val := reply(v)
 	switch head {
 	case "notfound":
@@ -162,6 +224,9 @@ func (s *Store) Cancel(ctx context.Context, client, idKey string, clientOwner st
 	rec.LeaseToken = ""
 	if head != "cancelled" {
 		return rec, fmt.Errorf("%w: command %s is %s", ErrState, idKey, rec.Status)
+	}
+	if len(a) > 3 {
+		rec.ResultDropped = s.relayNow(ctx, parseOutbox(p, a[3]), clientOwner)
 	}
 	return rec, nil
 }
@@ -185,7 +250,8 @@ func (s *Store) List(ctx context.Context, client, device string, status protocol
 			return nil, "", fmt.Errorf("mailbox: bad cursor %q", cursor)
 		}
 	}
-	ik := s.keys.ClientCommands(client, device)
+	pk := s.part(device)
+	ik := pk.ClientCommands(client, device)
 	var out []*Command
 	scanned := 0
 	chunk := limit
@@ -206,7 +272,7 @@ func (s *Store) List(ctx context.Context, client, device string, status protocol
 		cmds := make([]*redis.MapStringStringCmd, len(zs))
 		_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, z := range zs {
-				cmds[i] = p.HGetAll(ctx, s.keys.Command(client, z.Member.(string)))
+				cmds[i] = p.HGetAll(ctx, pk.Command(client, z.Member.(string)))
 			}
 			return nil
 		})
@@ -220,6 +286,9 @@ func (s *Store) List(ctx context.Context, client, device string, status protocol
 			m := cmds[i].Val()
 			if len(m) == 0 {
 				gone = append(gone, z.Member)
+				continue
+			}
+			if m[fStatus] == string(protocol.StatusVoid) {
 				continue
 			}
 			c, err := decodeRecord(m)
@@ -314,45 +383,54 @@ func (s *Store) zpage(ctx context.Context, key string, cur zcursor, n int) ([]re
 	}
 }
 
-// cancelAllPage is how many index members CancelAll hands to one script.
+// cancelAllPage is how many listing members CancelAll reads at a time.
 const cancelAllPage = 200
 
 // CancelAll cancels every cancellable command (see Cancel) of client to
-// device and returns how many it cancelled. It looks only at the index
-// members created within Options.MaxLifetime + Lease (no older command
-// can still be queued or sent, except a dead command an operator
-// replayed: cancel that one by id), a page at a time, each page in one
-// script.
+// device and returns how many it cancelled. It looks only at the listing
+// members created within Options.MaxLifetime + Lease (no older command can
+// still be queued or sent, except a dead command an operator replayed:
+// cancel that one by id), a page at a time; each page's cancels run as one
+// batch of the cancel step, which re-checks every record.
 func (s *Store) CancelAll(ctx context.Context, client, device, clientOwner string) (int, error) {
 	const reason = "cancelled by the client"
 	body := gatewayError(protocol.StatusCancelled, reason)
-	ik := s.keys.ClientCommands(client, device)
+	ik := s.part(device).ClientCommands(client, device)
 	oldest := s.now().Add(-s.opts.MaxLifetime - s.opts.Lease).UnixMilli()
 	n := 0
 	var cur zcursor
 	for {
 		zs, end, err := s.zpage(ctx, ik, cur, cancelAllPage)
 		if err != nil {
-			return n, fmt.Errorf("cannot cancel commands: %w", err)
+			return n, fmt.Errorf("cannot cancel commands: %w", s.classify(err))
 		}
-		args := make([]any, 0, 4+len(zs))
-		args = append(args, body, reason, clientOwner, client)
+		var items []*batchCall
 		for _, z := range zs {
 			if int64(z.Score) < oldest {
 				end = true
 				break
 			}
 			m, _ := z.Member.(string)
-			args = append(args, m)
+			_, keys := s.cmdKeys(device, client, m)
+			items = append(items, &batchCall{keys: keys, args: []any{body, reason}})
 			cur = zcursor{score: int64(z.Score), member: m, set: true}
 		}
-		if len(args) > 4 {
-			v, err := s.run(ctx, cancelManyScript, ik, args...)
+		if len(items) > 0 {
+			p := s.PartitionOf(device)
+			res, err := s.runBatch(ctx, p, stepCancel, items)
 			if err != nil {
 				return n, fmt.Errorf("cannot cancel commands: %w", err)
 			}
-			k, _ := v.(int64)
-			n += int(k)
+			for _, r := range res {
+				if r.err != nil {
+					continue
+				}
+				a, _ := r.v.([]any)
+				if head, _ := reply(r.v); head == "cancelled" && len(a) > 3 {
+					n++
+					s.relayNow(ctx, parseOutbox(p, a[3]), clientOwner)
+				}
+			}
 		}
 		if end || len(zs) == 0 {
 			return n, nil

@@ -3,9 +3,8 @@ package mailbox
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strings"
-
-	"github.com/redis/go-redis/v9"
 
 	"github.com/iotgw/gateway/protocol"
 )
@@ -32,20 +31,25 @@ import (
 // compare-and-set makes that harmless (a final command records it as
 // late, a redelivery is a duplicate), and otherwise leave the command to
 // its answer-within timer, which ends it as timeout.
-func (s *Store) MarkDead(ctx context.Context, client, idKey, reason, clientOwner string) (Outcome, error) {
+func (s *Store) MarkDead(ctx context.Context, device, client, idKey, reason, clientOwner string) (Outcome, error) {
 	if reason == "" {
 		reason = "could not be processed within the delivery limit"
 	}
-	v, err := s.run(ctx, deadScript, s.keys.Command(client, idKey),
-		gatewayError(protocol.StatusDead, reason), reason, clientOwner)
+	p, keys := s.cmdKeys(device, client, idKey)
+	v, err := s.run(ctx, p, stepDead, keys, gatewayError(protocol.StatusDead, reason), reason, s.horizonMs())
 	if err != nil {
 		return "", fmt.Errorf("cannot mark command %s dead: %w", idKey, err)
 	}
-	if v == "corrupt" {
+	a, _ := v.([]any)
+	head, _ := reply(v)
+	if head == "corrupt" {
 		s.log.Warn("dead letter of a corrupt record: nothing changed", "client_id", client, "msg_id", idKey)
 		return OutcomeNoop, nil
 	}
-	return Outcome(fmt.Sprint(v)), nil
+	if len(a) > 3 {
+		s.relayNow(ctx, parseOutbox(p, a[3]), clientOwner)
+	}
+	return Outcome(head), nil
 }
 
 // DeadList returns dead-lettered commands, newest first, at most limit
@@ -63,51 +67,81 @@ func (s *Store) DeadList(ctx context.Context, limit int, cursor string) ([]*Comm
 			return nil, "", fmt.Errorf("mailbox: bad cursor %q", cursor)
 		}
 	}
-	dk := s.keys.Dead()
+	// Merge the partitions' dead sets, newest first. The merged order is
+	// (score, "ppppp|client|key") descending, so a cursor names one place
+	// in it; each partition resumes after that place.
+	type cand struct {
+		p      int
+		score  int64
+		member string // client|key
+		merged string
+	}
+	var all []cand
+	for p := 0; p < s.opts.Partitions; p++ {
+		pc := zcursor{}
+		if cur.set {
+			prefix := fmt.Sprintf("%05d|", p)
+			switch {
+			case strings.HasPrefix(cur.member, prefix):
+				pc = zcursor{score: cur.score, member: strings.TrimPrefix(cur.member, prefix), set: true}
+			case prefix > cur.member[:min(len(cur.member), 6)]:
+				pc = zcursor{score: cur.score, member: "", set: true} // its ties came before
+			default:
+				pc = zcursor{score: cur.score + 1, member: "", set: true} // its ties come after
+			}
+		}
+		dk := s.keys.Part(p).Dead()
+		n, err := s.rdb.Exists(ctx, dk).Result()
+		if err != nil {
+			return nil, "", fmt.Errorf("cannot list dead commands: %w", s.classify(err))
+		}
+		if n == 0 {
+			continue
+		}
+		zs, _, err := s.zpage(ctx, dk, pc, limit+1)
+		if err != nil {
+			return nil, "", fmt.Errorf("cannot list dead commands: %w", s.classify(err))
+		}
+		for _, z := range zs {
+			m, _ := z.Member.(string)
+			all = append(all, cand{p: p, score: int64(z.Score), member: m, merged: fmt.Sprintf("%05d|%s", p, m)})
+		}
+	}
+	sort.Slice(all, func(i, j int) bool {
+		if all[i].score != all[j].score {
+			return all[i].score > all[j].score
+		}
+		return all[i].merged > all[j].merged
+	})
+	more := len(all) > limit
+	if more {
+		all = all[:limit]
+	}
 	var out []*Command
-	for len(out) < limit {
-		zs, end, err := s.zpage(ctx, dk, cur, limit-len(out))
+	for _, c := range all {
+		cur = zcursor{score: c.score, member: c.merged, set: true}
+		client, key, _ := strings.Cut(c.member, "|")
+		pk := s.keys.Part(c.p)
+		m, err := s.rdb.HGetAll(ctx, pk.Command(client, key)).Result()
 		if err != nil {
-			return nil, "", fmt.Errorf("cannot list dead commands: %w", err)
+			return nil, "", fmt.Errorf("cannot list dead commands: %w", s.classify(err))
 		}
-		if len(zs) == 0 {
-			return out, "", nil
-		}
-		cmds := make([]*redis.MapStringStringCmd, len(zs))
-		_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-			for i, z := range zs {
-				client, key, _ := strings.Cut(z.Member.(string), "|")
-				cmds[i] = p.HGetAll(ctx, s.keys.Command(client, key))
-			}
-			return nil
-		})
-		if err != nil {
-			return nil, "", fmt.Errorf("cannot list dead commands: %w", err)
-		}
-		var gone []any
-		for i, z := range zs {
-			cur = zcursor{score: int64(z.Score), member: z.Member.(string), set: true}
-			m := cmds[i].Val()
-			if st := protocol.Status(m[fStatus]); st != protocol.StatusDead && st != protocol.StatusQueued {
-				gone = append(gone, z.Member)
-				continue
-			}
-			c, err := decodeRecord(m)
-			if err != nil {
-				s.log.Warn("skipping corrupt dead record", "member", z.Member, "err", err)
-				continue
-			}
-			c.LeaseToken = ""
-			out = append(out, c)
-		}
-		if len(gone) > 0 {
-			if err := s.rdb.ZRem(ctx, dk, gone...).Err(); err != nil {
+		if st := protocol.Status(m[fStatus]); st != protocol.StatusDead && st != protocol.StatusQueued {
+			if err := s.rdb.ZRem(ctx, pk.Dead(), c.member).Err(); err != nil {
 				s.log.Warn("cannot prune dead set", "err", err)
 			}
+			continue
 		}
-		if end {
-			return out, "", nil
+		rec, err := decodeRecord(m)
+		if err != nil {
+			s.log.Warn("skipping corrupt dead record", "member", c.member, "err", err)
+			continue
 		}
+		rec.LeaseToken = ""
+		out = append(out, rec)
+	}
+	if !more {
+		return out, "", nil
 	}
 	return out, cur.encode(), nil
 }
@@ -126,7 +160,15 @@ func (s *Store) DeadList(ctx context.Context, limit int, cursor string) ([]*Comm
 // ErrNotFound when there is no record; ErrState (with the record) when it
 // is neither dead nor such a replay.
 func (s *Store) ReplayDead(ctx context.Context, client, idKey string) (*Command, error) {
-	v, err := s.run(ctx, replayScript, s.keys.Command(client, idKey), client+"|"+idKey)
+	cl, err := s.claimOf(ctx, client, idKey)
+	if err != nil {
+		return nil, fmt.Errorf("cannot replay command %s: %w", idKey, err)
+	}
+	if cl == nil {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, idKey)
+	}
+	p, keys := s.cmdKeys(cl["device"], client, idKey)
+	v, err := s.run(ctx, p, stepReplay, keys, s.horizonMs())
 	if err != nil {
 		return nil, fmt.Errorf("cannot replay command %s: %w", idKey, err)
 	}
@@ -144,6 +186,13 @@ func (s *Store) ReplayDead(ctx context.Context, client, idKey string) (*Command,
 	rec.LeaseToken = ""
 	if head != "queued" {
 		return rec, fmt.Errorf("%w: command %s is %s", ErrState, idKey, rec.Status)
+	}
+	// The claim opens for the replay's generation, so that its final
+	// reaches the client as a new result.
+	cp := s.PartitionOf(client)
+	lifetime := (rec.ExpiresIn + rec.Timeout + s.opts.Lease + 2*s.opts.AnswerGrace + s.opts.Retention).Milliseconds()
+	if _, err := s.run(ctx, cp, stepReopen, []string{s.keys.Part(cp).Claim(client, idKey)}, rec.Device, rec.Replays, lifetime); err != nil {
+		return rec, fmt.Errorf("cannot reopen the claim of replayed command %s: %w", idKey, err)
 	}
 	return rec, nil
 }

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -59,12 +61,14 @@ func (s *Store) Dispatch(ctx context.Context, env *protocol.Envelope, deviceOwne
 	if err != nil {
 		return "", fmt.Errorf("cannot dispatch command %s: %w", env.MsgID.Key(), err)
 	}
-	v, err := s.run(ctx, dispatchScript, s.keys.Command(env.Client, env.MsgID.Key()),
-		env.Device, method, string(req), ms(env.DeliverBy), deviceOwner, clientOwner,
+	p, keys := s.cmdKeys(env.Device, env.Client, env.MsgID.Key())
+	v, err := s.run(ctx, p, stepDispatch, keys,
+		env.Device, method, string(req), ms(env.DeliverBy), s.horizonMs(),
 		errExpired, reasonExpired, errRejected, reasonRejected)
 	if err != nil {
 		return "", fmt.Errorf("cannot dispatch command %s: %w", env.MsgID.Key(), err)
 	}
+	a, _ := v.([]any)
 	head, detail := reply(v)
 	switch head {
 	case "corrupt":
@@ -72,27 +76,49 @@ func (s *Store) Dispatch(ctx context.Context, env *protocol.Envelope, deviceOwne
 			"device_id", env.Device, "msg_id", env.MsgID.Key())
 		return OutcomeNoop, nil
 	case string(OutcomeNoop):
-		s.log.Debug("dispatch is a no-op", "client_id", env.Client, "device_id", env.Device,
-			"msg_id", env.MsgID.Key(), "why", detail)
+		if detail == "missing" {
+			s.log.Warn("dispatch found no record for an accepted command", "client_id", env.Client,
+				"device_id", env.Device, "msg_id", env.MsgID.Key())
+			s.missing.Add(1)
+		} else {
+			s.log.Debug("dispatch is a no-op", "client_id", env.Client, "device_id", env.Device,
+				"msg_id", env.MsgID.Key(), "why", detail)
+		}
+	case string(OutcomeSent):
+		sess, _ := a[2].(string)
+		if deviceOwner == "" && s.opts.OwnerOf != nil {
+			deviceOwner = s.opts.OwnerOf(env.Device)
+		}
+		if err := s.wake(ctx, env.Device, sess, deviceOwner); err != nil {
+			s.log.Warn("cannot wake the device's push server; its sweep will find the entry",
+				"device_id", env.Device, "err", err)
+		}
+	}
+	if len(a) > 3 {
+		s.relayNow(ctx, parseOutbox(p, a[3]), clientOwner)
 	}
 	return Outcome(head), nil
 }
 
-// Complete handles a device response from the results queue: sent or
-// delivered → succeeded (resp.Result) or failed (resp.Error). It fills
-// DeliveredAt if the PUBACK was not seen yet, cancels the timers, removes
-// the mailbox entry if still there, and appends the client's response
-// (the device's result or error with the client's own id) on
-// clients/{client}/results/{device}, signalling as Dispatch does.
+// Missing is how many steps found no record for a command an envelope
+// says was accepted (logged at WARN as they happen).
+func (s *Store) Missing() int64 { return s.missing.Load() }
+
+// Complete applies a device's answer (DESIGN §5: run by the push server
+// that read it, before it PUBACKs): sent or delivered → succeeded
+// (resp.Result) or failed (resp.Error). held is how long ago the push
+// server read the answer (its monotonic clock): the step decides with
+// received = now − held, so a timeout is decided by when the answer
+// reached the edge. An answer received after delivered + timeout ends the
+// command as timeout with the answer kept as late. It fills DeliveredAt
+// if the PUBACK was not seen yet, cancels the timers, removes the
+// mailbox entry, and relays the client's response.
 //
-// A command already made succeeded or failed by this very response (an
-// AMQP redelivery: the worker died between Complete and its ack) returns
-// OutcomeDuplicate and changes nothing. Any other answer to a final
-// command is recorded in Late (once per distinct answer) and returns
-// OutcomeLate, changing nothing else. An unknown command, a command of
-// another device, one not yet sent, or a corrupt record (logged) returns
-// OutcomeNoop.
-func (s *Store) Complete(ctx context.Context, client, idKey, device string, resp *protocol.Response, clientOwner string) (Outcome, error) {
+// The same answer again returns OutcomeDuplicate; any other answer to a
+// final command is recorded in Late and returns OutcomeLate. An unknown
+// command, one of another device, one not yet sent, or a corrupt record
+// returns OutcomeNoop.
+func (s *Store) Complete(ctx context.Context, client, idKey, device string, resp *protocol.Response, held time.Duration, clientOwner string) (Outcome, error) {
 	if resp == nil {
 		return "", errors.New("mailbox: Complete needs a response")
 	}
@@ -115,121 +141,187 @@ func (s *Store) Complete(ctx context.Context, client, idKey, device string, resp
 		}
 		body = `"result":` + string(result)
 	}
-	v, err := s.run(ctx, completeScript, s.keys.Command(client, idKey),
-		device, body, string(to), string(raw), clientOwner)
+	p, keys := s.cmdKeys(device, client, idKey)
+	v, err := s.run(ctx, p, stepComplete, keys, device, body, string(to), string(raw),
+		max(held, 0).Milliseconds(), errTimeout, reasonTimeout)
 	if err != nil {
 		return "", fmt.Errorf("cannot complete command %s: %w", idKey, err)
 	}
-	if v == "corrupt" {
+	a, _ := v.([]any)
+	head, _ := reply(v)
+	if head == "corrupt" {
 		s.log.Warn("answer to a corrupt record: nothing changed", "client_id", client, "device_id", device, "msg_id", idKey)
 		return OutcomeNoop, nil
 	}
-	return Outcome(fmt.Sprint(v)), nil
+	if len(a) > 3 {
+		s.relayNow(ctx, parseOutbox(p, a[3]), clientOwner)
+	}
+	return Outcome(head), nil
 }
 
-// fireBatch bounds the timers one script pops and applies.
+// fireBatch bounds the timers one call applies.
 const fireBatch = 100
 
-// FireTimers pops up to limit due timers (score ≤ now) and applies them,
-// at most 100 per script: each script pops its batch atomically, so
-// competing callers never take the same timer nor read the same
-// candidates.
+// FireTimers fires the due timers of every partition (at most limit per
+// partition); see FireTimersIn. Partition owners call FireTimersIn for
+// their own partitions instead.
+func (s *Store) FireTimers(ctx context.Context, limit int, ownerOf func(identity string) string) (int, error) {
+	n := 0
+	for p := 0; p < s.opts.Partitions; p++ {
+		k, _, err := s.fireTimersIn(ctx, p, limit, ownerOf)
+		n += k
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
+// FireTimersOutcomes is FireTimers that also counts what the timers did,
+// by outcome.
+func (s *Store) FireTimersOutcomes(ctx context.Context, limit int, ownerOf func(identity string) string) (int, map[string]int, error) {
+	outcomes := map[string]int{}
+	n := 0
+	for p := 0; p < s.opts.Partitions; p++ {
+		k, o, err := s.fireTimersIn(ctx, p, limit, ownerOf)
+		n += k
+		for what, c := range o {
+			outcomes[what] += c
+		}
+		if err != nil {
+			return n, outcomes, err
+		}
+	}
+	return n, outcomes, nil
+}
+
+// FireTimersIn reads up to limit due timers of partition p (score ≤ now)
+// and applies them in one batch of the fire step, which re-checks that
+// each is still due and takes it, so competing owners never apply one
+// twice:
 //
 //   - deliver-by on a queued command, or on a sent one not on the wire:
 //     expired (-32002). On the wire (SendingAt set, no PUBACK yet): re-
-//     armed once as an answer-within timer at now+Timeout, which later
-//     fires as timeout. On a pending command: re-armed to the end of its
-//     lease while the lease runs (its publish is being confirmed), else
-//     expired (through queued).
-//   - answer-within: sent or delivered → timeout (-32001); but a sent
-//     command no longer on the wire (handed back with Unsend after its
-//     deliver-by was re-armed) never reached the device: expired at its
-//     deliver-by.
+//     armed once as an answer timer one timeout + grace later. On a
+//     pending command: re-armed to the end of its lease while the lease
+//     runs, else expired (through queued).
+//   - answer (delivered + timeout + grace): sent or delivered → timeout
+//     (-32001); a sent command no longer on the wire (handed back with
+//     Unsend) expires at its deliver-by instead.
 //
-// A deliver-by timer whose command's DeliverBy moved later is re-armed to
-// it. Anything else (the command final, or gone) just drops the timer.
-// The scripts signal the client's live-session node; FireTimers then
-// signals ownerOf(client), the ring owner, when that is another node
-// (nil ownerOf: only live sessions are signalled). It returns how many
-// timers it took, with the first error met.
-func (s *Store) FireTimers(ctx context.Context, limit int, ownerOf func(identity string) string) (int, error) {
-	n, _, err := s.FireTimersOutcomes(ctx, limit, ownerOf)
-	return n, err
+// It returns how many timers it applied (a malformed one, dropped,
+// included) and their outcomes: "expired", "timeout", "rearmed", "noop"
+// (already final or gone), "notdue" (taken or moved by someone else),
+// "malformed" and "corrupt".
+func (s *Store) FireTimersIn(ctx context.Context, p, limit int) (int, map[string]int, error) {
+	return s.fireTimersIn(ctx, p, limit, nil)
 }
 
-// FireTimersOutcomes is FireTimers that also counts what the timers it
-// took did, by outcome: "expired" and "timeout" (the command ended),
-// "rearmed" (it waits for a later deadline), "noop" (the command had
-// ended already, or is gone), "malformed" and "corrupt" (dropped).
-func (s *Store) FireTimersOutcomes(ctx context.Context, limit int, ownerOf func(identity string) string) (int, map[string]int, error) {
+// fireTimersIn is FireTimersIn; ownerOf, when set, names the push server
+// to wake for a client whose result a timer produced (default
+// Options.OwnerOf).
+func (s *Store) fireTimersIn(ctx context.Context, p, limit int, ownerOf func(string) string) (int, map[string]int, error) {
 	outcomes := map[string]int{}
 	if limit <= 0 {
 		limit = fireBatch
 	}
-	expired, timeout := errExpired, errTimeout
-	fired := 0
-	for fired < limit {
-		batch := min(limit-fired, fireBatch)
-		v, err := s.run(ctx, fireScript, s.keys.Timers(), batch, expired, reasonExpired, timeout, reasonTimeout)
-		if err != nil {
-			return fired, outcomes, fmt.Errorf("cannot fire timers: %w", err)
+	tk := s.keys.Part(p).Timers()
+	due, err := s.rdb.ZRangeByScore(ctx, tk, &redis.ZRangeBy{
+		Min: "-inf", Max: strconv.FormatInt(s.now().UnixMilli(), 10), Count: int64(limit),
+	}).Result()
+	if err != nil {
+		return 0, outcomes, fmt.Errorf("cannot read timers of partition %d: %w", p, s.classify(err))
+	}
+	if len(due) == 0 {
+		return 0, outcomes, nil
+	}
+	items := make([]*batchCall, 0, len(due))
+	args := []any{nil, s.horizonMs(), errExpired, reasonExpired, errTimeout, reasonTimeout}
+	n := 0
+	for _, m := range due {
+		parts := strings.SplitN(m, "|", 4)
+		if len(parts) != 4 || (parts[0] != "d" && parts[0] != "a") || s.PartitionOf(parts[1]) != p {
+			n++
+			outcomes["malformed"]++
+			s.log.Warn("dropped a malformed timer", "timer", m, "partition", p)
+			_ = s.rdb.ZRem(ctx, tk, m).Err()
+			continue
 		}
-		rows, _ := v.([]any)
-		fired += len(rows)
-		wake := map[[2]string]bool{}
-		for _, row := range rows {
-			f, _ := row.([]any)
-			str := func(i int) string {
-				if i >= len(f) {
-					return ""
-				}
-				v, _ := f[i].(string)
-				return v
-			}
-			member, what, client, sess := str(0), str(1), str(2), str(3)
-			outcomes[what]++
-			switch what {
-			case "malformed":
-				s.log.Warn("dropped a malformed timer", "timer", member)
-			case "corrupt":
-				s.log.Warn("dropped the timer of a corrupt record", "timer", member)
-			default:
-				s.log.Debug("timer fired", "timer", member, "outcome", what)
-			}
-			if client != "" && ownerOf != nil {
-				if owner := ownerOf(client); owner != "" && owner != sess {
-					wake[[2]string{owner, client}] = true
-				}
-			}
+		_, keys := s.cmdKeys(parts[1], parts[2], parts[3])
+		a := append([]any{m}, args[1:]...)
+		items = append(items, &batchCall{keys: keys, args: a})
+	}
+	if len(items) == 0 {
+		return n, outcomes, nil
+	}
+	res, err := s.runBatch(ctx, p, stepFire, items)
+	if err != nil {
+		return n, outcomes, fmt.Errorf("cannot fire timers of partition %d: %w", p, err)
+	}
+	for i, r := range res {
+		if r.err != nil {
+			return n, outcomes, fmt.Errorf("cannot fire timer %v: %w", items[i].args[0], r.err)
 		}
-		if len(wake) > 0 {
-			if err := s.signal(ctx, wake); err != nil {
-				return fired, outcomes, fmt.Errorf("cannot signal results of fired timers: %w", err)
-			}
+		a, _ := r.v.([]any)
+		what, _ := reply(r.v)
+		outcomes[what]++
+		if what == "corrupt" {
+			s.log.Warn("dropped the timer of a corrupt record", "timer", items[i].args[0])
 		}
-		if len(rows) < batch {
-			break
+		if what != "notdue" {
+			n++
+		}
+		if len(a) > 3 {
+			e := parseOutbox(p, a[3])
+			owner := ""
+			if e != nil && ownerOf != nil {
+				owner = ownerOf(e.client)
+			}
+			s.relayNow(ctx, e, owner)
 		}
 	}
-	return fired, outcomes, nil
+	return n, outcomes, nil
 }
 
-// signal wakes each (node, identity) as the scripts do: SADD
-// NodePending(node), PUBLISH NodeWake(node).
-func (s *Store) signal(ctx context.Context, wake map[[2]string]bool) error {
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for w := range wake {
-			node, identity := w[0], w[1]
-			pk := s.keys.NodePending(node)
-			p.SAdd(ctx, pk, identity)
-			p.PExpire(ctx, pk, pendingTTL)
-			p.Publish(ctx, s.keys.NodeWake(node), identity)
+// NextDue is the due time of partition p's earliest timer; zero when it
+// has none.
+func (s *Store) NextDue(ctx context.Context, p int) (time.Time, error) {
+	zs, err := s.rdb.ZRangeWithScores(ctx, s.keys.Part(p).Timers(), 0, 0).Result()
+	if err != nil {
+		return time.Time{}, s.classify(err)
+	}
+	if len(zs) == 0 {
+		return time.Time{}, nil
+	}
+	return time.UnixMilli(int64(zs[0].Score)), nil
+}
+
+// DuePartitions returns those of parts that have a due timer, or an
+// outbox entry older than outboxAge, in one pipeline: what a partition
+// owner polls each tick, so that it calls FireTimersIn and RelayOutbox
+// only where there is work.
+func (s *Store) DuePartitions(ctx context.Context, parts []int, outboxAge time.Duration) ([]int, error) {
+	now := s.now()
+	timers := make([]*redis.StringSliceCmd, len(parts))
+	outbox := make([]*redis.XMessageSliceCmd, len(parts))
+	_, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for i, p := range parts {
+			pk := s.keys.Part(p)
+			timers[i] = pipe.ZRangeByScore(ctx, pk.Timers(), &redis.ZRangeBy{
+				Min: "-inf", Max: strconv.FormatInt(now.UnixMilli(), 10), Count: 1,
+			})
+			outbox[i] = pipe.XRangeN(ctx, pk.Outbox(), "-", strconv.FormatInt(now.Add(-outboxAge).UnixMilli(), 10), 1)
 		}
 		return nil
 	})
-	return err
+	if err != nil {
+		return nil, fmt.Errorf("cannot poll the partitions: %w", s.classify(err))
+	}
+	var due []int
+	for i, p := range parts {
+		if len(timers[i].Val()) > 0 || len(outbox[i].Val()) > 0 {
+			due = append(due, p)
+		}
+	}
+	return due, nil
 }
-
-// pendingTTL is the expiry of a node's pending set, renewed when it
-// gains a member.
-const pendingTTL = 24 * time.Hour

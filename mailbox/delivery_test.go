@@ -79,7 +79,7 @@ func TestDispatch(t *testing.T) {
 	if rec := e.get("c1", "p1"); rec.QueuedAt.IsZero() || e.pttl(e.keys.Command("c1", "p1")) != -1 {
 		t.Errorf("pending record dispatched: queued_at %v, pttl %v; want queued and no expiry", rec.QueuedAt, e.pttl(e.keys.Command("c1", "p1")))
 	}
-	if err := e.s.MarkQueued(e.ctx, "c1", "p1", p.LeaseToken); err != nil {
+	if err := e.s.MarkQueued(e.ctx, "d1", "c1", "p1"); err != nil {
 		t.Errorf("MarkQueued after Dispatch: %v", err)
 	}
 	if rec := e.get("c1", "p1"); rec.Status != protocol.StatusSent {
@@ -227,8 +227,9 @@ func TestAckAndComplete(t *testing.T) {
 	if rec.Status != protocol.StatusDelivered || !rec.DeliveredAt.Equal(e.clock.Now()) {
 		t.Errorf("after Ack: %s delivered_at %v", rec.Status, rec.DeliveredAt)
 	}
-	if sc, ok := e.timerScore("a", "c1", "a"); !ok || int64(sc) != e.clock.Now().Add(30*time.Second).UnixMilli() {
-		t.Errorf("answer-within timer = %v, %v; want now+30s", sc, ok)
+	// The answer timer fires one grace after the timeout (newEnv's grace: 1 ms).
+	if sc, ok := e.timerScore("a", "c1", "a"); !ok || int64(sc) != e.clock.Now().Add(30*time.Second+time.Millisecond).UnixMilli() {
+		t.Errorf("answer-within timer = %v, %v; want now+30s+1ms", sc, ok)
 	}
 	if _, ok := e.timerScore("d", "c1", "a"); ok {
 		t.Error("deliver-by timer still armed after Ack")
@@ -239,7 +240,7 @@ func TestAckAndComplete(t *testing.T) {
 
 	// Complete from delivered.
 	resp := protocol.NewResult(json.RawMessage(`"c1:a"`), json.RawMessage(`{"ok":true}`))
-	if got, err := e.s.Complete(e.ctx, "c1", "a", "d1", resp, "node-c"); err != nil || got != mailbox.OutcomeSucceeded {
+	if got, err := e.s.Complete(e.ctx, "c1", "a", "d1", resp, 0, "node-c"); err != nil || got != mailbox.OutcomeSucceeded {
 		t.Errorf("Complete from delivered = %v, %v, want succeeded", got, err)
 	}
 	if _, ok := e.timerScore("a", "c1", "a"); ok {
@@ -252,7 +253,7 @@ func TestAckAndComplete(t *testing.T) {
 	en = fetch("d2")
 	e.clock.Add(time.Second)
 	fail := protocol.NewErrorResponse(json.RawMessage(`"c1:7"`), &protocol.Error{Code: -1, Message: "busy"})
-	if got, err := e.s.Complete(e.ctx, "c1", "7", "d2", fail, "node-c"); err != nil || got != mailbox.OutcomeFailed {
+	if got, err := e.s.Complete(e.ctx, "c1", "7", "d2", fail, 0, "node-c"); err != nil || got != mailbox.OutcomeFailed {
 		t.Errorf("Complete from sent = %v, %v, want failed", got, err)
 	}
 	rec = e.get("c1", "7")
@@ -276,7 +277,7 @@ func TestAckAndComplete(t *testing.T) {
 		{"unknown command", "nope", "d1"},
 		{"queued command", q.ID.Key(), "d3"},
 	} {
-		if got, err := e.s.Complete(e.ctx, "c1", tt.key, tt.device, resp, "node-c"); err != nil || got != mailbox.OutcomeNoop {
+		if got, err := e.s.Complete(e.ctx, "c1", tt.key, tt.device, resp, 0, "node-c"); err != nil || got != mailbox.OutcomeNoop {
 			t.Errorf("Complete(%s) = %v, %v, want noop", tt.name, got, err)
 		}
 	}
@@ -316,7 +317,7 @@ func TestLateAnswerAfterTimeout(t *testing.T) {
 	}
 	resp := protocol.NewResult(json.RawMessage(`"c1:x"`), json.RawMessage(`1`))
 	for i := range 2 {
-		if got, err := e.s.Complete(e.ctx, "c1", "x", "d1", resp, "node-c"); err != nil || got != mailbox.OutcomeLate {
+		if got, err := e.s.Complete(e.ctx, "c1", "x", "d1", resp, 0, "node-c"); err != nil || got != mailbox.OutcomeLate {
 			t.Errorf("late Complete #%d = %v, %v, want late", i+1, got, err)
 		}
 	}
@@ -508,7 +509,7 @@ func TestMarkDeadAndReplay(t *testing.T) {
 		{"missing", mailbox.OutcomeNoop},
 	} {
 		e.clock.Add(time.Millisecond)
-		if got, err := e.s.MarkDead(e.ctx, "c1", tt.key, "delivery limit reached", "node-c"); err != nil || got != tt.want {
+		if got, err := e.s.MarkDead(e.ctx, "d1", "c1", tt.key, "delivery limit reached", "node-c"); err != nil || got != tt.want {
 			t.Errorf("MarkDead(%s) = %v, %v, want %v", tt.key, got, err, tt.want)
 		}
 	}

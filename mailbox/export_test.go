@@ -1,23 +1,28 @@
 package mailbox
 
-import "context"
+import (
+	"context"
+	"fmt"
+)
 
-// ScriptTransitions exposes the transitions the scripts make.
-var ScriptTransitions = scriptTransitions
+// Library returns the name and code of the function library.
+func Library() (name, code string) { l := theLibrary(); return l.name, l.code }
 
-// LuaSources returns the source of every script.
-func LuaSources() []string { return luaSources }
-
-// LuaKeys returns the key names and topics the Lua helpers build.
-func LuaKeys(ctx context.Context, s *Store, client, key, device, identity, node string, minute int64) ([]string, error) {
-	v, err := s.run(ctx, keysScript, "", client, key, device, identity, node, minute)
+// RelayTwice reads the oldest entry of partition p's outbox and relays it
+// twice, as two relayers (or a relay repeated after a crash) would.
+func RelayTwice(ctx context.Context, s *Store, p int) error {
+	es, err := s.rdb.XRangeN(ctx, s.keys.Part(p).Outbox(), "-", "+", 1).Result()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	a, _ := v.([]any)
-	out := make([]string, len(a))
-	for i, x := range a {
-		out[i], _ = x.(string)
+	if len(es) == 0 {
+		return fmt.Errorf("outbox %d is empty", p)
 	}
-	return out, nil
+	e := outboxFromStream(p, es[0])
+	for range 2 {
+		if _, err := s.relay(ctx, e, ""); err != nil {
+			return err
+		}
+	}
+	return nil
 }

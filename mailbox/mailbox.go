@@ -87,6 +87,8 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -97,6 +99,9 @@ import (
 // Options configure a Store. The zero value of every field means its
 // default.
 type Options struct {
+	// Partitions is the number of partitions of the state (GW_PARTITIONS,
+	// a power of two). Default protocol.DefaultPartitions.
+	Partitions int
 	// Retention is how long final records and their result entries are
 	// kept. Default 24h.
 	Retention time.Duration
@@ -108,29 +113,49 @@ type Options struct {
 	Lease time.Duration
 	// MaxLifetime is the longest ExpiresIn + Timeout of a command.
 	// Default 8 days (the apiserver's maxima: 7 days and 24 hours). It
-	// bounds the per-(client, device) index: members created more than
-	// Retention + MaxLifetime + Lease ago are pruned (a command with a
-	// longer life keeps its own). CancelAll looks only at commands
-	// created within MaxLifetime + Lease.
+	// bounds the per-(client, device) listing: members created more than
+	// Retention + MaxLifetime + Lease ago are pruned. CancelAll looks only
+	// at commands created within MaxLifetime + Lease.
 	MaxLifetime time.Duration
-	// BatchInFlight is how many calls of one script run at once before
+	// AnswerGrace (GW_ANSWER_GRACE, DESIGN §7a) is how long after an
+	// answer deadline the answer timer waits, so that an answer read by a
+	// push server in time is recorded even when Redis could not take it
+	// at once. Default 10s.
+	AnswerGrace time.Duration
+	// WaitReplicas (GW_REDIS_WAIT_REPLICAS) is the durability barrier:
+	// when above 0, every step is followed, on the same connection, by a
+	// write to the partition's barrier key and WAIT WaitReplicas
+	// WaitTimeout; fewer replicas make the step fail with ErrNotDurable.
+	// Default 0: no barrier.
+	WaitReplicas int
+	// WaitTimeout bounds each WAIT. Default 1s.
+	WaitTimeout time.Duration
+	// BatchInFlight is how many calls of one step run at once before
 	// further concurrent calls wait and are coalesced into one batched
-	// call (see batch.go). Default 4. Negative: no batching, every call
-	// runs on its own.
+	// call (see batch.go). Default 4. Negative: no batching.
 	BatchInFlight int
 	// BatchMax is the most calls one batched call carries. Default 64.
 	BatchMax int
-	// NoFunctions runs the scripts with EVALSHA even on a server that
-	// has Redis 7 functions (functions.go). Default false: FCALL where
-	// available.
-	NoFunctions bool
-	// Now is the clock. Default time.Now; tests may fake it.
+	// OwnerOf, when set, names the push server that owns an identity (its
+	// ring owner). After a step that appends to a mailbox the Store wakes
+	// the node of the identity's live session and, when that is another
+	// node, OwnerOf(identity). Default: only live sessions are woken.
+	OwnerOf func(identity string) string
+	// Now is a clock for tests. Unset (production), the steps take their
+	// time from Redis's TIME: one clock per partition, whatever the
+	// processes' clocks say (DESIGN §7a). Set, every step runs at Now()
+	// instead, to the millisecond, so tests can step over deadlines.
 	Now func() time.Time
 	// Logger receives diagnostics. Default discards.
 	Logger *slog.Logger
+
+	redisClock bool // Now was unset: the steps read Redis's TIME
 }
 
 func (o *Options) ensureDefaults() {
+	if o.Partitions <= 0 {
+		o.Partitions = protocol.DefaultPartitions
+	}
 	if o.Retention <= 0 {
 		o.Retention = 24 * time.Hour
 	}
@@ -143,6 +168,12 @@ func (o *Options) ensureDefaults() {
 	if o.MaxLifetime <= 0 {
 		o.MaxLifetime = 8 * 24 * time.Hour
 	}
+	if o.AnswerGrace <= 0 {
+		o.AnswerGrace = 10 * time.Second
+	}
+	if o.WaitTimeout <= 0 {
+		o.WaitTimeout = time.Second
+	}
 	if o.BatchInFlight == 0 {
 		o.BatchInFlight = 4
 	}
@@ -150,6 +181,7 @@ func (o *Options) ensureDefaults() {
 		o.BatchMax = 64
 	}
 	if o.Now == nil {
+		o.redisClock = true
 		o.Now = time.Now
 	}
 	if o.Logger == nil {
@@ -160,30 +192,53 @@ func (o *Options) ensureDefaults() {
 // Store is the Redis state of delivery of one namespace. It is safe for
 // concurrent use.
 type Store struct {
-	rdb  redis.UniversalClient
-	keys protocol.Keys
-	opts Options
-	log  *slog.Logger
-	// batchers coalesce concurrent calls, one per script; nil when
-	// batching is off.
-	batchers map[*luaScript]*batcher
-	scripts  *scriptRunner
+	rdb     redis.UniversalClient
+	keys    protocol.Keys
+	opts    Options
+	log     *slog.Logger
+	cluster bool
+
+	batchMu  sync.Mutex
+	batchers map[batchKey]*batcher
+
+	loadMu sync.Mutex
+	loads  atomic.Int64 // libraries loaded so far
+
+	finalConflicts atomic.Int64
+	missing        atomic.Int64
 }
 
-// New returns the Store of namespace ns on rdb.
+// New returns the Store of namespace ns on rdb: a *redis.Client (one
+// server or Sentinel) or a *redis.ClusterClient.
 func New(rdb redis.UniversalClient, ns string, opts Options) *Store {
 	opts.ensureDefaults()
-	s := &Store{rdb: rdb, keys: protocol.NewKeys(ns), opts: opts, log: opts.Logger, scripts: &scriptRunner{rdb: rdb}}
-	if opts.NoFunctions {
-		s.scripts.state.Store(libEval)
+	_, cluster := rdb.(*redis.ClusterClient)
+	return &Store{rdb: rdb, keys: protocol.NewKeys(ns), opts: opts, log: opts.Logger,
+		cluster: cluster, batchers: map[batchKey]*batcher{}}
+}
+
+// Partitions is the partition count of the store.
+func (s *Store) Partitions() int { return s.opts.Partitions }
+
+// PartitionOf is the partition of identity.
+func (s *Store) PartitionOf(identity string) int {
+	return protocol.Partition(identity, s.opts.Partitions)
+}
+
+// part is the key builder of identity's partition.
+func (s *Store) part(identity string) protocol.PartKeys {
+	return s.keys.Part(s.PartitionOf(identity))
+}
+
+func (s *Store) now() time.Time { return s.opts.Now() }
+
+// clockMs is the time the steps run at: 0 tells them to read Redis's TIME,
+// anything else is the test clock (Options.Now) in unix milliseconds.
+func (s *Store) clockMs() int64 {
+	if s.opts.redisClock {
+		return 0
 	}
-	if opts.BatchInFlight > 0 {
-		s.batchers = make(map[*luaScript]*batcher, len(allScripts))
-		for _, sc := range allScripts {
-			s.batchers[sc] = &batcher{s: s, sc: sc}
-		}
-	}
-	return s
+	return s.opts.Now().UnixMilli()
 }
 
 // Keys returns the key builder of the store's namespace.
@@ -228,6 +283,9 @@ type Command struct {
 	// Reason says why the command is dead, rejected, expired, timed out or
 	// cancelled (free text).
 	Reason string
+	// Replays counts operator replays from the dead letters: the
+	// command's generation.
+	Replays int
 	// ResultDropped is set when the client's mailbox was full at the final
 	// transition: the result was not appended (it stays readable here).
 	ResultDropped bool

@@ -1,21 +1,18 @@
 package mailbox
 
 import (
-	"context"
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"strconv"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/iotgw/gateway/protocol"
 )
 
-// A command record is a hash at protocol.Keys.Command(client, idKey) with
+// A command record is a hash at protocol.PartKeys.Command(client, idKey),
+// in the device's partition, with
 // these fields (times are unix ms, durations ms; absent = not yet):
 //
 //	client, device   identities
@@ -92,6 +89,7 @@ func decodeRecord(m map[string]string) (*Command, error) {
 	}
 	c.Attempts, _ = strconv.Atoi(m[fAttempts])
 	c.ResultDropped = m[fDropped] == "1"
+	c.Replays, _ = strconv.Atoi(m["replays"])
 	if v := m[fParams]; v != "" {
 		c.Params = json.RawMessage(v)
 	}
@@ -143,40 +141,6 @@ func recordReply(v any) (*Command, error) {
 	}
 	return decodeRecord(m)
 }
-
-// run runs a script with the common arguments (prefix, now, retention,
-// cap, index horizon) followed by args: coalesced with concurrent calls
-// of the same script (batch.go) unless batching is off.
-func (s *Store) run(ctx context.Context, sc *luaScript, key string, args ...any) (any, error) {
-	if b := s.batchers[sc]; b != nil {
-		return b.do(ctx, key, args)
-	}
-	return s.runNow(ctx, sc, key, args...)
-}
-
-// runNow runs one plain script call.
-func (s *Store) runNow(ctx context.Context, sc *luaScript, key string, args ...any) (any, error) {
-	base := append(s.commonArgs(len(args)), args...)
-	var keys []string
-	if key != "" {
-		keys = []string{key}
-	}
-	v, err := s.scripts.call(ctx, sc, false, keys, base)
-	if errors.Is(err, redis.Nil) {
-		return nil, nil
-	}
-	return v, err
-}
-
-// commonArgs returns the arguments every script starts with, with room
-// for n more.
-func (s *Store) commonArgs(n int) []any {
-	base := make([]any, 0, 5+n)
-	return append(base, s.keys.Prefix(), s.now().UnixMilli(), s.opts.Retention.Milliseconds(), s.opts.MailboxCap,
-		(s.opts.Retention + s.opts.MaxLifetime + s.opts.Lease).Milliseconds())
-}
-
-func (s *Store) now() time.Time { return s.opts.Now() }
 
 // reply splits a script's {outcome, value} reply.
 func reply(v any) (string, any) {

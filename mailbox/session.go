@@ -6,6 +6,8 @@ import (
 	"fmt"
 
 	"github.com/redis/go-redis/v9"
+
+	"github.com/iotgw/gateway/protocol"
 )
 
 // SetSession records that identity's live session is on node:
@@ -32,8 +34,26 @@ func (s *Store) ClearSession(ctx context.Context, identity, node string) error {
 // identity on the same node then leaves this one registered, in whatever
 // order the two calls reach Redis.
 func (s *Store) SetSessionConn(ctx context.Context, identity, node, conn string) error {
-	if _, err := s.run(ctx, setSessionScript, s.keys.Session(identity), identity, node, conn); err != nil {
+	p := s.PartitionOf(identity)
+	pk := s.keys.Part(p)
+	v, err := s.run(ctx, p, stepSessionSet, []string{pk.Session(identity), pk.SessionConn(identity)}, node, conn)
+	if err != nil {
 		return fmt.Errorf("cannot set session of %s: %w", identity, err)
+	}
+	// The node sets are node-level keys, changed by single-key commands
+	// after the step: a set may briefly list an identity that moved, which
+	// ForgetSessions and ClearSessionConn tolerate (they re-check the
+	// registration).
+	old, _ := v.(string)
+	_, err = s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		if old != "" && old != node {
+			pipe.SRem(ctx, s.keys.NodeSessions(old), identity)
+		}
+		pipe.SAdd(ctx, s.keys.NodeSessions(node), identity)
+		return nil
+	})
+	if err != nil {
+		return fmt.Errorf("cannot set session of %s: %w", identity, s.classify(err))
 	}
 	return nil
 }
@@ -45,8 +65,22 @@ func (s *Store) SetSessionConn(ctx context.Context, identity, node, conn string)
 // none), identity only leaves NodeSessions(node); when it names node with
 // another connection (a newer one), nothing changes.
 func (s *Store) ClearSessionConn(ctx context.Context, identity, node, conn string) error {
-	if _, err := s.run(ctx, clearSessionScript, s.keys.Session(identity), identity, node, conn); err != nil {
+	p := s.PartitionOf(identity)
+	pk := s.keys.Part(p)
+	v, err := s.run(ctx, p, stepSessionClear, []string{pk.Session(identity), pk.SessionConn(identity)}, node, conn)
+	if err != nil {
 		return fmt.Errorf("cannot clear session of %s: %w", identity, err)
+	}
+	if n, _ := v.(int64); n == 1 || conn == "" {
+		if err := s.rdb.SRem(ctx, s.keys.NodeSessions(node), identity).Err(); err != nil {
+			return fmt.Errorf("cannot clear session of %s: %w", identity, s.classify(err))
+		}
+		return nil
+	}
+	// A newer connection on node keeps the registration; an identity that
+	// moved to another node leaves this node's set.
+	if cur, err := s.SessionNode(ctx, identity); err == nil && cur != node {
+		_ = s.rdb.SRem(ctx, s.keys.NodeSessions(node), identity).Err()
 	}
 	return nil
 }
@@ -55,29 +89,39 @@ func (s *Store) ClearSessionConn(ctx context.Context, identity, node, conn strin
 // its pending set: what a push server that stopped without cleaning up
 // (killed, crashed) left behind. The survivor that prunes the silent node
 // from the ring calls it; a node calls it with force for its own name
-// when it starts, before it accepts a connection, for what an earlier
-// process of the same name left. Unless force is set it changes nothing
-// while node is a live ring member, and stops (returning ErrNodeAlive) if the
-// node comes back midway. It returns how many identities it took out of
-// the node's session set.
+// when it starts, before it accepts a connection. Unless force is set it
+// changes nothing while node is a live ring member, and stops (returning
+// ErrNodeAlive) if the node comes back midway. It returns how many
+// identities it took out of the node's session set.
 func (s *Store) ForgetSessions(ctx context.Context, node string, force bool) (int, error) {
 	const batch = 1000
-	f := "0"
-	if force {
-		f = "1"
-	}
 	total := 0
 	for {
-		v, err := s.run(ctx, forgetSessionsScript, "", node, batch, f)
-		if err != nil {
-			return total, fmt.Errorf("cannot forget the sessions of %s: %w", node, err)
+		if !force {
+			alive, err := s.rdb.Exists(ctx, s.keys.Ring(protocol.RingPush).Node(node)).Result()
+			if err != nil {
+				return total, fmt.Errorf("cannot forget the sessions of %s: %w", node, s.classify(err))
+			}
+			if alive == 1 {
+				return total, fmt.Errorf("%w: %s", ErrNodeAlive, node)
+			}
 		}
-		n, _ := v.(int64)
-		if n < 0 {
-			return total, fmt.Errorf("%w: %s", ErrNodeAlive, node)
+		ids, err := s.rdb.SPopN(ctx, s.keys.NodeSessions(node), batch).Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			return total, fmt.Errorf("cannot forget the sessions of %s: %w", node, s.classify(err))
 		}
-		total += int(n)
-		if n < batch {
+		for _, id := range ids {
+			p := s.PartitionOf(id)
+			pk := s.keys.Part(p)
+			if _, err := s.run(ctx, p, stepSessionClear, []string{pk.Session(id), pk.SessionConn(id)}, node, ""); err != nil {
+				return total, fmt.Errorf("cannot forget the session of %s on %s: %w", id, node, err)
+			}
+		}
+		total += len(ids)
+		if len(ids) < batch {
+			if err := s.rdb.Del(ctx, s.keys.NodePending(node)).Err(); err != nil {
+				return total, fmt.Errorf("cannot forget the pending set of %s: %w", node, s.classify(err))
+			}
 			return total, nil
 		}
 	}
@@ -86,7 +130,7 @@ func (s *Store) ForgetSessions(ctx context.Context, node string, force bool) (in
 // SessionNode returns the node holding identity's live session, "" when
 // none is registered.
 func (s *Store) SessionNode(ctx context.Context, identity string) (string, error) {
-	n, err := s.rdb.Get(ctx, s.keys.Session(identity)).Result()
+	n, err := s.rdb.Get(ctx, s.part(identity).Session(identity)).Result()
 	if errors.Is(err, redis.Nil) {
 		return "", nil
 	}
@@ -117,6 +161,9 @@ func (s *Store) TakePending(ctx context.Context, node string, max int) ([]string
 // Messages are lost while the subscription is down; TakePending is the
 // backstop.
 func (s *Store) Wake(ctx context.Context, node string) *redis.PubSub {
+	if s.cluster {
+		return s.rdb.SSubscribe(ctx, s.keys.NodeWake(node))
+	}
 	return s.rdb.Subscribe(ctx, s.keys.NodeWake(node))
 }
 
@@ -157,7 +204,7 @@ func (s *Store) Listed(ctx context.Context, identities []string) ([]bool, error)
 		cmds := make([]*redis.BoolCmd, len(ids))
 		_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 			for i, id := range ids {
-				cmds[i] = p.SIsMember(ctx, s.keys.Mailboxes(), id)
+				cmds[i] = p.SIsMember(ctx, s.part(id).Mailboxes(), id)
 			}
 			return nil
 		})

@@ -11,32 +11,66 @@ import (
 	"github.com/iotgw/gateway/protocol"
 )
 
-// Totals returns the monitoring totals: non-empty mailboxes, their
-// entries, armed timers and dead-lettered commands. It walks the
-// Mailboxes set (SSCAN + XLEN), forgetting mailboxes found empty or gone.
+// Totals returns the monitoring totals over every partition: non-empty
+// mailboxes, their entries, armed timers and dead-lettered commands. It
+// reads the partitions' set sizes in one pipeline, then walks the
+// Mailboxes set of each partition that lists any (SSCAN + XLEN),
+// forgetting mailboxes found empty or gone.
 func (s *Store) Totals(ctx context.Context) (Totals, error) {
 	var t Totals
+	n := s.opts.Partitions
+	sizes := make([]*redis.IntCmd, n)
+	timers := make([]*redis.IntCmd, n)
+	dead := make([]*redis.IntCmd, n)
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i := 0; i < n; i++ {
+			pk := s.keys.Part(i)
+			sizes[i] = p.SCard(ctx, pk.Mailboxes())
+			timers[i] = p.ZCard(ctx, pk.Timers())
+			dead[i] = p.ZCard(ctx, pk.Dead())
+		}
+		return nil
+	})
+	if err != nil {
+		return t, fmt.Errorf("cannot total the partitions: %w", s.classify(err))
+	}
+	for i := 0; i < n; i++ {
+		t.Timers += timers[i].Val()
+		t.Dead += dead[i].Val()
+		if sizes[i].Val() == 0 {
+			continue
+		}
+		if err := s.totalMailboxes(ctx, i, &t); err != nil {
+			return t, err
+		}
+	}
+	return t, nil
+}
+
+// totalMailboxes adds partition p's mailboxes and entries to t.
+func (s *Store) totalMailboxes(ctx context.Context, p int, t *Totals) error {
+	pk := s.keys.Part(p)
 	var cursor uint64
 	for {
-		ids, next, err := s.rdb.SScan(ctx, s.keys.Mailboxes(), cursor, "", 500).Result()
+		ids, next, err := s.rdb.SScan(ctx, pk.Mailboxes(), cursor, "", 500).Result()
 		if err != nil {
-			return t, fmt.Errorf("cannot total mailboxes: %w", err)
+			return fmt.Errorf("cannot total mailboxes: %w", s.classify(err))
 		}
 		lens := make([]*redis.IntCmd, len(ids))
-		_, err = s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		_, err = s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
 			for i, id := range ids {
-				lens[i] = p.XLen(ctx, s.keys.Mailbox(id))
+				lens[i] = pipe.XLen(ctx, pk.Mailbox(id))
 			}
 			return nil
 		})
 		if err != nil {
-			return t, fmt.Errorf("cannot total mailboxes: %w", err)
+			return fmt.Errorf("cannot total mailboxes: %w", s.classify(err))
 		}
 		for i, id := range ids {
 			n := lens[i].Val()
 			if n == 0 {
-				if _, err := s.run(ctx, pruneScript, s.keys.Mailbox(id), id); err != nil {
-					return t, fmt.Errorf("cannot total mailboxes: %w", err)
+				if _, err := s.run(ctx, p, stepPrune, []string{pk.Mailbox(id), pk.Mailboxes()}, id); err != nil {
+					return fmt.Errorf("cannot total mailboxes: %w", err)
 				}
 				continue
 			}
@@ -44,20 +78,9 @@ func (s *Store) Totals(ctx context.Context) (Totals, error) {
 			t.Entries += n
 		}
 		if cursor = next; cursor == 0 {
-			break
+			return nil
 		}
 	}
-	var timers, dead *redis.IntCmd
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		timers = p.ZCard(ctx, s.keys.Timers())
-		dead = p.ZCard(ctx, s.keys.Dead())
-		return nil
-	})
-	if err != nil {
-		return t, fmt.Errorf("cannot total timers: %w", err)
-	}
-	t.Timers, t.Dead = timers.Val(), dead.Val()
-	return t, nil
 }
 
 // StatusCounts returns how many transitions into each status happened
@@ -100,10 +123,13 @@ func (s *Store) EventCounts(ctx context.Context, minutes int) (map[string]int64,
 func (s *Store) counts(ctx context.Context, minutes int) (map[string]int64, error) {
 	minutes = min(max(minutes, 1), 60)
 	cur := s.now().Unix() / 60
-	cmds := make([]*redis.MapStringStringCmd, minutes)
+	cmds := make([]*redis.MapStringStringCmd, 0, minutes*s.opts.Partitions)
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for i := range cmds {
-			cmds[i] = p.HGetAll(ctx, s.keys.StatusCounts(cur-int64(i)))
+		for part := 0; part < s.opts.Partitions; part++ {
+			pk := s.keys.Part(part)
+			for i := 0; i < minutes; i++ {
+				cmds = append(cmds, p.HGetAll(ctx, pk.StatusCounts(cur-int64(i))))
+			}
 		}
 		return nil
 	})

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/iotgw/gateway/protocol"
+	"github.com/redis/go-redis/v9"
 )
 
 // fetchScanMax bounds the stale entries one Fetch may skip (and delete)
@@ -44,65 +45,92 @@ func (s *Store) FetchPage(ctx context.Context, identity, after string, count int
 	if count <= 0 {
 		return nil, false, nil
 	}
-	v, err := s.run(ctx, fetchScript, s.keys.Mailbox(identity), after, count, count+fetchScanMax)
-	if err != nil {
-		return nil, false, fmt.Errorf("cannot fetch mailbox of %s: %w", identity, err)
+	p := s.PartitionOf(identity)
+	pk := s.keys.Part(p)
+	mk := pk.Mailbox(identity)
+	start := "-"
+	if after != "" && after != "0" && after != "0-0" {
+		start = "(" + after
 	}
-	reply, _ := v.([]any)
-	if len(reply) != 2 {
-		return nil, false, fmt.Errorf("cannot fetch mailbox of %s: malformed reply", identity)
-	}
-	rows, _ := reply[0].([]any)
-	flag, _ := reply[1].(int64)
-	out := make([]Entry, 0, len(rows))
-	for _, row := range rows {
-		f, _ := row.([]any)
-		if len(f) < 6 {
-			return nil, false, fmt.Errorf("cannot fetch mailbox of %s: malformed reply", identity)
+	budget := count + fetchScanMax
+	out := make([]Entry, 0, count)
+	// Read, then one step that declares the record of every command entry
+	// read, re-checks it and stamps it (DESIGN §7a: keys a step can name).
+	for len(out) < count && budget > 0 {
+		n := min(count-len(out), budget)
+		msgs, err := s.rdb.XRangeN(ctx, mk, start, "+", int64(n)).Result()
+		if err != nil {
+			return nil, false, fmt.Errorf("cannot fetch mailbox of %s: %w", identity, s.classify(err))
 		}
-		str := func(i int) string { s, _ := f[i].(string); return s }
-		x, _ := strconv.ParseInt(str(3), 10, 64)
-		out = append(out, Entry{
-			ID:      str(0),
-			Topic:   str(1),
-			Payload: []byte(str(2)),
-			Expires: time.UnixMilli(x),
-			Client:  str(4),
-			MsgKey:  str(5),
-		})
+		if len(msgs) == 0 {
+			break
+		}
+		budget -= len(msgs)
+		start = "(" + msgs[len(msgs)-1].ID
+		keys := []string{mk}
+		args := make([]any, 0, 3*len(msgs))
+		read := make(map[string]Entry, len(msgs))
+		for _, m := range msgs {
+			str := func(f string) string { v, _ := m.Values[f].(string); return v }
+			x, _ := strconv.ParseInt(str("x"), 10, 64)
+			e := Entry{ID: m.ID, Topic: str("t"), Payload: []byte(str("p")), Expires: time.UnixMilli(x),
+				Client: str("c"), MsgKey: str("k")}
+			read[m.ID] = e
+			ri := 0
+			if e.Client != "" {
+				keys = append(keys, pk.Command(e.Client, e.MsgKey))
+				ri = len(keys)
+			}
+			args = append(args, m.ID, ri, x)
+		}
+		v, err := s.run(ctx, p, stepStamp, keys, args...)
+		if err != nil {
+			return nil, false, fmt.Errorf("cannot fetch mailbox of %s: %w", identity, err)
+		}
+		kept, _ := v.([]any)
+		for _, k := range kept {
+			id, _ := k.(string)
+			if e, ok := read[id]; ok {
+				out = append(out, e)
+			}
+		}
+		if len(msgs) < n {
+			return out, false, nil
+		}
 	}
-	return out, flag == 1, nil
+	return out, len(out) < count && budget <= 0, nil
 }
 
 // Ack removes one entry of identity's mailbox after its PUBACK. For a
-// command entry whose command is still sent (and carried by this entry)
-// it is the delivered transition: stamps DeliveredAt, cancels the
-// deliver-by timer and arms the answer-within timer at now+Timeout. For a
-// command already final (or any other entry) it only deletes the entry.
-// Acking an entry that is gone is a no-op. Only e.ID is used: the command
-// an entry carries is read from the stored entry, not from e.
+// command entry whose command is still sent through this entry to
+// identity, it is the delivered transition: stamps DeliveredAt, cancels
+// the deliver-by timer and arms the answer timer at now + Timeout +
+// grace. For a command already final (or any other entry) it only deletes
+// the entry. Acking an entry that is gone is a no-op. The stored entry
+// decides which command it carries: e.Client and e.MsgKey (as Fetch
+// returned them) only save a read.
 func (s *Store) Ack(ctx context.Context, identity string, e Entry) error {
-	if _, err := s.run(ctx, ackScript, s.keys.Mailbox(identity), identity, e.ID); err != nil {
-		return fmt.Errorf("cannot ack entry %s of %s: %w", e.ID, identity, err)
-	}
-	return nil
+	return s.AckMany(ctx, identity, []Entry{e})
 }
 
-// ackManyMax bounds the entries one AckMany script handles.
+// ackManyMax bounds the entries one ack step handles.
 const ackManyMax = 500
 
 // AckMany acks several entries of identity's mailbox, as Ack does for
-// each, in one round trip (one script per 500 entries). Use it when
-// several PUBACKs arrived together.
+// each, in one round trip (one step per 500 entries) when the entries
+// name their commands. Use it when several PUBACKs arrived together.
 func (s *Store) AckMany(ctx context.Context, identity string, entries []Entry) error {
 	for len(entries) > 0 {
 		n := min(len(entries), ackManyMax)
-		args := make([]any, 0, 1+n)
-		args = append(args, identity)
-		for _, e := range entries[:n] {
-			args = append(args, e.ID)
+		wrong, err := s.ack(ctx, identity, entries[:n])
+		if err == nil && len(wrong) > 0 {
+			// The step names every key it touches, so the records must be
+			// known before it runs: read what the entries really carry.
+			if wrong, err = s.readEntries(ctx, identity, wrong); err == nil {
+				_, err = s.ack(ctx, identity, wrong)
+			}
 		}
-		if _, err := s.run(ctx, ackScript, s.keys.Mailbox(identity), args...); err != nil {
+		if err != nil {
 			return fmt.Errorf("cannot ack %d entries of %s: %w", n, identity, err)
 		}
 		entries = entries[n:]
@@ -110,14 +138,81 @@ func (s *Store) AckMany(ctx context.Context, identity string, entries []Entry) e
 	return nil
 }
 
+// ack runs one ack step and returns the entries it left because they
+// carry another command than the one named.
+func (s *Store) ack(ctx context.Context, identity string, entries []Entry) ([]Entry, error) {
+	p := s.PartitionOf(identity)
+	pk := s.keys.Part(p)
+	keys := []string{pk.Mailbox(identity), pk.Mailboxes(), pk.Timers(), pk.StatusCounts(s.now().Unix() / 60)}
+	args := make([]any, 0, 1+2*len(entries))
+	args = append(args, identity)
+	for _, e := range entries {
+		ri := 0
+		if e.Client != "" {
+			keys = append(keys, pk.Command(e.Client, e.MsgKey))
+			ri = len(keys)
+		}
+		args = append(args, e.ID, ri)
+	}
+	v, err := s.run(ctx, p, stepAck, keys, args...)
+	if err != nil {
+		return nil, err
+	}
+	out, _ := v.([]any)
+	var wrong []Entry
+	for i, o := range out {
+		if o == "mismatch" && i < len(entries) {
+			wrong = append(wrong, entries[i])
+		}
+	}
+	return wrong, nil
+}
+
+// readEntries returns entries with the command each carries in
+// identity's mailbox (entries that are gone are left out).
+func (s *Store) readEntries(ctx context.Context, identity string, entries []Entry) ([]Entry, error) {
+	mk := s.part(identity).Mailbox(identity)
+	cmds := make([]*redis.XMessageSliceCmd, len(entries))
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, e := range entries {
+			cmds[i] = p.XRange(ctx, mk, e.ID, e.ID)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, s.classify(err)
+	}
+	out := make([]Entry, 0, len(entries))
+	for i, c := range cmds {
+		if ms := c.Val(); len(ms) == 1 {
+			e := entries[i]
+			e.Client, _ = ms[0].Values["c"].(string)
+			e.MsgKey, _ = ms[0].Values["k"].(string)
+			out = append(out, e)
+		}
+	}
+	return out, nil
+}
+
 // Unsend undoes Fetch's stamp for an entry that was fetched but not
 // published: the command's Attempts goes down by one and, when no other
 // fetch is counted, SendingAt is cleared, so the command can be cancelled
 // and expire again. It does nothing when the entry is gone, is no command
-// entry, or its command is no longer sent by this entry (delivered, final,
-// another entry). As with Ack, the command is read from the stored entry.
+// entry, or its command is no longer sent by this entry.
 func (s *Store) Unsend(ctx context.Context, identity string, e Entry) error {
-	if _, err := s.run(ctx, unsendScript, s.keys.Mailbox(identity), identity, e.ID); err != nil {
+	if e.Client == "" {
+		es, err := s.readEntries(ctx, identity, []Entry{e})
+		if err != nil {
+			return fmt.Errorf("cannot unsend entry %s of %s: %w", e.ID, identity, err)
+		}
+		if len(es) == 0 || es[0].Client == "" {
+			return nil // gone, or no command entry
+		}
+		e = es[0]
+	}
+	p := s.PartitionOf(identity)
+	pk := s.keys.Part(p)
+	if _, err := s.run(ctx, p, stepUnsend, []string{pk.Mailbox(identity), pk.Command(e.Client, e.MsgKey)}, identity, e.ID); err != nil {
 		return fmt.Errorf("cannot unsend entry %s of %s: %w", e.ID, identity, err)
 	}
 	return nil
@@ -126,7 +221,7 @@ func (s *Store) Unsend(ctx context.Context, identity string, e Entry) error {
 // Len returns the number of entries in identity's mailbox, expired ones
 // included until something deletes them.
 func (s *Store) Len(ctx context.Context, identity string) (int64, error) {
-	n, err := s.rdb.XLen(ctx, s.keys.Mailbox(identity)).Result()
+	n, err := s.rdb.XLen(ctx, s.part(identity).Mailbox(identity)).Result()
 	if err != nil {
 		return 0, fmt.Errorf("cannot count mailbox of %s: %w", identity, err)
 	}
@@ -145,14 +240,28 @@ func (s *Store) Put(ctx context.Context, identity, topic string, payload []byte,
 	if expires.IsZero() {
 		expires = s.now().Add(s.opts.Retention)
 	}
-	v, err := s.run(ctx, putScript, s.keys.Mailbox(identity), identity, topic, string(payload), expires.UnixMilli(), owner)
+	p := s.PartitionOf(identity)
+	pk := s.keys.Part(p)
+	v, err := s.run(ctx, p, stepPut, []string{pk.Mailbox(identity), pk.Mailboxes(), pk.Session(identity)},
+		identity, topic, string(payload), expires.UnixMilli())
 	if err != nil {
 		return "", fmt.Errorf("cannot put into mailbox of %s: %w", identity, err)
 	}
+	a, _ := v.([]any)
 	head, id := reply(v)
 	if head == "full" {
 		return "", fmt.Errorf("%w: %s", ErrFull, identity)
 	}
 	sid, _ := id.(string)
+	sess := ""
+	if len(a) > 2 {
+		sess, _ = a[2].(string)
+	}
+	if owner == "" && s.opts.OwnerOf != nil {
+		owner = s.opts.OwnerOf(identity)
+	}
+	if err := s.wake(ctx, identity, sess, owner); err != nil {
+		s.log.Warn("cannot wake the push server; its sweep will find the entry", "identity", identity, "err", err)
+	}
 	return sid, nil
 }

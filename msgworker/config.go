@@ -16,11 +16,11 @@ import (
 // Defaults of the worker's own settings. The shared ones (URLs, namespace,
 // retention, mailbox cap, metrics address) come from package config.
 const (
-	// DefaultPrefetch is the prefetch count of the commands and results
-	// consumers: at most this many unacked deliveries per queue and worker.
+	// DefaultPrefetch bounds a worker's unacked deliveries of the command
+	// queues together, and of the results queue (see Config.Prefetch).
 	DefaultPrefetch = 128
-	// DefaultConcurrency is the number of handlers running at once per
-	// queue and worker.
+	// DefaultConcurrency is the number of handlers a worker runs at once
+	// for the command queues together, and for the results queue.
 	DefaultConcurrency = 64
 	// DefaultTimerInterval is how often every worker polls the timer set.
 	DefaultTimerInterval = 200 * time.Millisecond
@@ -44,6 +44,12 @@ type Config struct {
 	// amqp://guest:guest@127.0.0.1:5672/, redis://127.0.0.1:6379/0 and
 	// "gw".
 	config.Common
+	// Scale holds the fixed counts, Partitions (partitions,
+	// GW_PARTITIONS) and Queues (queues, GW_QUEUES), and the durability
+	// settings; defaults in package config. The worker consumes each of
+	// the Queues command queues. Both counts must be those of the
+	// namespace: the fence refuses other ones, and Run returns that error.
+	config.Scale
 	// Retention is how long final records and results are kept
 	// (retention, GW_RETENTION). Default 24h.
 	Retention time.Duration
@@ -51,11 +57,21 @@ type Config struct {
 	// command for a device whose mailbox is full is rejected (mailbox-cap,
 	// GW_MAILBOX_CAP). Default 10000.
 	MailboxCap int
-	// Prefetch bounds the unacked deliveries of the commands and of the
-	// results consumer (prefetch, GW_PREFETCH). Default 128.
+	// Prefetch bounds the unacked deliveries of the command queues
+	// together, and those of the results queue (prefetch, GW_PREFETCH).
+	// Default 128. The command queues share it: each of their consumers
+	// has a prefetch of Prefetch/Queues, rounded up (so the total may be
+	// a little more), so a worker holds about as many commands whatever
+	// GW_QUEUES, and KEDA's count of ready messages (which leaves out the
+	// ones workers hold) means the same.
 	Prefetch int
-	// Concurrency is how many handlers of each of those queues run at once
-	// (concurrency, GW_CONCURRENCY). Default 64, and never above Prefetch.
+	// Concurrency is how many handlers run at once for the command queues
+	// together, and for the results queue (concurrency, GW_CONCURRENCY).
+	// Default 64, and never above Prefetch. The command queues share it
+	// as they share Prefetch: each consumer runs Concurrency/Queues
+	// handlers, rounded up. The worker's Redis connections and goroutines
+	// do not grow with GW_QUEUES; a queue whose devices are busier than
+	// the others' gets its share, not more.
 	Concurrency int
 	// TimerInterval is how often the worker polls the timer set
 	// (timer-interval, GW_TIMER_INTERVAL). Default 200ms.
@@ -81,6 +97,7 @@ type Config struct {
 
 func (c *Config) ensureDefaults() {
 	c.Common.SetDefaults()
+	c.Scale.SetDefaults()
 	if c.Retention <= 0 {
 		c.Retention = config.DefaultRetention
 	}
@@ -126,7 +143,18 @@ func (c *Config) validate() error {
 	if c.Prefetch > 65535 {
 		return errors.New("prefetch must be at most 65535")
 	}
-	return nil
+	return c.Scale.Check()
+}
+
+// commandShare is the prefetch and the concurrency of the consumer of one
+// command queue: Prefetch and Concurrency split over the Queues queues,
+// rounded up, at least 1 (see Config.Prefetch). It runs after
+// ensureDefaults.
+func (c *Config) commandShare() (prefetch, concurrency int) {
+	n := max(c.Queues, 1)
+	prefetch = max((c.Prefetch+n-1)/n, 1)
+	concurrency = min(max((c.Concurrency+n-1)/n, 1), prefetch)
+	return prefetch, concurrency
 }
 
 // flags is the binary's configuration: the Worker's Config plus what only
@@ -142,10 +170,11 @@ type flags struct {
 func (f *flags) bind(b *config.Binder) {
 	f.Common.Bind(b)
 	f.Logging.Bind(b)
+	f.Scale.Bind(b)
 	b.Duration(&f.Retention, "retention", config.DefaultRetention, "how long final records and results are kept")
 	b.Int(&f.MailboxCap, "mailbox-cap", config.DefaultMailboxCap, "entries per mailbox; a command to a full device mailbox is rejected")
-	b.Int(&f.Prefetch, "prefetch", DefaultPrefetch, "unacked deliveries per queue (commands, results)")
-	b.Int(&f.Concurrency, "concurrency", DefaultConcurrency, "handlers running at once per queue (at most prefetch)")
+	b.Int(&f.Prefetch, "prefetch", DefaultPrefetch, "unacked deliveries of the command queues together, and of the results queue")
+	b.Int(&f.Concurrency, "concurrency", DefaultConcurrency, "handlers running at once for the command queues together, and for the results queue (at most prefetch)")
 	b.Duration(&f.TimerInterval, "timer-interval", DefaultTimerInterval, "how often the timer set is polled")
 	b.String(&f.MetricsAddr, "metrics-addr", config.DefaultMetricsAddr, "Prometheus listen address (port 0: any free port, logged at start)")
 }
@@ -163,6 +192,10 @@ func (f *flags) check() error {
 		return errors.New("concurrency must be positive")
 	case f.TimerInterval <= 0:
 		return errors.New("timer-interval must be positive")
+	}
+	// Before the Worker's defaults: --queues 0 is an error, not 4.
+	if err := f.Scale.Check(); err != nil {
+		return err
 	}
 	return f.Logging.Check()
 }

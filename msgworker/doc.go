@@ -13,8 +13,8 @@
 // # What it does
 //
 //	queue / loop          handler                         outcome → ack
-//	{ns}.commands         mailbox.Dispatch                sent, expired (deliver-by passed),
-//	                                                      rejected (device mailbox full),
+//	{ns}.commands.{q},    mailbox.Dispatch                sent, expired (deliver-by passed),
+//	q = 0..GW_QUEUES-1                                    rejected (device mailbox full),
 //	                                                      noop (cancelled, sent or beyond)
 //	{ns}.results          protocol.ParseResponse,         succeeded, failed, late (recorded
 //	                      mailbox.Complete                and dropped), noop
@@ -26,6 +26,12 @@
 //	                      else log                        ends it as timeout (-32001)
 //	timer loop            mailbox.FireTimers every        expired, timeout, rearmed
 //	                      --timer-interval
+//
+// Every worker consumes every command queue, one consumer each; they
+// share GW_PREFETCH and GW_CONCURRENCY (Config.Prefetch), and count as
+// queue="commands" in the metrics. A worker started with another
+// GW_QUEUES or GW_PARTITIONS than the namespace's stops at once: the
+// namespace's fence refuses it (amqpx.ErrCounts).
 //
 // A delivery is acknowledged only after the script that applied it has
 // returned, that is, after its effect is in Redis (durable as far as

@@ -10,6 +10,7 @@ import (
 	"net"
 	"strings"
 	"syscall"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
@@ -70,7 +71,7 @@ func (w *Worker) handleResult(ctx context.Context, m *Message) error {
 		return fmt.Errorf("%w: cannot decode result: %w", amqpx.ErrReject, err)
 	}
 	m.Client, m.Device, m.MsgID = env.Client, env.Device, env.MsgID.Key()
-	out, err := w.store.Complete(ctx, env.Client, env.MsgID.Key(), env.Device, resp, w.ownerOf(env.Client))
+	out, err := w.store.Complete(ctx, env.Client, env.MsgID.Key(), env.Device, resp, time.Since(env.AcceptedAt), w.ownerOf(env.Client))
 	if err == nil {
 		m.Outcome = string(out)
 		return nil
@@ -138,7 +139,7 @@ func (w *Worker) handleDeadCommand(ctx context.Context, m *Message) (err error) 
 		return nil
 	}
 	m.Device = c.Device
-	out, err := w.store.MarkDead(ctx, client, key, reason, w.ownerOf(client))
+	out, err := w.store.MarkDead(ctx, c.Device, client, key, reason, w.ownerOf(client))
 	if err != nil {
 		return w.settleDead(m, "mark dead", err)
 	}
@@ -175,7 +176,7 @@ func (w *Worker) handleDeadResult(ctx context.Context, m *Message) (err error) {
 		return nil
 	}
 	m.Client, m.Device, m.MsgID = env.Client, env.Device, env.MsgID.Key()
-	out, err := w.store.Complete(ctx, env.Client, env.MsgID.Key(), env.Device, resp, w.ownerOf(env.Client))
+	out, err := w.store.Complete(ctx, env.Client, env.MsgID.Key(), env.Device, resp, time.Since(env.AcceptedAt), w.ownerOf(env.Client))
 	switch {
 	case err == nil:
 		m.Outcome = string(out)

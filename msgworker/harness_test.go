@@ -35,11 +35,15 @@ type harness struct {
 	keys  protocol.Keys
 }
 
+// testAnswerGrace is the answer grace of the test stores and workers: a
+// timeout status comes soon after the answer deadline.
+const testAnswerGrace = 100 * time.Millisecond
+
 func newHarness(t testing.TB) *harness {
 	t.Helper()
 	rdb := testenv.Redis(t)
 	ns := testenv.Namespace(t)
-	topo := protocol.NewTopology(ns)
+	topo := protocol.NewTopology(ns, protocol.DefaultQueues, protocol.DefaultPartitions) // the Worker's defaults
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	pub, err := amqpx.NewPublisher(ctx, amqpx.Options{URL: testenv.AMQPURL(), Name: "msgworker-test", Logger: testenv.Logger(t)}, topo)
@@ -48,7 +52,7 @@ func newHarness(t testing.TB) *harness {
 	require.Eventually(t, pub.Ready, 10*time.Second, 10*time.Millisecond, "publisher never connected")
 	return &harness{
 		t: t, ns: ns, rdb: rdb, topo: topo, keys: protocol.NewKeys(ns), pub: pub,
-		store: mailbox.New(rdb, ns, mailbox.Options{}),
+		store: mailbox.New(rdb, ns, mailbox.Options{AnswerGrace: testAnswerGrace}),
 	}
 }
 
@@ -59,6 +63,7 @@ func (h *harness) worker(mutate func(*Config)) *Worker {
 	cfg := Config{
 		Common:        config.Common{AMQPURL: testenv.AMQPURL(), RedisURL: testenv.RedisURL(), Namespace: h.ns},
 		TimerInterval: 50 * time.Millisecond,
+		Scale:         config.Scale{AnswerGrace: testAnswerGrace},
 		Logger:        testenv.Logger(h.t),
 		Registerer:    prometheus.NewRegistry(),
 	}
@@ -145,7 +150,7 @@ func (h *harness) send(s spec) *protocol.Envelope {
 // trySend is send for other goroutines than the test's: it returns its
 // error.
 func (h *harness) trySend(s spec) (*protocol.Envelope, error) {
-	rec, env, err := h.reserve(s)
+	_, env, err := h.reserve(s)
 	if err != nil {
 		return nil, err
 	}
@@ -153,17 +158,27 @@ func (h *harness) trySend(s spec) (*protocol.Envelope, error) {
 	if err != nil {
 		return nil, err
 	}
-	if err := h.tryPublish(h.topo.CommandsExchange, protocol.RoutingCommand, body); err != nil {
+	exchange, key := h.topo.DeviceRoute(env.Device)
+	if err := h.tryPublish(exchange, key, body); err != nil {
 		return nil, err
 	}
-	return env, h.store.MarkQueued(context.Background(), env.Client, env.MsgID.Key(), rec.LeaseToken)
+	return env, h.store.MarkQueued(context.Background(), env.Device, env.Client, env.MsgID.Key())
 }
 
+// publishCommand publishes env to the command queue of its device.
 func (h *harness) publishCommand(env *protocol.Envelope) {
 	h.t.Helper()
 	body, err := env.Encode()
 	require.NoError(h.t, err)
-	h.publish(h.topo.CommandsExchange, protocol.RoutingCommand, body)
+	exchange, key := h.topo.DeviceRoute(env.Device)
+	h.publish(exchange, key, body)
+}
+
+// publishToQueue publishes body to command queue q.
+func (h *harness) publishToQueue(q int, body []byte) {
+	h.t.Helper()
+	exchange, key := h.topo.CommandRoute(q)
+	h.publish(exchange, key, body)
 }
 
 func (h *harness) publish(exchange, key string, body []byte) {
@@ -230,7 +245,7 @@ func (h *harness) waitStatus(env *protocol.Envelope, st protocol.Status, within 
 // (Fetch would mark commands as on the wire).
 func (h *harness) mailboxEntries(identity string) []map[string]any {
 	h.t.Helper()
-	xs, err := h.rdb.XRange(context.Background(), h.keys.Mailbox(identity), "-", "+").Result()
+	xs, err := h.rdb.XRange(context.Background(), h.keys.Part(h.store.PartitionOf(identity)).Mailbox(identity), "-", "+").Result()
 	require.NoError(h.t, err)
 	out := make([]map[string]any, len(xs))
 	for i, x := range xs {

@@ -12,13 +12,16 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/iotgw/gateway/internal/amqpx"
+	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/mailbox"
+	"github.com/iotgw/gateway/protocol"
 )
 
 func TestDeathReason(t *testing.T) {
@@ -27,8 +30,8 @@ func TestDeathReason(t *testing.T) {
 		h    amqp.Table
 		want string
 	}{
-		{"first death", amqp.Table{"x-first-death-reason": "delivery_limit", "x-first-death-queue": "gw.commands"}, "delivery_limit in gw.commands"},
-		{"x-death only", amqp.Table{"x-death": []any{amqp.Table{"reason": "rejected", "queue": "gw.commands", "count": int64(1)}}}, "rejected in gw.commands"},
+		{"first death", amqp.Table{"x-first-death-reason": "delivery_limit", "x-first-death-queue": "gw.commands.2"}, "delivery_limit in gw.commands.2"},
+		{"x-death only", amqp.Table{"x-death": []any{amqp.Table{"reason": "rejected", "queue": "gw.commands.0", "count": int64(1)}}}, "rejected in gw.commands.0"},
 		{"none", amqp.Table{}, "unknown"},
 		{"nil", nil, "unknown"},
 	}
@@ -241,6 +244,9 @@ func TestRunConfig(t *testing.T) {
 		{"zero prefetch", []string{"--prefetch", "0"}, env(), "prefetch must be positive"},
 		{"bad interval", nil, env("GW_TIMER_INTERVAL", "0"), "timer-interval"},
 		{"bad namespace", []string{"--namespace", "a b"}, env(), "namespace"},
+		{"bad partitions", nil, env("GW_PARTITIONS", "100"), "partitions"},
+		{"no queues", []string{"--queues", "0"}, env(), "queues"},
+		{"bad durability", nil, env("GW_DURABILITY", "maybe"), "durability"},
 		{"bad log level", []string{"--log-level", "loud"}, env(), "log-level"},
 		{"bad redis url", []string{"--redis-url", "http://x"}, env(), "redis-url"},
 		{"bad metrics addr", []string{"--metrics-addr", "256.0.0.1:99999"}, env(), "cannot listen for metrics"},
@@ -255,7 +261,7 @@ func TestRunConfig(t *testing.T) {
 	var out bytes.Buffer
 	require.NoError(t, run(ctx, []string{"-h"}, env(), &out))
 	for _, name := range []string{"amqp-url", "redis-url", "namespace", "retention", "mailbox-cap", "prefetch",
-		"concurrency", "timer-interval", "metrics-addr", "log-level", "log-format", "GW_AMQP_URL"} {
+		"concurrency", "timer-interval", "metrics-addr", "log-level", "log-format", "GW_AMQP_URL", "GW_QUEUES", "GW_PARTITIONS"} {
 		require.Contains(t, out.String(), name)
 	}
 }
@@ -283,7 +289,7 @@ func TestRunStartsAndStops(t *testing.T) {
 			return ""
 		}, out)
 	}()
-	require.Eventually(t, func() bool { return strings.Count(out.String(), "msg=consuming") >= 4 },
+	require.Eventually(t, func() bool { return strings.Count(out.String(), "msg=consuming") >= protocol.DefaultQueues+3 },
 		20*time.Second, 20*time.Millisecond, "%s", out.String())
 	require.Contains(t, out.String(), "metrics listening")
 	if msg := checkDurability(t); msg != "" {
@@ -302,4 +308,45 @@ func TestRunStartsAndStops(t *testing.T) {
 
 func checkDurability(t testing.TB) string {
 	return mailbox.CheckDurability(context.Background(), testenv.Redis(t))
+}
+
+// TestCommandShare: the command queues share the prefetch and the
+// concurrency, rounded up, never below one, concurrency never above
+// prefetch.
+func TestCommandShare(t *testing.T) {
+	for _, tt := range []struct{ queues, prefetch, concurrency, wantP, wantC int }{
+		{1, 128, 64, 128, 64},
+		{4, 128, 64, 32, 16},
+		{3, 128, 64, 43, 22},
+		{256, 128, 64, 1, 1},
+		{4, 2, 2, 1, 1},
+		{4, 8, 64, 2, 2},
+	} {
+		c := Config{Scale: config.Scale{Queues: tt.queues}, Prefetch: tt.prefetch, Concurrency: tt.concurrency}
+		if p, n := c.commandShare(); p != tt.wantP || n != tt.wantC {
+			t.Errorf("%d queues, prefetch %d, concurrency %d: commandShare() = %d, %d; want %d, %d",
+				tt.queues, tt.prefetch, tt.concurrency, p, n, tt.wantP, tt.wantC)
+		}
+	}
+}
+
+// TestWorkerRefusesOtherCounts: a worker whose GW_QUEUES differs from the
+// namespace's stops at once, naming both counts.
+func TestWorkerRefusesOtherCounts(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t) // declares the namespace with the default counts
+	w, err := New(Config{
+		Common:     config.Common{AMQPURL: testenv.AMQPURL(), RedisURL: testenv.RedisURL(), Namespace: h.ns},
+		Scale:      config.Scale{Queues: 2},
+		Logger:     testenv.Logger(t),
+		Registerer: prometheus.NewRegistry(),
+	})
+	require.NoError(t, err)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	err = w.Run(ctx)
+	require.ErrorIs(t, err, amqpx.ErrCounts)
+	require.ErrorContains(t, err, fmt.Sprintf("GW_QUEUES=%d and GW_PARTITIONS=%d", protocol.DefaultQueues, protocol.DefaultPartitions))
+	require.ErrorContains(t, err, fmt.Sprintf("GW_QUEUES=2 and GW_PARTITIONS=%d", protocol.DefaultPartitions))
+	require.NoError(t, ctx.Err(), "Run returned only at the deadline")
 }

@@ -2,21 +2,24 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
 	"github.com/iotgw/gateway/internal/amqpx"
+	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
-	"github.com/iotgw/gateway/pushserver/ring"
 )
 
-// Worker is one msgworker: competing consumers of the commands and
-// results queues and of their dead-letter queues, and the timer loop. Any
+// Worker is one msgworker: competing consumers of every command queue,
+// of the results queue and of the dead-letter queues, and the timer loop. Any
 // number of Workers (processes or, in tests, values in one process) share
 // the work of a namespace.
 type Worker struct {
@@ -26,6 +29,9 @@ type Worker struct {
 	rdb   *redis.Client
 	store *mailbox.Store
 	ring  *ring.Ring
+	// parts is this worker's share of the partitions: it fires their
+	// timers and relays their leftover outbox entries (DESIGN §7).
+	parts *ring.Partitions
 	mx    *metrics
 
 	consumers []*amqpx.Consumer
@@ -42,22 +48,30 @@ func New(cfg Config) (*Worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("invalid configuration: redis-url: %w", err)
 	}
-	// Handlers of both main queues and the timer loop share the pool.
-	if n := 2*cfg.Concurrency + 2*deadConcurrency + 4; ropts.PoolSize < n {
+	// Handlers of every queue and the timer loop share the pool.
+	cmdPrefetch, cmdWorkers := cfg.commandShare()
+	if n := cfg.Queues*cmdWorkers + cfg.Concurrency + 2*deadConcurrency + 4; ropts.PoolSize < n {
 		ropts.PoolSize = n
 	}
 	w := &Worker{
 		cfg:  cfg,
 		log:  cfg.Logger.With("component", "msgworker", "ns", cfg.Namespace),
-		topo: protocol.NewTopology(cfg.Namespace),
+		topo: protocol.NewTopology(cfg.Namespace, cfg.Queues, cfg.Partitions),
 		rdb:  redis.NewClient(ropts),
 	}
-	w.store = mailbox.New(w.rdb, cfg.Namespace, mailbox.Options{
-		Retention:  cfg.Retention,
-		MailboxCap: cfg.MailboxCap,
-		Logger:     cfg.Logger,
-	})
 	w.ring = ring.New(w.rdb, cfg.Namespace, ring.Options{Logger: cfg.Logger})
+	w.parts = ring.NewPartitions(w.rdb, cfg.Namespace, workerID(), max(cfg.Partitions, 1),
+		ring.PartitionOptions{Ring: ring.Options{Logger: cfg.Logger}})
+	w.store = mailbox.New(w.rdb, cfg.Namespace, mailbox.Options{
+		Partitions:   cfg.Partitions,
+		Retention:    cfg.Retention,
+		MailboxCap:   cfg.MailboxCap,
+		AnswerGrace:  cfg.AnswerGrace,
+		WaitReplicas: cfg.WaitReplicas,
+		WaitTimeout:  cfg.WaitTimeout,
+		OwnerOf:      w.ownerOf,
+		Logger:       cfg.Logger,
+	})
 	w.mx, err = newMetrics(cfg.Registerer, w.reconnects)
 	if err != nil {
 		_ = w.rdb.Close()
@@ -69,16 +83,23 @@ func New(cfg Config) (*Worker, error) {
 	// Outermost first: count and log what the layers below did, panics
 	// included.
 	std := []Middleware{instrument(w.mx), logging(w.log), recoverer(w.log)}
-	queues := []struct {
+	type consumed struct {
 		queue, label      string
 		prefetch, workers int
 		h                 Handler
-	}{
-		{w.topo.CommandsQueue, queueCommands, cfg.Prefetch, cfg.Concurrency, w.handleCommand},
-		{w.topo.ResultsQueue, queueResults, cfg.Prefetch, cfg.Concurrency, w.handleResult},
-		{w.topo.CommandsDeadQueue, queueCommandsDead, deadPrefetch, deadConcurrency, w.handleDeadCommand},
-		{w.topo.ResultsDeadQueue, queueResultsDead, deadPrefetch, deadConcurrency, w.handleDeadResult},
 	}
+	// A consumer of each command queue, sharing the commands' prefetch
+	// and concurrency (Config.Prefetch); all of them count as "commands"
+	// in the metrics.
+	var queues []consumed
+	for _, q := range w.topo.CommandQueues() {
+		queues = append(queues, consumed{q, queueCommands, cmdPrefetch, cmdWorkers, w.handleCommand})
+	}
+	queues = append(queues,
+		consumed{w.topo.ResultsQueue, queueResults, cfg.Prefetch, cfg.Concurrency, w.handleResult},
+		consumed{w.topo.CommandsDeadQueue, queueCommandsDead, deadPrefetch, deadConcurrency, w.handleDeadCommand},
+		consumed{w.topo.ResultsDeadQueue, queueResultsDead, deadPrefetch, deadConcurrency, w.handleDeadResult},
+	)
 	for _, q := range queues {
 		// The standard middleware is outermost, so it logs and counts what
 		// test middleware injects too.
@@ -123,16 +144,22 @@ func (w *Worker) ownerOf(identity string) string {
 // of RabbitMQ are retried with backoff by the consumers; Redis outages
 // pause the consumers (transient errors) and the timer loop until Redis is
 // back. Run returns nil after a shutdown, or the first error that stops
-// it. Run may be called once.
+// it: among them amqpx.ErrCounts, when the namespace's fence refuses the
+// configured GW_QUEUES or GW_PARTITIONS (the error names both sides). Run
+// may be called once.
 func (w *Worker) Run(ctx context.Context) error {
 	defer w.rdb.Close()
 
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var bgWG sync.WaitGroup
-	bgWG.Add(3)
+	bgWG.Add(4)
 	go func() {
 		defer bgWG.Done()
 		w.checkRedis(bg)
+	}()
+	go func() {
+		defer bgWG.Done()
+		w.ownPartitions(bg)
 	}()
 	go func() {
 		defer bgWG.Done()
@@ -162,7 +189,7 @@ func (w *Worker) Run(ctx context.Context) error {
 			errs <- err
 		}()
 	}
-	w.log.Info("msgworker running", "prefetch", w.cfg.Prefetch, "concurrency", w.cfg.Concurrency,
+	w.log.Info("msgworker running", "queues", w.cfg.Queues, "partitions", w.cfg.Partitions, "prefetch", w.cfg.Prefetch, "concurrency", w.cfg.Concurrency,
 		"timer_interval", w.cfg.TimerInterval, "mailbox_cap", w.cfg.MailboxCap, "retention", w.cfg.Retention)
 	var first error
 	for range w.consumers {
@@ -221,7 +248,7 @@ func (w *Worker) runTimers(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		n, outcomes, err := w.store.FireTimersOutcomes(ctx, w.cfg.TimerBatch, w.ownerOf)
+		n, outcomes, err := w.fireOwned(ctx)
 		if n > 0 {
 			w.mx.timersFired.Add(float64(n))
 		}
@@ -249,4 +276,70 @@ func (w *Worker) runTimers(ctx context.Context) {
 		}
 		t.Reset(delay)
 	}
+}
+
+// workerID names this worker in the ring of partition owners.
+func workerID() string {
+	host, _ := os.Hostname()
+	var b [4]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("worker-%s-%d-%s", host, os.Getpid(), hex.EncodeToString(b[:]))
+}
+
+// ownPartitions joins the ring of partition owners (retrying while Redis
+// is unreachable), follows it until ctx is done, then leaves, so that the
+// other workers take the partitions over at once.
+func (w *Worker) ownPartitions(ctx context.Context) {
+	for {
+		err := w.parts.Join(ctx)
+		if err == nil {
+			break
+		}
+		w.log.Warn("cannot join the ring of partition owners; retrying", "err", err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+	}
+	_ = w.parts.Run(ctx)
+	lctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+	defer cancel()
+	if err := w.parts.Leave(lctx); err != nil {
+		w.log.Warn("cannot leave the ring of partition owners", "err", err)
+	}
+}
+
+// outboxAge is how old an outbox entry must be before the partition's
+// owner relays it: the step that wrote it relays at once, this is the
+// backstop for a relay that failed or a process that died in between.
+const outboxAge = 3 * time.Second
+
+// fireOwned fires the due timers of the partitions this worker owns and
+// relays their leftover outbox entries.
+func (w *Worker) fireOwned(ctx context.Context) (int, map[string]int, error) {
+	outcomes := map[string]int{}
+	owned := w.parts.Owned()
+	if len(owned) == 0 {
+		return 0, outcomes, nil
+	}
+	due, err := w.store.DuePartitions(ctx, owned, outboxAge)
+	if err != nil {
+		return 0, outcomes, err
+	}
+	n := 0
+	for _, p := range due {
+		k, o, err := w.store.FireTimersIn(ctx, p, w.cfg.TimerBatch)
+		n += k
+		for what, c := range o {
+			outcomes[what] += c
+		}
+		if err != nil {
+			return n, outcomes, err
+		}
+		if _, err := w.store.RelayOutbox(ctx, p, outboxAge, 100); err != nil {
+			return n, outcomes, err
+		}
+	}
+	return n, outcomes, nil
 }

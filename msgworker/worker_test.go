@@ -146,9 +146,9 @@ func TestCancelBeforeDelivery(t *testing.T) {
 	h := newHarness(t)
 	ctx := context.Background()
 
-	rec, env, err := h.reserve(spec{client: "app-1", device: "lamp-1", id: `1`})
+	_, env, err := h.reserve(spec{client: "app-1", device: "lamp-1", id: `1`})
 	require.NoError(t, err)
-	require.NoError(t, h.store.MarkQueued(ctx, env.Client, env.MsgID.Key(), rec.LeaseToken))
+	require.NoError(t, h.store.MarkQueued(ctx, env.Device, env.Client, env.MsgID.Key()))
 	c, err := h.store.Cancel(ctx, env.Client, env.MsgID.Key(), "")
 	require.NoError(t, err)
 	require.Equal(t, protocol.StatusCancelled, c.Status)
@@ -213,17 +213,17 @@ func TestPoisonCommand(t *testing.T) {
 	h := newHarness(t)
 	w := h.worker(nil)
 
-	h.publish(h.topo.CommandsExchange, protocol.RoutingCommand, []byte("garbage \x00 not json"))
+	h.publishToQueue(0, []byte("garbage \x00 not json"))
 	waitHandled(t, w, queueCommandsDead, outcomeLogged, 1, 10*time.Second)
 	require.Equal(t, 1, handled(w, queueCommands, outcomePoison), "rejected on the first delivery")
 	require.Equal(t, 0, handled(w, queueCommands, outcomeError))
 
 	// A decodable envelope whose payload is not a request object.
-	rec, env, err := h.reserve(spec{client: "app-1", device: "lamp-1", id: `"p-1"`})
+	_, env, err := h.reserve(spec{client: "app-1", device: "lamp-1", id: `"p-1"`})
 	require.NoError(t, err)
 	env.Payload = json.RawMessage(`[1,2,3]`)
 	h.publishCommand(env)
-	require.NoError(t, h.store.MarkQueued(context.Background(), env.Client, env.MsgID.Key(), rec.LeaseToken))
+	require.NoError(t, h.store.MarkQueued(context.Background(), env.Device, env.Client, env.MsgID.Key()))
 	c := h.waitStatus(env, protocol.StatusDead, 10*time.Second)
 	require.Contains(t, c.Reason, "rejected")
 	require.Equal(t, protocol.CodeDead, gatewayCode(t, h.oneResult(env)))
@@ -232,10 +232,10 @@ func TestPoisonCommand(t *testing.T) {
 	require.Equal(t, 2.0, counterValue(w.mx.deadLetters.WithLabelValues(queueCommandsDead)))
 
 	// A body that is no envelope but names its command is still ended.
-	rec, env, err = h.reserve(spec{client: "app-1", device: "lamp-1", id: `7`})
+	_, env, err = h.reserve(spec{client: "app-1", device: "lamp-1", id: `7`})
 	require.NoError(t, err)
-	h.publish(h.topo.CommandsExchange, protocol.RoutingCommand, []byte(`{"v":99,"client":"app-1","msg_id":7}`))
-	require.NoError(t, h.store.MarkQueued(context.Background(), env.Client, env.MsgID.Key(), rec.LeaseToken))
+	h.publishToQueue(1, []byte(`{"v":99,"client":"app-1","msg_id":7}`))
+	require.NoError(t, h.store.MarkQueued(context.Background(), env.Device, env.Client, env.MsgID.Key()))
 	h.waitStatus(env, protocol.StatusDead, 10*time.Second)
 }
 
@@ -438,10 +438,10 @@ func TestKindMismatchIsPoison(t *testing.T) {
 
 	// A result envelope on the commands queue: poison, and since it names a
 	// command, that command ends dead.
-	rec, env, err := h.reserve(spec{client: "app-1", device: "lamp-1", id: `1`})
+	_, env, err := h.reserve(spec{client: "app-1", device: "lamp-1", id: `1`})
 	require.NoError(t, err)
-	require.NoError(t, h.store.MarkQueued(context.Background(), env.Client, env.MsgID.Key(), rec.LeaseToken))
-	h.publish(h.topo.CommandsExchange, protocol.RoutingCommand, resultBody(t, env, 0))
+	require.NoError(t, h.store.MarkQueued(context.Background(), env.Device, env.Client, env.MsgID.Key()))
+	h.publishToQueue(h.topo.CommandQueueOf(env.Device, h.topo.PartitionCount), resultBody(t, env, 0))
 	h.waitStatus(env, protocol.StatusDead, 10*time.Second)
 	require.Equal(t, 1, handled(w, queueCommands, outcomePoison))
 
@@ -471,7 +471,7 @@ func TestDeadLetterFailingIsDropped(t *testing.T) {
 			}
 		}}
 	})
-	h.publish(h.topo.CommandsExchange, protocol.RoutingCommand, []byte("poison"))
+	h.publishToQueue(h.topo.QueueCount-1, []byte("poison"))
 	waitHandled(t, w, queueCommandsDead, outcomeDropped, 1, 20*time.Second)
 	require.Equal(t, int32(protocol.DeliveryLimit+1), attempts.Load())
 	require.Equal(t, protocol.DeliveryLimit, handled(w, queueCommandsDead, outcomeError))

@@ -174,13 +174,15 @@
 //	queued     no     apiserver   durable in RabbitMQ                                    QUEUED       -
 //	sent       no     msgworker   in the device's mailbox                                SENT         -
 //	delivered  no     pushserver  the device PUBACKed it                                 DELIVERED    -
-//	succeeded  yes    msgworker   the device answered with "result"                      SUCCESSFUL   -
-//	failed     yes    msgworker   the device answered with "error"                       FAILED       -
+//	succeeded  yes    pushserver  the device answered with "result"                      SUCCESSFUL   -
+//	failed     yes    pushserver  the device answered with "error"                       FAILED       -
 //	timeout    yes    msgworker   no answer within timeout of delivery                   TIMEOUT      -32001
 //	expired    yes    msgworker   not delivered within expires_in                        EXPIRED      -32002
 //	cancelled  yes    apiserver   cancelled before it went on the wire                   FAILED       -32004
 //	rejected   yes    msgworker   the device's mailbox was full                          FAILED       -32005
 //	dead       yes    msgworker   not processed within the delivery limit (dead letter)  FAILED       -32003
+//	void       no     apiserver   internal tombstone: reserved, then released after a    -            -
+//	                              definite publish failure; shown as "not found"
 //
 // The ThingsBoard column is [Status.ThingsBoard]: ThingsBoard's persistent
 // RPC states QUEUED, SENT, DELIVERED, SUCCESSFUL, TIMEOUT, EXPIRED and
@@ -190,15 +192,19 @@
 // The legal transitions ([Transitions]; anything else MUST be refused):
 //
 //	from       to                                         by
-//	pending    queued                                     apiserver
+//	pending    queued, void                               apiserver
+//	void       pending (a retry reserves afresh)          apiserver
 //	queued     sent, expired, rejected, dead              msgworker
 //	queued     cancelled                                  apiserver
-//	sent       delivered                                  pushserver
-//	sent       succeeded, failed, expired, timeout, dead  msgworker
+//	sent       delivered, succeeded, failed               pushserver
+//	sent       expired, timeout, dead                     msgworker
 //	sent       cancelled                                  apiserver
-//	delivered  succeeded, failed, timeout, dead           msgworker
+//	delivered  succeeded, failed                          pushserver
+//	delivered  timeout, dead                              msgworker
 //	dead       queued (operator replay)                   apiserver
 //
+// The push server that receives a device's answer completes it (DESIGN §5):
+// there is no results queue between the device and the record.
 // sent → succeeded/failed: the answer can arrive before its PUBACK is
 // seen. sent → timeout: the deliver-by deadline passed while the command
 // was on the wire, so the worker waits one timeout instead of expiring it.
@@ -218,28 +224,48 @@
 // its namespace, identically ([Topology.Bindings]; a different argument
 // makes RabbitMQ refuse the declaration with PRECONDITION_FAILED). All
 // exchanges are durable and of kind direct; all queues are durable quorum
-// queues.
+// queues. Q is GW_QUEUES and P is GW_PARTITIONS, both fixed per namespace.
 //
 //	name                kind      arguments                                         bound to, routing key
 //	{ns}.dead           exchange  direct                                            -
 //	{ns}.commands       exchange  direct                                            -
 //	{ns}.results        exchange  direct                                            -
+//	{ns}.fence          queue     x-queue-type=quorum,                              - (nothing routes to it)
+//	                              x-dead-letter-exchange={ns}.dead,
+//	                              x-dead-letter-routing-key="queues=Q,partitions=P",
+//	                              x-gw-queues=Q, x-gw-partitions=P (int32)
 //	{ns}.commands.dead  queue     x-queue-type=quorum                               {ns}.dead, "commands"
 //	{ns}.results.dead   queue     x-queue-type=quorum                               {ns}.dead, "results"
-//	{ns}.commands       queue     x-queue-type=quorum, x-delivery-limit=5 (int32),  {ns}.commands, "command"
-//	                              x-dead-letter-exchange={ns}.dead,
+//	{ns}.commands.{q}   queue     x-queue-type=quorum, x-delivery-limit=5 (int32),  {ns}.commands, "command.{q}"
+//	(q = 0..Q-1)                  x-dead-letter-exchange={ns}.dead,
 //	                              x-dead-letter-routing-key=commands,
 //	                              x-dead-letter-strategy=at-least-once,
-//	                              x-overflow=reject-publish
-//	{ns}.results        queue     as {ns}.commands, with                            {ns}.results, "result"
-//	                              x-dead-letter-routing-key=results
+//	                              x-overflow=reject-publish,
+//	                              x-queue-leader-locator=balanced
+//	{ns}.results        queue     as a command queue, with                          {ns}.results, "result"
+//	                              x-dead-letter-routing-key=results and
+//	                              no leader locator
 //
-// Declare in this order: the dead-letter queues exist before the queues
-// that dead-letter into them. An exchange and a queue may share a name.
+// Declare in this order: the fence first, then the dead-letter queues
+// before the queues that dead-letter into them. An exchange and a queue
+// may share a name; no queue is named {ns}.commands.
 //
-//	message   publisher                      exchange, routing key     consumer
-//	command   apiserver (and dead replay)    {ns}.commands, "command"  msgworker (competing)
-//	result    pushserver                     {ns}.results, "result"    msgworker (competing)
+// The fence keeps the counts (DESIGN §7a). RabbitMQ compares
+// x-dead-letter-routing-key on every declaration, so a process whose Q or
+// P differ from those of the namespace's first process is refused at the
+// fence (PRECONDITION_FAILED, "received 'queues=8,partitions=256' but
+// current is 'queues=4,partitions=256'") before it declares anything
+// else, and MUST NOT start. x-gw-queues and x-gw-partitions only repeat
+// the counts for the reader: RabbitMQ does not compare arguments it does
+// not know. Changing Q is a resize (workers consume the old and the new
+// queues, apiservers switch when every worker does, the operator deletes
+// the fence so the new count can declare it, an old queue goes once
+// empty); changing P is a new deployment.
+//
+//	message   publisher                      exchange, routing key              consumer
+//	command   apiserver (and dead replay)    {ns}.commands, "command.{q}"       msgworker (competing, every queue)
+//	          to device d: q = Partition(d, P) mod Q ([Topology.CommandQueueOf], [Topology.DeviceRoute])
+//	result    pushserver                     {ns}.results, "result"             msgworker (competing)
 //
 // Every message MUST be persistent and published mandatory with publisher
 // confirms; a returned (unroutable), nacked or unconfirmed message is a
@@ -253,7 +279,7 @@
 //	name              mandatory  type               meaning
 //	v                 yes        integer            Envelope version, 1 (EnvelopeVersion). A reader MUST refuse
 //	                                                a version it does not know and MUST ignore unknown fields.
-//	kind              yes        string             "command" (to the commands queue) or "result" (to results).
+//	kind              yes        string             "command" (to a command queue) or "result" (to results).
 //	client            yes        identity           The client that sent the command.
 //	device            yes        identity           The device the command is for.
 //	msg_id            yes        string or integer  The client's message ID. Commands: as the client wrote it.
@@ -334,31 +360,38 @@
 //
 // # Redis
 //
-// Every key starts with "{ns}:" ([Keys.Prefix], [Keys.Owns]). Keys of one
-// command or one client carry the client in a fixed position, so that a
-// move to Redis Cluster needs only hash tags around it.
+// State lives in GW_PARTITIONS partitions ([Partition]: xxhash64 of the
+// identity, modulo the count). Every key of partition p starts with the
+// hash tag "{ns:p}:" ([Keys.Part]), so one partition is one Redis Cluster
+// slot and every script touches the keys of one partition only, all passed
+// in KEYS. A command's record lives in its device's partition p(d); the id
+// claim and the results mailbox live in its client's partition p(c).
 //
-//	key                          type            method               content
-//	{ns}:cmd:{client}:{id}       hash            Keys.Command         one command record (status, time of each
-//	                                                                  transition, attempts, response; fields are
-//	                                                                  package mailbox's); no expiry until final,
-//	                                                                  then GW_RETENTION
-//	{ns}:cmds:{client}:{device}  sorted set      Keys.ClientCommands  a client's commands to a device
-//	                                                                  (score: accepted-at, ms)
-//	{ns}:mbox:{identity}         stream          Keys.Mailbox         messages waiting for a device or client
-//	                                                                  (expiry per entry, capped at GW_MAILBOX_CAP)
-//	{ns}:mboxes                  set             Keys.Mailboxes       identities whose mailbox may be non-empty
-//	{ns}:timers                  sorted set      Keys.Timers          deadlines (score: due time, ms)
-//	{ns}:dead                    sorted set      Keys.Dead            dead commands (score: dead-lettered at, ms)
-//	{ns}:ring:nodes              set             Keys.RingNodes       push servers registered in the ring
-//	{ns}:ring:node:{node}        string, expiry  Keys.RingNode        one live member (value: advertise URL)
-//	{ns}:ring:changes            pub/sub         Keys.RingChanges     ring membership changes
-//	{ns}:sess:{identity}         string          Keys.Session         the push server holding the live session
-//	{ns}:node:{node}:sessions    set             Keys.NodeSessions    identities connected to a push server
-//	{ns}:node:{node}:pending     set             Keys.NodePending     identities of a push server with entries
-//	                                                                  to stream (read by its sweep)
-//	{ns}:node:{node}:wake        pub/sub         Keys.NodeWake        "this identity's mailbox has new entries"
-//	{ns}:stats:{unix minute}     hash            Keys.StatusCounts    transitions into each status in that minute
+//	key                              type        method                   content
+//	{ns:p}:cmd:{client}:{id}         hash        PartKeys.Command         one command record, in p(device); no
+//	                                                                      expiry until final, then GW_RETENTION
+//	{ns:p}:claim:{client}:{id}       hash        PartKeys.Claim           the id claim, in p(client): device,
+//	                                                                      fingerprint, generation, state, and the
+//	                                                                      final status once relayed
+//	{ns:p}:cmds:{client}:{device}    sorted set  PartKeys.ClientCommands  a client's commands to a device
+//	                                                                      (score: accepted-at, ms), in p(device)
+//	{ns:p}:mbox:{identity}           stream      PartKeys.Mailbox         messages waiting for an identity
+//	{ns:p}:mboxes                    set         PartKeys.Mailboxes       identities whose mailbox may be non-empty
+//	{ns:p}:timers                    sorted set  PartKeys.Timers          deadlines (score: due time, ms)
+//	{ns:p}:dead                      sorted set  PartKeys.Dead            dead commands (score: dead-lettered at)
+//	{ns:p}:outbox                    stream      PartKeys.Outbox          final results on their way to p(client)
+//	{ns:p}:meta                      hash        PartKeys.Meta            the partition and queue counts (fence)
+//	{ns:p}:barrier                   string      PartKeys.Barrier         written before a durability barrier
+//	{ns:p}:sess:{identity}           string      PartKeys.Session         the push server holding the session
+//	{ns:p}:stats:{unix minute}       hash        PartKeys.StatusCounts    transitions into each status that minute
+//	{ns:ring:g}:nodes                set         RingKeys.Nodes           members of ring g ("push", "workers")
+//	{ns:ring:g}:node:{node}          string      RingKeys.Node            one live member (expiry; advertise URL)
+//	{ns:ring:g}:changes              pub/sub     RingKeys.Changes         ring membership changes
+//	ns:node:{node}:sessions          set         Keys.NodeSessions        identities connected to a push server
+//	ns:node:{node}:pending           set         Keys.NodePending         identities with entries to stream
+//	ns:node:{node}:wake              pub/sub     Keys.NodeWake            "this identity has new entries"
+//	                                                                      (sharded pub/sub on Redis Cluster)
+//	ns:fence                         hash        Keys.Fence               the counts recorded at first start
 //
 // {id} in a key is always the ID's key (ID.Key), so 1 and "1" are one
 // record.

@@ -152,4 +152,5 @@ func ExampleStatus_ThingsBoard() {
 	// cancelled final=true  FAILED     -32004
 	// rejected  final=true  FAILED     -32005
 	// dead      final=true  FAILED     -32003
+	// void      final=false            0
 }

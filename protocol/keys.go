@@ -1,58 +1,134 @@
 package protocol
 
-import "strings"
+import (
+	"strconv"
+	"strings"
+)
 
-// Keys derives every Redis key of one namespace. All keys start with
-// "{ns}:" so that several gateways and parallel tests share one Redis.
+// Keys derives every Redis key of one namespace (DESIGN §7).
 //
-// Keys that belong to one command or one client carry the client in a
-// fixed position so that a later move to Redis Cluster only needs hash
-// tags around the client.
+// The keys of partition p (Keys.Part) start with the hash tag "{ns:p}:",
+// so that all of them live in one Redis Cluster slot and one script may
+// touch them together. Node-level keys (a push server's session and
+// pending sets, its wake channel) start with "ns:" and are touched only by
+// single-key commands; the keys of one ring share the tag "{ns:ring:g}".
 type Keys struct{ NS string }
 
 // NewKeys returns the key builder for namespace ns.
 func NewKeys(ns string) Keys { return Keys{NS: ns} }
 
-// Prefix is "{ns}:"; every key of the namespace starts with it.
+// Prefix is "{ns}:", the start of every node-level key of the namespace.
 func (k Keys) Prefix() string { return k.NS + ":" }
 
-// Command is the hash holding one command record, keyed by client and the
-// canonical message ID (see ID.Key).
-func (k Keys) Command(client, idKey string) string {
-	return k.NS + ":cmd:" + client + ":" + idKey
+// Owns reports whether key belongs to namespace ns: a node-level key
+// ("ns:…"), a partition key ("{ns:p}:…") or a ring key ("{ns:ring:g}:…").
+func (k Keys) Owns(key string) bool {
+	if strings.HasPrefix(key, k.NS+":") {
+		return true
+	}
+	rest, ok := strings.CutPrefix(key, "{"+k.NS+":")
+	return ok && strings.Contains(rest, "}:")
 }
 
-// ClientCommands is the sorted set (score: accepted-at, ms) of one client's
-// commands to one device, for listing.
-func (k Keys) ClientCommands(client, device string) string {
-	return k.NS + ":cmds:" + client + ":" + device
+// Part returns the keys of partition p.
+func (k Keys) Part(p int) PartKeys { return PartKeys{P: p, prefix: Tag(k.NS, p) + ":"} }
+
+// PartKeys are the keys of one partition; every one starts with the
+// partition's hash tag "{ns:p}:".
+type PartKeys struct {
+	P      int
+	prefix string
 }
 
-// Mailbox is the stream that holds the messages waiting for an identity.
-func (k Keys) Mailbox(identity string) string { return k.NS + ":mbox:" + identity }
+// Prefix is "{ns:p}:".
+func (pk PartKeys) Prefix() string { return pk.prefix }
 
-// Mailboxes is the set of identities whose mailbox may be non-empty; it
-// lets monitoring total the mailboxes without scanning.
-func (k Keys) Mailboxes() string { return k.NS + ":mboxes" }
+// Command is the hash holding one command record, in the device's
+// partition, keyed by client and the canonical message ID (ID.Key).
+func (pk PartKeys) Command(client, idKey string) string {
+	return pk.prefix + "cmd:" + client + ":" + idKey
+}
 
-// Timers is the sorted set of deadlines (score: due time, ms).
-func (k Keys) Timers() string { return k.NS + ":timers" }
+// Claim is the hash of one id claim, in the client's partition: the
+// client's ledger of the command (device, fingerprint, generation, state,
+// and the final status and response once relayed).
+func (pk PartKeys) Claim(client, idKey string) string {
+	return pk.prefix + "claim:" + client + ":" + idKey
+}
 
-// Dead is the sorted set (score: dead-lettered at, ms) of dead commands.
-func (k Keys) Dead() string { return k.NS + ":dead" }
+// ClientCommands is the sorted set (score: accepted-at, ms) of one
+// client's commands to one device, in the device's partition.
+func (pk PartKeys) ClientCommands(client, device string) string {
+	return pk.prefix + "cmds:" + client + ":" + device
+}
 
-// RingNodes is the set of push-server node IDs that registered in the ring.
-func (k Keys) RingNodes() string { return k.NS + ":ring:nodes" }
+// Mailbox is the stream that holds the messages waiting for an identity,
+// in the identity's partition.
+func (pk PartKeys) Mailbox(identity string) string { return pk.prefix + "mbox:" + identity }
 
-// RingNode is the expiring key (value: advertise URL) of one live member.
-func (k Keys) RingNode(node string) string { return k.NS + ":ring:node:" + node }
+// Mailboxes is the set of the partition's identities whose mailbox may be
+// non-empty; it lets monitoring total the mailboxes without scanning.
+func (pk PartKeys) Mailboxes() string { return pk.prefix + "mboxes" }
 
-// RingChanges is the pub/sub channel announcing ring membership changes.
-func (k Keys) RingChanges() string { return k.NS + ":ring:changes" }
+// Timers is the partition's sorted set of deadlines (score: due, ms).
+func (pk PartKeys) Timers() string { return pk.prefix + "timers" }
+
+// Dead is the partition's sorted set (score: dead-lettered at, ms) of dead
+// commands.
+func (pk PartKeys) Dead() string { return pk.prefix + "dead" }
+
+// Outbox is the partition's stream of final results on their way to the
+// clients' partitions.
+func (pk PartKeys) Outbox() string { return pk.prefix + "outbox" }
+
+// Meta is the partition's hash of fixed settings (partitions, queues):
+// the fence that refuses a process configured with other counts.
+func (pk PartKeys) Meta() string { return pk.prefix + "meta" }
+
+// Barrier is the key every step writes when a durability barrier follows
+// (GW_REDIS_WAIT_REPLICAS ≥ 1).
+func (pk PartKeys) Barrier() string { return pk.prefix + "barrier" }
 
 // Session is the key (value: node ID) naming the push server that holds
-// the identity's live MQTT session.
-func (k Keys) Session(identity string) string { return k.NS + ":sess:" + identity }
+// the identity's live MQTT session, in the identity's partition.
+func (pk PartKeys) Session(identity string) string { return pk.prefix + "sess:" + identity }
+
+// SessionConn is the key holding the connection token of the identity's
+// live session (identities cannot contain ':', so it never collides).
+func (pk PartKeys) SessionConn(identity string) string {
+	return pk.prefix + "sess:" + identity + ":conn"
+}
+
+// StatusCounts is the partition's hash of transitions into each status
+// during one minute (unix minute), for the stats endpoint.
+func (pk PartKeys) StatusCounts(unixMinute int64) string {
+	return pk.prefix + "stats:" + strconv.FormatInt(unixMinute, 10)
+}
+
+// Ring returns the keys of the ring of one group of processes ("push"
+// for the push servers, "workers" for the partition owners).
+func (k Keys) Ring(group string) RingKeys {
+	return RingKeys{prefix: "{" + k.NS + ":ring:" + group + "}:"}
+}
+
+// RingKeys are the keys of one ring; all share one hash tag so that a
+// script may change a member and the member set together.
+type RingKeys struct{ prefix string }
+
+// Nodes is the set of node IDs that registered in the ring.
+func (rk RingKeys) Nodes() string { return rk.prefix + "nodes" }
+
+// Node is the expiring key (value: advertise URL) of one live member.
+func (rk RingKeys) Node(node string) string { return rk.prefix + "node:" + node }
+
+// Changes is the pub/sub channel announcing membership changes.
+func (rk RingKeys) Changes() string { return rk.prefix + "changes" }
+
+// RingPush and RingWorkers name the two rings.
+const (
+	RingPush    = "push"
+	RingWorkers = "workers"
+)
 
 // NodeSessions is the set of identities connected to one push server.
 func (k Keys) NodeSessions(node string) string { return k.NS + ":node:" + node + ":sessions" }
@@ -61,37 +137,12 @@ func (k Keys) NodeSessions(node string) string { return k.NS + ":node:" + node +
 // mailbox entries to stream; the node's sweep reads it.
 func (k Keys) NodePending(node string) string { return k.NS + ":node:" + node + ":pending" }
 
-// NodeWake is the pub/sub channel on which a push server is told that an
-// identity's mailbox has new entries.
+// NodeWake is the (sharded, on Cluster) pub/sub channel on which a push
+// server is told that an identity's mailbox has new entries.
 func (k Keys) NodeWake(node string) string { return k.NS + ":node:" + node + ":wake" }
 
-// StatusCounts is the hash of transitions into each status during one
-// minute (unix minute), for the stats endpoint.
-func (k Keys) StatusCounts(unixMinute int64) string {
-	return k.NS + ":stats:" + itoa(unixMinute)
-}
+// Fence is the node-level hash recording the namespace's partition and
+// queue counts at first start (also kept in every partition's Meta).
+func (k Keys) Fence() string { return k.NS + ":fence" }
 
-// Owns reports whether key belongs to namespace ns.
-func (k Keys) Owns(key string) bool { return strings.HasPrefix(key, k.Prefix()) }
-
-func itoa(n int64) string {
-	if n == 0 {
-		return "0"
-	}
-	neg := n < 0
-	if neg {
-		n = -n
-	}
-	var b [20]byte
-	i := len(b)
-	for n > 0 {
-		i--
-		b[i] = byte('0' + n%10)
-		n /= 10
-	}
-	if neg {
-		i--
-		b[i] = '-'
-	}
-	return string(b[i:])
-}
+func itoa(n int64) string { return strconv.FormatInt(n, 10) }

@@ -1,38 +1,44 @@
 package protocol
 
-import (
-	"strings"
-	"testing"
-)
+import "testing"
 
 func TestKeys(t *testing.T) {
 	k := NewKeys("gw")
+	p := k.Part(7)
+	r := k.Ring(RingPush)
 	tests := []struct {
 		name, got, want string
 	}{
 		{"Prefix", k.Prefix(), "gw:"},
-		{"Command", k.Command("app-1", "r-42"), "gw:cmd:app-1:r-42"},
-		{"Command with a colon in the id", k.Command("app-1", "a:b"), "gw:cmd:app-1:a:b"},
-		{"ClientCommands", k.ClientCommands("app-1", "dev-1"), "gw:cmds:app-1:dev-1"},
-		{"Mailbox", k.Mailbox("dev-1"), "gw:mbox:dev-1"},
-		{"Mailboxes", k.Mailboxes(), "gw:mboxes"},
-		{"Timers", k.Timers(), "gw:timers"},
-		{"Dead", k.Dead(), "gw:dead"},
-		{"RingNodes", k.RingNodes(), "gw:ring:nodes"},
-		{"RingNode", k.RingNode("push-1"), "gw:ring:node:push-1"},
-		{"RingChanges", k.RingChanges(), "gw:ring:changes"},
-		{"Session", k.Session("dev-1"), "gw:sess:dev-1"},
+		{"Part.Prefix", p.Prefix(), "{gw:7}:"},
+		{"Command", p.Command("app-1", "r-42"), "{gw:7}:cmd:app-1:r-42"},
+		{"Command with a colon in the id", p.Command("app-1", "a:b"), "{gw:7}:cmd:app-1:a:b"},
+		{"Claim", p.Claim("app-1", "r-42"), "{gw:7}:claim:app-1:r-42"},
+		{"ClientCommands", p.ClientCommands("app-1", "dev-1"), "{gw:7}:cmds:app-1:dev-1"},
+		{"Mailbox", p.Mailbox("dev-1"), "{gw:7}:mbox:dev-1"},
+		{"Mailboxes", p.Mailboxes(), "{gw:7}:mboxes"},
+		{"Timers", p.Timers(), "{gw:7}:timers"},
+		{"Dead", p.Dead(), "{gw:7}:dead"},
+		{"Outbox", p.Outbox(), "{gw:7}:outbox"},
+		{"Meta", p.Meta(), "{gw:7}:meta"},
+		{"Barrier", p.Barrier(), "{gw:7}:barrier"},
+		{"Session", p.Session("dev-1"), "{gw:7}:sess:dev-1"},
+		{"SessionConn", p.SessionConn("dev-1"), "{gw:7}:sess:dev-1:conn"},
+		{"StatusCounts", p.StatusCounts(29_000_000), "{gw:7}:stats:29000000"},
+		{"Ring.Nodes", r.Nodes(), "{gw:ring:push}:nodes"},
+		{"Ring.Node", r.Node("push-1"), "{gw:ring:push}:node:push-1"},
+		{"Ring.Changes", r.Changes(), "{gw:ring:push}:changes"},
 		{"NodeSessions", k.NodeSessions("push-1"), "gw:node:push-1:sessions"},
 		{"NodePending", k.NodePending("push-1"), "gw:node:push-1:pending"},
 		{"NodeWake", k.NodeWake("push-1"), "gw:node:push-1:wake"},
-		{"StatusCounts", k.StatusCounts(29_000_000), "gw:stats:29000000"},
+		{"Fence", k.Fence(), "gw:fence"},
 	}
 	seen := map[string]string{}
 	for _, tt := range tests {
 		if tt.got != tt.want {
 			t.Errorf("Keys{%q}.%s(…) = %q, want %q", k.NS, tt.name, tt.got, tt.want)
 		}
-		if !strings.HasPrefix(tt.got, "gw:") || !k.Owns(tt.got) {
+		if !k.Owns(tt.got) {
 			t.Errorf("Keys{%q}.Owns(%q) = false, want true", k.NS, tt.got)
 		}
 		if other, dup := seen[tt.got]; dup {
@@ -42,58 +48,29 @@ func TestKeys(t *testing.T) {
 	}
 }
 
-// TestKeysNamespace checks that every key of one namespace starts with it
-// and no key of another namespace is owned by it.
+// TestKeysNamespace checks that no key of one namespace is owned by
+// another, even when one namespace's name starts with the other's.
 func TestKeysNamespace(t *testing.T) {
 	all := func(k Keys) []string {
+		p := k.Part(3)
 		return []string{
-			k.Command("c", "1"), k.ClientCommands("c", "d"), k.Mailbox("d"), k.Mailboxes(),
-			k.Timers(), k.Dead(), k.RingNodes(), k.RingNode("n"), k.RingChanges(),
-			k.Session("d"), k.NodeSessions("n"), k.NodePending("n"), k.NodeWake("n"),
-			k.StatusCounts(1), k.StatusCounts(0), k.StatusCounts(-1),
+			p.Command("c", "1"), p.Claim("c", "1"), p.ClientCommands("c", "d"), p.Mailbox("d"),
+			p.Mailboxes(), p.Timers(), p.Dead(), p.Outbox(), p.Session("d"), p.StatusCounts(1),
+			k.Ring(RingWorkers).Nodes(), k.NodeSessions("n"), k.NodePending("n"), k.NodeWake("n"),
 		}
 	}
-	for _, ns := range []string{"gw", "test-1", "t.2"} {
+	spaces := []string{"gw", "gw2", "test-1", "t.2"}
+	for _, ns := range spaces {
 		k := NewKeys(ns)
 		for _, key := range all(k) {
-			if !strings.HasPrefix(key, ns+":") || !k.Owns(key) {
+			if !k.Owns(key) {
 				t.Errorf("NewKeys(%q).Owns(%q) = false, want true", ns, key)
 			}
+			for _, other := range spaces {
+				if other != ns && NewKeys(other).Owns(key) {
+					t.Errorf("NewKeys(%q).Owns(%q) = true, want false", other, key)
+				}
+			}
 		}
-	}
-	a, b := NewKeys("gw"), NewKeys("gw2")
-	for _, key := range all(b) {
-		if a.Owns(key) {
-			t.Errorf("NewKeys(%q).Owns(%q) = true, want false", a.NS, key)
-		}
-	}
-	for _, key := range all(a) {
-		if b.Owns(key) {
-			t.Errorf("NewKeys(%q).Owns(%q) = true, want false", b.NS, key)
-		}
-	}
-	for _, key := range []string{"gw", "gw.commands", "gwx:cmd:c:1", ""} {
-		if a.Owns(key) {
-			t.Errorf("NewKeys(%q).Owns(%q) = true, want false", a.NS, key)
-		}
-	}
-}
-
-// TestCommandKeyUnambiguous checks that (client, id key) pairs map to
-// distinct keys: identities have no colon, so the first colon after the
-// prefix ends the client.
-func TestCommandKeyUnambiguous(t *testing.T) {
-	k := NewKeys("gw")
-	pairs := [][2]string{{"a", "b:c"}, {"a.b", "c"}, {"a", "1"}, {"a1", "1"}, {"a", "11"}}
-	seen := map[string][2]string{}
-	for _, p := range pairs {
-		if !ValidIdentity(p[0]) {
-			t.Fatalf("ValidIdentity(%q) = false", p[0])
-		}
-		key := k.Command(p[0], p[1])
-		if q, dup := seen[key]; dup {
-			t.Errorf("Command(%q, %q) = Command(%q, %q) = %q", p[0], p[1], q[0], q[1], key)
-		}
-		seen[key] = p
 	}
 }

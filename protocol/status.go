@@ -19,13 +19,17 @@ const (
 	StatusCancelled Status = "cancelled"
 	StatusRejected  Status = "rejected"
 	StatusDead      Status = "dead"
+	// StatusVoid is an internal tombstone: reserved, then released after
+	// a definite publish failure (DESIGN §7a). It is never shown to a
+	// client (a void command is "not found") and never final.
+	StatusVoid Status = "void"
 )
 
 // Statuses lists every status in lifecycle order.
 var Statuses = []Status{
 	StatusPending, StatusQueued, StatusSent, StatusDelivered,
 	StatusSucceeded, StatusFailed, StatusTimeout, StatusExpired,
-	StatusCancelled, StatusRejected, StatusDead,
+	StatusCancelled, StatusRejected, StatusDead, StatusVoid,
 }
 
 // Owner is the part of the gateway that may set a status.
@@ -54,20 +58,23 @@ var Transitions = []Transition{
 	{StatusQueued, StatusRejected, OwnerWorker},
 	{StatusQueued, StatusDead, OwnerWorker},
 	{StatusSent, StatusDelivered, OwnerPush},
-	{StatusSent, StatusSucceeded, OwnerWorker},
-	{StatusSent, StatusFailed, OwnerWorker},
+	{StatusPending, StatusVoid, OwnerAPI},
+	{StatusSent, StatusSucceeded, OwnerPush},
+	{StatusSent, StatusFailed, OwnerPush},
 	{StatusSent, StatusCancelled, OwnerAPI},
 	{StatusSent, StatusExpired, OwnerWorker},
 	{StatusSent, StatusTimeout, OwnerWorker},
 	{StatusSent, StatusDead, OwnerWorker},
-	{StatusDelivered, StatusSucceeded, OwnerWorker},
-	{StatusDelivered, StatusFailed, OwnerWorker},
+	{StatusDelivered, StatusSucceeded, OwnerPush},
+	{StatusDelivered, StatusFailed, OwnerPush},
 	{StatusDelivered, StatusTimeout, OwnerWorker},
 	{StatusDelivered, StatusDead, OwnerWorker},
 	// The operator's replay of a dead letter (POST /v1/dead/{id}/replay,
 	// mailbox.ReplayDead): the only way out of a final status; the client
 	// then gets a second final result for the same id.
 	{StatusDead, StatusQueued, OwnerAPI},
+	// A retry of a void id reserves it afresh (DESIGN §7a).
+	{StatusVoid, StatusPending, OwnerAPI},
 }
 
 // Final reports whether s is a final status: the command has its result,

@@ -24,7 +24,7 @@ func TestStatusFinal(t *testing.T) {
 
 func TestStatusNames(t *testing.T) {
 	want := []Status{"pending", "queued", "sent", "delivered", "succeeded", "failed",
-		"timeout", "expired", "cancelled", "rejected", "dead"}
+		"timeout", "expired", "cancelled", "rejected", "dead", "void"}
 	if !reflect.DeepEqual(Statuses, want) {
 		t.Errorf("Statuses = %q, want %q", Statuses, want)
 	}
@@ -58,18 +58,21 @@ func TestCanTransition(t *testing.T) {
 		{StatusQueued, StatusRejected, OwnerWorker}: true,
 		{StatusQueued, StatusDead, OwnerWorker}:     true,
 
-		{StatusSent, StatusDelivered, OwnerPush}:   true,
-		{StatusSent, StatusSucceeded, OwnerWorker}: true, // answer before the PUBACK was seen
-		{StatusSent, StatusFailed, OwnerWorker}:    true,
-		{StatusSent, StatusCancelled, OwnerAPI}:    true, // not yet on the wire
-		{StatusSent, StatusExpired, OwnerWorker}:   true,
-		{StatusSent, StatusTimeout, OwnerWorker}:   true, // deliver-by fired while on the wire
-		{StatusSent, StatusDead, OwnerWorker}:      true,
+		{StatusPending, StatusVoid, OwnerAPI}: true, // definite publish failure (§7a)
+		{StatusVoid, StatusPending, OwnerAPI}: true, // a retry reserves afresh
 
-		{StatusDelivered, StatusSucceeded, OwnerWorker}: true,
-		{StatusDelivered, StatusFailed, OwnerWorker}:    true,
-		{StatusDelivered, StatusTimeout, OwnerWorker}:   true,
-		{StatusDelivered, StatusDead, OwnerWorker}:      true,
+		{StatusSent, StatusDelivered, OwnerPush}: true,
+		{StatusSent, StatusSucceeded, OwnerPush}: true, // answer before the PUBACK was seen
+		{StatusSent, StatusFailed, OwnerPush}:    true,
+		{StatusSent, StatusCancelled, OwnerAPI}:  true, // not yet on the wire
+		{StatusSent, StatusExpired, OwnerWorker}: true,
+		{StatusSent, StatusTimeout, OwnerWorker}: true, // deliver-by fired while on the wire
+		{StatusSent, StatusDead, OwnerWorker}:    true,
+
+		{StatusDelivered, StatusSucceeded, OwnerPush}: true, // the edge completes answers (§5)
+		{StatusDelivered, StatusFailed, OwnerPush}:    true,
+		{StatusDelivered, StatusTimeout, OwnerWorker}: true,
+		{StatusDelivered, StatusDead, OwnerWorker}:    true,
 
 		{StatusDead, StatusQueued, OwnerAPI}: true, // operator replay of a dead letter
 	}
@@ -90,10 +93,10 @@ func TestCanTransition(t *testing.T) {
 	}
 	// Each status has one owner who sets it (DESIGN §4 "set by").
 	setBy := map[Status]Owner{
-		StatusQueued: OwnerAPI, StatusSent: OwnerWorker, StatusDelivered: OwnerPush,
-		StatusSucceeded: OwnerWorker, StatusFailed: OwnerWorker, StatusTimeout: OwnerWorker,
+		StatusPending: OwnerAPI, StatusQueued: OwnerAPI, StatusSent: OwnerWorker, StatusDelivered: OwnerPush,
+		StatusSucceeded: OwnerPush, StatusFailed: OwnerPush, StatusTimeout: OwnerWorker,
 		StatusExpired: OwnerWorker, StatusCancelled: OwnerAPI, StatusRejected: OwnerWorker,
-		StatusDead: OwnerWorker,
+		StatusDead: OwnerWorker, StatusVoid: OwnerAPI,
 	}
 	for _, tr := range Transitions {
 		if setBy[tr.To] != tr.By {
@@ -113,15 +116,8 @@ func TestFinalStatusesHaveNoWayOut(t *testing.T) {
 			t.Errorf("Transition %v→%v by %q, want two different known statuses", tr.From, tr.To, tr.By)
 		}
 	}
-	// Every status but pending is reachable, and every final status is
-	// reachable from queued, sent or delivered.
+	// Every status is reachable (pending only from a void tombstone).
 	for _, s := range Statuses {
-		if s == StatusPending {
-			if got := Sources(s); len(got) != 0 {
-				t.Errorf("Sources(%q) = %q, want none", s, got)
-			}
-			continue
-		}
 		if len(Sources(s)) == 0 {
 			t.Errorf("Sources(%q) = none, want at least one", s)
 		}
@@ -156,7 +152,8 @@ func TestSources(t *testing.T) {
 		{StatusCancelled, []Status{StatusQueued, StatusSent}},
 		{StatusRejected, []Status{StatusQueued}},
 		{StatusDead, []Status{StatusQueued, StatusSent, StatusDelivered}},
-		{StatusPending, nil},
+		{StatusPending, []Status{StatusVoid}},
+		{StatusVoid, []Status{StatusPending}},
 		{"unknown", nil},
 	}
 	for _, tt := range tests {
@@ -182,6 +179,7 @@ func TestStatusThingsBoard(t *testing.T) {
 		{StatusCancelled, "FAILED"},
 		{StatusRejected, "FAILED"},
 		{StatusDead, "FAILED"},
+		{StatusVoid, ""}, // internal: never shown to a client
 		{"", ""},
 		{"unknown", ""},
 	}
@@ -191,7 +189,7 @@ func TestStatusThingsBoard(t *testing.T) {
 		}
 	}
 	for _, s := range Statuses {
-		if s.ThingsBoard() == "" {
+		if s.ThingsBoard() == "" && s != StatusVoid {
 			t.Errorf("Status(%q).ThingsBoard() = \"\", want a ThingsBoard state", s)
 		}
 	}

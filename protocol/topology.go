@@ -1,5 +1,10 @@
 package protocol
 
+import (
+	"regexp"
+	"strconv"
+)
+
 // Queue arguments shared by every process that declares the topology. They
 // must be identical everywhere: RabbitMQ refuses a second declaration of a
 // queue with different arguments (PRECONDITION_FAILED).
@@ -7,8 +12,6 @@ const (
 	// DeliveryLimit is x-delivery-limit: a message redelivered more often
 	// than this is dead-lettered.
 	DeliveryLimit = 5
-	// RoutingCommand routes commands from the commands exchange.
-	RoutingCommand = "command"
 	// RoutingResult routes device results from the results exchange.
 	RoutingResult = "result"
 	// RoutingDeadCommands and RoutingDeadResults route dead letters.
@@ -16,34 +19,119 @@ const (
 	RoutingDeadResults  = "results"
 	// ExchangeKind is the kind of every exchange of the topology.
 	ExchangeKind = "direct"
+	// LeaderLocator is x-queue-leader-locator of the command queues:
+	// RabbitMQ places the leader of each new queue on the node with the
+	// fewest leaders, so the command queues spread over a cluster.
+	LeaderLocator = "balanced"
 )
 
-// Topology names the exchanges and queues of one namespace. All are
-// durable; queues are quorum queues. See doc.go for the table.
+// routingCommand prefixes the routing key of each command queue:
+// "command.{q}".
+const routingCommand = "command."
+
+// Topology names the exchanges and queues of one namespace and holds the
+// two counts it is built on. All exchanges and queues are durable; queues
+// are quorum queues. See doc.go for the table.
+//
+// Commands are spread over QueueCount command queues, {ns}.commands.{q}
+// for q = 0..QueueCount-1: a command to device d goes to queue
+// CommandQueueOf(d, PartitionCount), which RabbitMQ routes by the routing
+// key of CommandRoute (DeviceRoute does both).
+// The counts are fenced (DESIGN §7a): FenceQueue is declared with them in
+// an argument RabbitMQ compares, so a process whose counts differ from
+// those of the namespace's first process is refused (see FenceArgs).
 type Topology struct {
 	NS string
+	// QueueCount is the number of command queues (GW_QUEUES) and
+	// PartitionCount the number of state partitions (GW_PARTITIONS).
+	QueueCount, PartitionCount int
 
 	CommandsExchange  string // {ns}.commands, direct
 	ResultsExchange   string // {ns}.results, direct
 	DeadExchange      string // {ns}.dead, direct
-	CommandsQueue     string // {ns}.commands, quorum
 	ResultsQueue      string // {ns}.results, quorum
 	CommandsDeadQueue string // {ns}.commands.dead, quorum
 	ResultsDeadQueue  string // {ns}.results.dead, quorum
+	// FenceQueue is {ns}.fence, a quorum queue that carries no messages:
+	// its arguments hold the counts (FenceArgs).
+	FenceQueue string
+	// CommandsGroup is {ns}.commands, the name of the command queues
+	// taken together (the sum in GET /v1/stats). No queue has this name.
+	CommandsGroup string
 }
 
-// NewTopology returns the names for namespace ns.
-func NewTopology(ns string) Topology {
+// NewTopology returns the names for namespace ns with queues command
+// queues and partitions state partitions. It does not check the counts
+// (CheckQueues, CheckPartitions); declaring a topology with counts out of
+// range fails.
+func NewTopology(ns string, queues, partitions int) Topology {
 	return Topology{
 		NS:                ns,
+		QueueCount:        queues,
+		PartitionCount:    partitions,
 		CommandsExchange:  ns + ".commands",
 		ResultsExchange:   ns + ".results",
 		DeadExchange:      ns + ".dead",
-		CommandsQueue:     ns + ".commands",
 		ResultsQueue:      ns + ".results",
 		CommandsDeadQueue: ns + ".commands.dead",
 		ResultsDeadQueue:  ns + ".results.dead",
+		FenceQueue:        ns + ".fence",
+		CommandsGroup:     ns + ".commands",
 	}
+}
+
+// CommandQueue returns the name of command queue q: "{ns}.commands.{q}".
+func (t Topology) CommandQueue(q int) string { return t.CommandsGroup + "." + strconv.Itoa(q) }
+
+// CommandQueues lists the command queues, queue 0 first.
+func (t Topology) CommandQueues() []string {
+	out := make([]string, 0, max(t.QueueCount, 0))
+	for q := range max(t.QueueCount, 0) {
+		out = append(out, t.CommandQueue(q))
+	}
+	return out
+}
+
+// CommandQueueOf returns the command queue of device among the
+// topology's QueueCount: Partition(device, partitions) mod QueueCount.
+// Pass the topology's PartitionCount (another count only to plan a
+// resize); the queue of a device is stable as long as both counts are.
+func (t Topology) CommandQueueOf(device string, partitions int) int {
+	if t.QueueCount <= 1 || partitions < 1 {
+		return 0
+	}
+	return Partition(device, partitions) % t.QueueCount
+}
+
+// CommandRoute returns the exchange and routing key that put a message
+// into command queue q: {ns}.commands and "command.{q}". Publish
+// mandatory: a returned message means no such queue.
+func (t Topology) CommandRoute(q int) (exchange, routingKey string) {
+	return t.CommandsExchange, routingCommand + strconv.Itoa(q)
+}
+
+// DeviceRoute is CommandRoute(CommandQueueOf(device, t.PartitionCount)):
+// where a command to device is published.
+func (t Topology) DeviceRoute(device string) (exchange, routingKey string) {
+	return t.CommandRoute(t.CommandQueueOf(device, t.PartitionCount))
+}
+
+// commandQueueRE matches the name of a command queue and captures its
+// namespace and number.
+var commandQueueRE = regexp.MustCompile(`^(.+)\.commands\.(0|[1-9][0-9]*)$`)
+
+// ParseCommandQueue returns the namespace and number of a command queue
+// name ("gw.commands.3": "gw", 3); ok is false for any other name.
+func ParseCommandQueue(name string) (ns string, q int, ok bool) {
+	m := commandQueueRE.FindStringSubmatch(name)
+	if m == nil {
+		return "", 0, false
+	}
+	q, err := strconv.Atoi(m[2])
+	if err != nil {
+		return "", 0, false
+	}
+	return m[1], q, true
 }
 
 // Binding is one queue bound to one exchange with one routing key.
@@ -53,16 +141,22 @@ type Binding struct {
 	Args map[string]any
 }
 
-// Bindings lists every queue of the topology with its exchange, routing
-// key and arguments, in declaration order (dead-letter queues first, so
-// that a main queue's dead-letter target exists when it is declared).
+// Bindings lists every queue of the topology but the fence with its
+// exchange, routing key and arguments, in declaration order (dead-letter
+// queues first, so that a main queue's dead-letter target exists when it
+// is declared; then the command queues, 0 first; then the results queue).
 func (t Topology) Bindings() []Binding {
-	return []Binding{
+	out := []Binding{
 		{Queue: t.CommandsDeadQueue, Exchange: t.DeadExchange, RoutingKey: RoutingDeadCommands, Args: deadQueueArgs()},
 		{Queue: t.ResultsDeadQueue, Exchange: t.DeadExchange, RoutingKey: RoutingDeadResults, Args: deadQueueArgs()},
-		{Queue: t.CommandsQueue, Exchange: t.CommandsExchange, RoutingKey: RoutingCommand, Args: t.mainQueueArgs(RoutingDeadCommands)},
-		{Queue: t.ResultsQueue, Exchange: t.ResultsExchange, RoutingKey: RoutingResult, Args: t.mainQueueArgs(RoutingDeadResults)},
 	}
+	for q := range max(t.QueueCount, 0) {
+		args := t.mainQueueArgs(RoutingDeadCommands)
+		args["x-queue-leader-locator"] = LeaderLocator
+		_, key := t.CommandRoute(q)
+		out = append(out, Binding{Queue: t.CommandQueue(q), Exchange: t.CommandsExchange, RoutingKey: key, Args: args})
+	}
+	return append(out, Binding{Queue: t.ResultsQueue, Exchange: t.ResultsExchange, RoutingKey: RoutingResult, Args: t.mainQueueArgs(RoutingDeadResults)})
 }
 
 // Exchanges lists the exchanges of the topology.
@@ -70,9 +164,11 @@ func (t Topology) Exchanges() []string {
 	return []string{t.DeadExchange, t.CommandsExchange, t.ResultsExchange}
 }
 
-// Queues lists the queues of the topology.
+// Queues lists the queues that carry messages: the command queues, 0
+// first, then results and the two dead-letter queues. The fence is not
+// one of them.
 func (t Topology) Queues() []string {
-	return []string{t.CommandsQueue, t.ResultsQueue, t.CommandsDeadQueue, t.ResultsDeadQueue}
+	return append(t.CommandQueues(), t.ResultsQueue, t.CommandsDeadQueue, t.ResultsDeadQueue)
 }
 
 func (t Topology) mainQueueArgs(deadKey string) map[string]any {
@@ -88,4 +184,55 @@ func (t Topology) mainQueueArgs(deadKey string) map[string]any {
 
 func deadQueueArgs() map[string]any {
 	return map[string]any{"x-queue-type": "quorum"}
+}
+
+// The fence (DESIGN §7a: the counts are stored as queue arguments, so
+// that RabbitMQ refuses a process with other counts).
+//
+// RabbitMQ 3.10 accepts arguments of its own naming (x-gw-queues) on a
+// quorum queue but does not compare them when the queue is declared
+// again: a redeclaration with other values succeeds and changes nothing.
+// It does compare the arguments it knows, x-dead-letter-routing-key among
+// them, whatever their value. So the fence queue carries the counts as
+// its dead-letter routing key, FenceValue(queues, partitions); a
+// declaration with other counts fails with PRECONDITION_FAILED, "received
+// 'queues=8,partitions=256' but current is 'queues=4,partitions=256'".
+// x-gw-queues and x-gw-partitions repeat them as integers for the
+// management UI (informational: never compared). The fence holds no
+// messages: nothing routes to it.
+
+// FenceValue is the fence's x-dead-letter-routing-key for the counts:
+// "queues=Q,partitions=P".
+func FenceValue(queues, partitions int) string {
+	return "queues=" + strconv.Itoa(queues) + ",partitions=" + strconv.Itoa(partitions)
+}
+
+var fenceValueRE = regexp.MustCompile(`^queues=([0-9]+),partitions=([0-9]+)$`)
+
+// ParseFenceValue reads the counts of a FenceValue; ok is false for
+// anything else.
+func ParseFenceValue(s string) (queues, partitions int, ok bool) {
+	m := fenceValueRE.FindStringSubmatch(s)
+	if m == nil {
+		return 0, 0, false
+	}
+	q, err1 := strconv.Atoi(m[1])
+	p, err2 := strconv.Atoi(m[2])
+	if err1 != nil || err2 != nil {
+		return 0, 0, false
+	}
+	return q, p, true
+}
+
+// FenceArgs are the arguments of FenceQueue: a quorum queue whose
+// dead-letter routing key is FenceValue(t.QueueCount, t.PartitionCount), with
+// x-gw-queues and x-gw-partitions for the reader.
+func (t Topology) FenceArgs() map[string]any {
+	return map[string]any{
+		"x-queue-type":              "quorum",
+		"x-dead-letter-exchange":    t.DeadExchange,
+		"x-dead-letter-routing-key": FenceValue(t.QueueCount, t.PartitionCount),
+		"x-gw-queues":               int32(t.QueueCount),
+		"x-gw-partitions":           int32(t.PartitionCount),
+	}
 }

@@ -60,7 +60,7 @@ func TestACLSubscriptions(t *testing.T) {
 		_ = c.conn.Close()
 		eventually(t, 5*time.Second, func() bool { return n.current(id) == nil }, "session gone")
 		ctx := t.Context()
-		require.NoError(t, e.rdb.Del(ctx, e.store.Keys().Mailbox(id)).Err())
+		require.NoError(t, e.rdb.Del(ctx, e.keys(id).Mailbox(id)).Err())
 	}
 }
 

@@ -43,6 +43,13 @@ type Config struct {
 	// Common holds RedisURL, AMQPURL and Namespace, which locate the
 	// shared state. Defaults as in DESIGN §9.
 	config.Common
+	// Scale holds the fixed counts, Partitions (GW_PARTITIONS) and Queues
+	// (GW_QUEUES), and the durability settings; defaults in package
+	// config. The push server needs Partitions for the state; it declares
+	// the whole AMQP topology (it publishes device results), whose fence
+	// holds both counts, so Queues must be the namespace's too: with
+	// other counts Start fails (amqpx.ErrCounts, naming both).
+	config.Scale
 	// AuthSecret is the HS256 key of the tokens. Required.
 	AuthSecret string
 	// MetricsAddr is where /metrics is served. Empty: no metrics listener
@@ -90,6 +97,7 @@ func (c *Config) ensureDefaults() {
 		c.MQTTAddr = config.DefaultMQTTAddr
 	}
 	c.Common.SetDefaults()
+	c.Scale.SetDefaults()
 	if c.ConfirmTimeout <= 0 {
 		c.ConfirmTimeout = config.DefaultConfirmTimeout
 	}

@@ -192,7 +192,12 @@ func TestSilentNodeSessionsCleared(t *testing.T) {
 			return err == nil && got == node
 		}
 	}
-	eventually(t, 5*time.Second, registeredOn(a.NodeID()), "session registered on a")
+	// The registration is one step, the node's session set a command
+	// after it: wait for both before the kill.
+	eventually(t, 5*time.Second, func() bool {
+		in, err := e.rdb.SIsMember(t.Context(), e.store.Keys().NodeSessions(a.NodeID()), id).Result()
+		return registeredOn(a.NodeID())() && err == nil && in
+	}, "session registered on a")
 
 	a.kill() // nothing cleaned up: the registration stays until a prune
 	ok, err := e.rdb.SIsMember(t.Context(), e.store.Keys().NodeSessions(a.NodeID()), id).Result()

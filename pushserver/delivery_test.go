@@ -201,11 +201,11 @@ func TestSweepCatchesLostSignal(t *testing.T) {
 	// the set of non-empty mailboxes lists it, as every append does (the
 	// full sweep reads only those).
 	err := e.rdb.XAdd(t.Context(), &redis.XAddArgs{
-		Stream: e.store.Keys().Mailbox(id),
+		Stream: e.keys(id).Mailbox(id),
 		Values: []any{"t", topic, "p", "silent", "x", time.Now().Add(time.Hour).UnixMilli()},
 	}).Err()
 	require.NoError(t, err)
-	require.NoError(t, e.rdb.SAdd(t.Context(), e.store.Keys().Mailboxes(), id).Err())
+	require.NoError(t, e.rdb.SAdd(t.Context(), e.keys(id).Mailboxes(), id).Err())
 	col.waitDistinct(t, 1, 5*time.Second)
 	require.Equal(t, []string{"silent"}, col.list())
 }

@@ -23,9 +23,10 @@ import (
 
 	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/internal/config"
+	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/mailbox"
-	"github.com/iotgw/gateway/pushserver/ring"
+	"github.com/iotgw/gateway/protocol"
 )
 
 const testSecret = "pushserver-test-secret"
@@ -166,6 +167,11 @@ func (e *env) put(identity, topic, payload, owner string) string {
 	id, err := e.store.Put(ctx, identity, topic, []byte(payload), time.Now().Add(time.Hour), owner)
 	require.NoError(e.t, err)
 	return id
+}
+
+// keys are the keys of identity's partition in the test's store.
+func (e *env) keys(identity string) protocol.PartKeys {
+	return e.store.Keys().Part(e.store.PartitionOf(identity))
 }
 
 func (e *env) mailboxLen(identity string) int64 {

@@ -46,6 +46,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	b.String(&cfg.NodeID, "node-id", "", "name in the ring (default: the bound address)")
 	b.String(&cfg.AdvertiseURL, "advertise-url", "", "URL given to clients (default: mqtt://<bound address>)")
 	cfg.Common.Bind(b)
+	cfg.Scale.Bind(b)
 	logging.Bind(b)
 	b.String(&cfg.AuthSecret, "auth-secret", "", "HS256 key of the tokens (required)")
 	b.String(&cfg.MetricsAddr, "metrics-addr", config.DefaultMetricsAddr, "Prometheus listen address")
@@ -65,6 +66,10 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	if cfg.AuthSecret == "" {
 		return ErrNoSecret
+	}
+	// Before the defaults: --queues 0 is an error, not the default.
+	if err := cfg.Scale.Check(); err != nil {
+		return fmt.Errorf("pushserver: %w", err)
 	}
 	cfg.MaxPacketSize = maxPacketSize
 	cfg.RingGrace = ringGrace

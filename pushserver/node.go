@@ -23,10 +23,10 @@ import (
 
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
-	"github.com/iotgw/gateway/pushserver/ring"
 )
 
 // Errors of the Node's life cycle.
@@ -114,6 +114,9 @@ func NewNode(cfg Config) (*Node, error) {
 	if (cfg.TLSCert == "") != (cfg.TLSKey == "") {
 		return nil, errors.New("pushserver: set both GW_TLS_CERT and GW_TLS_KEY, or neither")
 	}
+	if err := cfg.Scale.Check(); err != nil {
+		return nil, fmt.Errorf("pushserver: %w", err)
+	}
 	v, err := auth.NewVerifier([]byte(cfg.AuthSecret))
 	if err != nil {
 		return nil, fmt.Errorf("pushserver: %w", err)
@@ -125,7 +128,7 @@ func NewNode(cfg Config) (*Node, error) {
 		log:        cfg.Logger,
 		verifier:   v,
 		m:          newMetrics(cfg.Registry),
-		topo:       protocol.NewTopology(cfg.Namespace),
+		topo:       protocol.NewTopology(cfg.Namespace, cfg.Queues, cfg.Partitions),
 		byClient:   make(map[*mqtt.Client]*session),
 		byID:       make(map[string]*session),
 		connPrefix: hex.EncodeToString(prefix[:]),
@@ -219,7 +222,19 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if w := mailbox.CheckDurability(ctx, n.rdb); w != "" {
 		n.log.Warn(w)
 	}
-	n.store = mailbox.New(n.rdb, n.cfg.Namespace, mailbox.Options{Logger: n.log})
+	n.store = mailbox.New(n.rdb, n.cfg.Namespace, mailbox.Options{
+		Partitions:   n.cfg.Partitions,
+		AnswerGrace:  n.cfg.AnswerGrace,
+		WaitReplicas: n.cfg.WaitReplicas,
+		WaitTimeout:  n.cfg.WaitTimeout,
+		OwnerOf: func(identity string) string {
+			if m, ok := n.ring.Owner(identity); ok {
+				return m.Node
+			}
+			return ""
+		},
+		Logger: n.log,
+	})
 	n.ring = ring.New(n.rdb, n.cfg.Namespace, ring.Options{
 		Heartbeat: n.cfg.RingHeartbeat, TTL: n.cfg.RingTTL, Grace: n.cfg.RingGrace, Logger: n.cfg.Logger, // the ring logs the node itself
 		OnPruned: n.forgetSilentNodes,
@@ -235,6 +250,8 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		URL: n.cfg.AMQPURL, ConfirmTimeout: n.cfg.ConfirmTimeout, Name: "pushserver " + n.node, Logger: n.log,
 	}, n.topo)
 	if err != nil {
+		// Also when the namespace's fence refuses GW_QUEUES or
+		// GW_PARTITIONS (amqpx.ErrCounts): the error names both counts.
 		return fmt.Errorf("cannot start AMQP publisher: %w", err)
 	}
 	undo = append(undo, func() { _ = n.pub.Close() })

@@ -11,32 +11,32 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
 
 // forwardResponse handles a PUBLISH of device cl.ID on its responses
-// topic. It runs inside mochi's OnPublish, before mochi sends the PUBACK,
-// and its result tells mochi what to do:
+// topic: the push server that reads a device's answer completes it
+// (DESIGN §5, "the edge completes them"). It runs the completion step in
+// the device's partition (mailbox.Complete, with held = the time since
+// the answer was read, so that a timeout is decided by when the answer
+// reached the edge) and only then lets the PUBACK go:
 //
 //   - packets.CodeSuccessIgnore: mochi sends the PUBACK (QoS 1) and does
-//     not route the message to any subscriber. Returned once the response
-//     is confirmed by RabbitMQ (published mandatory to the results
-//     exchange, as a result envelope), and for a response that can never
-//     succeed (malformed, an id that is not "{client}:{id}", an unknown
-//     command, another device's command), which is dropped with a log
-//     line and gw_push_responses_dropped_total{reason}.
-//   - packets.ErrRejectPacket: mochi sends nothing. Returned when the
-//     response could not be made durable (Redis or RabbitMQ unavailable,
-//     no confirm within ConfirmTimeout): the connection is closed without
-//     a PUBACK, so the device sends the response again.
-//
-// The whole call is bounded by ConfirmTimeout; it holds up only this
-// device's connection.
+//     not route the message to any subscriber. Returned once the step is
+//     done (succeeded, failed, a late or duplicate answer recorded), and
+//     for a response that can never succeed (malformed, an id that is not
+//     "{client}:{id}", an unknown command, another device's command, one
+//     never sent), which is dropped with a log line and
+//     gw_push_responses_dropped_total{reason}.
+//   - While Redis cannot take the step, it retries every RetryInterval
+//     for up to AnswerGrace, holding the PUBACK (and this connection's
+//     reads); it never closes the connection to make the device resend.
+//     Only when the partition stays unreachable past the grace is the
+//     answer refused (no PUBACK, the connection closed), and counted.
 func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 	device := cl.ID
-	received := time.Now()
+	read := time.Now()
 	log := n.log.With("device_id", device)
 
 	resp, err := protocol.ParseResponse(pk.Payload)
@@ -53,46 +53,32 @@ func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	log = log.With("client_id", client, "msg_id", id.Key())
 
-	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.ConfirmTimeout)
-	defer cancel()
-	cmd, err := n.store.Get(ctx, client, id.Key())
-	switch {
-	case errors.Is(err, mailbox.ErrNotFound):
-		return n.dropResponse(log, dropUnknown, err)
-	case err != nil:
-		return n.failResponse(cl, pk, log, fmt.Errorf("cannot look up the command: %w", err))
-	case cmd.Device != device:
-		return n.dropResponse(log, dropDevice, fmt.Errorf("the command is for device %q", cmd.Device))
-	case cmd.Status == protocol.StatusPending || cmd.Status == protocol.StatusQueued:
-		// A worker puts a command into the device's mailbox and marks it
-		// sent in one script, so a device cannot have received it yet.
-		return n.dropResponse(log, dropNotSent, fmt.Errorf("the command is %s: it was never sent", cmd.Status))
+	grace := n.cfg.AnswerGrace
+	if grace <= 0 {
+		grace = 10 * time.Second
 	}
-	msgID := cmd.ID
-	if msgID.IsZero() {
-		msgID = id
+	retry := 250 * time.Millisecond
+	for {
+		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.ConfirmTimeout)
+		out, err := n.store.Complete(ctx, client, id.Key(), device, resp, time.Since(read), "")
+		cancel()
+		if err == nil {
+			if out == mailbox.OutcomeNoop {
+				return n.dropResponse(log, dropUnknown, errors.New("no command of this device waits for this answer"))
+			}
+			n.m.responses.Inc()
+			log.Debug("device response completed", "outcome", out)
+			return packets.CodeSuccessIgnore
+		}
+		if n.ctx.Err() != nil || time.Since(read) > grace {
+			return n.failResponse(cl, pk, log, fmt.Errorf("cannot complete the answer: %w", err))
+		}
+		log.Warn("cannot complete the answer yet; holding its PUBACK and retrying", "err", err)
+		select {
+		case <-n.ctx.Done():
+		case <-time.After(retry):
+		}
 	}
-	env := &protocol.Envelope{
-		Kind:       protocol.KindResult,
-		Client:     client,
-		Device:     device,
-		MsgID:      msgID,
-		Payload:    json.RawMessage(pk.Payload),
-		AcceptedAt: received.UTC().Truncate(time.Millisecond),
-	}
-	body, err := env.Encode()
-	if err != nil {
-		return n.dropResponse(log, dropMalformed, err)
-	}
-	err = n.pub.Publish(ctx, n.topo.ResultsExchange, protocol.RoutingResult, body, amqpx.Headers{
-		MessageID: deviceMsgID, Type: protocol.KindResult,
-	})
-	if err != nil {
-		return n.failResponse(cl, pk, log, fmt.Errorf("cannot publish the response: %w", err))
-	}
-	n.m.responses.Inc()
-	log.Debug("device response forwarded")
-	return packets.CodeSuccessIgnore
 }
 
 // dropResponse counts and logs a response that can never succeed; it is
@@ -112,7 +98,7 @@ func (n *Node) failResponse(cl *mqtt.Client, pk packets.Packet, log *slog.Logger
 		log.Warn("QoS 0 device response lost", "err", err)
 		return packets.ErrRejectPacket
 	}
-	log.Warn("device response not forwarded: closing the connection without PUBACK so that the device resends it", "err", err)
+	log.Warn("device response not completed within the answer grace: closing the connection without PUBACK", "err", err)
 	disconnect(cl, packets.ErrServerBusy, "")
 	return packets.ErrRejectPacket
 }

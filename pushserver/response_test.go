@@ -1,20 +1,20 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/mochi-mqtt/server/v2/packets"
-	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
-	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
-	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -35,7 +35,7 @@ func (e *env) queueCommand(client, device, rawID string) *mailbox.Command {
 	out, rec, err := e.store.Reserve(ctx, c)
 	require.NoError(e.t, err)
 	require.Equal(e.t, mailbox.Reserved, out)
-	require.NoError(e.t, e.store.MarkQueued(ctx, client, id.Key(), rec.LeaseToken))
+	require.NoError(e.t, e.store.MarkQueued(ctx, device, client, id.Key()))
 	return rec
 }
 
@@ -61,27 +61,54 @@ func (e *env) sendCommand(client, device, rawID, node string) *mailbox.Command {
 	return got
 }
 
-// resultsChannel returns an AMQP channel and the results queue's name.
-func (e *env) resultsChannel() (*amqp.Channel, string) {
+// commandStatus reads the status of a command of client.
+func (e *env) commandStatus(client, idKey string) *mailbox.Command {
 	e.t.Helper()
-	conn := testenv.AMQP(e.t)
-	ch, err := conn.Channel()
+	got, err := e.store.Get(e.t.Context(), client, idKey)
 	require.NoError(e.t, err)
-	return ch, protocol.NewTopology(e.ns).ResultsQueue
+	return got
 }
 
-// TestDeviceResponse: a device's response reaches the results queue
-// before the device gets its PUBACK; responses that can never succeed
-// are dropped, counted and still acknowledged.
+// redisOutage is a go-redis hook that fails every command while down is
+// set, as if Redis could not be reached.
+type redisOutage struct{ down atomic.Bool }
+
+var errOutage = errors.New("test: redis unreachable")
+
+func (h *redisOutage) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h *redisOutage) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if h.down.Load() {
+			cmd.SetErr(errOutage)
+			return errOutage
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h *redisOutage) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		if h.down.Load() {
+			for _, c := range cmds {
+				c.SetErr(errOutage)
+			}
+			return errOutage
+		}
+		return next(ctx, cmds)
+	}
+}
+
+// TestDeviceResponse: the push server completes a device's answer in the
+// mailbox before the device gets its PUBACK (the command is final when
+// the PUBACK arrives, and nothing goes to the results queue); responses
+// that can never succeed are dropped, counted and still acknowledged.
 func TestDeviceResponse(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	n := e.startNode()
 	const device, client = "dev-resp", "cli-resp"
 	cmd := e.sendCommand(client, device, "42", n.NodeID())
-	e.sendCommand(client, "dev-other", `"x-1"`, n.NodeID())
-	e.queueCommand(client, device, "43") // accepted, not yet sent
-	ch, queue := e.resultsChannel()
+	other := e.sendCommand(client, "dev-other", `"x-1"`, n.NodeID())
+	pending := e.queueCommand(client, device, "43") // accepted, not yet sent
 
 	c := mustV3(t, n.Addr(), device)
 	col := newCollector()
@@ -108,19 +135,11 @@ func TestDeviceResponse(t *testing.T) {
 
 	resp := fmt.Sprintf(`{"jsonrpc":"2.0","result":{"ok":true},"id":%q}`, req.ID)
 	publish(resp)
-	// The PUBACK came: the result is in the queue already.
-	msg, ok, err := ch.Get(queue, true)
-	require.NoError(t, err)
-	require.True(t, ok, "result not in %s when the PUBACK arrived", queue)
-	env, err := protocol.DecodeEnvelope(msg.Body)
-	require.NoError(t, err)
-	require.Equal(t, protocol.KindResult, env.Kind)
-	require.Equal(t, client, env.Client)
-	require.Equal(t, device, env.Device)
-	require.Equal(t, cmd.ID.Key(), env.MsgID.Key())
-	require.JSONEq(t, resp, string(env.Payload))
-	require.WithinDuration(t, time.Now(), env.AcceptedAt, 10*time.Second)
-	require.Equal(t, amqp.Persistent, msg.DeliveryMode)
+	// The PUBACK came: the command is complete already.
+	got := e.commandStatus(client, cmd.ID.Key())
+	require.Equal(t, protocol.StatusSucceeded, got.Status, "command not complete when the PUBACK arrived")
+	require.Contains(t, string(got.Response), `"ok":true`)
+	require.Equal(t, int64(0), e.mailboxLen(device), "the answered command's entry left in the mailbox")
 	require.Equal(t, float64(1), value(t, n.m.responses))
 
 	dropped := []struct{ payload, reason string }{
@@ -137,25 +156,26 @@ func TestDeviceResponse(t *testing.T) {
 		publish(d.payload)
 		require.Equal(t, before+1, value(t, n.m.dropped.WithLabelValues(d.reason)), "%s", d.payload)
 	}
-	_, ok, err = ch.Get(queue, true)
-	require.NoError(t, err)
-	require.False(t, ok, "a dropped response reached the results queue")
+	// The dropped answers changed nothing.
+	require.Equal(t, protocol.StatusSent, e.commandStatus(client, other.ID.Key()).Status)
+	require.Equal(t, protocol.StatusQueued, e.commandStatus(client, pending.ID.Key()).Status)
+	require.Equal(t, protocol.StatusSucceeded, e.commandStatus(client, cmd.ID.Key()).Status)
 	require.Equal(t, float64(1), value(t, n.m.responses))
 	require.True(t, c.IsConnectionOpen())
 }
 
-// TestResponseNotAckedUntilDurable: when the response cannot be made
-// durable (here: no queue takes it), the device gets no PUBACK and its
-// connection is closed; sent again later, it goes through.
-func TestResponseNotAckedUntilDurable(t *testing.T) {
+// TestResponseHeldWhileRedisDown: while Redis briefly cannot take the
+// completion step, the device gets no PUBACK yet and its connection stays
+// open (it is not made to resend); once Redis answers again the step
+// runs, and only then does the PUBACK go.
+func TestResponseHeldWhileRedisDown(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	n := e.startNode(func(c *Config) { c.ConfirmTimeout = 2 * time.Second })
+	n := e.startNode()
 	const device, client = "dev-dur", "cli-dur"
 	e.sendCommand(client, device, "7", n.NodeID())
-	ch, queue := e.resultsChannel()
-	_, err := ch.QueueDelete(queue, false, false, false)
-	require.NoError(t, err)
+	outage := &redisOutage{}
+	n.rdb.AddHook(outage)
 
 	response := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
@@ -166,30 +186,44 @@ func TestResponseNotAckedUntilDurable(t *testing.T) {
 	for _, version := range []byte{4, 5} {
 		c := dialRaw(t, n.Addr(), version)
 		require.Equal(t, byte(0), c.connect(device, token(t, device, auth.RoleDevice, time.Hour)).ReasonCode)
+		if version == 5 {
+			// The answer of the first round is complete: a new command.
+			e.sendCommand(client, device, "8", n.NodeID())
+			response.Payload = []byte(`{"jsonrpc":"2.0","result":"done","id":"cli-dur:8"}`)
+		}
+		outage.down.Store(true)
 		require.NoError(t, c.send(response))
-		for {
-			pk, err := c.recv(5 * time.Second)
+		const down = 1500 * time.Millisecond
+		deadline := time.Now().Add(down)
+		for time.Now().Before(deadline) {
+			pk, err := c.recv(time.Until(deadline))
 			if err != nil {
 				var ne net.Error
-				require.False(t, errors.As(err, &ne) && ne.Timeout(), "MQTT %d: connection left open", version)
-				break // closed without PUBACK
+				require.True(t, errors.As(err, &ne) && ne.Timeout(), "MQTT %d: connection closed while Redis was down: %v", version, err)
+				break
 			}
-			require.NotEqual(t, packets.Puback, pk.FixedHeader.Type, "PUBACK for a response no queue took")
-			require.Equal(t, packets.Disconnect, pk.FixedHeader.Type)
-			require.Equal(t, byte(0x89), pk.ReasonCode) // server busy
+			require.NotEqual(t, packets.Puback, pk.FixedHeader.Type, "MQTT %d: PUBACK before the answer was completed", version)
+			require.NotEqual(t, packets.Disconnect, pk.FixedHeader.Type, "MQTT %d: DISCONNECT while Redis was down", version)
 		}
+		outage.down.Store(false)
+		for {
+			pk, err := c.recv(10 * time.Second)
+			require.NoError(t, err, "MQTT %d: no PUBACK after Redis came back", version)
+			if pk.FixedHeader.Type == packets.Publish {
+				continue // a command for the device (acknowledged or not, it does not matter here)
+			}
+			require.Equal(t, packets.Puback, pk.FixedHeader.Type, "MQTT %d", version)
+			require.Equal(t, uint16(9), pk.PacketID)
+			break
+		}
+		idKey := "7"
+		if version == 5 {
+			idKey = "8"
+		}
+		got := e.commandStatus(client, idKey)
+		require.Equal(t, protocol.StatusSucceeded, got.Status, "MQTT %d: PUBACK before the command was complete", version)
+		require.Contains(t, string(got.Response), `"done"`)
+		_ = c.conn.Close()
+		eventually(t, 5*time.Second, func() bool { return n.current(device) == nil }, "session gone")
 	}
-
-	require.NoError(t, amqpx.Declare(ch, protocol.NewTopology(e.ns)))
-	c := dialRaw(t, n.Addr(), 4)
-	require.Equal(t, byte(0), c.connect(device, token(t, device, auth.RoleDevice, time.Hour)).ReasonCode)
-	response.FixedHeader.Dup = true
-	require.NoError(t, c.send(response))
-	pk, err := c.recv(5 * time.Second)
-	require.NoError(t, err)
-	require.Equal(t, packets.Puback, pk.FixedHeader.Type)
-	require.Equal(t, uint16(9), pk.PacketID)
-	_, ok, err := ch.Get(queue, true)
-	require.NoError(t, err)
-	require.True(t, ok, "result not in the queue")
 }

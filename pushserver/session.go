@@ -11,9 +11,9 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
-	"github.com/iotgw/gateway/pushserver/ring"
 )
 
 // redisTimeout bounds one Redis call of a session.

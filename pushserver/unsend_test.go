@@ -168,7 +168,7 @@ func TestTakeoverKeepsRegistration(t *testing.T) {
 	e := newEnv(t)
 	n := e.startNode()
 	const id = "dev-takeover"
-	connKey := e.store.Keys().Session(id) + ":conn"
+	connKey := e.keys(id).SessionConn(id)
 	registered := func(s *session) func() bool {
 		return func() bool {
 			node, err := e.store.SessionNode(t.Context(), id)

@@ -141,10 +141,17 @@ func NewConsumer(opts Options, topo protocol.Topology, co ConsumerOptions, h Han
 // and returns nil. All of that takes at most ConsumerOptions.ShutdownTimeout
 // plus a second: then the handlers' ctx is cancelled, and deliveries whose
 // handler has not returned go back to the queue when the channel closes.
-// Run returns an error only for unusable options; it may be called once.
+// Run returns an error for unusable options (no queue, no handler, a
+// topology Declare refuses) and when the namespace's fence refuses the
+// topology's counts, at the first connection or a later one (an [*Error]
+// wrapping [ErrCounts]; see Declare): a process with other counts must
+// stop. It may be called once.
 func (c *Consumer) Run(ctx context.Context) error {
 	if c.co.Queue == "" {
 		return errors.New("amqpx: consumer has no queue")
+	}
+	if err := checkTopology(c.topo); err != nil {
+		return err
 	}
 	if c.h == nil {
 		return errors.New("amqpx: consumer has no handler")
@@ -171,6 +178,10 @@ func (c *Consumer) Run(ctx context.Context) error {
 		connected, err := c.session(ctx, hcancel)
 		if ctx.Err() != nil {
 			return nil
+		}
+		if errors.Is(err, ErrCounts) {
+			c.log.Error("rabbitmq refuses this process's counts; not consuming", "err", err)
+			return err
 		}
 		if connected {
 			attempt = 0

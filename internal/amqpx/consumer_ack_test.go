@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/iotgw/gateway/internal/testenv"
-	"github.com/iotgw/gateway/protocol"
 )
 
 func ack(tag uint64) settlement     { return settlement{tag: tag, op: opAck} }
@@ -536,7 +535,7 @@ func TestConsumerCoalescedAcksOutOfOrder(t *testing.T) {
 	const n = 600
 	var rec calls
 	var handled atomic.Int64
-	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandsQueue, Prefetch: 64, Concurrency: 32},
+	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandQueue(0), Prefetch: 64, Concurrency: 32},
 		func(ctx context.Context, d Delivery) error {
 			k := rec.add(d)
 			handled.Add(1)
@@ -555,7 +554,7 @@ func TestConsumerCoalescedAcksOutOfOrder(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for i := range n {
-		if err := p.Publish(ctx, topo.CommandsExchange, protocol.RoutingCommand, []byte("{}"), Headers{MessageID: fmt.Sprint("m", i)}); err != nil {
+		if err := p.Publish(ctx, topo.CommandsExchange, commandKey, []byte("{}"), Headers{MessageID: fmt.Sprint("m", i)}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -563,8 +562,8 @@ func TestConsumerCoalescedAcksOutOfOrder(t *testing.T) {
 	eventually(t, 30*time.Second, "all handled", func() bool { return handled.Load() >= want })
 	conn := testenv.AMQP(t)
 	eventually(t, 10*time.Second, "queues settled", func() bool {
-		qi, err := QueueDepth(context.Background(), conn, topo.CommandsQueue, topo.CommandsDeadQueue)
-		return err == nil && qi[topo.CommandsQueue].Messages == 0 && qi[topo.CommandsDeadQueue].Messages == n/10
+		qi, err := QueueDepth(context.Background(), conn, topo.CommandQueue(0), topo.CommandsDeadQueue)
+		return err == nil && qi[topo.CommandQueue(0)].Messages == 0 && qi[topo.CommandsDeadQueue].Messages == n/10
 	})
 	time.Sleep(300 * time.Millisecond) // a redelivery would show now
 	if r := c.Reconnects(); r != 0 {
@@ -588,7 +587,7 @@ func TestConsumerCoalescedAcksOutOfOrder(t *testing.T) {
 	if err := stop(); err != nil {
 		t.Fatal(err)
 	}
-	if d := depth(t, conn, topo.CommandsQueue); d != 0 {
+	if d := depth(t, conn, topo.CommandQueue(0)); d != 0 {
 		t.Fatalf("%d messages back in the queue after the consumer stopped: they were not acked", d)
 	}
 	ch, err := conn.Channel()

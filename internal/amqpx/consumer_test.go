@@ -40,7 +40,7 @@ func TestConsumerAckOnNil(t *testing.T) {
 	topo, opts := setup(t)
 	p := newPublisher(t, opts, topo)
 	var rec calls
-	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandsQueue, Prefetch: 8}, func(ctx context.Context, d Delivery) error {
+	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandQueue(0), Prefetch: 8}, func(ctx context.Context, d Delivery) error {
 		rec.add(d)
 		return nil
 	})
@@ -49,7 +49,7 @@ func TestConsumerAckOnNil(t *testing.T) {
 		publish(t, p, topo, fmt.Sprint("m", i), "{}")
 	}
 	conn := testenv.AMQP(t)
-	eventually(t, 10*time.Second, "20 handled", func() bool { return len(rec.of("m19")) == 1 && depth(t, conn, topo.CommandsQueue) == 0 })
+	eventually(t, 10*time.Second, "20 handled", func() bool { return len(rec.of("m19")) == 1 && depth(t, conn, topo.CommandQueue(0)) == 0 })
 	time.Sleep(200 * time.Millisecond) // any redelivery would show now
 	for i := range 20 {
 		id := fmt.Sprint("m", i)
@@ -57,7 +57,7 @@ func TestConsumerAckOnNil(t *testing.T) {
 		if len(got) != 1 {
 			t.Fatalf("%s handled %d times, want 1", id, len(got))
 		}
-		if d := got[0]; d.DeliveryCount != 0 || d.Redelivered || string(d.Body) != "{}" || d.Exchange != topo.CommandsExchange || d.RoutingKey != protocol.RoutingCommand {
+		if d := got[0]; d.DeliveryCount != 0 || d.Redelivered || string(d.Body) != "{}" || d.Exchange != topo.CommandsExchange || d.RoutingKey != commandKey {
 			t.Errorf("delivery = %+v", d)
 		}
 	}
@@ -71,7 +71,7 @@ func TestConsumerRedeliversOnError(t *testing.T) {
 	topo, opts := setup(t)
 	p := newPublisher(t, opts, topo)
 	var rec calls
-	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandsQueue}, func(ctx context.Context, d Delivery) error {
+	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandQueue(0)}, func(ctx context.Context, d Delivery) error {
 		if rec.add(d) == 1 {
 			return errors.New("boom")
 		}
@@ -91,7 +91,7 @@ func TestConsumerRejectDeadLettersAtOnce(t *testing.T) {
 	topo, opts := setup(t)
 	p := newPublisher(t, opts, topo)
 	var rec calls
-	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandsQueue}, func(ctx context.Context, d Delivery) error {
+	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandQueue(0)}, func(ctx context.Context, d Delivery) error {
 		rec.add(d)
 		return fmt.Errorf("bad envelope: %w", ErrReject)
 	})
@@ -111,7 +111,7 @@ func TestConsumerDeliveryLimitDeadLetters(t *testing.T) {
 	topo, opts := setup(t)
 	p := newPublisher(t, opts, topo)
 	var rec calls
-	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandsQueue}, func(ctx context.Context, d Delivery) error {
+	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandQueue(0)}, func(ctx context.Context, d Delivery) error {
 		rec.add(d)
 		return errors.New("always fails")
 	})
@@ -140,7 +140,7 @@ func TestConsumerTransientHoldsWithoutBurningDeliveryLimit(t *testing.T) {
 	var down atomic.Bool // "Redis" is down
 	down.Store(true)
 	var heldCalls atomic.Int64
-	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandsQueue, Prefetch: 16, Concurrency: 4}, func(ctx context.Context, d Delivery) error {
+	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandQueue(0), Prefetch: 16, Concurrency: 4}, func(ctx context.Context, d Delivery) error {
 		rec.add(d)
 		if down.Load() {
 			heldCalls.Add(1)
@@ -178,7 +178,7 @@ func TestConsumerTransientHoldsWithoutBurningDeliveryLimit(t *testing.T) {
 	}
 	conn := testenv.AMQP(t)
 	eventually(t, 5*time.Second, "queues empty", func() bool {
-		return depth(t, conn, topo.CommandsQueue) == 0 && depth(t, conn, topo.CommandsDeadQueue) == 0
+		return depth(t, conn, topo.CommandQueue(0)) == 0 && depth(t, conn, topo.CommandsDeadQueue) == 0
 	})
 	t.Logf("%d handler calls returned ErrTransient", heldCalls.Load())
 }
@@ -188,7 +188,7 @@ func TestConsumerTransientReleasedAtShutdown(t *testing.T) {
 	topo, opts := setup(t)
 	p := newPublisher(t, opts, topo)
 	var rec calls
-	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandsQueue}, func(ctx context.Context, d Delivery) error {
+	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandQueue(0)}, func(ctx context.Context, d Delivery) error {
 		rec.add(d)
 		return ErrTransient
 	})
@@ -203,7 +203,7 @@ func TestConsumerTransientReleasedAtShutdown(t *testing.T) {
 		t.Errorf("Run took %v to return", took)
 	}
 	// Back in the queue, counted once.
-	d := getOne(t, testenv.AMQP(t), topo.CommandsQueue)
+	d := getOne(t, testenv.AMQP(t), topo.CommandQueue(0))
 	if n, _ := headerUint(d.Headers["x-delivery-count"]); d.MessageId != "h" || n != 1 {
 		t.Errorf("requeued %q with x-delivery-count %d, want h, 1", d.MessageId, n)
 	}
@@ -216,7 +216,7 @@ func TestConsumerResumesAfterForcedClose(t *testing.T) {
 	var rec calls
 	copts := opts
 	copts.Name += "-consumer"
-	c := NewConsumer(copts, topo, ConsumerOptions{Queue: topo.CommandsQueue}, func(ctx context.Context, d Delivery) error {
+	c := NewConsumer(copts, topo, ConsumerOptions{Queue: topo.CommandQueue(0)}, func(ctx context.Context, d Delivery) error {
 		rec.add(d)
 		return nil
 	})
@@ -235,7 +235,7 @@ func TestConsumerGracefulShutdownWaitsForHandler(t *testing.T) {
 	p := newPublisher(t, opts, topo)
 	started := make(chan struct{})
 	var finished atomic.Bool
-	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandsQueue}, func(ctx context.Context, d Delivery) error {
+	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandQueue(0)}, func(ctx context.Context, d Delivery) error {
 		close(started)
 		select {
 		case <-time.After(700 * time.Millisecond):
@@ -262,11 +262,11 @@ func TestConsumerGracefulShutdownWaitsForHandler(t *testing.T) {
 	conn := testenv.AMQP(t)
 	var qi QueueInfo
 	eventually(t, 10*time.Second, "consumer gone after shutdown", func() bool {
-		m, err := QueueDepth(context.Background(), conn, topo.CommandsQueue)
+		m, err := QueueDepth(context.Background(), conn, topo.CommandQueue(0))
 		if err != nil {
 			t.Fatal(err)
 		}
-		qi = m[topo.CommandsQueue]
+		qi = m[topo.CommandQueue(0)]
 		return qi.Consumers == 0
 	})
 	if qi.Messages != 0 {
@@ -279,7 +279,7 @@ func TestConsumerShutdownTimeoutCancelsHandler(t *testing.T) {
 	topo, opts := setup(t)
 	p := newPublisher(t, opts, topo)
 	started := make(chan struct{})
-	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandsQueue, ShutdownTimeout: 300 * time.Millisecond},
+	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandQueue(0), ShutdownTimeout: 300 * time.Millisecond},
 		func(ctx context.Context, d Delivery) error {
 			close(started)
 			<-ctx.Done() // a handler stuck until told to stop
@@ -296,7 +296,7 @@ func TestConsumerShutdownTimeoutCancelsHandler(t *testing.T) {
 		t.Errorf("Run returned after %v, want about ShutdownTimeout", took)
 	}
 	// The unfinished delivery went back to the queue.
-	if d := getOne(t, testenv.AMQP(t), topo.CommandsQueue); d.MessageId != "stuck" {
+	if d := getOne(t, testenv.AMQP(t), topo.CommandQueue(0)); d.MessageId != "stuck" {
 		t.Errorf("requeued %q, want stuck", d.MessageId)
 	}
 }
@@ -306,7 +306,7 @@ func TestConsumerRecoversHandlerPanic(t *testing.T) {
 	topo, opts := setup(t)
 	p := newPublisher(t, opts, topo)
 	var rec calls
-	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandsQueue}, func(ctx context.Context, d Delivery) error {
+	c := NewConsumer(opts, topo, ConsumerOptions{Queue: topo.CommandQueue(0)}, func(ctx context.Context, d Delivery) error {
 		if rec.add(d) == 1 {
 			panic("handler bug")
 		}
@@ -318,7 +318,7 @@ func TestConsumerRecoversHandlerPanic(t *testing.T) {
 }
 
 func TestConsumerBadOptions(t *testing.T) {
-	c := NewConsumer(Options{}, protocol.NewTopology("x"), ConsumerOptions{}, func(context.Context, Delivery) error { return nil })
+	c := NewConsumer(Options{}, protocol.NewTopology("x", 1, 1), ConsumerOptions{}, func(context.Context, Delivery) error { return nil })
 	if err := c.Run(context.Background()); err == nil {
 		t.Fatal("Run without a queue: err = nil")
 	}
@@ -327,7 +327,7 @@ func TestConsumerBadOptions(t *testing.T) {
 func TestConsumerUnreachableStopsOnCancel(t *testing.T) {
 	t.Parallel()
 	opts := Options{URL: fmt.Sprintf("amqp://guest:guest@%s/", testenv.FreeAddr(t)), Logger: testenv.Logger(t)}
-	c := NewConsumer(opts, protocol.NewTopology("gwt-unreachable"), ConsumerOptions{Queue: "q"}, func(context.Context, Delivery) error { return nil })
+	c := NewConsumer(opts, protocol.NewTopology("gwt-unreachable", 1, 1), ConsumerOptions{Queue: "q"}, func(context.Context, Delivery) error { return nil })
 	stop := startConsumer(t, c)
 	time.Sleep(300 * time.Millisecond) // a few failed attempts
 	t0 := time.Now()

@@ -8,9 +8,24 @@
 // [Declare] declares what [protocol.Topology] names: durable direct
 // exchanges, durable quorum queues with the exact arguments of
 // [protocol.Topology.Bindings] (delivery limit, dead-letter exchange,
-// at-least-once dead-lettering, reject-publish overflow) and their
+// at-least-once dead-lettering, reject-publish overflow; the GW_QUEUES
+// command queues also x-queue-leader-locator balanced) and their
 // bindings. Every process calls it identically on every (re)connect, so the
 // declarations are idempotent and never fail with PRECONDITION_FAILED.
+//
+// The one declaration meant to fail is the fence (DESIGN §7a). Before any
+// queue, Declare declares {ns}.fence, a quorum queue that carries no
+// messages and whose x-dead-letter-routing-key is
+// "queues=Q,partitions=P" ([protocol.FenceValue]). RabbitMQ compares that
+// argument on every declaration, so a process started with another
+// GW_QUEUES or GW_PARTITIONS than the namespace's first one gets
+// PRECONDITION_FAILED there and creates nothing; Declare turns it into an
+// [*Error] wrapping [ErrCounts] that names both pairs of counts.
+// [NewPublisher] returns it and [Consumer.Run] stops with it, so the
+// services refuse to start. (RabbitMQ 3.10 accepts arguments of one's own
+// naming, such as x-gw-queues, but never compares them: they could not
+// fence anything. The fence repeats the counts in x-gw-queues and
+// x-gw-partitions only for the reader of the management UI.)
 //
 // # Publishing
 //
@@ -47,7 +62,8 @@
 // # Consuming
 //
 // A [Consumer] consumes one queue with manual acks and a bounded prefetch,
-// calling a [Handler] concurrently. The handler's result decides the
+// calling a [Handler] concurrently (a msgworker runs one for each command
+// queue). The handler's result decides the
 // acknowledgement:
 //
 //	handler returns              consumer does

@@ -31,6 +31,11 @@ var (
 	ErrChannelClosed = errors.New("amqpx: channel closed")
 	// ErrClosed means Close was called on the Publisher.
 	ErrClosed = errors.New("amqpx: closed")
+	// ErrCounts means the namespace's fence refused this process: the
+	// namespace was first declared with another GW_QUEUES or
+	// GW_PARTITIONS (see Declare). Retrying does not help; the process
+	// must not run with these counts.
+	ErrCounts = errors.New("amqpx: refused by the namespace's fence")
 )
 
 // Handler outcomes understood by a [Consumer]. A handler wraps one of them
@@ -59,7 +64,7 @@ var (
 // (and the underlying cause, if any), so errors.Is(err, ErrReturned) works.
 type Error struct {
 	Op      string // "publish", "confirm", "connect", "declare"
-	Reason  string // "not connected", "blocked", "nack", "returned", "confirm timeout", "channel closed", "closed", "cancelled"
+	Reason  string // "not connected", "blocked", "nack", "returned", "confirm timeout", "channel closed", "closed", "cancelled", "counts differ", "bad topology"
 	Recover bool   // true when the same operation may succeed if retried later
 	Err     error
 }

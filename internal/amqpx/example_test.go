@@ -15,15 +15,16 @@ import (
 // An apiserver publishes a command and answers 202 only on nil.
 func ExamplePublisher() {
 	ctx := context.Background()
-	topo := protocol.NewTopology("gw")
+	topo := protocol.NewTopology("gw", protocol.DefaultQueues, protocol.DefaultPartitions)
 	p, err := amqpx.NewPublisher(ctx, amqpx.Options{Name: "apiserver"}, topo)
 	if err != nil {
-		log.Fatal(err) // bad options only
+		log.Fatal(err) // bad options, or counts the namespace's fence refuses
 	}
 	defer p.Close()
 
-	body, _ := json.Marshal(map[string]any{"v": 1})
-	err = p.Publish(ctx, topo.CommandsExchange, protocol.RoutingCommand, body, amqpx.Headers{MessageID: "c1:42"})
+	body, _ := json.Marshal(map[string]any{"v": 1, "device": "dev-1"})
+	exchange, key := topo.DeviceRoute("dev-1") // the device's command queue
+	err = p.Publish(ctx, exchange, key, body, amqpx.Headers{MessageID: "c1:42"})
 	var e *amqpx.Error
 	switch {
 	case err == nil:
@@ -35,12 +36,12 @@ func ExamplePublisher() {
 	}
 }
 
-// A msgworker consumes commands; the handler's error decides ack, requeue,
-// dead-letter or pause.
+// A msgworker consumes commands (one Consumer for each command queue);
+// the handler's error decides ack, requeue, dead-letter or pause.
 func ExampleConsumer() {
-	topo := protocol.NewTopology("gw")
+	topo := protocol.NewTopology("gw", protocol.DefaultQueues, protocol.DefaultPartitions)
 	c := amqpx.NewConsumer(amqpx.Options{Name: "msgworker"}, topo,
-		amqpx.ConsumerOptions{Queue: topo.CommandsQueue, Prefetch: 64},
+		amqpx.ConsumerOptions{Queue: topo.CommandQueue(0), Prefetch: 64},
 		func(ctx context.Context, d amqpx.Delivery) error {
 			var env map[string]any
 			if err := json.Unmarshal(d.Body, &env); err != nil {
@@ -54,7 +55,7 @@ func ExampleConsumer() {
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	if err := c.Run(ctx); err != nil { // blocks until ctx is cancelled
-		log.Fatal(err)
+		log.Fatal(err) // bad options, or counts the namespace's fence refuses
 	}
 }
 

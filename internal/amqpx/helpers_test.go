@@ -19,13 +19,21 @@ import (
 	"github.com/iotgw/gateway/protocol"
 )
 
-// setup gives an integration test its own namespace, declared, and options
-// for its connections (named after the namespace and role).
+// commandKey routes to command queue 0, the queue the tests use.
+var commandKey = func() string {
+	_, key := protocol.NewTopology("any", 1, 1).CommandRoute(0)
+	return key
+}()
+
+// setup gives an integration test its own namespace, declared with one
+// command queue (CommandQueue(0)), and options for its connections (named
+// after the namespace and role).
 func setup(t *testing.T) (protocol.Topology, Options) {
 	t.Helper()
 	testenv.RequireServices(t)
 	ns := testenv.Namespace(t) // first, so its cleanup runs last
-	topo := protocol.NewTopology(ns)
+	topo := protocol.NewTopology(ns, 1, 1)
+	dropQueues(t, topo)
 	ch, err := testenv.AMQP(t).Channel()
 	if err != nil {
 		t.Fatalf("cannot open channel: %v", err)
@@ -42,6 +50,30 @@ func setup(t *testing.T) (protocol.Topology, Options) {
 		MinBackoff:     50 * time.Millisecond,
 		MaxBackoff:     500 * time.Millisecond,
 	}
+}
+
+// dropQueues deletes the command queues and the fence of topo when t ends
+// (testenv's cleanup finds them by name only through the management API).
+func dropQueues(t *testing.T, topo protocol.Topology) {
+	t.Cleanup(func() {
+		conn, err := amqp.Dial(testenv.AMQPURL())
+		if err != nil {
+			t.Logf("cannot delete the queues of %s: %v", topo.NS, err)
+			return
+		}
+		defer conn.Close()
+		for _, q := range append(topo.CommandQueues(), topo.FenceQueue) {
+			ch, err := conn.Channel()
+			if err != nil {
+				t.Logf("cannot delete queue %s: %v", q, err)
+				return
+			}
+			if _, err := ch.QueueDelete(q, false, false, false); err != nil {
+				t.Logf("cannot delete queue %s: %v", q, err)
+			}
+			_ = ch.Close()
+		}
+	})
 }
 
 func newPublisher(t *testing.T, opts Options, topo protocol.Topology) *Publisher {
@@ -61,7 +93,7 @@ func publish(t *testing.T, p *Publisher, topo protocol.Topology, id, body string
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	if err := p.Publish(ctx, topo.CommandsExchange, protocol.RoutingCommand, []byte(body), Headers{MessageID: id}); err != nil {
+	if err := p.Publish(ctx, topo.CommandsExchange, commandKey, []byte(body), Headers{MessageID: id}); err != nil {
 		t.Fatalf("Publish(%q) = %v, want nil", id, err)
 	}
 }

@@ -98,15 +98,19 @@ type pending struct {
 // by ctx (ctx bounds only that attempt; the Publisher lives until Close). If
 // RabbitMQ is unreachable it still returns a Publisher, which keeps
 // reconnecting in the background while Publish fails fast with
-// ErrNotConnected. It returns an error only for unusable options (a URL
-// that does not parse).
+// ErrNotConnected. It returns an error for unusable options (a URL that
+// does not parse, a topology without a namespace or with counts out of
+// range) and when the first attempt finds that the namespace's fence
+// refuses topo's counts (an [*Error] wrapping [ErrCounts]; see Declare).
+// A later reconnect that meets the fence logs it as an error and keeps
+// trying, while Publish fails with ErrNotConnected.
 func NewPublisher(ctx context.Context, opts Options, topo protocol.Topology) (*Publisher, error) {
 	opts.ensureDefaults()
 	if _, err := amqp.ParseURI(opts.URL); err != nil {
 		return nil, fmt.Errorf("amqpx: bad URL: %w", err)
 	}
-	if topo.NS == "" {
-		return nil, errors.New("amqpx: topology has no namespace")
+	if err := checkTopology(topo); err != nil {
+		return nil, err
 	}
 	lctx, stop := context.WithCancel(context.Background())
 	p := &Publisher{
@@ -117,9 +121,13 @@ func NewPublisher(ctx context.Context, opts Options, topo protocol.Topology) (*P
 		done: make(chan struct{}),
 	}
 	first, err := p.connect(ctx)
-	if err != nil {
+	switch {
+	case errors.Is(err, ErrCounts):
+		stop()
+		return nil, err
+	case err != nil:
 		p.log.Warn("rabbitmq not reachable, will keep trying", "err", err)
-	} else {
+	default:
 		p.sess.Store(first) // usable as soon as we return
 	}
 	go p.loop(lctx, first)
@@ -139,6 +147,9 @@ func (p *Publisher) connect(ctx context.Context) (*pubSession, error) {
 	}
 	if err != nil {
 		_ = conn.Close()
+		if errors.Is(err, ErrCounts) {
+			return nil, err
+		}
 		return nil, &Error{Op: "declare", Reason: "not connected", Recover: true, Err: fmt.Errorf("%w: %w", ErrNotConnected, err)}
 	}
 	s := &pubSession{conn: conn, chans: make([]atomic.Pointer[pubChan], p.opts.Channels)}
@@ -251,7 +262,11 @@ func (p *Publisher) loop(ctx context.Context, s *pubSession) {
 		}
 		attempt++
 		var err error
-		if s, err = p.connect(ctx); err != nil && ctx.Err() == nil {
+		switch s, err = p.connect(ctx); {
+		case err == nil || ctx.Err() != nil:
+		case errors.Is(err, ErrCounts):
+			p.log.Error("rabbitmq refuses this process's counts; not publishing", "attempt", attempt, "err", err)
+		default:
 			logAttempt(p.log, attempt, "cannot reconnect to rabbitmq", err)
 		}
 	}

@@ -30,12 +30,12 @@ func TestPublishPersistsWithProperties(t *testing.T) {
 	}
 	before := time.Now().Add(-time.Second)
 	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-	err := p.Publish(context.Background(), topo.CommandsExchange, protocol.RoutingCommand, []byte(`{"v":1}`),
+	err := p.Publish(context.Background(), topo.CommandsExchange, commandKey, []byte(`{"v":1}`),
 		Headers{MessageID: "c1:42", CorrelationID: "corr-1", TraceParent: tp, Type: "command"})
 	if err != nil {
 		t.Fatalf("Publish = %v, want nil", err)
 	}
-	d := getOne(t, testenv.AMQP(t), topo.CommandsQueue)
+	d := getOne(t, testenv.AMQP(t), topo.CommandQueue(0))
 	checks := []struct {
 		name      string
 		got, want any
@@ -48,7 +48,7 @@ func TestPublishPersistsWithProperties(t *testing.T) {
 		{"content type", d.ContentType, "application/json"},
 		{"delivery mode", d.DeliveryMode, amqp.Persistent},
 		{"exchange", d.Exchange, topo.CommandsExchange},
-		{"routing key", d.RoutingKey, protocol.RoutingCommand},
+		{"routing key", d.RoutingKey, commandKey},
 	}
 	for _, c := range checks {
 		if c.got != c.want {
@@ -95,14 +95,14 @@ func TestPublishUnroutableIsReturned(t *testing.T) {
 			}()
 			go func() {
 				defer wg.Done()
-				if err := p.Publish(context.Background(), topo.CommandsExchange, protocol.RoutingCommand, []byte("ok"), Headers{}); err != nil {
+				if err := p.Publish(context.Background(), topo.CommandsExchange, commandKey, []byte("ok"), Headers{}); err != nil {
 					t.Errorf("routable Publish = %v, want nil", err)
 				}
 			}()
 		}
 		wg.Wait()
 	}
-	if n := depth(t, conn, topo.CommandsQueue); n != 40 {
+	if n := depth(t, conn, topo.CommandQueue(0)); n != 40 {
 		t.Errorf("commands queue holds %d, want 40", n)
 	}
 }
@@ -122,7 +122,7 @@ func TestPublishToMissingExchangeRecovers(t *testing.T) {
 	}
 	// The pool replaces the closed channel.
 	eventually(t, 5*time.Second, "publish after channel replacement", func() bool {
-		return p.Publish(context.Background(), topo.CommandsExchange, protocol.RoutingCommand, []byte("x"), Headers{}) == nil
+		return p.Publish(context.Background(), topo.CommandsExchange, commandKey, []byte("x"), Headers{}) == nil
 	})
 }
 
@@ -134,7 +134,7 @@ func TestPublishFailsFastWhenUnreachable(t *testing.T) {
 		Logger:         testenv.Logger(t),
 	}
 	start := time.Now()
-	p, err := NewPublisher(context.Background(), opts, protocol.NewTopology("gwt-unreachable"))
+	p, err := NewPublisher(context.Background(), opts, protocol.NewTopology("gwt-unreachable", 1, 1))
 	if err != nil {
 		t.Fatalf("NewPublisher with RabbitMQ down = %v, want nil", err)
 	}
@@ -171,7 +171,7 @@ func TestPublishFailsFastWhenUnreachable(t *testing.T) {
 }
 
 func TestNewPublisherBadURL(t *testing.T) {
-	_, err := NewPublisher(context.Background(), Options{URL: "http://nope"}, protocol.NewTopology("x"))
+	_, err := NewPublisher(context.Background(), Options{URL: "http://nope"}, protocol.NewTopology("x", 1, 1))
 	if err == nil {
 		t.Fatal("NewPublisher with a non-AMQP URL: err = nil")
 	}
@@ -188,7 +188,7 @@ func TestPublishFailsFastWhenBlocked(t *testing.T) {
 		t.Error("Ready() = true while blocked")
 	}
 	t0 := time.Now()
-	err := p.Publish(context.Background(), topo.CommandsExchange, protocol.RoutingCommand, []byte("x"), Headers{})
+	err := p.Publish(context.Background(), topo.CommandsExchange, commandKey, []byte("x"), Headers{})
 	if !errors.Is(err, ErrBlocked) || time.Since(t0) > 50*time.Millisecond {
 		t.Fatalf("Publish while blocked = %v after %v, want ErrBlocked at once", err, time.Since(t0))
 	}
@@ -202,7 +202,7 @@ func TestPublishRespectsContext(t *testing.T) {
 	p := newPublisher(t, opts, topo)
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
-	err := p.Publish(ctx, topo.CommandsExchange, protocol.RoutingCommand, []byte("x"), Headers{})
+	err := p.Publish(ctx, topo.CommandsExchange, commandKey, []byte("x"), Headers{})
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("Publish with a cancelled ctx = %v, want context.Canceled", err)
 	}
@@ -222,7 +222,7 @@ func TestPublishConcurrent(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range each {
-				err := p.Publish(context.Background(), topo.CommandsExchange, protocol.RoutingCommand, body,
+				err := p.Publish(context.Background(), topo.CommandsExchange, commandKey, body,
 					Headers{MessageID: fmt.Sprintf("w%d-%d", w, i)})
 				if err != nil {
 					if failed.Add(1) < 5 {
@@ -239,7 +239,7 @@ func TestPublishConcurrent(t *testing.T) {
 		t.Fatalf("%d publishes failed", n)
 	}
 	conn := testenv.AMQP(t)
-	eventually(t, 5*time.Second, "all messages in the queue", func() bool { return depth(t, conn, topo.CommandsQueue) == workers*each })
+	eventually(t, 5*time.Second, "all messages in the queue", func() bool { return depth(t, conn, topo.CommandQueue(0)) == workers*each })
 }
 
 func TestPublisherRecoversAfterForcedClose(t *testing.T) {
@@ -256,7 +256,7 @@ func TestPublisherRecoversAfterForcedClose(t *testing.T) {
 	})
 	publish(t, p, topo, "after", "{}")
 	conn := testenv.AMQP(t)
-	if n := depth(t, conn, topo.CommandsQueue); n != 2 {
+	if n := depth(t, conn, topo.CommandQueue(0)); n != 2 {
 		t.Errorf("commands queue holds %d, want 2", n)
 	}
 }
@@ -394,15 +394,15 @@ func TestPublishReturnsUnderLoad(t *testing.T) {
 		go func() {
 			defer wg.Done()
 			for i := range each {
-				key := protocol.RoutingCommand
+				key := commandKey
 				if (w+i)%3 == 0 {
 					key = "no-such-key"
 				}
 				err := p.Publish(context.Background(), topo.CommandsExchange, key, []byte("x"), Headers{MessageID: fmt.Sprintf("%d-%d", w, i)})
 				switch {
-				case key == protocol.RoutingCommand && err == nil:
+				case key == commandKey && err == nil:
 					routed.Add(1)
-				case key != protocol.RoutingCommand && errors.Is(err, ErrReturned):
+				case key != commandKey && errors.Is(err, ErrReturned):
 				default:
 					if wrong.Add(1) < 5 {
 						t.Errorf("Publish(%s) = %v", key, err)
@@ -417,7 +417,7 @@ func TestPublishReturnsUnderLoad(t *testing.T) {
 	}
 	conn := testenv.AMQP(t)
 	eventually(t, 5*time.Second, "every routed message in the queue", func() bool {
-		return depth(t, conn, topo.CommandsQueue) == int(routed.Load())
+		return depth(t, conn, topo.CommandQueue(0)) == int(routed.Load())
 	})
 }
 

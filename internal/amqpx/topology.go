@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"regexp"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -13,19 +14,39 @@ import (
 )
 
 // Declare declares the namespace's topology on ch: every exchange of
-// topo.Exchanges() durable and of kind protocol.ExchangeKind, every queue of
+// topo.Exchanges() durable and of kind protocol.ExchangeKind, then the
+// fence queue (topo.FenceQueue with topo.FenceArgs()), then every queue of
 // topo.Bindings() durable with exactly its arguments (quorum queues with
-// the delivery limit and dead-lettering), and each queue's binding. Dead
-// letter queues come first, so a main queue's dead-letter target exists.
+// the delivery limit and dead-lettering; the command queues with the
+// leader locator), and each queue's binding. Dead letter queues come
+// first, so a main queue's dead-letter target exists.
 //
 // Every process calls it identically, on every (re)connect; declaring an
 // existing topology again is a no-op. A declaration that differs from what
 // exists closes ch with PRECONDITION_FAILED, which Declare returns.
+//
+// The fence comes before any queue, so a process whose counts
+// (topo.QueueCount, topo.PartitionCount) differ from those the namespace
+// was first declared with creates nothing: Declare returns an [*Error]
+// wrapping [ErrCounts], with Recover false, that names both counts of
+// both sides. Counts out of range (protocol.CheckQueues,
+// protocol.CheckPartitions) are refused the same way before anything is
+// declared.
 func Declare(ch *amqp.Channel, topo protocol.Topology) error {
+	if err := checkTopology(topo); err != nil {
+		return err
+	}
 	for _, ex := range topo.Exchanges() {
 		if err := ch.ExchangeDeclare(ex, protocol.ExchangeKind, true, false, false, false, nil); err != nil {
 			return fmt.Errorf("cannot declare exchange %s: %w", ex, err)
 		}
+	}
+	if _, err := ch.QueueDeclare(topo.FenceQueue, true, false, false, false, amqp.Table(topo.FenceArgs())); err != nil {
+		var ae *amqp.Error
+		if errors.As(err, &ae) && ae.Code == amqp.PreconditionFailed {
+			return countsError(topo, ae.Reason)
+		}
+		return fmt.Errorf("cannot declare queue %s: %w", topo.FenceQueue, err)
 	}
 	for _, b := range topo.Bindings() {
 		if _, err := ch.QueueDeclare(b.Queue, true, false, false, false, amqp.Table(b.Args)); err != nil {
@@ -36,6 +57,44 @@ func Declare(ch *amqp.Channel, topo protocol.Topology) error {
 		}
 	}
 	return nil
+}
+
+// checkTopology refuses a topology that cannot be declared: no namespace,
+// or counts out of range.
+func checkTopology(topo protocol.Topology) error {
+	var err error
+	switch {
+	case topo.NS == "":
+		err = errors.New("topology has no namespace")
+	case protocol.CheckQueues(topo.QueueCount) != nil:
+		err = fmt.Errorf("GW_QUEUES: %w", protocol.CheckQueues(topo.QueueCount))
+	case protocol.CheckPartitions(topo.PartitionCount) != nil:
+		err = fmt.Errorf("GW_PARTITIONS: %w", protocol.CheckPartitions(topo.PartitionCount))
+	default:
+		return nil
+	}
+	return &Error{Op: "declare", Reason: "bad topology", Err: err}
+}
+
+// fenceReasonRE reads the two values of RabbitMQ's PRECONDITION_FAILED
+// reason for an inequivalent argument: "... received 'queues=8,...' but
+// current is 'queues=4,...'" (some versions say "received the value
+// '...' of type 'longstr'").
+var fenceReasonRE = regexp.MustCompile(`x-dead-letter-routing-key.*received (?:the value )?'([^']*)'.* current is (?:the value )?'([^']*)'`)
+
+// countsError is the error of a fence that refused topo: both counts of
+// the namespace (as RabbitMQ's reason tells them) and of this process.
+func countsError(topo protocol.Topology, reason string) error {
+	mine := fmt.Sprintf("GW_QUEUES=%d and GW_PARTITIONS=%d", topo.QueueCount, topo.PartitionCount)
+	theirs := "other counts (RabbitMQ: " + reason + ")"
+	if m := fenceReasonRE.FindStringSubmatch(reason); m != nil {
+		if q, p, ok := protocol.ParseFenceValue(m[2]); ok {
+			theirs = fmt.Sprintf("GW_QUEUES=%d and GW_PARTITIONS=%d", q, p)
+		}
+	}
+	return &Error{Op: "declare", Reason: "counts differ", Err: fmt.Errorf(
+		"%w: namespace %s was set up with %s (kept by the queue %s), this process has %s; start it with the namespace's counts (changing GW_QUEUES is a resize, changing GW_PARTITIONS is a new deployment)",
+		ErrCounts, topo.NS, theirs, topo.FenceQueue, mine)}
 }
 
 // QueueInfo is what a passive declare tells about a queue.

@@ -3,14 +3,19 @@ package amqpx
 import (
 	"context"
 	"errors"
+	"fmt"
+	"maps"
 	"net/http"
 	"net/url"
+	"slices"
+	"strings"
 	"testing"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/iotgw/gateway/internal/testenv"
+	"github.com/iotgw/gateway/protocol"
 )
 
 func TestDeclareIdempotentAcrossConnections(t *testing.T) {
@@ -82,7 +87,7 @@ func TestDeclareDifferentArgsFails(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = ch.QueueDeclare(topo.CommandsQueue, true, false, false, false, amqp.Table{"x-queue-type": "quorum", "x-delivery-limit": int32(7)})
+	_, err = ch.QueueDeclare(topo.CommandQueue(0), true, false, false, false, amqp.Table{"x-queue-type": "quorum", "x-delivery-limit": int32(7)})
 	var ae *amqp.Error
 	if !errors.As(err, &ae) || ae.Code != amqp.PreconditionFailed {
 		t.Fatalf("redeclare with another delivery limit = %v, want PRECONDITION_FAILED (the check Declare relies on)", err)
@@ -95,12 +100,12 @@ func TestQueueDepthMissingQueue(t *testing.T) {
 	conn := testenv.AMQP(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	m, err := QueueDepth(ctx, conn, topo.NS+".nope", topo.CommandsQueue)
+	m, err := QueueDepth(ctx, conn, topo.NS+".nope", topo.CommandQueue(0))
 	if err == nil {
 		t.Fatal("QueueDepth of a missing queue: err = nil, want an error")
 	}
-	if _, ok := m[topo.CommandsQueue]; !ok || len(m) != 1 {
-		t.Fatalf("QueueDepth = %v, want just %s", m, topo.CommandsQueue)
+	if _, ok := m[topo.CommandQueue(0)]; !ok || len(m) != 1 {
+		t.Fatalf("QueueDepth = %v, want just %s", m, topo.CommandQueue(0))
 	}
 }
 
@@ -122,7 +127,7 @@ func TestBrokerCountsEveryReturn(t *testing.T) {
 	get := func(ch *amqp.Channel) amqp.Delivery {
 		t.Helper()
 		for range 500 {
-			d, ok, err := ch.Get(topo.CommandsQueue, false)
+			d, ok, err := ch.Get(topo.CommandQueue(0), false)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -151,7 +156,7 @@ func TestBrokerCountsEveryReturn(t *testing.T) {
 	}
 	_ = ch2.Qos(1, 0, false)
 	_ = d.Nack(false, true)
-	ds, err := ch2.Consume(topo.CommandsQueue, "probe", false, false, false, false, nil)
+	ds, err := ch2.Consume(topo.CommandQueue(0), "probe", false, false, false, false, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -182,5 +187,182 @@ func TestBrokerCountsEveryReturn(t *testing.T) {
 	_ = other.Close()
 	if d = get(ch2); count(d) != 1 {
 		t.Fatalf("after connection close: count %d, want 1", count(d))
+	}
+}
+
+// TestPartitionedCommandQueues declares a namespace with four command
+// queues on the real RabbitMQ: each exists with the leader locator, the
+// fence holds the counts, a command for device d lands in queue
+// CommandQueueOf(d), and a second declaration with other counts fails,
+// naming both, before it creates anything.
+func TestPartitionedCommandQueues(t *testing.T) {
+	t.Parallel()
+	testenv.RequireServices(t)
+	ns := testenv.Namespace(t)
+	topo := protocol.NewTopology(ns, 4, 256)
+	dropQueues(t, topo)
+	dropQueues(t, protocol.NewTopology(ns, 8, 256)) // in case the fence fails open
+	conn := testenv.AMQP(t)
+	withChannel := func(f func(ch *amqp.Channel) error) error {
+		t.Helper()
+		ch, err := conn.Channel()
+		if err != nil {
+			t.Fatalf("cannot open channel: %v", err)
+		}
+		defer ch.Close()
+		return f(ch)
+	}
+	if err := withChannel(func(ch *amqp.Channel) error { return Declare(ch, topo) }); err != nil {
+		t.Fatalf("Declare(4 queues, 256 partitions) = %v", err)
+	}
+
+	// Four command queues, and the fence.
+	want := append(topo.Queues(), topo.FenceQueue)
+	m, err := QueueDepth(context.Background(), conn, want...)
+	if err != nil || len(m) != len(want) {
+		t.Fatalf("QueueDepth(%v) = %v, %v; want every queue", want, m, err)
+	}
+	if got := topo.CommandQueues(); len(got) != 4 || got[3] != ns+".commands.3" {
+		t.Fatalf("CommandQueues() = %v", got)
+	}
+
+	// The arguments RabbitMQ compares are what Bindings and FenceArgs
+	// say: the same declaration passes, any other value of the leader
+	// locator or of the fence's key is refused (PRECONDITION_FAILED).
+	redeclare := func(queue string, args map[string]any) error {
+		return withChannel(func(ch *amqp.Channel) error {
+			_, err := ch.QueueDeclare(queue, true, false, false, false, amqp.Table(args))
+			return err
+		})
+	}
+	precondition := func(err error) bool {
+		var ae *amqp.Error
+		return errors.As(err, &ae) && ae.Code == amqp.PreconditionFailed
+	}
+	for _, b := range topo.Bindings()[2:6] {
+		if b.Args["x-queue-leader-locator"] != "balanced" {
+			t.Fatalf("binding of %s: no leader locator in %v", b.Queue, b.Args)
+		}
+		if err := redeclare(b.Queue, b.Args); err != nil {
+			t.Errorf("redeclare %s with its arguments: %v", b.Queue, err)
+		}
+		other := maps.Clone(b.Args)
+		other["x-queue-leader-locator"] = "client-local"
+		if err := redeclare(b.Queue, other); !precondition(err) || !strings.Contains(err.Error(), "x-queue-leader-locator") {
+			t.Errorf("redeclare %s with another leader locator = %v, want PRECONDITION_FAILED on x-queue-leader-locator (the queue has balanced)", b.Queue, err)
+		}
+	}
+	if err := redeclare(topo.FenceQueue, topo.FenceArgs()); err != nil {
+		t.Errorf("redeclare the fence with its arguments: %v", err)
+	}
+
+	// A command for device d goes to queue CommandQueueOf(d).
+	p := newPublisher(t, Options{URL: testenv.AMQPURL(), Name: ns, Logger: testenv.Logger(t)}, topo)
+	wantIn := map[int][]string{}
+	for i := range 24 {
+		device := fmt.Sprintf("dev-%d", i)
+		exchange, key := topo.DeviceRoute(device)
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		err := p.Publish(ctx, exchange, key, []byte(`{}`), Headers{MessageID: device})
+		cancel()
+		if err != nil {
+			t.Fatalf("Publish for %s: %v", device, err)
+		}
+		q := topo.CommandQueueOf(device, topo.PartitionCount)
+		wantIn[q] = append(wantIn[q], device)
+	}
+	if len(wantIn) < 2 {
+		t.Fatalf("24 devices all in one queue: %v", wantIn)
+	}
+	for q := range topo.QueueCount {
+		var got []string
+		for range wantIn[q] {
+			got = append(got, getOne(t, conn, topo.CommandQueue(q)).MessageId)
+		}
+		if n := depth(t, conn, topo.CommandQueue(q)); n != 0 {
+			t.Errorf("queue %d holds %d more messages than its devices sent", q, n)
+		}
+		slices.Sort(got)
+		slices.Sort(wantIn[q])
+		if !slices.Equal(got, wantIn[q]) {
+			t.Errorf("queue %s has the commands of %v, want %v", topo.CommandQueue(q), got, wantIn[q])
+		}
+	}
+
+	// Other counts: refused by the fence, with both counts named, and
+	// nothing of the other topology created.
+	for _, other := range []protocol.Topology{protocol.NewTopology(ns, 8, 256), protocol.NewTopology(ns, 4, 128), protocol.NewTopology(ns, 1, 1)} {
+		err := withChannel(func(ch *amqp.Channel) error { return Declare(ch, other) })
+		var e *Error
+		if !errors.Is(err, ErrCounts) || !errors.As(err, &e) || e.Recover {
+			t.Fatalf("Declare(%d queues, %d partitions) = %v, want an unrecoverable *Error wrapping ErrCounts", other.QueueCount, other.PartitionCount, err)
+		}
+		for _, s := range []string{
+			"GW_QUEUES=4 and GW_PARTITIONS=256",
+			fmt.Sprintf("GW_QUEUES=%d and GW_PARTITIONS=%d", other.QueueCount, other.PartitionCount),
+			topo.FenceQueue,
+		} {
+			if !strings.Contains(err.Error(), s) {
+				t.Errorf("Declare(%d, %d) = %q, want it to name %q", other.QueueCount, other.PartitionCount, err, s)
+			}
+		}
+	}
+	if _, err := QueueDepth(context.Background(), conn, ns+".commands.4"); err == nil {
+		t.Errorf("the refused declaration of 8 queues created %s.commands.4", ns)
+	}
+
+	// The services' entry points refuse to start with other counts.
+	other := protocol.NewTopology(ns, 8, 256)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := NewPublisher(ctx, Options{URL: testenv.AMQPURL(), Logger: testenv.Logger(t)}, other); !errors.Is(err, ErrCounts) {
+		t.Errorf("NewPublisher with 8 queues = %v, want ErrCounts", err)
+	}
+	c := NewConsumer(Options{URL: testenv.AMQPURL(), Logger: testenv.Logger(t)}, other, ConsumerOptions{Queue: other.CommandQueue(0)},
+		func(context.Context, Delivery) error { return nil })
+	if err := c.Run(ctx); !errors.Is(err, ErrCounts) {
+		t.Errorf("Consumer.Run with 8 queues = %v, want ErrCounts", err)
+	}
+}
+
+// TestDeclareBadCounts: counts out of range are refused before anything
+// is declared.
+func TestDeclareBadCounts(t *testing.T) {
+	for _, topo := range []protocol.Topology{
+		protocol.NewTopology("gwt-bad", 0, 256),
+		protocol.NewTopology("gwt-bad", 4, 100),
+		protocol.NewTopology("", 4, 256),
+	} {
+		if err := Declare(nil, topo); err == nil { // nil channel: must not be used
+			t.Errorf("Declare(%+v) = nil, want an error", topo)
+		}
+		if _, err := NewPublisher(context.Background(), Options{}, topo); err == nil {
+			t.Errorf("NewPublisher(%+v) = nil error", topo)
+		}
+		c := NewConsumer(Options{}, topo, ConsumerOptions{Queue: "q"}, func(context.Context, Delivery) error { return nil })
+		if err := c.Run(context.Background()); err == nil {
+			t.Errorf("Consumer.Run(%+v) = nil", topo)
+		}
+	}
+}
+
+// TestCountsErrorReasons reads both forms of RabbitMQ's reason for an
+// inequivalent argument.
+func TestCountsErrorReasons(t *testing.T) {
+	topo := protocol.NewTopology("gw", 8, 256)
+	for _, reason := range []string{
+		"PRECONDITION_FAILED - inequivalent arg 'x-dead-letter-routing-key' for queue 'gw.fence' in vhost '/': received 'queues=8,partitions=256' but current is 'queues=4,partitions=128'",
+		"PRECONDITION_FAILED - inequivalent arg 'x-dead-letter-routing-key' for queue 'gw.fence' in vhost '/': received the value 'queues=8,partitions=256' of type 'longstr' but current is the value 'queues=4,partitions=128' of type 'longstr'",
+	} {
+		err := countsError(topo, reason)
+		want := "amqpx: declare: counts differ: refused by the namespace's fence: namespace gw was set up with GW_QUEUES=4 and GW_PARTITIONS=128 (kept by the queue gw.fence), this process has GW_QUEUES=8 and GW_PARTITIONS=256"
+		if !errors.Is(err, ErrCounts) || !strings.HasPrefix(err.Error(), want) {
+			t.Errorf("countsError(%q) = %q, want %q…", reason, err, want)
+		}
+	}
+	// An unknown form still names this process's counts and RabbitMQ's words.
+	err := countsError(topo, "PRECONDITION_FAILED - something else")
+	if !errors.Is(err, ErrCounts) || !strings.Contains(err.Error(), "GW_QUEUES=8 and GW_PARTITIONS=256") || !strings.Contains(err.Error(), "something else") {
+		t.Errorf("countsError(unknown) = %q", err)
 	}
 }

@@ -1,9 +1,11 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"net/url"
 
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
@@ -24,8 +26,10 @@ type Common struct {
 	// AMQPURL is the RabbitMQ URL (amqp-url, GW_AMQP_URL). Default
 	// DefaultAMQPURL.
 	AMQPURL string
-	// RedisURL is the Redis URL in go-redis ParseURL syntax (redis-url,
-	// GW_REDIS_URL). Default DefaultRedisURL.
+	// RedisURL is the Redis URL (redis-url, GW_REDIS_URL), in one of three
+	// forms: one server (RedisSingleForm), Redis Cluster (RedisClusterForm,
+	// several addr=) or Sentinel (RedisSentinelForm, master_name=); see
+	// NewRedis. Default DefaultRedisURL.
 	RedisURL string
 	// Namespace prefixes every exchange, queue and key (namespace,
 	// GW_NAMESPACE). Default DefaultNamespace ("gw").
@@ -57,10 +61,21 @@ func (c *Common) SetDefaults() {
 // notifications off: they need a server that offers them, and asking an
 // older one only produces warnings. The caller sizes the pool and sets
 // the timeouts it needs, then calls redis.NewClient.
+//
+// It takes one server only (go-redis ParseURL, unix:// included); a
+// Cluster or Sentinel URL is an error that says so. NewRedis takes all
+// three forms. Its errors never contain the URL's password.
 func (c *Common) RedisOptions() (*redis.Options, error) {
+	u, err := url.Parse(c.RedisURL)
+	if err != nil {
+		return nil, notAURL(c.RedisURL, err, "")
+	}
+	if kind := kindOf(u.Query()); kind != RedisSingle {
+		return nil, fmt.Errorf("config: the Redis URL is a Redis %s URL; this caller takes one server only (RedisOptions; NewRedis takes every form)", kind)
+	}
 	opts, err := redis.ParseURL(c.RedisURL)
 	if err != nil {
-		return nil, err
+		return nil, errors.New(scrub(unwrapURLError(err).Error(), c.RedisURL))
 	}
 	opts.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	return opts, nil

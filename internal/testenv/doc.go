@@ -35,10 +35,11 @@
 // A namespace looks like gwt-1767139200-9f86d081: lowercase letters, digits
 // and dashes only, so it is valid as an AMQP name prefix and as a Redis key
 // prefix. When the test ends, [Namespace]'s cleanup deletes every Redis key
-// matching "<ns>:*" (SCAN and UNLINK, never KEYS) and every RabbitMQ queue and
-// exchange whose name starts with "<ns>.". Queues and exchanges are found
-// through the management API; when it cannot be reached, the names of the
-// standard topology (DESIGN §6) are deleted instead.
+// matching "<ns>:*" or "{<ns>:*" (SCAN and UNLINK, never KEYS) and every
+// RabbitMQ queue and exchange whose name starts with "<ns>.". Queues and
+// exchanges are found through the management API; when it cannot be
+// reached, the names of the standard topology (DESIGN §6) are deleted
+// instead.
 //
 // Cleanups run in reverse order of registration: call Namespace before
 // starting the components under test, so that they are stopped (by their own

@@ -16,6 +16,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/iotgw/gateway/protocol"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
 )
@@ -31,19 +32,32 @@ const staleAfter = time.Hour
 const cleanupTimeout = 30 * time.Second
 
 // knownQueues and knownExchanges are the suffixes of the standard topology
-// (DESIGN §6), deleted by name when the management API cannot list names.
+// (DESIGN §6), deleted by name when the management API cannot list names:
+// the partitioned command queues up to protocol.MaxQueues, the fence, and
+// the names of earlier versions. Leaking queues is not harmless: every
+// quorum queue holds file handles, and a RabbitMQ out of them stops
+// accepting connections.
 var (
-	knownQueues    = []string{"commands", "results", "commands.dead", "results.dead"}
+	knownQueues    = knownQueueSuffixes()
 	knownExchanges = []string{"commands", "results", "dead"}
 )
+
+func knownQueueSuffixes() []string {
+	s := []string{"commands", "results", "commands.dead", "results.dead", "fence"}
+	for q := 0; q < protocol.MaxQueues; q++ {
+		s = append(s, "commands."+strconv.Itoa(q))
+	}
+	return s
+}
 
 var sweepOnce sync.Once
 
 // Namespace returns a namespace of its own for t, of the form
 // gwt-<unix seconds>-<8 lowercase hex digits>, and registers a cleanup that
-// deletes, when t ends, the Redis keys matching "<ns>:*" and the RabbitMQ
-// queues and exchanges whose names start with "<ns>.". The first call in a
-// process also deletes what test namespaces older than an hour left behind.
+// deletes, when t ends, the Redis keys matching "<ns>:*" or "{<ns>:*" (keys
+// with a hash tag, DESIGN §7) and the RabbitMQ queues and exchanges whose
+// names start with "<ns>.". The first call in a process also deletes what
+// test namespaces older than an hour left behind.
 //
 // Cleanup problems are reported with t.Log, and do not fail t. With -short
 // (integration tests skipped) nothing is cleaned or swept.
@@ -78,8 +92,10 @@ func Namespace(t testing.TB) string {
 // of ns.
 func cleanNamespace(ctx context.Context, ns string) error {
 	var errs []error
-	if err := cleanRedis(ctx, func(key string) bool { return strings.HasPrefix(key, ns+":") }, ns+":*"); err != nil {
-		errs = append(errs, err)
+	for _, prefix := range []string{ns + ":", "{" + ns + ":"} {
+		if err := cleanRedis(ctx, func(key string) bool { return strings.HasPrefix(key, prefix) }, prefix+"*"); err != nil {
+			errs = append(errs, err)
+		}
 	}
 
 	mine := func(name string) bool { return strings.HasPrefix(name, ns+".") }
@@ -109,8 +125,11 @@ func sweepStale(ctx context.Context, cutoff time.Time) error {
 		created, ok := namespaceTime(name, sep)
 		return ok && created.Before(cutoff)
 	}
-	if err := cleanRedis(ctx, func(key string) bool { return stale(key, ':') }, namespacePrefix+"*"); err != nil {
-		errs = append(errs, err)
+	for _, pattern := range []string{namespacePrefix + "*", "{" + namespacePrefix + "*"} {
+		isStale := func(key string) bool { return stale(strings.TrimPrefix(key, "{"), ':') }
+		if err := cleanRedis(ctx, isStale, pattern); err != nil {
+			errs = append(errs, err)
+		}
 	}
 	queues, exchanges, err := listAMQP(ctx)
 	if err != nil {

@@ -164,13 +164,16 @@ func TestCleanupRemovesState(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
+		if err := rdb.Set(ctx, "{"+ns+":7}:cmd", "1", time.Hour).Err(); err != nil { // a partition key
+			t.Fatal(err)
+		}
 		declareQueue(t, conn, ns+".commands")    // a name of the standard topology
 		declareQueue(t, conn, ns+".custom.work") // a name only a listing finds
 		declareExchange(t, conn, ns+".custom")
 		bind(t, conn, ns+".custom.work", ns+".custom")
 	})
 
-	if n := rdb.Exists(ctx, ns+":cmd:0", ns+":cmd:1", ns+":cmd:2").Val(); n != 0 {
+	if n := rdb.Exists(ctx, ns+":cmd:0", ns+":cmd:1", ns+":cmd:2", "{"+ns+":7}:cmd").Val(); n != 0 {
 		t.Errorf("%d Redis keys of %s left after cleanup", n, ns)
 	}
 	for _, q := range []string{ns + ".commands", ns + ".custom.work"} {
@@ -199,8 +202,10 @@ func TestSweepStale(t *testing.T) {
 	old := fmt.Sprintf("gwt-%d-%s", time.Now().Add(-2*time.Hour).Unix(), fresh[len(fresh)-8:])
 	t.Cleanup(func() { cleanNamespace(context.Background(), old) }) // in case the sweep fails
 	for _, ns := range []string{old, fresh} {
-		if err := rdb.Set(ctx, ns+":cmd:1", "1", time.Hour).Err(); err != nil {
-			t.Fatal(err)
+		for _, key := range []string{ns + ":cmd:1", "{" + ns + ":ring:push}:nodes"} {
+			if err := rdb.Set(ctx, key, "1", time.Hour).Err(); err != nil {
+				t.Fatal(err)
+			}
 		}
 		declareQueue(t, conn, ns+".results")
 		declareExchange(t, conn, ns+".dead")
@@ -210,8 +215,8 @@ func TestSweepStale(t *testing.T) {
 		t.Fatalf("sweepStale: %v", err)
 	}
 
-	if rdb.Exists(ctx, old+":cmd:1").Val() != 0 {
-		t.Errorf("sweep left key %s:cmd:1", old)
+	if n := rdb.Exists(ctx, old+":cmd:1", "{"+old+":ring:push}:nodes").Val(); n != 0 {
+		t.Errorf("sweep left %d keys of %s", n, old)
 	}
 	if queueExists(t, conn, old+".results") {
 		t.Errorf("sweep left queue %s.results", old)
@@ -219,8 +224,8 @@ func TestSweepStale(t *testing.T) {
 	if exchangeExists(t, conn, old+".dead") {
 		t.Errorf("sweep left exchange %s.dead", old)
 	}
-	if rdb.Exists(ctx, fresh+":cmd:1").Val() != 1 {
-		t.Errorf("sweep deleted key %s:cmd:1 of a fresh namespace", fresh)
+	if n := rdb.Exists(ctx, fresh+":cmd:1", "{"+fresh+":ring:push}:nodes").Val(); n != 2 {
+		t.Errorf("sweep deleted %d keys of the fresh namespace %s", 2-n, fresh)
 	}
 	if !queueExists(t, conn, fresh+".results") {
 		t.Errorf("sweep deleted queue %s.results of a fresh namespace", fresh)

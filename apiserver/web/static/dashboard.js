@@ -236,6 +236,7 @@
     setText("commands-ready", num(cmd.ready));
     setText("commands-consumers", num(cmd.consumers));
     setText("commands-unacked", num(cmd.unacked));
+    setText("commands-queues", cmd.queues ? num(cmd.queues.length) + plural(cmd.queues.length, " queue", " queues") : "—");
     setText("results-ready", num(res.ready));
     setText("results-consumers", num(res.consumers));
     setText("results-unacked", num(res.unacked));
@@ -276,15 +277,16 @@
     setText("mgmt-note", mgmt.available ? "management API: sampled every 5 s" : "management API unavailable");
   }
 
+  // renderQueues lists the queues. The commands row is the sum of the
+  // GW_QUEUES command queues ({ns}.commands.{q}), each in a row of its own
+  // below it (ids q-commands.{q}-ready and so on).
   function renderQueues(s) {
-    const rows = QUEUES.map((q) => {
-      const name = s.namespace + "." + q.suffix;
-      const v = (s.queues || {})[name] || {};
+    const row = (id, name, v, swatch, sub) => {
       const cell = (field, text, isNull) =>
-        el("td", { class: "num" + (isNull ? " null" : ""), id: `q-${q.suffix}-${field}` }, text);
-      return el("tr", {},
+        el("td", { class: "num" + (isNull ? " null" : ""), id: `q-${id}-${field}` }, text);
+      return el("tr", sub ? { class: "sub" } : {},
         el("td", {}, el("span", { class: "qname" },
-          el("span", { class: "swatch", style: { background: cssVar(q.color) } }),
+          swatch ? el("span", { class: "swatch", style: { background: cssVar(swatch) } }) : null,
           el("span", { class: "mono" }, name))),
         cell("ready", num(v.ready), v.ready == null),
         cell("consumers", num(v.consumers), v.consumers == null),
@@ -292,6 +294,12 @@
         cell("publish", rate(v.publish_rate), v.publish_rate == null),
         cell("deliver", rate(v.deliver_rate), v.deliver_rate == null),
         cell("oldest", age(v.oldest_age_s), v.oldest_age_s == null));
+    };
+    const rows = QUEUES.flatMap((q) => {
+      const name = s.namespace + "." + q.suffix;
+      const v = (s.queues || {})[name] || {};
+      return [row(q.suffix, name, v, q.color, false)].concat(
+        (v.queues || []).map((c) => row(`${q.suffix}.${c.index}`, c.name, c, null, true)));
     });
     $("queues").tBodies[0].replaceChildren(...rows);
   }

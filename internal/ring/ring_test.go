@@ -227,7 +227,7 @@ func TestSilentMemberDisappears(t *testing.T) {
 	if !slices.Equal(got, []string{"push-z"}) {
 		t.Errorf("OnPruned got %v, want [push-z] once", got)
 	}
-	set, err := testenv.Redis(t).SMembers(t.Context(), protocol.NewKeys(ns).RingNodes()).Result()
+	set, err := testenv.Redis(t).SMembers(t.Context(), protocol.NewKeys(ns).Ring(protocol.RingPush).Nodes()).Result()
 	if err != nil || !slices.Equal(set, []string{"push-a"}) {
 		t.Errorf("member set = %v, %v; want [push-a] (pruned)", set, err)
 	}
@@ -245,9 +245,9 @@ func TestHeartbeatRestoresPrunedMember(t *testing.T) {
 	obs := newRing(t, ns, opts)
 	waitMembers(t, obs, 2*time.Second, "push-a", "push-b")
 	// As if push-b had paused longer than TTL and another process pruned it.
-	k := protocol.NewKeys(ns)
+	k := protocol.NewKeys(ns).Ring(protocol.RingPush)
 	rdb := testenv.Redis(t)
-	if err := rdb.Del(t.Context(), k.RingNode("push-b")).Err(); err != nil {
+	if err := rdb.Del(t.Context(), k.Node("push-b")).Err(); err != nil {
 		t.Fatal(err)
 	}
 	if err := obs.Refresh(t.Context()); err != nil {
@@ -331,9 +331,9 @@ func TestJoinErrors(t *testing.T) {
 		t.Errorf("Leave() without Join = %v, want nil", err)
 	}
 	// Leaving under a name that another URL holds removes nothing.
-	k := protocol.NewKeys(ns)
+	k := protocol.NewKeys(ns).Ring(protocol.RingPush)
 	rdb := testenv.Redis(t)
-	if err := leaveScript.Run(t.Context(), rdb, []string{k.RingNode("push-a"), k.RingNodes()}, "push-a", "mqtt://other", k.RingChanges()).Err(); err != nil {
+	if err := leaveScript.Run(t.Context(), rdb, []string{k.Node("push-a"), k.Nodes()}, "push-a", "mqtt://other", k.Changes()).Err(); err != nil {
 		t.Fatal(err)
 	}
 	if err := b.Refresh(t.Context()); err != nil {
@@ -378,5 +378,35 @@ func TestOwnerWithoutMembers(t *testing.T) {
 	}
 	if r.OwnsDuringGrace("push-a", "dev-1") {
 		t.Error("OwnsDuringGrace = true with no members")
+	}
+}
+
+func TestGroupsAreSeparate(t *testing.T) {
+	t.Parallel()
+	ns := testenv.Namespace(t)
+	opts := fast(t)
+	push := join(t, ns, "node-a", opts) // Group "" is the push servers' ring
+	wopts := opts
+	wopts.Group = protocol.RingWorkers
+	workers := join(t, ns, "node-b", wopts)
+	waitMembers(t, push, 2*time.Second, "node-a")
+	waitMembers(t, workers, 2*time.Second, "node-b")
+	// A member of one group is not pruned by the other group's reads.
+	if err := workers.Refresh(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	if err := push.Refresh(t.Context()); err != nil {
+		t.Fatal(err)
+	}
+	k := protocol.NewKeys(ns)
+	rdb := testenv.Redis(t)
+	for group, node := range map[string]string{protocol.RingPush: "node-a", protocol.RingWorkers: "node-b"} {
+		rk := k.Ring(group)
+		if got, err := rdb.SMembers(t.Context(), rk.Nodes()).Result(); err != nil || !slices.Equal(got, []string{node}) {
+			t.Errorf("SMEMBERS %s = %v, %v; want [%s]", rk.Nodes(), got, err, node)
+		}
+		if n := rdb.Exists(t.Context(), rk.Node(node)).Val(); n != 1 {
+			t.Errorf("member key %s missing", rk.Node(node))
+		}
 	}
 }

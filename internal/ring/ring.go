@@ -20,7 +20,8 @@ var (
 	// ErrJoined is returned by Join when the Ring already heartbeats a member.
 	ErrJoined = errors.New("ring: already joined")
 	// ErrNodeTaken is returned by Join when a live member with the same node
-	// name but another URL is registered: two push servers share a GW_NODE_ID.
+	// name but another URL is registered: two processes of the group share a
+	// GW_NODE_ID.
 	ErrNodeTaken = errors.New("ring: node name taken by a member with another URL")
 	// ErrInvalidMember is returned by Join for a member without node or URL.
 	ErrInvalidMember = errors.New("ring: member needs a node and a URL")
@@ -28,6 +29,11 @@ var (
 
 // Options configures a Ring. A zero field takes its default.
 type Options struct {
+	// Group names the ring: processes of one group share members and
+	// owners, and the groups of a namespace do not see each other.
+	// Default protocol.RingPush (the push servers); the workers' partition
+	// owners use protocol.RingWorkers.
+	Group string
 	// Heartbeat is how often a joined member renews its key. Default 1s.
 	Heartbeat time.Duration
 	// TTL is the expiry of a member's key: a member that has not
@@ -55,6 +61,9 @@ type Options struct {
 }
 
 func (o *Options) ensureDefaults() {
+	if o.Group == "" {
+		o.Group = protocol.RingPush
+	}
 	if o.Heartbeat <= 0 {
 		o.Heartbeat = time.Second
 	}
@@ -92,12 +101,12 @@ type retired struct {
 	until time.Time // honoured before this instant
 }
 
-// Ring is the view of one process on the push-server membership and the
-// consistent hash ring built from it. Its lookups are safe for concurrent
+// Ring is the view of one process on the membership of one group (the
+// push servers, or the workers) and the consistent hash ring built from it. Its lookups are safe for concurrent
 // use and take no lock.
 type Ring struct {
 	rdb  redis.UniversalClient
-	keys protocol.Keys
+	keys protocol.RingKeys
 	opts Options
 	log  *slog.Logger
 
@@ -112,15 +121,15 @@ type Ring struct {
 	done   chan struct{}      // closed when the heartbeat has stopped
 }
 
-// New returns a Ring on namespace ns. It does no I/O: the ring is empty
+// New returns a Ring of group opts.Group on namespace ns. It does no I/O: the ring is empty
 // until Refresh, Join or Run has read the members.
 func New(rdb redis.UniversalClient, ns string, opts Options) *Ring {
 	opts.ensureDefaults()
 	r := &Ring{
 		rdb:     rdb,
-		keys:    protocol.NewKeys(ns),
+		keys:    protocol.NewKeys(ns).Ring(opts.Group),
 		opts:    opts,
-		log:     opts.Logger,
+		log:     opts.Logger.With("ring", opts.Group),
 		changes: make(chan struct{}, 1),
 	}
 	r.st.Store(&state{})
@@ -208,7 +217,7 @@ func (r *Ring) announcePruned(ctx context.Context, nodes []string) {
 // reports that a member missing from MGET was back by the prune, pruned
 // names the members this call removed.
 func (r *Ring) read(ctx context.Context) (members []Member, revived bool, pruned []string, err error) {
-	nodes, err := r.rdb.SMembers(ctx, r.keys.RingNodes()).Result()
+	nodes, err := r.rdb.SMembers(ctx, r.keys.Nodes()).Result()
 	if err != nil {
 		return nil, false, nil, fmt.Errorf("ring: cannot read members: %w", err)
 	}
@@ -218,7 +227,7 @@ func (r *Ring) read(ctx context.Context) (members []Member, revived bool, pruned
 	slices.Sort(nodes)
 	keys := make([]string, len(nodes))
 	for i, n := range nodes {
-		keys[i] = r.keys.RingNode(n)
+		keys[i] = r.keys.Node(n)
 	}
 	vals, err := r.rdb.MGet(ctx, keys...).Result()
 	if err != nil {
@@ -237,10 +246,10 @@ func (r *Ring) read(ctx context.Context) (members []Member, revived bool, pruned
 	}
 	pkeys := make([]string, 0, len(gone)+1)
 	args := make([]any, 0, len(gone)+1)
-	pkeys = append(pkeys, r.keys.RingNodes())
-	args = append(args, r.keys.RingChanges())
+	pkeys = append(pkeys, r.keys.Nodes())
+	args = append(args, r.keys.Changes())
 	for _, n := range gone {
-		pkeys = append(pkeys, r.keys.RingNode(n))
+		pkeys = append(pkeys, r.keys.Node(n))
 		args = append(args, n)
 	}
 	res, err := pruneScript.Run(ctx, r.rdb, pkeys, args...).Slice()
@@ -312,7 +321,7 @@ func nodeNames(ms []Member) []string {
 // Redis errors are logged and retried, never returned; Run returns nil
 // once ctx is done.
 func (r *Ring) Run(ctx context.Context) error {
-	ps := r.rdb.Subscribe(ctx, r.keys.RingChanges())
+	ps := r.rdb.Subscribe(ctx, r.keys.Changes())
 	defer ps.Close()
 	notices := ps.Channel()
 
@@ -377,7 +386,7 @@ func (r *Ring) Join(ctx context.Context, m Member) error {
 	if _, err := r.register(ctx, m); err != nil {
 		return err
 	}
-	if err := r.rdb.Publish(ctx, r.keys.RingChanges(), m.Node).Err(); err != nil {
+	if err := r.rdb.Publish(ctx, r.keys.Changes(), m.Node).Err(); err != nil {
 		r.log.Warn("ring: cannot announce join", "node", m.Node, "err", err)
 	}
 	if r.stop != nil {
@@ -397,7 +406,7 @@ func (r *Ring) Join(ctx context.Context, m Member) error {
 // the set (new, or pruned after a silence).
 func (r *Ring) register(ctx context.Context, m Member) (added bool, err error) {
 	res, err := registerScript.Run(ctx, r.rdb,
-		[]string{r.keys.RingNode(m.Node), r.keys.RingNodes()},
+		[]string{r.keys.Node(m.Node), r.keys.Nodes()},
 		m.Node, m.URL, r.opts.TTL.Milliseconds()).Int()
 	if err != nil {
 		return false, fmt.Errorf("ring: cannot register %s: %w", m.Node, err)
@@ -427,7 +436,7 @@ func (r *Ring) heartbeat(ctx context.Context, m Member, done chan struct{}) {
 			if r.opts.OnRevived != nil {
 				r.opts.OnRevived()
 			}
-			err = r.rdb.Publish(cctx, r.keys.RingChanges(), m.Node).Err()
+			err = r.rdb.Publish(cctx, r.keys.Changes(), m.Node).Err()
 		}
 		cancel()
 		switch {
@@ -461,8 +470,8 @@ func (r *Ring) Leave(ctx context.Context) error {
 	m := r.self
 	r.stop, r.done, r.self = nil, nil, Member{}
 	err := leaveScript.Run(ctx, r.rdb,
-		[]string{r.keys.RingNode(m.Node), r.keys.RingNodes()},
-		m.Node, m.URL, r.keys.RingChanges()).Err()
+		[]string{r.keys.Node(m.Node), r.keys.Nodes()},
+		m.Node, m.URL, r.keys.Changes()).Err()
 	if err != nil {
 		return fmt.Errorf("ring: cannot leave: %w", err)
 	}
@@ -473,10 +482,17 @@ func (r *Ring) Leave(ctx context.Context) error {
 	return nil
 }
 
+// The scripts name every key they touch in KEYS: the keys of one ring
+// share the hash tag {ns:ring:group}, so on Redis Cluster they live in one
+// slot and one script may change a member and the member set together.
+// They carry the #!lua flag line (Redis 7), with which Cluster refuses a
+// key outside the declared slot. The changes channel is an argument, not
+// a key: a plain PUBLISH reaches the subscribers on every Cluster node.
+
 // registerScript renews a member unless another URL holds its name.
 // KEYS: node key, node set. ARGV: node, URL, TTL in ms.
 // Returns -1 when taken, 1 when added to the set, 0 when renewed.
-var registerScript = redis.NewScript(`
+var registerScript = redis.NewScript(`#!lua
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= ARGV[2] then return -1 end
 redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
@@ -485,7 +501,7 @@ return redis.call('SADD', KEYS[2], ARGV[1])
 
 // leaveScript removes a member if its key is absent or its own.
 // KEYS: node key, node set. ARGV: node, URL, changes channel.
-var leaveScript = redis.NewScript(`
+var leaveScript = redis.NewScript(`#!lua
 local cur = redis.call('GET', KEYS[1])
 if cur and cur ~= ARGV[2] then return 0 end
 redis.call('DEL', KEYS[1])
@@ -499,7 +515,7 @@ return 1
 // KEYS: node set, then one node key per member. ARGV: changes channel,
 // then the member names in the order of their keys.
 // Returns {still alive, the names removed}.
-var pruneScript = redis.NewScript(`
+var pruneScript = redis.NewScript(`#!lua
 local pruned, alive = {}, 0
 for i = 2, #KEYS do
   if redis.call('EXISTS', KEYS[i]) == 0 then

@@ -34,11 +34,12 @@ func init() {
 	}
 }
 
-// Member is one push server in the ring.
+// Member is one process in a ring: a push server, or a worker.
 type Member struct {
 	// Node is the member's name (GW_NODE_ID); it alone decides placement.
 	Node string `json:"node"`
-	// URL is where clients connect (GW_ADVERTISE_URL), e.g. "mqtt://127.0.0.1:1885".
+	// URL is, for a push server, where clients connect (GW_ADVERTISE_URL),
+	// e.g. "mqtt://127.0.0.1:1885"; a worker has "worker://{node}".
 	URL string `json:"mqtt_url"`
 }
 

@@ -1,0 +1,347 @@
+#!/usr/bin/env bash
+# redis-cluster.sh runs a local Redis Cluster on loopback, for development and
+# for the tests that need one (DESIGN §7):
+#
+#   3 primaries and 1 replica each, on 127.0.0.1:7101-7106;
+#   appendonly yes, appendfsync always, cluster-node-timeout 2000 ms (a
+#   failover takes a few seconds);
+#   files in ${GW_RUN_DIR:-<repo>/run}/redis-cluster/<port>/.
+#
+# Usage: redis-cluster.sh start|stop|status|url
+#
+#   start   makes the cluster run and be healthy (cluster_state:ok, 3
+#           primaries each with a connected replica). Already healthy: nothing
+#           to do. Created before but some nodes down (a stop, a crash, a test
+#           that killed a primary): the missing nodes are started again from
+#           their files and rejoin (a killed primary comes back as a replica).
+#           Anything else that is not healthy (half-started, never formed,
+#           still broken after the restart): its nodes are stopped, the files
+#           wiped, and the cluster created again (its data is lost).
+#   stop    shuts the nodes down (SHUTDOWN NOSAVE; the AOF keeps the data for
+#           the next start). Harmless when nothing runs.
+#   status  one line per node, then whether the cluster is healthy; exits 0
+#           only when it is.
+#   url     prints the GW_REDIS_URL of the cluster (the Cluster form: several
+#           addr= parameters, see deployments/README.md).
+#
+# start and stop wait while a test of internal/testenv kills nodes of the
+# deployment (it holds ${TMPDIR:-/tmp}/gwtest-redis-127.0.0.1-<first port>.lock).
+# Every wait is bounded by GW_SERVICES_WAIT seconds (default 90). The script
+# only ever stops nodes it started itself (their config file is under the run
+# folder); a Redis of someone else on one of the ports is an error.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+RUN_DIR=${GW_RUN_DIR:-$ROOT/run}
+BASE=$RUN_DIR/redis-cluster
+WAIT=${GW_SERVICES_WAIT:-90}
+HOST=127.0.0.1
+PORTS=(7101 7102 7103 7104 7105 7106)
+NODE_TIMEOUT_MS=2000
+# How long start waits for a restarted cluster to heal before it wipes it.
+REPAIR_WAIT=$((WAIT < 30 ? WAIT : 30))
+
+PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin:/opt/homebrew/sbin"
+
+say() { printf 'redis-cluster: %s\n' "$*"; }
+warn() { printf 'redis-cluster: %s\n' "$*" >&2; }
+die() {
+	warn "$*"
+	exit 1
+}
+
+cluster_url() {
+	local u="redis://$HOST:${PORTS[0]}" sep='?' p
+	for p in "${PORTS[@]:1}"; do
+		u+="${sep}addr=$HOST:$p"
+		sep='&'
+	done
+	printf '%s\n' "$u"
+}
+
+# cli PORT ARGS... runs redis-cli against a node, for at most 5 seconds,
+# without its error messages. It fails when the node does not answer.
+cli() {
+	local port=$1
+	shift
+	timeout 5 redis-cli -h "$HOST" -p "$port" "$@" 2>/dev/null </dev/null | tr -d '\r'
+}
+
+answers() { [[ $(cli "$1" ping || true) == PONG ]]; }
+
+# field PORT SECTION NAME prints the value of NAME in INFO SECTION.
+field() { cli "$1" info "$2" | sed -n "s/^$3://p" || true; }
+
+conf_of() { printf '%s/%s/redis.conf' "$BASE" "$1"; }
+
+# ours PORT succeeds when the node on PORT runs from this script's config.
+ours() { [[ $(field "$1" server config_file) == "$(conf_of "$1")" ]]; }
+
+# tcp_used PORT succeeds when anything accepts connections on PORT.
+tcp_used() { timeout 3 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null; }
+
+# pid_of PORT prints the pid in the node's pid file when that process is a
+# redis-server on PORT (a pid file left by a killed node names nothing).
+pid_of() {
+	local f=$BASE/$1/redis.pid pid
+	[[ -f $f ]] || return 1
+	pid=$(<"$f")
+	[[ $pid =~ ^[0-9]+$ ]] || return 1
+	[[ -r /proc/$pid/cmdline ]] || return 1
+	tr '\0' ' ' <"/proc/$pid/cmdline" | grep -q "redis-server.*:$1" || return 1
+	printf '%s\n' "$pid"
+}
+
+# wait_until SECONDS COMMAND... retries COMMAND until it succeeds or SECONDS
+# have passed.
+wait_until() {
+	local deadline=$((SECONDS + $1))
+	shift
+	until "$@" >/dev/null 2>&1; do
+		((SECONDS < deadline)) || return 1
+		sleep 0.3
+	done
+}
+
+# health succeeds when the cluster is healthy, and otherwise prints why not.
+health() {
+	local p info nodes verdict
+	for p in "${PORTS[@]}"; do
+		if ! answers "$p"; then
+			echo "node $p does not answer"
+			return 1
+		fi
+		info=$(cli "$p" cluster info || true)
+		if ! grep -qx 'cluster_state:ok' <<<"$info"; then
+			echo "node $p: cluster_state is not ok"
+			return 1
+		fi
+		if ! grep -qx "cluster_known_nodes:${#PORTS[@]}" <<<"$info"; then
+			echo "node $p does not know all ${#PORTS[@]} nodes"
+			return 1
+		fi
+		if [[ $(field "$p" replication role) == slave && $(field "$p" replication master_link_status) != up ]]; then
+			echo "replica $p is not in sync with its primary"
+			return 1
+		fi
+	done
+	nodes=$(cli "${PORTS[0]}" cluster nodes || true)
+	# <id> <addr> <flags> <primary id> <ping> <pong> <epoch> <link> <slots>...
+	verdict=$(awk '
+		$3 ~ /fail|handshake|noaddr/ { bad = bad " " $2 " is " $3 }
+		$3 ~ /master/ && NF >= 9 { primary[$1] = $2 }
+		$3 ~ /slave/ && $8 == "connected" { replicas[$4]++ }
+		END {
+			if (bad != "") { print "nodes in trouble:" bad; exit }
+			n = 0
+			for (id in primary) {
+				n++
+				if (!(id in replicas)) { print "primary " primary[id] " has no replica"; exit }
+			}
+			if (n != 3) { print n " primaries serve slots, want 3"; exit }
+			print "ok"
+		}' <<<"$nodes")
+	if [[ $verdict != ok ]]; then
+		echo "$verdict"
+		return 1
+	fi
+}
+
+write_conf() {
+	local port=$1 dir=$BASE/$1
+	mkdir -p "$dir"
+	cat >"$dir/redis.conf" <<-EOF
+		# Written by deployments/local/redis-cluster.sh; wiped with the cluster.
+		port $port
+		bind $HOST
+		protected-mode yes
+		daemonize yes
+		dir $dir
+		pidfile $dir/redis.pid
+		logfile $dir/redis.log
+		cluster-enabled yes
+		cluster-config-file nodes.conf
+		cluster-node-timeout $NODE_TIMEOUT_MS
+		appendonly yes
+		appendfsync always
+		save ""
+		maxmemory-policy noeviction
+	EOF
+}
+
+# start_node PORT starts the node from its config and waits until it answers.
+start_node() {
+	local port=$1 dir=$BASE/$1
+	# 8>&- 9>&-: the daemon must not inherit (and hold forever) the locks of
+	# lock().
+	if ! redis-server "$dir/redis.conf" >"$dir/start.log" 2>&1 </dev/null 8>&- 9>&-; then
+		warn "node $port: redis-server failed: $(tail -n 3 "$dir/start.log" "$dir/redis.log" 2>/dev/null)"
+		return 1
+	fi
+	if ! wait_until "$WAIT" answers "$port"; then
+		warn "node $port: not answering after ${WAIT}s; see $dir/redis.log"
+		return 1
+	fi
+}
+
+# stop_nodes PORT... stops the nodes on those ports that this script started:
+# it asks them all first, then waits for each to be gone.
+stop_nodes() {
+	local port pid pids=()
+	for port in "$@"; do
+		pid=$(pid_of "$port" || true)
+		if answers "$port"; then
+			if ! ours "$port"; then
+				warn "node $port: a Redis that this script did not start; left alone"
+				pids+=("skip")
+				continue
+			fi
+			cli "$port" shutdown nosave >/dev/null || true
+		elif [[ -n $pid ]]; then
+			# Not answering, but alive (stopped, or hung): end it.
+			kill -TERM "$pid" 2>/dev/null || true
+			kill -CONT "$pid" 2>/dev/null || true
+		fi
+		pids+=("${pid:--}")
+	done
+	local i=0
+	for port in "$@"; do
+		pid=${pids[i]}
+		i=$((i + 1))
+		[[ $pid == skip ]] && continue
+		if [[ $pid != - ]] && ! wait_until "$WAIT" bash -c "! kill -0 $pid 2>/dev/null"; then
+			warn "node $port: pid $pid still alive after ${WAIT}s; sending SIGKILL"
+			kill -KILL "$pid" 2>/dev/null || true
+		fi
+		if ! wait_until "$WAIT" bash -c "! timeout 3 bash -c 'exec 3<>/dev/tcp/$HOST/$port' 2>/dev/null"; then
+			die "node $port: still listening after ${WAIT}s"
+		fi
+		rm -f "$BASE/$port/redis.pid"
+	done
+}
+
+# lock keeps two runs of this script apart, and waits while a test holds
+# the deployment to kill nodes in it (internal/testenv takes that lock
+# exclusively; GW_TESTENV_LOCK_HELD=1 is the test itself restoring).
+lock() {
+	mkdir -p "$RUN_DIR"
+	command -v flock >/dev/null 2>&1 || return 0
+	exec 9>"$RUN_DIR/redis-cluster.lock"
+	flock -w "$WAIT" 9 || die "another redis-cluster.sh still runs after ${WAIT}s"
+	if [[ -z ${GW_TESTENV_LOCK_HELD:-} ]]; then
+		local test_lock=${TMPDIR:-/tmp}/gwtest-redis-$HOST-${PORTS[0]}.lock
+		exec 8>>"$test_lock" 2>/dev/null || return 0 # not ours to open: no test of ours holds it
+		if ! flock -n -s 8; then
+			say "a test is killing nodes of it; waiting for it to end (at most ${WAIT}s) ..."
+			flock -w "$WAIT" -s 8 || die "a test still holds $test_lock after ${WAIT}s"
+		fi
+	fi
+}
+
+# refuse_foreign dies when one of the ports is used by something else.
+refuse_foreign() {
+	local p cf
+	for p in "${PORTS[@]}"; do
+		if answers "$p"; then
+			if ! ours "$p"; then
+				cf=$(field "$p" server config_file)
+				die "port $p: a Redis that this script did not start (config file: ${cf:-none}); if another checkout's script started it, run that one (or set GW_RUN_DIR to its run folder), otherwise stop it or free the port"
+			fi
+		elif tcp_used "$p" && ! pid_of "$p" >/dev/null; then
+			# (A node of ours that hangs is stopped and started again.)
+			die "port $p: in use by something that is not a Redis answering PING; free the port"
+		fi
+	done
+}
+
+create() {
+	local p addrs=()
+	say "creating a cluster of 3 primaries and 3 replicas on $HOST:${PORTS[0]}-${PORTS[-1]} (files in $BASE) ..."
+	mkdir -p "$BASE"
+	for p in "${PORTS[@]}"; do
+		rm -rf "${BASE:?}/$p"
+		write_conf "$p"
+		start_node "$p" || die "node $p: cannot start it"
+		addrs+=("$HOST:$p")
+	done
+	if ! timeout "$WAIT" redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes \
+		>"$BASE/create.log" 2>&1 </dev/null; then
+		cat "$BASE/create.log" >&2
+		die "redis-cli --cluster create failed or took more than ${WAIT}s (log above, also in $BASE/create.log)"
+	fi
+	if ! wait_until "$WAIT" health; then
+		die "created, but not healthy after ${WAIT}s: $(health || true)"
+	fi
+	touch "$BASE/created"
+}
+
+cmd_start() {
+	local why p
+	command -v redis-server >/dev/null 2>&1 && command -v redis-cli >/dev/null 2>&1 ||
+		die "redis-server and redis-cli are needed (Debian/Ubuntu: apt-get install redis-server; macOS: brew install redis)"
+	lock
+	if why=$(health); then
+		say "already running and healthy on $HOST:${PORTS[0]}-${PORTS[-1]}; nothing to do"
+		return
+	fi
+	refuse_foreign
+	if [[ -f $BASE/created ]]; then
+		say "not healthy ($why); starting the nodes that are down ..."
+		local started=ok
+		for p in "${PORTS[@]}"; do
+			if ! answers "$p"; then
+				if pid_of "$p" >/dev/null; then
+					stop_nodes "$p" # alive but not answering: hung
+				fi
+				start_node "$p" || started=failed
+			fi
+		done
+		if [[ $started == ok ]] && wait_until "$REPAIR_WAIT" health; then
+			say "healthy again on $HOST:${PORTS[0]}-${PORTS[-1]}"
+			return
+		fi
+		why=$(health || true)
+		say "still not healthy after ${REPAIR_WAIT}s (${why:-a node did not start}); wiping it and creating it again"
+	elif [[ -d $BASE ]]; then
+		say "half-started or never formed ($why); wiping it and creating it again"
+	fi
+	stop_nodes "${PORTS[@]}"
+	rm -rf "${BASE:?}"
+	create
+	say "running on $HOST:${PORTS[0]}-${PORTS[-1]}; GW_REDIS_URL=$(cluster_url)"
+}
+
+cmd_stop() {
+	lock
+	stop_nodes "${PORTS[@]}"
+	say "stopped (nothing runs on $HOST:${PORTS[0]}-${PORTS[-1]} that this script started)"
+}
+
+cmd_status() {
+	local p why
+	for p in "${PORTS[@]}"; do
+		if answers "$p"; then
+			printf '%s:%s  up    %-7s pid %s%s\n' "$HOST" "$p" "$(field "$p" replication role)" \
+				"$(field "$p" server process_id)" "$(ours "$p" || echo '  (not started by this script)')"
+		else
+			printf '%s:%s  down\n' "$HOST" "$p"
+		fi
+	done
+	if why=$(health); then
+		say "healthy"
+	else
+		say "not healthy: $why"
+		return 1
+	fi
+}
+
+case ${1:-} in
+start) cmd_start ;;
+stop) cmd_stop ;;
+status) cmd_status ;;
+url) cluster_url ;;
+*)
+	warn "usage: $0 start|stop|status|url"
+	exit 2
+	;;
+esac

@@ -1,0 +1,47 @@
+-- ack: PUBACKs of entries of one mailbox. Each entry (id, index of its
+-- command's record key in KEYS or 0) leaves the mailbox; a command entry
+-- whose command is sent through that very entry to this device becomes
+-- delivered, and its deliver-by timer becomes the answer timer at
+-- delivered + timeout + grace. An entry whose stored command (fields c, k)
+-- is not the record named for it stays, and is reported 'mismatch', so
+-- the caller can name the right record and ack again.
+local mk, mboxes, timers, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local identity = A[1]
+local out, gone = {}, {}
+for i = 2, #A, 2 do
+  local id, ri = A[i], tonumber(A[i + 1])
+  local es = redis.call('XRANGE', mk, id, id)
+  local what = 'gone'
+  if #es > 0 then
+    local ef = fields(es[1][2])
+    local r = {}
+    if ri > 0 then
+      r = redis.call('HMGET', KEYS[ri], 'status', 'entry', 'device', 'tmo', 'sending', 'client', 'key')
+    end
+    if (ef.c or '') ~= '' and (ri == 0 or ef.c ~= r[6] or ef.k ~= r[7]) then
+      what = 'mismatch'
+    else
+      gone[#gone + 1] = id
+      what = 'deleted'
+    end
+    if what == 'deleted' and ri > 0 then
+      local rk = KEYS[ri]
+      if r[1] == 'sent' and r[2] == id and r[3] == identity then
+        local set = {'status', 'delivered', 'delivered', ms(NOW), 'entry', ''}
+        if not r[5] or r[5] == '' then set[#set + 1] = 'sending'; set[#set + 1] = ms(NOW) end
+        redis.call('HSET', rk, unpack(set))
+        local rr = {device = r[3], client = r[6], key = r[7]}
+        redis.call('ZREM', timers, tm('d', rr))
+        redis.call('ZADD', timers, ms(NOW + num(r[4]) + GRACE), tm('a', rr))
+        count(stats, 'delivered')
+        what = 'delivered'
+      end
+    end
+  end
+  out[#out + 1] = what
+end
+if #gone > 0 then
+  redis.call('XDEL', mk, unpack(gone))
+  if redis.call('XLEN', mk) == 0 then redis.call('SREM', mboxes, identity) end
+end
+return out

@@ -1,0 +1,40 @@
+-- complete: a device's answer, run by the push server that read it
+-- (DESIGN §5). sent or delivered → succeeded or failed. received = now −
+-- held (the time the answer reached the edge): an answer received after
+-- the answer deadline (delivered + timeout) ends the command as timeout
+-- with the answer kept as late; one received in time wins while the
+-- record is not final. First final wins; nothing overrides a final.
+-- Replies {outcome, '', '', outbox entry or absent}.
+local K = cmdkeys(KEYS)
+local device, body, status, raw, held = A[1], A[2], A[3], A[4], tonumber(A[5])
+local timeout_body, timeout_reason = A[6], A[7]
+local received = NOW - held
+
+local r = load(K.rec)
+if not r or r.device ~= device then return {'noop', ''} end
+local st = r.status
+if FINAL[st] then
+  if (st == 'succeeded' or st == 'failed') and r.id and
+      r.resp == '{"jsonrpc":"2.0",' .. body .. ',"id":' .. r.id .. '}' then
+    return {'duplicate', ''}
+  end
+  if r.late ~= raw then
+    redis.call('HSET', K.rec, 'late', raw)
+    count(K.stats, 'late')
+  end
+  return {'late', ''}
+end
+if st ~= 'sent' and st ~= 'delivered' then return {'noop', ''} end
+if not sane(r) then return {'corrupt', ''} end
+local extra = {}
+if num(r.delivered) == 0 then
+  extra = {'delivered', ms(math.min(NOW, received))}
+  r.delivered = ms(math.min(NOW, received))
+end
+local deadline = num(r.delivered) + num(r.tmo)
+if received > deadline then
+  extra[#extra + 1] = 'late'; extra[#extra + 1] = raw
+  count(K.stats, 'late')
+  return {'timeout', '', '', finalize(K, r, 'timeout', timeout_body, timeout_reason, extra)}
+end
+return {status, '', '', finalize(K, r, status, body, '', extra)}

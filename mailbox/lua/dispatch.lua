@@ -1,0 +1,32 @@
+-- dispatch: a command delivery from a command queue. queued → sent: the
+-- device request goes into the device's mailbox with expiry deliver-by,
+-- and the deliver-by timer armed at reserve becomes the deadline of the
+-- sent command. A record still pending is queued first (the message
+-- proves the publish). Replies {outcome, detail, session node, outbox
+-- entry or absent}.
+local K = cmdkeys(KEYS)
+local device, method, request, env_by, horizon = A[1], A[2], A[3], tonumber(A[4]), tonumber(A[5])
+local expired_body, expired_reason, rejected_body, rejected_reason = A[6], A[7], A[8], A[9]
+
+local r = load(K.rec)
+if not r then return {'noop', 'missing', ''} end
+if r.device ~= device or r.method ~= method then return {'noop', 'mismatch', ''} end
+local st = r.status
+if st ~= 'pending' and st ~= 'queued' then return {'noop', st, ''} end
+if not sane(r) then return {'corrupt', '', ''} end
+if st == 'pending' then queue(K, r, horizon) end
+local c, k = r.client, r.key
+local by = num(r.deliver_by)
+if by == 0 then by = env_by end
+if by <= NOW then
+  return {'expired', '', '', finalize(K, r, 'expired', expired_body, expired_reason)}
+end
+local id = append(K.mbox, K.mboxes, device, 'devices/' .. device .. '/commands', request, by, c, k)
+if not id then
+  return {'rejected', '', '', finalize(K, r, 'rejected', rejected_body, rejected_reason)}
+end
+redis.call('HSET', K.rec, 'status', 'sent', 'sent', ms(NOW), 'entry', id)
+redis.call('ZADD', K.timers, ms(by), tm('d', r))
+if num(r.replays) > 0 then redis.call('ZREM', K.dead, c .. '|' .. k) end
+count(K.stats, 'sent')
+return {'sent', id, session(K.sess)}

@@ -1,0 +1,59 @@
+-- fire: one due timer of the partition (the owner read the due members
+-- first and declared each one's keys). It re-checks that the member is
+-- still due, takes it, and applies it:
+--   - deliver-by on a queued command, or a sent one not on the wire:
+--     expired. On the wire (sending set, no PUBACK yet): re-armed as an
+--     answer timer one timeout + grace later. Pending within its lease:
+--     re-armed to the lease's end; past it, expired (through queued).
+--   - answer: sent or delivered → timeout once delivered + timeout +
+--     grace has passed (an answer read in time may still be recorded
+--     until then); a sent command no longer on the wire (handed back)
+--     expires at its deliver-by instead.
+-- Replies {outcome, '', '', outbox entry or absent}.
+local K = cmdkeys(KEYS)
+local member, horizon = A[1], tonumber(A[2])
+local expired_body, expired_reason, timeout_body, timeout_reason = A[3], A[4], A[5], A[6]
+
+local due = redis.call('ZSCORE', K.timers, member)
+if not due or tonumber(due) > NOW then return {'notdue', ''} end
+redis.call('ZREM', K.timers, member)
+local kind = string.sub(member, 1, 1)
+local r = load(K.rec)
+if not r then return {'noop', ''} end
+if not sane(r) then return {'corrupt', ''} end
+local st = r.status
+if kind == 'd' then
+  if st ~= 'pending' and st ~= 'queued' and st ~= 'sent' then return {'noop', ''} end
+  local by = num(r.deliver_by)
+  if by > NOW then
+    redis.call('ZADD', K.timers, ms(by), member)
+    return {'rearmed', ''}
+  end
+  if st == 'pending' then
+    local lu = num(r.lease_until)
+    if lu > NOW then
+      redis.call('ZADD', K.timers, ms(lu), member)
+      return {'rearmed', ''}
+    end
+    queue(K, r, horizon)
+    return {'expired', '', '', finalize(K, r, 'expired', expired_body, expired_reason)}
+  end
+  if st == 'queued' then return {'expired', '', '', finalize(K, r, 'expired', expired_body, expired_reason)} end
+  if num(r.sending) > 0 then
+    redis.call('ZADD', K.timers, ms(NOW + num(r.tmo) + GRACE), tm('a', r))
+    return {'rearmed', ''}
+  end
+  return {'expired', '', '', finalize(K, r, 'expired', expired_body, expired_reason)}
+end
+if st == 'sent' and num(r.sending) == 0 then
+  local by = num(r.deliver_by)
+  if by > NOW then
+    redis.call('ZADD', K.timers, ms(by), tm('d', r))
+    return {'rearmed', ''}
+  end
+  return {'expired', '', '', finalize(K, r, 'expired', expired_body, expired_reason)}
+end
+if st == 'sent' or st == 'delivered' then
+  return {'timeout', '', '', finalize(K, r, 'timeout', timeout_body, timeout_reason)}
+end
+return {'noop', ''}

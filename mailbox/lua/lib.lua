@@ -1,0 +1,208 @@
+-- The mailbox function library: helpers shared by every step. Each step
+-- (one file beside this one) runs as the body of a function
+-- "function(KEYS, A)" where KEYS are the keys it declared, all of one
+-- partition, and A its own arguments (begin consumed the common ones).
+--
+-- Rules every step follows:
+--   - every key it touches is in KEYS (no key name is built here);
+--   - now is the partition's clock (Redis TIME), or the test clock;
+--   - numbers passed to redis.call go through ms() (an integer string:
+--     a bare Lua number may be sent in exponent notation);
+--   - a record is loaded and checked (sane) before the first write, so a
+--     corrupt record is never half-changed;
+--   - expiries are relative (PEXPIRE).
+
+local NOW, RET, CAP, GRACE
+
+-- begin reads the common arguments: clock (ms; 0: read Redis TIME),
+-- retention (ms), mailbox cap, answer grace (ms); it returns the step's
+-- own arguments.
+local function begin(ARGV)
+  NOW = tonumber(ARGV[1])
+  if NOW == 0 then
+    local t = redis.call('TIME')
+    NOW = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  end
+  RET = tonumber(ARGV[2])
+  CAP = tonumber(ARGV[3])
+  GRACE = tonumber(ARGV[4])
+  local A = {}
+  for i = 5, #ARGV do A[#A + 1] = ARGV[i] end
+  return A
+end
+
+local function ms(n) return string.format('%d', n) end
+
+local function num(v)
+  if v == nil or v == false or v == '' then return 0 end
+  return tonumber(v) or 0
+end
+
+local FINAL = {--@FINAL@--}
+
+local function fields(a)
+  local t = {}
+  for i = 1, #a, 2 do t[a[i]] = a[i + 1] end
+  return t
+end
+
+local function flat(t)
+  local a = {}
+  for f, v in pairs(t) do a[#a + 1] = f; a[#a + 1] = v end
+  return a
+end
+
+-- load returns the record at key as a table and as the flat HGETALL
+-- reply, or nil.
+local function load(key)
+  local a = redis.call('HGETALL', key)
+  if #a == 0 then return nil end
+  return fields(a), a
+end
+
+-- sane reports whether a record has every field a transition reads.
+local function sane(r)
+  local function set(v) return v ~= nil and v ~= false and v ~= '' end
+  if not (set(r.client) and set(r.device) and set(r.key) and set(r.status) and set(r.id)) then return false end
+  if not tonumber(r.created) then return false end
+  -- The id is spliced into the client's result: a JSON string as the
+  -- client wrote it (escapes included) or an integer.
+  return string.match(r.id, '^".+"$') ~= nil or string.match(r.id, '^%-?%d+$') ~= nil
+end
+
+-- count records a transition into a status (or an event) in the
+-- partition's counters of the current minute (the key the caller named).
+local function count(statsKey, what)
+  if redis.call('HINCRBY', statsKey, what, 1) == 1 then redis.call('PEXPIRE', statsKey, '3900000') end
+end
+
+-- extend makes key live at least until the time at (unix ms).
+local function extend(key, at)
+  local ttl = at - NOW
+  if ttl < 1000 then ttl = 1000 end
+  if redis.call('PEXPIRE', key, ms(ttl), 'GT') == 0 then redis.call('PEXPIRE', key, ms(ttl), 'NX') end
+end
+
+-- makeroom frees the expired entries at the head of a full mailbox (at
+-- most 100, one XTRIM MINID). Entries of commands that ended are removed
+-- by the step that ended them, so expiry is what is left to look at.
+local function makeroom(mk)
+  local es = redis.call('XRANGE', mk, '-', '+', 'COUNT', 100)
+  if #es == 0 or num(fields(es[1][2]).x) > NOW then return end
+  local cut
+  for i = 2, #es do
+    if num(fields(es[i][2]).x) > NOW then cut = es[i][1]; break end
+  end
+  if not cut then
+    local t, seq = string.match(es[#es][1], '^(%d+)%-(%d+)$')
+    cut = t .. '-' .. ms(tonumber(seq) + 1)
+  end
+  redis.call('XTRIM', mk, 'MINID', cut)
+end
+
+-- append adds a message to a mailbox (the stream mk of identity, listed
+-- in the partition's set mboxes); false when the mailbox is full after
+-- freeing expired head entries.
+local function append(mk, mboxes, identity, topic, payload, expires, c, k)
+  local n = redis.call('XLEN', mk)
+  if n >= CAP then
+    makeroom(mk)
+    n = redis.call('XLEN', mk)
+    if n >= CAP then return false end
+  end
+  local id
+  if c then
+    id = redis.call('XADD', mk, '*', 't', topic, 'p', payload, 'x', ms(expires), 'c', c, 'k', k)
+  else
+    id = redis.call('XADD', mk, '*', 't', topic, 'p', payload, 'x', ms(expires))
+  end
+  local ttl = expires - NOW
+  if ttl < 1000 then ttl = 1000 end
+  if n == 0 then
+    redis.call('PEXPIRE', mk, ms(ttl))
+    redis.call('SADD', mboxes, identity)
+  else
+    redis.call('PEXPIRE', mk, ms(ttl), 'GT')
+  end
+  return id
+end
+
+-- session returns the node named by a session registration key, or ''.
+local function session(sk)
+  local node = redis.call('GET', sk)
+  if not node then return '' end
+  return node
+end
+
+-- tm is the timer member of a command: kind ('d' deliver-by, 'a' answer)
+-- then device, client and key, so that the owner that fires it can name
+-- every key of the command's step.
+local function tm(kind, r)
+  return kind .. '|' .. r.device .. '|' .. r.client .. '|' .. r.key
+end
+
+-- The keys of one command's step, in the order the Go side declares them
+-- (cmdKeys in keys.go): the record, the device's mailbox, the
+-- partition's mailbox set, timers, dead set, outbox and counters of the
+-- minute, the device's session registration and the (client, device)
+-- listing.
+local function cmdkeys(KEYS)
+  return {rec = KEYS[1], mbox = KEYS[2], mboxes = KEYS[3], timers = KEYS[4], dead = KEYS[5],
+    outbox = KEYS[6], stats = KEYS[7], sess = KEYS[8], cmds = KEYS[9]}
+end
+
+-- index puts the command into its (client, device) listing, scored by
+-- creation, after dropping members older than any record can live, and
+-- keeps the listing as long as the record can live.
+local function index(K, r, horizon)
+  local h = RET + num(r.exp) + num(r.tmo) + GRACE
+  if h < horizon then h = horizon end
+  redis.call('ZREMRANGEBYSCORE', K.cmds, '-inf', '(' .. ms(NOW - h))
+  redis.call('ZADD', K.cmds, r.created, r.key)
+  extend(K.cmds, num(r.deliver_by) + num(r.tmo) + 2 * GRACE + RET)
+end
+
+-- queue is pending → queued: the command is durable in RabbitMQ. Its
+-- deliver-by timer (the watchdog) is armed since reserve.
+local function queue(K, r, horizon)
+  redis.call('HSET', K.rec, 'status', 'queued', 'queued', ms(NOW), 'lease', '', 'lease_until', '')
+  redis.call('PERSIST', K.rec)
+  index(K, r, horizon)
+  count(K.stats, 'queued')
+  r.status = 'queued'
+end
+
+-- finalize sets a final status: body is the JSON-RPC response without
+-- jsonrpc and id ('"result":…' or '"error":…'). It removes the device
+-- mailbox entry, cancels the timers, appends the client's result to the
+-- partition's outbox (the relay takes it to the client's partition) and
+-- sets the record's expiry: max(finished + retention, deliver_by +
+-- grace). extra holds more fields to set. It returns the outbox entry:
+-- {id, client, key, device, generation, status, response, finished,
+-- expires}, which the caller relays at once.
+local function finalize(K, r, status, body, reason, extra)
+  local c, k, d = r.client, r.key, r.device
+  local resp = '{"jsonrpc":"2.0",' .. body .. ',"id":' .. r.id .. '}'
+  local set = {'status', status, 'finished', ms(NOW), 'resp', resp}
+  if reason and reason ~= '' then set[#set + 1] = 'reason'; set[#set + 1] = reason end
+  if extra then for _, v in ipairs(extra) do set[#set + 1] = v end end
+  local entry = r.entry
+  if entry and entry ~= '' then
+    set[#set + 1] = 'entry'; set[#set + 1] = ''
+    redis.call('XDEL', K.mbox, entry)
+  end
+  redis.call('ZREM', K.timers, tm('d', r), tm('a', r))
+  if num(r.replays) > 0 then redis.call('ZREM', K.dead, c .. '|' .. k) end
+  count(K.stats, status)
+  local gen = ms(num(r.replays))
+  local ob = redis.call('XADD', K.outbox, '*', 'c', c, 'k', k, 'd', d, 'g', gen,
+    's', status, 'r', resp, 'f', ms(NOW), 'x', ms(NOW + RET))
+  redis.call('HSET', K.rec, unpack(set))
+  local ttl = RET
+  local by = num(r.deliver_by) + GRACE - NOW
+  if by > ttl then ttl = by end
+  redis.call('PEXPIRE', K.rec, ms(ttl))
+  r.status = status
+  return {ob, c, k, d, gen, status, resp, ms(NOW), ms(NOW + RET)}
+end
+

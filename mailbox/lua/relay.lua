@@ -1,0 +1,28 @@
+-- relay: a final result from a device partition's outbox, applied to the
+-- client's partition (DESIGN §7a, "The claim is the client's ledger"). If
+-- the claim is open (or void, or final for an older generation) it
+-- becomes final with this status and response, and the result goes into
+-- the client's results mailbox; the same final again changes nothing
+-- ('dup'); a different final for a closed claim is not delivered
+-- ('conflict'). Replies {outcome, session node, dropped}.
+local claim, mk, mboxes, sess, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local client, device, gen, status, resp, finished, expires = A[1], A[2], tonumber(A[3]), A[4], A[5], A[6], tonumber(A[7])
+
+local c = redis.call('HMGET', claim, 'device', 'state', 'gen', 'status', 'resp')
+if c[1] and c[1] ~= device then return {'mismatch', '', ''} end
+local cg = num(c[3])
+if c[1] and cg > gen then return {'stale', '', ''} end
+if c[2] == 'final' and cg == gen then
+  if c[4] == status and c[5] == resp then return {'dup', '', ''} end
+  redis.call('HSET', claim, 'conflict', status)
+  return {'conflict', '', ''}
+end
+local dropped = '0'
+if not append(mk, mboxes, client, 'clients/' .. client .. '/results/' .. device, resp, expires) then
+  dropped = '1'
+  count(stats, 'result_dropped')
+end
+redis.call('HSET', claim, 'device', device, 'state', 'final', 'gen', ms(gen), 'status', status,
+  'resp', resp, 'finished', finished, 'dropped', dropped)
+redis.call('PEXPIRE', claim, ms(RET))
+return {'relayed', session(sess), dropped}

@@ -1,0 +1,25 @@
+-- replay: dead → queued (an operator action), with a fresh deliver-by
+-- window and its timer, and the next generation of the command (the
+-- client's claim takes the replay's final as a new result). The member
+-- stays in the dead set until dispatch takes it out.
+local K = cmdkeys(KEYS)
+local horizon = tonumber(A[1])
+
+local r, raw = load(K.rec)
+local member = ''
+if r then member = r.client .. '|' .. r.key end
+if not r or r.status == 'void' then return {'notfound', {}} end
+if r.status == 'queued' and redis.call('ZSCORE', K.dead, member) then
+  return {'queued', raw}
+end
+if r.status ~= 'dead' then return {'state', raw} end
+if not sane(r) then return {'corrupt', raw} end
+local by = NOW + num(r.exp)
+redis.call('PERSIST', K.rec)
+redis.call('HDEL', K.rec, 'finished', 'resp', 'reason', 'dropped', 'sending', 'sent', 'delivered', 'entry')
+redis.call('HSET', K.rec, 'status', 'queued', 'queued', ms(NOW), 'deliver_by', ms(by), 'replays', ms(num(r.replays) + 1))
+redis.call('ZADD', K.timers, ms(by), tm('d', r))
+r.deliver_by = ms(by)
+index(K, r, horizon)
+count(K.stats, 'queued')
+return {'queued', redis.call('HGETALL', K.rec)}

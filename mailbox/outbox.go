@@ -1,0 +1,206 @@
+package mailbox
+
+import (
+	"context"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+)
+
+// The outbox (DESIGN §7). A final transition happens in the device's
+// partition; the client's result belongs to the client's partition (its
+// claim and its results mailbox). So the final step appends the result
+// to its own partition's outbox, in the same step, and the relay applies
+// it to the client's partition and then deletes it. The relay is
+// idempotent (the claim remembers the final it took, by generation), so
+// two relayers, or a relay repeated after a crash, change nothing. The
+// Store that ran the final step relays at once; the partition's owner
+// relays whatever is older than a few seconds (RelayOutbox).
+
+// outboxEntry is one result on its way to the client's partition.
+type outboxEntry struct {
+	p                               int // the device's partition
+	id                              string
+	client, key, device             string
+	gen                             int
+	status, resp, finished, expires string
+}
+
+// parseOutbox reads the outbox entry a final step returned
+// ({id, client, key, device, gen, status, resp, finished, expires}), or
+// nil.
+func parseOutbox(p int, v any) *outboxEntry {
+	a, _ := v.([]any)
+	if len(a) < 9 {
+		return nil
+	}
+	str := func(i int) string { s, _ := a[i].(string); return s }
+	g, _ := strconv.Atoi(str(4))
+	return &outboxEntry{p: p, id: str(0), client: str(1), key: str(2), device: str(3), gen: g,
+		status: str(5), resp: str(6), finished: str(7), expires: str(8)}
+}
+
+// outboxFromStream reads an entry of partition p's outbox stream.
+func outboxFromStream(p int, m redis.XMessage) *outboxEntry {
+	str := func(f string) string { v, _ := m.Values[f].(string); return v }
+	g, _ := strconv.Atoi(str("g"))
+	return &outboxEntry{p: p, id: m.ID, client: str("c"), key: str("k"), device: str("d"), gen: g,
+		status: str("s"), resp: str("r"), finished: str("f"), expires: str("x")}
+}
+
+// relayNow relays e right after the step that wrote it and reports
+// whether the client's full mailbox dropped the result; a failure leaves
+// it in the outbox for the partition's owner, so it is logged, not
+// returned.
+func (s *Store) relayNow(ctx context.Context, e *outboxEntry, clientOwner string) (dropped bool) {
+	if e == nil {
+		return false
+	}
+	dropped, err := s.relay(ctx, e, clientOwner)
+	if err != nil {
+		s.log.Warn("cannot relay a result now; the partition's owner will", "client_id", e.client,
+			"device_id", e.device, "msg_id", e.key, "err", err)
+	}
+	return dropped
+}
+
+// relay applies e to the client's partition, deletes it from the outbox
+// and wakes the client's push server. dropped reports that the client's
+// full mailbox refused the result (it stays readable by GET).
+func (s *Store) relay(ctx context.Context, e *outboxEntry, clientOwner string) (dropped bool, err error) {
+	cp := s.PartitionOf(e.client)
+	pk := s.keys.Part(cp)
+	exp, _ := strconv.ParseInt(e.expires, 10, 64)
+	v, err := s.run(ctx, cp, stepRelay,
+		[]string{pk.Claim(e.client, e.key), pk.Mailbox(e.client), pk.Mailboxes(), pk.Session(e.client),
+			pk.StatusCounts(s.now().Unix() / 60)},
+		e.client, e.device, e.gen, e.status, e.resp, e.finished, exp)
+	if err != nil {
+		return false, fmt.Errorf("cannot relay the result of %s: %w", e.key, err)
+	}
+	a, _ := v.([]any)
+	what, sess, drop := "", "", ""
+	if len(a) == 3 {
+		what, _ = a[0].(string)
+		sess, _ = a[1].(string)
+		drop, _ = a[2].(string)
+	}
+	switch what {
+	case "relayed":
+		if dropped = drop == "1"; dropped {
+			s.log.Warn("client mailbox full: result dropped (readable by GET)", "client_id", e.client, "msg_id", e.key)
+		}
+		if clientOwner == "" && s.opts.OwnerOf != nil {
+			clientOwner = s.opts.OwnerOf(e.client)
+		}
+		if err := s.wake(ctx, e.client, sess, clientOwner); err != nil {
+			s.log.Warn("cannot wake the client's push server", "client_id", e.client, "err", err)
+		}
+	case "conflict":
+		s.finalConflicts.Add(1)
+		s.log.Warn("a different final for a command whose client already has one: not delivered",
+			"client_id", e.client, "device_id", e.device, "msg_id", e.key, "status", e.status)
+	case "mismatch":
+		s.log.Warn("a result whose claim names another device: not delivered",
+			"client_id", e.client, "device_id", e.device, "msg_id", e.key)
+	}
+	if err := s.rdb.XDel(ctx, s.keys.Part(e.p).Outbox(), e.id).Err(); err != nil {
+		return dropped, fmt.Errorf("cannot delete a relayed outbox entry: %w", s.classify(err))
+	}
+	return dropped, nil
+}
+
+// FinalConflicts is how many relays found a different final already in
+// the client's claim (gw_final_conflicts_total).
+func (s *Store) FinalConflicts() int64 { return s.finalConflicts.Load() }
+
+// RelayOutbox relays the entries of partition p's outbox older than age
+// (at most limit), for the partition's owner: what a step's own relay
+// could not do. It returns how many it relayed.
+func (s *Store) RelayOutbox(ctx context.Context, p int, age time.Duration, limit int) (int, error) {
+	ok := s.keys.Part(p).Outbox()
+	maxID := strconv.FormatInt(s.now().Add(-age).UnixMilli(), 10)
+	es, err := s.rdb.XRangeN(ctx, ok, "-", maxID, int64(limit)).Result()
+	if err != nil {
+		return 0, fmt.Errorf("cannot read outbox %d: %w", p, s.classify(err))
+	}
+	n := 0
+	for _, m := range es {
+		if _, err := s.relay(ctx, outboxFromStream(p, m), ""); err != nil {
+			return n, err
+		}
+		n++
+	}
+	return n, nil
+}
+
+// OutboxStats is the length of partition p's outbox and the age of its
+// oldest entry (0 when empty).
+func (s *Store) OutboxStats(ctx context.Context, p int) (int64, time.Duration, error) {
+	ok := s.keys.Part(p).Outbox()
+	var n *redis.IntCmd
+	var first *redis.XMessageSliceCmd
+	_, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		n = pipe.XLen(ctx, ok)
+		first = pipe.XRangeN(ctx, ok, "-", "+", 1)
+		return nil
+	})
+	if err != nil {
+		return 0, 0, s.classify(err)
+	}
+	var age time.Duration
+	if es := first.Val(); len(es) > 0 {
+		if t, err := strconv.ParseInt(es[0].ID[:len(es[0].ID)-len(idSeq(es[0].ID))], 10, 64); err == nil {
+			age = s.now().Sub(time.UnixMilli(t))
+		}
+	}
+	return n.Val(), age, nil
+}
+
+// idSeq returns the "-seq" suffix of a stream ID.
+func idSeq(id string) string {
+	for i := len(id) - 1; i >= 0; i-- {
+		if id[i] == '-' {
+			return id[i:]
+		}
+	}
+	return ""
+}
+
+// wake tells the push servers that should stream identity's mailbox: the
+// node of its live session (sess, read by the step) and owner, each once
+// (DESIGN §5: SADD to the node's pending set, then a message on its wake
+// channel; sharded pub/sub on Cluster). Wake-ups go out from Go after the
+// step, never from inside it.
+func (s *Store) wake(ctx context.Context, identity, sess, owner string) error {
+	nodes := make([]string, 0, 2)
+	if sess != "" {
+		nodes = append(nodes, sess)
+	}
+	if owner != "" && owner != sess {
+		nodes = append(nodes, owner)
+	}
+	if len(nodes) == 0 {
+		return nil
+	}
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, node := range nodes {
+			pk := s.keys.NodePending(node)
+			p.SAdd(ctx, pk, identity)
+			p.PExpire(ctx, pk, pendingTTL)
+			if s.cluster {
+				p.SPublish(ctx, s.keys.NodeWake(node), identity)
+			} else {
+				p.Publish(ctx, s.keys.NodeWake(node), identity)
+			}
+		}
+		return nil
+	})
+	return s.classify(err)
+}
+
+// pendingTTL is the expiry of a node's pending set, renewed when it
+// gains a member.
+const pendingTTL = 24 * time.Hour
