@@ -373,13 +373,13 @@ func (s *Store) zpage(ctx context.Context, key string, cur zcursor, n int) ([]re
 			out = append(out, z)
 		}
 		end := len(zs) < want
-		if len(out) > 0 || end {
+		if len(out) >= n || end {
 			if len(out) > n {
 				out, end = out[:n], false
 			}
 			return out, end, nil
 		}
-		want *= 2 // a page of ties already seen: read further
+		want *= 2 // ties already seen took places in the page: read further
 	}
 }
 

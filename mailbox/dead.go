@@ -7,6 +7,7 @@ import (
 	"strings"
 
 	"github.com/iotgw/gateway/protocol"
+	"github.com/redis/go-redis/v9"
 )
 
 // The dead set (protocol.Keys.Dead) holds "{client}|{idKey}" members
@@ -76,8 +77,21 @@ func (s *Store) DeadList(ctx context.Context, limit int, cursor string) ([]*Comm
 		member string // client|key
 		merged string
 	}
+	// One pipeline finds the partitions that have dead commands at all.
+	exists := make([]*redis.IntCmd, s.opts.Partitions)
+	if _, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for p := range exists {
+			exists[p] = pipe.Exists(ctx, s.keys.Part(p).Dead())
+		}
+		return nil
+	}); err != nil {
+		return nil, "", fmt.Errorf("cannot list dead commands: %w", s.classify(err))
+	}
 	var all []cand
 	for p := 0; p < s.opts.Partitions; p++ {
+		if exists[p].Val() == 0 {
+			continue
+		}
 		pc := zcursor{}
 		if cur.set {
 			prefix := fmt.Sprintf("%05d|", p)
@@ -91,13 +105,6 @@ func (s *Store) DeadList(ctx context.Context, limit int, cursor string) ([]*Comm
 			}
 		}
 		dk := s.keys.Part(p).Dead()
-		n, err := s.rdb.Exists(ctx, dk).Result()
-		if err != nil {
-			return nil, "", fmt.Errorf("cannot list dead commands: %w", s.classify(err))
-		}
-		if n == 0 {
-			continue
-		}
 		zs, _, err := s.zpage(ctx, dk, pc, limit+1)
 		if err != nil {
 			return nil, "", fmt.Errorf("cannot list dead commands: %w", s.classify(err))
