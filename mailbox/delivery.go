@@ -149,9 +149,16 @@ func (s *Store) Complete(ctx context.Context, client, idKey, device string, resp
 	}
 	a, _ := v.([]any)
 	head, _ := reply(v)
-	if head == "corrupt" {
+	switch head {
+	case "corrupt":
 		s.log.Warn("answer to a corrupt record: nothing changed", "client_id", client, "device_id", device, "msg_id", idKey)
 		return OutcomeNoop, nil
+	case string(OutcomeUnknown):
+		// The record of another device's command lives in that device's
+		// partition: the client's claim tells whose it is.
+		if cl, err := s.claimOf(ctx, client, idKey); err == nil && cl != nil && cl["device"] != device {
+			return OutcomeOtherDevice, nil
+		}
 	}
 	if len(a) > 3 {
 		s.relayNow(ctx, parseOutbox(p, a[3]), clientOwner)

@@ -270,15 +270,19 @@ func TestAckAndComplete(t *testing.T) {
 		t.Errorf("PUBACK after final changed status to %s", rec.Status)
 	}
 
-	// Wrong device, unknown command, not yet sent: noop.
+	// Wrong device, unknown command, not yet sent: nothing changes, and
+	// the outcome says why.
 	q := e.queued(cmd(t, "c1", "d3", `"q"`, ``))
-	for _, tt := range []struct{ name, key, device string }{
-		{"wrong device", "a", "d9"},
-		{"unknown command", "nope", "d1"},
-		{"queued command", q.ID.Key(), "d3"},
+	for _, tt := range []struct {
+		name, key, device string
+		want              mailbox.Outcome
+	}{
+		{"wrong device", "a", "d9", mailbox.OutcomeOtherDevice},
+		{"unknown command", "nope", "d1", mailbox.OutcomeUnknown},
+		{"queued command", q.ID.Key(), "d3", mailbox.OutcomeNotSent},
 	} {
-		if got, err := e.s.Complete(e.ctx, "c1", tt.key, tt.device, resp, 0, "node-c"); err != nil || got != mailbox.OutcomeNoop {
-			t.Errorf("Complete(%s) = %v, %v, want noop", tt.name, got, err)
+		if got, err := e.s.Complete(e.ctx, "c1", tt.key, tt.device, resp, 0, "node-c"); err != nil || got != tt.want {
+			t.Errorf("Complete(%s) = %v, %v, want %v", tt.name, got, err, tt.want)
 		}
 	}
 

@@ -343,7 +343,12 @@ const (
 	OutcomeDuplicate Outcome = "duplicate" // the answer that made the command final, again (a redelivery): nothing changed
 	OutcomeTimeout   Outcome = "timeout"   // no answer within the timeout
 	OutcomeDead      Outcome = "dead"      // dead-lettered
-	OutcomeRearmed   Outcome = "rearmed"   // a deliver-by timer that could not decide yet (on the wire: waits one timeout; pending within its lease) was re-armed
+	// Complete's answers that change nothing, by why (the push server
+	// counts them by reason):
+	OutcomeUnknown     Outcome = "unknown"      // no command with this id waits: never accepted, or gone
+	OutcomeOtherDevice Outcome = "other_device" // the command is another device's
+	OutcomeNotSent     Outcome = "not_sent"     // the command was not sent yet (pending or queued)
+	OutcomeRearmed     Outcome = "rearmed"      // a deliver-by timer that could not decide yet (on the wire: waits one timeout; pending within its lease) was re-armed
 )
 
 // Entry is one message of a mailbox.

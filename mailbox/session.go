@@ -34,26 +34,26 @@ func (s *Store) ClearSession(ctx context.Context, identity, node string) error {
 // identity on the same node then leaves this one registered, in whatever
 // order the two calls reach Redis.
 func (s *Store) SetSessionConn(ctx context.Context, identity, node, conn string) error {
+	// The node sets are node-level keys, changed by single-key commands
+	// around the step. The identity joins node's set before the step, so
+	// that a registration is always in its node's set (a node killed
+	// right after the step still has it cleared by ForgetSessions); a set
+	// may briefly list an identity that is not registered there, which
+	// ForgetSessions and ClearSessionConn tolerate (they re-check the
+	// registration).
+	if err := s.rdb.SAdd(ctx, s.keys.NodeSessions(node), identity).Err(); err != nil {
+		return fmt.Errorf("cannot set session of %s: %w", identity, s.classify(err))
+	}
 	p := s.PartitionOf(identity)
 	pk := s.keys.Part(p)
 	v, err := s.run(ctx, p, stepSessionSet, []string{pk.Session(identity), pk.SessionConn(identity)}, node, conn)
 	if err != nil {
 		return fmt.Errorf("cannot set session of %s: %w", identity, err)
 	}
-	// The node sets are node-level keys, changed by single-key commands
-	// after the step: a set may briefly list an identity that moved, which
-	// ForgetSessions and ClearSessionConn tolerate (they re-check the
-	// registration).
-	old, _ := v.(string)
-	_, err = s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		if old != "" && old != node {
-			pipe.SRem(ctx, s.keys.NodeSessions(old), identity)
+	if old, _ := v.(string); old != "" && old != node {
+		if err := s.rdb.SRem(ctx, s.keys.NodeSessions(old), identity).Err(); err != nil {
+			return fmt.Errorf("cannot set session of %s: %w", identity, s.classify(err))
 		}
-		pipe.SAdd(ctx, s.keys.NodeSessions(node), identity)
-		return nil
-	})
-	if err != nil {
-		return fmt.Errorf("cannot set session of %s: %w", identity, s.classify(err))
 	}
 	return nil
 }

@@ -119,7 +119,14 @@ func (h *harness) reserve(s spec) (*mailbox.Command, *protocol.Envelope, error) 
 		return nil, nil, err
 	}
 	params := json.RawMessage(`{"on":true}`)
-	out, rec, err := h.store.Reserve(context.Background(), &mailbox.Command{
+	store := h.store
+	if !s.created.IsZero() {
+		// The partition's clock sets accepted-at: reserve through a
+		// store whose clock stands at s.created.
+		store = mailbox.New(h.rdb, h.ns, mailbox.Options{AnswerGrace: testAnswerGrace,
+			Now: func() time.Time { return s.created }})
+	}
+	out, rec, err := store.Reserve(context.Background(), &mailbox.Command{
 		Client: s.client, Device: s.device, ID: id, Method: s.method, Params: params,
 		Fingerprint: protocol.Fingerprint(s.device, s.method, params, s.timeout, s.expiresIn),
 		Timeout:     s.timeout, ExpiresIn: s.expiresIn, CreatedAt: s.created,
@@ -285,7 +292,13 @@ func (h *harness) results(client string) map[string][]*protocol.Response {
 // returns it.
 func (h *harness) oneResult(env *protocol.Envelope) *protocol.Response {
 	h.t.Helper()
-	rs := h.results(env.Client)[string(env.MsgID.Raw())]
+	// The result reaches the client's partition by the outbox relay,
+	// right after the final step: wait for it.
+	var rs []*protocol.Response
+	require.Eventually(h.t, func() bool {
+		rs = h.results(env.Client)[string(env.MsgID.Raw())]
+		return len(rs) > 0
+	}, 10*time.Second, 10*time.Millisecond, "no result of %s:%s", env.Client, env.MsgID.Key())
 	require.Len(h.t, rs, 1, "results of %s:%s", env.Client, env.MsgID.Key())
 	return rs[0]
 }

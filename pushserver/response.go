@@ -63,8 +63,13 @@ func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 		out, err := n.store.Complete(ctx, client, id.Key(), device, resp, time.Since(read), "")
 		cancel()
 		if err == nil {
-			if out == mailbox.OutcomeNoop {
+			switch out {
+			case mailbox.OutcomeUnknown, mailbox.OutcomeNoop:
 				return n.dropResponse(log, dropUnknown, errors.New("no command of this device waits for this answer"))
+			case mailbox.OutcomeOtherDevice:
+				return n.dropResponse(log, dropDevice, errors.New("the command is another device's"))
+			case mailbox.OutcomeNotSent:
+				return n.dropResponse(log, dropNotSent, errors.New("the command was not sent yet"))
 			}
 			n.m.responses.Inc()
 			log.Debug("device response completed", "outcome", out)

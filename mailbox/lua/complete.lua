@@ -11,7 +11,8 @@ local timeout_body, timeout_reason = A[6], A[7]
 local received = NOW - held
 
 local r = load(K.rec)
-if not r or r.device ~= device then return {'noop', ''} end
+if not r then return {'unknown', ''} end
+if r.device ~= device then return {'other_device', ''} end
 local st = r.status
 if FINAL[st] then
   if (st == 'succeeded' or st == 'failed') and r.id and
@@ -24,7 +25,7 @@ if FINAL[st] then
   end
   return {'late', ''}
 end
-if st ~= 'sent' and st ~= 'delivered' then return {'noop', ''} end
+if st ~= 'sent' and st ~= 'delivered' then return {'not_sent', ''} end
 if not sane(r) then return {'corrupt', ''} end
 local extra = {}
 if num(r.delivered) == 0 then
