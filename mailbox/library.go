@@ -25,8 +25,8 @@ import (
 //
 // Every step declares all its keys in KEYS, all of one partition, so it
 // runs unchanged on Redis Cluster (DESIGN §7). Each step's file names its
-// keys and arguments at its top. The common arguments (clock skew for
-// tests, retention, mailbox cap, answer grace) come first and are read by
+// keys and arguments at its top. The common arguments (the test clock, 0
+// in production, retention, mailbox cap, answer grace) come first and are read by
 // lib.lua's begin; the step sees only its own, as A.
 //
 // The function <lib>_batch runs one step for several items in one call
