@@ -130,6 +130,7 @@ type statsView struct {
 	Mailboxes   mailboxView          `json:"mailboxes"`
 	Timers      *int64               `json:"timers"`
 	Dead        *int64               `json:"dead"`
+	Outbox      *outboxView          `json:"outbox"`
 	Statuses    statusesView         `json:"statuses"`
 	PushServers []pushServerView     `json:"push_servers"`
 	Ring        []memberView         `json:"ring"`
@@ -212,6 +213,32 @@ type mgmtStatus struct {
 type mailboxView struct {
 	Mailboxes *int64 `json:"mailboxes"`
 	Entries   *int64 `json:"entries"`
+}
+
+// outboxView is the partitions' outboxes: results on their way to the
+// clients' partitions (DESIGN §7).
+type outboxView struct {
+	Entries    int64                 `json:"entries"`
+	OldestAgeS float64               `json:"oldest_age_s"`
+	Partitions []outboxPartitionView `json:"partitions"`
+}
+
+type outboxPartitionView struct {
+	Partition  int     `json:"partition"`
+	Entries    int64   `json:"entries"`
+	OldestAgeS float64 `json:"oldest_age_s"`
+}
+
+// newOutboxView sums the non-empty outboxes of the totals.
+func newOutboxView(parts []mailbox.PartitionOutbox) *outboxView {
+	v := &outboxView{Partitions: make([]outboxPartitionView, 0, len(parts))}
+	for _, p := range parts {
+		age := p.Oldest.Seconds()
+		v.Entries += p.Entries
+		v.OldestAgeS = max(v.OldestAgeS, age)
+		v.Partitions = append(v.Partitions, outboxPartitionView{Partition: p.Partition, Entries: p.Entries, OldestAgeS: age})
+	}
+	return v
 }
 
 type statusesView struct {
@@ -330,6 +357,7 @@ func (o *ops) collect(ctx context.Context) statsView {
 	if totErr == nil {
 		v.Mailboxes = mailboxView{Mailboxes: ptr(totals.Mailboxes), Entries: ptr(totals.Entries)}
 		v.Timers, v.Dead = ptr(totals.Timers), ptr(totals.Dead)
+		v.Outbox = newOutboxView(totals.Outbox)
 	}
 	if cntErr == nil {
 		for _, st := range protocol.Statuses {
@@ -751,10 +779,19 @@ var (
 		"Armed deliver-by and answer timers.", nil, nil)
 	descDead = prometheus.NewDesc("gw_dead_commands",
 		"Dead-lettered commands kept for the operator.", nil, nil)
+	descOutboxEntries = prometheus.NewDesc("gw_outbox_entries",
+		"Final results in the partitions' outboxes, on their way to the clients' partitions.", nil, nil)
+	descOutboxAge = prometheus.NewDesc("gw_outbox_oldest_age_seconds",
+		"Age of the oldest outbox entry of any partition (0 when none): above a few seconds, relays are failing.", nil, nil)
+	descPartOutboxEntries = prometheus.NewDesc("gw_outbox_partition_entries",
+		"Entries in one partition's outbox (non-empty outboxes only).", []string{"partition"}, nil)
+	descPartOutboxAge = prometheus.NewDesc("gw_outbox_partition_oldest_age_seconds",
+		"Age of the oldest entry of one partition's outbox (non-empty outboxes only).", []string{"partition"}, nil)
 )
 
 func (oc *opsCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descQueueReady, descQueueConsumers, descMailboxEntries, descMailboxes, descTimers, descDead} {
+	for _, d := range []*prometheus.Desc{descQueueReady, descQueueConsumers, descMailboxEntries, descMailboxes, descTimers, descDead,
+		descOutboxEntries, descOutboxAge, descPartOutboxEntries, descPartOutboxAge} {
 		ch <- d
 	}
 }
@@ -779,5 +816,13 @@ func (oc *opsCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descMailboxes, prometheus.GaugeValue, float64(t.Mailboxes))
 		ch <- prometheus.MustNewConstMetric(descTimers, prometheus.GaugeValue, float64(t.Timers))
 		ch <- prometheus.MustNewConstMetric(descDead, prometheus.GaugeValue, float64(t.Dead))
+		ob := newOutboxView(t.Outbox)
+		ch <- prometheus.MustNewConstMetric(descOutboxEntries, prometheus.GaugeValue, float64(ob.Entries))
+		ch <- prometheus.MustNewConstMetric(descOutboxAge, prometheus.GaugeValue, ob.OldestAgeS)
+		for _, p := range ob.Partitions {
+			part := strconv.Itoa(p.Partition)
+			ch <- prometheus.MustNewConstMetric(descPartOutboxEntries, prometheus.GaugeValue, float64(p.Entries), part)
+			ch <- prometheus.MustNewConstMetric(descPartOutboxAge, prometheus.GaugeValue, p.OldestAgeS, part)
+		}
 	}
 }

@@ -213,6 +213,9 @@ func TestStatsQueueDepthIsExact(t *testing.T) {
 	assert.Equal(t, int64(0), *v.Dead)
 	require.NotNil(t, v.Mailboxes.Entries)
 	assert.Equal(t, int64(0), *v.Mailboxes.Entries)
+	require.NotNil(t, v.Outbox, "outbox")
+	assert.Equal(t, int64(0), v.Outbox.Entries, "outbox entries")
+	assert.Empty(t, v.Outbox.Partitions, "outbox partitions")
 	assert.Empty(t, v.PushServers)
 	assert.Empty(t, v.Ring)
 
@@ -602,10 +605,12 @@ func TestOpsGauges(t *testing.T) {
 		fmt.Sprintf(`gw_queue_ready_messages{queue=%q}`, g.topo.ResultsQueue):      0,
 		fmt.Sprintf(`gw_queue_ready_messages{queue=%q}`, g.topo.CommandsDeadQueue): 0,
 		fmt.Sprintf(`gw_queue_ready_messages{queue=%q}`, g.topo.ResultsDeadQueue):  0,
-		"gw_mailbox_entries": 1, // the dead command's result, for app-1
-		"gw_mailboxes":       1,
-		"gw_timers_pending":  4, // the deliver-by timers of the queued commands
-		"gw_dead_commands":   1,
+		"gw_mailbox_entries":           1, // the dead command's result, for app-1
+		"gw_mailboxes":                 1,
+		"gw_timers_pending":            4, // the deliver-by timers of the queued commands
+		"gw_dead_commands":             1,
+		"gw_outbox_entries":            0, // every final step relayed at once
+		"gw_outbox_oldest_age_seconds": 0,
 	}
 	for _, q := range g.topo.CommandQueues() {
 		series[fmt.Sprintf(`gw_queue_consumers{queue=%q}`, q)] = 0

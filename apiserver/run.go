@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -104,6 +105,18 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		},
 		Logger: log,
 	})
+	// The partition counts are fixed per namespace (DESIGN §7a): refuse to
+	// run with others. The publisher passed the AMQP fence, so the counts
+	// may be recorded. A Redis that does not answer yet is checked by the
+	// AMQP fence alone.
+	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err = store.CheckCounts(fctx, cfg.Queues, true)
+	cancel()
+	if errors.Is(err, mailbox.ErrCounts) {
+		return err
+	} else if err != nil {
+		log.Warn("cannot check the partition counts in Redis", "err", err)
+	}
 	srv, err := NewServer(cfg, Deps{Redis: rdb, Store: store, Publisher: pub, Ring: rg, Logger: log})
 	if err != nil {
 		return err

@@ -18,6 +18,7 @@ import (
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/internal/testenv"
+	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
 
@@ -213,6 +214,23 @@ func TestRunCounts(t *testing.T) {
 	require.ErrorIs(t, err, amqpx.ErrCounts)
 	assert.ErrorContains(t, err, "GW_QUEUES=4 and GW_PARTITIONS=256")
 	assert.ErrorContains(t, err, "GW_QUEUES=8 and GW_PARTITIONS=256")
+	assert.NotContains(t, out.String(), `"msg":"listening"`)
+
+	// Redis is fenced too: a namespace whose partitions recorded 16
+	// refuses a process started with 256, although RabbitMQ lets it in.
+	ns = testenv.Namespace(t)
+	store := mailbox.New(testenv.Redis(t), ns, mailbox.Options{Partitions: 16})
+	require.NoError(t, store.CheckCounts(ctx, 4, true))
+	out = testenv.SyncBuffer{}
+	err = run(ctx, nil, func(k string) string {
+		return map[string]string{
+			"GW_AUTH_SECRET": testSecret, "GW_NAMESPACE": ns, "GW_HTTP_ADDR": "127.0.0.1:0",
+			"GW_AMQP_URL": testenv.AMQPURL(), "GW_REDIS_URL": testenv.RedisURL(),
+			"GW_QUEUES": "4", "GW_PARTITIONS": "256",
+		}[k]
+	}, &out)
+	require.ErrorIs(t, err, mailbox.ErrCounts)
+	assert.ErrorContains(t, err, "records partitions=16")
 	assert.NotContains(t, out.String(), `"msg":"listening"`)
 }
 

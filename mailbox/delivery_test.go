@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"reflect"
 	"sync"
 	"testing"
 	"time"
@@ -750,7 +751,7 @@ func TestPutFullAndTotals(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := mailbox.Totals{Mailboxes: 3, Entries: 5, Timers: 1, Dead: 0}
-	if got != want {
+	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Totals = %+v, want %+v", got, want)
 	}
 	counts, err := e.s.StatusCounts(e.ctx, 5)

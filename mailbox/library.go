@@ -58,6 +58,7 @@ const (
 	stepRelay        = "relay"
 	stepReopen       = "reopen"
 	stepSessionSet   = "session_set"
+	stepFence        = "fence"
 	stepSessionClear = "session_clear"
 )
 

@@ -368,4 +368,16 @@ type Totals struct {
 	Entries   int64 // entries in all mailboxes
 	Timers    int64 // armed timers
 	Dead      int64 // dead-lettered commands (replays not yet dispatched included)
+	// Outbox lists the partitions whose outbox holds results on their way
+	// to the clients' partitions, by partition; empty outboxes are left
+	// out. An entry older than a few seconds means relays are failing.
+	Outbox []PartitionOutbox
+}
+
+// PartitionOutbox is the outbox of one partition: its length and the age
+// of its oldest entry.
+type PartitionOutbox struct {
+	Partition int
+	Entries   int64
+	Oldest    time.Duration
 }

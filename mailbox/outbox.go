@@ -139,24 +139,41 @@ func (s *Store) RelayOutbox(ctx context.Context, p int, age time.Duration, limit
 // OutboxStats is the length of partition p's outbox and the age of its
 // oldest entry (0 when empty).
 func (s *Store) OutboxStats(ctx context.Context, p int) (int64, time.Duration, error) {
-	ok := s.keys.Part(p).Outbox()
-	var n *redis.IntCmd
-	var first *redis.XMessageSliceCmd
+	var c outboxCmds
 	_, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		n = pipe.XLen(ctx, ok)
-		first = pipe.XRangeN(ctx, ok, "-", "+", 1)
+		c = s.queueOutboxStats(ctx, pipe, p)
 		return nil
 	})
 	if err != nil {
 		return 0, 0, s.classify(err)
 	}
-	var age time.Duration
-	if es := first.Val(); len(es) > 0 {
-		if t, err := strconv.ParseInt(es[0].ID[:len(es[0].ID)-len(idSeq(es[0].ID))], 10, 64); err == nil {
-			age = s.now().Sub(time.UnixMilli(t))
+	o := c.read(p, s.now())
+	return o.Entries, o.Oldest, nil
+}
+
+// outboxCmds are the pipelined reads of one partition's outbox stats.
+type outboxCmds struct {
+	n     *redis.IntCmd
+	first *redis.XMessageSliceCmd
+}
+
+// queueOutboxStats adds the reads of partition p's outbox stats to pipe.
+func (s *Store) queueOutboxStats(ctx context.Context, pipe redis.Pipeliner, p int) outboxCmds {
+	ok := s.keys.Part(p).Outbox()
+	return outboxCmds{n: pipe.XLen(ctx, ok), first: pipe.XRangeN(ctx, ok, "-", "+", 1)}
+}
+
+// read returns the stats once the pipeline ran; the age comes from the
+// oldest entry's stream ID (its partition's clock, in ms).
+func (c outboxCmds) read(p int, now time.Time) PartitionOutbox {
+	o := PartitionOutbox{Partition: p, Entries: c.n.Val()}
+	if es := c.first.Val(); len(es) > 0 {
+		id := es[0].ID
+		if t, err := strconv.ParseInt(id[:len(id)-len(idSeq(id))], 10, 64); err == nil {
+			o.Oldest = max(now.Sub(time.UnixMilli(t)), 0)
 		}
 	}
-	return n.Val(), age, nil
+	return o
 }
 
 // idSeq returns the "-seq" suffix of a stream ID.

@@ -1,13 +1,16 @@
 package mailbox_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -179,5 +182,93 @@ func TestCrossPartitionRoundTrip(t *testing.T) {
 	}
 	if got := e.get(client, "x"); got.Status != protocol.StatusSucceeded {
 		t.Errorf("Get = %s, want succeeded", got.Status)
+	}
+}
+
+// failRelay makes every relay step fail, as a Redis that went away right
+// after a final step would.
+type failRelay struct{}
+
+func (failRelay) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (failRelay) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if isRelay(cmd) {
+			err := errors.New("injected: connection lost")
+			cmd.SetErr(err)
+			return err
+		}
+		return next(ctx, cmd)
+	}
+}
+func (failRelay) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return func(ctx context.Context, cmds []redis.Cmder) error {
+		for _, cmd := range cmds {
+			if isRelay(cmd) {
+				err := errors.New("injected: connection lost")
+				cmd.SetErr(err)
+				return err
+			}
+		}
+		return next(ctx, cmds)
+	}
+}
+
+func isRelay(cmd redis.Cmder) bool {
+	if !strings.HasPrefix(strings.ToLower(cmd.Name()), "fcall") {
+		return false
+	}
+	for _, a := range cmd.Args() {
+		if s, ok := a.(string); ok && (s == "relay" || strings.HasSuffix(s, "_relay")) {
+			return true
+		}
+	}
+	return false
+}
+
+// A relay that fails right after the final step leaves the result in the
+// device partition's outbox: Totals reports it with its age, and the
+// partition owner's RelayOutbox delivers it once it is older than the
+// given age, exactly once.
+func TestOutboxLeftoverRelayedByOwner(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	e.queued(cmd(t, "c1", "d1", `"o"`, ``))
+
+	broken := testenv.Redis(t)
+	broken.AddHook(failRelay{})
+	s := mailbox.New(broken, e.s.Keys().NS, mailbox.Options{Partitions: 1, Now: e.clock.Now, Logger: testenv.Logger(t)})
+	if _, err := s.Cancel(e.ctx, "c1", "o", ""); err != nil {
+		t.Fatalf("Cancel = %v, want nil (the relay failure is logged, not returned)", err)
+	}
+	if rs := e.results("c1"); len(rs) != 0 {
+		t.Fatalf("client results = %d before any relay, want 0", len(rs))
+	}
+
+	e.clock.Add(5 * time.Second)
+	tot, err := e.s.Totals(e.ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The entry's ID is Redis's time at the step, a few ms before the
+	// test clock's instant.
+	if len(tot.Outbox) != 1 || tot.Outbox[0].Partition != 0 || tot.Outbox[0].Entries != 1 ||
+		tot.Outbox[0].Oldest < 4*time.Second || tot.Outbox[0].Oldest > 5*time.Second {
+		t.Errorf("Totals.Outbox = %+v, want partition 0 with 1 entry about 5s old", tot.Outbox)
+	}
+	if n, err := e.s.RelayOutbox(e.ctx, 0, 10*time.Second, 100); err != nil || n != 0 {
+		t.Errorf("RelayOutbox(age 10s) = %d, %v; want 0 (the entry is younger)", n, err)
+	}
+	if n, err := e.s.RelayOutbox(e.ctx, 0, 3*time.Second, 100); err != nil || n != 1 {
+		t.Errorf("RelayOutbox(age 3s) = %d, %v; want 1", n, err)
+	}
+	rs := e.results("c1")
+	if len(rs) != 1 || rs[0].Error == nil || rs[0].Error.Code != protocol.CodeCancelled {
+		t.Errorf("client results = %+v, want one -32004", rs)
+	}
+	if n, err := e.s.RelayOutbox(e.ctx, 0, 0, 100); err != nil || n != 0 {
+		t.Errorf("RelayOutbox again = %d, %v; want 0", n, err)
+	}
+	if tot, _ := e.s.Totals(e.ctx); len(tot.Outbox) != 0 {
+		t.Errorf("Totals.Outbox after the relay = %+v, want none", tot.Outbox)
 	}
 }

@@ -22,19 +22,25 @@ func (s *Store) Totals(ctx context.Context) (Totals, error) {
 	sizes := make([]*redis.IntCmd, n)
 	timers := make([]*redis.IntCmd, n)
 	dead := make([]*redis.IntCmd, n)
+	outbox := make([]outboxCmds, n)
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i := 0; i < n; i++ {
 			pk := s.keys.Part(i)
 			sizes[i] = p.SCard(ctx, pk.Mailboxes())
 			timers[i] = p.ZCard(ctx, pk.Timers())
 			dead[i] = p.ZCard(ctx, pk.Dead())
+			outbox[i] = s.queueOutboxStats(ctx, p, i)
 		}
 		return nil
 	})
 	if err != nil {
 		return t, fmt.Errorf("cannot total the partitions: %w", s.classify(err))
 	}
+	now := s.now()
 	for i := 0; i < n; i++ {
+		if o := outbox[i].read(i, now); o.Entries > 0 {
+			t.Outbox = append(t.Outbox, o)
+		}
 		t.Timers += timers[i].Val()
 		t.Dead += dead[i].Val()
 		if sizes[i].Val() == 0 {

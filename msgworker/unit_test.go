@@ -350,3 +350,35 @@ func TestWorkerRefusesOtherCounts(t *testing.T) {
 	require.ErrorContains(t, err, fmt.Sprintf("GW_QUEUES=2 and GW_PARTITIONS=%d", protocol.DefaultPartitions))
 	require.NoError(t, ctx.Err(), "Run returned only at the deadline")
 }
+
+// TestReachability: a partition's timers may fire only once the worker
+// has owned and reached it without error for the grace; a failure, or
+// losing and regaining the partition, starts the clock again.
+func TestReachability(t *testing.T) {
+	const grace = 10 * time.Second
+	t0 := time.Unix(1000, 0)
+	r := reachability{}
+	steps := []struct {
+		name string
+		do   func()
+		at   time.Duration // when steady is asked, after t0
+		p    int
+		want bool
+	}{
+		{"just owned", func() { r.own([]int{1, 2}, t0) }, 0, 1, false},
+		{"owned for less than the grace", func() {}, grace - time.Millisecond, 1, false},
+		{"owned for the grace", func() {}, grace, 1, true},
+		{"not owned", func() {}, grace, 3, false},
+		{"a failure restarts the clock", func() { r.lost(1); r.own([]int{1, 2}, t0.Add(grace)) }, grace + time.Second, 1, false},
+		{"the other partition kept its clock", func() {}, grace + time.Second, 2, true},
+		{"steady again a grace after the failure", func() {}, 2 * grace, 1, true},
+		{"given up", func() { r.own([]int{1}, t0.Add(2*grace)) }, 3 * grace, 2, false},
+		{"regained: a new clock", func() { r.own([]int{1, 2}, t0.Add(3*grace)) }, 3*grace + time.Second, 2, false},
+	}
+	for _, s := range steps {
+		s.do()
+		if got := r.steady(s.p, t0.Add(s.at), grace); got != s.want {
+			t.Errorf("%s: steady(%d, t0+%v) = %v, want %v", s.name, s.p, s.at, got, s.want)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"log/slog"
 	"os"
@@ -32,6 +33,7 @@ type Worker struct {
 	// parts is this worker's share of the partitions: it fires their
 	// timers and relays their leftover outbox entries (DESIGN §7).
 	parts *ring.Partitions
+	reach reachability // of the owned partitions, for runTimers
 	mx    *metrics
 
 	consumers []*amqpx.Consumer
@@ -54,10 +56,11 @@ func New(cfg Config) (*Worker, error) {
 		ropts.PoolSize = n
 	}
 	w := &Worker{
-		cfg:  cfg,
-		log:  cfg.Logger.With("component", "msgworker", "ns", cfg.Namespace),
-		topo: protocol.NewTopology(cfg.Namespace, cfg.Queues, cfg.Partitions),
-		rdb:  redis.NewClient(ropts),
+		reach: reachability{},
+		cfg:   cfg,
+		log:   cfg.Logger.With("component", "msgworker", "ns", cfg.Namespace),
+		topo:  protocol.NewTopology(cfg.Namespace, cfg.Queues, cfg.Partitions),
+		rdb:   redis.NewClient(ropts),
 	}
 	w.ring = ring.New(w.rdb, cfg.Namespace, ring.Options{Logger: cfg.Logger})
 	w.parts = ring.NewPartitions(w.rdb, cfg.Namespace, workerID(), max(cfg.Partitions, 1),
@@ -149,6 +152,19 @@ func (w *Worker) ownerOf(identity string) string {
 // may be called once.
 func (w *Worker) Run(ctx context.Context) error {
 	defer w.rdb.Close()
+
+	// The partition counts are fixed per namespace (DESIGN §7a): refuse to
+	// run with others. The worker only checks (the apiserver and the push
+	// servers record them after the AMQP fence let them in); a Redis that
+	// does not answer yet is checked by the AMQP fence alone.
+	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	err := w.store.CheckCounts(fctx, w.cfg.Queues, false)
+	cancel()
+	if errors.Is(err, mailbox.ErrCounts) {
+		return err
+	} else if err != nil {
+		w.log.Warn("cannot check the partition counts in Redis", "err", err)
+	}
 
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var bgWG sync.WaitGroup
@@ -317,29 +333,77 @@ const outboxAge = 3 * time.Second
 
 // fireOwned fires the due timers of the partitions this worker owns and
 // relays their leftover outbox entries.
+//
+// It fires a partition's timers only once it has reached the partition
+// without error for the answer grace (DESIGN §7a): after an outage, or
+// when it has just taken a partition over, the push servers first get
+// one grace to complete the answers they held, so that a command its
+// device answered in time never ends as timeout. Relays are never held.
 func (w *Worker) fireOwned(ctx context.Context) (int, map[string]int, error) {
 	outcomes := map[string]int{}
 	owned := w.parts.Owned()
+	now := time.Now()
+	w.reach.own(owned, now)
 	if len(owned) == 0 {
 		return 0, outcomes, nil
 	}
 	due, err := w.store.DuePartitions(ctx, owned, outboxAge)
 	if err != nil {
+		w.reach.lost(owned...)
 		return 0, outcomes, err
 	}
 	n := 0
 	for _, p := range due {
-		k, o, err := w.store.FireTimersIn(ctx, p, w.cfg.TimerBatch)
-		n += k
-		for what, c := range o {
-			outcomes[what] += c
-		}
-		if err != nil {
-			return n, outcomes, err
+		if w.reach.steady(p, now, w.cfg.AnswerGrace) {
+			k, o, err := w.store.FireTimersIn(ctx, p, w.cfg.TimerBatch)
+			n += k
+			for what, c := range o {
+				outcomes[what] += c
+			}
+			if err != nil {
+				w.reach.lost(p)
+				return n, outcomes, err
+			}
 		}
 		if _, err := w.store.RelayOutbox(ctx, p, outboxAge, 100); err != nil {
+			w.reach.lost(p)
 			return n, outcomes, err
 		}
 	}
 	return n, outcomes, nil
+}
+
+// reachability is, for each partition the worker owns, since when it has
+// reached the partition without error. Only runTimers uses it.
+type reachability map[int]time.Time
+
+// own starts the clock of newly owned partitions at now and forgets the
+// partitions no longer owned.
+func (r reachability) own(owned []int, now time.Time) {
+	mine := make(map[int]bool, len(owned))
+	for _, p := range owned {
+		mine[p] = true
+		if _, ok := r[p]; !ok {
+			r[p] = now
+		}
+	}
+	for p := range r {
+		if !mine[p] {
+			delete(r, p)
+		}
+	}
+}
+
+// lost restarts the clock of partitions a step could not reach: they
+// count from the next success.
+func (r reachability) lost(parts ...int) {
+	for _, p := range parts {
+		delete(r, p)
+	}
+}
+
+// steady reports whether p has been reached without error for grace.
+func (r reachability) steady(p int, now time.Time, grace time.Duration) bool {
+	since, ok := r[p]
+	return ok && now.Sub(since) >= grace
 }

@@ -511,3 +511,25 @@ func TestDeadAfterDispatchLeftAlone(t *testing.T) {
 	h.waitStatus(env, protocol.StatusSucceeded, 10*time.Second)
 	require.Nil(t, h.oneResult(env).Error)
 }
+
+// TestOwnerWaitsOneGrace: a worker that has just taken its partitions
+// fires no timer before it has reached them for the answer grace
+// (DESIGN §7a), so answers held by push servers land first; then the
+// timer fires as usual.
+func TestOwnerWaitsOneGrace(t *testing.T) {
+	t.Parallel()
+	h := newHarness(t)
+	const grace = 2 * time.Second
+	start := time.Now()
+	h.worker(func(c *Config) { c.AnswerGrace = grace })
+
+	env := h.send(spec{client: "app-1", device: "lamp-1", id: `"g"`, expiresIn: 300 * time.Millisecond})
+	c := h.waitStatus(env, protocol.StatusExpired, 15*time.Second)
+	// The command was due 300 ms after it was sent; it expired only once
+	// the worker had owned its partition for the grace (FinishedAt is
+	// Redis's clock, in ms: allow one).
+	if got := c.FinishedAt.Sub(start); got < grace-time.Millisecond {
+		t.Errorf("expired %v after the worker started, want at least the grace %v", got, grace)
+	}
+	require.Equal(t, protocol.CodeExpired, gatewayCode(t, h.oneResult(env)))
+}

@@ -380,7 +380,8 @@
 //	{ns:p}:timers                    sorted set  PartKeys.Timers          deadlines (score: due time, ms)
 //	{ns:p}:dead                      sorted set  PartKeys.Dead            dead commands (score: dead-lettered at)
 //	{ns:p}:outbox                    stream      PartKeys.Outbox          final results on their way to p(client)
-//	{ns:p}:meta                      hash        PartKeys.Meta            the partition and queue counts (fence)
+//	{ns:p}:meta                      hash        PartKeys.Meta            the partition and queue counts recorded
+//	                                                                      at first start (the fence)
 //	{ns:p}:barrier                   string      PartKeys.Barrier         written before a durability barrier
 //	{ns:p}:sess:{identity}           string      PartKeys.Session         the push server holding the session
 //	{ns:p}:stats:{unix minute}       hash        PartKeys.StatusCounts    transitions into each status that minute
@@ -391,7 +392,6 @@
 //	ns:node:{node}:pending           set         Keys.NodePending         identities with entries to stream
 //	ns:node:{node}:wake              pub/sub     Keys.NodeWake            "this identity has new entries"
 //	                                                                      (sharded pub/sub on Redis Cluster)
-//	ns:fence                         hash        Keys.Fence               the counts recorded at first start
 //
 // {id} in a key is always the ID's key (ID.Key), so 1 and "1" are one
 // record.

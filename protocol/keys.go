@@ -141,8 +141,4 @@ func (k Keys) NodePending(node string) string { return k.NS + ":node:" + node + 
 // server is told that an identity's mailbox has new entries.
 func (k Keys) NodeWake(node string) string { return k.NS + ":node:" + node + ":wake" }
 
-// Fence is the node-level hash recording the namespace's partition and
-// queue counts at first start (also kept in every partition's Meta).
-func (k Keys) Fence() string { return k.NS + ":fence" }
-
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }

@@ -31,7 +31,6 @@ func TestKeys(t *testing.T) {
 		{"NodeSessions", k.NodeSessions("push-1"), "gw:node:push-1:sessions"},
 		{"NodePending", k.NodePending("push-1"), "gw:node:push-1:pending"},
 		{"NodeWake", k.NodeWake("push-1"), "gw:node:push-1:wake"},
-		{"Fence", k.Fence(), "gw:fence"},
 	}
 	seen := map[string]string{}
 	for _, tt := range tests {

@@ -255,6 +255,11 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("cannot start AMQP publisher: %w", err)
 	}
 	undo = append(undo, func() { _ = n.pub.Close() })
+	// The partition counts are fixed per namespace (DESIGN §7a); the
+	// publisher passed the AMQP fence, so they may be recorded.
+	if err := n.store.CheckCounts(ctx, n.cfg.Queues, true); err != nil {
+		return err
+	}
 
 	n.server = mqtt.New(&mqtt.Options{
 		Capabilities: n.capabilities(),
