@@ -40,9 +40,12 @@ func (s *Store) Reserve(ctx context.Context, c *Command) (ReserveOutcome, *Comma
 		return 0, nil, errors.New("mailbox: Reserve needs a client, a device and an id")
 	}
 	key := c.ID.Key()
-	lifetime := (c.ExpiresIn + c.Timeout + s.opts.Lease + 2*s.opts.AnswerGrace + s.opts.Retention).Milliseconds()
+	watch := c.ExpiresIn + c.Timeout + s.opts.Lease + 2*s.opts.AnswerGrace
+	lifetime := (watch + s.opts.Retention).Milliseconds()
 	cp := s.PartitionOf(c.Client)
-	v, err := s.run(ctx, cp, stepClaim, []string{s.keys.Part(cp).Claim(c.Client, key)}, c.Device, c.Fingerprint, lifetime)
+	pk := s.keys.Part(cp)
+	v, err := s.run(ctx, cp, stepClaim, []string{pk.Claim(c.Client, key), pk.Timers()},
+		c.Device, c.Fingerprint, lifetime, string(c.ID.Raw()), watch.Milliseconds(), watchMember(c.Client, c.Device, key))
 	if err != nil {
 		return 0, nil, fmt.Errorf("cannot claim command %s: %w", key, err)
 	}
@@ -135,6 +138,18 @@ func (s *Store) Release(ctx context.Context, device, client, idKey, leaseToken s
 	return nil
 }
 
+// lostCommand is what the claim of a command the gateway lost still
+// tells (the record is gone): its client, device, id, the lost status and
+// the -32006 result.
+func lostCommand(client, idKey string, cl map[string]string) *Command {
+	id, err := protocol.ParseID(json.RawMessage(cl["id"]))
+	if err != nil {
+		id, _ = protocol.ParseID(json.RawMessage(strconv.Quote(idKey)))
+	}
+	return &Command{Client: client, Device: cl["device"], ID: id, Status: protocol.StatusLost,
+		Response: json.RawMessage(cl["resp"]), CreatedAt: msTime(cl["claimed"]), FinishedAt: msTime(cl["finished"])}
+}
+
 // claimOf reads the claim of (client, idKey): nil when there is none.
 func (s *Store) claimOf(ctx context.Context, client, idKey string) (map[string]string, error) {
 	m, err := s.rdb.HGetAll(ctx, s.part(client).Claim(client, idKey)).Result()
@@ -165,6 +180,9 @@ func (s *Store) Get(ctx context.Context, client, idKey string) (*Command, error)
 	m, err := s.rdb.HGetAll(ctx, s.part(cl["device"]).Command(client, idKey)).Result()
 	if err != nil {
 		return nil, fmt.Errorf("cannot get command %s: %w", idKey, s.classify(err))
+	}
+	if len(m) == 0 && cl["state"] == "final" && cl["status"] == string(protocol.StatusLost) {
+		return lostCommand(client, idKey, cl), nil
 	}
 	if len(m) == 0 || m[fStatus] == string(protocol.StatusVoid) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, idKey)

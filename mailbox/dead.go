@@ -197,8 +197,11 @@ func (s *Store) ReplayDead(ctx context.Context, client, idKey string) (*Command,
 	// The claim opens for the replay's generation, so that its final
 	// reaches the client as a new result.
 	cp := s.PartitionOf(client)
-	lifetime := (rec.ExpiresIn + rec.Timeout + s.opts.Lease + 2*s.opts.AnswerGrace + s.opts.Retention).Milliseconds()
-	if _, err := s.run(ctx, cp, stepReopen, []string{s.keys.Part(cp).Claim(client, idKey)}, rec.Device, rec.Replays, lifetime); err != nil {
+	watch := rec.ExpiresIn + rec.Timeout + s.opts.Lease + 2*s.opts.AnswerGrace
+	lifetime := (watch + s.opts.Retention).Milliseconds()
+	pk := s.keys.Part(cp)
+	if _, err := s.run(ctx, cp, stepReopen, []string{pk.Claim(client, idKey), pk.Timers()},
+		rec.Device, rec.Replays, lifetime, watch.Milliseconds(), watchMember(client, rec.Device, idKey)); err != nil {
 		return rec, fmt.Errorf("cannot reopen the claim of replayed command %s: %w", idKey, err)
 	}
 	return rec, nil

@@ -212,12 +212,14 @@ func (s *Store) FireTimersOutcomes(ctx context.Context, limit int, ownerOf func(
 //     armed once as an answer timer one timeout + grace later. On a
 //     pending command: re-armed to the end of its lease while the lease
 //     runs, else expired (through queued).
+//   - watchdog of a claim still open when its command cannot be open any
+//     more: see watchdog.go ("relayed", "rearmed", "void", "lost").
 //   - answer (delivered + timeout + grace): sent or delivered → timeout
 //     (-32001); a sent command no longer on the wire (handed back with
 //     Unsend) expires at its deliver-by instead.
 //
-// It returns how many timers it applied (a malformed one, dropped,
-// included) and their outcomes: "expired", "timeout", "rearmed", "noop"
+// It returns how many command timers it applied (a malformed one,
+// dropped, included; not the claims' watchdogs) and the outcomes of all: "expired", "timeout", "rearmed", "noop"
 // (already final or gone), "notdue" (taken or moved by someone else),
 // "malformed" and "corrupt".
 func (s *Store) FireTimersIn(ctx context.Context, p, limit int) (int, map[string]int, error) {
@@ -245,29 +247,55 @@ func (s *Store) fireTimersIn(ctx context.Context, p, limit int, ownerOf func(str
 	items := make([]*batchCall, 0, len(due))
 	args := []any{nil, s.horizonMs(), errExpired, reasonExpired, errTimeout, reasonTimeout}
 	n := 0
+	var watch [][]string // the claims' watchdogs, run after the batch
 	for _, m := range due {
 		parts := strings.SplitN(m, "|", 4)
-		if len(parts) != 4 || (parts[0] != "d" && parts[0] != "a") || s.PartitionOf(parts[1]) != p {
+		if len(parts) != 4 || (parts[0] != "d" && parts[0] != "a" && parts[0] != "w") || s.PartitionOf(parts[1]) != p {
 			n++
 			outcomes["malformed"]++
 			s.log.Warn("dropped a malformed timer", "timer", m, "partition", p)
 			_ = s.rdb.ZRem(ctx, tk, m).Err()
 			continue
 		}
+		if parts[0] == "w" { // a claim's watchdog: rare, and it reads two partitions
+			watch = append(watch, parts)
+			continue
+		}
 		_, keys := s.cmdKeys(parts[1], parts[2], parts[3])
 		a := append([]any{m}, args[1:]...)
 		items = append(items, &batchCall{keys: keys, args: a})
 	}
+	n, err = s.fireBatch(ctx, p, items, ownerOf, n, outcomes)
+	if err != nil {
+		return n, outcomes, err
+	}
+	// The watchdogs run last: a relay of this batch may have made their
+	// claims final already. They are not counted in n (see watchdog.go).
+	for _, w := range watch {
+		member := strings.Join(w, "|")
+		what, err := s.watchClaim(ctx, p, member, w[1], w[2], w[3])
+		if err != nil {
+			return n, outcomes, fmt.Errorf("cannot run the watchdog %s: %w", member, err)
+		}
+		outcomes[what]++
+	}
+	return n, outcomes, nil
+}
+
+// fireBatch applies the command timers of partition p in one batch of the
+// fire step, adding to n and outcomes, and relays the results they made
+// final.
+func (s *Store) fireBatch(ctx context.Context, p int, items []*batchCall, ownerOf func(string) string, n int, outcomes map[string]int) (int, error) {
 	if len(items) == 0 {
-		return n, outcomes, nil
+		return n, nil
 	}
 	res, err := s.runBatch(ctx, p, stepFire, items)
 	if err != nil {
-		return n, outcomes, fmt.Errorf("cannot fire timers of partition %d: %w", p, err)
+		return n, fmt.Errorf("cannot fire timers of partition %d: %w", p, err)
 	}
 	for i, r := range res {
 		if r.err != nil {
-			return n, outcomes, fmt.Errorf("cannot fire timer %v: %w", items[i].args[0], r.err)
+			return n, fmt.Errorf("cannot fire timer %v: %w", items[i].args[0], r.err)
 		}
 		a, _ := r.v.([]any)
 		what, _ := reply(r.v)
@@ -287,7 +315,7 @@ func (s *Store) fireTimersIn(ctx context.Context, p, limit int, ownerOf func(str
 			s.relayNow(ctx, e, owner)
 		}
 	}
-	return n, outcomes, nil
+	return n, nil
 }
 
 // NextDue is the due time of partition p's earliest timer; zero when it

@@ -750,7 +750,8 @@ func TestPutFullAndTotals(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := mailbox.Totals{Mailboxes: 3, Entries: 5, Timers: 1, Dead: 0}
+	// Timers: the sent command's deliver-by timer and its claim's watchdog.
+	want := mailbox.Totals{Mailboxes: 3, Entries: 5, Timers: 2, Dead: 0}
 	if !reflect.DeepEqual(got, want) {
 		t.Errorf("Totals = %+v, want %+v", got, want)
 	}

@@ -205,6 +205,7 @@ type Store struct {
 	loads  atomic.Int64 // libraries loaded so far
 
 	finalConflicts atomic.Int64
+	lost           atomic.Int64
 	missing        atomic.Int64
 }
 

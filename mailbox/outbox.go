@@ -75,8 +75,8 @@ func (s *Store) relay(ctx context.Context, e *outboxEntry, clientOwner string) (
 	exp, _ := strconv.ParseInt(e.expires, 10, 64)
 	v, err := s.run(ctx, cp, stepRelay,
 		[]string{pk.Claim(e.client, e.key), pk.Mailbox(e.client), pk.Mailboxes(), pk.Session(e.client),
-			pk.StatusCounts(s.now().Unix() / 60)},
-		e.client, e.device, e.gen, e.status, e.resp, e.finished, exp)
+			pk.StatusCounts(s.now().Unix() / 60), pk.Timers()},
+		e.client, e.device, e.gen, e.status, e.resp, e.finished, exp, watchMember(e.client, e.device, e.key))
 	if err != nil {
 		return false, fmt.Errorf("cannot relay the result of %s: %w", e.key, err)
 	}
@@ -105,6 +105,9 @@ func (s *Store) relay(ctx context.Context, e *outboxEntry, clientOwner string) (
 	case "mismatch":
 		s.log.Warn("a result whose claim names another device: not delivered",
 			"client_id", e.client, "device_id", e.device, "msg_id", e.key)
+	}
+	if e.id == "" {
+		return dropped, nil // not from an outbox: the claim's watchdog
 	}
 	if err := s.rdb.XDel(ctx, s.keys.Part(e.p).Outbox(), e.id).Err(); err != nil {
 		return dropped, fmt.Errorf("cannot delete a relayed outbox entry: %w", s.classify(err))

@@ -159,6 +159,7 @@
 //	-32003  CodeDead       dead
 //	-32004  CodeCancelled  cancelled
 //	-32005  CodeRejected   rejected
+//	-32006  CodeLost       lost (the gateway lost the command's state beyond repair)
 //
 // [HTTPStatus] maps every other code, these included, to 500.
 //
@@ -181,6 +182,8 @@
 //	cancelled  yes    apiserver   cancelled before it went on the wire                   FAILED       -32004
 //	rejected   yes    msgworker   the device's mailbox was full                          FAILED       -32005
 //	dead       yes    msgworker   not processed within the delivery limit (dead letter)  FAILED       -32003
+//	lost       yes    msgworker   the gateway lost the record beyond repair (the claim's  FAILED       -32006
+//	                              watchdog, DESIGN §7a)
 //	void       no     apiserver   internal tombstone: reserved, then released after a    -            -
 //	                              definite publish failure; shown as "not found"
 //
@@ -201,6 +204,7 @@
 //	sent       cancelled                                  apiserver
 //	delivered  succeeded, failed                          pushserver
 //	delivered  timeout, dead                              msgworker
+//	pending, queued, sent, delivered → lost               msgworker (the claim's watchdog)
 //	dead       queued (operator replay)                   apiserver
 //
 // The push server that receives a device's answer completes it (DESIGN §5):

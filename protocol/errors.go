@@ -22,6 +22,7 @@ const (
 	CodeDead      = -32003
 	CodeCancelled = -32004
 	CodeRejected  = -32005
+	CodeLost      = -32006
 )
 
 // Gateway HTTP error codes, each paired with one HTTP status (HTTPStatus).

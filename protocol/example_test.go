@@ -152,5 +152,6 @@ func ExampleStatus_ThingsBoard() {
 	// cancelled final=true  FAILED     -32004
 	// rejected  final=true  FAILED     -32005
 	// dead      final=true  FAILED     -32003
+	// lost      final=true  FAILED     -32006
 	// void      final=false            0
 }

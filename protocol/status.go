@@ -19,6 +19,10 @@ const (
 	StatusCancelled Status = "cancelled"
 	StatusRejected  Status = "rejected"
 	StatusDead      Status = "dead"
+	// StatusLost ends a command whose state the gateway lost beyond
+	// repair (a Redis failover that lost its record): the claim's
+	// watchdog says so (-32006) instead of leaving the client waiting.
+	StatusLost Status = "lost"
 	// StatusVoid is an internal tombstone: reserved, then released after
 	// a definite publish failure (DESIGN §7a). It is never shown to a
 	// client (a void command is "not found") and never final.
@@ -29,7 +33,7 @@ const (
 var Statuses = []Status{
 	StatusPending, StatusQueued, StatusSent, StatusDelivered,
 	StatusSucceeded, StatusFailed, StatusTimeout, StatusExpired,
-	StatusCancelled, StatusRejected, StatusDead, StatusVoid,
+	StatusCancelled, StatusRejected, StatusDead, StatusLost, StatusVoid,
 }
 
 // Owner is the part of the gateway that may set a status.
@@ -75,6 +79,13 @@ var Transitions = []Transition{
 	{StatusDead, StatusQueued, OwnerAPI},
 	// A retry of a void id reserves it afresh (DESIGN §7a).
 	{StatusVoid, StatusPending, OwnerAPI},
+	// The claim's watchdog (a partition owner) ends a command whose record
+	// is gone beyond rebuild (DESIGN §7a): a transition of the claim, the
+	// client's ledger, since the record is no more.
+	{StatusPending, StatusLost, OwnerWorker},
+	{StatusQueued, StatusLost, OwnerWorker},
+	{StatusSent, StatusLost, OwnerWorker},
+	{StatusDelivered, StatusLost, OwnerWorker},
 }
 
 // Final reports whether s is a final status: the command has its result,
@@ -84,7 +95,7 @@ var Transitions = []Transition{
 func (s Status) Final() bool {
 	switch s {
 	case StatusSucceeded, StatusFailed, StatusTimeout, StatusExpired,
-		StatusCancelled, StatusRejected, StatusDead:
+		StatusCancelled, StatusRejected, StatusDead, StatusLost:
 		return true
 	}
 	return false
@@ -145,7 +156,7 @@ func (s Status) ThingsBoard() string {
 		return "TIMEOUT"
 	case StatusExpired:
 		return "EXPIRED"
-	case StatusFailed, StatusCancelled, StatusRejected, StatusDead:
+	case StatusFailed, StatusCancelled, StatusRejected, StatusDead, StatusLost:
 		return "FAILED"
 	}
 	return ""
@@ -166,6 +177,8 @@ func (s Status) ResultCode() int {
 		return CodeCancelled
 	case StatusRejected:
 		return CodeRejected
+	case StatusLost:
+		return CodeLost
 	}
 	return 0
 }

@@ -8,7 +8,7 @@ import (
 func TestStatusFinal(t *testing.T) {
 	final := map[Status]bool{
 		StatusSucceeded: true, StatusFailed: true, StatusTimeout: true, StatusExpired: true,
-		StatusCancelled: true, StatusRejected: true, StatusDead: true,
+		StatusCancelled: true, StatusRejected: true, StatusDead: true, StatusLost: true,
 	}
 	for _, s := range Statuses {
 		if got := s.Final(); got != final[s] {
@@ -24,7 +24,7 @@ func TestStatusFinal(t *testing.T) {
 
 func TestStatusNames(t *testing.T) {
 	want := []Status{"pending", "queued", "sent", "delivered", "succeeded", "failed",
-		"timeout", "expired", "cancelled", "rejected", "dead", "void"}
+		"timeout", "expired", "cancelled", "rejected", "dead", "lost", "void"}
 	if !reflect.DeepEqual(Statuses, want) {
 		t.Errorf("Statuses = %q, want %q", Statuses, want)
 	}
@@ -75,6 +75,12 @@ func TestCanTransition(t *testing.T) {
 		{StatusDelivered, StatusDead, OwnerWorker}:    true,
 
 		{StatusDead, StatusQueued, OwnerAPI}: true, // operator replay of a dead letter
+
+		// The claim's watchdog: the record is gone beyond rebuild.
+		{StatusPending, StatusLost, OwnerWorker}:   true,
+		{StatusQueued, StatusLost, OwnerWorker}:    true,
+		{StatusSent, StatusLost, OwnerWorker}:      true,
+		{StatusDelivered, StatusLost, OwnerWorker}: true,
 	}
 	if len(Transitions) != len(allowed) {
 		t.Errorf("len(Transitions) = %d, want %d", len(Transitions), len(allowed))
@@ -96,7 +102,7 @@ func TestCanTransition(t *testing.T) {
 		StatusPending: OwnerAPI, StatusQueued: OwnerAPI, StatusSent: OwnerWorker, StatusDelivered: OwnerPush,
 		StatusSucceeded: OwnerPush, StatusFailed: OwnerPush, StatusTimeout: OwnerWorker,
 		StatusExpired: OwnerWorker, StatusCancelled: OwnerAPI, StatusRejected: OwnerWorker,
-		StatusDead: OwnerWorker, StatusVoid: OwnerAPI,
+		StatusDead: OwnerWorker, StatusVoid: OwnerAPI, StatusLost: OwnerWorker,
 	}
 	for _, tr := range Transitions {
 		if setBy[tr.To] != tr.By {
@@ -179,6 +185,7 @@ func TestStatusThingsBoard(t *testing.T) {
 		{StatusCancelled, "FAILED"},
 		{StatusRejected, "FAILED"},
 		{StatusDead, "FAILED"},
+		{StatusLost, "FAILED"},
 		{StatusVoid, ""}, // internal: never shown to a client
 		{"", ""},
 		{"unknown", ""},

@@ -4,14 +4,19 @@
 -- becomes final with this status and response, and the result goes into
 -- the client's results mailbox; the same final again changes nothing
 -- ('dup'); a different final for a closed claim is not delivered
--- ('conflict'). Replies {outcome, session node, dropped}.
-local claim, mk, mboxes, sess, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local client, device, gen, status, resp, finished, expires = A[1], A[2], tonumber(A[3]), A[4], A[5], A[6], tonumber(A[7])
+-- ('conflict'). The claim, once final, needs no watchdog (member of the
+-- client partition's timers). Status 'lost' comes from the watchdog
+-- itself, for a claim whose record is gone: it applies to an open claim
+-- only. Replies {outcome, session node, dropped}.
+local claim, mk, mboxes, sess, stats, timers = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local client, device, gen, status, resp, finished, expires, member =
+  A[1], A[2], tonumber(A[3]), A[4], A[5], A[6], tonumber(A[7]), A[8]
 
 local c = redis.call('HMGET', claim, 'device', 'state', 'gen', 'status', 'resp')
 if c[1] and c[1] ~= device then return {'mismatch', '', ''} end
 local cg = num(c[3])
 if c[1] and cg > gen then return {'stale', '', ''} end
+if status == 'lost' and (c[2] ~= 'open' or cg ~= gen) then return {'stale', '', ''} end
 if c[2] == 'final' and cg == gen then
   if c[4] == status and c[5] == resp then return {'dup', '', ''} end
   redis.call('HSET', claim, 'conflict', status)
@@ -25,4 +30,6 @@ end
 redis.call('HSET', claim, 'device', device, 'state', 'final', 'gen', ms(gen), 'status', status,
   'resp', resp, 'finished', finished, 'dropped', dropped)
 redis.call('PEXPIRE', claim, ms(RET))
+redis.call('ZREM', timers, member)
+if status == 'lost' then count(stats, 'lost') end
 return {'relayed', session(sess), dropped}
