@@ -286,7 +286,7 @@
 //	msg_id            yes        string or integer  The client's message ID, as the client wrote it.
 //	payload           yes        object             The client's JSON-RPC request (the device gets its
 //	                                                method and params, see Envelope.DeviceRequest).
-//	accepted_at       commands*  RFC 3339 time      When the apiserver accepted the command (UTC, milliseconds).
+//	accepted_at       yes*       RFC 3339 time      When the apiserver accepted the command (UTC, milliseconds).
 //	deliver_by        no         RFC 3339 time      Deadline for delivery: accepted_at + expires_in.
 //	answer_within_ms  no         integer            The timeout, in milliseconds after delivery.
 //	attempt           yes*       integer            1 for the first publish; a replay of a dead letter adds 1.
