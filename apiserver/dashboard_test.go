@@ -25,7 +25,6 @@ import (
 	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/internal/testenv"
-	"github.com/iotgw/gateway/protocol"
 )
 
 // The dashboard and its files are served from the binary, next to the
@@ -216,7 +215,12 @@ func TestDashboardInChromium(t *testing.T) {
 		assert.Contains(t, dom, ">"+g.topo.CommandQueue(q)+"<")
 	}
 	assert.Equal(t, 23, sum, "the command queues add up")
-	assert.Equal(t, "0", textOf(dom, "results-ready"))
+	// No results queue (device answers do not cross RabbitMQ): no tile,
+	// no row.
+	assert.NotContains(t, dom, `id="results-ready"`)
+	assert.NotContains(t, dom, ">"+g.ns+".results<")
+	assert.NotContains(t, dom, ">"+g.ns+".results.dead<")
+	assert.Equal(t, "0", textOf(dom, "q-commands.dead-ready"))
 	assert.Equal(t, "3", textOf(dom, "dead-count"))
 	assert.Regexp(t, `id="outcome-dead"><span class="n">3</span>`, dom, "dead in the recent outcomes")
 	assert.Equal(t, "4", textOf(dom, "sessions-total"))
@@ -275,7 +279,7 @@ func TestDashboardInChromium(t *testing.T) {
 	t.Logf("screenshot: %s", shot)
 }
 
-// backgroundLoad publishes commands and results (raw envelopes) and
+// backgroundLoad publishes commands (raw envelopes) and
 // consumes commands a little slower, like a worker falling behind, until
 // the returned function is called, so that the charts have something to
 // draw.
@@ -298,9 +302,6 @@ func (g *gw) backgroundLoad(t *testing.T) func() {
 			case <-tick.C:
 			}
 			exchange, key := g.topo.DeviceRoute(fmt.Sprintf("dev-%d", i))
-			if i%3 == 0 {
-				exchange, key = g.topo.ResultsExchange, protocol.RoutingResult
-			}
 			pctx, pcancel := context.WithTimeout(ctx, 2*time.Second)
 			_ = g.pub.Publish(pctx, exchange, key, []byte(`{}`), amqpx.Headers{})
 			pcancel()

@@ -123,8 +123,7 @@ type statsView struct {
 	At        time.Time `json:"at"`
 	Namespace string    `json:"namespace"`
 	// Queues holds {ns}.commands (the GW_QUEUES command queues together,
-	// each listed in its Queues), {ns}.results and the two dead-letter
-	// queues.
+	// each listed in its Queues) and {ns}.commands.dead.
 	Queues      map[string]queueView `json:"queues"`
 	Management  mgmtStatus           `json:"management"`
 	Mailboxes   mailboxView          `json:"mailboxes"`
@@ -351,9 +350,7 @@ func (o *ops) collect(ctx context.Context) statsView {
 		commands = append(commands, commandQueueView{Name: q, Index: i, queueView: view(q)})
 	}
 	v.Queues[s.topo.CommandsGroup] = sumQueues(commands)
-	for _, q := range []string{s.topo.ResultsQueue, s.topo.CommandsDeadQueue, s.topo.ResultsDeadQueue} {
-		v.Queues[q] = view(q)
-	}
+	v.Queues[s.topo.CommandsDeadQueue] = view(s.topo.CommandsDeadQueue)
 	if totErr == nil {
 		v.Mailboxes = mailboxView{Mailboxes: ptr(totals.Mailboxes), Entries: ptr(totals.Entries)}
 		v.Timers, v.Dead = ptr(totals.Timers), ptr(totals.Dead)

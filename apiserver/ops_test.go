@@ -136,25 +136,25 @@ func TestStatsQueueDepthIsExact(t *testing.T) {
 	const k = 7
 	g.postN(t, "app-1", "depth", k)
 
-	// A consumer on the results queue, which must count.
+	// A consumer on the commands dead-letter queue, which must count.
 	ch, err := g.conn.Channel()
 	require.NoError(t, err)
 	t.Cleanup(func() { ch.Close() })
-	_, err = ch.Consume(g.topo.ResultsQueue, "stats-test", false, false, false, false, nil)
+	_, err = ch.Consume(g.topo.CommandsDeadQueue, "stats-test", false, false, false, false, nil)
 	require.NoError(t, err)
 
 	// A quorum queue counts consumers from its Raft state, which may
 	// trail the consume-ok by a moment.
 	v := g.stats(t)
 	for deadline := time.Now().Add(5 * time.Second); time.Now().Before(deadline); v = g.stats(t) {
-		if c := v.Queues[g.topo.ResultsQueue].Consumers; c != nil && *c == 1 {
+		if c := v.Queues[g.topo.CommandsDeadQueue].Consumers; c != nil && *c == 1 {
 			break
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	assert.Equal(t, g.ns, v.Namespace)
 	assert.WithinDuration(t, time.Now(), v.At, 5*time.Second)
-	require.Len(t, v.Queues, 4)
+	require.Len(t, v.Queues, 2)
 	for _, q := range statsQueues(g.topo) {
 		require.Contains(t, v.Queues, q)
 		require.NotNil(t, v.Queues[q].Ready, q)
@@ -184,11 +184,12 @@ func TestStatsQueueDepthIsExact(t *testing.T) {
 		compareWithRabbitmqctl(t, q.Name, *q.Ready)
 	}
 	assert.Equal(t, k, sum)
-	assert.Equal(t, 0, *v.Queues[g.topo.ResultsQueue].Ready)
-	assert.Equal(t, 1, *v.Queues[g.topo.ResultsQueue].Consumers)
-	assert.Nil(t, v.Queues[g.topo.ResultsQueue].Queues)
 	assert.Equal(t, 0, *v.Queues[g.topo.CommandsDeadQueue].Ready)
-	assert.Equal(t, 0, *v.Queues[g.topo.ResultsDeadQueue].Ready)
+	assert.Equal(t, 1, *v.Queues[g.topo.CommandsDeadQueue].Consumers)
+	assert.Nil(t, v.Queues[g.topo.CommandsDeadQueue].Queues)
+	// Device answers do not cross RabbitMQ (DESIGN §5): no results queues.
+	assert.NotContains(t, v.Queues, g.ns+".results")
+	assert.NotContains(t, v.Queues, g.ns+".results.dead")
 
 	if mgmtReachable(t) {
 		assert.True(t, v.Management.Available, "management: %+v", v.Management)
@@ -241,7 +242,7 @@ func TestStatsQueueDepthIsExact(t *testing.T) {
 		assert.NotContains(t, one, "queues")
 		assert.Equal(t, g.topo.CommandQueue(i), one["name"])
 	}
-	assert.NotContains(t, raw["queues"].(map[string]any)[g.topo.ResultsQueue], "queues")
+	assert.NotContains(t, raw["queues"].(map[string]any)[g.topo.CommandsDeadQueue], "queues")
 }
 
 // Only operators may read stats and dead letters.
@@ -309,7 +310,7 @@ func TestStatsWithoutQueueDepth(t *testing.T) {
 
 // statsQueues are the keys of the queues of GET /v1/stats.
 func statsQueues(topo protocol.Topology) []string {
-	return []string{topo.CommandsGroup, topo.ResultsQueue, topo.CommandsDeadQueue, topo.ResultsDeadQueue}
+	return []string{topo.CommandsGroup, topo.CommandsDeadQueue}
 }
 
 // plainPublisher hides QueueDepth.
@@ -601,13 +602,13 @@ func TestOpsGauges(t *testing.T) {
 	m := scrape()
 	require.Equal(t, 4.0, ready(m), "gw_queue_ready_messages of the command queues in\n%s", m)
 	assert.NotContains(t, m, fmt.Sprintf(`{queue=%q}`, g.topo.CommandsGroup), "a series for the sum")
+	assert.NotContains(t, m, fmt.Sprintf(`{queue=%q}`, g.ns+".results"), "a series for the removed results queue")
+	assert.NotContains(t, m, fmt.Sprintf(`{queue=%q}`, g.ns+".results.dead"), "a series for the removed results dead-letter queue")
 	series := map[string]float64{
-		fmt.Sprintf(`gw_queue_ready_messages{queue=%q}`, g.topo.ResultsQueue):      0,
 		fmt.Sprintf(`gw_queue_ready_messages{queue=%q}`, g.topo.CommandsDeadQueue): 0,
-		fmt.Sprintf(`gw_queue_ready_messages{queue=%q}`, g.topo.ResultsDeadQueue):  0,
 		"gw_mailbox_entries":           1, // the dead command's result, for app-1
 		"gw_mailboxes":                 1,
-		"gw_timers_pending":            4, // the deliver-by timers of the queued commands
+		"gw_timers_pending":            8, // the deliver-by timers of the queued commands and their claims' watchdogs
 		"gw_dead_commands":             1,
 		"gw_outbox_entries":            0, // every final step relayed at once
 		"gw_outbox_oldest_age_seconds": 0,

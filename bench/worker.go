@@ -25,10 +25,10 @@ type cmdRef struct {
 // runWorker measures one msgworker process on its own: the commands
 // queue is filled with N ready commands (reserved and marked queued in
 // Redis, published as the apiserver does), then the worker starts and the
-// bench times how fast the commands become sent; then the worker stops,
-// the results queue is filled with one device answer per command, the
-// worker starts again and the bench times how fast the commands become
-// succeeded. No push server runs: the mailbox entries just stay.
+// bench times how fast the commands become sent. Only the command path is
+// measured: device answers do not cross RabbitMQ (the push server
+// completes them, DESIGN §5), so the worker never handles them. No push
+// server runs: the mailbox entries just stay.
 func runWorker(ctx context.Context, b *Bench, s *Section) error {
 	if err := b.need("msgworker"); err != nil {
 		return err
@@ -88,30 +88,7 @@ func runWorker(ctx context.Context, b *Bench, s *Section) error {
 		s.Note("stopping the worker: %v", err)
 	}
 
-	// Results: one device answer per command, as a push server forwards it.
-	t0 = time.Now()
-	if err := parallel(ctx, 64, n, func(i int) error { return prefillResult(ctx, pub, topo, refs[i]) }); err != nil {
-		return fmt.Errorf("cannot pre-fill the results queue: %w", err)
-	}
-	if err := waitDepth(ctx, pub, n, topo.ResultsQueue); err != nil {
-		return err
-	}
-	s.Note("Pre-filled %d results in %s.", n, time.Since(t0).Round(time.Millisecond))
-	dr, err = drain(ctx, b, store, w, brokers, protocol.StatusSucceeded, n)
-	if err != nil {
-		return err
-	}
-	s.Add("worker_results_per_s", "worker: results completed (sent → succeeded)", dr.rate, "results/s", AtLeast(10000))
-	s.Explain(dr.cpu.Run)
-	s.Add("worker_result_cpu_us", "worker: CPU per result", dr.workerUS, "µs", nil)
-	s.CPU = append(s.CPU, dr.cpu)
-	s.Note("Results: the worker started %s after the bench started it and took %s for the last %d of %d results.",
-		dr.startup.Round(time.Millisecond), dr.elapsed.Round(time.Millisecond), dr.measured, n)
-	b.logf("worker results: %.0f/s, %.0f µs CPU each", dr.rate, dr.workerUS)
-	if err := w.Stop(); err != nil {
-		s.Note("stopping the worker: %v", err)
-	}
-	s.Note("%d clients, %d devices; the worker's defaults: %d command queues, prefetch %d and %d handlers for the command queues together (and for results). CPU is counted from the first observed progress, so the process's start is left out.", clients, devices, topo.QueueCount, 128, 64)
+	s.Note("%d clients, %d devices; the worker's defaults: %d command queues, prefetch %d and %d handlers for the command queues together. CPU is counted from the first observed progress, so the process's start is left out. Device answers are not measured here: they never reach the worker (the push server completes them in Redis, DESIGN §5; the round-trip section covers them).", clients, devices, topo.QueueCount, 128, 64)
 	s.Notes = append(s.Notes, logProblems(w)...)
 	return nil
 }
@@ -210,19 +187,6 @@ func prefillCommand(ctx context.Context, store *mailbox.Store, pub *amqpx.Publis
 		return err
 	}
 	return store.MarkQueued(ctx, r.client, r.id.Key(), rec.LeaseToken)
-}
-
-func prefillResult(ctx context.Context, pub *amqpx.Publisher, topo protocol.Topology, r cmdRef) error {
-	devID, _ := json.Marshal(protocol.DeviceMsgID(r.client, r.id))
-	payload := []byte(`{"jsonrpc":"2.0","result":{"i":` + strconv.Itoa(r.n) + `},"id":` + string(devID) + `}`)
-	env := protocol.Envelope{Kind: protocol.KindResult, Client: r.client, Device: r.device, MsgID: r.id, Payload: payload,
-		AcceptedAt: time.Now(), Attempt: 1}
-	body, err := env.Encode()
-	if err != nil {
-		return err
-	}
-	return pub.Publish(ctx, topo.ResultsExchange, protocol.RoutingResult, body, amqpx.Headers{
-		MessageID: protocol.DeviceMsgID(r.client, r.id), Type: protocol.KindResult})
 }
 
 // waitDepth waits until the queues hold n ready messages together (at

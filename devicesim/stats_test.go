@@ -12,7 +12,7 @@ func TestWriteTreeCommandQueues(t *testing.T) {
 	var stats map[string]any
 	if err := json.Unmarshal([]byte(`{"queues":{"gw.commands":{"ready":3,"queues":[
 		{"name":"gw.commands.0","index":0,"ready":1},{"name":"gw.commands.1","index":1,"ready":2}]},
-		"gw.results":{"ready":0}},"push_servers":[{"node":"push-1"}]}`), &stats); err != nil {
+		"gw.commands.dead":{"ready":0}},"push_servers":[{"node":"push-1"}]}`), &stats); err != nil {
 		t.Fatal(err)
 	}
 	var b strings.Builder
@@ -30,7 +30,7 @@ queues:
         index: 1
         ready: 2
     ready: 3
-  gw.results:
+  gw.commands.dead:
     ready: 0
 `
 	if got := b.String(); got != want {

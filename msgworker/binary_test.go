@@ -176,11 +176,13 @@ func startProcess(t testing.TB, bin, ns, name string) *process {
 	return p
 }
 
-// waitConsuming waits until the process consumes its four queues.
+// waitConsuming waits until the process consumes its queues: the
+// protocol.DefaultQueues command queues and the commands dead-letter
+// queue.
 func (p *process) waitConsuming(t testing.TB) {
 	t.Helper()
 	require.Eventually(t, func() bool {
-		return strings.Count(p.out.String(), `"msg":"consuming"`) >= 4
+		return strings.Count(p.out.String(), `"msg":"consuming"`) >= protocol.DefaultQueues+1
 	}, 20*time.Second, 20*time.Millisecond, "msgworker never consumed:\n%s", p.out.String())
 }
 

@@ -17,10 +17,10 @@ import (
 // retention, mailbox cap, metrics address) come from package config.
 const (
 	// DefaultPrefetch bounds a worker's unacked deliveries of the command
-	// queues together, and of the results queue (see Config.Prefetch).
+	// queues together (see Config.Prefetch).
 	DefaultPrefetch = 128
 	// DefaultConcurrency is the number of handlers a worker runs at once
-	// for the command queues together, and for the results queue.
+	// for the command queues together.
 	DefaultConcurrency = 64
 	// DefaultTimerInterval is how often every worker polls the timer set.
 	DefaultTimerInterval = 200 * time.Millisecond
@@ -58,7 +58,7 @@ type Config struct {
 	// GW_MAILBOX_CAP). Default 10000.
 	MailboxCap int
 	// Prefetch bounds the unacked deliveries of the command queues
-	// together, and those of the results queue (prefetch, GW_PREFETCH).
+	// together (prefetch, GW_PREFETCH).
 	// Default 128. The command queues share it: each of their consumers
 	// has a prefetch of Prefetch/Queues, rounded up (so the total may be
 	// a little more), so a worker holds about as many commands whatever
@@ -66,7 +66,7 @@ type Config struct {
 	// ones workers hold) means the same.
 	Prefetch int
 	// Concurrency is how many handlers run at once for the command queues
-	// together, and for the results queue (concurrency, GW_CONCURRENCY).
+	// together (concurrency, GW_CONCURRENCY).
 	// Default 64, and never above Prefetch. The command queues share it
 	// as they share Prefetch: each consumer runs Concurrency/Queues
 	// handlers, rounded up. The worker's Redis connections and goroutines
@@ -173,8 +173,8 @@ func (f *flags) bind(b *config.Binder) {
 	f.Scale.Bind(b)
 	b.Duration(&f.Retention, "retention", config.DefaultRetention, "how long final records and results are kept")
 	b.Int(&f.MailboxCap, "mailbox-cap", config.DefaultMailboxCap, "entries per mailbox; a command to a full device mailbox is rejected")
-	b.Int(&f.Prefetch, "prefetch", DefaultPrefetch, "unacked deliveries of the command queues together, and of the results queue")
-	b.Int(&f.Concurrency, "concurrency", DefaultConcurrency, "handlers running at once for the command queues together, and for the results queue (at most prefetch)")
+	b.Int(&f.Prefetch, "prefetch", DefaultPrefetch, "unacked deliveries of the command queues together")
+	b.Int(&f.Concurrency, "concurrency", DefaultConcurrency, "handlers running at once for the command queues together (at most prefetch)")
 	b.Duration(&f.TimerInterval, "timer-interval", DefaultTimerInterval, "how often the timer set is polled")
 	b.String(&f.MetricsAddr, "metrics-addr", config.DefaultMetricsAddr, "Prometheus listen address (port 0: any free port, logged at start)")
 }

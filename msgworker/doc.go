@@ -16,16 +16,18 @@
 //	{ns}.commands.{q},    mailbox.Dispatch                sent, expired (deliver-by passed),
 //	q = 0..GW_QUEUES-1                                    rejected (device mailbox full),
 //	                                                      noop (cancelled, sent or beyond)
-//	{ns}.results          protocol.ParseResponse,         succeeded, failed, late (recorded
-//	                      mailbox.Complete                and dropped), noop
 //	{ns}.commands.dead    mailbox.MarkDead, which acts    dead (pending or queued): the
 //	                      only on a pending or queued     client gets -32003; noop when
 //	                      command                         sent or beyond (its timers or
 //	                                                      the device's answer end it)
-//	{ns}.results.dead     mailbox.Complete once more,     logged; the command's own timer
-//	                      else log                        ends it as timeout (-32001)
 //	timer loop            mailbox.FireTimers every        expired, timeout, rearmed
 //	                      --timer-interval
+//
+// A worker never sees a device's answer: the push server that receives
+// it completes the command in Redis (mailbox.Store.Complete, DESIGN §5),
+// so there is no results queue to consume. The worker's timers still end
+// a command whose answer never comes (timeout, -32001), and its partition
+// owners relay the leftover outbox entries of completed commands.
 //
 // Every worker consumes every command queue, one consumer each; they
 // share GW_PREFETCH and GW_CONCURRENCY (Config.Prefetch), and count as
@@ -44,9 +46,9 @@
 //
 // # Failures
 //
-//   - A body that is not an envelope of the queue's kind (or a result
-//     whose payload is not a JSON-RPC response) is poison: it is rejected
-//     and goes to the dead letters at once.
+//   - A body that is not a command envelope is poison (an envelope of
+//     the former kind "result" included): it is rejected and goes to the
+//     dead letters at once.
 //   - Redis unavailable (network error, timeout, LOADING, READONLY…) is
 //     transient, not poison: the handler returns amqpx.ErrTransient, the
 //     consumer holds the delivery unacked (its delivery count does not
@@ -62,15 +64,9 @@
 //     marked dead; one that is sent or delivered already (its Dispatch
 //     succeeded, only the acks failed) is left alone: it ends normally,
 //     by the device's answer or its timers.
-//   - The dead-letter queues have no delivery limit: a dead letter whose
+//   - The dead-letter queue has no delivery limit: a dead letter whose
 //     handling keeps failing (not transiently) is dropped with an error
 //     log after protocol.DeliveryLimit retries instead of looping.
-//   - A dead result (a device answer that could not be processed) is
-//     logged, counted, and offered once more to mailbox.Complete, which is
-//     harmless thanks to the compare-and-set: it may still save the
-//     device's real answer, or records it as late. If it cannot be
-//     applied it is dropped and the command's answer-within timer ends it
-//     as timeout, so the client still gets exactly one result.
 //   - RabbitMQ connection loss: the consumers reconnect with backoff and
 //     redeclare the topology (amqpx); unacked deliveries return to the
 //     queue and are handled again, harmlessly.

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
@@ -10,7 +9,6 @@ import (
 	"net"
 	"strings"
 	"syscall"
-	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
@@ -23,9 +21,7 @@ import (
 // Queue labels: the queue names without the namespace.
 const (
 	queueCommands     = "commands"
-	queueResults      = "results"
 	queueCommandsDead = "commands.dead"
-	queueResultsDead  = "results.dead"
 )
 
 // handleCommand moves one command from the commands queue into its
@@ -58,48 +54,6 @@ func (w *Worker) handleCommand(ctx context.Context, m *Message) error {
 		return fmt.Errorf("%w: %w", amqpx.ErrReject, err)
 	}
 	return w.settle(m, "dispatch", err)
-}
-
-// handleResult applies one device answer: the envelope's payload is the
-// device's JSON-RPC response; mailbox.Complete makes the command succeeded
-// or failed and gives the client its result, or records a late answer on a
-// command that is already final and drops it.
-func (w *Worker) handleResult(ctx context.Context, m *Message) error {
-	env, resp, err := decodeResult(m.Body)
-	if err != nil {
-		m.Outcome = outcomePoison
-		return fmt.Errorf("%w: cannot decode result: %w", amqpx.ErrReject, err)
-	}
-	m.Client, m.Device, m.MsgID = env.Client, env.Device, env.MsgID.Key()
-	out, err := w.store.Complete(ctx, env.Client, env.MsgID.Key(), env.Device, resp, time.Since(env.AcceptedAt), w.ownerOf(env.Client))
-	if err == nil {
-		m.Outcome = string(out)
-		return nil
-	}
-	return w.settle(m, "complete", err)
-}
-
-// decodeResult decodes a result envelope and its response. When the
-// response's id is a device-facing id ("{client}:{id}") it must name the
-// envelope's command: a mismatch is a bug upstream, and poison.
-func decodeResult(body []byte) (*protocol.Envelope, *protocol.Response, error) {
-	env, err := protocol.DecodeEnvelope(body)
-	if err != nil {
-		return nil, nil, err
-	}
-	if env.Kind != protocol.KindResult {
-		return nil, nil, fmt.Errorf("kind %q on the results queue", env.Kind)
-	}
-	resp, err := protocol.ParseResponse(env.Payload)
-	if err != nil {
-		return nil, nil, err
-	}
-	if s, ok := stringID(resp.ID); ok {
-		if c, id, err := protocol.ParseDeviceMsgID(s); err == nil && (c != env.Client || id.Key() != env.MsgID.Key()) {
-			return nil, nil, fmt.Errorf("response id %q is not the envelope's command %s:%s", s, env.Client, env.MsgID.Key())
-		}
-	}
-	return env, resp, nil
 }
 
 // handleDeadCommand ends a dead-lettered command as dead: the client gets
@@ -156,40 +110,6 @@ func (w *Worker) countDead(m *Message, err *error) {
 	}
 }
 
-// handleDeadResult handles a device answer that could not be processed
-// within the delivery limit (or was poison). It is logged and counted, and,
-// when it decodes, offered once more to mailbox.Complete: the compare-and-
-// set makes that harmless (a final command records it as late), and it
-// saves the device's real answer when the earlier attempts failed for a
-// reason that has passed. When it cannot be applied, nothing else is done:
-// the command's answer-within timer ends it as timeout (-32001), so the
-// client still gets exactly one result. Redis being down is transient, as
-// everywhere.
-func (w *Worker) handleDeadResult(ctx context.Context, m *Message) (err error) {
-	defer w.countDead(m, &err)
-	reason := deathReason(m.Headers)
-	env, resp, err := decodeResult(m.Body)
-	if err != nil {
-		m.Outcome = outcomeLogged
-		w.log.Error("dead result cannot be decoded; dropped (the command's timer will end it)",
-			"reason", reason, "err", err, "bytes", len(m.Body), "body", preview(m.Body))
-		return nil
-	}
-	m.Client, m.Device, m.MsgID = env.Client, env.Device, env.MsgID.Key()
-	out, err := w.store.Complete(ctx, env.Client, env.MsgID.Key(), env.Device, resp, time.Since(env.AcceptedAt), w.ownerOf(env.Client))
-	switch {
-	case err == nil:
-		m.Outcome = string(out)
-	case isTransient(err):
-		return fmt.Errorf("%w: cannot complete dead result: %w", amqpx.ErrTransient, err)
-	default:
-		m.Outcome = outcomeLogged
-	}
-	w.log.Warn("dead result", "client_id", env.Client, "device_id", env.Device, "msg_id", env.MsgID.Key(),
-		"reason", reason, "outcome", m.Outcome, "err", err)
-	return nil
-}
-
 // settle turns a mailbox error into the message's fate: a command that
 // does not exist (its record expired, or its publish was released) or
 // that conflicts with another is acked, since no retry can change it;
@@ -216,7 +136,7 @@ func (w *Worker) settle(m *Message, op string, err error) error {
 	return fmt.Errorf("cannot %s: %w", op, err)
 }
 
-// settleDead is settle for the dead-letter queues. They have no delivery
+// settleDead is settle for the dead-letter queue. It has no delivery
 // limit, so a failure that is not transient is retried until the
 // delivery count reaches protocol.DeliveryLimit; then the dead letter is
 // dropped with an error log rather than redelivered forever.
@@ -318,15 +238,4 @@ func preview(b []byte) string {
 		return string(b[:max]) + "…"
 	}
 	return string(b)
-}
-
-// stringID reads a response's id into a string as json.Unmarshal does
-// (false when it cannot). An id string without escapes, what devices
-// send, is read without encoding/json.
-func stringID(raw json.RawMessage) (string, bool) {
-	if n := len(raw); n >= 2 && raw[0] == '"' && raw[n-1] == '"' && bytes.IndexByte(raw[1:n-1], '\\') < 0 && bytes.IndexByte(raw[1:n-1], '"') < 0 {
-		return string(raw[1 : n-1]), true
-	}
-	var s string
-	return s, json.Unmarshal(raw, &s) == nil
 }

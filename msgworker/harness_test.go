@@ -23,8 +23,8 @@ import (
 
 // harness is one test's namespace with what the other parts of the
 // gateway would do around the workers: the apiserver's reserve, publish
-// and MarkQueued, the push server's Fetch and Ack, and the device answers
-// forwarded to the results exchange.
+// and MarkQueued, the push server's Fetch and Ack, and the device answers,
+// which the push server completes in Redis itself (DESIGN §5).
 type harness struct {
 	t     testing.TB
 	ns    string
@@ -206,26 +206,60 @@ func (h *harness) tryPublish(exchange, key string, body []byte) error {
 	return err
 }
 
-// answer publishes the device's answer to the command env (as the push
-// server forwards it): a result, or an error when errCode is not 0.
-func (h *harness) answer(env *protocol.Envelope, errCode int) {
+// answer completes the command env with its device's answer, as the push
+// server that receives the answer does (DESIGN §5: answers do not cross
+// RabbitMQ): a result, or an error when errCode is not 0. It returns what
+// mailbox.Store.Complete did.
+func (h *harness) answer(env *protocol.Envelope, errCode int) mailbox.Outcome {
 	h.t.Helper()
-	h.publish(h.topo.ResultsExchange, protocol.RoutingResult, resultBody(h.t, env, errCode))
+	out, err := h.tryAnswer(env, errCode)
+	require.NoError(h.t, err, "answer to %s:%s", env.Client, env.MsgID.Key())
+	return out
 }
 
-func resultBody(t testing.TB, env *protocol.Envelope, errCode int) []byte {
+// tryAnswer is answer returning its error, for use from other
+// goroutines. Like the push server, it reads the command back from the
+// response's device-facing id "{client}:{id}".
+func (h *harness) tryAnswer(env *protocol.Envelope, errCode int) (mailbox.Outcome, error) {
+	resp, err := protocol.ParseResponse(answerPayload(env, errCode))
+	if err != nil {
+		return "", fmt.Errorf("cannot parse the answer: %w", err)
+	}
+	var devID string
+	if err := json.Unmarshal(resp.ID, &devID); err != nil {
+		return "", fmt.Errorf("cannot read the answer's id: %w", err)
+	}
+	client, id, err := protocol.ParseDeviceMsgID(devID)
+	if err != nil {
+		return "", fmt.Errorf("cannot read the answer's id: %w", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	return h.store.Complete(ctx, client, id.Key(), env.Device, resp, 0, "")
+}
+
+// answerPayload is the device's JSON-RPC answer to env: a result naming
+// the device-facing id, or an error with errCode when it is not 0.
+func answerPayload(env *protocol.Envelope, errCode int) []byte {
 	devID, _ := json.Marshal(protocol.DeviceMsgID(env.Client, env.MsgID))
-	payload := `{"jsonrpc":"2.0","result":{"ok":true,"for":` + string(devID) + `},"id":` + string(devID) + `}`
 	if errCode != 0 {
-		payload = `{"jsonrpc":"2.0","error":{"code":` + strconv.Itoa(errCode) + `,"message":"device says no"},"id":` + string(devID) + `}`
+		return []byte(`{"jsonrpc":"2.0","error":{"code":` + strconv.Itoa(errCode) + `,"message":"device says no"},"id":` + string(devID) + `}`)
 	}
-	res := &protocol.Envelope{
-		Kind: protocol.KindResult, Client: env.Client, Device: env.Device, MsgID: env.MsgID,
-		Payload: json.RawMessage(payload), AcceptedAt: time.Now().UTC(), Attempt: 1,
-	}
-	body, err := res.Encode()
+	return []byte(`{"jsonrpc":"2.0","result":{"ok":true,"for":` + string(devID) + `},"id":` + string(devID) + `}`)
+}
+
+// legacyResultBody is an envelope of the former kind "result" answering
+// env, as push servers once published to the results queue. Nothing
+// publishes it any more; DecodeEnvelope refuses it.
+func legacyResultBody(t testing.TB, env *protocol.Envelope) []byte {
+	t.Helper()
+	b, err := json.Marshal(map[string]any{
+		"v": 1, "kind": "result", "client": env.Client, "device": env.Device,
+		"msg_id": json.RawMessage(env.MsgID.Raw()), "payload": json.RawMessage(answerPayload(env, 0)),
+		"accepted_at": time.Now().UTC(), "attempt": 1,
+	})
 	require.NoError(t, err)
-	return body
+	return b
 }
 
 // get returns the command record.

@@ -20,7 +20,7 @@ func newMetrics(reg prometheus.Registerer, reconnects func() float64) (*metrics,
 	m := &metrics{
 		handled: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gw_worker_handled_total",
-			Help: "Deliveries handled, by queue (commands, results, commands.dead, results.dead) and outcome (sent, noop, expired, rejected, succeeded, failed, late, dead, unknown, conflict, poison, transient, error, panic, logged, dropped).",
+			Help: "Deliveries handled, by queue (commands, commands.dead) and outcome (sent, noop, expired, rejected, dead, unknown, conflict, poison, transient, error, panic, logged, dropped).",
 		}, []string{"queue", "outcome"}),
 		duration: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Name:    "gw_worker_handler_duration_seconds",

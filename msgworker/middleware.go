@@ -17,8 +17,8 @@ import (
 // gocraft/work's job struct.
 type Message struct {
 	amqpx.Delivery
-	// Queue is the short name of the queue ("commands", "results",
-	// "commands.dead", "results.dead"), used as a metric label.
+	// Queue is the short name of the queue ("commands" or
+	// "commands.dead"), used as a metric label.
 	Queue string
 	// Outcome is what the handler did, a metric label: a mailbox outcome
 	// ("sent", "noop", "succeeded"…) or one of the worker's own ("poison",

@@ -19,10 +19,10 @@ import (
 	"github.com/iotgw/gateway/protocol"
 )
 
-// Worker is one msgworker: competing consumers of every command queue,
-// of the results queue and of the dead-letter queues, and the timer loop. Any
-// number of Workers (processes or, in tests, values in one process) share
-// the work of a namespace.
+// Worker is one msgworker: competing consumers of every command queue
+// and of the commands dead-letter queue, and the timer loop. Any number
+// of Workers (processes or, in tests, values in one process) share the
+// work of a namespace.
 type Worker struct {
 	cfg   Config
 	log   *slog.Logger
@@ -52,7 +52,7 @@ func New(cfg Config) (*Worker, error) {
 	}
 	// Handlers of every queue and the timer loop share the pool.
 	cmdPrefetch, cmdWorkers := cfg.commandShare()
-	if n := cfg.Queues*cmdWorkers + cfg.Concurrency + 2*deadConcurrency + 4; ropts.PoolSize < n {
+	if n := cfg.Queues*cmdWorkers + deadConcurrency + 4; ropts.PoolSize < n {
 		ropts.PoolSize = n
 	}
 	w := &Worker{
@@ -98,10 +98,10 @@ func New(cfg Config) (*Worker, error) {
 	for _, q := range w.topo.CommandQueues() {
 		queues = append(queues, consumed{q, queueCommands, cmdPrefetch, cmdWorkers, w.handleCommand})
 	}
+	// Device answers do not cross RabbitMQ (DESIGN §5): the push server
+	// completes them, so there is no results consumer.
 	queues = append(queues,
-		consumed{w.topo.ResultsQueue, queueResults, cfg.Prefetch, cfg.Concurrency, w.handleResult},
 		consumed{w.topo.CommandsDeadQueue, queueCommandsDead, deadPrefetch, deadConcurrency, w.handleDeadCommand},
-		consumed{w.topo.ResultsDeadQueue, queueResultsDead, deadPrefetch, deadConcurrency, w.handleDeadResult},
 	)
 	for _, q := range queues {
 		// The standard middleware is outermost, so it logs and counts what

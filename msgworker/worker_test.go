@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,6 +14,7 @@ import (
 
 	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/testenv"
+	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
 
@@ -43,7 +43,7 @@ func TestCommandSucceeds(t *testing.T) {
 	h.waitStatus(env, protocol.StatusDelivered, 5*time.Second)
 	require.Empty(t, h.mailboxEntries("lamp-1"))
 
-	h.answer(env, 0)
+	require.Equal(t, mailbox.OutcomeSucceeded, h.answer(env, 0))
 	c = h.waitStatus(env, protocol.StatusSucceeded, 10*time.Second)
 	r := h.oneResult(env)
 	require.Nil(t, r.Error)
@@ -52,7 +52,6 @@ func TestCommandSucceeds(t *testing.T) {
 	require.JSONEq(t, string(c.Response), mustJSON(t, r))
 	// The counters are bumped just after the script returns.
 	waitHandled(t, w, queueCommands, "sent", 1, 5*time.Second)
-	waitHandled(t, w, queueResults, "succeeded", 1, 5*time.Second)
 	require.Equal(t, protocol.ClientResultsTopic("app-1", "lamp-1"), h.mailboxEntries("app-1")[0]["t"])
 }
 
@@ -72,7 +71,7 @@ func TestDeviceErrorFails(t *testing.T) {
 
 	env := h.send(spec{client: "app-1", device: "lamp-1", id: `"set-1"`})
 	h.waitStatus(env, protocol.StatusSent, 10*time.Second)
-	h.answer(env, -32601) // answer before any PUBACK: accepted from sent
+	require.Equal(t, mailbox.OutcomeFailed, h.answer(env, -32601)) // answer before any PUBACK: accepted from sent
 	c := h.waitStatus(env, protocol.StatusFailed, 10*time.Second)
 	require.False(t, c.DeliveredAt.IsZero(), "delivered_at filled in by the answer")
 	r := h.oneResult(env)
@@ -166,15 +165,14 @@ func TestCancelBeforeDelivery(t *testing.T) {
 func TestLateAnswer(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	w := h.worker(nil)
+	h.worker(nil)
 
 	env := h.send(spec{client: "app-1", device: "lamp-1", id: `1`, timeout: time.Second})
 	h.waitStatus(env, protocol.StatusSent, 10*time.Second)
 	h.deliver("lamp-1")
 	h.waitStatus(env, protocol.StatusTimeout, 10*time.Second)
 
-	h.answer(env, 0)
-	waitHandled(t, w, queueResults, "late", 1, 10*time.Second)
+	require.Equal(t, mailbox.OutcomeLate, h.answer(env, 0))
 	c := h.get(env)
 	require.Equal(t, protocol.StatusTimeout, c.Status)
 	require.Contains(t, string(c.Late), `"ok":true`)
@@ -333,52 +331,41 @@ func TestSameIDTwoClients(t *testing.T) {
 	require.Equal(t, -1, rb.Error.Code)
 }
 
-// TestPoisonResult: an undecodable result is dead-lettered at once and
-// dropped with a log line; a result whose id names another command than
-// its envelope is poison too.
-func TestPoisonResult(t *testing.T) {
+// TestAnswerForAnotherDevice: an answer that names a command of another
+// device changes nothing (the push server drops it): the command stays
+// sent, its client gets no result, and its real answer still completes
+// it.
+func TestAnswerForAnotherDevice(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	w := h.worker(nil)
+	h.worker(nil)
 
-	h.publish(h.topo.ResultsExchange, protocol.RoutingResult, []byte(`{"v":1,"kind":"result"}`))
 	env := h.send(spec{client: "app-1", device: "lamp-1", id: `1`})
 	h.waitStatus(env, protocol.StatusSent, 10*time.Second)
 	other := *env
-	other.MsgID, _ = protocol.ParseID(json.RawMessage(`2`))
-	body := resultBody(t, &other, 0)
-	body = []byte(strings.Replace(string(body), `"msg_id":2`, `"msg_id":1`, 1)) // envelope says 1, response says app-1:2
-	h.publish(h.topo.ResultsExchange, protocol.RoutingResult, body)
-
-	waitHandled(t, w, queueResultsDead, outcomeLogged, 2, 10*time.Second)
-	require.Equal(t, 2, handled(w, queueResults, outcomePoison))
-	require.Equal(t, protocol.StatusSent, h.get(env).Status, "a poison result changes nothing")
+	other.Device = "lamp-2"
+	require.Equal(t, mailbox.OutcomeOtherDevice, h.answer(&other, 0))
+	require.Equal(t, protocol.StatusSent, h.get(env).Status, "an answer from another device changes nothing")
 	require.Empty(t, h.results("app-1"))
+
+	require.Equal(t, mailbox.OutcomeSucceeded, h.answer(env, 0))
+	h.waitStatus(env, protocol.StatusSucceeded, 10*time.Second)
+	require.Nil(t, h.oneResult(env).Error)
 }
 
-// TestDeadResultSalvaged: a device answer that failed until the delivery
-// limit is applied once more from the dead letters: the client gets the
-// device's real answer rather than a timeout.
-func TestDeadResultSalvaged(t *testing.T) {
+// TestAnswerAgainIsHarmless: the push server retries an answer whose
+// completion it could not confirm; the same answer again changes nothing,
+// and the client gets exactly one result, the device's real answer.
+func TestAnswerAgainIsHarmless(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	w := h.worker(func(c *Config) {
-		c.middleware = []Middleware{func(next Handler) Handler {
-			return func(ctx context.Context, m *Message) error {
-				if m.Queue == queueResults {
-					return errors.New("injected failure")
-				}
-				return next(ctx, m)
-			}
-		}}
-	})
+	h.worker(nil)
 
 	env := h.send(spec{client: "app-1", device: "lamp-1", id: `1`})
 	h.waitStatus(env, protocol.StatusSent, 10*time.Second)
-	h.answer(env, 0)
-	h.waitStatus(env, protocol.StatusSucceeded, 20*time.Second)
-	require.Equal(t, protocol.DeliveryLimit+1, handled(w, queueResults, outcomeError))
-	waitHandled(t, w, queueResultsDead, "succeeded", 1, 5*time.Second)
+	require.Equal(t, mailbox.OutcomeSucceeded, h.answer(env, 0))
+	require.Equal(t, mailbox.OutcomeDuplicate, h.answer(env, 0))
+	h.waitStatus(env, protocol.StatusSucceeded, 10*time.Second)
 	require.Nil(t, h.oneResult(env).Error)
 }
 
@@ -429,30 +416,23 @@ func TestGracefulShutdown(t *testing.T) {
 	require.Len(t, h.mailboxEntries("lamp-1"), 1)
 }
 
-// TestKindMismatchIsPoison: an envelope of the other kind is poison on
-// either queue.
-func TestKindMismatchIsPoison(t *testing.T) {
+// TestResultEnvelopeIsPoison: an envelope of the former kind "result"
+// (answers no longer cross RabbitMQ) is poison on a command queue.
+func TestResultEnvelopeIsPoison(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
 	w := h.worker(nil)
 
-	// A result envelope on the commands queue: poison, and since it names a
-	// command, that command ends dead.
+	// Poison, and since it names a command, that command ends dead.
 	_, env, err := h.reserve(spec{client: "app-1", device: "lamp-1", id: `1`})
 	require.NoError(t, err)
 	require.NoError(t, h.store.MarkQueued(context.Background(), env.Device, env.Client, env.MsgID.Key()))
-	h.publishToQueue(h.topo.CommandQueueOf(env.Device, h.topo.PartitionCount), resultBody(t, env, 0))
+	h.publishToQueue(h.topo.CommandQueueOf(env.Device, h.topo.PartitionCount), legacyResultBody(t, env))
 	h.waitStatus(env, protocol.StatusDead, 10*time.Second)
 	require.Equal(t, 1, handled(w, queueCommands, outcomePoison))
-
-	// A command envelope on the results queue: poison, logged.
-	body, err := env.Encode()
-	require.NoError(t, err)
-	h.publish(h.topo.ResultsExchange, protocol.RoutingResult, body)
-	waitHandled(t, w, queueResultsDead, outcomeLogged, 1, 10*time.Second)
 }
 
-// TestDeadLetterFailingIsDropped: the dead-letter queues have no delivery
+// TestDeadLetterFailingIsDropped: the dead-letter queue has no delivery
 // limit, so a dead letter whose handling keeps failing (not transiently)
 // is dropped with an error log after protocol.DeliveryLimit retries
 // instead of looping forever.
@@ -477,8 +457,8 @@ func TestDeadLetterFailingIsDropped(t *testing.T) {
 	require.Equal(t, protocol.DeliveryLimit, handled(w, queueCommandsDead, outcomeError))
 }
 
-// w0settle applies the dead queues' settling to err, as the dead handlers
-// do.
+// w0settle applies the dead queue's settling to err, as the dead handler
+// does.
 func w0settle(m *Message, err error) error {
 	return (&Worker{log: slog.New(slog.DiscardHandler)}).settleDead(m, "test", err)
 }

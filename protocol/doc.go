@@ -233,26 +233,27 @@
 //	name                kind      arguments                                         bound to, routing key
 //	{ns}.dead           exchange  direct                                            -
 //	{ns}.commands       exchange  direct                                            -
-//	{ns}.results        exchange  direct                                            -
 //	{ns}.fence          queue     x-queue-type=quorum,                              - (nothing routes to it)
 //	                              x-dead-letter-exchange={ns}.dead,
 //	                              x-dead-letter-routing-key="queues=Q,partitions=P",
 //	                              x-gw-queues=Q, x-gw-partitions=P (int32)
 //	{ns}.commands.dead  queue     x-queue-type=quorum                               {ns}.dead, "commands"
-//	{ns}.results.dead   queue     x-queue-type=quorum                               {ns}.dead, "results"
 //	{ns}.commands.{q}   queue     x-queue-type=quorum, x-delivery-limit=5 (int32),  {ns}.commands, "command.{q}"
 //	(q = 0..Q-1)                  x-dead-letter-exchange={ns}.dead,
 //	                              x-dead-letter-routing-key=commands,
 //	                              x-dead-letter-strategy=at-least-once,
 //	                              x-overflow=reject-publish,
 //	                              x-queue-leader-locator=balanced
-//	{ns}.results        queue     as a command queue, with                          {ns}.results, "result"
-//	                              x-dead-letter-routing-key=results and
-//	                              no leader locator
 //
-// Declare in this order: the fence first, then the dead-letter queues
-// before the queues that dead-letter into them. An exchange and a queue
-// may share a name; no queue is named {ns}.commands.
+// Declare in this order: the fence first, then the dead-letter queue
+// before the queues that dead-letter into it. No queue is named
+// {ns}.commands.
+//
+// Device answers do not cross RabbitMQ (DESIGN §5): the push server that
+// receives one completes it in Redis. There is no results exchange,
+// results queue or results dead-letter queue; namespaces created by older
+// versions may still hold {ns}.results and {ns}.results.dead, which
+// nothing declares, publishes to or consumes any more.
 //
 // The fence keeps the counts (DESIGN §7a). RabbitMQ compares
 // x-dead-letter-routing-key on every declaration, so a process whose Q or
@@ -269,7 +270,6 @@
 //	message   publisher                      exchange, routing key              consumer
 //	command   apiserver (and dead replay)    {ns}.commands, "command.{q}"       msgworker (competing, every queue)
 //	          to device d: q = Partition(d, P) mod Q ([Topology.CommandQueueOf], [Topology.DeviceRoute])
-//	result    pushserver                     {ns}.results, "result"             msgworker (competing)
 //
 // Every message MUST be persistent and published mandatory with publisher
 // confirms; a returned (unroutable), nacked or unconfirmed message is a
@@ -283,16 +283,14 @@
 //	name              mandatory  type               meaning
 //	v                 yes        integer            Envelope version, 1 (EnvelopeVersion). A reader MUST refuse
 //	                                                a version it does not know and MUST ignore unknown fields.
-//	kind              yes        string             "command" (to a command queue) or "result" (to results).
+//	kind              yes        string             "command", the only kind. A reader MUST refuse any other,
+//	                                                "result" included (answers no longer cross RabbitMQ).
 //	client            yes        identity           The client that sent the command.
 //	device            yes        identity           The device the command is for.
-//	msg_id            yes        string or integer  The client's message ID. Commands: as the client wrote it.
-//	                                                Results: as recovered from the device's "{client}:{id}",
-//	                                                so only its key is reliable (see MQTT).
-//	payload           yes        object             Commands: the client's JSON-RPC request (the device gets its
-//	                                                method and params, see Envelope.DeviceRequest). Results: the
-//	                                                device's JSON-RPC response as received.
-//	accepted_at       commands*  RFC 3339 time      When the apiserver accepted the command (UTC, milliseconds).
+//	msg_id            yes        string or integer  The client's message ID, as the client wrote it.
+//	payload           yes        object             The client's JSON-RPC request (the device gets its
+//	                                                method and params, see Envelope.DeviceRequest).
+//	accepted_at       yes*       RFC 3339 time      When the apiserver accepted the command (UTC, milliseconds).
 //	deliver_by        no         RFC 3339 time      Deadline for delivery: accepted_at + expires_in.
 //	answer_within_ms  no         integer            The timeout, in milliseconds after delivery.
 //	attempt           yes*       integer            1 for the first publish; a replay of a dead letter adds 1.

@@ -12,11 +12,11 @@ import (
 // fields, so a newer writer may add fields without breaking older readers.
 const EnvelopeVersion = 1
 
-// Envelope kinds.
-const (
-	KindCommand = "command" // apiserver → commands queue: a client's request
-	KindResult  = "result"  // pushserver → results queue: a device's response
-)
+// KindCommand is the only envelope kind: apiserver → commands queue, a
+// client's request. Device answers do not cross RabbitMQ (DESIGN §5: the
+// push server completes them in Redis), so the former kind "result" is
+// refused like any other unknown kind.
+const KindCommand = "command"
 
 // Envelope is the body of every AMQP message (DESIGN §6). Times are UTC
 // with millisecond precision; durations are milliseconds.
@@ -27,8 +27,8 @@ type Envelope struct {
 	Device string `json:"device"`
 	// MsgID is the client's own ID, as the client wrote it.
 	MsgID ID `json:"msg_id"`
-	// Payload is the JSON-RPC request (commands) as the device will get it
-	// apart from its id, or the device's JSON-RPC response (results).
+	// Payload is the client's JSON-RPC request as the device will get it
+	// apart from its id.
 	Payload json.RawMessage `json:"payload"`
 	// AcceptedAt is when the apiserver accepted the command.
 	AcceptedAt time.Time `json:"accepted_at"`
@@ -87,7 +87,9 @@ func DecodeEnvelope(b []byte) (*Envelope, error) {
 	switch {
 	case e.V < 1 || e.V > EnvelopeVersion:
 		return nil, fmt.Errorf("%w: unsupported version %d", ErrEnvelope, e.V)
-	case e.Kind != KindCommand && e.Kind != KindResult:
+	case e.Kind == "result":
+		return nil, fmt.Errorf("%w: kind %q is no longer carried over AMQP (device answers are completed by the push server)", ErrEnvelope, e.Kind)
+	case e.Kind != KindCommand:
 		return nil, fmt.Errorf("%w: unknown kind %q", ErrEnvelope, e.Kind)
 	case !ValidIdentity(e.Client):
 		return nil, fmt.Errorf("%w: client %q", ErrEnvelope, e.Client)

@@ -79,8 +79,8 @@ func TestEnvelopeEncodeTimes(t *testing.T) {
 func TestEnvelopeRoundTrip(t *testing.T) {
 	for _, e := range []*Envelope{
 		sampleEnvelope(t),
-		{Kind: KindResult, Client: "c", Device: "d", MsgID: mustID(t, `7`),
-			Payload: json.RawMessage(`{"jsonrpc":"2.0","result":{"ok":true},"id":"c:7"}`), Attempt: 1},
+		{Kind: KindCommand, Client: "c", Device: "d", MsgID: mustID(t, `7`),
+			Payload: json.RawMessage(`{"jsonrpc":"2.0","method":"m","id":7}`), Attempt: 1},
 		{Kind: KindCommand, Client: id128, Device: id128, MsgID: mustID(t, `"`+id128+`"`),
 			Payload: json.RawMessage(`{"jsonrpc":"2.0","method":"m","id":"x"}`), AcceptedAt: time.UnixMilli(1_700_000_000_123).UTC(), Attempt: 3},
 	} {
@@ -106,7 +106,7 @@ func TestDecodeEnvelopeTolerates(t *testing.T) {
 		// Unknown fields, at the top and inside the payload.
 		`{"v":1,"kind":"command","client":"c","device":"d","msg_id":1,"payload":{"method":"m","x":1},"attempt":1,"future":{"a":[1,2]},"priority":9}`,
 		// Fields in any order, whitespace, no optional fields.
-		` { "payload" : { } , "msg_id" : "a" , "device" : "d" , "client" : "c" , "kind" : "result" , "v" : 1 } `,
+		` { "payload" : { } , "msg_id" : "a" , "device" : "d" , "client" : "c" , "kind" : "command" , "v" : 1 } `,
 		// Times with an offset.
 		`{"v":1,"kind":"command","client":"c","device":"d","msg_id":1,"payload":{},"accepted_at":"2025-01-02T04:04:05+01:00"}`,
 	}
@@ -138,6 +138,8 @@ func TestDecodeEnvelopeRefuses(t *testing.T) {
 		{`{"v":1,"kind":"","client":"c","device":"d","msg_id":1,"payload":{}}`, `unknown kind ""`},
 		{`{"v":1,"client":"c","device":"d","msg_id":1,"payload":{}}`, `unknown kind ""`},
 		{`{"v":1,"kind":"Command","client":"c","device":"d","msg_id":1,"payload":{}}`, `unknown kind "Command"`},
+		// Device answers no longer cross RabbitMQ (DESIGN §5).
+		{`{"v":1,"kind":"result","client":"c","device":"d","msg_id":7,"payload":{"jsonrpc":"2.0","result":{"ok":true},"id":"c:7"},"attempt":1}`, `kind "result" is no longer carried over AMQP`},
 		{`{"v":1,"kind":"command","device":"d","msg_id":1,"payload":{}}`, `client ""`},
 		{`{"v":1,"kind":"command","client":"a:b","device":"d","msg_id":1,"payload":{}}`, `client "a:b"`},
 		{`{"v":1,"kind":"command","client":"c","device":"d/e","msg_id":1,"payload":{}}`, `device "d/e"`},

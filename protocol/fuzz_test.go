@@ -446,7 +446,7 @@ func FuzzDecodeEnvelope(f *testing.F) {
 			}
 			return
 		}
-		if e.V != EnvelopeVersion || (e.Kind != KindCommand && e.Kind != KindResult) || !ValidIdentity(e.Client) ||
+		if e.V != EnvelopeVersion || e.Kind != KindCommand || !ValidIdentity(e.Client) ||
 			!ValidIdentity(e.Device) || e.MsgID.IsZero() || len(e.Payload) == 0 || e.Payload[0] != '{' || !json.Valid(e.Payload) {
 			t.Fatalf("DecodeEnvelope(%q) = %+v, want a valid envelope", b, e)
 		}

@@ -12,11 +12,10 @@ const (
 	// DeliveryLimit is x-delivery-limit: a message redelivered more often
 	// than this is dead-lettered.
 	DeliveryLimit = 5
-	// RoutingResult routes device results from the results exchange.
-	RoutingResult = "result"
-	// RoutingDeadCommands and RoutingDeadResults route dead letters.
+	// RoutingDeadCommands routes dead-lettered commands to the
+	// commands dead-letter queue. (Device answers do not cross RabbitMQ,
+	// DESIGN §5: there is no results queue.)
 	RoutingDeadCommands = "commands"
-	RoutingDeadResults  = "results"
 	// ExchangeKind is the kind of every exchange of the topology.
 	ExchangeKind = "direct"
 	// LeaderLocator is x-queue-leader-locator of the command queues:
@@ -47,11 +46,8 @@ type Topology struct {
 	QueueCount, PartitionCount int
 
 	CommandsExchange  string // {ns}.commands, direct
-	ResultsExchange   string // {ns}.results, direct
 	DeadExchange      string // {ns}.dead, direct
-	ResultsQueue      string // {ns}.results, quorum
 	CommandsDeadQueue string // {ns}.commands.dead, quorum
-	ResultsDeadQueue  string // {ns}.results.dead, quorum
 	// FenceQueue is {ns}.fence, a quorum queue that carries no messages:
 	// its arguments hold the counts (FenceArgs).
 	FenceQueue string
@@ -70,11 +66,8 @@ func NewTopology(ns string, queues, partitions int) Topology {
 		QueueCount:        queues,
 		PartitionCount:    partitions,
 		CommandsExchange:  ns + ".commands",
-		ResultsExchange:   ns + ".results",
 		DeadExchange:      ns + ".dead",
-		ResultsQueue:      ns + ".results",
 		CommandsDeadQueue: ns + ".commands.dead",
-		ResultsDeadQueue:  ns + ".results.dead",
 		FenceQueue:        ns + ".fence",
 		CommandsGroup:     ns + ".commands",
 	}
@@ -142,13 +135,12 @@ type Binding struct {
 }
 
 // Bindings lists every queue of the topology but the fence with its
-// exchange, routing key and arguments, in declaration order (dead-letter
-// queues first, so that a main queue's dead-letter target exists when it
-// is declared; then the command queues, 0 first; then the results queue).
+// exchange, routing key and arguments, in declaration order (the
+// dead-letter queue first, so that a command queue's dead-letter target
+// exists when it is declared; then the command queues, 0 first).
 func (t Topology) Bindings() []Binding {
 	out := []Binding{
 		{Queue: t.CommandsDeadQueue, Exchange: t.DeadExchange, RoutingKey: RoutingDeadCommands, Args: deadQueueArgs()},
-		{Queue: t.ResultsDeadQueue, Exchange: t.DeadExchange, RoutingKey: RoutingDeadResults, Args: deadQueueArgs()},
 	}
 	for q := range max(t.QueueCount, 0) {
 		args := t.mainQueueArgs(RoutingDeadCommands)
@@ -156,19 +148,19 @@ func (t Topology) Bindings() []Binding {
 		_, key := t.CommandRoute(q)
 		out = append(out, Binding{Queue: t.CommandQueue(q), Exchange: t.CommandsExchange, RoutingKey: key, Args: args})
 	}
-	return append(out, Binding{Queue: t.ResultsQueue, Exchange: t.ResultsExchange, RoutingKey: RoutingResult, Args: t.mainQueueArgs(RoutingDeadResults)})
+	return out
 }
 
 // Exchanges lists the exchanges of the topology.
 func (t Topology) Exchanges() []string {
-	return []string{t.DeadExchange, t.CommandsExchange, t.ResultsExchange}
+	return []string{t.DeadExchange, t.CommandsExchange}
 }
 
 // Queues lists the queues that carry messages: the command queues, 0
-// first, then results and the two dead-letter queues. The fence is not
-// one of them.
+// first, then the commands dead-letter queue. The fence is not one of
+// them.
 func (t Topology) Queues() []string {
-	return append(t.CommandQueues(), t.ResultsQueue, t.CommandsDeadQueue, t.ResultsDeadQueue)
+	return append(t.CommandQueues(), t.CommandsDeadQueue)
 }
 
 func (t Topology) mainQueueArgs(deadKey string) map[string]any {

@@ -13,11 +13,8 @@ func TestNewTopology(t *testing.T) {
 		QueueCount:        4,
 		PartitionCount:    256,
 		CommandsExchange:  "gw.commands",
-		ResultsExchange:   "gw.results",
 		DeadExchange:      "gw.dead",
-		ResultsQueue:      "gw.results",
 		CommandsDeadQueue: "gw.commands.dead",
-		ResultsDeadQueue:  "gw.results.dead",
 		FenceQueue:        "gw.fence",
 		CommandsGroup:     "gw.commands",
 	}
@@ -31,13 +28,13 @@ func TestNewTopology(t *testing.T) {
 
 func TestTopologyLists(t *testing.T) {
 	top := NewTopology("ns", 3, 16)
-	if got, want := top.Exchanges(), []string{"ns.dead", "ns.commands", "ns.results"}; !reflect.DeepEqual(got, want) {
+	if got, want := top.Exchanges(), []string{"ns.dead", "ns.commands"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("Exchanges() = %q, want %q", got, want)
 	}
 	if got, want := top.CommandQueues(), []string{"ns.commands.0", "ns.commands.1", "ns.commands.2"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("CommandQueues() = %q, want %q", got, want)
 	}
-	if got, want := top.Queues(), []string{"ns.commands.0", "ns.commands.1", "ns.commands.2", "ns.results", "ns.commands.dead", "ns.results.dead"}; !reflect.DeepEqual(got, want) {
+	if got, want := top.Queues(), []string{"ns.commands.0", "ns.commands.1", "ns.commands.2", "ns.commands.dead"}; !reflect.DeepEqual(got, want) {
 		t.Errorf("Queues() = %q, want %q", got, want)
 	}
 	if got := NewTopology("ns", 0, 16).CommandQueues(); len(got) != 0 {
@@ -62,10 +59,8 @@ func TestTopologyBindings(t *testing.T) {
 	dead := map[string]any{"x-queue-type": "quorum"}
 	want := []Binding{
 		{Queue: "ns.commands.dead", Exchange: "ns.dead", RoutingKey: "commands", Args: dead},
-		{Queue: "ns.results.dead", Exchange: "ns.dead", RoutingKey: "results", Args: dead},
 		{Queue: "ns.commands.0", Exchange: "ns.commands", RoutingKey: "command.0", Args: command},
 		{Queue: "ns.commands.1", Exchange: "ns.commands", RoutingKey: "command.1", Args: command},
-		{Queue: "ns.results", Exchange: "ns.results", RoutingKey: "result", Args: main("results")},
 	}
 	got := top.Bindings()
 	if len(got) != len(want) {
@@ -119,12 +114,12 @@ func TestTopologyBindings(t *testing.T) {
 
 	// Each call returns fresh maps: a caller changing one cannot change the
 	// topology of another.
-	got[2].Args["x-delivery-limit"] = int32(99)
-	if again := top.Bindings(); again[2].Args["x-delivery-limit"] != int32(DeliveryLimit) {
-		t.Errorf("Bindings()[2] x-delivery-limit = %v after a caller changed a copy, want %d", again[2].Args["x-delivery-limit"], DeliveryLimit)
+	got[1].Args["x-delivery-limit"] = int32(99)
+	if again := top.Bindings(); again[1].Args["x-delivery-limit"] != int32(DeliveryLimit) {
+		t.Errorf("Bindings()[1] x-delivery-limit = %v after a caller changed a copy, want %d", again[1].Args["x-delivery-limit"], DeliveryLimit)
 	}
-	if got[3].Args["x-delivery-limit"] != int32(DeliveryLimit) {
-		t.Errorf("Bindings()[3] shares its arguments with Bindings()[2]")
+	if got[2].Args["x-delivery-limit"] != int32(DeliveryLimit) {
+		t.Errorf("Bindings()[2] shares its arguments with Bindings()[1]")
 	}
 }
 
@@ -171,7 +166,7 @@ func TestCommandQueueOf(t *testing.T) {
 
 func TestCommandRoute(t *testing.T) {
 	top := NewTopology("gw", 4, 256)
-	for q, b := range top.Bindings()[2:6] {
+	for q, b := range top.Bindings()[1:5] {
 		ex, key := top.CommandRoute(q)
 		if ex != b.Exchange || key != b.RoutingKey || b.Queue != top.CommandQueue(q) {
 			t.Errorf("CommandRoute(%d) = %s, %s; the binding of %s is %s, %s", q, ex, key, top.CommandQueue(q), b.Exchange, b.RoutingKey)
@@ -192,7 +187,7 @@ func TestParseCommandQueue(t *testing.T) {
 			t.Errorf("ParseCommandQueue(%q) = %q, %d, %v; want %q, %d, true", name, ns, n, ok, top.NS, q)
 		}
 	}
-	for _, name := range []string{top.ResultsQueue, top.CommandsDeadQueue, top.CommandsGroup, top.FenceQueue, "gw.commands.", "gw.commands.01", "gw.commands.-1", ".commands.1"} {
+	for _, name := range []string{top.NS + ".results", top.CommandsDeadQueue, top.CommandsGroup, top.FenceQueue, "gw.commands.", "gw.commands.01", "gw.commands.-1", ".commands.1"} {
 		if _, _, ok := ParseCommandQueue(name); ok {
 			t.Errorf("ParseCommandQueue(%q) ok, want not a command queue", name)
 		}
@@ -245,9 +240,7 @@ func TestTopologyConstants(t *testing.T) {
 		{"DeliveryLimit", DeliveryLimit, 5},
 		{"ExchangeKind", ExchangeKind, "direct"},
 		{"LeaderLocator", LeaderLocator, "balanced"},
-		{"RoutingResult", RoutingResult, "result"},
 		{"RoutingDeadCommands", RoutingDeadCommands, "commands"},
-		{"RoutingDeadResults", RoutingDeadResults, "results"},
 	} {
 		if tt.got != tt.want {
 			t.Errorf("%s = %v, want %v", tt.name, tt.got, tt.want)

@@ -46,12 +46,15 @@
 // # Device responses
 //
 // A response on devices/{d}/responses must be a JSON-RPC 2.0 response
-// whose id is the string "{client}:{id}" of a command of device d. It is
-// published (mandatory, persistent, confirmed) to the results exchange as
-// a result envelope, and only then does the device get its PUBACK. When
-// that fails the connection is closed without a PUBACK, so the device
-// sends it again. Responses that can never succeed are dropped, counted
-// in gw_push_responses_dropped_total{reason} and still acknowledged.
+// whose id is the string "{client}:{id}" of a command of device d. The
+// node completes it in Redis itself (mailbox.Store.Complete: final
+// status, response, outbox entry for the client; DESIGN §5: answers do
+// not cross RabbitMQ), and only then does the device get its PUBACK.
+// While Redis cannot take the step it holds the PUBACK and retries, for
+// up to the answer grace; only past it is the answer refused (no PUBACK,
+// the connection closed). Responses that can never succeed are dropped,
+// counted in gw_push_responses_dropped_total{reason} and still
+// acknowledged.
 //
 // # Ring
 //

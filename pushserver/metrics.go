@@ -43,7 +43,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "gw_push_sheds_total", Help: "Sessions closed because this push server no longer owns them, or is shutting down.",
 		}),
 		responses: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "gw_push_responses_total", Help: "Device responses published to the results exchange (confirmed).",
+			Name: "gw_push_responses_total", Help: "Device responses completed in Redis (mailbox.Store.Complete) before their PUBACK.",
 		}),
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gw_push_responses_dropped_total", Help: "Device responses dropped, by reason.",

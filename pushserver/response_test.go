@@ -99,7 +99,7 @@ func (h *redisOutage) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.
 
 // TestDeviceResponse: the push server completes a device's answer in the
 // mailbox before the device gets its PUBACK (the command is final when
-// the PUBACK arrives, and nothing goes to the results queue); responses
+// the PUBACK arrives; answers do not cross RabbitMQ); responses
 // that can never succeed are dropped, counted and still acknowledged.
 func TestDeviceResponse(t *testing.T) {
 	t.Parallel()

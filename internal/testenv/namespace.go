@@ -34,7 +34,10 @@ const cleanupTimeout = 30 * time.Second
 // knownQueues and knownExchanges are the suffixes of the standard topology
 // (DESIGN §6), deleted by name when the management API cannot list names:
 // the partitioned command queues up to protocol.MaxQueues, the fence, and
-// the names of earlier versions. Leaking queues is not harmless: every
+// the names of earlier versions. "results" and "results.dead" (queues) and
+// "results" (exchange) are such names: device answers no longer cross
+// RabbitMQ and nothing declares them any more, but namespaces created by
+// older versions may still hold them. Leaking queues is not harmless: every
 // quorum queue holds file handles, and a RabbitMQ out of them stops
 // accepting connections.
 var (

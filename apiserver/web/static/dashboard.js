@@ -17,11 +17,11 @@
   const TOKEN_KEY = "gw.operatorToken";
 
   // The queues of a namespace, by suffix, with their chart colours.
+  // Device answers do not cross RabbitMQ (the push server completes
+  // them), so there is no results queue.
   const QUEUES = [
     { suffix: "commands", color: "--c-commands" },
-    { suffix: "results", color: "--c-results" },
     { suffix: "commands.dead", color: "--c-commands-dead" },
-    { suffix: "results.dead", color: "--c-results-dead" },
   ];
   const FAILURES = ["failed", "timeout", "expired", "rejected", "dead"];
   const OTHERS = ["queued", "sent", "delivered", "succeeded", "cancelled"];
@@ -232,18 +232,13 @@
     ns = s.namespace;
     setText("namespace", ns);
     const cmd = queueOf(s, "commands");
-    const res = queueOf(s, "results");
     setText("commands-ready", num(cmd.ready));
     setText("commands-consumers", num(cmd.consumers));
     setText("commands-unacked", num(cmd.unacked));
     setText("commands-queues", cmd.queues ? num(cmd.queues.length) + plural(cmd.queues.length, " queue", " queues") : "—");
-    setText("results-ready", num(res.ready));
-    setText("results-consumers", num(res.consumers));
-    setText("results-unacked", num(res.unacked));
     const dq = queueOf(s, "commands.dead").ready;
-    const rq = queueOf(s, "results.dead").ready;
     setText("dead-count", num(s.dead));
-    setText("dead-queued", dq == null && rq == null ? "—" : num((dq || 0) + (rq || 0)));
+    setText("dead-queued", dq == null ? "—" : num(dq));
     $("tile-dead").classList.toggle("alert", (s.dead || 0) > 0);
     setText("mailbox-entries", num(s.mailboxes && s.mailboxes.entries));
     const boxes = s.mailboxes && s.mailboxes.mailboxes;
