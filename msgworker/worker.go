@@ -26,7 +26,7 @@ type Worker struct {
 	cfg   Config
 	log   *slog.Logger
 	topo  protocol.Topology
-	rdb   *redis.Client
+	rdb   redis.UniversalClient
 	store *mailbox.Store
 	ring  *ring.Ring
 	// parts is this worker's share of the partitions: it fires their
@@ -44,20 +44,22 @@ func New(cfg Config) (*Worker, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("invalid configuration: %w", err)
 	}
-	ropts, err := cfg.RedisOptions()
-	if err != nil {
-		return nil, fmt.Errorf("invalid configuration: redis-url: %w", err)
-	}
-	// Handlers of every queue and the timer loop share the pool.
+	// Handlers of every queue and the timer loop share the pool (on
+	// Cluster, each node's).
 	cmdPrefetch, cmdWorkers := cfg.commandShare()
-	if n := cfg.Queues*cmdWorkers + cfg.Concurrency + 2*deadConcurrency + 4; ropts.PoolSize < n {
-		ropts.PoolSize = n
+	rdb, err := cfg.NewRedis(func(o *redis.UniversalOptions) {
+		if n := cfg.Queues*cmdWorkers + cfg.Concurrency + 2*deadConcurrency + 4; o.PoolSize < n {
+			o.PoolSize = n
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("invalid configuration: %w", err)
 	}
 	w := &Worker{
 		cfg:  cfg,
 		log:  cfg.Logger.With("component", "msgworker", "ns", cfg.Namespace),
 		topo: protocol.NewTopology(cfg.Namespace, cfg.Queues, cfg.Partitions),
-		rdb:  redis.NewClient(ropts),
+		rdb:  rdb,
 	}
 	w.ring = ring.New(w.rdb, cfg.Namespace, ring.Options{Logger: cfg.Logger})
 	w.parts = ring.NewPartitions(w.rdb, cfg.Namespace, workerID(), max(cfg.Partitions, 1),

@@ -52,7 +52,7 @@ type Node struct {
 
 	// Set by Start.
 	node, url, addr string
-	rdb             *redis.Client
+	rdb             redis.UniversalClient
 	store           *mailbox.Store
 	ring            *ring.Ring
 	pub             *amqpx.Publisher
@@ -202,16 +202,17 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	n.log = n.log.With("node", n.node)
 
-	ropts, err := n.cfg.RedisOptions()
+	n.rdb, err = n.cfg.NewRedis(func(o *redis.UniversalOptions) {
+		if o.PoolSize == 0 {
+			// Every session reads and acks on its own goroutine: more
+			// connections than go-redis's default of 10 per CPU (on
+			// Cluster, per node).
+			o.PoolSize = max(64, 10*runtime.GOMAXPROCS(0))
+		}
+	})
 	if err != nil {
-		return fmt.Errorf("cannot parse Redis URL: %w", err)
+		return err
 	}
-	if ropts.PoolSize == 0 {
-		// Every session reads and acks on its own goroutine: more
-		// connections than go-redis's default of 10 per CPU.
-		ropts.PoolSize = max(64, 10*runtime.GOMAXPROCS(0))
-	}
-	n.rdb = redis.NewClient(ropts)
 	undo = append(undo, func() { _ = n.rdb.Close() })
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	err = n.rdb.Ping(pctx).Err()
