@@ -12,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/iotgw/gateway/internal/amqpx"
+	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/mailbox"
 )
@@ -65,8 +66,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	if err := rdb.Ping(pctx).Err(); err != nil {
 		log.Warn("redis not reachable; requests get 503 until it is", "err", err)
-	} else if warn := mailbox.CheckDurability(pctx, rdb); warn != "" {
-		log.Warn(warn)
+	} else {
+		mailbox.LogDurability(pctx, log, rdb, cfg.WaitReplicas, cfg.Durability == config.DurabilityRelaxed)
 	}
 	cancel()
 

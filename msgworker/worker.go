@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/iotgw/gateway/internal/amqpx"
+	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
@@ -206,8 +207,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// checkRedis warns when Redis does not keep every write on disk
-// (appendonly yes, appendfsync always; DESIGN §7). When Redis cannot be
+// checkRedis logs what readiness will say of Redis durability
+// (mailbox.LogDurability; DESIGN §7). When Redis cannot be
 // reached it says so once and checks again every 2s until it can, or
 // until ctx is done: the handlers wait for Redis meanwhile.
 func (w *Worker) checkRedis(ctx context.Context) {
@@ -215,9 +216,7 @@ func (w *Worker) checkRedis(ctx context.Context) {
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		err := w.rdb.Ping(cctx).Err()
 		if err == nil {
-			if msg := mailbox.CheckDurability(cctx, w.rdb); msg != "" {
-				w.log.Warn("redis durability: "+msg, "want", "appendonly yes, appendfsync always")
-			}
+			mailbox.LogDurability(cctx, w.log, w.rdb, w.cfg.WaitReplicas, w.cfg.Durability == config.DurabilityRelaxed)
 			cancel()
 			return
 		}
@@ -231,6 +230,23 @@ func (w *Worker) checkRedis(ctx context.Context) {
 		case <-time.After(2 * time.Second):
 		}
 	}
+}
+
+// Ready is the worker's readiness, served at /readyz on the metrics
+// listener: Redis answers PING and, unless GW_DURABILITY=relaxed, keeps
+// what the worker acknowledges (mailbox.CheckDurable, every primary of a
+// Cluster). The error says what is not ready.
+func (w *Worker) Ready(ctx context.Context) error {
+	if err := w.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis: ping failed: %w", err)
+	}
+	if w.cfg.Durability == config.DurabilityRelaxed {
+		return nil
+	}
+	if err := mailbox.CheckDurable(ctx, w.rdb, w.cfg.WaitReplicas); err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	return nil
 }
 
 // runTimers polls the timer set every Config.TimerInterval until ctx is

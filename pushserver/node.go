@@ -23,6 +23,7 @@ import (
 
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/mailbox"
@@ -220,9 +221,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("cannot reach Redis: %w", err)
 	}
-	if w := mailbox.CheckDurability(ctx, n.rdb); w != "" {
-		n.log.Warn(w)
-	}
+	mailbox.LogDurability(ctx, n.log, n.rdb, n.cfg.WaitReplicas, n.cfg.Durability == config.DurabilityRelaxed)
 	n.store = mailbox.New(n.rdb, n.cfg.Namespace, mailbox.Options{
 		Partitions:   n.cfg.Partitions,
 		AnswerGrace:  n.cfg.AnswerGrace,
@@ -324,6 +323,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		if err != nil {
 			return err
 		}
+		n.metricsSrv.SetReady(n.ready)
 	}
 
 	n.goLoop(n.sweepLoop)
@@ -839,4 +839,24 @@ func (h minLevel) WithAttrs(a []slog.Attr) slog.Handler {
 
 func (h minLevel) WithGroup(g string) slog.Handler {
 	return minLevel{h.Handler.WithGroup(g), h.min}
+}
+
+// ready is the push server's readiness, served at /readyz on the metrics
+// listener: it serves MQTT, Redis answers PING and, unless
+// GW_DURABILITY=relaxed, keeps what the server acknowledges
+// (mailbox.CheckDurable, every primary of a Cluster).
+func (n *Node) ready(ctx context.Context) error {
+	if !n.running.Load() {
+		return errors.New("not serving MQTT")
+	}
+	if err := n.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis: ping failed: %w", err)
+	}
+	if n.cfg.Durability == config.DurabilityRelaxed {
+		return nil
+	}
+	if err := mailbox.CheckDurable(ctx, n.rdb, n.cfg.WaitReplicas); err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	return nil
 }
