@@ -377,7 +377,8 @@ func (s *Server) healthz(c echo.Context) error {
 }
 
 // readyz is GET /readyz: 200 when the publisher is connected and not
-// blocked and Redis answers PING, else 503 naming what is not ready.
+// blocked, Redis answers PING and is durable (mailbox.CheckDurable; not
+// checked with GW_DURABILITY=relaxed), else 503 naming what is not ready.
 func (s *Server) readyz(c echo.Context) error {
 	checks := map[string]string{"rabbitmq": "ok", "redis": "ok"}
 	ready := true
@@ -390,6 +391,21 @@ func (s *Server) readyz(c echo.Context) error {
 	if err := s.rdb.Ping(ctx).Err(); err != nil {
 		checks["redis"] = "ping failed: " + err.Error()
 		ready = false
+	}
+	// Durability (DESIGN §7): refused unless Redis keeps what a 202
+	// acknowledges, or the deployment says it is relaxed.
+	switch {
+	case s.cfg.Durability == config.DurabilityRelaxed:
+		checks["durability"] = "relaxed (GW_DURABILITY=relaxed)"
+	case !ready:
+		checks["durability"] = "unknown"
+	default:
+		if err := mailbox.CheckDurable(ctx, s.rdb, s.cfg.WaitReplicas); err != nil {
+			checks["durability"] = err.Error()
+			ready = false
+		} else {
+			checks["durability"] = "ok"
+		}
 	}
 	if !ready {
 		c.Response().Header().Set("Retry-After", strconv.Itoa(retryAfterUnavailable))

@@ -68,8 +68,10 @@ func newGW(t testing.TB, opts ...gwOption) *gw {
 		ConfirmTimeout: 2 * time.Second,
 		Rate:           -1,
 		MaxWait:        10 * time.Second,
-		// A small answer grace: timeout statuses come soon after the deadline.
-		Scale: config.Scale{AnswerGrace: testAnswerGrace},
+		// A small answer grace: timeout statuses come soon after the
+		// deadline. Relaxed durability: the test Redis is not durable
+		// (TestReadyzDurability checks strict).
+		Scale: config.Scale{AnswerGrace: testAnswerGrace, Durability: config.DurabilityRelaxed},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()

@@ -13,6 +13,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/iotgw/gateway/internal/amqpx"
+	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/mailbox"
 )
@@ -35,36 +36,39 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	defer lw.Close()
 	log := cfg.NewLogger(lw).With("service", "apiserver")
 
-	ropts, err := cfg.RedisOptions()
-	if err != nil {
-		return fmt.Errorf("cannot parse GW_REDIS_URL: %w", err)
-	}
-	ropts.DialTimeout = 2 * time.Second
-	ropts.ReadTimeout = 2 * time.Second
-	ropts.WriteTimeout = 2 * time.Second
-	// One retry covers a pooled connection that died with a Redis restart;
-	// more would only delay the 503 of a Redis that is down.
-	ropts.MaxRetries = 1
-	// A request in flight uses at most one connection at a time (fewer:
-	// the mailbox batches concurrent scripts), and requests in flight are
-	// bounded (GW_MAX_INFLIGHT), so a pool of that size plus some for
-	// long-polls, the ring and the gauges never makes a request wait for a
-	// connection. go-redis's default (10 per CPU) made the pool, not Redis,
-	// the limit under load, and its timeouts looked like a Redis outage
-	// (503). Without a bound: the former default.
-	if ropts.PoolSize == 0 {
-		ropts.PoolSize = max(256, 32*runtime.GOMAXPROCS(0))
-		if cfg.MaxInFlight > 0 {
-			ropts.PoolSize = cfg.MaxInFlight + 64
+	rdb, err := cfg.NewRedis(func(o *redis.UniversalOptions) {
+		o.DialTimeout = 2 * time.Second
+		o.ReadTimeout = 2 * time.Second
+		o.WriteTimeout = 2 * time.Second
+		// One retry covers a pooled connection that died with a Redis
+		// restart; more would only delay the 503 of a Redis that is down.
+		// (A Cluster client follows MOVED and ASK apart from this:
+		// MaxRedirects.)
+		o.MaxRetries = 1
+		// A request in flight uses at most one connection at a time
+		// (fewer: the mailbox batches concurrent scripts), and requests in
+		// flight are bounded (GW_MAX_INFLIGHT), so a pool of that size plus
+		// some for long-polls, the ring and the gauges never makes a
+		// request wait for a connection. go-redis's default (10 per CPU)
+		// made the pool, not Redis, the limit under load, and its timeouts
+		// looked like a Redis outage (503). Without a bound: the former
+		// default. On Cluster the size is per node.
+		if o.PoolSize == 0 {
+			o.PoolSize = max(256, 32*runtime.GOMAXPROCS(0))
+			if cfg.MaxInFlight > 0 {
+				o.PoolSize = cfg.MaxInFlight + 64
+			}
 		}
+	})
+	if err != nil {
+		return err
 	}
-	rdb := redis.NewClient(ropts)
 	defer rdb.Close()
 	pctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 	if err := rdb.Ping(pctx).Err(); err != nil {
 		log.Warn("redis not reachable; requests get 503 until it is", "err", err)
-	} else if warn := mailbox.CheckDurability(pctx, rdb); warn != "" {
-		log.Warn(warn)
+	} else {
+		mailbox.LogDurability(pctx, log, rdb, cfg.WaitReplicas, cfg.Durability == config.DurabilityRelaxed)
 	}
 	cancel()
 

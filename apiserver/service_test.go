@@ -17,6 +17,7 @@ import (
 
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
@@ -31,7 +32,7 @@ func TestHealthReadyMetricsOpenAPI(t *testing.T) {
 	assert.Equal(t, http.StatusOK, r.Status)
 	r = g.do(http.MethodGet, "/readyz", "", nil)
 	assert.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
-	assert.JSONEq(t, `{"status":"ready","checks":{"rabbitmq":"ok","redis":"ok"}}`, string(r.Body))
+	assert.JSONEq(t, `{"status":"ready","checks":{"rabbitmq":"ok","redis":"ok","durability":"relaxed (GW_DURABILITY=relaxed)"}}`, string(r.Body))
 
 	r = g.do(http.MethodGet, "/openapi.yaml", "", nil)
 	require.Equal(t, http.StatusOK, r.Status)
@@ -105,6 +106,7 @@ func TestRunTLS(t *testing.T) {
 		"GW_TLS_CERT":        certFile,
 		"GW_TLS_KEY":         keyFile,
 		"GW_CONFIRM_TIMEOUT": "3s",
+		"GW_DURABILITY":      "relaxed", // the test Redis is not durable
 	}
 	var out testenv.SyncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
@@ -384,4 +386,42 @@ func waitListening(t *testing.T, out *testenv.SyncBuffer, done <-chan error) str
 // newJSONLogger logs JSON to w at debug level.
 func newJSONLogger(w *testenv.SyncBuffer) *slog.Logger {
 	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+// With strict durability (the default), /readyz refuses a Redis that keeps
+// writes neither on disk at once nor on replicas, and says why; relaxed
+// stays ready (TestHealthReadyMetricsOpenAPI).
+func TestReadyzDurability(t *testing.T) {
+	t.Parallel()
+	if err := mailbox.CheckDurable(context.Background(), testenv.Redis(t), 0); err == nil {
+		t.Skip("the test Redis is durable")
+	}
+	tests := []struct {
+		name         string
+		waitReplicas int
+		want         []string
+	}{
+		{"no barrier", 0, []string{"appendfsync", "GW_DURABILITY=relaxed"}},
+		{"more replicas than connected", 1, []string{"replicas connected", "GW_REDIS_WAIT_REPLICAS"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			g := newGW(t, func(c *Config, _ *Deps) {
+				c.Durability = config.DurabilityStrict
+				c.WaitReplicas = tt.waitReplicas
+			})
+			r := g.do(http.MethodGet, "/readyz", "", nil)
+			assert.Equal(t, http.StatusServiceUnavailable, r.Status, "%s", r.Body)
+			var body struct {
+				Status string            `json:"status"`
+				Checks map[string]string `json:"checks"`
+			}
+			require.NoError(t, json.Unmarshal(r.Body, &body))
+			assert.Equal(t, "not ready", body.Status)
+			assert.Equal(t, "ok", body.Checks["redis"])
+			for _, w := range tt.want {
+				assert.Contains(t, body.Checks["durability"], w)
+			}
+		})
+	}
 }

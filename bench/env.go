@@ -127,6 +127,9 @@ func (b *Bench) gwEnv(ns string) []string {
 		"GW_AMQP_MGMT_URL=" + b.MgmtURL,
 		"GW_REDIS_URL=" + b.RedisURL,
 		"GW_METRICS_ADDR=127.0.0.1:0",
+		// The report records appendfsync; readiness must not refuse a
+		// Redis that is not durable (DESIGN §7).
+		"GW_DURABILITY=relaxed",
 	}
 	if b.LogLevel != "" {
 		env = append(env, "GW_LOG_LEVEL="+b.LogLevel)

@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/gwproc"
 	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/internal/testenv"
@@ -17,8 +20,21 @@ import (
 // fresh namespace on free ports, with extraEnv added to each.
 func startGateway(t *testing.T, workers, push int, extraEnv ...string) *gwproc.Gateway {
 	t.Helper()
+	return startGatewayOn(t, testenv.RedisURL(), workers, push, extraEnv...)
+}
+
+// startGatewayOn is startGateway with the gateway's state in the Redis of
+// redisURL, in any of the three forms of GW_REDIS_URL. The namespace's
+// keys there are deleted when t ends (testenv.Namespace cleans the shared
+// Redis only).
+func startGatewayOn(t *testing.T, redisURL string, workers, push int, extraEnv ...string) *gwproc.Gateway {
+	t.Helper()
 	testenv.RequireServices(t)
 	ns := testenv.Namespace(t)
+	if redisURL != testenv.RedisURL() {
+		// Registered before the gateway starts: it runs after it stops.
+		t.Cleanup(func() { cleanRedisNamespace(t, redisURL, ns) })
+	}
 	bin := t.TempDir()
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
@@ -28,7 +44,7 @@ func startGateway(t *testing.T, workers, push int, extraEnv ...string) *gwproc.G
 	runDir := filepath.Join(t.TempDir(), "run")
 	g, err := gwproc.Start(ctx, gwproc.Options{
 		BinDir: bin, RunDir: runDir, Namespace: ns, Secret: "e2e-secret-" + ns,
-		AMQPURL: testenv.AMQPURL(), RedisURL: testenv.RedisURL(),
+		AMQPURL: testenv.AMQPURL(), RedisURL: redisURL,
 		Workers: workers, PushServers: push, ExtraEnv: extraEnv,
 	})
 	if err != nil {
@@ -105,5 +121,43 @@ func TestEndToEnd(t *testing.T) {
 	}
 	if rep.Outcomes.Succeeded == 0 || rep.Outcomes.DeviceError == 0 || rep.Outcomes.Timeout == 0 {
 		t.Errorf("outcomes = %+v, want some of each of succeeded, device error, timeout", rep.Outcomes)
+	}
+}
+
+// cleanRedisNamespace deletes the keys of namespace ns ("ns:…" and
+// "{ns:…}…") from the Redis of redisURL, on every primary of a Cluster.
+func cleanRedisNamespace(t *testing.T, redisURL, ns string) {
+	c := config.Common{RedisURL: redisURL}
+	rdb, err := c.NewRedis(nil)
+	if err != nil {
+		t.Logf("cannot clean namespace %s: %v", ns, err)
+		return
+	}
+	defer rdb.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	clean := func(ctx context.Context, node redis.Cmdable) error {
+		for _, pattern := range []string{ns + ":*", "{" + ns + ":*"} {
+			iter := node.Scan(ctx, 0, pattern, 1000).Iterator()
+			for iter.Next(ctx) {
+				// One key at a time: on Cluster the keys of a node
+				// span slots.
+				if err := node.Unlink(ctx, iter.Val()).Err(); err != nil {
+					return err
+				}
+			}
+			if err := iter.Err(); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		err = cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error { return clean(ctx, n) })
+	} else {
+		err = clean(ctx, rdb)
+	}
+	if err != nil {
+		t.Logf("cannot clean namespace %s: %v", ns, err)
 	}
 }

@@ -10,6 +10,7 @@ import (
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
 
+	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/protocol"
 )
 
@@ -25,8 +26,8 @@ type scenarioEnv struct {
 	results map[string][]*protocol.Response // by client, then the result's id
 }
 
-func newScenarioEnv(t *testing.T, extraEnv ...string) *scenarioEnv {
-	g := startGateway(t, 1, 1, extraEnv...)
+func newScenarioEnv(t *testing.T, redisURL string, extraEnv ...string) *scenarioEnv {
+	g := startGatewayOn(t, redisURL, 1, 1, extraEnv...)
 	e := &scenarioEnv{t: t, api: NewAPI(g.APIURL), addr: g.PushAddrs[0], results: map[string][]*protocol.Response{}}
 	e.tok = func(role, sub string, devices ...string) string {
 		tok, err := g.Token(role, sub, devices)
@@ -136,6 +137,13 @@ func (e *scenarioEnv) result(client, id string) *protocol.Response {
 	}
 }
 
+// copies is how many results for id client has received so far.
+func (e *scenarioEnv) copies(client, id string) int {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return len(e.results[client+"|"+fmt.Sprintf("%q", id)])
+}
+
 // status reads a command's record through the API.
 func (e *scenarioEnv) status(token, id string) (st protocol.Status, delivered bool) {
 	e.t.Helper()
@@ -187,9 +195,33 @@ func gatewayCode(r *protocol.Response) int {
 // device error, no answer, offline past expires_in, cancel before
 // delivery, a late answer after the timeout, a full device mailbox, the
 // same id from two clients, and an answer that overtakes its PUBACK.
+//
+// It runs them with the state in the shared Redis server and in the local
+// Redis Cluster (GW_REDIS_URL in the Cluster form), and the first two
+// (success, device error) with it behind Sentinel: each form of
+// GW_REDIS_URL carries a command from the POST to its one result.
 func TestScenarios(t *testing.T) {
 	t.Parallel()
-	e := newScenarioEnv(t, "GW_MAILBOX_CAP=2")
+	for _, tt := range []struct {
+		name string
+		url  func(testing.TB) string
+		all  bool
+	}{
+		{"server", func(testing.TB) string { return testenv.RedisURL() }, true},
+		{"cluster", testenv.RedisClusterURL, true},
+		{"sentinel", testenv.RedisSentinelURL, false},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			runScenarios(t, tt.url(t), tt.all)
+		})
+	}
+}
+
+// runScenarios runs the scenarios of TestScenarios against a gateway whose
+// state is in the Redis of redisURL; only the first two unless all.
+func runScenarios(t *testing.T, redisURL string, all bool) {
+	e := newScenarioEnv(t, redisURL, "GW_MAILBOX_CAP=2")
 	app := e.client("app-sc", "sc-*")
 	other := e.client("app-sc2", "sc-*")
 	respond := func(c mqtt.Client, device string, m mqtt.Message, body string) {
@@ -209,6 +241,9 @@ func TestScenarios(t *testing.T) {
 		if gatewayCode(r) != 0 || string(r.Result) != `{"on":true}` {
 			t.Errorf("result = %+v, want the device's {\"on\":true}", r)
 		}
+		if n := e.copies("app-sc", "ok-1"); n != 1 {
+			t.Errorf("app-sc got %d copies of the result of ok-1, want exactly 1", n)
+		}
 		if st, _ := e.status(app, "ok-1"); st != protocol.StatusSucceeded {
 			t.Errorf("status = %s, want succeeded", st)
 		}
@@ -226,6 +261,10 @@ func TestScenarios(t *testing.T) {
 			t.Errorf("status = %s, want failed", st)
 		}
 	})
+
+	if !all {
+		return
+	}
 
 	t.Run("no answer", func(t *testing.T) {
 		e.device("sc-mute", false, func(mqtt.Client, mqtt.Message) {})

@@ -2,9 +2,13 @@ package mailbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"log/slog"
+	"sort"
 	"strconv"
 	"strings"
+	"sync"
 
 	"github.com/redis/go-redis/v9"
 
@@ -192,4 +196,147 @@ func quote(s string) string {
 		return `""`
 	}
 	return strconv.Quote(s)
+}
+
+// ErrRedisNotDurable is what CheckDurable wraps when a primary keeps its
+// writes neither on disk at once nor on enough replicas. (ErrNotDurable is
+// one step's barrier falling short.)
+var ErrRedisNotDurable = errors.New("mailbox: Redis is not durable")
+
+// CheckDurable returns nil when every primary (each of a Cluster, the
+// only one otherwise) keeps what the gateway acknowledges (DESIGN §7): it
+// runs appendonly yes with appendfsync always, or waitReplicas (the
+// durability barrier, GW_REDIS_WAIT_REPLICAS) is at least 1 and that many
+// replicas are connected to it. Otherwise the error wraps
+// ErrRedisNotDurable and says, for each primary that fails, what it runs
+// and what it should; an error that does not wrap it means the check
+// could not be made (Redis unreachable, CONFIG GET or INFO refused).
+// This is what readiness checks unless GW_DURABILITY=relaxed.
+func CheckDurable(ctx context.Context, rdb redis.UniversalClient, waitReplicas int) error {
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		var mu sync.Mutex
+		var bad []string
+		err := cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			why, err := durableNode(ctx, n, waitReplicas)
+			if err != nil {
+				return fmt.Errorf("primary %s: %w", n.Options().Addr, err)
+			}
+			if why != "" {
+				mu.Lock()
+				bad = append(bad, "primary "+n.Options().Addr+": "+why)
+				mu.Unlock()
+			}
+			return nil
+		})
+		if err != nil {
+			return fmt.Errorf("cannot check Redis durability: %w", err)
+		}
+		if len(bad) > 0 {
+			sort.Strings(bad)
+			return notDurable(strings.Join(bad, "; "), waitReplicas)
+		}
+		return nil
+	}
+	why, err := durableNode(ctx, rdb, waitReplicas)
+	if err != nil {
+		return fmt.Errorf("cannot check Redis durability: %w", err)
+	}
+	if why != "" {
+		return notDurable(why, waitReplicas)
+	}
+	return nil
+}
+
+func notDurable(why string, waitReplicas int) error {
+	return fmt.Errorf("%w: %s; want appendonly yes with appendfsync always, or GW_REDIS_WAIT_REPLICAS ≥ 1 (now %d) with that many replicas connected to every primary; GW_DURABILITY=relaxed runs anyway, and can lose what was acknowledged in the last second before a Redis crash",
+		ErrRedisNotDurable, why, waitReplicas)
+}
+
+// durableNode checks one primary; why is "" when it is durable.
+func durableNode(ctx context.Context, c redis.Cmdable, waitReplicas int) (why string, err error) {
+	var replicas string
+	if waitReplicas > 0 {
+		info, err := c.Info(ctx, "replication").Result()
+		if err != nil {
+			return "", fmt.Errorf("cannot read INFO replication: %w", err)
+		}
+		n := infoInt(info, "connected_slaves")
+		if n >= waitReplicas {
+			return "", nil
+		}
+		replicas = fmt.Sprintf(", %d replicas connected", n)
+	}
+	m, err := c.ConfigGet(ctx, "append*").Result()
+	if err != nil {
+		return "", fmt.Errorf("CONFIG GET refused: %w", err)
+	}
+	if strings.EqualFold(m["appendonly"], "yes") && strings.EqualFold(m["appendfsync"], "always") {
+		return "", nil
+	}
+	return "appendonly is " + quote(m["appendonly"]) + ", appendfsync " + quote(m["appendfsync"]) + replicas, nil
+}
+
+// infoInt reads an integer field of an INFO reply; -1 when absent.
+func infoInt(info, field string) int {
+	for _, line := range strings.Split(info, "\n") {
+		if v, ok := strings.CutPrefix(strings.TrimSpace(line), field+":"); ok {
+			n, err := strconv.Atoi(v)
+			if err == nil {
+				return n
+			}
+		}
+	}
+	return -1
+}
+
+// LogDurability logs at the start of a service what its readiness will
+// say of Redis durability (DESIGN §7): with relaxed (GW_DURABILITY=relaxed)
+// a WARN that the deployment is relaxed, with CheckDurable's reason when
+// Redis is not durable; otherwise a WARN when CheckDurable fails, since
+// readiness fails until it passes. It also warns when a primary may evict
+// keys (maxmemory-policy other than noeviction), which loses records
+// whatever the durability.
+func LogDurability(ctx context.Context, log *slog.Logger, rdb redis.UniversalClient, waitReplicas int, relaxed bool) {
+	err := CheckDurable(ctx, rdb, waitReplicas)
+	switch {
+	case relaxed && err != nil:
+		log.Warn("durability is relaxed (GW_DURABILITY=relaxed): ready although Redis is not durable; commands and answers acknowledged just before a Redis crash can be lost or finish twice", "reason", err.Error())
+	case relaxed:
+		log.Warn("durability is relaxed (GW_DURABILITY=relaxed): readiness does not check Redis durability (Redis is durable now)")
+	case errors.Is(err, ErrRedisNotDurable):
+		log.Warn("not ready until Redis is durable (or GW_DURABILITY=relaxed)", "reason", err.Error())
+	case err != nil:
+		log.Warn("not ready until Redis durability can be checked (or GW_DURABILITY=relaxed)", "err", err.Error())
+	}
+	if w := evicting(ctx, rdb); w != "" {
+		log.Warn(w)
+	}
+}
+
+// evicting returns a warning when a primary runs a maxmemory-policy other
+// than noeviction, "" otherwise (or when it cannot tell).
+func evicting(ctx context.Context, rdb redis.UniversalClient) string {
+	var mu sync.Mutex
+	var bad []string
+	check := func(ctx context.Context, c redis.Cmdable, name string) error {
+		m, err := c.ConfigGet(ctx, "maxmemory-policy").Result()
+		if err == nil && !strings.EqualFold(m["maxmemory-policy"], "noeviction") {
+			mu.Lock()
+			bad = append(bad, name+" runs maxmemory-policy "+quote(m["maxmemory-policy"]))
+			mu.Unlock()
+		}
+		return nil
+	}
+	if cc, ok := rdb.(*redis.ClusterClient); ok {
+		_ = cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			return check(ctx, n, "primary "+n.Options().Addr)
+		})
+	} else {
+		_ = check(ctx, rdb, "Redis")
+	}
+	if len(bad) == 0 {
+		return ""
+	}
+	sort.Strings(bad)
+	return strings.Join(bad, "; ") + ": an evicting Redis silently deletes command records, mailboxes and timers under memory pressure; want noeviction"
 }

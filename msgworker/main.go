@@ -71,6 +71,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		defer cancel()
 		_ = ms.Shutdown(sctx)
 	}()
+	ms.SetReady(w.Ready)
 	log.Info("msgworker starting", "ns", f.Namespace, "metrics_addr", ms.Addr(), "pid", os.Getpid())
 	return w.Run(ctx)
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -239,9 +241,20 @@ func TestRunStartsAndStops(t *testing.T) {
 	require.Eventually(t, func() bool { return strings.Count(out.String(), "msg=consuming") >= protocol.DefaultQueues+1 },
 		20*time.Second, 20*time.Millisecond, "%s", out.String())
 	require.Contains(t, out.String(), "metrics listening")
-	if msg := checkDurability(t); msg != "" {
-		require.Eventually(t, func() bool { return strings.Contains(out.String(), "redis durability") },
+	if err := mailbox.CheckDurable(context.Background(), testenv.Redis(t), 0); err != nil {
+		// Strict durability (the default) on a Redis that is not durable:
+		// a warning at start, and /readyz refuses, saying why.
+		require.Eventually(t, func() bool { return strings.Contains(out.String(), "not ready until Redis is durable") },
 			5*time.Second, 10*time.Millisecond, "no durability warning")
+		m := regexp.MustCompile(`msg="metrics listening" addr=(\S+)`).FindStringSubmatch(out.String())
+		require.NotNil(t, m, "%s", out.String())
+		resp, err := http.Get("http://" + m[1] + "/readyz")
+		require.NoError(t, err)
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusServiceUnavailable || !strings.Contains(string(body), "appendfsync") {
+			t.Errorf("GET /readyz = %d %q, want 503 naming appendfsync", resp.StatusCode, body)
+		}
 	}
 	cancel()
 	select {
@@ -251,10 +264,6 @@ func TestRunStartsAndStops(t *testing.T) {
 		t.Fatal("run did not return")
 	}
 	require.Contains(t, out.String(), "msgworker stopped")
-}
-
-func checkDurability(t testing.TB) string {
-	return mailbox.CheckDurability(context.Background(), testenv.Redis(t))
 }
 
 // TestCommandShare: the command queues share the prefetch and the

@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/iotgw/gateway/internal/amqpx"
+	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
@@ -27,7 +28,7 @@ type Worker struct {
 	cfg   Config
 	log   *slog.Logger
 	topo  protocol.Topology
-	rdb   *redis.Client
+	rdb   redis.UniversalClient
 	store *mailbox.Store
 	ring  *ring.Ring
 	// parts is this worker's share of the partitions: it fires their
@@ -46,21 +47,23 @@ func New(cfg Config) (*Worker, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, fmt.Errorf("invalid configuration: %w", err)
 	}
-	ropts, err := cfg.RedisOptions()
-	if err != nil {
-		return nil, fmt.Errorf("invalid configuration: redis-url: %w", err)
-	}
-	// Handlers of every queue and the timer loop share the pool.
+	// Handlers of every queue and the timer loop share the pool (on
+	// Cluster, each node's).
 	cmdPrefetch, cmdWorkers := cfg.commandShare()
-	if n := cfg.Queues*cmdWorkers + deadConcurrency + 4; ropts.PoolSize < n {
-		ropts.PoolSize = n
+	rdb, err := cfg.NewRedis(func(o *redis.UniversalOptions) {
+		if n := cfg.Queues*cmdWorkers + deadConcurrency + 4; o.PoolSize < n {
+			o.PoolSize = n
+		}
+	})
+	if err != nil {
+		return nil, fmt.Errorf("invalid configuration: %w", err)
 	}
 	w := &Worker{
 		reach: reachability{},
 		cfg:   cfg,
 		log:   cfg.Logger.With("component", "msgworker", "ns", cfg.Namespace),
 		topo:  protocol.NewTopology(cfg.Namespace, cfg.Queues, cfg.Partitions),
-		rdb:   redis.NewClient(ropts),
+		rdb:   rdb,
 	}
 	w.ring = ring.New(w.rdb, cfg.Namespace, ring.Options{Logger: cfg.Logger})
 	w.parts = ring.NewPartitions(w.rdb, cfg.Namespace, workerID(), max(cfg.Partitions, 1),
@@ -220,8 +223,8 @@ func (w *Worker) Run(ctx context.Context) error {
 	return nil
 }
 
-// checkRedis warns when Redis does not keep every write on disk
-// (appendonly yes, appendfsync always; DESIGN §7). When Redis cannot be
+// checkRedis logs what readiness will say of Redis durability
+// (mailbox.LogDurability; DESIGN §7). When Redis cannot be
 // reached it says so once and checks again every 2s until it can, or
 // until ctx is done: the handlers wait for Redis meanwhile.
 func (w *Worker) checkRedis(ctx context.Context) {
@@ -229,9 +232,7 @@ func (w *Worker) checkRedis(ctx context.Context) {
 		cctx, cancel := context.WithTimeout(ctx, 3*time.Second)
 		err := w.rdb.Ping(cctx).Err()
 		if err == nil {
-			if msg := mailbox.CheckDurability(cctx, w.rdb); msg != "" {
-				w.log.Warn("redis durability: "+msg, "want", "appendonly yes, appendfsync always")
-			}
+			mailbox.LogDurability(cctx, w.log, w.rdb, w.cfg.WaitReplicas, w.cfg.Durability == config.DurabilityRelaxed)
 			cancel()
 			return
 		}
@@ -245,6 +246,23 @@ func (w *Worker) checkRedis(ctx context.Context) {
 		case <-time.After(2 * time.Second):
 		}
 	}
+}
+
+// Ready is the worker's readiness, served at /readyz on the metrics
+// listener: Redis answers PING and, unless GW_DURABILITY=relaxed, keeps
+// what the worker acknowledges (mailbox.CheckDurable, every primary of a
+// Cluster). The error says what is not ready.
+func (w *Worker) Ready(ctx context.Context) error {
+	if err := w.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis: ping failed: %w", err)
+	}
+	if w.cfg.Durability == config.DurabilityRelaxed {
+		return nil
+	}
+	if err := mailbox.CheckDurable(ctx, w.rdb, w.cfg.WaitReplicas); err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	return nil
 }
 
 // runTimers polls the timer set every Config.TimerInterval until ctx is

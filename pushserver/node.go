@@ -23,6 +23,7 @@ import (
 
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/mailbox"
@@ -52,7 +53,7 @@ type Node struct {
 
 	// Set by Start.
 	node, url, addr string
-	rdb             *redis.Client
+	rdb             redis.UniversalClient
 	store           *mailbox.Store
 	ring            *ring.Ring
 	pub             *amqpx.Publisher
@@ -202,16 +203,17 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	n.log = n.log.With("node", n.node)
 
-	ropts, err := n.cfg.RedisOptions()
+	n.rdb, err = n.cfg.NewRedis(func(o *redis.UniversalOptions) {
+		if o.PoolSize == 0 {
+			// Every session reads and acks on its own goroutine: more
+			// connections than go-redis's default of 10 per CPU (on
+			// Cluster, per node).
+			o.PoolSize = max(64, 10*runtime.GOMAXPROCS(0))
+		}
+	})
 	if err != nil {
-		return fmt.Errorf("cannot parse Redis URL: %w", err)
+		return err
 	}
-	if ropts.PoolSize == 0 {
-		// Every session reads and acks on its own goroutine: more
-		// connections than go-redis's default of 10 per CPU.
-		ropts.PoolSize = max(64, 10*runtime.GOMAXPROCS(0))
-	}
-	n.rdb = redis.NewClient(ropts)
 	undo = append(undo, func() { _ = n.rdb.Close() })
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	err = n.rdb.Ping(pctx).Err()
@@ -219,9 +221,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err != nil {
 		return fmt.Errorf("cannot reach Redis: %w", err)
 	}
-	if w := mailbox.CheckDurability(ctx, n.rdb); w != "" {
-		n.log.Warn(w)
-	}
+	mailbox.LogDurability(ctx, n.log, n.rdb, n.cfg.WaitReplicas, n.cfg.Durability == config.DurabilityRelaxed)
 	n.store = mailbox.New(n.rdb, n.cfg.Namespace, mailbox.Options{
 		Partitions:   n.cfg.Partitions,
 		AnswerGrace:  n.cfg.AnswerGrace,
@@ -328,6 +328,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		if err != nil {
 			return err
 		}
+		n.metricsSrv.SetReady(n.ready)
 	}
 
 	n.goLoop(n.sweepLoop)
@@ -843,4 +844,24 @@ func (h minLevel) WithAttrs(a []slog.Attr) slog.Handler {
 
 func (h minLevel) WithGroup(g string) slog.Handler {
 	return minLevel{h.Handler.WithGroup(g), h.min}
+}
+
+// ready is the push server's readiness, served at /readyz on the metrics
+// listener: it serves MQTT, Redis answers PING and, unless
+// GW_DURABILITY=relaxed, keeps what the server acknowledges
+// (mailbox.CheckDurable, every primary of a Cluster).
+func (n *Node) ready(ctx context.Context) error {
+	if !n.running.Load() {
+		return errors.New("not serving MQTT")
+	}
+	if err := n.rdb.Ping(ctx).Err(); err != nil {
+		return fmt.Errorf("redis: ping failed: %w", err)
+	}
+	if n.cfg.Durability == config.DurabilityRelaxed {
+		return nil
+	}
+	if err := mailbox.CheckDurable(ctx, n.rdb, n.cfg.WaitReplicas); err != nil {
+		return fmt.Errorf("redis: %w", err)
+	}
+	return nil
 }

@@ -6,8 +6,16 @@
 # folder. Ctrl-C stops everything in order.
 #
 # Settings (environment): GW_AUTH_SECRET (generated when unset),
-# GW_NAMESPACE (gw), GW_HTTP_ADDR (127.0.0.1:8080), FLEET_DEVICES (100),
-# PUSH_SERVERS (3), WORKERS (2), RUN_DIR (run/<timestamp>).
+# GW_NAMESPACE (gw), GW_HTTP_ADDR (127.0.0.1:8080), GW_REDIS_URL
+# (redis://127.0.0.1:6379/0), GW_DURABILITY (see below), FLEET_DEVICES
+# (100), PUSH_SERVERS (3), WORKERS (2), RUN_DIR (run/<timestamp>).
+#
+# Durability (DESIGN §7): the services refuse readiness on a Redis that is
+# not durable (appendonly yes with appendfsync always, or
+# GW_REDIS_WAIT_REPLICAS replicas connected) unless GW_DURABILITY=relaxed.
+# When GW_DURABILITY is unset, run.sh checks the Redis it uses and sets
+# relaxed when it is not durable (or when it cannot tell: a Cluster or
+# Sentinel URL, no redis-cli), and says so in its banner.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -30,6 +38,38 @@ printf '%s\n' "$GW_AUTH_SECRET" > "$run_dir/secret"
 chmod 600 "$run_dir/secret"
 
 bash deployments/local/services.sh
+
+# redis_durable URL: whether the one Redis server at URL keeps every write
+# (appendonly yes and appendfsync always, or at least
+# GW_REDIS_WAIT_REPLICAS ≥ 1 replicas connected). Fails when it cannot
+# tell.
+redis_durable() {
+  local url="$1" cfg replicas want="${GW_REDIS_WAIT_REPLICAS:-0}"
+  [[ "$url" == *\?* ]] && return 1 # Cluster or Sentinel: not checked here
+  command -v redis-cli >/dev/null 2>&1 || return 1
+  if (( want >= 1 )); then
+    replicas="$(redis-cli -u "$url" info replication 2>/dev/null | tr -d '\r' | sed -n 's/^connected_slaves://p')"
+    [[ -n "$replicas" ]] && (( replicas >= want )) && return 0
+  fi
+  cfg="$(redis-cli -u "$url" config get 'append*' 2>/dev/null | tr -d '\r' | paste -sd ' ')" || return 1
+  [[ " $cfg " == *" appendonly yes "* && " $cfg " == *" appendfsync always "* ]]
+}
+
+durability_note=""
+if [[ -z "${GW_DURABILITY:-}" ]]; then
+  if redis_durable "${GW_REDIS_URL:-redis://127.0.0.1:6379/0}"; then
+    export GW_DURABILITY=strict
+  else
+    export GW_DURABILITY=relaxed
+    durability_note="
+  Durability:    RELAXED (GW_DURABILITY=relaxed): this Redis is not durable
+                 (or run.sh could not tell), so a Redis crash can lose the
+                 last second of commands and answers. Set GW_DURABILITY=strict
+                 to make readiness require appendonly yes + appendfsync always.
+"
+    echo "Redis is not durable (or could not be checked): running with GW_DURABILITY=relaxed"
+  fi
+fi
 
 echo "building into bin/ ..."
 make -s build
@@ -113,7 +153,7 @@ start fleet bin/devicesim --api "$api" fleet --devices "$fleet_devices" --prefix
 cat <<MSG
 
 The gateway is running (namespace $GW_NAMESPACE, logs in $run_dir).
-
+$durability_note
   Dashboard:     $api/#token=$operator
   API:           $api  (OpenAPI: $api/openapi.yaml)
   Client token:  $client

@@ -1,14 +1,9 @@
 package config
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"log/slog"
-	"net/url"
-
-	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/iotgw/gateway/internal/telemetry"
 )
@@ -55,30 +50,6 @@ func (c *Common) SetDefaults() {
 	if c.Namespace == "" {
 		c.Namespace = DefaultNamespace
 	}
-}
-
-// RedisOptions parses RedisURL into go-redis options, with maintenance
-// notifications off: they need a server that offers them, and asking an
-// older one only produces warnings. The caller sizes the pool and sets
-// the timeouts it needs, then calls redis.NewClient.
-//
-// It takes one server only (go-redis ParseURL, unix:// included); a
-// Cluster or Sentinel URL is an error that says so. NewRedis takes all
-// three forms. Its errors never contain the URL's password.
-func (c *Common) RedisOptions() (*redis.Options, error) {
-	u, err := url.Parse(c.RedisURL)
-	if err != nil {
-		return nil, notAURL(c.RedisURL, err, "")
-	}
-	if kind := kindOf(u.Query()); kind != RedisSingle {
-		return nil, fmt.Errorf("config: the Redis URL is a Redis %s URL; this caller takes one server only (RedisOptions; NewRedis takes every form)", kind)
-	}
-	opts, err := redis.ParseURL(c.RedisURL)
-	if err != nil {
-		return nil, errors.New(scrub(unwrapURLError(err).Error(), c.RedisURL))
-	}
-	opts.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	return opts, nil
 }
 
 // Logging is a service's logger settings.

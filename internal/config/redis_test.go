@@ -201,31 +201,6 @@ func TestNewRedisTuneCannotChangeTheForm(t *testing.T) {
 	}
 }
 
-func TestRedisOptions(t *testing.T) {
-	c := Common{RedisURL: "redis://:pw@127.0.0.1:6379/2"}
-	opts, err := c.RedisOptions()
-	if err != nil {
-		t.Fatalf("RedisOptions() = %v", err)
-	}
-	if opts.Addr != "127.0.0.1:6379" || opts.DB != 2 || opts.Password != "pw" ||
-		opts.MaintNotificationsConfig == nil || opts.MaintNotificationsConfig.Mode != "disabled" {
-		t.Errorf("RedisOptions() = %+v", opts)
-	}
-	for _, u := range []string{
-		"redis://127.0.0.1:7101?addr=127.0.0.1:7102",
-		"redis://127.0.0.1:7211?master_name=gw",
-	} {
-		c := Common{RedisURL: u}
-		if _, err := c.RedisOptions(); err == nil || !strings.Contains(err.Error(), "NewRedis") {
-			t.Errorf("RedisOptions(%q) = %v, want an error pointing to NewRedis", u, err)
-		}
-	}
-	c = Common{RedisURL: "redis://u:hunter22@h:1/0?nope=1"}
-	if _, err := c.RedisOptions(); err == nil || strings.Contains(err.Error(), "hunter22") {
-		t.Errorf("RedisOptions(bad URL) = %v, want an error without the password", err)
-	}
-}
-
 func TestRedactURL(t *testing.T) {
 	tests := []struct{ in, want string }{
 		{"redis://u:pw@h:1/0", "redis://u:xxxxx@h:1/0"},

@@ -276,6 +276,9 @@ func (o *Options) env() []string {
 		"GW_NAMESPACE=" + o.Namespace,
 		"GW_AUTH_SECRET=" + o.Secret,
 		"GW_METRICS_ADDR=127.0.0.1:0",
+		// The test Redis (6379) is not durable; strict readiness would
+		// refuse it (DESIGN §7). ExtraEnv may say strict.
+		"GW_DURABILITY=relaxed",
 	}
 	if o.AMQPURL != "" {
 		env = append(env, "GW_AMQP_URL="+o.AMQPURL)

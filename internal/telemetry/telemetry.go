@@ -16,6 +16,7 @@ import (
 	"os/signal"
 	"runtime/debug"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -58,14 +59,16 @@ func NewRegistry() *prometheus.Registry {
 
 // MetricsServer serves /metrics of a registry on its own listener.
 type MetricsServer struct {
-	srv *http.Server
-	ln  net.Listener
+	srv   *http.Server
+	ln    net.Listener
+	ready atomic.Pointer[func(context.Context) error]
 }
 
 // ServeMetrics listens on addr synchronously (so a bad address fails at
 // once) and serves reg's metrics at /metrics in the background, with the
 // Go runtime's profiles at /debug/pprof/ (the listener is for operators:
-// it defaults to loopback, GW_METRICS_ADDR). Addr returns the bound
+// it defaults to loopback, GW_METRICS_ADDR), /healthz (alive) and /readyz
+// (the check given to SetReady). Addr returns the bound
 // address (useful with port 0).
 func ServeMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (*MetricsServer, error) {
 	ln, err := net.Listen("tcp", addr)
@@ -75,12 +78,13 @@ func ServeMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (*Met
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) { _, _ = io.WriteString(w, "ok\n") })
+	m := &MetricsServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln: ln}
+	mux.HandleFunc("/readyz", m.readyz)
 	mux.HandleFunc("/debug/pprof/", pprof.Index)
 	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
 	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
 	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-	m := &MetricsServer{srv: &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}, ln: ln}
 	go func() {
 		if err := m.srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
 			log.Error("metrics server stopped", "err", err)
@@ -88,6 +92,26 @@ func ServeMetrics(addr string, reg *prometheus.Registry, log *slog.Logger) (*Met
 	}()
 	log.Info("metrics listening", "addr", ln.Addr().String())
 	return m, nil
+}
+
+// SetReady sets the check that /readyz runs: 200 "ready" when it returns
+// nil, else 503 with its error. Until SetReady is called /readyz answers
+// 503 "starting".
+func (m *MetricsServer) SetReady(check func(context.Context) error) { m.ready.Store(&check) }
+
+func (m *MetricsServer) readyz(w http.ResponseWriter, r *http.Request) {
+	check := m.ready.Load()
+	if check == nil {
+		http.Error(w, "not ready: starting", http.StatusServiceUnavailable)
+		return
+	}
+	ctx, cancel := context.WithTimeout(r.Context(), 2*time.Second)
+	defer cancel()
+	if err := (*check)(ctx); err != nil {
+		http.Error(w, "not ready: "+err.Error(), http.StatusServiceUnavailable)
+		return
+	}
+	_, _ = io.WriteString(w, "ready\n")
 }
 
 // Addr is the address the metrics server listens on.
