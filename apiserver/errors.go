@@ -61,6 +61,14 @@ func errNotFound(detail string) *apiError  { return newAPIError(protocol.ErrNotF
 func errUnavailable(detail string) *apiError {
 	return newAPIError(protocol.ErrUnavailable(detail))
 }
+
+// errNotAccepted is the 503 of a command certainly not queued, and
+// errOutcomeUnknown the 503 of one that may be (protocol.ReasonNotAccepted,
+// protocol.ReasonOutcomeUnknown).
+func errNotAccepted(detail string) *apiError { return newAPIError(protocol.ErrNotAccepted(detail)) }
+func errOutcomeUnknown(detail string) *apiError {
+	return newAPIError(protocol.ErrOutcomeUnknown(detail))
+}
 func errTooLarge(limit int64) *apiError {
 	return newAPIError(protocol.NewError(protocol.CodeTooLarge,
 		"request too large: the body exceeds "+strconv.FormatInt(limit, 10)+" bytes",

@@ -135,6 +135,23 @@ func (r *reply) errorCode(t testing.TB) int {
 	return e.Error.Code
 }
 
+// errorReason is the data.reason of an error answer ("" when none).
+func (r *reply) errorReason(t testing.TB) string {
+	t.Helper()
+	var e struct {
+		Error *struct {
+			Data struct {
+				Reason string `json:"reason"`
+			} `json:"data"`
+		} `json:"error"`
+	}
+	r.json(t, &e)
+	if e.Error == nil {
+		return ""
+	}
+	return e.Error.Data.Reason
+}
+
 // do sends a request and validates the response against openapi.yaml.
 func (g *gw) do(method, path, tok string, body any, hdr ...string) *reply {
 	g.t.Helper()

@@ -185,11 +185,11 @@ func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request
 				"conflict: this id was used before with a different body (device, method, params, timeout or expires_in)", nil))}
 		case err != nil:
 			if ctx.Err() != nil {
-				return intakeResult{err: errUnavailable("request cancelled")}
+				return intakeResult{err: errNotAccepted("request cancelled")}
 			}
 			s.metrics.publishFailures.WithLabelValues("redis").Inc()
 			s.log.Warn("cannot reserve command", "client_id", in.client, "msg_id", req.ID.Key(), "err", err)
-			return intakeResult{err: errUnavailable("Redis is unavailable; the command was not accepted")}
+			return intakeResult{err: errNotAccepted("Redis is unavailable")}
 		}
 		if outcome == mailbox.Reserved || outcome == mailbox.Retake {
 			return s.publish(ctx, in, req, rec)
@@ -199,14 +199,16 @@ func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request
 		}
 		// Pending under another request's lease: wait for its outcome
 		// (queued, released, or the lease running out, which we retake).
+		// An earlier request's publish is under way: its outcome is not
+		// known yet.
 		if time.Now().After(giveUp) {
-			return intakeResult{err: errUnavailable("an earlier request with this id is still being published; retry")}
+			return intakeResult{err: errOutcomeUnknown("an earlier request with this id is still being published")}
 		}
 		select {
 		case <-ctx.Done():
-			return intakeResult{err: errUnavailable("request cancelled")}
+			return intakeResult{err: errOutcomeUnknown("request cancelled while an earlier request with this id was being published")}
 		case <-s.stopping:
-			return intakeResult{err: errUnavailable("the server is shutting down")}
+			return intakeResult{err: errOutcomeUnknown("the server is shutting down while an earlier request with this id is being published")}
 		case <-time.After(poll):
 		}
 		poll = min(2*poll, 100*time.Millisecond)
@@ -242,11 +244,16 @@ func (s *Server) publish(reqCtx context.Context, in intake, req *protocol.Reques
 	}
 	if err := s.publishCommand(ctx, body, in.client, in.device, req.ID, in.trace); err != nil {
 		reason := s.publishFailed(err)
-		s.log.Warn("publish failed; command not accepted", "client_id", in.client, "msg_id", key, "reason", reason, "err", err)
 		if definitelyNotPublished(reason) {
+			s.log.Warn("publish failed; command not accepted", "client_id", in.client, "msg_id", key, "reason", reason, "err", err)
 			s.release(in.device, in.client, key, rec.LeaseToken)
+			return intakeResult{err: errNotAccepted(unavailableDetail(reason))}
 		}
-		return intakeResult{err: errUnavailable(unavailableDetail(reason))}
+		// The message may be in a queue: the reservation keeps its lease,
+		// the worker that takes the message queues the command, and a
+		// retry with the same id learns the outcome (DESIGN §8.4).
+		s.log.Warn("publish not confirmed; outcome unknown", "client_id", in.client, "msg_id", key, "reason", reason, "err", err)
+		return intakeResult{err: errOutcomeUnknown(unavailableDetail(reason))}
 	}
 	if err := s.store.MarkQueued(ctx, in.device, in.client, key); err != nil {
 		// The command is durable in RabbitMQ: the worker queues a pending
@@ -319,21 +326,24 @@ func (s *Server) release(device, client, key, token string) {
 	}
 }
 
-// unavailableDetail explains a 503 of a failed publish.
+// unavailableDetail explains a 503 of a failed publish (the error adds
+// whether the command was accepted).
 func unavailableDetail(reason string) string {
 	switch reason {
-	case "not_connected", "channel_closed", "closed":
-		return "RabbitMQ is unavailable; the command was not accepted"
+	case "not_connected", "closed":
+		return "RabbitMQ is unavailable"
+	case "channel_closed":
+		return "the connection to RabbitMQ closed before it confirmed the command"
 	case "blocked":
-		return "RabbitMQ is blocked (resource alarm); the command was not accepted"
+		return "RabbitMQ is blocked (resource alarm)"
 	case "returned":
-		return "no queue took the command; it was not accepted"
+		return "no queue took the command"
 	case "nacked":
-		return "RabbitMQ refused the command (queue full?); it was not accepted"
+		return "RabbitMQ refused the command (queue full?)"
 	case "confirm_timeout":
-		return "RabbitMQ did not confirm the command in time; it was not accepted"
+		return "RabbitMQ did not confirm the command in time"
 	}
-	return "the command could not be published; it was not accepted"
+	return "the command could not be published"
 }
 
 // readBody reads the request body within Config.BodyLimit: 413 (-32014)

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/url"
 	"strings"
 	"sync"
 	"testing"
@@ -377,6 +378,7 @@ func TestUnroutableIs503(t *testing.T) {
 	r := g.post(tok, "dev-1", cmd("u1", "reboot", nil))
 	require.Equal(t, http.StatusServiceUnavailable, r.Status, "%s", r.Body)
 	assert.Equal(t, protocol.CodeUnavailable, r.errorCode(t))
+	assert.Equal(t, protocol.ReasonNotAccepted, r.errorReason(t))
 	assert.Equal(t, "1", r.Header.Get("Retry-After"))
 	_, err = g.store.Get(context.Background(), "app-1", "u1")
 	assert.ErrorIs(t, err, mailbox.ErrNotFound, "reservation released")
@@ -435,6 +437,7 @@ func TestBrokerUnreachable(t *testing.T) {
 			slowest = max(slowest, took)
 			if r.Status == http.StatusServiceUnavailable {
 				assert.Equal(t, protocol.CodeUnavailable, r.errorCode(t))
+				assert.Equal(t, protocol.ReasonNotAccepted, r.errorReason(t))
 				assert.Equal(t, "1", r.Header.Get("Retry-After"))
 			}
 		}()
@@ -466,6 +469,7 @@ func TestRedisUnavailable(t *testing.T) {
 	r := g.post(tok, "dev-1", cmd("r1", "reboot", nil))
 	assert.Equal(t, http.StatusServiceUnavailable, r.Status, "%s", r.Body)
 	assert.Equal(t, protocol.CodeUnavailable, r.errorCode(t))
+	assert.Equal(t, protocol.ReasonNotAccepted, r.errorReason(t))
 	assert.Equal(t, "1", r.Header.Get("Retry-After"))
 	for _, path := range []string{"/v1/commands/r1", "/v1/devices/dev-1", "/v1/devices/dev-1/commands"} {
 		r = g.do(http.MethodGet, path, tok, nil)
@@ -510,4 +514,60 @@ func redisAt(t *testing.T, addr string) *redis.Client {
 	rdb := redis.NewClient(&redis.Options{Addr: addr, DialTimeout: 200 * time.Millisecond, MaxRetries: -1})
 	t.Cleanup(func() { rdb.Close() })
 	return rdb
+}
+
+// A publish whose confirm never comes may still have queued the command:
+// the 503 says the outcome is unknown (data.reason "outcome_unknown")
+// and the message is indeed in the queue; a retry with the same id is
+// safe and ends in one command. A publish that certainly failed says
+// "not_accepted" (TestUnroutableIs503, TestBrokerUnreachable).
+func TestUnconfirmedPublishIsOutcomeUnknown(t *testing.T) {
+	t.Parallel()
+	u, err := url.Parse(testenv.AMQPURL())
+	require.NoError(t, err)
+	proxy := testenv.NewStallProxy(t, u.Host)
+	u.Host = proxy.Addr()
+	g := newGW(t, func(c *Config, d *Deps) {
+		c.ConfirmTimeout = 500 * time.Millisecond
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		p, err := amqpx.NewPublisher(ctx, amqpx.Options{URL: u.String(), ConfirmTimeout: c.ConfirmTimeout, Logger: testenv.Logger(t)}, protocol.NewTopology(c.Namespace, protocol.DefaultQueues, protocol.DefaultPartitions))
+		require.NoError(t, err)
+		t.Cleanup(func() { p.Close() })
+		require.Eventually(t, p.Ready, 5*time.Second, 10*time.Millisecond, "publisher not ready")
+		d.Publisher = p
+	})
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+
+	proxy.Stall(true) // RabbitMQ takes the message; its confirm never arrives
+	r := g.post(tok, "dev-1", cmd("u1", "reboot", nil))
+	require.Equal(t, http.StatusServiceUnavailable, r.Status, "%s", r.Body)
+	var e struct {
+		Error *protocol.Error `json:"error"`
+	}
+	r.json(t, &e)
+	require.NotNil(t, e.Error)
+	assert.Equal(t, protocol.CodeUnavailable, e.Error.Code)
+	var data struct {
+		Reason string `json:"reason"`
+	}
+	require.NoError(t, json.Unmarshal(e.Error.Data, &data))
+	assert.Equal(t, protocol.ReasonOutcomeUnknown, data.Reason, "data.reason")
+	assert.Contains(t, e.Error.Message, "may have been accepted")
+	assert.Len(t, g.drain(), 1, "the unconfirmed command is in its queue: 'not accepted' would have been a lie")
+
+	// Retries with the same id: outcome_unknown while the reservation's
+	// lease runs, then the retry retakes it and publishes (a duplicate
+	// message is harmless: the worker's dispatch is a compare-and-set).
+	proxy.Stall(false)
+	require.Eventually(t, func() bool {
+		r = g.post(tok, "dev-1", cmd("u1", "reboot", nil))
+		if r.Status == http.StatusServiceUnavailable {
+			require.Equal(t, protocol.ReasonOutcomeUnknown, r.errorReason(t), "%s", r.Body)
+		}
+		return r.Status == http.StatusOK || r.Status == http.StatusAccepted
+	}, 20*time.Second, 100*time.Millisecond, "retries with the same id never got 200 or 202")
+	c, err := g.store.Get(context.Background(), "app-1", "u1")
+	require.NoError(t, err)
+	assert.Contains(t, []protocol.Status{protocol.StatusPending, protocol.StatusQueued}, c.Status)
 }

@@ -38,7 +38,7 @@ const retryAfterOverloaded = 1
 // cheap answer of an overloaded server).
 var overloaded = protocol.NewError(protocol.CodeUnavailable,
 	"server overloaded: too many requests in flight; retry after "+strconv.Itoa(retryAfterOverloaded)+"s",
-	map[string]any{"reason": "overloaded", "retry_after": retryAfterOverloaded})
+	map[string]any{"reason": protocol.ReasonOverloaded, "retry_after": retryAfterOverloaded})
 
 // admit bounds the requests in flight to Config.MaxInFlight: beyond it a
 // request is answered 503 (-32016, "server overloaded") with Retry-After

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"github.com/iotgw/gateway/protocol"
 	"io"
 	"net"
 	"net/http"
@@ -44,11 +45,13 @@ type APIError struct {
 }
 
 // NotAccepted reports whether the answer says for sure that the command
-// was not accepted: a 4xx, or a 503 because the apiserver was overloaded
-// (it refuses those before anything is stored or published). Any other
-// 5xx may follow a publish whose confirm timed out: indeterminate.
+// was not accepted: a 4xx, or a 503 whose data.reason says so
+// ("overloaded": refused before anything was stored; "not_accepted").
+// Any other 5xx ("outcome_unknown": the confirm never came) may follow a
+// publish that queued the command: indeterminate.
 func (e *APIError) NotAccepted() bool {
-	return e.Status >= 400 && e.Status < 500 || e.Status == http.StatusServiceUnavailable && e.Reason == "overloaded"
+	return e.Status >= 400 && e.Status < 500 ||
+		e.Status == http.StatusServiceUnavailable && (e.Reason == protocol.ReasonOverloaded || e.Reason == protocol.ReasonNotAccepted)
 }
 
 func (e *APIError) Error() string {

@@ -124,7 +124,17 @@
 //	                                                    503 with Retry-After when any element got a 503
 //
 // A 202 is given only after a publisher confirm of a message that a
-// queue took; anything else is a 503 and nothing was accepted.
+// queue took. A 503 (-32016) says in data.reason what became of the
+// command:
+//
+//	reason           meaning                                                     retry with the same id
+//	overloaded       refused before the body was read (over GW_MAX_INFLIGHT)     publishes it
+//	not_accepted     certainly not queued: Redis could not reserve it, or        publishes it
+//	                 RabbitMQ was unreachable, blocked, nacked or returned it
+//	outcome_unknown  may be queued: the confirm never came, the channel closed   200 with the command once known;
+//	                 before it, or an earlier request with this id is still      after the reservation's lease
+//	                 being published                                             (2 × GW_CONFIRM_TIMEOUT) it
+//	                                                                             publishes again (harmless)
 //
 // # Error codes
 //
@@ -147,7 +157,8 @@
 //	-32015  CodeRateLimited     429   over GW_RATE / GW_BURST; with Retry-After
 //	-32016  CodeUnavailable     503   RabbitMQ or Redis unavailable or blocked, or the apiserver
 //	                                  overloaded (over GW_MAX_INFLIGHT requests); with Retry-After;
-//	                                  the command was NOT accepted and MAY be retried with the same id
+//	                                  data.reason says whether the command was accepted (above);
+//	                                  a retry with the same id is always safe
 //
 // Gateway result codes are not HTTP errors: they are the error of a
 // command's result when the gateway, not the device, decided its final

@@ -107,6 +107,36 @@ func ErrUnavailable(detail string) *Error {
 	return NewError(CodeUnavailable, "service unavailable: "+detail, nil)
 }
 
+// The data.reason of a 503 (-32016) of intake says what became of the
+// command:
+const (
+	// ReasonOverloaded: refused before the body was read (over
+	// GW_MAX_INFLIGHT); nothing was stored or published.
+	ReasonOverloaded = "overloaded"
+	// ReasonNotAccepted: the command was certainly not queued (Redis
+	// could not reserve it, or RabbitMQ refused, returned or never got the
+	// message). A retry with the same id publishes it afresh.
+	ReasonNotAccepted = "not_accepted"
+	// ReasonOutcomeUnknown: the message may be queued (the confirm never
+	// came, or the channel closed before it, or an earlier request with
+	// the same id is still being published). A retry with the same id is
+	// safe: it answers 200 with the command once it is known, or
+	// publishes again once the reservation's lease has run out.
+	ReasonOutcomeUnknown = "outcome_unknown"
+)
+
+// ErrNotAccepted is the 503 of a command that was certainly not queued.
+func ErrNotAccepted(detail string) *Error {
+	return NewError(CodeUnavailable, "service unavailable: "+detail+"; the command was not accepted, retry with the same id",
+		map[string]any{"reason": ReasonNotAccepted})
+}
+
+// ErrOutcomeUnknown is the 503 of a command that may have been queued.
+func ErrOutcomeUnknown(detail string) *Error {
+	return NewError(CodeUnavailable, "service unavailable: "+detail+"; the command may have been accepted: retry with the same id to learn its outcome (a retry never runs it twice)",
+		map[string]any{"reason": ReasonOutcomeUnknown})
+}
+
 // ResultError returns the gateway error a client receives when its
 // command ends in status s without a device answer (timeout, expired,
 // dead, cancelled, rejected); nil for other statuses.
