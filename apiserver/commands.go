@@ -143,6 +143,9 @@ func (s *Server) storeError(err error, what string) error {
 	if errors.Is(err, mailbox.ErrNotFound) {
 		return errNotFound(what)
 	}
+	if errors.Is(err, mailbox.ErrBadCursor) {
+		return errBadRequest("cursor: not a cursor this listing returned")
+	}
 	s.log.Warn("redis unavailable", "err", err)
 	return errUnavailable("Redis is unavailable")
 }

@@ -265,7 +265,7 @@ func (s *Store) List(ctx context.Context, client, device string, status protocol
 	if cursor != "" {
 		var ok bool
 		if cur, ok = decodeCursor(cursor); !ok {
-			return nil, "", fmt.Errorf("mailbox: bad cursor %q", cursor)
+			return nil, "", fmt.Errorf("%w: %q", ErrBadCursor, cursor)
 		}
 	}
 	pk := s.part(device)

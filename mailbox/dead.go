@@ -65,7 +65,7 @@ func (s *Store) DeadList(ctx context.Context, limit int, cursor string) ([]*Comm
 	if cursor != "" {
 		var ok bool
 		if cur, ok = decodeCursor(cursor); !ok {
-			return nil, "", fmt.Errorf("mailbox: bad cursor %q", cursor)
+			return nil, "", fmt.Errorf("%w: %q", ErrBadCursor, cursor)
 		}
 	}
 	// Merge the partitions' dead sets, newest first. The merged order is

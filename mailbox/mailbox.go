@@ -250,8 +250,10 @@ func (s *Store) Keys() protocol.Keys { return s.keys }
 var (
 	ErrNotFound = errors.New("mailbox: command not found")
 	ErrConflict = errors.New("mailbox: same id with a different body")
-	ErrFull     = errors.New("mailbox: mailbox full")
-	ErrState    = errors.New("mailbox: command is not in a state that allows this")
+	// ErrBadCursor: a page cursor that no listing returned.
+	ErrBadCursor = errors.New("mailbox: not a cursor of this listing")
+	ErrFull      = errors.New("mailbox: mailbox full")
+	ErrState     = errors.New("mailbox: command is not in a state that allows this")
 	// ErrNodeAlive: ForgetSessions of a node that is a live ring member.
 	ErrNodeAlive = errors.New("mailbox: the node is a live ring member")
 )
