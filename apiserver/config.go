@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/iotgw/gateway/internal/auth"
 	"io"
 	"strings"
 	"time"
@@ -152,6 +153,9 @@ func (c *Config) ensureDefaults() {
 func (c *Config) validate() error {
 	if strings.TrimSpace(c.AuthSecret) == "" {
 		return ErrNoSecret
+	}
+	if err := auth.CheckSecret(c.AuthSecret); err != nil {
+		return fmt.Errorf("apiserver: %w", err)
 	}
 	if (c.TLSCert == "") != (c.TLSKey == "") {
 		return errors.New("apiserver: GW_TLS_CERT and GW_TLS_KEY must be set together")

@@ -30,7 +30,7 @@ import (
 	"github.com/iotgw/gateway/protocol"
 )
 
-const testSecret = "apiserver-test-secret"
+const testSecret = "apiserver-test-secret-of-32-bytes!"
 
 // testAnswerGrace is the answer grace of the test stores and servers.
 const testAnswerGrace = 100 * time.Millisecond

@@ -165,15 +165,15 @@ func TestRunRefusesWithoutSecret(t *testing.T) {
 	assert.Contains(t, err.Error(), "GW_AUTH_SECRET")
 
 	err = run(context.Background(), []string{"--no-such-flag"}, func(k string) string {
-		return map[string]string{"GW_AUTH_SECRET": "s"}[k]
+		return map[string]string{"GW_AUTH_SECRET": testSecret}[k]
 	}, &out)
 	require.Error(t, err)
 	err = run(context.Background(), nil, func(k string) string {
-		return map[string]string{"GW_AUTH_SECRET": "s", "GW_CONFIRM_TIMEOUT": "soon"}[k]
+		return map[string]string{"GW_AUTH_SECRET": testSecret, "GW_CONFIRM_TIMEOUT": "soon"}[k]
 	}, &out)
 	require.ErrorContains(t, err, "GW_CONFIRM_TIMEOUT")
 	err = run(context.Background(), nil, func(k string) string {
-		return map[string]string{"GW_AUTH_SECRET": "s", "GW_TLS_CERT": "c.pem"}[k]
+		return map[string]string{"GW_AUTH_SECRET": testSecret, "GW_TLS_CERT": "c.pem"}[k]
 	}, &out)
 	require.ErrorContains(t, err, "GW_TLS_KEY")
 }
@@ -187,7 +187,7 @@ func TestRunCounts(t *testing.T) {
 		{"too many queues", "257", "256", "queues"},
 	} {
 		c, err := parseConfig(nil, func(k string) string {
-			return map[string]string{"GW_AUTH_SECRET": "s", "GW_QUEUES": tt.queues, "GW_PARTITIONS": tt.partitions}[k]
+			return map[string]string{"GW_AUTH_SECRET": testSecret, "GW_QUEUES": tt.queues, "GW_PARTITIONS": tt.partitions}[k]
 		}, &bytes.Buffer{})
 		if err == nil {
 			err = c.validate()
@@ -238,7 +238,7 @@ func TestRunCounts(t *testing.T) {
 
 func TestParseConfig(t *testing.T) {
 	env := map[string]string{
-		"GW_AUTH_SECRET": "s", "GW_BODY_LIMIT": "1MiB", "GW_RATE": "10", "GW_BURST": "20",
+		"GW_AUTH_SECRET": testSecret, "GW_BODY_LIMIT": "1MiB", "GW_RATE": "10", "GW_BURST": "20",
 		"GW_CONFIRM_TIMEOUT": "7", "GW_RETENTION": "1h", "GW_HTTP_ADDR": "127.0.0.1:0",
 		"GW_QUEUES": "8", "GW_PARTITIONS": "64",
 	}

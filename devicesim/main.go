@@ -50,9 +50,11 @@ type globals struct {
 	API      string
 	Secret   string
 	LogLevel string
-	stdout   io.Writer
-	stderr   io.Writer
-	log      *slog.Logger
+	// envSecret is GW_AUTH_SECRET, used when --secret is not given.
+	envSecret string
+	stdout    io.Writer
+	stderr    io.Writer
+	log       *slog.Logger
 }
 
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
@@ -75,13 +77,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		api = "http://127.0.0.1:8080"
 	}
 	root.PersistentFlags().StringVar(&g.API, "api", api, "gateway HTTP API (env GW_API_URL)")
-	root.PersistentFlags().StringVar(&g.Secret, "secret", getenv("GW_AUTH_SECRET"), "HS256 token secret (env GW_AUTH_SECRET)")
+	// The secret's flag default stays empty, so that --help never prints
+	// GW_AUTH_SECRET; the variable is read when the flag is not given.
+	root.PersistentFlags().StringVar(&g.Secret, "secret", "", "HS256 token secret (env GW_AUTH_SECRET)")
+	g.envSecret = getenv("GW_AUTH_SECRET")
 	root.PersistentFlags().StringVar(&g.LogLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	root.AddCommand(tokenCmd(g), fleetCmd(ctx, g), sendCmd(ctx, g), loadCmd(ctx, g), statsCmd(ctx, g))
 	return root.ExecuteContext(ctx)
 }
 
 func (g *globals) secret() ([]byte, error) {
+	if g.Secret == "" {
+		g.Secret = g.envSecret
+	}
 	if g.Secret == "" {
 		return nil, errors.New("no secret: pass --secret or set GW_AUTH_SECRET")
 	}

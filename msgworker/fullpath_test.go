@@ -26,7 +26,7 @@ import (
 func TestFullPath(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	const secret = "full-path-test-secret"
+	const secret = "full-path-test-secret-of-32-bytes"
 	h.worker(nil)
 	addr := startPushServer(t, h.ns, secret)
 

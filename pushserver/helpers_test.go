@@ -29,7 +29,7 @@ import (
 	"github.com/iotgw/gateway/protocol"
 )
 
-const testSecret = "pushserver-test-secret"
+const testSecret = "pushserver-test-secret-of-32-bytes"
 
 // env is one test's namespace with its Redis client, mailbox store and a
 // ring view (not joined) for finding owners.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/iotgw/gateway/internal/auth"
 	"io"
 	"os"
 	"time"
@@ -66,6 +67,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	if cfg.AuthSecret == "" {
 		return ErrNoSecret
+	}
+	if err := auth.CheckSecret(cfg.AuthSecret); err != nil {
+		return fmt.Errorf("pushserver: %w", err)
 	}
 	// Before the defaults: --queues 0 is an error, not the default.
 	if err := cfg.Scale.Check(); err != nil {

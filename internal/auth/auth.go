@@ -28,6 +28,24 @@ const (
 	RoleOperator Role = "operator"
 )
 
+// MinSecretLen is the shortest secret a service accepts: 32 bytes, the
+// size of HS256's hash. A shorter one can be guessed offline from any
+// token (an HMAC key is only as strong as it is long).
+const MinSecretLen = 32
+
+// CheckSecret refuses a secret shorter than MinSecretLen, and the
+// placeholders of the deployment files ("change-me…"), without printing
+// it.
+func CheckSecret(secret string) error {
+	if n := len(secret); n < MinSecretLen {
+		return fmt.Errorf("GW_AUTH_SECRET is %d bytes long, want at least %d (for example: openssl rand -hex 32)", n, MinSecretLen)
+	}
+	if strings.Contains(strings.ToLower(secret), "change-me") {
+		return errors.New("GW_AUTH_SECRET is still the deployment files' placeholder: set a random one (for example: openssl rand -hex 32)")
+	}
+	return nil
+}
+
 // Valid reports whether r is one of the roles.
 func (r Role) Valid() bool { return r == RoleClient || r == RoleDevice || r == RoleOperator }
 

@@ -205,3 +205,30 @@ func BenchmarkVerify(b *testing.B) {
 		})
 	}
 }
+
+func TestCheckSecret(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name, secret string
+		want         string // a part of the error, "" for none
+	}{
+		{"empty", "", "0 bytes long"},
+		{"one byte", "a", "1 bytes long"},
+		{"31 bytes", strings.Repeat("x", 31), "31 bytes long"},
+		{"32 bytes", strings.Repeat("x", 32), ""},
+		{"k8s placeholder", "CHANGE-ME-to-a-long-random-string", "placeholder"},
+		{"compose placeholder", "change-me-to-a-long-random-string", "placeholder"},
+		{"random hex", "5f0c2a9d4b7e81f36a0d9c2b7e4f1a8c5d3b6e9f0a2c4d7e8b1f3a5c7d9e0b2f", ""},
+	}
+	for _, tt := range tests {
+		err := CheckSecret(tt.secret)
+		switch {
+		case tt.want == "" && err != nil:
+			t.Errorf("%s: CheckSecret = %v, want nil", tt.name, err)
+		case tt.want != "" && (err == nil || !strings.Contains(err.Error(), tt.want)):
+			t.Errorf("%s: CheckSecret = %v, want an error about %q", tt.name, err, tt.want)
+		case err != nil && len(tt.secret) > 3 && strings.Contains(err.Error(), tt.secret):
+			t.Errorf("%s: CheckSecret's error %q shows the secret", tt.name, err)
+		}
+	}
+}

@@ -35,10 +35,13 @@ func EnvName(flagName string) string {
 	return "GW_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
 }
 
-// Binder defines flags on a FlagSet whose defaults come from getenv.
+// Binder defines flags on a FlagSet whose values start from getenv.
 // Errors in variables (an unparsable duration, say) are collected and
 // returned by Parse, so a bad GW_* value stops the service with a clear
-// message instead of being ignored.
+// message instead of being ignored. A flag's listed default (--help, and
+// flag errors) is always the documented one, never a variable's value:
+// variables carry secrets (GW_AUTH_SECRET, passwords in URLs) that must
+// not be printed.
 type Binder struct {
 	FS     *flag.FlagSet
 	Getenv func(string) string
@@ -65,63 +68,63 @@ func (b *Binder) usage(name, usage string) string {
 
 // String binds a string setting.
 func (b *Binder) String(p *string, name, def, usage string) {
-	if v, ok := b.env(name); ok {
-		def = v
-	}
 	b.FS.StringVar(p, name, def, b.usage(name, usage))
+	if v, ok := b.env(name); ok {
+		*p = v
+	}
 }
 
 // Duration binds a duration setting; the variable may be a Go duration
 // ("30s") or whole seconds ("30").
 func (b *Binder) Duration(p *time.Duration, name string, def time.Duration, usage string) {
+	b.FS.DurationVar(p, name, def, b.usage(name, usage))
 	if v, ok := b.env(name); ok {
 		d, err := ParseDuration(v)
 		if err != nil {
 			b.errs = append(b.errs, fmt.Errorf("%s: %w", EnvName(name), err))
 		} else {
-			def = d
+			*p = d
 		}
 	}
-	b.FS.DurationVar(p, name, def, b.usage(name, usage))
 }
 
 // Int binds an integer setting.
 func (b *Binder) Int(p *int, name string, def int, usage string) {
+	b.FS.IntVar(p, name, def, b.usage(name, usage))
 	if v, ok := b.env(name); ok {
 		n, err := strconv.Atoi(v)
 		if err != nil {
 			b.errs = append(b.errs, fmt.Errorf("%s: %q is not an integer", EnvName(name), v))
 		} else {
-			def = n
+			*p = n
 		}
 	}
-	b.FS.IntVar(p, name, def, b.usage(name, usage))
 }
 
 // Float binds a floating-point setting.
 func (b *Binder) Float(p *float64, name string, def float64, usage string) {
+	b.FS.Float64Var(p, name, def, b.usage(name, usage))
 	if v, ok := b.env(name); ok {
 		n, err := strconv.ParseFloat(v, 64)
 		if err != nil {
 			b.errs = append(b.errs, fmt.Errorf("%s: %q is not a number", EnvName(name), v))
 		} else {
-			def = n
+			*p = n
 		}
 	}
-	b.FS.Float64Var(p, name, def, b.usage(name, usage))
 }
 
 // Bytes binds a size setting written like "64KiB", "1MiB" or "65536".
 func (b *Binder) Bytes(p *int64, name string, def int64, usage string) {
+	*p = def
 	if v, ok := b.env(name); ok {
 		n, err := ParseBytes(v)
 		if err != nil {
 			b.errs = append(b.errs, fmt.Errorf("%s: %w", EnvName(name), err))
 		} else {
-			def = n
+			*p = n
 		}
 	}
-	*p = def
 	b.FS.Func(name, b.usage(name, usage)+fmt.Sprintf(" (default %d)", def), func(s string) error {
 		n, err := ParseBytes(s)
 		if err != nil {
