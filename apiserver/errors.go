@@ -3,6 +3,7 @@ package main
 import (
 	"encoding/json"
 	"errors"
+	"github.com/iotgw/gateway/internal/telemetry"
 	"net/http"
 	"strconv"
 
@@ -88,7 +89,7 @@ func (s *Server) handleError(err error, c echo.Context) {
 	case errors.As(err, &he):
 		ae = s.fromEchoError(he)
 	default:
-		s.log.Error("request failed", "method", c.Request().Method, "path", c.Request().URL.Path, "err", err)
+		s.log.Error("request failed", "method", c.Request().Method, "path", telemetry.Clip(c.Request().URL.Path), "err", err)
 		ae = &apiError{status: http.StatusInternalServerError,
 			rpc: protocol.NewError(protocol.CodeInternalError, "internal error", nil)}
 	}

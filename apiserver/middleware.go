@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"github.com/iotgw/gateway/internal/telemetry"
 	"log/slog"
 	"math"
 	"net/http"
@@ -91,7 +92,7 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 		attrs := []slog.Attr{
 			slog.String("method", c.Request().Method),
 			slog.String("route", route),
-			slog.String("path", c.Request().URL.Path),
+			slog.String("path", telemetry.Clip(c.Request().URL.Path)),
 			slog.Int("status", status),
 			slog.Duration("latency", took),
 		}

@@ -87,6 +87,17 @@ func TestRequestLog(t *testing.T) {
 		assert.Contains(t, rec, "latency")
 	}
 	assert.True(t, found, "no request log line in %q", buf.String())
+
+	// A 60 KB path (an outsider's) is clipped in the log line.
+	before := len(buf.String())
+	long := "/v1/" + strings.Repeat("x", 60<<10)
+	resp, err := http.Get(g.ts.URL + long) // not through g.do: no route of the document
+	require.NoError(t, err)
+	resp.Body.Close()
+	require.Equal(t, http.StatusNotFound, resp.StatusCode)
+	logged := buf.String()[before:]
+	assert.Contains(t, logged, "more bytes)", "the path is clipped")
+	assert.Less(t, len(logged), 4<<10, "one request wrote %d bytes of log", len(logged))
 }
 
 // run serves HTTPS with GW_TLS_CERT/GW_TLS_KEY, logs the bound address,

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"github.com/iotgw/gateway/internal/telemetry"
 	"strings"
 	"time"
 
@@ -86,7 +87,7 @@ func (h *hook) admit(cl *mqtt.Client, pk packets.Packet) (*auth.Claims, error) {
 	identity := string(pk.Connect.Username)
 	claims, err := n.authenticate(pk)
 	if err != nil {
-		n.log.Info("connection refused: bad credentials", "client_id", identity, "remote", cl.Net.Remote, "err", err)
+		n.log.Info("connection refused: bad credentials", "client_id", telemetry.Clip(identity), "remote", cl.Net.Remote, "err", err)
 		return nil, h.refuse(cl, refuseBadCredentials, "")
 	}
 	if err := h.place(cl, pk, claims); err != nil {
@@ -100,9 +101,9 @@ func (h *hook) admit(cl *mqtt.Client, pk packets.Packet) (*auth.Claims, error) {
 func (h *hook) place(cl *mqtt.Client, pk packets.Packet, claims *auth.Claims) error {
 	n := h.n
 	identity := string(pk.Connect.Username)
-	log := n.log.With("client_id", identity, "remote", cl.Net.Remote)
+	log := n.log.With("client_id", telemetry.Clip(identity), "remote", cl.Net.Remote)
 	if pk.Connect.ClientIdentifier != claims.Subject {
-		log.Info("connection refused: client ID is not the identity", "mqtt_client_id", pk.Connect.ClientIdentifier)
+		log.Info("connection refused: client ID is not the identity", "mqtt_client_id", telemetry.Clip(pk.Connect.ClientIdentifier))
 		return h.refuse(cl, refuseClientID, "")
 	}
 	if pk.Connect.WillFlag {

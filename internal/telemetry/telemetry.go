@@ -15,10 +15,12 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
+	"unicode/utf8"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
@@ -147,4 +149,22 @@ func DefaultGCPercent(percent int) {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(percent)
 	}
+}
+
+// MaxLoggedLen bounds a logged value that an outsider controls (a path, a
+// username, a client ID): Clip keeps this many bytes of it.
+const MaxLoggedLen = 160
+
+// Clip returns s for a log line: unchanged when short, else its first
+// MaxLoggedLen bytes (cut at a rune boundary) and how many bytes were
+// left out, so that one request cannot write megabytes of log.
+func Clip(s string) string {
+	if len(s) <= MaxLoggedLen {
+		return s
+	}
+	cut := MaxLoggedLen
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut] + "…(" + strconv.Itoa(len(s)-cut) + " more bytes)"
 }

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"runtime/debug"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -65,6 +66,25 @@ func TestDefaultGCPercent(t *testing.T) {
 		DefaultGCPercent(123)
 		if got := debug.SetGCPercent(100); got != tc.want {
 			t.Errorf("GOGC=%q: GC percent %d, want %d", tc.gogc, got, tc.want)
+		}
+	}
+}
+
+func TestClip(t *testing.T) {
+	t.Parallel()
+	long := strings.Repeat("a", 60<<10)
+	tests := []struct {
+		name, in string
+		want     string
+	}{
+		{"short", "/v1/commands/1", "/v1/commands/1"},
+		{"at the bound", strings.Repeat("b", MaxLoggedLen), strings.Repeat("b", MaxLoggedLen)},
+		{"60 KB", long, strings.Repeat("a", MaxLoggedLen) + "…(" + strconv.Itoa(len(long)-MaxLoggedLen) + " more bytes)"},
+		{"cut inside a rune", strings.Repeat("a", MaxLoggedLen-1) + "é" + "z", strings.Repeat("a", MaxLoggedLen-1) + "…(3 more bytes)"},
+	}
+	for _, tt := range tests {
+		if got := Clip(tt.in); got != tt.want {
+			t.Errorf("%s: Clip = %.60q (%d bytes), want %.60q (%d bytes)", tt.name, got, len(got), tt.want, len(tt.want))
 		}
 	}
 }
