@@ -23,6 +23,8 @@ type metrics struct {
 	dropped   *prometheus.CounterVec
 	reads     prometheus.Counter
 	unsent    prometheus.Counter
+	// wakeResubscribes counts (re)subscriptions of the wake channel.
+	wakeResubscribes prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -54,10 +56,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		unsent: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gw_push_unsent_total", Help: "Command entries read from a mailbox but not published, handed back (Unsend).",
 		}),
+		wakeResubscribes: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gw_push_wake_subscriptions_total", Help: "Subscriptions of the node's wake channel: 1 at start, one more after each reconnect to Redis (each re-reads every session's mailbox).",
+		}),
 	}
 	for _, r := range []string{dropMalformed, dropID, dropUnknown, dropDevice, dropNotSent, dropUnsent} {
 		m.dropped.WithLabelValues(r)
 	}
-	reg.MustRegister(m.sessions, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.unsent)
+	reg.MustRegister(m.sessions, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.unsent, m.wakeResubscribes)
 	return m
 }

@@ -204,6 +204,11 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.log = n.log.With("node", n.node)
 
 	n.rdb, err = n.cfg.NewRedis(func(o *redis.UniversalOptions) {
+		// Named, so that an operator (and a test) can tell this node's
+		// connections in CLIENT LIST.
+		if o.ClientName == "" {
+			o.ClientName = "gw-push-" + n.node
+		}
 		if o.PoolSize == 0 {
 			// Every session reads and acks on its own goroutine: more
 			// connections than go-redis's default of 10 per CPU (on
@@ -298,6 +303,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		_ = wake.Close()
 		return fmt.Errorf("cannot subscribe to wake signals: %w", err)
 	}
+	n.m.wakeResubscribes.Inc()
 	n.goLoop(func() { n.ring.Run(n.ctx) }) //nolint:errcheck // Run returns nil
 	n.goLoop(func() { n.wakeLoop(wake) })
 
@@ -553,21 +559,58 @@ func stripe(key string, n int) int {
 // Background loops.
 
 // wakeLoop kicks the session of every identity named on the node's wake
-// channel.
+// channel. Wake-ups sent while the subscription was down are lost (DESIGN
+// §7a): when it comes back (go-redis resubscribes after a reconnect) every
+// session is kicked, so each re-reads its mailbox at once instead of at
+// the next sweep; a channel the server unsubscribed (a Redis Cluster slot
+// that moved) is subscribed again.
 func (n *Node) wakeLoop(ps *redis.PubSub) {
 	defer ps.Close()
-	ch := ps.Channel()
+	ch := ps.ChannelWithSubscriptions()
 	for {
 		select {
 		case <-n.ctx.Done():
 			return
-		case msg, ok := <-ch:
+		case m, ok := <-ch:
 			if !ok {
 				return
 			}
-			if s := n.current(msg.Payload); s != nil {
-				s.kick()
+			switch msg := m.(type) {
+			case *redis.Message:
+				if s := n.current(msg.Payload); s != nil {
+					s.kick()
+				}
+			case *redis.Subscription:
+				n.wakeSubscription(ps, msg)
 			}
+		}
+	}
+}
+
+// wakeSubscription handles a change of the wake subscription: a
+// (re)subscribe kicks every session, an unsubscribe the node did not ask
+// for subscribes again.
+func (n *Node) wakeSubscription(ps *redis.PubSub, sub *redis.Subscription) {
+	switch sub.Kind {
+	case "subscribe", "ssubscribe":
+		n.m.wakeResubscribes.Inc()
+		n.log.Info("wake channel subscribed; re-reading every session's mailbox", "channel", sub.Channel)
+		for _, s := range n.sessions() {
+			s.kick()
+		}
+	case "unsubscribe", "sunsubscribe":
+		if n.ctx.Err() != nil {
+			return
+		}
+		n.log.Warn("wake channel unsubscribed by the server; subscribing again", "channel", sub.Channel)
+		var err error
+		if sub.Kind == "sunsubscribe" {
+			err = ps.SSubscribe(n.ctx, sub.Channel)
+		} else {
+			err = ps.Subscribe(n.ctx, sub.Channel)
+		}
+		if err != nil {
+			n.log.Warn("cannot subscribe to the wake channel again; the sweep reads the mailboxes", "err", err)
 		}
 	}
 }
