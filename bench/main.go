@@ -37,7 +37,14 @@
 //
 // Usage:
 //
-//	go run ./bench [--quick] [--sections baseline,roundtrip,...] [--out bench/results]
+//	go run ./bench [--quick] [--sections baseline,roundtrip,cluster,...] [--out bench/results]
+//	               [--redis-cluster-url URL]
+//
+// The servers come from GW_AMQP_URL, GW_AMQP_MGMT_URL and GW_REDIS_URL
+// (one server; most sections keep their state there) and
+// --redis-cluster-url or GW_BENCH_REDIS_CLUSTER_URL (default: the
+// Cluster of `make services`, 127.0.0.1:7101-7106), all on loopback. The
+// bench and the services it starts reach Redis through config.NewRedis.
 //
 // Every section works in a namespace of its own (bench-<unix>-<section>)
 // and deletes its queues and keys afterwards. Logs of the processes go to

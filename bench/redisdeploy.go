@@ -201,3 +201,32 @@ func commandStats(clients []*redis.Client) map[string]redisCmd {
 	}
 	return out
 }
+
+// memory returns the bytes of every key of namespace ns on every primary
+// and those of the key one (MEMORY USAGE with SAMPLES 0: exact).
+func (d *redisDeploy) memory(ctx context.Context, ns, one string) (all, key int64, err error) {
+	keys := protocol.NewKeys(ns)
+	for _, n := range d.primaries(ctx) {
+		for _, pattern := range []string{ns + ":*", "{" + ns + ":*"} {
+			iter := n.Scan(ctx, 0, pattern, 1000).Iterator()
+			for iter.Next(ctx) {
+				k := iter.Val()
+				if !keys.Owns(k) {
+					continue
+				}
+				b, err := n.MemoryUsage(ctx, k, 0).Result()
+				if err != nil {
+					return 0, 0, fmt.Errorf("cannot read MEMORY USAGE of %s: %w", k, err)
+				}
+				all += b
+				if k == one {
+					key = b
+				}
+			}
+			if err := iter.Err(); err != nil {
+				return 0, 0, fmt.Errorf("cannot scan keys of %s: %w", ns, err)
+			}
+		}
+	}
+	return all, key, nil
+}
