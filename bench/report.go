@@ -30,8 +30,8 @@ type Report struct {
 	// Ratio is RoundtripMaxPerS / BaselineAMQPPerS (0 when either is
 	// missing).
 	Ratio float64 `json:"ratio"`
-	// RoundtripLatencyMS is keyed by the fixed rate ("1000", "2500",
-	// "5000").
+	// RoundtripLatencyMS is keyed by the fixed rate of a round-trip run
+	// ("200"; reports before 2026-12 also have "1000", "2500", "5000").
 	RoundtripLatencyMS map[string]latency.Percentiles `json:"roundtrip_latency_ms"`
 
 	// RoundtripClusterMaxPerS is the round trip at the maximum rate with
