@@ -249,7 +249,7 @@ func runBaseline(ctx context.Context, b *Bench, s *Section) error {
 	if n := returned.Load() + nacked.Load() + perrs.Load(); n > 0 {
 		s.Note("Problems: %d returned, %d nacked, %d publish errors.", returned.Load(), nacked.Load(), perrs.Load())
 	}
-	s.Note("A round trip crosses RabbitMQ twice (the commands queue, then the results queue), so with RabbitMQ as the only cost the round trip could reach about half of this figure.")
+	s.Note("A round trip crosses RabbitMQ once (its commands queue; the device's answer is completed in Redis by the push server and never crosses RabbitMQ, DESIGN §5), so with RabbitMQ as the only cost the round trip could reach this figure; the rest of its cost is Redis, the gateway's processes and the MQTT legs.")
 	return nil
 }
 

@@ -4,10 +4,13 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
-	"github.com/iotgw/gateway/internal/latency"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/iotgw/gateway/internal/latency"
 )
 
 func TestThousands(t *testing.T) {
@@ -130,7 +133,8 @@ func TestReportMarkdown(t *testing.T) {
 	for _, want := range []string{
 		"# Gateway benchmark, 2026-11-23 15:00 UTC",
 		"| bare RabbitMQ baseline (one hop) | 20,000 /s | | |",
-		"| ratio round trip / baseline | 0.200 × | ≥ 0.200 × | ✓ |",
+		"| ratio round trip / baseline | 0.200 × | | |",
+		"| round trip / one-hop baseline (single Redis, maximum rate) | 0.200 × | ≥ 0.250 × | ✗ missed |",
 		"| round trip at maximum rate | 4,000 /s | ≥ 5,000 /s | ✗ |",
 		"| round trip p99 at 2,500/s | 12.50 ms | ≤ 25.00 ms | ✓ |",
 		"- **Idle**: skipped: pushserver does not build yet",
@@ -144,6 +148,86 @@ func TestReportMarkdown(t *testing.T) {
 	} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
+		}
+	}
+}
+
+func TestReportTargets(t *testing.T) {
+	r := sampleReport()
+	rt := r.Sections[1]
+	rt.Add("redis_calls_per_rt", "Redis calls per round trip", 8.5, "calls", AtMost(10))
+	rt.Add("redis_cpu_us_per_rt", "Redis CPU per round trip", 200, "µs", nil)
+	rt.Add("roundtrip_half_p99_ms", "p99 at half", 30, "ms", AtMost(25))
+	rt.CPU = append(rt.CPU, CPUTable{Run: rtHalfRun, Messages: 500, Rows: []CPURow{{Process: "apiserver", CPUS: 0.1, PerMsgUS: 200}}})
+	cl := &Section{Name: "cluster", Title: "Cluster", Status: StatusOK}
+	cl.Add("cluster_roundtrip_max_per_s", "round trip, Cluster", 3400, "/s", nil)
+	cl.CPU = []CPUTable{{Run: rtMaxRun, Messages: 1000, Rows: []CPURow{{Process: "apiserver", CPUS: 0.35, PerMsgUS: 350}}}}
+	r.Sections = append(r.Sections, cl)
+	r.Previous = &Previous{File: "old.md", RedisUSPerRT: 367}
+	r.summarize()
+	if r.RoundtripClusterMaxPerS != 3400 || r.ClusterRatio != 0.85 {
+		t.Errorf("cluster max, ratio = %v, %v, want 3400, 0.85", r.RoundtripClusterMaxPerS, r.ClusterRatio)
+	}
+	type want struct {
+		measured, met bool
+	}
+	wants := []want{{true, false}, {true, false}, {true, true}, {false, false}, {true, false}, {false, false}, {true, true}}
+	if len(r.Targets) != len(wants) {
+		t.Fatalf("%d targets, want %d: %+v", len(r.Targets), len(wants), r.Targets)
+	}
+	for i, w := range wants {
+		got := r.Targets[i]
+		if got.Measured != w.measured || got.Met != w.met {
+			t.Errorf("target %q: measured %v, met %v; want %v, %v", got.Name, got.Measured, got.Met, w.measured, w.met)
+		}
+		if got.Measured && !got.Met && got.Where == "" {
+			t.Errorf("target %q is missed and does not say where the time goes", got.Name)
+		}
+	}
+	if r.Targets[1].Target.Value != 183.5 {
+		t.Errorf("Redis CPU target = %v, want half of 367", r.Targets[1].Target.Value)
+	}
+}
+
+func TestPreviousReport(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name string, r *Report) {
+		var buf bytes.Buffer
+		if err := r.WriteJSON(&buf); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(dir, name), buf.Bytes(), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	withRedis := func(us float64, quick bool) *Report {
+		s := &Section{Name: "roundtrip", Status: StatusOK, CPU: []CPUTable{{Run: rtMaxRun, Rows: []CPURow{{Process: "redis", PerMsgUS: us}}}}}
+		return &Report{Quick: quick, Sections: []*Section{s}}
+	}
+	write("2026-11-23T1906.json", withRedis(367, false))
+	write("2026-11-24T1000.json", withRedis(100, true)) // quick: not a reference
+	got := previousReport(dir)
+	if got == nil || got.File != "2026-11-23T1906.md" || got.RedisUSPerRT != 367 {
+		t.Errorf("previousReport = %+v, want 2026-11-23T1906.md with 367 µs", got)
+	}
+	if got := previousReport(t.TempDir()); got != nil {
+		t.Errorf("previousReport(empty) = %+v, want nil", got)
+	}
+}
+
+func TestRequireLoopback(t *testing.T) {
+	tests := []struct {
+		url string
+		ok  bool
+	}{
+		{"redis://127.0.0.1:6379/0", true},
+		{"redis://localhost:7101?addr=127.0.0.1:7102&addr=[::1]:7103", true},
+		{"redis://127.0.0.1:7101?addr=10.0.0.2:7102", false},
+		{"amqp://guest:guest@192.168.1.1:5672/", false},
+	}
+	for _, tt := range tests {
+		if err := requireLoopback(tt.url); (err == nil) != tt.ok {
+			t.Errorf("requireLoopback(%q) = %v, want ok %v", tt.url, err, tt.ok)
 		}
 	}
 }

@@ -21,7 +21,6 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
-	"github.com/redis/go-redis/v9/maintnotifications"
 
 	"github.com/iotgw/gateway/internal/gwproc"
 	"github.com/iotgw/gateway/protocol"
@@ -50,8 +49,14 @@ type Bench struct {
 	metricsAddr map[*gwproc.Proc]string // Prometheus address of push servers
 	bins        map[string]string       // built binaries by name
 	buildErrs   map[string]string       // why a binary did not build
-	rdb         *redis.Client
-	started     time.Time
+	// rdb is redis's client: the one server most sections use.
+	rdb   redis.UniversalClient
+	redis *redisDeploy
+	// ClusterURL is the Redis Cluster of the cluster section; cluster is
+	// its deployment once that section opened it.
+	ClusterURL string
+	cluster    *redisDeploy
+	started    time.Time
 }
 
 // errSkip marks a section that cannot run here; the report says why.
@@ -154,27 +159,18 @@ func (b *Bench) proc(section, name, bin string, args, env []string) *gwproc.Proc
 	return &gwproc.Proc{Name: name, Bin: b.bins[bin], Args: args, Env: env, Log: filepath.Join(dir, name+".log")}
 }
 
-// cleanup deletes the namespace's Redis keys and its queues and
+// cleanup deletes the namespace's Redis keys, on the one server and on
+// every primary of the Cluster when the run used it, and its queues and
 // exchanges (the standard topology plus extra queues).
 func (b *Bench) cleanup(ns string, extraQueues ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var errs []error
-	var cursor uint64
-	for {
-		keys, next, err := b.rdb.Scan(ctx, cursor, ns+":*", 1000).Result()
-		if err != nil {
-			errs = append(errs, fmt.Errorf("cannot scan keys of %s: %w", ns, err))
-			break
-		}
-		if len(keys) > 0 {
-			if err := b.rdb.Unlink(ctx, keys...).Err(); err != nil {
-				errs = append(errs, fmt.Errorf("cannot unlink keys of %s: %w", ns, err))
-				break
+	for _, d := range []*redisDeploy{b.redis, b.cluster} {
+		if d != nil {
+			if err := d.cleanup(ctx, ns); err != nil {
+				errs = append(errs, err)
 			}
-		}
-		if cursor = next; cursor == 0 {
-			break
 		}
 	}
 	topo := benchTopology(ns)
@@ -209,17 +205,6 @@ func (b *Bench) cleanup(ns string, extraQueues ...string) error {
 // neither GW_QUEUES nor GW_PARTITIONS).
 func benchTopology(ns string) protocol.Topology {
 	return protocol.NewTopology(ns, protocol.DefaultQueues, protocol.DefaultPartitions)
-}
-
-// newRedis returns a client for the Redis URL with a pool sized for load.
-func newRedis(rawURL string, pool int) (*redis.Client, error) {
-	opts, err := redis.ParseURL(rawURL)
-	if err != nil {
-		return nil, fmt.Errorf("cannot parse the Redis URL: %w", err)
-	}
-	opts.PoolSize = pool
-	opts.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
-	return redis.NewClient(opts), nil
 }
 
 func randomSecret() string {
@@ -298,12 +283,15 @@ func urlPort(raw string, def int) int {
 type cpuSource struct {
 	name string
 	cpu  func() time.Duration
+	// redis marks a redis-server process of the measured deployment;
+	// primary one that is a primary.
+	redis, primary bool
 }
 
 // meter measures the CPU that each of its processes uses between start
 // and table.
 type meter struct {
-	rdb       *redis.Client // for INFO commandstats; nil: none
+	primaries []*redis.Client // for INFO commandstats; none: not read
 	redis0    map[string]redisCmd
 	srcs      []cpuSource
 	start     []time.Duration
@@ -313,24 +301,25 @@ type meter struct {
 	startedAt time.Time
 }
 
-// brokers returns the CPU sources of RabbitMQ, Redis and this process.
-func (b *Bench) brokers(ctx context.Context) []cpuSource {
+// brokers returns the CPU sources of RabbitMQ, the one Redis server and
+// this process.
+func (b *Bench) brokers(ctx context.Context) []cpuSource { return b.brokersFor(ctx, b.redis) }
+
+// brokersFor returns the CPU sources of RabbitMQ, every redis-server
+// process of d and this process.
+func (b *Bench) brokersFor(ctx context.Context, d *redisDeploy) []cpuSource {
 	var out []cpuSource
 	if pid := listenerPID(urlPort(b.AMQPURL, 5672)); pid > 0 {
-		out = append(out, cpuSource{"rabbitmq", func() time.Duration { return gwproc.ProcessCPU(pid) }})
+		out = append(out, cpuSource{name: "rabbitmq", cpu: func() time.Duration { return gwproc.ProcessCPU(pid) }})
 	}
-	if m, err := b.rdb.InfoMap(ctx, "server").Result(); err == nil {
-		if pid, _ := strconv.Atoi(m["Server"]["process_id"]); pid > 0 && gwproc.ProcessCPU(pid) > 0 {
-			out = append(out, cpuSource{"redis", func() time.Duration { return gwproc.ProcessCPU(pid) }})
-		}
-	}
+	out = append(out, d.cpuSources(ctx)...)
 	self := os.Getpid()
-	out = append(out, cpuSource{"bench (this process)", func() time.Duration { return gwproc.ProcessCPU(self) }})
+	out = append(out, cpuSource{name: "bench (this process)", cpu: func() time.Duration { return gwproc.ProcessCPU(self) }})
 	return out
 }
 
 // procSource is the CPU source of a gateway process.
-func procSource(p *gwproc.Proc) cpuSource { return cpuSource{p.Name, p.CPU} }
+func procSource(p *gwproc.Proc) cpuSource { return cpuSource{name: p.Name, cpu: p.CPU} }
 
 func newMeter(srcs ...cpuSource) *meter {
 	m := &meter{srcs: srcs}
@@ -340,8 +329,12 @@ func newMeter(srcs ...cpuSource) *meter {
 
 // newMeter returns a meter that also counts the Redis commands run
 // meanwhile (INFO commandstats).
-func (b *Bench) newMeter(srcs ...cpuSource) *meter {
-	m := &meter{srcs: srcs, rdb: b.rdb}
+func (b *Bench) newMeter(srcs ...cpuSource) *meter { return b.newMeterFor(b.redis, srcs...) }
+
+// newMeterFor returns a meter that also counts the Redis commands run on
+// the primaries of d meanwhile (INFO commandstats, summed).
+func (b *Bench) newMeterFor(d *redisDeploy, srcs ...cpuSource) *meter {
+	m := &meter{srcs: srcs, primaries: d.primaries(context.Background())}
 	m.reset()
 	return m
 }
@@ -351,7 +344,8 @@ type redisCmd struct {
 	calls, usec int64
 }
 
-// redisCommandStats reads INFO commandstats (nil when it cannot).
+// redisCommandStats reads INFO commandstats of one server (nil when it
+// cannot).
 func redisCommandStats(rdb *redis.Client) map[string]redisCmd {
 	if rdb == nil {
 		return nil
@@ -391,7 +385,7 @@ func (m *meter) reset() {
 		m.start[i] = s.cpu()
 	}
 	m.extra = nil
-	m.redis0 = redisCommandStats(m.rdb)
+	m.redis0 = commandStats(m.primaries)
 	m.busy0, m.steal0 = machineBusy()
 	m.startedAt = time.Now()
 }
@@ -405,8 +399,18 @@ func (m *meter) addTotal(name string, cpu time.Duration) {
 // table returns the CPU used since reset by each process, per message.
 func (m *meter) table(run string, msgs int64) CPUTable {
 	t := CPUTable{Run: run, Messages: msgs}
+	var redisS, primaryS float64
+	redisServers := 0
 	for i, s := range m.srcs {
-		t.Rows = append(t.Rows, CPURow{Process: s.name, CPUS: (s.cpu() - m.start[i]).Seconds()})
+		cpu := (s.cpu() - m.start[i]).Seconds()
+		t.Rows = append(t.Rows, CPURow{Process: s.name, CPUS: cpu})
+		if s.redis {
+			redisS += cpu
+			redisServers++
+			if s.primary {
+				primaryS += cpu
+			}
+		}
 	}
 	t.Rows = append(t.Rows, m.extra...)
 	for i := range t.Rows {
@@ -415,16 +419,29 @@ func (m *meter) table(run string, msgs int64) CPUTable {
 		}
 	}
 	t.WallS = time.Since(m.startedAt).Seconds()
+	if msgs > 0 && redisServers > 0 {
+		t.RedisServers = redisServers
+		t.RedisCPUPerMsgUS = redisS * 1e6 / float64(msgs)
+		t.RedisPrimaryCPUPerMsgUS = primaryS * 1e6 / float64(msgs)
+	}
 	if m.redis0 != nil && msgs > 0 {
-		for name, c := range redisCommandStats(m.rdb) {
+		var calls, usec int64
+		for name, c := range commandStats(m.primaries) {
 			d := redisCmd{c.calls - m.redis0[name].calls, c.usec - m.redis0[name].usec}
 			if d.calls <= 0 {
 				continue
 			}
+			calls += d.calls
+			usec += d.usec
 			t.Redis = append(t.Redis, RedisCmdRow{Cmd: name, PerMsg: float64(d.calls) / float64(msgs),
 				USPerCall: float64(d.usec) / float64(d.calls), USPerMsg: float64(d.usec) / float64(msgs)})
 		}
 		sort.Slice(t.Redis, func(i, j int) bool { return t.Redis[i].USPerMsg > t.Redis[j].USPerMsg })
+		t.RedisCallsPerMsg = float64(calls) / float64(msgs)
+		if calls > 0 {
+			t.RedisUSPerCall = float64(usec) / float64(calls)
+		}
+		t.RedisPrimaries = len(m.primaries)
 	}
 	busy1, steal1 := machineBusy()
 	t.StealS = (steal1 - m.steal0).Seconds()

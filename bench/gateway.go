@@ -16,13 +16,21 @@ import (
 	"strings"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/iotgw/gateway/internal/gwproc"
 	"github.com/iotgw/gateway/protocol"
 )
 
 // startGateway starts an apiserver, workers msgworkers and push
-// pushservers in namespace ns, logging under the section's run folder.
+// pushservers in namespace ns, logging under the section's run folder,
+// with their state on the one Redis server.
 func (b *Bench) startGateway(ctx context.Context, section, ns string, workers, push int) (*gwproc.Gateway, error) {
+	return b.startGatewayOn(ctx, b.redis, section, ns, workers, push)
+}
+
+// startGatewayOn is startGateway with every service's GW_REDIS_URL on d.
+func (b *Bench) startGatewayOn(ctx context.Context, d *redisDeploy, section, ns string, workers, push int) (*gwproc.Gateway, error) {
 	if err := b.need("apiserver", "msgworker", "pushserver"); err != nil {
 		return nil, err
 	}
@@ -32,7 +40,7 @@ func (b *Bench) startGateway(ctx context.Context, section, ns string, workers, p
 		Namespace:   ns,
 		Secret:      b.Secret,
 		AMQPURL:     b.AMQPURL,
-		RedisURL:    b.RedisURL,
+		RedisURL:    d.URL,
 		Workers:     workers,
 		PushServers: push,
 		ExtraEnv:    b.extraEnv(),
@@ -53,22 +61,26 @@ func gatewaySources(g *gwproc.Gateway) []cpuSource {
 }
 
 // waitOnline waits until every identity has a live session registered in
-// Redis (protocol.Keys.Session), at most d. It returns how many have.
-func (b *Bench) waitOnline(ctx context.Context, ns string, ids []string, d time.Duration) (int, error) {
+// Redis (protocol.Keys.Session) of dep, at most d. It returns how many
+// have.
+func (b *Bench) waitOnline(ctx context.Context, dep *redisDeploy, ns string, ids []string, d time.Duration) (int, error) {
 	keys := protocol.NewKeys(ns)
 	deadline := time.Now().Add(d)
 	for {
 		n := 0
 		for i := 0; i < len(ids); i += 500 {
-			batch := make([]string, 0, 500)
+			// One EXISTS per key: the keys span partitions, so slots.
+			pipe := dep.rdb.Pipeline()
+			var cmds []*redis.IntCmd
 			for _, id := range ids[i:min(i+500, len(ids))] {
-				batch = append(batch, keys.Part(protocol.Partition(id, protocol.DefaultPartitions)).Session(id))
+				cmds = append(cmds, pipe.Exists(ctx, keys.Part(protocol.Partition(id, protocol.DefaultPartitions)).Session(id)))
 			}
-			c, err := b.rdb.Exists(ctx, batch...).Result()
-			if err != nil {
+			if _, err := pipe.Exec(ctx); err != nil {
 				return n, err
 			}
-			n += int(c)
+			for _, c := range cmds {
+				n += int(c.Val())
+			}
 		}
 		if n >= len(ids) || time.Now().After(deadline) || ctx.Err() != nil {
 			return n, ctx.Err()

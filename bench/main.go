@@ -5,30 +5,46 @@
 //   - baseline: bare RabbitMQ, one hop, with the gateway's settings
 //     (persistent, mandatory, confirmed publishes to a quorum queue with
 //     the gateway's arguments; manual acks, prefetch 128);
-//   - roundtrip: client → apiserver → RabbitMQ → msgworker → Redis →
-//     pushserver → device → pushserver → RabbitMQ → msgworker → Redis →
-//     pushserver → client, at the maximum rate and at 200 (the path's own
-//     latency), 1,000, 2,500 and 5,000 commands/s, with devicesim fleet
-//     and devicesim load processes; unless --workers and --push-servers
-//     are given, it first probes 2 msgworkers with 3 pushservers against
-//     1 with 1 and keeps the faster layout;
+//   - roundtrip: client → apiserver (claim and reserve in Redis) →
+//     RabbitMQ → msgworker → device's mailbox in Redis → pushserver →
+//     device → pushserver, which completes the answer in Redis itself
+//     (DESIGN §5: answers never cross RabbitMQ) and relays it to the
+//     client's mailbox → pushserver → client; with the state on the one
+//     Redis server, at the maximum rate, at half of it and at 200
+//     commands/s (the path's own latency), with devicesim fleet and
+//     devicesim load processes; 1 msgworker and 1 pushserver unless
+//     --workers and --push-servers say otherwise;
+//   - cluster: the same round trip with every service's GW_REDIS_URL on
+//     the local Redis Cluster (--redis-cluster-url, `make services`), at
+//     the maximum rate and at half of it;
 //   - reconnect: a device that connects to 1,000 waiting commands;
 //   - intake: the apiserver alone, no workers;
-//   - worker: one msgworker draining pre-filled commands and results
-//     queues;
+//   - worker: one msgworker draining a pre-filled command queue;
 //   - push: one push server streaming mailboxes to 1,000 subscribers, and
 //     Mosquitto doing the same;
 //   - idle: resident memory per idle MQTT session of a push server.
 //
 // It writes bench/results/<date>T<hhmm>.md and .json: throughput, latency
-// percentiles, the CPU of every process (the brokers included) per
-// message of each run, and the ratio of the round trip to the baseline.
+// percentiles, the CPU of every process (the brokers included, every
+// node of the Cluster) per message of each run, the Redis calls per
+// message and their mean time in Redis (INFO commandstats, summed over
+// the primaries), the ratio of the round trip to the baseline, and a
+// table of the issue's targets, met or missed, with where the time goes
+// for a missed one. The Redis CPU target compares with the round trip's
+// Redis CPU in the newest earlier report of the same folder.
 // A section whose parts do not build or cannot run here is reported as
 // skipped with the reason; the others still run.
 //
 // Usage:
 //
-//	go run ./bench [--quick] [--sections baseline,roundtrip,...] [--out bench/results]
+//	go run ./bench [--quick] [--sections baseline,roundtrip,cluster,...] [--out bench/results]
+//	               [--redis-cluster-url URL]
+//
+// The servers come from GW_AMQP_URL, GW_AMQP_MGMT_URL and GW_REDIS_URL
+// (one server; most sections keep their state there) and
+// --redis-cluster-url or GW_BENCH_REDIS_CLUSTER_URL (default: the
+// Cluster of `make services`, 127.0.0.1:7101-7106), all on loopback. The
+// bench and the services it starts reach Redis through config.NewRedis.
 //
 // Every section works in a namespace of its own (bench-<unix>-<section>)
 // and deletes its queues and keys afterwards. Logs of the processes go to
@@ -55,6 +71,7 @@ import (
 
 	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/gwproc"
+	"github.com/iotgw/gateway/internal/testenv"
 )
 
 func main() {
@@ -77,7 +94,8 @@ type sectionDef struct {
 
 var sectionDefs = []sectionDef{
 	{"baseline", "Bare RabbitMQ baseline (one hop, the gateway's settings)", runBaseline, 60 * time.Second},
-	{"roundtrip", "Round trip through the gateway", runRoundtrip, 4 * time.Minute},
+	{"roundtrip", "Round trip through the gateway, state on one Redis server", runRoundtrip, 2 * time.Minute},
+	{"cluster", "Round trip through the gateway, state on the local Redis Cluster", runRoundtripCluster, 100 * time.Second},
 	{"reconnect", "A device reconnecting to 1,000 waiting commands", runReconnect, 90 * time.Second},
 	{"intake", "Intake only: the apiserver without workers", runIntake, 90 * time.Second},
 	{"worker", "Worker only: one msgworker draining pre-filled queues", runWorker, 2 * time.Minute},
@@ -96,6 +114,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	workers := fs.Int("workers", 0, "msgworkers of the round-trip gateway (default: probe 2 and 1, keep the faster)")
 	push := fs.Int("push-servers", 0, "pushservers of the round-trip gateway (default: probe 3 and 1, keep the faster)")
 	logLevel := fs.String("log-level", "", "GW_LOG_LEVEL of the gateway's processes (default: theirs, info)")
+	clusterURL := fs.String("redis-cluster-url", envOr(getenv, "GW_BENCH_REDIS_CLUSTER_URL", testenv.DefaultRedisClusterURL), "the Redis Cluster of the cluster section (GW_BENCH_REDIS_CLUSTER_URL; the default is the one of `make services`)")
 	maxTime := fs.Duration("max-time", 0, "sections that would start after this are skipped (default 9m, 4m with --quick)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -137,6 +156,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		AMQPURL:     envOr(getenv, "GW_AMQP_URL", config.DefaultAMQPURL),
 		MgmtURL:     envOr(getenv, "GW_AMQP_MGMT_URL", config.DefaultAMQPMgmtURL),
 		RedisURL:    envOr(getenv, "GW_REDIS_URL", config.DefaultRedisURL),
+		ClusterURL:  *clusterURL,
 		Secret:      randomSecret(),
 		Quick:       *quick,
 		Workers:     *workers,
@@ -147,7 +167,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		started:     started,
 		metricsAddr: map[*gwproc.Proc]string{},
 	}
-	for _, u := range []string{b.AMQPURL, b.MgmtURL, b.RedisURL} {
+	for _, u := range []string{b.AMQPURL, b.MgmtURL, b.RedisURL, b.ClusterURL} {
 		if err := requireLoopback(u); err != nil {
 			return err
 		}
@@ -165,13 +185,19 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	defer os.RemoveAll(b.BinDir) // the logs stay
 	nofile := raiseNoFile()
-	b.rdb, err = newRedis(b.RedisURL, 256)
-	if err != nil {
+	if b.redis, err = openRedis("single Redis", b.RedisURL, 256); err != nil {
 		return err
 	}
+	b.rdb = b.redis.rdb
 	defer b.rdb.Close()
+	defer func() {
+		if b.cluster != nil {
+			b.cluster.rdb.Close()
+		}
+	}()
 
 	rep := &Report{Started: started, Quick: *quick}
+	rep.Previous = previousReport(outDir)
 	load0 := loadAvg()
 	serversErr := b.checkServers(ctx)
 	if serversErr == nil {
@@ -280,7 +306,14 @@ func writeReports(rep *Report, dir, stamp string, stdout io.Writer) error {
 		return fmt.Errorf("cannot write the report: %w", err)
 	}
 	fmt.Fprintf(stdout, "\nreport: %s.md\n        %s.json\n", base, base)
-	fmt.Fprintf(stdout, "baseline %.0f/s, round trip %.0f/s, ratio %.3f\n", rep.BaselineAMQPPerS, rep.RoundtripMaxPerS, rep.Ratio)
+	fmt.Fprintf(stdout, "baseline %.0f/s, round trip %.0f/s (Cluster %.0f/s), ratio %.3f\n", rep.BaselineAMQPPerS, rep.RoundtripMaxPerS, rep.RoundtripClusterMaxPerS, rep.Ratio)
+	for _, t := range rep.Targets {
+		verdict := "not measured"
+		if t.Measured {
+			verdict = fmt.Sprintf("%s (%s) %s", fmtValue(t.Value, t.Unit), fmtTarget(t.Target, t.Unit), map[bool]string{true: "met", false: "missed"}[t.Met])
+		}
+		fmt.Fprintf(stdout, "  %s: %s\n", t.Name, verdict)
+	}
 	return nil
 }
 
@@ -319,21 +352,32 @@ func sectionNames() string {
 	return strings.Join(n, ",")
 }
 
-// requireLoopback refuses a server URL whose host is not a loopback
+// requireLoopback refuses a server URL whose host, or any addr=
+// parameter (the other nodes of a Redis Cluster), is not a loopback
 // address: the benchmark sends all its traffic to 127.0.0.1.
 func requireLoopback(raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return fmt.Errorf("cannot parse server URL: %w", err)
 	}
-	h := u.Hostname()
-	if h == "localhost" {
-		return nil
+	hosts := []string{u.Hostname()}
+	for _, a := range u.Query()["addr"] {
+		h, _, err := net.SplitHostPort(a)
+		if err != nil {
+			h = a
+		}
+		hosts = append(hosts, h)
 	}
-	if ip := net.ParseIP(h); ip != nil && ip.IsLoopback() {
-		return nil
+	for _, h := range hosts {
+		if h == "localhost" {
+			continue
+		}
+		if ip := net.ParseIP(h); ip != nil && ip.IsLoopback() {
+			continue
+		}
+		return fmt.Errorf("the benchmark only talks to servers on loopback, and %s is on %q", u.Redacted(), h)
 	}
-	return fmt.Errorf("the benchmark only talks to servers on loopback, and %s is on %q", u.Redacted(), h)
+	return nil
 }
 
 func envOr(getenv func(string) string, name, def string) string {

@@ -315,7 +315,7 @@ func pushMosquitto(ctx context.Context, b *Bench, s *Section, ns string, clients
 
 	srcs := []cpuSource{}
 	if pid := listenerPID(1883); pid > 0 {
-		srcs = append(srcs, cpuSource{"mosquitto", func() time.Duration { return gwproc.ProcessCPU(pid) }})
+		srcs = append(srcs, cpuSource{name: "mosquitto", cpu: func() time.Duration { return gwproc.ProcessCPU(pid) }})
 	}
 	self := b.brokers(ctx)
 	srcs = append(srcs, self[len(self)-1]) // the bench itself

@@ -65,6 +65,14 @@ func runReconnect(ctx context.Context, b *Bench, s *Section) error {
 		return fmt.Errorf("only %d of %d commands reached the device's mailbox within 30s", inbox, reconnectWaiting)
 	}
 	b.logf("reconnect: %d commands waiting", inbox)
+	mbox := keys.Part(protocol.Partition(device, protocol.DefaultPartitions)).Mailbox(device)
+	if all, box, err := b.redis.memory(ctx, ns, mbox); err != nil {
+		s.Note("Redis memory per waiting command: not measured: %v", err)
+	} else {
+		s.Add("redis_bytes_per_waiting_command", fmt.Sprintf("Redis memory per waiting command (MEMORY USAGE of every key of the namespace over the %s commands)", thousands(float64(inbox))), float64(all)/float64(inbox), "B", nil)
+		s.Add("mailbox_bytes_per_entry", "of which the device's mailbox stream, per entry", float64(box)/float64(inbox), "B", nil)
+		s.Note("Memory: %d bytes in all the namespace's keys and %d in the device's mailbox while %d commands waited (MEMORY USAGE … SAMPLES 0, so exact; it includes the records, claims, timers, listings and the gateway's few node keys).", all, box, inbox)
+	}
 
 	tok, err := auth.Mint([]byte(b.Secret), device, auth.RoleDevice, nil, time.Hour)
 	if err != nil {

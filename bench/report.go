@@ -3,13 +3,16 @@ package main
 import (
 	"encoding/json"
 	"fmt"
-	"github.com/iotgw/gateway/internal/latency"
 	"io"
 	"math"
+	"os"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/iotgw/gateway/internal/latency"
 )
 
 // Section statuses.
@@ -27,9 +30,20 @@ type Report struct {
 	// Ratio is RoundtripMaxPerS / BaselineAMQPPerS (0 when either is
 	// missing).
 	Ratio float64 `json:"ratio"`
-	// RoundtripLatencyMS is keyed by the fixed rate ("1000", "2500",
-	// "5000").
+	// RoundtripLatencyMS is keyed by the fixed rate of a round-trip run
+	// ("200"; reports before 2026-12 also have "1000", "2500", "5000").
 	RoundtripLatencyMS map[string]latency.Percentiles `json:"roundtrip_latency_ms"`
+
+	// RoundtripClusterMaxPerS is the round trip at the maximum rate with
+	// the state on the Redis Cluster; ClusterRatio is it over
+	// RoundtripMaxPerS (single Redis).
+	RoundtripClusterMaxPerS float64 `json:"roundtrip_cluster_max_per_s,omitempty"`
+	ClusterRatio            float64 `json:"cluster_ratio,omitempty"`
+	// Targets are the issue's targets, each with its measured value.
+	Targets []TargetRow `json:"targets,omitempty"`
+	// Previous is the newest earlier full report of the same folder, the
+	// reference of the Redis CPU target.
+	Previous *Previous `json:"previous,omitempty"`
 
 	Started   time.Time  `json:"started"`
 	DurationS float64    `json:"duration_s"`
@@ -37,6 +51,62 @@ type Report struct {
 	Host      Host       `json:"host"`
 	Gateway   GatewaySet `json:"gateway"`
 	Sections  []*Section `json:"sections"`
+}
+
+// TargetRow is one of the issue's targets and what this run measured.
+type TargetRow struct {
+	Name   string  `json:"name"`
+	Value  float64 `json:"value"`
+	Unit   string  `json:"unit"`
+	Target *Target `json:"target"`
+	// Measured is false when the sections it needs did not run.
+	Measured bool `json:"measured"`
+	Met      bool `json:"met"`
+	// From names the report figure or CPU table the value comes from;
+	// Where says, for a missed target, where the time goes.
+	From  string `json:"from,omitempty"`
+	Where string `json:"where,omitempty"`
+}
+
+// Previous is what the Redis CPU target takes from an earlier report.
+type Previous struct {
+	File string `json:"file"`
+	// RedisUSPerRT is the redis row of that report's round trip at the
+	// maximum rate, in CPU µs per round trip.
+	RedisUSPerRT float64 `json:"redis_cpu_us_per_rt"`
+}
+
+// previousReport finds the newest full (not --quick) report in dir
+// whose round trip at the maximum rate has a redis CPU row; nil if none.
+func previousReport(dir string) *Previous {
+	files, _ := filepath.Glob(filepath.Join(dir, "*.json"))
+	sort.Sort(sort.Reverse(sort.StringSlice(files)))
+	for _, f := range files {
+		data, err := os.ReadFile(f)
+		if err != nil {
+			continue
+		}
+		var r Report
+		if json.Unmarshal(data, &r) != nil || r.Quick {
+			continue
+		}
+		for _, sec := range r.Sections {
+			if sec.Name != "roundtrip" {
+				continue
+			}
+			for _, t := range sec.CPU {
+				if t.Run != rtMaxRun {
+					continue
+				}
+				for _, row := range t.Rows {
+					if row.Process == "redis" && row.PerMsgUS > 0 {
+						return &Previous{File: strings.TrimSuffix(filepath.Base(f), ".json") + ".md", RedisUSPerRT: row.PerMsgUS}
+					}
+				}
+			}
+		}
+	}
+	return nil
 }
 
 // Host describes the machine and the servers the run used.
@@ -143,8 +213,22 @@ type CPUTable struct {
 	// slower than the machine can do.
 	StealS float64 `json:"steal_cpu_s"`
 	// Redis lists the Redis commands run meanwhile (INFO commandstats,
-	// all clients of the server), most time per message first.
+	// all clients of the server, summed over the primaries of a Cluster),
+	// most time per message first.
 	Redis []RedisCmdRow `json:"redis_commands,omitempty"`
+	// RedisCallsPerMsg is the calls of every command of Redis over the
+	// messages, RedisUSPerCall their mean time in Redis (usec / calls, of
+	// INFO commandstats, over RedisPrimaries primaries). A command run by
+	// a script (FCALL) or in a MULTI counts on its own as well.
+	RedisCallsPerMsg float64 `json:"redis_calls_per_msg,omitempty"`
+	RedisUSPerCall   float64 `json:"redis_us_per_call,omitempty"`
+	RedisPrimaries   int     `json:"redis_primaries,omitempty"`
+	// RedisCPUPerMsgUS is the CPU of the RedisServers redis-server
+	// processes of the deployment per message (from /proc, replicas
+	// included); RedisPrimaryCPUPerMsgUS that of the primaries only.
+	RedisCPUPerMsgUS        float64 `json:"redis_cpu_us_per_msg,omitempty"`
+	RedisPrimaryCPUPerMsgUS float64 `json:"redis_primary_cpu_us_per_msg,omitempty"`
+	RedisServers            int     `json:"redis_servers,omitempty"`
 }
 
 // RedisCmdRow is one Redis command over a measured run.
@@ -236,6 +320,114 @@ func (r *Report) summarize() {
 	if r.BaselineAMQPPerS > 0 && r.RoundtripMaxPerS > 0 {
 		r.Ratio = math.Round(r.RoundtripMaxPerS/r.BaselineAMQPPerS*1000) / 1000
 	}
+	r.RoundtripClusterMaxPerS, r.ClusterRatio = 0, 0
+	if f, ok := r.figure("cluster", "cluster_roundtrip_max_per_s"); ok {
+		r.RoundtripClusterMaxPerS = math.Round(f.Value*10) / 10
+		if r.RoundtripMaxPerS > 0 {
+			r.ClusterRatio = math.Round(r.RoundtripClusterMaxPerS/r.RoundtripMaxPerS*1000) / 1000
+		}
+	}
+	r.targets()
+}
+
+// figure returns the figure key of the section named section, if that
+// section ran.
+func (r *Report) figure(section, key string) (Figure, bool) {
+	for _, s := range r.Sections {
+		if s.Name == section && s.Status == StatusOK {
+			return s.Figure(key)
+		}
+	}
+	return Figure{}, false
+}
+
+// cpuTable returns the CPU table of run in the section named section.
+func (r *Report) cpuTable(section, run string) (CPUTable, bool) {
+	for _, s := range r.Sections {
+		if s.Name == section && s.Status == StatusOK {
+			for _, t := range s.CPU {
+				if t.Run == run {
+					return t, true
+				}
+			}
+		}
+	}
+	return CPUTable{}, false
+}
+
+// targets fills r.Targets: the issue's five targets, in its order.
+func (r *Report) targets() {
+	r.Targets = nil
+	add := func(row TargetRow, measured bool, section, run string) {
+		row.Measured = measured
+		row.Met = measured && row.Target.Met(row.Value)
+		if measured && !row.Met {
+			if t, ok := r.cpuTable(section, run); ok {
+				row.Where = cpuBreakdown(t, r.Host.CPUs)
+			}
+		}
+		r.Targets = append(r.Targets, row)
+	}
+	_, rtOK := r.figure("roundtrip", "roundtrip_max_per_s")
+	add(TargetRow{Name: "round trip / one-hop baseline (single Redis, maximum rate)", Value: r.Ratio, Unit: "×", Target: AtLeast(0.25),
+		From: "summary: round trip at maximum rate over the bare RabbitMQ baseline"}, r.Ratio > 0, "roundtrip", rtMaxRun)
+
+	cpu, ok := r.figure("roundtrip", "redis_cpu_us_per_rt")
+	row := TargetRow{Name: "Redis CPU per round trip (single Redis, maximum rate)", Value: cpu.Value, Unit: "µs",
+		From: "roundtrip: the redis row of the CPU table over maximum rate"}
+	if r.Previous != nil {
+		row.Target = AtMost(r.Previous.RedisUSPerRT / 2)
+		row.Name += fmt.Sprintf(", at most half of %s µs in %s", fmtUS(r.Previous.RedisUSPerRT), r.Previous.File)
+	} else {
+		row.Name += " (no earlier report to halve)"
+	}
+	add(row, ok && r.Previous != nil, "roundtrip", rtMaxRun)
+
+	calls, ok := r.figure("roundtrip", "redis_calls_per_rt")
+	add(TargetRow{Name: "Redis calls per round trip (single Redis, maximum rate)", Value: calls.Value, Unit: "calls", Target: AtMost(10),
+		From: "roundtrip: INFO commandstats over maximum rate"}, ok, "roundtrip", rtMaxRun)
+	ccalls, ok := r.figure("cluster", "cluster_redis_calls_per_rt")
+	add(TargetRow{Name: "Redis calls per round trip (Redis Cluster, maximum rate)", Value: ccalls.Value, Unit: "calls", Target: AtMost(10),
+		From: "cluster: INFO commandstats summed over the primaries, over maximum rate"}, ok, "cluster", rtMaxRun)
+
+	p99, ok := r.figure("roundtrip", "roundtrip_half_p99_ms")
+	add(TargetRow{Name: "round trip p99 at half the maximum rate (single Redis)", Value: p99.Value, Unit: "ms", Target: AtMost(25),
+		From: "roundtrip: latency at half the maximum rate"}, ok, "roundtrip", rtHalfRun)
+	cp99, ok := r.figure("cluster", "cluster_roundtrip_half_p99_ms")
+	add(TargetRow{Name: "round trip p99 at half the maximum rate (Redis Cluster)", Value: cp99.Value, Unit: "ms", Target: AtMost(25),
+		From: "cluster: latency at half the maximum rate"}, ok, "cluster", rtHalfRun)
+
+	add(TargetRow{Name: "Cluster round trip / single-Redis round trip (maximum rate), within 20%", Value: r.ClusterRatio, Unit: "×", Target: AtLeast(0.8),
+		From: "summary: cluster round trip at maximum rate over the single-Redis one"}, rtOK && r.ClusterRatio > 0, "cluster", rtMaxRun)
+	if n := len(r.Targets); n > 0 && !r.Targets[n-1].Met && r.Targets[n-1].Measured {
+		r.Targets[n-1].Where = clusterDiff(r) + " " + r.Targets[n-1].Where
+	}
+}
+
+// clusterDiff compares the CPU per round trip of each process on the
+// Cluster with that on the one server.
+func clusterDiff(r *Report) string {
+	one, ok1 := r.cpuTable("roundtrip", rtMaxRun)
+	cl, ok2 := r.cpuTable("cluster", rtMaxRun)
+	if !ok1 || !ok2 {
+		return ""
+	}
+	byName := map[string]float64{}
+	for _, row := range one.Rows {
+		byName[row.Process] = row.PerMsgUS
+	}
+	var parts []string
+	for _, row := range cl.Rows {
+		if strings.HasPrefix(row.Process, "redis") {
+			continue
+		}
+		if v, ok := byName[row.Process]; ok && row.PerMsgUS > 0 {
+			parts = append(parts, fmt.Sprintf("%s %s → %s", row.Process, fmtUS(v), fmtUS(row.PerMsgUS)))
+		}
+	}
+	return fmt.Sprintf("CPU µs per round trip, single Redis → Cluster: redis-server processes %s → %s (primaries %s), %s; all processes %s → %s.",
+		fmtUS(one.RedisCPUPerMsgUS), fmtUS(cl.RedisCPUPerMsgUS), fmtUS(cl.RedisPrimaryCPUPerMsgUS), strings.Join(parts, ", "),
+		fmtUS(one.Total().PerMsgUS), fmtUS(cl.Total().PerMsgUS))
 }
 
 // WriteJSON writes the report as indented JSON.
@@ -284,9 +476,11 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	b.WriteString("## Summary\n\n")
 	b.WriteString("| figure | value | target | |\n|---|---:|---:|---|\n")
 	fmt.Fprintf(&b, "| bare RabbitMQ baseline (one hop) | %s | | |\n", fmtValue(r.BaselineAMQPPerS, "/s"))
-	fmt.Fprintf(&b, "| round trip at maximum rate | %s | | |\n", fmtValue(r.RoundtripMaxPerS, "/s"))
-	ratio := Figure{Name: "ratio", Value: r.Ratio, Unit: "×", Target: AtLeast(0.20)}
-	fmt.Fprintf(&b, "| ratio round trip / baseline | %s | %s | %s |\n", fmtValue(r.Ratio, "×"), fmtTarget(ratio.Target, "×"), mark(ratio, r.Ratio > 0))
+	fmt.Fprintf(&b, "| round trip at maximum rate, single Redis | %s | | |\n", fmtValue(r.RoundtripMaxPerS, "/s"))
+	if r.RoundtripClusterMaxPerS > 0 {
+		fmt.Fprintf(&b, "| round trip at maximum rate, Redis Cluster | %s | | |\n", fmtValue(r.RoundtripClusterMaxPerS, "/s"))
+	}
+	fmt.Fprintf(&b, "| ratio round trip / baseline | %s | | |\n", fmtValue(r.Ratio, "×"))
 	for _, s := range r.Sections {
 		for _, f := range s.Figures {
 			if f.Target == nil {
@@ -305,6 +499,7 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 		b.WriteString("\nNot measured:\n\n" + strings.Join(skipped, "\n") + "\n")
 	}
 	b.WriteString("\nTargets are shown, not asserted. ✓ met, ✗ short.\n")
+	writeTargets(&b, r)
 
 	for i, s := range r.Sections {
 		fmt.Fprintf(&b, "\n## %d. %s\n\n", i+1, s.Title)
@@ -341,6 +536,35 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 	return err
 }
 
+// writeTargets writes the issue's targets, met or missed, and for a
+// missed one where the time goes.
+func writeTargets(b *strings.Builder, r *Report) {
+	if len(r.Targets) == 0 {
+		return
+	}
+	b.WriteString("\n## Targets (2-core machine)\n\n")
+	b.WriteString("| target | measured | goal | | from |\n|---|---:|---:|---|---|\n")
+	for _, t := range r.Targets {
+		m, v := "–", "not measured"
+		if t.Measured {
+			m, v = "✗ missed", fmtValue(t.Value, t.Unit)
+			if t.Met {
+				m = "✓ met"
+			}
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s |\n", t.Name, v, fmtTarget(t.Target, t.Unit), m, t.From)
+	}
+	var where []string
+	for _, t := range r.Targets {
+		if t.Measured && !t.Met && t.Where != "" {
+			where = append(where, fmt.Sprintf("- **%s** (%s against %s): %s", t.Name, fmtValue(t.Value, t.Unit), fmtTarget(t.Target, t.Unit), t.Where))
+		}
+	}
+	if len(where) > 0 {
+		b.WriteString("\nWhere the time goes for a missed target (from the CPU tables of the run named):\n\n" + strings.Join(where, "\n") + "\n")
+	}
+}
+
 func writeCPU(b *strings.Builder, t CPUTable) {
 	tot := t.Total()
 	if t.Messages == 0 && t.WallS > 0 {
@@ -362,6 +586,14 @@ func writeCPU(b *strings.Builder, t CPUTable) {
 		fmt.Fprintf(b, "Over these %.1f s the machine was busy %.2f CPU s; processes outside this run used %.2f CPU s of it", t.WallS, t.MachineS, t.OtherS)
 		if t.StealS >= 0.05 {
 			fmt.Fprintf(b, "; the hypervisor took %.2f CPU s (steal)", t.StealS)
+		}
+		b.WriteString(".")
+	}
+	if t.RedisServers > 0 && t.Messages > 0 {
+		fmt.Fprintf(b, " Redis per message: %.2f calls of %.1f µs mean (INFO commandstats, %d primary(ies)), %s µs of redis-server CPU (%d process(es))",
+			t.RedisCallsPerMsg, t.RedisUSPerCall, t.RedisPrimaries, fmtUS(t.RedisCPUPerMsgUS), t.RedisServers)
+		if t.RedisServers > 1 {
+			fmt.Fprintf(b, ", %s µs of it on the primaries", fmtUS(t.RedisPrimaryCPUPerMsgUS))
 		}
 		b.WriteString(".")
 	}

@@ -3,9 +3,9 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/url"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/iotgw/gateway/internal/gwproc"
@@ -69,15 +69,16 @@ func (e *rtEnv) stop() {
 	e.g.Stop()
 }
 
-// startRT starts a gateway of the given layout in ns and a devicesim
-// fleet of devices devices, and waits until every device is online.
-func (b *Bench) startRT(ctx context.Context, ns string, workers, push, devices int) (*rtEnv, error) {
-	g, err := b.startGateway(ctx, "roundtrip", ns, workers, push)
+// startRT starts a gateway of the given layout in ns with its state on
+// dep and a devicesim fleet of devices devices, and waits until every
+// device is online.
+func (b *Bench) startRT(ctx context.Context, dep *redisDeploy, section, ns string, workers, push, devices int) (*rtEnv, error) {
+	g, err := b.startGatewayOn(ctx, dep, section, ns, workers, push)
 	if err != nil {
 		return nil, err
 	}
 	e := &rtEnv{ns: ns, workers: workers, push: push, g: g}
-	e.fleet = b.proc("roundtrip", fmt.Sprintf("devicesim-fleet-%s", ns), "devicesim", []string{"fleet",
+	e.fleet = b.proc(section, fmt.Sprintf("devicesim-fleet-%s", ns), "devicesim", []string{"fleet",
 		"--devices", strconv.Itoa(devices), "--prefix", "dev-", "--api", g.APIURL, "--secret", b.Secret,
 		"--progress=false", "--connect-parallel", "64"}, nil)
 	e.fleet.Name = "devicesim-fleet"
@@ -89,7 +90,7 @@ func (b *Bench) startRT(ctx context.Context, ns string, workers, push, devices i
 	for i := range ids {
 		ids[i] = "dev-" + strconv.Itoa(i)
 	}
-	online, err := b.waitOnline(ctx, ns, ids, 60*time.Second)
+	online, err := b.waitOnline(ctx, dep, ns, ids, 60*time.Second)
 	if err == nil && online < devices {
 		err = fmt.Errorf("only %d of %d devices came online within 60s (fleet log %s)", online, devices, e.fleet.Log)
 	}
@@ -102,7 +103,7 @@ func (b *Bench) startRT(ctx context.Context, ns string, workers, push, devices i
 
 // load runs one devicesim load process against e: open loop at rate, or
 // closed loop with rtConcurrency in flight when rate is 0.
-func (b *Bench) load(ctx context.Context, e *rtEnv, tag string, rate int, dur, drain time.Duration, devices int) (loadReport, time.Duration, error) {
+func (b *Bench) load(ctx context.Context, section string, e *rtEnv, tag string, rate int, dur, drain time.Duration, devices int) (loadReport, time.Duration, error) {
 	args := []string{"load", "--api", e.g.APIURL, "--secret", b.Secret,
 		"--clients", strconv.Itoa(rtClients), "--client-prefix", "load" + tag + "-",
 		"--devices", strconv.Itoa(devices), "--prefix", "dev-",
@@ -110,156 +111,169 @@ func (b *Bench) load(ctx context.Context, e *rtEnv, tag string, rate int, dur, d
 		"--duration", dur.String(), "--method", "echo", "--timeout", "10s", "--expires-in", "1m",
 		"--drain", drain.String(), "--max-inflight", "4096", "--json", "--progress=false"}
 	var rep loadReport
-	cpu, err := runJSON(ctx, b.bins["devicesim"], args, filepath.Join(b.RunDir, "roundtrip", "devicesim-load-"+tag+".log"), &rep)
+	cpu, err := runJSON(ctx, b.bins["devicesim"], args, filepath.Join(b.RunDir, section, "devicesim-load-"+tag+".log"), &rep)
 	return rep, cpu, err
 }
 
-// layouts are the gateway layouts the round trip probes when none is
-// given: DESIGN §10's, and the smallest.
-var layouts = [][2]int{{2, 3}, {1, 1}}
+// Run names of the round trip, shared by its CPU tables and the report's
+// targets.
+const (
+	rtMaxRun  = "maximum rate"
+	rtHalfRun = "half the maximum rate"
+)
 
-// runRoundtrip measures the whole way of a command and its result, with
-// a devicesim fleet answering echo and one devicesim load process per
-// run: closed loop at the maximum rate, then open loop at fixed rates.
-// Without --workers and --push-servers it first probes each layout of
-// layouts at the maximum rate and keeps the faster.
+// runRoundtrip measures the whole way of a command and its answer with
+// the gateway's state on the one Redis server (GW_REDIS_URL).
 func runRoundtrip(ctx context.Context, b *Bench, s *Section) error {
+	return roundtrip(ctx, b, s, b.redis, "roundtrip", "")
+}
+
+// runRoundtripCluster measures the same round trip with every service's
+// GW_REDIS_URL on the local Redis Cluster (--redis-cluster-url).
+func runRoundtripCluster(ctx context.Context, b *Bench, s *Section) error {
+	if b.cluster == nil {
+		d, err := openRedis("Redis Cluster", b.ClusterURL, 256)
+		if err != nil {
+			return skip("cannot use the Redis Cluster URL: %v", err)
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err = d.rdb.Ping(cctx).Err()
+		cancel()
+		if err != nil || !d.cluster() {
+			d.rdb.Close()
+			return skip("no Redis Cluster answers at %s (start it with `make services`): %v", b.ClusterURL, err)
+		}
+		b.cluster = d
+	}
+	return roundtrip(ctx, b, s, b.cluster, "cluster", "cluster_")
+}
+
+// roundtrip runs the round trip on dep, with a devicesim fleet answering
+// echo and one devicesim load process per run: closed loop at the
+// maximum rate, then open loop at half of it (the latency target's
+// rate) and, on the one server, at 200/s (the path's own latency, far
+// below any capacity). Figure keys start with prefix.
+func roundtrip(ctx context.Context, b *Bench, s *Section, dep *redisDeploy, section, prefix string) error {
 	if err := b.need("apiserver", "msgworker", "pushserver", "devicesim"); err != nil {
 		return err
 	}
-	ns := b.namespace("roundtrip")
-	var namespaces []string
-	defer func() {
-		for _, n := range namespaces {
-			if err := b.cleanup(n); err != nil {
-				s.Note("cleanup: %v", err)
-			}
-		}
-	}()
-	devices, dur, drain, probe := 200, 15*time.Second, 20*time.Second, 6*time.Second
+	ns, cleanup := b.sectionNamespace(s, section)
+	defer cleanup()
+	devices, dur, drain := 200, 15*time.Second, 20*time.Second
 	if b.Quick {
-		devices, dur, drain, probe = 50, 4*time.Second, 10*time.Second, 3*time.Second
+		devices, dur, drain = 50, 4*time.Second, 10*time.Second
 	}
-
-	var e *rtEnv
-	if b.Workers > 0 || b.Quick {
-		w, p, why := b.Workers, b.PushServers, "given with --workers and --push-servers"
-		if w == 0 {
-			w, p, why = 1, 1, "--quick skips the layout probe and runs one of each"
-		}
-		namespaces = append(namespaces, ns)
-		var err error
-		if e, err = b.startRT(ctx, ns, w, p, devices); err != nil {
-			return err
-		}
-		b.layout = GatewaySet{APIServers: 1, Workers: w, PushServers: p, Why: why}
-	} else {
-		var keep *rtEnv
-		var bestL [2]int
-		bestRate := -1.0
-		var why []string
-		for i, l := range layouts {
-			pns := fmt.Sprintf("%s-%dw%dp", ns, l[0], l[1])
-			namespaces = append(namespaces, pns)
-			pe, err := b.startRT(ctx, pns, l[0], l[1], devices)
-			if err != nil {
-				return err
-			}
-			rep, _, err := b.load(ctx, pe, fmt.Sprintf("probe%d", i), 0, probe, drain, devices)
-			if err != nil {
-				pe.stop()
-				return err
-			}
-			why = append(why, fmt.Sprintf("%d msgworker(s) and %d pushserver(s): %s/s", l[0], l[1], thousands(rep.Throughput)))
-			b.logf("layout probe: %d workers, %d push servers: %.0f/s", l[0], l[1], rep.Throughput)
-			if rep.Throughput > bestRate {
-				bestL, bestRate = l, rep.Throughput
-				if i == len(layouts)-1 {
-					keep = pe // the last probe is the faster: keep it running
-					continue
-				}
-			}
-			pe.stop() // only the measured gateway runs
-		}
-		if keep == nil {
-			pns := ns + "-run"
-			namespaces = append(namespaces, pns)
-			var err error
-			if keep, err = b.startRT(ctx, pns, bestL[0], bestL[1], devices); err != nil {
-				return err
-			}
-		}
-		e = keep
-		b.layout = GatewaySet{APIServers: 1, Workers: e.workers, PushServers: e.push,
-			Why: fmt.Sprintf("the faster at the maximum rate in a %s probe of each layout on this machine: %s", probe, strings.Join(why, ", "))}
+	w, p, why := b.Workers, b.PushServers, "given with --workers and --push-servers"
+	if w == 0 {
+		w, p, why = 1, 1, "the default: on 2 CPUs one of each was faster than 2 msgworkers with 3 pushservers (report 2026-11-23T1906.md, layout probe)"
+	}
+	e, err := b.startRT(ctx, dep, section, ns, w, p, devices)
+	if err != nil {
+		return err
 	}
 	defer e.stop()
-	s.Namespace = e.ns
-	b.logf("gateway up (%d msgworkers, %d pushservers), %d devices online", e.workers, e.push, devices)
+	b.layout = GatewaySet{APIServers: 1, Workers: w, PushServers: p, Why: why}
+	b.logf("gateway up on %s (%d msgworkers, %d pushservers), %d devices online", dep.Name, e.workers, e.push, devices)
 
 	srcs := append(gatewaySources(e.g), procSource(e.fleet))
-	srcs = append(srcs, b.brokers(ctx)...)
-	m := b.newMeter(srcs...)
-	// At rest: what the gateway and the fleet cost with no command.
+	srcs = append(srcs, b.brokersFor(ctx, dep)...)
+	m := b.newMeterFor(dep, srcs...)
 	rest := 5 * time.Second
 	if b.Quick {
 		rest = 2 * time.Second
 	}
 	sleepCtx(ctx, rest)
 	s.CPU = append(s.CPU, m.table(fmt.Sprintf("%s at rest (fleet connected, no commands)", rest), 0))
-	type rtRun struct {
-		name string
-		rate int
-	}
-	// 200/s is far below any capacity: its latency is the path's own,
-	// without queueing.
-	runs := []rtRun{{"maximum rate", 0}, {"200/s", 200}, {"1,000/s", 1000}, {"2,500/s", 2500}, {"5,000/s", 5000}}
 	s.Raw = map[string]any{}
-	for i, r := range runs {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
+
+	one := func(i int, name string, rate int) (loadReport, CPUTable, error) {
 		m.reset()
-		rep, cpu, err := b.load(ctx, e, strconv.Itoa(i), r.rate, dur, drain, devices)
+		rep, cpu, err := b.load(ctx, section, e, strconv.Itoa(i), rate, dur, drain, devices)
+		if err != nil {
+			return rep, CPUTable{}, err
+		}
+		m.addTotal("devicesim load", cpu)
+		t := m.table(name, rep.Received)
+		s.CPU = append(s.CPU, t)
+		s.Raw[name] = rep
+		b.logf("%s %s: %.0f/s, accepted %d, received %d, lost %d, p50 %.2f ms, p99 %.2f ms; Redis %.1f calls × %.1f µs, %.0f µs CPU per round trip",
+			section, name, rep.Throughput, rep.Accepted, rep.Received, rep.Lost, rep.RoundTrip.P50, rep.RoundTrip.P99,
+			t.RedisCallsPerMsg, t.RedisUSPerCall, t.RedisCPUPerMsgUS)
+		s.Note("%s: sent %d in %.1f s, accepted %d, rejected %d %v, indeterminate %d, received %d, duplicated %d, lost %d, unexpected %d, wrong %d; outcomes: %d succeeded, %d timeout, %d expired, %d other gateway errors.%s",
+			name, rep.Sent, rep.DurationS, rep.Accepted, rep.Rejected, rep.RejectedBy, rep.Indeterminate, rep.Received, rep.Duplicated,
+			rep.Lost, rep.Unexpected, rep.Wrong, rep.Outcomes.Succeeded, rep.Outcomes.Timeout, rep.Outcomes.Expired, rep.Outcomes.OtherGW,
+			sampleErrors(rep.Errors))
+		return rep, t, nil
+	}
+
+	// Maximum rate, closed loop.
+	rep, t, err := one(0, rtMaxRun, 0)
+	if err != nil {
+		return err
+	}
+	s.Add(prefix+"roundtrip_max_per_s", "round trip at maximum rate, "+dep.Name, rep.Throughput, "/s", nil)
+	s.Explain(rtMaxRun)
+	s.Add(prefix+"roundtrip_max_accepted_per_s", "accepted (202) at maximum rate", perSecond(rep.Accepted, time.Duration(rep.DurationS*float64(time.Second))), "/s", nil)
+	s.Explain(rtMaxRun)
+	s.Add(prefix+"redis_calls_per_rt", "Redis calls per round trip, "+dep.Name+" (INFO commandstats)", t.RedisCallsPerMsg, "calls", AtMost(10))
+	s.Explain(rtMaxRun)
+	s.Add(prefix+"redis_us_per_call", "mean time in Redis per call, "+dep.Name+" (usec / calls)", t.RedisUSPerCall, "µs", nil)
+	s.Add(prefix+"redis_cpu_us_per_rt", fmt.Sprintf("Redis CPU per round trip, %s (%d redis-server process(es))", dep.Name, t.RedisServers), t.RedisCPUPerMsgUS, "µs", nil)
+	s.Explain(rtMaxRun)
+	if t.RedisServers > 1 {
+		s.Add(prefix+"redis_primary_cpu_us_per_rt", "Redis CPU per round trip, primaries only", t.RedisPrimaryCPUPerMsgUS, "µs", nil)
+	}
+	s.Latencies = append(s.Latencies,
+		LatencyRow{fmt.Sprintf("round trip at maximum rate (%d in flight)", rtConcurrency), rep.RoundTrip},
+		LatencyRow{"202 accepted at maximum rate", rep.AcceptLatency})
+
+	// Half of it, open loop: the latency target's rate.
+	half := max(1, int(rep.Throughput/2+0.5))
+	if ctx.Err() != nil {
+		return ctx.Err()
+	}
+	rep, _, err = one(1, rtHalfRun, half)
+	if err != nil {
+		return err
+	}
+	s.Add(prefix+"roundtrip_half_rate", "half the maximum rate (the open-loop rate asked)", float64(half), "/s", nil)
+	s.Add(prefix+"roundtrip_half_per_s", "round trip achieved at half the maximum rate", rep.Throughput, "/s", nil)
+	s.Explain(rtHalfRun)
+	s.Add(prefix+"roundtrip_half_p50_ms", "round trip p50 at half the maximum rate, "+dep.Name, rep.RoundTrip.P50, "ms", nil)
+	s.Explain(rtHalfRun)
+	s.Add(prefix+"roundtrip_half_p99_ms", "round trip p99 at half the maximum rate, "+dep.Name, rep.RoundTrip.P99, "ms", AtMost(25))
+	s.Explain(rtHalfRun)
+	s.Latencies = append(s.Latencies,
+		LatencyRow{fmt.Sprintf("round trip at %s/s (half the maximum rate)", thousands(float64(half))), rep.RoundTrip},
+		LatencyRow{"202 accepted at half the maximum rate", rep.AcceptLatency})
+
+	// 200/s: the path's own latency, without queueing.
+	if prefix == "" && ctx.Err() == nil {
+		rep, _, err = one(2, "200/s", 200)
 		if err != nil {
 			return err
 		}
-		m.addTotal("devicesim load", cpu)
-		t := m.table(r.name, rep.Received)
-		s.CPU = append(s.CPU, t)
-		s.Raw[r.name] = rep
-		b.logf("round trip %s: %.0f/s, accepted %d, received %d, lost %d, p50 %.2f ms, p99 %.2f ms",
-			r.name, rep.Throughput, rep.Accepted, rep.Received, rep.Lost, rep.RoundTrip.P50, rep.RoundTrip.P99)
-
-		if r.rate == 0 {
-			s.Add("roundtrip_max_per_s", "round trip at maximum rate", rep.Throughput, "/s", AtLeast(5000))
-			s.Explain(r.name)
-			s.Add("roundtrip_max_accepted_per_s", "accepted (202) at maximum rate", perSecond(rep.Accepted, time.Duration(rep.DurationS*float64(time.Second))), "/s", nil)
-			s.Latencies = append(s.Latencies,
-				LatencyRow{fmt.Sprintf("round trip at maximum rate (%d in flight)", rtConcurrency), rep.RoundTrip},
-				LatencyRow{"202 accepted at maximum rate", rep.AcceptLatency})
-		} else {
-			s.Add("roundtrip_"+strconv.Itoa(r.rate)+"_per_s", "round trip achieved at "+r.name, rep.Throughput, "/s", nil)
-			s.Explain(r.name)
-			if r.rate == 2500 {
-				s.Add("roundtrip_2500_p50_ms", "round trip p50 at 2,500/s", rep.RoundTrip.P50, "ms", AtMost(5))
-				s.Explain(r.name)
-				s.Add("roundtrip_2500_p99_ms", "round trip p99 at 2,500/s", rep.RoundTrip.P99, "ms", AtMost(25))
-				s.Explain(r.name)
-			}
-			s.Latencies = append(s.Latencies, LatencyRow{"round trip at " + r.name, rep.RoundTrip},
-				LatencyRow{"202 accepted at " + r.name, rep.AcceptLatency})
-		}
-		s.Note("%s: sent %d in %.1f s, accepted %d, rejected %d %v, indeterminate %d, received %d, duplicated %d, lost %d, unexpected %d, wrong %d; outcomes: %d succeeded, %d timeout, %d expired, %d other gateway errors.%s",
-			r.name, rep.Sent, rep.DurationS, rep.Accepted, rep.Rejected, rep.RejectedBy, rep.Indeterminate, rep.Received, rep.Duplicated,
-			rep.Lost, rep.Unexpected, rep.Wrong, rep.Outcomes.Succeeded, rep.Outcomes.Timeout, rep.Outcomes.Expired, rep.Outcomes.OtherGW,
-			sampleErrors(rep.Errors))
+		s.Add(prefix+"roundtrip_200_per_s", "round trip achieved at 200/s", rep.Throughput, "/s", nil)
+		s.Explain("200/s")
+		s.Latencies = append(s.Latencies, LatencyRow{"round trip at 200/s", rep.RoundTrip},
+			LatencyRow{"202 accepted at 200/s", rep.AcceptLatency})
 	}
-	s.Note("Gateway: 1 apiserver, %d msgworker(s), %d pushserver(s) (%s).", e.workers, e.push, b.layout.Why)
+
+	s.Note("State on %s (GW_REDIS_URL of every service: %s). Gateway: 1 apiserver, %d msgworker(s), %d pushserver(s) (%s).", dep.Name, redactURL(dep.URL), e.workers, e.push, why)
 	s.Note("Open-loop runs schedule commands at fixed times and measure the round trip from the scheduled time (no coordinated omission); the maximum-rate run is closed loop with %d commands in flight. %d clients, %d devices answering echo at once, %s per run; latency is from the scheduled send to the client's receipt of the result over MQTT; throughput is devicesim's: results received over the time from the first send to the last result (plus 0.3 s).",
 		rtConcurrency, rtClients, devices, dur)
+	s.Note("Redis calls per round trip are the calls of every command in INFO commandstats (summed over the primaries) over the round trips; a command that a function (FCALL) runs counts on its own as well as inside the FCALL, so the figure counts Redis's work, not only network round trips; the mean time per call is usec / calls of the same lines. Redis CPU per round trip is the CPU of the redis-server processes (from /proc; on the Cluster every primary and replica) over the round trips, whoever else used them meanwhile.")
 	s.Notes = append(s.Notes, logProblems(append(e.g.All(), e.fleet)...)...)
 	return nil
+}
+
+// redactURL drops the password of a URL for the report.
+func redactURL(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return "(unparsable URL)"
+	}
+	return u.Redacted()
 }
 
 func sampleErrors(errs []string) string {

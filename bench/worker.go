@@ -186,7 +186,7 @@ func prefillCommand(ctx context.Context, store *mailbox.Store, pub *amqpx.Publis
 		MessageID: protocol.DeviceMsgID(r.client, r.id), Type: protocol.KindCommand}); err != nil {
 		return err
 	}
-	return store.MarkQueued(ctx, r.client, r.id.Key(), rec.LeaseToken)
+	return store.MarkQueued(ctx, r.device, r.client, r.id.Key())
 }
 
 // waitDepth waits until the queues hold n ready messages together (at
