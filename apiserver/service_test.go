@@ -265,7 +265,7 @@ func TestParseConfig(t *testing.T) {
 	assert.Equal(t, 7*time.Second, c.ConfirmTimeout)
 	assert.Equal(t, time.Hour, c.Retention)
 	assert.Equal(t, "x", c.Namespace)
-	assert.Equal(t, "s", c.AuthSecret)
+	assert.Equal(t, testSecret, c.AuthSecret)
 	assert.Equal(t, "amqp://guest:guest@127.0.0.1:5672/", c.AMQPURL)
 	assert.Equal(t, DefaultMaxWait, c.MaxWait)
 	assert.Equal(t, DefaultShutdownTimeout, c.ShutdownTimeout)
