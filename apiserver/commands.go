@@ -176,7 +176,13 @@ func (s *Server) getCommand(c echo.Context) error {
 		rc := http.NewResponseController(c.Response().Writer)
 		_ = rc.SetWriteDeadline(time.Now().Add(wait + s.cfg.WriteTimeout))
 		// Waiting costs a goroutine and a poll now and then, not a place
-		// among the requests in flight.
+		// among the requests in flight; the waiting polls are bounded
+		// per client and in total instead.
+		caller := claimsOf(c).Subject
+		if err := s.takePoll(caller); err != nil {
+			return err
+		}
+		defer s.polls.give(caller)
 		s.leaveInFlight(c)
 		if rec, err = s.waitFinal(ctx, rec, time.Now().Add(wait)); err != nil {
 			return err

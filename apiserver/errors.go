@@ -96,6 +96,13 @@ func (s *Server) handleError(err error, c echo.Context) {
 	if ae.retryAfter > 0 {
 		c.Response().Header().Set("Retry-After", strconv.Itoa(ae.retryAfter))
 	}
+	if r := c.Request(); r.ContentLength != 0 && c.Get(ctxBodyRead) == nil {
+		// Refused before its body was read (overloaded, over the
+		// client's share, no token): answer now and close, instead of
+		// letting net/http read the rest of the body first, which a
+		// slow sender could stretch for the whole ReadTimeout.
+		c.Response().Header().Set("Connection", "close")
+	}
 	if c.Request().Method == http.MethodHead {
 		_ = c.NoContent(ae.status)
 		return

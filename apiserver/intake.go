@@ -346,14 +346,22 @@ func unavailableDetail(reason string) string {
 	return "the command could not be published"
 }
 
+// bodyReadTimeout bounds the reading of a request body (at most 64 KiB by
+// default: a healthy client sends it in milliseconds).
+const bodyReadTimeout = 5 * time.Second
+
 // readBody reads the request body within Config.BodyLimit: 413 (-32014)
-// beyond it.
+// beyond it, and within bodyReadTimeout.
 func (s *Server) readBody(c echo.Context) ([]byte, error) {
 	r := c.Request()
 	limit := s.cfg.BodyLimit
 	if r.ContentLength > limit {
 		return nil, errTooLarge(limit)
 	}
+	// A body trickled in byte by byte would hold its place in flight for
+	// the whole ReadTimeout: it gets bodyReadTimeout.
+	_ = http.NewResponseController(c.Response().Writer).SetReadDeadline(time.Now().Add(bodyReadTimeout))
+	c.Set(ctxBodyRead, true)
 	b, err := io.ReadAll(http.MaxBytesReader(c.Response().Writer, r.Body, limit))
 	if err != nil {
 		var mbe *http.MaxBytesError

@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"fmt"
-	"github.com/iotgw/gateway/internal/telemetry"
 	"log/slog"
 	"math"
 	"net/http"
@@ -17,6 +16,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/protocol"
 )
 
@@ -25,6 +25,8 @@ const (
 	ctxClaims = "claims"    // *auth.Claims of the request's token
 	ctxClient = "client_id" // the token's subject, for the request log
 	ctxMsgID  = "msg_id"    // the command's message ID key, for the request log
+	// ctxBodyRead is set once the handler reads the request body.
+	ctxBodyRead = "body_read"
 	// ctxInFlight is true while the request holds one of the
 	// Config.MaxInFlight places.
 	ctxInFlight = "in_flight"
@@ -65,6 +67,7 @@ func (s *Server) admit(next echo.HandlerFunc) echo.HandlerFunc {
 // leaveInFlight gives up the request's place among those in flight, if it
 // holds one: at its end, or before a long-poll waits.
 func (s *Server) leaveInFlight(c echo.Context) {
+	s.giveShare(c)
 	if held, _ := c.Get(ctxInFlight).(bool); held {
 		c.Set(ctxInFlight, false)
 		s.inFlight.Add(-1)
@@ -161,6 +164,9 @@ func (s *Server) authenticate(roles ...auth.Role) echo.MiddlewareFunc {
 				return errUnauthorized(fmt.Sprintf("role %q may not use this endpoint", claims.Role))
 			}
 			c.Set(ctxClaims, claims)
+			if err := s.takeShare(c, claims.Subject); err != nil {
+				return err
+			}
 			return next(c)
 		}
 	}

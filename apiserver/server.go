@@ -78,6 +78,8 @@ type Server struct {
 	stopping chan struct{} // closed when shutdown begins: long-polls return
 
 	inFlight atomic.Int64 // requests holding a place (admit)
+	shares   *counts      // places in flight held per client (share.go)
+	polls    *counts      // long-polls waiting, per client (share.go)
 }
 
 // NewServer returns a Server for cfg (zero fields take their defaults) and
@@ -120,6 +122,8 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 		topo:     cfg.topology(),
 		verifier: v,
 		limiter:  newLimiter(cfg.Rate, cfg.Burst),
+		shares:   newCounts(),
+		polls:    newCounts(),
 		metrics:  m,
 		registry: deps.Registry,
 		log:      deps.Logger,
