@@ -30,6 +30,7 @@ type commandView struct {
 	Status        protocol.Status `json:"status"`
 	StatusURL     string          `json:"status_url"`
 	TimeoutMS     int64           `json:"timeout_ms"`
+	OneWay        bool            `json:"one_way,omitempty"`
 	ExpiresInMS   int64           `json:"expires_in_ms"`
 	CreatedAt     time.Time       `json:"created_at,omitzero"`
 	QueuedAt      time.Time       `json:"queued_at,omitzero"`
@@ -61,6 +62,7 @@ func viewFor(c *mailbox.Command, caller string) commandView {
 		Status:        c.Status,
 		StatusURL:     statusURL(c.ID, forClient),
 		TimeoutMS:     c.Timeout.Milliseconds(),
+		OneWay:        c.Timeout == 0,
 		ExpiresInMS:   c.ExpiresIn.Milliseconds(),
 		CreatedAt:     utc(c.CreatedAt),
 		QueuedAt:      utc(c.QueuedAt),

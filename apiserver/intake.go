@@ -61,6 +61,20 @@ func (s *Server) postCommands(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	// A one-way command awaits no answer: its PUBACK is its success. It
+	// is stored with answer timeout 0, which is also what tells it apart
+	// in the fingerprint (a command with an answer has one of at least
+	// MinTimeout).
+	switch v := q.Get("one_way"); v {
+	case "", "false", "0":
+	case "true", "1":
+		if q.Has("timeout") {
+			return errBadRequest("timeout: a one-way command awaits no answer, so it takes no timeout")
+		}
+		timeout = 0
+	default:
+		return errBadRequest(fmt.Sprintf("one_way: %q is neither true nor false", v))
+	}
 	expiresIn, err := durationParam(q, "expires_in", DefaultExpiresIn, MinExpiresIn, MaxExpiresIn)
 	if err != nil {
 		return err
@@ -189,7 +203,13 @@ func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request
 			}
 			s.metrics.publishFailures.WithLabelValues("redis").Inc()
 			s.log.Warn("cannot reserve command", "client_id", in.client, "msg_id", req.ID.Key(), "err", err)
-			return intakeResult{err: errNotAccepted("Redis is unavailable")}
+			if mailbox.NotSent(err) && !errors.Is(err, mailbox.ErrClaimed) {
+				return intakeResult{err: errNotAccepted("Redis is unavailable")}
+			}
+			// A step may have run (the claim at least): a retry with the
+			// same id completes it; without one the claim's watchdog ends
+			// the command, and the client gets that result.
+			return intakeResult{err: errOutcomeUnknown("Redis did not complete the reservation")}
 		}
 		if outcome == mailbox.Reserved || outcome == mailbox.Retake {
 			return s.publish(ctx, in, req, rec)

@@ -571,3 +571,42 @@ func TestUnconfirmedPublishIsOutcomeUnknown(t *testing.T) {
 	require.NoError(t, err)
 	assert.Contains(t, []protocol.Status{protocol.StatusPending, protocol.StatusQueued}, c.Status)
 }
+
+// A one-way command (?one_way=true) is stored with answer timeout 0 and
+// shown as one_way; it takes no timeout; one_way is part of the body's
+// identity.
+func TestOneWayIntake(t *testing.T) {
+	t.Parallel()
+	g := newGW(t)
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+	r := g.post(tok, "dev-1", cmd("ow", "led", map[string]any{"on": true}), "one_way=true")
+	require.Equal(t, http.StatusAccepted, r.Status, "%s", r.Body)
+	msgs := g.drain()
+	require.Len(t, msgs, 1)
+	env, err := protocol.DecodeEnvelope(msgs[0].Body)
+	require.NoError(t, err)
+	assert.Zero(t, env.AnswerWithinMS, "the envelope's answer-within of a one-way command")
+
+	r = g.do(http.MethodGet, "/v1/commands/ow", tok, nil)
+	require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+	var v commandView
+	r.json(t, &v)
+	assert.True(t, v.OneWay, "one_way in the view")
+	assert.Zero(t, v.TimeoutMS)
+
+	tests := []struct {
+		name, id string
+		query    []string
+		want     int
+	}{
+		{"the same again", "ow", []string{"one_way=true"}, http.StatusOK},
+		{"the same id, not one-way", "ow", nil, http.StatusConflict},
+		{"one-way with a timeout", "ow2", []string{"one_way=true", "timeout=5s"}, http.StatusBadRequest},
+		{"one_way not a boolean", "ow3", []string{"one_way=maybe"}, http.StatusBadRequest},
+		{"one_way=false", "ow4", []string{"one_way=false"}, http.StatusAccepted},
+	}
+	for _, tt := range tests {
+		r := g.post(tok, "dev-1", cmd(tt.id, "led", map[string]any{"on": true}), tt.query...)
+		assert.Equal(t, tt.want, r.Status, "%s: %s", tt.name, r.Body)
+	}
+}

@@ -71,7 +71,9 @@ func (s *Store) Reserve(ctx context.Context, c *Command) (ReserveOutcome, *Comma
 		c.Fingerprint, c.Timeout.Milliseconds(), c.ExpiresIn.Milliseconds(),
 		newToken(), s.opts.Lease.Milliseconds())
 	if err != nil {
-		return 0, nil, fmt.Errorf("cannot reserve command %s: %w", key, err)
+		// The claim is made: the command is not accepted, but not surely
+		// refused either (the step may have run, or a retry completes it).
+		return 0, nil, fmt.Errorf("cannot reserve command %s: %w: %w", key, ErrClaimed, err)
 	}
 	head, val = reply(v)
 	rec, err := recordReply(val)

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"net"
 	"sort"
 	"strings"
 	"sync"
@@ -59,6 +60,7 @@ const (
 	stepReopen       = "reopen"
 	stepSessionSet   = "session_set"
 	stepFence        = "fence"
+	stepOneWay       = "oneway"
 	stepSessionClear = "session_clear"
 )
 
@@ -254,6 +256,14 @@ func (s *Store) loadLibrary(ctx context.Context, p int) error {
 // cluster change (TRYAGAIN, ASK, MOVED, CLUSTERDOWN, LOADING, READONLY,
 // MASTERDOWN, MISCONF, BUSY, OOM, max clients). Those are transient and
 // never read as "missing" (DESIGN §7a).
+// NotSent reports whether err means a command never reached Redis (the
+// connection could not be made), so that it certainly changed nothing;
+// any other error of a write leaves its outcome unknown.
+func NotSent(err error) bool {
+	var op *net.OpError
+	return errors.As(err, &op) && op.Op == "dial"
+}
+
 func (s *Store) classify(err error) error {
 	if err == nil || errors.Is(err, ErrUnavailable) || errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
 		return err

@@ -250,6 +250,11 @@ func (s *Store) Keys() protocol.Keys { return s.keys }
 var (
 	ErrNotFound = errors.New("mailbox: command not found")
 	ErrConflict = errors.New("mailbox: same id with a different body")
+	// ErrClaimed: Reserve made the id's claim but could not reserve the
+	// record. The outcome is not known to the caller: a retry with the
+	// same id completes the reservation, and without one the claim's
+	// watchdog ends the command (DESIGN §7a).
+	ErrClaimed = errors.New("mailbox: id claimed, record not reserved")
 	// ErrBadCursor: a page cursor that no listing returned.
 	ErrBadCursor = errors.New("mailbox: not a cursor of this listing")
 	ErrFull      = errors.New("mailbox: mailbox full")

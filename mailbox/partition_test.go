@@ -185,14 +185,18 @@ func TestCrossPartitionRoundTrip(t *testing.T) {
 	}
 }
 
-// failRelay makes every relay step fail, as a Redis that went away right
-// after a final step would.
-type failRelay struct{}
+// failStep makes every call of one step fail (the relay step by
+// default), as a Redis that went away right after the step before it
+// would.
+type failStep struct{ step string }
 
-func (failRelay) DialHook(next redis.DialHook) redis.DialHook { return next }
-func (failRelay) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+// failRelay fails the relay step.
+var failRelay = failStep{"relay"}
+
+func (failStep) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (f failStep) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 	return func(ctx context.Context, cmd redis.Cmder) error {
-		if isRelay(cmd) {
+		if f.is(cmd) {
 			err := errors.New("injected: connection lost")
 			cmd.SetErr(err)
 			return err
@@ -200,10 +204,10 @@ func (failRelay) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
 		return next(ctx, cmd)
 	}
 }
-func (failRelay) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+func (f failStep) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
 	return func(ctx context.Context, cmds []redis.Cmder) error {
 		for _, cmd := range cmds {
-			if isRelay(cmd) {
+			if f.is(cmd) {
 				err := errors.New("injected: connection lost")
 				cmd.SetErr(err)
 				return err
@@ -213,12 +217,14 @@ func (failRelay) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.Proce
 	}
 }
 
-func isRelay(cmd redis.Cmder) bool {
+// is reports whether cmd calls the step (alone, or batched: the step's
+// name is then an argument).
+func (f failStep) is(cmd redis.Cmder) bool {
 	if !strings.HasPrefix(strings.ToLower(cmd.Name()), "fcall") {
 		return false
 	}
 	for _, a := range cmd.Args() {
-		if s, ok := a.(string); ok && (s == "relay" || strings.HasSuffix(s, "_relay")) {
+		if s, ok := a.(string); ok && (s == f.step || strings.HasSuffix(s, "_"+f.step)) {
 			return true
 		}
 	}
@@ -235,7 +241,7 @@ func TestOutboxLeftoverRelayedByOwner(t *testing.T) {
 	e.queued(cmd(t, "c1", "d1", `"o"`, ``))
 
 	broken := testenv.Redis(t)
-	broken.AddHook(failRelay{})
+	broken.AddHook(failRelay)
 	s := mailbox.New(broken, e.s.Keys().NS, mailbox.Options{Partitions: 1, Now: e.clock.Now, Logger: testenv.Logger(t)})
 	if _, err := s.Cancel(e.ctx, "c1", "o", ""); err != nil {
 		t.Fatalf("Cancel = %v, want nil (the relay failure is logged, not returned)", err)

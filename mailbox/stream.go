@@ -122,25 +122,48 @@ const ackManyMax = 500
 func (s *Store) AckMany(ctx context.Context, identity string, entries []Entry) error {
 	for len(entries) > 0 {
 		n := min(len(entries), ackManyMax)
-		wrong, err := s.ack(ctx, identity, entries[:n])
+		wrong, oneWay, err := s.ack(ctx, identity, entries[:n])
 		if err == nil && len(wrong) > 0 {
 			// The step names every key it touches, so the records must be
 			// known before it runs: read what the entries really carry.
+			var more []Entry
 			if wrong, err = s.readEntries(ctx, identity, wrong); err == nil {
-				_, err = s.ack(ctx, identity, wrong)
+				_, more, err = s.ack(ctx, identity, wrong)
+				oneWay = append(oneWay, more...)
 			}
 		}
 		if err != nil {
 			return fmt.Errorf("cannot ack %d entries of %s: %w", n, identity, err)
+		}
+		for _, e := range oneWay {
+			if err := s.oneWay(ctx, identity, e); err != nil {
+				// The answer timer armed by the ack ends it one grace later.
+				s.log.Warn("cannot end a one-way command at its PUBACK; its timer will", "device_id", identity,
+					"client_id", e.Client, "msg_id", e.MsgKey, "err", err)
+			}
 		}
 		entries = entries[n:]
 	}
 	return nil
 }
 
+// oneWay ends the one-way command of entry e, just acked: succeeded.
+func (s *Store) oneWay(ctx context.Context, device string, e Entry) error {
+	p, keys := s.cmdKeys(device, e.Client, e.MsgKey)
+	v, err := s.run(ctx, p, stepOneWay, keys, device)
+	if err != nil {
+		return err
+	}
+	if a, _ := v.([]any); len(a) > 3 {
+		s.relayNow(ctx, parseOutbox(p, a[3]), "")
+	}
+	return nil
+}
+
 // ack runs one ack step and returns the entries it left because they
-// carry another command than the one named.
-func (s *Store) ack(ctx context.Context, identity string, entries []Entry) ([]Entry, error) {
+// carry another command than the one named, and those of one-way commands
+// it marked delivered.
+func (s *Store) ack(ctx context.Context, identity string, entries []Entry) (wrong, oneWay []Entry, err error) {
 	p := s.PartitionOf(identity)
 	pk := s.keys.Part(p)
 	keys := []string{pk.Mailbox(identity), pk.Mailboxes(), pk.Timers(), pk.StatusCounts(s.now().Unix() / 60)}
@@ -156,16 +179,21 @@ func (s *Store) ack(ctx context.Context, identity string, entries []Entry) ([]En
 	}
 	v, err := s.run(ctx, p, stepAck, keys, args...)
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	out, _ := v.([]any)
-	var wrong []Entry
 	for i, o := range out {
-		if o == "mismatch" && i < len(entries) {
+		if i >= len(entries) {
+			break
+		}
+		switch o {
+		case "mismatch":
 			wrong = append(wrong, entries[i])
+		case "oneway":
+			oneWay = append(oneWay, entries[i])
 		}
 	}
-	return wrong, nil
+	return wrong, oneWay, nil
 }
 
 // readEntries returns entries with the command each carries in

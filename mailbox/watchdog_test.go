@@ -38,7 +38,7 @@ func TestClaimWatchdog(t *testing.T) {
 		{"final, relay lost", func(e *env, c *mailbox.Command) {
 			e.queued(c)
 			broken := testenv.Redis(t)
-			broken.AddHook(failRelay{})
+			broken.AddHook(failRelay)
 			s := mailbox.New(broken, e.s.Keys().NS, mailbox.Options{Partitions: 1, Now: e.clock.Now, Logger: testenv.Logger(t)})
 			if _, err := s.Cancel(e.ctx, c.Client, c.ID.Key(), ""); err != nil {
 				t.Fatal(err)

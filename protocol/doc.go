@@ -129,12 +129,13 @@
 //
 //	reason           meaning                                                     retry with the same id
 //	overloaded       refused before the body was read (over GW_MAX_INFLIGHT)     publishes it
-//	not_accepted     certainly not queued: Redis could not reserve it, or        publishes it
+//	not_accepted     certainly not queued: Redis could not be reached, or        publishes it
 //	                 RabbitMQ was unreachable, blocked, nacked or returned it
 //	outcome_unknown  may be queued: the confirm never came, the channel closed   200 with the command once known;
-//	                 before it, or an earlier request with this id is still      after the reservation's lease
-//	                 being published                                             (2 × GW_CONFIRM_TIMEOUT) it
-//	                                                                             publishes again (harmless)
+//	                 before it, an earlier request with this id is still being   after the reservation's lease
+//	                 published, or Redis failed midway through the reservation   (2 × GW_CONFIRM_TIMEOUT) it
+//	                 (without a retry the command ends expired or lost, and      publishes again (harmless)
+//	                 the client gets that result)
 //
 // # Error codes
 //

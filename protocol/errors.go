@@ -119,7 +119,9 @@ const (
 	ReasonNotAccepted = "not_accepted"
 	// ReasonOutcomeUnknown: the message may be queued (the confirm never
 	// came, or the channel closed before it, or an earlier request with
-	// the same id is still being published). A retry with the same id is
+	// the same id is still being published), or Redis failed midway
+	// through the reservation (without a retry the command then ends
+	// expired or lost, and the client gets that result). A retry with the same id is
 	// safe: it answers 200 with the command once it is known, or
 	// publishes again once the reservation's lease has run out.
 	ReasonOutcomeUnknown = "outcome_unknown"

@@ -36,6 +36,11 @@ var Statuses = []Status{
 	StatusCancelled, StatusRejected, StatusDead, StatusLost, StatusVoid,
 }
 
+// OneWayResult is the result of a one-way command (POST …?one_way=true):
+// the device's PUBACK is its success, no answer is awaited (an answer the
+// device sends anyway is kept as late and dropped).
+const OneWayResult = `{"one_way":true,"delivered":true}`
+
 // Owner is the part of the gateway that may set a status.
 type Owner string
 

@@ -35,6 +35,10 @@ for i = 2, #A, 2 do
         redis.call('ZADD', timers, ms(NOW + num(r[4]) + GRACE), tm('a', rr))
         count(stats, 'delivered')
         what = 'delivered'
+        -- A one-way command (timeout 0) succeeds by this PUBACK: the
+        -- caller runs the one-way step; its answer timer, due one grace
+        -- later, is the backstop if that step never runs.
+        if num(r[4]) == 0 then what = 'oneway' end
       end
     end
   end

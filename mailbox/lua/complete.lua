@@ -27,6 +27,14 @@ if FINAL[st] then
 end
 if st ~= 'sent' and st ~= 'delivered' then return {'not_sent', ''} end
 if not sane(r) then return {'corrupt', ''} end
+if num(r.tmo) == 0 then
+  -- A one-way command awaits no answer: the device got it, so it has
+  -- succeeded; the answer it sent anyway is kept as late.
+  count(K.stats, 'late')
+  local extra = {'late', raw}
+  if num(r.delivered) == 0 then extra[#extra + 1] = 'delivered'; extra[#extra + 1] = ms(math.min(NOW, received)) end
+  return {'succeeded', '', '', finalize(K, r, 'succeeded', ONEWAY, '', extra)}
+end
 local extra = {}
 if num(r.delivered) == 0 then
   extra = {'delivered', ms(math.min(NOW, received))}

@@ -53,6 +53,10 @@ if st == 'sent' and num(r.sending) == 0 then
   end
   return {'expired', '', '', finalize(K, r, 'expired', expired_body, expired_reason)}
 end
+if st == 'delivered' and num(r.tmo) == 0 then
+  -- One-way, PUBACKed, and the step after the PUBACK never ran.
+  return {'succeeded', '', '', finalize(K, r, 'succeeded', ONEWAY, '')}
+end
 if st == 'sent' or st == 'delivered' then
   return {'timeout', '', '', finalize(K, r, 'timeout', timeout_body, timeout_reason)}
 end

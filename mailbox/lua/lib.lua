@@ -40,6 +40,10 @@ end
 
 local FINAL = {--@FINAL@--}
 
+-- ONEWAY is the result member of a one-way command that succeeded by its
+-- PUBACK (protocol.OneWayResult).
+local ONEWAY = '"result":{"one_way":true,"delivered":true}'
+
 local function fields(a)
   local t = {}
   for i = 1, #a, 2 do t[a[i]] = a[i + 1] end
