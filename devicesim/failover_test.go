@@ -4,7 +4,9 @@ import (
 	"bufio"
 	"context"
 	"io"
+	"net/http"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -151,11 +153,43 @@ func runFailover(t *testing.T, g *gwproc.Gateway, fail, restore func(context.Con
 			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
 		}
 	}
+	t.Logf("commands answered neither 202 nor a sure rejection, without a result, as GET sees them now: %v",
+		unsettledStatuses(t, g, rep.Unsettled))
 	if t.Failed() {
 		for _, s := range rep.Suspects {
 			t.Logf("suspect %s %s to %s: %s\n%s", s.Client, s.ID, s.Device, s.Why, logLinesFor(g, s.ID, 40))
 		}
 	}
+}
+
+// unsettledStatuses counts the statuses that GET /v1/commands/{id} gives
+// for cmds ("404" when there is no such command).
+func unsettledStatuses(t *testing.T, g *gwproc.Gateway, cmds []Suspect) map[string]int {
+	api := NewAPI(g.APIURL)
+	tokens := map[string]string{}
+	got := map[string]int{}
+	for _, c := range cmds {
+		tok, ok := tokens[c.Client]
+		if !ok {
+			var err error
+			tok, err = g.Token("client", c.Client, []string{"fo-*"})
+			require.NoError(t, err)
+			tokens[c.Client] = tok
+		}
+		var v struct {
+			Status protocol.Status `json:"status"`
+		}
+		code, err := api.Do(t.Context(), http.MethodGet, "/v1/commands/"+c.ID, tok, nil, &v)
+		switch {
+		case err == nil:
+			got[string(v.Status)]++
+		case code != 0:
+			got[strconv.Itoa(code)]++
+		default:
+			got["error"]++
+		}
+	}
+	return got
 }
 
 // logLinesFor returns the lines of the gateway's logs that mention id, at

@@ -122,6 +122,9 @@ type LoadReport struct {
 	// got two different results or a result after a rejection, for a
 	// failing test to look for in the gateway's logs. Not in the JSON.
 	Suspects []Suspect `json:"-"`
+	// Unsettled names commands whose answer was neither 202 nor a sure
+	// rejection and whose client got no result (at most 500).
+	Unsettled []Suspect `json:"-"`
 }
 
 // Suspect is one command that broke the ledger's rules, and why.
@@ -378,6 +381,9 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 			why = fmt.Sprintf("answered %d (not accepted), then got a result %s", rec.status, rec.first)
 		case rec.conflict:
 			why = "two different results"
+		case rec.state == 3 && rec.results == 0 && len(rep.Unsettled) < 500:
+			rep.Unsettled = append(rep.Unsettled, Suspect{Client: rec.client, ID: rec.id, Device: rec.device,
+				Why: fmt.Sprintf("answered %d", rec.status)})
 		}
 		if why != "" && len(rep.Suspects) < 50 {
 			rep.Suspects = append(rep.Suspects, Suspect{Client: rec.client, ID: rec.id, Device: rec.device, Why: why})
