@@ -3,6 +3,8 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -153,6 +155,9 @@ func runFailover(t *testing.T, g *gwproc.Gateway, fail, restore func(context.Con
 			t.Errorf("%s = %d, want %d", c.name, c.got, c.want)
 		}
 	}
+	if n, sample := claimsDiffer(t, g, rep.Finals); n != 0 {
+		t.Errorf("%d accepted commands have a final result over MQTT that GET (the claim) does not give; first: %s", n, sample)
+	}
 	t.Logf("commands answered neither 202 nor a sure rejection, without a result, as GET sees them now: %v",
 		unsettledStatuses(t, g, rep.Unsettled))
 	if t.Failed() {
@@ -160,6 +165,41 @@ func runFailover(t *testing.T, g *gwproc.Gateway, fail, restore func(context.Con
 			t.Logf("suspect %s %s to %s: %s\n%s", s.Client, s.ID, s.Device, s.Why, logLinesFor(g, s.ID, 40))
 		}
 	}
+}
+
+// claimsDiffer reads every command of finals with GET /v1/commands/{id}
+// (the claim, the client's ledger) and returns how many are not final
+// there or end with another response than the one the client got over
+// MQTT (each final's Why), and the first of them.
+func claimsDiffer(t *testing.T, g *gwproc.Gateway, finals []Suspect) (int, string) {
+	api := NewAPI(g.APIURL)
+	tokens := map[string]string{}
+	n, first := 0, ""
+	for _, f := range finals {
+		tok, ok := tokens[f.Client]
+		if !ok {
+			var err error
+			tok, err = g.Token("client", f.Client, []string{"fo-*"})
+			require.NoError(t, err)
+			tokens[f.Client] = tok
+		}
+		var v struct {
+			Status   protocol.Status `json:"status"`
+			Response json.RawMessage `json:"response"`
+		}
+		code, err := api.Do(t.Context(), http.MethodGet, "/v1/commands/"+f.ID, tok, nil, &v)
+		var resp protocol.Response
+		if err == nil && v.Status.Final() && json.Unmarshal(v.Response, &resp) == nil {
+			if b, _ := json.Marshal(&resp); sameJSON(b, []byte(f.Why)) {
+				continue
+			}
+		}
+		n++
+		if first == "" {
+			first = fmt.Sprintf("%s %s: GET answered %d %v, status %s, response %s; the client got %s", f.Client, f.ID, code, err, v.Status, v.Response, f.Why)
+		}
+	}
+	return n, first
 }
 
 // unsettledStatuses counts the statuses that GET /v1/commands/{id} gives

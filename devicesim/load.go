@@ -125,6 +125,10 @@ type LoadReport struct {
 	// Unsettled names commands whose answer was neither 202 nor a sure
 	// rejection and whose client got no result (at most 500).
 	Unsettled []Suspect `json:"-"`
+	// Finals holds, for every accepted command that got a result, the
+	// first result its client got (as JSON in Why), for a test to
+	// compare with what the gateway's claim says (GET).
+	Finals []Suspect `json:"-"`
 }
 
 // Suspect is one command that broke the ledger's rules, and why.
@@ -384,6 +388,9 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 		case rec.state == 3 && rec.results == 0 && len(rep.Unsettled) < 500:
 			rep.Unsettled = append(rep.Unsettled, Suspect{Client: rec.client, ID: rec.id, Device: rec.device,
 				Why: fmt.Sprintf("answered %d", rec.status)})
+		}
+		if rec.state == 1 && rec.results > 0 {
+			rep.Finals = append(rep.Finals, Suspect{Client: rec.client, ID: rec.id, Device: rec.device, Why: string(rec.first)})
 		}
 		if why != "" && len(rep.Suspects) < 50 {
 			rep.Suspects = append(rep.Suspects, Suspect{Client: rec.client, ID: rec.id, Device: rec.device, Why: why})
