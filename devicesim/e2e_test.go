@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"io"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -16,15 +17,10 @@ import (
 	"github.com/iotgw/gateway/internal/testenv"
 )
 
-// startGateway builds the real binaries and starts them as processes in a
-// fresh namespace on free ports, with extraEnv added to each.
-func startGateway(t *testing.T, workers, push int, extraEnv ...string) *gwproc.Gateway {
-	t.Helper()
-	return startGatewayOn(t, testenv.RedisURL(), workers, push, extraEnv...)
-}
-
-// startGatewayOn is startGateway with the gateway's state in the Redis of
-// redisURL, in any of the three forms of GW_REDIS_URL. The namespace's
+// startGatewayOn builds the real binaries and starts them as processes in
+// a fresh namespace on free ports, with extraEnv added to each, and the
+// gateway's state in the Redis of redisURL, in any of the three forms of
+// GW_REDIS_URL. The namespace's
 // keys there are deleted when t ends (testenv.Namespace cleans the shared
 // Redis only).
 func startGatewayOn(t *testing.T, redisURL string, workers, push int, extraEnv ...string) *gwproc.Gateway {
@@ -35,12 +31,9 @@ func startGatewayOn(t *testing.T, redisURL string, workers, push int, extraEnv .
 		// Registered before the gateway starts: it runs after it stops.
 		t.Cleanup(func() { cleanRedisNamespace(t, redisURL, ns) })
 	}
-	bin := t.TempDir()
+	bin := builtBinaries(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
-	if err := gwproc.Build(ctx, bin, false); err != nil {
-		t.Fatal(err)
-	}
 	runDir := filepath.Join(t.TempDir(), "run")
 	g, err := gwproc.Start(ctx, gwproc.Options{
 		BinDir: bin, RunDir: runDir, Namespace: ns, Secret: "e2e-secret-" + ns,
@@ -59,12 +52,66 @@ func startGatewayOn(t *testing.T, redisURL string, workers, push int, extraEnv .
 	return g
 }
 
+// The gateway's binaries, built once for every test of the package (a
+// build takes seconds; each test used to make its own) and removed by
+// TestMain.
+var (
+	buildOnce sync.Once
+	binDir    string
+	buildErr  error
+)
+
+// builtBinaries returns the folder of the gateway's binaries, building
+// them the first time; it fails t when the build fails.
+func builtBinaries(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		binDir, buildErr = os.MkdirTemp("", "devicesim-test-bin-")
+		if buildErr != nil {
+			return
+		}
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		defer cancel()
+		buildErr = gwproc.Build(ctx, binDir, false)
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return binDir
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if binDir != "" {
+		os.RemoveAll(binDir)
+	}
+	os.Exit(code)
+}
+
+// redisForms are the Redis deployments the end-to-end load tests run the
+// gateway's state in: the shared Redis server and the local Redis Cluster
+// (GW_REDIS_URL in the Cluster form).
+var redisForms = []struct {
+	name string
+	url  func(testing.TB) string
+}{
+	{"server", func(testing.TB) string { return testenv.RedisURL() }},
+	{"cluster", testenv.RedisClusterURL},
+}
+
 // TestEndToEnd drives the real binaries with a simulated fleet that fails
 // and drops some commands, under a bounded load, and checks the ledger:
 // nothing lost, nothing unexpected, every result right for its device's
-// behaviour.
+// behaviour. It runs with the state in each of redisForms, one after the
+// other (the checks count timeouts, which a starved CPU would add to).
 func TestEndToEnd(t *testing.T) {
-	g := startGateway(t, 2, 3)
+	for _, form := range redisForms {
+		t.Run(form.name, func(t *testing.T) { runEndToEnd(t, form.url(t)) })
+	}
+}
+
+func runEndToEnd(t *testing.T, redisURL string) {
+	g := startGatewayOn(t, redisURL, 2, 3)
 	gl := &globals{API: g.APIURL, Secret: g.Opts.Secret, stdout: io.Discard, stderr: io.Discard, log: telemetry.Discard()}
 
 	fleetCtx, stopFleet := context.WithCancel(t.Context())
@@ -105,6 +152,7 @@ func TestEndToEnd(t *testing.T) {
 		{"lost", rep.Lost, 0},
 		{"unexpected", rep.Unexpected, 0},
 		{"wrong", rep.Wrong, 0},
+		{"conflicting", rep.Conflicting, 0},
 		{"received", rep.Received, rep.Accepted},
 		{"device errors = simulated failures", rep.Outcomes.DeviceError, ft.Failed},
 		{"timeouts = dropped commands", rep.Outcomes.Timeout, ft.Dropped},

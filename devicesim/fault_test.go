@@ -14,13 +14,20 @@ import (
 // TestFaultsLoseNothing is guarantee 1 of DESIGN §8 under process faults:
 // while a load runs, a worker, a push server and the apiserver are each
 // killed with SIGKILL and restarted. Every command that got a 202 must
-// reach its client exactly as a final result (duplicates allowed, none
-// lost, none unexpected).
+// reach its client exactly as a final result (duplicates of it allowed,
+// none lost, none unexpected, never two different ones). It runs with the
+// state in each of redisForms, one after the other.
 func TestFaultsLoseNothing(t *testing.T) {
 	if testing.Short() {
 		t.Skip("fault test: skipped with -short")
 	}
-	g := startGateway(t, 2, 3)
+	for _, form := range redisForms {
+		t.Run(form.name, func(t *testing.T) { runFaults(t, form.url(t)) })
+	}
+}
+
+func runFaults(t *testing.T, redisURL string) {
+	g := startGatewayOn(t, redisURL, 2, 3)
 	gl := &globals{API: g.APIURL, Secret: g.Opts.Secret, stdout: io.Discard, stderr: io.Discard, log: telemetry.Discard()}
 
 	fleetCtx, stopFleet := context.WithCancel(t.Context())
@@ -88,6 +95,8 @@ func TestFaultsLoseNothing(t *testing.T) {
 		{"lost", rep.Lost, 0},
 		{"unexpected", rep.Unexpected, 0},
 		{"wrong", rep.Wrong, 0},
+		{"conflicting", rep.Conflicting, 0},
+		{"rejected with result", rep.RejectedWithResult, 0},
 		{"received of accepted", min(rep.Received, rep.Accepted), rep.Accepted},
 		{"other gateway errors", rep.Outcomes.OtherGW, 0},
 	}

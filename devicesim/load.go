@@ -92,26 +92,48 @@ error no device or gateway rule explains).`,
 // LoadReport is the outcome of a load run. Its JSON keys are an interface
 // that outside scripts rely on.
 type LoadReport struct {
-	Clients       int                 `json:"clients"`
-	Devices       int                 `json:"devices"`
-	Method        string              `json:"method"`
-	TargetRate    float64             `json:"target_rate_per_s"`
-	DurationS     float64             `json:"duration_s"`
-	Sent          int64               `json:"sent"`
-	Accepted      int64               `json:"accepted"`
-	Rejected      int64               `json:"rejected"`
-	Indeterminate int64               `json:"indeterminate"`
-	Received      int64               `json:"received"`
-	Duplicated    int64               `json:"duplicated"`
-	Lost          int64               `json:"lost"`
-	Unexpected    int64               `json:"unexpected"`
-	Wrong         int64               `json:"wrong"`
-	Outcomes      Outcomes            `json:"outcomes"`
-	Throughput    float64             `json:"throughput_per_s"`
-	AcceptLatency latency.Percentiles `json:"accept_latency_ms"`
-	RoundTrip     latency.Percentiles `json:"roundtrip_latency_ms"`
-	RejectedBy    map[int]int64       `json:"rejected_by_status,omitempty"`
-	Errors        []string            `json:"sample_errors,omitempty"`
+	Clients       int     `json:"clients"`
+	Devices       int     `json:"devices"`
+	Method        string  `json:"method"`
+	TargetRate    float64 `json:"target_rate_per_s"`
+	DurationS     float64 `json:"duration_s"`
+	Sent          int64   `json:"sent"`
+	Accepted      int64   `json:"accepted"`
+	Rejected      int64   `json:"rejected"`
+	Indeterminate int64   `json:"indeterminate"`
+	Received      int64   `json:"received"`
+	Duplicated    int64   `json:"duplicated"`
+	Lost          int64   `json:"lost"`
+	Unexpected    int64   `json:"unexpected"`
+	Wrong         int64   `json:"wrong"`
+	// Conflicting counts commands whose client got two different
+	// results (a copy of the same result is a duplicate, not a conflict).
+	Conflicting int64 `json:"conflicting"`
+	// RejectedWithResult counts commands the API said for sure it had not
+	// accepted (NotAccepted) whose client got a result all the same.
+	RejectedWithResult int64               `json:"rejected_with_result"`
+	Outcomes           Outcomes            `json:"outcomes"`
+	Throughput         float64             `json:"throughput_per_s"`
+	AcceptLatency      latency.Percentiles `json:"accept_latency_ms"`
+	RoundTrip          latency.Percentiles `json:"roundtrip_latency_ms"`
+	RejectedBy         map[int]int64       `json:"rejected_by_status,omitempty"`
+	Errors             []string            `json:"sample_errors,omitempty"`
+	// Suspects names (client, id, device) of commands that were lost,
+	// got two different results or a result after a rejection, for a
+	// failing test to look for in the gateway's logs. Not in the JSON.
+	Suspects []Suspect `json:"-"`
+	// Unsettled names commands whose answer was neither 202 nor a sure
+	// rejection and whose client got no result (at most 500).
+	Unsettled []Suspect `json:"-"`
+	// Finals holds, for every accepted command that got a result, the
+	// first result its client got (as JSON in Why), for a test to
+	// compare with what the gateway's claim says (GET).
+	Finals []Suspect `json:"-"`
+}
+
+// Suspect is one command that broke the ledger's rules, and why.
+type Suspect struct {
+	Client, ID, Device, Why string
 }
 
 // Outcomes counts the first result of each command by kind.
@@ -124,10 +146,14 @@ type Outcomes struct {
 }
 
 type cmdRecord struct {
-	scheduled time.Time
-	params    []byte
-	state     int32 // 0 sending, 1 accepted, 2 rejected, 3 indeterminate
-	results   int
+	client, id, device string
+	scheduled          time.Time
+	params             []byte
+	state              int32 // 0 sending, 1 accepted, 2 rejected, 3 indeterminate
+	status             int   // the API's HTTP status (0: no answer)
+	results            int
+	first              []byte // the first result, as JSON
+	conflict           bool
 }
 
 type ledger struct {
@@ -154,10 +180,17 @@ func (l *ledger) onResult(client string, r Result) {
 		return
 	}
 	rec.results++
+	body, _ := json.Marshal(r.Resp)
 	if rec.results > 1 {
 		l.rep.Duplicated++
+		if !rec.conflict && !sameJSON(body, rec.first) {
+			rec.conflict = true
+			l.rep.Conflicting++
+			l.sample(fmt.Sprintf("%s %s got two different results: %s, then %s", client, rec.id, rec.first, body))
+		}
 		return
 	}
+	rec.first = body
 	l.rep.Received++
 	if rec.state == 1 {
 		l.pending.Add(-1)
@@ -256,7 +289,7 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 		params := []byte(`{"seq":` + strconv.FormatInt(n, 10) + `,"client":"` + clients[ci] + `"}`)
 		body := []byte(`{"jsonrpc":"2.0","method":"` + o.Method + `","params":` + string(params) + `,"id":"` + id + `"}`)
 		key := clients[ci] + "\x00" + id
-		rec := &cmdRecord{scheduled: scheduled, params: params}
+		rec := &cmdRecord{client: clients[ci], id: id, device: device, scheduled: scheduled, params: params}
 		l.mu.Lock()
 		l.recs[key] = rec
 		rep.Sent++
@@ -266,6 +299,7 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 		lat := time.Since(start)
 		l.mu.Lock()
 		defer l.mu.Unlock()
+		rec.status = status
 		switch {
 		case err == nil:
 			rec.state = 1
@@ -341,8 +375,25 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	for _, rec := range l.recs {
-		if rec.state == 1 && rec.results == 0 {
+		why := ""
+		switch {
+		case rec.state == 1 && rec.results == 0:
 			rep.Lost++
+			why = "lost"
+		case rec.state == 2 && rec.results > 0:
+			rep.RejectedWithResult++
+			why = fmt.Sprintf("answered %d (not accepted), then got a result %s", rec.status, rec.first)
+		case rec.conflict:
+			why = "two different results"
+		case rec.state == 3 && rec.results == 0 && len(rep.Unsettled) < 500:
+			rep.Unsettled = append(rep.Unsettled, Suspect{Client: rec.client, ID: rec.id, Device: rec.device,
+				Why: fmt.Sprintf("answered %d", rec.status)})
+		}
+		if rec.state == 1 && rec.results > 0 {
+			rep.Finals = append(rep.Finals, Suspect{Client: rec.client, ID: rec.id, Device: rec.device, Why: string(rec.first)})
+		}
+		if why != "" && len(rep.Suspects) < 50 {
+			rep.Suspects = append(rep.Suspects, Suspect{Client: rec.client, ID: rec.id, Device: rec.device, Why: why})
 		}
 	}
 	rep.DurationS = sent.Seconds()
