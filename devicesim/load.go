@@ -50,9 +50,9 @@ measured from the scheduled time, so a slow gateway cannot hide its delay
 next command as soon as the previous one was answered by the API.
 
 After the run it waits (at most --drain) until every accepted command has its
-result, then reports: accepted (202), rejected (4xx, and 503 "overloaded", which
-the apiserver answers before storing anything), indeterminate (timeouts, other
-5xx), received once, duplicated, lost (accepted, never received), unexpected
+result, then reports: accepted (202), rejected (4xx, and 503 with data.reason
+"overloaded" or "not_accepted": certainly not queued), indeterminate (timeouts,
+503 "outcome_unknown", other 5xx), received once, duplicated, lost (accepted, never received), unexpected
 (received, never sent) and wrong (an echo result that is not its params, or an
 error no device or gateway rule explains).`,
 		Example: `  devicesim load --clients 10 --devices 100 --prefix dev- --rate 500 --duration 30s --method echo --json`,
