@@ -500,14 +500,25 @@ func TestOwnerWaitsOneGrace(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
 	const grace = 2 * time.Second
+	// A queued command whose message was never published: only its
+	// deliver-by timer (300 ms) can end it, not a dispatch.
+	store := mailbox.New(h.rdb, h.ns, mailbox.Options{AnswerGrace: testAnswerGrace, Lease: 100 * time.Millisecond})
+	id, err := protocol.ParseID(json.RawMessage(`"g"`))
+	require.NoError(t, err)
+	const expiresIn = 300 * time.Millisecond
+	out, _, err := store.Reserve(t.Context(), &mailbox.Command{Client: "app-1", Device: "lamp-1", ID: id, Method: "m",
+		Fingerprint: protocol.Fingerprint("lamp-1", "m", nil, time.Second, expiresIn), Timeout: time.Second, ExpiresIn: expiresIn})
+	require.NoError(t, err)
+	require.Equal(t, mailbox.Reserved, out)
+	require.NoError(t, store.MarkQueued(t.Context(), "lamp-1", "app-1", id.Key()))
+
 	start := time.Now()
 	h.worker(func(c *Config) { c.AnswerGrace = grace })
-
-	env := h.send(spec{client: "app-1", device: "lamp-1", id: `"g"`, expiresIn: 300 * time.Millisecond})
+	env := &protocol.Envelope{Client: "app-1", Device: "lamp-1", MsgID: id}
 	c := h.waitStatus(env, protocol.StatusExpired, 15*time.Second)
-	// The command was due 300 ms after it was sent; it expired only once
-	// the worker had owned its partition for the grace (FinishedAt is
-	// Redis's clock, in ms: allow one).
+	// Due 300 ms after it was reserved, it expired only once the worker
+	// had owned its partition for the grace (FinishedAt is Redis's clock,
+	// in ms: allow one).
 	if got := c.FinishedAt.Sub(start); got < grace-time.Millisecond {
 		t.Errorf("expired %v after the worker started, want at least the grace %v", got, grace)
 	}
