@@ -107,7 +107,7 @@ func (s *Session) connect(ctx context.Context, lost chan<- error) error {
 		SetResumeSubs(false).
 		SetOrderMatters(false).
 		SetConnectTimeout(5 * time.Second).
-		SetKeepAlive(30 * time.Second).
+		SetKeepAlive(10 * time.Second). // notices a frozen push server within 15-20 s (GW_MAX_KEEPALIVE)
 		SetWriteTimeout(5 * time.Second).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			select {

@@ -13,10 +13,12 @@ import (
 // Defaults of the push server's own settings (the shared ones are in
 // internal/config).
 const (
-	DefaultInflight       = 32
-	DefaultMaxPacketSize  = 256 << 10
-	DefaultShedRate       = 100
-	DefaultSweepInterval  = 2 * time.Second
+	DefaultInflight      = 32
+	DefaultMaxPacketSize = 256 << 10
+	DefaultShedRate      = 100
+	DefaultSweepInterval = 2 * time.Second
+	// DefaultMaxKeepAlive is Config.MaxKeepAlive when unset.
+	DefaultMaxKeepAlive   = 10 * time.Second
 	DefaultShutdownShed   = 10 * time.Second
 	DefaultConnectTimeout = 10 * time.Second
 	// fdHeadroom is how many file descriptors are kept for everything that
@@ -83,6 +85,13 @@ type Config struct {
 	// ConnectTimeout is how long a new connection may take to send its
 	// CONNECT (TLS handshake included). Default 10s.
 	ConnectTimeout time.Duration
+	// MaxKeepAlive (GW_MAX_KEEPALIVE) is the longest keep alive an MQTT 5
+	// client may use: one that asks for more, or for none, is told this
+	// one in CONNACK (Server Keep Alive), so that it notices a push
+	// server that stopped answering (frozen, cut off) within 1.5 × this
+	// and reconnects elsewhere. MQTT 3.1.1 has no such property: those
+	// clients should use 10 s or less themselves. Default 10s.
+	MaxKeepAlive time.Duration
 	// RingHeartbeat, RingTTL and RingGrace are passed to the ring
 	// (ring.Options); zero means the ring's defaults (1s, 3s, 5s).
 	RingHeartbeat, RingTTL, RingGrace time.Duration
@@ -121,6 +130,9 @@ func (c *Config) ensureDefaults() {
 	}
 	if c.ShutdownShed <= 0 {
 		c.ShutdownShed = DefaultShutdownShed
+	}
+	if c.MaxKeepAlive <= 0 {
+		c.MaxKeepAlive = DefaultMaxKeepAlive
 	}
 	if c.ConnectTimeout <= 0 {
 		c.ConnectTimeout = DefaultConnectTimeout

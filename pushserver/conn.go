@@ -262,6 +262,7 @@ func (n *Node) establish(cl *mqtt.Client, pk packets.Packet, claims *auth.Claims
 	mu.Lock()
 	defer mu.Unlock()
 	n.hook.OnSessionEstablish(cl, pk)
+	n.capKeepAlive(cl)
 	n.attach(cl)
 	// Sessions are always fresh: session present is 0 (and OnPacketEncode
 	// would make it so).
@@ -271,6 +272,21 @@ func (n *Node) establish(cl *mqtt.Client, pk packets.Packet, claims *auth.Claims
 	}
 	n.hook.start(cl, claims)
 	return nil
+}
+
+// capKeepAlive gives an MQTT 5 client whose keep alive is longer than
+// Config.MaxKeepAlive, or none, the maximum instead: SendConnack then
+// carries it as Server Keep Alive [MQTT-3.2.2-21], and the connection's
+// deadline follows it.
+func (n *Node) capKeepAlive(cl *mqtt.Client) {
+	limit := uint16(min(n.cfg.MaxKeepAlive/time.Second, 65535))
+	if cl.Properties.ProtocolVersion < 5 || limit == 0 {
+		return
+	}
+	if ka := cl.State.Keepalive; ka == 0 || ka > limit {
+		cl.State.Keepalive = limit
+		cl.State.ServerKeepalive = true
+	}
 }
 
 // validateConnect is mochi's check of a CONNECT packet.

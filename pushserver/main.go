@@ -59,6 +59,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	b.Int(&cfg.MaxClients, "max-clients", 0, "most connected clients (0: the file limit minus a headroom)")
 	b.Int(&cfg.ShedRate, "shed-rate", DefaultShedRate, "sessions closed per second after a ring change")
 	b.Duration(&ringGrace, "ring-grace", 5*time.Second, "how long the previous ring is honoured before sessions are shed")
+	b.Duration(&cfg.MaxKeepAlive, "max-keepalive", DefaultMaxKeepAlive, "longest MQTT 5 keep alive: longer ones (or none) get this as Server Keep Alive")
 	if err := b.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return nil
