@@ -192,7 +192,7 @@ func gatewayCode(r *protocol.Response) int {
 
 // TestScenarios drives each outcome of a command through the real
 // binaries, from the POST to the client's MQTT subscription: success,
-// device error, no answer, offline past expires_in, cancel before
+// device error, a one-way command, no answer, offline past expires_in, cancel before
 // delivery, a late answer after the timeout, a full device mailbox, the
 // same id from two clients, and an answer that overtakes its PUBACK.
 //
@@ -265,6 +265,25 @@ func runScenarios(t *testing.T, redisURL string, all bool) {
 	if !all {
 		return
 	}
+
+	t.Run("one-way", func(t *testing.T) {
+		// The device answers anyway: the answer is kept as late, the
+		// PUBACK was the success.
+		e.device("sc-ow", false, func(c mqtt.Client, m mqtt.Message) { respond(c, "sc-ow", m, `"result":"done"`) })
+		var acc Accepted
+		code, err := e.api.Do(t.Context(), http.MethodPost, "/v1/devices/sc-ow/commands?one_way=true", app,
+			[]byte(`{"jsonrpc":"2.0","method":"led","id":"ow-1"}`), &acc)
+		if err != nil || code != http.StatusAccepted {
+			t.Fatalf("POST one_way=true: %d, %v; want 202", code, err)
+		}
+		r := e.result("app-sc", "ow-1")
+		if gatewayCode(r) != 0 || string(r.Result) != protocol.OneWayResult {
+			t.Errorf("result = %+v, want %s", r, protocol.OneWayResult)
+		}
+		if st, delivered := e.status(app, "ow-1"); st != protocol.StatusSucceeded || !delivered {
+			t.Errorf("status = %s (delivered %v), want succeeded after delivery", st, delivered)
+		}
+	})
 
 	t.Run("no answer", func(t *testing.T) {
 		e.device("sc-mute", false, func(mqtt.Client, mqtt.Message) {})
