@@ -339,7 +339,7 @@ func listCmd(ctx context.Context, g *globals) *cobra.Command {
 	var af authFlags
 	var asJSON bool
 	var device, status string
-	var max int
+	var max, pageSize int
 	cmd := &cobra.Command{
 		Use:   "list --device <device>",
 		Short: "List the client's recent commands to a device, newest first (GET /v1/devices/{device}/commands, every page)",
@@ -363,7 +363,7 @@ next_cursor until the last page (or --max commands). --json prints
 			if status != "" {
 				q.Set("status", status)
 			}
-			cmds, err := pages(ctx, g, cliAPI(g.API), asJSON, "/v1/devices/"+url.PathEscape(device)+"/commands", who, q, max,
+			cmds, err := pages(ctx, g, cliAPI(g.API), asJSON, "/v1/devices/"+url.PathEscape(device)+"/commands", who, q, pageSize, max,
 				fmt.Sprintf("list the commands of client %s to %s", who.client, device))
 			if err != nil {
 				return err
@@ -379,6 +379,7 @@ next_cursor until the last page (or --max commands). --json prints
 	f.StringVar(&device, "device", "", "device ID (required)")
 	f.StringVar(&status, "status", "", "only commands in this status")
 	f.IntVar(&max, "max", 0, "stop after this many commands (0: all)")
+	f.IntVar(&pageSize, "page-size", 100, "commands a request (1 to 100)")
 	f.BoolVar(&asJSON, "json", false, "print the API's JSON")
 	_ = cmd.MarkFlagRequired("device")
 	return cmd
@@ -396,11 +397,14 @@ func writeList(w io.Writer, cmds []json.RawMessage) error {
 	return writeJSON(w, raw)
 }
 
-// pages reads a CommandList listing at path, following next_cursor, until
-// the last page or max commands (0: no limit).
-func pages(ctx context.Context, g *globals, api *API, asJSON bool, path string, who caller, q url.Values, max int, what string) ([]json.RawMessage, error) {
+// pages reads a CommandList listing at path, pageSize commands a request,
+// following next_cursor until the last page or max commands (0: no limit).
+func pages(ctx context.Context, g *globals, api *API, asJSON bool, path string, who caller, q url.Values, pageSize, max int, what string) ([]json.RawMessage, error) {
+	if pageSize < 1 || pageSize > 100 {
+		return nil, usageError("--page-size %d is not within 1 and 100", pageSize)
+	}
 	var all []json.RawMessage
-	q.Set("limit", "100")
+	q.Set("limit", fmt.Sprint(pageSize))
 	for {
 		var page struct {
 			Commands   []json.RawMessage `json:"commands"`
@@ -552,7 +556,7 @@ passed first (the last status is printed).`,
 func deadCmd(ctx context.Context, g *globals) *cobra.Command {
 	var af authFlags
 	var asJSON bool
-	var max int
+	var max, pageSize int
 	cmd := &cobra.Command{
 		Use:   "dead",
 		Short: "List dead-lettered commands, newest first (GET /v1/dead, every page; operator token)",
@@ -566,7 +570,7 @@ minted for --operator with --secret. --json prints {"commands":[…]}.` + exitHe
 			if err != nil {
 				return err
 			}
-			cmds, err := pages(ctx, g, cliAPI(g.API), asJSON, "/v1/dead", who, url.Values{}, max, "list dead commands")
+			cmds, err := pages(ctx, g, cliAPI(g.API), asJSON, "/v1/dead", who, url.Values{}, pageSize, max, "list dead commands")
 			if err != nil {
 				return err
 			}
@@ -578,6 +582,7 @@ minted for --operator with --secret. --json prints {"commands":[…]}.` + exitHe
 	}
 	af.register(cmd, true)
 	cmd.Flags().IntVar(&max, "max", 0, "stop after this many commands (0: all)")
+	cmd.Flags().IntVar(&pageSize, "page-size", 100, "commands a request (1 to 100)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the API's JSON")
 	return cmd
 }

@@ -62,8 +62,8 @@ type globals struct {
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	g := &globals{stdout: stdout, stderr: os.Stderr}
 	root := &cobra.Command{
-		Use:           "devicesim",
-		Short:         "Simulate devices and clients of the IoT command gateway, send commands, measure",
+		Use:   "devicesim",
+		Short: "Simulate devices and clients of the IoT command gateway, send commands, measure",
 		Long: `Simulate devices and clients of the IoT command gateway, send commands, measure.
 
 The whole HTTP API from the command line: get, list, cancel, wait, dead,
