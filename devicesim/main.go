@@ -24,6 +24,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/iotgw/gateway/internal/buildinfo"
 	"github.com/iotgw/gateway/internal/telemetry"
 )
 
@@ -88,6 +89,8 @@ send and load document their own in their help.`,
 			return nil
 		},
 	}
+	root.Version = buildinfo.Read().String("devicesim")
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(g.stderr)
