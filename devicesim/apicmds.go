@@ -35,8 +35,9 @@ const (
 
 // exitHelp is the exit status table every API command's help ends with.
 const exitHelp = `
-Exit status: 0 ok; 1 usage or bad input; 2 not found (404); 3 conflict (409,
-e.g. cancel too late); 4 the API is unreachable, answered 5xx or 429;
+Exit status: 0 ok; 1 usage, bad input or interrupted; 2 not found (404);
+3 conflict (409, e.g. cancel too late); 4 the API is unreachable, did not
+answer in time, answered 5xx or 429;
 5 authentication or authorization failed (401, 403).`
 
 // apiFailure is an error with the exit status it carries; main prints the
@@ -88,13 +89,16 @@ func classify(base, what string, err error) error {
 		}
 		return &apiFailure{Code: code, Err: fmt.Errorf("cannot %s: %w", what, err)}
 	}
+	if errors.Is(err, context.Canceled) {
+		return &apiFailure{Code: exitUsage, Err: fmt.Errorf("cannot %s: interrupted: %w", what, err)}
+	}
 	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return &apiFailure{Code: exitUnavailable, Err: fmt.Errorf("cannot %s: the API at %s did not answer in time: %w", what, base, err)}
+	}
 	var ue *url.Error
 	if errors.As(err, &ne) || errors.As(err, &ue) {
 		return &apiFailure{Code: exitUnavailable, Err: fmt.Errorf("cannot %s: the API at %s is unreachable: %w", what, base, err)}
-	}
-	if errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
-		return &apiFailure{Code: exitUnavailable, Err: fmt.Errorf("cannot %s: %w", what, err)}
 	}
 	return &apiFailure{Code: exitUsage, Err: fmt.Errorf("cannot %s: %w", what, err)}
 }
@@ -144,7 +148,9 @@ type caller struct {
 // a token is minted with the secret: an operator token when operator is
 // set, else a client token for --client.
 func (a *authFlags) resolve(cmd *cobra.Command, g *globals, operatorOnly bool) (caller, error) {
-	clientSet := cmd.Flags().Changed("client")
+	// Operator-only commands have no --client of the caller (replay's
+	// --client names the command's client).
+	clientSet := !operatorOnly && cmd.Flags().Changed("client")
 	if a.token != "" {
 		var cl auth.Claims
 		if _, _, err := jwt.NewParser().ParseUnverified(a.token, &cl); err != nil {

@@ -74,10 +74,10 @@ replay, connect (and stats). Each takes --json to print the API's JSON, and
 
 Exit status of get, list, cancel, wait, dead, replay and connect:
   0  ok
-  1  usage or bad input
+  1  usage, bad input, or interrupted (Ctrl-C)
   2  not found (404)
   3  conflict (409, e.g. cancel too late)
-  4  the API is unreachable, answered 5xx, or 429
+  4  the API is unreachable, did not answer in time, answered 5xx, or 429
   5  authentication or authorization failed (401, 403)
   6  wait: the command ended with a final status other than succeeded
   7  wait: --timeout passed before the command was final
