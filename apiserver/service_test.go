@@ -59,6 +59,8 @@ func TestHealthReadyMetricsOpenAPI(t *testing.T) {
 		`gw_api_commands_accepted_total 1`,
 		`gw_api_publish_failures_total{reason="returned"} 0`,
 		`go_goroutines`,
+		// The running build (internal/buildinfo).
+		`gw_build_info{commit="`,
 	} {
 		assert.Contains(t, m, want)
 	}

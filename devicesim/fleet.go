@@ -53,7 +53,7 @@ again, not executed again.`,
 	f.Float64Var(&o.Churn, "churn", 0, "disconnections per second across the fleet")
 	f.DurationVar(&o.Offline, "offline", 2*time.Second, "how long a churned device stays offline")
 	f.DurationVar(&o.Duration, "duration", 0, "stop after this long (0: until interrupted)")
-	f.BoolVar(&o.Progress, "progress", true, "print a live progress line to stderr")
+	f.BoolVar(&o.Progress, "progress", true, "print a live progress line to stderr (only when it is a terminal)")
 	f.BoolVar(&o.JSON, "json", false, "print the totals as JSON")
 	f.IntVar(&o.Connect, "connect-parallel", 64, "connection attempts in flight while starting")
 	return cmd
@@ -187,7 +187,7 @@ func runFleet(ctx context.Context, g *globals, o FleetOptions) error {
 	if err != nil {
 		return err
 	}
-	if o.Progress {
+	if o.Progress && isTerminal(g.stderr) {
 		go progress(ctx, g.stderr, func() string {
 			t := fl.Totals()
 			return fmt.Sprintf("devices online %d/%d  commands %d  answered %d  failed %d  dropped %d  duplicates %d",

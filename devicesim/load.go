@@ -6,7 +6,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
+	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -54,7 +56,14 @@ result, then reports: accepted (202), rejected (4xx, and 503 with data.reason
 "overloaded" or "not_accepted": certainly not queued), indeterminate (timeouts,
 503 "outcome_unknown", other 5xx), received once, duplicated, lost (accepted, never received), unexpected
 (received, never sent) and wrong (an echo result that is not its params, or an
-error no device or gateway rule explains).`,
+error no device or gateway rule explains).
+
+A progress line is printed to stderr each second while it runs, when stderr
+is a terminal (and --progress is not false).
+
+Exit status: 0 when nothing was lost, unexpected or wrong; 1 when something
+was (the report is printed first, then a line naming the counts), or when
+the run could not be made.`,
 		Example: `  devicesim load --clients 10 --devices 100 --prefix dev- --rate 500 --duration 30s --method echo --json`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -65,10 +74,13 @@ error no device or gateway rule explains).`,
 			if o.JSON {
 				enc := json.NewEncoder(g.stdout)
 				enc.SetIndent("", "  ")
-				return enc.Encode(rep)
+				if err := enc.Encode(rep); err != nil {
+					return err
+				}
+			} else {
+				rep.WriteTable(g.stdout)
 			}
-			rep.WriteTable(g.stdout)
-			return nil
+			return rep.Failure()
 		},
 	}
 	f := cmd.Flags()
@@ -85,7 +97,7 @@ error no device or gateway rule explains).`,
 	f.DurationVar(&o.Drain, "drain", 0, "longest wait for all results after the run (default: timeout + 20s)")
 	f.IntVar(&o.MaxInflight, "max-inflight", 2048, "most HTTP requests in flight at once")
 	f.BoolVar(&o.JSON, "json", false, "print the report as JSON")
-	f.BoolVar(&o.Progress, "progress", true, "print a live progress line to stderr")
+	f.BoolVar(&o.Progress, "progress", true, "print a live progress line to stderr (only when it is a terminal)")
 	return cmd
 }
 
@@ -322,7 +334,7 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 
 	runCtx, stopRun := context.WithTimeout(ctx, o.Duration)
 	defer stopRun()
-	if o.Progress {
+	if o.Progress && isTerminal(g.stderr) {
 		progCtx, stopProg := context.WithCancel(ctx)
 		defer stopProg()
 		go progress(progCtx, g.stderr, func() string {
@@ -407,6 +419,25 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 		rep.RejectedBy = nil
 	}
 	return rep, nil
+}
+
+// Failure returns an error naming the counts when anything was lost,
+// unexpected or wrong, nil otherwise.
+func (r *LoadReport) Failure() error {
+	if r.Lost == 0 && r.Unexpected == 0 && r.Wrong == 0 {
+		return nil
+	}
+	return fmt.Errorf("load: %d lost, %d unexpected, %d wrong", r.Lost, r.Unexpected, r.Wrong)
+}
+
+// isTerminal reports whether w is a character device (a terminal).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }
 
 // notAccepted reports whether err is an answer saying for sure that the

@@ -10,6 +10,8 @@
 //	devicesim send --device dev-1 --method echo --params '{"x":1}'
 //	devicesim load --clients 10 --devices 100 --prefix dev- --rate 500 --duration 30s --json
 //	devicesim stats --watch
+//	devicesim get send-abc --client app-1 --json
+//	devicesim wait send-abc --client app-1 --timeout 2m
 package main
 
 import (
@@ -22,6 +24,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/iotgw/gateway/internal/buildinfo"
 	"github.com/iotgw/gateway/internal/telemetry"
 )
 
@@ -31,16 +34,16 @@ func main() {
 	cancel()
 	if err != nil {
 		var ec exitCode
-		if errors.As(err, &ec) {
-			os.Exit(int(ec))
+		if !errors.As(err, &ec) {
+			fmt.Fprintln(os.Stderr, "devicesim:", err)
 		}
-		fmt.Fprintln(os.Stderr, "devicesim:", err)
-		os.Exit(1)
+		os.Exit(exitStatus(err))
 	}
 }
 
 // exitCode is returned by commands whose exit status carries meaning
-// (send); the message was already printed.
+// and whose message was already printed (send). The API commands return
+// an apiFailure instead, whose message main prints.
 type exitCode int
 
 func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
@@ -60,8 +63,25 @@ type globals struct {
 func run(ctx context.Context, args []string, getenv func(string) string, stdout io.Writer) error {
 	g := &globals{stdout: stdout, stderr: os.Stderr}
 	root := &cobra.Command{
-		Use:           "devicesim",
-		Short:         "Simulate devices and clients of the IoT command gateway, send commands, measure",
+		Use:   "devicesim",
+		Short: "Simulate devices and clients of the IoT command gateway, send commands, measure",
+		Long: `Simulate devices and clients of the IoT command gateway, send commands, measure.
+
+The whole HTTP API from the command line: get, list, cancel, wait, dead,
+replay, connect (and stats). Each takes --json to print the API's JSON, and
+--token, or mints one with --secret (or GW_AUTH_SECRET) for --client
+(--operator for dead and replay). Given a token, the client is its sub.
+
+Exit status of get, list, cancel, wait, dead, replay and connect:
+  0  ok
+  1  usage, bad input, or interrupted (Ctrl-C)
+  2  not found (404)
+  3  conflict (409, e.g. cancel too late)
+  4  the API is unreachable, did not answer in time, answered 5xx, or 429
+  5  authentication or authorization failed (401, 403)
+  6  wait: the command ended with a final status other than succeeded
+  7  wait: --timeout passed before the command was final
+send and load document their own in their help.`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
 		PersistentPreRunE: func(cmd *cobra.Command, _ []string) error {
@@ -69,6 +89,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 			return nil
 		},
 	}
+	root.Version = buildinfo.Read().String("devicesim")
+	root.SetVersionTemplate("{{.Version}}\n")
 	root.SetArgs(args)
 	root.SetOut(stdout)
 	root.SetErr(g.stderr)
@@ -82,7 +104,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	root.PersistentFlags().StringVar(&g.Secret, "secret", "", "HS256 token secret (env GW_AUTH_SECRET)")
 	g.envSecret = getenv("GW_AUTH_SECRET")
 	root.PersistentFlags().StringVar(&g.LogLevel, "log-level", "warn", "log level: debug, info, warn, error")
-	root.AddCommand(tokenCmd(g), fleetCmd(ctx, g), sendCmd(ctx, g), loadCmd(ctx, g), statsCmd(ctx, g))
+	root.AddCommand(tokenCmd(g), fleetCmd(ctx, g), sendCmd(ctx, g), loadCmd(ctx, g), statsCmd(ctx, g),
+		getCmd(ctx, g), listCmd(ctx, g), cancelCmd(ctx, g), waitCmd(ctx, g), deadCmd(ctx, g), replayCmd(ctx, g), connectCmd(ctx, g))
 	return root.ExecuteContext(ctx)
 }
 

@@ -7,6 +7,8 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/http"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -119,6 +121,7 @@ func TestRun(t *testing.T) {
 		var mu sync.Mutex
 		var msgs []string
 		listening := make(chan map[string]any, 1)
+		metricsAt := make(chan string, 1)
 		scanned := make(chan struct{})
 		go func() {
 			defer close(scanned)
@@ -132,6 +135,9 @@ func TestRun(t *testing.T) {
 				mu.Lock()
 				msgs = append(msgs, msg)
 				mu.Unlock()
+				if a, _ := line["addr"].(string); msg == "metrics listening" {
+					metricsAt <- a
+				}
 				if msg == "push server listening" {
 					listening <- line
 				}
@@ -151,6 +157,21 @@ func TestRun(t *testing.T) {
 		require.Equal(t, float64(8), line["inflight"])
 		_, code, err := connectV3(t, addr, "dev-run", "dev-run", token(t, "dev-run", auth.RoleDevice, time.Hour))
 		require.NoError(t, err, "code %d", code)
+
+		// The metrics listener serves the running build (internal/buildinfo).
+		var maddr string
+		select {
+		case maddr = <-metricsAt:
+		case <-time.After(20 * time.Second):
+			t.Fatal("metrics address never logged")
+		}
+		resp, err := http.Get("http://" + maddr + "/metrics")
+		require.NoError(t, err)
+		body, err := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		require.NoError(t, err)
+		require.Contains(t, string(body), `gw_build_info{commit="`)
+		require.Contains(t, string(body), `go_version="`+runtime.Version()+`",version="`)
 
 		cancel()
 		select {

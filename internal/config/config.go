@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/iotgw/gateway/internal/buildinfo"
 )
 
 // Defaults of the shared settings (DESIGN §9).
@@ -43,15 +45,24 @@ func EnvName(flagName string) string {
 // variables carry secrets (GW_AUTH_SECRET, passwords in URLs) that must
 // not be printed.
 type Binder struct {
-	FS     *flag.FlagSet
-	Getenv func(string) string
-	errs   []error
+	FS      *flag.FlagSet
+	Getenv  func(string) string
+	errs    []error
+	version bool
 }
 
-// NewBinder returns a Binder for a command named name.
+// ErrVersion is returned by Parse after --version printed the build
+// (buildinfo) to the FlagSet's output. It wraps flag.ErrHelp, so a
+// command that stops quietly after --help stops quietly after --version.
+var ErrVersion = fmt.Errorf("config: version printed: %w", flag.ErrHelp)
+
+// NewBinder returns a Binder for a command named name, with the flag
+// --version.
 func NewBinder(name string, getenv func(string) string) *Binder {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	return &Binder{FS: fs, Getenv: getenv}
+	b := &Binder{FS: fs, Getenv: getenv}
+	fs.BoolVar(&b.version, "version", false, "print the module version, VCS commit and Go version, and exit")
+	return b
 }
 
 func (b *Binder) env(name string) (string, bool) {
@@ -135,13 +146,19 @@ func (b *Binder) Bytes(p *int64, name string, def int64, usage string) {
 	})
 }
 
-// Parse parses args and returns the first error of a variable or a flag.
+// Parse parses args and returns the first error of a flag or a variable.
+// With --version it prints the build and returns ErrVersion (whatever
+// the variables say: a bad GW_* value does not hide the version).
 func (b *Binder) Parse(args []string) error {
-	if len(b.errs) > 0 {
-		return fmt.Errorf("invalid configuration: %w", b.errs[0])
-	}
 	if err := b.FS.Parse(args); err != nil {
 		return fmt.Errorf("invalid flags: %w", err)
+	}
+	if b.version {
+		fmt.Fprintln(b.FS.Output(), buildinfo.Read().String(b.FS.Name()))
+		return ErrVersion
+	}
+	if len(b.errs) > 0 {
+		return fmt.Errorf("invalid configuration: %w", b.errs[0])
 	}
 	return nil
 }

@@ -24,6 +24,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/iotgw/gateway/internal/buildinfo"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 )
 
@@ -51,11 +53,12 @@ func NewLogger(w io.Writer, format, level string) *slog.Logger {
 // Discard is a logger that writes nothing, for tests.
 func Discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, nil)) }
 
-// NewRegistry returns a Prometheus registry with the Go runtime and
+// NewRegistry returns a Prometheus registry with gw_build_info (the
+// running build, internal/buildinfo), the Go runtime and
 // process collectors, for one service.
 func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.Collector())
 	return reg
 }
 
