@@ -80,6 +80,7 @@ var helmCases = []helmCase{
 	{name: "defaults", release: "iotgw"},
 	{name: "existingSecret", release: "iotgw", set: []string{"existingSecret=gw-secrets"}},
 	{name: "keda", release: "iotgw", set: []string{"keda.enabled=true"}},
+	{name: "kedaNamespace", release: "iotgw", set: []string{"keda.enabled=true", "gateway.namespace=edge-gw", "gateway.queues=16"}},
 	{name: "serviceMonitor", release: "iotgw", set: []string{"serviceMonitor.enabled=true", "serviceMonitor.labels.release=prometheus", "networkPolicy.enabled=true"}},
 	{name: "replicas", release: "edge", set: []string{"apiserver.replicas=3", "msgworker.replicas=4", "pushserver.replicas=5",
 		"image.tag=1.2.3", "gateway.namespace=edge-gw", "gateway.queues=8", "secrets.authSecret=0123456789abcdef0123456789abcdef"}},
