@@ -23,6 +23,7 @@ import (
 
 	"gopkg.in/yaml.v3"
 
+	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -35,6 +36,8 @@ const (
 	composePath      = "compose/compose.yaml"
 	envExamplePath   = "compose/.env.example"
 	k8sDir           = "k8s"
+	secretEnvExample = "k8s/secret.env.example"
+	helmChartDir     = "helm/iotgw"
 	prometheusPath   = "monitoring/prometheus.yml"
 	prometheusK8s    = "monitoring/prometheus-k8s.yml"
 	alertsPath       = "monitoring/alerts.yml"
@@ -300,7 +303,9 @@ func TestFilesParse(t *testing.T) {
 			return err
 		}
 		if d.IsDir() {
-			if path == "local" {
+			// The chart's templates are YAML only once rendered
+			// (helm_test.go renders them).
+			if path == "local" || path == filepath.FromSlash(helmChartDir+"/templates") {
 				return filepath.SkipDir
 			}
 			return nil
@@ -798,6 +803,12 @@ func loadK8s(t *testing.T) *k8sSet {
 			})
 		}
 	}
+	for _, o := range set.objects {
+		if o.kind == "Secret" {
+			t.Errorf("k8s/%s: Secret %s is a resource: kubectl apply -k would overwrite the real one (create it by hand, %s)", o.file, o.name, secretEnvExample)
+		}
+	}
+	set.objects = append(set.objects, documentedSecret(t, k8sSecretName))
 	entries, err := os.ReadDir(k8sDir)
 	if err != nil {
 		t.Fatal(err)
@@ -808,6 +819,28 @@ func loadK8s(t *testing.T) *k8sSet {
 		}
 	}
 	return set
+}
+
+// k8sSecretName is the Secret the Kubernetes files read, created by hand
+// from secret.env.example.
+const k8sSecretName = "gateway-secrets"
+
+// documentedSecret stands for a Secret created as deployments/README.md
+// says, with the keys of secret.env.example (as stringData). Its
+// placeholder for GW_AUTH_SECRET must be one the services refuse.
+func documentedSecret(t *testing.T, name string) k8sObject {
+	t.Helper()
+	env := readEnvFile(t, secretEnvExample)
+	data := obj{}
+	for k, v := range env {
+		data[k] = v
+	}
+	if err := auth.CheckSecret(env["GW_AUTH_SECRET"]); err == nil {
+		t.Errorf("%s: GW_AUTH_SECRET=%q is a placeholder the services accept; make it one they refuse (auth.CheckSecret)", secretEnvExample, env["GW_AUTH_SECRET"])
+	}
+	return k8sObject{kind: "Secret", name: name, file: filepath.Base(secretEnvExample), doc: obj{
+		"apiVersion": "v1", "kind": "Secret", "metadata": obj{"name": name}, "stringData": data,
+	}}
 }
 
 // matches reports whether labels has every pair of selector.
@@ -851,6 +884,9 @@ func containerEnv(t *testing.T, where string, set *k8sSet, c obj) (map[string]st
 			for k := range asObj(sec["stringData"]) {
 				env[k], source[k] = "<secret>", "secret"
 			}
+			for k := range asObj(sec["data"]) {
+				env[k], source[k] = "<secret>", "secret"
+			}
 		}
 	}
 	refRE := regexp.MustCompile(`\$\(([A-Za-z_][A-Za-z0-9_]*)\)`)
@@ -870,11 +906,8 @@ func containerEnv(t *testing.T, where string, set *k8sSet, c obj) (map[string]st
 		switch {
 		case vf["secretKeyRef"] != nil:
 			sn, key := asStr(dig(vf, "secretKeyRef", "name")), asStr(dig(vf, "secretKeyRef", "key"))
-			sec := set.get("Secret", sn)
-			if _, ok := asObj(sec["stringData"])[key]; !ok {
-				if _, ok := asObj(sec["data"])[key]; !ok {
-					t.Errorf("%s: %s comes from Secret %s key %s, which does not exist", where, name, sn, key)
-				}
+			if !secretHasKey(set.get("Secret", sn), key) {
+				t.Errorf("%s: %s comes from Secret %s key %s, which does not exist", where, name, sn, key)
 			}
 			env[name], source[name] = "<secret "+key+">", "secret"
 		case vf["configMapKeyRef"] != nil:
@@ -891,6 +924,13 @@ func containerEnv(t *testing.T, where string, set *k8sSet, c obj) (map[string]st
 		}
 	}
 	return env, source
+}
+
+// secretHasKey reports whether a Secret has key, in stringData or data.
+func secretHasKey(sec obj, key string) bool {
+	_, inString := asObj(sec["stringData"])[key]
+	_, inData := asObj(sec["data"])[key]
+	return inString || inData
 }
 
 // containerPorts maps the port names of a container to their numbers.
@@ -942,6 +982,28 @@ func TestKubernetes(t *testing.T) {
 		}
 	}
 
+	f := checkWorkloads(t, "k8s", set, imageName)
+	checkServices(t, set, f)
+	checkScaledObject(t, "k8s", set, f, true)
+}
+
+// workloadFacts is what checkWorkloads learned of a set of Kubernetes
+// objects, for the checks that follow.
+type workloadFacts struct {
+	workloads          []k8sObject
+	podPorts           map[string]map[string]int // workload name → named ports
+	ns                 string                    // GW_NAMESPACE
+	queues, partitions int
+}
+
+// checkWorkloads checks the Deployments and StatefulSets of set (the
+// kustomize files or a rendered chart, named by what) against what the
+// binaries read and serve: image, command, security, resources, variables
+// (from ConfigMaps and Secrets of set), ports, probes, the pushserver's
+// identity, a PodDisruptionBudget each, and one GW_NAMESPACE,
+// GW_QUEUES/GW_PARTITIONS and GW_RETENTION for all.
+func checkWorkloads(t *testing.T, what string, set *k8sSet, image string) workloadFacts {
+	t.Helper()
 	workloads := set.all("Deployment", "StatefulSet")
 	seen := map[string]bool{}
 	namespaces := map[string]bool{}
@@ -967,8 +1029,8 @@ func TestKubernetes(t *testing.T) {
 		for _, cv := range containers {
 			c := asObj(cv)
 			cwhere := where + " container " + asStr(c["name"])
-			if img := asStr(c["image"]); img != imageName {
-				t.Errorf("%s: image %q, want %s (tagged by kustomization.yaml)", cwhere, img, imageName)
+			if img := asStr(c["image"]); img != image {
+				t.Errorf("%s: %s: image %q, want %s", what, cwhere, img, image)
 			}
 			cmd := asArr(c["command"])
 			if len(cmd) == 0 || !slices.Contains(binaries, asStr(cmd[0])) {
@@ -1075,22 +1137,31 @@ func TestKubernetes(t *testing.T) {
 	}
 	for _, bin := range []string{"apiserver", "msgworker", "pushserver"} {
 		if !seen[bin] {
-			t.Errorf("k8s: no workload runs %s", bin)
+			t.Errorf("%s: no workload runs %s", what, bin)
 		}
 	}
 	if len(namespaces) != 1 {
-		t.Errorf("k8s: GW_NAMESPACE differs between services: %v", sortedKeys(namespaces))
+		t.Errorf("%s: GW_NAMESPACE differs between services: %v", what, sortedKeys(namespaces))
 	}
 	if len(retention) > 1 {
-		t.Errorf("k8s: GW_RETENTION differs between apiserver and msgworker: %v", sortedKeys(retention))
+		t.Errorf("%s: GW_RETENTION differs between apiserver and msgworker: %v", what, sortedKeys(retention))
 	}
-	queues, partitions := checkCounts(t, "k8s", counts)
+	f := workloadFacts{workloads: workloads, podPorts: podPorts}
+	f.queues, f.partitions = checkCounts(t, what, counts)
+	for n := range namespaces {
+		f.ns = n
+	}
+	return f
+}
 
-	// Services select a workload and target its ports.
+// checkServices checks that every Service selects a workload and targets
+// its ports.
+func checkServices(t *testing.T, set *k8sSet, f workloadFacts) {
+	t.Helper()
 	for _, svc := range set.all("Service") {
 		sel := asObj(dig(svc.doc, "spec", "selector"))
 		var target string
-		for _, w := range workloads {
+		for _, w := range f.workloads {
 			if matches(sel, asObj(dig(w.doc, "spec", "template", "metadata", "labels"))) {
 				target = w.name
 			}
@@ -1100,24 +1171,38 @@ func TestKubernetes(t *testing.T) {
 			continue
 		}
 		for _, p := range asArr(dig(svc.doc, "spec", "ports")) {
-			if _, ok := resolvePort(dig(p, "targetPort"), podPorts[target]); !ok {
+			if _, ok := resolvePort(dig(p, "targetPort"), f.podPorts[target]); !ok {
 				t.Errorf("Service %s: targetPort %v is not a port of %s", svc.name, dig(p, "targetPort"), target)
 			}
 		}
 	}
+}
 
-	// KEDA scales the workers on the command queues of the namespace,
-	// summed (a queue-name regex through the management API). Device
-	// answers do not cross RabbitMQ, so there is no results queue to
-	// scale on.
-	var ns1 string
-	for n := range namespaces {
-		ns1 = n
-	}
-	topo := protocol.NewTopology(ns1, queues, partitions)
+// checkScaledObject checks KEDA's ScaledObject, which scales the workers
+// on the command queues of the namespace, summed (a queue-name regex
+// through the management API), when keda is true, and that there is none
+// and the msgworker Deployment has a replica count otherwise. Device
+// answers do not cross RabbitMQ, so there is no results queue to scale on.
+func checkScaledObject(t *testing.T, what string, set *k8sSet, f workloadFacts, keda bool) {
+	t.Helper()
+	ns1 := f.ns
+	topo := protocol.NewTopology(ns1, f.queues, f.partitions)
 	sos := set.all("ScaledObject")
+	if !keda {
+		if len(sos) != 0 || len(set.all("TriggerAuthentication")) != 0 {
+			t.Errorf("%s: KEDA is off, yet there are %d ScaledObjects and %d TriggerAuthentications", what, len(sos), len(set.all("TriggerAuthentication")))
+		}
+		for _, d := range set.all("Deployment") {
+			if cs := asArr(dig(d.doc, "spec", "template", "spec", "containers")); len(cs) > 0 && fmt.Sprint(dig(cs[0], "command")) == "[msgworker]" {
+				if r, err := strconv.Atoi(asStr(dig(d.doc, "spec", "replicas"))); err != nil || r < 1 {
+					t.Errorf("%s: without KEDA, Deployment %s needs a replica count (it has %v)", what, d.name, dig(d.doc, "spec", "replicas"))
+				}
+			}
+		}
+		return
+	}
 	if len(sos) != 1 {
-		t.Fatalf("k8s: %d KEDA ScaledObjects, want 1", len(sos))
+		t.Fatalf("%s: %d KEDA ScaledObjects, want 1", what, len(sos))
 	}
 	so := sos[0].doc
 	target := asStr(dig(so, "spec", "scaleTargetRef", "name"))
@@ -1146,7 +1231,7 @@ func TestKubernetes(t *testing.T) {
 		}
 		for _, ref := range asArr(dig(ta, "spec", "secretTargetRef")) {
 			sn, key := asStr(dig(ref, "name")), asStr(dig(ref, "key"))
-			if _, ok := asObj(dig(set.get("Secret", sn), "stringData"))[key]; !ok {
+			if !secretHasKey(set.get("Secret", sn), key) {
 				t.Errorf("TriggerAuthentication %s: Secret %s has no key %s", auth, sn, key)
 			}
 			if asStr(dig(ref, "parameter")) == "host" {
@@ -1679,7 +1764,10 @@ func TestKustomize(t *testing.T) {
 			}
 		}
 	}
-	for _, kind := range []string{"Namespace", "ConfigMap", "Secret", "Deployment", "StatefulSet", "Service", "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication"} {
+	if kinds["Secret"] != 0 {
+		t.Errorf("kustomize: the output has %d Secrets: kubectl apply -k would overwrite the real one", kinds["Secret"])
+	}
+	for _, kind := range []string{"Namespace", "ConfigMap", "Deployment", "StatefulSet", "Service", "PodDisruptionBudget", "ScaledObject", "TriggerAuthentication"} {
 		if kinds[kind] == 0 {
 			t.Errorf("kustomize: no %s in the output", kind)
 		}

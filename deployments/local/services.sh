@@ -13,6 +13,10 @@
 # to a host other than loopback, this script only checks that it is reachable
 # and never tries to start or change anything there.
 #
+# It also installs helm (HELM_VERSION, pinned below) into <repo>/bin when no
+# helm is in PATH or there: `go test ./deployments/` renders and lints the
+# chart deployments/helm/iotgw with it (the test never installs anything).
+#
 # Every wait is bounded by GW_SERVICES_WAIT seconds (default 90). Running it
 # again is harmless. Redis started by this script keeps its files in
 # <repo>/run/redis (or $GW_RUN_DIR/redis).
@@ -281,5 +285,29 @@ running)
 	say "redis: running on $REDIS_HOST:$REDIS_PORT"
 	;;
 esac
+
+# --- helm (for the chart's test) ---------------------------------------------
+
+# The version deployments/deployments_test.go names in its message; built
+# from source through the Go module proxy (a few minutes the first time).
+HELM_VERSION=v3.21.4
+
+if command -v helm >/dev/null 2>&1; then
+	say "helm: $(command -v helm)"
+elif [[ -x $ROOT/bin/helm ]]; then
+	say "helm: $ROOT/bin/helm"
+elif command -v go >/dev/null 2>&1; then
+	say "helm: installing helm $HELM_VERSION into $ROOT/bin (go install, a few minutes) ..."
+	start=$SECONDS
+	if GOBIN=$ROOT/bin go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"; then
+		say "helm: $ROOT/bin/helm, installed in $((SECONDS - start))s"
+	else
+		# Not fatal for the services: the chart's tests fail by themselves,
+		# naming this command.
+		warn "helm: go install failed; the chart's tests (go test ./deployments/) fail until helm is in PATH or $ROOT/bin"
+	fi
+else
+	warn "helm: not found and no go to build it; install helm $HELM_VERSION into PATH (the chart's tests fail without it)"
+fi
 
 exit "$failed"
