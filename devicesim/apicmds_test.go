@@ -112,7 +112,7 @@ func TestAPICommandsUnreachable(t *testing.T) {
 // connect against the real gateway, with --json and in the human form,
 // and checks their output and exit statuses.
 func TestAPICommands(t *testing.T) {
-	g := startGateway(t, 1, 1)
+	g := startGatewayOn(t, testenv.RedisURL(), 1, 1)
 	secret := g.Opts.Secret
 	gl := &globals{API: g.APIURL, Secret: secret, stdout: &bytes.Buffer{}, stderr: &bytes.Buffer{}, log: telemetry.Discard()}
 
