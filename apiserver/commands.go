@@ -32,6 +32,7 @@ type commandView struct {
 	TimeoutMS     int64           `json:"timeout_ms"`
 	OneWay        bool            `json:"one_way,omitempty"`
 	ExpiresInMS   int64           `json:"expires_in_ms"`
+	NotBefore     time.Time       `json:"not_before,omitzero"`
 	CreatedAt     time.Time       `json:"created_at,omitzero"`
 	QueuedAt      time.Time       `json:"queued_at,omitzero"`
 	SendingAt     time.Time       `json:"sending_at,omitzero"`
@@ -64,6 +65,7 @@ func viewFor(c *mailbox.Command, caller string) commandView {
 		TimeoutMS:     c.Timeout.Milliseconds(),
 		OneWay:        c.Timeout == 0,
 		ExpiresInMS:   c.ExpiresIn.Milliseconds(),
+		NotBefore:     utc(c.NotBefore),
 		CreatedAt:     utc(c.CreatedAt),
 		QueuedAt:      utc(c.QueuedAt),
 		SendingAt:     utc(c.SendingAt),

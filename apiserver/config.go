@@ -20,6 +20,8 @@ const (
 	DefaultExpiresIn = time.Hour
 	MinExpiresIn     = time.Second
 	MaxExpiresIn     = 7 * 24 * time.Hour
+	// MaxNotBefore bounds not_before: at most 30 days ahead.
+	MaxNotBefore = 30 * 24 * time.Hour
 )
 
 // Defaults of the settings that are not in DESIGN §9.

@@ -79,6 +79,10 @@ func (s *Server) postCommands(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	delay, err := notBeforeParam(q.Get("not_before"), time.Now())
+	if err != nil {
+		return err
+	}
 	body, err := s.readBody(c)
 	if err != nil {
 		return err
@@ -92,6 +96,8 @@ func (s *Server) postCommands(c echo.Context) error {
 		device:    device,
 		timeout:   timeout,
 		expiresIn: expiresIn,
+		delay:     delay,
+		notBefore: q.Get("not_before"),
 		trace:     traceParent(c.Request().Header.Get("traceparent")),
 	}
 	if !batch {
@@ -169,7 +175,38 @@ func (s *Server) postCommands(c echo.Context) error {
 type intake struct {
 	client, device     string
 	timeout, expiresIn time.Duration
-	trace              string
+	// delay is how long after acceptance the command waits (not_before,
+	// as given in notBefore; part of the body's identity).
+	delay     time.Duration
+	notBefore string
+	trace     string
+}
+
+// fingerprint is the body's identity: the request and its options.
+func fingerprint(in intake, req *protocol.Request) string {
+	if in.notBefore == "" {
+		return protocol.Fingerprint(in.device, req.Method, req.Params, in.timeout, in.expiresIn)
+	}
+	return protocol.Fingerprint(in.device, req.Method, req.Params, in.timeout, in.expiresIn, "not_before="+in.notBefore)
+}
+
+// notBeforeParam reads not_before: an RFC 3339 time or a duration from
+// now, at most MaxNotBefore ahead; it returns the delay (0 when absent or
+// in the past: the command is due at once).
+func notBeforeParam(v string, now time.Time) (time.Duration, error) {
+	if v == "" {
+		return 0, nil
+	}
+	var d time.Duration
+	if t, err := time.Parse(time.RFC3339Nano, v); err == nil {
+		d = t.Sub(now)
+	} else if d, err = config.ParseDuration(v); err != nil || d < 0 {
+		return 0, errBadRequest(fmt.Sprintf("not_before: %q is neither an RFC 3339 time nor a duration (10m, 2h)", v))
+	}
+	if d > MaxNotBefore {
+		return 0, errBadRequest("not_before: at most 30 days ahead")
+	}
+	return max(d, 0), nil
 }
 
 // intakeOne reserves, publishes and queues one command. A request seen
@@ -183,10 +220,11 @@ func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request
 		ID:          req.ID,
 		Method:      req.Method,
 		Params:      req.Params,
-		Fingerprint: protocol.Fingerprint(in.device, req.Method, req.Params, in.timeout, in.expiresIn),
+		Fingerprint: fingerprint(in, req),
 		Status:      protocol.StatusPending,
 		Timeout:     in.timeout,
 		ExpiresIn:   in.expiresIn,
+		Delay:       in.delay,
 	}
 	lease := 2 * s.cfg.ConfirmTimeout
 	giveUp := time.Now().Add(lease + s.cfg.ConfirmTimeout)
@@ -196,7 +234,7 @@ func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request
 		switch {
 		case errors.Is(err, mailbox.ErrConflict):
 			return intakeResult{err: newAPIError(protocol.NewError(protocol.CodeConflict,
-				"conflict: this id was used before with a different body (device, method, params, timeout or expires_in)", nil))}
+				"conflict: this id was used before with a different body (device, method, params, timeout, expires_in, one_way or not_before)", nil))}
 		case err != nil:
 			if ctx.Err() != nil {
 				return intakeResult{err: errNotAccepted("request cancelled")}

@@ -610,3 +610,39 @@ func TestOneWayIntake(t *testing.T) {
 		assert.Equal(t, tt.want, r.Status, "%s: %s", tt.name, r.Body)
 	}
 }
+
+// not_before: an RFC 3339 time or a duration, at most 30 days ahead; the
+// command is accepted now and shows its not_before; the same id with
+// another not_before is a conflict.
+func TestNotBeforeIntake(t *testing.T) {
+	t.Parallel()
+	g := newGW(t)
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+	before := time.Now()
+	r := g.post(tok, "dev-1", cmd("nb", "reboot", nil), "not_before=10m")
+	require.Equal(t, http.StatusAccepted, r.Status, "%s", r.Body)
+	r = g.do(http.MethodGet, "/v1/commands/nb", tok, nil)
+	require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+	var v commandView
+	r.json(t, &v)
+	assert.WithinDuration(t, before.Add(10*time.Minute), v.NotBefore, 5*time.Second, "not_before")
+	assert.WithinDuration(t, v.NotBefore.Add(time.Hour), v.DeliverBy, time.Second, "deliver_by counts expires_in from not_before")
+
+	at := time.Now().Add(48 * time.Hour).UTC().Format(time.RFC3339)
+	tests := []struct {
+		name, id, notBefore string
+		want                int
+	}{
+		{"the same again", "nb", "10m", http.StatusOK},
+		{"the same id, another not_before", "nb", "11m", http.StatusConflict},
+		{"an RFC 3339 time", "nb2", at, http.StatusAccepted},
+		{"in the past: at once", "nb3", "2020-01-01T00:00:00Z", http.StatusAccepted},
+		{"more than 30 days ahead", "nb4", "800h", http.StatusBadRequest},
+		{"neither a time nor a duration", "nb5", "tomorrow", http.StatusBadRequest},
+		{"a negative duration", "nb6", "-5m", http.StatusBadRequest},
+	}
+	for _, tt := range tests {
+		r := g.post(tok, "dev-1", cmd(tt.id, "reboot", nil), "not_before="+url.QueryEscape(tt.notBefore))
+		assert.Equal(t, tt.want, r.Status, "%s: %s", tt.name, r.Body)
+	}
+}

@@ -192,7 +192,7 @@ func gatewayCode(r *protocol.Response) int {
 
 // TestScenarios drives each outcome of a command through the real
 // binaries, from the POST to the client's MQTT subscription: success,
-// device error, a one-way command, no answer, offline past expires_in, cancel before
+// device error, a one-way command, a scheduled one, no answer, offline past expires_in, cancel before
 // delivery, a late answer after the timeout, a full device mailbox, the
 // same id from two clients, and an answer that overtakes its PUBACK.
 //
@@ -282,6 +282,40 @@ func runScenarios(t *testing.T, redisURL string, all bool) {
 		}
 		if st, delivered := e.status(app, "ow-1"); st != protocol.StatusSucceeded || !delivered {
 			t.Errorf("status = %s (delivered %v), want succeeded after delivery", st, delivered)
+		}
+	})
+
+	t.Run("scheduled", func(t *testing.T) {
+		got := make(chan time.Time, 1)
+		e.device("sc-later2", false, func(c mqtt.Client, m mqtt.Message) {
+			select {
+			case got <- time.Now():
+			default:
+			}
+			respond(c, "sc-later2", m, `"result":"on time"`)
+		})
+		posted := time.Now()
+		var acc Accepted
+		code, err := e.api.Do(t.Context(), http.MethodPost, "/v1/devices/sc-later2/commands?not_before=3s", app,
+			[]byte(`{"jsonrpc":"2.0","method":"wake","id":"sched-1"}`), &acc)
+		if err != nil || code != http.StatusAccepted {
+			t.Fatalf("POST not_before=3s: %d, %v; want 202", code, err)
+		}
+		if !e.waitStatus(app, "sched-1", protocol.StatusScheduled, 10*time.Second) {
+			if st, _ := e.status(app, "sched-1"); st != protocol.StatusSucceeded {
+				t.Errorf("status = %s, want scheduled while it waits", st)
+			}
+		}
+		if r := e.result("app-sc", "sched-1"); gatewayCode(r) != 0 || string(r.Result) != `"on time"` {
+			t.Errorf("result = %+v, want the device's", r)
+		}
+		select {
+		case at := <-got:
+			if early := at.Sub(posted); early < 3*time.Second-100*time.Millisecond {
+				t.Errorf("the device got the command %v after the POST, want not before 3s", early)
+			}
+		default:
+			t.Error("the device never got the command")
 		}
 	})
 

@@ -245,12 +245,12 @@ func (s *Store) fireTimersIn(ctx context.Context, p, limit int, ownerOf func(str
 		return 0, outcomes, nil
 	}
 	items := make([]*batchCall, 0, len(due))
-	args := []any{nil, s.horizonMs(), errExpired, reasonExpired, errTimeout, reasonTimeout}
+	args := []any{nil, s.horizonMs(), errExpired, reasonExpired, errTimeout, reasonTimeout, errRejected, reasonRejected}
 	n := 0
 	var watch [][]string // the claims' watchdogs, run after the batch
 	for _, m := range due {
 		parts := strings.SplitN(m, "|", 4)
-		if len(parts) != 4 || (parts[0] != "d" && parts[0] != "a" && parts[0] != "w") || s.PartitionOf(parts[1]) != p {
+		if len(parts) != 4 || !strings.Contains("dasw", parts[0]) || len(parts[0]) != 1 || s.PartitionOf(parts[1]) != p {
 			n++
 			outcomes["malformed"]++
 			s.log.Warn("dropped a malformed timer", "timer", m, "partition", p)
@@ -305,6 +305,18 @@ func (s *Store) fireBatch(ctx context.Context, p int, items []*batchCall, ownerO
 		}
 		if what != "notdue" {
 			n++
+		}
+		if what == string(OutcomeSent) { // a scheduled command is due: wake its device's push server
+			member, _ := items[i].args[0].(string)
+			device := strings.SplitN(member, "|", 4)[1]
+			sess, _ := a[2].(string)
+			owner := ""
+			if s.opts.OwnerOf != nil {
+				owner = s.opts.OwnerOf(device)
+			}
+			if err := s.wake(ctx, device, sess, owner); err != nil {
+				s.log.Warn("cannot wake the device's push server; its sweep will find the entry", "device_id", device, "err", err)
+			}
 		}
 		if len(a) > 3 {
 			e := parseOutbox(p, a[3])

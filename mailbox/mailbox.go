@@ -111,7 +111,9 @@ type Options struct {
 	// Lease is how long a pending reservation is held (twice the confirm
 	// timeout). Default 10s.
 	Lease time.Duration
-	// MaxLifetime is the longest ExpiresIn + Timeout of a command.
+	// MaxLifetime is the longest Delay + ExpiresIn + Timeout of a command
+	// (default 38 days: a not_before of up to 30 days, then up to 7 days
+	// to deliver and 1 to answer).
 	// Default 8 days (the apiserver's maxima: 7 days and 24 hours). It
 	// bounds the per-(client, device) listing: members created more than
 	// Retention + MaxLifetime + Lease ago are pruned. CancelAll looks only
@@ -166,7 +168,7 @@ func (o *Options) ensureDefaults() {
 		o.Lease = 10 * time.Second
 	}
 	if o.MaxLifetime <= 0 {
-		o.MaxLifetime = 8 * 24 * time.Hour
+		o.MaxLifetime = 38 * 24 * time.Hour
 	}
 	if o.AnswerGrace <= 0 {
 		o.AnswerGrace = 10 * time.Second
@@ -273,7 +275,13 @@ type Command struct {
 	Fingerprint string // protocol.Fingerprint(...)
 	Status      protocol.Status
 	Timeout     time.Duration // answer within this after delivery
-	ExpiresIn   time.Duration // deliver within this after acceptance
+	ExpiresIn   time.Duration // deliver within this after acceptance (after NotBefore, when set)
+	// Delay, given to Reserve, makes the command wait that long after
+	// acceptance: NotBefore is then the partition's clock plus Delay, and
+	// DeliverBy counts ExpiresIn from it (a scheduled command, status
+	// scheduled once a worker took it from its queue).
+	Delay     time.Duration
+	NotBefore time.Time
 
 	// Times of the transitions; zero means not yet.
 	CreatedAt, QueuedAt, SendingAt, SentAt, DeliveredAt, FinishedAt time.Time
@@ -343,6 +351,7 @@ type Outcome string
 const (
 	OutcomeNoop      Outcome = "noop"      // nothing changed
 	OutcomeSent      Outcome = "sent"      // queued → sent, in the device's mailbox
+	OutcomeScheduled Outcome = "scheduled" // queued → scheduled: waits in Redis for its NotBefore
 	OutcomeExpired   Outcome = "expired"   // deliver-by passed
 	OutcomeRejected  Outcome = "rejected"  // the device's mailbox was full
 	OutcomeSucceeded Outcome = "succeeded" // the device answered with a result

@@ -59,6 +59,7 @@ const (
 	fDropped    = "dropped"
 	fLease      = "lease"
 	fLeaseUntil = "lease_until"
+	fNotBefore  = "nb"
 )
 
 // decodeRecord turns the fields of a record hash into a Command.
@@ -83,6 +84,7 @@ func decodeRecord(m map[string]string) (*Command, error) {
 		DeliveredAt: msTime(m[fDelivered]),
 		FinishedAt:  msTime(m[fFinished]),
 		DeliverBy:   msTime(m[fDeliverBy]),
+		NotBefore:   msTime(m[fNotBefore]),
 		Reason:      m[fReason],
 		LeaseToken:  m[fLease],
 		LeaseUntil:  msTime(m[fLeaseUntil]),

@@ -185,6 +185,7 @@
 //	status     final  set by      meaning                                                ThingsBoard  result code
 //	pending    no     apiserver   id reserved, publish not yet confirmed (internal)      QUEUED       -
 //	queued     no     apiserver   durable in RabbitMQ                                    QUEUED       -
+//	scheduled  no     msgworker   waits in Redis for its not_before                      QUEUED       -
 //	sent       no     msgworker   in the device's mailbox                                SENT         -
 //	delivered  no     pushserver  the device PUBACKed it                                 DELIVERED    -
 //	succeeded  yes    pushserver  the device answered with "result"                      SUCCESSFUL   -
@@ -211,6 +212,9 @@
 //	void       pending (a retry reserves afresh)          apiserver
 //	queued     sent, expired, rejected, dead              msgworker
 //	queued     cancelled                                  apiserver
+//	queued     scheduled (not_before in the future)       msgworker
+//	scheduled  sent, expired, rejected, lost              msgworker
+//	scheduled  cancelled                                  apiserver
 //	sent       delivered, succeeded, failed               pushserver
 //	sent       expired, timeout, dead                     msgworker
 //	sent       cancelled                                  apiserver

@@ -143,6 +143,7 @@ func ExampleStatus_ThingsBoard() {
 	// Output:
 	// pending   final=false QUEUED     0
 	// queued    final=false QUEUED     0
+	// scheduled final=false QUEUED     0
 	// sent      final=false SENT       0
 	// delivered final=false DELIVERED  0
 	// succeeded final=true  SUCCESSFUL 0

@@ -8,8 +8,11 @@ type Status string
 // The statuses of a command. See doc.go for their meaning, owners and
 // ThingsBoard equivalents.
 const (
-	StatusPending   Status = "pending"
-	StatusQueued    Status = "queued"
+	StatusPending Status = "pending"
+	StatusQueued  Status = "queued"
+	// StatusScheduled: taken from its queue before its not_before; it
+	// waits in Redis until then, cancellable.
+	StatusScheduled Status = "scheduled"
 	StatusSent      Status = "sent"
 	StatusDelivered Status = "delivered"
 	StatusSucceeded Status = "succeeded"
@@ -31,7 +34,7 @@ const (
 
 // Statuses lists every status in lifecycle order.
 var Statuses = []Status{
-	StatusPending, StatusQueued, StatusSent, StatusDelivered,
+	StatusPending, StatusQueued, StatusScheduled, StatusSent, StatusDelivered,
 	StatusSucceeded, StatusFailed, StatusTimeout, StatusExpired,
 	StatusCancelled, StatusRejected, StatusDead, StatusLost, StatusVoid,
 }
@@ -62,6 +65,13 @@ type Transition struct {
 var Transitions = []Transition{
 	{StatusPending, StatusQueued, OwnerAPI},
 	{StatusQueued, StatusSent, OwnerWorker},
+	// A command with a not_before waits in Redis until then.
+	{StatusQueued, StatusScheduled, OwnerWorker},
+	{StatusScheduled, StatusSent, OwnerWorker},
+	{StatusScheduled, StatusCancelled, OwnerAPI},
+	{StatusScheduled, StatusExpired, OwnerWorker},
+	{StatusScheduled, StatusRejected, OwnerWorker},
+	{StatusScheduled, StatusLost, OwnerWorker},
 	{StatusQueued, StatusCancelled, OwnerAPI},
 	{StatusQueued, StatusExpired, OwnerWorker},
 	{StatusQueued, StatusRejected, OwnerWorker},
@@ -149,7 +159,7 @@ func Sources(to Status) []Status {
 // ThingsBoard maps a status to ThingsBoard's persistent RPC state.
 func (s Status) ThingsBoard() string {
 	switch s {
-	case StatusPending, StatusQueued:
+	case StatusPending, StatusQueued, StatusScheduled:
 		return "QUEUED"
 	case StatusSent:
 		return "SENT"

@@ -23,7 +23,7 @@ func TestStatusFinal(t *testing.T) {
 }
 
 func TestStatusNames(t *testing.T) {
-	want := []Status{"pending", "queued", "sent", "delivered", "succeeded", "failed",
+	want := []Status{"pending", "queued", "scheduled", "sent", "delivered", "succeeded", "failed",
 		"timeout", "expired", "cancelled", "rejected", "dead", "lost", "void"}
 	if !reflect.DeepEqual(Statuses, want) {
 		t.Errorf("Statuses = %q, want %q", Statuses, want)
@@ -52,11 +52,18 @@ func TestCanTransition(t *testing.T) {
 	allowed := map[key]bool{
 		{StatusPending, StatusQueued, OwnerAPI}: true,
 
-		{StatusQueued, StatusSent, OwnerWorker}:     true,
-		{StatusQueued, StatusCancelled, OwnerAPI}:   true,
-		{StatusQueued, StatusExpired, OwnerWorker}:  true,
-		{StatusQueued, StatusRejected, OwnerWorker}: true,
-		{StatusQueued, StatusDead, OwnerWorker}:     true,
+		{StatusQueued, StatusSent, OwnerWorker}:      true,
+		{StatusQueued, StatusScheduled, OwnerWorker}: true, // not_before in the future
+
+		{StatusScheduled, StatusSent, OwnerWorker}:     true,
+		{StatusScheduled, StatusCancelled, OwnerAPI}:   true,
+		{StatusScheduled, StatusExpired, OwnerWorker}:  true,
+		{StatusScheduled, StatusRejected, OwnerWorker}: true,
+		{StatusScheduled, StatusLost, OwnerWorker}:     true,
+		{StatusQueued, StatusCancelled, OwnerAPI}:      true,
+		{StatusQueued, StatusExpired, OwnerWorker}:     true,
+		{StatusQueued, StatusRejected, OwnerWorker}:    true,
+		{StatusQueued, StatusDead, OwnerWorker}:        true,
 
 		{StatusPending, StatusVoid, OwnerAPI}: true, // definite publish failure (§7a)
 		{StatusVoid, StatusPending, OwnerAPI}: true, // a retry reserves afresh
@@ -99,7 +106,7 @@ func TestCanTransition(t *testing.T) {
 	}
 	// Each status has one owner who sets it (DESIGN §4 "set by").
 	setBy := map[Status]Owner{
-		StatusPending: OwnerAPI, StatusQueued: OwnerAPI, StatusSent: OwnerWorker, StatusDelivered: OwnerPush,
+		StatusPending: OwnerAPI, StatusQueued: OwnerAPI, StatusScheduled: OwnerWorker, StatusSent: OwnerWorker, StatusDelivered: OwnerPush,
 		StatusSucceeded: OwnerPush, StatusFailed: OwnerPush, StatusTimeout: OwnerWorker,
 		StatusExpired: OwnerWorker, StatusCancelled: OwnerAPI, StatusRejected: OwnerWorker,
 		StatusDead: OwnerWorker, StatusVoid: OwnerAPI, StatusLost: OwnerWorker,
@@ -149,14 +156,14 @@ func TestSources(t *testing.T) {
 		want []Status
 	}{
 		{StatusQueued, []Status{StatusPending, StatusDead}},
-		{StatusSent, []Status{StatusQueued}},
+		{StatusSent, []Status{StatusQueued, StatusScheduled}},
 		{StatusDelivered, []Status{StatusSent}},
 		{StatusSucceeded, []Status{StatusSent, StatusDelivered}},
 		{StatusFailed, []Status{StatusSent, StatusDelivered}},
 		{StatusTimeout, []Status{StatusSent, StatusDelivered}},
-		{StatusExpired, []Status{StatusQueued, StatusSent}},
-		{StatusCancelled, []Status{StatusQueued, StatusSent}},
-		{StatusRejected, []Status{StatusQueued}},
+		{StatusExpired, []Status{StatusScheduled, StatusQueued, StatusSent}},
+		{StatusCancelled, []Status{StatusScheduled, StatusQueued, StatusSent}},
+		{StatusRejected, []Status{StatusScheduled, StatusQueued}},
 		{StatusDead, []Status{StatusQueued, StatusSent, StatusDelivered}},
 		{StatusPending, []Status{StatusVoid}},
 		{StatusVoid, []Status{StatusPending}},
@@ -176,6 +183,7 @@ func TestStatusThingsBoard(t *testing.T) {
 	}{
 		{StatusPending, "QUEUED"},
 		{StatusQueued, "QUEUED"},
+		{StatusScheduled, "QUEUED"},
 		{StatusSent, "SENT"},
 		{StatusDelivered, "DELIVERED"},
 		{StatusSucceeded, "SUCCESSFUL"},

@@ -16,17 +16,14 @@ if st ~= 'pending' and st ~= 'queued' then return {'noop', st, ''} end
 if not sane(r) then return {'corrupt', '', ''} end
 if st == 'pending' then queue(K, r, horizon) end
 local c, k = r.client, r.key
+if num(r.nb) > NOW then
+  -- Not before nb: it waits here (the message is acked: the record is
+  -- durable), with the device request, for its timer.
+  redis.call('HSET', K.rec, 'status', 'scheduled', 'req', request)
+  redis.call('ZADD', K.timers, ms(r.nb), tm('s', r))
+  count(K.stats, 'scheduled')
+  return {'scheduled', '', ''}
+end
 local by = num(r.deliver_by)
 if by == 0 then by = env_by end
-if by <= NOW then
-  return {'expired', '', '', finalize(K, r, 'expired', expired_body, expired_reason)}
-end
-local id = append(K.mbox, K.mboxes, device, 'devices/' .. device .. '/commands', request, by, c, k)
-if not id then
-  return {'rejected', '', '', finalize(K, r, 'rejected', rejected_body, rejected_reason)}
-end
-redis.call('HSET', K.rec, 'status', 'sent', 'sent', ms(NOW), 'entry', id)
-redis.call('ZADD', K.timers, ms(by), tm('d', r))
-if num(r.replays) > 0 then redis.call('ZREM', K.dead, c .. '|' .. k) end
-count(K.stats, 'sent')
-return {'sent', id, session(K.sess)}
+return send(K, r, device, request, by, expired_body, expired_reason, rejected_body, rejected_reason)

@@ -5,6 +5,9 @@
 --     expired. On the wire (sending set, no PUBACK yet): re-armed as an
 --     answer timer one timeout + grace later. Pending within its lease:
 --     re-armed to the lease's end; past it, expired (through queued).
+--   - scheduled (not before): a scheduled command goes into the
+--     device's mailbox as dispatch would put it (or expires, or is
+--     rejected by a full mailbox).
 --   - answer: sent or delivered → timeout once delivered + timeout +
 --     grace has passed (an answer read in time may still be recorded
 --     until then); a sent command no longer on the wire (handed back)
@@ -13,6 +16,7 @@
 local K = cmdkeys(KEYS)
 local member, horizon = A[1], tonumber(A[2])
 local expired_body, expired_reason, timeout_body, timeout_reason = A[3], A[4], A[5], A[6]
+local rejected_body, rejected_reason = A[7], A[8]
 
 local due = redis.call('ZSCORE', K.timers, member)
 if not due or tonumber(due) > NOW then return {'notdue', ''} end
@@ -22,6 +26,17 @@ local r = load(K.rec)
 if not r then return {'noop', ''} end
 if not sane(r) then return {'corrupt', ''} end
 local st = r.status
+if kind == 's' then
+  if st ~= 'scheduled' then return {'noop', ''} end
+  local nb = num(r.nb)
+  if nb > NOW then
+    redis.call('ZADD', K.timers, ms(nb), member)
+    return {'rearmed', ''}
+  end
+  local request = r.req
+  redis.call('HDEL', K.rec, 'req')
+  return send(K, r, r.device, request, num(r.deliver_by), expired_body, expired_reason, rejected_body, rejected_reason)
+end
 if kind == 'd' then
   if st ~= 'pending' and st ~= 'queued' and st ~= 'sent' then return {'noop', ''} end
   local by = num(r.deliver_by)

@@ -210,3 +210,21 @@ local function finalize(K, r, status, body, reason, extra)
   return {ob, c, k, d, gen, status, resp, ms(NOW), ms(NOW + RET)}
 end
 
+-- send puts a command into the device's mailbox (status sent, its
+-- deliver-by timer armed), or ends it expired (deliver-by passed) or
+-- rejected (the mailbox is full). Replies as dispatch does.
+local function send(K, r, device, request, by, expired_body, expired_reason, rejected_body, rejected_reason)
+  local c, k = r.client, r.key
+  if by <= NOW then
+    return {'expired', '', '', finalize(K, r, 'expired', expired_body, expired_reason)}
+  end
+  local id = append(K.mbox, K.mboxes, device, 'devices/' .. device .. '/commands', request, by, c, k)
+  if not id then
+    return {'rejected', '', '', finalize(K, r, 'rejected', rejected_body, rejected_reason)}
+  end
+  redis.call('HSET', K.rec, 'status', 'sent', 'sent', ms(NOW), 'entry', id)
+  redis.call('ZADD', K.timers, ms(by), tm('d', r))
+  if num(r.replays) > 0 then redis.call('ZREM', K.dead, c .. '|' .. k) end
+  count(K.stats, 'sent')
+  return {'sent', id, session(K.sess)}
+end

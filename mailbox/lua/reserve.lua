@@ -7,7 +7,9 @@
 -- reservation) is reserved afresh.
 local K = cmdkeys(KEYS)
 local c, device, id, key, method, params, fp = A[1], A[2], A[3], A[4], A[5], A[6], A[7]
-local tmo, exp, token, lease = tonumber(A[8]), tonumber(A[9]), A[10], tonumber(A[11])
+local tmo, exp, token, lease, delay = tonumber(A[8]), tonumber(A[9]), A[10], tonumber(A[11]), tonumber(A[12])
+-- A scheduled command (delay > 0) waits until nb = now + delay; its
+-- deliver-by counts expires_in from nb.
 
 local r, raw = load(K.rec)
 if not r or r.status == 'void' then
@@ -15,23 +17,24 @@ if not r or r.status == 'void' then
   redis.call('DEL', K.rec)
   local rec = {'client', c, 'device', device, 'id', id, 'key', key,
     'method', method, 'params', params, 'fp', fp, 'status', 'pending',
-    'tmo', ms(tmo), 'exp', ms(exp), 'created', ms(NOW), 'deliver_by', ms(NOW + exp),
+    'tmo', ms(tmo), 'exp', ms(exp), 'created', ms(NOW), 'deliver_by', ms(NOW + delay + exp),
     'attempts', '0', 'lease', token, 'lease_until', ms(NOW + lease)}
+  if delay > 0 then rec[#rec + 1] = 'nb'; rec[#rec + 1] = ms(NOW + delay) end
   redis.call('HSET', K.rec, unpack(rec))
-  redis.call('PEXPIRE', K.rec, ms(exp + tmo + lease + 2 * GRACE + RET))
-  redis.call('ZADD', K.timers, ms(math.max(NOW + exp, NOW + lease)), tm('d', {device = device, client = c, key = key}))
+  redis.call('PEXPIRE', K.rec, ms(delay + exp + tmo + lease + 2 * GRACE + RET))
+  redis.call('ZADD', K.timers, ms(math.max(NOW + delay + exp, NOW + lease)), tm('d', {device = device, client = c, key = key}))
   count(K.stats, 'pending')
   return {'reserved', rec}
 end
 if r.fp ~= fp then return {'conflict', raw} end
 if r.status == 'pending' and num(r.lease_until) <= NOW then
   if not sane(r) then return {'corrupt', raw} end
-  local by = NOW + num(r.exp)
+  local by = math.max(NOW, num(r.nb)) + num(r.exp)
   r.lease, r.lease_until, r.created, r.deliver_by = token, ms(NOW + lease), ms(NOW), ms(by)
   r.retakes = ms(num(r.retakes) + 1)
   redis.call('HSET', K.rec, 'lease', r.lease, 'lease_until', r.lease_until,
     'created', r.created, 'deliver_by', r.deliver_by, 'retakes', r.retakes)
-  redis.call('PEXPIRE', K.rec, ms(num(r.exp) + num(r.tmo) + lease + 2 * GRACE + RET))
+  redis.call('PEXPIRE', K.rec, ms(by - NOW + num(r.tmo) + lease + 2 * GRACE + RET))
   redis.call('ZADD', K.timers, ms(math.max(by, NOW + lease)), tm('d', r))
   return {'retake', flat(r)}
 end

@@ -1,0 +1,80 @@
+package mailbox_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/iotgw/gateway/mailbox"
+	"github.com/iotgw/gateway/protocol"
+)
+
+// TestScheduled: a command with a delay is accepted now and waits until
+// its not-before: dispatch leaves it scheduled (nothing in the device's
+// mailbox), its timer puts it into the mailbox at not-before with
+// deliver-by counted from there; it can be cancelled while it waits; a
+// worker that comes back after its deliver-by expires it.
+func TestScheduled(t *testing.T) {
+	t.Parallel()
+	const delay = 10 * time.Minute
+	sched := func(e *env, rawID string) *mailbox.Command {
+		c := cmd(t, "c1", "d1", rawID, ``)
+		c.Delay = delay
+		c.Fingerprint = protocol.Fingerprint("d1", c.Method, nil, c.Timeout, c.ExpiresIn, "not_before=10m")
+		rec := e.queued(c)
+		if want := rec.CreatedAt.Add(delay); !rec.NotBefore.Equal(want) || !rec.DeliverBy.Equal(want.Add(c.ExpiresIn)) {
+			t.Fatalf("not before %v, deliver by %v; want %v and %v", rec.NotBefore, rec.DeliverBy, want, want.Add(c.ExpiresIn))
+		}
+		out, err := e.s.Dispatch(e.ctx, envelope(t, rec), "node-d", "node-c")
+		if err != nil || out != mailbox.OutcomeScheduled {
+			t.Fatalf("Dispatch before not-before = %v, %v; want scheduled", out, err)
+		}
+		return rec
+	}
+	tests := []struct {
+		name  string
+		run   func(e *env)
+		want  protocol.Status
+		inBox int64
+	}{
+		{"due", func(e *env) {
+			e.clock.Add(delay - time.Second)
+			e.fire()
+			if got := e.get("c1", "s"); got.Status != protocol.StatusScheduled {
+				t.Errorf("a second before not-before: %s, want scheduled", got.Status)
+			}
+			e.clock.Add(time.Second)
+			e.fire()
+		}, protocol.StatusSent, 1},
+		{"cancelled while it waits", func(e *env) {
+			if _, err := e.s.Cancel(e.ctx, "c1", "s", ""); err != nil {
+				t.Fatal(err)
+			}
+			e.clock.Add(delay)
+			e.fire()
+		}, protocol.StatusCancelled, 0},
+		{"no worker until after its deliver-by", func(e *env) {
+			e.clock.Add(delay + 2*time.Hour)
+			e.fire()
+		}, protocol.StatusExpired, 0},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t, mailbox.Options{})
+			sched(e, `"s"`)
+			if got := e.get("c1", "s"); got.Status != protocol.StatusScheduled {
+				t.Fatalf("after Dispatch: %s, want scheduled", got.Status)
+			}
+			if n, _ := e.s.Len(e.ctx, "d1"); n != 0 {
+				t.Fatalf("device mailbox holds %d entries before not-before, want 0", n)
+			}
+			tt.run(e)
+			if got := e.get("c1", "s"); got.Status != tt.want {
+				t.Errorf("status %s, want %s", got.Status, tt.want)
+			}
+			if n, _ := e.s.Len(e.ctx, "d1"); n != tt.inBox {
+				t.Errorf("device mailbox holds %d entries, want %d", n, tt.inBox)
+			}
+		})
+	}
+}
