@@ -67,18 +67,12 @@ sentinel_url() {
 
 is_sentinel() { [[ $1 == 721? ]]; }
 
-# cli PORT ARGS... runs redis-cli against a process, for at most 5 seconds,
-# without its error messages. It fails when the process does not answer.
-cli() {
-	local port=$1
-	shift
-	timeout 5 redis-cli -h "$HOST" -p "$port" "$@" 2>/dev/null </dev/null | tr -d '\r'
-}
-
-answers() { [[ $(cli "$1" ping || true) == PONG ]]; }
-
-# field PORT SECTION NAME prints the value of NAME in INFO SECTION.
-field() { cli "$1" info "$2" | sed -n "s/^$3://p" || true; }
+# The helpers both local Redis scripts share: cli, answers, field, ours,
+# tcp_used, pid_of, wait_until, stop_nodes, lock, refuse_foreign.
+LOCK_NAME=redis-sentinel
+LOCK_PORT=${SENTINELS[0]}
+# shellcheck source=redis-lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/redis-lib.sh"
 
 conf_of() {
 	if is_sentinel "$1"; then
@@ -86,35 +80,6 @@ conf_of() {
 	else
 		printf '%s/%s/redis.conf' "$BASE" "$1"
 	fi
-}
-
-# ours PORT succeeds when the process on PORT runs from this script's config.
-ours() { [[ $(field "$1" server config_file) == "$(conf_of "$1")" ]]; }
-
-# tcp_used PORT succeeds when anything accepts connections on PORT.
-tcp_used() { timeout 3 bash -c "exec 3<>/dev/tcp/$HOST/$1" 2>/dev/null; }
-
-# pid_of PORT prints the pid in the process's pid file when that process is a
-# Redis on PORT (a pid file left by a killed process names nothing).
-pid_of() {
-	local f=$BASE/$1/redis.pid pid
-	[[ -f $f ]] || return 1
-	pid=$(<"$f")
-	[[ $pid =~ ^[0-9]+$ ]] || return 1
-	[[ -r /proc/$pid/cmdline ]] || return 1
-	tr '\0' ' ' <"/proc/$pid/cmdline" | grep -Eq "redis-(server|sentinel).*:$1" || return 1
-	printf '%s\n' "$pid"
-}
-
-# wait_until SECONDS COMMAND... retries COMMAND until it succeeds or SECONDS
-# have passed.
-wait_until() {
-	local deadline=$((SECONDS + $1))
-	shift
-	until "$@" >/dev/null 2>&1; do
-		((SECONDS < deadline)) || return 1
-		sleep 0.3
-	done
 }
 
 # after NAME reads redis-cli's flattened reply on stdin and prints every value
@@ -244,76 +209,6 @@ start_one() {
 	fi
 }
 
-# stop_these PORT... stops the processes on those ports that this script
-# started: it asks them all first, then waits for each to be gone.
-stop_these() {
-	local port pid pids=()
-	for port in "$@"; do
-		pid=$(pid_of "$port" || true)
-		if answers "$port"; then
-			if ! ours "$port"; then
-				warn "$port: a Redis that this script did not start; left alone"
-				pids+=("skip")
-				continue
-			fi
-			cli "$port" shutdown nosave >/dev/null || true
-		elif [[ -n $pid ]]; then
-			# Not answering, but alive (stopped, or hung): end it.
-			kill -TERM "$pid" 2>/dev/null || true
-			kill -CONT "$pid" 2>/dev/null || true
-		fi
-		pids+=("${pid:--}")
-	done
-	local i=0
-	for port in "$@"; do
-		pid=${pids[i]}
-		i=$((i + 1))
-		[[ $pid == skip ]] && continue
-		if [[ $pid != - ]] && ! wait_until "$WAIT" bash -c "! kill -0 $pid 2>/dev/null"; then
-			warn "$port: pid $pid still alive after ${WAIT}s; sending SIGKILL"
-			kill -KILL "$pid" 2>/dev/null || true
-		fi
-		if ! wait_until "$WAIT" bash -c "! timeout 3 bash -c 'exec 3<>/dev/tcp/$HOST/$port' 2>/dev/null"; then
-			die "$port: still listening after ${WAIT}s"
-		fi
-		rm -f "$BASE/$port/redis.pid"
-	done
-}
-
-# lock keeps two runs of this script apart, and waits while a test holds
-# the deployment to kill nodes in it (internal/testenv takes that lock
-# exclusively; GW_TESTENV_LOCK_HELD=1 is the test itself restoring).
-lock() {
-	mkdir -p "$RUN_DIR"
-	command -v flock >/dev/null 2>&1 || return 0
-	exec 9>"$RUN_DIR/redis-sentinel.lock"
-	flock -w "$WAIT" 9 || die "another redis-sentinel.sh still runs after ${WAIT}s"
-	if [[ -z ${GW_TESTENV_LOCK_HELD:-} ]]; then
-		local test_lock=${TMPDIR:-/tmp}/gwtest-redis-$HOST-${SENTINELS[0]}.lock
-		exec 8>>"$test_lock" 2>/dev/null || return 0 # not ours to open: no test of ours holds it
-		if ! flock -n -s 8; then
-			say "a test is killing nodes of it; waiting for it to end (at most ${WAIT}s) ..."
-			flock -w "$WAIT" -s 8 || die "a test still holds $test_lock after ${WAIT}s"
-		fi
-	fi
-}
-
-# refuse_foreign dies when one of the ports is used by something else.
-refuse_foreign() {
-	local p cf
-	for p in "${ALL[@]}"; do
-		if answers "$p"; then
-			if ! ours "$p"; then
-				cf=$(field "$p" server config_file)
-				die "port $p: a Redis that this script did not start (config file: ${cf:-none}); if another checkout's script started it, run that one (or set GW_RUN_DIR to its run folder), otherwise stop it or free the port"
-			fi
-		elif tcp_used "$p" && ! pid_of "$p" >/dev/null; then
-			# (A node of ours that hangs is stopped and started again.)
-			die "port $p: in use by something that is not a Redis answering PING; free the port"
-		fi
-	done
-}
-
 create() {
 	local p
 	say "creating a primary on $HOST:${DATA[0]}, a replica on ${DATA[1]} and sentinels on ${SENTINELS[0]}-${SENTINELS[-1]} (files in $BASE) ..."
@@ -336,7 +231,7 @@ cmd_start() {
 		say "already running and healthy (sentinels on $HOST:${SENTINELS[0]}-${SENTINELS[-1]}); nothing to do"
 		return
 	fi
-	refuse_foreign
+	refuse_foreign "${ALL[@]}"
 	if [[ -f $BASE/created ]]; then
 		say "not healthy ($why); starting what is down ..."
 		local started=ok restarted=() primary
@@ -345,7 +240,7 @@ cmd_start() {
 		for p in "${DATA[@]}" "${SENTINELS[@]}"; do
 			if ! answers "$p"; then
 				if pid_of "$p" >/dev/null; then
-					stop_these "$p" # alive but not answering: hung
+					stop_nodes "$p" # alive but not answering: hung
 				fi
 				start_one "$p" || started=failed
 				restarted+=("$p")
@@ -372,8 +267,8 @@ cmd_start() {
 	elif [[ -d $BASE ]]; then
 		say "half-started ($why); wiping it and creating it again"
 	fi
-	stop_these "${SENTINELS[@]}"
-	stop_these "${DATA[@]}"
+	stop_nodes "${SENTINELS[@]}"
+	stop_nodes "${DATA[@]}"
 	rm -rf "${BASE:?}"
 	create
 	say "running; GW_REDIS_URL=$(sentinel_url)"
@@ -381,8 +276,8 @@ cmd_start() {
 
 cmd_stop() {
 	lock
-	stop_these "${SENTINELS[@]}"
-	stop_these "${DATA[@]}"
+	stop_nodes "${SENTINELS[@]}"
+	stop_nodes "${DATA[@]}"
 	say "stopped (nothing runs on the ports ${ALL[*]} that this script started)"
 }
 
