@@ -96,12 +96,9 @@ func signature(sorted []Member) string {
 	return b.String()
 }
 
-// build makes the table of an already canonical member list; nil when the
-// list is empty.
-func build(sorted []Member) *table {
-	if len(sorted) == 0 {
-		return nil
-	}
+// indexMembers returns the canonical members as the library's members and
+// the index of each node in the list.
+func indexMembers(sorted []Member) ([]consistent.Member, map[string]uint16) {
 	if len(sorted) > 1<<16 {
 		panic("ring: too many members")
 	}
@@ -111,6 +108,16 @@ func build(sorted []Member) *table {
 		cms[i] = m
 		idx[m.Node] = uint16(i)
 	}
+	return cms, idx
+}
+
+// build makes the table of an already canonical member list; nil when the
+// list is empty.
+func build(sorted []Member) *table {
+	if len(sorted) == 0 {
+		return nil
+	}
+	cms, idx := indexMembers(sorted)
 	c := consistent.New(cms, config())
 	t := &table{members: sorted, owners: make([]uint16, PartitionCount), sig: signature(sorted)}
 	for p := range PartitionCount {

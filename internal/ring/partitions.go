@@ -361,15 +361,7 @@ func buildPartitions(sorted []Member, n int) *partTable {
 	if len(sorted) == 0 {
 		return nil
 	}
-	if len(sorted) > 1<<16 {
-		panic("ring: too many members")
-	}
-	cms := make([]consistent.Member, len(sorted))
-	idx := make(map[string]uint16, len(sorted))
-	for i, m := range sorted {
-		cms[i] = m
-		idx[m.Node] = uint16(i)
-	}
+	cms, idx := indexMembers(sorted)
 	c := consistent.New(cms, consistent.Config{
 		PartitionCount:    n,
 		ReplicationFactor: ReplicationFactor,
