@@ -166,6 +166,9 @@ func (s *Server) routes() {
 	e.GET("/v1/commands/:id", s.getCommand, clientAPI...)
 	e.DELETE("/v1/commands/:id", s.cancelCommand, clientAPI...)
 	e.GET("/v1/connect/:identity", s.connect, anyRole...)
+	deviceAPI := []echo.MiddlewareFunc{s.admit, s.authenticate(auth.RoleDevice), s.rateLimit}
+	e.GET("/v1/devices/:device_id/commands/next", s.pollCommands, deviceAPI...)
+	e.POST("/v1/devices/:device_id/responses", s.postResponses, deviceAPI...)
 
 	e.GET("/healthz", s.healthz)
 	e.GET("/readyz", s.readyz)

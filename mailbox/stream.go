@@ -42,6 +42,23 @@ func (s *Store) Fetch(ctx context.Context, identity, after string, count int) ([
 // the caller should fetch again from the last entry it got. When more is
 // false and fewer than count came back, the mailbox had nothing more.
 func (s *Store) FetchPage(ctx context.Context, identity, after string, count int) (entries []Entry, more bool, err error) {
+	return s.fetchPage(ctx, identity, after, count, 0)
+}
+
+// Poll is Fetch for a device that polls over HTTP instead of holding an
+// MQTT session: it reads the mailbox from its start and returns up to
+// count command entries, stamped as on the wire, leaving out those
+// fetched less than visibility ago (by another poll, or over MQTT): an
+// entry whose fetch is not followed within visibility by its PUBACK
+// (Ack) or the device's answer is offered again, as a queue redelivers a
+// message whose consumer went away.
+func (s *Store) Poll(ctx context.Context, device string, count int, visibility time.Duration) ([]Entry, error) {
+	entries, _, err := s.fetchPage(ctx, device, "", count, max(visibility, time.Millisecond))
+	return entries, err
+}
+
+// fetchPage is FetchPage with a visibility (0: none; see Poll).
+func (s *Store) fetchPage(ctx context.Context, identity, after string, count int, visibility time.Duration) (entries []Entry, more bool, err error) {
 	if count <= 0 {
 		return nil, false, nil
 	}
@@ -68,7 +85,8 @@ func (s *Store) FetchPage(ctx context.Context, identity, after string, count int
 		budget -= len(msgs)
 		start = "(" + msgs[len(msgs)-1].ID
 		keys := []string{mk}
-		args := make([]any, 0, 3*len(msgs))
+		args := make([]any, 0, 1+3*len(msgs))
+		args = append(args, visibility.Milliseconds())
 		read := make(map[string]Entry, len(msgs))
 		for _, m := range msgs {
 			str := func(f string) string { v, _ := m.Values[f].(string); return v }
