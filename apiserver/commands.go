@@ -33,6 +33,8 @@ type commandView struct {
 	OneWay        bool            `json:"one_way,omitempty"`
 	ExpiresInMS   int64           `json:"expires_in_ms"`
 	NotBefore     time.Time       `json:"not_before,omitzero"`
+	Retries       int             `json:"retries,omitempty"`
+	Tries         int             `json:"tries,omitempty"`
 	CreatedAt     time.Time       `json:"created_at,omitzero"`
 	QueuedAt      time.Time       `json:"queued_at,omitzero"`
 	SendingAt     time.Time       `json:"sending_at,omitzero"`
@@ -66,6 +68,8 @@ func viewFor(c *mailbox.Command, caller string) commandView {
 		OneWay:        c.Timeout == 0,
 		ExpiresInMS:   c.ExpiresIn.Milliseconds(),
 		NotBefore:     utc(c.NotBefore),
+		Retries:       c.Retries,
+		Tries:         c.Tries,
 		CreatedAt:     utc(c.CreatedAt),
 		QueuedAt:      utc(c.QueuedAt),
 		SendingAt:     utc(c.SendingAt),

@@ -22,6 +22,8 @@ const (
 	MaxExpiresIn     = 7 * 24 * time.Hour
 	// MaxNotBefore bounds not_before: at most 30 days ahead.
 	MaxNotBefore = 30 * 24 * time.Hour
+	// MaxRetries bounds retries.
+	MaxRetries = 10
 )
 
 // Defaults of the settings that are not in DESIGN §9.

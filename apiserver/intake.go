@@ -10,6 +10,7 @@ import (
 	"io"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -83,6 +84,15 @@ func (s *Server) postCommands(c echo.Context) error {
 	if err != nil {
 		return err
 	}
+	retries := 0
+	if v := q.Get("retries"); v != "" {
+		if retries, err = strconv.Atoi(v); err != nil || retries < 0 || retries > MaxRetries {
+			return errBadRequest(fmt.Sprintf("retries: must be an integer from 0 to %d", MaxRetries))
+		}
+		if timeout == 0 && retries > 0 {
+			return errBadRequest("retries: a one-way command awaits no answer, so it is never retried")
+		}
+	}
 	body, err := s.readBody(c)
 	if err != nil {
 		return err
@@ -98,6 +108,7 @@ func (s *Server) postCommands(c echo.Context) error {
 		expiresIn: expiresIn,
 		delay:     delay,
 		notBefore: q.Get("not_before"),
+		retries:   retries,
 		trace:     traceParent(c.Request().Header.Get("traceparent")),
 	}
 	if !batch {
@@ -179,15 +190,21 @@ type intake struct {
 	// as given in notBefore; part of the body's identity).
 	delay     time.Duration
 	notBefore string
-	trace     string
+	// retries: sends again after a timeout (part of the body's identity).
+	retries int
+	trace   string
 }
 
 // fingerprint is the body's identity: the request and its options.
 func fingerprint(in intake, req *protocol.Request) string {
-	if in.notBefore == "" {
-		return protocol.Fingerprint(in.device, req.Method, req.Params, in.timeout, in.expiresIn)
+	var extra []string
+	if in.notBefore != "" {
+		extra = append(extra, "not_before="+in.notBefore)
 	}
-	return protocol.Fingerprint(in.device, req.Method, req.Params, in.timeout, in.expiresIn, "not_before="+in.notBefore)
+	if in.retries > 0 {
+		extra = append(extra, "retries="+strconv.Itoa(in.retries))
+	}
+	return protocol.Fingerprint(in.device, req.Method, req.Params, in.timeout, in.expiresIn, extra...)
 }
 
 // notBeforeParam reads not_before: an RFC 3339 time or a duration from
@@ -225,6 +242,7 @@ func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request
 		Timeout:     in.timeout,
 		ExpiresIn:   in.expiresIn,
 		Delay:       in.delay,
+		Retries:     in.retries,
 	}
 	lease := 2 * s.cfg.ConfirmTimeout
 	giveUp := time.Now().Add(lease + s.cfg.ConfirmTimeout)
@@ -234,7 +252,7 @@ func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request
 		switch {
 		case errors.Is(err, mailbox.ErrConflict):
 			return intakeResult{err: newAPIError(protocol.NewError(protocol.CodeConflict,
-				"conflict: this id was used before with a different body (device, method, params, timeout, expires_in, one_way or not_before)", nil))}
+				"conflict: this id was used before with a different body (device, method, params, timeout, expires_in, one_way, not_before or retries)", nil))}
 		case err != nil:
 			if ctx.Err() != nil {
 				return intakeResult{err: errNotAccepted("request cancelled")}

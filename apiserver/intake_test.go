@@ -646,3 +646,31 @@ func TestNotBeforeIntake(t *testing.T) {
 		assert.Equal(t, tt.want, r.Status, "%s: %s", tt.name, r.Body)
 	}
 }
+
+// retries: 0 to 10, not with one_way, part of the body's identity, shown.
+func TestRetriesIntake(t *testing.T) {
+	t.Parallel()
+	g := newGW(t)
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+	r := g.post(tok, "dev-1", cmd("rt", "reboot", nil), "retries=2")
+	require.Equal(t, http.StatusAccepted, r.Status, "%s", r.Body)
+	r = g.do(http.MethodGet, "/v1/commands/rt", tok, nil)
+	var v commandView
+	r.json(t, &v)
+	assert.Equal(t, 2, v.Retries)
+	tests := []struct {
+		name, id string
+		query    []string
+		want     int
+	}{
+		{"the same again", "rt", []string{"retries=2"}, http.StatusOK},
+		{"the same id, other retries", "rt", []string{"retries=3"}, http.StatusConflict},
+		{"too many", "rt2", []string{"retries=11"}, http.StatusBadRequest},
+		{"not a number", "rt3", []string{"retries=x"}, http.StatusBadRequest},
+		{"with one_way", "rt4", []string{"retries=1", "one_way=true"}, http.StatusBadRequest},
+	}
+	for _, tt := range tests {
+		r := g.post(tok, "dev-1", cmd(tt.id, "reboot", nil), tt.query...)
+		assert.Equal(t, tt.want, r.Status, "%s: %s", tt.name, r.Body)
+	}
+}

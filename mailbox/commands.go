@@ -40,7 +40,7 @@ func (s *Store) Reserve(ctx context.Context, c *Command) (ReserveOutcome, *Comma
 		return 0, nil, errors.New("mailbox: Reserve needs a client, a device and an id")
 	}
 	key := c.ID.Key()
-	watch := max(c.Delay, 0) + c.ExpiresIn + c.Timeout + s.opts.Lease + 2*s.opts.AnswerGrace
+	watch := time.Duration(c.Retries+1)*(max(c.Delay, 0)+c.ExpiresIn+c.Timeout) + s.opts.Lease + 2*s.opts.AnswerGrace
 	lifetime := (watch + s.opts.Retention).Milliseconds()
 	cp := s.PartitionOf(c.Client)
 	pk := s.keys.Part(cp)
@@ -69,7 +69,7 @@ func (s *Store) Reserve(ctx context.Context, c *Command) (ReserveOutcome, *Comma
 	v, err = s.run(ctx, p, stepReserve, keys,
 		c.Client, c.Device, string(c.ID.Raw()), key, c.Method, string(c.Params),
 		c.Fingerprint, c.Timeout.Milliseconds(), c.ExpiresIn.Milliseconds(),
-		newToken(), s.opts.Lease.Milliseconds(), max(c.Delay, 0).Milliseconds())
+		newToken(), s.opts.Lease.Milliseconds(), max(c.Delay, 0).Milliseconds(), c.Retries)
 	if err != nil {
 		// The claim is made: the command is not accepted, but not surely
 		// refused either (the step may have run, or a retry completes it).

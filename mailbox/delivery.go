@@ -306,7 +306,7 @@ func (s *Store) fireBatch(ctx context.Context, p int, items []*batchCall, ownerO
 		if what != "notdue" {
 			n++
 		}
-		if what == string(OutcomeSent) { // a scheduled command is due: wake its device's push server
+		if what == string(OutcomeSent) || what == "retried" { // a scheduled command is due, or a retry: wake its device's push server
 			member, _ := items[i].args[0].(string)
 			device := strings.SplitN(member, "|", 4)[1]
 			sess, _ := a[2].(string)

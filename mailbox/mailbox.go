@@ -282,6 +282,10 @@ type Command struct {
 	// scheduled once a worker took it from its queue).
 	Delay     time.Duration
 	NotBefore time.Time
+	// Retries is how many times a command that got no answer within its
+	// timeout is sent again (the same request, a fresh expires_in window)
+	// before it ends timeout; Tries counts those done.
+	Retries, Tries int
 
 	// Times of the transitions; zero means not yet.
 	CreatedAt, QueuedAt, SendingAt, SentAt, DeliveredAt, FinishedAt time.Time

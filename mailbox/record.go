@@ -92,6 +92,8 @@ func decodeRecord(m map[string]string) (*Command, error) {
 	c.Attempts, _ = strconv.Atoi(m[fAttempts])
 	c.ResultDropped = m[fDropped] == "1"
 	c.Replays, _ = strconv.Atoi(m["replays"])
+	c.Retries, _ = strconv.Atoi(m["retries"])
+	c.Tries, _ = strconv.Atoi(m["tries"])
 	if v := m[fParams]; v != "" {
 		c.Params = json.RawMessage(v)
 	}

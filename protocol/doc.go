@@ -220,6 +220,7 @@
 //	sent       cancelled                                  apiserver
 //	delivered  succeeded, failed                          pushserver
 //	delivered  timeout, dead                              msgworker
+//	delivered  sent (a retry: retries=N)                  msgworker
 //	pending, queued, sent, delivered → lost               msgworker (the claim's watchdog)
 //	dead       queued (operator replay)                   apiserver
 //

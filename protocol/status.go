@@ -88,6 +88,8 @@ var Transitions = []Transition{
 	{StatusDelivered, StatusFailed, OwnerPush},
 	{StatusDelivered, StatusTimeout, OwnerWorker},
 	{StatusDelivered, StatusDead, OwnerWorker},
+	// A retry (retries=N): no answer within the timeout, sent again.
+	{StatusDelivered, StatusSent, OwnerWorker},
 	// The operator's replay of a dead letter (POST /v1/dead/{id}/replay,
 	// mailbox.ReplayDead): the only way out of a final status; the client
 	// then gets a second final result for the same id.

@@ -77,6 +77,7 @@ func TestCanTransition(t *testing.T) {
 		{StatusSent, StatusDead, OwnerWorker}:    true,
 
 		{StatusDelivered, StatusSucceeded, OwnerPush}: true, // the edge completes answers (§5)
+		{StatusDelivered, StatusSent, OwnerWorker}:    true, // a retry
 		{StatusDelivered, StatusFailed, OwnerPush}:    true,
 		{StatusDelivered, StatusTimeout, OwnerWorker}: true,
 		{StatusDelivered, StatusDead, OwnerWorker}:    true,
@@ -156,7 +157,7 @@ func TestSources(t *testing.T) {
 		want []Status
 	}{
 		{StatusQueued, []Status{StatusPending, StatusDead}},
-		{StatusSent, []Status{StatusQueued, StatusScheduled}},
+		{StatusSent, []Status{StatusQueued, StatusScheduled, StatusDelivered}},
 		{StatusDelivered, []Status{StatusSent}},
 		{StatusSucceeded, []Status{StatusSent, StatusDelivered}},
 		{StatusFailed, []Status{StatusSent, StatusDelivered}},

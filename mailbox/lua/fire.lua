@@ -72,6 +72,20 @@ if st == 'delivered' and num(r.tmo) == 0 then
   -- One-way, PUBACKed, and the step after the PUBACK never ran.
   return {'succeeded', '', '', finalize(K, r, 'succeeded', ONEWAY, '')}
 end
+if (st == 'sent' or st == 'delivered') and num(r.retries) > num(r.tries) and r.req then
+  -- No answer within the timeout, and tries are left: the same request
+  -- (same id: the device answers a repeat again, it does not run it
+  -- twice) goes into the mailbox again, with a fresh expires_in window.
+  if r.entry and r.entry ~= '' then redis.call('XDEL', K.mbox, r.entry) end
+  redis.call('HDEL', K.rec, 'delivered', 'sending', 'fetched')
+  redis.call('HSET', K.rec, 'status', 'sent', 'tries', ms(num(r.tries) + 1))
+  local res = send(K, r, r.device, r.req, NOW + num(r.exp), expired_body, expired_reason, rejected_body, rejected_reason)
+  if res[1] == 'sent' then
+    res[1] = 'retried'
+    count(K.stats, 'retried')
+  end
+  return res
+end
 if st == 'sent' or st == 'delivered' then
   return {'timeout', '', '', finalize(K, r, 'timeout', timeout_body, timeout_reason)}
 end

@@ -7,7 +7,7 @@
 -- reservation) is reserved afresh.
 local K = cmdkeys(KEYS)
 local c, device, id, key, method, params, fp = A[1], A[2], A[3], A[4], A[5], A[6], A[7]
-local tmo, exp, token, lease, delay = tonumber(A[8]), tonumber(A[9]), A[10], tonumber(A[11]), tonumber(A[12])
+local tmo, exp, token, lease, delay, retries = tonumber(A[8]), tonumber(A[9]), A[10], tonumber(A[11]), tonumber(A[12]), tonumber(A[13])
 -- A scheduled command (delay > 0) waits until nb = now + delay; its
 -- deliver-by counts expires_in from nb.
 
@@ -20,8 +20,9 @@ if not r or r.status == 'void' then
     'tmo', ms(tmo), 'exp', ms(exp), 'created', ms(NOW), 'deliver_by', ms(NOW + delay + exp),
     'attempts', '0', 'lease', token, 'lease_until', ms(NOW + lease)}
   if delay > 0 then rec[#rec + 1] = 'nb'; rec[#rec + 1] = ms(NOW + delay) end
+  if retries > 0 then rec[#rec + 1] = 'retries'; rec[#rec + 1] = ms(retries) end
   redis.call('HSET', K.rec, unpack(rec))
-  redis.call('PEXPIRE', K.rec, ms(delay + exp + tmo + lease + 2 * GRACE + RET))
+  redis.call('PEXPIRE', K.rec, ms((retries + 1) * (delay + exp + tmo) + lease + 2 * GRACE + RET))
   redis.call('ZADD', K.timers, ms(math.max(NOW + delay + exp, NOW + lease)), tm('d', {device = device, client = c, key = key}))
   count(K.stats, 'pending')
   return {'reserved', rec}
