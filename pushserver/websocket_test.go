@@ -5,8 +5,10 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -96,13 +98,30 @@ func TestWebSocket(t *testing.T) {
 	require.Equal(t, a.URL(), ca.Properties.ServerReference)
 	_ = conn.Close()
 
-	// Only /mqtt and / are served; a plain GET is not upgraded.
+	// Only /mqtt and / are served; a plain GET is not upgraded; the
+	// request header is bounded.
 	for path, want := range map[string]int{"/other": http.StatusNotFound, "/mqtt": http.StatusBadRequest} {
 		r, err := http.Get("http://" + a.WSAddr() + path)
 		require.NoError(t, err)
 		_ = r.Body.Close()
 		require.Equal(t, want, r.StatusCode, "GET %s", path)
 	}
+	_, resp, err = websocket.DefaultDialer.Dial("ws://"+a.WSAddr()+"/mqtt",
+		http.Header{"X-Padding": {strings.Repeat("x", 2*wsMaxHeaderBytes)}})
+	require.Error(t, err)
+	require.NotNil(t, resp)
+	require.Equal(t, http.StatusRequestHeaderFieldsTooLarge, resp.StatusCode)
+
+	// MQTT travels in binary messages: a text message ends the
+	// connection.
+	conn, _, err = websocket.DefaultDialer.Dial("ws://"+a.WSAddr()+"/mqtt", nil)
+	require.NoError(t, err)
+	defer conn.Close()
+	require.NoError(t, conn.WriteMessage(websocket.TextMessage, []byte{0x10, 0x00}))
+	require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
+	_, _, err = conn.ReadMessage()
+	require.Error(t, err)
+	require.False(t, errors.Is(err, os.ErrDeadlineExceeded), "the connection stayed open: %v", err)
 }
 
 // TestWebSocketTLS: with the push server's certificate, WebSocket is
