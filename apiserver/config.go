@@ -95,6 +95,13 @@ type Config struct {
 	// checked. Default DefaultMaxInFlight; negative: no bound. The Redis
 	// pool of run is sized to it.
 	MaxInFlight int
+	// CORSOrigins (GW_CORS_ORIGINS, comma-separated) are the origins whose
+	// pages may call the API from a browser: each is scheme://host[:port]
+	// as a browser sends it in Origin, or * for any. They get preflights
+	// answered and the Access-Control-Allow-* headers (see cors.go).
+	// Default none: no CORS headers at all, browsers allow same-origin
+	// calls only.
+	CORSOrigins []string
 
 	// MaxWait caps the long-poll's ?wait=. Default 60s. Not a flag.
 	MaxWait time.Duration
@@ -170,6 +177,11 @@ func (c *Config) validate() error {
 	if err := c.Scale.Check(); err != nil {
 		return fmt.Errorf("apiserver: %w", err)
 	}
+	for _, o := range c.CORSOrigins {
+		if err := checkOrigin(o); err != nil {
+			return fmt.Errorf("apiserver: GW_CORS_ORIGINS: %w", err)
+		}
+	}
 	return nil
 }
 
@@ -181,7 +193,10 @@ func (c *Config) topology() protocol.Topology {
 // parseConfig fills a Config from args and getenv (flags win over GW_*
 // variables, which win over the defaults).
 func parseConfig(args []string, getenv func(string) string, out io.Writer) (Config, error) {
-	var c Config
+	var (
+		c           Config
+		corsOrigins string
+	)
 	b := config.NewBinder("apiserver", getenv)
 	b.FS.SetOutput(out)
 	c.Common.Bind(b)
@@ -198,9 +213,11 @@ func parseConfig(args []string, getenv func(string) string, out io.Writer) (Conf
 	b.Bytes(&c.BodyLimit, "body-limit", config.DefaultBodyLimit, "largest request body")
 	b.Duration(&c.ConfirmTimeout, "confirm-timeout", config.DefaultConfirmTimeout, "longest wait for a publisher confirm")
 	b.Int(&c.MaxInFlight, "max-inflight", DefaultMaxInFlight, "API requests in flight before more are answered 503 (server overloaded); negative: no bound")
+	b.String(&corsOrigins, "cors-origins", "", "comma-separated origins (scheme://host[:port], or *) whose pages may call the API from a browser (default: none)")
 	if err := b.Parse(args); err != nil {
 		return Config{}, err
 	}
+	c.CORSOrigins = splitList(corsOrigins)
 	if b.FS.NArg() > 0 {
 		return Config{}, fmt.Errorf("invalid flags: unexpected arguments %q", b.FS.Args())
 	}

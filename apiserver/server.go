@@ -155,6 +155,11 @@ func (s *Server) routes() {
 	e.Logger.SetOutput(io.Discard)
 	e.HTTPErrorHandler = s.handleError
 	e.Use(s.observe, s.recoverPanic)
+	if len(s.cfg.CORSOrigins) > 0 {
+		// Before the routes' own middleware: a preflight is answered
+		// here, without a token, and counts against nothing.
+		e.Use(s.cors())
+	}
 
 	clientAPI := []echo.MiddlewareFunc{s.admit, s.authenticate(auth.RoleClient, auth.RoleOperator), s.rateLimit}
 	anyRole := []echo.MiddlewareFunc{s.admit, s.authenticate(auth.RoleClient, auth.RoleOperator, auth.RoleDevice), s.rateLimit}

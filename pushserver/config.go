@@ -37,6 +37,11 @@ type Config struct {
 	// MQTTAddr is the MQTT listen address. Default 127.0.0.1:1884; port 0
 	// picks a free port (see Node.Addr).
 	MQTTAddr string
+	// WSAddr (GW_MQTT_WS_ADDR) is where MQTT over WebSocket is served
+	// (paths /mqtt and /, subprotocol mqtt; wss:// with TLSCert and
+	// TLSKey; see websocket.go). Default empty: not served. Port 0 picks a
+	// free port (see Node.WSAddr).
+	WSAddr string
 	// NodeID is the node's name in the ring. Default: the bound address.
 	NodeID string
 	// AdvertiseURL is the URL clients are sent to (server reference, GET

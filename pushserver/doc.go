@@ -67,8 +67,9 @@
 //
 // # Configuration
 //
-// Flags, or the GW_* variables of the same names: mqtt-addr, node-id,
-// advertise-url, redis-url, amqp-url, namespace, auth-secret (required),
+// Flags, or the GW_* variables of the same names: mqtt-addr,
+// mqtt-ws-addr (MQTT over WebSocket, off by default; websocket.go),
+// node-id, advertise-url, redis-url, amqp-url, namespace, auth-secret (required),
 // metrics-addr, tls-cert, tls-key, confirm-timeout, inflight,
 // max-packet-size, max-clients, shed-rate, ring-grace, log-level,
 // log-format. See Config for the defaults.

@@ -31,6 +31,7 @@ type listener struct {
 	id             string
 	ln             net.Listener
 	tlsConfig      *tls.Config // nil: plain TCP
+	proto          string      // what Protocol returns, when set (ws, wss)
 	connectTimeout time.Duration
 	log            *slog.Logger
 	serve          serveFn               // runs a connection (the node's serveConn, which its hooks rely on); nil: mochi's establish
@@ -67,8 +68,11 @@ func (l *listener) ID() string { return l.id }
 // Address returns the bound address.
 func (l *listener) Address() string { return l.ln.Addr().String() }
 
-// Protocol returns "tcp" or "tls".
+// Protocol returns "tcp" or "tls", or the protocol set (ws, wss).
 func (l *listener) Protocol() string {
+	if l.proto != "" {
+		return l.proto
+	}
 	if l.tlsConfig != nil {
 		return "tls"
 	}

@@ -44,6 +44,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	b := config.NewBinder("pushserver", getenv)
 	b.FS.SetOutput(stdout)
 	b.String(&cfg.MQTTAddr, "mqtt-addr", config.DefaultMQTTAddr, "MQTT listen address (port 0: any free port)")
+	b.String(&cfg.WSAddr, "mqtt-ws-addr", "", "MQTT over WebSocket listen address (paths /mqtt and /; empty: off)")
 	b.String(&cfg.NodeID, "node-id", "", "name in the ring (default: the bound address)")
 	b.String(&cfg.AdvertiseURL, "advertise-url", "", "URL given to clients (default: mqtt://<bound address>)")
 	cfg.Common.Bind(b)

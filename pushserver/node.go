@@ -62,6 +62,8 @@ type Node struct {
 	workers         *workers[*conn]    // process the connections' packets (conn.go)
 	runners         *workers[*session] // run the sessions' steps
 	lis             *listener
+	wsLis           *listener // MQTT over WebSocket; nil when Config.WSAddr is empty
+	wsAddr          string
 	metricsSrv      *telemetry.MetricsServer
 
 	ctx        context.Context // cancelled by kill, or at the end of Shutdown
@@ -147,6 +149,19 @@ func (n *Node) newConnToken() string {
 // Addr returns the bound MQTT address (after Start).
 func (n *Node) Addr() string { return n.addr }
 
+// WSAddr returns the bound MQTT-over-WebSocket address (after Start),
+// "" when Config.WSAddr is empty.
+func (n *Node) WSAddr() string { return n.wsAddr }
+
+// listeners returns the MQTT listeners: TCP, and WebSocket when
+// configured.
+func (n *Node) listeners() []*listener {
+	if n.wsLis == nil {
+		return []*listener{n.lis}
+	}
+	return []*listener{n.lis, n.wsLis}
+}
+
 // NodeID returns the node's name in the ring (after Start).
 func (n *Node) NodeID() string { return n.node }
 
@@ -193,6 +208,17 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	}
 	undo = append(undo, func() { _ = ln.Close() })
 	n.addr = ln.Addr().String()
+	var wsln net.Listener
+	if n.cfg.WSAddr != "" {
+		tcp, err := net.Listen("tcp", n.cfg.WSAddr)
+		if err != nil {
+			return fmt.Errorf("cannot listen on %s: %w", n.cfg.WSAddr, err)
+		}
+		n.wsAddr = tcp.Addr().String()
+		ws := newWSListener(tcp, tlsConfig, n.cfg.ConnectTimeout, n.log)
+		undo = append(undo, func() { _ = ws.Close() })
+		wsln = ws
+	}
 	n.node = n.cfg.NodeID
 	if n.node == "" {
 		n.node = reachableAddr(n.addr)
@@ -287,6 +313,17 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	if err := n.server.AddListener(n.lis); err != nil {
 		return fmt.Errorf("cannot add MQTT listener: %w", err)
 	}
+	if wsln != nil {
+		// TLS, if any, is the WebSocket listener's own (wss://).
+		n.wsLis = newListener("ws", wsln, nil, n.cfg.ConnectTimeout, n.log, n.serveConn)
+		n.wsLis.proto = "ws"
+		if tlsConfig != nil {
+			n.wsLis.proto = "wss"
+		}
+		if err := n.server.AddListener(n.wsLis); err != nil {
+			return fmt.Errorf("cannot add MQTT WebSocket listener: %w", err)
+		}
+	}
 
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	undo = append(undo, func() { n.cancel(); n.loops.Wait() })
@@ -343,7 +380,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return fmt.Errorf("cannot serve MQTT: %w", err)
 	}
 	n.running.Store(true)
-	n.log.Info("push server listening", "addr", n.addr, "url", n.url,
+	n.log.Info("push server listening", "addr", n.addr, "url", n.url, "ws_addr", n.wsAddr,
 		"tls", tlsConfig != nil, "max_clients", n.server.Options.Capabilities.MaximumClients,
 		"inflight", n.cfg.Inflight, "max_packet_size", n.cfg.MaxPacketSize)
 	return nil
@@ -425,7 +462,9 @@ func (n *Node) shutdown(ctx context.Context) error {
 	}
 	cancel()
 	n.joinCancel()
-	n.lis.stopAccepting()
+	for _, l := range n.listeners() {
+		l.stopAccepting()
+	}
 
 	budget := n.cfg.ShutdownShed
 	if dl, ok := ctx.Deadline(); ok {
@@ -441,7 +480,9 @@ func (n *Node) shutdown(ctx context.Context) error {
 	select {
 	case <-closed:
 	case <-ctx.Done():
-		n.lis.dropAll()
+		for _, l := range n.listeners() {
+			l.dropAll()
+		}
 		errs = append(errs, fmt.Errorf("cannot close MQTT server in time: %w", ctx.Err()))
 	}
 	if !waitGroup(ctx, &n.sessWG) {
@@ -471,8 +512,10 @@ func (n *Node) kill() {
 	n.killed.Store(true)
 	n.joinCancel()
 	n.cancel()
-	n.lis.stopAccepting()
-	n.lis.dropAll()
+	for _, l := range n.listeners() {
+		l.stopAccepting()
+		l.dropAll()
+	}
 	_ = n.server.Close()
 	n.sessWG.Wait()
 	n.loops.Wait()

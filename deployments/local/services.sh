@@ -310,4 +310,24 @@ else
 	warn "helm: not found and no go to build it; install helm $HELM_VERSION into PATH (the chart's tests fail without it)"
 fi
 
+# --- MQTT.js (for the push server's WebSocket test) --------------------------
+
+# pushserver/websocket_node_test.go runs MQTT.js under Node against the
+# WebSocket listener; its npm packages are pinned in the lock file there.
+MQTTJS_DIR=$ROOT/pushserver/testdata/mqttjs
+if [[ -f $MQTTJS_DIR/node_modules/mqtt/package.json && $MQTTJS_DIR/node_modules/.package-lock.json -nt $MQTTJS_DIR/package-lock.json ]]; then
+	say "mqtt.js: $MQTTJS_DIR/node_modules"
+elif command -v npm >/dev/null 2>&1 && command -v node >/dev/null 2>&1; then
+	say "mqtt.js: npm ci in $MQTTJS_DIR ..."
+	if npm ci --no-audit --no-fund --prefix "$MQTTJS_DIR" >/dev/null; then
+		say "mqtt.js: installed"
+	else
+		# Not fatal for the services: the test fails by itself, naming the
+		# command.
+		warn "mqtt.js: npm ci failed; go test ./pushserver/ -run TestMQTTJS fails until it succeeds"
+	fi
+else
+	warn "mqtt.js: node and npm not found; install Node.js 18 or later with npm (TestMQTTJS in ./pushserver fails without them)"
+fi
+
 exit "$failed"
