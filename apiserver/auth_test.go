@@ -97,6 +97,8 @@ func TestAuthTokens(t *testing.T) {
 			r := g.do(ep.method, ep.path, tok, nil)
 			assert.Equal(t, http.StatusUnauthorized, r.Status, "%s %s: %s", ep.method, ep.path, r.Body)
 			assert.Equal(t, protocol.CodeUnauthorized, r.errorCode(t))
+			assert.Contains(t, r.Header.Get("WWW-Authenticate"), "Bearer", "%s %s: a 401 names its scheme", ep.method, ep.path)
+			assert.Equal(t, "nosniff", r.Header.Get("X-Content-Type-Options"), "%s %s", ep.method, ep.path)
 		}
 	}
 }

@@ -96,6 +96,9 @@ func (s *Server) handleError(err error, c echo.Context) {
 	if ae.retryAfter > 0 {
 		c.Response().Header().Set("Retry-After", strconv.Itoa(ae.retryAfter))
 	}
+	if ae.status == http.StatusUnauthorized { // RFC 6750 §3
+		c.Response().Header().Set("WWW-Authenticate", `Bearer realm="iotgw", error="invalid_token"`)
+	}
 	if r := c.Request(); r.ContentLength != 0 && c.Get(ctxBodyRead) == nil {
 		// Refused before its body was read (overloaded, over the
 		// client's share, no token): answer now and close, instead of

@@ -81,6 +81,9 @@ func (s *Server) leaveInFlight(c echo.Context) {
 func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		start := time.Now()
+		// Every answer is JSON or a document of a known type: browsers must
+		// not sniff another.
+		c.Response().Header().Set("X-Content-Type-Options", "nosniff")
 		if err := next(c); err != nil {
 			c.Error(err)
 		}
@@ -106,8 +109,11 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 			attrs = append(attrs, slog.String("msg_id", v))
 		}
 		level := slog.LevelInfo
-		if status >= 500 {
+		switch {
+		case status >= 500:
 			level = slog.LevelWarn
+		case route == "/healthz" || route == "/readyz" || route == "/metrics":
+			level = slog.LevelDebug // probes and scrapes, every few seconds
 		}
 		s.log.LogAttrs(c.Request().Context(), level, "request", attrs...)
 		return nil

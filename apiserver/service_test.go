@@ -90,6 +90,13 @@ func TestRequestLog(t *testing.T) {
 	}
 	assert.True(t, found, "no request log line in %q", buf.String())
 
+	// Probes are logged at DEBUG, not INFO.
+	before0 := len(buf.String())
+	require.Equal(t, http.StatusOK, g.do(http.MethodGet, "/healthz", "", nil).Status)
+	probe := buf.String()[before0:]
+	assert.Contains(t, probe, `"route":"/healthz"`)
+	assert.Contains(t, probe, `"level":"DEBUG"`, "the health probe's log line: %s", probe)
+
 	// A 60 KB path (an outsider's) is clipped in the log line.
 	before := len(buf.String())
 	long := "/v1/" + strings.Repeat("x", 60<<10)
