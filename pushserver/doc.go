@@ -29,7 +29,10 @@
 // sends each entry a subscription matches as a QoS 1 PUBLISH, with at
 // most Inflight unacknowledged; the entry is removed only when the PUBACK
 // for that packet ID arrives on that very connection (PUBACKs that arrive
-// together are acked in one mailbox.AckMany). Reading a command entry
+// together are acked in one mailbox.AckMany; a command entry its device
+// refuses with an MQTT 5 PUBACK reason code of 0x80 or more ends the
+// command rejected, -32005 with data.mqtt_reason_code, with
+// mailbox.Store.Refuse). Reading a command entry
 // marks the command as on the wire; a command entry read but not
 // published (no subscription matches it, too large for the client,
 // already in flight, the connection ended) is handed back with
@@ -122,5 +125,5 @@
 // gw_push_sessions, gw_push_deliveries_total, gw_push_acks_total,
 // gw_push_redirects_total, gw_push_sheds_total, gw_push_responses_total,
 // gw_push_responses_dropped_total{reason}, gw_push_mailbox_reads_total,
-// gw_push_unsent_total.
+// gw_push_unsent_total, gw_push_refusals_total{outcome}.
 package main

@@ -317,7 +317,8 @@ func (h *hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 //     packet ID on this connection (tracked by the session, not by mochi's
 //     in-flight map, which mochi shares with inbound packet IDs), whatever
 //     its MQTT 5 reason code: a client that refuses a message will never
-//     take it;
+//     take it. A command its device refuses (reason code 0x80 or more)
+//     ends rejected instead of delivered (mailbox.Store.Refuse);
 //   - a PUBLISH with QoS 2 or the retain flag is a protocol error here
 //     (the CONNACK said maximum QoS 1, retain not available): MQTT 5
 //     clients get DISCONNECT 0x9B / 0x9A, 3.1.1 clients are disconnected;
@@ -330,10 +331,11 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		if s := h.n.sessionOf(cl); s != nil {
 			if pk.ReasonCode >= packets.ErrUnspecifiedError.Code {
 				// The client refuses the message; it will never take it,
-				// so the delivery is complete all the same.
+				// so the delivery is complete all the same (a command
+				// ends rejected).
 				h.n.log.Info("client refused a message", "client_id", s.identity, "reason", pk.ReasonCode)
 			}
-			s.puback(pk.PacketID)
+			s.puback(pk.PacketID, pk.ReasonCode)
 		}
 	case packets.Publish:
 		switch {
