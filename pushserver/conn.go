@@ -220,15 +220,13 @@ func (n *Node) connect(cl *mqtt.Client, rc *connReader, lid string) (bool, error
 	// connection.
 	cl.Properties.Username = bytes.Clone(cl.Properties.Username)
 	if atomic.LoadInt64(&s.Info.ClientsConnected) >= s.Options.Capabilities.MaximumClients {
-		code := packets.ErrServerBusy
-		if cl.Properties.ProtocolVersion < 5 {
-			code = packets.ErrServerUnavailable
-		}
-		_ = s.SendConnack(cl, code, false, nil)
+		_ = n.sendRefusal(cl, packets.ErrServerBusy, nil) // 0x89 / 0x03
 		return false, packets.ErrServerBusy
 	}
 	if code := n.validateConnect(cl, pk); code != packets.CodeSuccess {
-		if err := s.SendConnack(cl, code, false, nil); err != nil {
+		// MQTT 3.1.1 clients get a 3.1.1 return code, or no CONNACK for
+		// a malformed CONNECT.
+		if err := n.sendRefusal(cl, code, nil); err != nil {
 			return false, fmt.Errorf("invalid connection send ack: %w", err)
 		}
 		return false, code // [MQTT-3.2.2-7] [MQTT-3.1.4-6]
@@ -298,7 +296,7 @@ func (n *Node) validateConnect(cl *mqtt.Client, pk packets.Packet) packets.Code 
 	caps := n.server.Options.Capabilities
 	switch {
 	case cl.Properties.ProtocolVersion < 5 && !pk.Connect.Clean && pk.Connect.ClientIdentifier == "":
-		return packets.ErrUnspecifiedError
+		return packets.ErrClientIdentifierNotValid // 3.1.1: 0x02 [MQTT-3.1.3-8]
 	case cl.Properties.ProtocolVersion < caps.MinimumProtocolVersion:
 		return packets.ErrUnsupportedProtocolVersion // [MQTT-3.1.2-2]
 	case cl.Properties.Will.Qos > caps.MaximumQos:

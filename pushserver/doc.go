@@ -10,6 +10,9 @@
 //	                client ID = identity                           0x85 (0x02)
 //	                no will message                                0x87 (0x05)
 //	                this node owns the identity (ring, with grace) 0x9C + server reference (0x03)
+//	                fewer than max-clients connected               0x89 (0x03)
+//	                mochi's checks of the CONNECT                  its MQTT 5 code (3.1.1: 0x01, 0x02, 0x05;
+//	                                                               malformed: closed without CONNACK)
 //	session         always fresh: session present 0, nothing is
 //	                inherited from an earlier connection; ends when
 //	                the token expires (MQTT 5: DISCONNECT 0xA0)
@@ -17,6 +20,9 @@
 //	                only; no #, no $share/…, no $SYS/…
 //	PUBLISH         devices/{d}/responses by device d only          MQTT 5: PUBACK 0x87; 3.1.1: disconnect
 //	                QoS 2 or retain flag                            DISCONNECT 0x9B / 0x9A
+//
+// MQTT 3.1.1 clients only ever get MQTT 3.1.1 return codes (0x01 to 0x05)
+// in a CONNACK: every refusal goes through connackCode.
 //
 // # Delivery (store, then forward)
 //
