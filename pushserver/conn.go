@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -411,7 +412,9 @@ func (n *Node) receivePacket(cl *mqtt.Client, pk packets.Packet) error {
 // recorded by the session only, not in mochi's topic index and the
 // client's subscription map: only mochi's routing of PUBLISHes reads
 // those, and it never routes here (see the top of this file), while they
-// would cost every session about 2 KB. The subscriptions take effect once
+// would cost every session about 2 KB. A filter that would take the
+// session beyond Config.MaxSubscriptions is refused (0x97 quota exceeded;
+// 3.1.1: 0x80). The subscriptions take effect once
 // the SUBACK is written (session.subscribeDone), so that nothing is
 // published on them before it.
 func (n *Node) subscribe(cl *mqtt.Client, pk packets.Packet) error {
@@ -425,6 +428,18 @@ func (n *Node) subscribe(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	caps := n.server.Options.Capabilities
 	reasons := make([]byte, len(pk.Filters))
+	sess := n.sessionOf(cl)
+	var added []string // filters this SUBSCRIBE adds to the session's
+	overQuota := func(filter string) bool {
+		if sess == nil || sess.subscribedTo(filter) || slices.Contains(added, filter) {
+			return false
+		}
+		if sess.subscriptions()+len(added) >= n.cfg.MaxSubscriptions {
+			return true
+		}
+		added = append(added, filter)
+		return false
+	}
 	for i, sub := range pk.Filters {
 		switch {
 		case code != packets.CodeSuccess:
@@ -439,6 +454,8 @@ func (n *Node) subscribe(cl *mqtt.Client, pk packets.Packet) error {
 			if caps.Compatibilities.ObscureNotAuthorized {
 				reasons[i] = packets.ErrUnspecifiedError.Code
 			}
+		case overQuota(sub.Filter):
+			reasons[i] = packets.ErrQuotaExceeded.Code // 3.1.1: 0x80 (below)
 		default:
 			reasons[i] = min(sub.Qos, caps.MaximumQos) // [MQTT-3.2.2-9] [MQTT-3.9.3-1] [MQTT-3.8.4-7]
 		}

@@ -18,6 +18,7 @@
 //	                the token expires (MQTT 5: DISCONNECT 0xA0)
 //	SUBSCRIBE       own topics only (protocol.MaySubscribe), QoS 1  SUBACK 0x87 (3.1.1: 0x80)
 //	                only; no #, no $share/…, no $SYS/…
+//	                at most max-subscriptions filters a session     SUBACK 0x97 (3.1.1: 0x80)
 //	PUBLISH         devices/{d}/responses by device d only          MQTT 5: PUBACK 0x87; 3.1.1: disconnect
 //	                QoS 2 or retain flag                            DISCONNECT 0x9B / 0x9A
 //
@@ -79,8 +80,9 @@
 // Flags, or the GW_* variables of the same names: mqtt-addr, node-id,
 // advertise-url, redis-url, amqp-url, namespace, auth-secret (required),
 // metrics-addr, tls-cert, tls-key, confirm-timeout, inflight,
-// max-packet-size, max-clients, shed-rate, ring-grace, log-level,
-// log-format. See Config for the defaults.
+// max-packet-size, max-clients, max-subscriptions, max-keepalive,
+// shed-rate, ring-grace, log-level, log-format. See Config for the
+// defaults.
 //
 // # Memory
 //

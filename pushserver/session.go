@@ -214,6 +214,14 @@ func (s *session) subscribedTo(filter string) bool {
 	return slices.Contains(s.subs, filter)
 }
 
+// subscriptions returns how many filters the session has subscribed to,
+// those whose SUBACK is not written yet included.
+func (s *session) subscriptions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.subs) + len(s.granted)
+}
+
 // unsubscribed forgets filters.
 func (s *session) unsubscribed(filters []string) {
 	s.mu.Lock()
