@@ -13,6 +13,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/telemetry"
 )
 
 // One MQTT connection, with small stacks.
@@ -402,7 +403,10 @@ func (n *Node) receivePacket(cl *mqtt.Client, pk packets.Packet) error {
 	if code, ok := err.(packets.Code); ok && cl.Properties.ProtocolVersion == 5 && code.Code >= packets.ErrUnspecifiedError.Code { //nolint:errorlint // as mochi
 		_ = s.DisconnectClient(cl, code)
 	}
-	s.Log.Warn("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "pk", pk)
+	// The packet's type only: never the packet (a second CONNECT holds a
+	// password, a PUBLISH a payload).
+	s.Log.Warn("error processing packet", "error", err, "client", telemetry.Clip(cl.ID), "listener", cl.Net.Listener,
+		"packet", packetSummary(&pk))
 	return err
 }
 
@@ -529,7 +533,7 @@ func (n *Node) disconnected(cl *mqtt.Client, err error) {
 	} else {
 		cl.Properties.Will = mqtt.Will{} // [MQTT-3.14.4-3] [MQTT-3.1.2-10]
 	}
-	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener)
+	s.Log.Debug("client disconnected", "error", err, "client", telemetry.Clip(cl.ID), "remote", cl.Net.Remote, "listener", cl.Net.Listener)
 	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) ||
 		(cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
 	n.hook.OnDisconnect(cl, err, expire)

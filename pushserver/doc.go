@@ -128,6 +128,14 @@
 // more: crypto/tls's state and buffers, and a waiting goroutine of 4 KB
 // (a TLS read is deeper).
 //
+// # Logs
+//
+// No packet, password, token or payload is ever logged. Mochi's logger
+// (warnings and above) goes through redact, which writes a packet as its
+// type and packet ID and a byte slice as its length; every value an
+// outsider controls (a username, a client ID, an id in a device's
+// answer) is clipped to a few hundred bytes (telemetry.Clip).
+//
 // # Metrics
 //
 // gw_push_sessions, gw_push_deliveries_total, gw_push_acks_total,
