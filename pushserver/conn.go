@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"sync"
@@ -203,6 +204,12 @@ func (w *workers[T]) stay() {
 // established; if not, the error says why.
 func (n *Node) connect(cl *mqtt.Client, rc *connReader, lid string) (bool, error) {
 	s := n.server
+	// The CONNECT is read whole, with memory that grows with what has
+	// arrived, before mochi reads it (mochi would allocate the announced
+	// length at once).
+	if err := rc.preread(int(min(maxConnectSize, n.cfg.MaxPacketSize-1)), n.m.connecting.Inc, n.m.connecting.Dec); err != nil {
+		return false, fmt.Errorf("read connection: %w", err)
+	}
 	var fh packets.FixedHeader
 	if err := cl.ReadFixedHeader(&fh); err != nil {
 		return false, fmt.Errorf("read connection: %w", err)
@@ -576,6 +583,8 @@ var readAheadPool = sync.Pool{New: func() any { return new([readAheadSize]byte) 
 type connReader struct {
 	net.Conn
 
+	pre    []byte               // the first packet, read by preread (nil once handed out)
+	pr     int                  // pre[pr:] is unread
 	small  [16]byte             // what wait read
 	sr, sw uint8                // small[sr:sw] is unread
 	ahead  *[readAheadSize]byte // read ahead, not yet handed out (nil when empty)
@@ -618,7 +627,67 @@ func (c *connReader) wait() error {
 // buffered reports whether a byte of a packet that mochi has not read yet
 // is waiting: kept by wait, read ahead, or in mochi's reader.
 func (c *connReader) buffered() bool {
-	return c.sr < c.sw || c.ahead != nil || c.started > c.read
+	return c.pre != nil || c.sr < c.sw || c.ahead != nil || c.started > c.read
+}
+
+// maxConnectSize bounds the CONNECT of a connection that is not accepted
+// yet (its remaining length, below Config.MaxPacketSize): a client ID and
+// a username of at most 128 bytes, a token and a few MQTT 5 properties fit
+// in it many times over. A larger CONNECT closes the connection.
+const maxConnectSize = 16 << 10
+
+// prereadChunk is the first size of preread's buffer, which then doubles
+// as the bytes arrive.
+const prereadChunk = 512
+
+// preread reads the connection's first packet, a CONNECT of at most limit
+// bytes of body, whole, before mochi's reader sees it: into a buffer that
+// grows with the bytes received, so that a client that announces a large
+// CONNECT and sends little costs little (mochi's Client.ReadPacket
+// allocates the announced length at once). The Reads then hand it to
+// mochi. reading is called once the fixed header is read and its body
+// awaited; done when preread returns after that.
+func (c *connReader) preread(limit int, reading, done func()) error {
+	var hdr [5]byte
+	n, length := 0, 0
+	for {
+		if _, err := io.ReadFull(c.Conn, hdr[n:n+1]); err != nil {
+			return err
+		}
+		n++
+		if n == 1 {
+			if hdr[0]>>4 != packets.Connect {
+				return packets.ErrProtocolViolationRequireFirstConnect // [MQTT-3.1.0-1]
+			}
+			continue
+		}
+		length |= int(hdr[n-1]&127) << (7 * (n - 2))
+		if hdr[n-1]&128 == 0 {
+			break
+		}
+		if n == len(hdr) {
+			return packets.ErrMalformedVariableByteInteger
+		}
+	}
+	if length > limit {
+		return packets.ErrPacketTooLarge
+	}
+	reading()
+	defer done()
+	buf := make([]byte, n, n+min(length, prereadChunk))
+	copy(buf, hdr[:n])
+	for len(buf) < n+length {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(cap(buf), n+length-len(buf)))
+		}
+		k, err := c.Conn.Read(buf[len(buf):min(cap(buf), n+length)])
+		buf = buf[:len(buf)+k]
+		if err != nil && len(buf) < n+length {
+			return err
+		}
+	}
+	c.pre, c.pr = buf, 0
+	return nil
 }
 
 // Read hands mochi's reader what wait read, then what was read ahead,
@@ -631,6 +700,12 @@ func (c *connReader) Read(p []byte) (int, error) {
 	var k int
 	var err error
 	switch {
+	case c.pre != nil:
+		k = copy(p, c.pre[c.pr:])
+		c.pr += k
+		if c.pr == len(c.pre) {
+			c.pre, c.pr = nil, 0
+		}
 	case c.sr < c.sw:
 		k = copy(p, c.small[c.sr:c.sw])
 		c.sr += uint8(k)

@@ -14,15 +14,18 @@ const (
 
 // metrics are the push server's Prometheus metrics.
 type metrics struct {
-	sessions  prometheus.Gauge
-	delivers  prometheus.Counter
-	acks      prometheus.Counter
-	redirects prometheus.Counter
-	sheds     prometheus.Counter
-	responses prometheus.Counter
-	dropped   *prometheus.CounterVec
-	reads     prometheus.Counter
-	unsent    prometheus.Counter
+	sessions prometheus.Gauge
+	// connecting counts connections whose CONNECT is being read (its
+	// fixed header has arrived, its body not yet).
+	connecting prometheus.Gauge
+	delivers   prometheus.Counter
+	acks       prometheus.Counter
+	redirects  prometheus.Counter
+	sheds      prometheus.Counter
+	responses  prometheus.Counter
+	dropped    *prometheus.CounterVec
+	reads      prometheus.Counter
+	unsent     prometheus.Counter
 	// refusals counts command entries their device refused (PUBACK reason
 	// code ≥ 0x80), by what mailbox.Store.Refuse did: rejected, or noop
 	// (the command had left sent already).
@@ -35,6 +38,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "gw_push_sessions", Help: "Live MQTT sessions on this push server.",
+		}),
+		connecting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "gw_push_connecting", Help: "Connections whose CONNECT is arriving (fixed header read, body not yet).",
 		}),
 		delivers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gw_push_deliveries_total", Help: "Mailbox entries sent as QoS 1 PUBLISH (redeliveries included).",
@@ -73,6 +79,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, o := range []string{"rejected", "noop"} {
 		m.refusals.WithLabelValues(o)
 	}
-	reg.MustRegister(m.sessions, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.unsent, m.refusals, m.wakeResubscribes)
+	reg.MustRegister(m.sessions, m.connecting, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.unsent, m.refusals, m.wakeResubscribes)
 	return m
 }
