@@ -149,5 +149,6 @@
 // gw_push_sessions, gw_push_deliveries_total, gw_push_acks_total,
 // gw_push_redirects_total, gw_push_sheds_total, gw_push_responses_total,
 // gw_push_responses_dropped_total{reason}, gw_push_mailbox_reads_total,
-// gw_push_unsent_total, gw_push_refusals_total{outcome}.
+// gw_push_unsent_total, gw_push_refusals_total{outcome},
+// gw_push_connecting.
 package main
