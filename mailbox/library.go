@@ -62,6 +62,7 @@ const (
 	stepFence        = "fence"
 	stepOneWay       = "oneway"
 	stepSessionClear = "session_clear"
+	stepRefuse       = "refuse"
 )
 
 // library is the function library built from lua/.

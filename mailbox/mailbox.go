@@ -351,13 +351,13 @@ func (o ReserveOutcome) String() string {
 // Outcome is what a msgworker-side operation did to a command.
 type Outcome string
 
-// The outcomes of Dispatch, Complete, FireTimers and MarkDead.
+// The outcomes of Dispatch, Complete, FireTimers, MarkDead and Refuse.
 const (
 	OutcomeNoop      Outcome = "noop"      // nothing changed
 	OutcomeSent      Outcome = "sent"      // queued → sent, in the device's mailbox
 	OutcomeScheduled Outcome = "scheduled" // queued → scheduled: waits in Redis for its NotBefore
 	OutcomeExpired   Outcome = "expired"   // deliver-by passed
-	OutcomeRejected  Outcome = "rejected"  // the device's mailbox was full
+	OutcomeRejected  Outcome = "rejected"  // the device's mailbox was full (Dispatch), or the device refused it (Refuse)
 	OutcomeSucceeded Outcome = "succeeded" // the device answered with a result
 	OutcomeFailed    Outcome = "failed"    // the device answered with an error
 	OutcomeLate      Outcome = "late"      // an answer after the command was final: recorded, dropped

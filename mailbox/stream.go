@@ -2,6 +2,7 @@ package mailbox
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"strconv"
 	"time"
@@ -176,6 +177,49 @@ func (s *Store) oneWay(ctx context.Context, device string, e Entry) error {
 		s.relayNow(ctx, parseOutbox(p, a[3]), "")
 	}
 	return nil
+}
+
+// reasonRefused is the reason recorded on a command its device refused.
+const reasonRefused = "refused by the device"
+
+// Refuse handles a PUBACK with which the device refused entry e of its
+// mailbox (MQTT 5 reason code reasonCode, 0x80 or more): the device will
+// never take it, so, where Ack would make the command delivered, Refuse
+// ends it rejected (sent → rejected): the client gets -32005 with the
+// reason code in data.mqtt_reason_code (protocol.RefusedError), relayed
+// at once. For a command in any other state, and for any entry that
+// carries no command (a result refused by a client), it only removes the
+// entry, as Ack does. e must be the entry as Fetch returned it; one that
+// carries another command than e names is acked instead. It returns
+// OutcomeRejected when it ended the command, else OutcomeNoop.
+func (s *Store) Refuse(ctx context.Context, device string, e Entry, reasonCode byte) (Outcome, error) {
+	if e.Client == "" {
+		return OutcomeNoop, s.AckMany(ctx, device, []Entry{e})
+	}
+	b, err := json.Marshal(protocol.RefusedError(reasonCode))
+	if err != nil {
+		return "", fmt.Errorf("cannot refuse command %s: %w", e.MsgKey, err)
+	}
+	p, keys := s.cmdKeys(device, e.Client, e.MsgKey)
+	v, err := s.run(ctx, p, stepRefuse, keys, device, e.ID, e.Client, e.MsgKey, `"error":`+string(b), reasonRefused)
+	if err != nil {
+		return "", fmt.Errorf("cannot refuse command %s: %w", e.MsgKey, err)
+	}
+	head, _ := reply(v)
+	switch head {
+	case "rejected":
+		if a, _ := v.([]any); len(a) > 3 {
+			s.relayNow(ctx, parseOutbox(p, a[3]), "")
+		}
+		return OutcomeRejected, nil
+	case "mismatch":
+		// The stored entry knows its command; Ack reads it.
+		return OutcomeNoop, s.AckMany(ctx, device, []Entry{{ID: e.ID}})
+	case "corrupt":
+		s.log.Warn("refused entry of a corrupt record: left in the mailbox", "device_id", device,
+			"client_id", e.Client, "msg_id", e.MsgKey)
+	}
+	return OutcomeNoop, nil
 }
 
 // ack runs one ack step and returns the entries it left because they

@@ -193,7 +193,9 @@
 //	timeout    yes    msgworker   no answer within timeout of delivery                   TIMEOUT      -32001
 //	expired    yes    msgworker   not delivered within expires_in                        EXPIRED      -32002
 //	cancelled  yes    apiserver   cancelled before it went on the wire                   FAILED       -32004
-//	rejected   yes    msgworker   the device's mailbox was full                          FAILED       -32005
+//	rejected   yes    msgworker,  the device's mailbox was full (msgworker), or the       FAILED       -32005
+//	                  pushserver  device refused it: an MQTT 5 PUBACK with a reason code
+//	                              of 0x80 or more (pushserver; data.mqtt_reason_code)
 //	dead       yes    msgworker   not processed within the delivery limit (dead letter)  FAILED       -32003
 //	lost       yes    msgworker   the gateway lost the record beyond repair (the claim's  FAILED       -32006
 //	                              watchdog, DESIGN §7a)
@@ -215,7 +217,7 @@
 //	queued     scheduled (not_before in the future)       msgworker
 //	scheduled  sent, expired, rejected, lost              msgworker
 //	scheduled  cancelled                                  apiserver
-//	sent       delivered, succeeded, failed               pushserver
+//	sent       delivered, succeeded, failed, rejected     pushserver
 //	sent       expired, timeout, dead                     msgworker
 //	sent       cancelled                                  apiserver
 //	delivered  succeeded, failed                          pushserver
@@ -229,6 +231,9 @@
 // sent → succeeded/failed: the answer can arrive before its PUBACK is
 // seen. sent → timeout: the deliver-by deadline passed while the command
 // was on the wire, so the worker waits one timeout instead of expiring it.
+// sent → rejected by the push server: the device refused the command with
+// an MQTT 5 PUBACK whose reason code is 0x80 or more (it will never take
+// it); the client's result carries that code in data.mqtt_reason_code.
 // A late answer (after timeout) is recorded and dropped. Every transition
 // into a final status removes the command from the device's mailbox and
 // puts exactly one result into the client's.
@@ -363,6 +368,11 @@
 //	timeout, expired,  {"jsonrpc":"2.0","error":{"code":-3200x,"message":STATUS[": " detail],
 //	dead, cancelled,     "data":{"source":"gateway","status":STATUS}},"id":ID}   (ResultError)
 //	rejected
+//
+// A command the device refused (rejected by the push server) carries the
+// device's PUBACK reason code as well:
+// {"code":-32005,"message":"rejected: refused by the device","data":{"source":"gateway",
+// "status":"rejected","mqtt_reason_code":135}}.
 //
 // Every message to an identity goes through its mailbox (Redis) and is
 // delivered at least once, at QoS 1; receivers deduplicate by id. No order

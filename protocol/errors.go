@@ -154,6 +154,15 @@ func ResultError(s Status, detail string) *Error {
 	return NewError(code, msg, map[string]any{"status": string(s)})
 }
 
+// RefusedError returns the gateway error a client receives when the
+// device refused its command with an MQTT 5 PUBACK reason code of 0x80 or
+// more (status rejected, set by the push server): -32005, with the reason
+// code in data.mqtt_reason_code.
+func RefusedError(reasonCode byte) *Error {
+	return NewError(CodeRejected, string(StatusRejected)+": refused by the device",
+		map[string]any{"status": string(StatusRejected), "mqtt_reason_code": int(reasonCode)})
+}
+
 // HTTPStatus returns the HTTP status that goes with an error code.
 func HTTPStatus(code int) int {
 	switch code {

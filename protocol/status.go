@@ -80,6 +80,9 @@ var Transitions = []Transition{
 	{StatusPending, StatusVoid, OwnerAPI},
 	{StatusSent, StatusSucceeded, OwnerPush},
 	{StatusSent, StatusFailed, OwnerPush},
+	// The device refused the command: an MQTT 5 PUBACK with a reason code
+	// of 0x80 or more for its mailbox entry (mailbox.Store.Refuse).
+	{StatusSent, StatusRejected, OwnerPush},
 	{StatusSent, StatusCancelled, OwnerAPI},
 	{StatusSent, StatusExpired, OwnerWorker},
 	{StatusSent, StatusTimeout, OwnerWorker},

@@ -1,7 +1,11 @@
 package protocol
 
 import (
+	"os"
 	"reflect"
+	"regexp"
+	"slices"
+	"strings"
 	"testing"
 )
 
@@ -71,6 +75,7 @@ func TestCanTransition(t *testing.T) {
 		{StatusSent, StatusDelivered, OwnerPush}: true,
 		{StatusSent, StatusSucceeded, OwnerPush}: true, // answer before the PUBACK was seen
 		{StatusSent, StatusFailed, OwnerPush}:    true,
+		{StatusSent, StatusRejected, OwnerPush}:  true, // the device refused it (PUBACK ≥ 0x80)
 		{StatusSent, StatusCancelled, OwnerAPI}:  true, // not yet on the wire
 		{StatusSent, StatusExpired, OwnerWorker}: true,
 		{StatusSent, StatusTimeout, OwnerWorker}: true, // deliver-by fired while on the wire
@@ -105,16 +110,18 @@ func TestCanTransition(t *testing.T) {
 			}
 		}
 	}
-	// Each status has one owner who sets it (DESIGN §4 "set by").
-	setBy := map[Status]Owner{
-		StatusPending: OwnerAPI, StatusQueued: OwnerAPI, StatusScheduled: OwnerWorker, StatusSent: OwnerWorker, StatusDelivered: OwnerPush,
-		StatusSucceeded: OwnerPush, StatusFailed: OwnerPush, StatusTimeout: OwnerWorker,
-		StatusExpired: OwnerWorker, StatusCancelled: OwnerAPI, StatusRejected: OwnerWorker,
-		StatusDead: OwnerWorker, StatusVoid: OwnerAPI, StatusLost: OwnerWorker,
+	// Each status has one owner who sets it (DESIGN §4 "set by"), except
+	// rejected: the worker (the mailbox is full) or the push server (the
+	// device refused it).
+	setBy := map[Status][]Owner{
+		StatusPending: {OwnerAPI}, StatusQueued: {OwnerAPI}, StatusScheduled: {OwnerWorker}, StatusSent: {OwnerWorker}, StatusDelivered: {OwnerPush},
+		StatusSucceeded: {OwnerPush}, StatusFailed: {OwnerPush}, StatusTimeout: {OwnerWorker},
+		StatusExpired: {OwnerWorker}, StatusCancelled: {OwnerAPI}, StatusRejected: {OwnerWorker, OwnerPush},
+		StatusDead: {OwnerWorker}, StatusVoid: {OwnerAPI}, StatusLost: {OwnerWorker},
 	}
 	for _, tr := range Transitions {
-		if setBy[tr.To] != tr.By {
-			t.Errorf("Transition %v→%v by %q, want by %q", tr.From, tr.To, tr.By, setBy[tr.To])
+		if !slices.Contains(setBy[tr.To], tr.By) {
+			t.Errorf("Transition %v→%v by %q, want by one of %q", tr.From, tr.To, tr.By, setBy[tr.To])
 		}
 	}
 }
@@ -164,7 +171,7 @@ func TestSources(t *testing.T) {
 		{StatusTimeout, []Status{StatusSent, StatusDelivered}},
 		{StatusExpired, []Status{StatusScheduled, StatusQueued, StatusSent}},
 		{StatusCancelled, []Status{StatusScheduled, StatusQueued, StatusSent}},
-		{StatusRejected, []Status{StatusScheduled, StatusQueued}},
+		{StatusRejected, []Status{StatusScheduled, StatusQueued, StatusSent}},
 		{StatusDead, []Status{StatusQueued, StatusSent, StatusDelivered}},
 		{StatusPending, []Status{StatusVoid}},
 		{StatusVoid, []Status{StatusPending}},
@@ -236,5 +243,67 @@ func TestStatusResultCode(t *testing.T) {
 		if tt.want != 0 && !tt.s.Final() {
 			t.Errorf("Status(%q).Final() = false, want true for a status with a result code", tt.s)
 		}
+	}
+}
+
+// TestTransitionsMatchDoc checks the table of legal transitions in
+// doc.go against Transitions: the same (from, to, by) triples, no more,
+// no fewer.
+func TestTransitionsMatchDoc(t *testing.T) {
+	src, err := os.ReadFile("doc.go")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(src), "\n")
+	start := slices.IndexFunc(lines, func(l string) bool { return strings.Contains(l, "The legal transitions ([Transitions]") })
+	if start < 0 {
+		t.Fatal("doc.go has no table of legal transitions")
+	}
+	paren := regexp.MustCompile(`\([^)]*\)`)
+	split := func(s string) []Status {
+		var out []Status
+		for _, f := range strings.Split(s, ",") {
+			if f = strings.TrimSpace(f); f != "" {
+				out = append(out, Status(f))
+			}
+		}
+		return out
+	}
+	doc := map[Transition]bool{}
+	for _, l := range lines[start+2:] {
+		l = strings.TrimSpace(strings.TrimPrefix(l, "//"))
+		if l == "" {
+			break
+		}
+		if strings.HasPrefix(l, "from ") {
+			continue
+		}
+		l = paren.ReplaceAllString(l, "")
+		var from, to []Status
+		var by string
+		if a, b, ok := strings.Cut(l, "→"); ok {
+			f := strings.Fields(b)
+			from, to, by = split(a), split(f[0]), f[len(f)-1]
+		} else {
+			cols := regexp.MustCompile(`\s{2,}`).Split(l, -1)
+			if len(cols) != 3 {
+				t.Fatalf("doc.go transition line %q: want 3 columns", l)
+			}
+			from, to, by = split(cols[0]), split(cols[1]), cols[2]
+		}
+		for _, f := range from {
+			for _, s := range to {
+				doc[Transition{f, s, Owner(by)}] = true
+			}
+		}
+	}
+	for _, tr := range Transitions {
+		if !doc[tr] {
+			t.Errorf("Transition %v→%v by %q is not in doc.go's table", tr.From, tr.To, tr.By)
+		}
+		delete(doc, tr)
+	}
+	for tr := range doc {
+		t.Errorf("doc.go's table has %v→%v by %q, which Transitions lacks", tr.From, tr.To, tr.By)
 	}
 }

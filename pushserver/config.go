@@ -16,7 +16,9 @@ const (
 	DefaultInflight      = 32
 	DefaultMaxPacketSize = 256 << 10
 	DefaultShedRate      = 100
-	DefaultSweepInterval = 2 * time.Second
+	// DefaultMaxSubscriptions is Config.MaxSubscriptions when unset.
+	DefaultMaxSubscriptions = 16
+	DefaultSweepInterval    = 2 * time.Second
 	// DefaultMaxKeepAlive is Config.MaxKeepAlive when unset.
 	DefaultMaxKeepAlive   = 10 * time.Second
 	DefaultShutdownShed   = 10 * time.Second
@@ -77,6 +79,12 @@ type Config struct {
 	// MaxClients caps connected clients. Default (0): RLIMIT_NOFILE minus
 	// a headroom; a larger value is lowered to that.
 	MaxClients int
+	// MaxSubscriptions (GW_MAX_SUBSCRIPTIONS) caps the subscriptions of
+	// one session: a SUBSCRIBE filter that would add one beyond it gets a
+	// SUBACK failure (MQTT 5: 0x97 quota exceeded; 3.1.1: 0x80), the
+	// others of that SUBSCRIBE are granted as usual. Subscribing to a
+	// filter the session has already does not count. Default 16.
+	MaxSubscriptions int
 	// ShedRate is how many sessions per second are closed when the node no
 	// longer owns them (ring change). Default 100.
 	ShedRate int
@@ -126,6 +134,9 @@ func (c *Config) ensureDefaults() {
 	}
 	if c.MaxPacketSize > 268435455+5 { // the largest MQTT packet
 		c.MaxPacketSize = 268435455 + 5
+	}
+	if c.MaxSubscriptions <= 0 {
+		c.MaxSubscriptions = DefaultMaxSubscriptions
 	}
 	if c.ShedRate <= 0 {
 		c.ShedRate = DefaultShedRate

@@ -3,7 +3,9 @@ package main
 import (
 	"bytes"
 	"fmt"
+	"io"
 	"net"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -12,6 +14,7 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/telemetry"
 )
 
 // One MQTT connection, with small stacks.
@@ -201,6 +204,12 @@ func (w *workers[T]) stay() {
 // established; if not, the error says why.
 func (n *Node) connect(cl *mqtt.Client, rc *connReader, lid string) (bool, error) {
 	s := n.server
+	// The CONNECT is read whole, with memory that grows with what has
+	// arrived, before mochi reads it (mochi would allocate the announced
+	// length at once).
+	if err := rc.preread(int(min(maxConnectSize, n.cfg.MaxPacketSize-1)), n.m.connecting.Inc, n.m.connecting.Dec); err != nil {
+		return false, fmt.Errorf("read connection: %w", err)
+	}
 	var fh packets.FixedHeader
 	if err := cl.ReadFixedHeader(&fh); err != nil {
 		return false, fmt.Errorf("read connection: %w", err)
@@ -220,15 +229,13 @@ func (n *Node) connect(cl *mqtt.Client, rc *connReader, lid string) (bool, error
 	// connection.
 	cl.Properties.Username = bytes.Clone(cl.Properties.Username)
 	if atomic.LoadInt64(&s.Info.ClientsConnected) >= s.Options.Capabilities.MaximumClients {
-		code := packets.ErrServerBusy
-		if cl.Properties.ProtocolVersion < 5 {
-			code = packets.ErrServerUnavailable
-		}
-		_ = s.SendConnack(cl, code, false, nil)
+		_ = n.sendRefusal(cl, packets.ErrServerBusy, nil) // 0x89 / 0x03
 		return false, packets.ErrServerBusy
 	}
 	if code := n.validateConnect(cl, pk); code != packets.CodeSuccess {
-		if err := s.SendConnack(cl, code, false, nil); err != nil {
+		// MQTT 3.1.1 clients get a 3.1.1 return code, or no CONNACK for
+		// a malformed CONNECT.
+		if err := n.sendRefusal(cl, code, nil); err != nil {
 			return false, fmt.Errorf("invalid connection send ack: %w", err)
 		}
 		return false, code // [MQTT-3.2.2-7] [MQTT-3.1.4-6]
@@ -298,7 +305,7 @@ func (n *Node) validateConnect(cl *mqtt.Client, pk packets.Packet) packets.Code 
 	caps := n.server.Options.Capabilities
 	switch {
 	case cl.Properties.ProtocolVersion < 5 && !pk.Connect.Clean && pk.Connect.ClientIdentifier == "":
-		return packets.ErrUnspecifiedError
+		return packets.ErrClientIdentifierNotValid // 3.1.1: 0x02 [MQTT-3.1.3-8]
 	case cl.Properties.ProtocolVersion < caps.MinimumProtocolVersion:
 		return packets.ErrUnsupportedProtocolVersion // [MQTT-3.1.2-2]
 	case cl.Properties.Will.Qos > caps.MaximumQos:
@@ -403,7 +410,10 @@ func (n *Node) receivePacket(cl *mqtt.Client, pk packets.Packet) error {
 	if code, ok := err.(packets.Code); ok && cl.Properties.ProtocolVersion == 5 && code.Code >= packets.ErrUnspecifiedError.Code { //nolint:errorlint // as mochi
 		_ = s.DisconnectClient(cl, code)
 	}
-	s.Log.Warn("error processing packet", "error", err, "client", cl.ID, "listener", cl.Net.Listener, "pk", pk)
+	// The packet's type only: never the packet (a second CONNECT holds a
+	// password, a PUBLISH a payload).
+	s.Log.Warn("error processing packet", "error", err, "client", telemetry.Clip(cl.ID), "listener", cl.Net.Listener,
+		"packet", packetSummary(&pk))
 	return err
 }
 
@@ -413,7 +423,9 @@ func (n *Node) receivePacket(cl *mqtt.Client, pk packets.Packet) error {
 // recorded by the session only, not in mochi's topic index and the
 // client's subscription map: only mochi's routing of PUBLISHes reads
 // those, and it never routes here (see the top of this file), while they
-// would cost every session about 2 KB. The subscriptions take effect once
+// would cost every session about 2 KB. A filter that would take the
+// session beyond Config.MaxSubscriptions is refused (0x97 quota exceeded;
+// 3.1.1: 0x80). The subscriptions take effect once
 // the SUBACK is written (session.subscribeDone), so that nothing is
 // published on them before it.
 func (n *Node) subscribe(cl *mqtt.Client, pk packets.Packet) error {
@@ -427,6 +439,18 @@ func (n *Node) subscribe(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	caps := n.server.Options.Capabilities
 	reasons := make([]byte, len(pk.Filters))
+	sess := n.sessionOf(cl)
+	var added []string // filters this SUBSCRIBE adds to the session's
+	overQuota := func(filter string) bool {
+		if sess == nil || sess.subscribedTo(filter) || slices.Contains(added, filter) {
+			return false
+		}
+		if sess.subscriptions()+len(added) >= n.cfg.MaxSubscriptions {
+			return true
+		}
+		added = append(added, filter)
+		return false
+	}
 	for i, sub := range pk.Filters {
 		switch {
 		case code != packets.CodeSuccess:
@@ -441,6 +465,8 @@ func (n *Node) subscribe(cl *mqtt.Client, pk packets.Packet) error {
 			if caps.Compatibilities.ObscureNotAuthorized {
 				reasons[i] = packets.ErrUnspecifiedError.Code
 			}
+		case overQuota(sub.Filter):
+			reasons[i] = packets.ErrQuotaExceeded.Code // 3.1.1: 0x80 (below)
 		default:
 			reasons[i] = min(sub.Qos, caps.MaximumQos) // [MQTT-3.2.2-9] [MQTT-3.9.3-1] [MQTT-3.8.4-7]
 		}
@@ -514,7 +540,7 @@ func (n *Node) disconnected(cl *mqtt.Client, err error) {
 	} else {
 		cl.Properties.Will = mqtt.Will{} // [MQTT-3.14.4-3] [MQTT-3.1.2-10]
 	}
-	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", cl.Net.Listener)
+	s.Log.Debug("client disconnected", "error", err, "client", telemetry.Clip(cl.ID), "remote", cl.Net.Remote, "listener", cl.Net.Listener)
 	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) ||
 		(cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
 	n.hook.OnDisconnect(cl, err, expire)
@@ -557,6 +583,8 @@ var readAheadPool = sync.Pool{New: func() any { return new([readAheadSize]byte) 
 type connReader struct {
 	net.Conn
 
+	pre    []byte               // the first packet, read by preread (nil once handed out)
+	pr     int                  // pre[pr:] is unread
 	small  [16]byte             // what wait read
 	sr, sw uint8                // small[sr:sw] is unread
 	ahead  *[readAheadSize]byte // read ahead, not yet handed out (nil when empty)
@@ -599,7 +627,67 @@ func (c *connReader) wait() error {
 // buffered reports whether a byte of a packet that mochi has not read yet
 // is waiting: kept by wait, read ahead, or in mochi's reader.
 func (c *connReader) buffered() bool {
-	return c.sr < c.sw || c.ahead != nil || c.started > c.read
+	return c.pre != nil || c.sr < c.sw || c.ahead != nil || c.started > c.read
+}
+
+// maxConnectSize bounds the CONNECT of a connection that is not accepted
+// yet (its remaining length, below Config.MaxPacketSize): a client ID and
+// a username of at most 128 bytes, a token and a few MQTT 5 properties fit
+// in it many times over. A larger CONNECT closes the connection.
+const maxConnectSize = 16 << 10
+
+// prereadChunk is the first size of preread's buffer, which then doubles
+// as the bytes arrive.
+const prereadChunk = 512
+
+// preread reads the connection's first packet, a CONNECT of at most limit
+// bytes of body, whole, before mochi's reader sees it: into a buffer that
+// grows with the bytes received, so that a client that announces a large
+// CONNECT and sends little costs little (mochi's Client.ReadPacket
+// allocates the announced length at once). The Reads then hand it to
+// mochi. reading is called once the fixed header is read and its body
+// awaited; done when preread returns after that.
+func (c *connReader) preread(limit int, reading, done func()) error {
+	var hdr [5]byte
+	n, length := 0, 0
+	for {
+		if _, err := io.ReadFull(c.Conn, hdr[n:n+1]); err != nil {
+			return err
+		}
+		n++
+		if n == 1 {
+			if hdr[0]>>4 != packets.Connect {
+				return packets.ErrProtocolViolationRequireFirstConnect // [MQTT-3.1.0-1]
+			}
+			continue
+		}
+		length |= int(hdr[n-1]&127) << (7 * (n - 2))
+		if hdr[n-1]&128 == 0 {
+			break
+		}
+		if n == len(hdr) {
+			return packets.ErrMalformedVariableByteInteger
+		}
+	}
+	if length > limit {
+		return packets.ErrPacketTooLarge
+	}
+	reading()
+	defer done()
+	buf := make([]byte, n, n+min(length, prereadChunk))
+	copy(buf, hdr[:n])
+	for len(buf) < n+length {
+		if len(buf) == cap(buf) {
+			buf = slices.Grow(buf, min(cap(buf), n+length-len(buf)))
+		}
+		k, err := c.Conn.Read(buf[len(buf):min(cap(buf), n+length)])
+		buf = buf[:len(buf)+k]
+		if err != nil && len(buf) < n+length {
+			return err
+		}
+	}
+	c.pre, c.pr = buf, 0
+	return nil
 }
 
 // Read hands mochi's reader what wait read, then what was read ahead,
@@ -612,6 +700,12 @@ func (c *connReader) Read(p []byte) (int, error) {
 	var k int
 	var err error
 	switch {
+	case c.pre != nil:
+		k = copy(p, c.pre[c.pr:])
+		c.pr += k
+		if c.pr == len(c.pre) {
+			c.pre, c.pr = nil, 0
+		}
 	case c.sr < c.sw:
 		k = copy(p, c.small[c.sr:c.sw])
 		c.sr += uint8(k)

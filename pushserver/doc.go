@@ -10,13 +10,21 @@
 //	                client ID = identity                           0x85 (0x02)
 //	                no will message                                0x87 (0x05)
 //	                this node owns the identity (ring, with grace) 0x9C + server reference (0x03)
+//	                fewer than max-clients connected               0x89 (0x03)
+//	                at most 16 KiB (maxConnectSize)                closed, no CONNACK
+//	                mochi's checks of the CONNECT                  its MQTT 5 code (3.1.1: 0x01, 0x02, 0x05;
+//	                                                               malformed: closed without CONNACK)
 //	session         always fresh: session present 0, nothing is
 //	                inherited from an earlier connection; ends when
 //	                the token expires (MQTT 5: DISCONNECT 0xA0)
 //	SUBSCRIBE       own topics only (protocol.MaySubscribe), QoS 1  SUBACK 0x87 (3.1.1: 0x80)
 //	                only; no #, no $share/…, no $SYS/…
+//	                at most max-subscriptions filters a session     SUBACK 0x97 (3.1.1: 0x80)
 //	PUBLISH         devices/{d}/responses by device d only          MQTT 5: PUBACK 0x87; 3.1.1: disconnect
 //	                QoS 2 or retain flag                            DISCONNECT 0x9B / 0x9A
+//
+// MQTT 3.1.1 clients only ever get MQTT 3.1.1 return codes (0x01 to 0x05)
+// in a CONNACK: every refusal goes through connackCode.
 //
 // # Delivery (store, then forward)
 //
@@ -29,7 +37,10 @@
 // sends each entry a subscription matches as a QoS 1 PUBLISH, with at
 // most Inflight unacknowledged; the entry is removed only when the PUBACK
 // for that packet ID arrives on that very connection (PUBACKs that arrive
-// together are acked in one mailbox.AckMany). Reading a command entry
+// together are acked in one mailbox.AckMany; a command entry its device
+// refuses with an MQTT 5 PUBACK reason code of 0x80 or more ends the
+// command rejected, -32005 with data.mqtt_reason_code, with
+// mailbox.Store.Refuse). Reading a command entry
 // marks the command as on the wire; a command entry read but not
 // published (no subscription matches it, too large for the client,
 // already in flight, the connection ended) is handed back with
@@ -71,8 +82,9 @@
 // mqtt-ws-addr (MQTT over WebSocket, off by default; websocket.go),
 // node-id, advertise-url, redis-url, amqp-url, namespace, auth-secret (required),
 // metrics-addr, tls-cert, tls-key, confirm-timeout, inflight,
-// max-packet-size, max-clients, shed-rate, ring-grace, log-level,
-// log-format. See Config for the defaults.
+// max-packet-size, max-clients, max-subscriptions, max-keepalive,
+// shed-rate, ring-grace, log-level, log-format. See Config for the
+// defaults.
 //
 // # Memory
 //
@@ -99,6 +111,13 @@
 //     array, and whatever more arrives is read ahead into buffers from a
 //     pool, held only while packets arrive. Nothing is queued for
 //     writing. The CONNECT packet (with the token) is not kept.
+//   - Before its CONNECT is accepted, a connection costs about what has
+//     arrived of it (TestUnauthenticatedMemory: about 3 KB a socket,
+//     both ends, for 2,000 sockets that announce a 16 KiB CONNECT and
+//     send 100 bytes of it): the CONNECT, at most 16 KiB, is read into a
+//     buffer that grows as it arrives before mochi reads it (mochi would
+//     allocate the announced length at once: up to max-packet-size per
+//     socket).
 //   - Delivery state (the in-flight window, its maps, the ack queue) is
 //     taken from process-wide pools when a session has something in
 //     flight and given back when it has not; an idle session holds none
@@ -118,10 +137,19 @@
 // more: crypto/tls's state and buffers, and a waiting goroutine of 4 KB
 // (a TLS read is deeper).
 //
+// # Logs
+//
+// No packet, password, token or payload is ever logged. Mochi's logger
+// (warnings and above) goes through redact, which writes a packet as its
+// type and packet ID and a byte slice as its length; every value an
+// outsider controls (a username, a client ID, an id in a device's
+// answer) is clipped to a few hundred bytes (telemetry.Clip).
+//
 // # Metrics
 //
 // gw_push_sessions, gw_push_deliveries_total, gw_push_acks_total,
 // gw_push_redirects_total, gw_push_sheds_total, gw_push_responses_total,
 // gw_push_responses_dropped_total{reason}, gw_push_mailbox_reads_total,
-// gw_push_unsent_total.
+// gw_push_unsent_total, gw_push_refusals_total{outcome},
+// gw_push_connecting.
 package main

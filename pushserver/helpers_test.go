@@ -407,6 +407,8 @@ func (c *raw) send(pk packets.Packet) error {
 		err = pk.ConnectEncode(&buf)
 	case packets.Subscribe:
 		err = pk.SubscribeEncode(&buf)
+	case packets.Unsubscribe:
+		err = pk.UnsubscribeEncode(&buf)
 	case packets.Publish:
 		err = pk.PublishEncode(&buf)
 	case packets.Puback:
@@ -450,6 +452,8 @@ func (c *raw) recv(timeout time.Duration) (packets.Packet, error) {
 		err = pk.ConnackDecode(buf)
 	case packets.Suback:
 		err = pk.SubackDecode(buf)
+	case packets.Unsuback:
+		err = pk.UnsubackDecode(buf)
 	case packets.Publish:
 		err = pk.PublishDecode(buf)
 	case packets.Puback:

@@ -53,14 +53,71 @@ func (h *hook) Provides(b byte) bool {
 	return false
 }
 
-// Reason codes of refused connections, MQTT 5 and 3.1.1.
+// Reason codes of refused connections (MQTT 5; connackCode gives the
+// MQTT 3.1.1 return code of each).
 var (
-	refuseBadCredentials = [2]packets.Code{packets.ErrBadUsernameOrPassword, packets.ErrMalformedUsernameOrPassword}  // 0x86 / 0x04
-	refuseClientID       = [2]packets.Code{packets.ErrClientIdentifierNotValid, packets.Err3ClientIdentifierNotValid} // 0x85 / 0x02
-	refuseNotAuthorized  = [2]packets.Code{packets.ErrNotAuthorized, packets.Err3NotAuthorized}                       // 0x87 / 0x05
-	refuseUnavailable    = [2]packets.Code{packets.ErrServerUnavailable, packets.Err3ServerUnavailable}               // 0x88 / 0x03
-	refuseUseAnother     = [2]packets.Code{packets.ErrUseAnotherServer, packets.Err3ServerUnavailable}                // 0x9C / 0x03
+	refuseBadCredentials = packets.ErrBadUsernameOrPassword    // 0x86 / 0x04
+	refuseClientID       = packets.ErrClientIdentifierNotValid // 0x85 / 0x02
+	refuseNotAuthorized  = packets.ErrNotAuthorized            // 0x87 / 0x05
+	refuseUnavailable    = packets.ErrServerUnavailable        // 0x88 / 0x03
+	refuseUseAnother     = packets.ErrUseAnotherServer         // 0x9C / 0x03
 )
+
+// connackCode returns the reason code of the CONNACK that refuses a
+// client of protocol version v with the MQTT 5 reason code code: code
+// itself for MQTT 5, and for MQTT 3.1.1 (and 3.1), whose CONNACK knows
+// only the return codes 0x01 to 0x05, the one that fits:
+//
+//	MQTT 5                                             MQTT 3.1.1
+//	0x84 unsupported version, 0x82 protocol version    0x01 unacceptable protocol version
+//	0x85 client identifier not valid                   0x02 identifier rejected
+//	0x86 bad user name or password, 0x8C bad           0x04 bad user name or password
+//	     authentication method
+//	0x87 not authorized, 0x8A banned, 0x9A retain      0x05 not authorized
+//	     not supported, 0x9B QoS not supported
+//	0x81 malformed packet, 0x82 any other protocol     none: the connection is closed without a
+//	     error                                         CONNACK ([MQTT-4.8.0-1])
+//	anything else (0x88, 0x89, 0x9C, 0x97, 0x80, …)    0x03 server unavailable
+//
+// ok is false when there is no CONNACK to send.
+func connackCode(v byte, code packets.Code) (_ packets.Code, ok bool) {
+	if v >= 5 || code.Code < packets.ErrUnspecifiedError.Code {
+		return code, true
+	}
+	if code == packets.ErrProtocolViolationProtocolVersion {
+		return packets.Err3UnsupportedProtocolVersion, true
+	}
+	switch code.Code {
+	case packets.ErrUnsupportedProtocolVersion.Code:
+		return packets.Err3UnsupportedProtocolVersion, true
+	case packets.ErrClientIdentifierNotValid.Code:
+		return packets.Err3ClientIdentifierNotValid, true
+	case packets.ErrBadUsernameOrPassword.Code, packets.ErrBadAuthenticationMethod.Code:
+		return packets.ErrMalformedUsernameOrPassword, true // 0x04: "bad user name or password" in 3.1.1
+	case packets.ErrNotAuthorized.Code, packets.ErrBanned.Code,
+		packets.ErrRetainNotSupported.Code, packets.ErrQosNotSupported.Code:
+		return packets.Err3NotAuthorized, true
+	case packets.ErrMalformedPacket.Code, packets.ErrProtocolViolation.Code:
+		return packets.Code{}, false
+	}
+	return packets.Err3ServerUnavailable, true
+}
+
+// sendRefusal sends the CONNACK that refuses cl with the MQTT 5 reason
+// code code, or its MQTT 3.1.1 return code (connackCode), with props
+// (MQTT 5 only); for a 3.1.1 client with no return code that fits, it
+// sends nothing and the caller closes the connection.
+func (n *Node) sendRefusal(cl *mqtt.Client, code packets.Code, props *packets.Properties) error {
+	v := cl.Properties.ProtocolVersion
+	c, ok := connackCode(v, code)
+	if !ok {
+		return nil
+	}
+	if v < 5 {
+		props = nil
+	}
+	return n.server.SendConnack(cl, c, false, props)
+}
 
 // OnConnect authenticates the connection and checks ownership, answering
 // a refusal with its own CONNACK (mochi sends none when OnConnect fails):
@@ -132,17 +189,12 @@ func (h *hook) place(cl *mqtt.Client, pk packets.Packet, claims *auth.Claims) er
 	return nil
 }
 
-// refuse sends a refusing CONNACK and returns its code as the error that
-// makes mochi close the connection.
-func (h *hook) refuse(cl *mqtt.Client, codes [2]packets.Code, serverRef string) error {
-	code := codes[1]
-	var props *packets.Properties
-	if cl.Properties.ProtocolVersion == 5 {
-		code = codes[0]
-		props = &packets.Properties{ServerReference: serverRef}
-	}
-	_ = h.n.server.SendConnack(cl, code, false, props)
-	return codes[0]
+// refuse sends a refusing CONNACK (sendRefusal: MQTT 3.1.1 clients get
+// the 3.1.1 return code) and returns its code as the error that makes
+// mochi close the connection.
+func (h *hook) refuse(cl *mqtt.Client, code packets.Code, serverRef string) error {
+	_ = h.n.sendRefusal(cl, code, &packets.Properties{ServerReference: serverRef})
+	return code
 }
 
 // authenticate checks the CONNECT's credentials: username and password
@@ -317,7 +369,8 @@ func (h *hook) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
 //     packet ID on this connection (tracked by the session, not by mochi's
 //     in-flight map, which mochi shares with inbound packet IDs), whatever
 //     its MQTT 5 reason code: a client that refuses a message will never
-//     take it;
+//     take it. A command its device refuses (reason code 0x80 or more)
+//     ends rejected instead of delivered (mailbox.Store.Refuse);
 //   - a PUBLISH with QoS 2 or the retain flag is a protocol error here
 //     (the CONNACK said maximum QoS 1, retain not available): MQTT 5
 //     clients get DISCONNECT 0x9B / 0x9A, 3.1.1 clients are disconnected;
@@ -330,10 +383,11 @@ func (h *hook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets.Packet,
 		if s := h.n.sessionOf(cl); s != nil {
 			if pk.ReasonCode >= packets.ErrUnspecifiedError.Code {
 				// The client refuses the message; it will never take it,
-				// so the delivery is complete all the same.
+				// so the delivery is complete all the same (a command
+				// ends rejected).
 				h.n.log.Info("client refused a message", "client_id", s.identity, "reason", pk.ReasonCode)
 			}
-			s.puback(pk.PacketID)
+			s.puback(pk.PacketID, pk.ReasonCode)
 		}
 	case packets.Publish:
 		switch {
@@ -372,6 +426,15 @@ func (h *hook) OnPacketEncode(cl *mqtt.Client, pk packets.Packet) packets.Packet
 	switch pk.FixedHeader.Type {
 	case packets.Connack:
 		pk.SessionPresent = false
+		if cl.Properties.ProtocolVersion < 5 && pk.ReasonCode >= packets.ErrUnspecifiedError.Code {
+			// Every refusal goes through sendRefusal; should one not,
+			// a 3.1.1 client still gets a 3.1.1 return code.
+			c, _ := connackCode(cl.Properties.ProtocolVersion, packets.Code{Code: pk.ReasonCode})
+			if c.Code == 0 {
+				c = packets.Err3ServerUnavailable
+			}
+			pk.ReasonCode = c.Code
+		}
 		if cl.Properties.ProtocolVersion == 5 && pk.ReasonCode < packets.ErrUnspecifiedError.Code {
 			p := &pk.Properties
 			p.RetainAvailable, p.RetainAvailableFlag = 0, true

@@ -58,6 +58,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	b.Int(&cfg.Inflight, "inflight", DefaultInflight, "unacknowledged PUBLISHes per session")
 	b.Bytes(&maxPacketSize, "max-packet-size", DefaultMaxPacketSize, "largest MQTT packet accepted")
 	b.Int(&cfg.MaxClients, "max-clients", 0, "most connected clients (0: the file limit minus a headroom)")
+	b.Int(&cfg.MaxSubscriptions, "max-subscriptions", DefaultMaxSubscriptions, "most subscriptions per session (beyond: SUBACK 0x97 quota exceeded)")
 	b.Int(&cfg.ShedRate, "shed-rate", DefaultShedRate, "sessions closed per second after a ring change")
 	b.Duration(&ringGrace, "ring-grace", 5*time.Second, "how long the previous ring is honoured before sessions are shed")
 	b.Duration(&cfg.MaxKeepAlive, "max-keepalive", DefaultMaxKeepAlive, "longest MQTT 5 keep alive: longer ones (or none) get this as Server Keep Alive")

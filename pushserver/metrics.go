@@ -14,15 +14,22 @@ const (
 
 // metrics are the push server's Prometheus metrics.
 type metrics struct {
-	sessions  prometheus.Gauge
-	delivers  prometheus.Counter
-	acks      prometheus.Counter
-	redirects prometheus.Counter
-	sheds     prometheus.Counter
-	responses prometheus.Counter
-	dropped   *prometheus.CounterVec
-	reads     prometheus.Counter
-	unsent    prometheus.Counter
+	sessions prometheus.Gauge
+	// connecting counts connections whose CONNECT is being read (its
+	// fixed header has arrived, its body not yet).
+	connecting prometheus.Gauge
+	delivers   prometheus.Counter
+	acks       prometheus.Counter
+	redirects  prometheus.Counter
+	sheds      prometheus.Counter
+	responses  prometheus.Counter
+	dropped    *prometheus.CounterVec
+	reads      prometheus.Counter
+	unsent     prometheus.Counter
+	// refusals counts command entries their device refused (PUBACK reason
+	// code ≥ 0x80), by what mailbox.Store.Refuse did: rejected, or noop
+	// (the command had left sent already).
+	refusals *prometheus.CounterVec
 	// wakeResubscribes counts (re)subscriptions of the wake channel.
 	wakeResubscribes prometheus.Counter
 }
@@ -31,6 +38,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	m := &metrics{
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "gw_push_sessions", Help: "Live MQTT sessions on this push server.",
+		}),
+		connecting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "gw_push_connecting", Help: "Connections whose CONNECT is arriving (fixed header read, body not yet).",
 		}),
 		delivers: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gw_push_deliveries_total", Help: "Mailbox entries sent as QoS 1 PUBLISH (redeliveries included).",
@@ -56,6 +66,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		unsent: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gw_push_unsent_total", Help: "Command entries read from a mailbox but not published, handed back (Unsend).",
 		}),
+		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gw_push_refusals_total", Help: "Command entries their device refused (MQTT 5 PUBACK reason code 0x80 or more), by outcome: rejected (the command ended rejected) or noop.",
+		}, []string{"outcome"}),
 		wakeResubscribes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gw_push_wake_subscriptions_total", Help: "Subscriptions of the node's wake channel: 1 at start, one more after each reconnect to Redis (each re-reads every session's mailbox).",
 		}),
@@ -63,6 +76,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{dropMalformed, dropID, dropUnknown, dropDevice, dropNotSent, dropUnsent} {
 		m.dropped.WithLabelValues(r)
 	}
-	reg.MustRegister(m.sessions, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.unsent, m.wakeResubscribes)
+	for _, o := range []string{"rejected", "noop"} {
+		m.refusals.WithLabelValues(o)
+	}
+	reg.MustRegister(m.sessions, m.connecting, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.unsent, m.refusals, m.wakeResubscribes)
 	return m
 }

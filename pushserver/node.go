@@ -294,7 +294,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 
 	n.server = mqtt.New(&mqtt.Options{
 		Capabilities: n.capabilities(),
-		Logger:       slog.New(minLevel{n.log.With("component", "mochi").Handler(), slog.LevelWarn}),
+		// Mochi logs whole packets (a second CONNECT with its password):
+		// redact replaces them, and clips strings.
+		Logger: slog.New(redact{minLevel{n.log.With("component", "mochi").Handler(), slog.LevelWarn}}),
 		// The write buffer is used only while mochi's write queue holds
 		// packets, which it never does here (conn.go). Mochi's read
 		// buffer is held by every connection for its life: bufio's

@@ -11,6 +11,7 @@ import (
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -45,13 +46,13 @@ func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	var deviceMsgID string
 	if err := json.Unmarshal(resp.ID, &deviceMsgID); err != nil {
-		return n.dropResponse(log, dropID, fmt.Errorf("id %s is not a string", resp.ID))
+		return n.dropResponse(log, dropID, fmt.Errorf("id %s is not a string", telemetry.Clip(string(resp.ID))))
 	}
 	client, id, err := protocol.ParseDeviceMsgID(deviceMsgID)
 	if err != nil {
 		return n.dropResponse(log, dropID, err)
 	}
-	log = log.With("client_id", client, "msg_id", id.Key())
+	log = log.With("client_id", telemetry.Clip(client), "msg_id", telemetry.Clip(id.Key()))
 
 	grace := n.cfg.AnswerGrace
 	if grace <= 0 {
@@ -90,7 +91,7 @@ func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 // still acknowledged.
 func (n *Node) dropResponse(log *slog.Logger, reason string, err error) error {
 	n.m.dropped.WithLabelValues(reason).Inc()
-	log.Warn("device response dropped", "reason", reason, "err", err)
+	log.Warn("device response dropped", "reason", reason, "err", telemetry.Clip(err.Error()))
 	return packets.CodeSuccessIgnore
 }
 

@@ -78,13 +78,14 @@ type session struct {
 	mu       sync.Mutex
 	subs     []string         // granted filters (QoS 1)
 	granted  []string         // filters granted by a SUBSCRIBE whose SUBACK is not written yet
-	acked    []uint16         // packet IDs PUBACKed and not yet processed
+	acked    []puback         // PUBACKs read and not yet processed
 	wake     bool             // the mailbox may have new entries
 	rewind   bool             // a subscription was added: re-read skipped entries
 	shedding bool             // being closed by the node
 	acking   map[string]bool  // entry IDs PUBACKed whose Ack is queued or running (nil when none)
 	ackQ     *[]mailbox.Entry // PUBACKed entries for the background goroutine to ack (nil when none)
 	unsendQ  []mailbox.Entry  // fetched, unpublished entries for it to Unsend
+	refuseQ  []refusal        // command entries the device refused, for it to Refuse
 	bgBusy   bool             // the background goroutine is running
 	pending  bool             // something for the session goroutine to do
 	running  bool             // the session goroutine is running (for good once it has ended the session)
@@ -213,6 +214,14 @@ func (s *session) subscribedTo(filter string) bool {
 	return slices.Contains(s.subs, filter)
 }
 
+// subscriptions returns how many filters the session has subscribed to,
+// those whose SUBACK is not written yet included.
+func (s *session) subscriptions() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.subs) + len(s.granted)
+}
+
 // unsubscribed forgets filters.
 func (s *session) unsubscribed(filters []string) {
 	s.mu.Lock()
@@ -220,10 +229,25 @@ func (s *session) unsubscribed(filters []string) {
 	s.mu.Unlock()
 }
 
-// puback records the PUBACK of packet ID pid on this connection.
-func (s *session) puback(pid uint16) {
+// puback is one PUBACK read on the connection: its packet ID and (MQTT
+// 5) reason code.
+type puback struct {
+	pid  uint16
+	code byte
+}
+
+// refusal is a command entry that its device refused with a PUBACK
+// reason code of 0x80 or more.
+type refusal struct {
+	e    mailbox.Entry
+	code byte
+}
+
+// puback records the PUBACK of packet ID pid on this connection, with its
+// reason code (0 for MQTT 3.1.1).
+func (s *session) puback(pid uint16, code byte) {
 	s.mu.Lock()
-	s.acked = append(s.acked, pid)
+	s.acked = append(s.acked, puback{pid, code})
 	s.mu.Unlock()
 	s.poke()
 }
@@ -281,7 +305,7 @@ func (s *session) shed(owner ring.Member) {
 }
 
 // take returns and clears what the hooks recorded.
-func (s *session) take() (acked []uint16, wake, rewind bool, subs []string) {
+func (s *session) take() (acked []puback, wake, rewind bool, subs []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	acked, s.acked = s.acked, nil
@@ -336,13 +360,20 @@ func (s *session) step() bool {
 	acked, wake, rewind, subs := s.take()
 	var buf [4]mailbox.Entry
 	acks := buf[:0]
-	for _, id := range acked {
-		e, ok := s.inflight[id]
+	var refusals []refusal
+	for _, a := range acked {
+		e, ok := s.inflight[a.pid]
 		if !ok {
 			continue // not ours (or acked twice)
 		}
-		delete(s.inflight, id)
+		delete(s.inflight, a.pid)
 		delete(s.sending, e.ID)
+		if a.code >= packets.ErrUnspecifiedError.Code && e.Client != "" {
+			// A device refused a command: it will never take it, and it
+			// ends rejected instead of delivered.
+			refusals = append(refusals, refusal{e, a.code})
+			continue
+		}
 		acks = append(acks, e)
 	}
 	if s.inflight != nil && len(s.inflight) == 0 {
@@ -352,7 +383,7 @@ func (s *session) step() bool {
 		idSetPool.Put(s.sending)
 		s.inflight, s.sending = nil, nil
 	}
-	s.enqueue(acks, nil)
+	s.enqueue(acks, refusals, nil)
 	if closed {
 		if s.retry != nil {
 			s.retry.Stop()
@@ -476,7 +507,7 @@ func (s *session) step() bool {
 			s.sending[e.ID] = true
 			s.n.m.delivers.Inc()
 		}
-		s.enqueue(nil, unsend)
+		s.enqueue(nil, nil, unsend)
 	}
 	return false
 }
@@ -496,16 +527,26 @@ func (s *session) publish(pid uint16, e mailbox.Entry) error {
 	return s.cl.WritePacket(pk)
 }
 
-// enqueue hands PUBACKed entries (acks) and fetched but unpublished
-// entries (unsends) to the session's background goroutine, starting it
-// if it is not running, so that the window refills without waiting for
-// Redis. Until its Ack is done, a re-read of the mailbox skips an acked
-// entry. It copies the entries: the caller keeps its slices.
-func (s *session) enqueue(acks, unsends []mailbox.Entry) {
-	if len(acks) == 0 && len(unsends) == 0 {
+// enqueue hands PUBACKed entries (acks), refused command entries
+// (refusals) and fetched but unpublished entries (unsends) to the
+// session's background goroutine, starting it if it is not running, so
+// that the window refills without waiting for Redis. Until its Ack (or
+// Refuse) is done, a re-read of the mailbox skips an acked entry. It
+// copies the entries: the caller keeps its slices.
+func (s *session) enqueue(acks []mailbox.Entry, refusals []refusal, unsends []mailbox.Entry) {
+	if len(acks) == 0 && len(refusals) == 0 && len(unsends) == 0 {
 		return
 	}
 	s.mu.Lock()
+	if len(refusals) > 0 {
+		if s.acking == nil {
+			s.acking = idSetPool.Get().(map[string]bool)
+		}
+		for _, r := range refusals {
+			s.acking[r.e.ID] = true
+		}
+		s.refuseQ = append(s.refuseQ, refusals...)
+	}
 	if len(acks) > 0 {
 		if s.acking == nil {
 			s.acking = idSetPool.Get().(map[string]bool)
@@ -533,15 +574,16 @@ func (s *session) enqueue(acks, unsends []mailbox.Entry) {
 // background makes the Redis calls that the session goroutine does not
 // wait for, until nothing is queued: the Unsends first (so that an entry
 // re-read while its Ack is still queued gets its attempt back before the
-// Ack makes it delivered), then all the PUBACKed entries in one AckMany.
-// What arrives meanwhile makes the next batch.
+// Ack makes it delivered), then the refused command entries, one Refuse
+// each, then all the PUBACKed entries in one AckMany. What arrives
+// meanwhile makes the next batch.
 func (s *session) background() {
 	defer s.bgWG.Done()
 	for {
 		s.mu.Lock()
-		acks, unsends := s.ackQ, s.unsendQ
-		s.ackQ, s.unsendQ = nil, nil
-		if acks == nil && len(unsends) == 0 {
+		acks, refusals, unsends := s.ackQ, s.refuseQ, s.unsendQ
+		s.ackQ, s.refuseQ, s.unsendQ = nil, nil, nil
+		if acks == nil && len(refusals) == 0 && len(unsends) == 0 {
 			s.bgBusy = false
 			s.mu.Unlock()
 			return
@@ -549,6 +591,20 @@ func (s *session) background() {
 		s.mu.Unlock()
 		if len(unsends) > 0 {
 			s.unsend(unsends)
+		}
+		if len(refusals) > 0 {
+			for _, r := range refusals {
+				s.refuse(r)
+			}
+			s.mu.Lock()
+			for _, r := range refusals {
+				delete(s.acking, r.e.ID)
+			}
+			if len(s.acking) == 0 && s.acking != nil {
+				idSetPool.Put(s.acking)
+				s.acking = nil
+			}
+			s.mu.Unlock()
 		}
 		if acks != nil {
 			s.ack(*acks)
@@ -597,6 +653,35 @@ func (s *session) ack(entries []mailbox.Entry) {
 	}
 	s.n.log.Warn("cannot remove acknowledged mailbox entries; they will be sent again", "client_id", s.identity,
 		"entries", len(entries), "first", entries[0].ID, "err", err)
+}
+
+// refuse ends the command of an entry that the device refused
+// (mailbox.Store.Refuse: rejected, -32005 with the reason code to the
+// client). A failure leaves the entry in the mailbox: it is sent again to
+// the next session, which may refuse it again.
+func (s *session) refuse(r refusal) {
+	if s.n.killed.Load() {
+		return
+	}
+	var err error
+	for attempt := range 3 {
+		if attempt > 0 {
+			time.Sleep(100 * time.Millisecond)
+		}
+		ctx, cancel := context.WithTimeout(s.n.ctx, redisTimeout)
+		var out mailbox.Outcome
+		out, err = s.n.store.Refuse(ctx, s.identity, r.e, r.code)
+		cancel()
+		if err == nil {
+			s.n.m.refusals.WithLabelValues(string(out)).Inc()
+			return
+		}
+		if s.n.ctx.Err() != nil {
+			break
+		}
+	}
+	s.n.log.Warn("cannot end a refused command; its entry will be sent again", "client_id", s.identity,
+		"entry", r.e.ID, "err", err)
 }
 
 // unsend hands back fetched entries that were not published
