@@ -30,6 +30,9 @@ type metrics struct {
 	// code ≥ 0x80), by what mailbox.Store.Refuse did: rejected, or noop
 	// (the command had left sent already).
 	refusals *prometheus.CounterVec
+	// abandoned counts answers not completed before their connection
+	// ended or the node stopped, by cause.
+	abandoned *prometheus.CounterVec
 	// wakeResubscribes counts (re)subscriptions of the wake channel.
 	wakeResubscribes prometheus.Counter
 }
@@ -69,6 +72,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gw_push_refusals_total", Help: "Command entries their device refused (MQTT 5 PUBACK reason code 0x80 or more), by outcome: rejected (the command ended rejected) or noop.",
 		}, []string{"outcome"}),
+		abandoned: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gw_push_answers_abandoned_total", Help: "Device answers held (Redis could not take them) until their connection ended or the node stopped: not acknowledged, by cause.",
+		}, []string{"cause"}),
 		wakeResubscribes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gw_push_wake_subscriptions_total", Help: "Subscriptions of the node's wake channel: 1 at start, one more after each reconnect to Redis (each re-reads every session's mailbox).",
 		}),
@@ -79,6 +85,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, o := range []string{"rejected", "noop"} {
 		m.refusals.WithLabelValues(o)
 	}
-	reg.MustRegister(m.sessions, m.connecting, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.unsent, m.refusals, m.wakeResubscribes)
+	reg.MustRegister(m.sessions, m.connecting, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.unsent, m.refusals, m.abandoned, m.wakeResubscribes)
 	return m
 }

@@ -30,11 +30,12 @@ import (
 //     "{client}:{id}", an unknown command, another device's command, one
 //     never sent), which is dropped with a log line and
 //     gw_push_responses_dropped_total{reason}.
-//   - While Redis cannot take the step, it retries every RetryInterval
-//     for up to AnswerGrace, holding the PUBACK (and this connection's
-//     reads); it never closes the connection to make the device resend.
-//     Only when the partition stays unreachable past the grace is the
-//     answer refused (no PUBACK, the connection closed), and counted.
+//   - While Redis cannot take the step, it retries (at least every
+//     AnswerGrace/4), holding the PUBACK (and this connection's reads) for
+//     as long as the device stays connected; it never closes the
+//     connection to make the device resend. An answer whose connection
+//     ends (or whose node stops) first is not acknowledged, and counted
+//     (gw_push_answers_abandoned_total{cause}).
 func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 	device := cl.ID
 	read := time.Now()
@@ -58,7 +59,14 @@ func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 	if grace <= 0 {
 		grace = 10 * time.Second
 	}
-	retry := 250 * time.Millisecond
+	// While the partition cannot take the step, the PUBACK is held and the
+	// step retried at least every grace/4 (DESIGN §7a), for as long as the
+	// device stays connected: the gateway never closes a connection to
+	// make a device resend (a clean-session device would not), and the
+	// step decides a timeout by when the answer was read (held), not by
+	// how long this took.
+	retry, maxRetry := 100*time.Millisecond, min(2*time.Second, grace/4)
+	var held time.Time // when the first attempt failed
 	for {
 		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.ConfirmTimeout)
 		out, err := n.store.Complete(ctx, client, id.Key(), device, resp, time.Since(read), "")
@@ -73,17 +81,36 @@ func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 				return n.dropResponse(log, dropNotSent, errors.New("the command was not sent yet"))
 			}
 			n.m.responses.Inc()
+			if !held.IsZero() {
+				log.Info("held device response completed", "held", time.Since(held).Round(time.Millisecond), "outcome", out)
+			}
 			log.Debug("device response completed", "outcome", out)
 			return packets.CodeSuccessIgnore
 		}
-		if n.ctx.Err() != nil || time.Since(read) > grace {
-			return n.failResponse(cl, pk, log, fmt.Errorf("cannot complete the answer: %w", err))
+		switch {
+		case pk.FixedHeader.Qos == 0 && time.Since(read) > grace:
+			// No PUBACK to hold: the answer is lost, and counted.
+			n.m.dropped.WithLabelValues(dropUnsent).Inc()
+			log.Warn("QoS 0 device response lost", "err", err)
+			return packets.ErrRejectPacket
+		case n.ctx.Err() != nil:
+			n.m.abandoned.WithLabelValues("shutdown").Inc()
+			log.Warn("device response not completed before shutdown: not acknowledged", "err", err)
+			return packets.ErrRejectPacket
+		case cl.Closed():
+			n.m.abandoned.WithLabelValues("connection_closed").Inc()
+			log.Warn("device response not completed before its connection ended: not acknowledged", "err", err)
+			return packets.ErrRejectPacket
 		}
-		log.Warn("cannot complete the answer yet; holding its PUBACK and retrying", "err", err)
+		if held.IsZero() {
+			held = time.Now()
+			log.Warn("cannot complete the answer yet; holding its PUBACK and retrying", "err", err)
+		}
 		select {
 		case <-n.ctx.Done():
 		case <-time.After(retry):
 		}
+		retry = min(2*retry, maxRetry)
 	}
 }
 
@@ -93,18 +120,4 @@ func (n *Node) dropResponse(log *slog.Logger, reason string, err error) error {
 	n.m.dropped.WithLabelValues(reason).Inc()
 	log.Warn("device response dropped", "reason", reason, "err", telemetry.Clip(err.Error()))
 	return packets.CodeSuccessIgnore
-}
-
-// failResponse handles a response that could not be made durable: a QoS 1
-// one is not acknowledged and its connection is closed, so that the
-// device resends it; a QoS 0 one is lost (and counted).
-func (n *Node) failResponse(cl *mqtt.Client, pk packets.Packet, log *slog.Logger, err error) error {
-	if pk.FixedHeader.Qos == 0 {
-		n.m.dropped.WithLabelValues(dropUnsent).Inc()
-		log.Warn("QoS 0 device response lost", "err", err)
-		return packets.ErrRejectPacket
-	}
-	log.Warn("device response not completed within the answer grace: closing the connection without PUBACK", "err", err)
-	disconnect(cl, packets.ErrServerBusy, "")
-	return packets.ErrRejectPacket
 }

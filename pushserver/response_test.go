@@ -171,7 +171,9 @@ func TestDeviceResponse(t *testing.T) {
 func TestResponseHeldWhileRedisDown(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	n := e.startNode()
+	// The outage (1.5 s) outlasts the answer grace: the PUBACK is still
+	// held, never replaced by a closed connection.
+	n := e.startNode(func(c *Config) { c.AnswerGrace = 300 * time.Millisecond })
 	const device, client = "dev-dur", "cli-dur"
 	e.sendCommand(client, device, "7", n.NodeID())
 	outage := &redisOutage{}
