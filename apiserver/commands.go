@@ -276,6 +276,9 @@ type deviceView struct {
 	Owner *memberView `json:"owner,omitempty"`
 	// Pending is the number of messages waiting in the device's mailbox.
 	Pending int64 `json:"pending"`
+	// LastSeen is the last time the device connected, disconnected or
+	// polled over HTTP (within the retention).
+	LastSeen time.Time `json:"last_seen,omitzero"`
 }
 
 type memberView struct {
@@ -298,7 +301,11 @@ func (s *Server) getDevice(c echo.Context) error {
 	if err != nil && !errors.Is(err, mailbox.ErrNotFound) {
 		return s.storeError(err, "")
 	}
-	v := deviceView{Device: d, Online: node != "", Node: node, Pending: n}
+	seen, err := s.store.LastSeen(ctx, d)
+	if err != nil {
+		return s.storeError(err, "")
+	}
+	v := deviceView{Device: d, Online: node != "", Node: node, Pending: n, LastSeen: utc(seen)}
 	if node != "" {
 		for _, m := range s.ring.Members() {
 			if m.Node == node {

@@ -105,6 +105,9 @@ func (s *Server) pollCommands(c echo.Context) error {
 		return newAPIError(protocol.NewError(protocol.CodeConflict,
 			"conflict: the device holds an MQTT session; it receives its commands there", nil))
 	}
+	if err := s.store.Seen(ctx, d); err != nil {
+		return s.storeError(err, "")
+	}
 	if len(acks) > 0 {
 		if err := s.store.AckMany(ctx, d, acks); err != nil {
 			return s.storeError(err, "")

@@ -238,6 +238,8 @@ func TestDeviceViewListAndCancelAll(t *testing.T) {
 	r = g.do(http.MethodGet, "/v1/devices/dev-1", tok, nil)
 	require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
 	r.json(t, &dv)
+	assert.WithinDuration(t, time.Now(), dv.LastSeen, 10*time.Second, "last_seen: the session's start")
+	dv.LastSeen = time.Time{}
 	assert.Equal(t, deviceView{Device: "dev-1", Online: true, Node: "push-a", MQTTURL: "mqtt://127.0.0.1:18831",
 		Owner: &memberView{Node: "push-a", MQTTURL: "mqtt://127.0.0.1:18831"}, Pending: 2}, dv)
 

@@ -98,7 +98,7 @@ func TestBatchRepliesMatchPlainScript(t *testing.T) {
 	}
 	// session_set of the same node: the node registered before.
 	pk := s.part("d1")
-	skeys := []string{pk.Session("d1"), pk.SessionConn("d1")}
+	skeys := []string{pk.Session("d1"), pk.SessionConn("d1"), pk.Seen("d1")}
 	b = &batcher{s: s, step: stepSessionSet}
 	calls = []*batchCall{
 		{p: pk.P, keys: skeys, args: []any{"node-1", ""}, done: make(chan struct{})},

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -46,7 +47,7 @@ func (s *Store) SetSessionConn(ctx context.Context, identity, node, conn string)
 	}
 	p := s.PartitionOf(identity)
 	pk := s.keys.Part(p)
-	v, err := s.run(ctx, p, stepSessionSet, []string{pk.Session(identity), pk.SessionConn(identity)}, node, conn)
+	v, err := s.run(ctx, p, stepSessionSet, []string{pk.Session(identity), pk.SessionConn(identity), pk.Seen(identity)}, node, conn)
 	if err != nil {
 		return fmt.Errorf("cannot set session of %s: %w", identity, err)
 	}
@@ -67,7 +68,7 @@ func (s *Store) SetSessionConn(ctx context.Context, identity, node, conn string)
 func (s *Store) ClearSessionConn(ctx context.Context, identity, node, conn string) error {
 	p := s.PartitionOf(identity)
 	pk := s.keys.Part(p)
-	v, err := s.run(ctx, p, stepSessionClear, []string{pk.Session(identity), pk.SessionConn(identity)}, node, conn)
+	v, err := s.run(ctx, p, stepSessionClear, []string{pk.Session(identity), pk.SessionConn(identity), pk.Seen(identity)}, node, conn)
 	if err != nil {
 		return fmt.Errorf("cannot clear session of %s: %w", identity, err)
 	}
@@ -113,7 +114,7 @@ func (s *Store) ForgetSessions(ctx context.Context, node string, force bool) (in
 		for _, id := range ids {
 			p := s.PartitionOf(id)
 			pk := s.keys.Part(p)
-			if _, err := s.run(ctx, p, stepSessionClear, []string{pk.Session(id), pk.SessionConn(id)}, node, ""); err != nil {
+			if _, err := s.run(ctx, p, stepSessionClear, []string{pk.Session(id), pk.SessionConn(id), pk.Seen(id)}, node, ""); err != nil {
 				return total, fmt.Errorf("cannot forget the session of %s on %s: %w", id, node, err)
 			}
 		}
@@ -216,4 +217,24 @@ func (s *Store) Listed(ctx context.Context, identities []string) ([]bool, error)
 		}
 	}
 	return out, nil
+}
+
+// Seen records that identity was seen now (a poll over HTTP: an MQTT
+// session records it when it starts and ends).
+func (s *Store) Seen(ctx context.Context, identity string) error {
+	err := s.rdb.Set(ctx, s.part(identity).Seen(identity), s.now().UnixMilli(), s.opts.Retention).Err()
+	return s.classify(err)
+}
+
+// LastSeen is the last time identity connected, disconnected or polled
+// over HTTP within the retention; zero when never.
+func (s *Store) LastSeen(ctx context.Context, identity string) (time.Time, error) {
+	v, err := s.rdb.Get(ctx, s.part(identity).Seen(identity)).Result()
+	if errors.Is(err, redis.Nil) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("cannot read when %s was seen: %w", identity, s.classify(err))
+	}
+	return msTime(v), nil
 }

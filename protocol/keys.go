@@ -99,6 +99,11 @@ func (pk PartKeys) SessionConn(identity string) string {
 	return pk.prefix + "sess:" + identity + ":conn"
 }
 
+// Seen is the key (value: unix ms) of the last time the identity
+// connected, disconnected or polled over HTTP, in its partition; it
+// expires after the retention.
+func (pk PartKeys) Seen(identity string) string { return pk.prefix + "seen:" + identity }
+
 // StatusCounts is the partition's hash of transitions into each status
 // during one minute (unix minute), for the stats endpoint.
 func (pk PartKeys) StatusCounts(unixMinute int64) string {
