@@ -235,8 +235,8 @@ func TestAckAndComplete(t *testing.T) {
 	if _, ok := e.timerScore("d", "c1", "a"); ok {
 		t.Error("deliver-by timer still armed after Ack")
 	}
-	if n, _ := e.s.Len(e.ctx, "d1"); n != 0 {
-		t.Errorf("mailbox holds %d entries after Ack, want 0", n)
+	if n, _ := e.s.Len(e.ctx, "d1"); n != 1 {
+		t.Errorf("mailbox holds %d entries after Ack, want 1 (it stays until the command is final)", n)
 	}
 
 	// Complete from delivered.

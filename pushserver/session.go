@@ -98,18 +98,26 @@ type session struct {
 	registered bool
 	inflight   map[uint16]mailbox.Entry // by packet ID; nil when empty
 	sending    map[string]bool          // entry IDs in flight; nil when empty
-	cursor     string                   // last entry read
-	more       bool                     // the mailbox may hold more after cursor
-	skipped    bool                     // some entry was skipped for want of a subscription
-	pid        uint16                   // last packet ID allocated
-	retry      *time.Timer
-	failing    bool
-	broken     bool // the connection refused a write: send nothing more
+	// delivered holds the command entries this connection PUBACKed: they
+	// stay in the mailbox until their command is final (re-offered to the
+	// device's next connection, DESIGN §7a), and a rewind must not send
+	// them again on this one. Bounded by maxDelivered; nil when empty.
+	delivered map[string]bool
+	cursor    string // last entry read
+	more      bool   // the mailbox may hold more after cursor
+	skipped   bool   // some entry was skipped for want of a subscription
+	pid       uint16 // last packet ID allocated
+	retry     *time.Timer
+	failing   bool
+	broken    bool // the connection refused a write: send nothing more
 
 	closed    chan struct{} // closed when the connection has ended
 	closeOnce sync.Once
 	finished  chan struct{} // closed when the session goroutine has ended the session (unregistered)
 }
+
+// maxDelivered bounds a session's set of delivered entries.
+const maxDelivered = 4096
 
 func newSession(n *Node, cl *mqtt.Client, expires time.Time) *session {
 	window := n.cfg.Inflight
@@ -375,6 +383,12 @@ func (s *session) step() bool {
 			continue
 		}
 		acks = append(acks, e)
+		if e.Client != "" {
+			if s.delivered == nil || len(s.delivered) >= maxDelivered {
+				s.delivered = make(map[string]bool) // past the bound: a rewind may repeat one (devices dedupe)
+			}
+			s.delivered[e.ID] = true
+		}
 	}
 	if s.inflight != nil && len(s.inflight) == 0 {
 		// Give the maps back while idle.
@@ -456,6 +470,9 @@ func (s *session) step() bool {
 			if s.sending[e.ID] || s.isAcking(e.ID) {
 				notSent(e) // re-read after a rewind: already on the wire
 				continue
+			}
+			if s.delivered[e.ID] {
+				continue // re-read after a rewind: this connection PUBACKed it
 			}
 			if !matchesAny(subs, e.Topic) {
 				s.skipped = true

@@ -1,8 +1,11 @@
 -- ack: PUBACKs of entries of one mailbox. Each entry (id, index of its
--- command's record key in KEYS or 0) leaves the mailbox; a command entry
--- whose command is sent through that very entry to this device becomes
--- delivered, and its deliver-by timer becomes the answer timer at
--- delivered + timeout + grace. An entry whose stored command (fields c, k)
+-- command's record key in KEYS or 0) leaves the mailbox, but one whose
+-- command is sent through that very entry to this device: the command
+-- becomes delivered, its deliver-by timer becomes the answer timer at
+-- delivered + timeout + grace, and the entry stays until the command is
+-- final, so that a new connection of the device is offered it again
+-- (DESIGN §7a "Re-offer"; the PUBACK of such a re-offer changes nothing).
+-- An entry whose stored command (fields c, k)
 -- is not the record named for it stays, and is reported 'mismatch', so
 -- the caller can name the right record and ack again.
 local mk, mboxes, timers, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -20,6 +23,8 @@ for i = 2, #A, 2 do
     end
     if (ef.c or '') ~= '' and (ri == 0 or ef.c ~= r[6] or ef.k ~= r[7]) then
       what = 'mismatch'
+    elseif ri > 0 and r[1] == 'delivered' and r[2] == id and r[3] == identity then
+      what = 'redelivered' -- the PUBACK of a re-offer: the entry stays
     else
       gone[#gone + 1] = id
       what = 'deleted'
@@ -27,7 +32,8 @@ for i = 2, #A, 2 do
     if what == 'deleted' and ri > 0 then
       local rk = KEYS[ri]
       if r[1] == 'sent' and r[2] == id and r[3] == identity then
-        local set = {'status', 'delivered', 'delivered', ms(NOW), 'entry', ''}
+        gone[#gone] = nil -- it stays, until the command is final
+        local set = {'status', 'delivered', 'delivered', ms(NOW)}
         if not r[5] or r[5] == '' then set[#set + 1] = 'sending'; set[#set + 1] = ms(NOW) end
         redis.call('HSET', rk, unpack(set))
         local rr = {device = r[3], client = r[6], key = r[7]}

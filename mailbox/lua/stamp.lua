@@ -18,6 +18,15 @@ for i = 2, #A, 3 do
     local st = redis.call('HMGET', rk, 'status', 'entry', 'sending', 'fetched')
     if not st[1] or FINAL[st[1]] or st[1] == 'void' or st[2] ~= id then
       drop = true
+    elseif st[1] == 'delivered' then
+      -- Delivered and not answered: offered again to a new connection
+      -- (vis 0); a device polling over HTTP acknowledged it already.
+      if vis > 0 then
+        hide = true
+      else
+        redis.call('HSET', rk, 'fetched', ms(NOW))
+        redis.call('HINCRBY', rk, 'attempts', 1)
+      end
     elseif st[1] == 'sent' then
       if vis > 0 and num(st[4]) > NOW - vis then
         hide = true
