@@ -341,8 +341,8 @@
 // [MayPublish]): other identities' topics, any other wildcard ("#", "+"
 // elsewhere), $share/…, $SYS/…, publishing by clients, publishing by a
 // device anywhere but its own responses topic. Subscriptions MUST be QoS
-// 1: QoS 0 and QoS 2 are refused (a mailbox entry is removed only on the
-// PUBACK of its PUBLISH). Retained messages are refused. Sessions always
+// 1: QoS 0 and QoS 2 are refused (a mailbox entry is acknowledged only by
+// the PUBACK of its PUBLISH). Retained messages are refused. Sessions always
 // start fresh (session present = 0).
 //
 // The id a device sees is "{client}:{id}" ([DeviceMsgID]), where {id} is

@@ -35,8 +35,11 @@
 // each session that has subscribed, a goroutine reads the mailbox in
 // order, no more entries at once than the free slots of its window, and
 // sends each entry a subscription matches as a QoS 1 PUBLISH, with at
-// most Inflight unacknowledged; the entry is removed only when the PUBACK
-// for that packet ID arrives on that very connection (PUBACKs that arrive
+// most Inflight unacknowledged; the entry is acknowledged only when the
+// PUBACK for that packet ID arrives on that very connection: a result
+// entry is then removed, a command entry marks its command delivered and
+// stays until the command is final, offered again (same id) to the
+// device's next connection, never twice to this one (PUBACKs that arrive
 // together are acked in one mailbox.AckMany; a command entry its device
 // refuses with an MQTT 5 PUBACK reason code of 0x80 or more ends the
 // command rejected, -32005 with data.mqtt_reason_code, with

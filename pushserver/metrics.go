@@ -49,7 +49,7 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "gw_push_deliveries_total", Help: "Mailbox entries sent as QoS 1 PUBLISH (redeliveries included).",
 		}),
 		acks: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "gw_push_acks_total", Help: "Mailbox entries removed after their PUBACK.",
+			Name: "gw_push_acks_total", Help: "Mailbox entries acknowledged by their PUBACK (a result's entry is removed; a command's marks it delivered and stays until it is final).",
 		}),
 		redirects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gw_push_redirects_total", Help: "Connections refused because another push server owns the identity.",
