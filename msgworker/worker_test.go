@@ -41,10 +41,11 @@ func TestCommandSucceeds(t *testing.T) {
 
 	require.Len(t, h.deliver("lamp-1"), 1)
 	h.waitStatus(env, protocol.StatusDelivered, 5*time.Second)
-	require.Empty(t, h.mailboxEntries("lamp-1"))
+	require.Len(t, h.mailboxEntries("lamp-1"), 1, "a delivered command's entry stays until it is final")
 
 	require.Equal(t, mailbox.OutcomeSucceeded, h.answer(env, 0))
 	c = h.waitStatus(env, protocol.StatusSucceeded, 10*time.Second)
+	require.Empty(t, h.mailboxEntries("lamp-1"), "the answer took the entry away")
 	r := h.oneResult(env)
 	require.Nil(t, r.Error)
 	require.JSONEq(t, `42`, string(r.ID), "the client's own id")
