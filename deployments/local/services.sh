@@ -330,4 +330,24 @@ else
 	warn "mqtt.js: node and npm not found; install Node.js 18 or later with npm (TestMQTTJS in ./pushserver fails without them)"
 fi
 
+# --- Chromium (for the dashboard's browser test) -----------------------------
+
+# apiserver/dashboard_test.go drives the dashboard in a headless Chromium
+# (Debian package chromium); the test never installs it.
+if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 ||
+	command -v google-chrome-stable >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1; then
+	say "chromium: found"
+elif [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+	say "chromium: installing it (apt-get install -y chromium) ..."
+	if DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 ||
+		{ DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null 2>&1 &&
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1; }; then
+		say "chromium: installed"
+	else
+		warn "chromium: apt-get install failed; the dashboard test fails until chromium is installed"
+	fi
+else
+	warn "chromium: not found; install it (as root: apt-get install -y chromium) for the dashboard test"
+fi
+
 exit "$failed"
