@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -170,15 +171,22 @@ func (e *scenarioEnv) waitStatus(token, id string, want protocol.Status, timeout
 	}
 }
 
-// nothingWaits connects device and fails t if it gets any command within
-// half a second: what ended before delivery must not reach it.
-func (e *scenarioEnv) nothingWaits(t *testing.T, device string) {
-	got := make(chan string, 1)
+// nothingWaits connects device and fails t if the first command it gets
+// is not a marker sent after it connected: what ended before delivery
+// must not reach it, and the mailbox streams in order, so anything left
+// would come before the marker.
+func (e *scenarioEnv) nothingWaits(t *testing.T, token, device string) {
+	got := make(chan string, 4)
 	e.device(device, false, func(_ mqtt.Client, m mqtt.Message) { got <- string(m.Payload()) })
+	marker := "marker-" + device
+	e.send(token, device, marker, "ping", 0, 0)
 	select {
 	case p := <-got:
-		t.Errorf("%s got a command that had ended: %s", device, p)
-	case <-time.After(500 * time.Millisecond):
+		if !strings.Contains(p, ":"+marker+`"`) {
+			t.Errorf("%s got a command that had ended: %s", device, p)
+		}
+	case <-time.After(30 * time.Second):
+		t.Errorf("%s got nothing, not even the marker sent after it connected", device)
 	}
 }
 
@@ -338,7 +346,7 @@ func runScenarios(t *testing.T, redisURL string, all bool) {
 		if st, _ := e.status(app, "away-1"); st != protocol.StatusExpired {
 			t.Errorf("status = %s, want expired", st)
 		}
-		e.nothingWaits(t, "sc-away") // the device connects afterwards
+		e.nothingWaits(t, app, "sc-away") // the device connects afterwards
 	})
 
 	t.Run("cancel before delivery", func(t *testing.T) {
@@ -365,7 +373,7 @@ func runScenarios(t *testing.T, redisURL string, all bool) {
 		if r := e.result("app-sc", "later-1"); gatewayCode(r) != protocol.CodeCancelled {
 			t.Errorf("result = %+v, want %d (cancelled)", r, protocol.CodeCancelled)
 		}
-		e.nothingWaits(t, "sc-later")
+		e.nothingWaits(t, app, "sc-later")
 	})
 
 	t.Run("late answer", func(t *testing.T) {
