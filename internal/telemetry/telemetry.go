@@ -30,7 +30,9 @@ import (
 )
 
 // NewLogger returns a JSON or text slog logger writing to w at the level
-// named by level ("debug", "info", "warn", "error"; default info).
+// named by level ("debug", "info", "warn", "error"; default info). A
+// warning or error repeated with the same message is written at most once
+// per RepeatEvery (LimitRepeats).
 func NewLogger(w io.Writer, format, level string) *slog.Logger {
 	var lv slog.Level
 	switch strings.ToLower(level) {
@@ -44,10 +46,11 @@ func NewLogger(w io.Writer, format, level string) *slog.Logger {
 		lv = slog.LevelInfo
 	}
 	opts := &slog.HandlerOptions{Level: lv}
+	var h slog.Handler = slog.NewJSONHandler(w, opts)
 	if format == "text" {
-		return slog.New(slog.NewTextHandler(w, opts))
+		h = slog.NewTextHandler(w, opts)
 	}
-	return slog.New(slog.NewJSONHandler(w, opts))
+	return slog.New(LimitRepeats(h, RepeatEvery))
 }
 
 // Discard is a logger that writes nothing, for tests.

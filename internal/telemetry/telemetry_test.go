@@ -3,11 +3,13 @@ package telemetry
 import (
 	"bytes"
 	"io"
+	"log/slog"
 	"net/http"
 	"runtime/debug"
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -85,6 +87,37 @@ func TestClip(t *testing.T) {
 	for _, tt := range tests {
 		if got := Clip(tt.in); got != tt.want {
 			t.Errorf("%s: Clip = %.60q (%d bytes), want %.60q (%d bytes)", tt.name, got, len(got), tt.want, len(tt.want))
+		}
+	}
+}
+
+// TestLimitRepeats: a warning repeated with the same message is written
+// once per period, the next one says how many were left out; other
+// messages and info records pass.
+func TestLimitRepeats(t *testing.T) {
+	t.Parallel()
+	var buf bytes.Buffer
+	h := LimitRepeats(slog.NewJSONHandler(&buf, nil), time.Hour).(*limitedHandler)
+	now := time.Unix(1000, 0)
+	h.l.now = func() time.Time { return now }
+	log := slog.New(h).With("service", "x")
+	for range 1000 {
+		log.Warn("redis unavailable", "err", "connection refused")
+	}
+	log.Warn("another warning")
+	log.Info("info passes", "n", 1)
+	log.Info("info passes", "n", 2)
+	now = now.Add(time.Hour)
+	log.Warn("redis unavailable", "err", "connection refused")
+
+	lines := strings.Split(strings.TrimSpace(buf.String()), "\n")
+	want := []string{`"msg":"redis unavailable"`, `"msg":"another warning"`, `"n":1`, `"n":2`, `"suppressed":999`}
+	if len(lines) != len(want) {
+		t.Fatalf("%d lines, want %d:\n%s", len(lines), len(want), buf.String())
+	}
+	for i, w := range want {
+		if !strings.Contains(lines[i], w) {
+			t.Errorf("line %d = %s, want it to contain %s", i, lines[i], w)
 		}
 	}
 }
