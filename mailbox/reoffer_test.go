@@ -47,3 +47,21 @@ func TestReoffer(t *testing.T) {
 		t.Errorf("after the answer: %d mailbox entries, want 0", n)
 	}
 }
+
+// TestFinalEmptiesTheListing: the step that ends a command and empties
+// its device's mailbox also takes the device out of the partition's set
+// of non-empty mailboxes.
+func TestFinalEmptiesTheListing(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	e.sent(cmd(t, "c1", "d1", `"f"`, ``))
+	if ok, _ := e.rdb.SIsMember(e.ctx, e.keys.Mailboxes(), "d1").Result(); !ok {
+		t.Fatal("a device with a waiting command is not listed")
+	}
+	if _, err := e.s.Cancel(e.ctx, "c1", "f", ""); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _ := e.rdb.SIsMember(e.ctx, e.keys.Mailboxes(), "d1").Result(); ok {
+		t.Error("the emptied mailbox is still listed")
+	}
+}

@@ -194,6 +194,7 @@ local function finalize(K, r, status, body, reason, extra)
   if entry and entry ~= '' then
     set[#set + 1] = 'entry'; set[#set + 1] = ''
     redis.call('XDEL', K.mbox, entry)
+    if redis.call('XLEN', K.mbox) == 0 then redis.call('SREM', K.mboxes, d) end
   end
   redis.call('ZREM', K.timers, tm('d', r), tm('a', r))
   if num(r.replays) > 0 then redis.call('ZREM', K.dead, c .. '|' .. k) end
