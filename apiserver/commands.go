@@ -202,34 +202,49 @@ func (s *Server) getCommand(c echo.Context) error {
 // waitFinal polls rec until it is final, the deadline passes, the client
 // goes away or the server shuts down; it returns the latest record.
 func (s *Server) waitFinal(ctx context.Context, rec *mailbox.Command, deadline time.Time) (*mailbox.Command, error) {
-	poll := 20 * time.Millisecond
-	for !rec.Status.Final() {
+	err := s.pollUntil(ctx, deadline, 20*time.Millisecond, 250*time.Millisecond, func() (bool, error) {
+		next, err := s.store.Get(ctx, rec.Client, rec.ID.Key())
+		if err != nil {
+			return false, s.storeError(err, "the command is gone")
+		}
+		rec = next
+		return rec.Status.Final(), nil
+	})
+	if err != nil {
+		return nil, err
+	}
+	return rec, nil
+}
+
+// pollUntil is the wait of a long-poll whose caller just looked: it waits
+// first, then calls check, doubling the wait up to most, until check
+// reports done, the deadline passes, the client goes away or the server
+// shuts down (nil in all those cases). An error of check ends it, unless
+// the client went away.
+func (s *Server) pollUntil(ctx context.Context, deadline time.Time, first, most time.Duration, check func() (bool, error)) error {
+	for wait := first; ; wait = min(2*wait, most) {
 		left := time.Until(deadline)
 		if left <= 0 {
-			return rec, nil
+			return nil
 		}
-		t := time.NewTimer(min(poll, left))
+		t := time.NewTimer(min(wait, left))
 		select {
 		case <-ctx.Done():
 			t.Stop()
-			return rec, nil
+			return nil
 		case <-s.stopping:
 			t.Stop()
-			return rec, nil
+			return nil
 		case <-t.C:
 		}
-		poll = min(2*poll, 250*time.Millisecond)
-		next, err := s.store.Get(ctx, rec.Client, rec.ID.Key())
+		done, err := check()
 		switch {
-		case err == nil:
-			rec = next
-		case ctx.Err() != nil:
-			return rec, nil
-		default:
-			return nil, s.storeError(err, "the command is gone")
+		case err != nil && ctx.Err() != nil:
+			return nil
+		case done || err != nil:
+			return err
 		}
 	}
-	return rec, nil
 }
 
 // cancelCommand is DELETE /v1/commands/{id}: 200 with the cancelled

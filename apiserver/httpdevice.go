@@ -140,34 +140,18 @@ func (s *Server) pollCommands(c echo.Context) error {
 // deadline passes, the client goes away or the server shuts down.
 func (s *Server) waitCommands(c echo.Context, d string, n int, deadline time.Time) ([]mailbox.Entry, error) {
 	ctx := c.Request().Context()
-	poll := 50 * time.Millisecond
-	for {
-		left := time.Until(deadline)
-		if left <= 0 {
-			return nil, nil
+	var es []mailbox.Entry
+	err := s.pollUntil(ctx, deadline, 50*time.Millisecond, 500*time.Millisecond, func() (bool, error) {
+		var err error
+		if es, err = s.store.Poll(ctx, d, n, httpVisibility); err != nil {
+			return false, s.storeError(err, "")
 		}
-		t := time.NewTimer(min(poll, left))
-		select {
-		case <-ctx.Done():
-			t.Stop()
-			return nil, nil
-		case <-s.stopping:
-			t.Stop()
-			return nil, nil
-		case <-t.C:
-		}
-		poll = min(2*poll, 500*time.Millisecond)
-		es, err := s.store.Poll(ctx, d, n, httpVisibility)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, nil
-			}
-			return nil, s.storeError(err, "")
-		}
-		if len(es) > 0 {
-			return es, nil
-		}
+		return len(es) > 0, nil
+	})
+	if err != nil {
+		return nil, err
 	}
+	return es, nil
 }
 
 // responseOutcome is the outcome of one posted answer.
@@ -226,14 +210,9 @@ func (s *Server) completeAnswer(ctx context.Context, d string, raw json.RawMessa
 		return responseOutcome{Outcome: "malformed", Error: err.Error()}, nil
 	}
 	o := responseOutcome{ID: resp.ID}
-	var deviceMsgID string
-	if err := json.Unmarshal(resp.ID, &deviceMsgID); err != nil {
-		o.Outcome, o.Error = "malformed", "id: not the string \"{client}:{id}\" the command carried"
-		return o, nil
-	}
-	client, id, err := protocol.ParseDeviceMsgID(deviceMsgID)
+	client, id, err := protocol.AnswerTarget(resp)
 	if err != nil {
-		o.Outcome, o.Error = "malformed", "id: "+err.Error()
+		o.Outcome, o.Error = "malformed", strings.TrimPrefix(err.Error(), "protocol: ")
 		return o, nil
 	}
 	out, err := s.store.Complete(ctx, client, id.Key(), d, resp, 0, "")

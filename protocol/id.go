@@ -204,6 +204,22 @@ func CheckIdentity(s string) error {
 // different clients never collide at a device.
 func DeviceMsgID(client string, id ID) string { return client + ":" + id.Key() }
 
+// AnswerTarget returns the client and the client's own ID that a device's
+// answer is for, from its id: the string "{client}:{id}" the command
+// carried (DeviceMsgID). Its error never quotes more than a few bytes of
+// the id.
+func AnswerTarget(r *Response) (client string, id ID, err error) {
+	var s string
+	if err := json.Unmarshal(r.ID, &s); err != nil {
+		raw := string(r.ID)
+		if len(raw) > 40 {
+			raw = raw[:40] + "…"
+		}
+		return "", ID{}, fmt.Errorf("protocol: id %s is not the string \"{client}:{id}\" the command carried", raw)
+	}
+	return ParseDeviceMsgID(s)
+}
+
 // ParseDeviceMsgID splits a device-facing id into the client and the
 // client's own ID. The client part ends at the first colon (an identity
 // has none); the rest must be a valid ID key. An all-digit rest is the

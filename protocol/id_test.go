@@ -325,3 +325,31 @@ func TestParseDeviceMsgID(t *testing.T) {
 		}
 	}
 }
+
+func TestAnswerTarget(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		id      string // the answer's id, as JSON
+		client  string
+		key     string
+		wantErr string // a part of the error, "" for none
+	}{
+		{`"app-1:42"`, "app-1", "42", ""},
+		{`"app-1:a:b"`, "app-1", "a:b", ""},
+		{`42`, "", "", "is not the string"},
+		{`"` + strings.Repeat("x", 200) + `"`, "", "", "protocol:"},
+		{`{"a":1}`, "", "", "is not the string"},
+		{`"no-colon"`, "", "", "protocol:"},
+	}
+	for _, tt := range tests {
+		client, id, err := AnswerTarget(&Response{JSONRPC: "2.0", ID: json.RawMessage(tt.id)})
+		switch {
+		case tt.wantErr == "" && (err != nil || client != tt.client || id.Key() != tt.key):
+			t.Errorf("AnswerTarget(id %s) = %q, %q, %v; want %q, %q", tt.id, client, id.Key(), err, tt.client, tt.key)
+		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+			t.Errorf("AnswerTarget(id %s) = %v, want an error about %q", tt.id, err, tt.wantErr)
+		case err != nil && len(err.Error()) > 200:
+			t.Errorf("AnswerTarget(id %.40s…): error of %d bytes, want it short", tt.id, len(err.Error()))
+		}
+	}
+}

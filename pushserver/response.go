@@ -2,9 +2,7 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
-	"fmt"
 	"log/slog"
 	"time"
 
@@ -45,11 +43,7 @@ func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 	if err != nil {
 		return n.dropResponse(log, dropMalformed, err)
 	}
-	var deviceMsgID string
-	if err := json.Unmarshal(resp.ID, &deviceMsgID); err != nil {
-		return n.dropResponse(log, dropID, fmt.Errorf("id %s is not a string", telemetry.Clip(string(resp.ID))))
-	}
-	client, id, err := protocol.ParseDeviceMsgID(deviceMsgID)
+	client, id, err := protocol.AnswerTarget(resp)
 	if err != nil {
 		return n.dropResponse(log, dropID, err)
 	}

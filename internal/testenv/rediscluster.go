@@ -148,14 +148,10 @@ func NewClusterControl(t testing.TB) *ClusterControl {
 	u := env("GW_TEST_REDIS_CLUSTER_URL", DefaultRedisClusterURL)
 	c := &ClusterControl{url: u, opts: clusterOptions(t, u)}
 	c.ctl = control{
-		t: t, script: localScript(u, DefaultRedisClusterURL, "redis-cluster.sh"),
 		health:   func(ctx context.Context) error { return clusterHealth(ctx, c.opts) },
 		username: c.opts.Username, password: c.opts.Password,
 	}
-	holdLock(t, u, true)
-	requireHealthy(t, "Redis Cluster", "GW_TEST_REDIS_CLUSTER_URL", u, "redis-cluster.sh", c.ctl.health)
-	c.ctl.findRunDir(c.opts.Addrs, "redis-cluster")
-	t.Cleanup(c.ctl.cleanup)
+	c.ctl.take(t, "Redis Cluster", "GW_TEST_REDIS_CLUSTER_URL", u, DefaultRedisClusterURL, "redis-cluster", c.opts.Addrs)
 	return c
 }
 
@@ -269,14 +265,10 @@ func NewSentinelControl(t testing.TB) *SentinelControl {
 	u := env("GW_TEST_REDIS_SENTINEL_URL", DefaultRedisSentinelURL)
 	s := &SentinelControl{url: u, opts: sentinelOptions(t, u)}
 	s.ctl = control{
-		t: t, script: localScript(u, DefaultRedisSentinelURL, "redis-sentinel.sh"),
 		health:   func(ctx context.Context) error { return sentinelHealth(ctx, s.opts) },
 		username: s.opts.Username, password: s.opts.Password,
 	}
-	holdLock(t, u, true)
-	requireHealthy(t, "Redis Sentinel deployment", "GW_TEST_REDIS_SENTINEL_URL", u, "redis-sentinel.sh", s.ctl.health)
-	s.ctl.findRunDir(s.opts.SentinelAddrs, "redis-sentinel")
-	t.Cleanup(s.ctl.cleanup)
+	s.ctl.take(t, "Redis Sentinel deployment", "GW_TEST_REDIS_SENTINEL_URL", u, DefaultRedisSentinelURL, "redis-sentinel", s.opts.SentinelAddrs)
 	return s
 }
 
@@ -364,6 +356,21 @@ func (s *SentinelControl) agreedPrimary(ctx context.Context) (string, error) {
 func (s *SentinelControl) Restore(ctx context.Context) error { return s.ctl.restore(ctx) }
 
 // control is what both controls share: killing local nodes, restoring them,
+// take gives the deployment of url (name, read from envVar, def when
+// unset; started by deployments/local/<script>.sh, files in run/<script>)
+// to t alone: it waits for the tests that use it to end, checks that it
+// is healthy, finds its run folder, and restores what t killed when t
+// ends.
+func (c *control) take(t testing.TB, name, envVar, url, def, script string, addrs []string) {
+	t.Helper()
+	c.t = t
+	c.script = localScript(url, def, script+".sh")
+	holdLock(t, url, true)
+	requireHealthy(t, name, envVar, url, script+".sh", c.health)
+	c.findRunDir(addrs, script)
+	t.Cleanup(c.cleanup)
+}
+
 // and the cleanup.
 type control struct {
 	t        testing.TB
