@@ -127,19 +127,7 @@ func TestPipelinedAndSplitPackets(t *testing.T) {
 	n := e.startNode()
 	id := identitiesOwnedBy(e.members(), n.NodeID(), "pipe", 1)[0]
 	c := dialRaw(t, n.Addr(), 4)
-	encode := func(pk packets.Packet) []byte {
-		pk.ProtocolVersion = 4
-		var buf bytes.Buffer
-		switch pk.FixedHeader.Type {
-		case packets.Connect:
-			require.NoError(t, pk.ConnectEncode(&buf))
-		case packets.Subscribe:
-			require.NoError(t, pk.SubscribeEncode(&buf))
-		case packets.Pingreq:
-			require.NoError(t, pk.PingreqEncode(&buf))
-		}
-		return buf.Bytes()
-	}
+	encode := func(pk packets.Packet) []byte { return mustEncode(t, pk, 4) }
 	connect := encode(packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Connect},
 		Connect: packets.ConnectParams{
@@ -153,7 +141,7 @@ func TestPipelinedAndSplitPackets(t *testing.T) {
 		PacketID:    7,
 		Filters:     packets.Subscriptions{{Filter: protocol.DeviceCommandsTopic(id), Qos: 1}},
 	})
-	ping := encode(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+	ping := encode(packetFrom(t, "pingreq", 4))
 	expect := func(typ byte) {
 		t.Helper()
 		pk, err := c.recv(5 * time.Second)

@@ -2,10 +2,8 @@ package main
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"fmt"
-	"io"
 	"net"
 	"slices"
 	"strings"
@@ -400,28 +398,11 @@ func dialRaw(t testing.TB, addr string, version byte) *raw {
 
 func (c *raw) send(pk packets.Packet) error {
 	pk.ProtocolVersion = c.v
-	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(&buf)
-	case packets.Unsubscribe:
-		err = pk.UnsubscribeEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	case packets.Puback:
-		err = pk.PubackEncode(&buf)
-	case packets.Disconnect:
-		err = pk.DisconnectEncode(&buf)
-	default:
-		err = fmt.Errorf("raw: cannot encode packet type %d", pk.FixedHeader.Type)
-	}
+	b, err := encodePacket(pk)
 	if err != nil {
 		return err
 	}
-	_, err = c.conn.Write(buf.Bytes())
+	_, err = c.conn.Write(b)
 	return err
 }
 
@@ -429,39 +410,7 @@ func (c *raw) send(pk packets.Packet) error {
 // connection.
 func (c *raw) recv(timeout time.Duration) (packets.Packet, error) {
 	_ = c.conn.SetReadDeadline(time.Now().Add(timeout))
-	b, err := c.r.ReadByte()
-	if err != nil {
-		return packets.Packet{}, err
-	}
-	var fh packets.FixedHeader
-	if err := fh.Decode(b); err != nil {
-		return packets.Packet{}, err
-	}
-	n, _, err := packets.DecodeLength(c.r)
-	if err != nil {
-		return packets.Packet{}, err
-	}
-	fh.Remaining = n
-	buf := make([]byte, n)
-	if _, err := io.ReadFull(c.r, buf); err != nil {
-		return packets.Packet{}, err
-	}
-	pk := packets.Packet{FixedHeader: fh, ProtocolVersion: c.v}
-	switch fh.Type {
-	case packets.Connack:
-		err = pk.ConnackDecode(buf)
-	case packets.Suback:
-		err = pk.SubackDecode(buf)
-	case packets.Unsuback:
-		err = pk.UnsubackDecode(buf)
-	case packets.Publish:
-		err = pk.PublishDecode(buf)
-	case packets.Puback:
-		err = pk.PubackDecode(buf)
-	case packets.Disconnect:
-		err = pk.DisconnectDecode(buf)
-	}
-	return pk, err
+	return readPacket(c.r, c.v)
 }
 
 // connect sends a CONNECT for identity and returns the CONNACK.

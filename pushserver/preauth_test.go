@@ -1,30 +1,24 @@
 package main
 
 import (
+	"bytes"
 	"errors"
 	"net"
 	"runtime"
 	"testing"
 	"time"
 
+	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/stretchr/testify/require"
 )
 
 // connectHeader is the fixed header of a CONNECT announcing remaining
 // bytes of body.
 func connectHeader(remaining int) []byte {
-	b := []byte{0x10}
-	for {
-		x := byte(remaining & 127)
-		remaining >>= 7
-		if remaining > 0 {
-			x |= 128
-		}
-		b = append(b, x)
-		if remaining == 0 {
-			return b
-		}
-	}
+	var b bytes.Buffer
+	fh := packets.FixedHeader{Type: packets.Connect, Remaining: remaining}
+	fh.Encode(&b)
+	return b.Bytes()
 }
 
 // TestUnauthenticatedMemory: 2,000 sockets that announce a CONNECT and
