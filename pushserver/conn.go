@@ -2,10 +2,13 @@ package main
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -210,18 +213,15 @@ func (n *Node) connect(cl *mqtt.Client, rc *connReader, lid string) (bool, error
 	if err := rc.preread(int(min(maxConnectSize, n.cfg.MaxPacketSize-1)), n.m.connecting.Inc, n.m.connecting.Dec); err != nil {
 		return false, fmt.Errorf("read connection: %w", err)
 	}
-	var fh packets.FixedHeader
-	if err := cl.ReadFixedHeader(&fh); err != nil {
+	// preread has checked that the packet is a CONNECT. [MQTT-3.1.0-1]
+	pk, err := readPacket(cl, rc)
+	if err != nil {
+		n.codecPanicked(cl, &pk, err)
 		return false, fmt.Errorf("read connection: %w", err)
 	}
-	if fh.Type != packets.Connect {
+	if pk.FixedHeader.Type != packets.Connect {
 		return false, fmt.Errorf("read connection: %w", packets.ErrProtocolViolationRequireFirstConnect) // [MQTT-3.1.0-1]
 	}
-	pk, err := cl.ReadPacket(&fh)
-	if err != nil {
-		return false, fmt.Errorf("read connection: %w", err)
-	}
-	rc.read++
 
 	cl.ParseConnect(lid, pk)
 	// ParseConnect keeps the username as a slice of the packet, which
@@ -359,15 +359,11 @@ func (n *Node) clientLock(id string) *sync.Mutex {
 // with the error that ends the connection.
 func (n *Node) readPackets(cl *mqtt.Client, rc *connReader) error {
 	for {
-		var fh packets.FixedHeader
-		if err := cl.ReadFixedHeader(&fh); err != nil {
-			return err
-		}
-		pk, err := cl.ReadPacket(&fh)
+		pk, err := readPacket(cl, rc)
 		if err != nil {
+			n.codecPanicked(cl, &pk, err)
 			return err
 		}
-		rc.read++
 		if err := n.receivePacket(cl, pk); err != nil {
 			return err
 		}
@@ -379,6 +375,98 @@ func (n *Node) readPackets(cl *mqtt.Client, rc *connReader) error {
 			return nil
 		}
 	}
+}
+
+// errCodecPanic marks a packet on which mochi's packet codec panicked.
+var errCodecPanic = errors.New("pushserver: the packet codec panicked")
+
+// readPacket reads the next packet from cl with mochi's codec
+// (Client.ReadFixedHeader, then Client.ReadPacket, which decodes it and
+// calls the OnPacketRead hook), and counts it as read by rc.
+//
+// The codec decodes bytes from untrusted sockets, and it can panic: mochi
+// v2.7.9's SubscribeDecode reads past the end of an MQTT 5 SUBSCRIBE whose
+// last filter has no options byte (an index out of range), which ended
+// the whole process, every connection with it. A panic raised in the
+// codec is taken as a malformed packet instead: the error wraps
+// packets.ErrMalformedPacket and errCodecPanic (the caller counts and
+// logs it, codecPanicked), pk has the packet's fixed header, and only
+// this connection ends. A panic raised anywhere else (a hook, the node's
+// own code) is a bug, not an outsider's packet: it goes on.
+func readPacket(cl *mqtt.Client, rc *connReader) (pk packets.Packet, err error) {
+	var fh packets.FixedHeader
+	if err := cl.ReadFixedHeader(&fh); err != nil {
+		return pk, err
+	}
+	defer func() {
+		if r := recover(); r != nil {
+			if !panickedInCodec() {
+				panic(r)
+			}
+			pk = packets.Packet{FixedHeader: fh, ProtocolVersion: cl.Properties.ProtocolVersion}
+			err = fmt.Errorf("%w: %w: %s", packets.ErrMalformedPacket, errCodecPanic, telemetry.Clip(fmt.Sprint(r)))
+		}
+	}()
+	pk, err = cl.ReadPacket(&fh)
+	if err == nil {
+		rc.read++
+	}
+	return pk, err
+}
+
+// codecPackage is the import path of mochi's packet codec.
+const codecPackage = "github.com/mochi-mqtt/server/v2/packets"
+
+// panickedInCodec reports, when called by a deferred function during a
+// panic, whether the panic was raised in mochi's packet codec: whether
+// the first frame below the panic outside the runtime and the standard
+// library is the codec's.
+func panickedInCodec() bool {
+	pcs := make([]uintptr, 64)
+	frames := runtime.CallersFrames(pcs[:runtime.Callers(2, pcs)])
+	below := false // below runtime.gopanic
+	for {
+		f, more := frames.Next()
+		pkg := funcPackage(f.Function)
+		switch {
+		case f.Function == "runtime.gopanic":
+			below = true
+		case !below:
+		case pkg == codecPackage:
+			return true
+		case !strings.Contains(strings.SplitN(pkg, "/", 2)[0], "."): // runtime, standard library
+		default:
+			return false
+		}
+		if !more {
+			return false
+		}
+	}
+}
+
+// funcPackage returns the import path of the package of a function named
+// as runtime.Frame.Function names it ("path/pkg.(*T).Method").
+func funcPackage(fn string) string {
+	slash := strings.LastIndexByte(fn, '/') + 1
+	if dot := strings.IndexByte(fn[slash:], '.'); dot >= 0 {
+		return fn[:slash+dot]
+	}
+	return fn
+}
+
+// codecPanicked counts and logs, with bounded fields only, a packet read
+// from cl on which mochi's codec panicked (err from readPacket wraps
+// errCodecPanic); other errors it leaves alone. The connection ends, as
+// for any packet mochi cannot decode; no DISCONNECT is sent.
+func (n *Node) codecPanicked(cl *mqtt.Client, pk *packets.Packet, err error) {
+	if !errors.Is(err, errCodecPanic) {
+		return
+	}
+	n.m.codecPanics.Inc()
+	n.log.Warn("malformed packet: the packet codec panicked; connection closed",
+		"client_id", telemetry.Clip(cl.ID), "listener", cl.Net.Listener, "remote", cl.Net.Remote,
+		"packet", packetSummary(pk), "remaining", pk.FixedHeader.Remaining, "version", cl.Properties.ProtocolVersion,
+		"error", err)
 }
 
 // receivePacket processes one packet read from cl, as mochi's

@@ -140,6 +140,20 @@
 // more: crypto/tls's state and buffers, and a waiting goroutine of 4 KB
 // (a TLS read is deeper).
 //
+// # Untrusted bytes
+//
+// Every byte a socket sends is read by connReader (conn.go), which frames
+// packets, and decoded by mochi's packets codec (readPacket). Mochi
+// v2.7.9's codec can panic on a malformed packet (SubscribeDecode reads
+// past the end of an MQTT 5 SUBSCRIBE whose last filter lacks its options
+// byte); readPacket takes a panic raised in the codec for a malformed
+// packet, which ends only its connection, counts it
+// (gw_push_codec_panics_total) and logs it with bounded fields; any other
+// panic goes on. FuzzConnReader fuzzes that path, with its corpus in
+// testdata/fuzz/FuzzConnReader; the tests' packets are the table in
+// packets_test.go (every packet type of MQTT 3.1.1 and 5), checked
+// against the codec both ways.
+//
 // # Logs
 //
 // No packet, password, token or payload is ever logged. Mochi's logger
@@ -154,5 +168,5 @@
 // gw_push_redirects_total, gw_push_sheds_total, gw_push_responses_total,
 // gw_push_responses_dropped_total{reason}, gw_push_mailbox_reads_total,
 // gw_push_unsent_total, gw_push_refusals_total{outcome},
-// gw_push_connecting.
+// gw_push_connecting, gw_push_codec_panics_total.
 package main

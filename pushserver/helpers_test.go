@@ -410,7 +410,7 @@ func (c *raw) send(pk packets.Packet) error {
 // connection.
 func (c *raw) recv(timeout time.Duration) (packets.Packet, error) {
 	_ = c.conn.SetReadDeadline(time.Now().Add(timeout))
-	return readPacket(c.r, c.v)
+	return decodeFrom(c.r, c.v)
 }
 
 // connect sends a CONNECT for identity and returns the CONNACK.

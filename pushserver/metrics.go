@@ -33,6 +33,10 @@ type metrics struct {
 	// abandoned counts answers not completed before their connection
 	// ended or the node stopped, by cause.
 	abandoned *prometheus.CounterVec
+	// codecPanics counts packets whose decoding panicked in mochi's
+	// codec: each is taken as malformed and ends its connection
+	// (readPacket).
+	codecPanics prometheus.Counter
 	// wakeResubscribes counts (re)subscriptions of the wake channel.
 	wakeResubscribes prometheus.Counter
 }
@@ -75,6 +79,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		abandoned: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gw_push_answers_abandoned_total", Help: "Device answers held (Redis could not take them) until their connection ended or the node stopped: not acknowledged, by cause.",
 		}, []string{"cause"}),
+		codecPanics: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gw_push_codec_panics_total", Help: "Packets on which mochi's packet codec panicked: taken as malformed, their connection closed.",
+		}),
 		wakeResubscribes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gw_push_wake_subscriptions_total", Help: "Subscriptions of the node's wake channel: 1 at start, one more after each reconnect to Redis (each re-reads every session's mailbox).",
 		}),
@@ -85,6 +92,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, o := range []string{"rejected", "noop"} {
 		m.refusals.WithLabelValues(o)
 	}
-	reg.MustRegister(m.sessions, m.connecting, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.unsent, m.refusals, m.abandoned, m.wakeResubscribes)
+	reg.MustRegister(m.sessions, m.connecting, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.unsent, m.refusals, m.abandoned, m.codecPanics, m.wakeResubscribes)
 	return m
 }

@@ -252,9 +252,9 @@ func mustEncode(t testing.TB, pk packets.Packet, v byte) []byte {
 	return b
 }
 
-// readPacket reads one packet of protocol version v (a CONNECT brings its
+// decodeFrom reads one packet of protocol version v (a CONNECT brings its
 // own) from r with mochi's codec.
-func readPacket(r *bufio.Reader, v byte) (packets.Packet, error) {
+func decodeFrom(r *bufio.Reader, v byte) (packets.Packet, error) {
 	b, err := r.ReadByte()
 	if err != nil {
 		return packets.Packet{}, err
@@ -311,7 +311,7 @@ func readPacket(r *bufio.Reader, v byte) (packets.Packet, error) {
 // decodePacket decodes b, which must be exactly one packet.
 func decodePacket(b []byte, v byte) (packets.Packet, error) {
 	r := bufio.NewReader(bytes.NewReader(b))
-	pk, err := readPacket(r, v)
+	pk, err := decodeFrom(r, v)
 	if err == nil && r.Buffered() > 0 {
 		err = fmt.Errorf("decode: %d bytes after the packet", r.Buffered())
 	}
@@ -347,4 +347,29 @@ func TestPacketTable(t *testing.T) {
 			require.True(t, types[v][typ], "packetTable has no %s for version %d", packets.PacketNames[typ], v)
 		}
 	}
+}
+
+// malformedCase is a packet mochi's codec cannot decode, sent after an
+// accepted CONNECT of protocol version v.
+type malformedCase struct {
+	name  string
+	v     byte
+	raw   []byte
+	panic bool // mochi v2.7.9's codec panics on it (see readPacket)
+}
+
+// malformedTable holds malformed packets, each of which must end only its
+// own connection.
+var malformedTable = []malformedCase{
+	// An MQTT 5 SUBSCRIBE whose filter has no options byte: mochi's
+	// SubscribeDecode reads past the end of the packet (an index out of
+	// range), which crashed the whole push server.
+	{name: "subscribe without options", v: 5, raw: cat([]byte{0x82, 8, 0, 1, 0}, tAB), panic: true},
+	{name: "subscribe without qos", v: 4, raw: cat([]byte{0x82, 7, 0, 1}, tAB)},
+	{name: "subscribe topic past the end", v: 4, raw: []byte{0x82, 5, 0, 1, 0, 9, 'a'}},
+	{name: "publish topic past the end", v: 4, raw: []byte{0x30, 2, 0, 5}},
+	{name: "publish properties past the end", v: 5, raw: cat([]byte{0x30, 6}, tAB, []byte{9})},
+	{name: "puback without packet id", v: 5, raw: []byte{0x40, 1, 0}},
+	{name: "reserved packet type", v: 4, raw: []byte{0x00, 0}},
+	{name: "subscribe with bad flags", v: 4, raw: cat([]byte{0x80, 8, 0, 1}, tAB, []byte{1})},
 }
