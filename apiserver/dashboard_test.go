@@ -1,14 +1,12 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"image/png"
 	"io"
 	"net/http"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strconv"
@@ -57,51 +55,6 @@ func TestDashboardFiles(t *testing.T) {
 	assert.Contains(t, body, `"code":-32012`, "API 404s stay JSON-RPC errors")
 }
 
-// Chromium for the dashboard test.
-//
-// The test needs a headless Chromium (Debian package chromium), which
-// `make services` (deployments/local/services.sh) installs as root; the
-// test never installs anything. Without one it fails, naming the command.
-func chromium(t *testing.T) string {
-	t.Helper()
-	for _, name := range []string{"chromium", "chromium-browser", "google-chrome-stable", "google-chrome"} {
-		if p, err := exec.LookPath(name); err == nil {
-			return p
-		}
-	}
-	t.Fatal("no Chromium: the dashboard cannot be tested in a browser. Install it (as root: apt-get install -y chromium), or run make services, which does")
-	return ""
-}
-
-func lastLines(s string, n int) string {
-	lines := strings.Split(strings.TrimRight(s, "\n"), "\n")
-	if len(lines) > n {
-		lines = lines[len(lines)-n:]
-	}
-	return strings.Join(lines, "\n")
-}
-
-// runChromium runs headless Chromium on url with the extra flags and
-// returns its standard output.
-func runChromium(t *testing.T, bin, url string, flags ...string) string {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 90*time.Second)
-	defer cancel()
-	args := append([]string{
-		"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-		"--disable-background-networking", "--disable-component-update", "--disable-sync",
-		"--disable-dev-shm-usage", "--hide-scrollbars", "--force-device-scale-factor=1",
-		"--user-data-dir=" + t.TempDir(),
-	}, flags...)
-	cmd := exec.CommandContext(ctx, bin, append(args, url)...)
-	cmd.WaitDelay = 5 * time.Second
-	var stdout, stderr bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	require.NoError(t, err, "chromium %s failed; stderr:\n%s", strings.Join(flags, " "), lastLines(stderr.String(), 30))
-	return stdout.String()
-}
-
 // textOf returns the text of the element with id in html ("" when there
 // is none): the element must hold text only.
 func textOf(html, id string) string {
@@ -120,7 +73,7 @@ func textOf(html, id string) string {
 func TestDashboardInChromium(t *testing.T) {
 	t.Parallel()
 	g := opsGW(t)
-	bin := chromium(t)
+	bin := testenv.Chromium(t)
 	ctx := context.Background()
 
 	// A known state: three dead commands, one of them replayed; k
@@ -141,7 +94,7 @@ func TestDashboardInChromium(t *testing.T) {
 
 	// The token in the fragment, and a link to one command.
 	url := g.ts.URL + "/#token=" + op + "&client=app-1&id=4242"
-	dom := runChromium(t, bin, url, "--virtual-time-budget=5000", "--dump-dom")
+	dom := testenv.RunChromium(t, bin, url, "--virtual-time-budget=5000", "--dump-dom")
 
 	assert.Equal(t, "23", textOf(dom, "commands-ready"), "the commands tile")
 	assert.Equal(t, fmt.Sprintf("%d queues", g.topo.QueueCount), textOf(dom, "commands-queues"))
@@ -188,12 +141,12 @@ func TestDashboardInChromium(t *testing.T) {
 	assert.Contains(t, lookup, `"code": -32003`, "the client's response")
 
 	// Without a token: the sign-in form, and no data.
-	dom = runChromium(t, bin, g.ts.URL+"/", "--virtual-time-budget=2000", "--dump-dom")
+	dom = testenv.RunChromium(t, bin, g.ts.URL+"/", "--virtual-time-budget=2000", "--dump-dom")
 	assert.Regexp(t, `<section class="card signin" id="signin">`, dom, "the sign-in form shows")
 	assert.Regexp(t, `<div id="dashboard" hidden`, dom)
 	assert.Equal(t, "—", textOf(dom, "commands-ready"))
 	// A token the API refuses: back to the sign-in form, saying why.
-	dom = runChromium(t, bin, g.ts.URL+"/#token="+token(t, "app-1", auth.RoleClient, "dev-*"), "--virtual-time-budget=2000", "--dump-dom")
+	dom = testenv.RunChromium(t, bin, g.ts.URL+"/#token="+token(t, "app-1", auth.RoleClient, "dev-*"), "--virtual-time-budget=2000", "--dump-dom")
 	assert.Regexp(t, `<section class="card signin" id="signin">`, dom)
 	assert.Contains(t, textOf(dom, "signin-error"), "The token was refused")
 
@@ -208,7 +161,7 @@ func TestDashboardInChromium(t *testing.T) {
 		// Let RabbitMQ's 5-s samples see the load, for the rates.
 		time.Sleep(11 * time.Second)
 	}
-	runChromium(t, bin, url, "--virtual-time-budget=40000", "--window-size=1280,900", "--screenshot="+shot)
+	testenv.RunChromium(t, bin, url, "--virtual-time-budget=40000", "--window-size=1280,900", "--screenshot="+shot)
 	stopLoad()
 	f, err := os.Open(shot)
 	require.NoError(t, err, "no screenshot")

@@ -313,7 +313,9 @@ fi
 # --- MQTT.js (for the push server's WebSocket test) --------------------------
 
 # pushserver/websocket_node_test.go runs MQTT.js under Node against the
-# WebSocket listener; its npm packages are pinned in the lock file there.
+# WebSocket listener, and devicesim/browser_test.go serves its browser
+# bundle (dist/mqtt.min.js) to a page in Chromium; its npm packages are
+# pinned in the lock file there.
 MQTTJS_DIR=$ROOT/pushserver/testdata/mqttjs
 if [[ -f $MQTTJS_DIR/node_modules/mqtt/package.json && $MQTTJS_DIR/node_modules/.package-lock.json -nt $MQTTJS_DIR/package-lock.json ]]; then
 	say "mqtt.js: $MQTTJS_DIR/node_modules"
@@ -332,8 +334,9 @@ fi
 
 # --- Chromium (for the dashboard's browser test) -----------------------------
 
-# apiserver/dashboard_test.go drives the dashboard in a headless Chromium
-# (Debian package chromium); the test never installs it.
+# apiserver/dashboard_test.go drives the dashboard, and
+# devicesim/browser_test.go a browser client, in a headless Chromium
+# (Debian package chromium, found by testenv.Chromium); no test installs it.
 if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 ||
 	command -v google-chrome-stable >/dev/null 2>&1 || command -v google-chrome >/dev/null 2>&1; then
 	say "chromium: found"

@@ -54,4 +54,9 @@
 // [FreePort] and [FreeAddr] pick a free loopback port; [Logger] gives a
 // *slog.Logger that writes through t.Log when GW_TEST_LOG=1 and discards
 // everything otherwise.
+//
+// [Chromium] finds a headless Chromium (installed by `make services`;
+// without one it fails the test, naming the command that installs it);
+// [RunChromium] runs it on a page to the end (--dump-dom, --screenshot),
+// [StartChromium] runs it until the test has what the page reports.
 package testenv
