@@ -55,7 +55,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if f.RingGrace == 0 {
 		cfg.RingGrace = -1 // no grace
 	}
-	cfg.Logger = f.NewLogger(stdout)
+	cfg.Logger = f.NewLogger(stdout).With("service", "pushserver")
 	cfg.Registry = telemetry.NewRegistry()
 
 	node, err := NewNode(cfg)
