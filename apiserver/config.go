@@ -3,11 +3,11 @@ package main
 import (
 	"errors"
 	"fmt"
-	"github.com/iotgw/gateway/internal/auth"
 	"io"
 	"strings"
 	"time"
 
+	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -190,41 +190,79 @@ func (c *Config) topology() protocol.Topology {
 	return protocol.NewTopology(c.Namespace, c.Queues, c.Partitions)
 }
 
+// flags is the binary's configuration: the Config plus what only the
+// flag parsing needs. Each setting is a flag and a GW_* variable of the
+// same name (see bind).
+type flags struct {
+	Config
+	// corsOrigins is cors-origins as given, split into Config.CORSOrigins.
+	corsOrigins string
+}
+
+// bind defines every setting as a flag whose default comes from its GW_*
+// variable, then the documented default.
+func (f *flags) bind(b *config.Binder) {
+	f.Common.Bind(b)
+	f.Logging.Bind(b)
+	f.Scale.Bind(b)
+	b.String(&f.AMQPMgmtURL, "amqp-mgmt-url", config.DefaultAMQPMgmtURL, "RabbitMQ management API URL (rates and ages of /v1/stats)")
+	b.String(&f.AuthSecret, "auth-secret", "", "HS256 key of the tokens (required)")
+	b.String(&f.HTTPAddr, "http-addr", config.DefaultHTTPAddr, "HTTP listen address")
+	b.String(&f.TLSCert, "tls-cert", "", "TLS certificate (PEM); serve HTTPS when set with --tls-key")
+	b.String(&f.TLSKey, "tls-key", "", "TLS private key (PEM)")
+	b.Duration(&f.Retention, "retention", config.DefaultRetention, "how long final records are kept")
+	b.Float(&f.Rate, "rate", config.DefaultRate, "per-client requests per second (negative: no limit)")
+	b.Int(&f.Burst, "burst", config.DefaultBurst, "per-client burst")
+	b.Bytes(&f.BodyLimit, "body-limit", config.DefaultBodyLimit, "largest request body")
+	b.Duration(&f.ConfirmTimeout, "confirm-timeout", config.DefaultConfirmTimeout, "longest wait for a publisher confirm")
+	b.Int(&f.MaxInFlight, "max-inflight", DefaultMaxInFlight, "API requests in flight before more are answered 503 (server overloaded); negative: no bound")
+	b.String(&f.corsOrigins, "cors-origins", "", "comma-separated origins (scheme://host[:port], or *) whose pages may call the API from a browser (default: none)")
+}
+
+// check refuses values that NewServer would silently replace by a default
+// and a bad log level or format. It runs before the defaults (validate
+// checks the rest once they are filled).
+func (f *flags) check() error {
+	switch {
+	case f.HTTPAddr == "":
+		return errors.New("http-addr must not be empty")
+	case f.Retention <= 0:
+		return errors.New("retention must be positive")
+	case f.Rate == 0:
+		return errors.New("rate must be positive, or negative for no limit")
+	case f.Burst <= 0:
+		return errors.New("burst must be positive")
+	case f.BodyLimit <= 0:
+		return errors.New("body-limit must be positive")
+	case f.ConfirmTimeout <= 0:
+		return errors.New("confirm-timeout must be positive")
+	case f.MaxInFlight == 0:
+		return errors.New("max-inflight must be positive, or negative for no bound")
+	}
+	// Before the defaults: --queues 0 is an error, not the default.
+	if err := f.Scale.Check(); err != nil {
+		return err
+	}
+	return f.Logging.Check()
+}
+
 // parseConfig fills a Config from args and getenv (flags win over GW_*
-// variables, which win over the defaults).
+// variables, which win over the defaults) and checks it (flags.check).
 func parseConfig(args []string, getenv func(string) string, out io.Writer) (Config, error) {
-	var (
-		c           Config
-		corsOrigins string
-	)
+	var f flags
 	b := config.NewBinder("apiserver", getenv)
 	b.FS.SetOutput(out)
-	c.Common.Bind(b)
-	c.Logging.Bind(b)
-	c.Scale.Bind(b)
-	b.String(&c.AMQPMgmtURL, "amqp-mgmt-url", config.DefaultAMQPMgmtURL, "RabbitMQ management API URL (rates and ages of /v1/stats)")
-	b.String(&c.AuthSecret, "auth-secret", "", "HS256 key of the tokens (required)")
-	b.String(&c.HTTPAddr, "http-addr", config.DefaultHTTPAddr, "HTTP listen address")
-	b.String(&c.TLSCert, "tls-cert", "", "TLS certificate (PEM); serve HTTPS when set with --tls-key")
-	b.String(&c.TLSKey, "tls-key", "", "TLS private key (PEM)")
-	b.Duration(&c.Retention, "retention", config.DefaultRetention, "how long final records are kept")
-	b.Float(&c.Rate, "rate", config.DefaultRate, "per-client requests per second (negative: no limit)")
-	b.Int(&c.Burst, "burst", config.DefaultBurst, "per-client burst")
-	b.Bytes(&c.BodyLimit, "body-limit", config.DefaultBodyLimit, "largest request body")
-	b.Duration(&c.ConfirmTimeout, "confirm-timeout", config.DefaultConfirmTimeout, "longest wait for a publisher confirm")
-	b.Int(&c.MaxInFlight, "max-inflight", DefaultMaxInFlight, "API requests in flight before more are answered 503 (server overloaded); negative: no bound")
-	b.String(&corsOrigins, "cors-origins", "", "comma-separated origins (scheme://host[:port], or *) whose pages may call the API from a browser (default: none)")
+	f.bind(b)
 	if err := b.Parse(args); err != nil {
 		return Config{}, err
 	}
-	c.CORSOrigins = splitList(corsOrigins)
 	if b.FS.NArg() > 0 {
 		return Config{}, fmt.Errorf("invalid flags: unexpected arguments %q", b.FS.Args())
 	}
-	// Before the defaults: --queues 0 is an error, not the default.
-	if err := c.Scale.Check(); err != nil {
-		return Config{}, fmt.Errorf("apiserver: %w", err)
+	if err := f.check(); err != nil {
+		return Config{}, fmt.Errorf("apiserver: invalid configuration: %w", err)
 	}
-	c.ensureDefaults()
-	return c, nil
+	f.CORSOrigins = splitList(f.corsOrigins)
+	f.ensureDefaults()
+	return f.Config, nil
 }

@@ -218,6 +218,9 @@ func validateResponse(t testing.TB, req *http.Request, r *reply) {
 			specErr = fmt.Errorf("openapi.yaml is not valid: %w", err)
 			return
 		}
+		// The tests' servers listen on random ports, not on the
+		// document's servers: match on the path alone.
+		doc.Servers = nil
 		specRouter, specErr = gorillamux.NewRouter(doc)
 	})
 	require.NoError(t, specErr)

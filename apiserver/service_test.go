@@ -175,6 +175,7 @@ func TestRunTLS(t *testing.T) {
 		t.Fatal("run did not return after its context ended")
 	}
 	assert.Contains(t, out.String(), `"msg":"stopped"`)
+	testenv.RequireLogSchema(t, "apiserver", out.Lines())
 }
 
 func TestRunRefusesWithoutSecret(t *testing.T) {

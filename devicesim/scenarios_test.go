@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/http"
 	"strings"
@@ -10,7 +11,9 @@ import (
 	"time"
 
 	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/redis/go-redis/v9"
 
+	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -22,6 +25,11 @@ type scenarioEnv struct {
 	api  *API
 	addr string // the push server's MQTT address
 	tok  func(role, sub string, devices ...string) string
+	// rdb and keys read the gateway's state in Redis, where the tests
+	// look for evidence that a step has passed.
+	rdb        redis.UniversalClient
+	keys       protocol.Keys
+	partitions int
 
 	mu      sync.Mutex
 	results map[string][]*protocol.Response // by client, then the result's id
@@ -29,7 +37,15 @@ type scenarioEnv struct {
 
 func newScenarioEnv(t *testing.T, redisURL string, extraEnv ...string) *scenarioEnv {
 	g := startGatewayOn(t, redisURL, 1, 1, extraEnv...)
-	e := &scenarioEnv{t: t, api: NewAPI(g.APIURL), addr: g.PushAddrs[0], results: map[string][]*protocol.Response{}}
+	e := &scenarioEnv{t: t, api: NewAPI(g.APIURL), addr: g.PushAddrs[0], results: map[string][]*protocol.Response{},
+		keys: protocol.NewKeys(g.Opts.Namespace), partitions: protocol.DefaultPartitions}
+	c := config.Common{RedisURL: redisURL}
+	rdb, err := c.NewRedis(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { rdb.Close() })
+	e.rdb = rdb
 	e.tok = func(role, sub string, devices ...string) string {
 		tok, err := g.Token(role, sub, devices)
 		if err != nil {
@@ -106,9 +122,10 @@ func (e *scenarioEnv) send(token, device, id, method string, timeout, expiresIn 
 	}
 }
 
-// result waits for the client's result for id, and returns it once no
-// different result has come for a moment after it (at least once: copies
-// of the same result are allowed, two different ones are not).
+// result waits for the client's result for id and for the evidence that
+// nothing more for id is on its way to the client (settled), and returns
+// it (at least once: copies of the same result are allowed, two different
+// ones are not).
 func (e *scenarioEnv) result(client, id string) *protocol.Response {
 	e.t.Helper()
 	key := client + "|" + fmt.Sprintf("%q", id)
@@ -118,7 +135,7 @@ func (e *scenarioEnv) result(client, id string) *protocol.Response {
 		got := e.results[key]
 		e.mu.Unlock()
 		if len(got) > 0 {
-			time.Sleep(300 * time.Millisecond)
+			e.settled(client, id)
 			e.mu.Lock()
 			got = e.results[key]
 			e.mu.Unlock()
@@ -136,6 +153,48 @@ func (e *scenarioEnv) result(client, id string) *protocol.Response {
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// settled waits until the relay of the client's result for id is done
+// (the id's claim in the client's partition is final, which the relay
+// writes) and the client has acknowledged every result sent to it (its
+// mailbox is empty: a PUBACK removes a result's entry, and paho sends it
+// after the handler that records the result returned). Then every result
+// for id that the gateway sent has been recorded. It fails t after 30 s.
+func (e *scenarioEnv) settled(client, id string) {
+	e.t.Helper()
+	pk := e.keys.Part(protocol.Partition(client, e.partitions))
+	var state string
+	var waiting int64
+	for deadline := time.Now().Add(30 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		var err error
+		state, err = e.rdb.HGet(e.t.Context(), pk.Claim(client, id), "state").Result()
+		if err != nil && !errors.Is(err, redis.Nil) {
+			e.t.Fatalf("cannot read the claim of %s's %s: %v", client, id, err)
+		}
+		waiting, err = e.rdb.XLen(e.t.Context(), pk.Mailbox(client)).Result()
+		if err != nil {
+			e.t.Fatalf("cannot read %s's mailbox: %v", client, err)
+		}
+		if state == "final" && waiting == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("%s's %s not settled within 30s: claim state %q, want final; %d results in the mailbox, want 0", client, id, state, waiting)
+		}
+	}
+}
+
+// late is the late answer recorded in the command record of client's id
+// to device ("" when none).
+func (e *scenarioEnv) late(client, device, id string) string {
+	e.t.Helper()
+	pk := e.keys.Part(protocol.Partition(device, e.partitions))
+	v, err := e.rdb.HGet(e.t.Context(), pk.Command(client, id), "late").Result()
+	if err != nil && !errors.Is(err, redis.Nil) {
+		e.t.Fatalf("cannot read the record of %s's %s: %v", client, id, err)
+	}
+	return v
 }
 
 // copies is how many results for id client has received so far.
@@ -389,8 +448,17 @@ func runScenarios(t *testing.T, redisURL string, all bool) {
 		if r := e.result("app-sc", "slow-1"); gatewayCode(r) != protocol.CodeTimeout {
 			t.Fatalf("result = %+v, want %d (timeout)", r, protocol.CodeTimeout)
 		}
-		respond(c, "sc-slow", m, `"result":"too late"`)
-		time.Sleep(time.Second) // the late answer went through the worker by now
+		// The push server acknowledges an answer once it is recorded
+		// (here: as late, in the command's record).
+		var req protocol.Request
+		if err := json.Unmarshal(m.Payload(), &req); err != nil {
+			t.Fatalf("bad request %s: %v", m.Payload(), err)
+		}
+		id, _ := json.Marshal(req.ID)
+		publishAnswer(t, c, "sc-slow", fmt.Sprintf(`{"jsonrpc":"2.0","result":"too late","id":%s}`, id))
+		if late := e.late("app-sc", "sc-slow", "slow-1"); !strings.Contains(late, "too late") {
+			t.Errorf("the record's late answer = %q after the answer's PUBACK, want the device's \"too late\"", late)
+		}
 		// result checks that no different result came for the id.
 		if r := e.result("app-sc", "slow-1"); gatewayCode(r) != protocol.CodeTimeout {
 			t.Errorf("after the late answer: result = %+v, want the timeout still", r)
@@ -469,12 +537,20 @@ func runScenarios(t *testing.T, redisURL string, all bool) {
 		case <-time.After(20 * time.Second):
 			t.Fatal("the device never acknowledged the command")
 		}
-		time.Sleep(500 * time.Millisecond) // the late PUBACK's delivered transition ran by now
+		// The late PUBACK's delivered transition sets delivered_at; the
+		// status stays succeeded.
+		var st protocol.Status
+		delivered := false
+		for deadline := time.Now().Add(10 * time.Second); !delivered && time.Now().Before(deadline); {
+			if st, delivered = e.status(app, "eager-1"); !delivered {
+				time.Sleep(20 * time.Millisecond)
+			}
+		}
+		if st != protocol.StatusSucceeded || !delivered {
+			t.Errorf("status = %s (delivered_at set %v) 10s after the PUBACK, want succeeded with delivered_at", st, delivered)
+		}
 		if r := e.result("app-sc", "eager-1"); string(r.Result) != `"first"` {
 			t.Errorf("result = %+v, want the device's \"first\"", r)
-		}
-		if st, delivered := e.status(app, "eager-1"); st != protocol.StatusSucceeded || !delivered {
-			t.Errorf("status = %s (delivered_at set %v), want succeeded with delivered_at", st, delivered)
 		}
 	})
 }

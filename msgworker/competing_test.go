@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
 	"github.com/stretchr/testify/require"
 
 	"github.com/iotgw/gateway/internal/testenv"
@@ -71,8 +72,29 @@ func TestCompetingWorkers(t *testing.T) {
 	h.waitAllFinal(envs, want, 30*time.Second)
 	fired := func() float64 { return counterValue(w1.mx.timersFired) + counterValue(w2.mx.timersFired) }
 	require.Eventually(t, func() bool { return fired() >= n/10 }, 5*time.Second, 10*time.Millisecond)
-	time.Sleep(200 * time.Millisecond) // a second firing would show by now
+	// Every command is final and no timer is left in any partition's
+	// timer set: none can fire again, so the count is final.
+	require.Eventually(t, func() bool { return h.timersLeft() == 0 }, 10*time.Second, 20*time.Millisecond,
+		"timers left in the partitions' timer sets")
 	require.Equal(t, float64(n/10), fired(), "each timer fired once")
+}
+
+// timersLeft counts the timers in every partition's timer set.
+func (h *harness) timersLeft() int64 {
+	h.t.Helper()
+	pipe := h.rdb.Pipeline()
+	cmds := make([]*redis.IntCmd, h.topo.PartitionCount)
+	for p := range cmds {
+		cmds[p] = pipe.ZCard(context.Background(), h.keys.Part(p).Timers())
+	}
+	if _, err := pipe.Exec(context.Background()); err != nil {
+		h.t.Fatalf("cannot count timers: %v", err)
+	}
+	var n int64
+	for _, c := range cmds {
+		n += c.Val()
+	}
+	return n
 }
 
 // answerAll completes the devices' answers to envs, as their push servers

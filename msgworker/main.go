@@ -51,7 +51,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	if err := f.check(); err != nil {
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
-	log := f.NewLogger(stdout)
+	log := f.NewLogger(stdout).With("service", "msgworker")
 	// go-redis logs every failed dial to stderr; during an outage that is
 	// a flood. The worker reports outages itself; keep go-redis at debug.
 	redis.SetLogger(redisLogger{log.With("component", "go-redis")})
@@ -72,7 +72,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		_ = ms.Shutdown(sctx)
 	}()
 	ms.SetReady(w.Ready)
-	log.Info("msgworker starting", "ns", f.Namespace, "metrics_addr", ms.Addr(), "pid", os.Getpid())
+	log.Info("msgworker starting", "namespace", f.Namespace, "metrics_addr", ms.Addr(), "pid", os.Getpid())
 	return w.Run(ctx)
 }
 

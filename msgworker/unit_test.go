@@ -246,7 +246,7 @@ func TestRunStartsAndStops(t *testing.T) {
 		// a warning at start, and /readyz refuses, saying why.
 		require.Eventually(t, func() bool { return strings.Contains(out.String(), "not ready until Redis is durable") },
 			5*time.Second, 10*time.Millisecond, "no durability warning")
-		m := regexp.MustCompile(`msg="metrics listening" addr=(\S+)`).FindStringSubmatch(out.String())
+		m := regexp.MustCompile(`msg="metrics listening" .*addr=(\S+)`).FindStringSubmatch(out.String())
 		require.NotNil(t, m, "%s", out.String())
 		resp, err := http.Get("http://" + m[1] + "/readyz")
 		require.NoError(t, err)
@@ -264,6 +264,7 @@ func TestRunStartsAndStops(t *testing.T) {
 		t.Fatal("run did not return")
 	}
 	require.Contains(t, out.String(), "msgworker stopped")
+	testenv.RequireLogSchema(t, "msgworker", out.Lines())
 }
 
 // TestCommandShare: the command queues share the prefetch and the

@@ -61,7 +61,7 @@ func New(cfg Config) (*Worker, error) {
 	w := &Worker{
 		reach: reachability{},
 		cfg:   cfg,
-		log:   cfg.Logger.With("component", "msgworker", "ns", cfg.Namespace),
+		log:   cfg.Logger.With("component", "msgworker", "namespace", cfg.Namespace),
 		topo:  protocol.NewTopology(cfg.Namespace, cfg.Queues, cfg.Partitions),
 		rdb:   rdb,
 	}

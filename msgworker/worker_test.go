@@ -410,11 +410,16 @@ func TestGracefulShutdown(t *testing.T) {
 	require.Equal(t, protocol.StatusSent, h.get(env).Status, "the in-flight command was finished")
 	require.Equal(t, 1, handled(w, queueCommands, "sent"))
 
-	// It was acked: a new worker finds nothing to do.
+	// It was acked: a new worker finds nothing of it to do. The evidence
+	// that the new worker has consumed the queue: it sends a command
+	// published after the shutdown to the same device (so the same
+	// queue), which a requeued delivery would not come after.
 	w2 := h.worker(nil)
-	time.Sleep(500 * time.Millisecond)
-	require.Equal(t, 0, handled(w2, queueCommands, "noop"))
-	require.Len(t, h.mailboxEntries("lamp-1"), 1)
+	marker := h.send(spec{client: "app-1", device: "lamp-1", id: `2`})
+	h.waitStatus(marker, protocol.StatusSent, 10*time.Second)
+	waitHandled(t, w2, queueCommands, "sent", 1, 10*time.Second)
+	require.Equal(t, 0, handled(w2, queueCommands, "noop"), "the acked command came again")
+	require.Len(t, h.mailboxEntries("lamp-1"), 2, "the shutdown's command once, the marker once")
 }
 
 // TestResultEnvelopeIsPoison: an envelope of the former kind "result"

@@ -2,11 +2,13 @@ package main
 
 import (
 	"errors"
+	"fmt"
 	"log/slog"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/internal/config"
 )
 
@@ -176,4 +178,81 @@ func maxClients(configured int) int64 {
 		return int64(configured)
 	}
 	return allowed
+}
+
+// DefaultRingGrace is ring-grace (GW_RING_GRACE) when unset: how long the
+// previous ring is honoured after a change before sessions are shed.
+const DefaultRingGrace = 5 * time.Second
+
+// flags is the binary's configuration: the Node's Config plus what only
+// the process needs. Each setting is a flag and a GW_* variable of the
+// same name (see bind).
+type flags struct {
+	Config
+	config.Logging
+	// RingGrace is ring-grace: 0 means none (the Node's -1), unlike the
+	// Config field, whose zero means the ring's default.
+	RingGrace time.Duration
+}
+
+// bind defines every setting as a flag whose default comes from its GW_*
+// variable, then the documented default.
+func (f *flags) bind(b *config.Binder) {
+	b.String(&f.MQTTAddr, "mqtt-addr", config.DefaultMQTTAddr, "MQTT listen address (port 0: any free port)")
+	b.String(&f.WSAddr, "mqtt-ws-addr", "", "MQTT over WebSocket listen address (paths /mqtt and /; empty: off)")
+	b.String(&f.NodeID, "node-id", "", "name in the ring (default: the bound address)")
+	b.String(&f.AdvertiseURL, "advertise-url", "", "URL given to clients (default: mqtt://<bound address>)")
+	f.Common.Bind(b)
+	f.Scale.Bind(b)
+	f.Logging.Bind(b)
+	b.String(&f.AuthSecret, "auth-secret", "", "HS256 key of the tokens (required)")
+	b.String(&f.MetricsAddr, "metrics-addr", config.DefaultMetricsAddr, "Prometheus listen address")
+	b.String(&f.TLSCert, "tls-cert", "", "PEM certificate: serve MQTT over TLS (with tls-key)")
+	b.String(&f.TLSKey, "tls-key", "", "PEM private key of tls-cert")
+	b.Duration(&f.ConfirmTimeout, "confirm-timeout", config.DefaultConfirmTimeout, "longest wait for a publisher confirm of a device response")
+	b.Int(&f.Inflight, "inflight", DefaultInflight, "unacknowledged PUBLISHes per session")
+	b.Bytes(&f.MaxPacketSize, "max-packet-size", DefaultMaxPacketSize, "largest MQTT packet accepted")
+	b.Int(&f.MaxClients, "max-clients", 0, "most connected clients (0: the file limit minus a headroom)")
+	b.Int(&f.MaxSubscriptions, "max-subscriptions", DefaultMaxSubscriptions, "most subscriptions per session (beyond: SUBACK 0x97 quota exceeded)")
+	b.Int(&f.ShedRate, "shed-rate", DefaultShedRate, "sessions closed per second after a ring change")
+	b.Duration(&f.RingGrace, "ring-grace", DefaultRingGrace, "how long the previous ring is honoured before sessions are shed (0: not at all)")
+	b.Duration(&f.MaxKeepAlive, "max-keepalive", DefaultMaxKeepAlive, "longest MQTT 5 keep alive: longer ones (or none) get this as Server Keep Alive")
+}
+
+// check refuses what the push server cannot run with, and values that the
+// Node would silently replace by a default.
+func (f *flags) check() error {
+	if f.AuthSecret == "" {
+		return ErrNoSecret
+	}
+	if err := auth.CheckSecret(f.AuthSecret); err != nil {
+		return fmt.Errorf("pushserver: %w", err)
+	}
+	switch {
+	case f.MQTTAddr == "":
+		return errors.New("mqtt-addr must not be empty")
+	case (f.TLSCert == "") != (f.TLSKey == ""):
+		return errors.New("tls-cert and tls-key must be set together")
+	case f.ConfirmTimeout <= 0:
+		return errors.New("confirm-timeout must be positive")
+	case f.Inflight <= 0 || f.Inflight > 65535:
+		return errors.New("inflight must be 1 to 65535")
+	case f.MaxPacketSize <= 0:
+		return errors.New("max-packet-size must be positive")
+	case f.MaxClients < 0:
+		return errors.New("max-clients must not be negative (0: the file limit minus a headroom)")
+	case f.MaxSubscriptions <= 0:
+		return errors.New("max-subscriptions must be positive")
+	case f.ShedRate <= 0:
+		return errors.New("shed-rate must be positive")
+	case f.RingGrace < 0:
+		return errors.New("ring-grace must not be negative (0: none)")
+	case f.MaxKeepAlive <= 0:
+		return errors.New("max-keepalive must be positive")
+	}
+	// Before the Node's defaults: --queues 0 is an error, not 4.
+	if err := f.Scale.Check(); err != nil {
+		return fmt.Errorf("pushserver: %w", err)
+	}
+	return f.Logging.Check()
 }

@@ -500,7 +500,7 @@ func (n *Node) receivePacket(cl *mqtt.Client, pk packets.Packet) error {
 	}
 	// The packet's type only: never the packet (a second CONNECT holds a
 	// password, a PUBLISH a payload).
-	s.Log.Warn("error processing packet", "error", err, "client", telemetry.Clip(cl.ID), "listener", cl.Net.Listener,
+	s.Log.Warn("error processing packet", "err", err, "client_id", telemetry.Clip(cl.ID), "listener", cl.Net.Listener,
 		"packet", packetSummary(&pk))
 	return err
 }
@@ -628,7 +628,7 @@ func (n *Node) disconnected(cl *mqtt.Client, err error) {
 	} else {
 		cl.Properties.Will = mqtt.Will{} // [MQTT-3.14.4-3] [MQTT-3.1.2-10]
 	}
-	s.Log.Debug("client disconnected", "error", err, "client", telemetry.Clip(cl.ID), "remote", cl.Net.Remote, "listener", cl.Net.Listener)
+	s.Log.Debug("client disconnected", "err", err, "client_id", telemetry.Clip(cl.ID), "remote", cl.Net.Remote, "listener", cl.Net.Listener)
 	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) ||
 		(cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
 	n.hook.OnDisconnect(cl, err, expire)

@@ -119,7 +119,7 @@ func TestRun(t *testing.T) {
 			_ = pw.Close()
 		}()
 		var mu sync.Mutex
-		var msgs []string
+		var msgs, lines []string
 		listening := make(chan map[string]any, 1)
 		metricsAt := make(chan string, 1)
 		scanned := make(chan struct{})
@@ -134,6 +134,7 @@ func TestRun(t *testing.T) {
 				msg, _ := line["msg"].(string)
 				mu.Lock()
 				msgs = append(msgs, msg)
+				lines = append(lines, sc.Text())
 				mu.Unlock()
 				if a, _ := line["addr"].(string); msg == "metrics listening" {
 					metricsAt <- a
@@ -186,6 +187,7 @@ func TestRun(t *testing.T) {
 		joined := strings.Join(msgs, "\n")
 		require.Contains(t, joined, "metrics listening")
 		require.Contains(t, joined, "push server stopped")
+		testenv.RequireLogSchema(t, "pushserver", lines)
 	})
 }
 

@@ -332,6 +332,35 @@ else
 	warn "mqtt.js: node and npm not found; install Node.js 18 or later with npm (TestMQTTJS in ./pushserver fails without them)"
 fi
 
+# --- mosquitto_sub, curl and paho-mqtt (for the examples' test) -------------
+
+# examples/examples_test.go runs examples/curl/send.sh (curl, mosquitto_sub)
+# and the Python examples (paho-mqtt, Debian's python3-paho-mqtt for
+# /usr/bin/python3); the test never installs them.
+example_pkgs=""
+command -v mosquitto_sub >/dev/null 2>&1 || example_pkgs+=" mosquitto-clients"
+command -v curl >/dev/null 2>&1 || example_pkgs+=" curl"
+if ! { [[ -n ${GW_PYTHON:-} ]] && "$GW_PYTHON" -c 'import paho.mqtt.client' 2>/dev/null; } &&
+	! python3 -c 'import paho.mqtt.client' 2>/dev/null &&
+	! /usr/bin/python3 -c 'import paho.mqtt.client' 2>/dev/null; then
+	example_pkgs+=" python3-paho-mqtt"
+fi
+if [[ -z $example_pkgs ]]; then
+	say "examples: mosquitto_sub, curl and paho-mqtt found"
+elif [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+	say "examples: installing${example_pkgs} (apt-get install -y) ..."
+	# shellcheck disable=SC2086 # a list of package names
+	if DEBIAN_FRONTEND=noninteractive apt-get install -y -q $example_pkgs >/dev/null 2>&1 ||
+		{ DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null 2>&1 &&
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q $example_pkgs >/dev/null 2>&1; }; then
+		say "examples: installed${example_pkgs}"
+	else
+		warn "examples: apt-get install${example_pkgs} failed; go test ./examples/ fails until they are installed"
+	fi
+else
+	warn "examples: missing${example_pkgs}; install them (as root: apt-get install -y${example_pkgs}) for go test ./examples/"
+fi
+
 # --- Chromium (for the dashboard's browser test) -----------------------------
 
 # apiserver/dashboard_test.go drives the dashboard, and

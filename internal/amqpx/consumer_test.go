@@ -44,13 +44,21 @@ func TestConsumerAckOnNil(t *testing.T) {
 		rec.add(d)
 		return nil
 	})
-	startConsumer(t, c)
+	stop := startConsumer(t, c)
 	for i := range 20 {
 		publish(t, p, topo, fmt.Sprint("m", i), "{}")
 	}
 	conn := testenv.AMQP(t)
 	eventually(t, 10*time.Second, "20 handled", func() bool { return len(rec.of("m19")) == 1 && depth(t, conn, topo.CommandQueue(0)) == 0 })
-	time.Sleep(200 * time.Millisecond) // any redelivery would show now
+	// Stop the consumer: every handler call has returned, and a delivery
+	// left unacked would be back in the queue, so the counts below are
+	// final and no redelivery can follow them.
+	if err := stop(); err != nil {
+		t.Fatal(err)
+	}
+	if d := depth(t, conn, topo.CommandQueue(0)); d != 0 {
+		t.Fatalf("%d messages back in the queue after the consumer stopped, want 0: they were not acked", d)
+	}
 	for i := range 20 {
 		id := fmt.Sprint("m", i)
 		got := rec.of(id)
@@ -152,11 +160,14 @@ func TestConsumerTransientHoldsWithoutBurningDeliveryLimit(t *testing.T) {
 	publish(t, p, topo, "t0", "{}")
 	// Far more retries than the delivery limit allows.
 	eventually(t, 10*time.Second, "retried in place", func() bool { return len(rec.of("t0")) >= protocol.DeliveryLimit+3 })
-	// While held, the consumer takes no new work.
+	// While held, the consumer takes no new work: it retries t0 several
+	// more times after the new messages are in the queue (publish waits
+	// for the confirm) without handling any of them.
 	for i := range 5 {
 		publish(t, p, topo, fmt.Sprint("n", i), "{}")
 	}
-	time.Sleep(300 * time.Millisecond)
+	retried := len(rec.of("t0"))
+	eventually(t, 10*time.Second, "t0 retried after the publishes", func() bool { return len(rec.of("t0")) >= retried+3 })
 	for i := range 5 {
 		if n := len(rec.of(fmt.Sprint("n", i))); n != 0 {
 			t.Errorf("n%d handled %d times while the consumer was paused", i, n)
