@@ -298,6 +298,12 @@ type deviceView struct {
 	// LastSeen is the last time the device connected, disconnected or
 	// polled over HTTP (within the retention).
 	LastSeen time.Time `json:"last_seen,omitzero"`
+	// Connection is how the device connects: "mqtt" (a live MQTT
+	// session now), "http_poll" (its last sighting was an HTTP poll, at
+	// LastPoll), "offline" (seen over MQTT, not connected now); absent
+	// when never seen within the retention.
+	Connection string    `json:"connection,omitempty"`
+	LastPoll   time.Time `json:"last_poll,omitzero"`
 	// Lanes are the device's ordered lanes that hold commands not yet
 	// final, each with what it waits for.
 	Lanes []laneView `json:"lanes,omitempty"`
@@ -366,11 +372,23 @@ func (s *Server) getDevice(c echo.Context) error {
 	if err != nil {
 		return s.storeError(err, "")
 	}
+	polled, err := s.store.LastPolled(ctx, d)
+	if err != nil {
+		return s.storeError(err, "")
+	}
 	lanes, err := s.store.Lanes(ctx, d)
 	if err != nil {
 		return s.storeError(err, "")
 	}
-	v := deviceView{Device: d, Online: node != "", Node: node, Pending: n, LastSeen: utc(seen)}
+	v := deviceView{Device: d, Online: node != "", Node: node, Pending: n, LastSeen: utc(seen), LastPoll: utc(polled)}
+	switch {
+	case node != "":
+		v.Connection = "mqtt"
+	case !polled.IsZero() && !polled.Before(seen):
+		v.Connection = "http_poll"
+	case !seen.IsZero():
+		v.Connection = "offline"
+	}
 	if len(lanes) > 0 {
 		cl := claimsOf(c)
 		v.Lanes = lanesView(lanes, cl.Subject, cl.Role == auth.RoleOperator)

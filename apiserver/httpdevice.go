@@ -105,7 +105,7 @@ func (s *Server) pollCommands(c echo.Context) error {
 		return newAPIError(protocol.NewError(protocol.CodeConflict,
 			"conflict: the device holds an MQTT session; it receives its commands there", nil))
 	}
-	if err := s.store.Seen(ctx, d); err != nil {
+	if err := s.store.SeenPolling(ctx, d); err != nil {
 		return s.storeError(err, "")
 	}
 	if len(acks) > 0 {

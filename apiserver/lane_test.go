@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -89,4 +90,52 @@ func TestLaneIntake(t *testing.T) {
 		}
 	}
 	assert.Empty(t, g.envelopes(), "nothing published for refused requests")
+}
+
+// The device view says how the device connects: over MQTT now, by HTTP
+// polls (with the last poll), or offline after MQTT; nothing for a device
+// never seen.
+func TestDeviceConnection(t *testing.T) {
+	t.Parallel()
+	g := newGW(t)
+	ctx := context.Background()
+	app := token(t, "app-1", auth.RoleClient, "dev-*")
+	poll := func(d string) {
+		t.Helper()
+		r := g.do(http.MethodGet, "/v1/devices/"+d+"/commands/next", token(t, d, auth.RoleDevice), nil)
+		require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+	}
+	// dev-m holds a session; dev-h polls; dev-o had a session; dev-s
+	// polled, then came back over MQTT and left.
+	require.NoError(t, g.store.SetSession(ctx, "dev-m", "push-1"))
+	poll("dev-h")
+	require.NoError(t, g.store.SetSession(ctx, "dev-o", "push-1"))
+	require.NoError(t, g.store.ClearSession(ctx, "dev-o", "push-1"))
+	poll("dev-s")
+	require.Eventually(t, func() bool { // the session must be seen after the poll, to the millisecond
+		seen, err := g.store.LastSeen(ctx, "dev-s")
+		require.NoError(t, err)
+		return time.Since(seen) > 2*time.Millisecond
+	}, time.Second, time.Millisecond)
+	require.NoError(t, g.store.SetSession(ctx, "dev-s", "push-1"))
+	require.NoError(t, g.store.ClearSession(ctx, "dev-s", "push-1"))
+
+	tests := []struct {
+		device, connection string
+		polled             bool
+	}{
+		{"dev-m", "mqtt", false},
+		{"dev-h", "http_poll", true},
+		{"dev-o", "offline", false},
+		{"dev-s", "offline", true},
+		{"dev-never", "", false},
+	}
+	for _, tt := range tests {
+		var v deviceView
+		r := g.do(http.MethodGet, "/v1/devices/"+tt.device, app, nil)
+		require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+		r.json(t, &v)
+		assert.Equal(t, tt.connection, v.Connection, "%s: %s", tt.device, r.Body)
+		assert.Equal(t, tt.polled, !v.LastPoll.IsZero(), "%s: last_poll in %s", tt.device, r.Body)
+	}
 }

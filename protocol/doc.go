@@ -425,6 +425,7 @@
 //	{ns:p}:lanes:{device}            sorted set  PartKeys.Lanes           the device's ordered lanes: one member
 //	                                                                      "{lane}|{seq}|{client}|{id}" per command
 //	                                                                      not final yet (score 0, sorted by name)
+//	{ns:p}:polled:{device}           string      PartKeys.Polled          the last HTTP poll of the device (unix ms)
 //	{ns:p}:mbox:{identity}           stream      PartKeys.Mailbox         messages waiting for an identity
 //	{ns:p}:mboxes                    set         PartKeys.Mailboxes       identities whose mailbox may be non-empty
 //	{ns:p}:timers                    sorted set  PartKeys.Timers          deadlines (score: due time, ms)
