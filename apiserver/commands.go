@@ -35,6 +35,8 @@ type commandView struct {
 	NotBefore     time.Time       `json:"not_before,omitzero"`
 	Retries       int             `json:"retries,omitempty"`
 	Tries         int             `json:"tries,omitempty"`
+	Lane          string          `json:"lane,omitempty"`
+	LaneWait      bool            `json:"lane_wait,omitempty"`
 	CreatedAt     time.Time       `json:"created_at,omitzero"`
 	QueuedAt      time.Time       `json:"queued_at,omitzero"`
 	SendingAt     time.Time       `json:"sending_at,omitzero"`
@@ -70,6 +72,8 @@ func viewFor(c *mailbox.Command, caller string) commandView {
 		NotBefore:     utc(c.NotBefore),
 		Retries:       c.Retries,
 		Tries:         c.Tries,
+		Lane:          c.Lane,
+		LaneWait:      c.LaneWait && !c.Status.Final(),
 		CreatedAt:     utc(c.CreatedAt),
 		QueuedAt:      utc(c.QueuedAt),
 		SendingAt:     utc(c.SendingAt),
@@ -294,6 +298,54 @@ type deviceView struct {
 	// LastSeen is the last time the device connected, disconnected or
 	// polled over HTTP (within the retention).
 	LastSeen time.Time `json:"last_seen,omitzero"`
+	// Connection is how the device connects: "mqtt" (a live MQTT
+	// session now), "http_poll" (its last sighting was an HTTP poll, at
+	// LastPoll), "offline" (seen over MQTT, not connected now); absent
+	// when never seen within the retention.
+	Connection string    `json:"connection,omitempty"`
+	LastPoll   time.Time `json:"last_poll,omitzero"`
+	// Lanes are the device's ordered lanes that hold commands not yet
+	// final, each with what it waits for.
+	Lanes []laneView `json:"lanes,omitempty"`
+}
+
+// laneView is one ordered lane of a device: Commands not final, the
+// head among them the only one that may be on the wire; Waiting wait
+// behind it. The head's status and times say what the lane waits for
+// (its dispatch, its PUBACK, its answer) and DeliverBy until when at the
+// latest before its expiry releases the lane. The head's id and client
+// are shown only to its own client and to operators.
+type laneView struct {
+	Name      string          `json:"name"`
+	Commands  int             `json:"commands"`
+	Waiting   int             `json:"waiting"`
+	HeadID    json.RawMessage `json:"head_id,omitempty"`
+	HeadOwner string          `json:"head_client,omitempty"`
+	Status    protocol.Status `json:"head_status,omitempty"`
+	Since     time.Time       `json:"head_since,omitzero"`
+	DeliverBy time.Time       `json:"head_deliver_by,omitzero"`
+}
+
+// lanesView turns a device's lanes into their views for caller (an
+// operator sees every head's id).
+func lanesView(lanes []mailbox.Lane, caller string, operator bool) []laneView {
+	out := make([]laneView, 0, len(lanes))
+	for _, l := range lanes {
+		v := laneView{Name: l.Name, Commands: l.Commands, Waiting: max(l.Commands-1, 0)}
+		if h := l.Head; h != nil {
+			v.Status, v.DeliverBy = h.Status, utc(h.DeliverBy)
+			for _, t := range []time.Time{h.CreatedAt, h.QueuedAt, h.SentAt, h.SendingAt, h.DeliveredAt} {
+				if t.After(v.Since) {
+					v.Since = utc(t)
+				}
+			}
+			if operator || h.Client == caller {
+				v.HeadID, v.HeadOwner = h.ID.Raw(), h.Client
+			}
+		}
+		out = append(out, v)
+	}
+	return out
 }
 
 type memberView struct {
@@ -320,7 +372,27 @@ func (s *Server) getDevice(c echo.Context) error {
 	if err != nil {
 		return s.storeError(err, "")
 	}
-	v := deviceView{Device: d, Online: node != "", Node: node, Pending: n, LastSeen: utc(seen)}
+	polled, err := s.store.LastPolled(ctx, d)
+	if err != nil {
+		return s.storeError(err, "")
+	}
+	lanes, err := s.store.Lanes(ctx, d)
+	if err != nil {
+		return s.storeError(err, "")
+	}
+	v := deviceView{Device: d, Online: node != "", Node: node, Pending: n, LastSeen: utc(seen), LastPoll: utc(polled)}
+	switch {
+	case node != "":
+		v.Connection = "mqtt"
+	case !polled.IsZero() && !polled.Before(seen):
+		v.Connection = "http_poll"
+	case !seen.IsZero():
+		v.Connection = "offline"
+	}
+	if len(lanes) > 0 {
+		cl := claimsOf(c)
+		v.Lanes = lanesView(lanes, cl.Subject, cl.Role == auth.RoleOperator)
+	}
 	if node != "" {
 		for _, m := range s.ring.Members() {
 			if m.Node == node {

@@ -23,6 +23,8 @@ import (
 	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/internal/testenv"
+	"github.com/iotgw/gateway/mailbox"
+	"github.com/iotgw/gateway/protocol"
 )
 
 // The dashboard and its files are served from the binary, next to the
@@ -91,9 +93,18 @@ func TestDashboardInChromium(t *testing.T) {
 		require.NoError(t, g.store.SetSession(ctx, id, "push-1"))
 	}
 	require.Eventually(t, func() bool { return len(g.ring.Members()) == 1 }, 5*time.Second, 20*time.Millisecond)
+	// Two commands reserved in lane "valve" of dev-1 (not published:
+	// the queue counts stay as they are).
+	for _, id := range []string{"v1", "v2"} {
+		mid, err := protocol.ParseIDKey(id)
+		require.NoError(t, err)
+		_, _, err = g.store.Reserve(ctx, &mailbox.Command{Client: "app-1", Device: "dev-1", ID: mid, Method: "open",
+			Fingerprint: "lane-" + id, Timeout: 30 * time.Second, ExpiresIn: time.Hour, Lane: "valve"})
+		require.NoError(t, err)
+	}
 
-	// The token in the fragment, and a link to one command.
-	url := g.ts.URL + "/#token=" + op + "&client=app-1&id=4242"
+	// The token in the fragment, a link to one command and one device.
+	url := g.ts.URL + "/#token=" + op + "&client=app-1&id=4242&device=dev-1"
 	dom := testenv.RunChromium(t, bin, url, "--virtual-time-budget=5000", "--dump-dom")
 
 	assert.Equal(t, "23", textOf(dom, "commands-ready"), "the commands tile")
@@ -139,6 +150,14 @@ func TestDashboardInChromium(t *testing.T) {
 	assert.Contains(t, lookup, "app-1 → dev-1")
 	assert.Contains(t, lookup, "Reason: delivery limit reached for 4242")
 	assert.Contains(t, lookup, `"code": -32003`, "the client's response")
+	// The device of the link: how it connects, its lane and the head.
+	assert.Equal(t, "MQTT session", textOf(dom, "device-connection"))
+	i = strings.Index(dom, `id="device-lanes"`)
+	require.Positive(t, i, "no lanes table for dev-1")
+	lanes := dom[i:]
+	assert.Contains(t, lanes, ">valve<")
+	assert.Contains(t, lanes, "app-1 · v1", "the head, for an operator")
+	assert.Contains(t, lanes, `<span class="badge pending">pending</span>`)
 
 	// Without a token: the sign-in form, and no data.
 	dom = testenv.RunChromium(t, bin, g.ts.URL+"/", "--virtual-time-budget=2000", "--dump-dom")

@@ -105,7 +105,7 @@ func (s *Server) pollCommands(c echo.Context) error {
 		return newAPIError(protocol.NewError(protocol.CodeConflict,
 			"conflict: the device holds an MQTT session; it receives its commands there", nil))
 	}
-	if err := s.store.Seen(ctx, d); err != nil {
+	if err := s.store.SeenPolling(ctx, d); err != nil {
 		return s.storeError(err, "")
 	}
 	if len(acks) > 0 {
@@ -166,7 +166,9 @@ type responseOutcome struct {
 // completes an answer read over MQTT (mailbox.Store.Complete). It answers
 // 200 with the outcome of each: succeeded, failed, late, duplicate,
 // timeout, or why it changed nothing (malformed, unknown, other_device,
-// not_sent).
+// not_sent). A single response that is not JSON (-32700), not a JSON-RPC
+// response or without a "{client}:{id}" id (-32600) is a 400; in a batch
+// such an entry's outcome is malformed.
 func (s *Server) postResponses(c echo.Context) error {
 	d, err := pollingDevice(c)
 	if err != nil {
@@ -186,6 +188,18 @@ func (s *Server) postResponses(c echo.Context) error {
 			return errBadRequest(fmt.Sprintf("a batch holds 1 to %d responses", protocol.MaxBatch))
 		}
 	} else {
+		// One response: one that cannot be read is the request's error
+		// (400), not an outcome; in a batch it is that entry's outcome.
+		if !json.Valid(body) {
+			return newAPIError(protocol.ErrParse("the body is not JSON"))
+		}
+		resp, err := protocol.ParseResponse(body)
+		if err == nil {
+			_, _, err = protocol.AnswerTarget(resp)
+		}
+		if err != nil {
+			return errBadRequest(strings.TrimPrefix(err.Error(), "protocol: "))
+		}
 		raws = []json.RawMessage{body}
 	}
 	ctx := c.Request().Context()

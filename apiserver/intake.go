@@ -93,6 +93,15 @@ func (s *Server) postCommands(c echo.Context) error {
 			return errBadRequest("retries: a one-way command awaits no answer, so it is never retried")
 		}
 	}
+	// An ordered lane: the commands of one lane of one device go on the
+	// wire one at a time, in acceptance order (part of the body's
+	// identity).
+	lane := ""
+	if q.Has("lane") {
+		if lane, err = protocol.ParseLane(q.Get("lane")); err != nil {
+			return errBadRequest("lane: " + strings.TrimPrefix(err.Error(), "protocol: "))
+		}
+	}
 	body, err := s.readBody(c)
 	if err != nil {
 		return err
@@ -109,6 +118,7 @@ func (s *Server) postCommands(c echo.Context) error {
 		delay:     delay,
 		notBefore: q.Get("not_before"),
 		retries:   retries,
+		lane:      lane,
 		trace:     traceParent(c.Request().Header.Get("traceparent")),
 	}
 	if !batch {
@@ -192,7 +202,9 @@ type intake struct {
 	notBefore string
 	// retries: sends again after a timeout (part of the body's identity).
 	retries int
-	trace   string
+	// lane: the ordered lane, "" for none (part of the body's identity).
+	lane  string
+	trace string
 }
 
 // fingerprint is the body's identity: the request and its options.
@@ -203,6 +215,9 @@ func fingerprint(in intake, req *protocol.Request) string {
 	}
 	if in.retries > 0 {
 		extra = append(extra, "retries="+strconv.Itoa(in.retries))
+	}
+	if in.lane != "" {
+		extra = append(extra, "lane="+in.lane)
 	}
 	return protocol.Fingerprint(in.device, req.Method, req.Params, in.timeout, in.expiresIn, extra...)
 }
@@ -243,6 +258,7 @@ func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request
 		ExpiresIn:   in.expiresIn,
 		Delay:       in.delay,
 		Retries:     in.retries,
+		Lane:        in.lane,
 	}
 	lease := 2 * s.cfg.ConfirmTimeout
 	giveUp := time.Now().Add(lease + s.cfg.ConfirmTimeout)
@@ -252,7 +268,7 @@ func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request
 		switch {
 		case errors.Is(err, mailbox.ErrConflict):
 			return intakeResult{err: newAPIError(protocol.NewError(protocol.CodeConflict,
-				"conflict: this id was used before with a different body (device, method, params, timeout, expires_in, one_way, not_before or retries)", nil))}
+				"conflict: this id was used before with a different body (device, method, params, timeout, expires_in, one_way, not_before, retries or lane)", nil))}
 		case err != nil:
 			if ctx.Err() != nil {
 				return intakeResult{err: errNotAccepted("request cancelled")}

@@ -5,13 +5,15 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/iotgw/gateway/protocol"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
+
+	"github.com/iotgw/gateway/protocol"
 )
 
 // API is a small client of the gateway's HTTP API.
@@ -134,14 +136,33 @@ type Accepted struct {
 	StatusURL string          `json:"status_url"`
 }
 
+// SendOptions are the query options of POST /v1/devices/{d}/commands.
+type SendOptions struct {
+	Timeout, ExpiresIn time.Duration // 0: the gateway's default
+	// OneWay: the device's PUBACK is the success; Timeout is not sent.
+	OneWay bool
+	// Lane: an ordered lane of the device ("" for none).
+	Lane string
+}
+
 // SendCommand posts one JSON-RPC request to device.
 func (a *API) SendCommand(ctx context.Context, token, device string, req []byte, timeout, expiresIn time.Duration) (Accepted, int, error) {
+	return a.Send(ctx, token, device, req, SendOptions{Timeout: timeout, ExpiresIn: expiresIn})
+}
+
+// Send posts one JSON-RPC request to device with o.
+func (a *API) Send(ctx context.Context, token, device string, req []byte, o SendOptions) (Accepted, int, error) {
 	q := url.Values{}
-	if timeout > 0 {
-		q.Set("timeout", timeout.String())
+	if o.OneWay {
+		q.Set("one_way", "true")
+	} else if o.Timeout > 0 {
+		q.Set("timeout", o.Timeout.String())
 	}
-	if expiresIn > 0 {
-		q.Set("expires_in", expiresIn.String())
+	if o.ExpiresIn > 0 {
+		q.Set("expires_in", o.ExpiresIn.String())
+	}
+	if o.Lane != "" {
+		q.Set("lane", o.Lane)
 	}
 	path := "/v1/devices/" + url.PathEscape(device) + "/commands"
 	if len(q) > 0 {
@@ -150,6 +171,50 @@ func (a *API) SendCommand(ctx context.Context, token, device string, req []byte,
 	var acc Accepted
 	status, err := a.Do(ctx, http.MethodPost, path, token, req, &acc)
 	return acc, status, err
+}
+
+// Polled is one command of a device's HTTP poll: its ack token and the
+// device-facing JSON-RPC request.
+type Polled struct {
+	Ack     string          `json:"ack"`
+	Request json.RawMessage `json:"request"`
+}
+
+// Poll is a device's GET /v1/devices/{d}/commands/next: it acknowledges
+// acks (the commands of the previous poll), waits up to wait for
+// commands (0: answers at once) and returns at most max of them.
+func (a *API) Poll(ctx context.Context, token, device string, wait time.Duration, max int, acks []string) ([]Polled, error) {
+	q := url.Values{}
+	if wait > 0 {
+		q.Set("wait", wait.String())
+	}
+	if max > 0 {
+		q.Set("max", strconv.Itoa(max))
+	}
+	if len(acks) > 0 {
+		q.Set("ack", strings.Join(acks, ","))
+	}
+	var out struct {
+		Commands []Polled `json:"commands"`
+	}
+	path := "/v1/devices/" + url.PathEscape(device) + "/commands/next"
+	if len(q) > 0 {
+		path += "?" + q.Encode()
+	}
+	if _, err := a.Do(ctx, http.MethodGet, path, token, nil, &out); err != nil {
+		return nil, err
+	}
+	return out.Commands, nil
+}
+
+// PostResponse is a device's POST /v1/devices/{d}/responses of one
+// JSON-RPC response; it returns the gateway's outcome.
+func (a *API) PostResponse(ctx context.Context, token, device string, resp []byte) (string, error) {
+	var out struct {
+		Outcome string `json:"outcome"`
+	}
+	_, err := a.Do(ctx, http.MethodPost, "/v1/devices/"+url.PathEscape(device)+"/responses", token, resp, &out)
+	return out.Outcome, err
 }
 
 // brokerURL turns the gateway's advertised mqtt:// or mqtts:// URL into

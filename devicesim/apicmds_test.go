@@ -336,8 +336,8 @@ func TestAPICommands(t *testing.T) {
 	}
 }
 
-// TestLoadReportFailure: a report with anything lost, unexpected or wrong
-// is a failure naming the counts.
+// TestLoadReportFailure: a report with anything lost, unexpected, wrong or
+// out of its lane's order is a failure naming the counts.
 func TestLoadReportFailure(t *testing.T) {
 	t.Parallel()
 	for _, tc := range []struct {
@@ -347,9 +347,10 @@ func TestLoadReportFailure(t *testing.T) {
 	}{
 		{"clean", LoadReport{Sent: 10, Accepted: 10, Received: 10}, ""},
 		{"rejected is not a failure", LoadReport{Sent: 10, Accepted: 8, Rejected: 2, Received: 8}, ""},
-		{"lost", LoadReport{Lost: 1}, "load: 1 lost, 0 unexpected, 0 wrong"},
-		{"unexpected", LoadReport{Unexpected: 2}, "load: 0 lost, 2 unexpected, 0 wrong"},
-		{"wrong", LoadReport{Wrong: 3}, "load: 0 lost, 0 unexpected, 3 wrong"},
+		{"lost", LoadReport{Lost: 1}, "load: 1 lost, 0 unexpected, 0 wrong, 0 out of order"},
+		{"unexpected", LoadReport{Unexpected: 2}, "load: 0 lost, 2 unexpected, 0 wrong, 0 out of order"},
+		{"wrong", LoadReport{Wrong: 3}, "load: 0 lost, 0 unexpected, 3 wrong, 0 out of order"},
+		{"out of its lane's order", LoadReport{OutOfOrder: 4}, "load: 0 lost, 0 unexpected, 0 wrong, 4 out of order"},
 	} {
 		got := ""
 		if err := tc.rep.Failure(); err != nil {

@@ -25,6 +25,18 @@ type Behaviour struct {
 // FleetStats counts what a fleet did.
 type FleetStats struct {
 	Received, Answered, Failed, Dropped, Duplicates, Unknown, PublishErrors atomic.Int64
+	// Polls and PollErrors count the HTTP polls of devices over HTTP.
+	Polls, PollErrors atomic.Int64
+}
+
+// HTTPChannel is how a device polls over HTTP (a sleepy device): it
+// wakes, polls GET /v1/devices/{d}/commands/next (acknowledging what the
+// previous poll returned) until nothing waits, answers with POST
+// /v1/devices/{d}/responses, and sleeps Wake.
+type HTTPChannel struct {
+	Wake time.Duration // sleep between polls that found nothing
+	Wait time.Duration // long-poll wait of each poll (0: none)
+	Max  int           // commands per poll (0: the gateway's default)
 }
 
 // SimulatedFailureCode is the error code of a simulated device failure.
@@ -37,11 +49,22 @@ type Device struct {
 	B     Behaviour
 	Stats *FleetStats
 	pause chan time.Duration
+	// HTTP, when set, makes the device poll over HTTP instead of holding
+	// an MQTT session; with Switch > 0 it alternates: MQTT for Switch,
+	// then HTTP for Switch, and so on (Sess keeps the token either way).
+	HTTP   *HTTPChannel
+	Switch time.Duration
+
+	onHTTP    atomic.Bool // answers go over HTTP now
+	polling   atomic.Bool // the last poll succeeded
+	ready     chan struct{}
+	readyOnce sync.Once
 
 	mu    sync.Mutex
 	state map[string]json.RawMessage
 	seen  map[string]*answer // by device-facing id: dedupe of redeliveries
 	order []string           // FIFO of seen ids, bounded
+	n     int64              // commands received (first receipts), for the seq method
 }
 
 type answer struct {
@@ -54,14 +77,88 @@ const seenLimit = 2048
 // NewDevice returns a device using sess for MQTT.
 func NewDevice(id string, sess *Session, b Behaviour, st *FleetStats) *Device {
 	d := &Device{ID: id, Sess: sess, B: b, Stats: st, pause: make(chan time.Duration, 1),
-		state: map[string]json.RawMessage{}, seen: map[string]*answer{}}
+		state: map[string]json.RawMessage{}, seen: map[string]*answer{}, ready: make(chan struct{})}
 	sess.Filter = protocol.DeviceCommandsTopic(id)
 	sess.Handler = d.onMessage
 	return d
 }
 
-// Run keeps the device connected until ctx is done.
-func (d *Device) Run(ctx context.Context) { d.Sess.Run(ctx, d.pause) }
+// Run keeps the device connected (MQTT), polling (HTTP) or alternating
+// between the two (Switch) until ctx is done.
+func (d *Device) Run(ctx context.Context) {
+	go func() {
+		select {
+		case <-d.Sess.Ready():
+			d.markReady()
+		case <-ctx.Done():
+		}
+	}()
+	switch {
+	case d.HTTP == nil:
+		d.Sess.Run(ctx, d.pause)
+	case d.Switch <= 0:
+		d.runHTTP(ctx)
+	default:
+		for phase := 0; ctx.Err() == nil; phase++ {
+			pctx, cancel := context.WithTimeout(ctx, d.Switch)
+			if phase%2 == 0 {
+				d.Sess.Run(pctx, d.pause)
+			} else {
+				d.runHTTP(pctx)
+			}
+			cancel()
+		}
+	}
+}
+
+// Ready is closed once the device first connected over MQTT or polled
+// over HTTP.
+func (d *Device) Ready() <-chan struct{} { return d.ready }
+
+func (d *Device) markReady() { d.readyOnce.Do(func() { close(d.ready) }) }
+
+// Online reports whether the device holds an MQTT session or polls over
+// HTTP successfully.
+func (d *Device) Online() bool { return d.Sess.Online() || d.polling.Load() }
+
+// runHTTP polls over HTTP until ctx is done: each poll acknowledges the
+// commands of the one before; a poll that found nothing is followed by
+// Wake of sleep. A 409 (the device's MQTT session is still registered,
+// right after a switch) or any error is retried with a backoff.
+func (d *Device) runHTTP(ctx context.Context) {
+	d.onHTTP.Store(true)
+	defer func() { d.onHTTP.Store(false); d.polling.Store(false) }()
+	var acks []string
+	backoff := 100 * time.Millisecond
+	for ctx.Err() == nil {
+		cmds, err := d.Sess.API.Poll(ctx, d.Sess.Token, d.ID, d.HTTP.Wait, d.HTTP.Max, acks)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			d.polling.Store(false)
+			d.Stats.PollErrors.Add(1)
+			if d.Sess.Log != nil {
+				d.Sess.Log.Debug("poll failed", "device_id", d.ID, "err", err)
+			}
+			sleep(ctx, backoff)
+			backoff = min(backoff*2, 5*time.Second)
+			continue
+		}
+		backoff = 100 * time.Millisecond
+		d.polling.Store(true)
+		d.markReady()
+		d.Stats.Polls.Add(1)
+		acks = acks[:0]
+		for _, c := range cmds {
+			acks = append(acks, c.Ack)
+			d.handle(c.Request)
+		}
+		if len(cmds) == 0 {
+			sleep(ctx, d.HTTP.Wake)
+		}
+	}
+}
 
 // GoOffline disconnects the device for dur.
 func (d *Device) GoOffline(dur time.Duration) {
@@ -73,14 +170,17 @@ func (d *Device) GoOffline(dur time.Duration) {
 
 // onMessage runs in paho's goroutine; the answer is computed and sent in
 // another goroutine so that a slow method never blocks paho.
-func (d *Device) onMessage(_ mqtt.Client, m mqtt.Message) {
+func (d *Device) onMessage(_ mqtt.Client, m mqtt.Message) { d.handle(m.Payload()) }
+
+// handle takes one command, from MQTT or from an HTTP poll.
+func (d *Device) handle(payload []byte) {
 	d.Stats.Received.Add(1)
 	var req struct {
 		Method string          `json:"method"`
 		Params json.RawMessage `json:"params"`
 		ID     json.RawMessage `json:"id"`
 	}
-	if err := json.Unmarshal(m.Payload(), &req); err != nil || len(req.ID) == 0 {
+	if err := json.Unmarshal(payload, &req); err != nil || len(req.ID) == 0 {
 		d.Stats.Unknown.Add(1)
 		return
 	}
@@ -104,11 +204,15 @@ func (d *Device) onMessage(_ mqtt.Client, m mqtt.Message) {
 		delete(d.seen, d.order[0])
 		d.order = d.order[1:]
 	}
+	d.n++
+	n := d.n
 	d.mu.Unlock()
-	go d.execute(req.Method, req.Params, req.ID, a)
+	go d.execute(req.Method, req.Params, req.ID, n, a)
 }
 
-func (d *Device) execute(method string, params, id json.RawMessage, a *answer) {
+// execute runs a command; n is its place among the commands the device
+// received.
+func (d *Device) execute(method string, params, id json.RawMessage, n int64, a *answer) {
 	defer close(a.done)
 	r := rand.Float64()
 	if r < d.B.DropRate {
@@ -127,7 +231,7 @@ func (d *Device) execute(method string, params, id json.RawMessage, a *answer) {
 		resp = protocol.NewErrorResponse(id, &protocol.Error{Code: SimulatedFailureCode, Message: "simulated failure"})
 		d.Stats.Failed.Add(1)
 	} else {
-		resp = d.call(method, params, id)
+		resp = d.call(method, params, id, n)
 	}
 	payload, _ := json.Marshal(resp)
 	a.payload = payload
@@ -138,14 +242,41 @@ func (d *Device) execute(method string, params, id json.RawMessage, a *answer) {
 	}
 }
 
+// publish sends an answer over the channel the device uses now; a device
+// that may poll over HTTP posts it when its MQTT session is gone.
 func (d *Device) publish(payload []byte) {
-	if err := d.Sess.Publish(protocol.DeviceResponsesTopic(d.ID), payload); err != nil {
+	if d.HTTP != nil && d.onHTTP.Load() {
+		d.post(payload)
+		return
+	}
+	err := d.Sess.Publish(protocol.DeviceResponsesTopic(d.ID), payload)
+	if err != nil && d.HTTP != nil {
+		// Offline, or the session ended under the PUBLISH (a switch):
+		// the answer goes over HTTP; a copy that got through is harmless
+		// (the gateway keeps the first answer).
+		d.post(payload)
+		return
+	}
+	if err != nil {
 		d.Stats.PublishErrors.Add(1)
 	}
 }
 
-// call runs one built-in method.
-func (d *Device) call(method string, params, id json.RawMessage) *protocol.Response {
+// post sends an answer with POST /v1/devices/{d}/responses.
+func (d *Device) post(payload []byte) {
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	if _, err := d.Sess.API.PostResponse(ctx, d.Sess.Token, d.ID, payload); err != nil {
+		d.Stats.PublishErrors.Add(1)
+		if d.Sess.Log != nil {
+			d.Sess.Log.Debug("answer not posted", "device_id", d.ID, "err", err)
+		}
+	}
+}
+
+// call runs one built-in method; n is the command's place among those
+// the device received (the seq method returns it).
+func (d *Device) call(method string, params, id json.RawMessage, n int64) *protocol.Response {
 	ok := func(v any) *protocol.Response {
 		b, _ := json.Marshal(v)
 		return protocol.NewResult(id, b)
@@ -158,6 +289,11 @@ func (d *Device) call(method string, params, id json.RawMessage) *protocol.Respo
 			return protocol.NewResult(id, json.RawMessage("null"))
 		}
 		return protocol.NewResult(id, params)
+	case "seq":
+		if len(params) == 0 {
+			params = json.RawMessage("null")
+		}
+		return ok(map[string]any{"n": n, "params": params})
 	case "get_state":
 		d.mu.Lock()
 		defer d.mu.Unlock()

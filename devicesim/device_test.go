@@ -26,9 +26,11 @@ func TestDeviceCall(t *testing.T) {
 		{"sleep", `{"ms":-1}`, ``, protocol.CodeInvalidParams},
 		{"sleep", `"x"`, ``, protocol.CodeInvalidParams},
 		{"nope", ``, ``, protocol.CodeMethodNotFound},
+		{"seq", `{"a":1}`, `{"n":7,"params":{"a":1}}`, 0},
+		{"seq", ``, `{"n":7,"params":null}`, 0},
 	}
 	for _, tt := range tests {
-		r := d.call(tt.method, json.RawMessage(tt.params), id)
+		r := d.call(tt.method, json.RawMessage(tt.params), id, 7)
 		if string(r.ID) != string(id) {
 			t.Errorf("%s(%s) id = %s, want %s", tt.method, tt.params, r.ID, id)
 		}

@@ -25,6 +25,12 @@ type FleetOptions struct {
 	Progress bool
 	JSON     bool
 	Connect  int // connection attempts in flight at once while starting
+	// HTTP makes the devices poll over HTTP (sleepy devices) instead of
+	// holding MQTT sessions; Switch > 0 makes them alternate between MQTT
+	// and HTTP every Switch (starting with MQTT).
+	HTTP   bool
+	Poll   HTTPChannel
+	Switch time.Duration
 }
 
 func fleetCmd(ctx context.Context, g *globals) *cobra.Command {
@@ -35,8 +41,15 @@ func fleetCmd(ctx context.Context, g *globals) *cobra.Command {
 		Long: `Simulate devices dev-0 … dev-{N-1}. Built-in methods: ping, echo (returns its
 params), get_state, set_state (merges an object into the state), sleep ({"ms":N}),
 reboot (answers, then goes offline for --reboot). Unknown methods answer -32601.
+The seq method returns {"n": N, "params": …}, N counting the commands the device
+received (load --lane checks lane order with it).
 Devices deduplicate by the id they receive: a redelivered command is answered
-again, not executed again.`,
+again, not executed again.
+
+With --http the devices are sleepy: they hold no MQTT session but wake, poll
+GET /v1/devices/{d}/commands/next (acknowledging the previous poll's commands)
+until nothing waits, answer with POST /v1/devices/{d}/responses, and sleep
+--wake. With --switch D they alternate: MQTT for D, then HTTP polls for D, …`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runFleet(ctx, g, o)
@@ -56,6 +69,11 @@ again, not executed again.`,
 	f.BoolVar(&o.Progress, "progress", true, "print a live progress line to stderr (only when it is a terminal)")
 	f.BoolVar(&o.JSON, "json", false, "print the totals as JSON")
 	f.IntVar(&o.Connect, "connect-parallel", 64, "connection attempts in flight while starting")
+	f.BoolVar(&o.HTTP, "http", false, "devices poll over HTTP (sleepy devices) instead of holding MQTT sessions")
+	f.DurationVar(&o.Poll.Wake, "wake", 10*time.Second, "with --http: how long a device sleeps after a poll that found nothing")
+	f.DurationVar(&o.Poll.Wait, "poll-wait", 0, "with --http: long-poll wait of each poll (0: answer at once)")
+	f.IntVar(&o.Poll.Max, "poll-max", 10, "with --http: commands per poll (1 to 100)")
+	f.DurationVar(&o.Switch, "switch", 0, "alternate each device between MQTT and HTTP polls every this long (0: no)")
 	return cmd
 }
 
@@ -78,6 +96,9 @@ func StartFleet(ctx context.Context, g *globals, o FleetOptions, wg *sync.WaitGr
 	if o.FailRate < 0 || o.DropRate < 0 || o.FailRate+o.DropRate > 1 {
 		return nil, fmt.Errorf("--fail-rate and --drop-rate must be in 0..1 and sum to at most 1")
 	}
+	if o.Switch < 0 || o.Poll.Wake < 0 || o.Poll.Wait < 0 || o.Poll.Max < 0 || o.Poll.Max > 100 {
+		return nil, fmt.Errorf("--switch, --wake and --poll-wait must not be negative, --poll-max must be 0 to 100")
+	}
 	api := NewAPI(g.API)
 	fl := &Fleet{}
 	sem := make(chan struct{}, max(o.Connect, 1))
@@ -88,6 +109,10 @@ func StartFleet(ctx context.Context, g *globals, o FleetOptions, wg *sync.WaitGr
 			return nil, err
 		}
 		d := NewDevice(id, &Session{Identity: id, Token: tok, API: api, Log: g.log}, o.Behaviour, &fl.Stats)
+		if o.HTTP || o.Switch > 0 {
+			poll := o.Poll
+			d.HTTP, d.Switch = &poll, o.Switch
+		}
 		fl.Devices = append(fl.Devices, d)
 		wg.Add(1)
 		go func() {
@@ -99,7 +124,7 @@ func StartFleet(ctx context.Context, g *globals, o FleetOptions, wg *sync.WaitGr
 			}
 			go func() {
 				select {
-				case <-d.Sess.Ready():
+				case <-d.Ready():
 				case <-time.After(10 * time.Second):
 				case <-ctx.Done():
 				}
@@ -129,7 +154,7 @@ func (fl *Fleet) churn(ctx context.Context, rate float64, offline time.Duration)
 func (fl *Fleet) Online() int {
 	n := 0
 	for _, d := range fl.Devices {
-		if d.Sess.Online() {
+		if d.Online() {
 			n++
 		}
 	}
@@ -140,7 +165,7 @@ func (fl *Fleet) Online() int {
 func (fl *Fleet) WaitOnline(ctx context.Context) error {
 	for _, d := range fl.Devices {
 		select {
-		case <-d.Sess.Ready():
+		case <-d.Ready():
 		case <-ctx.Done():
 			return fmt.Errorf("only %d of %d devices connected: %w", fl.Online(), len(fl.Devices), ctx.Err())
 		}
@@ -161,6 +186,8 @@ type Totals struct {
 	PublishErrors int64 `json:"publish_errors"`
 	Connects      int64 `json:"connects"`
 	Refusals      int64 `json:"refused_connects"`
+	Polls         int64 `json:"http_polls"`
+	PollErrors    int64 `json:"http_poll_errors"`
 }
 
 // Totals sums the fleet's counters.
@@ -168,7 +195,7 @@ func (fl *Fleet) Totals() Totals {
 	t := Totals{Devices: len(fl.Devices), Online: fl.Online(),
 		Received: fl.Stats.Received.Load(), Answered: fl.Stats.Answered.Load(), Failed: fl.Stats.Failed.Load(),
 		Dropped: fl.Stats.Dropped.Load(), Duplicates: fl.Stats.Duplicates.Load(), Unknown: fl.Stats.Unknown.Load(),
-		PublishErrors: fl.Stats.PublishErrors.Load()}
+		PublishErrors: fl.Stats.PublishErrors.Load(), Polls: fl.Stats.Polls.Load(), PollErrors: fl.Stats.PollErrors.Load()}
 	for _, d := range fl.Devices {
 		t.Connects += d.Sess.Connects.Load()
 		t.Refusals += d.Sess.Refusals.Load()
@@ -202,8 +229,8 @@ func runFleet(ctx context.Context, g *globals, o FleetOptions) error {
 		enc.SetIndent("", "  ")
 		return enc.Encode(t)
 	}
-	fmt.Fprintf(g.stdout, "\ndevices %d  connects %d  refused %d\ncommands %d  answered %d  failed %d  dropped %d  duplicates %d  unparsable %d  publish errors %d\n",
-		t.Devices, t.Connects, t.Refusals, t.Received, t.Answered, t.Failed, t.Dropped, t.Duplicates, t.Unknown, t.PublishErrors)
+	fmt.Fprintf(g.stdout, "\ndevices %d  connects %d  refused %d  http polls %d (errors %d)\ncommands %d  answered %d  failed %d  dropped %d  duplicates %d  unparsable %d  publish errors %d\n",
+		t.Devices, t.Connects, t.Refusals, t.Polls, t.PollErrors, t.Received, t.Answered, t.Failed, t.Dropped, t.Duplicates, t.Unknown, t.PublishErrors)
 	return nil
 }
 

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"encoding/json"
 	"errors"
@@ -9,6 +10,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -30,13 +32,24 @@ type LoadOptions struct {
 	Rate         float64 // commands per second, open loop; 0: closed loop with Concurrency
 	Concurrency  int
 	Duration     time.Duration
-	Method       string
-	Timeout      time.Duration
-	ExpiresIn    time.Duration
-	Drain        time.Duration // longest wait for quiescence after the run
-	MaxInflight  int
-	JSON         bool
-	Progress     bool
+	// Count, when above 0 (open loop only), sends exactly this many
+	// commands at Rate, however long that takes; Duration is ignored.
+	Count       int64
+	Method      string
+	Timeout     time.Duration
+	ExpiresIn   time.Duration
+	Drain       time.Duration // longest wait for quiescence after the run
+	MaxInflight int
+	JSON        bool
+	Progress    bool
+	// OneWay sends one-way commands (?one_way=true): their result is the
+	// PUBACK's, {"one_way":true,"delivered":true}.
+	OneWay bool
+	// Lane sends every command in this ordered lane of its device; the
+	// commands to one device are then posted one at a time, so that the
+	// order of their 202s is their acceptance order, and, with the seq
+	// method, the report checks that each device received them in it.
+	Lane string
 }
 
 func loadCmd(ctx context.Context, g *globals) *cobra.Command {
@@ -61,12 +74,23 @@ error no device or gateway rule explains).
 A progress line is printed to stderr each second while it runs, when stderr
 is a terminal (and --progress is not false).
 
-Exit status: 0 when nothing was lost, unexpected or wrong; 1 when something
+With --oneway the commands are one-way: the device's PUBACK is their success.
+With --lane NAME every command goes into that ordered lane of its device; the
+commands to one device are posted one at a time (so their 202s come in
+acceptance order) with the seq method (the default then), whose result tells
+the device's receive count: the report counts out_of_order, a command a device
+received before one accepted earlier in its lane (an expired command in the
+middle is skipped, not a fault).
+
+Exit status: 0 when nothing was lost, unexpected, wrong or out of order; 1 when something
 was (the report is printed first, then a line naming the counts), or when
 the run could not be made.`,
 		Example: `  devicesim load --clients 10 --devices 100 --prefix dev- --rate 500 --duration 30s --method echo --json`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.Lane != "" && !cmd.Flags().Changed("method") {
+				o.Method = "seq"
+			}
 			rep, err := RunLoad(ctx, g, o)
 			if err != nil {
 				return err
@@ -91,6 +115,7 @@ the run could not be made.`,
 	f.Float64Var(&o.Rate, "rate", 100, "commands per second (open loop); 0 for closed loop with --concurrency")
 	f.IntVar(&o.Concurrency, "concurrency", 64, "closed-loop workers when --rate is 0")
 	f.DurationVar(&o.Duration, "duration", 10*time.Second, "how long to send")
+	f.Int64Var(&o.Count, "count", 0, "send exactly this many commands at --rate, however long it takes (instead of --duration)")
 	f.StringVar(&o.Method, "method", "echo", "JSON-RPC method")
 	f.DurationVar(&o.Timeout, "timeout", 10*time.Second, "the device must answer within this after delivery")
 	f.DurationVar(&o.ExpiresIn, "expires-in", time.Minute, "the command must be delivered within this")
@@ -98,6 +123,8 @@ the run could not be made.`,
 	f.IntVar(&o.MaxInflight, "max-inflight", 2048, "most HTTP requests in flight at once")
 	f.BoolVar(&o.JSON, "json", false, "print the report as JSON")
 	f.BoolVar(&o.Progress, "progress", true, "print a live progress line to stderr (only when it is a terminal)")
+	f.BoolVar(&o.OneWay, "oneway", false, "one-way commands: the device's PUBACK is their success (no --timeout)")
+	f.StringVar(&o.Lane, "lane", "", "send every command in this ordered lane of its device and check the order (method seq)")
 	return cmd
 }
 
@@ -121,6 +148,12 @@ type LoadReport struct {
 	// Conflicting counts commands whose client got two different
 	// results (a copy of the same result is a duplicate, not a conflict).
 	Conflicting int64 `json:"conflicting"`
+	// OneWay and Lane repeat the options; OutOfOrder counts commands of
+	// a lane that their device received before one accepted earlier
+	// (checked with the seq method only).
+	OneWay     bool   `json:"one_way,omitempty"`
+	Lane       string `json:"lane,omitempty"`
+	OutOfOrder int64  `json:"out_of_order"`
 	// RejectedWithResult counts commands the API said for sure it had not
 	// accepted (NotAccepted) whose client got a result all the same.
 	RejectedWithResult int64               `json:"rejected_with_result"`
@@ -166,12 +199,15 @@ type cmdRecord struct {
 	results            int
 	first              []byte // the first result, as JSON
 	conflict           bool
+	accepted           int64 // with a lane: its place among its device's 202s (from 1)
+	n                  int64 // with the seq method: its place among what its device received
 }
 
 type ledger struct {
 	mu       sync.Mutex
 	recs     map[string]*cmdRecord
 	method   string
+	oneWay   bool
 	rep      *LoadReport
 	rtt      latency.Recorder
 	accepted latency.Recorder
@@ -209,6 +245,23 @@ func (l *ledger) onResult(client string, r Result) {
 	}
 	l.rtt.Add(r.At.Sub(rec.scheduled))
 	switch e := r.Resp.Error; {
+	case e == nil && l.oneWay:
+		l.rep.Outcomes.Succeeded++
+		if !sameJSON(r.Resp.Result, []byte(protocol.OneWayResult)) {
+			l.rep.Wrong++
+			l.sample(fmt.Sprintf("one-way result %s, want %s", r.Resp.Result, protocol.OneWayResult))
+		}
+	case e == nil && l.method == "seq":
+		l.rep.Outcomes.Succeeded++
+		var v struct {
+			N      int64           `json:"n"`
+			Params json.RawMessage `json:"params"`
+		}
+		if json.Unmarshal(r.Resp.Result, &v) != nil || v.N < 1 || !sameJSON(v.Params, rec.params) {
+			l.rep.Wrong++
+			l.sample(fmt.Sprintf("seq result %s, want n ≥ 1 and params %s", r.Resp.Result, rec.params))
+		}
+		rec.n = v.N
 	case e == nil:
 		l.rep.Outcomes.Succeeded++
 		if l.method == "echo" && !sameJSON(r.Resp.Result, rec.params) {
@@ -225,7 +278,7 @@ func (l *ledger) onResult(client string, r Result) {
 		l.rep.Outcomes.DeviceError++
 	default:
 		l.rep.Outcomes.DeviceError++
-		if l.method == "echo" {
+		if l.method == "echo" || l.method == "seq" {
 			l.rep.Wrong++
 			l.sample(fmt.Sprintf("unexplained device error %d %s", e.Code, e.Message))
 		}
@@ -250,15 +303,28 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 	if err != nil {
 		return nil, err
 	}
-	if o.Clients < 1 || o.Devices < 1 || o.Duration <= 0 || o.Rate < 0 || (o.Rate == 0 && o.Concurrency < 1) {
-		return nil, errors.New("need --clients ≥ 1, --devices ≥ 1, --duration > 0, and --rate > 0 or --concurrency ≥ 1")
+	if o.Count > 0 && o.Rate > 0 {
+		o.Duration = time.Duration(float64(o.Count) / o.Rate * float64(time.Second))
+	}
+	if o.Clients < 1 || o.Devices < 1 || o.Duration <= 0 || o.Rate < 0 || (o.Rate == 0 && o.Concurrency < 1) || (o.Count > 0 && o.Rate == 0) {
+		return nil, errors.New("need --clients ≥ 1, --devices ≥ 1, --duration > 0, and --rate > 0 or --concurrency ≥ 1 (--count needs --rate)")
+	}
+	if o.Lane != "" {
+		if _, err := protocol.ParseLane(o.Lane); err != nil {
+			return nil, fmt.Errorf("--lane: %w", err)
+		}
 	}
 	if o.Drain == 0 {
 		o.Drain = o.Timeout + 20*time.Second
 	}
 	api := NewAPI(g.API)
-	rep := &LoadReport{Clients: o.Clients, Devices: o.Devices, Method: o.Method, TargetRate: o.Rate, RejectedBy: map[int]int64{}}
-	l := &ledger{recs: map[string]*cmdRecord{}, method: o.Method, rep: rep}
+	rep := &LoadReport{Clients: o.Clients, Devices: o.Devices, Method: o.Method, TargetRate: o.Rate, RejectedBy: map[int]int64{},
+		OneWay: o.OneWay, Lane: o.Lane}
+	l := &ledger{recs: map[string]*cmdRecord{}, method: o.Method, oneWay: o.OneWay, rep: rep}
+	// With a lane, the commands to one device are posted one at a time
+	// (the device's lock) and numbered by their 202s.
+	laneLocks := make([]sync.Mutex, o.Devices)
+	laneAccepted := make([]int64, o.Devices)
 
 	// Clients connect and subscribe before anything is sent.
 	sessCtx, stopSessions := context.WithCancel(context.WithoutCancel(ctx))
@@ -296,7 +362,8 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 	send := func(scheduled time.Time) {
 		n := seq.Add(1)
 		ci := int(n) % o.Clients
-		device := o.Prefix + strconv.Itoa(rand.IntN(o.Devices))
+		di := rand.IntN(o.Devices)
+		device := o.Prefix + strconv.Itoa(di)
 		id := runID + "-" + strconv.FormatInt(n, 10)
 		params := []byte(`{"seq":` + strconv.FormatInt(n, 10) + `,"client":"` + clients[ci] + `"}`)
 		body := []byte(`{"jsonrpc":"2.0","method":"` + o.Method + `","params":` + string(params) + `,"id":"` + id + `"}`)
@@ -306,8 +373,13 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 		l.recs[key] = rec
 		rep.Sent++
 		l.mu.Unlock()
+		if o.Lane != "" {
+			laneLocks[di].Lock()
+			defer laneLocks[di].Unlock()
+		}
 		start := time.Now()
-		_, status, err := api.SendCommand(ctx, tokens[ci], device, body, o.Timeout, o.ExpiresIn)
+		_, status, err := api.Send(ctx, tokens[ci], device, body,
+			SendOptions{Timeout: o.Timeout, ExpiresIn: o.ExpiresIn, OneWay: o.OneWay, Lane: o.Lane})
 		lat := time.Since(start)
 		l.mu.Lock()
 		defer l.mu.Unlock()
@@ -315,6 +387,8 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 		switch {
 		case err == nil:
 			rec.state = 1
+			laneAccepted[di]++
+			rec.accepted = laneAccepted[di]
 			rep.Accepted++
 			l.accepted.Add(lat)
 			if rec.results == 0 {
@@ -333,6 +407,9 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 	}
 
 	runCtx, stopRun := context.WithTimeout(ctx, o.Duration)
+	if o.Count > 0 {
+		runCtx, stopRun = context.WithCancel(ctx)
+	}
 	defer stopRun()
 	if o.Progress && isTerminal(g.stderr) {
 		progCtx, stopProg := context.WithCancel(ctx)
@@ -349,7 +426,7 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 		interval := time.Duration(float64(time.Second) / o.Rate)
 		for i := 0; ; i++ {
 			at := began.Add(time.Duration(i) * interval)
-			if at.Sub(began) >= o.Duration {
+			if o.Count > 0 && int64(i) >= o.Count || o.Count == 0 && at.Sub(began) >= o.Duration {
 				break
 			}
 			if d := time.Until(at); d > 0 {
@@ -408,6 +485,9 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 			rep.Suspects = append(rep.Suspects, Suspect{Client: rec.client, ID: rec.id, Device: rec.device, Why: why})
 		}
 	}
+	if o.Lane != "" && o.Method == "seq" && !o.OneWay {
+		l.checkLaneOrder()
+	}
 	rep.DurationS = sent.Seconds()
 	if elapsed > 0 {
 		rep.Throughput = float64(rep.Received) / elapsed.Seconds()
@@ -421,13 +501,35 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 	return rep, nil
 }
 
+// checkLaneOrder counts, per device, the lane's commands that the device
+// received (seq's n) before one accepted earlier; commands without an
+// answer (expired, timed out, failed) are skipped. l.mu is held.
+func (l *ledger) checkLaneOrder() {
+	byDevice := map[string][]*cmdRecord{}
+	for _, rec := range l.recs {
+		if rec.state == 1 && rec.n > 0 {
+			byDevice[rec.device] = append(byDevice[rec.device], rec)
+		}
+	}
+	for device, recs := range byDevice {
+		slices.SortFunc(recs, func(a, b *cmdRecord) int { return cmp.Compare(a.accepted, b.accepted) })
+		for i := 1; i < len(recs); i++ {
+			if recs[i].n <= recs[i-1].n {
+				l.rep.OutOfOrder++
+				l.sample(fmt.Sprintf("%s received %s (accepted #%d) as its command %d, not after %s (accepted #%d) received as %d",
+					device, recs[i].id, recs[i].accepted, recs[i].n, recs[i-1].id, recs[i-1].accepted, recs[i-1].n))
+			}
+		}
+	}
+}
+
 // Failure returns an error naming the counts when anything was lost,
-// unexpected or wrong, nil otherwise.
+// unexpected, wrong or out of its lane's order, nil otherwise.
 func (r *LoadReport) Failure() error {
-	if r.Lost == 0 && r.Unexpected == 0 && r.Wrong == 0 {
+	if r.Lost == 0 && r.Unexpected == 0 && r.Wrong == 0 && r.OutOfOrder == 0 {
 		return nil
 	}
-	return fmt.Errorf("load: %d lost, %d unexpected, %d wrong", r.Lost, r.Unexpected, r.Wrong)
+	return fmt.Errorf("load: %d lost, %d unexpected, %d wrong, %d out of order", r.Lost, r.Unexpected, r.Wrong, r.OutOfOrder)
 }
 
 // isTerminal reports whether w is a character device (a terminal).

@@ -16,6 +16,9 @@ func (r *LoadReport) WriteTable(w io.Writer) {
 	fmt.Fprintf(tw, "received\t%d\tduplicated\t%d\tlost\t%d\n", r.Received, r.Duplicated, r.Lost)
 	fmt.Fprintf(tw, "unexpected\t%d\twrong\t%d\tthroughput\t%.0f/s\n", r.Unexpected, r.Wrong, r.Throughput)
 	fmt.Fprintf(tw, "conflicting\t%d\trejected with result\t%d\n", r.Conflicting, r.RejectedWithResult)
+	if r.Lane != "" || r.OneWay {
+		fmt.Fprintf(tw, "lane\t%q\tout of order\t%d\tone-way\t%v\n", r.Lane, r.OutOfOrder, r.OneWay)
+	}
 	o := r.Outcomes
 	fmt.Fprintf(tw, "succeeded\t%d\tdevice error\t%d\ttimeout\t%d\texpired\t%d\tother\t%d\n", o.Succeeded, o.DeviceError, o.Timeout, o.Expired, o.OtherGW)
 	tw.Flush()

@@ -22,15 +22,18 @@ const (
 )
 
 func sendCmd(ctx context.Context, g *globals) *cobra.Command {
-	var device, method, params, id, client, token string
+	var device, method, params, id, client, token, lane string
 	var timeout, expiresIn, wait time.Duration
+	var oneWay bool
 	cmd := &cobra.Command{
 		Use:   "send",
 		Short: "Send one command to one device and print its result",
 		Long: `Subscribe to the client's results first, POST the command, wait for the result
 and print it. Exit status: 0 success, 2 the device answered with an error,
 3 timeout (no answer in time), 4 the gateway refused or failed the command,
-1 anything else.`,
+1 anything else. With --oneway the device's PUBACK is the success (exit 0 with
+the result {"one_way":true,"delivered":true}); --lane puts the command into an
+ordered lane of the device.`,
 		Example: `  devicesim send --device dev-1 --method echo --params '{"hello":"world"}'`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -60,7 +63,16 @@ and print it. Exit status: 0 success, 2 the device answered with an error,
 			if wait == 0 {
 				wait = timeout + 30*time.Second
 			}
-			return sendOne(ctx, g, client, token, device, id, body, timeout, expiresIn, wait)
+			if oneWay && cmd.Flags().Changed("timeout") {
+				return fmt.Errorf("--oneway takes no --timeout: no answer is awaited")
+			}
+			if lane != "" {
+				if _, err := protocol.ParseLane(lane); err != nil {
+					return fmt.Errorf("--lane: %w", err)
+				}
+			}
+			return sendOne(ctx, g, client, token, device, id, body,
+				SendOptions{Timeout: timeout, ExpiresIn: expiresIn, OneWay: oneWay, Lane: lane}, wait)
 		},
 	}
 	f := cmd.Flags()
@@ -73,11 +85,13 @@ and print it. Exit status: 0 success, 2 the device answered with an error,
 	f.DurationVar(&timeout, "timeout", 30*time.Second, "the device must answer within this after delivery")
 	f.DurationVar(&expiresIn, "expires-in", time.Hour, "the command must be delivered within this")
 	f.DurationVar(&wait, "wait", 0, "how long to wait for the result (default: timeout + 30s)")
+	f.BoolVar(&oneWay, "oneway", false, "a one-way command: the device's PUBACK is its success, result {\"one_way\":true,\"delivered\":true}")
+	f.StringVar(&lane, "lane", "", "send the command in this ordered lane of the device")
 	_ = cmd.MarkFlagRequired("device")
 	return cmd
 }
 
-func sendOne(ctx context.Context, g *globals, client, token, device, id string, body []byte, timeout, expiresIn, wait time.Duration) error {
+func sendOne(ctx context.Context, g *globals, client, token, device, id string, body []byte, o SendOptions, wait time.Duration) error {
 	api := NewAPI(g.API)
 	want, _ := protocol.ParseIDKey(id)
 	results := make(chan Result, 4)
@@ -100,7 +114,7 @@ func sendOne(ctx context.Context, g *globals, client, token, device, id string, 
 		return ctx.Err()
 	}
 	start := time.Now()
-	acc, status, err := api.SendCommand(ctx, token, device, body, timeout, expiresIn)
+	acc, status, err := api.Send(ctx, token, device, body, o)
 	if err != nil {
 		fmt.Fprintln(g.stdout, err)
 		return exitGatewayError

@@ -69,7 +69,7 @@ func (s *Store) Reserve(ctx context.Context, c *Command) (ReserveOutcome, *Comma
 	v, err = s.run(ctx, p, stepReserve, keys,
 		c.Client, c.Device, string(c.ID.Raw()), key, c.Method, string(c.Params),
 		c.Fingerprint, c.Timeout.Milliseconds(), c.ExpiresIn.Milliseconds(),
-		newToken(), s.opts.Lease.Milliseconds(), max(c.Delay, 0).Milliseconds(), c.Retries)
+		newToken(), s.opts.Lease.Milliseconds(), max(c.Delay, 0).Milliseconds(), c.Retries, c.Lane)
 	if err != nil {
 		// The claim is made: the command is not accepted, but not surely
 		// refused either (the step may have run, or a retry completes it).
@@ -134,8 +134,13 @@ func (s *Store) Release(ctx context.Context, device, client, idKey, leaseToken s
 		return nil
 	}
 	p, keys := s.cmdKeys(device, client, idKey)
-	if _, err := s.run(ctx, p, stepRelease, keys, leaseToken); err != nil {
+	v, err := s.run(ctx, p, stepRelease, keys, leaseToken)
+	if err != nil {
 		return fmt.Errorf("cannot release command %s: %w", idKey, err)
+	}
+	if a, _ := v.([]any); len(a) == 2 {
+		next, _ := a[1].(string)
+		s.advanceLane(ctx, p, next)
 	}
 	return nil
 }

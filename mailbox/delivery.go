@@ -250,7 +250,7 @@ func (s *Store) fireTimersIn(ctx context.Context, p, limit int, ownerOf func(str
 	var watch [][]string // the claims' watchdogs, run after the batch
 	for _, m := range due {
 		parts := strings.SplitN(m, "|", 4)
-		if len(parts) != 4 || !strings.Contains("dasw", parts[0]) || len(parts[0]) != 1 || s.PartitionOf(parts[1]) != p {
+		if len(parts) != 4 || !strings.Contains("daswl", parts[0]) || len(parts[0]) != 1 || s.PartitionOf(parts[1]) != p {
 			n++
 			outcomes["malformed"]++
 			s.log.Warn("dropped a malformed timer", "timer", m, "partition", p)

@@ -4,13 +4,14 @@ package mailbox
 // command (client, idKey) to device, in the order lib.lua's cmdkeys
 // reads them: record, the device's mailbox, the partition's mailbox set,
 // timers, dead set, outbox, counters of this minute, the device's session
-// registration and the (client, device) listing.
+// registration, the (client, device) listing and the device's lanes.
 func (s *Store) cmdKeys(device, client, idKey string) (int, []string) {
 	p := s.PartitionOf(device)
 	pk := s.keys.Part(p)
 	return p, []string{
 		pk.Command(client, idKey), pk.Mailbox(device), pk.Mailboxes(), pk.Timers(), pk.Dead(),
 		pk.Outbox(), pk.StatusCounts(s.now().Unix() / 60), pk.Session(device), pk.ClientCommands(client, device),
+		pk.Lanes(device),
 	}
 }
 

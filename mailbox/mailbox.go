@@ -286,6 +286,13 @@ type Command struct {
 	// timeout is sent again (the same request, a fresh expires_in window)
 	// before it ends timeout; Tries counts those done.
 	Retries, Tries int
+	// Lane, given to Reserve, puts the command into an ordered lane of
+	// its device (protocol.ParseLane): the commands of one lane go on the
+	// wire one at a time, in acceptance order, each only once the one
+	// before is final. LaneWait is set while the command is queued behind
+	// its lane's head.
+	Lane     string
+	LaneWait bool
 
 	// Times of the transitions; zero means not yet.
 	CreatedAt, QueuedAt, SendingAt, SentAt, DeliveredAt, FinishedAt time.Time
@@ -356,6 +363,7 @@ const (
 	OutcomeNoop      Outcome = "noop"      // nothing changed
 	OutcomeSent      Outcome = "sent"      // queued → sent, in the device's mailbox
 	OutcomeScheduled Outcome = "scheduled" // queued → scheduled: waits in Redis for its NotBefore
+	OutcomeLaneWait  Outcome = "lane_wait" // queued, waits in Redis until it is its lane's head
 	OutcomeExpired   Outcome = "expired"   // deliver-by passed
 	OutcomeRejected  Outcome = "rejected"  // the device's mailbox was full (Dispatch), or the device refused it (Refuse)
 	OutcomeSucceeded Outcome = "succeeded" // the device answered with a result

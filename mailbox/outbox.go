@@ -26,6 +26,10 @@ type outboxEntry struct {
 	client, key, device             string
 	gen                             int
 	status, resp, finished, expires string
+	// next is the lane timer the final step armed for the command now
+	// at the head of the ended command's lane ("" when none): the Store
+	// fires it at once (advanceLane), the partition's owner otherwise.
+	next string
 }
 
 // parseOutbox reads the outbox entry a final step returned
@@ -38,8 +42,12 @@ func parseOutbox(p int, v any) *outboxEntry {
 	}
 	str := func(i int) string { s, _ := a[i].(string); return s }
 	g, _ := strconv.Atoi(str(4))
-	return &outboxEntry{p: p, id: str(0), client: str(1), key: str(2), device: str(3), gen: g,
+	e := &outboxEntry{p: p, id: str(0), client: str(1), key: str(2), device: str(3), gen: g,
 		status: str(5), resp: str(6), finished: str(7), expires: str(8)}
+	if len(a) > 9 {
+		e.next = str(9)
+	}
+	return e
 }
 
 // outboxFromStream reads an entry of partition p's outbox stream.
@@ -63,6 +71,7 @@ func (s *Store) relayNow(ctx context.Context, e *outboxEntry, clientOwner string
 		s.log.Warn("cannot relay a result now; the partition's owner will", "client_id", e.client,
 			"device_id", e.device, "msg_id", e.key, "err", err)
 	}
+	s.advanceLane(ctx, e.p, e.next)
 	return dropped
 }
 

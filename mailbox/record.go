@@ -31,6 +31,8 @@ import (
 //	dropped          "1" when the client's mailbox was full at the final transition
 //	lease, lease_until, retakes   pending reservations ("" once queued)
 //	replays          times an operator replayed it from the dead letters
+//	lane, lseq       its ordered lane and its place there (zero-padded, in acceptance order)
+//	lw               "1" while it waits for its lane (queued, its device request in req)
 //
 // A field set to "" means the same as an absent one (scripts blank
 // fields in the same HSET instead of a second HDEL).
@@ -94,6 +96,8 @@ func decodeRecord(m map[string]string) (*Command, error) {
 	c.Replays, _ = strconv.Atoi(m["replays"])
 	c.Retries, _ = strconv.Atoi(m["retries"])
 	c.Tries, _ = strconv.Atoi(m["tries"])
+	c.Lane = m["lane"]
+	c.LaneWait = m["lw"] == "1"
 	if v := m[fParams]; v != "" {
 		c.Params = json.RawMessage(v)
 	}

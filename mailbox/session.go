@@ -226,6 +226,32 @@ func (s *Store) Seen(ctx context.Context, identity string) error {
 	return s.classify(err)
 }
 
+// SeenPolling records that device polled over HTTP now: its last-seen
+// and last-poll times (both expire after the retention).
+func (s *Store) SeenPolling(ctx context.Context, device string) error {
+	pk := s.part(device)
+	now := s.now().UnixMilli()
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		p.Set(ctx, pk.Seen(device), now, s.opts.Retention)
+		p.Set(ctx, pk.Polled(device), now, s.opts.Retention)
+		return nil
+	})
+	return s.classify(err)
+}
+
+// LastPolled is the last time device polled over HTTP within the
+// retention; zero when never.
+func (s *Store) LastPolled(ctx context.Context, device string) (time.Time, error) {
+	v, err := s.rdb.Get(ctx, s.part(device).Polled(device)).Result()
+	if errors.Is(err, redis.Nil) {
+		return time.Time{}, nil
+	}
+	if err != nil {
+		return time.Time{}, fmt.Errorf("cannot read when %s polled: %w", device, s.classify(err))
+	}
+	return msTime(v), nil
+}
+
 // LastSeen is the last time identity connected, disconnected or polled
 // over HTTP within the retention; zero when never.
 func (s *Store) LastSeen(ctx context.Context, identity string) (time.Time, error) {

@@ -58,9 +58,27 @@
 //	expires_in     no         query     duration           The command MUST be delivered within this long
 //	                                                       after it was accepted, or it ends "expired".
 //	                                                       Default 1h; 1s to 7 days (168h).
+//	lane           no         query     lane name          An ordered lane of the device ([ParseLane]: 1 to
+//	                                                       64 characters of [A-Za-z0-9._-], the first a
+//	                                                       letter or digit). The commands of one lane of one
+//	                                                       device, from every client, MUST go on the wire one
+//	                                                       at a time in acceptance order, each only once the
+//	                                                       one before is final. Part of the body's identity.
 //	(body)         yes        body      object or array    One JSON-RPC 2.0 request object, or a batch: an
 //	                                                       array of 1 to 100 (MaxBatch) request objects.
 //	                                                       At most GW_BODY_LIMIT bytes (default 64 KiB).
+//
+// Ordered lanes. A command of a lane whose earlier commands are not all
+// final waits in Redis (status "queued", "lane_wait": true in its view)
+// and enters the device's mailbox, for MQTT and HTTP polls alike, when the
+// command before it ends. Whatever ends a command releases its lane:
+// an answer, a one-way PUBACK, a refusal, cancel, expiry (a command
+// waiting in a lane expires at its deliver-by like any queued one),
+// timeout, a dead letter, a released publish. So a lane never deadlocks;
+// it waits at most for its head's deliver-by, then timeout plus grace.
+// GET /v1/devices/{device_id} shows each lane's commands, waiting count
+// and its head's status. A command replayed from the dead letters joins
+// the end of its lane. Commands without a lane are never held by one.
 //
 // A duration is written in Go syntax ("30s", "1m30s", "2h"; there is no
 // "d" unit) or as whole seconds ("90"). A timeout or expires_in that
@@ -404,6 +422,10 @@
 //	                                                                      final status once relayed
 //	{ns:p}:cmds:{client}:{device}    sorted set  PartKeys.ClientCommands  a client's commands to a device
 //	                                                                      (score: accepted-at, ms), in p(device)
+//	{ns:p}:lanes:{device}            sorted set  PartKeys.Lanes           the device's ordered lanes: one member
+//	                                                                      "{lane}|{seq}|{client}|{id}" per command
+//	                                                                      not final yet (score 0, sorted by name)
+//	{ns:p}:polled:{device}           string      PartKeys.Polled          the last HTTP poll of the device (unix ms)
 //	{ns:p}:mbox:{identity}           stream      PartKeys.Mailbox         messages waiting for an identity
 //	{ns:p}:mboxes                    set         PartKeys.Mailboxes       identities whose mailbox may be non-empty
 //	{ns:p}:timers                    sorted set  PartKeys.Timers          deadlines (score: due time, ms)

@@ -104,6 +104,17 @@ func (pk PartKeys) SessionConn(identity string) string {
 // expires after the retention.
 func (pk PartKeys) Seen(identity string) string { return pk.prefix + "seen:" + identity }
 
+// Polled is the key (value: unix ms) of the last time the device polled
+// over HTTP, in its partition; it expires after the retention.
+func (pk PartKeys) Polled(identity string) string { return pk.prefix + "polled:" + identity }
+
+// Lanes is the sorted set of a device's ordered lanes, in the device's
+// partition: one member "{lane}|{seq}|{client}|{id}" per command of a
+// lane that is not final yet, all scored 0 so that they sort by name:
+// the first member of a lane (seq is zero-padded, assigned at reserve in
+// acceptance order) is the command that may be on the wire.
+func (pk PartKeys) Lanes(device string) string { return pk.prefix + "lanes:" + device }
+
 // StatusCounts is the partition's hash of transitions into each status
 // during one minute (unix minute), for the stats endpoint.
 func (pk PartKeys) StatusCounts(unixMinute int64) string {

@@ -16,6 +16,8 @@ func TestKeys(t *testing.T) {
 		{"Claim", p.Claim("app-1", "r-42"), "{gw:7}:claim:app-1:r-42"},
 		{"ClientCommands", p.ClientCommands("app-1", "dev-1"), "{gw:7}:cmds:app-1:dev-1"},
 		{"Mailbox", p.Mailbox("dev-1"), "{gw:7}:mbox:dev-1"},
+		{"Lanes", p.Lanes("dev-1"), "{gw:7}:lanes:dev-1"},
+		{"Polled", p.Polled("dev-1"), "{gw:7}:polled:dev-1"},
 		{"Mailboxes", p.Mailboxes(), "{gw:7}:mboxes"},
 		{"Timers", p.Timers(), "{gw:7}:timers"},
 		{"Dead", p.Dead(), "{gw:7}:dead"},

@@ -26,6 +26,9 @@ if num(r.nb) > NOW then
 end
 local by = num(r.deliver_by)
 if by == 0 then by = env_by end
+-- A command of an ordered lane waits (queued, its request kept) until it
+-- is its lane's head.
+if not lanegate(K, r, request) then return {'lane_wait', '', ''} end
 -- A command with retries keeps its device request for them.
 if num(r.retries) > 0 then redis.call('HSET', K.rec, 'req', request) end
 return send(K, r, device, request, by, expired_body, expired_reason, rejected_body, rejected_reason)

@@ -8,6 +8,9 @@
 --   - scheduled (not before): a scheduled command goes into the
 --     device's mailbox as dispatch would put it (or expires, or is
 --     rejected by a full mailbox).
+--   - lane ('l', armed by the step that ended the lane's head): a
+--     command waiting for its lane goes into the device's mailbox if it
+--     is the lane's head now (or expires, or is rejected, as dispatch).
 --   - answer: sent or delivered → timeout once delivered + timeout +
 --     grace has passed (an answer read in time may still be recorded
 --     until then); a sent command no longer on the wire (handed back)
@@ -34,7 +37,17 @@ if kind == 's' then
     return {'rearmed', ''}
   end
   local request = r.req
-  redis.call('HDEL', K.rec, 'req')
+  if not lanegate(K, r, request) then return {'lane_wait', ''} end
+  if num(r.retries) == 0 then redis.call('HDEL', K.rec, 'req') end
+  return send(K, r, r.device, request, num(r.deliver_by), expired_body, expired_reason, rejected_body, rejected_reason)
+end
+if kind == 'l' then
+  -- The lane's head left: this command may go on the wire if it waits
+  -- for its lane (it is queued with its request) and is the head now.
+  if st ~= 'queued' or num(r.lw) == 0 or not r.req then return {'noop', ''} end
+  if lanehead(K, r.lane) ~= lanemember(r) then return {'noop', ''} end
+  local request = r.req
+  if num(r.retries) == 0 then redis.call('HDEL', K.rec, 'lw', 'req') else redis.call('HDEL', K.rec, 'lw') end
   return send(K, r, r.device, request, num(r.deliver_by), expired_body, expired_reason, rejected_body, rejected_reason)
 end
 if kind == 'd' then

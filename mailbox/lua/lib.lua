@@ -148,11 +148,77 @@ end
 -- The keys of one command's step, in the order the Go side declares them
 -- (cmdKeys in keys.go): the record, the device's mailbox, the
 -- partition's mailbox set, timers, dead set, outbox and counters of the
--- minute, the device's session registration and the (client, device)
--- listing.
+-- minute, the device's session registration, the (client, device)
+-- listing and the device's lanes.
 local function cmdkeys(KEYS)
   return {rec = KEYS[1], mbox = KEYS[2], mboxes = KEYS[3], timers = KEYS[4], dead = KEYS[5],
-    outbox = KEYS[6], stats = KEYS[7], sess = KEYS[8], cmds = KEYS[9]}
+    outbox = KEYS[6], stats = KEYS[7], sess = KEYS[8], cmds = KEYS[9], lanes = KEYS[10]}
+end
+
+-- Ordered lanes (issue 15). K.lanes is a sorted set, every score 0, with
+-- one member "{lane}|{seq}|{client}|{key}" per command of a lane that is
+-- not final; seq is zero-padded and assigned at reserve, so the first
+-- member of a lane is its oldest command: the only one that may go on
+-- the wire. A lane name has no '|' and seq only digits, so the members
+-- of lane L are exactly those in ['L|', 'L|:').
+
+local function lanemember(r)
+  return r.lane .. '|' .. r.lseq .. '|' .. r.client .. '|' .. r.key
+end
+
+-- lanehead returns the first member of lane, or nil.
+local function lanehead(K, lane)
+  local m = redis.call('ZRANGEBYLEX', K.lanes, '[' .. lane .. '|', '(' .. lane .. '|:', 'LIMIT', '0', '1')
+  return m[1]
+end
+
+-- lanejoin puts the command (client c, key k) at the end of lane and
+-- returns its seq; keep is until when (unix ms) the member may be needed.
+local function lanejoin(K, lane, c, k, keep)
+  local last = redis.call('ZREVRANGEBYLEX', K.lanes, '(' .. lane .. '|:', '[' .. lane .. '|', 'LIMIT', '0', '1')
+  local seq = 1
+  if last[1] then seq = num(string.match(last[1], '^[^|]*|(%d+)|')) + 1 end
+  local lseq = string.format('%020d', seq)
+  redis.call('ZADD', K.lanes, '0', lane .. '|' .. lseq .. '|' .. c .. '|' .. k)
+  extend(K.lanes, keep)
+  return lseq
+end
+
+-- laneleave takes the command out of its lane (if it is in one). When it
+-- was the lane's head and another command waits, that one's lane timer
+-- ('l', due now) is armed: its step sends it if it waits for the lane.
+-- Returns that timer member, or ''.
+local function laneleave(K, r)
+  if not r.lane or r.lane == '' or not r.lseq or r.lseq == '' then return '' end
+  local m = lanemember(r)
+  local head = lanehead(K, r.lane)
+  redis.call('ZREM', K.lanes, m)
+  if head ~= m then return '' end
+  local nh = lanehead(K, r.lane)
+  if not nh then return '' end
+  local c, k = string.match(nh, '^[^|]*|%d+|([^|]*)|(.*)$')
+  if not c then return '' end
+  local member = tm('l', {device = r.device, client = c, key = k})
+  redis.call('ZADD', K.timers, ms(NOW), member)
+  return member
+end
+
+-- lanegate reports whether a command may go on the wire now: it is in no
+-- lane, or it is its lane's head. Otherwise it waits (status queued, the
+-- device request kept in req, lw = 1) until laneleave arms its timer.
+local function lanegate(K, r, request)
+  if not r.lane or r.lane == '' then return true end
+  if lanehead(K, r.lane) == lanemember(r) then
+    if num(r.lw) > 0 then
+      redis.call('HDEL', K.rec, 'lw')
+      if num(r.retries) == 0 then redis.call('HDEL', K.rec, 'req') end
+    end
+    return true
+  end
+  redis.call('HSET', K.rec, 'status', 'queued', 'lw', '1', 'req', request)
+  r.status = 'queued'
+  count(K.stats, 'lane_wait')
+  return false
 end
 
 -- index puts the command into its (client, device) listing, scored by
@@ -188,6 +254,7 @@ local function finalize(K, r, status, body, reason, extra)
   local c, k, d = r.client, r.key, r.device
   local resp = '{"jsonrpc":"2.0",' .. body .. ',"id":' .. r.id .. '}'
   local set = {'status', status, 'finished', ms(NOW), 'resp', resp}
+  if r.lw and r.lw ~= '' then set[#set + 1] = 'lw'; set[#set + 1] = '' end
   if reason and reason ~= '' then set[#set + 1] = 'reason'; set[#set + 1] = reason end
   if extra then for _, v in ipairs(extra) do set[#set + 1] = v end end
   local entry = r.entry
@@ -208,7 +275,8 @@ local function finalize(K, r, status, body, reason, extra)
   if by > ttl then ttl = by end
   redis.call('PEXPIRE', K.rec, ms(ttl))
   r.status = status
-  return {ob, c, k, d, gen, status, resp, ms(NOW), ms(NOW + RET)}
+  local nextlane = laneleave(K, r)
+  return {ob, c, k, d, gen, status, resp, ms(NOW), ms(NOW + RET), nextlane}
 end
 
 -- send puts a command into the device's mailbox (status sent, its

@@ -17,4 +17,5 @@ local ttl = num(r.deliver_by) + GRACE - NOW
 if ttl < 1000 then ttl = 1000 end
 redis.call('PEXPIRE', K.rec, ms(ttl))
 redis.call('ZREM', K.timers, tm('d', r))
-return 'void'
+-- A void command leaves its lane; the next one's lane timer is the reply.
+return {'void', laneleave(K, r)}

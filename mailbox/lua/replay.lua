@@ -20,6 +20,10 @@ redis.call('HDEL', K.rec, 'finished', 'resp', 'reason', 'dropped', 'sending', 's
 redis.call('HSET', K.rec, 'status', 'queued', 'queued', ms(NOW), 'deliver_by', ms(by), 'replays', ms(num(r.replays) + 1))
 redis.call('ZADD', K.timers, ms(by), tm('d', r))
 r.deliver_by = ms(by)
+if r.lane and r.lane ~= '' then
+  -- It left its lane when it died; it joins it again at the end.
+  redis.call('HSET', K.rec, 'lseq', lanejoin(K, r.lane, r.client, r.key, by + num(r.tmo) + 2 * GRACE + RET))
+end
 index(K, r, horizon)
 count(K.stats, 'queued')
 return {'queued', redis.call('HGETALL', K.rec)}

@@ -3,7 +3,8 @@
 // It polls GET v1/stats every 2 s and keeps the history of the queue
 // depths here, in memory, for the charts; it lists GET v1/dead and
 // replays with POST v1/dead/{id}/replay; it looks up one command with
-// GET v1/commands/{id}?client=. The operator token comes from the sign-in
+// GET v1/commands/{id}?client= and one device (how it connects, its
+// ordered lanes) with GET v1/devices/{d} (#device= in the URL). The operator token comes from the sign-in
 // form or from the URL fragment (#token=...), lives in sessionStorage and
 // goes out only as "Authorization: Bearer". Every value from the server
 // is written with textContent, never as HTML.
@@ -158,6 +159,11 @@
     const p = new URLSearchParams(location.hash.slice(1));
     const client = p.get("client");
     const id = p.get("id");
+    const device = p.get("device");
+    if (device) {
+      $("device-id").value = device;
+      lookupDevice(device);
+    }
     if (!client || !id) return;
     $("lookup-client").value = client;
     $("lookup-id").value = id;
@@ -547,6 +553,58 @@
     return parts;
   }
 
+  // ---- device lookup -----------------------------------------------------
+
+  const CONNECTIONS = {
+    mqtt: "MQTT session",
+    http_poll: "HTTP polls",
+    offline: "offline (last over MQTT)",
+  };
+
+  async function lookupDevice(device) {
+    const out = $("device-result");
+    out.replaceChildren(el("p", { class: "empty" }, "Looking up…"));
+    try {
+      const d = await api(`v1/devices/${encodeURIComponent(device)}`);
+      out.replaceChildren(...deviceDetail(d));
+    } catch (e) {
+      out.replaceChildren(el("p", { class: "error" }, e.message));
+    }
+  }
+
+  // deviceDetail shows how a device connects (GET v1/devices/{d}) and
+  // its ordered lanes: what each waits for.
+  function deviceDetail(d) {
+    const conn = d.connection || "never seen";
+    const parts = [
+      el("div", { class: "result-head" },
+        el("span", { class: "badge conn-" + conn.replace(/ /g, "-"), id: "device-connection" }, CONNECTIONS[conn] || conn),
+        el("span", { class: "mono" }, d.device),
+        d.node ? el("span", {}, "on ", el("b", { class: "mono" }, d.node)) : null,
+        el("span", {}, "waiting ", el("b", { id: "device-pending" }, num(d.pending))),
+        el("span", { class: "null" }, "last seen " + (d.last_seen ? dateTime(d.last_seen) : "—")),
+        d.last_poll ? el("span", { class: "null" }, "last poll " + dateTime(d.last_poll)) : null),
+    ];
+    const lanes = d.lanes || [];
+    if (lanes.length === 0) {
+      parts.push(el("p", { class: "empty" }, "No ordered lane holds a command."));
+      return parts;
+    }
+    parts.push(el("table", { class: "grid", id: "device-lanes" },
+      el("thead", {}, el("tr", {},
+        el("th", {}, "lane"), el("th", { class: "num" }, "commands"), el("th", { class: "num" }, "waiting"),
+        el("th", {}, "head"), el("th", {}, "head status"), el("th", {}, "since"), el("th", {}, "expires by"))),
+      el("tbody", {}, ...lanes.map((l) => el("tr", {},
+        el("td", { class: "mono" }, l.name),
+        el("td", { class: "num" }, num(l.commands)),
+        el("td", { class: "num" }, num(l.waiting)),
+        el("td", { class: "mono" }, l.head_id != null ? `${l.head_client} · ${l.head_id}` : "—"),
+        el("td", {}, l.head_status ? el("span", { class: "badge " + l.head_status }, l.head_status) : "—"),
+        el("td", {}, l.head_since ? dateTime(l.head_since) : "—"),
+        el("td", {}, l.head_deliver_by ? dateTime(l.head_deliver_by) : "—"))))));
+    return parts;
+  }
+
   // ---- start -------------------------------------------------------------
 
   function start() {
@@ -566,6 +624,10 @@
     $("dead-more").addEventListener("click", () => {
       deadPaged = true;
       loadDead(false);
+    });
+    $("device-form").addEventListener("submit", (ev) => {
+      ev.preventDefault();
+      lookupDevice($("device-id").value.trim());
     });
     $("lookup-form").addEventListener("submit", (ev) => {
       ev.preventDefault();
