@@ -286,6 +286,10 @@ type Command struct {
 	// timeout is sent again (the same request, a fresh expires_in window)
 	// before it ends timeout; Tries counts those done.
 	Retries, Tries int
+	// Group is the key of the group command this command is a child of
+	// ("" for a command of its own): the relay of its final result
+	// counts it in the group's record (group.go).
+	Group string
 
 	// Times of the transitions; zero means not yet.
 	CreatedAt, QueuedAt, SendingAt, SentAt, DeliveredAt, FinishedAt time.Time

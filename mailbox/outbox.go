@@ -26,6 +26,9 @@ type outboxEntry struct {
 	client, key, device             string
 	gen                             int
 	status, resp, finished, expires string
+	// grp is the key of the group command of a child ("" for others):
+	// the relay counts the child's outcome in the group's record.
+	grp string
 }
 
 // parseOutbox reads the outbox entry a final step returned
@@ -38,8 +41,12 @@ func parseOutbox(p int, v any) *outboxEntry {
 	}
 	str := func(i int) string { s, _ := a[i].(string); return s }
 	g, _ := strconv.Atoi(str(4))
-	return &outboxEntry{p: p, id: str(0), client: str(1), key: str(2), device: str(3), gen: g,
+	e := &outboxEntry{p: p, id: str(0), client: str(1), key: str(2), device: str(3), gen: g,
 		status: str(5), resp: str(6), finished: str(7), expires: str(8)}
+	if len(a) > 9 {
+		e.grp = str(9)
+	}
+	return e
 }
 
 // outboxFromStream reads an entry of partition p's outbox stream.
@@ -47,7 +54,7 @@ func outboxFromStream(p int, m redis.XMessage) *outboxEntry {
 	str := func(f string) string { v, _ := m.Values[f].(string); return v }
 	g, _ := strconv.Atoi(str("g"))
 	return &outboxEntry{p: p, id: m.ID, client: str("c"), key: str("k"), device: str("d"), gen: g,
-		status: str("s"), resp: str("r"), finished: str("f"), expires: str("x")}
+		status: str("s"), resp: str("r"), finished: str("f"), expires: str("x"), grp: str("G")}
 }
 
 // relayNow relays e right after the step that wrote it and reports
@@ -73,10 +80,14 @@ func (s *Store) relay(ctx context.Context, e *outboxEntry, clientOwner string) (
 	cp := s.PartitionOf(e.client)
 	pk := s.keys.Part(cp)
 	exp, _ := strconv.ParseInt(e.expires, 10, 64)
-	v, err := s.run(ctx, cp, stepRelay,
-		[]string{pk.Claim(e.client, e.key), pk.Mailbox(e.client), pk.Mailboxes(), pk.Session(e.client),
-			pk.StatusCounts(s.now().Unix() / 60), pk.Timers()},
-		e.client, e.device, e.gen, e.status, e.resp, e.finished, exp, watchMember(e.client, e.device, e.key))
+	keys := []string{pk.Claim(e.client, e.key), pk.Mailbox(e.client), pk.Mailboxes(), pk.Session(e.client),
+		pk.StatusCounts(s.now().Unix() / 60), pk.Timers()}
+	args := []any{e.client, e.device, e.gen, e.status, e.resp, e.finished, exp, watchMember(e.client, e.device, e.key)}
+	if e.grp != "" {
+		keys = append(keys, pk.Group(e.client, e.grp))
+		args = append(args, groupMember(e.client, e.grp), groupAbortReason)
+	}
+	v, err := s.run(ctx, cp, stepRelay, keys, args...)
 	if err != nil {
 		return false, fmt.Errorf("cannot relay the result of %s: %w", e.key, err)
 	}

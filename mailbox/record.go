@@ -31,6 +31,7 @@ import (
 //	dropped          "1" when the client's mailbox was full at the final transition
 //	lease, lease_until, retakes   pending reservations ("" once queued)
 //	replays          times an operator replayed it from the dead letters
+//	grp              the key of its group command, for a child of one
 //
 // A field set to "" means the same as an absent one (scripts blank
 // fields in the same HSET instead of a second HDEL).
@@ -94,6 +95,7 @@ func decodeRecord(m map[string]string) (*Command, error) {
 	c.Replays, _ = strconv.Atoi(m["replays"])
 	c.Retries, _ = strconv.Atoi(m["retries"])
 	c.Tries, _ = strconv.Atoi(m["tries"])
+	c.Group = m["grp"]
 	if v := m[fParams]; v != "" {
 		c.Params = json.RawMessage(v)
 	}

@@ -8,6 +8,8 @@
 local K = cmdkeys(KEYS)
 local c, device, id, key, method, params, fp = A[1], A[2], A[3], A[4], A[5], A[6], A[7]
 local tmo, exp, token, lease, delay, retries = tonumber(A[8]), tonumber(A[9]), A[10], tonumber(A[11]), tonumber(A[12]), tonumber(A[13])
+-- grp: the key of the group command this is a child of ('' or absent: none).
+local grp = A[14] or ''
 -- A scheduled command (delay > 0) waits until nb = now + delay; its
 -- deliver-by counts expires_in from nb.
 
@@ -21,6 +23,7 @@ if not r or r.status == 'void' then
     'attempts', '0', 'lease', token, 'lease_until', ms(NOW + lease)}
   if delay > 0 then rec[#rec + 1] = 'nb'; rec[#rec + 1] = ms(NOW + delay) end
   if retries > 0 then rec[#rec + 1] = 'retries'; rec[#rec + 1] = ms(retries) end
+  if grp ~= '' then rec[#rec + 1] = 'grp'; rec[#rec + 1] = grp end
   redis.call('HSET', K.rec, unpack(rec))
   redis.call('PEXPIRE', K.rec, ms((retries + 1) * (delay + exp + tmo) + lease + 2 * GRACE + RET))
   redis.call('ZADD', K.timers, ms(math.max(NOW + delay + exp, NOW + lease)), tm('d', {device = device, client = c, key = key}))
