@@ -486,3 +486,59 @@ func (s *Store) createChild(ctx context.Context, g *Group, device, trace string,
 func ChildFingerprint(g *Group, device string) string {
 	return protocol.Fingerprint(device, g.Method, g.Params, g.Timeout, g.ExpiresIn, "group="+g.Fingerprint)
 }
+
+// DeviceGroup is a named list of devices (PUT /v1/groups/{name}) that a
+// group command may target.
+type DeviceGroup struct {
+	Name      string
+	Devices   []string
+	UpdatedAt time.Time
+}
+
+// PutDeviceGroup sets the devices of the named group (a hash in the
+// partition of its name, no expiry). It reports whether the group is new.
+func (s *Store) PutDeviceGroup(ctx context.Context, name string, devices []string) (bool, error) {
+	k := s.part(name).DeviceGroup(name)
+	var created bool
+	err := func() error {
+		n, err := s.rdb.Exists(ctx, k).Result()
+		if err != nil {
+			return err
+		}
+		created = n == 0
+		return s.rdb.HSet(ctx, k, "devs", strings.Join(devices, "\n"), "updated", ms(s.now())).Err()
+	}()
+	if err != nil {
+		return false, fmt.Errorf("cannot set device group %s: %w", name, s.classify(err))
+	}
+	return created, nil
+}
+
+// GetDeviceGroup returns the named group, or ErrNotFound.
+func (s *Store) GetDeviceGroup(ctx context.Context, name string) (*DeviceGroup, error) {
+	m, err := s.rdb.HGetAll(ctx, s.part(name).DeviceGroup(name)).Result()
+	if err != nil {
+		return nil, fmt.Errorf("cannot get device group %s: %w", name, s.classify(err))
+	}
+	if len(m) == 0 {
+		return nil, fmt.Errorf("%w: device group %s", ErrNotFound, name)
+	}
+	g := &DeviceGroup{Name: name, UpdatedAt: msTime(m["updated"]), Devices: []string{}}
+	if m["devs"] != "" {
+		g.Devices = strings.Split(m["devs"], "\n")
+	}
+	return g, nil
+}
+
+// DeleteDeviceGroup removes the named group (group commands sent to it
+// keep the devices they were sent to), or ErrNotFound.
+func (s *Store) DeleteDeviceGroup(ctx context.Context, name string) error {
+	n, err := s.rdb.Del(ctx, s.part(name).DeviceGroup(name)).Result()
+	if err != nil {
+		return fmt.Errorf("cannot delete device group %s: %w", name, s.classify(err))
+	}
+	if n == 0 {
+		return fmt.Errorf("%w: device group %s", ErrNotFound, name)
+	}
+	return nil
+}
