@@ -49,7 +49,7 @@ if gk and redis.call('EXISTS', gk) == 1 then
     local f = redis.call('HINCRBY', gk, 'failures', 1)
     local at = num(redis.call('HGET', gk, 'abort_at'))
     if at > 0 and f >= at and redis.call('HSETNX', gk, 'stopped', 'aborted') == 1 then
-      redis.call('HSET', gk, 'stop_reason', greason, 'stopped_at', ms(NOW))
+      redis.call('HSET', gk, 'stop_reason', greason .. ': ' .. f .. ' failed', 'stopped_at', ms(NOW))
       redis.call('ZADD', timers, ms(NOW), gmember)
       count(stats, 'group_aborted')
     end
