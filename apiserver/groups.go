@@ -68,6 +68,40 @@ func decodeStrict(b []byte, v any) error {
 	return nil
 }
 
+// bodyError is the 400 of a body that did not decode: -32700 when it is
+// not JSON, else -32600.
+func bodyError(raw []byte, detail string) error {
+	if !json.Valid(raw) {
+		return newAPIError(protocol.ErrParse(detail))
+	}
+	return errBadRequest(detail)
+}
+
+// parseGroupBody parses the body of POST /v1/commands (an outsider's
+// bytes): one JSON object with a valid JSON-RPC request and one target,
+// a device list or a valid group name. It does not check the devices
+// (checkDevices does).
+func parseGroupBody(raw []byte) (*groupBody, *protocol.Request, error) {
+	var b groupBody
+	if err := decodeStrict(raw, &b); err != nil {
+		return nil, nil, bodyError(raw, "the body must be {\"request\": a JSON-RPC request, \"devices\": [device IDs] or \"group\": a group's name}: "+err.Error())
+	}
+	if len(b.Request) == 0 {
+		return nil, nil, errBadRequest("request: missing (one JSON-RPC request)")
+	}
+	req, perr := protocol.ParseRequest(b.Request)
+	if perr != nil {
+		return nil, nil, newAPIError(perr)
+	}
+	switch {
+	case b.Group != "" && len(b.Devices) > 0:
+		return nil, nil, errBadRequest("devices and group: give one target, not both")
+	case b.Group != "" && !protocol.ValidIdentity(b.Group):
+		return nil, nil, errBadRequest("group: " + strings.TrimPrefix(protocol.ErrIdentity.Error(), "protocol: "))
+	}
+	return &b, req, nil
+}
+
 // parseGroupOptions reads timeout, expires_in, rate and abort_after for
 // total children; the single-command options a group does not take are
 // a 400.
@@ -183,27 +217,14 @@ func (s *Server) postGroupCommand(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	var b groupBody
-	if err := decodeStrict(raw, &b); err != nil {
-		return newAPIError(protocol.ErrParse("the body must be {\"request\": a JSON-RPC request, \"devices\": [device IDs] or \"group\": a group's name}: " + err.Error()))
-	}
-	if len(b.Request) == 0 {
-		return errBadRequest("request: missing (one JSON-RPC request)")
-	}
-	req, perr := protocol.ParseRequest(b.Request)
-	if perr != nil {
-		return newAPIError(perr)
+	b, req, err := parseGroupBody(raw)
+	if err != nil {
+		return err
 	}
 	c.Set(ctxMsgID, req.ID.Key())
 	ctx := c.Request().Context()
 	devices := b.Devices
-	switch {
-	case b.Group != "" && len(b.Devices) > 0:
-		return errBadRequest("devices and group: give one target, not both")
-	case b.Group != "":
-		if !protocol.ValidIdentity(b.Group) {
-			return errBadRequest("group: " + strings.TrimPrefix(protocol.ErrIdentity.Error(), "protocol: "))
-		}
+	if b.Group != "" {
 		dg, err := s.store.GetDeviceGroup(ctx, b.Group)
 		if err != nil {
 			return s.storeError(err, fmt.Sprintf("no device group %q", b.Group))
@@ -218,7 +239,7 @@ func (s *Server) postGroupCommand(c echo.Context) error {
 		return err
 	}
 	g := &mailbox.Group{
-		Client: cl.Subject, ID: req.ID, Fingerprint: groupFingerprint(req, o, &b), Method: req.Method,
+		Client: cl.Subject, ID: req.ID, Fingerprint: groupFingerprint(req, o, b), Method: req.Method,
 		Params: req.Params, Timeout: o.timeout, ExpiresIn: o.expiresIn, Target: b.Group, Rate: o.rate,
 		AbortAfter: o.abortAfter, AbortAt: o.abortAt,
 	}
@@ -429,7 +450,7 @@ func (s *Server) putDeviceGroup(c echo.Context) error {
 		Devices []string `json:"devices"`
 	}
 	if err := decodeStrict(raw, &b); err != nil {
-		return newAPIError(protocol.ErrParse("the body must be {\"devices\": [device IDs]}: " + err.Error()))
+		return bodyError(raw, "the body must be {\"devices\": [device IDs]}: "+err.Error())
 	}
 	if err := checkDevices(nil, protocol.ID{}, b.Devices); err != nil {
 		return err
