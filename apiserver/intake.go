@@ -445,8 +445,13 @@ const bodyReadTimeout = 5 * time.Second
 // readBody reads the request body within Config.BodyLimit: 413 (-32014)
 // beyond it, and within bodyReadTimeout.
 func (s *Server) readBody(c echo.Context) ([]byte, error) {
+	return s.readBodyLimit(c, s.cfg.BodyLimit)
+}
+
+// readBodyLimit is readBody with its own limit (the group endpoints take
+// up to GroupBodyLimit).
+func (s *Server) readBodyLimit(c echo.Context, limit int64) ([]byte, error) {
 	r := c.Request()
-	limit := s.cfg.BodyLimit
 	if r.ContentLength > limit {
 		return nil, errTooLarge(limit)
 	}

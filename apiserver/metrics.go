@@ -15,6 +15,8 @@ type metrics struct {
 	duration        *prometheus.HistogramVec // gw_api_request_duration_seconds{route}
 	accepted        prometheus.Counter       // gw_api_commands_accepted_total
 	publishFailures *prometheus.CounterVec   // gw_api_publish_failures_total{reason}
+	groupsAccepted  prometheus.Counter       // gw_groups_accepted_total
+	groupsCancelled prometheus.Counter       // gw_groups_cancelled_total
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -36,8 +38,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "gw_api_publish_failures_total",
 			Help: "Commands not accepted because the publish failed (or, reason redis, the reservation did), by reason.",
 		}, []string{"reason"}),
+		groupsAccepted: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gw_groups_accepted_total",
+			Help: "Group commands answered 202 (issue 14): their record is in Redis and their envelope confirmed by RabbitMQ.",
+		}),
+		groupsCancelled: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gw_groups_cancelled_total",
+			Help: "Group commands cancelled by DELETE /v1/group-commands/{id}.",
+		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.accepted, m.publishFailures} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.accepted, m.publishFailures, m.groupsAccepted, m.groupsCancelled} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("apiserver: cannot register metrics: %w", err)
 		}

@@ -25,27 +25,55 @@ func sendCmd(ctx context.Context, g *globals) *cobra.Command {
 	var device, method, params, id, client, token, lane string
 	var timeout, expiresIn, wait time.Duration
 	var oneWay bool
+	var devices []string
+	var group, abortAfter string
+	var rate float64
 	cmd := &cobra.Command{
 		Use:   "send",
-		Short: "Send one command to one device and print its result",
+		Short: "Send one command to one device, or a group command to many, and print its result",
 		Long: `Subscribe to the client's results first, POST the command, wait for the result
 and print it. Exit status: 0 success, 2 the device answered with an error,
 3 timeout (no answer in time), 4 the gateway refused or failed the command,
 1 anything else. With --oneway the device's PUBACK is the success (exit 0 with
 the result {"one_way":true,"delivered":true}); --lane puts the command into an
-ordered lane of the device.`,
-		Example: `  devicesim send --device dev-1 --method echo --params '{"hello":"world"}'`,
-		Args:    cobra.NoArgs,
+ordered lane of the device.
+
+With --devices a,b,c or --group NAME it sends a group command (POST
+/v1/commands; --rate and --abort-after shape the rollout), prints the
+group's progress until every child is final and counts the children's
+results over MQTT; the exit status is 0 only when every child succeeded.`,
+		Example: `  devicesim send --device dev-1 --method echo --params '{"hello":"world"}'
+  devicesim send --devices dev-1,dev-2,dev-3 --method reboot --rate 50 --abort-after 5%`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if !protocol.ValidIdentity(device) {
+			targets := 0
+			for _, set := range []bool{device != "", len(devices) > 0, group != ""} {
+				if set {
+					targets++
+				}
+			}
+			if targets != 1 {
+				return fmt.Errorf("give exactly one of --device, --devices and --group")
+			}
+			if device != "" && !protocol.ValidIdentity(device) {
 				return fmt.Errorf("--device %q is not a valid device ID", device)
+			}
+			if device != "" && (rate != 0 || abortAfter != "") {
+				return fmt.Errorf("--rate and --abort-after are for group commands (--devices, --group)")
 			}
 			if token == "" {
 				secret, err := g.secret()
 				if err != nil {
 					return err
 				}
-				if token, err = auth.Mint(secret, client, auth.RoleClient, []string{device}, time.Hour); err != nil {
+				globs := []string{device}
+				switch {
+				case len(devices) > 0:
+					globs = devices
+				case group != "":
+					globs = []string{"*"} // the group's devices are not known here
+				}
+				if token, err = auth.Mint(secret, client, auth.RoleClient, globs, time.Hour); err != nil {
 					return err
 				}
 			}
@@ -63,6 +91,16 @@ ordered lane of the device.`,
 			if wait == 0 {
 				wait = timeout + 30*time.Second
 			}
+			if device == "" {
+				if oneWay || lane != "" {
+					return fmt.Errorf("--oneway and --lane are for one command (--device)")
+				}
+				if rate > 0 && len(devices) > 0 {
+					wait += time.Duration(float64(len(devices)) / rate * float64(time.Second))
+				}
+				o := GroupOptions{Timeout: timeout, ExpiresIn: expiresIn, Rate: rate, AbortAfter: abortAfter}
+				return sendGroup(ctx, g, client, token, id, body, devices, group, o, wait)
+			}
 			if oneWay && cmd.Flags().Changed("timeout") {
 				return fmt.Errorf("--oneway takes no --timeout: no answer is awaited")
 			}
@@ -76,7 +114,11 @@ ordered lane of the device.`,
 		},
 	}
 	f := cmd.Flags()
-	f.StringVar(&device, "device", "", "device ID (required)")
+	f.StringVar(&device, "device", "", "device ID (one command)")
+	f.StringSliceVar(&devices, "devices", nil, "device IDs, comma-separated (a group command)")
+	f.StringVar(&group, "group", "", "a named device group (a group command; PUT /v1/groups/{name})")
+	f.Float64Var(&rate, "rate", 0, "group commands: children released per second (0: all at once)")
+	f.StringVar(&abortAfter, "abort-after", "", "group commands: stop after this many failed children, or this percentage (5%)")
 	f.StringVar(&method, "method", "ping", "JSON-RPC method")
 	f.StringVar(&params, "params", "", "JSON-RPC params (an object or an array)")
 	f.StringVar(&id, "id", "", "message ID (default: generated)")
@@ -87,7 +129,6 @@ ordered lane of the device.`,
 	f.DurationVar(&wait, "wait", 0, "how long to wait for the result (default: timeout + 30s)")
 	f.BoolVar(&oneWay, "oneway", false, "a one-way command: the device's PUBACK is its success, result {\"one_way\":true,\"delivered\":true}")
 	f.StringVar(&lane, "lane", "", "send the command in this ordered lane of the device")
-	_ = cmd.MarkFlagRequired("device")
 	return cmd
 }
 

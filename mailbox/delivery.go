@@ -250,14 +250,14 @@ func (s *Store) fireTimersIn(ctx context.Context, p, limit int, ownerOf func(str
 	var watch [][]string // the claims' watchdogs, run after the batch
 	for _, m := range due {
 		parts := strings.SplitN(m, "|", 4)
-		if len(parts) != 4 || !strings.Contains("daswl", parts[0]) || len(parts[0]) != 1 || s.PartitionOf(parts[1]) != p {
+		if len(parts) != 4 || !strings.Contains("daswlg", parts[0]) || len(parts[0]) != 1 || s.PartitionOf(parts[1]) != p {
 			n++
 			outcomes["malformed"]++
 			s.log.Warn("dropped a malformed timer", "timer", m, "partition", p)
 			_ = s.rdb.ZRem(ctx, tk, m).Err()
 			continue
 		}
-		if parts[0] == "w" { // a claim's watchdog: rare, and it reads two partitions
+		if parts[0] == "w" || parts[0] == "g" { // a claim's watchdog or a stopped group: rare, and they read several partitions
 			watch = append(watch, parts)
 			continue
 		}
@@ -273,7 +273,12 @@ func (s *Store) fireTimersIn(ctx context.Context, p, limit int, ownerOf func(str
 	// claims final already. They are not counted in n (see watchdog.go).
 	for _, w := range watch {
 		member := strings.Join(w, "|")
-		what, err := s.watchClaim(ctx, p, member, w[1], w[2], w[3])
+		var what string
+		if w[0] == "g" {
+			what, err = s.fireGroup(ctx, p, member, w[1], w[3])
+		} else {
+			what, err = s.watchClaim(ctx, p, member, w[1], w[2], w[3])
+		}
 		if err != nil {
 			return n, outcomes, fmt.Errorf("cannot run the watchdog %s: %w", member, err)
 		}

@@ -63,6 +63,10 @@ const (
 	stepOneWay       = "oneway"
 	stepSessionClear = "session_clear"
 	stepRefuse       = "refuse"
+	// Group commands (group.go).
+	stepGroupClaim    = "group_claim"
+	stepGroupStop     = "group_stop"
+	stepGroupProgress = "group_progress"
 )
 
 // library is the function library built from lua/.

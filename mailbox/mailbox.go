@@ -293,6 +293,10 @@ type Command struct {
 	// its lane's head.
 	Lane     string
 	LaneWait bool
+	// Group is the key of the group command this command is a child of
+	// ("" for a command of its own): the relay of its final result
+	// counts it in the group's record (group.go).
+	Group string
 
 	// Times of the transitions; zero means not yet.
 	CreatedAt, QueuedAt, SendingAt, SentAt, DeliveredAt, FinishedAt time.Time

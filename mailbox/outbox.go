@@ -30,6 +30,9 @@ type outboxEntry struct {
 	// at the head of the ended command's lane ("" when none): the Store
 	// fires it at once (advanceLane), the partition's owner otherwise.
 	next string
+	// grp is the key of the group command of a child ("" for others):
+	// the relay counts the child's outcome in the group's record.
+	grp string
 }
 
 // parseOutbox reads the outbox entry a final step returned
@@ -47,6 +50,9 @@ func parseOutbox(p int, v any) *outboxEntry {
 	if len(a) > 9 {
 		e.next = str(9)
 	}
+	if len(a) > 10 {
+		e.grp = str(10)
+	}
 	return e
 }
 
@@ -55,7 +61,7 @@ func outboxFromStream(p int, m redis.XMessage) *outboxEntry {
 	str := func(f string) string { v, _ := m.Values[f].(string); return v }
 	g, _ := strconv.Atoi(str("g"))
 	return &outboxEntry{p: p, id: m.ID, client: str("c"), key: str("k"), device: str("d"), gen: g,
-		status: str("s"), resp: str("r"), finished: str("f"), expires: str("x")}
+		status: str("s"), resp: str("r"), finished: str("f"), expires: str("x"), grp: str("G")}
 }
 
 // relayNow relays e right after the step that wrote it and reports
@@ -82,10 +88,14 @@ func (s *Store) relay(ctx context.Context, e *outboxEntry, clientOwner string) (
 	cp := s.PartitionOf(e.client)
 	pk := s.keys.Part(cp)
 	exp, _ := strconv.ParseInt(e.expires, 10, 64)
-	v, err := s.run(ctx, cp, stepRelay,
-		[]string{pk.Claim(e.client, e.key), pk.Mailbox(e.client), pk.Mailboxes(), pk.Session(e.client),
-			pk.StatusCounts(s.now().Unix() / 60), pk.Timers()},
-		e.client, e.device, e.gen, e.status, e.resp, e.finished, exp, watchMember(e.client, e.device, e.key))
+	keys := []string{pk.Claim(e.client, e.key), pk.Mailbox(e.client), pk.Mailboxes(), pk.Session(e.client),
+		pk.StatusCounts(s.now().Unix() / 60), pk.Timers()}
+	args := []any{e.client, e.device, e.gen, e.status, e.resp, e.finished, exp, watchMember(e.client, e.device, e.key)}
+	if e.grp != "" {
+		keys = append(keys, pk.Group(e.client, e.grp))
+		args = append(args, groupMember(e.client, e.grp), groupAbortReason)
+	}
+	v, err := s.run(ctx, cp, stepRelay, keys, args...)
 	if err != nil {
 		return false, fmt.Errorf("cannot relay the result of %s: %w", e.key, err)
 	}

@@ -82,7 +82,7 @@ func (s *Store) watchClaim(ctx context.Context, p int, member, client, device, k
 		}
 		e := &outboxEntry{client: client, key: key, device: device, gen: gen, status: string(protocol.StatusLost),
 			resp:     `{"jsonrpc":"2.0",` + gatewayError(protocol.StatusLost, reasonLost) + `,"id":` + id + `}`,
-			finished: msString(now), expires: msString(now.Add(s.opts.Retention))}
+			finished: msString(now), expires: msString(now.Add(s.opts.Retention)), grp: cl["grp"]}
 		if _, err := s.relay(ctx, e, ""); err != nil {
 			return "", err
 		}
@@ -101,7 +101,8 @@ func (s *Store) watchClaim(ctx context.Context, p int, member, client, device, k
 		return drop("void")
 	case rec.Status.Final() && rec.Replays == gen:
 		e := &outboxEntry{client: client, key: key, device: device, gen: gen, status: string(rec.Status),
-			resp: string(rec.Response), finished: msString(rec.FinishedAt), expires: msString(rec.FinishedAt.Add(s.opts.Retention))}
+			resp: string(rec.Response), finished: msString(rec.FinishedAt), expires: msString(rec.FinishedAt.Add(s.opts.Retention)),
+			grp: cl["grp"]}
 		if _, err := s.relay(ctx, e, ""); err != nil {
 			return "", err
 		}

@@ -32,6 +32,9 @@ const (
 // a command never enters a device mailbox twice.
 func (w *Worker) handleCommand(ctx context.Context, m *Message) error {
 	env, err := protocol.DecodeEnvelope(m.Body)
+	if err != nil && protocol.EnvelopeKind(m.Body) == protocol.KindGroup {
+		return w.handleGroup(ctx, m)
+	}
 	if err == nil && env.Kind != protocol.KindCommand {
 		err = fmt.Errorf("kind %q on the commands queue", env.Kind)
 	}
@@ -54,6 +57,31 @@ func (w *Worker) handleCommand(ctx context.Context, m *Message) error {
 		return fmt.Errorf("%w: %w", amqpx.ErrReject, err)
 	}
 	return w.settle(m, "dispatch", err)
+}
+
+// handleGroup creates the children of a group command (issue 14) from
+// its envelope: mailbox.RunGroup claims, reserves and dispatches one
+// child per device at the group's rate, and the delivery is acked once
+// every child exists. A redelivery (after a crash) resumes at the
+// group's release cursor; a group whose record is gone (its retention
+// ran out) is acked with a warning.
+func (w *Worker) handleGroup(ctx context.Context, m *Message) error {
+	env, err := protocol.DecodeGroupEnvelope(m.Body)
+	if err != nil {
+		m.Outcome = outcomePoison
+		return fmt.Errorf("%w: cannot decode group command: %w", amqpx.ErrReject, err)
+	}
+	m.Client, m.MsgID = env.Client, env.MsgID.Key()
+	key := env.MsgID.Key()
+	if err := w.store.MarkGroupQueued(ctx, env.Client, key); err != nil {
+		return w.settle(m, "mark group queued", err)
+	}
+	w.mx.groups.Inc()
+	if err := w.store.RunGroup(ctx, env.Client, key, env.TraceParent); err != nil {
+		return w.settle(m, "create the children of a group command", err)
+	}
+	m.Outcome = "group_released"
+	return nil
 }
 
 // handleDeadCommand ends a dead-lettered command as dead: the client gets

@@ -12,6 +12,7 @@ type metrics struct {
 	timersFired   prometheus.Counter       // gw_worker_timers_fired_total
 	timerOutcomes *prometheus.CounterVec   // gw_worker_timer_outcomes_total{outcome}
 	deadLetters   *prometheus.CounterVec   // gw_worker_dead_letters_total{queue}
+	groups        prometheus.Counter       // gw_groups_runs_total
 }
 
 // newMetrics registers the worker's metrics with reg. reconnects reports
@@ -39,9 +40,13 @@ func newMetrics(reg prometheus.Registerer, reconnects func() float64) (*metrics,
 			Name: "gw_worker_dead_letters_total",
 			Help: "Dead letters consumed, by dead-letter queue.",
 		}, []string{"queue"}),
+		groups: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gw_groups_runs_total",
+			Help: "Deliveries of group commands this worker started creating the children of (a redelivery after a crash resumes at the group's cursor and counts again).",
+		}),
 	}
 	cs := []prometheus.Collector{
-		m.handled, m.duration, m.timersFired, m.timerOutcomes, m.deadLetters,
+		m.handled, m.duration, m.timersFired, m.timerOutcomes, m.deadLetters, m.groups,
 		prometheus.NewCounterFunc(prometheus.CounterOpts{
 			Name: "gw_worker_reconnects_total",
 			Help: "AMQP connection or channel losses the worker's consumers recovered from.",

@@ -155,6 +155,58 @@
 //	                 (without a retry the command ends expired or lost, and      publishes again (harmless)
 //	                 the client gets that result)
 //
+// # HTTP: group commands
+//
+// POST /v1/commands sends one request to many devices (issue 14). Body:
+//
+//	field    mandatory  type                  meaning
+//	request  yes        JSON-RPC request      the request every device gets; its id is the group command's
+//	                                          id, in a space of its own (a single command may share it)
+//	devices  one of     array of device IDs   1 to MaxGroupDevices (10,000), no repeats, each covered by the
+//	                    the two               token's globs (else 403 naming the first that is not)
+//	group    one of     identity              a named group (PUT /v1/groups/{name}, operators); its devices
+//	                    the two               when the command is accepted, all covered by the token's globs
+//
+// Query options (each bad value is a 400 naming it; one_way, not_before
+// and retries are refused for groups):
+//
+//	option       default   meaning
+//	timeout      30s       each child's answer timeout after delivery (1s to 24h)
+//	expires_in   1h        each child must be delivered within this of its release (1s to 7d)
+//	rate         all       children released per second (above 0, at most 100000)
+//	abort_after  never     a count of failed children (1 to the number of children) or a percentage
+//	                       ("5%", rounded up, at least 1); a failure is a child final in anything but
+//	                       succeeded or cancelled
+//
+// Answers: 202 {"id","status":"queued","status_url":"/v1/group-commands/{id}"}
+// once the group's record is in Redis and its envelope (KindGroup,
+// [GroupEnvelope]) is confirmed on a command queue; a worker then
+// creates the children, at the rate. The same id and body again: 200
+// with the group's view; another body: 409.
+//
+// Children: one per device, a normal command of the same client with the
+// id [ChildID] "{id}:{device}" (a string; the device sees
+// "{client}:{id}:{device}"), its own status (GET /v1/commands/{child id}),
+// timestamps, and result on clients/{client}/results/{device}. When the
+// group stops, every child not yet released or not yet on the wire ends
+// cancelled:
+//
+//	stop                       how        child result
+//	abort_after reached        aborted    -32004, data.reason "group aborted: abort_after reached: N failed",
+//	                                      data.group the group's id
+//	DELETE of the group        cancelled  -32004, data.reason "group cancelled: cancelled by the client"
+//
+// GET /v1/group-commands/{id}[?wait=30s] gives the group's view; wait
+// long-polls until every child is final:
+//
+//	field       meaning
+//	status      pending (not yet durable), queued (no child created), running, completed (every child
+//	            final), aborted, cancelled
+//	done        every child is final
+//	total       children; released: created so far; final: final so far; in_flight: released − final
+//	counts      final children per status (skipped: the child's id was taken by another command)
+//	failures    final children in neither succeeded nor cancelled; abort_at: the failures that stop it
+//
 // # Error codes
 //
 // Every error the gateway makes is a JSON-RPC error object whose data has
@@ -436,6 +488,10 @@
 //	{ns:p}:barrier                   string      PartKeys.Barrier         written before a durability barrier
 //	{ns:p}:sess:{identity}           string      PartKeys.Session         the push server holding the session
 //	{ns:p}:stats:{unix minute}       hash        PartKeys.StatusCounts    transitions into each status that minute
+//	{ns:p}:grp:{client}:{id}         hash        PartKeys.Group           a group command, in p(client): its
+//	                                                                      request, options, devices, release
+//	                                                                      cursor and counts per final status
+//	{ns:p}:devgrp:{name}             hash        PartKeys.DeviceGroup     a named device group, in p(name)
 //	{ns:ring:g}:nodes                set         RingKeys.Nodes           members of ring g ("push", "workers")
 //	{ns:ring:g}:node:{node}          string      RingKeys.Node            one live member (expiry; advertise URL)
 //	{ns:ring:g}:changes              pub/sub     RingKeys.Changes         ring membership changes

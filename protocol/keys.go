@@ -158,3 +158,15 @@ func (k Keys) NodePending(node string) string { return k.NS + ":node:" + node + 
 func (k Keys) NodeWake(node string) string { return k.NS + ":node:" + node + ":wake" }
 
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
+
+// Group is the hash of one group command (issue 14), in the client's
+// partition (the partition of its claims, whose relay steps count the
+// children's outcomes in it): the group's identity, options, target,
+// release cursor and counters (mailbox/group.go lists the fields).
+func (pk PartKeys) Group(client, idKey string) string {
+	return pk.prefix + "grp:" + client + ":" + idKey
+}
+
+// DeviceGroup is the hash of a named device group (PUT /v1/groups/{name}),
+// in the partition of its name: its device list and when it was set.
+func (pk PartKeys) DeviceGroup(name string) string { return pk.prefix + "devgrp:" + name }

@@ -8,10 +8,13 @@
 -- makes the claim final takes the watchdog away.
 local claim, timers = KEYS[1], KEYS[2]
 local device, fp, lifetime, id, watch, member = A[1], A[2], tonumber(A[3]), A[4], tonumber(A[5]), A[6]
+-- grp: the key of the group command this is a child of ('' or absent: none).
+local grp = A[7] or ''
 
 local c = redis.call('HMGET', claim, 'device', 'fp', 'state')
 if not c[1] then
   redis.call('HSET', claim, 'device', device, 'fp', fp, 'state', 'open', 'gen', '0', 'claimed', ms(NOW), 'id', id)
+  if grp ~= '' then redis.call('HSET', claim, 'grp', grp) end
   redis.call('PEXPIRE', claim, ms(lifetime))
   redis.call('ZADD', timers, ms(NOW + watch), member)
   return {'new', device}

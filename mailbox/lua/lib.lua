@@ -249,7 +249,8 @@ end
 -- sets the record's expiry: max(finished + retention, deliver_by +
 -- grace). extra holds more fields to set. It returns the outbox entry:
 -- {id, client, key, device, generation, status, response, finished,
--- expires}, which the caller relays at once.
+-- expires, group}, which the caller relays at once (group: the key of
+-- the group command of a child, else '').
 local function finalize(K, r, status, body, reason, extra)
   local c, k, d = r.client, r.key, r.device
   local resp = '{"jsonrpc":"2.0",' .. body .. ',"id":' .. r.id .. '}'
@@ -267,8 +268,15 @@ local function finalize(K, r, status, body, reason, extra)
   if num(r.replays) > 0 then redis.call('ZREM', K.dead, c .. '|' .. k) end
   count(K.stats, status)
   local gen = ms(num(r.replays))
-  local ob = redis.call('XADD', K.outbox, '*', 'c', c, 'k', k, 'd', d, 'g', gen,
-    's', status, 'r', resp, 'f', ms(NOW), 'x', ms(NOW + RET))
+  local grp = r.grp or ''
+  local ob
+  if grp ~= '' then
+    ob = redis.call('XADD', K.outbox, '*', 'c', c, 'k', k, 'd', d, 'g', gen,
+      's', status, 'r', resp, 'f', ms(NOW), 'x', ms(NOW + RET), 'G', grp)
+  else
+    ob = redis.call('XADD', K.outbox, '*', 'c', c, 'k', k, 'd', d, 'g', gen,
+      's', status, 'r', resp, 'f', ms(NOW), 'x', ms(NOW + RET))
+  end
   redis.call('HSET', K.rec, unpack(set))
   local ttl = RET
   local by = num(r.deliver_by) + GRACE - NOW
@@ -276,7 +284,7 @@ local function finalize(K, r, status, body, reason, extra)
   redis.call('PEXPIRE', K.rec, ms(ttl))
   r.status = status
   local nextlane = laneleave(K, r)
-  return {ob, c, k, d, gen, status, resp, ms(NOW), ms(NOW + RET), nextlane}
+  return {ob, c, k, d, gen, status, resp, ms(NOW), ms(NOW + RET), nextlane, grp}
 end
 
 -- send puts a command into the device's mailbox (status sent, its

@@ -11,6 +11,10 @@
 local claim, mk, mboxes, sess, stats, timers = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local client, device, gen, status, resp, finished, expires, member =
   A[1], A[2], tonumber(A[3]), A[4], A[5], A[6], tonumber(A[7]), A[8]
+-- A child of a group command names the group's record (KEYS[7], in this
+-- same partition), its abort timer member (A[9]) and what to say when
+-- its failures reach the group's abort_after (A[10]).
+local gk, gmember, greason = KEYS[7], A[9], A[10]
 
 local c = redis.call('HMGET', claim, 'device', 'state', 'gen', 'status', 'resp')
 if c[1] and c[1] ~= device then return {'mismatch', '', ''} end
@@ -26,6 +30,30 @@ local dropped = '0'
 if not append(mk, mboxes, client, 'clients/' .. client .. '/results/' .. device, resp, expires) then
   dropped = '1'
   count(stats, 'result_dropped')
+end
+if gk and redis.call('EXISTS', gk) == 1 then
+  -- The group's counters: done once per child, a count per final
+  -- status (a newer generation's final replaces the older one's), and
+  -- the failures that abort_after reads. Reaching it stops the group and
+  -- arms its abort timer now: the partition's owner cancels the
+  -- children not yet on the wire (mailbox/group.go).
+  local function failure(st) return st ~= 'succeeded' and st ~= 'cancelled' end
+  if c[2] == 'final' then
+    redis.call('HINCRBY', gk, 'n:' .. c[4], -1)
+    if failure(c[4]) then redis.call('HINCRBY', gk, 'failures', -1) end
+  else
+    redis.call('HINCRBY', gk, 'done', 1)
+  end
+  redis.call('HINCRBY', gk, 'n:' .. status, 1)
+  if failure(status) then
+    local f = redis.call('HINCRBY', gk, 'failures', 1)
+    local at = num(redis.call('HGET', gk, 'abort_at'))
+    if at > 0 and f >= at and redis.call('HSETNX', gk, 'stopped', 'aborted') == 1 then
+      redis.call('HSET', gk, 'stop_reason', greason .. ': ' .. f .. ' failed', 'stopped_at', ms(NOW))
+      redis.call('ZADD', timers, ms(NOW), gmember)
+      count(stats, 'group_aborted')
+    end
+  end
 end
 redis.call('HSET', claim, 'device', device, 'state', 'final', 'gen', ms(gen), 'status', status,
   'resp', resp, 'finished', finished, 'dropped', dropped)

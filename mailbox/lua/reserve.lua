@@ -11,6 +11,8 @@ local tmo, exp, token, lease, delay, retries = tonumber(A[8]), tonumber(A[9]), A
 -- lane: the ordered lane of the command ('' for none); a new record joins
 -- it at the end (acceptance order).
 local lane = A[14] or ''
+-- grp: the key of the group command this is a child of ('' or absent: none).
+local grp = A[15] or ''
 -- A scheduled command (delay > 0) waits until nb = now + delay; its
 -- deliver-by counts expires_in from nb.
 
@@ -29,6 +31,7 @@ if not r or r.status == 'void' then
     rec[#rec + 1] = 'lane'; rec[#rec + 1] = lane
     rec[#rec + 1] = 'lseq'; rec[#rec + 1] = lanejoin(K, lane, c, key, NOW + life)
   end
+  if grp ~= '' then rec[#rec + 1] = 'grp'; rec[#rec + 1] = grp end
   redis.call('HSET', K.rec, unpack(rec))
   redis.call('PEXPIRE', K.rec, ms(life))
   redis.call('ZADD', K.timers, ms(math.max(NOW + delay + exp, NOW + lease)), tm('d', {device = device, client = c, key = key}))

@@ -1,0 +1,165 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/require"
+
+	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/protocol"
+)
+
+// groupBodyOf is a POST /v1/commands body to devices.
+func groupBodyOf(id any, devices ...string) map[string]any {
+	return map[string]any{"request": cmd(id, "reboot", map[string]any{"delay": 1}), "devices": devices}
+}
+
+// TestGroupCommandIntake: a group command is answered 202 with one group
+// envelope on a command queue (no child is created in the request);
+// the same body again is 200 with the group's view, another is 409; a
+// DELETE stops it and the children a worker then creates are cancelled;
+// named groups are for operators and a client may target one only if its
+// globs cover every device.
+func TestGroupCommandIntake(t *testing.T) {
+	t.Parallel()
+	g := newGW(t)
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+	op := token(t, "ops", auth.RoleOperator)
+
+	r := g.do(http.MethodPost, "/v1/commands?rate=10&abort_after=50%25", tok, groupBodyOf("g1", "dev-1", "dev-2", "dev-3"))
+	require.Equal(t, http.StatusAccepted, r.Status, "body %s", r.Body)
+	var acc acceptedBody
+	r.json(t, &acc)
+	require.Equal(t, "/v1/group-commands/g1", acc.StatusURL)
+	ds := g.drain()
+	require.Len(t, ds, 1, "one group envelope, no child")
+	env, err := protocol.DecodeGroupEnvelope(ds[0].Body)
+	require.NoError(t, err)
+	require.Equal(t, "app-1", env.Client)
+	require.Equal(t, "g1", env.MsgID.Key())
+
+	r = g.do(http.MethodPost, "/v1/commands?rate=10&abort_after=50%25", tok, groupBodyOf("g1", "dev-1", "dev-2", "dev-3"))
+	require.Equal(t, http.StatusOK, r.Status, "the same body again: body %s", r.Body)
+	var v groupView
+	r.json(t, &v)
+	require.Equal(t, 3, v.Total)
+	require.Equal(t, 2, v.AbortAt, "50%% of 3 rounds up to 2")
+	require.Equal(t, "queued", v.Status)
+	require.Equal(t, "g1:{device}", v.ChildIDs)
+	require.Empty(t, g.drain(), "the same body publishes nothing")
+
+	r = g.do(http.MethodPost, "/v1/commands?rate=20&abort_after=50%25", tok, groupBodyOf("g1", "dev-1", "dev-2", "dev-3"))
+	require.Equal(t, http.StatusConflict, r.Status, "another rate: body %s", r.Body)
+	require.Equal(t, protocol.CodeConflict, r.errorCode(t))
+
+	// DELETE before a worker took it: stopped; the children the worker
+	// then creates are each cancelled with the reason.
+	r = g.do(http.MethodDelete, "/v1/group-commands/g1", tok, nil)
+	require.Equal(t, http.StatusOK, r.Status, "body %s", r.Body)
+	r.json(t, &v)
+	require.Equal(t, "cancelled", v.Status)
+	require.NoError(t, g.store.RunGroup(t.Context(), "app-1", "g1", ""))
+	r = g.do(http.MethodGet, "/v1/group-commands/g1?wait=5s", tok, nil)
+	require.Equal(t, http.StatusOK, r.Status)
+	r.json(t, &v)
+	require.True(t, v.Done, "view %s", r.Body)
+	require.Equal(t, map[string]int{"cancelled": 3}, v.Counts)
+	r = g.do(http.MethodGet, "/v1/commands/g1:dev-2", tok, nil)
+	require.Equal(t, http.StatusOK, r.Status)
+	require.Contains(t, string(r.Body), `"reason":"group cancelled: cancelled by the client"`)
+	r = g.do(http.MethodDelete, "/v1/group-commands/g1", tok, nil)
+	require.Equal(t, http.StatusConflict, r.Status, "every child is final")
+
+	// Named groups: operators only; a client's globs must cover all.
+	r = g.do(http.MethodPut, "/v1/groups/floor-1", tok, map[string]any{"devices": []string{"dev-1"}})
+	require.Equal(t, http.StatusUnauthorized, r.Status, "a client may not set groups")
+	r = g.do(http.MethodPut, "/v1/groups/floor-1", op, map[string]any{"devices": []string{"dev-1", "dev-2", "other-7", "other-8"}})
+	require.Equal(t, http.StatusCreated, r.Status, "body %s", r.Body)
+	r = g.do(http.MethodPut, "/v1/groups/floor-2", op, map[string]any{"devices": []string{"dev-5", "dev-6"}})
+	require.Equal(t, http.StatusCreated, r.Status, "body %s", r.Body)
+	r = g.do(http.MethodGet, "/v1/groups/floor-1", op, nil)
+	require.Equal(t, http.StatusOK, r.Status)
+	var dg deviceGroupView
+	r.json(t, &dg)
+	require.Equal(t, []string{"dev-1", "dev-2", "other-7", "other-8"}, dg.Devices)
+	r = g.do(http.MethodPost, "/v1/commands", tok, map[string]any{"request": cmd("g2", "reboot", nil), "group": "floor-1"})
+	require.Equal(t, http.StatusForbidden, r.Status, "body %s", r.Body)
+	require.Contains(t, string(r.Body), `other-7`, "403 names the first device not covered")
+	r = g.do(http.MethodPost, "/v1/commands", tok, map[string]any{"request": cmd("g2", "reboot", nil), "group": "floor-2"})
+	require.Equal(t, http.StatusAccepted, r.Status, "body %s", r.Body)
+	r = g.do(http.MethodDelete, "/v1/groups/floor-2", op, nil)
+	require.Equal(t, http.StatusNoContent, r.Status)
+	r = g.do(http.MethodGet, "/v1/groups/floor-2", op, nil)
+	require.Equal(t, http.StatusNotFound, r.Status)
+	r = g.do(http.MethodPost, "/v1/commands", tok, map[string]any{"request": cmd("g3", "reboot", nil), "group": "floor-2"})
+	require.Equal(t, http.StatusNotFound, r.Status)
+}
+
+// TestGroupCommandBadInput: every bad option or target is a 400 with a
+// JSON-RPC error naming it, and creates nothing.
+func TestGroupCommandBadInput(t *testing.T) {
+	t.Parallel()
+	g := newGW(t)
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+	many := make([]string, protocol.MaxGroupDevices+1)
+	for i := range many {
+		many[i] = fmt.Sprintf("dev-%d", i)
+	}
+	long := "dev-" + strings.Repeat("x", 124)
+	ok := groupBodyOf("b1", "dev-1", "dev-2")
+	tests := []struct {
+		name, query string
+		body        any
+		want        string // in the error message
+	}{
+		{"rate zero", "rate=0", ok, "rate"},
+		{"rate negative", "rate=-5", ok, "rate"},
+		{"rate not a number", "rate=fast", ok, "rate"},
+		{"rate too high", "rate=1e9", ok, "rate"},
+		{"abort_after zero", "abort_after=0", ok, "abort_after"},
+		{"abort_after above the children", "abort_after=3", ok, "abort_after"},
+		{"abort_after percentage zero", "abort_after=0%25", ok, "abort_after"},
+		{"abort_after percentage above 100", "abort_after=101%25", ok, "abort_after"},
+		{"abort_after garbage", "abort_after=many", ok, "abort_after"},
+		{"timeout too short", "timeout=10ms", ok, "timeout"},
+		{"expires_in too long", "expires_in=30d", ok, "expires_in"},
+		{"one_way", "one_way=true", ok, "one_way"},
+		{"not_before", "not_before=1m", ok, "not_before"},
+		{"retries", "retries=2", ok, "retries"},
+		{"no target", "", map[string]any{"request": cmd("b1", "reboot", nil)}, "devices"},
+		{"empty list", "", groupBodyOf("b1"), "devices"},
+		{"both targets", "", map[string]any{"request": cmd("b1", "reboot", nil), "devices": []string{"dev-1"}, "group": "g"}, "one target"},
+		{"bad device", "", groupBodyOf("b1", "dev-1", "dev 2"), `dev 2`},
+		{"repeated device", "", groupBodyOf("b1", "dev-1", "dev-1"), "twice"},
+		{"too many devices", "", groupBodyOf("b1", many...), "at most 10000"},
+		{"child id too long", "", groupBodyOf("b1", long), "child id"},
+		{"bad group name", "", map[string]any{"request": cmd("b1", "reboot", nil), "group": "a/b"}, "group"},
+		{"no request", "", map[string]any{"devices": []string{"dev-1"}}, "request"},
+		{"request without id", "", map[string]any{"request": map[string]any{"jsonrpc": "2.0", "method": "x"}, "devices": []string{"dev-1"}}, "id"},
+		{"unknown field", "", map[string]any{"request": cmd("b1", "reboot", nil), "devices": []string{"dev-1"}, "rate": 5}, "unknown field"},
+		{"not JSON", "", "{", "body"},
+	}
+	for _, tt := range tests {
+		path := "/v1/commands"
+		if tt.query != "" {
+			path += "?" + tt.query
+		}
+		r := g.do(http.MethodPost, path, tok, tt.body)
+		if r.Status != http.StatusBadRequest {
+			t.Errorf("%s: status %d, want 400; body %s", tt.name, r.Status, truncate(r.Body))
+			continue
+		}
+		if code := r.errorCode(t); code != protocol.CodeInvalidRequest && code != protocol.CodeParseError {
+			t.Errorf("%s: error code %d, want -32600 or -32700", tt.name, code)
+		}
+		if !strings.Contains(string(r.Body), tt.want) {
+			t.Errorf("%s: body %s does not mention %q", tt.name, truncate(r.Body), tt.want)
+		}
+	}
+	require.Empty(t, g.drain(), "no bad request published anything")
+	r := g.do(http.MethodGet, "/v1/group-commands/b1", tok, nil)
+	require.Equal(t, http.StatusNotFound, r.Status, "no bad request created the group")
+}

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"net/url"
+	"sort"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/iotgw/gateway/protocol"
+)
+
+// Group commands (issue 14): POST /v1/commands with a device list or a
+// named group, and GET /v1/group-commands/{id} for the counts.
+
+// GroupOptions are the query options of a group command.
+type GroupOptions struct {
+	Timeout, ExpiresIn time.Duration
+	// Rate is children per second (0: all at once); AbortAfter a count or
+	// a percentage ("5%"), "" for none.
+	Rate       float64
+	AbortAfter string
+}
+
+func (o GroupOptions) query() string {
+	q := url.Values{}
+	if o.Timeout > 0 {
+		q.Set("timeout", o.Timeout.String())
+	}
+	if o.ExpiresIn > 0 {
+		q.Set("expires_in", o.ExpiresIn.String())
+	}
+	if o.Rate > 0 {
+		q.Set("rate", strconv.FormatFloat(o.Rate, 'f', -1, 64))
+	}
+	if o.AbortAfter != "" {
+		q.Set("abort_after", o.AbortAfter)
+	}
+	if len(q) == 0 {
+		return ""
+	}
+	return "?" + q.Encode()
+}
+
+// SendGroup posts a group command: req (one JSON-RPC request) to devices,
+// or to the named group when group is set.
+func (a *API) SendGroup(ctx context.Context, token string, req json.RawMessage, devices []string, group string, o GroupOptions) (Accepted, int, error) {
+	body := map[string]any{"request": req}
+	if group != "" {
+		body["group"] = group
+	} else {
+		body["devices"] = devices
+	}
+	raw, err := json.Marshal(body)
+	if err != nil {
+		return Accepted{}, 0, err
+	}
+	var acc Accepted
+	status, err := a.Do(ctx, http.MethodPost, "/v1/commands"+o.query(), token, raw, &acc)
+	return acc, status, err
+}
+
+// GroupStatus is GET /v1/group-commands/{id}.
+type GroupStatus struct {
+	ID         json.RawMessage `json:"id"`
+	Status     string          `json:"status"`
+	Done       bool            `json:"done"`
+	Total      int             `json:"total"`
+	Released   int             `json:"released"`
+	Final      int             `json:"final"`
+	InFlight   int             `json:"in_flight"`
+	Failures   int             `json:"failures"`
+	Counts     map[string]int  `json:"counts"`
+	AbortAt    int             `json:"abort_at"`
+	StopReason string          `json:"stop_reason"`
+}
+
+// Group reads a group command's progress, long-polling up to wait.
+func (a *API) Group(ctx context.Context, token, id string, wait time.Duration) (GroupStatus, error) {
+	var g GroupStatus
+	path := "/v1/group-commands/" + url.PathEscape(id)
+	if wait > 0 {
+		path += "?wait=" + wait.String()
+	}
+	_, err := a.Do(ctx, http.MethodGet, path, token, nil, &g)
+	return g, err
+}
+
+// line is the group's progress in one line.
+func (g GroupStatus) line() string {
+	keys := make([]string, 0, len(g.Counts))
+	for k := range g.Counts {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	parts := make([]string, len(keys))
+	for i, k := range keys {
+		parts[i] = fmt.Sprintf("%s %d", k, g.Counts[k])
+	}
+	s := fmt.Sprintf("group %s: %s, released %d/%d, final %d, in flight %d", idText(g.ID), g.Status, g.Released, g.Total, g.Final, g.InFlight)
+	if len(parts) > 0 {
+		s += " (" + strings.Join(parts, ", ") + ")"
+	}
+	if g.StopReason != "" {
+		s += "; " + g.StopReason
+	}
+	return s
+}
+
+// sendGroup posts a group command as client, prints its progress until
+// every child is final (or wait passes) and counts the results the client
+// receives over MQTT. Exit status: 0 when every child succeeded, 2 when
+// some device answered with an error, 3 on a timeout, 4 when the gateway
+// refused or ended any child.
+func sendGroup(ctx context.Context, g *globals, client, token, id string, req json.RawMessage, devices []string, group string, o GroupOptions, wait time.Duration) error {
+	api := NewAPI(g.API)
+	prefix := id + ":"
+	var mu sync.Mutex
+	results := map[string]*protocol.Response{} // by child id
+	sess := NewClientSession(client, token, api, func(r Result) {
+		if got, err := protocol.ParseID(r.Resp.ID); err == nil && strings.HasPrefix(got.Key(), prefix) {
+			mu.Lock()
+			results[got.Key()] = r.Resp
+			mu.Unlock()
+		}
+	})
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	go func() { defer close(done); sess.Run(ctx, nil) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case <-sess.Ready():
+	case <-time.After(15 * time.Second):
+		return fmt.Errorf("could not connect client %s to its push server within 15s", client)
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	start := time.Now()
+	acc, status, err := api.SendGroup(ctx, token, req, devices, group, o)
+	if err != nil {
+		fmt.Fprintln(g.stdout, err)
+		return exitGatewayError
+	}
+	fmt.Fprintf(g.stderr, "%d %s: %s\n", status, acc.Status, acc.StatusURL)
+	deadline := time.Now().Add(wait)
+	var st GroupStatus
+	for {
+		st, err = api.Group(ctx, token, id, min(time.Second, max(time.Until(deadline), time.Millisecond)))
+		if err != nil {
+			return err
+		}
+		fmt.Fprintln(g.stderr, st.line())
+		if st.Done || time.Now().After(deadline) {
+			break
+		}
+	}
+	// The results of the last children may still be on their way.
+	for time.Now().Before(deadline) {
+		mu.Lock()
+		n := len(results)
+		mu.Unlock()
+		if n >= st.Total {
+			break
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	mu.Lock()
+	got := len(results)
+	mu.Unlock()
+	out, _ := json.MarshalIndent(st, "", "  ")
+	fmt.Fprintf(g.stdout, "%s\n", out)
+	fmt.Fprintf(g.stderr, "%d of %d results received over MQTT; %s from 202 to done\n", got, st.Total, time.Since(start).Round(time.Millisecond))
+	switch {
+	case !st.Done:
+		return exitTimeout
+	case st.Counts["succeeded"] == st.Total:
+		return nil
+	case st.Counts["failed"] > 0 && st.Counts["failed"]+st.Counts["succeeded"] == st.Total:
+		return exitDeviceError
+	case st.Counts["timeout"] > 0:
+		return exitTimeout
+	}
+	return exitGatewayError
+}

@@ -1,0 +1,207 @@
+package mailbox_test
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/iotgw/gateway/mailbox"
+	"github.com/iotgw/gateway/protocol"
+)
+
+// groupOf returns a group command of client c1 with id gid to n devices
+// (g-d0 … g-d{n-1}), as the apiserver claims it.
+func groupOf(t *testing.T, gid string, n, abortAt int) (*mailbox.Group, []string) {
+	t.Helper()
+	devices := make([]string, n)
+	for i := range devices {
+		devices[i] = fmt.Sprintf("g-d%d", i)
+	}
+	g := &mailbox.Group{
+		Client: "c1", ID: mustID(t, gid), Method: "reboot", Timeout: 30 * time.Second, ExpiresIn: time.Hour,
+		AbortAt: abortAt, Fingerprint: fmt.Sprintf("fp-%d-%d", n, abortAt),
+	}
+	if abortAt > 0 {
+		g.AbortAfter = fmt.Sprint(abortAt)
+	}
+	return g, devices
+}
+
+// claimAndRun claims g and creates its children.
+func (e *env) claimAndRun(g *mailbox.Group, devices []string) {
+	e.t.Helper()
+	created, _, err := e.s.ClaimGroup(e.ctx, g, devices)
+	if err != nil || !created {
+		e.t.Fatalf("ClaimGroup = %v, %v; want created", created, err)
+	}
+	if err := e.s.RunGroup(e.ctx, g.Client, g.ID.Key(), ""); err != nil {
+		e.t.Fatalf("RunGroup: %v", err)
+	}
+}
+
+// answer completes the child of g to device with a result, or an error
+// when fail is set.
+func (e *env) answer(g *mailbox.Group, device string, fail bool) {
+	e.t.Helper()
+	child, err := protocol.ChildID(g.ID, device)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	id := json.RawMessage(`"c1:` + child.Key() + `"`)
+	resp := protocol.NewResult(id, json.RawMessage(`"ok"`))
+	want := mailbox.OutcomeSucceeded
+	if fail {
+		resp = protocol.NewErrorResponse(id, &protocol.Error{Code: 7, Message: "broken"})
+		want = mailbox.OutcomeFailed
+	}
+	if out, err := e.s.Complete(e.ctx, "c1", child.Key(), device, resp, 0, ""); err != nil || out != want {
+		e.t.Fatalf("Complete(%s) = %v, %v; want %v", child.Key(), out, err, want)
+	}
+}
+
+func (e *env) group(g *mailbox.Group) *mailbox.Group {
+	e.t.Helper()
+	got, err := e.s.GetGroup(e.ctx, g.Client, g.ID.Key())
+	if err != nil {
+		e.t.Fatalf("GetGroup: %v", err)
+	}
+	return got
+}
+
+// TestGroupCommand: a group command's children are normal commands with
+// ids derived from the group's; their outcomes are counted in the group's
+// record (once, however often relayed); abort_after and a stop cancel
+// the children not yet on the wire, each with a -32004 result naming the
+// reason.
+func TestGroupCommand(t *testing.T) {
+	t.Parallel()
+	t.Run("children, counts and idempotency", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, mailbox.Options{Partitions: 8})
+		g, devices := groupOf(t, `"g1"`, 20, 0)
+		e.claimAndRun(g, devices)
+		for i, d := range devices {
+			c := e.get("c1", "g1:"+d)
+			if c.Status != protocol.StatusSent || c.Device != d || c.Group != "g1" {
+				t.Fatalf("child %d: %s to %s group %q; want sent to %s, group g1", i, c.Status, c.Device, c.Group, d)
+			}
+			e.answer(g, d, i%4 == 0)
+		}
+		// The owner's relay of anything left changes no count.
+		for p := range 8 {
+			if _, err := e.s.RelayOutbox(e.ctx, p, 0, 100); err != nil {
+				t.Fatal(err)
+			}
+		}
+		got := e.group(g)
+		if got.Done != 20 || got.Released != 20 || got.Failures != 5 || got.Counts["succeeded"] != 15 ||
+			got.Counts["failed"] != 5 || !got.Final() || got.Stopped != "" {
+			t.Errorf("group = done %d released %d failures %d counts %v stopped %q; want 20 20 5 {succeeded 15 failed 5} \"\"",
+				got.Done, got.Released, got.Failures, got.Counts, got.Stopped)
+		}
+		if rs := e.results("c1"); len(rs) != 20 {
+			t.Errorf("client has %d results, want 20", len(rs))
+		}
+		created, _, err := e.s.ClaimGroup(e.ctx, g, devices)
+		if err != nil || created {
+			t.Errorf("the same group again: created %v, %v; want false, nil", created, err)
+		}
+		// RunGroup again (a redelivery) creates nothing twice.
+		if err := e.s.RunGroup(e.ctx, "c1", "g1", ""); err != nil {
+			t.Fatal(err)
+		}
+		if got := e.group(g); got.Done != 20 {
+			t.Errorf("after a second run: done %d, want 20", got.Done)
+		}
+		other := *g
+		other.Fingerprint = "another body"
+		if _, _, err := e.s.ClaimGroup(e.ctx, &other, devices); !errors.Is(err, mailbox.ErrConflict) {
+			t.Errorf("another body under the same id: %v, want ErrConflict", err)
+		}
+	})
+	t.Run("abort_after cancels what is not on the wire", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, mailbox.Options{Partitions: 8})
+		g, devices := groupOf(t, `7`, 20, 3)
+		e.claimAndRun(g, devices)
+		// One child is on the wire (its entry taken by a push server).
+		if es, err := e.s.Fetch(e.ctx, devices[19], "", 10); err != nil || len(es) != 1 {
+			t.Fatalf("Fetch = %d, %v; want one entry", len(es), err)
+		}
+		for _, d := range devices[:3] {
+			e.answer(g, d, true)
+		}
+		if got := e.group(g); got.Stopped != "aborted" || !strings.Contains(got.StopReason, "abort_after") {
+			t.Fatalf("after 3 failures: stopped %q (%q), want aborted by abort_after", got.Stopped, got.StopReason)
+		}
+		_, outcomes, err := e.s.FireTimersOutcomes(e.ctx, 100, nil)
+		if err != nil || outcomes["group_stopped"] != 1 {
+			t.Fatalf("timers: %v, %v; want group_stopped once", outcomes, err)
+		}
+		got := e.group(g)
+		if got.Done != 19 || got.Counts["cancelled"] != 16 || got.Counts["failed"] != 3 || got.Final() {
+			t.Errorf("after the abort: done %d counts %v final %v; want 19 {failed 3, cancelled 16}, not final (one on the wire)",
+				got.Done, got.Counts, got.Final())
+		}
+		if c := e.get("c1", "7:"+devices[19]); c.Status != protocol.StatusSent {
+			t.Errorf("the child on the wire is %s, want sent", c.Status)
+		}
+		c := e.get("c1", "7:"+devices[5])
+		var r protocol.Response
+		if err := json.Unmarshal(c.Response, &r); err != nil || r.Error == nil || r.Error.Code != protocol.CodeCancelled ||
+			!strings.Contains(string(r.Error.Data), "abort_after") {
+			t.Errorf("a cancelled child's result = %s, want -32004 with the reason in data", c.Response)
+		}
+		e.answer(g, devices[19], false)
+		if got := e.group(g); !got.Final() || got.Counts["succeeded"] != 1 {
+			t.Errorf("last child answered: done %d counts %v, want final with 1 succeeded", got.Done, got.Counts)
+		}
+	})
+	t.Run("stopped before release", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, mailbox.Options{Partitions: 4})
+		g, devices := groupOf(t, `"g3"`, 10, 0)
+		if _, _, err := e.s.ClaimGroup(e.ctx, g, devices); err != nil {
+			t.Fatal(err)
+		}
+		if ok, err := e.s.StopGroup(e.ctx, "c1", "g3", "cancelled", "cancelled by the client"); err != nil || !ok {
+			t.Fatalf("StopGroup = %v, %v", ok, err)
+		}
+		if ok, err := e.s.StopGroup(e.ctx, "c1", "g3", "aborted", "again"); err != nil || ok {
+			t.Fatalf("StopGroup again = %v, %v; want false (the first stop wins)", ok, err)
+		}
+		if err := e.s.RunGroup(e.ctx, "c1", "g3", ""); err != nil {
+			t.Fatal(err)
+		}
+		got := e.group(g)
+		if !got.Final() || got.Counts["cancelled"] != 10 || got.Stopped != "cancelled" {
+			t.Errorf("group = done %d counts %v stopped %q; want every child cancelled", got.Done, got.Counts, got.Stopped)
+		}
+		if rs := e.results("c1"); len(rs) != 10 {
+			t.Errorf("client has %d results, want 10 (one per child)", len(rs))
+		}
+		for _, d := range devices {
+			if n, _ := e.s.Len(e.ctx, d); n != 0 {
+				t.Errorf("device %s has %d entries, want none", d, n)
+			}
+		}
+	})
+	t.Run("rate", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, mailbox.Options{Partitions: 4})
+		g, devices := groupOf(t, `"g4"`, 11, 0)
+		g.Rate = 50
+		start := time.Now()
+		e.claimAndRun(g, devices)
+		// Child i is released at i/50 s: the last one at 200 ms.
+		if took := time.Since(start); took < 200*time.Millisecond {
+			t.Errorf("11 children at 50/s took %v, want at least 200ms", took)
+		}
+		if got := e.group(g); got.Released != 11 {
+			t.Errorf("released %d, want 11", got.Released)
+		}
+	})
+}

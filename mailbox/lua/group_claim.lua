@@ -1,0 +1,20 @@
+-- group_claim: intake of a group command (issue 14), in the client's
+-- partition. It creates the group's record (state pending until the
+-- publish of its envelope is confirmed) or reports the one there: the
+-- same body ('same', with its state) or another one ('conflict').
+local gk = KEYS[1]
+local fp, id, client, method, params, tmo, exp = A[1], A[2], A[3], A[4], A[5], A[6], A[7]
+local total, rate, abort_after, abort_at, target, devs, lifetime =
+  A[8], A[9], A[10], A[11], A[12], A[13], tonumber(A[14])
+
+local g = redis.call('HMGET', gk, 'fp', 'state')
+if g[1] then
+  if g[1] ~= fp then return {'conflict', ''} end
+  return {'same', g[2]}
+end
+redis.call('HSET', gk, 'fp', fp, 'id', id, 'client', client, 'method', method, 'params', params,
+  'tmo', tmo, 'exp', exp, 'total', total, 'rate', rate, 'abort_after', abort_after, 'abort_at', abort_at,
+  'target', target, 'devs', devs, 'state', 'pending', 'created', ms(NOW),
+  'released', '0', 'done', '0', 'failures', '0')
+redis.call('PEXPIRE', gk, ms(lifetime))
+return {'new', 'pending'}
