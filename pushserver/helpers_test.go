@@ -415,6 +415,8 @@ func (c *raw) send(pk packets.Packet) error {
 		err = pk.PubackEncode(&buf)
 	case packets.Disconnect:
 		err = pk.DisconnectEncode(&buf)
+	case packets.Pingreq:
+		err = pk.PingreqEncode(&buf)
 	default:
 		err = fmt.Errorf("raw: cannot encode packet type %d", pk.FixedHeader.Type)
 	}
