@@ -314,6 +314,7 @@ func (h *hook) start(cl *mqtt.Client, claims *auth.Claims) {
 
 // OnDisconnect ends the session.
 func (h *hook) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	h.n.connectionEnded(cl)
 	if s := h.n.removeSession(cl); s != nil {
 		s.close()
 		h.n.log.Debug("session ended", "client_id", s.identity, "err", err)

@@ -37,6 +37,12 @@ type metrics struct {
 	// codec: each is taken as malformed and ends its connection
 	// (readPacket).
 	codecPanics prometheus.Counter
+	// held counts the device answers held now (read, waiting for Redis
+	// to take their completion step).
+	held prometheus.Gauge
+	// late counts device answers that arrived after their command was
+	// final, by cause (lateDevice, lateHeld).
+	late *prometheus.CounterVec
 	// wakeResubscribes counts (re)subscriptions of the wake channel.
 	wakeResubscribes prometheus.Counter
 }
@@ -77,7 +83,13 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "gw_push_refusals_total", Help: "Command entries their device refused (MQTT 5 PUBACK reason code 0x80 or more), by outcome: rejected (the command ended rejected) or noop.",
 		}, []string{"outcome"}),
 		abandoned: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "gw_push_answers_abandoned_total", Help: "Device answers held (Redis could not take them) until their connection ended or the node stopped: not acknowledged, by cause.",
+			Name: "gw_push_answers_abandoned_total", Help: "Device answers held (Redis could not take them) until the node stopped: not completed, not acknowledged, by cause.",
+		}, []string{"cause"}),
+		held: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "gw_push_answers_held", Help: "Device answers read and held now: Redis could not take their completion step yet (retried off the connection's read loop; PUBACK once completed).",
+		}),
+		late: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "gw_answers_late_total", Help: "Device answers that arrived after their command was final (recorded as late), by cause: device (the device answered after the command ended) or held (read in time, held while Redis could not take it).",
 		}, []string{"cause"}),
 		codecPanics: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gw_push_codec_panics_total", Help: "Packets on which mochi's packet codec panicked: taken as malformed, their connection closed.",
@@ -89,9 +101,15 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, r := range []string{dropMalformed, dropID, dropUnknown, dropDevice, dropNotSent, dropUnsent} {
 		m.dropped.WithLabelValues(r)
 	}
+	for _, c := range []string{lateDevice, lateHeld} {
+		m.late.WithLabelValues(c)
+	}
+	for _, c := range []string{"shutdown"} {
+		m.abandoned.WithLabelValues(c)
+	}
 	for _, o := range []string{"rejected", "noop"} {
 		m.refusals.WithLabelValues(o)
 	}
-	reg.MustRegister(m.sessions, m.connecting, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.unsent, m.refusals, m.abandoned, m.codecPanics, m.wakeResubscribes)
+	reg.MustRegister(m.sessions, m.connecting, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.unsent, m.refusals, m.abandoned, m.codecPanics, m.held, m.late, m.wakeResubscribes)
 	return m
 }

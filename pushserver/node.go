@@ -71,6 +71,8 @@ type Node struct {
 	joinCancel context.CancelFunc // stops the ring heartbeat
 	loops      sync.WaitGroup     // background loops
 	sessWG     sync.WaitGroup     // session goroutines
+	heldWG     sync.WaitGroup     // completers of held device answers (response.go)
+	completers sync.Map           // *mqtt.Client -> *completer, for connections that held answers
 
 	mu       sync.RWMutex
 	byClient map[*mqtt.Client]*session
@@ -492,6 +494,7 @@ func (n *Node) shutdown(ctx context.Context) error {
 	}
 	n.cancel()
 	n.loops.Wait()
+	n.heldWG.Wait()
 	if n.metricsSrv != nil {
 		if err := n.metricsSrv.Shutdown(ctx); err != nil {
 			errs = append(errs, err)
@@ -521,6 +524,7 @@ func (n *Node) kill() {
 	_ = n.server.Close()
 	n.sessWG.Wait()
 	n.loops.Wait()
+	n.heldWG.Wait()
 	if n.metricsSrv != nil {
 		_ = n.metricsSrv.Shutdown(context.Background())
 	}

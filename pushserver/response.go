@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -13,6 +14,29 @@ import (
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
+
+// maxHeldAnswers bounds the answers one connection may have held (read,
+// not yet completed because Redis cannot take them): beyond it, the
+// connection's reads wait for a free place (back-pressure).
+const maxHeldAnswers = 64
+
+// Causes of gw_answers_late_total: why a device answer arrived after its
+// command was final.
+const (
+	lateDevice = "device" // the device answered after the command had ended
+	lateHeld   = "held"   // the answer was read in time but held while Redis could not take it
+)
+
+// devAnswer is one device answer read from a connection.
+type devAnswer struct {
+	cl     *mqtt.Client
+	pk     packets.Packet
+	resp   *protocol.Response
+	client string
+	id     protocol.ID
+	read   time.Time
+	log    *slog.Logger
+}
 
 // forwardResponse handles a PUBLISH of device cl.ID on its responses
 // topic: the push server that reads a device's answer completes it
@@ -28,16 +52,16 @@ import (
 //     "{client}:{id}", an unknown command, another device's command, one
 //     never sent), which is dropped with a log line and
 //     gw_push_responses_dropped_total{reason}.
-//   - While Redis cannot take the step, it retries (at least every
-//     AnswerGrace/4), holding the PUBACK (and this connection's reads) for
-//     as long as the device stays connected; it never closes the
-//     connection to make the device resend. An answer whose connection
-//     ends (or whose node stops) first is not acknowledged, and counted
-//     (gw_push_answers_abandoned_total{cause}).
+//   - When Redis cannot take the step, the answer is held off the read
+//     loop in the connection's completer (see hold), with every answer
+//     read after it: packets.ErrRejectPacket (mochi sends nothing), the
+//     connection goes on reading (PINGREQs answered, more answers read),
+//     and the completer retries the step and then writes the PUBACK
+//     itself, in arrival order. The gateway never closes a connection to
+//     make a device resend (a clean-session device would not).
 func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
-	device := cl.ID
 	read := time.Now()
-	log := n.log.With("device_id", device)
+	log := n.log.With("device_id", cl.ID)
 
 	resp, err := protocol.ParseResponse(pk.Payload)
 	if err != nil {
@@ -47,64 +71,193 @@ func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 	if err != nil {
 		return n.dropResponse(log, dropID, err)
 	}
-	log = log.With("client_id", telemetry.Clip(client), "msg_id", telemetry.Clip(id.Key()))
+	a := &devAnswer{cl: cl, pk: pk, resp: resp, client: client, id: id, read: read,
+		log: log.With("client_id", telemetry.Clip(client), "msg_id", telemetry.Clip(id.Key()))}
+	var c *completer
+	if v, ok := n.completers.Load(cl); ok {
+		c = v.(*completer)
+		if c.pending.Load() > 0 {
+			// Answers before it are held: it waits behind them (PUBACKs
+			// in arrival order).
+			return n.hold(a, c, nil)
+		}
+	}
+	done, err := n.completeAnswer(a, false)
+	if done {
+		return packets.CodeSuccessIgnore
+	}
+	return n.hold(a, c, err)
+}
 
+// completeAnswer runs the completion step of a once. It reports whether
+// a is done with (completed, or dropped for good: either way it is to be
+// acknowledged), or else the error that kept Redis from taking it.
+func (n *Node) completeAnswer(a *devAnswer, held bool) (bool, error) {
+	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.ConfirmTimeout)
+	out, err := n.store.Complete(ctx, a.client, a.id.Key(), a.cl.ID, a.resp, time.Since(a.read), "")
+	cancel()
+	if err != nil {
+		return false, err
+	}
+	switch out {
+	case mailbox.OutcomeUnknown, mailbox.OutcomeNoop:
+		_ = n.dropResponse(a.log, dropUnknown, errors.New("no command of this device waits for this answer"))
+		return true, nil
+	case mailbox.OutcomeOtherDevice:
+		_ = n.dropResponse(a.log, dropDevice, errors.New("the command is another device's"))
+		return true, nil
+	case mailbox.OutcomeNotSent:
+		_ = n.dropResponse(a.log, dropNotSent, errors.New("the command was not sent yet"))
+		return true, nil
+	case mailbox.OutcomeLate, mailbox.OutcomeTimeout:
+		// After its command ended, or read past its timeout: recorded
+		// as late.
+		cause := lateDevice
+		if held {
+			cause = lateHeld
+		}
+		n.m.late.WithLabelValues(cause).Inc()
+	}
+	n.m.responses.Inc()
+	a.log.Debug("device response completed", "outcome", out, "held", held)
+	return true, nil
+}
+
+// completer is one connection's queue of held answers: those Redis could
+// not take at once, and every answer read after them (PUBACKs go in the
+// order the answers arrived, as MQTT wants). Its goroutine, started with
+// the first held answer, retries each in turn and ends once the
+// connection has ended and the queue is empty, or when the node stops.
+type completer struct {
+	q chan *devAnswer // capacity maxHeldAnswers; closed when the connection ends
+	// pending counts the answers queued or being completed; the read
+	// loop completes an answer itself only while it is 0.
+	pending atomic.Int32
+}
+
+// hold queues an answer that cannot be completed now (err; nil when it
+// is queued only to keep the order) to its connection's completer, off
+// the read loop: packets.ErrRejectPacket (mochi sends nothing), and the
+// connection goes on reading (PINGREQs answered, more answers read). The
+// completer retries the step at least every AnswerGrace/4 (DESIGN §7a)
+// until Redis takes it or the node stops, and then writes the PUBACK
+// (when the connection is still open). The step decides a timeout by
+// when the answer was read, not by how long this took, so a held answer
+// never turns into a timeout; it is completed even when its connection
+// ends first. A connection holds at most maxHeldAnswers: beyond that,
+// its reads wait here for a place. A QoS 0 answer has no PUBACK to
+// hold: it is retried for one grace, then counted as lost.
+func (n *Node) hold(a *devAnswer, c *completer, err error) error {
+	if c == nil {
+		c = &completer{q: make(chan *devAnswer, maxHeldAnswers)}
+		n.completers.Store(a.cl, c)
+		n.heldWG.Add(1)
+		go func() {
+			defer n.heldWG.Done()
+			n.runCompleter(c)
+		}()
+	}
+	if err != nil {
+		a.log.Warn("cannot complete the answer yet; holding its PUBACK and retrying", "err", err)
+	}
+	c.pending.Add(1)
+	n.m.held.Inc()
+	select {
+	case c.q <- a:
+		return packets.ErrRejectPacket
+	default:
+	}
+	a.log.Warn("a connection holds the most answers it may: its reads wait for a place", "max", maxHeldAnswers)
+	select {
+	case c.q <- a:
+	case <-n.ctx.Done():
+		c.pending.Add(-1)
+		n.m.held.Dec()
+		n.m.abandoned.WithLabelValues("shutdown").Inc()
+		a.log.Warn("device response not completed before shutdown: not acknowledged")
+	}
+	return packets.ErrRejectPacket
+}
+
+// runCompleter completes c's answers in order; see hold.
+func (n *Node) runCompleter(c *completer) {
+	for {
+		select {
+		case a, ok := <-c.q:
+			if !ok {
+				return
+			}
+			n.retryHeld(a)
+			n.m.held.Dec()
+			c.pending.Add(-1)
+		case <-n.ctx.Done():
+			for {
+				select {
+				case a, ok := <-c.q:
+					if !ok {
+						return
+					}
+					n.m.held.Dec()
+					c.pending.Add(-1)
+					n.m.abandoned.WithLabelValues("shutdown").Inc()
+					a.log.Warn("device response not completed before shutdown: not acknowledged")
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+// retryHeld retries the completion step of a held answer until it is
+// done, then PUBACKs it; see hold.
+func (n *Node) retryHeld(a *devAnswer) {
 	grace := n.cfg.AnswerGrace
 	if grace <= 0 {
 		grace = 10 * time.Second
 	}
-	// While the partition cannot take the step, the PUBACK is held and the
-	// step retried at least every grace/4 (DESIGN §7a), for as long as the
-	// device stays connected: the gateway never closes a connection to
-	// make a device resend (a clean-session device would not), and the
-	// step decides a timeout by when the answer was read (held), not by
-	// how long this took.
-	retry, maxRetry := 100*time.Millisecond, min(2*time.Second, grace/4)
-	var held time.Time // when the first attempt failed
+	began := time.Now()
+	retry, maxRetry := 50*time.Millisecond, min(2*time.Second, grace/4)
+	t := time.NewTimer(0)
+	defer t.Stop()
 	for {
-		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.ConfirmTimeout)
-		out, err := n.store.Complete(ctx, client, id.Key(), device, resp, time.Since(read), "")
-		cancel()
-		if err == nil {
-			switch out {
-			case mailbox.OutcomeUnknown, mailbox.OutcomeNoop:
-				return n.dropResponse(log, dropUnknown, errors.New("no command of this device waits for this answer"))
-			case mailbox.OutcomeOtherDevice:
-				return n.dropResponse(log, dropDevice, errors.New("the command is another device's"))
-			case mailbox.OutcomeNotSent:
-				return n.dropResponse(log, dropNotSent, errors.New("the command was not sent yet"))
-			}
-			n.m.responses.Inc()
-			if !held.IsZero() {
-				log.Info("held device response completed", "held", time.Since(held).Round(time.Millisecond), "outcome", out)
-			}
-			log.Debug("device response completed", "outcome", out)
-			return packets.CodeSuccessIgnore
-		}
-		switch {
-		case pk.FixedHeader.Qos == 0 && time.Since(read) > grace:
-			// No PUBACK to hold: the answer is lost, and counted.
-			n.m.dropped.WithLabelValues(dropUnsent).Inc()
-			log.Warn("QoS 0 device response lost", "err", err)
-			return packets.ErrRejectPacket
-		case n.ctx.Err() != nil:
-			n.m.abandoned.WithLabelValues("shutdown").Inc()
-			log.Warn("device response not completed before shutdown: not acknowledged", "err", err)
-			return packets.ErrRejectPacket
-		case cl.Closed():
-			n.m.abandoned.WithLabelValues("connection_closed").Inc()
-			log.Warn("device response not completed before its connection ended: not acknowledged", "err", err)
-			return packets.ErrRejectPacket
-		}
-		if held.IsZero() {
-			held = time.Now()
-			log.Warn("cannot complete the answer yet; holding its PUBACK and retrying", "err", err)
-		}
 		select {
 		case <-n.ctx.Done():
-		case <-time.After(retry):
+			n.m.abandoned.WithLabelValues("shutdown").Inc()
+			a.log.Warn("device response not completed before shutdown: not acknowledged")
+			return
+		case <-t.C:
 		}
+		done, err := n.completeAnswer(a, true)
+		if done {
+			open := !a.cl.Closed()
+			if held := time.Since(began); held > retry {
+				a.log.Info("held device response completed", "held", held.Round(time.Millisecond), "connection_open", open)
+			}
+			if open && a.pk.FixedHeader.Qos > 0 {
+				ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: a.pk.PacketID}
+				if err := a.cl.WritePacket(ack); err != nil {
+					a.log.Debug("cannot write the PUBACK of a held answer", "err", err)
+				}
+			}
+			return
+		}
+		if a.pk.FixedHeader.Qos == 0 && time.Since(a.read) > grace {
+			// No PUBACK to hold: the answer is lost, and counted.
+			n.m.dropped.WithLabelValues(dropUnsent).Inc()
+			a.log.Warn("QoS 0 device response lost", "err", err)
+			return
+		}
+		t.Reset(retry)
 		retry = min(2*retry, maxRetry)
+	}
+}
+
+// connectionEnded closes the completer of a connection that ended: it
+// completes what it holds, then ends.
+func (n *Node) connectionEnded(cl *mqtt.Client) {
+	if c, ok := n.completers.LoadAndDelete(cl); ok {
+		close(c.(*completer).q)
 	}
 }
 

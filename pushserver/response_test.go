@@ -229,3 +229,76 @@ func TestResponseHeldWhileRedisDown(t *testing.T) {
 		eventually(t, 5*time.Second, func() bool { return n.current(device) == nil }, "session gone")
 	}
 }
+
+// TestHeldAnswerOffReadLoop: an answer Redis cannot take yet is held off
+// the connection's read loop. The connection keeps reading (a PINGREQ is
+// answered while the answer is held, so a device's keepalive does not
+// close it), the answer is completed once Redis is back even though its
+// connection ended meanwhile (a clean-session device would never resend
+// it: the command must not end as timeout), and an answer to a command
+// that is final already is counted as late, by cause.
+func TestHeldAnswerOffReadLoop(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	n := e.startNode(func(c *Config) { c.AnswerGrace = 300 * time.Millisecond })
+	const device, client = "dev-held", "cli-held"
+	e.sendCommand(client, device, "3", n.NodeID())
+	e.sendCommand(client, device, "4", n.NodeID())
+	outage := &redisOutage{}
+	n.rdb.AddHook(outage)
+
+	c := dialRaw(t, n.Addr(), 4)
+	require.Equal(t, byte(0), c.connect(device, token(t, device, auth.RoleDevice, time.Hour)).ReasonCode)
+	outage.down.Store(true)
+	require.NoError(t, c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		TopicName:   protocol.DeviceResponsesTopic(device),
+		PacketID:    5,
+		Payload:     []byte(`{"jsonrpc":"2.0","result":"ran","id":"cli-held:3"}`),
+	}))
+	eventually(t, 5*time.Second, func() bool { return value(t, n.m.held) == 1 }, "the answer is not held")
+	// A second answer is read (and held behind the first) while Redis is
+	// down, and a PINGREQ is answered.
+	require.NoError(t, c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		TopicName:   protocol.DeviceResponsesTopic(device),
+		PacketID:    7,
+		Payload:     []byte(`{"jsonrpc":"2.0","result":"ran","id":"cli-held:4"}`),
+	}))
+	require.NoError(t, c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}))
+	for {
+		pk, err := c.recv(5 * time.Second)
+		require.NoError(t, err, "no PINGRESP while an answer was held: the read loop is blocked")
+		require.NotEqual(t, packets.Puback, pk.FixedHeader.Type, "PUBACK before the answer was completed")
+		if pk.FixedHeader.Type == packets.Pingresp {
+			break
+		}
+	}
+	// The device goes away before Redis is back.
+	_ = c.conn.Close()
+	eventually(t, 5*time.Second, func() bool { return n.current(device) == nil }, "session gone")
+	require.Equal(t, 2.0, value(t, n.m.held), "held answers after the connection ended")
+	outage.down.Store(false)
+	eventually(t, 10*time.Second, func() bool { return value(t, n.m.held) == 0 }, "the held answer was not completed")
+	for _, idKey := range []string{"3", "4"} {
+		got := e.commandStatus(client, idKey)
+		require.Equal(t, protocol.StatusSucceeded, got.Status, "status of command %s whose answer was held, got %s want succeeded", idKey, got.Status)
+		require.Contains(t, string(got.Response), `"ran"`)
+	}
+	require.Equal(t, 0.0, value(t, n.m.abandoned.WithLabelValues("shutdown")))
+
+	// Another answer to the final command: late, by the device.
+	c2 := dialRaw(t, n.Addr(), 4)
+	require.Equal(t, byte(0), c2.connect(device, token(t, device, auth.RoleDevice, time.Hour)).ReasonCode)
+	require.NoError(t, c2.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		TopicName:   protocol.DeviceResponsesTopic(device),
+		PacketID:    6,
+		Payload:     []byte(`{"jsonrpc":"2.0","result":"again","id":"cli-held:3"}`),
+	}))
+	pk, err := c2.recv(5 * time.Second)
+	require.NoError(t, err)
+	require.Equal(t, packets.Puback, pk.FixedHeader.Type)
+	require.Equal(t, 1.0, value(t, n.m.late.WithLabelValues(lateDevice)), "gw_answers_late_total{cause=device}")
+	require.Equal(t, 0.0, value(t, n.m.late.WithLabelValues(lateHeld)), "gw_answers_late_total{cause=held}")
+}
