@@ -49,6 +49,27 @@ func (e CommandQueueStatsSource) Valid() bool {
 	}
 }
 
+// Defines values for DeviceConnection.
+const (
+	HttpPoll DeviceConnection = "http_poll"
+	Mqtt     DeviceConnection = "mqtt"
+	Offline  DeviceConnection = "offline"
+)
+
+// Valid indicates whether the value is a known member of the DeviceConnection enum.
+func (e DeviceConnection) Valid() bool {
+	switch e {
+	case HttpPoll:
+		return true
+	case Mqtt:
+		return true
+	case Offline:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for ErrorDataSource.
 const (
 	Gateway ErrorDataSource = "gateway"
@@ -58,6 +79,36 @@ const (
 func (e ErrorDataSource) Valid() bool {
 	switch e {
 	case Gateway:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for GroupCommandStatus.
+const (
+	GroupCommandStatusAborted   GroupCommandStatus = "aborted"
+	GroupCommandStatusCancelled GroupCommandStatus = "cancelled"
+	GroupCommandStatusCompleted GroupCommandStatus = "completed"
+	GroupCommandStatusPending   GroupCommandStatus = "pending"
+	GroupCommandStatusQueued    GroupCommandStatus = "queued"
+	GroupCommandStatusRunning   GroupCommandStatus = "running"
+)
+
+// Valid indicates whether the value is a known member of the GroupCommandStatus enum.
+func (e GroupCommandStatus) Valid() bool {
+	switch e {
+	case GroupCommandStatusAborted:
+		return true
+	case GroupCommandStatusCancelled:
+		return true
+	case GroupCommandStatusCompleted:
+		return true
+	case GroupCommandStatusPending:
+		return true
+	case GroupCommandStatusQueued:
+		return true
+	case GroupCommandStatusRunning:
 		return true
 	default:
 		return false
@@ -264,8 +315,14 @@ type Command struct {
 	FinishedAt  *time.Time `json:"finished_at,omitempty"`
 
 	// Id A string of 1 to 128 characters from [A-Za-z0-9._:-] starting with a letter or digit, or an integer of at most 15 digits.
-	Id     MessageID `json:"id"`
-	Method string    `json:"method"`
+	Id MessageID `json:"id"`
+
+	// Lane The command's ordered lane.
+	Lane *string `json:"lane,omitempty"`
+
+	// LaneWait Queued behind the head of its lane (not yet in the device's mailbox).
+	LaneWait *bool  `json:"lane_wait,omitempty"`
+	Method   string `json:"method"`
 
 	// NotBefore A scheduled command: not sent before this time.
 	NotBefore *time.Time `json:"not_before,omitempty"`
@@ -340,7 +397,15 @@ type CommandQueueStatsSource string
 
 // Device defines model for Device.
 type Device struct {
-	Device Identity `json:"device"`
+	// Connection How the device connects: mqtt (a live MQTT session now), http_poll (its last sighting was an HTTP poll, at last_poll), offline (seen over MQTT, not connected now). Absent when never seen within GW_RETENTION.
+	Connection *DeviceConnection `json:"connection,omitempty"`
+	Device     Identity          `json:"device"`
+
+	// Lanes The device's ordered lanes that hold commands not yet final.
+	Lanes *[]Lane `json:"lanes,omitempty"`
+
+	// LastPoll The last HTTP poll of the device (within GW_RETENTION).
+	LastPoll *time.Time `json:"last_poll,omitempty"`
 
 	// LastSeen The last time the device connected, disconnected or polled over HTTP (within GW_RETENTION).
 	LastSeen *time.Time `json:"last_seen,omitempty"`
@@ -355,6 +420,16 @@ type Device struct {
 
 	// Pending Messages waiting in the device's mailbox.
 	Pending int `json:"pending"`
+}
+
+// DeviceConnection How the device connects: mqtt (a live MQTT session now), http_poll (its last sighting was an HTTP poll, at last_poll), offline (seen over MQTT, not connected now). Absent when never seen within GW_RETENTION.
+type DeviceConnection string
+
+// DeviceGroup defines model for DeviceGroup.
+type DeviceGroup struct {
+	Devices   []Identity `json:"devices"`
+	Name      Identity   `json:"name"`
+	UpdatedAt *time.Time `json:"updated_at,omitempty"`
 }
 
 // Error defines model for Error.
@@ -381,8 +456,89 @@ type ErrorBody struct {
 	Id *MessageID `json:"id,omitempty"`
 }
 
+// GroupCommand defines model for GroupCommand.
+type GroupCommand struct {
+	AbortAfter *string `json:"abort_after,omitempty"`
+
+	// AbortAt The failures that stop the group.
+	AbortAt *int `json:"abort_at,omitempty"`
+
+	// ChildIds How a child's id is made: "{id}:{device}".
+	ChildIds string `json:"child_ids"`
+
+	// Counts Final children per status (skipped: the child's id was taken by another command of the client).
+	Counts    map[string]int `json:"counts"`
+	CreatedAt time.Time      `json:"created_at"`
+
+	// Done Every child is final.
+	Done      bool   `json:"done"`
+	ExpiresIn string `json:"expires_in"`
+
+	// Failures Children final in neither succeeded nor cancelled.
+	Failures int `json:"failures"`
+
+	// Final Children final.
+	Final int `json:"final"`
+
+	// Group The named group it was sent to.
+	Group *string `json:"group,omitempty"`
+
+	// Id A string of 1 to 128 characters from [A-Za-z0-9._:-] starting with a letter or digit, or an integer of at most 15 digits.
+	Id MessageID `json:"id"`
+
+	// InFlight Children created and not final.
+	InFlight int      `json:"in_flight"`
+	Method   string   `json:"method"`
+	Rate     *float32 `json:"rate,omitempty"`
+
+	// Released Children created so far.
+	Released int `json:"released"`
+
+	// Status pending (not yet durable), queued (no child created yet), running, completed (every child final), aborted (abort_after reached) or cancelled (DELETE).
+	Status     GroupCommandStatus `json:"status"`
+	StopReason *string            `json:"stop_reason,omitempty"`
+	StoppedAt  *time.Time         `json:"stopped_at,omitempty"`
+	Timeout    string             `json:"timeout"`
+
+	// Total Children (devices).
+	Total int `json:"total"`
+}
+
+// GroupCommandStatus pending (not yet durable), queued (no child created yet), running, completed (every child final), aborted (abort_after reached) or cancelled (DELETE).
+type GroupCommandStatus string
+
+// GroupCommandBody defines model for GroupCommandBody.
+type GroupCommandBody struct {
+	Devices *[]Identity `json:"devices,omitempty"`
+	Group   *Identity   `json:"group,omitempty"`
+	Request Request     `json:"request"`
+}
+
 // Identity defines model for Identity.
 type Identity = string
+
+// Lane defines model for Lane.
+type Lane struct {
+	// Commands Commands of the lane not yet final, its head included.
+	Commands int `json:"commands"`
+
+	// HeadClient The head's client (shown to that client and to operators, with head_id).
+	HeadClient *string `json:"head_client,omitempty"`
+
+	// HeadDeliverBy The head's deliver-by: if it is not delivered by then it expires and releases the lane.
+	HeadDeliverBy *time.Time `json:"head_deliver_by,omitempty"`
+
+	// HeadId A string of 1 to 128 characters from [A-Za-z0-9._:-] starting with a letter or digit, or an integer of at most 15 digits.
+	HeadId *MessageID `json:"head_id,omitempty"`
+
+	// HeadSince The head's latest transition.
+	HeadSince  *time.Time `json:"head_since,omitempty"`
+	HeadStatus *Status    `json:"head_status,omitempty"`
+	Name       string     `json:"name"`
+
+	// Waiting Commands waiting behind the head.
+	Waiting int `json:"waiting"`
+}
 
 // Member defines model for Member.
 type Member struct {
@@ -608,6 +764,25 @@ type UnavailableOrBatch struct {
 // Healthz200JSONResponseBodyStatus defines parameters for Healthz.
 type Healthz200JSONResponseBodyStatus string
 
+// PostGroupCommandParams defines parameters for PostGroupCommand.
+type PostGroupCommandParams struct {
+	// Timeout Each child's answer timeout after delivery (1s to 24h, default 30s).
+	Timeout *string `form:"timeout,omitempty" json:"timeout,omitempty"`
+
+	// ExpiresIn Each child must be delivered within this of its release (1s to 7d, default 1h).
+	ExpiresIn *string `form:"expires_in,omitempty" json:"expires_in,omitempty"`
+
+	// Rate Children released per second (a rollout; above 0, at most 100000). Default all at once.
+	Rate *float32 `form:"rate,omitempty" json:"rate,omitempty"`
+
+	// AbortAfter A count of failed children (1 to the number of children) or a percentage of
+	// the children (`5%`, rounded up, at least 1). Once that many children ended in
+	// anything but `succeeded` or `cancelled`, the group stops (status `aborted`): children
+	// not yet released or not yet on the wire are cancelled, each with `-32004` and
+	// `data.reason` "group aborted: abort_after reached: N failed".
+	AbortAfter *string `form:"abort_after,omitempty" json:"abort_after,omitempty"`
+}
+
 // CancelCommandParams defines parameters for CancelCommand.
 type CancelCommandParams struct {
 	// Client Operators only; the client whose commands to act on (default the token's subject).
@@ -675,6 +850,9 @@ type SendCommandsParams struct {
 	// Retries Sends the command again (the same request and id; a fresh expires_in window) when no answer came within its timeout, up to this many times, before it ends `timeout`. 0 to 10, default 0; not with one_way. Part of the body's identity.
 	Retries *int `form:"retries,omitempty" json:"retries,omitempty"`
 
+	// Lane An ordered lane of the device: 1 to 64 characters of [A-Za-z0-9._-], starting with a letter or digit (400 otherwise). The commands of one lane of one device (from any client) go on the wire one at a time, in acceptance order, each only once the one before is final; until then a command is `queued` with `lane_wait: true`. Anything that ends a command releases its lane (an answer, a one-way PUBACK, cancel, expiry, timeout, a dead letter), so a lane never deadlocks. Commands without a lane are never held. Works for MQTT and HTTP-polling devices alike. Part of the body's identity.
+	Lane *string `form:"lane,omitempty" json:"lane,omitempty"`
+
 	// NotBefore A scheduled command: not sent before this time, an RFC 3339 time or a duration from now (`10m`, `2h`), at most 30 days ahead (a time in the past: at once). Accepted (202) now; status `scheduled` once a worker has taken it from its queue, cancellable until then; `expires_in` counts from it. Part of the body's identity, as given.
 	NotBefore *string `form:"not_before,omitempty" json:"not_before,omitempty"`
 
@@ -720,11 +898,37 @@ type PostResponses200JSONResponseBody struct {
 	union json.RawMessage
 }
 
+// CancelGroupCommandParams defines parameters for CancelGroupCommand.
+type CancelGroupCommandParams struct {
+	// Client Operators only; the client whose commands to act on (default the token's subject).
+	Client *ForClient `form:"client,omitempty" json:"client,omitempty"`
+}
+
+// GetGroupCommandParams defines parameters for GetGroupCommand.
+type GetGroupCommandParams struct {
+	// Wait A Go duration or whole seconds; capped at 60s.
+	Wait *string `form:"wait,omitempty" json:"wait,omitempty"`
+
+	// Client Operators only; the client whose commands to act on (default the token's subject).
+	Client *ForClient `form:"client,omitempty" json:"client,omitempty"`
+}
+
+// PutDeviceGroupJSONBody defines parameters for PutDeviceGroup.
+type PutDeviceGroupJSONBody struct {
+	Devices []Identity `json:"devices"`
+}
+
+// PostGroupCommandJSONRequestBody defines body for PostGroupCommand for application/json ContentType.
+type PostGroupCommandJSONRequestBody = GroupCommandBody
+
 // SendCommandsJSONRequestBody defines body for SendCommands for application/json ContentType.
 type SendCommandsJSONRequestBody SendCommandsJSONBody
 
 // PostResponsesJSONRequestBody defines body for PostResponses for application/json ContentType.
 type PostResponsesJSONRequestBody PostResponsesJSONBody
+
+// PutDeviceGroupJSONRequestBody defines body for PutDeviceGroup for application/json ContentType.
+type PutDeviceGroupJSONRequestBody PutDeviceGroupJSONBody
 
 // Getter for additional properties for Error_Data. Returns the specified
 // element and whether it was found
@@ -1604,6 +1808,60 @@ type ClientInterface interface {
 	// Corresponds with GET /readyz (the `Readyz` operationId).
 	Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// PostGroupCommandWithBody Send one request to many devices (a group command)
+	//
+	// Body: `{"request": <one JSON-RPC request>, "devices": [device IDs]}`
+	// (1 to 10,000, no repeats) or `{"request": …, "group": "<name>"}` (a
+	// group set with `PUT /v1/groups/{name}`; its devices when the command
+	// is accepted). Every device must be covered by the token's globs,
+	// else `403` naming the first that is not. The body may be up to 2 MiB.
+	//
+	// The group command's id is the request's id, in a space of its own
+	// (a group and a single command may share one). Each device gets a
+	// child command: a normal command of the same client whose id is
+	// `"{id}:{device}"` (always a string, at most 128 characters, so
+	// `len(id) + len(device) ≤ 127`; the device sees
+	// `"{client}:{id}:{device}"`), with its own status
+	// (`GET /v1/commands/{child id}`), timestamps and MQTT result on
+	// `clients/{client}/results/{device}`.
+	//
+	// `202` once the group's record is in Redis and its envelope is durable
+	// in RabbitMQ: a worker creates the children, not the request. The same
+	// id and body again is `200` with the group's view; another body under
+	// the same id is `409`.
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with POST /v1/commands (the `PostGroupCommand` operationId).
+	PostGroupCommandWithBody(ctx context.Context, params *PostGroupCommandParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PostGroupCommand Send one request to many devices (a group command)
+	//
+	// Body: `{"request": <one JSON-RPC request>, "devices": [device IDs]}`
+	// (1 to 10,000, no repeats) or `{"request": …, "group": "<name>"}` (a
+	// group set with `PUT /v1/groups/{name}`; its devices when the command
+	// is accepted). Every device must be covered by the token's globs,
+	// else `403` naming the first that is not. The body may be up to 2 MiB.
+	//
+	// The group command's id is the request's id, in a space of its own
+	// (a group and a single command may share one). Each device gets a
+	// child command: a normal command of the same client whose id is
+	// `"{id}:{device}"` (always a string, at most 128 characters, so
+	// `len(id) + len(device) ≤ 127`; the device sees
+	// `"{client}:{id}:{device}"`), with its own status
+	// (`GET /v1/commands/{child id}`), timestamps and MQTT result on
+	// `clients/{client}/results/{device}`.
+	//
+	// `202` once the group's record is in Redis and its envelope is durable
+	// in RabbitMQ: a worker creates the children, not the request. The same
+	// id and body again is `200` with the group's view; another body under
+	// the same id is `409`.
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with POST /v1/commands (the `PostGroupCommand` operationId).
+	PostGroupCommand(ctx context.Context, params *PostGroupCommandParams, body PostGroupCommandJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// CancelCommand Cancel a command that is not yet on the wire
 	//
 	// Corresponds with DELETE /v1/commands/{id} (the `CancelCommand` operationId).
@@ -1718,7 +1976,7 @@ type ClientInterface interface {
 
 	// PostResponsesWithBody A device posts its answers over HTTP
 	//
-	// One JSON-RPC response, or a batch (array) of up to 100, with the ids of the requests (`{client}:{id}`); device token whose `sub` is the device. Each is completed as an answer read over MQTT. The answer says the outcome of each: succeeded, failed, late (the command had ended), duplicate, timeout (received after the deadline), or why it changed nothing (malformed, unknown, other_device, not_sent).
+	// One JSON-RPC response, or a batch (array) of up to 100, with the ids of the requests (`{client}:{id}`); device token whose `sub` is the device. Each is completed as an answer read over MQTT. The answer says the outcome of each: succeeded, failed, late (the command had ended), duplicate, timeout (received after the deadline), or why it changed nothing (malformed, unknown, other_device, not_sent). A single response that is not JSON (`400` -32700), not a JSON-RPC response or without a `{client}:{id}` id (`400` -32600) changes nothing; in a batch such an entry's outcome is `malformed`.
 	//
 	// Takes any type of body and a specified content type.
 	//
@@ -1727,12 +1985,60 @@ type ClientInterface interface {
 
 	// PostResponses A device posts its answers over HTTP
 	//
-	// One JSON-RPC response, or a batch (array) of up to 100, with the ids of the requests (`{client}:{id}`); device token whose `sub` is the device. Each is completed as an answer read over MQTT. The answer says the outcome of each: succeeded, failed, late (the command had ended), duplicate, timeout (received after the deadline), or why it changed nothing (malformed, unknown, other_device, not_sent).
+	// One JSON-RPC response, or a batch (array) of up to 100, with the ids of the requests (`{client}:{id}`); device token whose `sub` is the device. Each is completed as an answer read over MQTT. The answer says the outcome of each: succeeded, failed, late (the command had ended), duplicate, timeout (received after the deadline), or why it changed nothing (malformed, unknown, other_device, not_sent). A single response that is not JSON (`400` -32700), not a JSON-RPC response or without a `{client}:{id}` id (`400` -32600) changes nothing; in a batch such an entry's outcome is `malformed`.
 	//
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/devices/{device_id}/responses (the `PostResponses` operationId).
 	PostResponses(ctx context.Context, deviceId Identity, body PostResponsesJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// CancelGroupCommand Cancel a group command
+	//
+	// The group stops releasing children (status `cancelled`) and every child not yet
+	// on the wire is cancelled (`-32004`, `data.reason` "group cancelled: cancelled by the
+	// client"); children on the wire end as they would. `409` when every child was final.
+	//
+	// Corresponds with DELETE /v1/group-commands/{id} (the `CancelGroupCommand` operationId).
+	CancelGroupCommand(ctx context.Context, id ID, params *CancelGroupCommandParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetGroupCommand A group command's progress
+	//
+	// Counts of its children per final status; `done` once every child is
+	// final. With `?wait=`, long-polls until done or the wait (at most 60s)
+	// ends.
+	//
+	// Corresponds with GET /v1/group-commands/{id} (the `GetGroupCommand` operationId).
+	GetGroupCommand(ctx context.Context, id ID, params *GetGroupCommandParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// DeleteDeviceGroup Delete a named device group (operators)
+	//
+	// Group commands sent to it keep the devices they were sent to.
+	//
+	// Corresponds with DELETE /v1/groups/{name} (the `DeleteDeviceGroup` operationId).
+	DeleteDeviceGroup(ctx context.Context, name Identity, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// GetDeviceGroup A named device group (operators)
+	//
+	// Corresponds with GET /v1/groups/{name} (the `GetDeviceGroup` operationId).
+	GetDeviceGroup(ctx context.Context, name Identity, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PutDeviceGroupWithBody Set a named device group (operators)
+	//
+	// Body `{"devices": [device IDs]}`, 1 to 10,000 without repeats (up to 2 MiB).
+	//
+	// Takes any type of body and a specified content type.
+	//
+	// Corresponds with PUT /v1/groups/{name} (the `PutDeviceGroup` operationId).
+	PutDeviceGroupWithBody(ctx context.Context, name Identity, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// PutDeviceGroup Set a named device group (operators)
+	//
+	// Body `{"devices": [device IDs]}`, 1 to 10,000 without repeats (up to 2 MiB).
+	//
+	// Takes a body of the `application/json` content type.
+	//
+	// Corresponds with PUT /v1/groups/{name} (the `PutDeviceGroup` operationId).
+	PutDeviceGroup(ctx context.Context, name Identity, body PutDeviceGroupJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// GetStats Queue depth, mailbox totals, recent outcomes and push servers
 	//
@@ -1820,6 +2126,80 @@ func (c *Client) Openapi(ctx context.Context, reqEditors ...RequestEditorFn) (*h
 // Corresponds with GET /readyz (the `Readyz` operationId).
 func (c *Client) Readyz(ctx context.Context, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewReadyzRequest(c.Server)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PostGroupCommandWithBody Send one request to many devices (a group command)
+//
+// Body: `{"request": <one JSON-RPC request>, "devices": [device IDs]}`
+// (1 to 10,000, no repeats) or `{"request": …, "group": "<name>"}` (a
+// group set with `PUT /v1/groups/{name}`; its devices when the command
+// is accepted). Every device must be covered by the token's globs,
+// else `403` naming the first that is not. The body may be up to 2 MiB.
+//
+// The group command's id is the request's id, in a space of its own
+// (a group and a single command may share one). Each device gets a
+// child command: a normal command of the same client whose id is
+// `"{id}:{device}"` (always a string, at most 128 characters, so
+// `len(id) + len(device) ≤ 127`; the device sees
+// `"{client}:{id}:{device}"`), with its own status
+// (`GET /v1/commands/{child id}`), timestamps and MQTT result on
+// `clients/{client}/results/{device}`.
+//
+// `202` once the group's record is in Redis and its envelope is durable
+// in RabbitMQ: a worker creates the children, not the request. The same
+// id and body again is `200` with the group's view; another body under
+// the same id is `409`.
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with POST /v1/commands (the `PostGroupCommand` operationId).
+func (c *Client) PostGroupCommandWithBody(ctx context.Context, params *PostGroupCommandParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPostGroupCommandRequestWithBody(c.Server, params, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PostGroupCommand Send one request to many devices (a group command)
+//
+// Body: `{"request": <one JSON-RPC request>, "devices": [device IDs]}`
+// (1 to 10,000, no repeats) or `{"request": …, "group": "<name>"}` (a
+// group set with `PUT /v1/groups/{name}`; its devices when the command
+// is accepted). Every device must be covered by the token's globs,
+// else `403` naming the first that is not. The body may be up to 2 MiB.
+//
+// The group command's id is the request's id, in a space of its own
+// (a group and a single command may share one). Each device gets a
+// child command: a normal command of the same client whose id is
+// `"{id}:{device}"` (always a string, at most 128 characters, so
+// `len(id) + len(device) ≤ 127`; the device sees
+// `"{client}:{id}:{device}"`), with its own status
+// (`GET /v1/commands/{child id}`), timestamps and MQTT result on
+// `clients/{client}/results/{device}`.
+//
+// `202` once the group's record is in Redis and its envelope is durable
+// in RabbitMQ: a worker creates the children, not the request. The same
+// id and body again is `200` with the group's view; another body under
+// the same id is `409`.
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with POST /v1/commands (the `PostGroupCommand` operationId).
+func (c *Client) PostGroupCommand(ctx context.Context, params *PostGroupCommandParams, body PostGroupCommandJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPostGroupCommandRequest(c.Server, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2054,7 +2434,7 @@ func (c *Client) PollCommands(ctx context.Context, deviceId Identity, params *Po
 
 // PostResponsesWithBody A device posts its answers over HTTP
 //
-// One JSON-RPC response, or a batch (array) of up to 100, with the ids of the requests (`{client}:{id}`); device token whose `sub` is the device. Each is completed as an answer read over MQTT. The answer says the outcome of each: succeeded, failed, late (the command had ended), duplicate, timeout (received after the deadline), or why it changed nothing (malformed, unknown, other_device, not_sent).
+// One JSON-RPC response, or a batch (array) of up to 100, with the ids of the requests (`{client}:{id}`); device token whose `sub` is the device. Each is completed as an answer read over MQTT. The answer says the outcome of each: succeeded, failed, late (the command had ended), duplicate, timeout (received after the deadline), or why it changed nothing (malformed, unknown, other_device, not_sent). A single response that is not JSON (`400` -32700), not a JSON-RPC response or without a `{client}:{id}` id (`400` -32600) changes nothing; in a batch such an entry's outcome is `malformed`.
 //
 // Takes any type of body and a specified content type.
 //
@@ -2073,13 +2453,121 @@ func (c *Client) PostResponsesWithBody(ctx context.Context, deviceId Identity, c
 
 // PostResponses A device posts its answers over HTTP
 //
-// One JSON-RPC response, or a batch (array) of up to 100, with the ids of the requests (`{client}:{id}`); device token whose `sub` is the device. Each is completed as an answer read over MQTT. The answer says the outcome of each: succeeded, failed, late (the command had ended), duplicate, timeout (received after the deadline), or why it changed nothing (malformed, unknown, other_device, not_sent).
+// One JSON-RPC response, or a batch (array) of up to 100, with the ids of the requests (`{client}:{id}`); device token whose `sub` is the device. Each is completed as an answer read over MQTT. The answer says the outcome of each: succeeded, failed, late (the command had ended), duplicate, timeout (received after the deadline), or why it changed nothing (malformed, unknown, other_device, not_sent). A single response that is not JSON (`400` -32700), not a JSON-RPC response or without a `{client}:{id}` id (`400` -32600) changes nothing; in a batch such an entry's outcome is `malformed`.
 //
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/devices/{device_id}/responses (the `PostResponses` operationId).
 func (c *Client) PostResponses(ctx context.Context, deviceId Identity, body PostResponsesJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewPostResponsesRequest(c.Server, deviceId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// CancelGroupCommand Cancel a group command
+//
+// The group stops releasing children (status `cancelled`) and every child not yet
+// on the wire is cancelled (`-32004`, `data.reason` "group cancelled: cancelled by the
+// client"); children on the wire end as they would. `409` when every child was final.
+//
+// Corresponds with DELETE /v1/group-commands/{id} (the `CancelGroupCommand` operationId).
+func (c *Client) CancelGroupCommand(ctx context.Context, id ID, params *CancelGroupCommandParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewCancelGroupCommandRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetGroupCommand A group command's progress
+//
+// Counts of its children per final status; `done` once every child is
+// final. With `?wait=`, long-polls until done or the wait (at most 60s)
+// ends.
+//
+// Corresponds with GET /v1/group-commands/{id} (the `GetGroupCommand` operationId).
+func (c *Client) GetGroupCommand(ctx context.Context, id ID, params *GetGroupCommandParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetGroupCommandRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// DeleteDeviceGroup Delete a named device group (operators)
+//
+// Group commands sent to it keep the devices they were sent to.
+//
+// Corresponds with DELETE /v1/groups/{name} (the `DeleteDeviceGroup` operationId).
+func (c *Client) DeleteDeviceGroup(ctx context.Context, name Identity, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewDeleteDeviceGroupRequest(c.Server, name)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// GetDeviceGroup A named device group (operators)
+//
+// Corresponds with GET /v1/groups/{name} (the `GetDeviceGroup` operationId).
+func (c *Client) GetDeviceGroup(ctx context.Context, name Identity, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewGetDeviceGroupRequest(c.Server, name)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PutDeviceGroupWithBody Set a named device group (operators)
+//
+// Body `{"devices": [device IDs]}`, 1 to 10,000 without repeats (up to 2 MiB).
+//
+// Takes any type of body and a specified content type.
+//
+// Corresponds with PUT /v1/groups/{name} (the `PutDeviceGroup` operationId).
+func (c *Client) PutDeviceGroupWithBody(ctx context.Context, name Identity, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPutDeviceGroupRequestWithBody(c.Server, name, contentType, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// PutDeviceGroup Set a named device group (operators)
+//
+// Body `{"devices": [device IDs]}`, 1 to 10,000 without repeats (up to 2 MiB).
+//
+// Takes a body of the `application/json` content type.
+//
+// Corresponds with PUT /v1/groups/{name} (the `PutDeviceGroup` operationId).
+func (c *Client) PutDeviceGroup(ctx context.Context, name Identity, body PutDeviceGroupJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPutDeviceGroupRequest(c.Server, name, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2246,6 +2734,109 @@ func NewReadyzRequest(server string) (*http.Request, error) {
 	if err != nil {
 		return nil, err
 	}
+
+	return req, nil
+}
+
+// NewPostGroupCommandRequest calls the generic PostGroupCommand builder with application/json body
+func NewPostGroupCommandRequest(server string, params *PostGroupCommandParams, body PostGroupCommandJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewPostGroupCommandRequestWithBody(server, params, "application/json", bodyReader)
+}
+
+// NewPostGroupCommandRequestWithBody constructs an http.Request for the PostGroupCommand method, with any body, and a specified content type
+func NewPostGroupCommandRequestWithBody(server string, params *PostGroupCommandParams, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/commands")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Timeout != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "timeout", *params.Timeout, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.ExpiresIn != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "expires_in", *params.ExpiresIn, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Rate != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "rate", *params.Rate, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "number", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.AbortAfter != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "abort_after", *params.AbortAfter, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
 
 	return req, nil
 }
@@ -2831,6 +3422,18 @@ func NewSendCommandsRequestWithBody(server string, deviceId DeviceID, params *Se
 
 		}
 
+		if params.Lane != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "lane", *params.Lane, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
 		if params.NotBefore != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "not_before", *params.NotBefore, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
@@ -3006,6 +3609,255 @@ func NewPostResponsesRequestWithBody(server string, deviceId Identity, contentTy
 	return req, nil
 }
 
+// NewCancelGroupCommandRequest constructs an http.Request for the CancelGroupCommand method
+func NewCancelGroupCommandRequest(server string, id ID, params *CancelGroupCommandParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/group-commands/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Client != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "client", *params.Client, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetGroupCommandRequest constructs an http.Request for the GetGroupCommand method
+func NewGetGroupCommandRequest(server string, id ID, params *GetGroupCommandParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/group-commands/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Wait != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "wait", *params.Wait, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Client != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "client", *params.Client, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewDeleteDeviceGroupRequest constructs an http.Request for the DeleteDeviceGroup method
+func NewDeleteDeviceGroupRequest(server string, name Identity) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "name", name, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/groups/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodDelete, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewGetDeviceGroupRequest constructs an http.Request for the GetDeviceGroup method
+func NewGetDeviceGroupRequest(server string, name Identity) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "name", name, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/groups/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
+// NewPutDeviceGroupRequest calls the generic PutDeviceGroup builder with application/json body
+func NewPutDeviceGroupRequest(server string, name Identity, body PutDeviceGroupJSONRequestBody) (*http.Request, error) {
+	var bodyReader io.Reader
+	buf, err := json.Marshal(body)
+	if err != nil {
+		return nil, err
+	}
+	bodyReader = bytes.NewReader(buf)
+	return NewPutDeviceGroupRequestWithBody(server, name, "application/json", bodyReader)
+}
+
+// NewPutDeviceGroupRequestWithBody constructs an http.Request for the PutDeviceGroup method, with any body, and a specified content type
+func NewPutDeviceGroupRequestWithBody(server string, name Identity, contentType string, body io.Reader) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "name", name, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/groups/%s", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	req, err := http.NewRequest(http.MethodPut, queryURL.String(), body)
+	if err != nil {
+		return nil, err
+	}
+
+	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
 // NewGetStatsRequest constructs an http.Request for the GetStats method
 func NewGetStatsRequest(server string) (*http.Request, error) {
 	var err error
@@ -3116,6 +3968,60 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with GET /readyz (the `Readyz` operationId).
 	ReadyzWithResponse(ctx context.Context, reqEditors ...RequestEditorFn) (*ReadyzResponse, error)
+
+	// PostGroupCommandWithBodyWithResponse Send one request to many devices (a group command)
+	//
+	// Body: `{"request": <one JSON-RPC request>, "devices": [device IDs]}`
+	// (1 to 10,000, no repeats) or `{"request": …, "group": "<name>"}` (a
+	// group set with `PUT /v1/groups/{name}`; its devices when the command
+	// is accepted). Every device must be covered by the token's globs,
+	// else `403` naming the first that is not. The body may be up to 2 MiB.
+	//
+	// The group command's id is the request's id, in a space of its own
+	// (a group and a single command may share one). Each device gets a
+	// child command: a normal command of the same client whose id is
+	// `"{id}:{device}"` (always a string, at most 128 characters, so
+	// `len(id) + len(device) ≤ 127`; the device sees
+	// `"{client}:{id}:{device}"`), with its own status
+	// (`GET /v1/commands/{child id}`), timestamps and MQTT result on
+	// `clients/{client}/results/{device}`.
+	//
+	// `202` once the group's record is in Redis and its envelope is durable
+	// in RabbitMQ: a worker creates the children, not the request. The same
+	// id and body again is `200` with the group's view; another body under
+	// the same id is `409`.
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/commands (the `PostGroupCommand` operationId).
+	PostGroupCommandWithBodyWithResponse(ctx context.Context, params *PostGroupCommandParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PostGroupCommandResponse, error)
+
+	// PostGroupCommandWithResponse Send one request to many devices (a group command)
+	//
+	// Body: `{"request": <one JSON-RPC request>, "devices": [device IDs]}`
+	// (1 to 10,000, no repeats) or `{"request": …, "group": "<name>"}` (a
+	// group set with `PUT /v1/groups/{name}`; its devices when the command
+	// is accepted). Every device must be covered by the token's globs,
+	// else `403` naming the first that is not. The body may be up to 2 MiB.
+	//
+	// The group command's id is the request's id, in a space of its own
+	// (a group and a single command may share one). Each device gets a
+	// child command: a normal command of the same client whose id is
+	// `"{id}:{device}"` (always a string, at most 128 characters, so
+	// `len(id) + len(device) ≤ 127`; the device sees
+	// `"{client}:{id}:{device}"`), with its own status
+	// (`GET /v1/commands/{child id}`), timestamps and MQTT result on
+	// `clients/{client}/results/{device}`.
+	//
+	// `202` once the group's record is in Redis and its envelope is durable
+	// in RabbitMQ: a worker creates the children, not the request. The same
+	// id and body again is `200` with the group's view; another body under
+	// the same id is `409`.
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/commands (the `PostGroupCommand` operationId).
+	PostGroupCommandWithResponse(ctx context.Context, params *PostGroupCommandParams, body PostGroupCommandJSONRequestBody, reqEditors ...RequestEditorFn) (*PostGroupCommandResponse, error)
 
 	// CancelCommandWithResponse Cancel a command that is not yet on the wire
 	//
@@ -3249,7 +4155,7 @@ type ClientWithResponsesInterface interface {
 
 	// PostResponsesWithBodyWithResponse A device posts its answers over HTTP
 	//
-	// One JSON-RPC response, or a batch (array) of up to 100, with the ids of the requests (`{client}:{id}`); device token whose `sub` is the device. Each is completed as an answer read over MQTT. The answer says the outcome of each: succeeded, failed, late (the command had ended), duplicate, timeout (received after the deadline), or why it changed nothing (malformed, unknown, other_device, not_sent).
+	// One JSON-RPC response, or a batch (array) of up to 100, with the ids of the requests (`{client}:{id}`); device token whose `sub` is the device. Each is completed as an answer read over MQTT. The answer says the outcome of each: succeeded, failed, late (the command had ended), duplicate, timeout (received after the deadline), or why it changed nothing (malformed, unknown, other_device, not_sent). A single response that is not JSON (`400` -32700), not a JSON-RPC response or without a `{client}:{id}` id (`400` -32600) changes nothing; in a batch such an entry's outcome is `malformed`.
 	//
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
@@ -3258,12 +4164,68 @@ type ClientWithResponsesInterface interface {
 
 	// PostResponsesWithResponse A device posts its answers over HTTP
 	//
-	// One JSON-RPC response, or a batch (array) of up to 100, with the ids of the requests (`{client}:{id}`); device token whose `sub` is the device. Each is completed as an answer read over MQTT. The answer says the outcome of each: succeeded, failed, late (the command had ended), duplicate, timeout (received after the deadline), or why it changed nothing (malformed, unknown, other_device, not_sent).
+	// One JSON-RPC response, or a batch (array) of up to 100, with the ids of the requests (`{client}:{id}`); device token whose `sub` is the device. Each is completed as an answer read over MQTT. The answer says the outcome of each: succeeded, failed, late (the command had ended), duplicate, timeout (received after the deadline), or why it changed nothing (malformed, unknown, other_device, not_sent). A single response that is not JSON (`400` -32700), not a JSON-RPC response or without a `{client}:{id}` id (`400` -32600) changes nothing; in a batch such an entry's outcome is `malformed`.
 	//
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/devices/{device_id}/responses (the `PostResponses` operationId).
 	PostResponsesWithResponse(ctx context.Context, deviceId Identity, body PostResponsesJSONRequestBody, reqEditors ...RequestEditorFn) (*PostResponsesResponse, error)
+
+	// CancelGroupCommandWithResponse Cancel a group command
+	//
+	// The group stops releasing children (status `cancelled`) and every child not yet
+	// on the wire is cancelled (`-32004`, `data.reason` "group cancelled: cancelled by the
+	// client"); children on the wire end as they would. `409` when every child was final.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/group-commands/{id} (the `CancelGroupCommand` operationId).
+	CancelGroupCommandWithResponse(ctx context.Context, id ID, params *CancelGroupCommandParams, reqEditors ...RequestEditorFn) (*CancelGroupCommandResponse, error)
+
+	// GetGroupCommandWithResponse A group command's progress
+	//
+	// Counts of its children per final status; `done` once every child is
+	// final. With `?wait=`, long-polls until done or the wait (at most 60s)
+	// ends.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/group-commands/{id} (the `GetGroupCommand` operationId).
+	GetGroupCommandWithResponse(ctx context.Context, id ID, params *GetGroupCommandParams, reqEditors ...RequestEditorFn) (*GetGroupCommandResponse, error)
+
+	// DeleteDeviceGroupWithResponse Delete a named device group (operators)
+	//
+	// Group commands sent to it keep the devices they were sent to.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with DELETE /v1/groups/{name} (the `DeleteDeviceGroup` operationId).
+	DeleteDeviceGroupWithResponse(ctx context.Context, name Identity, reqEditors ...RequestEditorFn) (*DeleteDeviceGroupResponse, error)
+
+	// GetDeviceGroupWithResponse A named device group (operators)
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/groups/{name} (the `GetDeviceGroup` operationId).
+	GetDeviceGroupWithResponse(ctx context.Context, name Identity, reqEditors ...RequestEditorFn) (*GetDeviceGroupResponse, error)
+
+	// PutDeviceGroupWithBodyWithResponse Set a named device group (operators)
+	//
+	// Body `{"devices": [device IDs]}`, 1 to 10,000 without repeats (up to 2 MiB).
+	//
+	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /v1/groups/{name} (the `PutDeviceGroup` operationId).
+	PutDeviceGroupWithBodyWithResponse(ctx context.Context, name Identity, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PutDeviceGroupResponse, error)
+
+	// PutDeviceGroupWithResponse Set a named device group (operators)
+	//
+	// Body `{"devices": [device IDs]}`, 1 to 10,000 without repeats (up to 2 MiB).
+	//
+	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with PUT /v1/groups/{name} (the `PutDeviceGroup` operationId).
+	PutDeviceGroupWithResponse(ctx context.Context, name Identity, body PutDeviceGroupJSONRequestBody, reqEditors ...RequestEditorFn) (*PutDeviceGroupResponse, error)
 
 	// GetStatsWithResponse Queue depth, mailbox totals, recent outcomes and push servers
 	//
@@ -3486,6 +4448,124 @@ func (r ReadyzResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r ReadyzResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// PostGroupCommandResponse429Headers the declared response headers of an HTTP 429 response for PostGroupCommand
+type PostGroupCommandResponse429Headers struct {
+	RetryAfter int
+}
+
+// PostGroupCommandResponse503Headers the declared response headers of an HTTP 503 response for PostGroupCommand
+type PostGroupCommandResponse503Headers struct {
+	RetryAfter int
+}
+
+type PostGroupCommandResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *GroupCommand
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *Accepted
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *ErrorBody
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *ErrorBody
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *TooLarge
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *RateLimited
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *PostGroupCommandResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *PostGroupCommandResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r PostGroupCommandResponse) GetJSON200() *GroupCommand {
+	return r.JSON200
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r PostGroupCommandResponse) GetJSON202() *Accepted {
+	return r.JSON202
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r PostGroupCommandResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r PostGroupCommandResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r PostGroupCommandResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r PostGroupCommandResponse) GetJSON404() *ErrorBody {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r PostGroupCommandResponse) GetJSON409() *ErrorBody {
+	return r.JSON409
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r PostGroupCommandResponse) GetJSON413() *TooLarge {
+	return r.JSON413
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r PostGroupCommandResponse) GetJSON429() *RateLimited {
+	return r.JSON429
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r PostGroupCommandResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r PostGroupCommandResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r PostGroupCommandResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r PostGroupCommandResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r PostGroupCommandResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -4562,6 +5642,477 @@ func (r PostResponsesResponse) ContentType() string {
 	return ""
 }
 
+// CancelGroupCommandResponse429Headers the declared response headers of an HTTP 429 response for CancelGroupCommand
+type CancelGroupCommandResponse429Headers struct {
+	RetryAfter int
+}
+
+// CancelGroupCommandResponse503Headers the declared response headers of an HTTP 503 response for CancelGroupCommand
+type CancelGroupCommandResponse503Headers struct {
+	RetryAfter int
+}
+
+type CancelGroupCommandResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *GroupCommand
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *ErrorBody
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *RateLimited
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *CancelGroupCommandResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *CancelGroupCommandResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r CancelGroupCommandResponse) GetJSON200() *GroupCommand {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r CancelGroupCommandResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r CancelGroupCommandResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r CancelGroupCommandResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r CancelGroupCommandResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r CancelGroupCommandResponse) GetJSON409() *ErrorBody {
+	return r.JSON409
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r CancelGroupCommandResponse) GetJSON429() *RateLimited {
+	return r.JSON429
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r CancelGroupCommandResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r CancelGroupCommandResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r CancelGroupCommandResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r CancelGroupCommandResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r CancelGroupCommandResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// GetGroupCommandResponse429Headers the declared response headers of an HTTP 429 response for GetGroupCommand
+type GetGroupCommandResponse429Headers struct {
+	RetryAfter int
+}
+
+// GetGroupCommandResponse503Headers the declared response headers of an HTTP 503 response for GetGroupCommand
+type GetGroupCommandResponse503Headers struct {
+	RetryAfter int
+}
+
+type GetGroupCommandResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *GroupCommand
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *RateLimited
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *GetGroupCommandResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *GetGroupCommandResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetGroupCommandResponse) GetJSON200() *GroupCommand {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r GetGroupCommandResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetGroupCommandResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r GetGroupCommandResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetGroupCommandResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r GetGroupCommandResponse) GetJSON429() *RateLimited {
+	return r.JSON429
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r GetGroupCommandResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r GetGroupCommandResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetGroupCommandResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetGroupCommandResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetGroupCommandResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// DeleteDeviceGroupResponse429Headers the declared response headers of an HTTP 429 response for DeleteDeviceGroup
+type DeleteDeviceGroupResponse429Headers struct {
+	RetryAfter int
+}
+
+// DeleteDeviceGroupResponse503Headers the declared response headers of an HTTP 503 response for DeleteDeviceGroup
+type DeleteDeviceGroupResponse503Headers struct {
+	RetryAfter int
+}
+
+type DeleteDeviceGroupResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *RateLimited
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *DeleteDeviceGroupResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *DeleteDeviceGroupResponse503Headers
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r DeleteDeviceGroupResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r DeleteDeviceGroupResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r DeleteDeviceGroupResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r DeleteDeviceGroupResponse) GetJSON429() *RateLimited {
+	return r.JSON429
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r DeleteDeviceGroupResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r DeleteDeviceGroupResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r DeleteDeviceGroupResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r DeleteDeviceGroupResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r DeleteDeviceGroupResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// GetDeviceGroupResponse429Headers the declared response headers of an HTTP 429 response for GetDeviceGroup
+type GetDeviceGroupResponse429Headers struct {
+	RetryAfter int
+}
+
+// GetDeviceGroupResponse503Headers the declared response headers of an HTTP 503 response for GetDeviceGroup
+type GetDeviceGroupResponse503Headers struct {
+	RetryAfter int
+}
+
+type GetDeviceGroupResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *DeviceGroup
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *RateLimited
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *GetDeviceGroupResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *GetDeviceGroupResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r GetDeviceGroupResponse) GetJSON200() *DeviceGroup {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r GetDeviceGroupResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r GetDeviceGroupResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r GetDeviceGroupResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r GetDeviceGroupResponse) GetJSON429() *RateLimited {
+	return r.JSON429
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r GetDeviceGroupResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r GetDeviceGroupResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r GetDeviceGroupResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r GetDeviceGroupResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r GetDeviceGroupResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// PutDeviceGroupResponse429Headers the declared response headers of an HTTP 429 response for PutDeviceGroup
+type PutDeviceGroupResponse429Headers struct {
+	RetryAfter int
+}
+
+// PutDeviceGroupResponse503Headers the declared response headers of an HTTP 503 response for PutDeviceGroup
+type PutDeviceGroupResponse503Headers struct {
+	RetryAfter int
+}
+
+type PutDeviceGroupResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *DeviceGroup
+	// JSON201 the response for an HTTP 201 `application/json` response
+	JSON201 *DeviceGroup
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON413 the response for an HTTP 413 `application/json` response
+	JSON413 *TooLarge
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *RateLimited
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *PutDeviceGroupResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *PutDeviceGroupResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r PutDeviceGroupResponse) GetJSON200() *DeviceGroup {
+	return r.JSON200
+}
+
+// GetJSON201 returns the response for an HTTP 201 `application/json` response
+func (r PutDeviceGroupResponse) GetJSON201() *DeviceGroup {
+	return r.JSON201
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r PutDeviceGroupResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r PutDeviceGroupResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON413 returns the response for an HTTP 413 `application/json` response
+func (r PutDeviceGroupResponse) GetJSON413() *TooLarge {
+	return r.JSON413
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r PutDeviceGroupResponse) GetJSON429() *RateLimited {
+	return r.JSON429
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r PutDeviceGroupResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r PutDeviceGroupResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r PutDeviceGroupResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r PutDeviceGroupResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r PutDeviceGroupResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // GetStatsResponse429Headers the declared response headers of an HTTP 429 response for GetStats
 type GetStatsResponse429Headers struct {
 	RetryAfter int
@@ -4692,6 +6243,72 @@ func (c *ClientWithResponses) ReadyzWithResponse(ctx context.Context, reqEditors
 		return nil, err
 	}
 	return ParseReadyzResponse(rsp)
+}
+
+// PostGroupCommandWithBodyWithResponse Send one request to many devices (a group command)
+//
+// Body: `{"request": <one JSON-RPC request>, "devices": [device IDs]}`
+// (1 to 10,000, no repeats) or `{"request": …, "group": "<name>"}` (a
+// group set with `PUT /v1/groups/{name}`; its devices when the command
+// is accepted). Every device must be covered by the token's globs,
+// else `403` naming the first that is not. The body may be up to 2 MiB.
+//
+// The group command's id is the request's id, in a space of its own
+// (a group and a single command may share one). Each device gets a
+// child command: a normal command of the same client whose id is
+// `"{id}:{device}"` (always a string, at most 128 characters, so
+// `len(id) + len(device) ≤ 127`; the device sees
+// `"{client}:{id}:{device}"`), with its own status
+// (`GET /v1/commands/{child id}`), timestamps and MQTT result on
+// `clients/{client}/results/{device}`.
+//
+// `202` once the group's record is in Redis and its envelope is durable
+// in RabbitMQ: a worker creates the children, not the request. The same
+// id and body again is `200` with the group's view; another body under
+// the same id is `409`.
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/commands (the `PostGroupCommand` operationId).
+func (c *ClientWithResponses) PostGroupCommandWithBodyWithResponse(ctx context.Context, params *PostGroupCommandParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PostGroupCommandResponse, error) {
+	rsp, err := c.PostGroupCommandWithBody(ctx, params, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePostGroupCommandResponse(rsp)
+}
+
+// PostGroupCommandWithResponse Send one request to many devices (a group command)
+//
+// Body: `{"request": <one JSON-RPC request>, "devices": [device IDs]}`
+// (1 to 10,000, no repeats) or `{"request": …, "group": "<name>"}` (a
+// group set with `PUT /v1/groups/{name}`; its devices when the command
+// is accepted). Every device must be covered by the token's globs,
+// else `403` naming the first that is not. The body may be up to 2 MiB.
+//
+// The group command's id is the request's id, in a space of its own
+// (a group and a single command may share one). Each device gets a
+// child command: a normal command of the same client whose id is
+// `"{id}:{device}"` (always a string, at most 128 characters, so
+// `len(id) + len(device) ≤ 127`; the device sees
+// `"{client}:{id}:{device}"`), with its own status
+// (`GET /v1/commands/{child id}`), timestamps and MQTT result on
+// `clients/{client}/results/{device}`.
+//
+// `202` once the group's record is in Redis and its envelope is durable
+// in RabbitMQ: a worker creates the children, not the request. The same
+// id and body again is `200` with the group's view; another body under
+// the same id is `409`.
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/commands (the `PostGroupCommand` operationId).
+func (c *ClientWithResponses) PostGroupCommandWithResponse(ctx context.Context, params *PostGroupCommandParams, body PostGroupCommandJSONRequestBody, reqEditors ...RequestEditorFn) (*PostGroupCommandResponse, error) {
+	rsp, err := c.PostGroupCommand(ctx, params, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePostGroupCommandResponse(rsp)
 }
 
 // CancelCommandWithResponse Cancel a command that is not yet on the wire
@@ -4892,7 +6509,7 @@ func (c *ClientWithResponses) PollCommandsWithResponse(ctx context.Context, devi
 
 // PostResponsesWithBodyWithResponse A device posts its answers over HTTP
 //
-// One JSON-RPC response, or a batch (array) of up to 100, with the ids of the requests (`{client}:{id}`); device token whose `sub` is the device. Each is completed as an answer read over MQTT. The answer says the outcome of each: succeeded, failed, late (the command had ended), duplicate, timeout (received after the deadline), or why it changed nothing (malformed, unknown, other_device, not_sent).
+// One JSON-RPC response, or a batch (array) of up to 100, with the ids of the requests (`{client}:{id}`); device token whose `sub` is the device. Each is completed as an answer read over MQTT. The answer says the outcome of each: succeeded, failed, late (the command had ended), duplicate, timeout (received after the deadline), or why it changed nothing (malformed, unknown, other_device, not_sent). A single response that is not JSON (`400` -32700), not a JSON-RPC response or without a `{client}:{id}` id (`400` -32600) changes nothing; in a batch such an entry's outcome is `malformed`.
 //
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
@@ -4907,7 +6524,7 @@ func (c *ClientWithResponses) PostResponsesWithBodyWithResponse(ctx context.Cont
 
 // PostResponsesWithResponse A device posts its answers over HTTP
 //
-// One JSON-RPC response, or a batch (array) of up to 100, with the ids of the requests (`{client}:{id}`); device token whose `sub` is the device. Each is completed as an answer read over MQTT. The answer says the outcome of each: succeeded, failed, late (the command had ended), duplicate, timeout (received after the deadline), or why it changed nothing (malformed, unknown, other_device, not_sent).
+// One JSON-RPC response, or a batch (array) of up to 100, with the ids of the requests (`{client}:{id}`); device token whose `sub` is the device. Each is completed as an answer read over MQTT. The answer says the outcome of each: succeeded, failed, late (the command had ended), duplicate, timeout (received after the deadline), or why it changed nothing (malformed, unknown, other_device, not_sent). A single response that is not JSON (`400` -32700), not a JSON-RPC response or without a `{client}:{id}` id (`400` -32600) changes nothing; in a batch such an entry's outcome is `malformed`.
 //
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
@@ -4918,6 +6535,98 @@ func (c *ClientWithResponses) PostResponsesWithResponse(ctx context.Context, dev
 		return nil, err
 	}
 	return ParsePostResponsesResponse(rsp)
+}
+
+// CancelGroupCommandWithResponse Cancel a group command
+//
+// The group stops releasing children (status `cancelled`) and every child not yet
+// on the wire is cancelled (`-32004`, `data.reason` "group cancelled: cancelled by the
+// client"); children on the wire end as they would. `409` when every child was final.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/group-commands/{id} (the `CancelGroupCommand` operationId).
+func (c *ClientWithResponses) CancelGroupCommandWithResponse(ctx context.Context, id ID, params *CancelGroupCommandParams, reqEditors ...RequestEditorFn) (*CancelGroupCommandResponse, error) {
+	rsp, err := c.CancelGroupCommand(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseCancelGroupCommandResponse(rsp)
+}
+
+// GetGroupCommandWithResponse A group command's progress
+//
+// Counts of its children per final status; `done` once every child is
+// final. With `?wait=`, long-polls until done or the wait (at most 60s)
+// ends.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/group-commands/{id} (the `GetGroupCommand` operationId).
+func (c *ClientWithResponses) GetGroupCommandWithResponse(ctx context.Context, id ID, params *GetGroupCommandParams, reqEditors ...RequestEditorFn) (*GetGroupCommandResponse, error) {
+	rsp, err := c.GetGroupCommand(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetGroupCommandResponse(rsp)
+}
+
+// DeleteDeviceGroupWithResponse Delete a named device group (operators)
+//
+// Group commands sent to it keep the devices they were sent to.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with DELETE /v1/groups/{name} (the `DeleteDeviceGroup` operationId).
+func (c *ClientWithResponses) DeleteDeviceGroupWithResponse(ctx context.Context, name Identity, reqEditors ...RequestEditorFn) (*DeleteDeviceGroupResponse, error) {
+	rsp, err := c.DeleteDeviceGroup(ctx, name, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseDeleteDeviceGroupResponse(rsp)
+}
+
+// GetDeviceGroupWithResponse A named device group (operators)
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/groups/{name} (the `GetDeviceGroup` operationId).
+func (c *ClientWithResponses) GetDeviceGroupWithResponse(ctx context.Context, name Identity, reqEditors ...RequestEditorFn) (*GetDeviceGroupResponse, error) {
+	rsp, err := c.GetDeviceGroup(ctx, name, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseGetDeviceGroupResponse(rsp)
+}
+
+// PutDeviceGroupWithBodyWithResponse Set a named device group (operators)
+//
+// Body `{"devices": [device IDs]}`, 1 to 10,000 without repeats (up to 2 MiB).
+//
+// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /v1/groups/{name} (the `PutDeviceGroup` operationId).
+func (c *ClientWithResponses) PutDeviceGroupWithBodyWithResponse(ctx context.Context, name Identity, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PutDeviceGroupResponse, error) {
+	rsp, err := c.PutDeviceGroupWithBody(ctx, name, contentType, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePutDeviceGroupResponse(rsp)
+}
+
+// PutDeviceGroupWithResponse Set a named device group (operators)
+//
+// Body `{"devices": [device IDs]}`, 1 to 10,000 without repeats (up to 2 MiB).
+//
+// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
+//
+// Corresponds with PUT /v1/groups/{name} (the `PutDeviceGroup` operationId).
+func (c *ClientWithResponses) PutDeviceGroupWithResponse(ctx context.Context, name Identity, body PutDeviceGroupJSONRequestBody, reqEditors ...RequestEditorFn) (*PutDeviceGroupResponse, error) {
+	rsp, err := c.PutDeviceGroup(ctx, name, body, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParsePutDeviceGroupResponse(rsp)
 }
 
 // GetStatsWithResponse Queue depth, mailbox totals, recent outcomes and push servers
@@ -5062,6 +6771,118 @@ func ParseReadyzResponse(rsp *http.Response) (*ReadyzResponse, error) {
 	switch {
 	case rsp.StatusCode == 503:
 		var headers ReadyzResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParsePostGroupCommandResponse parses an HTTP response from a PostGroupCommandWithResponse call
+func ParsePostGroupCommandResponse(rsp *http.Response) (*PostGroupCommandResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &PostGroupCommandResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest GroupCommand
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest Accepted
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest ErrorBody
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest ErrorBody
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest RateLimited
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 429:
+		var headers PostGroupCommandResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers PostGroupCommandResponse503Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
 			var value int
 			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
@@ -6054,6 +7875,450 @@ func ParsePostResponsesResponse(rsp *http.Response) (*PostResponsesResponse, err
 		response.Headers429 = &headers
 	case rsp.StatusCode == 503:
 		var headers PostResponsesResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseCancelGroupCommandResponse parses an HTTP response from a CancelGroupCommandWithResponse call
+func ParseCancelGroupCommandResponse(rsp *http.Response) (*CancelGroupCommandResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &CancelGroupCommandResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest GroupCommand
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest ErrorBody
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest RateLimited
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 429:
+		var headers CancelGroupCommandResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers CancelGroupCommandResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseGetGroupCommandResponse parses an HTTP response from a GetGroupCommandWithResponse call
+func ParseGetGroupCommandResponse(rsp *http.Response) (*GetGroupCommandResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetGroupCommandResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest GroupCommand
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest RateLimited
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 429:
+		var headers GetGroupCommandResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers GetGroupCommandResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseDeleteDeviceGroupResponse parses an HTTP response from a DeleteDeviceGroupWithResponse call
+func ParseDeleteDeviceGroupResponse(rsp *http.Response) (*DeleteDeviceGroupResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &DeleteDeviceGroupResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case rsp.StatusCode == 204:
+		break // No content-type
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest RateLimited
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 429:
+		var headers DeleteDeviceGroupResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers DeleteDeviceGroupResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseGetDeviceGroupResponse parses an HTTP response from a GetDeviceGroupWithResponse call
+func ParseGetDeviceGroupResponse(rsp *http.Response) (*GetDeviceGroupResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &GetDeviceGroupResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest DeviceGroup
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest RateLimited
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 429:
+		var headers GetDeviceGroupResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers GetDeviceGroupResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParsePutDeviceGroupResponse parses an HTTP response from a PutDeviceGroupWithResponse call
+func ParsePutDeviceGroupResponse(rsp *http.Response) (*PutDeviceGroupResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &PutDeviceGroupResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest DeviceGroup
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 201:
+		var dest DeviceGroup
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON201 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 413:
+		var dest TooLarge
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON413 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest RateLimited
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 429:
+		var headers PutDeviceGroupResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers PutDeviceGroupResponse503Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
 			var value int
 			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
