@@ -40,7 +40,8 @@ type browserReport struct {
 // its own, sends a command over HTTP to the apiserver of another origin
 // (CORS, GW_CORS_ORIGINS) and receives its result over MQTT over
 // WebSocket (GW_MQTT_WS_ADDR) with MQTT.js, from a simulated device; the
-// command is then succeeded in the gateway's own record.
+// command is then succeeded in the gateway's own record. The same page on
+// an origin that is not listed cannot send the command.
 func TestBrowserClient(t *testing.T) {
 	if testing.Short() {
 		t.Skip("integration test")
@@ -54,26 +55,9 @@ func TestBrowserClient(t *testing.T) {
 		t.Fatalf("MQTT.js is not installed (%v): run npm ci --no-audit --no-fund --prefix pushserver/testdata/mqttjs (or make services)", err)
 	}
 
-	// The page's own origin, which reports to the test.
-	reports := make(chan browserReport, 16)
-	mux := http.NewServeMux()
-	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
-		http.ServeFile(w, r, filepath.Join("testdata", "browser", "index.html"))
-	})
-	mux.HandleFunc("GET /mqtt.min.js", func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, bundle) })
-	mux.HandleFunc("POST /report", func(w http.ResponseWriter, r *http.Request) {
-		var rep browserReport
-		b, _ := io.ReadAll(io.LimitReader(r.Body, 1<<16))
-		if err := json.Unmarshal(b, &rep); err != nil {
-			rep.Error = fmt.Sprintf("test: report %q: %v", b, err)
-		}
-		select {
-		case reports <- rep:
-		default:
-		}
-	})
-	page := httptest.NewServer(mux)
-	t.Cleanup(page.Close)
+	page, reports := pageServer(t, bundle)
+	// The same page on an origin the apiserver does not list.
+	otherPage, otherReports := pageServer(t, bundle)
 
 	wsAddr := testenv.FreeAddr(t)
 	g := startGatewayOn(t, testenv.RedisURL(), 1, 1, "GW_MQTT_WS_ADDR="+wsAddr, "GW_CORS_ORIGINS="+page.URL)
@@ -133,16 +117,78 @@ func TestBrowserClient(t *testing.T) {
 	require.JSONEq(t, `{"from":"chromium"}`, string(res.Result), "echo's result")
 
 	// The gateway's record says the same.
-	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, g.APIURL+"/v1/commands/"+id, nil)
+	status, rec := getCommand(t, g.APIURL, tok, id)
+	require.Equal(t, http.StatusOK, status)
+	require.Equal(t, protocol.StatusSucceeded, rec.Status, "GET /v1/commands/%s", id)
+
+	// From an origin GW_CORS_ORIGINS does not list, the browser refuses
+	// the POST after its preflight: the page gets an error, and there is
+	// no command.
+	const otherID = "from-chromium-2"
+	url = fmt.Sprintf("%s/#api=%s&ws=ws://%s/mqtt&token=%s&client=%s&device=%s&id=%s",
+		otherPage.URL, g.APIURL, wsAddr, tok, client, device, otherID)
+	stop, output = testenv.StartChromium(t, bin, url)
+	defer stop()
+	deadline = time.After(20 * time.Second)
+	for refused := false; !refused; {
+		select {
+		case rep := <-otherReports:
+			t.Logf("page of another origin: %s%s", rep.Step, rep.Error)
+			require.NotEqual(t, "posted", rep.Step, "the POST from an origin not listed went through: %d %s", rep.Status, rep.Body)
+			if rep.Error != "" {
+				require.Equal(t, "POST: Failed to fetch", rep.Error, "chromium:\n%s", output())
+				refused = true
+			}
+		case <-deadline:
+			t.Fatalf("the page of another origin reported no refused POST within 20 s; chromium:\n%s", output())
+		}
+	}
+	status, _ = getCommand(t, g.APIURL, tok, otherID)
+	require.Equal(t, http.StatusNotFound, status, "GET /v1/commands/%s: a command from the origin not listed", otherID)
+}
+
+// commandRecord is the part of GET /v1/commands/{id} the test reads.
+type commandRecord struct {
+	Status protocol.Status `json:"status"`
+}
+
+// getCommand reads command id with token tok.
+func getCommand(t *testing.T, api, tok, id string) (int, commandRecord) {
+	t.Helper()
+	req, err := http.NewRequestWithContext(t.Context(), http.MethodGet, api+"/v1/commands/"+id, nil)
 	require.NoError(t, err)
 	req.Header.Set("Authorization", "Bearer "+tok)
 	resp, err := http.DefaultClient.Do(req)
 	require.NoError(t, err)
 	defer resp.Body.Close()
-	var rec struct {
-		Status protocol.Status `json:"status"`
+	var rec commandRecord
+	if resp.StatusCode == http.StatusOK {
+		require.NoError(t, json.NewDecoder(resp.Body).Decode(&rec))
 	}
-	require.Equal(t, http.StatusOK, resp.StatusCode)
-	require.NoError(t, json.NewDecoder(resp.Body).Decode(&rec))
-	require.Equal(t, protocol.StatusSucceeded, rec.Status, "GET /v1/commands/%s", id)
+	return resp.StatusCode, rec
+}
+
+// pageServer serves testdata/browser/index.html and MQTT.js's bundle on
+// an origin of its own, and passes on what the page reports.
+func pageServer(t *testing.T, bundle string) (*httptest.Server, <-chan browserReport) {
+	reports := make(chan browserReport, 16)
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, r *http.Request) {
+		http.ServeFile(w, r, filepath.Join("testdata", "browser", "index.html"))
+	})
+	mux.HandleFunc("GET /mqtt.min.js", func(w http.ResponseWriter, r *http.Request) { http.ServeFile(w, r, bundle) })
+	mux.HandleFunc("POST /report", func(w http.ResponseWriter, r *http.Request) {
+		var rep browserReport
+		b, _ := io.ReadAll(io.LimitReader(r.Body, 1<<16))
+		if err := json.Unmarshal(b, &rep); err != nil {
+			rep.Error = fmt.Sprintf("test: report %q: %v", b, err)
+		}
+		select {
+		case reports <- rep:
+		default:
+		}
+	})
+	page := httptest.NewServer(mux)
+	t.Cleanup(page.Close)
+	return page, reports
 }

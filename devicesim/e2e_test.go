@@ -80,7 +80,15 @@ func builtBinaries(t *testing.T) string {
 	return binDir
 }
 
+// testMainEnv makes the test binary run as devicesim itself (for the
+// completion script, which runs "devicesim __complete …").
+const testMainEnv = "DEVICESIM_TEST_AS_MAIN"
+
 func TestMain(m *testing.M) {
+	if os.Getenv(testMainEnv) == "1" {
+		main()
+		os.Exit(0)
+	}
 	code := m.Run()
 	if binDir != "" {
 		os.RemoveAll(binDir)

@@ -214,12 +214,13 @@ func runFleet(ctx context.Context, g *globals, o FleetOptions) error {
 	if err != nil {
 		return err
 	}
-	if o.Progress && isTerminal(g.stderr) {
-		go progress(ctx, g.stderr, func() string {
+	if o.Progress {
+		stop := startProgress(ctx, g.stderr, func() string {
 			t := fl.Totals()
 			return fmt.Sprintf("devices online %d/%d  commands %d  answered %d  failed %d  dropped %d  duplicates %d",
 				t.Online, t.Devices, t.Received, t.Answered, t.Failed, t.Dropped, t.Duplicates)
 		})
+		defer stop()
 	}
 	<-ctx.Done()
 	wg.Wait()
@@ -234,17 +235,33 @@ func runFleet(ctx context.Context, g *globals, o FleetOptions) error {
 	return nil
 }
 
-// progress rewrites one status line on w every second until ctx is done.
-func progress(ctx context.Context, w io.Writer, line func() string) {
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			fmt.Fprintln(w)
-			return
-		case <-t.C:
-			fmt.Fprintf(w, "\r\033[K%s", line())
+// startProgress rewrites one status line, line(), on w every second
+// until ctx is done or stop is called (which returns once the line is
+// ended with a newline), when w is a terminal; otherwise it writes
+// nothing, ever (escape codes in a file or a pipe are noise), and stop
+// does nothing.
+func startProgress(ctx context.Context, w io.Writer, line func() string) (stop func()) {
+	if !isTerminal(w) {
+		return func() {}
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		t := time.NewTicker(time.Second)
+		defer t.Stop()
+		for {
+			select {
+			case <-ctx.Done():
+				fmt.Fprintln(w)
+				return
+			case <-t.C:
+				fmt.Fprintf(w, "\r\033[K%s", line())
+			}
 		}
+	}()
+	return func() {
+		cancel()
+		<-done
 	}
 }

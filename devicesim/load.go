@@ -7,9 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"os"
 	"slices"
 	"strconv"
 	"sync"
@@ -71,8 +69,10 @@ result, then reports: accepted (202), rejected (4xx, and 503 with data.reason
 (received, never sent) and wrong (an echo result that is not its params, or an
 error no device or gateway rule explains).
 
-A progress line is printed to stderr each second while it runs, when stderr
-is a terminal (and --progress is not false).
+A progress line (the time elapsed of --duration, then of the wait for the
+results, and the counts so far) is rewritten on stderr each second while it
+runs, only when stderr is a terminal (and --progress is not false). The
+report gives the sending time (duration_s) and the whole run's (elapsed_s).
 
 With --oneway the commands are one-way: the device's PUBACK is their success.
 With --lane NAME every command goes into that ordered lane of its device; the
@@ -131,11 +131,14 @@ the run could not be made.`,
 // LoadReport is the outcome of a load run. Its JSON keys are an interface
 // that outside scripts rely on.
 type LoadReport struct {
-	Clients       int     `json:"clients"`
-	Devices       int     `json:"devices"`
-	Method        string  `json:"method"`
-	TargetRate    float64 `json:"target_rate_per_s"`
-	DurationS     float64 `json:"duration_s"`
+	Clients    int     `json:"clients"`
+	Devices    int     `json:"devices"`
+	Method     string  `json:"method"`
+	TargetRate float64 `json:"target_rate_per_s"`
+	DurationS  float64 `json:"duration_s"` // sending
+	// ElapsedS is the whole run: sending, then waiting for the results
+	// (at most --drain).
+	ElapsedS      float64 `json:"elapsed_s"`
 	Sent          int64   `json:"sent"`
 	Accepted      int64   `json:"accepted"`
 	Rejected      int64   `json:"rejected"`
@@ -411,17 +414,18 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 		runCtx, stopRun = context.WithCancel(ctx)
 	}
 	defer stopRun()
-	if o.Progress && isTerminal(g.stderr) {
-		progCtx, stopProg := context.WithCancel(ctx)
-		defer stopProg()
-		go progress(progCtx, g.stderr, func() string {
+	began := time.Now()
+	var sendingFor atomic.Int64 // how long sending took, once it is over
+	if o.Progress {
+		stopProg := startProgress(ctx, g.stderr, func() string {
+			clock := loadClock(time.Since(began), o.Duration, time.Duration(sendingFor.Load()), o.Drain)
 			l.mu.Lock()
 			defer l.mu.Unlock()
-			return fmt.Sprintf("sent %d  accepted %d  rejected %d  indeterminate %d  received %d  waiting %d",
-				rep.Sent, rep.Accepted, rep.Rejected, rep.Indeterminate, rep.Received, l.pending.Load())
+			return fmt.Sprintf("%s  sent %d  accepted %d  rejected %d  indeterminate %d  received %d  waiting %d",
+				clock, rep.Sent, rep.Accepted, rep.Rejected, rep.Indeterminate, rep.Received, l.pending.Load())
 		})
+		defer stopProg()
 	}
-	began := time.Now()
 	if o.Rate > 0 {
 		interval := time.Duration(float64(time.Second) / o.Rate)
 		for i := 0; ; i++ {
@@ -452,6 +456,7 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 	}
 	sendWG.Wait()
 	sent := time.Since(began)
+	sendingFor.Store(int64(sent))
 
 	// Quiescence: every accepted command has a result, or the drain ends.
 	deadline := time.Now().Add(o.Drain)
@@ -489,6 +494,7 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 		l.checkLaneOrder()
 	}
 	rep.DurationS = sent.Seconds()
+	rep.ElapsedS = elapsed.Seconds()
 	if elapsed > 0 {
 		rep.Throughput = float64(rep.Received) / elapsed.Seconds()
 	}
@@ -532,14 +538,16 @@ func (r *LoadReport) Failure() error {
 	return fmt.Errorf("load: %d lost, %d unexpected, %d wrong, %d out of order", r.Lost, r.Unexpected, r.Wrong, r.OutOfOrder)
 }
 
-// isTerminal reports whether w is a character device (a terminal).
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
+// loadClock is the time part of load's progress line: elapsed of the
+// sending duration, then, once sending took sending, how long the wait
+// for the results may still take (at most drain).
+func loadClock(elapsed, duration, sending, drain time.Duration) string {
+	sec := func(d time.Duration) time.Duration { return d.Truncate(time.Second) }
+	if sending == 0 {
+		return fmt.Sprintf("%s of %s", sec(elapsed), sec(duration))
 	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
+	left := max(sending+drain-elapsed, 0)
+	return fmt.Sprintf("%s, sent for %s, waiting for results (at most %s more)", sec(elapsed), sec(sending), sec(left))
 }
 
 // notAccepted reports whether err is an answer saying for sure that the

@@ -106,6 +106,7 @@ send and load document their own in their help.`,
 	root.PersistentFlags().StringVar(&g.LogLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	root.AddCommand(tokenCmd(g), fleetCmd(ctx, g), sendCmd(ctx, g), loadCmd(ctx, g), statsCmd(ctx, g),
 		getCmd(ctx, g), listCmd(ctx, g), cancelCmd(ctx, g), waitCmd(ctx, g), deadCmd(ctx, g), replayCmd(ctx, g), connectCmd(ctx, g))
+	setCompletions(root)
 	return root.ExecuteContext(ctx)
 }
 

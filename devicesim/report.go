@@ -11,7 +11,7 @@ import (
 func (r *LoadReport) WriteTable(w io.Writer) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintf(tw, "\nclients\t%d\tdevices\t%d\tmethod\t%s\n", r.Clients, r.Devices, r.Method)
-	fmt.Fprintf(tw, "sent\t%d\tin\t%.1fs\ttarget rate\t%.0f/s\n", r.Sent, r.DurationS, r.TargetRate)
+	fmt.Fprintf(tw, "sent\t%d\tin\t%.1fs\ttarget rate\t%.0f/s\telapsed\t%.1fs\n", r.Sent, r.DurationS, r.TargetRate, r.ElapsedS)
 	fmt.Fprintf(tw, "accepted\t%d\trejected\t%d\tindeterminate\t%d\n", r.Accepted, r.Rejected, r.Indeterminate)
 	fmt.Fprintf(tw, "received\t%d\tduplicated\t%d\tlost\t%d\n", r.Received, r.Duplicated, r.Lost)
 	fmt.Fprintf(tw, "unexpected\t%d\twrong\t%d\tthroughput\t%.0f/s\n", r.Unexpected, r.Wrong, r.Throughput)

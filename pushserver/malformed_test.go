@@ -27,7 +27,10 @@ import (
 func TestMalformedPacketsEndOnlyTheirConnection(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	n := e.startNode()
+	var log logBuffer
+	n := e.startNode(func(c *Config) {
+		c.Logger = slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	})
 	ids := identitiesOwnedBy(e.members(), n.NodeID(), "malformed", len(malformedTable)+1)
 	require.Len(t, ids, len(malformedTable)+1)
 	bystander := ids[0]
@@ -54,6 +57,20 @@ func TestMalformedPacketsEndOnlyTheirConnection(t *testing.T) {
 		}
 		if tc.panic {
 			panics++
+			// Logged with bounded fields: the client, the packet's type
+			// and length, the panic; not the packet.
+			line := ""
+			eventually(t, 5*time.Second, func() bool {
+				for _, l := range strings.Split(log.String(), "\n") {
+					if strings.Contains(l, "level=WARN msg=\"malformed packet: the packet codec panicked") && strings.Contains(l, "client_id="+id) {
+						line = l
+					}
+				}
+				return line != ""
+			}, "%s: the codec's panic logged for %s:\n%s", tc.name, id, &log)
+			require.Contains(t, line, fmt.Sprintf("packet=Subscribe remaining=%d", len(tc.raw)-2), "%s: log line", tc.name)
+			require.Contains(t, line, "index out of range", "%s: log line", tc.name)
+			require.NotContains(t, line, "a/b", "%s: the log line holds the packet's filter", tc.name)
 		}
 		require.Equal(t, float64(panics), value(t, n.m.codecPanics), "%s: gw_push_codec_panics_total", tc.name)
 

@@ -113,11 +113,11 @@ func TestWebSocket(t *testing.T) {
 	require.Equal(t, http.StatusRequestHeaderFieldsTooLarge, resp.StatusCode)
 
 	// MQTT travels in binary messages: a text message ends the
-	// connection.
+	// connection, even one that holds a well-formed CONNECT.
 	conn, _, err = websocket.DefaultDialer.Dial("ws://"+a.WSAddr()+"/mqtt", nil)
 	require.NoError(t, err)
 	defer conn.Close()
-	require.NoError(t, conn.WriteMessage(websocket.TextMessage, []byte{0x10, 0x00}))
+	require.NoError(t, conn.WriteMessage(websocket.TextMessage, mustEncode(t, packetFrom(t, "connect", 4), 4)))
 	require.NoError(t, conn.SetReadDeadline(time.Now().Add(10*time.Second)))
 	_, _, err = conn.ReadMessage()
 	require.Error(t, err)

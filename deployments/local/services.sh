@@ -382,4 +382,24 @@ else
 	warn "chromium: not found; install it (as root: apt-get install -y chromium) for the dashboard test"
 fi
 
+# --- bash-completion (for devicesim's completion test) ------------------------
+
+# devicesim/completion_test.go loads `devicesim completion bash` into bash;
+# cobra's script needs the bash-completion package (_get_comp_words_by_ref),
+# as it does on a user's machine. The test never installs it.
+if [[ -f /usr/share/bash-completion/bash_completion ]]; then
+	say "bash-completion: found"
+elif [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+	say "bash-completion: installing it (apt-get install -y bash-completion) ..."
+	if DEBIAN_FRONTEND=noninteractive apt-get install -y -q bash-completion >/dev/null 2>&1 ||
+		{ DEBIAN_FRONTEND=noninteractive apt-get update -q >/dev/null 2>&1 &&
+			DEBIAN_FRONTEND=noninteractive apt-get install -y -q bash-completion >/dev/null 2>&1; }; then
+		say "bash-completion: installed"
+	else
+		warn "bash-completion: apt-get install failed; devicesim's completion test fails until it is installed"
+	fi
+else
+	warn "bash-completion: not found; install it (as root: apt-get install -y bash-completion) for devicesim's completion test"
+fi
+
 exit "$failed"
