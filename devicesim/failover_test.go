@@ -136,8 +136,12 @@ func runFailover(t *testing.T, g *gwproc.Gateway, fail, restore func(context.Con
 	t.Logf("load: %+v", *rep)
 	t.Logf("fleet: %+v", fl.Totals())
 
-	if rep.Accepted < rep.Sent/2 {
-		t.Errorf("accepted = %d of %d sent, want most of them accepted", rep.Accepted, rep.Sent)
+	// Commands sent while no primary serves are refused (503), so how
+	// many are accepted depends on how long the failover takes, which a
+	// starved CPU stretches; a quarter shows the load really went through
+	// the gateway around the fault. The ledger below is what must hold.
+	if rep.Accepted < rep.Sent/4 {
+		t.Errorf("accepted = %d of %d sent, want at least a quarter accepted", rep.Accepted, rep.Sent)
 	}
 	checks := []struct {
 		name      string
