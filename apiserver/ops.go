@@ -43,8 +43,11 @@ import (
 //     "sampled": true, "source": "management". When the management API is
 //     unreachable the stats say so (management.available false) and these
 //     fields are null; the call does not fail. RabbitMQ 3.x reports no
-//     head-message timestamp for quorum queues, so oldest_age_s is null
-//     there;
+//     head-message timestamp for quorum queues, so the command queues'
+//     oldest_age_s comes from the gateway's own records instead
+//     (oldest_age_source "gateway"): the acceptance of the oldest command
+//     still queued, from the partitions' queued sets
+//     (mailbox.Totals.Queued), exact at the moment of the call;
 //   - mailbox totals, timers and dead letters: mailbox.Store.Totals;
 //     statuses and events over the last 15 minutes: Store.StatusCounts and
 //     Store.EventCounts; sessions per push server: SCARD of
@@ -152,8 +155,14 @@ type queueView struct {
 	PublishRate *float64 `json:"publish_rate"`
 	DeliverRate *float64 `json:"deliver_rate"`
 	OldestAgeS  *float64 `json:"oldest_age_s"`
-	Sampled     bool     `json:"sampled"`
-	Source      string   `json:"source"`
+	// OldestAgeSource is where OldestAgeS came from: "gateway" (the
+	// command queues: the oldest queued command in the gateway's own
+	// records, exact at the moment of the call, 0 when none waits) or
+	// "management" (RabbitMQ's sampled head-message timestamp; null for
+	// quorum queues on RabbitMQ 3.x).
+	OldestAgeSource string `json:"oldest_age_source"`
+	Sampled         bool   `json:"sampled"`
+	Source          string `json:"source"`
 	// Queues is set in the entry {ns}.commands only.
 	Queues []commandQueueView `json:"queues,omitempty"`
 }
@@ -181,6 +190,7 @@ func sumQueues(qs []commandQueueView) queueView {
 		if a := q.OldestAgeS; a != nil && (v.OldestAgeS == nil || *a > *v.OldestAgeS) {
 			v.OldestAgeS = a
 		}
+		v.OldestAgeSource = q.OldestAgeSource
 	}
 	return v
 }
@@ -225,6 +235,18 @@ type outboxPartitionView struct {
 	Partition  int     `json:"partition"`
 	Entries    int64   `json:"entries"`
 	OldestAgeS float64 `json:"oldest_age_s"`
+}
+
+// queuedAges is, for each of the queues command queues, the age in seconds
+// of its oldest queued command (0 when none): partition p's commands are
+// in queue p mod queues (protocol.Topology.CommandQueueOf).
+func queuedAges(parts []mailbox.PartitionQueued, queues int) []float64 {
+	ages := make([]float64, max(queues, 1))
+	for _, p := range parts {
+		q := p.Partition % len(ages)
+		ages[q] = max(ages[q], p.Oldest.Seconds())
+	}
+	return ages[:queues]
 }
 
 // newOutboxView sums the non-empty outboxes of the totals.
@@ -334,7 +356,7 @@ func (o *ops) collect(ctx context.Context) statsView {
 		v.Management.Error = mqErr.Error()
 	}
 	view := func(q string) queueView {
-		qv := queueView{Sampled: true, Source: "management"}
+		qv := queueView{Sampled: true, Source: "management", OldestAgeSource: "management"}
 		if qi, ok := depth[q]; ok {
 			qv.Ready, qv.Consumers = ptr(qi.Messages), ptr(qi.Consumers)
 		}
@@ -344,9 +366,20 @@ func (o *ops) collect(ctx context.Context) statsView {
 		}
 		return qv
 	}
+	// The command queues' oldest_age_s comes from the gateway's records
+	// when Redis answered: partition p's queued commands are in queue
+	// p mod GW_QUEUES (protocol.Topology.CommandQueueOf).
+	var queuedAge []float64
+	if totErr == nil {
+		queuedAge = queuedAges(totals.Queued, s.topo.QueueCount)
+	}
 	commands := make([]commandQueueView, 0, s.topo.QueueCount)
 	for i, q := range s.topo.CommandQueues() {
-		commands = append(commands, commandQueueView{Name: q, Index: i, queueView: view(q)})
+		cv := commandQueueView{Name: q, Index: i, queueView: view(q)}
+		if queuedAge != nil {
+			cv.OldestAgeS, cv.OldestAgeSource = ptr(queuedAge[i]), "gateway"
+		}
+		commands = append(commands, cv)
 	}
 	v.Queues[s.topo.CommandsGroup] = sumQueues(commands)
 	v.Queues[s.topo.CommandsDeadQueue] = view(s.topo.CommandsDeadQueue)
@@ -669,6 +702,8 @@ type sampler struct {
 	lastRead time.Time
 	running  bool
 	failing  bool // the last sample failed (logged once per streak)
+	// runs counts the run goroutines that have not returned.
+	runs sync.WaitGroup
 }
 
 func newSampler(sample func(context.Context) (*opsSample, error), stopping <-chan struct{}, warn func(string, ...any)) *sampler {
@@ -685,11 +720,12 @@ func (sm *sampler) snapshot(wait time.Duration) *opsSample {
 		case <-sm.stopping:
 		default:
 			sm.running = true
-			sm.first = make(chan struct{})
+			first := make(chan struct{})
+			sm.first = first
 			if sm.last != nil && time.Since(sm.last.at) > 2*sm.every {
 				sm.last = nil // too old to show while the new run starts
 			}
-			go sm.run(sm.first)
+			sm.runs.Go(func() { sm.run(first) })
 		}
 	}
 	last, first := sm.last, sm.first
@@ -765,11 +801,13 @@ var (
 		"Entries in one partition's outbox (non-empty outboxes only).", []string{"partition"}, nil)
 	descPartOutboxAge = prometheus.NewDesc("gw_outbox_partition_oldest_age_seconds",
 		"Age of the oldest entry of one partition's outbox (non-empty outboxes only).", []string{"partition"}, nil)
+	descQueueOldestAge = prometheus.NewDesc("gw_queue_oldest_age_seconds",
+		"Age of the oldest command still queued in each command queue, from the gateway's records (0 when none waits).", []string{"queue"}, nil)
 )
 
 func (oc *opsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descQueueReady, descQueueConsumers, descMailboxEntries, descMailboxes, descTimers, descDead,
-		descOutboxEntries, descOutboxAge, descPartOutboxEntries, descPartOutboxAge} {
+		descOutboxEntries, descOutboxAge, descPartOutboxEntries, descPartOutboxAge, descQueueOldestAge} {
 		ch <- d
 	}
 }
@@ -801,6 +839,9 @@ func (oc *opsCollector) Collect(ch chan<- prometheus.Metric) {
 			part := strconv.Itoa(p.Partition)
 			ch <- prometheus.MustNewConstMetric(descPartOutboxEntries, prometheus.GaugeValue, float64(p.Entries), part)
 			ch <- prometheus.MustNewConstMetric(descPartOutboxAge, prometheus.GaugeValue, p.OldestAgeS, part)
+		}
+		for i, age := range queuedAges(t.Queued, oc.o.s.topo.QueueCount) {
+			ch <- prometheus.MustNewConstMetric(descQueueOldestAge, prometheus.GaugeValue, age, oc.o.s.topo.CommandQueue(i))
 		}
 	}
 }

@@ -134,7 +134,9 @@ func TestStatsQueueDepthIsExact(t *testing.T) {
 	t.Parallel()
 	g := opsGW(t)
 	const k = 7
+	posted := time.Now()
 	g.postN(t, "app-1", "depth", k)
+	accepted := time.Now() // every command was accepted by now
 
 	// A consumer on the commands dead-letter queue, which must count.
 	ch, err := g.conn.Channel()
@@ -180,6 +182,18 @@ func TestStatsQueueDepthIsExact(t *testing.T) {
 		assert.Equal(t, want[i], *q.Ready, q.Name)
 		assert.Equal(t, 0, *q.Consumers, q.Name)
 		assert.Nil(t, q.Queues, "a command queue lists no queues")
+		// The age of its oldest queued command, from the gateway's
+		// records: at least the time from the last acceptance to the
+		// stats' time (v.At, taken before the records are read), at most
+		// the time since the first POST; 0 when empty.
+		assert.Equal(t, "gateway", q.OldestAgeSource, q.Name)
+		require.NotNil(t, q.OldestAgeS, q.Name)
+		if want[i] == 0 {
+			assert.Zero(t, *q.OldestAgeS, q.Name)
+		} else {
+			assert.GreaterOrEqual(t, *q.OldestAgeS, v.At.Sub(accepted).Seconds()-0.01, q.Name)
+		}
+		assert.LessOrEqual(t, *q.OldestAgeS, time.Since(posted).Seconds()+0.01, q.Name)
 		sum += *q.Ready
 		compareWithRabbitmqctl(t, q.Name, *q.Ready)
 	}
@@ -231,7 +245,8 @@ func TestStatsQueueDepthIsExact(t *testing.T) {
 	for _, key := range []string{"ready", "consumers", "unacked", "publish_rate", "deliver_rate", "oldest_age_s", "sampled", "source", "queues"} {
 		assert.Contains(t, q, key)
 	}
-	assert.Nil(t, q["oldest_age_s"], "quorum queues report no head timestamp")
+	assert.NotNil(t, q["oldest_age_s"], "the gateway's records give the command queues' oldest age")
+	assert.Equal(t, "gateway", q["oldest_age_source"])
 	list := q["queues"].([]any)
 	require.Len(t, list, g.topo.QueueCount)
 	for i, e := range list {
@@ -286,7 +301,10 @@ func TestStatsWithoutManagementAPI(t *testing.T) {
 	assert.Nil(t, cq.Unacked)
 	assert.Nil(t, cq.PublishRate)
 	assert.Nil(t, cq.DeliverRate)
-	assert.Nil(t, cq.OldestAgeS)
+	// The oldest age comes from the gateway's records, not the
+	// management API.
+	require.NotNil(t, cq.OldestAgeS)
+	assert.Equal(t, "gateway", cq.OldestAgeSource)
 	assert.Empty(t, v.Errors)
 }
 
@@ -622,6 +640,17 @@ func TestOpsGauges(t *testing.T) {
 			assert.Equal(t, want, v, series)
 		}
 	}
+	// The age of the oldest queued command of each command queue: one of
+	// the 4 queued ones somewhere, 0 where none waits.
+	oldest := 0.0
+	for _, q := range g.topo.CommandQueues() {
+		v, ok := metricValue(t, m, fmt.Sprintf(`gw_queue_oldest_age_seconds{queue=%q}`, q))
+		if assert.True(t, ok, "no gw_queue_oldest_age_seconds for %s", q) {
+			assert.GreaterOrEqual(t, v, 0.0, q)
+			oldest = max(oldest, v)
+		}
+	}
+	assert.Less(t, oldest, 60.0, "gw_queue_oldest_age_seconds: the commands were queued just now")
 
 	// Two more: the next scrape still shows the snapshot, a later one
 	// (within the 5-s period) the new depth.
@@ -649,17 +678,19 @@ func TestSamplerStopsWhenIdle(t *testing.T) {
 		defer sm.mu.Unlock()
 		return !sm.running
 	}, 2*time.Second, 5*time.Millisecond, "the sampler does not stop when idle")
+	// A run clears running as it returns, after its last sample.
+	sm.runs.Wait()
 	n := calls.Load()
 	assert.GreaterOrEqual(t, n, int64(3))
-	time.Sleep(50 * time.Millisecond)
-	assert.Equal(t, n, calls.Load(), "samples while stopped")
 
 	require.NotNil(t, sm.snapshot(time.Second))
 	require.Eventually(t, func() bool { return calls.Load() > n }, time.Second, 5*time.Millisecond, "a read restarts it")
 	close(stopping)
-	time.Sleep(30 * time.Millisecond)
+	sm.runs.Wait() // the run has returned: it samples no more
 	n = calls.Load()
-	time.Sleep(50 * time.Millisecond)
+	// A read after shutdown starts no run.
+	sm.snapshot(10 * time.Millisecond)
+	sm.runs.Wait()
 	assert.Equal(t, n, calls.Load(), "samples after shutdown")
 }
 

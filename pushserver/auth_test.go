@@ -125,6 +125,8 @@ func TestSessionsAreFresh(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, ca.SessionPresent)
 	require.Equal(t, byte(1), first.subscribe(t, topic, 1))
+	old := n.current(id)
+	require.NotNil(t, old, "the first session")
 
 	second, ca, err := connectV5(t, n.Addr(), id, id, token(t, id, auth.RoleDevice, time.Hour), persistent)
 	require.NoError(t, err)
@@ -136,16 +138,33 @@ func TestSessionsAreFresh(t *testing.T) {
 		t.Fatal("first connection was not taken over")
 	}
 
-	// The old connection's end does not unregister the new session.
-	time.Sleep(300 * time.Millisecond)
+	// The old connection's end does not unregister the new session: once
+	// the old session has ended (its unregister done), the registration
+	// is still the node's.
+	select {
+	case <-old.finished:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the old session did not end within 5s of its takeover")
+	}
 	node, err := e.store.SessionNode(t.Context(), id)
 	require.NoError(t, err)
 	require.Equal(t, n.NodeID(), node)
 	require.Equal(t, float64(1), value(t, n.m.sessions))
 
 	// No inherited subscription: nothing is streamed before subscribing.
+	// The evidence that the session took the wake of m1: a step consumed
+	// it (more is set, for the first subscription) and the session is
+	// idle again.
+	s2 := n.current(id)
+	require.NotNil(t, s2, "the second session")
 	e.put(id, topic, "m1", n.NodeID())
-	time.Sleep(700 * time.Millisecond)
+	eventually(t, 5*time.Second, func() bool {
+		s2.mu.Lock()
+		defer s2.mu.Unlock()
+		// more is the run goroutine's; with running false it is not
+		// running, and the next run starts by taking mu.
+		return !s2.running && !s2.pending && s2.more
+	}, "the second session took the wake of m1")
 	require.Empty(t, second.col.list())
 	require.Equal(t, int64(1), e.mailboxLen(id))
 	require.Equal(t, byte(1), second.subscribe(t, topic, 1))

@@ -36,8 +36,20 @@ func TestDrainInOrder(t *testing.T) {
 	}
 
 	c := mustV3(t, n.Addr(), id)
-	// Connected but not subscribed: nothing is streamed or removed.
-	time.Sleep(300 * time.Millisecond)
+	// Connected but not subscribed: nothing is streamed or removed, once
+	// the session's first run is over (it registers the session, then
+	// takes its first step, and leaves nothing pending).
+	eventually(t, 5*time.Second, func() bool {
+		node, err := e.store.SessionNode(t.Context(), id)
+		return err == nil && node == n.NodeID()
+	}, "session registered")
+	s := n.current(id)
+	require.NotNil(t, s)
+	eventually(t, 5*time.Second, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return !s.running && !s.pending
+	}, "the session's first run over")
 	require.Equal(t, int64(len(offline)), e.mailboxLen(id))
 	require.Zero(t, value(t, n.m.delivers))
 
@@ -131,9 +143,11 @@ func TestRedeliveryWithoutPuback(t *testing.T) {
 	col := newCollector()
 	again.subscribe(t, topic, 1, col)
 	col.waitDistinct(t, 6, 10*time.Second)
-	time.Sleep(200 * time.Millisecond)
-	require.Equal(t, all[4:], col.list())
+	// Every entry acknowledged and removed (paho acknowledges after the
+	// handler that records it): nothing is left to send again, so the
+	// list is final.
 	eventually(t, 5*time.Second, func() bool { return e.mailboxLen(id) == 0 }, "mailbox empty")
+	require.Equal(t, all[4:], col.list())
 }
 
 // TestInflightWindow: at most Inflight PUBLISHes (or the MQTT 5 client's

@@ -199,7 +199,31 @@ func TestSilentMemberDisappears(t *testing.T) {
 		t.Fatalf("Join() = %v", err)
 	}
 	waitMembers(t, obs, 2*time.Second, "push-a", "push-z")
-	time.Sleep(2 * time.Second) // a few heartbeats: it stays
+	// Heartbeats renew its key (its expiry jumps back up, twice), and a
+	// refresh of obs after them keeps it.
+	zKey := protocol.NewKeys(ns).Ring(protocol.RingPush).Node("push-z")
+	rdb := testenv.Redis(t)
+	renewals := 0
+	last, err := rdb.PTTL(t.Context(), zKey).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); renewals < 2; time.Sleep(20 * time.Millisecond) {
+		d, err := rdb.PTTL(t.Context(), zKey).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d > last {
+			renewals++
+		}
+		last = d
+		if time.Now().After(deadline) {
+			t.Fatalf("push-z's key renewed %d times in 10s, want 2 (heartbeat %v)", renewals, opts.Heartbeat)
+		}
+	}
+	if err := obs.Refresh(t.Context()); err != nil {
+		t.Fatalf("Refresh() = %v", err)
+	}
 	if got := nodes(obs); !slices.Equal(got, []string{"push-a", "push-z"}) {
 		t.Fatalf("members = %v while push-z heartbeats", got)
 	}
@@ -220,7 +244,21 @@ func TestSilentMemberDisappears(t *testing.T) {
 			break
 		}
 	}
-	time.Sleep(2 * opts.Refresh) // a second call would show by now
+	// OnPruned is called by the member whose SREM removed push-z from the
+	// set: once push-z is out of the set, no other call can name it.
+	nodesKey := protocol.NewKeys(ns).Ring(protocol.RingPush).Nodes()
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		in, err := testenv.Redis(t).SIsMember(t.Context(), nodesKey, "push-z").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !in {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("push-z still in the ring's set 3s after it left the members")
+		}
+	}
 	prunedMu.Lock()
 	got = slices.Clone(pruned)
 	prunedMu.Unlock()
