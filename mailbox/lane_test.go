@@ -287,3 +287,23 @@ func TestLaneReplayJoinsTheEnd(t *testing.T) {
 		t.Errorf("replayed h after n ended: %s, want sent", got.Status)
 	}
 }
+
+// A lane whose head's record is gone (Redis lost it) is released by the
+// head's timer, which finds no record.
+func TestLaneHeadRecordLost(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	e.queued(inLane(t, "c1", "d1", `"h"`, "L"))
+	n := inLane(t, "c1", "d1", `"n"`, "L")
+	n.ExpiresIn = 2 * time.Hour
+	n.Fingerprint = protocol.Fingerprint("d1", n.Method, nil, n.Timeout, n.ExpiresIn, "lane=L")
+	e.queued(n)
+	e.dispatch("c1", "n", mailbox.OutcomeLaneWait)
+	must(t, e.rdb.Del(e.ctx, e.keys.Command("c1", "h")).Err())
+	e.clock.Add(time.Hour + time.Second) // h's deliver-by timer fires, finds no record
+	e.fire()
+	e.fire() // the owner's next tick fires n's lane timer
+	if got := e.get("c1", "n"); got.Status != protocol.StatusSent {
+		t.Errorf("next after its head's record was lost: %s, want sent", got.Status)
+	}
+}
