@@ -307,3 +307,45 @@ func TestLaneHeadRecordLost(t *testing.T) {
 		t.Errorf("next after its head's record was lost: %s, want sent", got.Status)
 	}
 }
+
+// A scheduled command of a lane waits for its head when its not_before
+// comes; a head that is retried after a timeout still holds the lane
+// until it is final.
+func TestLaneScheduledAndRetried(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	h := inLane(t, "c1", "d1", `"h"`, "L")
+	h.Retries = 1
+	h.Fingerprint += "|retries=1"
+	e.queued(h)
+	e.dispatch("c1", "h", mailbox.OutcomeSent)
+	n := inLane(t, "c1", "d1", `"n"`, "L")
+	n.Delay = 10 * time.Minute
+	n.Fingerprint += "|not_before=10m"
+	e.queued(n)
+	e.dispatch("c1", "n", mailbox.OutcomeScheduled)
+
+	must(t, e.s.Ack(e.ctx, "d1", e.entry("d1", "h")))
+	e.clock.Add(31 * time.Second) // h's answer timer: retried, same id
+	e.fire()
+	if got := e.get("c1", "h"); got.Status != protocol.StatusSent || got.Tries != 1 {
+		t.Fatalf("h after its timeout: %s, %d tries; want sent again, 1 try", got.Status, got.Tries)
+	}
+	e.clock.Add(10 * time.Minute) // n's not_before: h still holds the lane
+	e.fire()
+	if got := e.get("c1", "n"); got.Status != protocol.StatusQueued || !got.LaneWait {
+		t.Fatalf("n at its not_before behind a retried head: %s (waiting %v), want queued and waiting", got.Status, got.LaneWait)
+	}
+	if got := e.onWire("d1"); !slices.Equal(got, []string{"h"}) {
+		t.Fatalf("mailbox %v, want [h]", got)
+	}
+	if _, err := e.s.Complete(e.ctx, "c1", "h", "d1", answer("h"), 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.get("c1", "n"); got.Status != protocol.StatusSent {
+		t.Errorf("n after h's answer: %s, want sent", got.Status)
+	}
+	if ev, err := e.s.EventCounts(e.ctx, 60); err != nil || ev["lane_wait"] != 1 {
+		t.Errorf("lane_wait events = %v, %v; want 1", ev["lane_wait"], err)
+	}
+}
