@@ -18,7 +18,7 @@ var ErrLane = errors.New("protocol: a lane is 1 to 64 characters of [A-Za-z0-9._
 // members separated by '|', which it can never contain.
 func ParseLane(s string) (string, error) {
 	if len(s) > MaxLaneLen || !ValidIdentity(s) {
-		return "", fmt.Errorf("%w: got %q", ErrLane, truncate(s, MaxLaneLen+8))
+		return "", fmt.Errorf("%w: got %q", ErrLane, truncate(s, 32))
 	}
 	return s, nil
 }
