@@ -139,7 +139,12 @@ func (s *Server) postCommands(c echo.Context) error {
 
 	results := make([]intakeResult, len(entries))
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, batchParallelism)
+	par := batchParallelism
+	if in.lane != "" {
+		// A lane's order is the order of acceptance: the batch's order.
+		par = 1
+	}
+	sem := make(chan struct{}, par)
 	for i, e := range entries {
 		if e.Err != nil {
 			results[i] = intakeResult{err: newAPIError(e.Err).withID(e.ID)}

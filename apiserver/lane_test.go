@@ -139,3 +139,35 @@ func TestDeviceConnection(t *testing.T) {
 		assert.Equal(t, tt.polled, !v.LastPoll.IsZero(), "%s: last_poll in %s", tt.device, r.Body)
 	}
 }
+
+// A batch in a lane is accepted in its order: the lane's order is the
+// batch's, whatever order the worker then takes the messages in.
+func TestLaneBatchOrder(t *testing.T) {
+	t.Parallel()
+	g := newGW(t)
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+	ids := []string{"b1", "b2", "b3", "b4", "b5", "b6"}
+	batch := make([]any, len(ids))
+	for i, id := range ids {
+		batch[i] = cmd(id, "step", map[string]any{"n": i})
+	}
+	r := g.post(tok, "dev-b", batch, "lane=steps")
+	require.Equal(t, http.StatusAccepted, r.Status, "%s", r.Body)
+	envs := g.envelopes()
+	require.Len(t, envs, len(ids))
+	// Dispatched last first, each becomes sent only when all before it
+	// in the batch are final: here only b1 is sent.
+	for i := len(envs) - 1; i >= 0; i-- {
+		_, err := g.store.Dispatch(context.Background(), envs[i], "", "")
+		require.NoError(t, err)
+	}
+	for i, id := range ids {
+		var v commandView
+		g.do(http.MethodGet, "/v1/commands/"+id, tok, nil).json(t, &v)
+		want := protocol.StatusQueued
+		if i == 0 {
+			want = protocol.StatusSent
+		}
+		assert.Equal(t, want, v.Status, "%s, number %d of the batch", id, i+1)
+	}
+}

@@ -77,8 +77,9 @@
 // timeout, a dead letter, a released publish. So a lane never deadlocks;
 // it waits at most for its head's deliver-by, then timeout plus grace.
 // GET /v1/devices/{device_id} shows each lane's commands, waiting count
-// and its head's status. A command replayed from the dead letters joins
-// the end of its lane. Commands without a lane are never held by one.
+// and its head's status. The commands of a batch join the lane in the
+// batch's order. A command replayed from the dead letters joins the end
+// of its lane. Commands without a lane are never held by one.
 //
 // A duration is written in Go syntax ("30s", "1m30s", "2h"; there is no
 // "d" unit) or as whole seconds ("90"). A timeout or expires_in that
