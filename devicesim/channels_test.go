@@ -245,3 +245,21 @@ func TestLaneInOrder(t *testing.T) {
 	t.Logf("lane of %d commands: throughput %.0f/s, round trip p50 %.0f ms, max %.0f ms",
 		o.rep.Accepted, o.rep.Throughput, o.rep.RoundTrip.P50, o.rep.RoundTrip.Max)
 }
+
+// TestLanePUBACKInOrder: with lane_mode=puback a lane moves on at each
+// delivery, so a device that answers slowly holds several of its
+// commands at once, and still receives them in acceptance order.
+func TestLanePUBACKInOrder(t *testing.T) {
+	t.Parallel()
+	_, gl := channelGateway(t)
+	startFleet(t, gl, FleetOptions{Devices: 2, Prefix: "pl-", Behaviour: Behaviour{Latency: 50 * time.Millisecond}})
+	rep, err := RunLoad(t.Context(), gl, LoadOptions{Clients: 1, ClientPrefix: "app-", Devices: 2, Prefix: "pl-",
+		Rate: 100, Count: 300, Method: "seq", Lane: "pump", LaneMode: protocol.LaneModePUBACK, Timeout: 30 * time.Second,
+		ExpiresIn: 5 * time.Minute, Drain: 60 * time.Second, MaxInflight: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkLoad(t, rep)
+	t.Logf("puback lanes of %d commands: throughput %.0f/s, round trip p50 %.0f ms",
+		rep.Accepted, rep.Throughput, rep.RoundTrip.P50)
+}

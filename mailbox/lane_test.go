@@ -349,3 +349,36 @@ func TestLaneScheduledAndRetried(t *testing.T) {
 		t.Errorf("lane_wait events = %v, %v; want 1", ev["lane_wait"], err)
 	}
 }
+
+// With lane_mode=puback the lane moves on at the head's delivery (its
+// PUBACK, or an HTTP poll's ack), not at its end.
+func TestLanePUBACKMode(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	h := inLane(t, "c1", "d1", `"h"`, "L")
+	h.LaneMode = protocol.LaneModePUBACK
+	h.Fingerprint += "|lane_mode=puback"
+	e.queued(h)
+	e.dispatch("c1", "h", mailbox.OutcomeSent)
+	e.queued(inLane(t, "c1", "d1", `"n"`, "L"))
+	e.dispatch("c1", "n", mailbox.OutcomeLaneWait)
+	if got := e.onWire("d1"); !slices.Equal(got, []string{"h"}) {
+		t.Fatalf("before h's PUBACK the mailbox holds %v, want [h]", got)
+	}
+	must(t, e.s.Ack(e.ctx, "d1", e.entry("d1", "h")))
+	if got := e.get("c1", "h"); got.Status != protocol.StatusDelivered || got.LaneMode != protocol.LaneModePUBACK {
+		t.Fatalf("h after its PUBACK: %s, mode %q; want delivered, puback", got.Status, got.LaneMode)
+	}
+	if got := e.get("c1", "n"); got.Status != protocol.StatusSent {
+		t.Fatalf("n after h's PUBACK: %s, want sent", got.Status)
+	}
+	if _, err := e.s.Complete(e.ctx, "c1", "h", "d1", answer("h"), 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.get("c1", "n"); got.Status != protocol.StatusSent {
+		t.Errorf("n after h's answer: %s, want still sent", got.Status)
+	}
+	if lanes, err := e.s.Lanes(e.ctx, "d1"); err != nil || len(lanes) != 1 || lanes[0].Commands != 1 || lanes[0].Head.ID.Key() != "n" {
+		t.Errorf("Lanes = %+v, %v; want L with n alone", lanes, err)
+	}
+}

@@ -63,6 +63,7 @@ const (
 	stepOneWay       = "oneway"
 	stepSessionClear = "session_clear"
 	stepRefuse       = "refuse"
+	stepLaneFree     = "lanefree"
 )
 
 // library is the function library built from lua/.

@@ -293,6 +293,10 @@ type Command struct {
 	// its lane's head.
 	Lane     string
 	LaneWait bool
+	// LaneMode "puback" (protocol.LaneModePUBACK) lets the lane's next
+	// command go on the wire once this one is delivered (its PUBACK, or
+	// the ack of an HTTP poll) instead of once it is final ("").
+	LaneMode string
 
 	// Times of the transitions; zero means not yet.
 	CreatedAt, QueuedAt, SendingAt, SentAt, DeliveredAt, FinishedAt time.Time

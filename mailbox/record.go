@@ -33,6 +33,7 @@ import (
 //	replays          times an operator replayed it from the dead letters
 //	lane, lseq       its ordered lane and its place there (zero-padded, in acceptance order)
 //	lw               "1" while it waits for its lane (queued, its device request in req)
+//	lm               "puback": its lane moves on at its delivery, not at its end
 //
 // A field set to "" means the same as an absent one (scripts blank
 // fields in the same HSET instead of a second HDEL).
@@ -98,6 +99,7 @@ func decodeRecord(m map[string]string) (*Command, error) {
 	c.Tries, _ = strconv.Atoi(m["tries"])
 	c.Lane = m["lane"]
 	c.LaneWait = m["lw"] == "1"
+	c.LaneMode = m["lm"]
 	if v := m[fParams]; v != "" {
 		c.Params = json.RawMessage(v)
 	}

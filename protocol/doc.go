@@ -64,6 +64,11 @@
 //	                                                       device, from every client, MUST go on the wire one
 //	                                                       at a time in acceptance order, each only once the
 //	                                                       one before is final. Part of the body's identity.
+//	lane_mode      no         query     final or puback    With lane: "puback" lets the lane's next command
+//	                                                       go on the wire once this one is delivered (its
+//	                                                       PUBACK, or the ack of an HTTP poll) instead of once
+//	                                                       it is final. Not with retries. Part of the body's
+//	                                                       identity.
 //	(body)         yes        body      object or array    One JSON-RPC 2.0 request object, or a batch: an
 //	                                                       array of 1 to 100 (MaxBatch) request objects.
 //	                                                       At most GW_BODY_LIMIT bytes (default 64 KiB).

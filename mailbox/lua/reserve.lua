@@ -10,7 +10,7 @@ local c, device, id, key, method, params, fp = A[1], A[2], A[3], A[4], A[5], A[6
 local tmo, exp, token, lease, delay, retries = tonumber(A[8]), tonumber(A[9]), A[10], tonumber(A[11]), tonumber(A[12]), tonumber(A[13])
 -- lane: the ordered lane of the command ('' for none); a new record joins
 -- it at the end (acceptance order).
-local lane = A[14] or ''
+local lane, lanemode = A[14] or '', A[15] or ''
 -- A scheduled command (delay > 0) waits until nb = now + delay; its
 -- deliver-by counts expires_in from nb.
 
@@ -28,6 +28,7 @@ if not r or r.status == 'void' then
   if lane ~= '' then
     rec[#rec + 1] = 'lane'; rec[#rec + 1] = lane
     rec[#rec + 1] = 'lseq'; rec[#rec + 1] = lanejoin(K, lane, c, key, NOW + life)
+    if lanemode ~= '' then rec[#rec + 1] = 'lm'; rec[#rec + 1] = lanemode end
   end
   redis.call('HSET', K.rec, unpack(rec))
   redis.call('PEXPIRE', K.rec, ms(life))
