@@ -263,3 +263,21 @@ func TestLanePUBACKInOrder(t *testing.T) {
 	t.Logf("puback lanes of %d commands: throughput %.0f/s, round trip p50 %.0f ms",
 		rep.Accepted, rep.Throughput, rep.RoundTrip.P50)
 }
+
+// TestLaneOverHTTP: lanes hold for devices polling over HTTP too, in both
+// modes (puback: the lane moves on at the ack of the next poll).
+func TestLaneOverHTTP(t *testing.T) {
+	t.Parallel()
+	_, gl := channelGateway(t)
+	startFleet(t, gl, FleetOptions{Devices: 2, Prefix: "hl-", HTTP: true, Poll: HTTPChannel{Wake: 20 * time.Millisecond, Max: 10}})
+	for _, mode := range []string{"", protocol.LaneModePUBACK} {
+		rep, err := RunLoad(t.Context(), gl, LoadOptions{Clients: 1, ClientPrefix: "app" + mode + "-", Devices: 2, Prefix: "hl-",
+			Rate: 50, Count: 100, Method: "seq", Lane: "door", LaneMode: mode, Timeout: 30 * time.Second,
+			ExpiresIn: 5 * time.Minute, Drain: 60 * time.Second, MaxInflight: 32})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkLoad(t, rep)
+		t.Logf("lane mode %q over HTTP: %d commands, %.0f/s, p50 %.0f ms", mode, rep.Accepted, rep.Throughput, rep.RoundTrip.P50)
+	}
+}
