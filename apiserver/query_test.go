@@ -241,7 +241,7 @@ func TestDeviceViewListAndCancelAll(t *testing.T) {
 	assert.WithinDuration(t, time.Now(), dv.LastSeen, 10*time.Second, "last_seen: the session's start")
 	dv.LastSeen = time.Time{}
 	assert.Equal(t, deviceView{Device: "dev-1", Online: true, Node: "push-a", MQTTURL: "mqtt://127.0.0.1:18831",
-		Owner: &memberView{Node: "push-a", MQTTURL: "mqtt://127.0.0.1:18831"}, Pending: 2}, dv)
+		Owner: &memberView{Node: "push-a", MQTTURL: "mqtt://127.0.0.1:18831"}, Pending: 2, Connection: "mqtt"}, dv)
 
 	// The list: newest first, filtered, paged.
 	var l listView
