@@ -9,8 +9,9 @@ local K = cmdkeys(KEYS)
 local c, device, id, key, method, params, fp = A[1], A[2], A[3], A[4], A[5], A[6], A[7]
 local tmo, exp, token, lease, delay, retries = tonumber(A[8]), tonumber(A[9]), A[10], tonumber(A[11]), tonumber(A[12]), tonumber(A[13])
 -- lane: the ordered lane of the command ('' for none); a new record joins
--- it at the end (acceptance order).
-local lane, lanemode = A[14] or '', A[15] or ''
+-- it at the end (acceptance order). "{lane}|{mode}" gives its lane mode
+-- too ("puback"; a lane name has no '|').
+local lane, lanemode = string.match(A[14] or '', '^([^|]*)|?(.*)$')
 -- A scheduled command (delay > 0) waits until nb = now + delay; its
 -- deliver-by counts expires_in from nb.
 
