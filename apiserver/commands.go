@@ -37,6 +37,7 @@ type commandView struct {
 	Tries         int             `json:"tries,omitempty"`
 	Lane          string          `json:"lane,omitempty"`
 	LaneWait      bool            `json:"lane_wait,omitempty"`
+	LaneMode      string          `json:"lane_mode,omitempty"`
 	CreatedAt     time.Time       `json:"created_at,omitzero"`
 	QueuedAt      time.Time       `json:"queued_at,omitzero"`
 	SendingAt     time.Time       `json:"sending_at,omitzero"`
@@ -74,6 +75,7 @@ func viewFor(c *mailbox.Command, caller string) commandView {
 		Tries:         c.Tries,
 		Lane:          c.Lane,
 		LaneWait:      c.LaneWait && !c.Status.Final(),
+		LaneMode:      c.LaneMode,
 		CreatedAt:     utc(c.CreatedAt),
 		QueuedAt:      utc(c.QueuedAt),
 		SendingAt:     utc(c.SendingAt),

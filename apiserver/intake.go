@@ -102,6 +102,20 @@ func (s *Server) postCommands(c echo.Context) error {
 			return errBadRequest("lane: " + strings.TrimPrefix(err.Error(), "protocol: "))
 		}
 	}
+	// lane_mode=puback: the lane's next command goes once this one is
+	// delivered, not once it is final (part of the body's identity).
+	laneMode := ""
+	switch v := q.Get("lane_mode"); {
+	case !q.Has("lane_mode") || v == "final":
+	case v != protocol.LaneModePUBACK:
+		return errBadRequest(fmt.Sprintf("lane_mode: %q is neither final nor puback", v))
+	case lane == "":
+		return errBadRequest("lane_mode: only with a lane")
+	case retries > 0:
+		return errBadRequest("lane_mode: a command that moves its lane on at its PUBACK is not retried (retries)")
+	default:
+		laneMode = v
+	}
 	body, err := s.readBody(c)
 	if err != nil {
 		return err
@@ -119,6 +133,7 @@ func (s *Server) postCommands(c echo.Context) error {
 		notBefore: q.Get("not_before"),
 		retries:   retries,
 		lane:      lane,
+		laneMode:  laneMode,
 		trace:     traceParent(c.Request().Header.Get("traceparent")),
 	}
 	if !batch {
@@ -139,7 +154,12 @@ func (s *Server) postCommands(c echo.Context) error {
 
 	results := make([]intakeResult, len(entries))
 	var wg sync.WaitGroup
-	sem := make(chan struct{}, batchParallelism)
+	par := batchParallelism
+	if in.lane != "" {
+		// A lane's order is the order of acceptance: the batch's order.
+		par = 1
+	}
+	sem := make(chan struct{}, par)
 	for i, e := range entries {
 		if e.Err != nil {
 			results[i] = intakeResult{err: newAPIError(e.Err).withID(e.ID)}
@@ -202,9 +222,10 @@ type intake struct {
 	notBefore string
 	// retries: sends again after a timeout (part of the body's identity).
 	retries int
-	// lane: the ordered lane, "" for none (part of the body's identity).
-	lane  string
-	trace string
+	// lane: the ordered lane, "" for none; laneMode "puback" or "" (both
+	// part of the body's identity).
+	lane, laneMode string
+	trace          string
 }
 
 // fingerprint is the body's identity: the request and its options.
@@ -218,6 +239,9 @@ func fingerprint(in intake, req *protocol.Request) string {
 	}
 	if in.lane != "" {
 		extra = append(extra, "lane="+in.lane)
+	}
+	if in.laneMode != "" {
+		extra = append(extra, "lane_mode="+in.laneMode)
 	}
 	return protocol.Fingerprint(in.device, req.Method, req.Params, in.timeout, in.expiresIn, extra...)
 }
@@ -259,6 +283,7 @@ func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request
 		Delay:       in.delay,
 		Retries:     in.retries,
 		Lane:        in.lane,
+		LaneMode:    in.laneMode,
 	}
 	lease := 2 * s.cfg.ConfirmTimeout
 	giveUp := time.Now().Add(lease + s.cfg.ConfirmTimeout)
@@ -268,7 +293,7 @@ func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request
 		switch {
 		case errors.Is(err, mailbox.ErrConflict):
 			return intakeResult{err: newAPIError(protocol.NewError(protocol.CodeConflict,
-				"conflict: this id was used before with a different body (device, method, params, timeout, expires_in, one_way, not_before, retries or lane)", nil))}
+				"conflict: this id was used before with a different body (device, method, params, timeout, expires_in, one_way, not_before, retries, lane or lane_mode)", nil))}
 		case err != nil:
 			if ctx.Err() != nil {
 				return intakeResult{err: errNotAccepted("request cancelled")}

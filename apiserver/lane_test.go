@@ -139,3 +139,68 @@ func TestDeviceConnection(t *testing.T) {
 		assert.Equal(t, tt.polled, !v.LastPoll.IsZero(), "%s: last_poll in %s", tt.device, r.Body)
 	}
 }
+
+// A batch in a lane is accepted in its order: the lane's order is the
+// batch's, whatever order the worker then takes the messages in.
+func TestLaneBatchOrder(t *testing.T) {
+	t.Parallel()
+	g := newGW(t)
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+	ids := []string{"b1", "b2", "b3", "b4", "b5", "b6"}
+	batch := make([]any, len(ids))
+	for i, id := range ids {
+		batch[i] = cmd(id, "step", map[string]any{"n": i})
+	}
+	r := g.post(tok, "dev-b", batch, "lane=steps")
+	require.Equal(t, http.StatusAccepted, r.Status, "%s", r.Body)
+	envs := g.envelopes()
+	require.Len(t, envs, len(ids))
+	// Dispatched last first, each becomes sent only when all before it
+	// in the batch are final: here only b1 is sent.
+	for i := len(envs) - 1; i >= 0; i-- {
+		_, err := g.store.Dispatch(context.Background(), envs[i], "", "")
+		require.NoError(t, err)
+	}
+	for i, id := range ids {
+		var v commandView
+		g.do(http.MethodGet, "/v1/commands/"+id, tok, nil).json(t, &v)
+		want := protocol.StatusQueued
+		if i == 0 {
+			want = protocol.StatusSent
+		}
+		assert.Equal(t, want, v.Status, "%s, number %d of the batch", id, i+1)
+	}
+}
+
+// lane_mode: final (the default) or puback, only with a lane and without
+// retries, part of the body's identity, shown in the command's view.
+func TestLaneModeIntake(t *testing.T) {
+	t.Parallel()
+	g := newGW(t)
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+	r := g.post(tok, "dev-1", cmd("pm", "open", nil), "lane=valve", "lane_mode=puback")
+	require.Equal(t, http.StatusAccepted, r.Status, "%s", r.Body)
+	var v commandView
+	g.do(http.MethodGet, "/v1/commands/pm", tok, nil).json(t, &v)
+	assert.Equal(t, protocol.LaneModePUBACK, v.LaneMode)
+	tests := []struct {
+		name, id string
+		query    []string
+		want     int
+	}{
+		{"the same again", "pm", []string{"lane=valve", "lane_mode=puback"}, http.StatusOK},
+		{"the same id, the default mode", "pm", []string{"lane=valve"}, http.StatusConflict},
+		{"final is the default", "pf", []string{"lane=valve", "lane_mode=final"}, http.StatusAccepted},
+		{"final again, without it", "pf", []string{"lane=valve"}, http.StatusOK},
+		{"not a mode", "p1", []string{"lane=valve", "lane_mode=ack"}, http.StatusBadRequest},
+		{"without a lane", "p2", []string{"lane_mode=puback"}, http.StatusBadRequest},
+		{"with retries", "p3", []string{"lane=valve", "lane_mode=puback", "retries=1"}, http.StatusBadRequest},
+	}
+	for _, tt := range tests {
+		r := g.post(tok, "dev-1", cmd(tt.id, "open", nil), tt.query...)
+		assert.Equal(t, tt.want, r.Status, "%s: %s", tt.name, r.Body)
+		if tt.want == http.StatusBadRequest {
+			assert.Contains(t, string(r.Body), "lane_mode:", tt.name)
+		}
+	}
+}

@@ -22,7 +22,12 @@
 //   - worker: one msgworker draining a pre-filled command queue;
 //   - push: one push server streaming mailboxes to 1,000 subscribers, and
 //     Mosquitto doing the same;
-//   - idle: resident memory per idle MQTT session of a push server.
+//   - idle: resident memory per idle MQTT session of a push server;
+//   - httpdevices: 1,000 sleepy devices polling over HTTP every 10 s with
+//     commands waiting, beside MQTT devices given the same rate of
+//     commands: delivered per second and CPU per command of each;
+//   - lanes: 100 devices with one ordered lane each, beside unordered
+//     commands to the same devices (closed loop).
 //
 // It writes bench/results/<date>T<hhmm>.md and .json: throughput, latency
 // percentiles, the CPU of every process (the brokers included, every
@@ -101,6 +106,8 @@ var sectionDefs = []sectionDef{
 	{"worker", "Worker only: one msgworker draining pre-filled queues", runWorker, 2 * time.Minute},
 	{"push", "Push server only, and Mosquitto for comparison", runPush, 2 * time.Minute},
 	{"idle", "Idle MQTT sessions: memory per session", runIdle, 2 * time.Minute},
+	{"httpdevices", "Sleepy devices polling over HTTP, beside MQTT devices", runHTTPDevices, 3 * time.Minute},
+	{"lanes", "Ordered lanes: one lane per device, beside unordered commands", runLanes, 90 * time.Second},
 }
 
 // run is the whole program; main only supplies the process's context,

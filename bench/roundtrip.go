@@ -27,6 +27,7 @@ type loadReport struct {
 	Lost          int64   `json:"lost"`
 	Unexpected    int64   `json:"unexpected"`
 	Wrong         int64   `json:"wrong"`
+	OutOfOrder    int64   `json:"out_of_order"`
 	Outcomes      struct {
 		Succeeded   int64 `json:"succeeded"`
 		DeviceError int64 `json:"device_error"`

@@ -141,8 +141,9 @@ type SendOptions struct {
 	Timeout, ExpiresIn time.Duration // 0: the gateway's default
 	// OneWay: the device's PUBACK is the success; Timeout is not sent.
 	OneWay bool
-	// Lane: an ordered lane of the device ("" for none).
-	Lane string
+	// Lane: an ordered lane of the device ("" for none); LaneMode
+	// "puback" moves it on at each command's delivery.
+	Lane, LaneMode string
 }
 
 // SendCommand posts one JSON-RPC request to device.
@@ -163,6 +164,9 @@ func (a *API) Send(ctx context.Context, token, device string, req []byte, o Send
 	}
 	if o.Lane != "" {
 		q.Set("lane", o.Lane)
+	}
+	if o.LaneMode != "" {
+		q.Set("lane_mode", o.LaneMode)
 	}
 	path := "/v1/devices/" + url.PathEscape(device) + "/commands"
 	if len(q) > 0 {

@@ -78,17 +78,32 @@ func checkLoad(t *testing.T, rep *LoadReport) {
 	}
 }
 
-// TestSleepyHTTPDevices: devices that wake every 5 s and poll over HTTP
-// get the commands queued while they slept and answer them; the round
-// trip shows the sleep.
-func TestSleepyHTTPDevices(t *testing.T) {
+// TestDeviceChannels runs its parts one after the other on one gateway.
+func TestDeviceChannels(t *testing.T) {
 	t.Parallel()
 	_, gl := channelGateway(t)
+	t.Run("sleepy devices over HTTP", func(t *testing.T) { sleepyHTTPDevices(t, gl) })
+	t.Run("devices switching between MQTT and HTTP", func(t *testing.T) { devicesSwitchChannels(t, gl) })
+}
+
+// TestLanes runs its parts one after the other on one gateway.
+func TestLanes(t *testing.T) {
+	t.Parallel()
+	g, gl := channelGateway(t)
+	t.Run("1,000 in order past an expiry", func(t *testing.T) { laneInOrder(t, g, gl) })
+	t.Run("PUBACK mode", func(t *testing.T) { lanePUBACKInOrder(t, gl) })
+	t.Run("over HTTP", func(t *testing.T) { laneOverHTTP(t, gl) })
+}
+
+// sleepyHTTPDevices: devices that wake every 5 s and poll over HTTP get
+// the commands queued while they slept and answer them; the round trip
+// shows the sleep.
+func sleepyHTTPDevices(t *testing.T, gl *globals) {
 	fl := startFleet(t, gl, FleetOptions{Devices: 5, Prefix: "sleepy-", HTTP: true,
 		Poll: HTTPChannel{Wake: 5 * time.Second, Max: 10}})
 	// Every device has polled once and sleeps now: what the load sends
 	// waits in their mailboxes until they wake.
-	rep, err := RunLoad(t.Context(), gl, LoadOptions{Clients: 2, ClientPrefix: "app-", Devices: 5, Prefix: "sleepy-",
+	rep, err := RunLoad(t.Context(), gl, LoadOptions{Clients: 2, ClientPrefix: "sleepy-app-", Devices: 5, Prefix: "sleepy-",
 		Rate: 20, Duration: time.Second, Method: "echo", Timeout: 10 * time.Second, ExpiresIn: time.Minute,
 		Drain: 30 * time.Second, MaxInflight: 16})
 	if err != nil {
@@ -104,16 +119,14 @@ func TestSleepyHTTPDevices(t *testing.T) {
 	}
 }
 
-// TestDevicesSwitchChannels: devices that alternate between MQTT and HTTP
-// polls every second lose nothing and get nothing twice, one-way
-// commands included; one-way commands to devices that never answer
-// succeed by their PUBACK.
-func TestDevicesSwitchChannels(t *testing.T) {
-	t.Parallel()
-	_, gl := channelGateway(t)
+// devicesSwitchChannels: devices that alternate between MQTT and HTTP
+// polls every second lose nothing and get nothing twice; one-way
+// commands to devices that never answer succeed by their PUBACK (or the
+// poll's ack).
+func devicesSwitchChannels(t *testing.T, gl *globals) {
 	fl := startFleet(t, gl, FleetOptions{Devices: 4, Prefix: "sw-", Switch: time.Second,
 		Poll: HTTPChannel{Wake: 100 * time.Millisecond, Max: 10}})
-	rep, err := RunLoad(t.Context(), gl, LoadOptions{Clients: 2, ClientPrefix: "app-", Devices: 4, Prefix: "sw-",
+	rep, err := RunLoad(t.Context(), gl, LoadOptions{Clients: 2, ClientPrefix: "sw-app-", Devices: 4, Prefix: "sw-",
 		Rate: 40, Duration: 5 * time.Second, Method: "echo", Timeout: 20 * time.Second, ExpiresIn: time.Minute,
 		Drain: 60 * time.Second, MaxInflight: 32})
 	if err != nil {
@@ -138,12 +151,10 @@ func TestDevicesSwitchChannels(t *testing.T) {
 	checkLoad(t, rep)
 }
 
-// TestLaneInOrder: 1,000 commands in one lane of a device that answers
-// after a few ms arrive in acceptance order (load's check); a command in
-// the middle of the lane that expires while it waits does not stop it.
-func TestLaneInOrder(t *testing.T) {
-	t.Parallel()
-	g, gl := channelGateway(t)
+// laneInOrder: 1,000 commands in one lane of a device that answers after
+// a few ms arrive in acceptance order (load's check); a command in the
+// middle of the lane that expires while it waits does not stop it.
+func laneInOrder(t *testing.T, g *gwproc.Gateway, gl *globals) {
 	startFleet(t, gl, FleetOptions{Devices: 1, Prefix: "lane-", Behaviour: Behaviour{Latency: 2 * time.Millisecond}})
 
 	type outcome struct {
@@ -152,7 +163,7 @@ func TestLaneInOrder(t *testing.T) {
 	}
 	done := make(chan outcome, 1)
 	go func() {
-		rep, err := RunLoad(t.Context(), gl, LoadOptions{Clients: 1, ClientPrefix: "app-", Devices: 1, Prefix: "lane-",
+		rep, err := RunLoad(t.Context(), gl, LoadOptions{Clients: 1, ClientPrefix: "order-", Devices: 1, Prefix: "lane-",
 			Rate: 200, Count: 1000, Method: "seq", Lane: "valve", Timeout: 30 * time.Second,
 			ExpiresIn: 5 * time.Minute, Drain: 120 * time.Second, MaxInflight: 64})
 		done <- outcome{rep, err}
@@ -244,4 +255,36 @@ func TestLaneInOrder(t *testing.T) {
 	}
 	t.Logf("lane of %d commands: throughput %.0f/s, round trip p50 %.0f ms, max %.0f ms",
 		o.rep.Accepted, o.rep.Throughput, o.rep.RoundTrip.P50, o.rep.RoundTrip.Max)
+}
+
+// lanePUBACKInOrder: with lane_mode=puback a lane moves on at each
+// delivery, so a device that answers slowly holds several of its
+// commands at once, and still receives them in acceptance order.
+func lanePUBACKInOrder(t *testing.T, gl *globals) {
+	startFleet(t, gl, FleetOptions{Devices: 2, Prefix: "pl-", Behaviour: Behaviour{Latency: 50 * time.Millisecond}})
+	rep, err := RunLoad(t.Context(), gl, LoadOptions{Clients: 1, ClientPrefix: "pub-", Devices: 2, Prefix: "pl-",
+		Rate: 100, Count: 150, Method: "seq", Lane: "pump", LaneMode: protocol.LaneModePUBACK, Timeout: 30 * time.Second,
+		ExpiresIn: 5 * time.Minute, Drain: 60 * time.Second, MaxInflight: 64})
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkLoad(t, rep)
+	t.Logf("puback lanes of %d commands: throughput %.0f/s, round trip p50 %.0f ms",
+		rep.Accepted, rep.Throughput, rep.RoundTrip.P50)
+}
+
+// laneOverHTTP: lanes hold for devices polling over HTTP too, in both
+// modes (puback: the lane moves on at the ack of the next poll).
+func laneOverHTTP(t *testing.T, gl *globals) {
+	startFleet(t, gl, FleetOptions{Devices: 2, Prefix: "hl-", HTTP: true, Poll: HTTPChannel{Wake: 20 * time.Millisecond, Max: 10}})
+	for _, mode := range []string{"", protocol.LaneModePUBACK} {
+		rep, err := RunLoad(t.Context(), gl, LoadOptions{Clients: 1, ClientPrefix: "http" + mode + "-", Devices: 2, Prefix: "hl-",
+			Rate: 50, Count: 60, Method: "seq", Lane: "door", LaneMode: mode, Timeout: 30 * time.Second,
+			ExpiresIn: 5 * time.Minute, Drain: 60 * time.Second, MaxInflight: 32})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkLoad(t, rep)
+		t.Logf("lane mode %q over HTTP: %d commands, %.0f/s, p50 %.0f ms", mode, rep.Accepted, rep.Throughput, rep.RoundTrip.P50)
+	}
 }

@@ -123,13 +123,14 @@ func (d *Device) Online() bool { return d.Sess.Online() || d.polling.Load() }
 
 // runHTTP polls over HTTP until ctx is done: each poll acknowledges the
 // commands of the one before; a poll that found nothing is followed by
-// Wake of sleep. A 409 (the device's MQTT session is still registered,
+// Wake of sleep (the first time a random part of it). A 409 (the device's MQTT session is still registered,
 // right after a switch) or any error is retried with a backoff.
 func (d *Device) runHTTP(ctx context.Context) {
 	d.onHTTP.Store(true)
 	defer func() { d.onHTTP.Store(false); d.polling.Store(false) }()
 	var acks []string
 	backoff := 100 * time.Millisecond
+	first := true
 	for ctx.Err() == nil {
 		cmds, err := d.Sess.API.Poll(ctx, d.Sess.Token, d.ID, d.HTTP.Wait, d.HTTP.Max, acks)
 		if err != nil {
@@ -155,7 +156,14 @@ func (d *Device) runHTTP(ctx context.Context) {
 			d.handle(c.Request)
 		}
 		if len(cmds) == 0 {
-			sleep(ctx, d.HTTP.Wake)
+			wake := d.HTTP.Wake
+			if first && wake > 0 {
+				// The first sleep is a random part of Wake, so that a
+				// fleet started at once does not wake all at once.
+				wake = time.Duration(rand.Int64N(int64(wake)))
+			}
+			first = false
+			sleep(ctx, wake)
 		}
 	}
 }

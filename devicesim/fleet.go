@@ -70,9 +70,9 @@ until nothing waits, answer with POST /v1/devices/{d}/responses, and sleep
 	f.BoolVar(&o.JSON, "json", false, "print the totals as JSON")
 	f.IntVar(&o.Connect, "connect-parallel", 64, "connection attempts in flight while starting")
 	f.BoolVar(&o.HTTP, "http", false, "devices poll over HTTP (sleepy devices) instead of holding MQTT sessions")
-	f.DurationVar(&o.Poll.Wake, "wake", 10*time.Second, "with --http: how long a device sleeps after a poll that found nothing")
-	f.DurationVar(&o.Poll.Wait, "poll-wait", 0, "with --http: long-poll wait of each poll (0: answer at once)")
-	f.IntVar(&o.Poll.Max, "poll-max", 10, "with --http: commands per poll (1 to 100)")
+	f.DurationVar(&o.Poll.Wake, "wake", 10*time.Second, "with --http or --switch: how long a device sleeps after a poll that found nothing")
+	f.DurationVar(&o.Poll.Wait, "poll-wait", 0, "with --http or --switch: long-poll wait of each poll (0: answer at once)")
+	f.IntVar(&o.Poll.Max, "poll-max", 10, "with --http or --switch: commands per poll (1 to 100)")
 	f.DurationVar(&o.Switch, "switch", 0, "alternate each device between MQTT and HTTP polls every this long (0: no)")
 	return cmd
 }
@@ -217,8 +217,8 @@ func runFleet(ctx context.Context, g *globals, o FleetOptions) error {
 	if o.Progress {
 		stop := startProgress(ctx, g.stderr, func() string {
 			t := fl.Totals()
-			return fmt.Sprintf("devices online %d/%d  commands %d  answered %d  failed %d  dropped %d  duplicates %d",
-				t.Online, t.Devices, t.Received, t.Answered, t.Failed, t.Dropped, t.Duplicates)
+			return fmt.Sprintf("devices online %d/%d  http polls %d  commands %d  answered %d  failed %d  dropped %d  duplicates %d",
+				t.Online, t.Devices, t.Polls, t.Received, t.Answered, t.Failed, t.Dropped, t.Duplicates)
 		})
 		defer stop()
 	}

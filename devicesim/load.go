@@ -47,7 +47,8 @@ type LoadOptions struct {
 	// commands to one device are then posted one at a time, so that the
 	// order of their 202s is their acceptance order, and, with the seq
 	// method, the report checks that each device received them in it.
-	Lane string
+	// LaneMode "puback" moves a lane on at each command's delivery.
+	Lane, LaneMode string
 }
 
 func loadCmd(ctx context.Context, g *globals) *cobra.Command {
@@ -125,6 +126,7 @@ the run could not be made.`,
 	f.BoolVar(&o.Progress, "progress", true, "print a live progress line to stderr (only when it is a terminal)")
 	f.BoolVar(&o.OneWay, "oneway", false, "one-way commands: the device's PUBACK is their success (no --timeout)")
 	f.StringVar(&o.Lane, "lane", "", "send every command in this ordered lane of its device and check the order (method seq)")
+	f.StringVar(&o.LaneMode, "lane-mode", "", "with --lane: final (default: the next command after the previous one ended) or puback (after its delivery)")
 	return cmd
 }
 
@@ -317,6 +319,9 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 			return nil, fmt.Errorf("--lane: %w", err)
 		}
 	}
+	if o.LaneMode != "" && (o.Lane == "" || o.LaneMode != "final" && o.LaneMode != protocol.LaneModePUBACK) {
+		return nil, errors.New("--lane-mode is final or puback, with --lane")
+	}
 	if o.Drain == 0 {
 		o.Drain = o.Timeout + 20*time.Second
 	}
@@ -382,7 +387,7 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 		}
 		start := time.Now()
 		_, status, err := api.Send(ctx, tokens[ci], device, body,
-			SendOptions{Timeout: o.Timeout, ExpiresIn: o.ExpiresIn, OneWay: o.OneWay, Lane: o.Lane})
+			SendOptions{Timeout: o.Timeout, ExpiresIn: o.ExpiresIn, OneWay: o.OneWay, Lane: o.Lane, LaneMode: o.LaneMode})
 		lat := time.Since(start)
 		l.mu.Lock()
 		defer l.mu.Unlock()

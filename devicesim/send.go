@@ -22,7 +22,7 @@ const (
 )
 
 func sendCmd(ctx context.Context, g *globals) *cobra.Command {
-	var device, method, params, id, client, token, lane string
+	var device, method, params, id, client, token, lane, laneMode string
 	var timeout, expiresIn, wait time.Duration
 	var oneWay bool
 	var devices []string
@@ -109,8 +109,11 @@ results over MQTT; the exit status is 0 only when every child succeeded.`,
 					return fmt.Errorf("--lane: %w", err)
 				}
 			}
+			if laneMode != "" && (lane == "" || laneMode != "final" && laneMode != protocol.LaneModePUBACK) {
+				return fmt.Errorf("--lane-mode is final or puback, with --lane")
+			}
 			return sendOne(ctx, g, client, token, device, id, body,
-				SendOptions{Timeout: timeout, ExpiresIn: expiresIn, OneWay: oneWay, Lane: lane}, wait)
+				SendOptions{Timeout: timeout, ExpiresIn: expiresIn, OneWay: oneWay, Lane: lane, LaneMode: laneMode}, wait)
 		},
 	}
 	f := cmd.Flags()
@@ -129,6 +132,7 @@ results over MQTT; the exit status is 0 only when every child succeeded.`,
 	f.DurationVar(&wait, "wait", 0, "how long to wait for the result (default: timeout + 30s)")
 	f.BoolVar(&oneWay, "oneway", false, "a one-way command: the device's PUBACK is its success, result {\"one_way\":true,\"delivered\":true}")
 	f.StringVar(&lane, "lane", "", "send the command in this ordered lane of the device")
+	f.StringVar(&laneMode, "lane-mode", "", "with --lane: final (default) or puback (the lane moves on at this command's delivery)")
 	return cmd
 }
 

@@ -69,7 +69,7 @@ func (s *Store) Reserve(ctx context.Context, c *Command) (ReserveOutcome, *Comma
 	v, err = s.run(ctx, p, stepReserve, keys,
 		c.Client, c.Device, string(c.ID.Raw()), key, c.Method, string(c.Params),
 		c.Fingerprint, c.Timeout.Milliseconds(), c.ExpiresIn.Milliseconds(),
-		newToken(), s.opts.Lease.Milliseconds(), max(c.Delay, 0).Milliseconds(), c.Retries, c.Lane, c.Group)
+		newToken(), s.opts.Lease.Milliseconds(), max(c.Delay, 0).Milliseconds(), c.Retries, laneArg(c), c.Group)
 	if err != nil {
 		// The claim is made: the command is not accepted, but not surely
 		// refused either (the step may have run, or a retry completes it).
@@ -98,6 +98,15 @@ func (s *Store) Reserve(ctx context.Context, c *Command) (ReserveOutcome, *Comma
 		return Exists, rec, fmt.Errorf("%w: command %s", ErrConflict, key)
 	}
 	return 0, nil, fmt.Errorf("cannot reserve command %s: unexpected reply %q", key, head)
+}
+
+// laneArg is the lane argument of the reserve step: the lane, and
+// "|{mode}" after it for a lane mode other than the default.
+func laneArg(c *Command) string {
+	if c.Lane == "" || c.LaneMode == "" {
+		return c.Lane
+	}
+	return c.Lane + "|" + c.LaneMode
 }
 
 // MarkQueued records that the command's publish was confirmed: pending →

@@ -287,3 +287,98 @@ func TestLaneReplayJoinsTheEnd(t *testing.T) {
 		t.Errorf("replayed h after n ended: %s, want sent", got.Status)
 	}
 }
+
+// A lane whose head's record is gone (Redis lost it) is released by the
+// head's timer, which finds no record.
+func TestLaneHeadRecordLost(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	e.queued(inLane(t, "c1", "d1", `"h"`, "L"))
+	n := inLane(t, "c1", "d1", `"n"`, "L")
+	n.ExpiresIn = 2 * time.Hour
+	n.Fingerprint = protocol.Fingerprint("d1", n.Method, nil, n.Timeout, n.ExpiresIn, "lane=L")
+	e.queued(n)
+	e.dispatch("c1", "n", mailbox.OutcomeLaneWait)
+	must(t, e.rdb.Del(e.ctx, e.keys.Command("c1", "h")).Err())
+	e.clock.Add(time.Hour + time.Second) // h's deliver-by timer fires, finds no record
+	e.fire()
+	e.fire() // the owner's next tick fires n's lane timer
+	if got := e.get("c1", "n"); got.Status != protocol.StatusSent {
+		t.Errorf("next after its head's record was lost: %s, want sent", got.Status)
+	}
+}
+
+// A scheduled command of a lane waits for its head when its not_before
+// comes; a head that is retried after a timeout still holds the lane
+// until it is final.
+func TestLaneScheduledAndRetried(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	h := inLane(t, "c1", "d1", `"h"`, "L")
+	h.Retries = 1
+	h.Fingerprint += "|retries=1"
+	e.queued(h)
+	e.dispatch("c1", "h", mailbox.OutcomeSent)
+	n := inLane(t, "c1", "d1", `"n"`, "L")
+	n.Delay = 10 * time.Minute
+	n.Fingerprint += "|not_before=10m"
+	e.queued(n)
+	e.dispatch("c1", "n", mailbox.OutcomeScheduled)
+
+	must(t, e.s.Ack(e.ctx, "d1", e.entry("d1", "h")))
+	e.clock.Add(31 * time.Second) // h's answer timer: retried, same id
+	e.fire()
+	if got := e.get("c1", "h"); got.Status != protocol.StatusSent || got.Tries != 1 {
+		t.Fatalf("h after its timeout: %s, %d tries; want sent again, 1 try", got.Status, got.Tries)
+	}
+	e.clock.Add(10 * time.Minute) // n's not_before: h still holds the lane
+	e.fire()
+	if got := e.get("c1", "n"); got.Status != protocol.StatusQueued || !got.LaneWait {
+		t.Fatalf("n at its not_before behind a retried head: %s (waiting %v), want queued and waiting", got.Status, got.LaneWait)
+	}
+	if got := e.onWire("d1"); !slices.Equal(got, []string{"h"}) {
+		t.Fatalf("mailbox %v, want [h]", got)
+	}
+	if _, err := e.s.Complete(e.ctx, "c1", "h", "d1", answer("h"), 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.get("c1", "n"); got.Status != protocol.StatusSent {
+		t.Errorf("n after h's answer: %s, want sent", got.Status)
+	}
+	if ev, err := e.s.EventCounts(e.ctx, 60); err != nil || ev["lane_wait"] != 1 {
+		t.Errorf("lane_wait events = %v, %v; want 1", ev["lane_wait"], err)
+	}
+}
+
+// With lane_mode=puback the lane moves on at the head's delivery (its
+// PUBACK, or an HTTP poll's ack), not at its end.
+func TestLanePUBACKMode(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	h := inLane(t, "c1", "d1", `"h"`, "L")
+	h.LaneMode = protocol.LaneModePUBACK
+	h.Fingerprint += "|lane_mode=puback"
+	e.queued(h)
+	e.dispatch("c1", "h", mailbox.OutcomeSent)
+	e.queued(inLane(t, "c1", "d1", `"n"`, "L"))
+	e.dispatch("c1", "n", mailbox.OutcomeLaneWait)
+	if got := e.onWire("d1"); !slices.Equal(got, []string{"h"}) {
+		t.Fatalf("before h's PUBACK the mailbox holds %v, want [h]", got)
+	}
+	must(t, e.s.Ack(e.ctx, "d1", e.entry("d1", "h")))
+	if got := e.get("c1", "h"); got.Status != protocol.StatusDelivered || got.LaneMode != protocol.LaneModePUBACK {
+		t.Fatalf("h after its PUBACK: %s, mode %q; want delivered, puback", got.Status, got.LaneMode)
+	}
+	if got := e.get("c1", "n"); got.Status != protocol.StatusSent {
+		t.Fatalf("n after h's PUBACK: %s, want sent", got.Status)
+	}
+	if _, err := e.s.Complete(e.ctx, "c1", "h", "d1", answer("h"), 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	if got := e.get("c1", "n"); got.Status != protocol.StatusSent {
+		t.Errorf("n after h's answer: %s, want still sent", got.Status)
+	}
+	if lanes, err := e.s.Lanes(e.ctx, "d1"); err != nil || len(lanes) != 1 || lanes[0].Commands != 1 || lanes[0].Head.ID.Key() != "n" {
+		t.Errorf("Lanes = %+v, %v; want L with n alone", lanes, err)
+	}
+}

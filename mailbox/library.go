@@ -67,6 +67,7 @@ const (
 	stepGroupClaim    = "group_claim"
 	stepGroupStop     = "group_stop"
 	stepGroupProgress = "group_progress"
+	stepLaneFree     = "lanefree"
 )
 
 // library is the function library built from lua/.

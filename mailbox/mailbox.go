@@ -297,6 +297,10 @@ type Command struct {
 	// ("" for a command of its own): the relay of its final result
 	// counts it in the group's record (group.go).
 	Group string
+	// LaneMode "puback" (protocol.LaneModePUBACK) lets the lane's next
+	// command go on the wire once this one is delivered (its PUBACK, or
+	// the ack of an HTTP poll) instead of once it is final ("").
+	LaneMode string
 
 	// Times of the transitions; zero means not yet.
 	CreatedAt, QueuedAt, SendingAt, SentAt, DeliveredAt, FinishedAt time.Time

@@ -34,6 +34,7 @@ import (
 //	lane, lseq       its ordered lane and its place there (zero-padded, in acceptance order)
 //	lw               "1" while it waits for its lane (queued, its device request in req)
 //	grp              the key of its group command, for a child of one
+//	lm               "puback": its lane moves on at its delivery, not at its end
 //
 // A field set to "" means the same as an absent one (scripts blank
 // fields in the same HSET instead of a second HDEL).
@@ -100,6 +101,7 @@ func decodeRecord(m map[string]string) (*Command, error) {
 	c.Lane = m["lane"]
 	c.LaneWait = m["lw"] == "1"
 	c.Group = m["grp"]
+	c.LaneMode = m["lm"]
 	if v := m[fParams]; v != "" {
 		c.Params = json.RawMessage(v)
 	}

@@ -107,8 +107,9 @@ func (s *Store) totalMailboxes(ctx context.Context, p int, t *Totals) error {
 // over the last minutes minutes (1 to 60, clamped), the current minute
 // included. Statuses without transitions are absent. The scripts count
 // into StatusCounts(unix minute) hashes that expire after about an hour;
-// the same hashes also count the events "late" (answers after final) and
-// "result_dropped" (results a full client mailbox refused), which
+// the same hashes also count the events "late" (answers after final),
+// "result_dropped" (results a full client mailbox refused) and
+// "lane_wait" (commands that waited behind their lane's head), which
 // EventCounts returns.
 func (s *Store) StatusCounts(ctx context.Context, minutes int) (map[protocol.Status]int64, error) {
 	all, err := s.counts(ctx, minutes)
@@ -125,7 +126,7 @@ func (s *Store) StatusCounts(ctx context.Context, minutes int) (map[protocol.Sta
 }
 
 // EventCounts returns the counts of the events that are not statuses
-// ("late", "result_dropped") over the last minutes minutes.
+// ("late", "result_dropped", "lane_wait") over the last minutes minutes.
 func (s *Store) EventCounts(ctx context.Context, minutes int) (map[string]int64, error) {
 	all, err := s.counts(ctx, minutes)
 	if err != nil {

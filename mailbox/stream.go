@@ -141,14 +141,15 @@ const ackManyMax = 500
 func (s *Store) AckMany(ctx context.Context, identity string, entries []Entry) error {
 	for len(entries) > 0 {
 		n := min(len(entries), ackManyMax)
-		wrong, oneWay, err := s.ack(ctx, identity, entries[:n])
+		wrong, oneWay, freed, err := s.ack(ctx, identity, entries[:n])
 		if err == nil && len(wrong) > 0 {
 			// The step names every key it touches, so the records must be
 			// known before it runs: read what the entries really carry.
-			var more []Entry
+			var more, moreFreed []Entry
 			if wrong, err = s.readEntries(ctx, identity, wrong); err == nil {
-				_, more, err = s.ack(ctx, identity, wrong)
+				_, more, moreFreed, err = s.ack(ctx, identity, wrong)
 				oneWay = append(oneWay, more...)
+				freed = append(freed, moreFreed...)
 			}
 		}
 		if err != nil {
@@ -161,9 +162,29 @@ func (s *Store) AckMany(ctx context.Context, identity string, entries []Entry) e
 					"client_id", e.Client, "msg_id", e.MsgKey, "err", err)
 			}
 		}
+		for _, e := range freed {
+			s.laneFree(ctx, identity, e)
+		}
 		entries = entries[n:]
 	}
 	return nil
+}
+
+// laneFree lets the next command of the lane of entry e's command, just
+// acked, go on the wire (lane_mode=puback). A failure is logged: the lane
+// then moves on when the command is final, as in the default mode.
+func (s *Store) laneFree(ctx context.Context, device string, e Entry) {
+	p, keys := s.cmdKeys(device, e.Client, e.MsgKey)
+	v, err := s.run(ctx, p, stepLaneFree, keys, device)
+	if err != nil {
+		s.log.Warn("cannot free a lane at a PUBACK; it moves on when the command is final", "device_id", device,
+			"client_id", e.Client, "msg_id", e.MsgKey, "err", err)
+		return
+	}
+	if a, _ := v.([]any); len(a) == 2 {
+		next, _ := a[1].(string)
+		s.advanceLane(ctx, p, next)
+	}
 }
 
 // oneWay ends the one-way command of entry e, just acked: succeeded.
@@ -225,7 +246,7 @@ func (s *Store) Refuse(ctx context.Context, device string, e Entry, reasonCode b
 // ack runs one ack step and returns the entries it left because they
 // carry another command than the one named, and those of one-way commands
 // it marked delivered.
-func (s *Store) ack(ctx context.Context, identity string, entries []Entry) (wrong, oneWay []Entry, err error) {
+func (s *Store) ack(ctx context.Context, identity string, entries []Entry) (wrong, oneWay, laneFree []Entry, err error) {
 	p := s.PartitionOf(identity)
 	pk := s.keys.Part(p)
 	keys := []string{pk.Mailbox(identity), pk.Mailboxes(), pk.Timers(), pk.StatusCounts(s.now().Unix() / 60)}
@@ -241,7 +262,7 @@ func (s *Store) ack(ctx context.Context, identity string, entries []Entry) (wron
 	}
 	v, err := s.run(ctx, p, stepAck, keys, args...)
 	if err != nil {
-		return nil, nil, err
+		return nil, nil, nil, err
 	}
 	out, _ := v.([]any)
 	for i, o := range out {
@@ -253,9 +274,11 @@ func (s *Store) ack(ctx context.Context, identity string, entries []Entry) (wron
 			wrong = append(wrong, entries[i])
 		case "oneway":
 			oneWay = append(oneWay, entries[i])
+		case "lanefree":
+			laneFree = append(laneFree, entries[i])
 		}
 	}
-	return wrong, oneWay, nil
+	return wrong, oneWay, laneFree, nil
 }
 
 // readEntries returns entries with the command each carries in

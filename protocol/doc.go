@@ -64,6 +64,11 @@
 //	                                                       device, from every client, MUST go on the wire one
 //	                                                       at a time in acceptance order, each only once the
 //	                                                       one before is final. Part of the body's identity.
+//	lane_mode      no         query     final or puback    With lane: "puback" lets the lane's next command
+//	                                                       go on the wire once this one is delivered (its
+//	                                                       PUBACK, or the ack of an HTTP poll) instead of once
+//	                                                       it is final. Not with retries. Part of the body's
+//	                                                       identity.
 //	(body)         yes        body      object or array    One JSON-RPC 2.0 request object, or a batch: an
 //	                                                       array of 1 to 100 (MaxBatch) request objects.
 //	                                                       At most GW_BODY_LIMIT bytes (default 64 KiB).
@@ -77,8 +82,9 @@
 // timeout, a dead letter, a released publish. So a lane never deadlocks;
 // it waits at most for its head's deliver-by, then timeout plus grace.
 // GET /v1/devices/{device_id} shows each lane's commands, waiting count
-// and its head's status. A command replayed from the dead letters joins
-// the end of its lane. Commands without a lane are never held by one.
+// and its head's status. The commands of a batch join the lane in the
+// batch's order. A command replayed from the dead letters joins the end
+// of its lane. Commands without a lane are never held by one.
 //
 // A duration is written in Go syntax ("30s", "1m30s", "2h"; there is no
 // "d" unit) or as whole seconds ("90"). A timeout or expires_in that

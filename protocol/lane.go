@@ -8,6 +8,11 @@ import (
 // MaxLaneLen is the longest lane name.
 const MaxLaneLen = 64
 
+// LaneModePUBACK (POST …/commands?lane=L&lane_mode=puback) lets a lane's
+// next command go on the wire once this one is delivered (the device's
+// PUBACK, or the ack of its HTTP poll) rather than once it is final.
+const LaneModePUBACK = "puback"
+
 // ErrLane is returned for a lane name that breaks the rules of ParseLane.
 var ErrLane = errors.New("protocol: a lane is 1 to 64 characters of [A-Za-z0-9._-] starting with a letter or digit")
 
@@ -18,7 +23,7 @@ var ErrLane = errors.New("protocol: a lane is 1 to 64 characters of [A-Za-z0-9._
 // members separated by '|', which it can never contain.
 func ParseLane(s string) (string, error) {
 	if len(s) > MaxLaneLen || !ValidIdentity(s) {
-		return "", fmt.Errorf("%w: got %q", ErrLane, truncate(s, MaxLaneLen+8))
+		return "", fmt.Errorf("%w: got %q", ErrLane, truncate(s, 32))
 	}
 	return s, nil
 }

@@ -19,7 +19,7 @@ for i = 2, #A, 2 do
     local ef = fields(es[1][2])
     local r = {}
     if ri > 0 then
-      r = redis.call('HMGET', KEYS[ri], 'status', 'entry', 'device', 'tmo', 'sending', 'client', 'key')
+      r = redis.call('HMGET', KEYS[ri], 'status', 'entry', 'device', 'tmo', 'sending', 'client', 'key', 'lm')
     end
     if (ef.c or '') ~= '' and (ri == 0 or ef.c ~= r[6] or ef.k ~= r[7]) then
       what = 'mismatch'
@@ -44,7 +44,13 @@ for i = 2, #A, 2 do
         -- A one-way command (timeout 0) succeeds by this PUBACK: the
         -- caller runs the one-way step; its answer timer, due one grace
         -- later, is the backstop if that step never runs.
-        if num(r[4]) == 0 then what = 'oneway' end
+        if num(r[4]) == 0 then
+          what = 'oneway'
+        elseif r[8] == 'puback' then
+          -- Its lane's next command may go now (lane_mode=puback): the
+          -- caller runs the lanefree step.
+          what = 'lanefree'
+        end
       end
     end
   end

@@ -26,7 +26,12 @@ if not due or tonumber(due) > NOW then return {'notdue', ''} end
 redis.call('ZREM', K.timers, member)
 local kind = string.sub(member, 1, 1)
 local r = load(K.rec)
-if not r then return {'noop', ''} end
+if not r then
+  -- The record is gone: whatever lane it held lets the next one go.
+  local _, d, c, k = string.match(member, '^(%a)|([^|]*)|([^|]*)|(.*)$')
+  if d then laneorphan(K, d, c, k) end
+  return {'noop', ''}
+end
 if not sane(r) then return {'corrupt', ''} end
 local st = r.status
 if kind == 's' then

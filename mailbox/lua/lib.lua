@@ -212,6 +212,23 @@ local function laneleave(K, r)
   return member
 end
 
+-- laneorphan takes a command whose record is gone (Redis lost it) out
+-- of its lane, found by its client and key (a scan of the device's lanes,
+-- only on this rare path), so that the lane does not wait for it forever;
+-- when it was the head, the next one's lane timer is armed.
+local function laneorphan(K, device, c, k)
+  local suffix = '|' .. c .. '|' .. k
+  for _, m in ipairs(redis.call('ZRANGE', K.lanes, '0', '-1')) do
+    if string.sub(m, -#suffix) == suffix then
+      local lane, lseq = string.match(m, '^([^|]*)|(%d+)|')
+      if lane then
+        laneleave(K, {lane = lane, lseq = lseq, client = c, key = k, device = device})
+      end
+      return
+    end
+  end
+end
+
 -- lanegate reports whether a command may go on the wire now: it is in no
 -- lane, or it is its lane's head. Otherwise it waits (status queued, the
 -- device request kept in req, lw = 1) until laneleave arms its timer.

@@ -9,8 +9,9 @@ local K = cmdkeys(KEYS)
 local c, device, id, key, method, params, fp = A[1], A[2], A[3], A[4], A[5], A[6], A[7]
 local tmo, exp, token, lease, delay, retries = tonumber(A[8]), tonumber(A[9]), A[10], tonumber(A[11]), tonumber(A[12]), tonumber(A[13])
 -- lane: the ordered lane of the command ('' for none); a new record joins
--- it at the end (acceptance order).
-local lane = A[14] or ''
+-- it at the end (acceptance order). "{lane}|{mode}" gives its lane mode
+-- too ("puback"; a lane name has no '|').
+local lane, lanemode = string.match(A[14] or '', '^([^|]*)|?(.*)$')
 -- grp: the key of the group command this is a child of ('' or absent: none).
 local grp = A[15] or ''
 -- A scheduled command (delay > 0) waits until nb = now + delay; its
@@ -30,6 +31,7 @@ if not r or r.status == 'void' then
   if lane ~= '' then
     rec[#rec + 1] = 'lane'; rec[#rec + 1] = lane
     rec[#rec + 1] = 'lseq'; rec[#rec + 1] = lanejoin(K, lane, c, key, NOW + life)
+    if lanemode ~= '' then rec[#rec + 1] = 'lm'; rec[#rec + 1] = lanemode end
   end
   if grp ~= '' then rec[#rec + 1] = 'grp'; rec[#rec + 1] = grp end
   redis.call('HSET', K.rec, unpack(rec))
