@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"image/png"
 	"io"
@@ -25,6 +26,8 @@ import (
 	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/internal/ring"
 	"github.com/iotgw/gateway/internal/testenv"
+	"github.com/iotgw/gateway/mailbox"
+	"github.com/iotgw/gateway/protocol"
 )
 
 // The dashboard and its files are served from the binary, next to the
@@ -117,6 +120,14 @@ func textOf(html, id string) string {
 // depth that was published, the dead letters and the push servers. The
 // screenshot goes to docs/dashboard.png with GW_UPDATE_SCREENSHOT=1, else
 // to a temporary folder.
+// mustGroupID parses a group command's id.
+func mustGroupID(t *testing.T, s string) protocol.ID {
+	t.Helper()
+	id, err := protocol.ParseIDKey(s)
+	require.NoError(t, err)
+	return id
+}
+
 func TestDashboardInChromium(t *testing.T) {
 	t.Parallel()
 	g := opsGW(t)
@@ -138,6 +149,20 @@ func TestDashboardInChromium(t *testing.T) {
 		require.NoError(t, g.store.SetSession(ctx, id, "push-1"))
 	}
 	require.Eventually(t, func() bool { return len(g.ring.Members()) == 1 }, 5*time.Second, 20*time.Millisecond)
+
+	// A group command of three children, two of them final (created
+	// by the store as a worker would: no message in the queues).
+	grp := &mailbox.Group{Client: "app-1", ID: mustGroupID(t, "roll-9"), Method: "reboot", Timeout: time.Minute,
+		ExpiresIn: time.Hour, Fingerprint: "dash"}
+	_, _, err := g.store.ClaimGroup(ctx, grp, []string{"dev-7", "dev-8", "dev-9"})
+	require.NoError(t, err)
+	require.NoError(t, g.store.MarkGroupQueued(ctx, "app-1", "roll-9"))
+	require.NoError(t, g.store.RunGroup(ctx, "app-1", "roll-9", ""))
+	for _, d := range []string{"dev-7", "dev-8"} {
+		id := json.RawMessage(`"app-1:roll-9:` + d + `"`)
+		_, err := g.store.Complete(ctx, "app-1", "roll-9:"+d, d, protocol.NewResult(id, json.RawMessage(`true`)), 0, "")
+		require.NoError(t, err)
+	}
 
 	// The token in the fragment, and a link to one command.
 	url := g.ts.URL + "/#token=" + op + "&client=app-1&id=4242"
@@ -178,6 +203,10 @@ func TestDashboardInChromium(t *testing.T) {
 	assert.Equal(t, 2, strings.Count(dom, ">Replay</button>"))
 	assert.Equal(t, 1, strings.Count(dom, ">Publish again</button>"), "the replayed one")
 	assert.Contains(t, dom, "push-1")
+	// The group command and its progress.
+	assert.Equal(t, "2 / 3", textOf(dom, "group-final-app-1-roll-9"), "the group's progress")
+	assert.Contains(t, dom, `<span class="badge running">running</span>`)
+	assert.Contains(t, dom, "succeeded 2")
 	// The command of the link, with its status and history.
 	i := strings.Index(dom, `id="lookup-result"`)
 	require.Positive(t, i, "no lookup result")

@@ -288,7 +288,8 @@ func (s *Server) postGroupCommand(c echo.Context) error {
 
 // groupView is GET /v1/group-commands/{id}.
 type groupView struct {
-	ID json.RawMessage `json:"id"`
+	ID     json.RawMessage `json:"id"`
+	Client string          `json:"client"`
 	// Status: pending (not yet durable), queued (no child created yet),
 	// running, completed (every child final), aborted or cancelled (it
 	// stopped; Done tells whether every child is final yet).
@@ -322,7 +323,7 @@ type groupView struct {
 
 func groupViewFor(g *mailbox.Group) groupView {
 	v := groupView{
-		ID: g.ID.Raw(), Done: g.Final(), Method: g.Method, Group: g.Target, Total: g.Total,
+		ID: g.ID.Raw(), Client: g.Client, Done: g.Final(), Method: g.Method, Group: g.Target, Total: g.Total,
 		Released: g.Released, Final: g.Done, InFlight: max(0, g.Released-g.Done), Failures: g.Failures,
 		Counts: g.Counts, Rate: g.Rate, AbortAfter: g.AbortAfter, AbortAt: g.AbortAt,
 		Timeout: g.Timeout.String(), ExpiresIn: g.ExpiresIn.String(),
@@ -384,6 +385,30 @@ func (s *Server) getGroupCommand(c echo.Context) error {
 		}
 	}
 	return c.JSON(http.StatusOK, groupViewFor(g))
+}
+
+// listGroupCommands is GET /v1/group-commands?limit=20 (operators): the
+// newest group commands of every client.
+func (s *Server) listGroupCommands(c echo.Context) error {
+	limit := 20
+	if v := c.QueryParam("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 100 {
+			return errBadRequest("limit: an integer from 1 to 100")
+		}
+		limit = n
+	}
+	gs, err := s.store.ListGroups(c.Request().Context(), limit)
+	if err != nil {
+		return s.storeError(err, "no group commands")
+	}
+	out := struct {
+		Groups []groupView `json:"groups"`
+	}{Groups: make([]groupView, len(gs))}
+	for i, g := range gs {
+		out.Groups[i] = groupViewFor(g)
+	}
+	return c.JSON(http.StatusOK, out)
 }
 
 // cancelGroupCommand is DELETE /v1/group-commands/{id}: the group stops

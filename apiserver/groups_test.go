@@ -90,6 +90,17 @@ func TestGroupCommandIntake(t *testing.T) {
 	require.Contains(t, string(r.Body), `other-7`, "403 names the first device not covered")
 	r = g.do(http.MethodPost, "/v1/commands", tok, map[string]any{"request": cmd("g2", "reboot", nil), "group": "floor-2"})
 	require.Equal(t, http.StatusAccepted, r.Status, "body %s", r.Body)
+	r = g.do(http.MethodGet, "/v1/group-commands?limit=5", op, nil)
+	require.Equal(t, http.StatusOK, r.Status, "body %s", r.Body)
+	var list struct {
+		Groups []groupView `json:"groups"`
+	}
+	r.json(t, &list)
+	require.Len(t, list.Groups, 2)
+	require.Equal(t, `"g2"`, string(list.Groups[0].ID), "newest first")
+	require.Equal(t, "app-1", list.Groups[0].Client)
+	r = g.do(http.MethodGet, "/v1/group-commands", tok, nil)
+	require.Equal(t, http.StatusUnauthorized, r.Status, "clients may not list every group")
 	r = g.do(http.MethodDelete, "/v1/groups/floor-2", op, nil)
 	require.Equal(t, http.StatusNoContent, r.Status)
 	r = g.do(http.MethodGet, "/v1/groups/floor-2", op, nil)

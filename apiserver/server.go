@@ -176,6 +176,7 @@ func (s *Server) routes() {
 	e.GET("/v1/group-commands/:id", s.getGroupCommand, clientAPI...)
 	e.DELETE("/v1/group-commands/:id", s.cancelGroupCommand, clientAPI...)
 	operatorAPI := []echo.MiddlewareFunc{s.admit, s.authenticate(auth.RoleOperator), s.rateLimit}
+	e.GET("/v1/group-commands", s.listGroupCommands, operatorAPI...)
 	e.PUT("/v1/groups/:name", s.putDeviceGroup, operatorAPI...)
 	e.GET("/v1/groups/:name", s.getDeviceGroup, operatorAPI...)
 	e.DELETE("/v1/groups/:name", s.deleteDeviceGroup, operatorAPI...)

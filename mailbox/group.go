@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -118,11 +119,11 @@ func (s *Store) ClaimGroup(ctx context.Context, g *Group, devices []string) (boo
 	}
 	lifetime := rollout + g.ExpiresIn + g.Timeout + s.opts.Lease + 2*s.opts.AnswerGrace + s.opts.Retention
 	p, gk := s.groupKey(g.Client, key)
-	v, err := s.run(ctx, p, stepGroupClaim, []string{gk},
+	v, err := s.run(ctx, p, stepGroupClaim, []string{gk, s.keys.Part(p).Groups()},
 		g.Fingerprint, string(g.ID.Raw()), g.Client, g.Method, string(g.Params),
 		g.Timeout.Milliseconds(), g.ExpiresIn.Milliseconds(), len(devices),
 		strconv.FormatFloat(g.Rate, 'f', -1, 64), g.AbortAfter, g.AbortAt, g.Target,
-		strings.Join(devices, "\n"), lifetime.Milliseconds())
+		strings.Join(devices, "\n"), lifetime.Milliseconds(), g.Client+"|"+key, groupListHorizon.Milliseconds())
 	if err != nil {
 		return false, nil, fmt.Errorf("cannot claim group command %s: %w", key, err)
 	}
@@ -135,6 +136,54 @@ func (s *Store) ClaimGroup(ctx context.Context, g *Group, devices []string) (boo
 		return false, nil, err
 	}
 	return head == "new", rec, nil
+}
+
+// groupListHorizon is how long a group command stays in its partition's
+// list at most (the longest lifetime of a group command: 10,000 children
+// at the lowest useful rate fit in it, plus 7 days to deliver, a day to
+// answer and the retention).
+const groupListHorizon = 40 * 24 * time.Hour
+
+// ListGroups returns the newest group commands of every client (at most
+// limit, 1 to 100), newest first: one read of each partition's list, then
+// the records. Members whose record expired are skipped.
+func (s *Store) ListGroups(ctx context.Context, limit int) ([]*Group, error) {
+	limit = min(max(limit, 1), 100)
+	cmds := make([]*redis.ZSliceCmd, s.opts.Partitions)
+	_, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for p := range cmds {
+			cmds[p] = pipe.ZRevRangeWithScores(ctx, s.keys.Part(p).Groups(), 0, int64(limit-1))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot list group commands: %w", s.classify(err))
+	}
+	var all []redis.Z
+	for _, c := range cmds {
+		all = append(all, c.Val()...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].Score > all[j].Score })
+	out := make([]*Group, 0, limit)
+	for _, z := range all {
+		if len(out) == limit {
+			break
+		}
+		m, _ := z.Member.(string)
+		client, key, ok := strings.Cut(m, "|")
+		if !ok {
+			continue
+		}
+		g, err := s.GetGroup(ctx, client, key)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, g)
+	}
+	return out, nil
 }
 
 // MarkGroupQueued records that the group's envelope is durable in

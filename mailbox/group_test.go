@@ -189,6 +189,29 @@ func TestGroupCommand(t *testing.T) {
 			}
 		}
 	})
+	t.Run("list", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, mailbox.Options{Partitions: 4})
+		for i, id := range []string{`"l1"`, `"l2"`, `"l3"`} {
+			g, devices := groupOf(t, id, 2, 0)
+			g.Client = fmt.Sprintf("c%d", i) // in different partitions
+			if _, _, err := e.s.ClaimGroup(e.ctx, g, devices); err != nil {
+				t.Fatal(err)
+			}
+			e.clock.Add(time.Second)
+		}
+		gs, err := e.s.ListGroups(e.ctx, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, g := range gs {
+			got = append(got, g.Client+"/"+g.ID.Key())
+		}
+		if strings.Join(got, " ") != "c2/l3 c1/l2" {
+			t.Errorf("ListGroups(2) = %v, want [c2/l3 c1/l2] (newest first)", got)
+		}
+	})
 	t.Run("rate", func(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t, mailbox.Options{Partitions: 4})

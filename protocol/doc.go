@@ -469,6 +469,8 @@
 //	{ns:p}:grp:{client}:{id}         hash        PartKeys.Group           a group command, in p(client): its
 //	                                                                      request, options, devices, release
 //	                                                                      cursor and counts per final status
+//	{ns:p}:grps                      sorted set  PartKeys.Groups          the partition's group commands
+//	                                                                      (score: accepted at, ms; "{client}|{id}")
 //	{ns:p}:devgrp:{name}             hash        PartKeys.DeviceGroup     a named device group, in p(name)
 //	{ns:ring:g}:nodes                set         RingKeys.Nodes           members of ring g ("push", "workers")
 //	{ns:ring:g}:node:{node}          string      RingKeys.Node            one live member (expiry; advertise URL)
