@@ -37,6 +37,12 @@ type LoadOptions struct {
 	MaxInflight  int
 	JSON         bool
 	Progress     bool
+	// GroupDevices > 0 sends one group command to the first GroupDevices
+	// devices instead (RunGroupLoad), at GroupRate children per second
+	// (0: all at once), stopping after AbortAfter failures.
+	GroupDevices int
+	GroupRate    float64
+	AbortAfter   string
 }
 
 func loadCmd(ctx context.Context, g *globals) *cobra.Command {
@@ -61,12 +67,42 @@ error no device or gateway rule explains).
 A progress line is printed to stderr each second while it runs, when stderr
 is a terminal (and --progress is not false).
 
+With --group-devices N it sends one group command (POST /v1/commands) to
+devices {prefix}0 … {prefix}{N-1} instead, prints the group's progress
+each second (with --progress) and reports the time from the 202 to the
+last child's result over MQTT and the children per second.
+
 Exit status: 0 when nothing was lost, unexpected or wrong; 1 when something
 was (the report is printed first, then a line naming the counts), or when
 the run could not be made.`,
 		Example: `  devicesim load --clients 10 --devices 100 --prefix dev- --rate 500 --duration 30s --method echo --json`,
 		Args:    cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if o.GroupDevices > 0 {
+				wait := o.Drain
+				if wait == 0 {
+					wait = o.Timeout + time.Minute
+					if o.GroupRate > 0 {
+						wait += time.Duration(float64(o.GroupDevices) / o.GroupRate * float64(time.Second))
+					}
+				}
+				rep, err := RunGroupLoad(ctx, g, GroupLoadOptions{Devices: o.GroupDevices, Prefix: o.Prefix,
+					Client: o.ClientPrefix + "group", Method: o.Method, Rate: o.GroupRate, AbortAfter: o.AbortAfter,
+					Timeout: o.Timeout, ExpiresIn: o.ExpiresIn, Wait: wait, Progress: o.Progress})
+				if err != nil {
+					return err
+				}
+				if o.JSON {
+					enc := json.NewEncoder(g.stdout)
+					enc.SetIndent("", "  ")
+					return enc.Encode(rep)
+				}
+				rep.writeTable(g.stdout)
+				if rep.Lost > 0 {
+					return fmt.Errorf("%d children's results lost", rep.Lost)
+				}
+				return nil
+			}
 			rep, err := RunLoad(ctx, g, o)
 			if err != nil {
 				return err
@@ -98,6 +134,9 @@ the run could not be made.`,
 	f.IntVar(&o.MaxInflight, "max-inflight", 2048, "most HTTP requests in flight at once")
 	f.BoolVar(&o.JSON, "json", false, "print the report as JSON")
 	f.BoolVar(&o.Progress, "progress", true, "print a live progress line to stderr (only when it is a terminal)")
+	f.IntVar(&o.GroupDevices, "group-devices", 0, "send one group command to devices {prefix}0 … instead, print its progress each second and report the time from 202 to the last child's result")
+	f.Float64Var(&o.GroupRate, "group-rate", 0, "with --group-devices: children released per second (0: all at once)")
+	f.StringVar(&o.AbortAfter, "abort-after", "", "with --group-devices: stop after this many failed children, or this percentage (5%)")
 	return cmd
 }
 
