@@ -22,19 +22,22 @@ import (
 // commandView is a command as GET /v1/commands/{id} shows it. Times are
 // absent until the transition happened.
 type commandView struct {
-	ID            json.RawMessage `json:"id"`
-	Client        string          `json:"client"`
-	Device        string          `json:"device"`
-	Method        string          `json:"method"`
-	Params        json.RawMessage `json:"params,omitempty"`
-	Status        protocol.Status `json:"status"`
-	StatusURL     string          `json:"status_url"`
-	TimeoutMS     int64           `json:"timeout_ms"`
-	OneWay        bool            `json:"one_way,omitempty"`
-	ExpiresInMS   int64           `json:"expires_in_ms"`
-	NotBefore     time.Time       `json:"not_before,omitzero"`
-	Retries       int             `json:"retries,omitempty"`
-	Tries         int             `json:"tries,omitempty"`
+	ID          json.RawMessage `json:"id"`
+	Client      string          `json:"client"`
+	Device      string          `json:"device"`
+	Method      string          `json:"method"`
+	Params      json.RawMessage `json:"params,omitempty"`
+	Status      protocol.Status `json:"status"`
+	StatusURL   string          `json:"status_url"`
+	TimeoutMS   int64           `json:"timeout_ms"`
+	OneWay      bool            `json:"one_way,omitempty"`
+	ExpiresInMS int64           `json:"expires_in_ms"`
+	NotBefore   time.Time       `json:"not_before,omitzero"`
+	Retries     int             `json:"retries,omitempty"`
+	Tries       int             `json:"tries,omitempty"`
+	// Group is the id (key) of the group command this command is a
+	// child of.
+	Group         string          `json:"group,omitempty"`
 	CreatedAt     time.Time       `json:"created_at,omitzero"`
 	QueuedAt      time.Time       `json:"queued_at,omitzero"`
 	SendingAt     time.Time       `json:"sending_at,omitzero"`
@@ -70,6 +73,7 @@ func viewFor(c *mailbox.Command, caller string) commandView {
 		NotBefore:     utc(c.NotBefore),
 		Retries:       c.Retries,
 		Tries:         c.Tries,
+		Group:         c.Group,
 		CreatedAt:     utc(c.CreatedAt),
 		QueuedAt:      utc(c.QueuedAt),
 		SendingAt:     utc(c.SendingAt),

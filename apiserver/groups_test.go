@@ -70,6 +70,7 @@ func TestGroupCommandIntake(t *testing.T) {
 	r = g.do(http.MethodGet, "/v1/commands/g1:dev-2", tok, nil)
 	require.Equal(t, http.StatusOK, r.Status)
 	require.Contains(t, string(r.Body), `"reason":"group cancelled: cancelled by the client"`)
+	require.Contains(t, string(r.Body), `"group":"g1"`, "the child names its group")
 	r = g.do(http.MethodDelete, "/v1/group-commands/g1", tok, nil)
 	require.Equal(t, http.StatusConflict, r.Status, "every child is final")
 

@@ -101,6 +101,7 @@ var sectionDefs = []sectionDef{
 	{"worker", "Worker only: one msgworker draining pre-filled queues", runWorker, 2 * time.Minute},
 	{"push", "Push server only, and Mosquitto for comparison", runPush, 2 * time.Minute},
 	{"idle", "Idle MQTT sessions: memory per session", runIdle, 2 * time.Minute},
+	{"groups", "Group command to the simulated fleet (issue 14)", runGroups, 3 * time.Minute},
 }
 
 // run is the whole program; main only supplies the process's context,

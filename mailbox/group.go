@@ -200,9 +200,17 @@ func (s *Store) MarkGroupQueued(ctx context.Context, client, key string) error {
 // its device list), or ErrNotFound.
 func (s *Store) GetGroup(ctx context.Context, client, key string) (*Group, error) {
 	_, gk := s.groupKey(client, key)
-	m, err := s.rdb.HGetAll(ctx, gk).Result()
+	// Every field but the device list (up to 10,000 IDs), which only
+	// GroupDevices reads.
+	vs, err := s.rdb.HMGet(ctx, gk, groupFields...).Result()
 	if err != nil {
 		return nil, fmt.Errorf("cannot get group command %s: %w", key, s.classify(err))
+	}
+	m := make(map[string]string, len(groupFields))
+	for i, v := range vs {
+		if str, ok := v.(string); ok {
+			m[groupFields[i]] = str
+		}
 	}
 	if len(m) == 0 || m["fp"] == "" {
 		return nil, fmt.Errorf("%w: group command %s", ErrNotFound, key)
@@ -233,6 +241,20 @@ func (s *Store) GetGroup(ctx context.Context, client, key string) (*Group, error
 	}
 	return g, nil
 }
+
+// groupFields are the fields of a group's record GetGroup reads: all but
+// the device list, with a count for each final status.
+var groupFields = func() []string {
+	f := []string{"fp", "id", "client", "method", "params", "tmo", "exp", "total", "rate", "abort_after",
+		"abort_at", "target", "state", "created", "released", "done", "failures", "stopped", "stop_reason",
+		"stopped_at", "n:skipped"}
+	for _, st := range protocol.Statuses {
+		if st.Final() {
+			f = append(f, "n:"+string(st))
+		}
+	}
+	return f
+}()
 
 // GroupDevices returns the devices of group command key of client, in
 // order (child i goes to device i).
