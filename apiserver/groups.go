@@ -520,3 +520,41 @@ func (s *Server) deleteDeviceGroup(c echo.Context) error {
 	}
 	return c.NoContent(http.StatusNoContent)
 }
+
+// retryCommand is POST /v1/commands/{id}/retry: a command of the caller
+// (or, for an operator, of ?client=) that ended failed, timeout, expired
+// or rejected is queued and published again under the same id, like the
+// replay of a dead letter: 202 with the command, queued; its client gets
+// a second final result. 409 for any other status.
+func (s *Server) retryCommand(c echo.Context) error {
+	id, client, err := commandParams(c)
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	rec, err := s.store.Retry(ctx, client, id.Key())
+	if errors.Is(err, mailbox.ErrState) && rec != nil {
+		return newAPIError(protocol.NewError(protocol.CodeConflict,
+			fmt.Sprintf("conflict: the command is %s; only a failed, timeout, expired or rejected command may be retried", rec.Status),
+			map[string]any{"status": string(rec.Status)})).withID(rec.ID.Raw())
+	}
+	if err != nil {
+		return s.storeError(err, "no such command")
+	}
+	trace := traceParent(c.Request().Header.Get("traceparent"))
+	body, err := replayEnvelope(rec, 1+rec.Replays, trace)
+	if err == nil {
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ConfirmTimeout+2*time.Second)
+		err = s.publishCommand(pctx, body, client, rec.Device, rec.ID, trace)
+		cancel()
+	}
+	if err != nil {
+		// The record is queued: its deliver-by timer expires it if no
+		// message ever comes; a retry now publishes it again.
+		reason := s.publishFailed(err)
+		s.log.Warn("retry: publish failed", "client_id", client, "msg_id", id.Key(), "reason", reason, "err", err)
+		return errUnavailable("the retried command could not be published (" + reason + "); retry it again")
+	}
+	s.metrics.retried.Inc()
+	return c.JSON(http.StatusAccepted, viewFor(rec, claimsOf(c).Subject))
+}

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
 
@@ -174,4 +176,49 @@ func TestGroupCommandBadInput(t *testing.T) {
 	require.Empty(t, g.drain(), "no bad request published anything")
 	r := g.do(http.MethodGet, "/v1/group-commands/b1", tok, nil)
 	require.Equal(t, http.StatusNotFound, r.Status, "no bad request created the group")
+}
+
+// TestRetryCommandAPI: POST /v1/commands/{id}/retry publishes a failed
+// command again under the same id (202, queued, attempt 2); a command in
+// any other status is 409, another client's is 404.
+func TestRetryCommandAPI(t *testing.T) {
+	t.Parallel()
+	g := newGW(t)
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+	r := g.post(tok, "dev-1", cmd("r1", "reboot", nil))
+	require.Equal(t, http.StatusAccepted, r.Status, "body %s", r.Body)
+	envs := g.envelopes()
+	require.Len(t, envs, 1)
+	ctx := t.Context()
+	out, err := g.store.Dispatch(ctx, envs[0], "", "")
+	require.NoError(t, err)
+	require.Equal(t, mailbox.OutcomeSent, out)
+
+	r = g.do(http.MethodPost, "/v1/commands/r1/retry", tok, nil)
+	require.Equal(t, http.StatusConflict, r.Status, "a sent command: body %s", r.Body)
+
+	resp := protocol.NewErrorResponse(json.RawMessage(`"app-1:r1"`), &protocol.Error{Code: 5, Message: "busy"})
+	out, err = g.store.Complete(ctx, "app-1", "r1", "dev-1", resp, 0, "")
+	require.NoError(t, err)
+	require.Equal(t, mailbox.OutcomeFailed, out)
+
+	other := token(t, "app-2", auth.RoleClient, "dev-*")
+	r = g.do(http.MethodPost, "/v1/commands/r1/retry", other, nil)
+	require.Equal(t, http.StatusNotFound, r.Status, "another client's command")
+
+	r = g.do(http.MethodPost, "/v1/commands/r1/retry", tok, nil)
+	require.Equal(t, http.StatusAccepted, r.Status, "body %s", r.Body)
+	var v commandView
+	r.json(t, &v)
+	require.Equal(t, protocol.StatusQueued, v.Status)
+	envs = g.envelopes()
+	require.Len(t, envs, 1, "published again")
+	require.Equal(t, 2, envs[0].Attempt)
+	require.Equal(t, "r1", envs[0].MsgID.Key())
+
+	r = g.do(http.MethodPost, "/v1/commands/r1/retry", tok, nil)
+	require.Equal(t, http.StatusConflict, r.Status, "queued again: body %s", r.Body)
+	op := token(t, "ops", auth.RoleOperator)
+	r = g.do(http.MethodPost, "/v1/commands/r1/retry?client=app-1", op, nil)
+	require.Equal(t, http.StatusConflict, r.Status, "an operator reaches it too")
 }

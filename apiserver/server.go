@@ -170,6 +170,7 @@ func (s *Server) routes() {
 	e.GET("/v1/devices/:device_id", s.getDevice, clientAPI...)
 	e.GET("/v1/commands/:id", s.getCommand, clientAPI...)
 	e.DELETE("/v1/commands/:id", s.cancelCommand, clientAPI...)
+	e.POST("/v1/commands/:id/retry", s.retryCommand, clientAPI...)
 	e.GET("/v1/connect/:identity", s.connect, anyRole...)
 	// Group commands and device groups (issue 14): groups.go.
 	e.POST("/v1/commands", s.postGroupCommand, clientAPI...)

@@ -228,3 +228,53 @@ func TestGroupCommand(t *testing.T) {
 		}
 	})
 }
+
+// TestRetryCommand: a command that ended failed, timeout, expired or
+// rejected can be retried once more under the same id: queued again with
+// a fresh window, dispatched, and its new final reaches the client as a
+// second result; any other status is ErrState. A retried child of a
+// group leaves the group's final counts until its new final.
+func TestRetryCommand(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{Partitions: 4})
+	g, devices := groupOf(t, `"rg"`, 2, 0)
+	e.claimAndRun(g, devices)
+	e.answer(g, devices[0], true)
+	e.answer(g, devices[1], false)
+	if got := e.group(g); got.Counts["failed"] != 1 || !got.Final() {
+		t.Fatalf("before the retry: counts %v done %d", got.Counts, got.Done)
+	}
+	if _, err := e.s.Retry(e.ctx, "c1", "rg:"+devices[1]); !errors.Is(err, mailbox.ErrState) {
+		t.Errorf("Retry of a succeeded command: %v, want ErrState", err)
+	}
+	if _, err := e.s.Retry(e.ctx, "c1", "nope"); !errors.Is(err, mailbox.ErrNotFound) {
+		t.Errorf("Retry of an unknown command: %v, want ErrNotFound", err)
+	}
+	rec, err := e.s.Retry(e.ctx, "c1", "rg:"+devices[0])
+	if err != nil || rec.Status != protocol.StatusQueued {
+		t.Fatalf("Retry = %v, %v; want queued", rec, err)
+	}
+	if got := e.group(g); got.Final() || got.Done != 1 || got.Failures != 0 || got.Counts["failed"] != 0 {
+		t.Errorf("during the retry: done %d failures %d counts %v; want 1, 0, {succeeded 1}", got.Done, got.Failures, got.Counts)
+	}
+	if out, err := e.s.Dispatch(e.ctx, envelope(t, rec), "", ""); err != nil || out != mailbox.OutcomeSent {
+		t.Fatalf("Dispatch of the retry = %v, %v; want sent", out, err)
+	}
+	e.answer(g, devices[0], false)
+	c := e.get("c1", "rg:"+devices[0])
+	if c.Status != protocol.StatusSucceeded || c.Replays != 1 {
+		t.Errorf("after the retry: %s, generation %d; want succeeded, 1", c.Status, c.Replays)
+	}
+	if got := e.group(g); !got.Final() || got.Counts["succeeded"] != 2 || got.Failures != 0 {
+		t.Errorf("after the retry: done %d counts %v failures %d; want final, {succeeded 2}, 0", got.Done, got.Counts, got.Failures)
+	}
+	n := 0
+	for _, r := range e.results("c1") {
+		if string(r.ID) == `"rg:`+devices[0]+`"` {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Errorf("the client got %d results for the retried command, want 2 (the failure, then the retry's)", n)
+	}
+}

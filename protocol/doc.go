@@ -277,6 +277,7 @@
 //	delivered  sent (a retry: retries=N)                  msgworker
 //	pending, queued, sent, delivered → lost               msgworker (the claim's watchdog)
 //	dead       queued (operator replay)                   apiserver
+//	failed, timeout, expired, rejected → queued (retry)   apiserver
 //
 // The push server that receives a device's answer completes it (DESIGN §5):
 // there is no results queue between the device and the record.
@@ -290,11 +291,14 @@
 // into a final status removes the command from the device's mailbox and
 // puts exactly one result into the client's.
 //
-// dead → queued is the only way out of a final status: an operator's
-// replay of a dead letter (POST /v1/dead/{id}/replay, package mailbox's
-// ReplayDead) puts a dead command back to queued and publishes it again.
-// Its client then gets a second final result for the same id. Only an
-// operator token may replay; every other final status is final for good.
+// Two ways lead out of a final status, both back to queued with a fresh
+// expires_in window and the next generation of the command, published
+// again: an operator's replay of a dead letter (POST /v1/dead/{id}/replay,
+// package mailbox's ReplayDead), and the retry of a command that ended
+// failed, timeout, expired or rejected (POST /v1/commands/{id}/retry, its
+// client or an operator; mailbox.Retry). Its client then gets a second
+// final result for the same id, the one that counts. Succeeded,
+// cancelled and lost are final for good.
 //
 // # AMQP
 //

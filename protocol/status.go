@@ -97,6 +97,13 @@ var Transitions = []Transition{
 	// mailbox.ReplayDead): the only way out of a final status; the client
 	// then gets a second final result for the same id.
 	{StatusDead, StatusQueued, OwnerAPI},
+	// The client's retry (POST /v1/commands/{id}/retry, mailbox.Retry):
+	// the same way out for a command that failed, timed out, expired or
+	// was rejected; the client gets a second final result.
+	{StatusFailed, StatusQueued, OwnerAPI},
+	{StatusTimeout, StatusQueued, OwnerAPI},
+	{StatusExpired, StatusQueued, OwnerAPI},
+	{StatusRejected, StatusQueued, OwnerAPI},
 	// A retry of a void id reserves it afresh (DESIGN §7a).
 	{StatusVoid, StatusPending, OwnerAPI},
 	// The claim's watchdog (a partition owner) ends a command whose record
