@@ -1,6 +1,7 @@
 package mailbox_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/iotgw/gateway/internal/config"
+	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -276,5 +281,56 @@ func TestRetryCommand(t *testing.T) {
 	}
 	if n != 2 {
 		t.Errorf("the client got %d results for the retried command, want 2 (the failure, then the retry's)", n)
+	}
+}
+
+// TestGroupCommandOnCluster: a group's steps each touch one partition
+// (one hash slot), so a rollout, its abort and the cancelling of its
+// children run on Redis Cluster, the group's record in the client's
+// slot and its children all over the others.
+func TestGroupCommandOnCluster(t *testing.T) {
+	t.Parallel()
+	url := testenv.RedisClusterURL(t)
+	c := config.Common{RedisURL: url}
+	rdb, err := c.NewRedis(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	ns := testenv.Namespace(t)
+	ctx := context.Background()
+	t.Cleanup(func() {
+		cc, ok := rdb.(*redis.ClusterClient)
+		if !ok {
+			return
+		}
+		_ = cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			it := n.Scan(ctx, 0, "{"+ns+":*", 1000).Iterator()
+			for it.Next(ctx) {
+				n.Del(ctx, it.Val())
+			}
+			return it.Err()
+		})
+	})
+	s := mailbox.New(rdb, ns, mailbox.Options{Partitions: 64, AnswerGrace: time.Millisecond, Logger: testenv.Logger(t)})
+	e := &env{t: t, ctx: ctx, s: s}
+	g, devices := groupOf(t, `"cg"`, 40, 4)
+	e.claimAndRun(g, devices)
+	for _, d := range devices[:4] {
+		e.answer(g, d, true)
+	}
+	if got := e.group(g); got.Stopped != "aborted" {
+		t.Fatalf("after 4 failures: stopped %q, want aborted", got.Stopped)
+	}
+	_, outcomes, err := s.FireTimersOutcomes(ctx, 100, nil)
+	if err != nil || outcomes["group_stopped"] != 1 {
+		t.Fatalf("timers: %v, %v; want group_stopped once", outcomes, err)
+	}
+	got := e.group(g)
+	if !got.Final() || got.Counts["failed"] != 4 || got.Counts["cancelled"] != 36 {
+		t.Errorf("group = done %d counts %v; want final, {failed 4, cancelled 36}", got.Done, got.Counts)
+	}
+	if gs, err := s.ListGroups(ctx, 5); err != nil || len(gs) != 1 {
+		t.Errorf("ListGroups = %d, %v; want the one group", len(gs), err)
 	}
 }
