@@ -35,6 +35,8 @@ type commandView struct {
 	NotBefore   time.Time       `json:"not_before,omitzero"`
 	Retries     int             `json:"retries,omitempty"`
 	Tries       int             `json:"tries,omitempty"`
+	// RetryBackoff is the wait before each retry, "initial,multiplier,max".
+	RetryBackoff string `json:"retry_backoff,omitempty"`
 	// Group is the id (key) of the group command this command is a
 	// child of.
 	Group         string          `json:"group,omitempty"`
@@ -84,6 +86,9 @@ func viewFor(c *mailbox.Command, caller string) commandView {
 		Attempts:      c.Attempts,
 		Reason:        c.Reason,
 		ResultDropped: c.ResultDropped,
+	}
+	if b := c.Backoff; b.Initial > 0 {
+		v.RetryBackoff = fmt.Sprintf("%s,%s,%s", b.Initial, strconv.FormatFloat(b.Multiplier, 'f', -1, 64), b.Max)
 	}
 	if c.Status.Final() {
 		v.Response = c.Response

@@ -107,7 +107,7 @@ func parseGroupBody(raw []byte) (*groupBody, *protocol.Request, error) {
 // a 400.
 func parseGroupOptions(q url.Values, total int) (groupOptions, error) {
 	var o groupOptions
-	for _, name := range []string{"one_way", "not_before", "retries"} {
+	for _, name := range []string{"one_way", "not_before", "retries", "retry_backoff"} {
 		if q.Has(name) {
 			return o, errBadRequest(name + ": not supported for group commands")
 		}

@@ -222,3 +222,39 @@ func TestRetryCommandAPI(t *testing.T) {
 	r = g.do(http.MethodPost, "/v1/commands/r1/retry?client=app-1", op, nil)
 	require.Equal(t, http.StatusConflict, r.Status, "an operator reaches it too")
 }
+
+// TestRetryBackoffParam: retry_backoff is checked (a 400 naming it for
+// each bad value, nothing accepted) and shown on the command.
+func TestRetryBackoffParam(t *testing.T) {
+	t.Parallel()
+	g := newGW(t)
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+	for _, q := range []string{
+		"retry_backoff=1s",                   // no retries
+		"retries=2&retry_backoff=10ms",       // too short
+		"retries=2&retry_backoff=2h",         // too long
+		"retries=2&retry_backoff=1s,0.5",     // multiplier below 1
+		"retries=2&retry_backoff=1s,11",      // above 10
+		"retries=2&retry_backoff=1s,2,500ms", // max below initial
+		"retries=2&retry_backoff=1s,2,30s,4", // four parts
+		"retries=2&retry_backoff=soon",       // not a duration
+		"retries=2&retry_backoff=1s,NaN",     // not a number
+	} {
+		r := g.post(tok, "dev-1", cmd("bo", "reboot", nil), q)
+		if r.Status != http.StatusBadRequest || !strings.Contains(string(r.Body), "retry_backoff") {
+			t.Errorf("%s: %d %s, want 400 naming retry_backoff", q, r.Status, truncate(r.Body))
+		}
+	}
+	require.Empty(t, g.drain(), "nothing accepted")
+	r := g.post(tok, "dev-1", cmd("bo", "reboot", nil), "retries=2&retry_backoff=1s,3")
+	require.Equal(t, http.StatusAccepted, r.Status, "body %s", r.Body)
+	r = g.do(http.MethodGet, "/v1/commands/bo", tok, nil)
+	require.Equal(t, http.StatusOK, r.Status)
+	var v commandView
+	r.json(t, &v)
+	require.Equal(t, "1s,3,1m0s", v.RetryBackoff)
+	r = g.post(tok, "dev-1", cmd("bo", "reboot", nil), "retries=2&retry_backoff=2s,3")
+	require.Equal(t, http.StatusConflict, r.Status, "another backoff is another body")
+	r = g.do(http.MethodPost, "/v1/commands?retry_backoff=1s", tok, groupBodyOf("gb", "dev-1"))
+	require.Equal(t, http.StatusBadRequest, r.Status, "not for groups")
+}

@@ -334,3 +334,85 @@ func TestGroupCommandOnCluster(t *testing.T) {
 		t.Errorf("ListGroups = %d, %v; want the one group", len(gs), err)
 	}
 }
+
+// TestRetryBackoff: with a backoff, a command that got no answer waits as
+// scheduled (cancellable) before each retry, 5 s then min(10 s, 8 s),
+// each retry with a fresh expires_in window from its send; the last one
+// that times out ends timeout.
+func TestRetryBackoff(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	c := cmd(t, "c1", "d1", `"b"`, ``)
+	c.Retries = 2
+	c.Backoff = mailbox.Backoff{Initial: 5 * time.Second, Multiplier: 2, Max: 8 * time.Second}
+	c.Fingerprint = "backoff"
+	e.sent(c)
+	deliver := func() {
+		t.Helper()
+		es, err := e.s.Fetch(e.ctx, "d1", "", 10)
+		if err != nil || len(es) != 1 {
+			t.Fatalf("Fetch = %d entries, %v; want 1", len(es), err)
+		}
+		must(t, e.s.Ack(e.ctx, "d1", es[0]))
+	}
+	for try, wait := range []time.Duration{5 * time.Second, 8 * time.Second} {
+		deliver()
+		e.clock.Add(31 * time.Second) // past timeout + grace
+		_, outcomes, err := e.s.FireTimersOutcomes(e.ctx, 100, nil)
+		if err != nil || outcomes["retry_scheduled"] != 1 {
+			t.Fatalf("try %d: outcomes %v, %v; want one retry_scheduled", try+1, outcomes, err)
+		}
+		got := e.get("c1", "b")
+		if got.Status != protocol.StatusScheduled || got.Tries != try+1 || !got.NotBefore.Equal(e.clock.Now().Add(wait)) {
+			t.Fatalf("try %d: %s tries %d not before %v; want scheduled, %d, %v", try+1, got.Status, got.Tries,
+				got.NotBefore, try+1, e.clock.Now().Add(wait))
+		}
+		if n, _ := e.s.Len(e.ctx, "d1"); n != 0 {
+			t.Fatalf("try %d: %d mailbox entries while waiting, want 0", try+1, n)
+		}
+		e.clock.Add(wait - time.Millisecond)
+		if _, outcomes, _ := e.s.FireTimersOutcomes(e.ctx, 100, nil); outcomes["sent"] != 0 {
+			t.Fatalf("try %d: sent before its backoff ended: %v", try+1, outcomes)
+		}
+		e.clock.Add(time.Millisecond)
+		if _, outcomes, err := e.s.FireTimersOutcomes(e.ctx, 100, nil); err != nil || outcomes["sent"] != 1 {
+			t.Fatalf("try %d: outcomes %v, %v at the end of the backoff; want sent", try+1, outcomes, err)
+		}
+		if got := e.get("c1", "b"); got.Status != protocol.StatusSent || !got.DeliverBy.Equal(e.clock.Now().Add(time.Hour)) {
+			t.Fatalf("try %d: %s deliver by %v; want sent, deliver by an hour from now", try+1, got.Status, got.DeliverBy)
+		}
+	}
+	deliver()
+	e.clock.Add(31 * time.Second)
+	e.fire()
+	if got := e.get("c1", "b"); got.Status != protocol.StatusTimeout || got.Tries != 2 {
+		t.Errorf("after the last try: %s tries %d, want timeout, 2", got.Status, got.Tries)
+	}
+	if rs := e.results("c1"); len(rs) != 1 || rs[0].Error == nil || rs[0].Error.Code != protocol.CodeTimeout {
+		t.Errorf("client results = %+v, want one -32001", rs)
+	}
+
+	// A command waiting out its backoff can be cancelled.
+	c2 := cmd(t, "c1", "d1", `"b2"`, ``)
+	c2.Retries, c2.Backoff, c2.Fingerprint = 1, mailbox.Backoff{Initial: time.Minute, Multiplier: 2, Max: time.Minute}, "backoff"
+	e.sent(c2)
+	deliver()
+	e.clock.Add(31 * time.Second)
+	e.fire()
+	if got, err := e.s.Cancel(e.ctx, "c1", "b2", ""); err != nil || got.Status != protocol.StatusCancelled {
+		t.Errorf("Cancel during the backoff = %v, %v; want cancelled", got, err)
+	}
+}
+
+// TestBackoffWait: the wait before retry n.
+func TestBackoffWait(t *testing.T) {
+	b := mailbox.Backoff{Initial: time.Second, Multiplier: 3, Max: 20 * time.Second}
+	for n, want := range map[int]time.Duration{1: time.Second, 2: 3 * time.Second, 3: 9 * time.Second, 4: 20 * time.Second, 10: 20 * time.Second} {
+		if got := b.Wait(n); got != want {
+			t.Errorf("Wait(%d) = %v, want %v", n, got, want)
+		}
+	}
+	if got := (mailbox.Backoff{}).Wait(3); got != 0 {
+		t.Errorf("no backoff: Wait(3) = %v, want 0", got)
+	}
+}

@@ -32,6 +32,7 @@ import (
 //	lease, lease_until, retakes   pending reservations ("" once queued)
 //	replays          times an operator replayed it from the dead letters
 //	grp              the key of its group command, for a child of one
+//	rb_i, rb_m, rb_x the backoff of its retries: initial wait (ms), multiplier, longest wait (ms)
 //
 // A field set to "" means the same as an absent one (scripts blank
 // fields in the same HSET instead of a second HDEL).
@@ -96,6 +97,11 @@ func decodeRecord(m map[string]string) (*Command, error) {
 	c.Retries, _ = strconv.Atoi(m["retries"])
 	c.Tries, _ = strconv.Atoi(m["tries"])
 	c.Group = m["grp"]
+	if v := m["rb_i"]; v != "" {
+		c.Backoff.Initial = msDur(v)
+		c.Backoff.Multiplier, _ = strconv.ParseFloat(m["rb_m"], 64)
+		c.Backoff.Max = msDur(m["rb_x"])
+	}
 	if v := m[fParams]; v != "" {
 		c.Params = json.RawMessage(v)
 	}

@@ -149,8 +149,8 @@
 //	group    one of     identity              a named group (PUT /v1/groups/{name}, operators); its devices
 //	                    the two               when the command is accepted, all covered by the token's globs
 //
-// Query options (each bad value is a 400 naming it; one_way, not_before
-// and retries are refused for groups):
+// Query options (each bad value is a 400 naming it; one_way, not_before,
+// retries and retry_backoff are refused for groups):
 //
 //	option       default   meaning
 //	timeout      30s       each child's answer timeout after delivery (1s to 24h)
@@ -275,6 +275,7 @@
 //	delivered  succeeded, failed                          pushserver
 //	delivered  timeout, dead                              msgworker
 //	delivered  sent (a retry: retries=N)                  msgworker
+//	sent, delivered → scheduled (a retry's backoff)       msgworker
 //	pending, queued, sent, delivered → lost               msgworker (the claim's watchdog)
 //	dead       queued (operator replay)                   apiserver
 //	failed, timeout, expired, rejected → queued (retry)   apiserver

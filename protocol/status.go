@@ -93,6 +93,9 @@ var Transitions = []Transition{
 	{StatusDelivered, StatusDead, OwnerWorker},
 	// A retry (retries=N): no answer within the timeout, sent again.
 	{StatusDelivered, StatusSent, OwnerWorker},
+	// A retry with a backoff (retry_backoff): it waits as scheduled.
+	{StatusSent, StatusScheduled, OwnerWorker},
+	{StatusDelivered, StatusScheduled, OwnerWorker},
 	// The operator's replay of a dead letter (POST /v1/dead/{id}/replay,
 	// mailbox.ReplayDead): the only way out of a final status; the client
 	// then gets a second final result for the same id.

@@ -81,11 +81,13 @@ func TestCanTransition(t *testing.T) {
 		{StatusSent, StatusTimeout, OwnerWorker}: true, // deliver-by fired while on the wire
 		{StatusSent, StatusDead, OwnerWorker}:    true,
 
-		{StatusDelivered, StatusSucceeded, OwnerPush}: true, // the edge completes answers (§5)
-		{StatusDelivered, StatusSent, OwnerWorker}:    true, // a retry
-		{StatusDelivered, StatusFailed, OwnerPush}:    true,
-		{StatusDelivered, StatusTimeout, OwnerWorker}: true,
-		{StatusDelivered, StatusDead, OwnerWorker}:    true,
+		{StatusDelivered, StatusSucceeded, OwnerPush}:   true, // the edge completes answers (§5)
+		{StatusDelivered, StatusSent, OwnerWorker}:      true, // a retry
+		{StatusSent, StatusScheduled, OwnerWorker}:      true, // a retry's backoff
+		{StatusDelivered, StatusScheduled, OwnerWorker}: true,
+		{StatusDelivered, StatusFailed, OwnerPush}:      true,
+		{StatusDelivered, StatusTimeout, OwnerWorker}:   true,
+		{StatusDelivered, StatusDead, OwnerWorker}:      true,
 
 		{StatusDead, StatusQueued, OwnerAPI}: true, // operator replay of a dead letter
 		// The client's retry (POST /v1/commands/{id}/retry).
@@ -176,6 +178,7 @@ func TestSources(t *testing.T) {
 	}{
 		{StatusQueued, []Status{StatusPending, StatusDead, StatusFailed, StatusTimeout, StatusExpired, StatusRejected}},
 		{StatusSent, []Status{StatusQueued, StatusScheduled, StatusDelivered}},
+		{StatusScheduled, []Status{StatusQueued, StatusSent, StatusDelivered}},
 		{StatusDelivered, []Status{StatusSent}},
 		{StatusSucceeded, []Status{StatusSent, StatusDelivered}},
 		{StatusFailed, []Status{StatusSent, StatusDelivered}},

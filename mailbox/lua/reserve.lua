@@ -10,6 +10,9 @@ local c, device, id, key, method, params, fp = A[1], A[2], A[3], A[4], A[5], A[6
 local tmo, exp, token, lease, delay, retries = tonumber(A[8]), tonumber(A[9]), A[10], tonumber(A[11]), tonumber(A[12]), tonumber(A[13])
 -- grp: the key of the group command this is a child of ('' or absent: none).
 local grp = A[14] or ''
+-- The backoff of the retries: initial wait (ms, 0: none), multiplier,
+-- longest wait (ms).
+local rb_i, rb_m, rb_x = tonumber(A[15]) or 0, A[16] or '', tonumber(A[17]) or 0
 -- A scheduled command (delay > 0) waits until nb = now + delay; its
 -- deliver-by counts expires_in from nb.
 
@@ -24,8 +27,13 @@ if not r or r.status == 'void' then
   if delay > 0 then rec[#rec + 1] = 'nb'; rec[#rec + 1] = ms(NOW + delay) end
   if retries > 0 then rec[#rec + 1] = 'retries'; rec[#rec + 1] = ms(retries) end
   if grp ~= '' then rec[#rec + 1] = 'grp'; rec[#rec + 1] = grp end
+  if retries > 0 and rb_i > 0 then
+    rec[#rec + 1] = 'rb_i'; rec[#rec + 1] = ms(rb_i)
+    rec[#rec + 1] = 'rb_m'; rec[#rec + 1] = rb_m
+    rec[#rec + 1] = 'rb_x'; rec[#rec + 1] = ms(rb_x)
+  end
   redis.call('HSET', K.rec, unpack(rec))
-  redis.call('PEXPIRE', K.rec, ms((retries + 1) * (delay + exp + tmo) + lease + 2 * GRACE + RET))
+  redis.call('PEXPIRE', K.rec, ms((retries + 1) * (delay + exp + tmo) + retries * rb_x + lease + 2 * GRACE + RET))
   redis.call('ZADD', K.timers, ms(math.max(NOW + delay + exp, NOW + lease)), tm('d', {device = device, client = c, key = key}))
   count(K.stats, 'pending')
   return {'reserved', rec}
