@@ -202,7 +202,7 @@ type intake struct {
 	// backoffAs; part of the body's identity).
 	backoff   mailbox.Backoff
 	backoffAs string
-	trace   string
+	trace     string
 }
 
 // fingerprint is the body's identity: the request and its options.
