@@ -22,22 +22,27 @@ import (
 // commandView is a command as GET /v1/commands/{id} shows it. Times are
 // absent until the transition happened.
 type commandView struct {
-	ID            json.RawMessage `json:"id"`
-	Client        string          `json:"client"`
-	Device        string          `json:"device"`
-	Method        string          `json:"method"`
-	Params        json.RawMessage `json:"params,omitempty"`
-	Status        protocol.Status `json:"status"`
-	StatusURL     string          `json:"status_url"`
-	TimeoutMS     int64           `json:"timeout_ms"`
-	OneWay        bool            `json:"one_way,omitempty"`
-	ExpiresInMS   int64           `json:"expires_in_ms"`
-	NotBefore     time.Time       `json:"not_before,omitzero"`
-	Retries       int             `json:"retries,omitempty"`
-	Tries         int             `json:"tries,omitempty"`
-	Lane          string          `json:"lane,omitempty"`
-	LaneWait      bool            `json:"lane_wait,omitempty"`
-	LaneMode      string          `json:"lane_mode,omitempty"`
+	ID          json.RawMessage `json:"id"`
+	Client      string          `json:"client"`
+	Device      string          `json:"device"`
+	Method      string          `json:"method"`
+	Params      json.RawMessage `json:"params,omitempty"`
+	Status      protocol.Status `json:"status"`
+	StatusURL   string          `json:"status_url"`
+	TimeoutMS   int64           `json:"timeout_ms"`
+	OneWay      bool            `json:"one_way,omitempty"`
+	ExpiresInMS int64           `json:"expires_in_ms"`
+	NotBefore   time.Time       `json:"not_before,omitzero"`
+	Retries     int             `json:"retries,omitempty"`
+	Tries       int             `json:"tries,omitempty"`
+	Lane        string          `json:"lane,omitempty"`
+	LaneWait    bool            `json:"lane_wait,omitempty"`
+	LaneMode    string          `json:"lane_mode,omitempty"`
+	// RetryBackoff is the wait before each retry, "initial,multiplier,max".
+	RetryBackoff string `json:"retry_backoff,omitempty"`
+	// Group is the id (key) of the group command this command is a
+	// child of.
+	Group         string          `json:"group,omitempty"`
 	CreatedAt     time.Time       `json:"created_at,omitzero"`
 	QueuedAt      time.Time       `json:"queued_at,omitzero"`
 	SendingAt     time.Time       `json:"sending_at,omitzero"`
@@ -76,6 +81,7 @@ func viewFor(c *mailbox.Command, caller string) commandView {
 		Lane:          c.Lane,
 		LaneWait:      c.LaneWait && !c.Status.Final(),
 		LaneMode:      c.LaneMode,
+		Group:         c.Group,
 		CreatedAt:     utc(c.CreatedAt),
 		QueuedAt:      utc(c.QueuedAt),
 		SendingAt:     utc(c.SendingAt),
@@ -86,6 +92,9 @@ func viewFor(c *mailbox.Command, caller string) commandView {
 		Attempts:      c.Attempts,
 		Reason:        c.Reason,
 		ResultDropped: c.ResultDropped,
+	}
+	if b := c.Backoff; b.Initial > 0 {
+		v.RetryBackoff = fmt.Sprintf("%s,%s,%s", b.Initial, strconv.FormatFloat(b.Multiplier, 'f', -1, 64), b.Max)
 	}
 	if c.Status.Final() {
 		v.Response = c.Response

@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"image/png"
 	"io"
@@ -72,6 +73,14 @@ func textOf(html, id string) string {
 // depth that was published, the dead letters and the push servers. The
 // screenshot goes to docs/dashboard.png with GW_UPDATE_SCREENSHOT=1, else
 // to a temporary folder.
+// mustGroupID parses a group command's id.
+func mustGroupID(t *testing.T, s string) protocol.ID {
+	t.Helper()
+	id, err := protocol.ParseIDKey(s)
+	require.NoError(t, err)
+	return id
+}
+
 func TestDashboardInChromium(t *testing.T) {
 	t.Parallel()
 	g := opsGW(t)
@@ -100,6 +109,20 @@ func TestDashboardInChromium(t *testing.T) {
 		require.NoError(t, err)
 		_, _, err = g.store.Reserve(ctx, &mailbox.Command{Client: "app-1", Device: "dev-1", ID: mid, Method: "open",
 			Fingerprint: "lane-" + id, Timeout: 30 * time.Second, ExpiresIn: time.Hour, Lane: "valve"})
+		require.NoError(t, err)
+	}
+
+	// A group command of three children, two of them final (created
+	// by the store as a worker would: no message in the queues).
+	grp := &mailbox.Group{Client: "app-1", ID: mustGroupID(t, "roll-9"), Method: "reboot", Timeout: time.Minute,
+		ExpiresIn: time.Hour, Fingerprint: "dash"}
+	_, _, err := g.store.ClaimGroup(ctx, grp, []string{"dev-7", "dev-8", "dev-9"})
+	require.NoError(t, err)
+	require.NoError(t, g.store.MarkGroupQueued(ctx, "app-1", "roll-9"))
+	require.NoError(t, g.store.RunGroup(ctx, "app-1", "roll-9", ""))
+	for _, d := range []string{"dev-7", "dev-8"} {
+		id := json.RawMessage(`"app-1:roll-9:` + d + `"`)
+		_, err := g.store.Complete(ctx, "app-1", "roll-9:"+d, d, protocol.NewResult(id, json.RawMessage(`true`)), 0, "")
 		require.NoError(t, err)
 	}
 
@@ -142,6 +165,10 @@ func TestDashboardInChromium(t *testing.T) {
 	assert.Equal(t, 2, strings.Count(dom, ">Replay</button>"))
 	assert.Equal(t, 1, strings.Count(dom, ">Publish again</button>"), "the replayed one")
 	assert.Contains(t, dom, "push-1")
+	// The group command and its progress.
+	assert.Equal(t, "2 / 3", textOf(dom, "group-final-app-1-roll-9"), "the group's progress")
+	assert.Contains(t, dom, `<span class="badge running">running</span>`)
+	assert.Contains(t, dom, "succeeded 2")
 	// The command of the link, with its status and history.
 	i := strings.Index(dom, `id="lookup-result"`)
 	require.Positive(t, i, "no lookup result")

@@ -107,7 +107,7 @@ func parseGroupBody(raw []byte) (*groupBody, *protocol.Request, error) {
 // a 400.
 func parseGroupOptions(q url.Values, total int) (groupOptions, error) {
 	var o groupOptions
-	for _, name := range []string{"one_way", "not_before", "retries"} {
+	for _, name := range []string{"one_way", "not_before", "retries", "retry_backoff"} {
 		if q.Has(name) {
 			return o, errBadRequest(name + ": not supported for group commands")
 		}
@@ -288,7 +288,8 @@ func (s *Server) postGroupCommand(c echo.Context) error {
 
 // groupView is GET /v1/group-commands/{id}.
 type groupView struct {
-	ID json.RawMessage `json:"id"`
+	ID     json.RawMessage `json:"id"`
+	Client string          `json:"client"`
 	// Status: pending (not yet durable), queued (no child created yet),
 	// running, completed (every child final), aborted or cancelled (it
 	// stopped; Done tells whether every child is final yet).
@@ -322,7 +323,7 @@ type groupView struct {
 
 func groupViewFor(g *mailbox.Group) groupView {
 	v := groupView{
-		ID: g.ID.Raw(), Done: g.Final(), Method: g.Method, Group: g.Target, Total: g.Total,
+		ID: g.ID.Raw(), Client: g.Client, Done: g.Final(), Method: g.Method, Group: g.Target, Total: g.Total,
 		Released: g.Released, Final: g.Done, InFlight: max(0, g.Released-g.Done), Failures: g.Failures,
 		Counts: g.Counts, Rate: g.Rate, AbortAfter: g.AbortAfter, AbortAt: g.AbortAt,
 		Timeout: g.Timeout.String(), ExpiresIn: g.ExpiresIn.String(),
@@ -384,6 +385,30 @@ func (s *Server) getGroupCommand(c echo.Context) error {
 		}
 	}
 	return c.JSON(http.StatusOK, groupViewFor(g))
+}
+
+// listGroupCommands is GET /v1/group-commands?limit=20 (operators): the
+// newest group commands of every client.
+func (s *Server) listGroupCommands(c echo.Context) error {
+	limit := 20
+	if v := c.QueryParam("limit"); v != "" {
+		n, err := strconv.Atoi(v)
+		if err != nil || n < 1 || n > 100 {
+			return errBadRequest("limit: an integer from 1 to 100")
+		}
+		limit = n
+	}
+	gs, err := s.store.ListGroups(c.Request().Context(), limit)
+	if err != nil {
+		return s.storeError(err, "no group commands")
+	}
+	out := struct {
+		Groups []groupView `json:"groups"`
+	}{Groups: make([]groupView, len(gs))}
+	for i, g := range gs {
+		out.Groups[i] = groupViewFor(g)
+	}
+	return c.JSON(http.StatusOK, out)
 }
 
 // cancelGroupCommand is DELETE /v1/group-commands/{id}: the group stops
@@ -494,4 +519,42 @@ func (s *Server) deleteDeviceGroup(c echo.Context) error {
 		return s.storeError(err, fmt.Sprintf("no device group %q", name))
 	}
 	return c.NoContent(http.StatusNoContent)
+}
+
+// retryCommand is POST /v1/commands/{id}/retry: a command of the caller
+// (or, for an operator, of ?client=) that ended failed, timeout, expired
+// or rejected is queued and published again under the same id, like the
+// replay of a dead letter: 202 with the command, queued; its client gets
+// a second final result. 409 for any other status.
+func (s *Server) retryCommand(c echo.Context) error {
+	id, client, err := commandParams(c)
+	if err != nil {
+		return err
+	}
+	ctx := c.Request().Context()
+	rec, err := s.store.Retry(ctx, client, id.Key())
+	if errors.Is(err, mailbox.ErrState) && rec != nil {
+		return newAPIError(protocol.NewError(protocol.CodeConflict,
+			fmt.Sprintf("conflict: the command is %s; only a failed, timeout, expired or rejected command may be retried", rec.Status),
+			map[string]any{"status": string(rec.Status)})).withID(rec.ID.Raw())
+	}
+	if err != nil {
+		return s.storeError(err, "no such command")
+	}
+	trace := traceParent(c.Request().Header.Get("traceparent"))
+	body, err := replayEnvelope(rec, 1+rec.Replays, trace)
+	if err == nil {
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ConfirmTimeout+2*time.Second)
+		err = s.publishCommand(pctx, body, client, rec.Device, rec.ID, trace)
+		cancel()
+	}
+	if err != nil {
+		// The record is queued: its deliver-by timer expires it if no
+		// message ever comes; a retry now publishes it again.
+		reason := s.publishFailed(err)
+		s.log.Warn("retry: publish failed", "client_id", client, "msg_id", id.Key(), "reason", reason, "err", err)
+		return errUnavailable("the retried command could not be published (" + reason + "); retry it again")
+	}
+	s.metrics.retried.Inc()
+	return c.JSON(http.StatusAccepted, viewFor(rec, claimsOf(c).Subject))
 }

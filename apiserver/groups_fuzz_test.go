@@ -58,3 +58,24 @@ func FuzzAbortAfter(f *testing.F) {
 		}
 	})
 }
+
+// FuzzRetryBackoff: retry_backoff (an outsider's string) is refused, or
+// a backoff within its bounds.
+func FuzzRetryBackoff(f *testing.F) {
+	for _, s := range []string{"1s", "1s,2", "1s,2,30s", "100ms,10,1h", "10ms", "2h", "1s,0.5", "1s,11", "1s,2,500ms",
+		"1s,2,30s,4", "soon", "1s,NaN", "1s,+Inf", ",", "", "1s,,", "30"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, v string) {
+		b, err := backoffParam(v, 3)
+		if err != nil || v == "" {
+			return
+		}
+		if b.Initial < MinBackoff || b.Max > MaxBackoff || b.Max < b.Initial || !(b.Multiplier >= 1 && b.Multiplier <= MaxBackoffFactor) {
+			t.Errorf("backoffParam(%q) = %+v, out of bounds", v, b)
+		}
+		if w := b.Wait(11); w > b.Max || w < b.Initial {
+			t.Errorf("backoffParam(%q).Wait(11) = %v, want from %v to %v", v, w, b.Initial, b.Max)
+		}
+	})
+}

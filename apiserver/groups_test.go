@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
 
@@ -70,6 +72,7 @@ func TestGroupCommandIntake(t *testing.T) {
 	r = g.do(http.MethodGet, "/v1/commands/g1:dev-2", tok, nil)
 	require.Equal(t, http.StatusOK, r.Status)
 	require.Contains(t, string(r.Body), `"reason":"group cancelled: cancelled by the client"`)
+	require.Contains(t, string(r.Body), `"group":"g1"`, "the child names its group")
 	r = g.do(http.MethodDelete, "/v1/group-commands/g1", tok, nil)
 	require.Equal(t, http.StatusConflict, r.Status, "every child is final")
 
@@ -90,6 +93,17 @@ func TestGroupCommandIntake(t *testing.T) {
 	require.Contains(t, string(r.Body), `other-7`, "403 names the first device not covered")
 	r = g.do(http.MethodPost, "/v1/commands", tok, map[string]any{"request": cmd("g2", "reboot", nil), "group": "floor-2"})
 	require.Equal(t, http.StatusAccepted, r.Status, "body %s", r.Body)
+	r = g.do(http.MethodGet, "/v1/group-commands?limit=5", op, nil)
+	require.Equal(t, http.StatusOK, r.Status, "body %s", r.Body)
+	var list struct {
+		Groups []groupView `json:"groups"`
+	}
+	r.json(t, &list)
+	require.Len(t, list.Groups, 2)
+	require.Equal(t, `"g2"`, string(list.Groups[0].ID), "newest first")
+	require.Equal(t, "app-1", list.Groups[0].Client)
+	r = g.do(http.MethodGet, "/v1/group-commands", tok, nil)
+	require.Equal(t, http.StatusUnauthorized, r.Status, "clients may not list every group")
 	r = g.do(http.MethodDelete, "/v1/groups/floor-2", op, nil)
 	require.Equal(t, http.StatusNoContent, r.Status)
 	r = g.do(http.MethodGet, "/v1/groups/floor-2", op, nil)
@@ -162,4 +176,85 @@ func TestGroupCommandBadInput(t *testing.T) {
 	require.Empty(t, g.drain(), "no bad request published anything")
 	r := g.do(http.MethodGet, "/v1/group-commands/b1", tok, nil)
 	require.Equal(t, http.StatusNotFound, r.Status, "no bad request created the group")
+}
+
+// TestRetryCommandAPI: POST /v1/commands/{id}/retry publishes a failed
+// command again under the same id (202, queued, attempt 2); a command in
+// any other status is 409, another client's is 404.
+func TestRetryCommandAPI(t *testing.T) {
+	t.Parallel()
+	g := newGW(t)
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+	r := g.post(tok, "dev-1", cmd("r1", "reboot", nil))
+	require.Equal(t, http.StatusAccepted, r.Status, "body %s", r.Body)
+	envs := g.envelopes()
+	require.Len(t, envs, 1)
+	ctx := t.Context()
+	out, err := g.store.Dispatch(ctx, envs[0], "", "")
+	require.NoError(t, err)
+	require.Equal(t, mailbox.OutcomeSent, out)
+
+	r = g.do(http.MethodPost, "/v1/commands/r1/retry", tok, nil)
+	require.Equal(t, http.StatusConflict, r.Status, "a sent command: body %s", r.Body)
+
+	resp := protocol.NewErrorResponse(json.RawMessage(`"app-1:r1"`), &protocol.Error{Code: 5, Message: "busy"})
+	out, err = g.store.Complete(ctx, "app-1", "r1", "dev-1", resp, 0, "")
+	require.NoError(t, err)
+	require.Equal(t, mailbox.OutcomeFailed, out)
+
+	other := token(t, "app-2", auth.RoleClient, "dev-*")
+	r = g.do(http.MethodPost, "/v1/commands/r1/retry", other, nil)
+	require.Equal(t, http.StatusNotFound, r.Status, "another client's command")
+
+	r = g.do(http.MethodPost, "/v1/commands/r1/retry", tok, nil)
+	require.Equal(t, http.StatusAccepted, r.Status, "body %s", r.Body)
+	var v commandView
+	r.json(t, &v)
+	require.Equal(t, protocol.StatusQueued, v.Status)
+	envs = g.envelopes()
+	require.Len(t, envs, 1, "published again")
+	require.Equal(t, 2, envs[0].Attempt)
+	require.Equal(t, "r1", envs[0].MsgID.Key())
+
+	r = g.do(http.MethodPost, "/v1/commands/r1/retry", tok, nil)
+	require.Equal(t, http.StatusConflict, r.Status, "queued again: body %s", r.Body)
+	op := token(t, "ops", auth.RoleOperator)
+	r = g.do(http.MethodPost, "/v1/commands/r1/retry?client=app-1", op, nil)
+	require.Equal(t, http.StatusConflict, r.Status, "an operator reaches it too")
+}
+
+// TestRetryBackoffParam: retry_backoff is checked (a 400 naming it for
+// each bad value, nothing accepted) and shown on the command.
+func TestRetryBackoffParam(t *testing.T) {
+	t.Parallel()
+	g := newGW(t)
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+	for _, q := range []string{
+		"retry_backoff=1s",                   // no retries
+		"retries=2&retry_backoff=10ms",       // too short
+		"retries=2&retry_backoff=2h",         // too long
+		"retries=2&retry_backoff=1s,0.5",     // multiplier below 1
+		"retries=2&retry_backoff=1s,11",      // above 10
+		"retries=2&retry_backoff=1s,2,500ms", // max below initial
+		"retries=2&retry_backoff=1s,2,30s,4", // four parts
+		"retries=2&retry_backoff=soon",       // not a duration
+		"retries=2&retry_backoff=1s,NaN",     // not a number
+	} {
+		r := g.post(tok, "dev-1", cmd("bo", "reboot", nil), q)
+		if r.Status != http.StatusBadRequest || !strings.Contains(string(r.Body), "retry_backoff") {
+			t.Errorf("%s: %d %s, want 400 naming retry_backoff", q, r.Status, truncate(r.Body))
+		}
+	}
+	require.Empty(t, g.drain(), "nothing accepted")
+	r := g.post(tok, "dev-1", cmd("bo", "reboot", nil), "retries=2&retry_backoff=1s,3")
+	require.Equal(t, http.StatusAccepted, r.Status, "body %s", r.Body)
+	r = g.do(http.MethodGet, "/v1/commands/bo", tok, nil)
+	require.Equal(t, http.StatusOK, r.Status)
+	var v commandView
+	r.json(t, &v)
+	require.Equal(t, "1s,3,1m0s", v.RetryBackoff)
+	r = g.post(tok, "dev-1", cmd("bo", "reboot", nil), "retries=2&retry_backoff=2s,3")
+	require.Equal(t, http.StatusConflict, r.Status, "another backoff is another body")
+	r = g.do(http.MethodPost, "/v1/commands?retry_backoff=1s", tok, groupBodyOf("gb", "dev-1"))
+	require.Equal(t, http.StatusBadRequest, r.Status, "not for groups")
 }

@@ -116,6 +116,10 @@ func (s *Server) postCommands(c echo.Context) error {
 	default:
 		laneMode = v
 	}
+	backoff, err := backoffParam(q.Get("retry_backoff"), retries)
+	if err != nil {
+		return err
+	}
 	body, err := s.readBody(c)
 	if err != nil {
 		return err
@@ -134,6 +138,8 @@ func (s *Server) postCommands(c echo.Context) error {
 		retries:   retries,
 		lane:      lane,
 		laneMode:  laneMode,
+		backoff:   backoff,
+		backoffAs: q.Get("retry_backoff"),
 		trace:     traceParent(c.Request().Header.Get("traceparent")),
 	}
 	if !batch {
@@ -225,7 +231,11 @@ type intake struct {
 	// lane: the ordered lane, "" for none; laneMode "puback" or "" (both
 	// part of the body's identity).
 	lane, laneMode string
-	trace          string
+	// backoff: the wait before each retry (retry_backoff, as given in
+	// backoffAs; part of the body's identity).
+	backoff   mailbox.Backoff
+	backoffAs string
+	trace     string
 }
 
 // fingerprint is the body's identity: the request and its options.
@@ -243,7 +253,61 @@ func fingerprint(in intake, req *protocol.Request) string {
 	if in.laneMode != "" {
 		extra = append(extra, "lane_mode="+in.laneMode)
 	}
+	if in.backoffAs != "" {
+		extra = append(extra, "retry_backoff="+in.backoffAs)
+	}
 	return protocol.Fingerprint(in.device, req.Method, req.Params, in.timeout, in.expiresIn, extra...)
+}
+
+// Bounds of retry_backoff.
+const (
+	MinBackoff        = 100 * time.Millisecond
+	MaxBackoff        = time.Hour
+	MaxBackoffFactor  = 10.0
+	DefaultBackoffMul = 2.0
+)
+
+// backoffParam reads retry_backoff, "initial[,multiplier[,max]]" (a
+// duration, a number from 1 to 10, a duration; default multiplier 2 and
+// max the larger of initial and 1m; durations from 100ms to 1h, max not
+// below initial). It needs retries of at least 1. "" is no backoff.
+func backoffParam(v string, retries int) (mailbox.Backoff, error) {
+	var b mailbox.Backoff
+	if v == "" {
+		return b, nil
+	}
+	bad := func(why string) (mailbox.Backoff, error) {
+		return mailbox.Backoff{}, errBadRequest(fmt.Sprintf("retry_backoff: %q: %s (initial[,multiplier[,max]], e.g. 1s,2,30s)", v, why))
+	}
+	if retries < 1 {
+		return bad("needs retries of at least 1")
+	}
+	parts := strings.Split(v, ",")
+	if len(parts) > 3 {
+		return bad("at most three parts")
+	}
+	dur := func(s string) (time.Duration, bool) {
+		d, err := config.ParseDuration(strings.TrimSpace(s))
+		return d, err == nil && d >= MinBackoff && d <= MaxBackoff
+	}
+	var ok bool
+	if b.Initial, ok = dur(parts[0]); !ok {
+		return bad("the initial wait must be a duration from 100ms to 1h")
+	}
+	b.Multiplier, b.Max = DefaultBackoffMul, max(b.Initial, time.Minute)
+	if len(parts) > 1 {
+		m, err := strconv.ParseFloat(strings.TrimSpace(parts[1]), 64)
+		if err != nil || !(m >= 1 && m <= MaxBackoffFactor) {
+			return bad("the multiplier must be a number from 1 to 10")
+		}
+		b.Multiplier = m
+	}
+	if len(parts) > 2 {
+		if b.Max, ok = dur(parts[2]); !ok || b.Max < b.Initial {
+			return bad("the longest wait must be a duration from the initial wait to 1h")
+		}
+	}
+	return b, nil
 }
 
 // notBeforeParam reads not_before: an RFC 3339 time or a duration from
@@ -284,6 +348,7 @@ func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request
 		Retries:     in.retries,
 		Lane:        in.lane,
 		LaneMode:    in.laneMode,
+		Backoff:     in.backoff,
 	}
 	lease := 2 * s.cfg.ConfirmTimeout
 	giveUp := time.Now().Add(lease + s.cfg.ConfirmTimeout)
@@ -293,7 +358,7 @@ func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request
 		switch {
 		case errors.Is(err, mailbox.ErrConflict):
 			return intakeResult{err: newAPIError(protocol.NewError(protocol.CodeConflict,
-				"conflict: this id was used before with a different body (device, method, params, timeout, expires_in, one_way, not_before, retries, lane or lane_mode)", nil))}
+				"conflict: this id was used before with a different body (device, method, params, timeout, expires_in, one_way, not_before, retries, retry_backoff, lane or lane_mode)", nil))}
 		case err != nil:
 			if ctx.Err() != nil {
 				return intakeResult{err: errNotAccepted("request cancelled")}

@@ -17,6 +17,7 @@ type metrics struct {
 	publishFailures *prometheus.CounterVec   // gw_api_publish_failures_total{reason}
 	groupsAccepted  prometheus.Counter       // gw_groups_accepted_total
 	groupsCancelled prometheus.Counter       // gw_groups_cancelled_total
+	retried         prometheus.Counter       // gw_api_commands_retried_total
 }
 
 func newMetrics(reg prometheus.Registerer) (*metrics, error) {
@@ -42,12 +43,16 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 			Name: "gw_groups_accepted_total",
 			Help: "Group commands answered 202 (issue 14): their record is in Redis and their envelope confirmed by RabbitMQ.",
 		}),
+		retried: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gw_api_commands_retried_total",
+			Help: "Commands retried with POST /v1/commands/{id}/retry (queued and published again under the same id).",
+		}),
 		groupsCancelled: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gw_groups_cancelled_total",
 			Help: "Group commands cancelled by DELETE /v1/group-commands/{id}.",
 		}),
 	}
-	for _, c := range []prometheus.Collector{m.requests, m.duration, m.accepted, m.publishFailures, m.groupsAccepted, m.groupsCancelled} {
+	for _, c := range []prometheus.Collector{m.requests, m.duration, m.accepted, m.publishFailures, m.groupsAccepted, m.groupsCancelled, m.retried} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("apiserver: cannot register metrics: %w", err)
 		}

@@ -170,12 +170,14 @@ func (s *Server) routes() {
 	e.GET("/v1/devices/:device_id", s.getDevice, clientAPI...)
 	e.GET("/v1/commands/:id", s.getCommand, clientAPI...)
 	e.DELETE("/v1/commands/:id", s.cancelCommand, clientAPI...)
+	e.POST("/v1/commands/:id/retry", s.retryCommand, clientAPI...)
 	e.GET("/v1/connect/:identity", s.connect, anyRole...)
 	// Group commands and device groups (issue 14): groups.go.
 	e.POST("/v1/commands", s.postGroupCommand, clientAPI...)
 	e.GET("/v1/group-commands/:id", s.getGroupCommand, clientAPI...)
 	e.DELETE("/v1/group-commands/:id", s.cancelGroupCommand, clientAPI...)
 	operatorAPI := []echo.MiddlewareFunc{s.admit, s.authenticate(auth.RoleOperator), s.rateLimit}
+	e.GET("/v1/group-commands", s.listGroupCommands, operatorAPI...)
 	e.PUT("/v1/groups/:name", s.putDeviceGroup, operatorAPI...)
 	e.GET("/v1/groups/:name", s.getDeviceGroup, operatorAPI...)
 	e.DELETE("/v1/groups/:name", s.deleteDeviceGroup, operatorAPI...)

@@ -108,6 +108,7 @@ var sectionDefs = []sectionDef{
 	{"idle", "Idle MQTT sessions: memory per session", runIdle, 2 * time.Minute},
 	{"httpdevices", "Sleepy devices polling over HTTP, beside MQTT devices", runHTTPDevices, 3 * time.Minute},
 	{"lanes", "Ordered lanes: one lane per device, beside unordered commands", runLanes, 90 * time.Second},
+	{"groups", "Group command to the simulated fleet (issue 14)", runGroups, 3 * time.Minute},
 }
 
 // run is the whole program; main only supplies the process's context,

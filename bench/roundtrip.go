@@ -91,9 +91,11 @@ func (b *Bench) startRT(ctx context.Context, dep *redisDeploy, section, ns strin
 	for i := range ids {
 		ids[i] = "dev-" + strconv.Itoa(i)
 	}
-	online, err := b.waitOnline(ctx, dep, ns, ids, 60*time.Second)
+	// 60 s, or 10 ms a device for a large fleet (the groups section).
+	wait := max(60*time.Second, time.Duration(devices)*10*time.Millisecond)
+	online, err := b.waitOnline(ctx, dep, ns, ids, wait)
 	if err == nil && online < devices {
-		err = fmt.Errorf("only %d of %d devices came online within 60s (fleet log %s)", online, devices, e.fleet.Log)
+		err = fmt.Errorf("only %d of %d devices came online within %s (fleet log %s)", online, devices, wait, e.fleet.Log)
 	}
 	if err != nil {
 		e.stop()

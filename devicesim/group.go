@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net/http"
 	"net/url"
 	"sort"
@@ -12,6 +13,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/protocol"
 )
 
@@ -187,4 +189,151 @@ func sendGroup(ctx context.Context, g *globals, client, token, id string, req js
 		return exitTimeout
 	}
 	return exitGatewayError
+}
+
+// GroupLoadOptions configure a group run of devicesim load: one group
+// command to devices {Prefix}0 … {Prefix}{Devices-1}.
+type GroupLoadOptions struct {
+	Devices    int
+	Prefix     string
+	Client     string
+	Method     string
+	Rate       float64
+	AbortAfter string
+	Timeout    time.Duration
+	ExpiresIn  time.Duration
+	Wait       time.Duration // longest wait for every child's result
+	Progress   bool          // a progress line to stderr each second
+}
+
+// GroupLoadReport is the outcome of a group run. Its JSON keys are an
+// interface the benchmark relies on.
+type GroupLoadReport struct {
+	Devices int    `json:"devices"`
+	Status  string `json:"status"`
+	// AcceptMS is the POST's round trip (the 202).
+	AcceptMS float64 `json:"accept_ms"`
+	// DoneS is the time from the 202 to the last child's result over
+	// MQTT; ChildrenPerS is Devices / DoneS.
+	DoneS        float64        `json:"done_s"`
+	ChildrenPerS float64        `json:"children_per_s"`
+	Received     int            `json:"received"`
+	Duplicated   int            `json:"duplicated"`
+	Lost         int            `json:"lost"`
+	Counts       map[string]int `json:"counts"`
+}
+
+// RunGroupLoad sends one group command to the fleet, follows its progress
+// and waits for every child's result over MQTT.
+func RunGroupLoad(ctx context.Context, g *globals, o GroupLoadOptions) (*GroupLoadReport, error) {
+	if o.Devices < 1 || o.Devices > protocol.MaxGroupDevices {
+		return nil, fmt.Errorf("--group-devices must be from 1 to %d", protocol.MaxGroupDevices)
+	}
+	secret, err := g.secret()
+	if err != nil {
+		return nil, err
+	}
+	token, err := auth.Mint(secret, o.Client, auth.RoleClient, []string{o.Prefix + "*"}, 24*time.Hour)
+	if err != nil {
+		return nil, err
+	}
+	api := NewAPI(g.API)
+	id := "group-" + strconv.FormatInt(time.Now().UnixNano(), 36)
+	prefix := id + ":"
+	var (
+		mu    sync.Mutex
+		seen  = map[string]int{}
+		last  time.Time
+		count int
+	)
+	sess := NewClientSession(o.Client, token, api, func(r Result) {
+		got, err := protocol.ParseID(r.Resp.ID)
+		if err != nil || !strings.HasPrefix(got.Key(), prefix) {
+			return
+		}
+		mu.Lock()
+		seen[got.Key()]++
+		if seen[got.Key()] == 1 {
+			count++
+			last = r.At
+		}
+		mu.Unlock()
+	})
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	done := make(chan struct{})
+	go func() { defer close(done); sess.Run(ctx, nil) }()
+	defer func() { cancel(); <-done }()
+	select {
+	case <-sess.Ready():
+	case <-time.After(15 * time.Second):
+		return nil, fmt.Errorf("could not connect client %s to its push server within 15s", o.Client)
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	devices := make([]string, o.Devices)
+	for i := range devices {
+		devices[i] = o.Prefix + strconv.Itoa(i)
+	}
+	req, _ := json.Marshal(map[string]any{"jsonrpc": "2.0", "method": o.Method, "params": map[string]any{"group": true}, "id": id})
+	start := time.Now()
+	_, status, err := api.SendGroup(ctx, token, req, devices, "", GroupOptions{Timeout: o.Timeout, ExpiresIn: o.ExpiresIn, Rate: o.Rate, AbortAfter: o.AbortAfter})
+	if err != nil {
+		return nil, fmt.Errorf("cannot send the group command: %w", err)
+	}
+	accepted := time.Now()
+	if status != http.StatusAccepted {
+		return nil, fmt.Errorf("the group command was answered %d, want 202", status)
+	}
+	rep := &GroupLoadReport{Devices: o.Devices, AcceptMS: float64(accepted.Sub(start).Microseconds()) / 1000}
+	deadline := accepted.Add(o.Wait)
+	var st GroupStatus
+	for {
+		st, err = api.Group(ctx, token, id, min(time.Second, max(time.Until(deadline), time.Millisecond)))
+		if err != nil {
+			return nil, err
+		}
+		mu.Lock()
+		n := count
+		mu.Unlock()
+		if o.Progress {
+			fmt.Fprintf(g.stderr, "%s; %d results over MQTT\n", st.line(), n)
+		}
+		if (st.Done && n >= st.Total) || time.Now().After(deadline) {
+			break
+		}
+		if st.Done {
+			time.Sleep(20 * time.Millisecond) // the last results are on their way
+		}
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	rep.Status, rep.Counts, rep.Received = st.Status, st.Counts, count
+	for _, c := range seen {
+		rep.Duplicated += c - 1
+	}
+	rep.Lost = o.Devices - count
+	if !last.IsZero() {
+		rep.DoneS = last.Sub(accepted).Seconds()
+		if rep.DoneS > 0 {
+			rep.ChildrenPerS = float64(count) / rep.DoneS
+		}
+	}
+	return rep, nil
+}
+
+// writeGroupReport prints a group run's report as a table.
+func (r *GroupLoadReport) writeTable(w io.Writer) {
+	keys := make([]string, 0, len(r.Counts))
+	for k := range r.Counts {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	fmt.Fprintf(w, "group command to %d devices: %s\n", r.Devices, r.Status)
+	fmt.Fprintf(w, "  202 after        %.1f ms\n", r.AcceptMS)
+	fmt.Fprintf(w, "  last result      %.2f s after the 202 (%.0f children/s)\n", r.DoneS, r.ChildrenPerS)
+	fmt.Fprintf(w, "  results          %d received, %d duplicated, %d lost\n", r.Received, r.Duplicated, r.Lost)
+	for _, k := range keys {
+		fmt.Fprintf(w, "  %-16s %d\n", k, r.Counts[k])
+	}
 }

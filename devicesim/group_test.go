@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -201,6 +202,26 @@ func TestGroupRollout(t *testing.T) {
 		}
 	})
 
+	t.Run("load --group-devices", func(t *testing.T) {
+		var out bytes.Buffer
+		getenv := func(string) string { return "" }
+		err := run(t.Context(), []string{"load", "--api", g.APIURL, "--secret", g.Opts.Secret, "--group-devices", "300",
+			"--prefix", "grp-", "--json", "--progress=false"}, getenv, &out)
+		if err != nil {
+			t.Fatalf("load --group-devices: %v; output %s", err, out.String())
+		}
+		var rep GroupLoadReport
+		if err := json.Unmarshal(out.Bytes(), &rep); err != nil {
+			t.Fatalf("report %s: %v", out.String(), err)
+		}
+		sum := 0
+		for _, c := range rep.Counts {
+			sum += c
+		}
+		if rep.Status != "completed" || rep.Received != 300 || rep.Lost != 0 || sum != 300 || rep.ChildrenPerS <= 0 {
+			t.Errorf("report %+v; want completed, 300 received, none lost, counts adding up to 300", rep)
+		}
+	})
 	t.Run("rollout at 50/s", func(t *testing.T) {
 		req := json.RawMessage(`{"jsonrpc":"2.0","method":"echo","id":"roll-2"}`)
 		some := devices[:21]

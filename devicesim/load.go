@@ -49,6 +49,12 @@ type LoadOptions struct {
 	// method, the report checks that each device received them in it.
 	// LaneMode "puback" moves a lane on at each command's delivery.
 	Lane, LaneMode string
+	// GroupDevices > 0 sends one group command to the first GroupDevices
+	// devices instead (RunGroupLoad), at GroupRate children per second
+	// (0: all at once), stopping after AbortAfter failures.
+	GroupDevices int
+	GroupRate    float64
+	AbortAfter   string
 }
 
 func loadCmd(ctx context.Context, g *globals) *cobra.Command {
@@ -83,6 +89,11 @@ the device's receive count: the report counts out_of_order, a command a device
 received before one accepted earlier in its lane (an expired command in the
 middle is skipped, not a fault).
 
+With --group-devices N it sends one group command (POST /v1/commands) to
+devices {prefix}0 … {prefix}{N-1} instead, prints the group's progress
+each second (with --progress) and reports the time from the 202 to the
+last child's result over MQTT and the children per second.
+
 Exit status: 0 when nothing was lost, unexpected, wrong or out of order; 1 when something
 was (the report is printed first, then a line naming the counts), or when
 the run could not be made.`,
@@ -91,6 +102,31 @@ the run could not be made.`,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if o.Lane != "" && !cmd.Flags().Changed("method") {
 				o.Method = "seq"
+			}
+			if o.GroupDevices > 0 {
+				wait := o.Drain
+				if wait == 0 {
+					wait = o.Timeout + time.Minute
+					if o.GroupRate > 0 {
+						wait += time.Duration(float64(o.GroupDevices) / o.GroupRate * float64(time.Second))
+					}
+				}
+				rep, err := RunGroupLoad(ctx, g, GroupLoadOptions{Devices: o.GroupDevices, Prefix: o.Prefix,
+					Client: o.ClientPrefix + "group", Method: o.Method, Rate: o.GroupRate, AbortAfter: o.AbortAfter,
+					Timeout: o.Timeout, ExpiresIn: o.ExpiresIn, Wait: wait, Progress: o.Progress})
+				if err != nil {
+					return err
+				}
+				if o.JSON {
+					enc := json.NewEncoder(g.stdout)
+					enc.SetIndent("", "  ")
+					return enc.Encode(rep)
+				}
+				rep.writeTable(g.stdout)
+				if rep.Lost > 0 {
+					return fmt.Errorf("%d children's results lost", rep.Lost)
+				}
+				return nil
 			}
 			rep, err := RunLoad(ctx, g, o)
 			if err != nil {
@@ -127,6 +163,9 @@ the run could not be made.`,
 	f.BoolVar(&o.OneWay, "oneway", false, "one-way commands: the device's PUBACK is their success (no --timeout)")
 	f.StringVar(&o.Lane, "lane", "", "send every command in this ordered lane of its device and check the order (method seq)")
 	f.StringVar(&o.LaneMode, "lane-mode", "", "with --lane: final (default: the next command after the previous one ended) or puback (after its delivery)")
+	f.IntVar(&o.GroupDevices, "group-devices", 0, "send one group command to devices {prefix}0 … instead, print its progress each second and report the time from 202 to the last child's result")
+	f.Float64Var(&o.GroupRate, "group-rate", 0, "with --group-devices: children released per second (0: all at once)")
+	f.StringVar(&o.AbortAfter, "abort-after", "", "with --group-devices: stop after this many failed children, or this percentage (5%)")
 	return cmd
 }
 

@@ -40,7 +40,8 @@ func (s *Store) Reserve(ctx context.Context, c *Command) (ReserveOutcome, *Comma
 		return 0, nil, errors.New("mailbox: Reserve needs a client, a device and an id")
 	}
 	key := c.ID.Key()
-	watch := time.Duration(c.Retries+1)*(max(c.Delay, 0)+c.ExpiresIn+c.Timeout) + s.opts.Lease + 2*s.opts.AnswerGrace
+	watch := time.Duration(c.Retries+1)*(max(c.Delay, 0)+c.ExpiresIn+c.Timeout) + time.Duration(c.Retries)*c.Backoff.Max +
+		s.opts.Lease + 2*s.opts.AnswerGrace
 	lifetime := (watch + s.opts.Retention).Milliseconds()
 	cp := s.PartitionOf(c.Client)
 	pk := s.keys.Part(cp)
@@ -69,7 +70,8 @@ func (s *Store) Reserve(ctx context.Context, c *Command) (ReserveOutcome, *Comma
 	v, err = s.run(ctx, p, stepReserve, keys,
 		c.Client, c.Device, string(c.ID.Raw()), key, c.Method, string(c.Params),
 		c.Fingerprint, c.Timeout.Milliseconds(), c.ExpiresIn.Milliseconds(),
-		newToken(), s.opts.Lease.Milliseconds(), max(c.Delay, 0).Milliseconds(), c.Retries, laneArg(c), c.Group)
+		newToken(), s.opts.Lease.Milliseconds(), max(c.Delay, 0).Milliseconds(), c.Retries, laneArg(c), c.Group,
+		c.Backoff.Initial.Milliseconds(), strconv.FormatFloat(c.Backoff.Multiplier, 'f', -1, 64), c.Backoff.Max.Milliseconds())
 	if err != nil {
 		// The claim is made: the command is not accepted, but not surely
 		// refused either (the step may have run, or a retry completes it).

@@ -167,6 +167,28 @@ func (s *Store) DeadList(ctx context.Context, limit int, cursor string) ([]*Comm
 // ErrNotFound when there is no record; ErrState (with the record) when it
 // is neither dead nor such a replay.
 func (s *Store) ReplayDead(ctx context.Context, client, idKey string) (*Command, error) {
+	return s.replay(ctx, client, idKey, "dead")
+}
+
+// RetryStatuses are the final statuses a client may retry (Retry).
+var RetryStatuses = []protocol.Status{protocol.StatusFailed, protocol.StatusTimeout, protocol.StatusExpired, protocol.StatusRejected}
+
+// Retry puts a command that ended failed, timeout, expired or rejected
+// back to queued, once more under the same id (POST
+// /v1/commands/{id}/retry), exactly as ReplayDead does for a dead one: a
+// fresh deliver-by window, the next generation, the claim open again; the
+// caller publishes it again, and the client gets a second final result.
+// ErrState (with the record) for any other status.
+func (s *Store) Retry(ctx context.Context, client, idKey string) (*Command, error) {
+	allowed := make([]string, len(RetryStatuses))
+	for i, st := range RetryStatuses {
+		allowed[i] = string(st)
+	}
+	return s.replay(ctx, client, idKey, strings.Join(allowed, ","))
+}
+
+// replay is ReplayDead and Retry: allowed lists the statuses taken.
+func (s *Store) replay(ctx context.Context, client, idKey, allowed string) (*Command, error) {
 	cl, err := s.claimOf(ctx, client, idKey)
 	if err != nil {
 		return nil, fmt.Errorf("cannot replay command %s: %w", idKey, err)
@@ -175,7 +197,7 @@ func (s *Store) ReplayDead(ctx context.Context, client, idKey string) (*Command,
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, idKey)
 	}
 	p, keys := s.cmdKeys(cl["device"], client, idKey)
-	v, err := s.run(ctx, p, stepReplay, keys, s.horizonMs())
+	v, err := s.run(ctx, p, stepReplay, keys, s.horizonMs(), allowed)
 	if err != nil {
 		return nil, fmt.Errorf("cannot replay command %s: %w", idKey, err)
 	}
@@ -200,7 +222,11 @@ func (s *Store) ReplayDead(ctx context.Context, client, idKey string) (*Command,
 	watch := rec.ExpiresIn + rec.Timeout + s.opts.Lease + 2*s.opts.AnswerGrace
 	lifetime := (watch + s.opts.Retention).Milliseconds()
 	pk := s.keys.Part(cp)
-	if _, err := s.run(ctx, cp, stepReopen, []string{pk.Claim(client, idKey), pk.Timers()},
+	rkeys := []string{pk.Claim(client, idKey), pk.Timers()}
+	if rec.Group != "" {
+		rkeys = append(rkeys, pk.Group(client, rec.Group))
+	}
+	if _, err := s.run(ctx, cp, stepReopen, rkeys,
 		rec.Device, rec.Replays, lifetime, watch.Milliseconds(), watchMember(client, rec.Device, idKey)); err != nil {
 		return rec, fmt.Errorf("cannot reopen the claim of replayed command %s: %w", idKey, err)
 	}

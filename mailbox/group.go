@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -118,11 +119,11 @@ func (s *Store) ClaimGroup(ctx context.Context, g *Group, devices []string) (boo
 	}
 	lifetime := rollout + g.ExpiresIn + g.Timeout + s.opts.Lease + 2*s.opts.AnswerGrace + s.opts.Retention
 	p, gk := s.groupKey(g.Client, key)
-	v, err := s.run(ctx, p, stepGroupClaim, []string{gk},
+	v, err := s.run(ctx, p, stepGroupClaim, []string{gk, s.keys.Part(p).Groups()},
 		g.Fingerprint, string(g.ID.Raw()), g.Client, g.Method, string(g.Params),
 		g.Timeout.Milliseconds(), g.ExpiresIn.Milliseconds(), len(devices),
 		strconv.FormatFloat(g.Rate, 'f', -1, 64), g.AbortAfter, g.AbortAt, g.Target,
-		strings.Join(devices, "\n"), lifetime.Milliseconds())
+		strings.Join(devices, "\n"), lifetime.Milliseconds(), g.Client+"|"+key, groupListHorizon.Milliseconds())
 	if err != nil {
 		return false, nil, fmt.Errorf("cannot claim group command %s: %w", key, err)
 	}
@@ -135,6 +136,54 @@ func (s *Store) ClaimGroup(ctx context.Context, g *Group, devices []string) (boo
 		return false, nil, err
 	}
 	return head == "new", rec, nil
+}
+
+// groupListHorizon is how long a group command stays in its partition's
+// list at most (the longest lifetime of a group command: 10,000 children
+// at the lowest useful rate fit in it, plus 7 days to deliver, a day to
+// answer and the retention).
+const groupListHorizon = 40 * 24 * time.Hour
+
+// ListGroups returns the newest group commands of every client (at most
+// limit, 1 to 100), newest first: one read of each partition's list, then
+// the records. Members whose record expired are skipped.
+func (s *Store) ListGroups(ctx context.Context, limit int) ([]*Group, error) {
+	limit = min(max(limit, 1), 100)
+	cmds := make([]*redis.ZSliceCmd, s.opts.Partitions)
+	_, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+		for p := range cmds {
+			cmds[p] = pipe.ZRevRangeWithScores(ctx, s.keys.Part(p).Groups(), 0, int64(limit-1))
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot list group commands: %w", s.classify(err))
+	}
+	var all []redis.Z
+	for _, c := range cmds {
+		all = append(all, c.Val()...)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].Score > all[j].Score })
+	out := make([]*Group, 0, limit)
+	for _, z := range all {
+		if len(out) == limit {
+			break
+		}
+		m, _ := z.Member.(string)
+		client, key, ok := strings.Cut(m, "|")
+		if !ok {
+			continue
+		}
+		g, err := s.GetGroup(ctx, client, key)
+		if errors.Is(err, ErrNotFound) {
+			continue
+		}
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, g)
+	}
+	return out, nil
 }
 
 // MarkGroupQueued records that the group's envelope is durable in
@@ -151,9 +200,17 @@ func (s *Store) MarkGroupQueued(ctx context.Context, client, key string) error {
 // its device list), or ErrNotFound.
 func (s *Store) GetGroup(ctx context.Context, client, key string) (*Group, error) {
 	_, gk := s.groupKey(client, key)
-	m, err := s.rdb.HGetAll(ctx, gk).Result()
+	// Every field but the device list (up to 10,000 IDs), which only
+	// GroupDevices reads.
+	vs, err := s.rdb.HMGet(ctx, gk, groupFields...).Result()
 	if err != nil {
 		return nil, fmt.Errorf("cannot get group command %s: %w", key, s.classify(err))
+	}
+	m := make(map[string]string, len(groupFields))
+	for i, v := range vs {
+		if str, ok := v.(string); ok {
+			m[groupFields[i]] = str
+		}
 	}
 	if len(m) == 0 || m["fp"] == "" {
 		return nil, fmt.Errorf("%w: group command %s", ErrNotFound, key)
@@ -184,6 +241,20 @@ func (s *Store) GetGroup(ctx context.Context, client, key string) (*Group, error
 	}
 	return g, nil
 }
+
+// groupFields are the fields of a group's record GetGroup reads: all but
+// the device list, with a count for each final status.
+var groupFields = func() []string {
+	f := []string{"fp", "id", "client", "method", "params", "tmo", "exp", "total", "rate", "abort_after",
+		"abort_at", "target", "state", "created", "released", "done", "failures", "stopped", "stop_reason",
+		"stopped_at", "n:skipped"}
+	for _, st := range protocol.Statuses {
+		if st.Final() {
+			f = append(f, "n:"+string(st))
+		}
+	}
+	return f
+}()
 
 // GroupDevices returns the devices of group command key of client, in
 // order (child i goes to device i).

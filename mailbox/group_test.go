@@ -1,6 +1,7 @@
 package mailbox_test
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -8,6 +9,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
+	"github.com/iotgw/gateway/internal/config"
+	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -189,6 +194,29 @@ func TestGroupCommand(t *testing.T) {
 			}
 		}
 	})
+	t.Run("list", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, mailbox.Options{Partitions: 4})
+		for i, id := range []string{`"l1"`, `"l2"`, `"l3"`} {
+			g, devices := groupOf(t, id, 2, 0)
+			g.Client = fmt.Sprintf("c%d", i) // in different partitions
+			if _, _, err := e.s.ClaimGroup(e.ctx, g, devices); err != nil {
+				t.Fatal(err)
+			}
+			e.clock.Add(time.Second)
+		}
+		gs, err := e.s.ListGroups(e.ctx, 2)
+		if err != nil {
+			t.Fatal(err)
+		}
+		var got []string
+		for _, g := range gs {
+			got = append(got, g.Client+"/"+g.ID.Key())
+		}
+		if strings.Join(got, " ") != "c2/l3 c1/l2" {
+			t.Errorf("ListGroups(2) = %v, want [c2/l3 c1/l2] (newest first)", got)
+		}
+	})
 	t.Run("rate", func(t *testing.T) {
 		t.Parallel()
 		e := newEnv(t, mailbox.Options{Partitions: 4})
@@ -204,4 +232,187 @@ func TestGroupCommand(t *testing.T) {
 			t.Errorf("released %d, want 11", got.Released)
 		}
 	})
+}
+
+// TestRetryCommand: a command that ended failed, timeout, expired or
+// rejected can be retried once more under the same id: queued again with
+// a fresh window, dispatched, and its new final reaches the client as a
+// second result; any other status is ErrState. A retried child of a
+// group leaves the group's final counts until its new final.
+func TestRetryCommand(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{Partitions: 4})
+	g, devices := groupOf(t, `"rg"`, 2, 0)
+	e.claimAndRun(g, devices)
+	e.answer(g, devices[0], true)
+	e.answer(g, devices[1], false)
+	if got := e.group(g); got.Counts["failed"] != 1 || !got.Final() {
+		t.Fatalf("before the retry: counts %v done %d", got.Counts, got.Done)
+	}
+	if _, err := e.s.Retry(e.ctx, "c1", "rg:"+devices[1]); !errors.Is(err, mailbox.ErrState) {
+		t.Errorf("Retry of a succeeded command: %v, want ErrState", err)
+	}
+	if _, err := e.s.Retry(e.ctx, "c1", "nope"); !errors.Is(err, mailbox.ErrNotFound) {
+		t.Errorf("Retry of an unknown command: %v, want ErrNotFound", err)
+	}
+	rec, err := e.s.Retry(e.ctx, "c1", "rg:"+devices[0])
+	if err != nil || rec.Status != protocol.StatusQueued {
+		t.Fatalf("Retry = %v, %v; want queued", rec, err)
+	}
+	if got := e.group(g); got.Final() || got.Done != 1 || got.Failures != 0 || got.Counts["failed"] != 0 {
+		t.Errorf("during the retry: done %d failures %d counts %v; want 1, 0, {succeeded 1}", got.Done, got.Failures, got.Counts)
+	}
+	if out, err := e.s.Dispatch(e.ctx, envelope(t, rec), "", ""); err != nil || out != mailbox.OutcomeSent {
+		t.Fatalf("Dispatch of the retry = %v, %v; want sent", out, err)
+	}
+	e.answer(g, devices[0], false)
+	c := e.get("c1", "rg:"+devices[0])
+	if c.Status != protocol.StatusSucceeded || c.Replays != 1 {
+		t.Errorf("after the retry: %s, generation %d; want succeeded, 1", c.Status, c.Replays)
+	}
+	if got := e.group(g); !got.Final() || got.Counts["succeeded"] != 2 || got.Failures != 0 {
+		t.Errorf("after the retry: done %d counts %v failures %d; want final, {succeeded 2}, 0", got.Done, got.Counts, got.Failures)
+	}
+	n := 0
+	for _, r := range e.results("c1") {
+		if string(r.ID) == `"rg:`+devices[0]+`"` {
+			n++
+		}
+	}
+	if n != 2 {
+		t.Errorf("the client got %d results for the retried command, want 2 (the failure, then the retry's)", n)
+	}
+}
+
+// TestGroupCommandOnCluster: a group's steps each touch one partition
+// (one hash slot), so a rollout, its abort and the cancelling of its
+// children run on Redis Cluster, the group's record in the client's
+// slot and its children all over the others.
+func TestGroupCommandOnCluster(t *testing.T) {
+	t.Parallel()
+	url := testenv.RedisClusterURL(t)
+	c := config.Common{RedisURL: url}
+	rdb, err := c.NewRedis(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rdb.Close()
+	ns := testenv.Namespace(t)
+	ctx := context.Background()
+	t.Cleanup(func() {
+		cc, ok := rdb.(*redis.ClusterClient)
+		if !ok {
+			return
+		}
+		_ = cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+			it := n.Scan(ctx, 0, "{"+ns+":*", 1000).Iterator()
+			for it.Next(ctx) {
+				n.Del(ctx, it.Val())
+			}
+			return it.Err()
+		})
+	})
+	s := mailbox.New(rdb, ns, mailbox.Options{Partitions: 64, AnswerGrace: time.Millisecond, Logger: testenv.Logger(t)})
+	e := &env{t: t, ctx: ctx, s: s}
+	g, devices := groupOf(t, `"cg"`, 40, 4)
+	e.claimAndRun(g, devices)
+	for _, d := range devices[:4] {
+		e.answer(g, d, true)
+	}
+	if got := e.group(g); got.Stopped != "aborted" {
+		t.Fatalf("after 4 failures: stopped %q, want aborted", got.Stopped)
+	}
+	_, outcomes, err := s.FireTimersOutcomes(ctx, 100, nil)
+	if err != nil || outcomes["group_stopped"] != 1 {
+		t.Fatalf("timers: %v, %v; want group_stopped once", outcomes, err)
+	}
+	got := e.group(g)
+	if !got.Final() || got.Counts["failed"] != 4 || got.Counts["cancelled"] != 36 {
+		t.Errorf("group = done %d counts %v; want final, {failed 4, cancelled 36}", got.Done, got.Counts)
+	}
+	if gs, err := s.ListGroups(ctx, 5); err != nil || len(gs) != 1 {
+		t.Errorf("ListGroups = %d, %v; want the one group", len(gs), err)
+	}
+}
+
+// TestRetryBackoff: with a backoff, a command that got no answer waits as
+// scheduled (cancellable) before each retry, 5 s then min(10 s, 8 s),
+// each retry with a fresh expires_in window from its send; the last one
+// that times out ends timeout.
+func TestRetryBackoff(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	c := cmd(t, "c1", "d1", `"b"`, ``)
+	c.Retries = 2
+	c.Backoff = mailbox.Backoff{Initial: 5 * time.Second, Multiplier: 2, Max: 8 * time.Second}
+	c.Fingerprint = "backoff"
+	e.sent(c)
+	deliver := func() {
+		t.Helper()
+		es, err := e.s.Fetch(e.ctx, "d1", "", 10)
+		if err != nil || len(es) != 1 {
+			t.Fatalf("Fetch = %d entries, %v; want 1", len(es), err)
+		}
+		must(t, e.s.Ack(e.ctx, "d1", es[0]))
+	}
+	for try, wait := range []time.Duration{5 * time.Second, 8 * time.Second} {
+		deliver()
+		e.clock.Add(31 * time.Second) // past timeout + grace
+		_, outcomes, err := e.s.FireTimersOutcomes(e.ctx, 100, nil)
+		if err != nil || outcomes["retry_scheduled"] != 1 {
+			t.Fatalf("try %d: outcomes %v, %v; want one retry_scheduled", try+1, outcomes, err)
+		}
+		got := e.get("c1", "b")
+		if got.Status != protocol.StatusScheduled || got.Tries != try+1 || !got.NotBefore.Equal(e.clock.Now().Add(wait)) {
+			t.Fatalf("try %d: %s tries %d not before %v; want scheduled, %d, %v", try+1, got.Status, got.Tries,
+				got.NotBefore, try+1, e.clock.Now().Add(wait))
+		}
+		if n, _ := e.s.Len(e.ctx, "d1"); n != 0 {
+			t.Fatalf("try %d: %d mailbox entries while waiting, want 0", try+1, n)
+		}
+		e.clock.Add(wait - time.Millisecond)
+		if _, outcomes, _ := e.s.FireTimersOutcomes(e.ctx, 100, nil); outcomes["sent"] != 0 {
+			t.Fatalf("try %d: sent before its backoff ended: %v", try+1, outcomes)
+		}
+		e.clock.Add(time.Millisecond)
+		if _, outcomes, err := e.s.FireTimersOutcomes(e.ctx, 100, nil); err != nil || outcomes["sent"] != 1 {
+			t.Fatalf("try %d: outcomes %v, %v at the end of the backoff; want sent", try+1, outcomes, err)
+		}
+		if got := e.get("c1", "b"); got.Status != protocol.StatusSent || !got.DeliverBy.Equal(e.clock.Now().Add(time.Hour)) {
+			t.Fatalf("try %d: %s deliver by %v; want sent, deliver by an hour from now", try+1, got.Status, got.DeliverBy)
+		}
+	}
+	deliver()
+	e.clock.Add(31 * time.Second)
+	e.fire()
+	if got := e.get("c1", "b"); got.Status != protocol.StatusTimeout || got.Tries != 2 {
+		t.Errorf("after the last try: %s tries %d, want timeout, 2", got.Status, got.Tries)
+	}
+	if rs := e.results("c1"); len(rs) != 1 || rs[0].Error == nil || rs[0].Error.Code != protocol.CodeTimeout {
+		t.Errorf("client results = %+v, want one -32001", rs)
+	}
+
+	// A command waiting out its backoff can be cancelled.
+	c2 := cmd(t, "c1", "d1", `"b2"`, ``)
+	c2.Retries, c2.Backoff, c2.Fingerprint = 1, mailbox.Backoff{Initial: time.Minute, Multiplier: 2, Max: time.Minute}, "backoff"
+	e.sent(c2)
+	deliver()
+	e.clock.Add(31 * time.Second)
+	e.fire()
+	if got, err := e.s.Cancel(e.ctx, "c1", "b2", ""); err != nil || got.Status != protocol.StatusCancelled {
+		t.Errorf("Cancel during the backoff = %v, %v; want cancelled", got, err)
+	}
+}
+
+// TestBackoffWait: the wait before retry n.
+func TestBackoffWait(t *testing.T) {
+	b := mailbox.Backoff{Initial: time.Second, Multiplier: 3, Max: 20 * time.Second}
+	for n, want := range map[int]time.Duration{1: time.Second, 2: 3 * time.Second, 3: 9 * time.Second, 4: 20 * time.Second, 10: 20 * time.Second} {
+		if got := b.Wait(n); got != want {
+			t.Errorf("Wait(%d) = %v, want %v", n, got, want)
+		}
+	}
+	if got := (mailbox.Backoff{}).Wait(3); got != 0 {
+		t.Errorf("no backoff: Wait(3) = %v, want 0", got)
+	}
 }

@@ -67,7 +67,7 @@ const (
 	stepGroupClaim    = "group_claim"
 	stepGroupStop     = "group_stop"
 	stepGroupProgress = "group_progress"
-	stepLaneFree     = "lanefree"
+	stepLaneFree      = "lanefree"
 )
 
 // library is the function library built from lua/.

@@ -265,6 +265,27 @@ var (
 	ErrNodeAlive = errors.New("mailbox: the node is a live ring member")
 )
 
+// Backoff is the wait before each retry of a command (retries=N with
+// retry_backoff): the first waits Initial, each next one Multiplier times
+// longer, never longer than Max.
+type Backoff struct {
+	Initial    time.Duration
+	Multiplier float64
+	Max        time.Duration
+}
+
+// Wait is the wait before retry n (1 for the first).
+func (b Backoff) Wait(n int) time.Duration {
+	if b.Initial <= 0 {
+		return 0
+	}
+	w := float64(b.Initial)
+	for i := 1; i < n && w < float64(b.Max); i++ {
+		w *= b.Multiplier
+	}
+	return min(time.Duration(w), b.Max)
+}
+
 // Command is one command record.
 type Command struct {
 	Client, Device string
@@ -293,6 +314,10 @@ type Command struct {
 	// its lane's head.
 	Lane     string
 	LaneWait bool
+	// Backoff, with Retries, is the wait before each retry: try n waits
+	// min(Initial × Multiplier^(n−1), Max), status scheduled meanwhile.
+	// Zero: a retry is sent at once.
+	Backoff Backoff
 	// Group is the key of the group command this command is a child of
 	// ("" for a command of its own): the relay of its final result
 	// counts it in the group's record (group.go).

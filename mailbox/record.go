@@ -35,6 +35,7 @@ import (
 //	lw               "1" while it waits for its lane (queued, its device request in req)
 //	grp              the key of its group command, for a child of one
 //	lm               "puback": its lane moves on at its delivery, not at its end
+//	rb_i, rb_m, rb_x the backoff of its retries: initial wait (ms), multiplier, longest wait (ms)
 //
 // A field set to "" means the same as an absent one (scripts blank
 // fields in the same HSET instead of a second HDEL).
@@ -102,6 +103,11 @@ func decodeRecord(m map[string]string) (*Command, error) {
 	c.LaneWait = m["lw"] == "1"
 	c.Group = m["grp"]
 	c.LaneMode = m["lm"]
+	if v := m["rb_i"]; v != "" {
+		c.Backoff.Initial = msDur(v)
+		c.Backoff.Multiplier, _ = strconv.ParseFloat(m["rb_m"], 64)
+		c.Backoff.Max = msDur(m["rb_x"])
+	}
 	if v := m[fParams]; v != "" {
 		c.Params = json.RawMessage(v)
 	}

@@ -44,6 +44,17 @@
 // device's mailbox at most once, and every command gets exactly one final
 // result.
 //
+// # Group commands
+//
+// A command queue also carries group envelopes (protocol.KindGroup, issue
+// 14): the apiserver publishes one per group command. The worker that
+// takes it creates the children (mailbox.RunGroup: claim, reserve and
+// dispatch each, at the group's rate, stopping to create the rest as
+// cancelled once the group is aborted or cancelled) and acks the
+// delivery once every child exists; a redelivery resumes at the group's
+// release cursor. The partition owner fires a stopped group's timer and
+// cancels its children not yet on the wire.
+//
 // # Failures
 //
 //   - A body that is not a command envelope is poison (an envelope of
@@ -94,6 +105,7 @@
 // Served at --metrics-addr (default 127.0.0.1:0, the bound address is
 // logged): gw_worker_handled_total{queue,outcome},
 // gw_worker_handler_duration_seconds{queue}, gw_worker_timers_fired_total,
-// gw_worker_dead_letters_total{queue}, gw_worker_reconnects_total, and the
-// Go and process collectors.
+// gw_worker_dead_letters_total{queue}, gw_worker_reconnects_total,
+// gw_groups_runs_total (group commands whose children this worker began
+// to create, issue 14), and the Go and process collectors.
 package main

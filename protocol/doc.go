@@ -173,8 +173,8 @@
 //	group    one of     identity              a named group (PUT /v1/groups/{name}, operators); its devices
 //	                    the two               when the command is accepted, all covered by the token's globs
 //
-// Query options (each bad value is a 400 naming it; one_way, not_before
-// and retries are refused for groups):
+// Query options (each bad value is a 400 naming it; one_way, not_before,
+// retries and retry_backoff are refused for groups):
 //
 //	option       default   meaning
 //	timeout      30s       each child's answer timeout after delivery (1s to 24h)
@@ -299,8 +299,10 @@
 //	delivered  succeeded, failed                          pushserver
 //	delivered  timeout, dead                              msgworker
 //	delivered  sent (a retry: retries=N)                  msgworker
+//	sent, delivered → scheduled (a retry's backoff)       msgworker
 //	pending, queued, sent, delivered → lost               msgworker (the claim's watchdog)
 //	dead       queued (operator replay)                   apiserver
+//	failed, timeout, expired, rejected → queued (retry)   apiserver
 //
 // The push server that receives a device's answer completes it (DESIGN §5):
 // there is no results queue between the device and the record.
@@ -314,11 +316,14 @@
 // into a final status removes the command from the device's mailbox and
 // puts exactly one result into the client's.
 //
-// dead → queued is the only way out of a final status: an operator's
-// replay of a dead letter (POST /v1/dead/{id}/replay, package mailbox's
-// ReplayDead) puts a dead command back to queued and publishes it again.
-// Its client then gets a second final result for the same id. Only an
-// operator token may replay; every other final status is final for good.
+// Two ways lead out of a final status, both back to queued with a fresh
+// expires_in window and the next generation of the command, published
+// again: an operator's replay of a dead letter (POST /v1/dead/{id}/replay,
+// package mailbox's ReplayDead), and the retry of a command that ended
+// failed, timeout, expired or rejected (POST /v1/commands/{id}/retry, its
+// client or an operator; mailbox.Retry). Its client then gets a second
+// final result for the same id, the one that counts. Succeeded,
+// cancelled and lost are final for good.
 //
 // # AMQP
 //
@@ -499,6 +504,8 @@
 //	{ns:p}:grp:{client}:{id}         hash        PartKeys.Group           a group command, in p(client): its
 //	                                                                      request, options, devices, release
 //	                                                                      cursor and counts per final status
+//	{ns:p}:grps                      sorted set  PartKeys.Groups          the partition's group commands
+//	                                                                      (score: accepted at, ms; "{client}|{id}")
 //	{ns:p}:devgrp:{name}             hash        PartKeys.DeviceGroup     a named device group, in p(name)
 //	{ns:ring:g}:nodes                set         RingKeys.Nodes           members of ring g ("push", "workers")
 //	{ns:ring:g}:node:{node}          string      RingKeys.Node            one live member (expiry; advertise URL)

@@ -175,6 +175,10 @@ func (pk PartKeys) Group(client, idKey string) string {
 	return pk.prefix + "grp:" + client + ":" + idKey
 }
 
+// Groups is the partition's sorted set (score: accepted at, ms) of its
+// group commands, members "{client}|{id}", for the operators' list.
+func (pk PartKeys) Groups() string { return pk.prefix + "grps" }
+
 // DeviceGroup is the hash of a named device group (PUT /v1/groups/{name}),
 // in the partition of its name: its device list and when it was set.
 func (pk PartKeys) DeviceGroup(name string) string { return pk.prefix + "devgrp:" + name }

@@ -93,10 +93,20 @@ var Transitions = []Transition{
 	{StatusDelivered, StatusDead, OwnerWorker},
 	// A retry (retries=N): no answer within the timeout, sent again.
 	{StatusDelivered, StatusSent, OwnerWorker},
+	// A retry with a backoff (retry_backoff): it waits as scheduled.
+	{StatusSent, StatusScheduled, OwnerWorker},
+	{StatusDelivered, StatusScheduled, OwnerWorker},
 	// The operator's replay of a dead letter (POST /v1/dead/{id}/replay,
 	// mailbox.ReplayDead): the only way out of a final status; the client
 	// then gets a second final result for the same id.
 	{StatusDead, StatusQueued, OwnerAPI},
+	// The client's retry (POST /v1/commands/{id}/retry, mailbox.Retry):
+	// the same way out for a command that failed, timed out, expired or
+	// was rejected; the client gets a second final result.
+	{StatusFailed, StatusQueued, OwnerAPI},
+	{StatusTimeout, StatusQueued, OwnerAPI},
+	{StatusExpired, StatusQueued, OwnerAPI},
+	{StatusRejected, StatusQueued, OwnerAPI},
 	// A retry of a void id reserves it afresh (DESIGN §7a).
 	{StatusVoid, StatusPending, OwnerAPI},
 	// The claim's watchdog (a partition owner) ends a command whose record

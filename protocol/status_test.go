@@ -81,13 +81,20 @@ func TestCanTransition(t *testing.T) {
 		{StatusSent, StatusTimeout, OwnerWorker}: true, // deliver-by fired while on the wire
 		{StatusSent, StatusDead, OwnerWorker}:    true,
 
-		{StatusDelivered, StatusSucceeded, OwnerPush}: true, // the edge completes answers (§5)
-		{StatusDelivered, StatusSent, OwnerWorker}:    true, // a retry
-		{StatusDelivered, StatusFailed, OwnerPush}:    true,
-		{StatusDelivered, StatusTimeout, OwnerWorker}: true,
-		{StatusDelivered, StatusDead, OwnerWorker}:    true,
+		{StatusDelivered, StatusSucceeded, OwnerPush}:   true, // the edge completes answers (§5)
+		{StatusDelivered, StatusSent, OwnerWorker}:      true, // a retry
+		{StatusSent, StatusScheduled, OwnerWorker}:      true, // a retry's backoff
+		{StatusDelivered, StatusScheduled, OwnerWorker}: true,
+		{StatusDelivered, StatusFailed, OwnerPush}:      true,
+		{StatusDelivered, StatusTimeout, OwnerWorker}:   true,
+		{StatusDelivered, StatusDead, OwnerWorker}:      true,
 
 		{StatusDead, StatusQueued, OwnerAPI}: true, // operator replay of a dead letter
+		// The client's retry (POST /v1/commands/{id}/retry).
+		{StatusFailed, StatusQueued, OwnerAPI}:   true,
+		{StatusTimeout, StatusQueued, OwnerAPI}:  true,
+		{StatusExpired, StatusQueued, OwnerAPI}:  true,
+		{StatusRejected, StatusQueued, OwnerAPI}: true,
 
 		// The claim's watchdog: the record is gone beyond rebuild.
 		{StatusPending, StatusLost, OwnerWorker}:   true,
@@ -127,10 +134,16 @@ func TestCanTransition(t *testing.T) {
 }
 
 func TestFinalStatusesHaveNoWayOut(t *testing.T) {
-	// The one exception: an operator replays a dead letter.
-	replay := Transition{StatusDead, StatusQueued, OwnerAPI}
+	// The exceptions: an operator replays a dead letter, and a client
+	// retries a command that failed, timed out, expired or was rejected;
+	// both go back to queued, by the apiserver. Succeeded, cancelled and
+	// lost are final for good.
+	wayOut := func(tr Transition) bool {
+		return tr.To == StatusQueued && tr.By == OwnerAPI && slices.Contains(
+			[]Status{StatusDead, StatusFailed, StatusTimeout, StatusExpired, StatusRejected}, tr.From)
+	}
 	for _, tr := range Transitions {
-		if tr.From.Final() && tr != replay {
+		if tr.From.Final() && !wayOut(tr) {
 			t.Errorf("Transition %v→%v by %q leaves final status %q", tr.From, tr.To, tr.By, tr.From)
 		}
 		if !tr.From.Valid() || !tr.To.Valid() || tr.From == tr.To {
@@ -163,8 +176,9 @@ func TestSources(t *testing.T) {
 		to   Status
 		want []Status
 	}{
-		{StatusQueued, []Status{StatusPending, StatusDead}},
+		{StatusQueued, []Status{StatusPending, StatusDead, StatusFailed, StatusTimeout, StatusExpired, StatusRejected}},
 		{StatusSent, []Status{StatusQueued, StatusScheduled, StatusDelivered}},
+		{StatusScheduled, []Status{StatusQueued, StatusSent, StatusDelivered}},
 		{StatusDelivered, []Status{StatusSent}},
 		{StatusSucceeded, []Status{StatusSent, StatusDelivered}},
 		{StatusFailed, []Status{StatusSent, StatusDelivered}},

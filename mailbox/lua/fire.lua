@@ -43,6 +43,7 @@ if kind == 's' then
   end
   local request = r.req
   if not lanegate(K, r, request) then return {'lane_wait', ''} end
+  -- A command with retries keeps its request for the next one.
   if num(r.retries) == 0 then redis.call('HDEL', K.rec, 'req') end
   return send(K, r, r.device, request, num(r.deliver_by), expired_body, expired_reason, rejected_body, rejected_reason)
 end
@@ -96,7 +97,30 @@ if (st == 'sent' or st == 'delivered') and num(r.retries) > num(r.tries) and r.r
   -- twice) goes into the mailbox again, with a fresh expires_in window.
   if r.entry and r.entry ~= '' then redis.call('XDEL', K.mbox, r.entry) end
   redis.call('HDEL', K.rec, 'delivered', 'sending', 'fetched')
-  redis.call('HSET', K.rec, 'status', 'sent', 'tries', ms(num(r.tries) + 1))
+  local try = num(r.tries) + 1
+  local rb_i = num(r.rb_i)
+  if rb_i > 0 then
+    -- A backoff: it waits as scheduled (cancellable) until then, and its
+    -- expires_in window starts then; the scheduled timer sends it.
+    local wait = rb_i
+    local mult = tonumber(r.rb_m) or 1
+    local cap = num(r.rb_x)
+    for _ = 2, try do
+      if wait >= cap then break end
+      wait = wait * mult
+    end
+    if wait > cap then wait = cap end
+    wait = math.floor(wait)
+    local nb = NOW + wait
+    if r.entry and r.entry ~= '' then
+      if redis.call('XLEN', K.mbox) == 0 then redis.call('SREM', K.mboxes, r.device) end
+    end
+    redis.call('HSET', K.rec, 'status', 'scheduled', 'tries', ms(try), 'nb', ms(nb), 'deliver_by', ms(nb + num(r.exp)), 'entry', '')
+    redis.call('ZADD', K.timers, ms(nb), tm('s', r))
+    count(K.stats, 'retried')
+    return {'retry_scheduled', ''}
+  end
+  redis.call('HSET', K.rec, 'status', 'sent', 'tries', ms(try))
   local res = send(K, r, r.device, r.req, NOW + num(r.exp), expired_body, expired_reason, rejected_body, rejected_reason)
   if res[1] == 'sent' then
     res[1] = 'retried'

@@ -14,6 +14,9 @@ local tmo, exp, token, lease, delay, retries = tonumber(A[8]), tonumber(A[9]), A
 local lane, lanemode = string.match(A[14] or '', '^([^|]*)|?(.*)$')
 -- grp: the key of the group command this is a child of ('' or absent: none).
 local grp = A[15] or ''
+-- The backoff of the retries: initial wait (ms, 0: none), multiplier,
+-- longest wait (ms).
+local rb_i, rb_m, rb_x = tonumber(A[16]) or 0, A[17] or '', tonumber(A[18]) or 0
 -- A scheduled command (delay > 0) waits until nb = now + delay; its
 -- deliver-by counts expires_in from nb.
 
@@ -27,13 +30,18 @@ if not r or r.status == 'void' then
     'attempts', '0', 'lease', token, 'lease_until', ms(NOW + lease)}
   if delay > 0 then rec[#rec + 1] = 'nb'; rec[#rec + 1] = ms(NOW + delay) end
   if retries > 0 then rec[#rec + 1] = 'retries'; rec[#rec + 1] = ms(retries) end
-  local life = (retries + 1) * (delay + exp + tmo) + lease + 2 * GRACE + RET
+  local life = (retries + 1) * (delay + exp + tmo) + retries * rb_x + lease + 2 * GRACE + RET
   if lane ~= '' then
     rec[#rec + 1] = 'lane'; rec[#rec + 1] = lane
     rec[#rec + 1] = 'lseq'; rec[#rec + 1] = lanejoin(K, lane, c, key, NOW + life)
     if lanemode ~= '' then rec[#rec + 1] = 'lm'; rec[#rec + 1] = lanemode end
   end
   if grp ~= '' then rec[#rec + 1] = 'grp'; rec[#rec + 1] = grp end
+  if retries > 0 and rb_i > 0 then
+    rec[#rec + 1] = 'rb_i'; rec[#rec + 1] = ms(rb_i)
+    rec[#rec + 1] = 'rb_m'; rec[#rec + 1] = rb_m
+    rec[#rec + 1] = 'rb_x'; rec[#rec + 1] = ms(rb_x)
+  end
   redis.call('HSET', K.rec, unpack(rec))
   redis.call('PEXPIRE', K.rec, ms(life))
   redis.call('ZADD', K.timers, ms(math.max(NOW + delay + exp, NOW + lease)), tm('d', {device = device, client = c, key = key}))

@@ -35,6 +35,7 @@
   let ns = null;
   let pollTimer = null;
   let deadTimer = null;
+  let groupsTimer = null;
   let deadCursor = "";
   let deadPaged = false; // the operator loaded more pages: no auto refresh
   let depthChart = null;
@@ -185,6 +186,7 @@
     token = null;
     clearTimeout(pollTimer);
     clearTimeout(deadTimer);
+    clearTimeout(groupsTimer);
     $("dashboard").hidden = true;
     $("signin").hidden = false;
     $("sign-out").hidden = true;
@@ -205,6 +207,7 @@
     makeCharts();
     poll();
     loadDead(true);
+    loadGroups();
     lookupFromFragment();
   }
 
@@ -428,6 +431,49 @@
     for (const [c, id] of [[depthChart, "depth-chart"], [rateChart, "rate-chart"]]) {
       if (c) c.setSize({ width: Math.max(200, $(id).clientWidth), height: 260 });
     }
+  }
+
+  // ---- group commands ----------------------------------------------------
+
+  async function loadGroups() {
+    clearTimeout(groupsTimer);
+    if (!token) return;
+    try {
+      const d = await api("v1/group-commands?limit=20");
+      const gs = d.groups || [];
+      $("groups").tBodies[0].replaceChildren(...gs.map(groupRow));
+      $("groups-empty").hidden = gs.length > 0;
+      $("groups").hidden = gs.length === 0;
+    } catch (e) {
+      if (!token) return;
+      $("groups").hidden = true;
+      $("groups-empty").hidden = false;
+      $("groups-empty").textContent = "Cannot list group commands: " + e.message;
+    }
+    groupsTimer = setTimeout(loadGroups, POLL_MS);
+  }
+
+  // groupRow is one group command: its progress bar has a segment per
+  // final status (succeeded, failures, cancelled) over its children.
+  function groupRow(g) {
+    const counts = g.counts || {};
+    const total = Math.max(1, g.total || 0);
+    const seg = (n, cls) => n > 0
+      ? el("span", { class: "seg " + cls, style: { width: `${(100 * n) / total}%` } }) : null;
+    const failed = Object.entries(counts)
+      .filter(([k]) => k !== "succeeded" && k !== "cancelled")
+      .reduce((a, [, n]) => a + n, 0);
+    const text = Object.keys(counts).sort().map((k) => `${k} ${num(counts[k])}`).join(", ");
+    return el("tr", {},
+      el("td", {}, dateTime(g.created_at)),
+      el("td", {}, el("span", { class: "badge " + g.status }, g.status)),
+      el("td", { class: "mono" }, g.client),
+      el("td", { class: "mono" }, typeof g.id === "string" ? g.id : JSON.stringify(g.id)),
+      el("td", { class: "mono" }, g.method),
+      el("td", { class: "num", id: "group-final-" + g.client + "-" + g.id }, `${num(g.final)} / ${num(g.total)}`),
+      el("td", {}, el("div", { class: "bar stacked", title: `released ${num(g.released)} of ${num(g.total)}` },
+        seg(counts.succeeded || 0, "ok"), seg(failed, "bad"), seg(counts.cancelled || 0, "muted"))),
+      el("td", {}, text + (g.stop_reason ? ` · ${g.stop_reason}` : "")));
   }
 
   // ---- dead letters ------------------------------------------------------

@@ -34,6 +34,21 @@ func (e AcceptedStatus) Valid() bool {
 	}
 }
 
+// Defines values for CommandLaneMode.
+const (
+	CommandLaneModePuback CommandLaneMode = "puback"
+)
+
+// Valid indicates whether the value is a known member of the CommandLaneMode enum.
+func (e CommandLaneMode) Valid() bool {
+	switch e {
+	case CommandLaneModePuback:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for CommandQueueStatsOldestAgeSource.
 const (
 	CommandQueueStatsOldestAgeSourceGateway    CommandQueueStatsOldestAgeSource = "gateway"
@@ -103,24 +118,6 @@ func (e ErrorDataSource) Valid() bool {
 	}
 }
 
-// Defines values for QueueStatsOldestAgeSource.
-const (
-	QueueStatsOldestAgeSourceGateway    QueueStatsOldestAgeSource = "gateway"
-	QueueStatsOldestAgeSourceManagement QueueStatsOldestAgeSource = "management"
-)
-
-// Valid indicates whether the value is a known member of the QueueStatsOldestAgeSource enum.
-func (e QueueStatsOldestAgeSource) Valid() bool {
-	switch e {
-	case QueueStatsOldestAgeSourceGateway:
-		return true
-	case QueueStatsOldestAgeSourceManagement:
-		return true
-	default:
-		return false
-	}
-}
-
 // Defines values for GroupCommandStatus.
 const (
 	GroupCommandStatusAborted   GroupCommandStatus = "aborted"
@@ -145,6 +142,24 @@ func (e GroupCommandStatus) Valid() bool {
 	case GroupCommandStatusQueued:
 		return true
 	case GroupCommandStatusRunning:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for QueueStatsOldestAgeSource.
+const (
+	QueueStatsOldestAgeSourceGateway    QueueStatsOldestAgeSource = "gateway"
+	QueueStatsOldestAgeSourceManagement QueueStatsOldestAgeSource = "management"
+)
+
+// Valid indicates whether the value is a known member of the QueueStatsOldestAgeSource enum.
+func (e QueueStatsOldestAgeSource) Valid() bool {
+	switch e {
+	case QueueStatsOldestAgeSourceGateway:
+		return true
+	case QueueStatsOldestAgeSourceManagement:
 		return true
 	default:
 		return false
@@ -319,6 +334,24 @@ func (e Healthz200JSONResponseBodyStatus) Valid() bool {
 	}
 }
 
+// Defines values for SendCommandsParamsLaneMode.
+const (
+	SendCommandsParamsLaneModeFinal  SendCommandsParamsLaneMode = "final"
+	SendCommandsParamsLaneModePuback SendCommandsParamsLaneMode = "puback"
+)
+
+// Valid indicates whether the value is a known member of the SendCommandsParamsLaneMode enum.
+func (e SendCommandsParamsLaneMode) Valid() bool {
+	switch e {
+	case SendCommandsParamsLaneModeFinal:
+		return true
+	case SendCommandsParamsLaneModePuback:
+		return true
+	default:
+		return false
+	}
+}
+
 // Accepted defines model for Accepted.
 type Accepted struct {
 	// Id A string of 1 to 128 characters from [A-Za-z0-9._:-] starting with a letter or digit, or an integer of at most 15 digits.
@@ -350,11 +383,17 @@ type Command struct {
 	ExpiresInMs int        `json:"expires_in_ms"`
 	FinishedAt  *time.Time `json:"finished_at,omitempty"`
 
+	// Group A child of a group command: the group command's id (GET /v1/group-commands/{group}).
+	Group *string `json:"group,omitempty"`
+
 	// Id A string of 1 to 128 characters from [A-Za-z0-9._:-] starting with a letter or digit, or an integer of at most 15 digits.
 	Id MessageID `json:"id"`
 
 	// Lane The command's ordered lane.
 	Lane *string `json:"lane,omitempty"`
+
+	// LaneMode The lane moves on at this command's delivery, not at its end.
+	LaneMode *CommandLaneMode `json:"lane_mode,omitempty"`
 
 	// LaneWait Queued behind the head of its lane (not yet in the device's mailbox).
 	LaneWait *bool  `json:"lane_wait,omitempty"`
@@ -378,6 +417,9 @@ type Command struct {
 	// Retries Sends again after a timeout, at most this often.
 	Retries *int `json:"retries,omitempty"`
 
+	// RetryBackoff The wait before each retry: initial,multiplier,max (retry_backoff).
+	RetryBackoff *string `json:"retry_backoff,omitempty"`
+
 	// SendingAt When the push server took it to send (on the wire).
 	SendingAt *time.Time `json:"sending_at,omitempty"`
 
@@ -392,6 +434,9 @@ type Command struct {
 	// Tries Retries done so far.
 	Tries *int `json:"tries,omitempty"`
 }
+
+// CommandLaneMode The lane moves on at this command's delivery, not at its end.
+type CommandLaneMode string
 
 // CommandParams0 defines model for Command.Params.0.
 type CommandParams0 = map[string]interface{}
@@ -504,7 +549,8 @@ type GroupCommand struct {
 	AbortAt *int `json:"abort_at,omitempty"`
 
 	// ChildIds How a child's id is made: "{id}:{device}".
-	ChildIds string `json:"child_ids"`
+	ChildIds string   `json:"child_ids"`
+	Client   Identity `json:"client"`
 
 	// Counts Final children per status (skipped: the child's id was taken by another command of the client).
 	Counts    map[string]int `json:"counts"`
@@ -750,7 +796,7 @@ type Stats struct {
 		// Counts Transitions into each status over the window (every status, zero included).
 		Counts map[string]int `json:"counts"`
 
-		// Events Other counts over the window (late answers, dropped results).
+		// Events Other counts over the window: late (answers after the command ended), result_dropped (results a full client mailbox refused), lane_wait (commands that waited behind the head of their ordered lane).
 		Events        map[string]int `json:"events"`
 		WindowMinutes int            `json:"window_minutes"`
 	} `json:"statuses"`
@@ -844,6 +890,12 @@ type GetCommandParams struct {
 	Client *ForClient `form:"client,omitempty" json:"client,omitempty"`
 }
 
+// RetryCommandParams defines parameters for RetryCommand.
+type RetryCommandParams struct {
+	// Client Operators only; the client whose commands to act on (default the token's subject).
+	Client *ForClient `form:"client,omitempty" json:"client,omitempty"`
+}
+
 // ListDeadParams defines parameters for ListDead.
 type ListDeadParams struct {
 	Limit *int `form:"limit,omitempty" json:"limit,omitempty"`
@@ -896,8 +948,14 @@ type SendCommandsParams struct {
 	// Retries Sends the command again (the same request and id; a fresh expires_in window) when no answer came within its timeout, up to this many times, before it ends `timeout`. 0 to 10, default 0; not with one_way. Part of the body's identity.
 	Retries *int `form:"retries,omitempty" json:"retries,omitempty"`
 
-	// Lane An ordered lane of the device: 1 to 64 characters of [A-Za-z0-9._-], starting with a letter or digit (400 otherwise). The commands of one lane of one device (from any client) go on the wire one at a time, in acceptance order, each only once the one before is final; until then a command is `queued` with `lane_wait: true`. Anything that ends a command releases its lane (an answer, a one-way PUBACK, cancel, expiry, timeout, a dead letter), so a lane never deadlocks. Commands without a lane are never held. Works for MQTT and HTTP-polling devices alike. Part of the body's identity.
+	// Lane An ordered lane of the device: 1 to 64 characters of [A-Za-z0-9._-], starting with a letter or digit (400 otherwise). The commands of one lane of one device (from any client) go on the wire one at a time, in acceptance order, each only once the one before is final; until then a command is `queued` with `lane_wait: true`. Anything that ends a command releases its lane (an answer, a one-way PUBACK, cancel, expiry, timeout, a dead letter), so a lane never deadlocks. Commands without a lane are never held. Works for MQTT and HTTP-polling devices alike. The commands of a batch join the lane in the batch's order. Part of the body's identity.
 	Lane *string `form:"lane,omitempty" json:"lane,omitempty"`
+
+	// LaneMode With `lane`: `final` (the default) sends the lane's next command once this one is final; `puback` once this one is delivered (the device's PUBACK, or the ack of its HTTP poll; an answer that comes first counts too). Not with `retries`. Part of the body's identity.
+	LaneMode *SendCommandsParamsLaneMode `form:"lane_mode,omitempty" json:"lane_mode,omitempty"`
+
+	// RetryBackoff With retries, the wait before each retry: `initial[,multiplier[,max]]` (e.g. `1s,2,30s`; multiplier 1 to 10, default 2; max default the larger of initial and 1m; durations from 100ms to 1h). Retry n waits min(initial × multiplier^(n−1), max) as `scheduled` (cancellable), then is sent with a fresh expires_in window. An answer to the earlier try that arrives during the wait is not recorded (the device answers the same id again when it is sent). Part of the body's identity.
+	RetryBackoff *string `form:"retry_backoff,omitempty" json:"retry_backoff,omitempty"`
 
 	// NotBefore A scheduled command: not sent before this time, an RFC 3339 time or a duration from now (`10m`, `2h`), at most 30 days ahead (a time in the past: at once). Accepted (202) now; status `scheduled` once a worker has taken it from its queue, cancellable until then; `expires_in` counts from it. Part of the body's identity, as given.
 	NotBefore *string `form:"not_before,omitempty" json:"not_before,omitempty"`
@@ -905,6 +963,9 @@ type SendCommandsParams struct {
 	// Traceparent W3C trace context, carried in the AMQP envelope; a new one is made when absent or invalid.
 	Traceparent *string `json:"traceparent,omitempty"`
 }
+
+// SendCommandsParamsLaneMode defines parameters for SendCommands.
+type SendCommandsParamsLaneMode string
 
 // SendCommandsJSONBody1 defines parameters for SendCommands.
 type SendCommandsJSONBody1 = []interface{}
@@ -942,6 +1003,12 @@ type PostResponses200JSONResponseBody1 = []ResponseOutcome
 // PostResponses200JSONResponseBody defines parameters for PostResponses.
 type PostResponses200JSONResponseBody struct {
 	union json.RawMessage
+}
+
+// ListGroupCommandsParams defines parameters for ListGroupCommands.
+type ListGroupCommandsParams struct {
+	// Limit 1 to 100, default 20.
+	Limit *int `form:"limit,omitempty" json:"limit,omitempty"`
 }
 
 // CancelGroupCommandParams defines parameters for CancelGroupCommand.
@@ -1921,6 +1988,19 @@ type ClientInterface interface {
 	// Corresponds with GET /v1/commands/{id} (the `GetCommand` operationId).
 	GetCommand(ctx context.Context, id ID, params *GetCommandParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
+	// RetryCommand Retry a command that ended failed, timeout, expired or rejected
+	//
+	// Once more under the same id, like the replay of a dead letter: the command goes back
+	// to `queued` with a fresh `expires_in` window (its `tries` of `retries=N` start again) and
+	// is published again; the client then gets a second final result for the same id (the
+	// one that counts; devices see the same device-facing id and deduplicate by it, so a
+	// device that remembers the id answers again without running the command again). The
+	// owning client, or an operator with `?client=`. A child of a group command leaves the
+	// group's final counts until its new final.
+	//
+	// Corresponds with POST /v1/commands/{id}/retry (the `RetryCommand` operationId).
+	RetryCommand(ctx context.Context, id ID, params *RetryCommandParams, reqEditors ...RequestEditorFn) (*http.Response, error)
+
 	// Connect Which push server owns an identity
 	//
 	// Any valid token whose `sub` is the identity, or an operator token. Ask again after any refused or lost MQTT connection.
@@ -2037,6 +2117,11 @@ type ClientInterface interface {
 	//
 	// Corresponds with POST /v1/devices/{device_id}/responses (the `PostResponses` operationId).
 	PostResponses(ctx context.Context, deviceId Identity, body PostResponsesJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+
+	// ListGroupCommands The newest group commands of every client (operators)
+	//
+	// Corresponds with GET /v1/group-commands (the `ListGroupCommands` operationId).
+	ListGroupCommands(ctx context.Context, params *ListGroupCommandsParams, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// CancelGroupCommand Cancel a group command
 	//
@@ -2292,6 +2377,29 @@ func (c *Client) GetCommand(ctx context.Context, id ID, params *GetCommandParams
 	return c.Client.Do(req)
 }
 
+// RetryCommand Retry a command that ended failed, timeout, expired or rejected
+//
+// Once more under the same id, like the replay of a dead letter: the command goes back
+// to `queued` with a fresh `expires_in` window (its `tries` of `retries=N` start again) and
+// is published again; the client then gets a second final result for the same id (the
+// one that counts; devices see the same device-facing id and deduplicate by it, so a
+// device that remembers the id answers again without running the command again). The
+// owning client, or an operator with `?client=`. A child of a group command leaves the
+// group's final counts until its new final.
+//
+// Corresponds with POST /v1/commands/{id}/retry (the `RetryCommand` operationId).
+func (c *Client) RetryCommand(ctx context.Context, id ID, params *RetryCommandParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewRetryCommandRequest(c.Server, id, params)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
 // Connect Which push server owns an identity
 //
 // Any valid token whose `sub` is the identity, or an operator token. Ask again after any refused or lost MQTT connection.
@@ -2509,6 +2617,21 @@ func (c *Client) PostResponsesWithBody(ctx context.Context, deviceId Identity, c
 // Corresponds with POST /v1/devices/{device_id}/responses (the `PostResponses` operationId).
 func (c *Client) PostResponses(ctx context.Context, deviceId Identity, body PostResponsesJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
 	req, err := NewPostResponsesRequest(c.Server, deviceId, body)
+	if err != nil {
+		return nil, err
+	}
+	req = req.WithContext(ctx)
+	if err := c.applyEditors(ctx, req, reqEditors); err != nil {
+		return nil, err
+	}
+	return c.Client.Do(req)
+}
+
+// ListGroupCommands The newest group commands of every client (operators)
+//
+// Corresponds with GET /v1/group-commands (the `ListGroupCommands` operationId).
+func (c *Client) ListGroupCommands(ctx context.Context, params *ListGroupCommandsParams, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewListGroupCommandsRequest(c.Server, params)
 	if err != nil {
 		return nil, err
 	}
@@ -3027,6 +3150,67 @@ func NewGetCommandRequest(server string, id ID, params *GetCommandParams) (*http
 	return req, nil
 }
 
+// NewRetryCommandRequest constructs an http.Request for the RetryCommand method
+func NewRetryCommandRequest(server string, id ID, params *RetryCommandParams) (*http.Request, error) {
+	var err error
+
+	var pathParam0 string
+
+	pathParam0, err = runtime.StyleParamWithOptions("simple", false, "id", id, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationPath, Type: "string", Format: ""})
+	if err != nil {
+		return nil, err
+	}
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/commands/%s/retry", pathParam0)
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Client != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "client", *params.Client, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodPost, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
+
+	return req, nil
+}
+
 // NewConnectRequest constructs an http.Request for the Connect method
 func NewConnectRequest(server string, identity Identity) (*http.Request, error) {
 	var err error
@@ -3486,6 +3670,30 @@ func NewSendCommandsRequestWithBody(server string, deviceId DeviceID, params *Se
 
 		}
 
+		if params.LaneMode != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "lane_mode", *params.LaneMode, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.RetryBackoff != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "retry_backoff", *params.RetryBackoff, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
 		if params.NotBefore != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "not_before", *params.NotBefore, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
@@ -3657,6 +3865,60 @@ func NewPostResponsesRequestWithBody(server string, deviceId Identity, contentTy
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	return req, nil
+}
+
+// NewListGroupCommandsRequest constructs an http.Request for the ListGroupCommands method
+func NewListGroupCommandsRequest(server string, params *ListGroupCommandsParams) (*http.Request, error) {
+	var err error
+
+	serverURL, err := url.Parse(server)
+	if err != nil {
+		return nil, err
+	}
+
+	operationPath := fmt.Sprintf("/v1/group-commands")
+	if operationPath[0] == '/' {
+		operationPath = "." + operationPath
+	}
+
+	queryURL, err := serverURL.Parse(operationPath)
+	if err != nil {
+		return nil, err
+	}
+
+	if params != nil {
+		// queryValues collects non-styled parameters (passthrough, JSON)
+		// that are safe to round-trip through url.Values.Encode().
+		queryValues := queryURL.Query()
+		// rawQueryFragments collects pre-encoded query fragments from
+		// styled parameters, preserving literal commas as delimiters
+		// per the OpenAPI spec (e.g. "color=blue,black,brown").
+		var rawQueryFragments []string
+
+		if params.Limit != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "limit", *params.Limit, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if encoded := queryValues.Encode(); encoded != "" {
+			rawQueryFragments = append(rawQueryFragments, encoded)
+		}
+		queryURL.RawQuery = strings.Join(rawQueryFragments, "&")
+	}
+
+	req, err := http.NewRequest(http.MethodGet, queryURL.String(), nil)
+	if err != nil {
+		return nil, err
+	}
 
 	return req, nil
 }
@@ -4092,6 +4354,21 @@ type ClientWithResponsesInterface interface {
 	// Corresponds with GET /v1/commands/{id} (the `GetCommand` operationId).
 	GetCommandWithResponse(ctx context.Context, id ID, params *GetCommandParams, reqEditors ...RequestEditorFn) (*GetCommandResponse, error)
 
+	// RetryCommandWithResponse Retry a command that ended failed, timeout, expired or rejected
+	//
+	// Once more under the same id, like the replay of a dead letter: the command goes back
+	// to `queued` with a fresh `expires_in` window (its `tries` of `retries=N` start again) and
+	// is published again; the client then gets a second final result for the same id (the
+	// one that counts; devices see the same device-facing id and deduplicate by it, so a
+	// device that remembers the id answers again without running the command again). The
+	// owning client, or an operator with `?client=`. A child of a group command leaves the
+	// group's final counts until its new final.
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with POST /v1/commands/{id}/retry (the `RetryCommand` operationId).
+	RetryCommandWithResponse(ctx context.Context, id ID, params *RetryCommandParams, reqEditors ...RequestEditorFn) (*RetryCommandResponse, error)
+
 	// ConnectWithResponse Which push server owns an identity
 	//
 	// Any valid token whose `sub` is the identity, or an operator token. Ask again after any refused or lost MQTT connection.
@@ -4222,6 +4499,13 @@ type ClientWithResponsesInterface interface {
 	//
 	// Corresponds with POST /v1/devices/{device_id}/responses (the `PostResponses` operationId).
 	PostResponsesWithResponse(ctx context.Context, deviceId Identity, body PostResponsesJSONRequestBody, reqEditors ...RequestEditorFn) (*PostResponsesResponse, error)
+
+	// ListGroupCommandsWithResponse The newest group commands of every client (operators)
+	//
+	// Returns a wrapper object for the known response body format(s).
+	//
+	// Corresponds with GET /v1/group-commands (the `ListGroupCommands` operationId).
+	ListGroupCommandsWithResponse(ctx context.Context, params *ListGroupCommandsParams, reqEditors ...RequestEditorFn) (*ListGroupCommandsResponse, error)
 
 	// CancelGroupCommandWithResponse Cancel a group command
 	//
@@ -4822,6 +5106,110 @@ func (r GetCommandResponse) StatusCode() int {
 
 // ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
 func (r GetCommandResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
+// RetryCommandResponse429Headers the declared response headers of an HTTP 429 response for RetryCommand
+type RetryCommandResponse429Headers struct {
+	RetryAfter int
+}
+
+// RetryCommandResponse503Headers the declared response headers of an HTTP 503 response for RetryCommand
+type RetryCommandResponse503Headers struct {
+	RetryAfter int
+}
+
+type RetryCommandResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON202 the response for an HTTP 202 `application/json` response
+	JSON202 *Command
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON403 the response for an HTTP 403 `application/json` response
+	JSON403 *Forbidden
+	// JSON404 the response for an HTTP 404 `application/json` response
+	JSON404 *NotFound
+	// JSON409 the response for an HTTP 409 `application/json` response
+	JSON409 *ErrorBody
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *RateLimited
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *RetryCommandResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *RetryCommandResponse503Headers
+}
+
+// GetJSON202 returns the response for an HTTP 202 `application/json` response
+func (r RetryCommandResponse) GetJSON202() *Command {
+	return r.JSON202
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r RetryCommandResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r RetryCommandResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON403 returns the response for an HTTP 403 `application/json` response
+func (r RetryCommandResponse) GetJSON403() *Forbidden {
+	return r.JSON403
+}
+
+// GetJSON404 returns the response for an HTTP 404 `application/json` response
+func (r RetryCommandResponse) GetJSON404() *NotFound {
+	return r.JSON404
+}
+
+// GetJSON409 returns the response for an HTTP 409 `application/json` response
+func (r RetryCommandResponse) GetJSON409() *ErrorBody {
+	return r.JSON409
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r RetryCommandResponse) GetJSON429() *RateLimited {
+	return r.JSON429
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r RetryCommandResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r RetryCommandResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r RetryCommandResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r RetryCommandResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r RetryCommandResponse) ContentType() string {
 	if r.HTTPResponse != nil {
 		return r.HTTPResponse.Header.Get("Content-Type")
 	}
@@ -5697,6 +6085,93 @@ func (r PostResponsesResponse) ContentType() string {
 	return ""
 }
 
+// ListGroupCommandsResponse429Headers the declared response headers of an HTTP 429 response for ListGroupCommands
+type ListGroupCommandsResponse429Headers struct {
+	RetryAfter int
+}
+
+// ListGroupCommandsResponse503Headers the declared response headers of an HTTP 503 response for ListGroupCommands
+type ListGroupCommandsResponse503Headers struct {
+	RetryAfter int
+}
+
+type ListGroupCommandsResponse struct {
+	Body         []byte
+	HTTPResponse *http.Response
+	// JSON200 the response for an HTTP 200 `application/json` response
+	JSON200 *struct {
+		Groups []GroupCommand `json:"groups"`
+	}
+	// JSON400 the response for an HTTP 400 `application/json` response
+	JSON400 *BadRequest
+	// JSON401 the response for an HTTP 401 `application/json` response
+	JSON401 *Unauthorized
+	// JSON429 the response for an HTTP 429 `application/json` response
+	JSON429 *RateLimited
+	// JSON503 the response for an HTTP 503 `application/json` response
+	JSON503 *Unavailable
+	// Headers429 the parsed response headers for an HTTP 429 response
+	Headers429 *ListGroupCommandsResponse429Headers
+	// Headers503 the parsed response headers for an HTTP 503 response
+	Headers503 *ListGroupCommandsResponse503Headers
+}
+
+// GetJSON200 returns the response for an HTTP 200 `application/json` response
+func (r ListGroupCommandsResponse) GetJSON200() *struct {
+	Groups []GroupCommand `json:"groups"`
+} {
+	return r.JSON200
+}
+
+// GetJSON400 returns the response for an HTTP 400 `application/json` response
+func (r ListGroupCommandsResponse) GetJSON400() *BadRequest {
+	return r.JSON400
+}
+
+// GetJSON401 returns the response for an HTTP 401 `application/json` response
+func (r ListGroupCommandsResponse) GetJSON401() *Unauthorized {
+	return r.JSON401
+}
+
+// GetJSON429 returns the response for an HTTP 429 `application/json` response
+func (r ListGroupCommandsResponse) GetJSON429() *RateLimited {
+	return r.JSON429
+}
+
+// GetJSON503 returns the response for an HTTP 503 `application/json` response
+func (r ListGroupCommandsResponse) GetJSON503() *Unavailable {
+	return r.JSON503
+}
+
+// GetBody returns the raw response body bytes
+func (r ListGroupCommandsResponse) GetBody() []byte {
+	return r.Body
+}
+
+// Status returns HTTPResponse.Status
+func (r ListGroupCommandsResponse) Status() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Status
+	}
+	return http.StatusText(0)
+}
+
+// StatusCode returns HTTPResponse.StatusCode
+func (r ListGroupCommandsResponse) StatusCode() int {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.StatusCode
+	}
+	return 0
+}
+
+// ContentType is a convenience method to retrieve the Content-Type value from the HTTP response headers
+func (r ListGroupCommandsResponse) ContentType() string {
+	if r.HTTPResponse != nil {
+		return r.HTTPResponse.Header.Get("Content-Type")
+	}
+	return ""
+}
+
 // CancelGroupCommandResponse429Headers the declared response headers of an HTTP 429 response for CancelGroupCommand
 type CancelGroupCommandResponse429Headers struct {
 	RetryAfter int
@@ -6395,6 +6870,27 @@ func (c *ClientWithResponses) GetCommandWithResponse(ctx context.Context, id ID,
 	return ParseGetCommandResponse(rsp)
 }
 
+// RetryCommandWithResponse Retry a command that ended failed, timeout, expired or rejected
+//
+// Once more under the same id, like the replay of a dead letter: the command goes back
+// to `queued` with a fresh `expires_in` window (its `tries` of `retries=N` start again) and
+// is published again; the client then gets a second final result for the same id (the
+// one that counts; devices see the same device-facing id and deduplicate by it, so a
+// device that remembers the id answers again without running the command again). The
+// owning client, or an operator with `?client=`. A child of a group command leaves the
+// group's final counts until its new final.
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with POST /v1/commands/{id}/retry (the `RetryCommand` operationId).
+func (c *ClientWithResponses) RetryCommandWithResponse(ctx context.Context, id ID, params *RetryCommandParams, reqEditors ...RequestEditorFn) (*RetryCommandResponse, error) {
+	rsp, err := c.RetryCommand(ctx, id, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseRetryCommandResponse(rsp)
+}
+
 // ConnectWithResponse Which push server owns an identity
 //
 // Any valid token whose `sub` is the identity, or an operator token. Ask again after any refused or lost MQTT connection.
@@ -6590,6 +7086,19 @@ func (c *ClientWithResponses) PostResponsesWithResponse(ctx context.Context, dev
 		return nil, err
 	}
 	return ParsePostResponsesResponse(rsp)
+}
+
+// ListGroupCommandsWithResponse The newest group commands of every client (operators)
+//
+// Returns a wrapper object for the known response body format(s).
+//
+// Corresponds with GET /v1/group-commands (the `ListGroupCommands` operationId).
+func (c *ClientWithResponses) ListGroupCommandsWithResponse(ctx context.Context, params *ListGroupCommandsParams, reqEditors ...RequestEditorFn) (*ListGroupCommandsResponse, error) {
+	rsp, err := c.ListGroupCommands(ctx, params, reqEditors...)
+	if err != nil {
+		return nil, err
+	}
+	return ParseListGroupCommandsResponse(rsp)
 }
 
 // CancelGroupCommandWithResponse Cancel a group command
@@ -7130,6 +7639,104 @@ func ParseGetCommandResponse(rsp *http.Response) (*GetCommandResponse, error) {
 		response.Headers429 = &headers
 	case rsp.StatusCode == 503:
 		var headers GetCommandResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseRetryCommandResponse parses an HTTP response from a RetryCommandWithResponse call
+func ParseRetryCommandResponse(rsp *http.Response) (*RetryCommandResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &RetryCommandResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 202:
+		var dest Command
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON202 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 403:
+		var dest Forbidden
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON403 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 404:
+		var dest NotFound
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON404 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 409:
+		var dest ErrorBody
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON409 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest RateLimited
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 429:
+		var headers RetryCommandResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers RetryCommandResponse503Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
 			var value int
 			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
@@ -7933,6 +8540,85 @@ func ParsePostResponsesResponse(rsp *http.Response) (*PostResponsesResponse, err
 		response.Headers429 = &headers
 	case rsp.StatusCode == 503:
 		var headers PostResponsesResponse503Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers503 = &headers
+	}
+
+	return response, nil
+}
+
+// ParseListGroupCommandsResponse parses an HTTP response from a ListGroupCommandsWithResponse call
+func ParseListGroupCommandsResponse(rsp *http.Response) (*ListGroupCommandsResponse, error) {
+	bodyBytes, err := io.ReadAll(rsp.Body)
+	defer func() { _ = rsp.Body.Close() }()
+	if err != nil {
+		return nil, err
+	}
+
+	response := &ListGroupCommandsResponse{
+		Body:         bodyBytes,
+		HTTPResponse: rsp,
+	}
+
+	switch {
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 200:
+		var dest struct {
+			Groups []GroupCommand `json:"groups"`
+		}
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON200 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 400:
+		var dest BadRequest
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON400 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 401:
+		var dest Unauthorized
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON401 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 429:
+		var dest RateLimited
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON429 = &dest
+
+	case strings.Contains(rsp.Header.Get("Content-Type"), "json") && rsp.StatusCode == 503:
+		var dest Unavailable
+		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
+			return nil, err
+		}
+		response.JSON503 = &dest
+
+	}
+
+	switch {
+	case rsp.StatusCode == 429:
+		var headers ListGroupCommandsResponse429Headers
+		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
+			var value int
+			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			}
+			headers.RetryAfter = value
+		}
+		response.Headers429 = &headers
+	case rsp.StatusCode == 503:
+		var headers ListGroupCommandsResponse503Headers
 		if values := rsp.Header.Values("Retry-After"); len(values) > 0 {
 			var value int
 			if err := runtime.BindStyledParameterWithOptions("simple", "Retry-After", values[0], &value, runtime.BindStyledParameterOptions{ParamLocation: runtime.ParamLocationHeader, Explode: false, Required: true, Type: "integer", Format: ""}); err != nil {
