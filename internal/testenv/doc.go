@@ -49,6 +49,19 @@
 // or killed test runs left behind: namespaces of the form gwt-<unix
 // seconds>-… that are more than an hour old.
 //
+// # Private servers
+//
+// Fault tests (`make faults`) kill, freeze and restart the servers the
+// gateway depends on, so they never use the shared ones: [StartRedis]
+// starts a Redis server of the test's own (free loopback port, its own
+// folder, appendfsync always or everysec) and [StartRabbit] a RabbitMQ
+// node (its own node name, ports, data folder, HOME and so Erlang cookie;
+// rabbitmqctl through [PrivateRabbit.Ctl]). Each runs in a process group
+// of its own, so SIGKILL, SIGSTOP and SIGCONT reach the whole server, and
+// is killed when the test ends. [PrivateRedis.CrashCut] emulates a host
+// crash under everysec (SIGKILL, then the append-only file cut back to
+// its size a second before).
+//
 // # Other helpers
 //
 // [FreePort] and [FreeAddr] pick a free loopback port; [Logger] gives a
