@@ -84,6 +84,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		cfg.RingGrace = -1 // no grace
 	}
 	cfg.Logger = logging.NewLogger(stdout)
+	stopTracing, err := telemetry.StartTracing(ctx, "pushserver", getenv, stdout, cfg.Logger)
+	if err != nil {
+		return err
+	}
+	defer telemetry.Flush(stopTracing, cfg.Logger)
 	cfg.Registry = telemetry.NewRegistry()
 
 	node, err := NewNode(cfg)
