@@ -12,7 +12,11 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -203,7 +207,10 @@ func (s *Server) postResponses(c echo.Context) error {
 	return c.JSON(http.StatusOK, out)
 }
 
-// completeAnswer completes one answer of device d.
+// completeAnswer completes one answer of device d. Its span, "complete",
+// is a child of the request's: when the device sent the traceparent it
+// got with the command, the result's relay continues it (a span of
+// another trace is not kept by the record, mailbox.Complete).
 func (s *Server) completeAnswer(ctx context.Context, d string, raw json.RawMessage) (responseOutcome, error) {
 	resp, err := protocol.ParseResponse(raw)
 	if err != nil {
@@ -215,10 +222,16 @@ func (s *Server) completeAnswer(ctx context.Context, d string, raw json.RawMessa
 		o.Outcome, o.Error = "malformed", strings.TrimPrefix(err.Error(), "protocol: ")
 		return o, nil
 	}
+	ctx, span := telemetry.Tracer().Start(ctx, "complete", trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("client_id", client), attribute.String("device_id", d),
+			attribute.String("msg_id", id.Key())))
+	defer span.End()
 	out, err := s.store.Complete(ctx, client, id.Key(), d, resp, 0, "")
 	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
 		return o, s.storeError(err, "")
 	}
+	span.SetAttributes(attribute.String("outcome", string(out)))
 	if out == mailbox.OutcomeNoop {
 		out = mailbox.OutcomeUnknown
 	}

@@ -7,6 +7,11 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/iotgw/gateway/internal/telemetry"
 )
 
 // The outbox (DESIGN §7). A final transition happens in the device's
@@ -26,11 +31,12 @@ type outboxEntry struct {
 	client, key, device             string
 	gen                             int
 	status, resp, finished, expires string
+	tp                              string // the W3C traceparent of the span that ended the command
 }
 
 // parseOutbox reads the outbox entry a final step returned
-// ({id, client, key, device, gen, status, resp, finished, expires}), or
-// nil.
+// ({id, client, key, device, gen, status, resp, finished, expires,
+// traceparent}), or nil.
 func parseOutbox(p int, v any) *outboxEntry {
 	a, _ := v.([]any)
 	if len(a) < 9 {
@@ -38,8 +44,12 @@ func parseOutbox(p int, v any) *outboxEntry {
 	}
 	str := func(i int) string { s, _ := a[i].(string); return s }
 	g, _ := strconv.Atoi(str(4))
-	return &outboxEntry{p: p, id: str(0), client: str(1), key: str(2), device: str(3), gen: g,
+	e := &outboxEntry{p: p, id: str(0), client: str(1), key: str(2), device: str(3), gen: g,
 		status: str(5), resp: str(6), finished: str(7), expires: str(8)}
+	if len(a) > 9 {
+		e.tp = str(9)
+	}
+	return e
 }
 
 // outboxFromStream reads an entry of partition p's outbox stream.
@@ -47,7 +57,7 @@ func outboxFromStream(p int, m redis.XMessage) *outboxEntry {
 	str := func(f string) string { v, _ := m.Values[f].(string); return v }
 	g, _ := strconv.Atoi(str("g"))
 	return &outboxEntry{p: p, id: m.ID, client: str("c"), key: str("k"), device: str("d"), gen: g,
-		status: str("s"), resp: str("r"), finished: str("f"), expires: str("x")}
+		status: str("s"), resp: str("r"), finished: str("f"), expires: str("x"), tp: str("tp")}
 }
 
 // relayNow relays e right after the step that wrote it and reports
@@ -60,7 +70,7 @@ func (s *Store) relayNow(ctx context.Context, e *outboxEntry, clientOwner string
 	}
 	dropped, err := s.relay(ctx, e, clientOwner)
 	if err != nil {
-		s.log.Warn("cannot relay a result now; the partition's owner will", "client_id", e.client,
+		s.log.WarnContext(ctx, "cannot relay a result now; the partition's owner will", "client_id", e.client,
 			"device_id", e.device, "msg_id", e.key, "err", err)
 	}
 	return dropped
@@ -68,15 +78,27 @@ func (s *Store) relayNow(ctx context.Context, e *outboxEntry, clientOwner string
 
 // relay applies e to the client's partition, deletes it from the outbox
 // and wakes the client's push server. dropped reports that the client's
-// full mailbox refused the result (it stays readable by GET).
+// full mailbox refused the result (it stays readable by GET). Its span,
+// "relay", continues the trace of the step that ended the command (e.tp)
+// and goes with the result into the client's mailbox.
 func (s *Store) relay(ctx context.Context, e *outboxEntry, clientOwner string) (dropped bool, err error) {
+	ctx, span := telemetry.Tracer().Start(telemetry.ContextWithTraceParent(ctx, e.tp), "relay",
+		trace.WithAttributes(attribute.String("client_id", e.client), attribute.String("device_id", e.device),
+			attribute.String("msg_id", e.key), attribute.String("status", e.status)))
+	defer func() {
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
 	cp := s.PartitionOf(e.client)
 	pk := s.keys.Part(cp)
 	exp, _ := strconv.ParseInt(e.expires, 10, 64)
 	v, err := s.run(ctx, cp, stepRelay,
 		[]string{pk.Claim(e.client, e.key), pk.Mailbox(e.client), pk.Mailboxes(), pk.Session(e.client),
 			pk.StatusCounts(s.now().Unix() / 60), pk.Timers()},
-		e.client, e.device, e.gen, e.status, e.resp, e.finished, exp, watchMember(e.client, e.device, e.key))
+		e.client, e.device, e.gen, e.status, e.resp, e.finished, exp, watchMember(e.client, e.device, e.key),
+		telemetry.TraceParent(ctx))
 	if err != nil {
 		return false, fmt.Errorf("cannot relay the result of %s: %w", e.key, err)
 	}
@@ -90,20 +112,20 @@ func (s *Store) relay(ctx context.Context, e *outboxEntry, clientOwner string) (
 	switch what {
 	case "relayed":
 		if dropped = drop == "1"; dropped {
-			s.log.Warn("client mailbox full: result dropped (readable by GET)", "client_id", e.client, "msg_id", e.key)
+			s.log.WarnContext(ctx, "client mailbox full: result dropped (readable by GET)", "client_id", e.client, "msg_id", e.key)
 		}
 		if clientOwner == "" && s.opts.OwnerOf != nil {
 			clientOwner = s.opts.OwnerOf(e.client)
 		}
 		if err := s.wake(ctx, e.client, sess, clientOwner); err != nil {
-			s.log.Warn("cannot wake the client's push server", "client_id", e.client, "err", err)
+			s.log.WarnContext(ctx, "cannot wake the client's push server", "client_id", e.client, "err", err)
 		}
 	case "conflict":
 		s.finalConflicts.Add(1)
-		s.log.Warn("a different final for a command whose client already has one: not delivered",
+		s.log.WarnContext(ctx, "a different final for a command whose client already has one: not delivered",
 			"client_id", e.client, "device_id", e.device, "msg_id", e.key, "status", e.status)
 	case "mismatch":
-		s.log.Warn("a result whose claim names another device: not delivered",
+		s.log.WarnContext(ctx, "a result whose claim names another device: not delivered",
 			"client_id", e.client, "device_id", e.device, "msg_id", e.key)
 	}
 	if e.id == "" {

@@ -31,6 +31,8 @@ import (
 //	dropped          "1" when the client's mailbox was full at the final transition
 //	lease, lease_until, retakes   pending reservations ("" once queued)
 //	replays          times an operator replayed it from the dead letters
+//	tp               W3C traceparent of the latest span that moved it: the worker's
+//	                 dispatch, then the push server's completion of the answer
 //
 // A field set to "" means the same as an absent one (scripts blank
 // fields in the same HSET instead of a second HDEL).

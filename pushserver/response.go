@@ -8,6 +8,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/mailbox"
@@ -48,6 +50,22 @@ func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 		return n.dropResponse(log, dropID, err)
 	}
 	log = log.With("client_id", telemetry.Clip(client), "msg_id", telemetry.Clip(id.Key()))
+	// An MQTT 5 device that continues the command's trace sends the
+	// traceparent of its answer as a user property: the completion's span
+	// is its child, and the result's relay continues it. Without one the
+	// record's trace goes on (mailbox.Complete), with no span here.
+	base := n.ctx
+	if tp := userProperty(pk, "traceparent"); tp != "" {
+		var span trace.Span
+		base, span = telemetry.Tracer().Start(telemetry.ContextWithTraceParent(n.ctx, tp), "complete",
+			trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+				attribute.String("device_id", device), attribute.String("client_id", client),
+				attribute.String("msg_id", id.Key()), attribute.String("node", n.cfg.NodeID)))
+		defer span.End()
+		if tid := telemetry.TraceID(base); tid != "" {
+			log = log.With(telemetry.KeyTraceID, tid)
+		}
+	}
 
 	grace := n.cfg.AnswerGrace
 	if grace <= 0 {
@@ -62,7 +80,7 @@ func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 	retry, maxRetry := 100*time.Millisecond, min(2*time.Second, grace/4)
 	var held time.Time // when the first attempt failed
 	for {
-		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.ConfirmTimeout)
+		ctx, cancel := context.WithTimeout(base, n.cfg.ConfirmTimeout)
 		out, err := n.store.Complete(ctx, client, id.Key(), device, resp, time.Since(read), "")
 		cancel()
 		if err == nil {
@@ -106,6 +124,17 @@ func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 		}
 		retry = min(2*retry, maxRetry)
 	}
+}
+
+// userProperty is the value of the MQTT 5 user property key of pk, "" when
+// it has none.
+func userProperty(pk packets.Packet, key string) string {
+	for _, p := range pk.Properties.User {
+		if p.Key == key {
+			return p.Val
+		}
+	}
+	return ""
 }
 
 // dropResponse counts and logs a response that can never succeed; it is

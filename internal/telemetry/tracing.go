@@ -2,6 +2,7 @@ package telemetry
 
 import (
 	"context"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"io"
@@ -241,4 +242,23 @@ func Flush(stop func(context.Context) error, log *slog.Logger) {
 	if err := stop(ctx); err != nil && log != nil {
 		log.Warn("tracing: spans lost at shutdown", "err", err)
 	}
+}
+
+// EnsureTrace returns ctx unchanged when it carries a span context, else
+// ctx with a new random one (sampled, remote): a request that came without
+// a trace while tracing is off still gets a trace ID that its messages and
+// log lines carry.
+func EnsureTrace(ctx context.Context) context.Context {
+	if trace.SpanContextFromContext(ctx).IsValid() {
+		return ctx
+	}
+	var b [24]byte
+	_, _ = rand.Read(b[:])
+	sc := trace.NewSpanContext(trace.SpanContextConfig{
+		TraceID:    trace.TraceID(b[:16]),
+		SpanID:     trace.SpanID(b[16:]),
+		TraceFlags: trace.FlagsSampled,
+		Remote:     true,
+	})
+	return trace.ContextWithRemoteSpanContext(ctx, sc)
 }

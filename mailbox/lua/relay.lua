@@ -11,6 +11,9 @@
 local claim, mk, mboxes, sess, stats, timers = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local client, device, gen, status, resp, finished, expires, member =
   A[1], A[2], tonumber(A[3]), A[4], A[5], A[6], tonumber(A[7]), A[8]
+-- tp: the relay's span (W3C traceparent), carried by the client's
+-- mailbox entry to the push server that delivers it.
+local tp = A[9] or ''
 
 local c = redis.call('HMGET', claim, 'device', 'state', 'gen', 'status', 'resp')
 if c[1] and c[1] ~= device then return {'mismatch', '', ''} end
@@ -23,7 +26,7 @@ if c[2] == 'final' and cg == gen then
   return {'conflict', '', ''}
 end
 local dropped = '0'
-if not append(mk, mboxes, client, 'clients/' .. client .. '/results/' .. device, resp, expires) then
+if not append(mk, mboxes, client, 'clients/' .. client .. '/results/' .. device, resp, expires, nil, nil, tp) then
   dropped = '1'
   count(stats, 'result_dropped')
 end
