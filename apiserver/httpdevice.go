@@ -51,10 +51,14 @@ const (
 // ackToken is the form of an ack token: a mailbox stream entry ID.
 var ackToken = regexp.MustCompile(`^[0-9]{1,20}-[0-9]{1,20}$`)
 
-// polledCommand is one command of a poll's answer.
+// polledCommand is one command of a poll's answer. TraceParent is the
+// command's W3C trace context (the worker's dispatch span): a device
+// that sends it as the traceparent header of its answer continues the
+// command's trace.
 type polledCommand struct {
-	Ack     string          `json:"ack"`
-	Request json.RawMessage `json:"request"`
+	Ack         string          `json:"ack"`
+	Request     json.RawMessage `json:"request"`
+	TraceParent string          `json:"traceparent,omitempty"`
 }
 
 type pollView struct {
@@ -135,7 +139,7 @@ func (s *Server) pollCommands(c echo.Context) error {
 	}
 	out := pollView{Commands: make([]polledCommand, 0, len(es))}
 	for _, e := range es {
-		out.Commands = append(out.Commands, polledCommand{Ack: e.ID, Request: e.Payload})
+		out.Commands = append(out.Commands, polledCommand{Ack: e.ID, Request: e.Payload, TraceParent: e.TraceParent})
 	}
 	return c.JSON(http.StatusOK, out)
 }
