@@ -5,13 +5,19 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"github.com/iotgw/gateway/protocol"
 	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"strings"
 	"time"
+
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/iotgw/gateway/internal/telemetry"
+	"github.com/iotgw/gateway/protocol"
 )
 
 // API is a small client of the gateway's HTTP API.
@@ -78,6 +84,9 @@ func (a *API) Do(ctx context.Context, method, path, token string, body []byte, o
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
+	if tp := telemetry.TraceParent(ctx); tp != "" {
+		req.Header.Set("traceparent", tp)
+	}
 	resp, err := a.HTTP.Do(req)
 	if err != nil {
 		return 0, err
@@ -134,8 +143,17 @@ type Accepted struct {
 	StatusURL string          `json:"status_url"`
 }
 
-// SendCommand posts one JSON-RPC request to device.
-func (a *API) SendCommand(ctx context.Context, token, device string, req []byte, timeout, expiresIn time.Duration) (Accepted, int, error) {
+// SendCommand posts one JSON-RPC request to device. Its client span is
+// the root of the command's trace: the request carries its traceparent.
+func (a *API) SendCommand(ctx context.Context, token, device string, req []byte, timeout, expiresIn time.Duration) (_ Accepted, _ int, err error) {
+	ctx, span := telemetry.Tracer().Start(ctx, "POST /v1/devices/:device_id/commands",
+		trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attribute.String("device_id", device)))
+	defer func() {
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
 	q := url.Values{}
 	if timeout > 0 {
 		q.Set("timeout", timeout.String())

@@ -8,8 +8,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/protocol"
 )
 
@@ -47,6 +50,7 @@ type Device struct {
 type answer struct {
 	done    chan struct{}
 	payload []byte // nil: dropped
+	tp      string // the traceparent sent with it
 }
 
 const seenLimit = 2048
@@ -73,14 +77,14 @@ func (d *Device) GoOffline(dur time.Duration) {
 
 // onMessage runs in paho's goroutine; the answer is computed and sent in
 // another goroutine so that a slow method never blocks paho.
-func (d *Device) onMessage(_ mqtt.Client, m mqtt.Message) {
+func (d *Device) onMessage(m Message) {
 	d.Stats.Received.Add(1)
 	var req struct {
 		Method string          `json:"method"`
 		Params json.RawMessage `json:"params"`
 		ID     json.RawMessage `json:"id"`
 	}
-	if err := json.Unmarshal(m.Payload(), &req); err != nil || len(req.ID) == 0 {
+	if err := json.Unmarshal(m.Payload, &req); err != nil || len(req.ID) == 0 {
 		d.Stats.Unknown.Add(1)
 		return
 	}
@@ -92,7 +96,7 @@ func (d *Device) onMessage(_ mqtt.Client, m mqtt.Message) {
 		go func() {
 			<-a.done
 			if a.payload != nil {
-				d.publish(a.payload)
+				d.publish(a.payload, a.tp)
 			}
 		}()
 		return
@@ -105,14 +109,23 @@ func (d *Device) onMessage(_ mqtt.Client, m mqtt.Message) {
 		d.order = d.order[1:]
 	}
 	d.mu.Unlock()
-	go d.execute(req.Method, req.Params, req.ID, a)
+	go d.execute(m.TraceParent, req.Method, req.Params, req.ID, a)
 }
 
-func (d *Device) execute(method string, params, id json.RawMessage, a *answer) {
+// execute runs a command and answers it. Its span, "answer", continues
+// the trace the push server sent with the command (tp), and the answer
+// carries the span's traceparent back. The span ends before the answer
+// is sent: its PUBACK may come after the client has the result.
+func (d *Device) execute(tp, method string, params, id json.RawMessage, a *answer) {
 	defer close(a.done)
+	ctx, span := telemetry.Tracer().Start(telemetry.ContextWithTraceParent(context.Background(), tp), "answer",
+		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+			attribute.String("device_id", d.ID), attribute.String("method", method)))
 	r := rand.Float64()
 	if r < d.B.DropRate {
 		d.Stats.Dropped.Add(1)
+		span.SetAttributes(attribute.String("outcome", "dropped"))
+		span.End()
 		return
 	}
 	delay := d.B.Latency
@@ -129,17 +142,21 @@ func (d *Device) execute(method string, params, id json.RawMessage, a *answer) {
 	} else {
 		resp = d.call(method, params, id)
 	}
+	if resp.Error != nil {
+		span.SetStatus(codes.Error, resp.Error.Message)
+	}
 	payload, _ := json.Marshal(resp)
-	a.payload = payload
+	a.payload, a.tp = payload, telemetry.TraceParent(ctx)
+	span.End()
 	d.Stats.Answered.Add(1)
-	d.publish(payload)
+	d.publish(payload, a.tp)
 	if method == "reboot" && resp.Error == nil {
 		d.GoOffline(d.B.Reboot)
 	}
 }
 
-func (d *Device) publish(payload []byte) {
-	if err := d.Sess.Publish(protocol.DeviceResponsesTopic(d.ID), payload); err != nil {
+func (d *Device) publish(payload []byte, tp string) {
+	if err := d.Sess.Publish(protocol.DeviceResponsesTopic(d.ID), payload, tp); err != nil {
 		d.Stats.PublishErrors.Add(1)
 	}
 }
