@@ -275,7 +275,7 @@ func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request
 				return intakeResult{err: errNotAccepted("request cancelled")}
 			}
 			s.metrics.publishFailures.WithLabelValues("redis").Inc()
-			s.log.Warn("cannot reserve command", "client_id", in.client, "msg_id", req.ID.Key(), "err", err)
+			s.log.WarnContext(ctx, "cannot reserve command", "client_id", in.client, "msg_id", req.ID.Key(), "err", err)
 			if mailbox.NotSent(err) && !errors.Is(err, mailbox.ErrClaimed) {
 				return intakeResult{err: errNotAccepted("Redis is unavailable")}
 			}
@@ -341,20 +341,20 @@ func (s *Server) publish(reqCtx context.Context, in intake, req *protocol.Reques
 		span.SetStatus(codes.Error, err.Error())
 		reason := s.publishFailed(err)
 		if definitelyNotPublished(reason) {
-			s.log.Warn("publish failed; command not accepted", "client_id", in.client, "msg_id", key, "reason", reason, "err", err)
+			s.log.WarnContext(ctx, "publish failed; command not accepted", "client_id", in.client, "msg_id", key, "reason", reason, "err", err)
 			s.release(in.device, in.client, key, rec.LeaseToken)
 			return intakeResult{err: errNotAccepted(unavailableDetail(reason))}
 		}
 		// The message may be in a queue: the reservation keeps its lease,
 		// the worker that takes the message queues the command, and a
 		// retry with the same id learns the outcome (DESIGN §8.4).
-		s.log.Warn("publish not confirmed; outcome unknown", "client_id", in.client, "msg_id", key, "reason", reason, "err", err)
+		s.log.WarnContext(ctx, "publish not confirmed; outcome unknown", "client_id", in.client, "msg_id", key, "reason", reason, "err", err)
 		return intakeResult{err: errOutcomeUnknown(unavailableDetail(reason))}
 	}
 	if err := s.store.MarkQueued(ctx, in.device, in.client, key); err != nil {
 		// The command is durable in RabbitMQ: the worker queues a pending
 		// record when it takes the message, so the command is accepted.
-		s.log.Warn("published but cannot mark queued; the worker will", "client_id", in.client, "msg_id", key, "err", err)
+		s.log.WarnContext(ctx, "published but cannot mark queued; the worker will", "client_id", in.client, "msg_id", key, "err", err)
 	}
 	s.metrics.accepted.Inc()
 	return intakeResult{accepted: true}

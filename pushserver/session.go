@@ -506,7 +506,7 @@ func (s *session) step() bool {
 				// never be delivered on this connection. It stays in the
 				// mailbox (until it expires).
 				s.n.log.Warn("mailbox entry too large for the client's maximum packet size; skipped",
-					"client_id", s.identity, "entry", e.ID, "size", len(e.Payload))
+					"client_id", s.identity, "entry", e.ID, "size", len(e.Payload), telemetry.KeyTraceID, telemetry.TraceIDOf(e.TraceParent))
 				s.skipped = true
 				notSent(e)
 				continue
@@ -726,7 +726,7 @@ func (s *session) refuse(r refusal) {
 		}
 	}
 	s.n.log.Warn("cannot end a refused command; its entry will be sent again", "client_id", s.identity,
-		"entry", r.e.ID, "err", err)
+		"entry", r.e.ID, telemetry.KeyTraceID, telemetry.TraceIDOf(r.e.TraceParent), "err", err)
 }
 
 // unsend hands back fetched entries that were not published
