@@ -141,13 +141,19 @@ type Accepted struct {
 	ID        json.RawMessage `json:"id"`
 	Status    string          `json:"status"`
 	StatusURL string          `json:"status_url"`
+	// TraceID is the command's trace ID (sent as the traceparent header),
+	// the trace_id of every log line about it.
+	TraceID string `json:"-"`
 }
 
 // SendCommand posts one JSON-RPC request to device. Its client span is
-// the root of the command's trace: the request carries its traceparent.
+// the root of the command's trace: the request carries its traceparent
+// (with tracing off, a new trace ID all the same), and Accepted.TraceID
+// names the trace.
 func (a *API) SendCommand(ctx context.Context, token, device string, req []byte, timeout, expiresIn time.Duration) (_ Accepted, _ int, err error) {
 	ctx, span := telemetry.Tracer().Start(ctx, "POST /v1/devices/:device_id/commands",
 		trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attribute.String("device_id", device)))
+	ctx = telemetry.EnsureTrace(ctx)
 	defer func() {
 		if err != nil {
 			span.SetStatus(codes.Error, err.Error())
@@ -165,7 +171,7 @@ func (a *API) SendCommand(ctx context.Context, token, device string, req []byte,
 	if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
-	var acc Accepted
+	acc := Accepted{TraceID: telemetry.TraceID(ctx)}
 	status, err := a.Do(ctx, http.MethodPost, path, token, req, &acc)
 	return acc, status, err
 }

@@ -59,7 +59,8 @@ func TestTraceEndToEnd(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { otel.SetTracerProvider(noop.NewTracerProvider()) })
-	gl := &globals{API: g.APIURL, Secret: g.Opts.Secret, stdout: &bytes.Buffer{}, stderr: io.Discard, log: telemetry.Discard()}
+	var stderr testenv.SyncBuffer
+	gl := &globals{API: g.APIURL, Secret: g.Opts.Secret, stdout: &bytes.Buffer{}, stderr: &stderr, log: telemetry.Discard()}
 
 	fleetCtx, stopFleet := context.WithCancel(t.Context())
 	var wg sync.WaitGroup
@@ -119,6 +120,9 @@ func TestTraceEndToEnd(t *testing.T) {
 		}
 		dump, _ := json.MarshalIndent(spans, "", " ")
 		t.Fatalf("%v; trace %q lacks %v; received %s; receiver errors %v", err, traceID, missing, dump, rcv.Errors())
+	}
+	if !strings.Contains(stderr.String(), "(trace_id "+traceID+")") {
+		t.Errorf("send printed %q, want the trace_id %s", stderr.String(), traceID)
 	}
 	hops := hopsOf(spans, traceID)
 	for _, h := range commandTrace {
