@@ -167,3 +167,38 @@ func TestLogTraceID(t *testing.T) {
 		}
 	}
 }
+
+// FuzzTraceParent: a traceparent from outside (an HTTP header, an AMQP
+// header, an MQTT user property) is parsed by the W3C propagator; what
+// travels on is either nothing or a well-formed version 00 traceparent of
+// the same trace, never the outsider's string as it came.
+func FuzzTraceParent(f *testing.F) {
+	for _, s := range []string{
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff",
+		"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-extra",
+		"ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+		"00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+		"00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01",
+		"", "00-", "not a traceparent",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, in string) {
+		ctx := ContextWithTraceParent(context.Background(), in)
+		got := TraceParent(ctx)
+		if got == "" {
+			if TraceID(ctx) != "" {
+				t.Fatalf("ContextWithTraceParent(%q): a trace ID %s without a traceparent", in, TraceID(ctx))
+			}
+			return
+		}
+		if len(got) != 55 || !strings.HasPrefix(got, "00-") || got[35] != '-' || got[52] != '-' ||
+			strings.Trim(got[3:35]+got[36:52]+got[53:], "0123456789abcdef") != "" {
+			t.Fatalf("ContextWithTraceParent(%q) passes on %q, not a version 00 traceparent", in, got)
+		}
+		if TraceIDOf(got) != TraceID(ctx) || TraceIDOf(in) != TraceID(ctx) {
+			t.Fatalf("trace IDs differ: in %q, out %q", in, got)
+		}
+	})
+}
