@@ -11,9 +11,6 @@ import (
 	"testing"
 	"time"
 
-	"go.opentelemetry.io/otel"
-	"go.opentelemetry.io/otel/trace/noop"
-
 	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/internal/testenv"
@@ -58,7 +55,7 @@ func TestTraceEndToEnd(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { otel.SetTracerProvider(noop.NewTracerProvider()) })
+	t.Cleanup(telemetry.ResetProvider)
 	var stderr testenv.SyncBuffer
 	gl := &globals{API: g.APIURL, Secret: g.Opts.Secret, stdout: &bytes.Buffer{}, stderr: &stderr, log: telemetry.Discard()}
 

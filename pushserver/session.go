@@ -552,6 +552,14 @@ func (s *session) publish(pid uint16, e mailbox.Entry) error {
 	if e.TraceParent == "" {
 		return s.cl.WritePacket(pk)
 	}
+	if !telemetry.Enabled() {
+		// No span to record: the entry's traceparent goes on as it is
+		// (written by the gateway, so well-formed), at no cost.
+		if s.cl.Properties.ProtocolVersion == 5 {
+			pk.Properties.User = []packets.UserProperty{{Key: "traceparent", Val: e.TraceParent}}
+		}
+		return s.cl.WritePacket(pk)
+	}
 	name, attrs := "deliver", []attribute.KeyValue{attribute.String("client_id", s.identity)}
 	if e.Client != "" {
 		name, attrs = "send", []attribute.KeyValue{attribute.String("device_id", s.identity),

@@ -8,10 +8,8 @@ import (
 
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/stretchr/testify/require"
-	"go.opentelemetry.io/otel"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/sdk/trace/tracetest"
-	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/internal/telemetry"
@@ -33,24 +31,14 @@ func (c *raw) recvPublish(t *testing.T) packets.Packet {
 	}
 }
 
-// TestTraceOverMQTT5: with tracing on, the push server's span of the send
-// to a device continues the worker's (the mailbox entry's traceparent) and
-// reaches an MQTT 5 device as the user property traceparent; the device's
-// answer, sent with its own traceparent, is completed in a child span of
-// it, the relay's span is the completion's child, and the delivery to the
-// MQTT 5 client is the relay's child and carries its traceparent.
-func TestTraceOverMQTT5(t *testing.T) {
-	// Not parallel: it installs the global tracer provider.
-	rec := tracetest.NewSpanRecorder()
-	otel.SetTracerProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)))
-	t.Cleanup(func() { otel.SetTracerProvider(noop.NewTracerProvider()) })
-
+// traceExchange sends one command with the dispatch's traceparent
+// dispatchTP to an MQTT 5 device, which answers with answerTP, and returns
+// the traceparents the device and the client received.
+func traceExchange(t *testing.T, dispatchTP, answerTP string) (sendTP, deliverTP string) {
+	t.Helper()
 	e := newEnv(t)
 	n := e.startNode()
 	const device, client = "dev-trace", "cli-trace"
-	const dispatchTP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
-	const answerTP = "00-4bf92f3577b34da6a3ce929d0e0e4736-2222222222222222-01"
-	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
 
 	cl := dialRaw(t, n.Addr(), 5)
 	require.Equal(t, byte(0), cl.connect(client, token(t, client, auth.RoleClient, time.Hour)).ReasonCode)
@@ -69,18 +57,34 @@ func TestTraceOverMQTT5(t *testing.T) {
 	require.NoError(t, err)
 	require.Equal(t, mailbox.OutcomeSent, out)
 
-	cmd := dev.recvPublish(t)
-	sendTP := userProperty(cmd, "traceparent")
-	require.Equal(t, traceID, telemetry.TraceIDOf(sendTP), "device got traceparent %q, want one of trace %s", sendTP, traceID)
-
+	sendTP = userProperty(dev.recvPublish(t), "traceparent")
 	require.NoError(t, dev.send(packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 7,
 		TopicName:  protocol.DeviceResponsesTopic(device),
 		Payload:    []byte(fmt.Sprintf(`{"jsonrpc":"2.0","result":{"ok":true},"id":"%s:1"}`, client)),
 		Properties: packets.Properties{User: []packets.UserProperty{{Key: "traceparent", Val: answerTP}}},
 	}))
-	res := cl.recvPublish(t)
-	deliverTP := userProperty(res, "traceparent")
+	deliverTP = userProperty(cl.recvPublish(t), "traceparent")
+	return sendTP, deliverTP
+}
+
+// TestTraceOverMQTT5: with tracing on, the push server's span of the send
+// to a device continues the worker's (the mailbox entry's traceparent) and
+// reaches an MQTT 5 device as the user property traceparent; the device's
+// answer, sent with its own traceparent, is completed in a child span of
+// it, the relay's span is the completion's child, and the delivery to the
+// MQTT 5 client is the relay's child and carries its traceparent.
+func TestTraceOverMQTT5(t *testing.T) {
+	// Not parallel: it installs the global tracer provider.
+	rec := tracetest.NewSpanRecorder()
+	telemetry.UseProvider(sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec)))
+	t.Cleanup(telemetry.ResetProvider)
+	const dispatchTP = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	const answerTP = "00-4bf92f3577b34da6a3ce929d0e0e4736-2222222222222222-01"
+	const traceID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+	sendTP, deliverTP := traceExchange(t, dispatchTP, answerTP)
+	require.Equal(t, traceID, telemetry.TraceIDOf(sendTP), "device got traceparent %q, want one of trace %s", sendTP, traceID)
 	require.Equal(t, traceID, telemetry.TraceIDOf(deliverTP), "client got traceparent %q, want one of trace %s", deliverTP, traceID)
 
 	// Every span of the trace, by name, with its parent.
@@ -110,4 +114,16 @@ func TestTraceOverMQTT5(t *testing.T) {
 	require.Equal(t, spanID("complete"), parentOf("relay"), "relay's parent: complete")
 	require.Equal(t, spanID("relay"), parentOf("deliver"), "deliver's parent: relay")
 	require.Equal(t, deliverTP[36:52], spanID("deliver"), "the client's traceparent is the deliver span")
+}
+
+// TestTraceOverMQTT5Off: with tracing off the push server records no
+// span and passes the traceparents on as they are: the dispatch's to the
+// device, the device's answer's (carried by the relay) to the client.
+func TestTraceOverMQTT5Off(t *testing.T) {
+	const dispatchTP = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+	const answerTP = "00-0af7651916cd43dd8448eb211c80319c-3333333333333333-01"
+	require.False(t, telemetry.Enabled(), "tracing is on")
+	sendTP, deliverTP := traceExchange(t, dispatchTP, answerTP)
+	require.Equal(t, dispatchTP, sendTP, "the device's traceparent")
+	require.Equal(t, answerTP, deliverTP, "the client's traceparent")
 }

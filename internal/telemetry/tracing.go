@@ -8,6 +8,7 @@ import (
 	"io"
 	"log/slog"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"go.opentelemetry.io/otel"
@@ -19,6 +20,7 @@ import (
 	"go.opentelemetry.io/otel/sdk/resource"
 	sdktrace "go.opentelemetry.io/otel/sdk/trace"
 	"go.opentelemetry.io/otel/trace"
+	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/iotgw/gateway/internal/buildinfo"
 )
@@ -54,6 +56,27 @@ var propagator = propagation.TraceContext{}
 
 // Tracer is the tracer every part of the gateway starts its spans with.
 func Tracer() trace.Tracer { return otel.Tracer(tracerName) }
+
+// enabled is set while StartTracing's SDK provider is installed.
+var enabled atomic.Bool
+
+// Enabled reports whether spans are recorded and exported (StartTracing
+// installed an exporter). A hot path may skip a span that would be a
+// no-op and pass its parent's traceparent on as it is.
+func Enabled() bool { return enabled.Load() }
+
+// UseProvider installs tp as the global tracer provider and marks tracing
+// enabled, as StartTracing does; tests use it with an in-memory recorder.
+func UseProvider(tp trace.TracerProvider) {
+	otel.SetTracerProvider(tp)
+	enabled.Store(true)
+}
+
+// ResetProvider puts OpenTelemetry's no-op provider back (tracing off).
+func ResetProvider() {
+	enabled.Store(false)
+	otel.SetTracerProvider(noop.NewTracerProvider())
+}
 
 // Exporters names the span exporters that OTEL_* variables (read with
 // getenv) select: a subset of "otlp" and "console", none when tracing is
@@ -146,7 +169,7 @@ func StartTracing(ctx context.Context, service string, getenv func(string) strin
 	}
 	opts = append(opts, sdktrace.WithResource(res))
 	tp := sdktrace.NewTracerProvider(opts...)
-	otel.SetTracerProvider(tp)
+	UseProvider(tp)
 	if log != nil {
 		otel.SetErrorHandler(otel.ErrorHandlerFunc(func(err error) {
 			log.Warn("tracing: cannot export spans", "err", err)
@@ -154,6 +177,7 @@ func StartTracing(ctx context.Context, service string, getenv func(string) strin
 		log.Info("tracing on", "exporters", strings.Join(names, ","))
 	}
 	return func(ctx context.Context) error {
+		enabled.Store(false)
 		err := tp.Shutdown(ctx)
 		if err != nil && !errors.Is(err, context.Canceled) {
 			return fmt.Errorf("cannot flush spans: %w", err)

@@ -9,9 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"go.opentelemetry.io/otel"
 	"go.opentelemetry.io/otel/trace"
-	"go.opentelemetry.io/otel/trace/noop"
 
 	"github.com/iotgw/gateway/internal/testenv"
 )
@@ -49,7 +47,7 @@ func TestExporters(t *testing.T) {
 
 // resetTracing puts the no-op provider back when the test ends.
 func resetTracing(t *testing.T) {
-	t.Cleanup(func() { otel.SetTracerProvider(noop.NewTracerProvider()) })
+	t.Cleanup(ResetProvider)
 }
 
 func TestStartTracingOTLPHTTP(t *testing.T) {
