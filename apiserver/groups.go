@@ -20,6 +20,7 @@ import (
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/internal/config"
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -258,7 +259,7 @@ func (s *Server) postGroupCommand(c echo.Context) error {
 	// second envelope is harmless: the worker resumes at the cursor).
 	env := protocol.GroupEnvelope{Client: cl.Subject, MsgID: req.ID, Method: req.Method, Params: req.Params,
 		TimeoutMS: o.timeout.Milliseconds(), ExpiresMS: o.expiresIn.Milliseconds(), Fingerprint: g.Fingerprint,
-		TraceParent: traceParent(c.Request().Header.Get("traceparent"))}
+		TraceParent: telemetry.TraceParent(c.Request().Context())}
 	body, err := env.Encode()
 	if err != nil {
 		return errBadRequest("cannot encode the group command")
@@ -541,7 +542,7 @@ func (s *Server) retryCommand(c echo.Context) error {
 	if err != nil {
 		return s.storeError(err, "no such command")
 	}
-	trace := traceParent(c.Request().Header.Get("traceparent"))
+	trace := telemetry.TraceParent(c.Request().Context())
 	body, err := replayEnvelope(rec, 1+rec.Replays, trace)
 	if err == nil {
 		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ConfirmTimeout+2*time.Second)

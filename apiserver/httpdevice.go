@@ -12,7 +12,11 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -47,10 +51,14 @@ const (
 // ackToken is the form of an ack token: a mailbox stream entry ID.
 var ackToken = regexp.MustCompile(`^[0-9]{1,20}-[0-9]{1,20}$`)
 
-// polledCommand is one command of a poll's answer.
+// polledCommand is one command of a poll's answer. TraceParent is the
+// command's W3C trace context (the worker's dispatch span): a device
+// that sends it as the traceparent header of its answer continues the
+// command's trace.
 type polledCommand struct {
-	Ack     string          `json:"ack"`
-	Request json.RawMessage `json:"request"`
+	Ack         string          `json:"ack"`
+	Request     json.RawMessage `json:"request"`
+	TraceParent string          `json:"traceparent,omitempty"`
 }
 
 type pollView struct {
@@ -131,7 +139,7 @@ func (s *Server) pollCommands(c echo.Context) error {
 	}
 	out := pollView{Commands: make([]polledCommand, 0, len(es))}
 	for _, e := range es {
-		out.Commands = append(out.Commands, polledCommand{Ack: e.ID, Request: e.Payload})
+		out.Commands = append(out.Commands, polledCommand{Ack: e.ID, Request: e.Payload, TraceParent: e.TraceParent})
 	}
 	return c.JSON(http.StatusOK, out)
 }
@@ -217,7 +225,10 @@ func (s *Server) postResponses(c echo.Context) error {
 	return c.JSON(http.StatusOK, out)
 }
 
-// completeAnswer completes one answer of device d.
+// completeAnswer completes one answer of device d. Its span, "complete",
+// is a child of the request's: when the device sent the traceparent it
+// got with the command, the result's relay continues it (a span of
+// another trace is not kept by the record, mailbox.Complete).
 func (s *Server) completeAnswer(ctx context.Context, d string, raw json.RawMessage) (responseOutcome, error) {
 	resp, err := protocol.ParseResponse(raw)
 	if err != nil {
@@ -229,10 +240,16 @@ func (s *Server) completeAnswer(ctx context.Context, d string, raw json.RawMessa
 		o.Outcome, o.Error = "malformed", strings.TrimPrefix(err.Error(), "protocol: ")
 		return o, nil
 	}
+	ctx, span := telemetry.Tracer().Start(ctx, "complete", trace.WithSpanKind(trace.SpanKindConsumer),
+		trace.WithAttributes(attribute.String("client_id", client), attribute.String("device_id", d),
+			attribute.String("msg_id", id.Key())))
+	defer span.End()
 	out, err := s.store.Complete(ctx, client, id.Key(), d, resp, 0, "")
 	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
 		return o, s.storeError(err, "")
 	}
+	span.SetAttributes(attribute.String("outcome", string(out)))
 	if out == mailbox.OutcomeNoop {
 		out = mailbox.OutcomeUnknown
 	}

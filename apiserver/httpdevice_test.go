@@ -129,3 +129,49 @@ func TestHTTPDeviceRefusals(t *testing.T) {
 		assert.Equal(t, tt.want, r.Status, "%s: %s", tt.name, r.Body)
 	}
 }
+
+// TestHTTPDeviceTrace: a polled command carries its traceparent; an answer
+// posted with it (or a child of it: the same trace) continues the trace
+// into the client's result, an answer in another trace does not.
+func TestHTTPDeviceTrace(t *testing.T) {
+	t.Parallel()
+	g := newGW(t)
+	app := token(t, "app-1", auth.RoleClient, "dev-*")
+	dev := token(t, "dev-t", auth.RoleDevice)
+	const tp = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	for _, id := range []string{"t1", "t2"} {
+		r := g.do(http.MethodPost, "/v1/devices/dev-t/commands", app, cmd(id, "reboot", nil), "traceparent", tp)
+		require.Equal(t, http.StatusAccepted, r.Status, "%s", r.Body)
+	}
+	g.dispatch()
+	r := g.do(http.MethodGet, "/v1/devices/dev-t/commands/next", dev, nil)
+	require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+	var v pollView
+	r.json(t, &v)
+	require.Len(t, v.Commands, 2)
+	for _, c := range v.Commands {
+		assert.Equal(t, tp, c.TraceParent, "traceparent of polled %s", c.Request)
+	}
+
+	answers := []struct{ id, header, want string }{
+		{"t1", "00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-01", "00-4bf92f3577b34da6a3ce929d0e0e4736-1111111111111111-01"},
+		{"t2", "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01", tp},
+	}
+	for _, a := range answers {
+		r := g.do(http.MethodPost, "/v1/devices/dev-t/responses", dev,
+			`{"jsonrpc":"2.0","result":{"ok":true},"id":"app-1:`+a.id+`"}`, "traceparent", a.header)
+		require.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
+	}
+	es, err := g.store.Fetch(t.Context(), "app-1", "", 10)
+	require.NoError(t, err)
+	require.Len(t, es, 2)
+	got := map[string]string{}
+	for _, e := range es {
+		resp, err := protocol.ParseResponse(e.Payload)
+		require.NoError(t, err)
+		got[string(resp.ID)] = e.TraceParent
+	}
+	for _, a := range answers {
+		assert.Equal(t, a.want, got[`"`+a.id+`"`], "traceparent of %s's result (answered with %s)", a.id, a.header)
+	}
+}

@@ -2,8 +2,6 @@ package main
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -16,9 +14,13 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/config"
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -140,7 +142,6 @@ func (s *Server) postCommands(c echo.Context) error {
 		laneMode:  laneMode,
 		backoff:   backoff,
 		backoffAs: q.Get("retry_backoff"),
-		trace:     traceParent(c.Request().Header.Get("traceparent")),
 	}
 	if !batch {
 		e := entries[0]
@@ -235,7 +236,6 @@ type intake struct {
 	// backoffAs; part of the body's identity).
 	backoff   mailbox.Backoff
 	backoffAs string
-	trace     string
 }
 
 // fingerprint is the body's identity: the request and its options.
@@ -333,7 +333,24 @@ func notBeforeParam(v string, now time.Time) (time.Duration, error) {
 // before with the same body answers the existing command (200); one whose
 // earlier attempt is still pending under another request's lease waits
 // for that outcome, at most about one lease.
-func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request) intakeResult {
+//
+// Its span, "intake", is a child of the request's (observe); the
+// publish's span is its child.
+func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request) (r intakeResult) {
+	ctx, span := telemetry.Tracer().Start(ctx, "intake", trace.WithAttributes(
+		attribute.String("client_id", in.client), attribute.String("device_id", in.device),
+		attribute.String("msg_id", req.ID.Key()), attribute.String("method", req.Method)))
+	defer func() {
+		switch {
+		case r.err != nil:
+			span.SetStatus(codes.Error, r.err.Error())
+		case r.existing != nil:
+			span.SetAttributes(attribute.String("outcome", "existing"))
+		default:
+			span.SetAttributes(attribute.String("outcome", "accepted"))
+		}
+		span.End()
+	}()
 	cmd := &mailbox.Command{
 		Client:      in.client,
 		Device:      in.device,
@@ -364,7 +381,7 @@ func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request
 				return intakeResult{err: errNotAccepted("request cancelled")}
 			}
 			s.metrics.publishFailures.WithLabelValues("redis").Inc()
-			s.log.Warn("cannot reserve command", "client_id", in.client, "msg_id", req.ID.Key(), "err", err)
+			s.log.WarnContext(ctx, "cannot reserve command", "client_id", in.client, "msg_id", req.ID.Key(), "err", err)
 			if mailbox.NotSent(err) && !errors.Is(err, mailbox.ErrClaimed) {
 				return intakeResult{err: errNotAccepted("Redis is unavailable")}
 			}
@@ -418,29 +435,32 @@ func (s *Server) publish(reqCtx context.Context, in intake, req *protocol.Reques
 	if deliverBy.IsZero() {
 		deliverBy = accepted.Add(in.expiresIn)
 	}
-	env := commandEnvelope(in.client, in.device, req.ID, payload, accepted, deliverBy, in.timeout, 1, in.trace)
+	ctx, span := s.publishSpan(ctx, in.device)
+	defer span.End()
+	env := commandEnvelope(in.client, in.device, req.ID, payload, accepted, deliverBy, in.timeout, 1, telemetry.TraceParent(ctx))
 	body, err := env.Encode()
 	if err != nil {
 		s.release(in.device, in.client, key, rec.LeaseToken)
 		return intakeResult{err: errBadRequest("cannot encode the command")}
 	}
-	if err := s.publishCommand(ctx, body, in.client, in.device, req.ID, in.trace); err != nil {
+	if err := s.publishCommand(ctx, body, in.client, in.device, req.ID, env.TraceParent); err != nil {
+		span.SetStatus(codes.Error, err.Error())
 		reason := s.publishFailed(err)
 		if definitelyNotPublished(reason) {
-			s.log.Warn("publish failed; command not accepted", "client_id", in.client, "msg_id", key, "reason", reason, "err", err)
+			s.log.WarnContext(ctx, "publish failed; command not accepted", "client_id", in.client, "msg_id", key, "reason", reason, "err", err)
 			s.release(in.device, in.client, key, rec.LeaseToken)
 			return intakeResult{err: errNotAccepted(unavailableDetail(reason))}
 		}
 		// The message may be in a queue: the reservation keeps its lease,
 		// the worker that takes the message queues the command, and a
 		// retry with the same id learns the outcome (DESIGN §8.4).
-		s.log.Warn("publish not confirmed; outcome unknown", "client_id", in.client, "msg_id", key, "reason", reason, "err", err)
+		s.log.WarnContext(ctx, "publish not confirmed; outcome unknown", "client_id", in.client, "msg_id", key, "reason", reason, "err", err)
 		return intakeResult{err: errOutcomeUnknown(unavailableDetail(reason))}
 	}
 	if err := s.store.MarkQueued(ctx, in.device, in.client, key); err != nil {
 		// The command is durable in RabbitMQ: the worker queues a pending
 		// record when it takes the message, so the command is accepted.
-		s.log.Warn("published but cannot mark queued; the worker will", "client_id", in.client, "msg_id", key, "err", err)
+		s.log.WarnContext(ctx, "published but cannot mark queued; the worker will", "client_id", in.client, "msg_id", key, "err", err)
 	}
 	s.metrics.accepted.Inc()
 	return intakeResult{accepted: true}
@@ -462,6 +482,17 @@ func commandEnvelope(client, device string, id protocol.ID, payload []byte, acce
 		Attempt:        attempt,
 		TraceParent:    trace,
 	}
+}
+
+// publishSpan starts the span of a command's publish to RabbitMQ (a
+// producer span): its traceparent goes into the envelope and the AMQP
+// headers, so that the worker continues it.
+func (s *Server) publishSpan(ctx context.Context, device string) (context.Context, trace.Span) {
+	exchange, key := s.topo.DeviceRoute(device)
+	return telemetry.Tracer().Start(ctx, "publish", trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(attribute.String("messaging.system", "rabbitmq"),
+			attribute.String("messaging.destination.name", exchange),
+			attribute.String("messaging.rabbitmq.destination.routing_key", key)))
 }
 
 // publishCommand publishes an encoded command envelope to the device's
@@ -578,39 +609,6 @@ func durationParam(q url.Values, name string, def, lo, hi time.Duration) (time.D
 		return 0, errBadRequest(fmt.Sprintf("%s: %s is out of range [%s, %s]", name, d, lo, hi))
 	}
 	return d, nil
-}
-
-// traceParent returns h when it is a valid W3C traceparent, else a new
-// one with a random trace and span.
-func traceParent(h string) string {
-	if validTraceParent(h) {
-		return h
-	}
-	var b [24]byte
-	_, _ = rand.Read(b[:])
-	return "00-" + hex.EncodeToString(b[:16]) + "-" + hex.EncodeToString(b[16:]) + "-01"
-}
-
-// validTraceParent checks version 00's layout: 00-<32 hex>-<16 hex>-<2
-// hex>, lowercase, with trace and parent IDs that are not all zeros.
-func validTraceParent(h string) bool {
-	if len(h) != 55 || h[:3] != "00-" || h[35] != '-' || h[52] != '-' {
-		return false
-	}
-	hexOK := func(s string, nonZero bool) bool {
-		zero := true
-		for i := 0; i < len(s); i++ {
-			c := s[i]
-			if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
-				return false
-			}
-			if s[i] != '0' {
-				zero = false
-			}
-		}
-		return !nonZero || !zero
-	}
-	return hexOK(h[3:35], true) && hexOK(h[36:52], true) && hexOK(h[53:55], false)
 }
 
 // acceptedJSON is the body of a 202 for one command: acceptedBody, as

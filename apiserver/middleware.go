@@ -1,6 +1,7 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -13,6 +14,9 @@ import (
 	"time"
 
 	"github.com/labstack/echo/v4"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 	"golang.org/x/time/rate"
 
 	"github.com/iotgw/gateway/internal/auth"
@@ -75,12 +79,25 @@ func (s *Server) leaveInFlight(c echo.Context) {
 }
 
 // observe records every request: the request log (slog, with client_id
-// and msg_id when known), gw_api_requests_total and
-// gw_api_request_duration_seconds. Errors are rendered here, so the
-// status is the one the client gets.
+// and msg_id when known, and trace_id), gw_api_requests_total and
+// gw_api_request_duration_seconds, and the request's server span, which
+// continues the request's W3C traceparent header. Without tracing, a
+// request without a valid traceparent gets a new trace ID all the same
+// (telemetry.EnsureTrace): its commands carry it. Errors are rendered
+// here, so the status is the one the client gets. Probes and scrapes
+// (/healthz, /readyz, /metrics) get no span.
 func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 	return func(c echo.Context) error {
 		start := time.Now()
+		req := c.Request()
+		var span trace.Span
+		if p := req.URL.Path; p != "/healthz" && p != "/readyz" && p != "/metrics" {
+			var ctx context.Context
+			ctx, span = telemetry.Tracer().Start(
+				telemetry.ContextWithTraceParent(req.Context(), req.Header.Get("traceparent")),
+				req.Method, trace.WithSpanKind(trace.SpanKindServer))
+			c.SetRequest(req.WithContext(telemetry.EnsureTrace(ctx)))
+		}
 		// Every answer is JSON or a document of a known type: browsers must
 		// not sniff another.
 		c.Response().Header().Set("X-Content-Type-Options", "nosniff")
@@ -116,6 +133,15 @@ func (s *Server) observe(next echo.HandlerFunc) echo.HandlerFunc {
 			level = slog.LevelDebug // probes and scrapes, every few seconds
 		}
 		s.log.LogAttrs(c.Request().Context(), level, "request", attrs...)
+		if span != nil {
+			span.SetName(c.Request().Method + " " + route)
+			span.SetAttributes(attribute.String("http.request.method", c.Request().Method),
+				attribute.String("http.route", route), attribute.Int("http.response.status_code", status))
+			if status >= 500 {
+				span.SetStatus(codes.Error, http.StatusText(status))
+			}
+			span.End()
+		}
 		return nil
 	}
 }

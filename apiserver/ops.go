@@ -18,10 +18,12 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/codes"
 
 	"github.com/iotgw/gateway/apiserver/web"
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -618,7 +620,10 @@ func (o *ops) replay(c echo.Context) error {
 		return s.storeError(err, "no such command")
 	}
 
-	trace := traceParent(c.Request().Header.Get("traceparent"))
+	// The replay's publish continues the operator's request trace.
+	ctx, span := s.publishSpan(ctx, rec.Device)
+	defer span.End()
+	trace := telemetry.TraceParent(ctx)
 	body, err := replayEnvelope(rec, o.attempt(ctx, client, key), trace)
 	if err == nil {
 		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ConfirmTimeout+2*time.Second)
@@ -626,11 +631,12 @@ func (o *ops) replay(c echo.Context) error {
 		cancel()
 	}
 	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
 		reason := s.publishFailed(err)
-		s.log.Warn("replay: publish failed; the command waits for another replay", "client_id", client, "msg_id", key, "reason", reason, "err", err)
+		s.log.WarnContext(ctx, "replay: publish failed; the command waits for another replay", "client_id", client, "msg_id", key, "reason", reason, "err", err)
 		return errUnavailable("the replayed command could not be published (" + reason + "); replay it again")
 	}
-	s.log.Info("replayed dead command", "client_id", client, "msg_id", key, "device_id", rec.Device)
+	s.log.InfoContext(ctx, "replayed dead command", "client_id", client, "msg_id", key, "device_id", rec.Device)
 	return c.JSON(http.StatusAccepted, viewFor(rec, claimsOf(c).Subject))
 }
 

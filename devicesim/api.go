@@ -13,6 +13,11 @@ import (
 	"strings"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/protocol"
 )
 
@@ -80,6 +85,9 @@ func (a *API) Do(ctx context.Context, method, path, token string, body []byte, o
 	if token != "" {
 		req.Header.Set("Authorization", "Bearer "+token)
 	}
+	if tp := telemetry.TraceParent(ctx); tp != "" {
+		req.Header.Set("traceparent", tp)
+	}
 	resp, err := a.HTTP.Do(req)
 	if err != nil {
 		return 0, err
@@ -134,6 +142,9 @@ type Accepted struct {
 	ID        json.RawMessage `json:"id"`
 	Status    string          `json:"status"`
 	StatusURL string          `json:"status_url"`
+	// TraceID is the command's trace ID (sent as the traceparent header),
+	// the trace_id of every log line about it.
+	TraceID string `json:"-"`
 }
 
 // SendOptions are the query options of POST /v1/devices/{d}/commands.
@@ -151,8 +162,20 @@ func (a *API) SendCommand(ctx context.Context, token, device string, req []byte,
 	return a.Send(ctx, token, device, req, SendOptions{Timeout: timeout, ExpiresIn: expiresIn})
 }
 
-// Send posts one JSON-RPC request to device with o.
-func (a *API) Send(ctx context.Context, token, device string, req []byte, o SendOptions) (Accepted, int, error) {
+// Send posts one JSON-RPC request to device with o. Its client span is
+// the root of the command's trace: the request carries its traceparent
+// (with tracing off, a new trace ID all the same), and Accepted.TraceID
+// names the trace.
+func (a *API) Send(ctx context.Context, token, device string, req []byte, o SendOptions) (_ Accepted, _ int, err error) {
+	ctx, span := telemetry.Tracer().Start(ctx, "POST /v1/devices/:device_id/commands",
+		trace.WithSpanKind(trace.SpanKindClient), trace.WithAttributes(attribute.String("device_id", device)))
+	ctx = telemetry.EnsureTrace(ctx)
+	defer func() {
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
 	q := url.Values{}
 	if o.OneWay {
 		q.Set("one_way", "true")
@@ -172,7 +195,7 @@ func (a *API) Send(ctx context.Context, token, device string, req []byte, o Send
 	if len(q) > 0 {
 		path += "?" + q.Encode()
 	}
-	var acc Accepted
+	acc := Accepted{TraceID: telemetry.TraceID(ctx)}
 	status, err := a.Do(ctx, http.MethodPost, path, token, req, &acc)
 	return acc, status, err
 }

@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/protocol"
 )
 
@@ -18,15 +21,23 @@ type Result struct {
 
 // NewClientSession returns a session that subscribes to all of client's
 // results and hands each to deliver (in paho's goroutine: keep it quick).
+// A result that came with a traceparent gets a span, "result", that ends
+// the command's trace.
 func NewClientSession(client, token string, api *API, deliver func(Result)) *Session {
 	s := &Session{Identity: client, Token: token, API: api, Filter: protocol.ClientResultsFilter(client)}
-	s.Handler = func(_ mqtt.Client, m mqtt.Message) {
+	s.Handler = func(m Message) {
 		now := time.Now()
-		t, err := protocol.ParseTopic(m.Topic())
+		t, err := protocol.ParseTopic(m.Topic)
 		if err != nil || t.Kind != protocol.TopicClientResults {
 			return
 		}
-		resp, err := protocol.ParseResponse(m.Payload())
+		if m.TraceParent != "" {
+			_, span := telemetry.Tracer().Start(telemetry.ContextWithTraceParent(context.Background(), m.TraceParent),
+				"result", trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+					attribute.String("client_id", client), attribute.String("device_id", t.Device)))
+			span.End()
+		}
+		resp, err := protocol.ParseResponse(m.Payload)
 		if err != nil {
 			// Keep what was received visible to the ledger as unexpected.
 			resp = &protocol.Response{ID: json.RawMessage("null")}

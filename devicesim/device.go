@@ -8,8 +8,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/protocol"
 )
 
@@ -70,6 +73,7 @@ type Device struct {
 type answer struct {
 	done    chan struct{}
 	payload []byte // nil: dropped
+	tp      string // the traceparent sent with it
 }
 
 const seenLimit = 2048
@@ -153,7 +157,7 @@ func (d *Device) runHTTP(ctx context.Context) {
 		acks = acks[:0]
 		for _, c := range cmds {
 			acks = append(acks, c.Ack)
-			d.handle(c.Request)
+			d.handle(c.Request, "")
 		}
 		if len(cmds) == 0 {
 			wake := d.HTTP.Wake
@@ -178,10 +182,11 @@ func (d *Device) GoOffline(dur time.Duration) {
 
 // onMessage runs in paho's goroutine; the answer is computed and sent in
 // another goroutine so that a slow method never blocks paho.
-func (d *Device) onMessage(_ mqtt.Client, m mqtt.Message) { d.handle(m.Payload()) }
+func (d *Device) onMessage(m Message) { d.handle(m.Payload, m.TraceParent) }
 
-// handle takes one command, from MQTT or from an HTTP poll.
-func (d *Device) handle(payload []byte) {
+// handle takes one command, from MQTT or from an HTTP poll; tp is the
+// traceparent that came with it ("" when none did).
+func (d *Device) handle(payload []byte, tp string) {
 	d.Stats.Received.Add(1)
 	var req struct {
 		Method string          `json:"method"`
@@ -200,7 +205,7 @@ func (d *Device) handle(payload []byte) {
 		go func() {
 			<-a.done
 			if a.payload != nil {
-				d.publish(a.payload)
+				d.publish(a.payload, a.tp)
 			}
 		}()
 		return
@@ -215,16 +220,24 @@ func (d *Device) handle(payload []byte) {
 	d.n++
 	n := d.n
 	d.mu.Unlock()
-	go d.execute(req.Method, req.Params, req.ID, n, a)
+	go d.execute(tp, req.Method, req.Params, req.ID, n, a)
 }
 
-// execute runs a command; n is its place among the commands the device
-// received.
-func (d *Device) execute(method string, params, id json.RawMessage, n int64, a *answer) {
+// execute runs a command and answers it; n is its place among the
+// commands the device received. Its span, "answer", continues the trace
+// the push server sent with the command (tp), and the answer carries the
+// span's traceparent back. The span ends before the answer is sent: its
+// PUBACK may come after the client has the result.
+func (d *Device) execute(tp, method string, params, id json.RawMessage, n int64, a *answer) {
 	defer close(a.done)
+	ctx, span := telemetry.Tracer().Start(telemetry.ContextWithTraceParent(context.Background(), tp), "answer",
+		trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+			attribute.String("device_id", d.ID), attribute.String("method", method)))
 	r := rand.Float64()
 	if r < d.B.DropRate {
 		d.Stats.Dropped.Add(1)
+		span.SetAttributes(attribute.String("outcome", "dropped"))
+		span.End()
 		return
 	}
 	delay := d.B.Latency
@@ -241,23 +254,28 @@ func (d *Device) execute(method string, params, id json.RawMessage, n int64, a *
 	} else {
 		resp = d.call(method, params, id, n)
 	}
+	if resp.Error != nil {
+		span.SetStatus(codes.Error, resp.Error.Message)
+	}
 	payload, _ := json.Marshal(resp)
-	a.payload = payload
+	a.payload, a.tp = payload, telemetry.TraceParent(ctx)
+	span.End()
 	d.Stats.Answered.Add(1)
-	d.publish(payload)
+	d.publish(payload, a.tp)
 	if method == "reboot" && resp.Error == nil {
 		d.GoOffline(d.B.Reboot)
 	}
 }
 
 // publish sends an answer over the channel the device uses now; a device
-// that may poll over HTTP posts it when its MQTT session is gone.
-func (d *Device) publish(payload []byte) {
+// that may poll over HTTP posts it when its MQTT session is gone (tp,
+// the answer's traceparent, travels only over MQTT 5).
+func (d *Device) publish(payload []byte, tp string) {
 	if d.HTTP != nil && d.onHTTP.Load() {
 		d.post(payload)
 		return
 	}
-	err := d.Sess.Publish(protocol.DeviceResponsesTopic(d.ID), payload)
+	err := d.Sess.Publish(protocol.DeviceResponsesTopic(d.ID), payload, tp)
 	if err != nil && d.HTTP != nil {
 		// Offline, or the session ended under the PUBLISH (a switch):
 		// the answer goes over HTTP; a copy that got through is harmless

@@ -107,6 +107,13 @@ send and load document their own in their help.`,
 	root.AddCommand(tokenCmd(g), fleetCmd(ctx, g), sendCmd(ctx, g), loadCmd(ctx, g), statsCmd(ctx, g),
 		getCmd(ctx, g), listCmd(ctx, g), cancelCmd(ctx, g), waitCmd(ctx, g), deadCmd(ctx, g), replayCmd(ctx, g), connectCmd(ctx, g))
 	setCompletions(root)
+	// Spans of simulated devices and clients go to stderr with the console
+	// exporter: stdout is the commands' output.
+	stopTracing, err := telemetry.StartTracing(ctx, "devicesim", getenv, g.stderr, nil)
+	if err != nil {
+		return err
+	}
+	defer telemetry.Flush(stopTracing, g.log)
 	return root.ExecuteContext(ctx)
 }
 

@@ -164,7 +164,7 @@ func sendOne(ctx context.Context, g *globals, client, token, device, id string, 
 		fmt.Fprintln(g.stdout, err)
 		return exitGatewayError
 	}
-	fmt.Fprintf(g.stderr, "%d %s: %s\n", status, acc.Status, acc.StatusURL)
+	fmt.Fprintf(g.stderr, "%d %s: %s (trace_id %s)\n", status, acc.Status, acc.StatusURL, acc.TraceID)
 	select {
 	case r := <-results:
 		out, _ := json.MarshalIndent(r.Resp, "", "  ")

@@ -7,18 +7,31 @@ import (
 	"fmt"
 	"log/slog"
 	"math/rand/v2"
+	"net"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	mqtt "github.com/eclipse/paho.mqtt.golang"
+	"github.com/eclipse/paho.golang/packets"
+	"github.com/eclipse/paho.golang/paho"
 )
 
-// Session keeps one identity connected to the push server that owns it.
-// It asks the gateway for the owner (GET /v1/connect/{identity}) before
-// every connection attempt, so a refusal (CONNACK 0x03) or a lost
-// connection after a ring change leads to the new owner. paho's own
-// reconnect is off for that reason: it would retry the same server.
+// Message is one PUBLISH a session received.
+type Message struct {
+	Topic   string
+	Payload []byte
+	// TraceParent is the W3C trace context the push server sent with it
+	// (the MQTT 5 user property "traceparent"), "" when none.
+	TraceParent string
+}
+
+// Session keeps one identity connected to the push server that owns it,
+// over MQTT 5 (eclipse/paho.golang), so that it gets and sends the
+// traceparent user property. It asks the gateway for the owner (GET
+// /v1/connect/{identity}) before every connection attempt, so a refusal
+// (CONNACK 0x9C, use another server) or a lost connection after a ring
+// change leads to the new owner.
 type Session struct {
 	Identity string
 	Token    string
@@ -26,13 +39,13 @@ type Session struct {
 	// Filter is subscribed at QoS 1 on every connection; Handler gets its
 	// messages (paho acknowledges after Handler returns).
 	Filter  string
-	Handler mqtt.MessageHandler
+	Handler func(Message)
 	// TLS is used for mqtts:// URLs (nil: system roots).
 	TLS *tls.Config
 	Log *slog.Logger
 
 	mu     sync.Mutex
-	client mqtt.Client
+	client *paho.Client
 	online atomic.Bool
 	// Connects counts successful connections; Refusals failed attempts.
 	Connects, Refusals atomic.Int64
@@ -96,50 +109,84 @@ func (s *Session) connect(ctx context.Context, lost chan<- error) error {
 	if err != nil {
 		return err
 	}
-	opts := mqtt.NewClientOptions().
-		AddBroker(broker).
-		SetClientID(s.Identity).
-		SetUsername(s.Identity).
-		SetPassword(s.Token).
-		SetCleanSession(true).
-		SetAutoReconnect(false).
-		SetConnectRetry(false).
-		SetResumeSubs(false).
-		SetOrderMatters(false).
-		SetConnectTimeout(5 * time.Second).
-		SetKeepAlive(10 * time.Second). // notices a frozen push server within 15-20 s (GW_MAX_KEEPALIVE)
-		SetWriteTimeout(5 * time.Second).
-		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
-			select {
-			case lost <- err:
-			default:
-			}
-		})
-	if s.TLS != nil {
-		opts.SetTLSConfig(s.TLS)
+	u, err := url.Parse(broker)
+	if err != nil {
+		return err
 	}
-	c := mqtt.NewClient(opts)
-	tok := c.Connect()
-	if !tok.WaitTimeout(6 * time.Second) {
-		c.Disconnect(0)
-		return fmt.Errorf("connect to %s timed out", broker)
+	dctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	var conn net.Conn
+	if u.Scheme == "ssl" {
+		cfg := s.TLS
+		if cfg == nil {
+			cfg = &tls.Config{MinVersion: tls.VersionTLS12}
+		}
+		d := tls.Dialer{Config: cfg}
+		conn, err = d.DialContext(dctx, "tcp", u.Host)
+		if err == nil {
+			conn = packets.NewThreadSafeConn(conn) // tls.Conn's writes are not safe to share
+		}
+	} else {
+		var d net.Dialer
+		conn, err = d.DialContext(dctx, "tcp", u.Host)
 	}
-	if err := tok.Error(); err != nil {
+	if err != nil {
 		return fmt.Errorf("connect to %s: %w", broker, err)
 	}
-	sub := c.Subscribe(s.Filter, 1, s.Handler)
-	if !sub.WaitTimeout(5*time.Second) || sub.Error() != nil {
-		c.Disconnect(0)
-		return fmt.Errorf("subscribe %s: %v", s.Filter, sub.Error())
-	}
-	if st, ok := sub.(*mqtt.SubscribeToken); ok {
-		for _, code := range st.Result() {
-			if code >= 0x80 {
-				c.Disconnect(0)
-				return fmt.Errorf("subscribe %s refused with 0x%02x", s.Filter, code)
-			}
+	notify := func(err error) {
+		select {
+		case lost <- err:
+		default:
 		}
 	}
+	c := paho.NewClient(paho.ClientConfig{
+		ClientID: s.Identity,
+		Conn:     conn,
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			m := Message{Topic: pr.Packet.Topic, Payload: pr.Packet.Payload}
+			if p := pr.Packet.Properties; p != nil {
+				m.TraceParent = p.User.Get("traceparent")
+			}
+			if s.Handler != nil {
+				s.Handler(m)
+			}
+			return true, nil
+		}},
+		OnClientError: notify,
+		OnServerDisconnect: func(d *paho.Disconnect) {
+			notify(fmt.Errorf("disconnected by the server: reason 0x%02x", d.ReasonCode))
+		},
+	})
+	cctx, cancel := context.WithTimeout(ctx, 6*time.Second)
+	defer cancel()
+	ca, err := c.Connect(cctx, &paho.Connect{
+		ClientID: s.Identity, CleanStart: true,
+		KeepAlive:    10, // notices a frozen push server within 15-20 s (GW_MAX_KEEPALIVE)
+		UsernameFlag: true, Username: s.Identity,
+		PasswordFlag: true, Password: []byte(s.Token),
+	})
+	if err != nil {
+		_ = conn.Close()
+		if ca != nil {
+			return fmt.Errorf("connect to %s refused with 0x%02x: %w", broker, ca.ReasonCode, err)
+		}
+		return fmt.Errorf("connect to %s: %w", broker, err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	sa, err := c.Subscribe(sctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: s.Filter, QoS: 1}}})
+	switch {
+	case sa != nil && len(sa.Reasons) > 0 && sa.Reasons[0] >= 0x80:
+		_ = c.Disconnect(&paho.Disconnect{})
+		return fmt.Errorf("subscribe %s refused with 0x%02x", s.Filter, sa.Reasons[0])
+	case err != nil:
+		_ = c.Disconnect(&paho.Disconnect{})
+		return fmt.Errorf("subscribe %s: %w", s.Filter, err)
+	}
+	go func() {
+		<-c.Done()
+		notify(errors.New("connection closed"))
+	}()
 	s.mu.Lock()
 	s.client = c
 	if s.ready == nil {
@@ -160,23 +207,32 @@ func (s *Session) disconnect() {
 	s.client = nil
 	s.mu.Unlock()
 	if c != nil {
-		c.Disconnect(100)
+		_ = c.Disconnect(&paho.Disconnect{})
 	}
 }
 
-// Publish sends payload at QoS 1 and waits (bounded) for the PUBACK.
-func (s *Session) Publish(topic string, payload []byte) error {
+// Publish sends payload at QoS 1, with the user property traceparent when
+// traceparent is not empty, and waits (bounded) for the PUBACK.
+func (s *Session) Publish(topic string, payload []byte, traceparent string) error {
 	s.mu.Lock()
 	c := s.client
 	s.mu.Unlock()
 	if c == nil || !s.online.Load() {
 		return ErrOffline
 	}
-	tok := c.Publish(topic, 1, false, payload)
-	if !tok.WaitTimeout(10 * time.Second) {
-		return fmt.Errorf("publish to %s: no PUBACK within 10s", topic)
+	pb := &paho.Publish{Topic: topic, QoS: 1, Payload: payload}
+	if traceparent != "" {
+		pb.Properties = &paho.PublishProperties{User: paho.UserProperties{{Key: "traceparent", Value: traceparent}}}
 	}
-	return tok.Error()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if _, err := c.Publish(ctx, pb); err != nil {
+		if errors.Is(err, context.DeadlineExceeded) {
+			return fmt.Errorf("publish to %s: no PUBACK within 10s", topic)
+		}
+		return fmt.Errorf("publish to %s: %w", topic, err)
+	}
+	return nil
 }
 
 func sleep(ctx context.Context, d time.Duration) {

@@ -11,6 +11,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/protocol"
 )
 
@@ -53,6 +54,10 @@ var (
 //     deliver, and the caller acks the message. A corrupt record is a
 //     noop too (logged).
 //
+// The trace context of ctx (the worker's span), or else env.TraceParent,
+// is kept in the record (field tp) and in the device's mailbox entry
+// (Entry.TraceParent).
+//
 // clientOwner and deviceOwner are the ring owners (node IDs) of the client
 // and the device. Any error means Redis was not changed or not reached:
 // nack and retry.
@@ -62,9 +67,13 @@ func (s *Store) Dispatch(ctx context.Context, env *protocol.Envelope, deviceOwne
 		return "", fmt.Errorf("cannot dispatch command %s: %w", env.MsgID.Key(), err)
 	}
 	p, keys := s.cmdKeys(env.Device, env.Client, env.MsgID.Key())
+	tp := telemetry.TraceParent(ctx)
+	if tp == "" {
+		tp = env.TraceParent
+	}
 	v, err := s.run(ctx, p, stepDispatch, keys,
 		env.Device, method, string(req), ms(env.DeliverBy), s.horizonMs(),
-		errExpired, reasonExpired, errRejected, reasonRejected)
+		errExpired, reasonExpired, errRejected, reasonRejected, tp)
 	if err != nil {
 		return "", fmt.Errorf("cannot dispatch command %s: %w", env.MsgID.Key(), err)
 	}
@@ -72,16 +81,16 @@ func (s *Store) Dispatch(ctx context.Context, env *protocol.Envelope, deviceOwne
 	head, detail := reply(v)
 	switch head {
 	case "corrupt":
-		s.log.Warn("dispatch of a corrupt record: nothing changed", "client_id", env.Client,
+		s.log.WarnContext(ctx, "dispatch of a corrupt record: nothing changed", "client_id", env.Client,
 			"device_id", env.Device, "msg_id", env.MsgID.Key())
 		return OutcomeNoop, nil
 	case string(OutcomeNoop):
 		if detail == "missing" {
-			s.log.Warn("dispatch found no record for an accepted command", "client_id", env.Client,
+			s.log.WarnContext(ctx, "dispatch found no record for an accepted command", "client_id", env.Client,
 				"device_id", env.Device, "msg_id", env.MsgID.Key())
 			s.missing.Add(1)
 		} else {
-			s.log.Debug("dispatch is a no-op", "client_id", env.Client, "device_id", env.Device,
+			s.log.DebugContext(ctx, "dispatch is a no-op", "client_id", env.Client, "device_id", env.Device,
 				"msg_id", env.MsgID.Key(), "why", detail)
 		}
 	case string(OutcomeSent):
@@ -90,7 +99,7 @@ func (s *Store) Dispatch(ctx context.Context, env *protocol.Envelope, deviceOwne
 			deviceOwner = s.opts.OwnerOf(env.Device)
 		}
 		if err := s.wake(ctx, env.Device, sess, deviceOwner); err != nil {
-			s.log.Warn("cannot wake the device's push server; its sweep will find the entry",
+			s.log.WarnContext(ctx, "cannot wake the device's push server; its sweep will find the entry",
 				"device_id", env.Device, "err", err)
 		}
 	}
@@ -118,6 +127,11 @@ func (s *Store) Missing() int64 { return s.missing.Load() }
 // final command is recorded in Late and returns OutcomeLate. An unknown
 // command, one of another device, one not yet sent, or a corrupt record
 // returns OutcomeNoop.
+//
+// The trace context of ctx (the span of the answer's completion), when it
+// continues the command's trace (the same trace ID as the record's tp),
+// replaces the record's and goes with the result to the client; else
+// the record's goes.
 func (s *Store) Complete(ctx context.Context, client, idKey, device string, resp *protocol.Response, held time.Duration, clientOwner string) (Outcome, error) {
 	if resp == nil {
 		return "", errors.New("mailbox: Complete needs a response")
@@ -143,7 +157,7 @@ func (s *Store) Complete(ctx context.Context, client, idKey, device string, resp
 	}
 	p, keys := s.cmdKeys(device, client, idKey)
 	v, err := s.run(ctx, p, stepComplete, keys, device, body, string(to), string(raw),
-		max(held, 0).Milliseconds(), errTimeout, reasonTimeout)
+		max(held, 0).Milliseconds(), errTimeout, reasonTimeout, telemetry.TraceParent(ctx))
 	if err != nil {
 		return "", fmt.Errorf("cannot complete command %s: %w", idKey, err)
 	}
@@ -151,7 +165,7 @@ func (s *Store) Complete(ctx context.Context, client, idKey, device string, resp
 	head, _ := reply(v)
 	switch head {
 	case "corrupt":
-		s.log.Warn("answer to a corrupt record: nothing changed", "client_id", client, "device_id", device, "msg_id", idKey)
+		s.log.WarnContext(ctx, "answer to a corrupt record: nothing changed", "client_id", client, "device_id", device, "msg_id", idKey)
 		return OutcomeNoop, nil
 	case string(OutcomeUnknown):
 		// The record of another device's command lives in that device's
@@ -253,7 +267,7 @@ func (s *Store) fireTimersIn(ctx context.Context, p, limit int, ownerOf func(str
 		if len(parts) != 4 || !strings.Contains("daswlg", parts[0]) || len(parts[0]) != 1 || s.PartitionOf(parts[1]) != p {
 			n++
 			outcomes["malformed"]++
-			s.log.Warn("dropped a malformed timer", "timer", m, "partition", p)
+			s.log.WarnContext(ctx, "dropped a malformed timer", "timer", m, "partition", p)
 			_ = s.rdb.ZRem(ctx, tk, m).Err()
 			continue
 		}
@@ -306,7 +320,7 @@ func (s *Store) fireBatch(ctx context.Context, p int, items []*batchCall, ownerO
 		what, _ := reply(r.v)
 		outcomes[what]++
 		if what == "corrupt" {
-			s.log.Warn("dropped the timer of a corrupt record", "timer", items[i].args[0])
+			s.log.WarnContext(ctx, "dropped the timer of a corrupt record", "timer", items[i].args[0])
 		}
 		if what != "notdue" {
 			n++
@@ -320,7 +334,7 @@ func (s *Store) fireBatch(ctx context.Context, p int, items []*batchCall, ownerO
 				owner = s.opts.OwnerOf(device)
 			}
 			if err := s.wake(ctx, device, sess, owner); err != nil {
-				s.log.Warn("cannot wake the device's push server; its sweep will find the entry", "device_id", device, "err", err)
+				s.log.WarnContext(ctx, "cannot wake the device's push server; its sweep will find the entry", "device_id", device, "err", err)
 			}
 		}
 		if len(a) > 3 {

@@ -422,6 +422,10 @@ type Entry struct {
 	// Client and MsgKey name the command a command entry carries; both are
 	// "" for other entries (results).
 	Client, MsgKey string
+	// TraceParent is the W3C trace context the entry carries (the worker's
+	// dispatch span for a command, the relay's span for a result), "" when
+	// none: the push server's span of the send continues it.
+	TraceParent string
 }
 
 // Totals are the monitoring totals of a namespace.

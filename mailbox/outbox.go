@@ -7,6 +7,11 @@ import (
 	"time"
 
 	"github.com/redis/go-redis/v9"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
+	"github.com/iotgw/gateway/internal/telemetry"
 )
 
 // The outbox (DESIGN §7). A final transition happens in the device's
@@ -33,11 +38,12 @@ type outboxEntry struct {
 	// grp is the key of the group command of a child ("" for others):
 	// the relay counts the child's outcome in the group's record.
 	grp string
+	tp  string // the W3C traceparent of the span that ended the command
 }
 
 // parseOutbox reads the outbox entry a final step returned
-// ({id, client, key, device, gen, status, resp, finished, expires}), or
-// nil.
+// ({id, client, key, device, gen, status, resp, finished, expires,
+// traceparent}), or nil.
 func parseOutbox(p int, v any) *outboxEntry {
 	a, _ := v.([]any)
 	if len(a) < 9 {
@@ -53,6 +59,9 @@ func parseOutbox(p int, v any) *outboxEntry {
 	if len(a) > 10 {
 		e.grp = str(10)
 	}
+	if len(a) > 11 {
+		e.tp = str(11)
+	}
 	return e
 }
 
@@ -61,7 +70,7 @@ func outboxFromStream(p int, m redis.XMessage) *outboxEntry {
 	str := func(f string) string { v, _ := m.Values[f].(string); return v }
 	g, _ := strconv.Atoi(str("g"))
 	return &outboxEntry{p: p, id: m.ID, client: str("c"), key: str("k"), device: str("d"), gen: g,
-		status: str("s"), resp: str("r"), finished: str("f"), expires: str("x"), grp: str("G")}
+		status: str("s"), resp: str("r"), finished: str("f"), expires: str("x"), grp: str("G"), tp: str("tp")}
 }
 
 // relayNow relays e right after the step that wrote it and reports
@@ -74,7 +83,7 @@ func (s *Store) relayNow(ctx context.Context, e *outboxEntry, clientOwner string
 	}
 	dropped, err := s.relay(ctx, e, clientOwner)
 	if err != nil {
-		s.log.Warn("cannot relay a result now; the partition's owner will", "client_id", e.client,
+		s.log.WarnContext(ctx, "cannot relay a result now; the partition's owner will", "client_id", e.client,
 			"device_id", e.device, "msg_id", e.key, "err", err)
 	}
 	s.advanceLane(ctx, e.p, e.next)
@@ -83,14 +92,26 @@ func (s *Store) relayNow(ctx context.Context, e *outboxEntry, clientOwner string
 
 // relay applies e to the client's partition, deletes it from the outbox
 // and wakes the client's push server. dropped reports that the client's
-// full mailbox refused the result (it stays readable by GET).
+// full mailbox refused the result (it stays readable by GET). Its span,
+// "relay", continues the trace of the step that ended the command (e.tp)
+// and goes with the result into the client's mailbox.
 func (s *Store) relay(ctx context.Context, e *outboxEntry, clientOwner string) (dropped bool, err error) {
+	ctx, span := telemetry.Tracer().Start(telemetry.ContextWithTraceParent(ctx, e.tp), "relay",
+		trace.WithAttributes(attribute.String("client_id", e.client), attribute.String("device_id", e.device),
+			attribute.String("msg_id", e.key), attribute.String("status", e.status)))
+	defer func() {
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}()
 	cp := s.PartitionOf(e.client)
 	pk := s.keys.Part(cp)
 	exp, _ := strconv.ParseInt(e.expires, 10, 64)
 	keys := []string{pk.Claim(e.client, e.key), pk.Mailbox(e.client), pk.Mailboxes(), pk.Session(e.client),
 		pk.StatusCounts(s.now().Unix() / 60), pk.Timers()}
-	args := []any{e.client, e.device, e.gen, e.status, e.resp, e.finished, exp, watchMember(e.client, e.device, e.key)}
+	args := []any{e.client, e.device, e.gen, e.status, e.resp, e.finished, exp, watchMember(e.client, e.device, e.key),
+		telemetry.TraceParent(ctx)}
 	if e.grp != "" {
 		keys = append(keys, pk.Group(e.client, e.grp))
 		args = append(args, groupMember(e.client, e.grp), groupAbortReason)
@@ -109,20 +130,20 @@ func (s *Store) relay(ctx context.Context, e *outboxEntry, clientOwner string) (
 	switch what {
 	case "relayed":
 		if dropped = drop == "1"; dropped {
-			s.log.Warn("client mailbox full: result dropped (readable by GET)", "client_id", e.client, "msg_id", e.key)
+			s.log.WarnContext(ctx, "client mailbox full: result dropped (readable by GET)", "client_id", e.client, "msg_id", e.key)
 		}
 		if clientOwner == "" && s.opts.OwnerOf != nil {
 			clientOwner = s.opts.OwnerOf(e.client)
 		}
 		if err := s.wake(ctx, e.client, sess, clientOwner); err != nil {
-			s.log.Warn("cannot wake the client's push server", "client_id", e.client, "err", err)
+			s.log.WarnContext(ctx, "cannot wake the client's push server", "client_id", e.client, "err", err)
 		}
 	case "conflict":
 		s.finalConflicts.Add(1)
-		s.log.Warn("a different final for a command whose client already has one: not delivered",
+		s.log.WarnContext(ctx, "a different final for a command whose client already has one: not delivered",
 			"client_id", e.client, "device_id", e.device, "msg_id", e.key, "status", e.status)
 	case "mismatch":
-		s.log.Warn("a result whose claim names another device: not delivered",
+		s.log.WarnContext(ctx, "a result whose claim names another device: not delivered",
 			"client_id", e.client, "device_id", e.device, "msg_id", e.key)
 	}
 	if e.id == "" {

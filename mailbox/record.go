@@ -36,6 +36,8 @@ import (
 //	grp              the key of its group command, for a child of one
 //	lm               "puback": its lane moves on at its delivery, not at its end
 //	rb_i, rb_m, rb_x the backoff of its retries: initial wait (ms), multiplier, longest wait (ms)
+//	tp               W3C traceparent of the latest span that moved it: the worker's
+//	                 dispatch, then the push server's completion of the answer
 //
 // A field set to "" means the same as an absent one (scripts blank
 // fields in the same HSET instead of a second HDEL).

@@ -93,7 +93,7 @@ func (s *Store) fetchPage(ctx context.Context, identity, after string, count int
 			str := func(f string) string { v, _ := m.Values[f].(string); return v }
 			x, _ := strconv.ParseInt(str("x"), 10, 64)
 			e := Entry{ID: m.ID, Topic: str("t"), Payload: []byte(str("p")), Expires: time.UnixMilli(x),
-				Client: str("c"), MsgKey: str("k")}
+				Client: str("c"), MsgKey: str("k"), TraceParent: str("tp")}
 			read[m.ID] = e
 			ri := 0
 			if e.Client != "" {
@@ -301,6 +301,7 @@ func (s *Store) readEntries(ctx context.Context, identity string, entries []Entr
 			e := entries[i]
 			e.Client, _ = ms[0].Values["c"].(string)
 			e.MsgKey, _ = ms[0].Values["k"].(string)
+			e.TraceParent, _ = ms[0].Values["tp"].(string)
 			out = append(out, e)
 		}
 	}

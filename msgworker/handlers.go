@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/iotgw/gateway/internal/amqpx"
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -101,7 +102,7 @@ func (w *Worker) handleDeadCommand(ctx context.Context, m *Message) (err error) 
 	client, key, ok := commandOf(m.Body)
 	if !ok {
 		m.Outcome = outcomeLogged
-		w.log.Error("dead command names no command; dropped", "reason", reason,
+		w.log.ErrorContext(ctx, "dead command names no command; dropped", "reason", reason,
 			"bytes", len(m.Body), "body", preview(m.Body))
 		return nil
 	}
@@ -110,13 +111,13 @@ func (w *Worker) handleDeadCommand(ctx context.Context, m *Message) (err error) 
 	switch {
 	case errors.Is(err, mailbox.ErrNotFound):
 		m.Outcome = outcomeUnknown
-		w.log.Warn("dead command has no record; dropped", "client_id", client, "msg_id", key, "reason", reason)
+		w.log.WarnContext(ctx, "dead command has no record; dropped", "client_id", client, "msg_id", key, "reason", reason)
 		return nil
 	case err != nil:
 		return w.settleDead(m, "read dead command", err)
 	case c.Status == protocol.StatusSent || c.Status == protocol.StatusDelivered:
 		m.Device, m.Outcome = c.Device, string(mailbox.OutcomeNoop)
-		w.log.Warn("dead command was dispatched already; left to finish", "client_id", client,
+		w.log.WarnContext(ctx, "dead command was dispatched already; left to finish", "client_id", client,
 			"device_id", c.Device, "msg_id", key, "status", c.Status, "reason", reason)
 		return nil
 	}
@@ -126,7 +127,7 @@ func (w *Worker) handleDeadCommand(ctx context.Context, m *Message) (err error) 
 		return w.settleDead(m, "mark dead", err)
 	}
 	m.Outcome = string(out)
-	w.log.Warn("command dead", "client_id", client, "device_id", c.Device, "msg_id", key, "reason", reason, "outcome", out)
+	w.log.WarnContext(ctx, "command dead", "client_id", client, "device_id", c.Device, "msg_id", key, "reason", reason, "outcome", out)
 	return nil
 }
 
@@ -148,12 +149,13 @@ func (w *Worker) settle(m *Message, op string, err error) error {
 	switch {
 	case errors.Is(err, mailbox.ErrNotFound):
 		m.Outcome = outcomeUnknown
-		w.log.Warn("no such command; acked", "op", op, "client_id", m.Client, "device_id", m.Device, "msg_id", m.MsgID)
+		w.log.Warn("no such command; acked", "op", op, "client_id", m.Client, "device_id", m.Device, "msg_id", m.MsgID,
+			telemetry.KeyTraceID, m.traceID())
 		return nil
 	case errors.Is(err, mailbox.ErrConflict):
 		m.Outcome = outcomeConflict
 		w.log.Warn("message conflicts with the command record; acked", "op", op,
-			"client_id", m.Client, "device_id", m.Device, "msg_id", m.MsgID, "err", err)
+			"client_id", m.Client, "device_id", m.Device, "msg_id", m.MsgID, telemetry.KeyTraceID, m.traceID(), "err", err)
 		return nil
 	case errors.Is(err, mailbox.ErrState):
 		m.Outcome = string(mailbox.OutcomeNoop)
@@ -175,7 +177,7 @@ func (w *Worker) settleDead(m *Message, op string, err error) error {
 	}
 	m.Outcome = outcomeDropped
 	w.log.Error("dead letter keeps failing; dropped", "queue", m.Queue, "client_id", m.Client,
-		"device_id", m.Device, "msg_id", m.MsgID, "delivery_count", m.DeliveryCount, "err", err,
+		"device_id", m.Device, "msg_id", m.MsgID, telemetry.KeyTraceID, m.traceID(), "delivery_count", m.DeliveryCount, "err", err,
 		"body", preview(m.Body))
 	return nil
 }

@@ -52,6 +52,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		return fmt.Errorf("invalid configuration: %w", err)
 	}
 	log := f.NewLogger(stdout).With("service", "msgworker")
+	stopTracing, err := telemetry.StartTracing(ctx, "msgworker", getenv, stdout, log)
+	if err != nil {
+		return err
+	}
+	defer telemetry.Flush(stopTracing, log)
 	// go-redis logs every failed dial to stderr; during an outage that is
 	// a flood. The worker reports outages itself; keep go-redis at debug.
 	redis.SetLogger(redisLogger{log.With("component", "go-redis")})

@@ -8,7 +8,12 @@ import (
 	"runtime/debug"
 	"time"
 
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/iotgw/gateway/internal/amqpx"
+	"github.com/iotgw/gateway/internal/telemetry"
 )
 
 // Message is one delivery travelling through a handler chain. Handlers
@@ -76,7 +81,7 @@ func recoverer(log *slog.Logger) Middleware {
 			defer func() {
 				if r := recover(); r != nil {
 					m.Outcome = outcomePanic
-					log.Error("handler panicked", "queue", m.Queue, "panic", r, "stack", string(debug.Stack()))
+					log.ErrorContext(ctx, "handler panicked", "queue", m.Queue, "panic", r, "stack", string(debug.Stack()))
 					err = fmt.Errorf("%w: %v", errPanic, r)
 				}
 			}()
@@ -99,6 +104,44 @@ func instrument(mx *metrics) Middleware {
 	}
 }
 
+// tracing starts each delivery's consumer span ("dispatch" on the
+// command queues, "dead-letter" on the dead letters) as a child of the
+// W3C traceparent in the message's AMQP headers (the apiserver's publish
+// span); the handlers below get it in ctx, so mailbox.Dispatch keeps it
+// in the command record and the device's mailbox entry, and the log lines
+// logged with ctx carry the trace_id.
+func tracing() Middleware {
+	return func(next Handler) Handler {
+		return func(ctx context.Context, m *Message) error {
+			name := "dispatch"
+			if m.Queue == queueCommandsDead {
+				name = "dead-letter"
+			}
+			tp, _ := m.Headers["traceparent"].(string)
+			ctx, span := telemetry.Tracer().Start(telemetry.ContextWithTraceParent(ctx, tp), name,
+				trace.WithSpanKind(trace.SpanKindConsumer),
+				trace.WithAttributes(attribute.String("messaging.system", "rabbitmq"),
+					attribute.String("messaging.destination.name", m.Queue),
+					attribute.Int("messaging.rabbitmq.delivery_count", m.DeliveryCount)))
+			err := next(ctx, m)
+			span.SetAttributes(attribute.String("client_id", m.Client), attribute.String("device_id", m.Device),
+				attribute.String("msg_id", m.MsgID), attribute.String("outcome", outcomeOf(m, err)))
+			if err != nil {
+				span.SetStatus(codes.Error, err.Error())
+			}
+			span.End()
+			return err
+		}
+	}
+}
+
+// traceID is the trace ID of the message's traceparent header, "" when
+// it has none, for log lines written without the handler's context.
+func (m *Message) traceID() string {
+	tp, _ := m.Headers["traceparent"].(string)
+	return telemetry.TraceIDOf(tp)
+}
+
 // logging logs every handled message at debug level, poison at error and
 // other failures at warn.
 func logging(log *slog.Logger) Middleware {
@@ -116,15 +159,15 @@ func logging(log *slog.Logger) Middleware {
 			}
 			switch {
 			case err == nil:
-				log.Debug("message handled", attrs...)
+				log.DebugContext(ctx, "message handled", attrs...)
 			case errors.Is(err, amqpx.ErrTransient):
 				// The consumer logs the hold once at warn; each retry is
 				// debug, or an outage would flood the log.
-				log.Debug("message held: dependency unavailable", append(attrs, "err", err)...)
+				log.DebugContext(ctx, "message held: dependency unavailable", append(attrs, "err", err)...)
 			case errors.Is(err, amqpx.ErrReject):
-				log.Error("message rejected to the dead letters", append(attrs, "err", err)...)
+				log.ErrorContext(ctx, "message rejected to the dead letters", append(attrs, "err", err)...)
 			default:
-				log.Warn("message failed, requeued", append(attrs, "err", err)...)
+				log.WarnContext(ctx, "message failed, requeued", append(attrs, "err", err)...)
 			}
 			return err
 		}

@@ -88,7 +88,7 @@ func New(cfg Config) (*Worker, error) {
 	aopts := amqpx.Options{URL: cfg.AMQPURL, Name: "msgworker@" + cfg.Namespace, Logger: cfg.Logger}
 	// Outermost first: count and log what the layers below did, panics
 	// included.
-	std := []Middleware{instrument(w.mx), logging(w.log), recoverer(w.log)}
+	std := []Middleware{tracing(), instrument(w.mx), logging(w.log), recoverer(w.log)}
 	type consumed struct {
 		queue, label      string
 		prefetch, workers int

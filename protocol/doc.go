@@ -397,7 +397,8 @@
 //	deliver_by        no         RFC 3339 time      Deadline for delivery: accepted_at + expires_in.
 //	answer_within_ms  no         integer            The timeout, in milliseconds after delivery.
 //	attempt           yes*       integer            1 for the first publish; a replay of a dead letter adds 1.
-//	traceparent       no         string             W3C trace context of the request.
+//	traceparent       no         string             W3C trace context of the apiserver's publish (a child of the
+//	                                                request's); also sent as the AMQP header traceparent.
 //
 // (*) Writers MUST set it; [DecodeEnvelope] does not check it. Times are
 // written in UTC with millisecond precision ([Envelope.Encode] truncates),
@@ -435,6 +436,13 @@
 // [ParseResponse]; a response it refuses is not an answer. A device MUST
 // deduplicate by id: a redelivered command is answered again, not
 // executed again.
+//
+// Trace context (OpenTelemetry, W3C): a PUBLISH to an MQTT 5 device or
+// client carries the user property "traceparent" when the command has a
+// trace; an MQTT 5 device MAY send the traceparent of its own span (a
+// child of the one it received) as the user property "traceparent" of
+// its answer, and the result then continues it. MQTT 3.1.1 sessions get
+// no trace context; nothing else changes.
 //
 // Because {id} is the key, a device sees "app-1:42" for both 42 and "42"
 // (and "app-1:0" for -0), and [ParseDeviceMsgID] gives back the integer

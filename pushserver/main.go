@@ -56,6 +56,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		cfg.RingGrace = -1 // no grace
 	}
 	cfg.Logger = f.NewLogger(stdout).With("service", "pushserver")
+	stopTracing, err := telemetry.StartTracing(ctx, "pushserver", getenv, stdout, cfg.Logger)
+	if err != nil {
+		return err
+	}
+	defer telemetry.Flush(stopTracing, cfg.Logger)
 	cfg.Registry = telemetry.NewRegistry()
 
 	node, err := NewNode(cfg)

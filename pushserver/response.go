@@ -9,6 +9,8 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/mailbox"
@@ -29,6 +31,9 @@ const (
 
 // devAnswer is one device answer read from a connection.
 type devAnswer struct {
+	// ctx carries the answer's span (see forwardResponse) for the
+	// completion step; it ends with the push server.
+	ctx    context.Context
 	cl     *mqtt.Client
 	pk     packets.Packet
 	resp   *protocol.Response
@@ -71,8 +76,25 @@ func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 	if err != nil {
 		return n.dropResponse(log, dropID, err)
 	}
-	a := &devAnswer{cl: cl, pk: pk, resp: resp, client: client, id: id, read: read,
-		log: log.With("client_id", telemetry.Clip(client), "msg_id", telemetry.Clip(id.Key()))}
+	log = log.With("client_id", telemetry.Clip(client), "msg_id", telemetry.Clip(id.Key()))
+	// An MQTT 5 device that continues the command's trace sends the
+	// traceparent of its answer as a user property: the completion's span
+	// is its child, and the result's relay continues it. Without one the
+	// record's trace goes on (mailbox.Complete), with no span here. A
+	// held answer completes later under the same (ended) span.
+	base := n.ctx
+	if tp := userProperty(pk, "traceparent"); tp != "" {
+		var span trace.Span
+		base, span = telemetry.Tracer().Start(telemetry.ContextWithTraceParent(n.ctx, tp), "complete",
+			trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
+				attribute.String("device_id", cl.ID), attribute.String("client_id", client),
+				attribute.String("msg_id", id.Key()), attribute.String("node", n.cfg.NodeID)))
+		defer span.End()
+		if tid := telemetry.TraceID(base); tid != "" {
+			log = log.With(telemetry.KeyTraceID, tid)
+		}
+	}
+	a := &devAnswer{ctx: base, cl: cl, pk: pk, resp: resp, client: client, id: id, read: read, log: log}
 	var c *completer
 	if v, ok := n.completers.Load(cl); ok {
 		c = v.(*completer)
@@ -93,7 +115,7 @@ func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 // a is done with (completed, or dropped for good: either way it is to be
 // acknowledged), or else the error that kept Redis from taking it.
 func (n *Node) completeAnswer(a *devAnswer, held bool) (bool, error) {
-	ctx, cancel := context.WithTimeout(n.ctx, n.cfg.ConfirmTimeout)
+	ctx, cancel := context.WithTimeout(a.ctx, n.cfg.ConfirmTimeout)
 	out, err := n.store.Complete(ctx, a.client, a.id.Key(), a.cl.ID, a.resp, time.Since(a.read), "")
 	cancel()
 	if err != nil {
@@ -259,6 +281,17 @@ func (n *Node) connectionEnded(cl *mqtt.Client) {
 	if c, ok := n.completers.LoadAndDelete(cl); ok {
 		close(c.(*completer).q)
 	}
+}
+
+// userProperty is the value of the MQTT 5 user property key of pk, "" when
+// it has none.
+func userProperty(pk packets.Packet, key string) string {
+	for _, p := range pk.Properties.User {
+		if p.Key == key {
+			return p.Val
+		}
+	}
+	return ""
 }
 
 // dropResponse counts and logs a response that can never succeed; it is

@@ -9,9 +9,13 @@ import (
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
+	"go.opentelemetry.io/otel/attribute"
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/internal/ring"
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -502,7 +506,7 @@ func (s *session) step() bool {
 				// never be delivered on this connection. It stays in the
 				// mailbox (until it expires).
 				s.n.log.Warn("mailbox entry too large for the client's maximum packet size; skipped",
-					"client_id", s.identity, "entry", e.ID, "size", len(e.Payload))
+					"client_id", s.identity, "entry", e.ID, "size", len(e.Payload), telemetry.KeyTraceID, telemetry.TraceIDOf(e.TraceParent))
 				s.skipped = true
 				notSent(e)
 				continue
@@ -529,7 +533,11 @@ func (s *session) step() bool {
 	return false
 }
 
-// publish writes entry e as a QoS 1 PUBLISH with packet ID pid.
+// publish writes entry e as a QoS 1 PUBLISH with packet ID pid. An
+// entry that carries a trace (Entry.TraceParent: the worker's dispatch
+// for a command, the relay for a result) gets a producer span, "send" to
+// a device or "deliver" to a client, whose traceparent an MQTT 5
+// receiver gets as the user property "traceparent".
 func (s *session) publish(pid uint16, e mailbox.Entry) error {
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
@@ -541,7 +549,35 @@ func (s *session) publish(pid uint16, e mailbox.Entry) error {
 	if !e.Expires.IsZero() {
 		pk.Expiry = e.Expires.Unix() // MQTT 5 message expiry interval
 	}
-	return s.cl.WritePacket(pk)
+	if e.TraceParent == "" {
+		return s.cl.WritePacket(pk)
+	}
+	if !telemetry.Enabled() {
+		// No span to record: the entry's traceparent goes on as it is
+		// (written by the gateway, so well-formed), at no cost.
+		if s.cl.Properties.ProtocolVersion == 5 {
+			pk.Properties.User = []packets.UserProperty{{Key: "traceparent", Val: e.TraceParent}}
+		}
+		return s.cl.WritePacket(pk)
+	}
+	name, attrs := "deliver", []attribute.KeyValue{attribute.String("client_id", s.identity)}
+	if e.Client != "" {
+		name, attrs = "send", []attribute.KeyValue{attribute.String("device_id", s.identity),
+			attribute.String("client_id", e.Client), attribute.String("msg_id", e.MsgKey)}
+	}
+	ctx, span := telemetry.Tracer().Start(telemetry.ContextWithTraceParent(context.Background(), e.TraceParent), name,
+		trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(append(attrs,
+			attribute.String("messaging.system", "mqtt"), attribute.String("messaging.destination.name", e.Topic),
+			attribute.String("node", s.n.cfg.NodeID))...))
+	defer span.End()
+	if s.cl.Properties.ProtocolVersion == 5 {
+		pk.Properties.User = []packets.UserProperty{{Key: "traceparent", Val: telemetry.TraceParent(ctx)}}
+	}
+	err := s.cl.WritePacket(pk)
+	if err != nil {
+		span.SetStatus(codes.Error, err.Error())
+	}
+	return err
 }
 
 // enqueue hands PUBACKed entries (acks), refused command entries
@@ -698,7 +734,7 @@ func (s *session) refuse(r refusal) {
 		}
 	}
 	s.n.log.Warn("cannot end a refused command; its entry will be sent again", "client_id", s.identity,
-		"entry", r.e.ID, "err", err)
+		"entry", r.e.ID, telemetry.KeyTraceID, telemetry.TraceIDOf(r.e.TraceParent), "err", err)
 }
 
 // unsend hands back fetched entries that were not published

@@ -32,7 +32,8 @@ import (
 // NewLogger returns a JSON or text slog logger writing to w at the level
 // named by level ("debug", "info", "warn", "error"; default info). A
 // warning or error repeated with the same message is written at most once
-// per RepeatEvery (LimitRepeats).
+// per RepeatEvery (LimitRepeats). A line logged with a context that
+// carries a trace gets its trace_id (LogTraceID).
 func NewLogger(w io.Writer, format, level string) *slog.Logger {
 	var lv slog.Level
 	switch strings.ToLower(level) {
@@ -50,7 +51,7 @@ func NewLogger(w io.Writer, format, level string) *slog.Logger {
 	if format == "text" {
 		h = slog.NewTextHandler(w, opts)
 	}
-	return slog.New(LimitRepeats(h, RepeatEvery))
+	return slog.New(LimitRepeats(LogTraceID(h), RepeatEvery))
 }
 
 // Discard is a logger that writes nothing, for tests.

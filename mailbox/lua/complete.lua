@@ -8,6 +8,11 @@
 local K = cmdkeys(KEYS)
 local device, body, status, raw, held = A[1], A[2], A[3], A[4], tonumber(A[5])
 local timeout_body, timeout_reason = A[6], A[7]
+-- tp: the span of the answer's completion (W3C traceparent), which the
+-- relay of the result continues; kept only when it continues the
+-- command's trace (the same trace ID, characters 4 to 35), so that an
+-- answer sent without the command's trace leaves the record's.
+local tp = A[8] or ''
 local received = NOW - held
 
 local r = load(K.rec)
@@ -27,6 +32,10 @@ if FINAL[st] then
 end
 if st ~= 'sent' and st ~= 'delivered' then return {'not_sent', ''} end
 if not sane(r) then return {'corrupt', ''} end
+if tp ~= '' and (not r.tp or r.tp == '' or string.sub(r.tp, 4, 35) == string.sub(tp, 4, 35)) then
+  redis.call('HSET', K.rec, 'tp', tp)
+  r.tp = tp
+end
 if num(r.tmo) == 0 then
   -- A one-way command awaits no answer: the device got it, so it has
   -- succeeded; the answer it sent anyway is kept as late.

@@ -7,6 +7,9 @@
 local K = cmdkeys(KEYS)
 local device, method, request, env_by, horizon = A[1], A[2], A[3], tonumber(A[4]), tonumber(A[5])
 local expired_body, expired_reason, rejected_body, rejected_reason = A[6], A[7], A[8], A[9]
+-- tp: the worker's dispatch span (W3C traceparent), kept in the record
+-- and the device's mailbox entry so that the push server continues it.
+local tp = A[10] or ''
 
 local r = load(K.rec)
 if not r then return {'noop', 'missing', ''} end
@@ -14,6 +17,7 @@ if r.device ~= device or r.method ~= method then return {'noop', 'mismatch', ''}
 local st = r.status
 if st ~= 'pending' and st ~= 'queued' then return {'noop', st, ''} end
 if not sane(r) then return {'corrupt', '', ''} end
+if tp ~= '' then redis.call('HSET', K.rec, 'tp', tp); r.tp = tp end
 if st == 'pending' then queue(K, r, horizon) end
 local c, k = r.client, r.key
 if num(r.nb) > NOW then

@@ -106,20 +106,20 @@ end
 
 -- append adds a message to a mailbox (the stream mk of identity, listed
 -- in the partition's set mboxes); false when the mailbox is full after
--- freeing expired head entries.
-local function append(mk, mboxes, identity, topic, payload, expires, c, k)
+-- freeing expired head entries. c and k name the command of a device
+-- request; tp, when not empty, is the W3C traceparent the reader
+-- continues (field 'tp').
+local function append(mk, mboxes, identity, topic, payload, expires, c, k, tp)
   local n = redis.call('XLEN', mk)
   if n >= CAP then
     makeroom(mk)
     n = redis.call('XLEN', mk)
     if n >= CAP then return false end
   end
-  local id
-  if c then
-    id = redis.call('XADD', mk, '*', 't', topic, 'p', payload, 'x', ms(expires), 'c', c, 'k', k)
-  else
-    id = redis.call('XADD', mk, '*', 't', topic, 'p', payload, 'x', ms(expires))
-  end
+  local f = {'t', topic, 'p', payload, 'x', ms(expires)}
+  if c then f[#f + 1] = 'c'; f[#f + 1] = c; f[#f + 1] = 'k'; f[#f + 1] = k end
+  if tp and tp ~= '' then f[#f + 1] = 'tp'; f[#f + 1] = tp end
+  local id = redis.call('XADD', mk, '*', unpack(f))
   local ttl = expires - NOW
   if ttl < 1000 then ttl = 1000 end
   if n == 0 then
@@ -278,8 +278,10 @@ end
 -- sets the record's expiry: max(finished + retention, deliver_by +
 -- grace). extra holds more fields to set. It returns the outbox entry:
 -- {id, client, key, device, generation, status, response, finished,
--- expires, group}, which the caller relays at once (group: the key of
--- the group command of a child, else '').
+-- expires, next lane timer, group, traceparent}, which the caller relays
+-- at once (group: the key of the group command of a child, else ''); the
+-- entry carries the record's traceparent (field 'tp', the span that ended
+-- the command) for the relay to continue.
 local function finalize(K, r, status, body, reason, extra)
   local c, k, d = r.client, r.key, r.device
   local resp = '{"jsonrpc":"2.0",' .. body .. ',"id":' .. r.id .. '}'
@@ -299,13 +301,14 @@ local function finalize(K, r, status, body, reason, extra)
   count(K.stats, status)
   local gen = ms(num(r.replays))
   local grp = r.grp or ''
+  local tp = r.tp or ''
   local ob
   if grp ~= '' then
     ob = redis.call('XADD', K.outbox, '*', 'c', c, 'k', k, 'd', d, 'g', gen,
-      's', status, 'r', resp, 'f', ms(NOW), 'x', ms(NOW + RET), 'G', grp)
+      's', status, 'r', resp, 'f', ms(NOW), 'x', ms(NOW + RET), 'tp', tp, 'G', grp)
   else
     ob = redis.call('XADD', K.outbox, '*', 'c', c, 'k', k, 'd', d, 'g', gen,
-      's', status, 'r', resp, 'f', ms(NOW), 'x', ms(NOW + RET))
+      's', status, 'r', resp, 'f', ms(NOW), 'x', ms(NOW + RET), 'tp', tp)
   end
   redis.call('HSET', K.rec, unpack(set))
   local ttl = RET
@@ -314,7 +317,7 @@ local function finalize(K, r, status, body, reason, extra)
   redis.call('PEXPIRE', K.rec, ms(ttl))
   r.status = status
   local nextlane = laneleave(K, r)
-  return {ob, c, k, d, gen, status, resp, ms(NOW), ms(NOW + RET), nextlane, grp}
+  return {ob, c, k, d, gen, status, resp, ms(NOW), ms(NOW + RET), nextlane, grp, tp}
 end
 
 -- send puts a command into the device's mailbox (status sent, its
@@ -325,7 +328,7 @@ local function send(K, r, device, request, by, expired_body, expired_reason, rej
   if by <= NOW then
     return {'expired', '', '', finalize(K, r, 'expired', expired_body, expired_reason)}
   end
-  local id = append(K.mbox, K.mboxes, device, 'devices/' .. device .. '/commands', request, by, c, k)
+  local id = append(K.mbox, K.mboxes, device, 'devices/' .. device .. '/commands', request, by, c, k, r.tp)
   if not id then
     return {'rejected', '', '', finalize(K, r, 'rejected', rejected_body, rejected_reason)}
   end

@@ -11,10 +11,13 @@
 local claim, mk, mboxes, sess, stats, timers = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
 local client, device, gen, status, resp, finished, expires, member =
   A[1], A[2], tonumber(A[3]), A[4], A[5], A[6], tonumber(A[7]), A[8]
+-- tp: the relay's span (W3C traceparent), carried by the client's
+-- mailbox entry to the push server that delivers it.
+local tp = A[9] or ''
 -- A child of a group command names the group's record (KEYS[7], in this
--- same partition), its abort timer member (A[9]) and what to say when
--- its failures reach the group's abort_after (A[10]).
-local gk, gmember, greason = KEYS[7], A[9], A[10]
+-- same partition), its abort timer member (A[10]) and what to say when
+-- its failures reach the group's abort_after (A[11]).
+local gk, gmember, greason = KEYS[7], A[10], A[11]
 
 local c = redis.call('HMGET', claim, 'device', 'state', 'gen', 'status', 'resp')
 if c[1] and c[1] ~= device then return {'mismatch', '', ''} end
@@ -27,7 +30,7 @@ if c[2] == 'final' and cg == gen then
   return {'conflict', '', ''}
 end
 local dropped = '0'
-if not append(mk, mboxes, client, 'clients/' .. client .. '/results/' .. device, resp, expires) then
+if not append(mk, mboxes, client, 'clients/' .. client .. '/results/' .. device, resp, expires, nil, nil, tp) then
   dropped = '1'
   count(stats, 'result_dropped')
 end
