@@ -43,8 +43,11 @@ import (
 //     "sampled": true, "source": "management". When the management API is
 //     unreachable the stats say so (management.available false) and these
 //     fields are null; the call does not fail. RabbitMQ 3.x reports no
-//     head-message timestamp for quorum queues, so oldest_age_s is null
-//     there;
+//     head-message timestamp for quorum queues, so the command queues'
+//     oldest_age_s comes from the gateway's own records instead
+//     (oldest_age_source "gateway"): the acceptance of the oldest command
+//     still queued, from the partitions' queued sets
+//     (mailbox.Totals.Queued), exact at the moment of the call;
 //   - mailbox totals, timers and dead letters: mailbox.Store.Totals;
 //     statuses and events over the last 15 minutes: Store.StatusCounts and
 //     Store.EventCounts; sessions per push server: SCARD of
@@ -152,8 +155,14 @@ type queueView struct {
 	PublishRate *float64 `json:"publish_rate"`
 	DeliverRate *float64 `json:"deliver_rate"`
 	OldestAgeS  *float64 `json:"oldest_age_s"`
-	Sampled     bool     `json:"sampled"`
-	Source      string   `json:"source"`
+	// OldestAgeSource is where OldestAgeS came from: "gateway" (the
+	// command queues: the oldest queued command in the gateway's own
+	// records, exact at the moment of the call, 0 when none waits) or
+	// "management" (RabbitMQ's sampled head-message timestamp; null for
+	// quorum queues on RabbitMQ 3.x).
+	OldestAgeSource string `json:"oldest_age_source"`
+	Sampled         bool   `json:"sampled"`
+	Source          string `json:"source"`
 	// Queues is set in the entry {ns}.commands only.
 	Queues []commandQueueView `json:"queues,omitempty"`
 }
@@ -181,6 +190,7 @@ func sumQueues(qs []commandQueueView) queueView {
 		if a := q.OldestAgeS; a != nil && (v.OldestAgeS == nil || *a > *v.OldestAgeS) {
 			v.OldestAgeS = a
 		}
+		v.OldestAgeSource = q.OldestAgeSource
 	}
 	return v
 }
@@ -334,7 +344,7 @@ func (o *ops) collect(ctx context.Context) statsView {
 		v.Management.Error = mqErr.Error()
 	}
 	view := func(q string) queueView {
-		qv := queueView{Sampled: true, Source: "management"}
+		qv := queueView{Sampled: true, Source: "management", OldestAgeSource: "management"}
 		if qi, ok := depth[q]; ok {
 			qv.Ready, qv.Consumers = ptr(qi.Messages), ptr(qi.Consumers)
 		}
@@ -344,9 +354,24 @@ func (o *ops) collect(ctx context.Context) statsView {
 		}
 		return qv
 	}
+	// The command queues' oldest_age_s comes from the gateway's records
+	// when Redis answered: partition p's queued commands are in queue
+	// p mod GW_QUEUES (protocol.Topology.CommandQueueOf).
+	var queuedAge []float64
+	if totErr == nil {
+		queuedAge = make([]float64, s.topo.QueueCount)
+		for _, p := range totals.Queued {
+			q := p.Partition % max(s.topo.QueueCount, 1)
+			queuedAge[q] = max(queuedAge[q], p.Oldest.Seconds())
+		}
+	}
 	commands := make([]commandQueueView, 0, s.topo.QueueCount)
 	for i, q := range s.topo.CommandQueues() {
-		commands = append(commands, commandQueueView{Name: q, Index: i, queueView: view(q)})
+		cv := commandQueueView{Name: q, Index: i, queueView: view(q)}
+		if queuedAge != nil {
+			cv.OldestAgeS, cv.OldestAgeSource = ptr(queuedAge[i]), "gateway"
+		}
+		commands = append(commands, cv)
 	}
 	v.Queues[s.topo.CommandsGroup] = sumQueues(commands)
 	v.Queues[s.topo.CommandsDeadQueue] = view(s.topo.CommandsDeadQueue)

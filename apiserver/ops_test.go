@@ -134,7 +134,9 @@ func TestStatsQueueDepthIsExact(t *testing.T) {
 	t.Parallel()
 	g := opsGW(t)
 	const k = 7
+	posted := time.Now()
 	g.postN(t, "app-1", "depth", k)
+	accepted := time.Now() // every command was accepted by now
 
 	// A consumer on the commands dead-letter queue, which must count.
 	ch, err := g.conn.Channel()
@@ -180,6 +182,18 @@ func TestStatsQueueDepthIsExact(t *testing.T) {
 		assert.Equal(t, want[i], *q.Ready, q.Name)
 		assert.Equal(t, 0, *q.Consumers, q.Name)
 		assert.Nil(t, q.Queues, "a command queue lists no queues")
+		// The age of its oldest queued command, from the gateway's
+		// records: at least the time from the last acceptance to the
+		// stats' time (v.At, taken before the records are read), at most
+		// the time since the first POST; 0 when empty.
+		assert.Equal(t, "gateway", q.OldestAgeSource, q.Name)
+		require.NotNil(t, q.OldestAgeS, q.Name)
+		if want[i] == 0 {
+			assert.Zero(t, *q.OldestAgeS, q.Name)
+		} else {
+			assert.GreaterOrEqual(t, *q.OldestAgeS, v.At.Sub(accepted).Seconds()-0.01, q.Name)
+		}
+		assert.LessOrEqual(t, *q.OldestAgeS, time.Since(posted).Seconds()+0.01, q.Name)
 		sum += *q.Ready
 		compareWithRabbitmqctl(t, q.Name, *q.Ready)
 	}
@@ -231,7 +245,8 @@ func TestStatsQueueDepthIsExact(t *testing.T) {
 	for _, key := range []string{"ready", "consumers", "unacked", "publish_rate", "deliver_rate", "oldest_age_s", "sampled", "source", "queues"} {
 		assert.Contains(t, q, key)
 	}
-	assert.Nil(t, q["oldest_age_s"], "quorum queues report no head timestamp")
+	assert.NotNil(t, q["oldest_age_s"], "the gateway's records give the command queues' oldest age")
+	assert.Equal(t, "gateway", q["oldest_age_source"])
 	list := q["queues"].([]any)
 	require.Len(t, list, g.topo.QueueCount)
 	for i, e := range list {
@@ -286,7 +301,10 @@ func TestStatsWithoutManagementAPI(t *testing.T) {
 	assert.Nil(t, cq.Unacked)
 	assert.Nil(t, cq.PublishRate)
 	assert.Nil(t, cq.DeliverRate)
-	assert.Nil(t, cq.OldestAgeS)
+	// The oldest age comes from the gateway's records, not the
+	// management API.
+	require.NotNil(t, cq.OldestAgeS)
+	assert.Equal(t, "gateway", cq.OldestAgeSource)
 	assert.Empty(t, v.Errors)
 }
 

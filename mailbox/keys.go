@@ -4,14 +4,15 @@ package mailbox
 // command (client, idKey) to device, in the order lib.lua's cmdkeys
 // reads them: record, the device's mailbox, the partition's mailbox set,
 // timers, dead set, outbox, counters of this minute, the device's session
-// registration, the (client, device) listing and the device's lanes.
+// registration, the (client, device) listing, the device's lanes and the
+// partition's queued set.
 func (s *Store) cmdKeys(device, client, idKey string) (int, []string) {
 	p := s.PartitionOf(device)
 	pk := s.keys.Part(p)
 	return p, []string{
 		pk.Command(client, idKey), pk.Mailbox(device), pk.Mailboxes(), pk.Timers(), pk.Dead(),
 		pk.Outbox(), pk.StatusCounts(s.now().Unix() / 60), pk.Session(device), pk.ClientCommands(client, device),
-		pk.Lanes(device),
+		pk.Lanes(device), pk.Queued(),
 	}
 }
 

@@ -405,6 +405,19 @@ type Totals struct {
 	// to the clients' partitions, by partition; empty outboxes are left
 	// out. An entry older than a few seconds means relays are failing.
 	Outbox []PartitionOutbox
+	// Queued lists the partitions that have queued commands (accepted,
+	// in a command queue, not yet taken by a worker), by partition; the
+	// others are left out. Partition p's commands are in command queue
+	// p mod GW_QUEUES.
+	Queued []PartitionQueued
+}
+
+// PartitionQueued is the queued commands of one partition: how many, and
+// how long ago the oldest was accepted (a replayed one: replayed).
+type PartitionQueued struct {
+	Partition int
+	Commands  int64
+	Oldest    time.Duration
 }
 
 // PartitionOutbox is the outbox of one partition: its length and the age

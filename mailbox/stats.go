@@ -9,6 +9,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/redis/go-redis/v9"
 
@@ -16,7 +17,8 @@ import (
 )
 
 // Totals returns the monitoring totals over every partition: non-empty
-// mailboxes, their entries, armed timers and dead-lettered commands. It
+// mailboxes, their entries, armed timers, dead-lettered commands, the
+// outboxes and the queued commands with the age of the oldest. It
 // reads the partitions' set sizes in one pipeline, then walks the
 // Mailboxes set of each partition that lists any (SSCAN + XLEN),
 // forgetting mailboxes found empty or gone.
@@ -27,6 +29,8 @@ func (s *Store) Totals(ctx context.Context) (Totals, error) {
 	timers := make([]*redis.IntCmd, n)
 	dead := make([]*redis.IntCmd, n)
 	outbox := make([]outboxCmds, n)
+	queued := make([]*redis.IntCmd, n)
+	oldest := make([]*redis.ZSliceCmd, n)
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
 		for i := 0; i < n; i++ {
 			pk := s.keys.Part(i)
@@ -34,6 +38,8 @@ func (s *Store) Totals(ctx context.Context) (Totals, error) {
 			timers[i] = p.ZCard(ctx, pk.Timers())
 			dead[i] = p.ZCard(ctx, pk.Dead())
 			outbox[i] = s.queueOutboxStats(ctx, p, i)
+			queued[i] = p.ZCard(ctx, pk.Queued())
+			oldest[i] = p.ZRangeWithScores(ctx, pk.Queued(), 0, 0)
 		}
 		return nil
 	})
@@ -44,6 +50,10 @@ func (s *Store) Totals(ctx context.Context) (Totals, error) {
 	for i := 0; i < n; i++ {
 		if o := outbox[i].read(i, now); o.Entries > 0 {
 			t.Outbox = append(t.Outbox, o)
+		}
+		if z := oldest[i].Val(); queued[i].Val() > 0 && len(z) > 0 {
+			t.Queued = append(t.Queued, PartitionQueued{Partition: i, Commands: queued[i].Val(),
+				Oldest: max(now.Sub(time.UnixMilli(int64(z[0].Score))), 0)})
 		}
 		t.Timers += timers[i].Val()
 		t.Dead += dead[i].Val()

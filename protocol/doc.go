@@ -483,6 +483,8 @@
 //	{ns:p}:timers                    sorted set  PartKeys.Timers          deadlines (score: due time, ms)
 //	{ns:p}:dead                      sorted set  PartKeys.Dead            dead commands (score: dead-lettered at)
 //	{ns:p}:outbox                    stream      PartKeys.Outbox          final results on their way to p(client)
+//	{ns:p}:queued                    sorted set  PartKeys.Queued          queued commands "{client}|{key}" (score:
+//	                                                                      accepted at, ms; a replay: replayed at)
 //	{ns:p}:meta                      hash        PartKeys.Meta            the partition and queue counts recorded
 //	                                                                      at first start (the fence)
 //	{ns:p}:barrier                   string      PartKeys.Barrier         written before a durability barrier

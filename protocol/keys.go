@@ -81,6 +81,14 @@ func (pk PartKeys) Dead() string { return pk.prefix + "dead" }
 // clients' partitions.
 func (pk PartKeys) Outbox() string { return pk.prefix + "outbox" }
 
+// Queued is the partition's sorted set of its queued commands (member
+// "{client}|{key}", score: accepted at, ms; a replay counts from the
+// replay): the steps that make a command queued add it, every step that
+// takes it on remove it. Its oldest member is the age of the oldest
+// command waiting in a command queue, which RabbitMQ does not report for
+// quorum queues.
+func (pk PartKeys) Queued() string { return pk.prefix + "queued" }
+
 // Meta is the partition's hash of fixed settings (partitions, queues):
 // the fence that refuses a process configured with other counts.
 func (pk PartKeys) Meta() string { return pk.prefix + "meta" }

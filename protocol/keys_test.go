@@ -22,6 +22,7 @@ func TestKeys(t *testing.T) {
 		{"Timers", p.Timers(), "{gw:7}:timers"},
 		{"Dead", p.Dead(), "{gw:7}:dead"},
 		{"Outbox", p.Outbox(), "{gw:7}:outbox"},
+		{"Queued", p.Queued(), "{gw:7}:queued"},
 		{"Meta", p.Meta(), "{gw:7}:meta"},
 		{"Barrier", p.Barrier(), "{gw:7}:barrier"},
 		{"Session", p.Session("dev-1"), "{gw:7}:sess:dev-1"},
@@ -56,7 +57,7 @@ func TestKeysNamespace(t *testing.T) {
 		p := k.Part(3)
 		return []string{
 			p.Command("c", "1"), p.Claim("c", "1"), p.ClientCommands("c", "d"), p.Mailbox("d"),
-			p.Mailboxes(), p.Timers(), p.Dead(), p.Outbox(), p.Session("d"), p.StatusCounts(1),
+			p.Mailboxes(), p.Timers(), p.Dead(), p.Outbox(), p.Queued(), p.Session("d"), p.StatusCounts(1),
 			k.Ring(RingWorkers).Nodes(), k.NodeSessions("n"), k.NodePending("n"), k.NodeWake("n"),
 		}
 	}

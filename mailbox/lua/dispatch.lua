@@ -20,6 +20,7 @@ if num(r.nb) > NOW then
   -- Not before nb: it waits here (the message is acked: the record is
   -- durable), with the device request, for its timer.
   redis.call('HSET', K.rec, 'status', 'scheduled', 'req', request)
+  unqueue(K, r)
   redis.call('ZADD', K.timers, ms(r.nb), tm('s', r))
   count(K.stats, 'scheduled')
   return {'scheduled', '', ''}

@@ -149,10 +149,19 @@ end
 -- (cmdKeys in keys.go): the record, the device's mailbox, the
 -- partition's mailbox set, timers, dead set, outbox and counters of the
 -- minute, the device's session registration, the (client, device)
--- listing and the device's lanes.
+-- listing, the device's lanes and the partition's set of queued
+-- commands.
 local function cmdkeys(KEYS)
   return {rec = KEYS[1], mbox = KEYS[2], mboxes = KEYS[3], timers = KEYS[4], dead = KEYS[5],
-    outbox = KEYS[6], stats = KEYS[7], sess = KEYS[8], cmds = KEYS[9], lanes = KEYS[10]}
+    outbox = KEYS[6], stats = KEYS[7], sess = KEYS[8], cmds = KEYS[9], lanes = KEYS[10],
+    queued = KEYS[11]}
+end
+
+-- unqueue takes a command out of the partition's queued set (commands
+-- in a command queue, not yet taken by a worker): every step that moves
+-- a command on from there calls it (a no-op for others).
+local function unqueue(K, r)
+  redis.call('ZREM', K.queued, r.client .. '|' .. r.key)
 end
 
 -- Ordered lanes (issue 15). K.lanes is a sorted set, every score 0, with
@@ -217,6 +226,7 @@ local function lanegate(K, r, request)
   end
   redis.call('HSET', K.rec, 'status', 'queued', 'lw', '1', 'req', request)
   r.status = 'queued'
+  unqueue(K, r) -- taken from its command queue: it waits in Redis now
   count(K.stats, 'lane_wait')
   return false
 end
@@ -233,10 +243,12 @@ local function index(K, r, horizon)
 end
 
 -- queue is pending → queued: the command is durable in RabbitMQ. Its
--- deliver-by timer (the watchdog) is armed since reserve.
+-- deliver-by timer (the watchdog) is armed since reserve. It enters the
+-- queued set, scored by its creation (when the client's request came).
 local function queue(K, r, horizon)
   redis.call('HSET', K.rec, 'status', 'queued', 'queued', ms(NOW), 'lease', '', 'lease_until', '')
   redis.call('PERSIST', K.rec)
+  redis.call('ZADD', K.queued, r.created, r.client .. '|' .. r.key)
   index(K, r, horizon)
   count(K.stats, 'queued')
   r.status = 'queued'
@@ -266,6 +278,7 @@ local function finalize(K, r, status, body, reason, extra)
   end
   redis.call('ZREM', K.timers, tm('d', r), tm('a', r))
   if num(r.replays) > 0 then redis.call('ZREM', K.dead, c .. '|' .. k) end
+  unqueue(K, r)
   count(K.stats, status)
   local gen = ms(num(r.replays))
   local grp = r.grp or ''
@@ -300,6 +313,7 @@ local function send(K, r, device, request, by, expired_body, expired_reason, rej
     return {'rejected', '', '', finalize(K, r, 'rejected', rejected_body, rejected_reason)}
   end
   redis.call('HSET', K.rec, 'status', 'sent', 'sent', ms(NOW), 'entry', id)
+  unqueue(K, r)
   redis.call('ZADD', K.timers, ms(by), tm('d', r))
   if num(r.replays) > 0 then redis.call('ZREM', K.dead, c .. '|' .. k) end
   count(K.stats, 'sent')

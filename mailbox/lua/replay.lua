@@ -18,6 +18,7 @@ local by = NOW + num(r.exp)
 redis.call('PERSIST', K.rec)
 redis.call('HDEL', K.rec, 'finished', 'resp', 'reason', 'dropped', 'sending', 'sent', 'delivered', 'entry')
 redis.call('HSET', K.rec, 'status', 'queued', 'queued', ms(NOW), 'deliver_by', ms(by), 'replays', ms(num(r.replays) + 1))
+redis.call('ZADD', K.queued, ms(NOW), r.client .. '|' .. r.key)
 redis.call('ZADD', K.timers, ms(by), tm('d', r))
 r.deliver_by = ms(by)
 if r.lane and r.lane ~= '' then

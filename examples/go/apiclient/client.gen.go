@@ -34,6 +34,24 @@ func (e AcceptedStatus) Valid() bool {
 	}
 }
 
+// Defines values for CommandQueueStatsOldestAgeSource.
+const (
+	CommandQueueStatsOldestAgeSourceGateway    CommandQueueStatsOldestAgeSource = "gateway"
+	CommandQueueStatsOldestAgeSourceManagement CommandQueueStatsOldestAgeSource = "management"
+)
+
+// Valid indicates whether the value is a known member of the CommandQueueStatsOldestAgeSource enum.
+func (e CommandQueueStatsOldestAgeSource) Valid() bool {
+	switch e {
+	case CommandQueueStatsOldestAgeSourceGateway:
+		return true
+	case CommandQueueStatsOldestAgeSourceManagement:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for CommandQueueStatsSource.
 const (
 	CommandQueueStatsSourceManagement CommandQueueStatsSource = "management"
@@ -72,13 +90,13 @@ func (e DeviceConnection) Valid() bool {
 
 // Defines values for ErrorDataSource.
 const (
-	Gateway ErrorDataSource = "gateway"
+	ErrorDataSourceGateway ErrorDataSource = "gateway"
 )
 
 // Valid indicates whether the value is a known member of the ErrorDataSource enum.
 func (e ErrorDataSource) Valid() bool {
 	switch e {
-	case Gateway:
+	case ErrorDataSourceGateway:
 		return true
 	default:
 		return false
@@ -109,6 +127,24 @@ func (e GroupCommandStatus) Valid() bool {
 	case GroupCommandStatusQueued:
 		return true
 	case GroupCommandStatusRunning:
+		return true
+	default:
+		return false
+	}
+}
+
+// Defines values for QueueStatsOldestAgeSource.
+const (
+	QueueStatsOldestAgeSourceGateway    QueueStatsOldestAgeSource = "gateway"
+	QueueStatsOldestAgeSourceManagement QueueStatsOldestAgeSource = "management"
+)
+
+// Valid indicates whether the value is a known member of the QueueStatsOldestAgeSource enum.
+func (e QueueStatsOldestAgeSource) Valid() bool {
+	switch e {
+	case QueueStatsOldestAgeSourceGateway:
+		return true
+	case QueueStatsOldestAgeSourceManagement:
 		return true
 	default:
 		return false
@@ -383,14 +419,18 @@ type CommandQueueStats struct {
 	Index int `json:"index"`
 
 	// Name {ns}.commands.{index}
-	Name        string                  `json:"name"`
-	OldestAgeS  *float32                `json:"oldest_age_s"`
-	PublishRate *float32                `json:"publish_rate"`
-	Ready       *int                    `json:"ready"`
-	Sampled     bool                    `json:"sampled"`
-	Source      CommandQueueStatsSource `json:"source"`
-	Unacked     *int                    `json:"unacked"`
+	Name            string                           `json:"name"`
+	OldestAgeS      *float32                         `json:"oldest_age_s"`
+	OldestAgeSource CommandQueueStatsOldestAgeSource `json:"oldest_age_source"`
+	PublishRate     *float32                         `json:"publish_rate"`
+	Ready           *int                             `json:"ready"`
+	Sampled         bool                             `json:"sampled"`
+	Source          CommandQueueStatsSource          `json:"source"`
+	Unacked         *int                             `json:"unacked"`
 }
+
+// CommandQueueStatsOldestAgeSource defines model for CommandQueueStats.OldestAgeSource.
+type CommandQueueStatsOldestAgeSource string
 
 // CommandQueueStatsSource defines model for CommandQueueStats.Source.
 type CommandQueueStatsSource string
@@ -565,8 +605,11 @@ type QueueStats struct {
 	// DeliverRate Messages per second delivered (management API).
 	DeliverRate *float32 `json:"deliver_rate"`
 
-	// OldestAgeS Age of the oldest message in seconds, when RabbitMQ reports it (quorum queues on RabbitMQ 3.x do not).
+	// OldestAgeS Age in seconds of the oldest waiting message. Command queues (oldest_age_source gateway): since the acceptance of the oldest command still queued (a replayed one: since the replay), from the gateway's records, exact, 0 when none waits; null when Redis did not answer. Other queues (management): RabbitMQ's head-message timestamp, when it reports one (quorum queues on RabbitMQ 3.x do not).
 	OldestAgeS *float32 `json:"oldest_age_s"`
+
+	// OldestAgeSource Where oldest_age_s came from.
+	OldestAgeSource QueueStatsOldestAgeSource `json:"oldest_age_source"`
 
 	// PublishRate Messages per second published (management API).
 	PublishRate *float32 `json:"publish_rate"`
@@ -584,6 +627,9 @@ type QueueStats struct {
 	// Unacked Delivered, not yet acknowledged (management API).
 	Unacked *int `json:"unacked"`
 }
+
+// QueueStatsOldestAgeSource Where oldest_age_s came from.
+type QueueStatsOldestAgeSource string
 
 // QueueStatsSource defines model for QueueStats.Source.
 type QueueStatsSource string
@@ -2044,10 +2090,13 @@ type ClientInterface interface {
 	//
 	// Operators only. Read at the moment of the call: `ready` and
 	// `consumers` of each queue come from a passive declare (exact: what
-	// `rabbitmqctl list_queues` says then); `unacked`, the rates and
-	// `oldest_age_s` come from RabbitMQ's management API
-	// (GW_AMQP_MGMT_URL), which samples every 5 s (`"sampled": true,
-	// "source": "management"`). When the management API is unreachable
+	// `rabbitmqctl list_queues` says then); `unacked` and the rates come
+	// from RabbitMQ's management API (GW_AMQP_MGMT_URL), which samples
+	// every 5 s (`"sampled": true, "source": "management"`). The command
+	// queues' `oldest_age_s` comes from the gateway's own records (the
+	// oldest command still queued; `"oldest_age_source": "gateway"`),
+	// exact at the moment of the call; the dead-letter queue's from the
+	// management API. When the management API is unreachable
 	// `management.available` is false and those fields are null; the call
 	// still answers 200. A source that fails (RabbitMQ or Redis) leaves
 	// its fields null and is named in `errors`.
@@ -2582,10 +2631,13 @@ func (c *Client) PutDeviceGroup(ctx context.Context, name Identity, body PutDevi
 //
 // Operators only. Read at the moment of the call: `ready` and
 // `consumers` of each queue come from a passive declare (exact: what
-// `rabbitmqctl list_queues` says then); `unacked`, the rates and
-// `oldest_age_s` come from RabbitMQ's management API
-// (GW_AMQP_MGMT_URL), which samples every 5 s (`"sampled": true,
-// "source": "management"`). When the management API is unreachable
+// `rabbitmqctl list_queues` says then); `unacked` and the rates come
+// from RabbitMQ's management API (GW_AMQP_MGMT_URL), which samples
+// every 5 s (`"sampled": true, "source": "management"`). The command
+// queues' `oldest_age_s` comes from the gateway's own records (the
+// oldest command still queued; `"oldest_age_source": "gateway"`),
+// exact at the moment of the call; the dead-letter queue's from the
+// management API. When the management API is unreachable
 // `management.available` is false and those fields are null; the call
 // still answers 200. A source that fails (RabbitMQ or Redis) leaves
 // its fields null and is named in `errors`.
@@ -4231,10 +4283,13 @@ type ClientWithResponsesInterface interface {
 	//
 	// Operators only. Read at the moment of the call: `ready` and
 	// `consumers` of each queue come from a passive declare (exact: what
-	// `rabbitmqctl list_queues` says then); `unacked`, the rates and
-	// `oldest_age_s` come from RabbitMQ's management API
-	// (GW_AMQP_MGMT_URL), which samples every 5 s (`"sampled": true,
-	// "source": "management"`). When the management API is unreachable
+	// `rabbitmqctl list_queues` says then); `unacked` and the rates come
+	// from RabbitMQ's management API (GW_AMQP_MGMT_URL), which samples
+	// every 5 s (`"sampled": true, "source": "management"`). The command
+	// queues' `oldest_age_s` comes from the gateway's own records (the
+	// oldest command still queued; `"oldest_age_source": "gateway"`),
+	// exact at the moment of the call; the dead-letter queue's from the
+	// management API. When the management API is unreachable
 	// `management.available` is false and those fields are null; the call
 	// still answers 200. A source that fails (RabbitMQ or Redis) leaves
 	// its fields null and is named in `errors`.
@@ -6633,10 +6688,13 @@ func (c *ClientWithResponses) PutDeviceGroupWithResponse(ctx context.Context, na
 //
 // Operators only. Read at the moment of the call: `ready` and
 // `consumers` of each queue come from a passive declare (exact: what
-// `rabbitmqctl list_queues` says then); `unacked`, the rates and
-// `oldest_age_s` come from RabbitMQ's management API
-// (GW_AMQP_MGMT_URL), which samples every 5 s (`"sampled": true,
-// "source": "management"`). When the management API is unreachable
+// `rabbitmqctl list_queues` says then); `unacked` and the rates come
+// from RabbitMQ's management API (GW_AMQP_MGMT_URL), which samples
+// every 5 s (`"sampled": true, "source": "management"`). The command
+// queues' `oldest_age_s` comes from the gateway's own records (the
+// oldest command still queued; `"oldest_age_source": "gateway"`),
+// exact at the moment of the call; the dead-letter queue's from the
+// management API. When the management API is unreachable
 // `management.available` is false and those fields are null; the call
 // still answers 200. A source that fails (RabbitMQ or Redis) leaves
 // its fields null and is named in `errors`.
