@@ -220,7 +220,21 @@ func TestSilentMemberDisappears(t *testing.T) {
 			break
 		}
 	}
-	time.Sleep(2 * opts.Refresh) // a second call would show by now
+	// OnPruned is called by the member whose SREM removed push-z from the
+	// set: once push-z is out of the set, no other call can name it.
+	nodesKey := protocol.NewKeys(ns).Ring(protocol.RingPush).Nodes()
+	for deadline := time.Now().Add(3 * time.Second); ; time.Sleep(20 * time.Millisecond) {
+		in, err := testenv.Redis(t).SIsMember(t.Context(), nodesKey, "push-z").Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !in {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("push-z still in the ring's set 3s after it left the members")
+		}
+	}
 	prunedMu.Lock()
 	got = slices.Clone(pruned)
 	prunedMu.Unlock()
