@@ -694,6 +694,8 @@ type sampler struct {
 	lastRead time.Time
 	running  bool
 	failing  bool // the last sample failed (logged once per streak)
+	// runs counts the run goroutines that have not returned.
+	runs sync.WaitGroup
 }
 
 func newSampler(sample func(context.Context) (*opsSample, error), stopping <-chan struct{}, warn func(string, ...any)) *sampler {
@@ -710,11 +712,12 @@ func (sm *sampler) snapshot(wait time.Duration) *opsSample {
 		case <-sm.stopping:
 		default:
 			sm.running = true
-			sm.first = make(chan struct{})
+			first := make(chan struct{})
+			sm.first = first
 			if sm.last != nil && time.Since(sm.last.at) > 2*sm.every {
 				sm.last = nil // too old to show while the new run starts
 			}
-			go sm.run(sm.first)
+			sm.runs.Go(func() { sm.run(first) })
 		}
 	}
 	last, first := sm.last, sm.first

@@ -667,17 +667,19 @@ func TestSamplerStopsWhenIdle(t *testing.T) {
 		defer sm.mu.Unlock()
 		return !sm.running
 	}, 2*time.Second, 5*time.Millisecond, "the sampler does not stop when idle")
+	// A run clears running as it returns, after its last sample.
+	sm.runs.Wait()
 	n := calls.Load()
 	assert.GreaterOrEqual(t, n, int64(3))
-	time.Sleep(50 * time.Millisecond)
-	assert.Equal(t, n, calls.Load(), "samples while stopped")
 
 	require.NotNil(t, sm.snapshot(time.Second))
 	require.Eventually(t, func() bool { return calls.Load() > n }, time.Second, 5*time.Millisecond, "a read restarts it")
 	close(stopping)
-	time.Sleep(30 * time.Millisecond)
+	sm.runs.Wait() // the run has returned: it samples no more
 	n = calls.Load()
-	time.Sleep(50 * time.Millisecond)
+	// A read after shutdown starts no run.
+	sm.snapshot(10 * time.Millisecond)
+	sm.runs.Wait()
 	assert.Equal(t, n, calls.Load(), "samples after shutdown")
 }
 
