@@ -305,3 +305,15 @@ func (g *gw) post(tok, device string, body any, query ...string) *reply {
 	}
 	return g.do(http.MethodPost, path, tok, body)
 }
+
+// waitPolling waits until client has n long-polls waiting: each is counted
+// once the server has read its command, found it not final, and starts
+// to wait (Server.takePoll).
+func waitPolling(t testing.TB, s *Server, client string, n int) {
+	t.Helper()
+	require.Eventually(t, func() bool {
+		s.polls.mu.Lock()
+		defer s.polls.mu.Unlock()
+		return s.polls.n[client] == n
+	}, 10*time.Second, 5*time.Millisecond, "%s never had %d long-polls waiting", client, n)
+}

@@ -66,8 +66,9 @@ func TestOverloadSheds(t *testing.T) {
 		resp.Body.Close()
 		polled <- resp.StatusCode
 	}()
-	require.Eventually(t, func() bool { return g.srv.inFlight.Load() == 0 }, 5*time.Second, 5*time.Millisecond)
-	time.Sleep(50 * time.Millisecond) // the long-poll is waiting
+	waitPolling(t, g.srv, "app-1", 1)
+	require.Eventually(t, func() bool { return g.srv.inFlight.Load() == 0 }, 5*time.Second, 5*time.Millisecond,
+		"the waiting long-poll still holds a place")
 
 	// Two commands held in their publish fill the places.
 	var wg sync.WaitGroup

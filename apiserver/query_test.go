@@ -84,7 +84,7 @@ func TestGetCommandAndLongPoll(t *testing.T) {
 	done := make(chan *reply, 1)
 	start = time.Now()
 	go func() { done <- g.do(http.MethodGet, "/v1/commands/7?wait=30", tok, nil) }()
-	time.Sleep(300 * time.Millisecond)
+	waitPolling(t, g.srv, "app-1", 1)
 	es, err := g.store.Fetch(ctx, "dev-1", "", 10) // the push server takes it
 	require.NoError(t, err)
 	require.Len(t, es, 1)
@@ -126,7 +126,7 @@ func TestLongPollReturnsOnCancel(t *testing.T) {
 	g.drain()
 	done := make(chan *reply, 1)
 	go func() { done <- g.do(http.MethodGet, "/v1/commands/lp?wait=20s", tok, nil) }()
-	time.Sleep(200 * time.Millisecond)
+	waitPolling(t, g.srv, "app-1", 1)
 	_, err := g.store.Cancel(context.Background(), "app-1", "lp", "")
 	require.NoError(t, err)
 	var r *reply

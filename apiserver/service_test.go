@@ -302,7 +302,7 @@ func TestGracefulShutdown(t *testing.T) {
 	go func() {
 		poll <- doURL(t, http.DefaultClient, base, http.MethodGet, "/v1/commands/gs?wait=30s", tok, nil)
 	}()
-	time.Sleep(300 * time.Millisecond)
+	waitPolling(t, g.srv, "app-1", 1)
 	start := time.Now()
 	cancel()
 	select {
