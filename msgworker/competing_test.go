@@ -10,6 +10,7 @@ import (
 	"net/url"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -221,7 +222,12 @@ func TestRedisOutage(t *testing.T) {
 	env := h.send(spec{client: "app-1", device: "lamp-1", id: `2`})
 	waitHandled(t, w, queueCommands, outcomeTransient, 3, 10*time.Second)
 	require.Equal(t, protocol.StatusQueued, h.get(env).Status)
-	time.Sleep(max(500*time.Millisecond, time.Until(due.Add(500*time.Millisecond))))
+	// The timer comes due during the outage, and the worker keeps trying
+	// Redis after that (a connection refused by the proxy after due).
+	time.Sleep(time.Until(due))
+	tried := p.refused.Load()
+	require.Eventually(t, func() bool { return p.refused.Load() > tried }, 10*time.Second, 10*time.Millisecond,
+		"the worker did not try Redis after the timer came due")
 	require.Equal(t, protocol.StatusDelivered, h.get(first).Status, "a timer fired while Redis was down")
 	p.setDown(false)
 
@@ -251,6 +257,8 @@ type proxy struct {
 	mu     sync.Mutex
 	down   bool
 	conns  map[net.Conn]struct{}
+	// refused counts the connections closed at once because it was down.
+	refused atomic.Int64
 }
 
 func newProxy(t testing.TB, target string) *proxy {
@@ -281,6 +289,7 @@ func (p *proxy) serve() {
 		p.mu.Unlock()
 		if down {
 			_ = c.Close()
+			p.refused.Add(1)
 			continue
 		}
 		go p.pipe(c)
