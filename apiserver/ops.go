@@ -237,6 +237,18 @@ type outboxPartitionView struct {
 	OldestAgeS float64 `json:"oldest_age_s"`
 }
 
+// queuedAges is, for each of the queues command queues, the age in seconds
+// of its oldest queued command (0 when none): partition p's commands are
+// in queue p mod queues (protocol.Topology.CommandQueueOf).
+func queuedAges(parts []mailbox.PartitionQueued, queues int) []float64 {
+	ages := make([]float64, max(queues, 1))
+	for _, p := range parts {
+		q := p.Partition % len(ages)
+		ages[q] = max(ages[q], p.Oldest.Seconds())
+	}
+	return ages[:queues]
+}
+
 // newOutboxView sums the non-empty outboxes of the totals.
 func newOutboxView(parts []mailbox.PartitionOutbox) *outboxView {
 	v := &outboxView{Partitions: make([]outboxPartitionView, 0, len(parts))}
@@ -359,11 +371,7 @@ func (o *ops) collect(ctx context.Context) statsView {
 	// p mod GW_QUEUES (protocol.Topology.CommandQueueOf).
 	var queuedAge []float64
 	if totErr == nil {
-		queuedAge = make([]float64, s.topo.QueueCount)
-		for _, p := range totals.Queued {
-			q := p.Partition % max(s.topo.QueueCount, 1)
-			queuedAge[q] = max(queuedAge[q], p.Oldest.Seconds())
-		}
+		queuedAge = queuedAges(totals.Queued, s.topo.QueueCount)
 	}
 	commands := make([]commandQueueView, 0, s.topo.QueueCount)
 	for i, q := range s.topo.CommandQueues() {
@@ -793,11 +801,13 @@ var (
 		"Entries in one partition's outbox (non-empty outboxes only).", []string{"partition"}, nil)
 	descPartOutboxAge = prometheus.NewDesc("gw_outbox_partition_oldest_age_seconds",
 		"Age of the oldest entry of one partition's outbox (non-empty outboxes only).", []string{"partition"}, nil)
+	descQueueOldestAge = prometheus.NewDesc("gw_queue_oldest_age_seconds",
+		"Age of the oldest command still queued in each command queue, from the gateway's records (0 when none waits).", []string{"queue"}, nil)
 )
 
 func (oc *opsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descQueueReady, descQueueConsumers, descMailboxEntries, descMailboxes, descTimers, descDead,
-		descOutboxEntries, descOutboxAge, descPartOutboxEntries, descPartOutboxAge} {
+		descOutboxEntries, descOutboxAge, descPartOutboxEntries, descPartOutboxAge, descQueueOldestAge} {
 		ch <- d
 	}
 }
@@ -829,6 +839,9 @@ func (oc *opsCollector) Collect(ch chan<- prometheus.Metric) {
 			part := strconv.Itoa(p.Partition)
 			ch <- prometheus.MustNewConstMetric(descPartOutboxEntries, prometheus.GaugeValue, float64(p.Entries), part)
 			ch <- prometheus.MustNewConstMetric(descPartOutboxAge, prometheus.GaugeValue, p.OldestAgeS, part)
+		}
+		for i, age := range queuedAges(t.Queued, oc.o.s.topo.QueueCount) {
+			ch <- prometheus.MustNewConstMetric(descQueueOldestAge, prometheus.GaugeValue, age, oc.o.s.topo.CommandQueue(i))
 		}
 	}
 }

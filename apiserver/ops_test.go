@@ -640,6 +640,17 @@ func TestOpsGauges(t *testing.T) {
 			assert.Equal(t, want, v, series)
 		}
 	}
+	// The age of the oldest queued command of each command queue: one of
+	// the 4 queued ones somewhere, 0 where none waits.
+	oldest := 0.0
+	for _, q := range g.topo.CommandQueues() {
+		v, ok := metricValue(t, m, fmt.Sprintf(`gw_queue_oldest_age_seconds{queue=%q}`, q))
+		if assert.True(t, ok, "no gw_queue_oldest_age_seconds for %s", q) {
+			assert.GreaterOrEqual(t, v, 0.0, q)
+			oldest = max(oldest, v)
+		}
+	}
+	assert.Less(t, oldest, 60.0, "gw_queue_oldest_age_seconds: the commands were queued just now")
 
 	// Two more: the next scrape still shows the snapshot, a later one
 	// (within the 5-s period) the new depth.
