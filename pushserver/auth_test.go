@@ -125,6 +125,8 @@ func TestSessionsAreFresh(t *testing.T) {
 	require.NoError(t, err)
 	require.False(t, ca.SessionPresent)
 	require.Equal(t, byte(1), first.subscribe(t, topic, 1))
+	old := n.current(id)
+	require.NotNil(t, old, "the first session")
 
 	second, ca, err := connectV5(t, n.Addr(), id, id, token(t, id, auth.RoleDevice, time.Hour), persistent)
 	require.NoError(t, err)
@@ -136,8 +138,14 @@ func TestSessionsAreFresh(t *testing.T) {
 		t.Fatal("first connection was not taken over")
 	}
 
-	// The old connection's end does not unregister the new session.
-	time.Sleep(300 * time.Millisecond)
+	// The old connection's end does not unregister the new session: once
+	// the old session has ended (its unregister done), the registration
+	// is still the node's.
+	select {
+	case <-old.finished:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the old session did not end within 5s of its takeover")
+	}
 	node, err := e.store.SessionNode(t.Context(), id)
 	require.NoError(t, err)
 	require.Equal(t, n.NodeID(), node)
