@@ -36,8 +36,20 @@ func TestDrainInOrder(t *testing.T) {
 	}
 
 	c := mustV3(t, n.Addr(), id)
-	// Connected but not subscribed: nothing is streamed or removed.
-	time.Sleep(300 * time.Millisecond)
+	// Connected but not subscribed: nothing is streamed or removed, once
+	// the session's first run is over (it registers the session, then
+	// takes its first step, and leaves nothing pending).
+	eventually(t, 5*time.Second, func() bool {
+		node, err := e.store.SessionNode(t.Context(), id)
+		return err == nil && node == n.NodeID()
+	}, "session registered")
+	s := n.current(id)
+	require.NotNil(t, s)
+	eventually(t, 5*time.Second, func() bool {
+		s.mu.Lock()
+		defer s.mu.Unlock()
+		return !s.running && !s.pending
+	}, "the session's first run over")
 	require.Equal(t, int64(len(offline)), e.mailboxLen(id))
 	require.Zero(t, value(t, n.m.delivers))
 
