@@ -81,7 +81,7 @@ func TestExamples(t *testing.T) {
 		{"dev-py", []string{python, filepath.Join(root, "examples/python/device.py")}},
 	}
 	for _, d := range devices {
-		startDevice(t, d.argv, []string{"GW_API=" + g.APIURL, "GW_DEVICE=" + d.id, "GW_TOKEN=" + token("device", d.id)})
+		startDevice(t, d.argv, []string{"GW_API_URL=" + g.APIURL, "GW_DEVICE=" + d.id, "GW_TOKEN=" + token("device", d.id)})
 	}
 
 	clients := []struct {
@@ -101,7 +101,7 @@ func TestExamples(t *testing.T) {
 	for _, c := range clients {
 		for _, d := range devices {
 			t.Run(c.name+"/"+d.id, func(t *testing.T) {
-				env := []string{"GW_API=" + g.APIURL, "GW_CLIENT=app-" + c.name, "GW_DEVICE=" + d.id,
+				env := []string{"GW_API_URL=" + g.APIURL, "GW_CLIENT=app-" + c.name, "GW_DEVICE=" + d.id,
 					"GW_TOKEN=" + token("client", "app-"+c.name, "dev-*")}
 
 				params := fmt.Sprintf(`{"from":%q,"n":42}`, c.name)

@@ -2,7 +2,7 @@
 # send.sh sends one JSON-RPC command to a device with curl and prints the
 # device's answer, which comes back over MQTT, with mosquitto_sub.
 #
-#   GW_API=http://127.0.0.1:8080 GW_CLIENT=app-1 GW_TOKEN=<client token> GW_DEVICE=dev-1 \
+#   GW_API_URL=http://127.0.0.1:8080 GW_CLIENT=app-1 GW_TOKEN=<client token> GW_DEVICE=dev-1 \
 #       examples/curl/send.sh echo '{"hello":"world"}'
 #
 # Mint a client token with
@@ -13,7 +13,7 @@
 # curl's own, with the answer printed) anything else.
 set -euo pipefail
 
-API=${GW_API:-http://127.0.0.1:8080}
+API=${GW_API_URL:-http://127.0.0.1:8080}
 CLIENT=${GW_CLIENT:-app-1}
 TOKEN=${GW_TOKEN:?set GW_TOKEN to a client token of GW_CLIENT}
 DEVICE=${GW_DEVICE:-dev-1}

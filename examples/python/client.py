@@ -10,7 +10,7 @@ answer, which comes back over MQTT:
 3. POST /v1/devices/{device}/commands: 202 once the command is durable;
 4. print the result whose id is the command's id.
 
-    GW_API=http://127.0.0.1:8080 GW_CLIENT=app-1 GW_TOKEN=<client token> GW_DEVICE=dev-1 \\
+    GW_API_URL=http://127.0.0.1:8080 GW_CLIENT=app-1 GW_TOKEN=<client token> GW_DEVICE=dev-1 \\
         python3 client.py echo '{"hello":"world"}'
 
 Mint a client token with
@@ -32,7 +32,7 @@ import urllib.request
 
 import paho.mqtt.client as mqtt
 
-API = os.environ.get("GW_API", "http://127.0.0.1:8080")
+API = os.environ.get("GW_API_URL", "http://127.0.0.1:8080")
 CLIENT = os.environ.get("GW_CLIENT", "app-1")
 TOKEN = os.environ.get("GW_TOKEN", "")
 DEVICE = os.environ.get("GW_DEVICE", "dev-1")

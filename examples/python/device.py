@@ -9,7 +9,7 @@ returns its params, anything else the JSON-RPC error -32601. A command
 delivered again (the same id) gets the same answer again. After a lost
 connection it asks /v1/connect again, since the owner may have changed.
 
-    GW_API=http://127.0.0.1:8080 GW_DEVICE=dev-1 GW_TOKEN=<device token> python3 device.py
+    GW_API_URL=http://127.0.0.1:8080 GW_DEVICE=dev-1 GW_TOKEN=<device token> python3 device.py
 
 Mint a device token with
 `bin/devicesim token --role device --sub dev-1 --secret <secret>`.
@@ -27,7 +27,7 @@ import urllib.request
 
 import paho.mqtt.client as mqtt
 
-API = os.environ.get("GW_API", "http://127.0.0.1:8080")
+API = os.environ.get("GW_API_URL", "http://127.0.0.1:8080")
 DEVICE = os.environ.get("GW_DEVICE", "dev-1")
 TOKEN = os.environ.get("GW_TOKEN", "")
 

@@ -20,7 +20,7 @@
 //
 // Mint a client token with
 // `bin/devicesim token --role client --sub app-1 --devices 'dev-*' --secret <secret>`.
-// The flags default to GW_API, GW_CLIENT, GW_TOKEN and GW_DEVICE. Exit
+// The flags default to GW_API_URL, GW_CLIENT, GW_TOKEN and GW_DEVICE. Exit
 // status: 0 the device answered with a result, 2 with an error (or the
 // gateway ended the command: timeout, expired, ...), 1 anything else.
 package main
@@ -63,7 +63,7 @@ func main() {
 
 func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("client", flag.ContinueOnError)
-	api := fs.String("api", envOr("GW_API", "http://127.0.0.1:8080"), "the gateway's HTTP API")
+	api := fs.String("api", envOr("GW_API_URL", "http://127.0.0.1:8080"), "the gateway's HTTP API")
 	client := fs.String("client", envOr("GW_CLIENT", "app-1"), "this client's identity (the token's sub)")
 	token := fs.String("token", os.Getenv("GW_TOKEN"), "a client token for --client")
 	device := fs.String("device", envOr("GW_DEVICE", "dev-1"), "the device to command")

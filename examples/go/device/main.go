@@ -14,7 +14,7 @@
 //
 // Mint a device token with
 // `bin/devicesim token --role device --sub dev-1 --secret <secret>`.
-// The flags default to GW_API, GW_DEVICE and GW_TOKEN. It prints "ready"
+// The flags default to GW_API_URL, GW_DEVICE and GW_TOKEN. It prints "ready"
 // once subscribed and one line per answer; Ctrl-C stops it.
 package main
 
@@ -48,7 +48,7 @@ func main() {
 
 func run(ctx context.Context, args []string) error {
 	fs := flag.NewFlagSet("device", flag.ContinueOnError)
-	api := fs.String("api", envOr("GW_API", "http://127.0.0.1:8080"), "the gateway's HTTP API")
+	api := fs.String("api", envOr("GW_API_URL", "http://127.0.0.1:8080"), "the gateway's HTTP API")
 	deviceID := fs.String("device", envOr("GW_DEVICE", "dev-1"), "this device's identity (the token's sub)")
 	token := fs.String("token", os.Getenv("GW_TOKEN"), "a device token for --device")
 	if err := fs.Parse(args); err != nil {
