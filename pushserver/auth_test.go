@@ -152,8 +152,19 @@ func TestSessionsAreFresh(t *testing.T) {
 	require.Equal(t, float64(1), value(t, n.m.sessions))
 
 	// No inherited subscription: nothing is streamed before subscribing.
+	// The evidence that the session took the wake of m1: a step consumed
+	// it (more is set, for the first subscription) and the session is
+	// idle again.
+	s2 := n.current(id)
+	require.NotNil(t, s2, "the second session")
 	e.put(id, topic, "m1", n.NodeID())
-	time.Sleep(700 * time.Millisecond)
+	eventually(t, 5*time.Second, func() bool {
+		s2.mu.Lock()
+		defer s2.mu.Unlock()
+		// more is the run goroutine's; with running false it is not
+		// running, and the next run starts by taking mu.
+		return !s2.running && !s2.pending && s2.more
+	}, "the second session took the wake of m1")
 	require.Empty(t, second.col.list())
 	require.Equal(t, int64(1), e.mailboxLen(id))
 	require.Equal(t, byte(1), second.subscribe(t, topic, 1))
