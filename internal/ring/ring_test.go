@@ -199,7 +199,31 @@ func TestSilentMemberDisappears(t *testing.T) {
 		t.Fatalf("Join() = %v", err)
 	}
 	waitMembers(t, obs, 2*time.Second, "push-a", "push-z")
-	time.Sleep(2 * time.Second) // a few heartbeats: it stays
+	// Heartbeats renew its key (its expiry jumps back up, twice), and a
+	// refresh of obs after them keeps it.
+	zKey := protocol.NewKeys(ns).Ring(protocol.RingPush).Node("push-z")
+	rdb := testenv.Redis(t)
+	renewals := 0
+	last, err := rdb.PTTL(t.Context(), zKey).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(10 * time.Second); renewals < 2; time.Sleep(20 * time.Millisecond) {
+		d, err := rdb.PTTL(t.Context(), zKey).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if d > last {
+			renewals++
+		}
+		last = d
+		if time.Now().After(deadline) {
+			t.Fatalf("push-z's key renewed %d times in 10s, want 2 (heartbeat %v)", renewals, opts.Heartbeat)
+		}
+	}
+	if err := obs.Refresh(t.Context()); err != nil {
+		t.Fatalf("Refresh() = %v", err)
+	}
 	if got := nodes(obs); !slices.Equal(got, []string{"push-a", "push-z"}) {
 		t.Fatalf("members = %v while push-z heartbeats", got)
 	}
