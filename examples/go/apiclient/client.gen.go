@@ -605,7 +605,7 @@ type QueueStats struct {
 	// DeliverRate Messages per second delivered (management API).
 	DeliverRate *float32 `json:"deliver_rate"`
 
-	// OldestAgeS Age in seconds of the oldest waiting message. Command queues (oldest_age_source gateway): since the acceptance of the oldest command still queued (a replayed one: since the replay), from the gateway's records, exact, 0 when none waits; null when Redis did not answer. Other queues (management): RabbitMQ's head-message timestamp, when it reports one (quorum queues on RabbitMQ 3.x do not).
+	// OldestAgeS Age in seconds of the oldest waiting message. Command queues (oldest_age_source gateway): since the acceptance of the oldest command still in a command queue (a replayed one: since the replay; a command a worker took that waits in Redis for its ordered lane is no longer counted), from the gateway's records, exact, 0 when none waits; null when Redis did not answer. Other queues (management): RabbitMQ's head-message timestamp, when it reports one (quorum queues on RabbitMQ 3.x do not).
 	OldestAgeS *float32 `json:"oldest_age_s"`
 
 	// OldestAgeSource Where oldest_age_s came from.
