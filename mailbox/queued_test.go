@@ -78,6 +78,23 @@ func TestQueuedSet(t *testing.T) {
 	}
 	queued("s scheduled")
 
+	// A command of an ordered lane behind another waits in Redis: a
+	// worker took it from its queue, so it leaves the set.
+	l1, l2 := cmd(t, "c5", "d1", `6`, ``), cmd(t, "c5", "d1", `7`, ``)
+	l1.Lane, l2.Lane = "fw", "fw"
+	l1, l2 = e.queued(l1), e.queued(l2)
+	queued("two of a lane queued", mailbox.PartitionQueued{Commands: 2, Oldest: 0})
+	if out, err := e.s.Dispatch(e.ctx, envelope(t, l1), "node-d", "node-c"); err != nil || out != mailbox.OutcomeSent {
+		t.Fatalf("Dispatch(l1) = %v, %v, want sent", out, err)
+	}
+	if out, err := e.s.Dispatch(e.ctx, envelope(t, l2), "node-d", "node-c"); err != nil || out != mailbox.OutcomeLaneWait {
+		t.Fatalf("Dispatch(l2) = %v, %v, want lane_wait", out, err)
+	}
+	if st := e.get("c5", l2.ID.Key()).Status; st != protocol.StatusQueued {
+		t.Fatalf("l2's status = %s, want queued (behind l1)", st)
+	}
+	queued("l1 sent, l2 waiting for its lane")
+
 	// A dispatch that finds the deliver-by passed ends it expired.
 	x := e.queued(cmd(t, "c4", "d1", `5`, ``))
 	e.clock.Add(2 * time.Hour)

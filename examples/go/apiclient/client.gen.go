@@ -651,7 +651,7 @@ type QueueStats struct {
 	// DeliverRate Messages per second delivered (management API).
 	DeliverRate *float32 `json:"deliver_rate"`
 
-	// OldestAgeS Age in seconds of the oldest waiting message. Command queues (oldest_age_source gateway): since the acceptance of the oldest command still queued (a replayed one: since the replay), from the gateway's records, exact, 0 when none waits; null when Redis did not answer. Other queues (management): RabbitMQ's head-message timestamp, when it reports one (quorum queues on RabbitMQ 3.x do not).
+	// OldestAgeS Age in seconds of the oldest waiting message. Command queues (oldest_age_source gateway): since the acceptance of the oldest command still in a command queue (a replayed one: since the replay; a command a worker took that waits in Redis for its ordered lane is no longer counted), from the gateway's records, exact, 0 when none waits; null when Redis did not answer. Other queues (management): RabbitMQ's head-message timestamp, when it reports one (quorum queues on RabbitMQ 3.x do not).
 	OldestAgeS *float32 `json:"oldest_age_s"`
 
 	// OldestAgeSource Where oldest_age_s came from.
@@ -960,7 +960,7 @@ type SendCommandsParams struct {
 	// NotBefore A scheduled command: not sent before this time, an RFC 3339 time or a duration from now (`10m`, `2h`), at most 30 days ahead (a time in the past: at once). Accepted (202) now; status `scheduled` once a worker has taken it from its queue, cancellable until then; `expires_in` counts from it. Part of the body's identity, as given.
 	NotBefore *string `form:"not_before,omitempty" json:"not_before,omitempty"`
 
-	// Traceparent W3C trace context, carried in the AMQP envelope; a new one is made when absent or invalid.
+	// Traceparent W3C trace context: the command's trace (OpenTelemetry) continues it; the publish to RabbitMQ is a child of this request's span. A new trace is made when absent or invalid.
 	Traceparent *string `json:"traceparent,omitempty"`
 }
 
@@ -989,6 +989,12 @@ type PollCommandsParams struct {
 // PostResponsesJSONBody defines parameters for PostResponses.
 type PostResponsesJSONBody struct {
 	union json.RawMessage
+}
+
+// PostResponsesParams defines parameters for PostResponses.
+type PostResponsesParams struct {
+	// Traceparent W3C trace context: the polled command's `traceparent` (or a child of it) continues the command's trace into the client's result; one of another trace does not.
+	Traceparent *string `json:"traceparent,omitempty"`
 }
 
 // PostResponsesJSONBody0 defines parameters for PostResponses.
@@ -2107,7 +2113,7 @@ type ClientInterface interface {
 	// Takes any type of body and a specified content type.
 	//
 	// Corresponds with POST /v1/devices/{device_id}/responses (the `PostResponses` operationId).
-	PostResponsesWithBody(ctx context.Context, deviceId Identity, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
+	PostResponsesWithBody(ctx context.Context, deviceId Identity, params *PostResponsesParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// PostResponses A device posts its answers over HTTP
 	//
@@ -2116,7 +2122,7 @@ type ClientInterface interface {
 	// Takes a body of the `application/json` content type.
 	//
 	// Corresponds with POST /v1/devices/{device_id}/responses (the `PostResponses` operationId).
-	PostResponses(ctx context.Context, deviceId Identity, body PostResponsesJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
+	PostResponses(ctx context.Context, deviceId Identity, params *PostResponsesParams, body PostResponsesJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error)
 
 	// ListGroupCommands The newest group commands of every client (operators)
 	//
@@ -2596,8 +2602,8 @@ func (c *Client) PollCommands(ctx context.Context, deviceId Identity, params *Po
 // Takes any type of body and a specified content type.
 //
 // Corresponds with POST /v1/devices/{device_id}/responses (the `PostResponses` operationId).
-func (c *Client) PostResponsesWithBody(ctx context.Context, deviceId Identity, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewPostResponsesRequestWithBody(c.Server, deviceId, contentType, body)
+func (c *Client) PostResponsesWithBody(ctx context.Context, deviceId Identity, params *PostResponsesParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPostResponsesRequestWithBody(c.Server, deviceId, params, contentType, body)
 	if err != nil {
 		return nil, err
 	}
@@ -2615,8 +2621,8 @@ func (c *Client) PostResponsesWithBody(ctx context.Context, deviceId Identity, c
 // Takes a body of the `application/json` content type.
 //
 // Corresponds with POST /v1/devices/{device_id}/responses (the `PostResponses` operationId).
-func (c *Client) PostResponses(ctx context.Context, deviceId Identity, body PostResponsesJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
-	req, err := NewPostResponsesRequest(c.Server, deviceId, body)
+func (c *Client) PostResponses(ctx context.Context, deviceId Identity, params *PostResponsesParams, body PostResponsesJSONRequestBody, reqEditors ...RequestEditorFn) (*http.Response, error) {
+	req, err := NewPostResponsesRequest(c.Server, deviceId, params, body)
 	if err != nil {
 		return nil, err
 	}
@@ -3823,18 +3829,18 @@ func NewPollCommandsRequest(server string, deviceId Identity, params *PollComman
 }
 
 // NewPostResponsesRequest calls the generic PostResponses builder with application/json body
-func NewPostResponsesRequest(server string, deviceId Identity, body PostResponsesJSONRequestBody) (*http.Request, error) {
+func NewPostResponsesRequest(server string, deviceId Identity, params *PostResponsesParams, body PostResponsesJSONRequestBody) (*http.Request, error) {
 	var bodyReader io.Reader
 	buf, err := json.Marshal(body)
 	if err != nil {
 		return nil, err
 	}
 	bodyReader = bytes.NewReader(buf)
-	return NewPostResponsesRequestWithBody(server, deviceId, "application/json", bodyReader)
+	return NewPostResponsesRequestWithBody(server, deviceId, params, "application/json", bodyReader)
 }
 
 // NewPostResponsesRequestWithBody constructs an http.Request for the PostResponses method, with any body, and a specified content type
-func NewPostResponsesRequestWithBody(server string, deviceId Identity, contentType string, body io.Reader) (*http.Request, error) {
+func NewPostResponsesRequestWithBody(server string, deviceId Identity, params *PostResponsesParams, contentType string, body io.Reader) (*http.Request, error) {
 	var err error
 
 	var pathParam0 string
@@ -3865,6 +3871,21 @@ func NewPostResponsesRequestWithBody(server string, deviceId Identity, contentTy
 	}
 
 	req.Header.Add("Content-Type", contentType)
+
+	if params != nil {
+
+		if params.Traceparent != nil {
+			var headerParam0 string
+
+			headerParam0, err = runtime.StyleParamWithOptions("simple", false, "traceparent", *params.Traceparent, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationHeader, Type: "string", Format: ""})
+			if err != nil {
+				return nil, err
+			}
+
+			req.Header.Set("traceparent", headerParam0)
+		}
+
+	}
 
 	return req, nil
 }
@@ -4489,7 +4510,7 @@ type ClientWithResponsesInterface interface {
 	// Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/devices/{device_id}/responses (the `PostResponses` operationId).
-	PostResponsesWithBodyWithResponse(ctx context.Context, deviceId Identity, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PostResponsesResponse, error)
+	PostResponsesWithBodyWithResponse(ctx context.Context, deviceId Identity, params *PostResponsesParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PostResponsesResponse, error)
 
 	// PostResponsesWithResponse A device posts its answers over HTTP
 	//
@@ -4498,7 +4519,7 @@ type ClientWithResponsesInterface interface {
 	// Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 	//
 	// Corresponds with POST /v1/devices/{device_id}/responses (the `PostResponses` operationId).
-	PostResponsesWithResponse(ctx context.Context, deviceId Identity, body PostResponsesJSONRequestBody, reqEditors ...RequestEditorFn) (*PostResponsesResponse, error)
+	PostResponsesWithResponse(ctx context.Context, deviceId Identity, params *PostResponsesParams, body PostResponsesJSONRequestBody, reqEditors ...RequestEditorFn) (*PostResponsesResponse, error)
 
 	// ListGroupCommandsWithResponse The newest group commands of every client (operators)
 	//
@@ -5896,6 +5917,9 @@ type PollCommandsResponse struct {
 
 			// Request The JSON-RPC request, id "{client}:{id}".
 			Request map[string]interface{} `json:"request"`
+
+			// Traceparent The command's W3C trace context (OpenTelemetry); sent back as the traceparent header of the answer's POST, the answer continues the command's trace.
+			Traceparent *string `json:"traceparent,omitempty"`
 		} `json:"commands"`
 	}
 	// JSON400 the response for an HTTP 400 `application/json` response
@@ -5924,6 +5948,9 @@ func (r PollCommandsResponse) GetJSON200() *struct {
 
 		// Request The JSON-RPC request, id "{client}:{id}".
 		Request map[string]interface{} `json:"request"`
+
+		// Traceparent The command's W3C trace context (OpenTelemetry); sent back as the traceparent header of the answer's POST, the answer continues the command's trace.
+		Traceparent *string `json:"traceparent,omitempty"`
 	} `json:"commands"`
 } {
 	return r.JSON200
@@ -7065,8 +7092,8 @@ func (c *ClientWithResponses) PollCommandsWithResponse(ctx context.Context, devi
 // Takes any type of body and a specified content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/devices/{device_id}/responses (the `PostResponses` operationId).
-func (c *ClientWithResponses) PostResponsesWithBodyWithResponse(ctx context.Context, deviceId Identity, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PostResponsesResponse, error) {
-	rsp, err := c.PostResponsesWithBody(ctx, deviceId, contentType, body, reqEditors...)
+func (c *ClientWithResponses) PostResponsesWithBodyWithResponse(ctx context.Context, deviceId Identity, params *PostResponsesParams, contentType string, body io.Reader, reqEditors ...RequestEditorFn) (*PostResponsesResponse, error) {
+	rsp, err := c.PostResponsesWithBody(ctx, deviceId, params, contentType, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -7080,8 +7107,8 @@ func (c *ClientWithResponses) PostResponsesWithBodyWithResponse(ctx context.Cont
 // Takes a body of the `application/json` content type, and returns a wrapper object for the known response body format(s).
 //
 // Corresponds with POST /v1/devices/{device_id}/responses (the `PostResponses` operationId).
-func (c *ClientWithResponses) PostResponsesWithResponse(ctx context.Context, deviceId Identity, body PostResponsesJSONRequestBody, reqEditors ...RequestEditorFn) (*PostResponsesResponse, error) {
-	rsp, err := c.PostResponses(ctx, deviceId, body, reqEditors...)
+func (c *ClientWithResponses) PostResponsesWithResponse(ctx context.Context, deviceId Identity, params *PostResponsesParams, body PostResponsesJSONRequestBody, reqEditors ...RequestEditorFn) (*PostResponsesResponse, error) {
+	rsp, err := c.PostResponses(ctx, deviceId, params, body, reqEditors...)
 	if err != nil {
 		return nil, err
 	}
@@ -8385,6 +8412,9 @@ func ParsePollCommandsResponse(rsp *http.Response) (*PollCommandsResponse, error
 
 				// Request The JSON-RPC request, id "{client}:{id}".
 				Request map[string]interface{} `json:"request"`
+
+				// Traceparent The command's W3C trace context (OpenTelemetry); sent back as the traceparent header of the answer's POST, the answer continues the command's trace.
+				Traceparent *string `json:"traceparent,omitempty"`
 			} `json:"commands"`
 		}
 		if err := json.Unmarshal(bodyBytes, &dest); err != nil {
