@@ -111,8 +111,8 @@ func sleepyHTTPDevices(t *testing.T, gl *globals) {
 	}
 	checkLoad(t, rep)
 	ft := fl.Totals()
-	if ft.Polls < 10 || ft.Connects != 0 {
-		t.Errorf("fleet: %d polls, %d MQTT connects; want at least 2 polls a device and no MQTT", ft.Polls, ft.Connects)
+	if ft.Polls <= 5 || ft.Connects != 0 {
+		t.Errorf("fleet: %d polls, %d MQTT connects; want more polls than devices (they woke) and no MQTT", ft.Polls, ft.Connects)
 	}
 	if rep.RoundTrip.Max < 1000 {
 		t.Errorf("round trip max %.0f ms; want the devices' sleep to show (≥ 1 s)", rep.RoundTrip.Max)
@@ -133,8 +133,8 @@ func devicesSwitchChannels(t *testing.T, gl *globals) {
 		t.Fatal(err)
 	}
 	checkLoad(t, rep)
-	if ft := fl.Totals(); ft.Polls == 0 || ft.Connects < 8 {
-		t.Errorf("fleet: %d polls, %d MQTT connects; want both channels used, each device reconnecting", ft.Polls, ft.Connects)
+	if ft := fl.Totals(); ft.Polls == 0 || ft.Connects <= 4 {
+		t.Errorf("fleet: %d polls, %d MQTT connects; want both channels used, devices back on MQTT after HTTP", ft.Polls, ft.Connects)
 	}
 
 	// One-way commands to devices that never answer: succeeded at the
@@ -200,9 +200,9 @@ func laneInOrder(t *testing.T, g *gwproc.Gateway, gl *globals) {
 		id, method, params string
 		expiresIn          time.Duration
 	}{
-		{"hold", "sleep", `{"ms":1500}`, time.Minute},
+		{"hold", "sleep", `{"ms":1500}`, 5 * time.Minute},
 		{"short", "ping", ``, time.Second},
-		{"after", "ping", ``, time.Minute},
+		{"after", "ping", ``, 5 * time.Minute},
 	} {
 		body := fmt.Sprintf(`{"jsonrpc":"2.0","method":%q,"id":%q}`, c.method, c.id)
 		if c.params != "" {
@@ -215,7 +215,7 @@ func laneInOrder(t *testing.T, g *gwproc.Gateway, gl *globals) {
 	}
 	final := func(id string) map[string]json.RawMessage {
 		var v map[string]json.RawMessage
-		for deadline := time.Now().Add(2 * time.Minute); time.Now().Before(deadline); {
+		for deadline := time.Now().Add(5 * time.Minute); time.Now().Before(deadline); {
 			if _, err := api.Do(t.Context(), http.MethodGet, "/v1/commands/"+url.PathEscape(id)+"?wait=30s", tok, nil, &v); err != nil {
 				t.Fatalf("GET %s: %v", id, err)
 			}
@@ -225,7 +225,7 @@ func laneInOrder(t *testing.T, g *gwproc.Gateway, gl *globals) {
 				return v
 			}
 		}
-		t.Fatalf("%s not final after 2 minutes: %v", id, v)
+		t.Fatalf("%s not final after 5 minutes: %v", id, v)
 		return nil
 	}
 	wantStatus := map[string]protocol.Status{"hold": protocol.StatusSucceeded, "short": protocol.StatusExpired, "after": protocol.StatusSucceeded}

@@ -25,7 +25,8 @@
 // # Timers
 //
 // Every command that is not final has exactly one timer, so none can be
-// forgotten. The deliver-by timer is armed by Reserve, at DeliverBy but
+// forgotten (a lane timer, due at once, may come on top for a command
+// waiting in an ordered lane whose head just ended: lane.go). The deliver-by timer is armed by Reserve, at DeliverBy but
 // not before the lease ends, as the watchdog of a pending or queued
 // command; Dispatch moves it to DeliverBy exactly, as the deadline of the
 // sent command; Ack replaces it by the answer-within timer, and so does a
@@ -39,7 +40,8 @@
 //
 //   - apiserver: Reserve, then publish with confirm, then MarkQueued (or
 //     Release when the publish definitely failed); Get, List, Cancel,
-//     CancelAll, DeadList, ReplayDead, Totals, StatusCounts.
+//     CancelAll, DeadList, ReplayDead, Totals, StatusCounts, Lanes (the
+//     device view), Poll, SeenPolling and AckMany (devices over HTTP).
 //   - msgworker: Dispatch for each command delivery, Complete for each
 //     device response (and for dead results), FireTimers in a loop,
 //     MarkDead for dead command letters.
