@@ -53,6 +53,11 @@ type groupOptions struct {
 	rate               float64
 	abortAfter         string // as given
 	abortAt            int    // failures that stop the group (0: never)
+	// retries and backoff are every child's (retries, retry_backoff as
+	// given in backoffAs).
+	retries   int
+	backoff   mailbox.Backoff
+	backoffAs string
 }
 
 // decodeStrict decodes one JSON object into v: unknown fields and
@@ -108,7 +113,7 @@ func parseGroupBody(raw []byte) (*groupBody, *protocol.Request, error) {
 // a 400.
 func parseGroupOptions(q url.Values, total int) (groupOptions, error) {
 	var o groupOptions
-	for _, name := range []string{"one_way", "not_before", "retries", "retry_backoff"} {
+	for _, name := range []string{"one_way", "not_before"} {
 		if q.Has(name) {
 			return o, errBadRequest(name + ": not supported for group commands")
 		}
@@ -132,6 +137,15 @@ func parseGroupOptions(q url.Values, total int) (groupOptions, error) {
 			return o, err
 		}
 		o.abortAfter = v
+	}
+	if v := q.Get("retries"); v != "" {
+		if o.retries, err = strconv.Atoi(v); err != nil || o.retries < 0 || o.retries > MaxRetries {
+			return o, errBadRequest(fmt.Sprintf("retries: must be an integer from 0 to %d", MaxRetries))
+		}
+	}
+	o.backoffAs = q.Get("retry_backoff")
+	if o.backoff, err = backoffParam(o.backoffAs, o.retries); err != nil {
+		return o, err
 	}
 	return o, nil
 }
@@ -203,7 +217,8 @@ func groupFingerprint(req *protocol.Request, o groupOptions, b *groupBody) strin
 		target = "devices=" + hex.EncodeToString(h.Sum(nil)[:16])
 	}
 	return protocol.Fingerprint(target, req.Method, req.Params, o.timeout, o.expiresIn,
-		"rate="+strconv.FormatFloat(o.rate, 'f', -1, 64), "abort_after="+o.abortAfter)
+		"rate="+strconv.FormatFloat(o.rate, 'f', -1, 64), "abort_after="+o.abortAfter,
+		"retries="+strconv.Itoa(o.retries), "retry_backoff="+o.backoffAs)
 }
 
 // postGroupCommand is POST /v1/commands: a group command. 202 once its
@@ -242,7 +257,7 @@ func (s *Server) postGroupCommand(c echo.Context) error {
 	g := &mailbox.Group{
 		Client: cl.Subject, ID: req.ID, Fingerprint: groupFingerprint(req, o, b), Method: req.Method,
 		Params: req.Params, Timeout: o.timeout, ExpiresIn: o.expiresIn, Target: b.Group, Rate: o.rate,
-		AbortAfter: o.abortAfter, AbortAt: o.abortAt,
+		AbortAfter: o.abortAfter, AbortAt: o.abortAt, Retries: o.retries, Backoff: o.backoff,
 	}
 	created, rec, err := s.store.ClaimGroup(ctx, g, devices)
 	if errors.Is(err, mailbox.ErrConflict) {
@@ -315,6 +330,9 @@ type groupView struct {
 	AbortAt    int     `json:"abort_at,omitempty"`
 	Timeout    string  `json:"timeout"`
 	ExpiresIn  string  `json:"expires_in"`
+	// Retries and RetryBackoff are every child's.
+	Retries      int    `json:"retries,omitempty"`
+	RetryBackoff string `json:"retry_backoff,omitempty"`
 	// ChildIDs says how a child's id is made (GET /v1/commands/{child id}).
 	ChildIDs   string    `json:"child_ids"`
 	CreatedAt  time.Time `json:"created_at"`
@@ -329,6 +347,10 @@ func groupViewFor(g *mailbox.Group) groupView {
 		Counts: g.Counts, Rate: g.Rate, AbortAfter: g.AbortAfter, AbortAt: g.AbortAt,
 		Timeout: g.Timeout.String(), ExpiresIn: g.ExpiresIn.String(),
 		ChildIDs: g.ID.Key() + ":{device}", CreatedAt: utc(g.CreatedAt), StopReason: g.StopReason, StoppedAt: utc(g.StoppedAt),
+	}
+	v.Retries = g.Retries
+	if b := g.Backoff; b.Initial > 0 {
+		v.RetryBackoff = fmt.Sprintf("%s,%s,%s", b.Initial, strconv.FormatFloat(b.Multiplier, 'f', -1, 64), b.Max)
 	}
 	switch {
 	case g.Stopped != "":

@@ -142,7 +142,9 @@ func TestGroupCommandBadInput(t *testing.T) {
 		{"expires_in too long", "expires_in=30d", ok, "expires_in"},
 		{"one_way", "one_way=true", ok, "one_way"},
 		{"not_before", "not_before=1m", ok, "not_before"},
-		{"retries", "retries=2", ok, "retries"},
+		{"retries out of range", "retries=11", ok, "retries"},
+		{"retry_backoff without retries", "retry_backoff=1s", ok, "retry_backoff"},
+		{"retry_backoff too short", "retries=1&retry_backoff=1ms", ok, "retry_backoff"},
 		{"no target", "", map[string]any{"request": cmd("b1", "reboot", nil)}, "devices"},
 		{"empty list", "", groupBodyOf("b1"), "devices"},
 		{"both targets", "", map[string]any{"request": cmd("b1", "reboot", nil), "devices": []string{"dev-1"}, "group": "g"}, "one target"},
@@ -255,6 +257,17 @@ func TestRetryBackoffParam(t *testing.T) {
 	require.Equal(t, "1s,3,1m0s", v.RetryBackoff)
 	r = g.post(tok, "dev-1", cmd("bo", "reboot", nil), "retries=2&retry_backoff=2s,3")
 	require.Equal(t, http.StatusConflict, r.Status, "another backoff is another body")
-	r = g.do(http.MethodPost, "/v1/commands?retry_backoff=1s", tok, groupBodyOf("gb", "dev-1"))
-	require.Equal(t, http.StatusBadRequest, r.Status, "not for groups")
+	// A group's children inherit retries and their backoff.
+	r = g.do(http.MethodPost, "/v1/commands?retries=2&retry_backoff=1s,3", tok, groupBodyOf("gb", "dev-1"))
+	require.Equal(t, http.StatusAccepted, r.Status, "body %s", r.Body)
+	r = g.do(http.MethodGet, "/v1/group-commands/gb", tok, nil)
+	var gv groupView
+	r.json(t, &gv)
+	require.Equal(t, 2, gv.Retries)
+	require.Equal(t, "1s,3,1m0s", gv.RetryBackoff)
+	require.NoError(t, g.store.RunGroup(t.Context(), "app-1", "gb", ""))
+	r = g.do(http.MethodGet, "/v1/commands/gb:dev-1", tok, nil)
+	r.json(t, &v)
+	require.Equal(t, 2, v.Retries, "the child's retries")
+	require.Equal(t, "1s,3,1m0s", v.RetryBackoff, "the child's backoff")
 }

@@ -39,6 +39,7 @@ import (
 //	target                  the named group it was sent to ("" for a list)
 //	rate                    children released per second (0: all at once)
 //	abort_after, abort_at   the option as given and the failure count that stops the group (0: never)
+//	retries, rb_i, rb_m, rb_x   every child's retries and retry backoff (as in a command's record)
 //	state                   pending until the publish of its envelope is confirmed, then queued
 //	created                 accepted at (ms)
 //	released                children created so far (a cursor over devs)
@@ -78,6 +79,9 @@ type Group struct {
 	// failures that stop the group (0: never).
 	AbortAfter string
 	AbortAt    int
+	// Retries and Backoff are every child's (Command.Retries, Backoff).
+	Retries int
+	Backoff Backoff
 	// State is pending until its envelope is durable in RabbitMQ, then
 	// queued.
 	State     string
@@ -117,13 +121,15 @@ func (s *Store) ClaimGroup(ctx context.Context, g *Group, devices []string) (boo
 	if g.Rate > 0 {
 		rollout = time.Duration(float64(len(devices)) / g.Rate * float64(time.Second))
 	}
-	lifetime := rollout + g.ExpiresIn + g.Timeout + s.opts.Lease + 2*s.opts.AnswerGrace + s.opts.Retention
+	lifetime := rollout + time.Duration(g.Retries+1)*(g.ExpiresIn+g.Timeout) + time.Duration(g.Retries)*g.Backoff.Max +
+		s.opts.Lease + 2*s.opts.AnswerGrace + s.opts.Retention
 	p, gk := s.groupKey(g.Client, key)
 	v, err := s.run(ctx, p, stepGroupClaim, []string{gk, s.keys.Part(p).Groups()},
 		g.Fingerprint, string(g.ID.Raw()), g.Client, g.Method, string(g.Params),
 		g.Timeout.Milliseconds(), g.ExpiresIn.Milliseconds(), len(devices),
 		strconv.FormatFloat(g.Rate, 'f', -1, 64), g.AbortAfter, g.AbortAt, g.Target,
-		strings.Join(devices, "\n"), lifetime.Milliseconds(), g.Client+"|"+key, groupListHorizon.Milliseconds())
+		strings.Join(devices, "\n"), lifetime.Milliseconds(), g.Client+"|"+key, groupListHorizon.Milliseconds(),
+		g.Retries, g.Backoff.Initial.Milliseconds(), strconv.FormatFloat(g.Backoff.Multiplier, 'f', -1, 64), g.Backoff.Max.Milliseconds())
 	if err != nil {
 		return false, nil, fmt.Errorf("cannot claim group command %s: %w", key, err)
 	}
@@ -229,6 +235,11 @@ func (s *Store) GetGroup(ctx context.Context, client, key string) (*Group, error
 		Stopped: m["stopped"], StopReason: m["stop_reason"], StoppedAt: msTime(m["stopped_at"]),
 	}
 	g.Rate, _ = strconv.ParseFloat(m["rate"], 64)
+	g.Retries = atoi("retries")
+	if m["rb_i"] != "" && m["rb_i"] != "0" {
+		g.Backoff.Initial, g.Backoff.Max = msDur(m["rb_i"]), msDur(m["rb_x"])
+		g.Backoff.Multiplier, _ = strconv.ParseFloat(m["rb_m"], 64)
+	}
 	if p := m["params"]; p != "" {
 		g.Params = json.RawMessage(p)
 	}
@@ -247,7 +258,7 @@ func (s *Store) GetGroup(ctx context.Context, client, key string) (*Group, error
 var groupFields = func() []string {
 	f := []string{"fp", "id", "client", "method", "params", "tmo", "exp", "total", "rate", "abort_after",
 		"abort_at", "target", "state", "created", "released", "done", "failures", "stopped", "stop_reason",
-		"stopped_at", "n:skipped"}
+		"stopped_at", "n:skipped", "retries", "rb_i", "rb_m", "rb_x"}
 	for _, st := range protocol.Statuses {
 		if st.Final() {
 			f = append(f, "n:"+string(st))
@@ -518,7 +529,7 @@ func (s *Store) createChild(ctx context.Context, g *Group, device, trace string,
 	cmd := &Command{
 		Client: g.Client, Device: device, ID: child, Method: g.Method, Params: g.Params,
 		Fingerprint: ChildFingerprint(g, device), Timeout: g.Timeout, ExpiresIn: g.ExpiresIn,
-		Group: g.ID.Key(),
+		Group: g.ID.Key(), Retries: g.Retries, Backoff: g.Backoff,
 	}
 	outcome, rec, err := s.Reserve(ctx, cmd)
 	if errors.Is(err, ErrConflict) {

@@ -173,16 +173,18 @@
 //	group    one of     identity              a named group (PUT /v1/groups/{name}, operators); its devices
 //	                    the two               when the command is accepted, all covered by the token's globs
 //
-// Query options (each bad value is a 400 naming it; one_way, not_before,
-// retries and retry_backoff are refused for groups):
+// Query options (each bad value is a 400 naming it; one_way and
+// not_before are refused for groups):
 //
-//	option       default   meaning
-//	timeout      30s       each child's answer timeout after delivery (1s to 24h)
-//	expires_in   1h        each child must be delivered within this of its release (1s to 7d)
-//	rate         all       children released per second (above 0, at most 100000)
-//	abort_after  never     a count of failed children (1 to the number of children) or a percentage
-//	                       ("5%", rounded up, at least 1); a failure is a child final in anything but
-//	                       succeeded or cancelled
+//	option         default   meaning
+//	timeout        30s       each child's answer timeout after delivery (1s to 24h)
+//	expires_in     1h        each child must be delivered within this of its release (1s to 7d)
+//	rate           all       children released per second (above 0, at most 100000)
+//	abort_after    never     a count of failed children (1 to the number of children) or a percentage
+//	                         ("5%", rounded up, at least 1); a failure is a child final in anything but
+//	                         succeeded or cancelled
+//	retries        0         every child's retries, as for one command
+//	retry_backoff  none      every child's retry backoff, as for one command (needs retries)
 //
 // Answers: 202 {"id","status":"queued","status_url":"/v1/group-commands/{id}"}
 // once the group's record is in Redis and its envelope (KindGroup,
