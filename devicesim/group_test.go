@@ -222,6 +222,23 @@ func TestGroupRollout(t *testing.T) {
 			t.Errorf("report %+v; want completed, 300 received, none lost, counts adding up to 300", rep)
 		}
 	})
+	t.Run("send --devices", func(t *testing.T) {
+		var out bytes.Buffer
+		getenv := func(string) string { return "" }
+		err := run(t.Context(), []string{"send", "--api", g.APIURL, "--secret", g.Opts.Secret, "--client", "cli-g",
+			"--devices", "grp-1,grp-2,grp-3,grp-4", "--method", "echo", "--rate", "20", "--id", "send-g"}, getenv, &out)
+		// 0 when every child succeeded, 2 when the fleet failed one.
+		if err != nil && exitStatus(err) != int(exitDeviceError) {
+			t.Fatalf("send --devices: %v (exit %d); output %s", err, exitStatus(err), out.String())
+		}
+		var st GroupStatus
+		if err := json.Unmarshal(out.Bytes(), &st); err != nil {
+			t.Fatalf("output %s: %v", out.String(), err)
+		}
+		if !st.Done || st.Total != 4 || st.Final != 4 || st.Status != "completed" {
+			t.Errorf("send --devices printed %+v; want 4 children, completed", st)
+		}
+	})
 	t.Run("rollout at 50/s", func(t *testing.T) {
 		req := json.RawMessage(`{"jsonrpc":"2.0","method":"echo","id":"roll-2"}`)
 		some := devices[:21]
