@@ -580,6 +580,12 @@ type GroupCommand struct {
 	// Released Children created so far.
 	Released int `json:"released"`
 
+	// Retries Every child's retries.
+	Retries *int `json:"retries,omitempty"`
+
+	// RetryBackoff Every child's retry backoff: initial,multiplier,max.
+	RetryBackoff *string `json:"retry_backoff,omitempty"`
+
 	// Status pending (not yet durable), queued (no child created yet), running, completed (every child final), aborted (abort_after reached) or cancelled (DELETE).
 	Status     GroupCommandStatus `json:"status"`
 	StopReason *string            `json:"stop_reason,omitempty"`
@@ -873,6 +879,12 @@ type PostGroupCommandParams struct {
 	// not yet released or not yet on the wire are cancelled, each with `-32004` and
 	// `data.reason` "group aborted: abort_after reached: N failed".
 	AbortAfter *string `form:"abort_after,omitempty" json:"abort_after,omitempty"`
+
+	// Retries Every child's retries (as for one command, 0 to 10).
+	Retries *int `form:"retries,omitempty" json:"retries,omitempty"`
+
+	// RetryBackoff Every child's retry backoff (as for one command; needs retries).
+	RetryBackoff *string `form:"retry_backoff,omitempty" json:"retry_backoff,omitempty"`
 }
 
 // CancelCommandParams defines parameters for CancelCommand.
@@ -2997,6 +3009,30 @@ func NewPostGroupCommandRequestWithBody(server string, params *PostGroupCommandP
 		if params.AbortAfter != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "abort_after", *params.AbortAfter, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.Retries != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "retries", *params.Retries, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.RetryBackoff != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "retry_backoff", *params.RetryBackoff, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
