@@ -210,8 +210,11 @@ func runEndToEnd(t *testing.T, redisURL string) {
 			t.Errorf("timeouts beyond the dropped commands = %d, but the gateway recorded %d late answers", extra, late)
 		}
 	}
-	if rep.Sent < 900 {
-		t.Errorf("sent = %d, want about 1000 (200/s for 5s)", rep.Sent)
+	// The load must really have run: 1,000 commands are scheduled (200/s
+	// for 5 s); a starved CPU sends fewer in the time (the open loop does
+	// not catch up), but never only a few.
+	if rep.Sent < 500 {
+		t.Errorf("sent = %d, want most of the 1000 scheduled (200/s for 5s)", rep.Sent)
 	}
 	if rep.Outcomes.Succeeded == 0 || rep.Outcomes.DeviceError == 0 || rep.Outcomes.Timeout == 0 {
 		t.Errorf("outcomes = %+v, want some of each of succeeded, device error, timeout", rep.Outcomes)
