@@ -25,6 +25,34 @@ type Behaviour struct {
 // FleetStats counts what a fleet did.
 type FleetStats struct {
 	Received, Answered, Failed, Dropped, Duplicates, Unknown, PublishErrors atomic.Int64
+	// Answers, when not nil, records when each command was answered (for
+	// fault tests: a command the device answered must never end timeout).
+	Answers *AnswerLog
+}
+
+// AnswerLog records, by the id a device saw ("{client}:{id}",
+// protocol.DeviceMsgID), when the device first sent its answer. It grows
+// with every command: only for bounded runs (tests).
+type AnswerLog struct {
+	m sync.Map // string -> time.Time
+}
+
+func (l *AnswerLog) add(id json.RawMessage, at time.Time) {
+	var s string
+	if json.Unmarshal(id, &s) != nil {
+		s = string(id)
+	}
+	l.m.LoadOrStore(s, at)
+}
+
+// At returns when the device answered the command whose device-facing id
+// is id, and whether it did.
+func (l *AnswerLog) At(id string) (time.Time, bool) {
+	v, ok := l.m.Load(id)
+	if !ok {
+		return time.Time{}, false
+	}
+	return v.(time.Time), true
 }
 
 // SimulatedFailureCode is the error code of a simulated device failure.
@@ -132,6 +160,9 @@ func (d *Device) execute(method string, params, id json.RawMessage, a *answer) {
 	payload, _ := json.Marshal(resp)
 	a.payload = payload
 	d.Stats.Answered.Add(1)
+	if d.Stats.Answers != nil {
+		d.Stats.Answers.add(id, time.Now())
+	}
 	d.publish(payload)
 	if method == "reboot" && resp.Error == nil {
 		d.GoOffline(d.B.Reboot)

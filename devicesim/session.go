@@ -107,7 +107,11 @@ func (s *Session) connect(ctx context.Context, lost chan<- error) error {
 		SetResumeSubs(false).
 		SetOrderMatters(false).
 		SetConnectTimeout(5 * time.Second).
-		SetKeepAlive(10 * time.Second). // notices a frozen push server within 15-20 s (GW_MAX_KEEPALIVE)
+		// A PINGREQ after 6 s without traffic (paho checks every 1.5 s),
+		// given up after 3 s: a device leaves a frozen push server within
+		// about 12 s (DESIGN §8; the fault suite measures it).
+		SetKeepAlive(6 * time.Second).
+		SetPingTimeout(3 * time.Second).
 		SetWriteTimeout(5 * time.Second).
 		SetConnectionLostHandler(func(_ mqtt.Client, err error) {
 			select {
