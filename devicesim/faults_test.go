@@ -38,7 +38,9 @@ import (
 type faultEnv struct {
 	t      *testing.T
 	rabbit *testenv.PrivateRabbit
-	redis  *testenv.PrivateRedis // nil for the Cluster and Sentinel scenarios
+	// rabbits are the nodes of a RabbitMQ cluster (rabbit is the first).
+	rabbits []*testenv.PrivateRabbit
+	redis   *testenv.PrivateRedis // nil for the Cluster and Sentinel scenarios
 	// cluster and sentinel control the local Redis Cluster and Sentinel
 	// deployments (shared, taken under their lock; see testenv).
 	cluster  *testenv.ClusterControl
@@ -60,6 +62,9 @@ type faultScenario struct {
 	// backend: "" (a private Redis), "cluster" or "sentinel" (the local
 	// deployments, with GW_REDIS_WAIT_REPLICAS=1).
 	backend string
+	// rabbitNodes: a RabbitMQ cluster of this many nodes (the gateway
+	// connects to the first) instead of one node.
+	rabbitNodes int
 	// lateAllowed: answers a push server read but had not acknowledged
 	// when it was frozen past their timeout may end timeout (DESIGN §8.2),
 	// counted and reported, not a failure.
@@ -90,6 +95,17 @@ var faultScenarios = []faultScenario{
 		}
 		sleep(ctx, 15*time.Second)
 		return e.rabbit.MemoryAlarm(ctx, false)
+	}},
+	{name: "rabbitmq-cluster-node-kill", fsync: "always", rabbitNodes: 3, inject: func(ctx context.Context, e *faultEnv) error {
+		// A node the gateway is not connected to, with a member of
+		// the quorum queues (declared on the 3-node cluster): the other
+		// two keep a majority, and service goes on.
+		victim := e.rabbits[2]
+		if err := victim.Kill(); err != nil {
+			return err
+		}
+		sleep(ctx, 10*time.Second)
+		return victim.Start(ctx)
 	}},
 	{name: "redis-kill", fsync: "always", inject: func(ctx context.Context, e *faultEnv) error {
 		if err := e.redis.Kill(); err != nil {
@@ -256,7 +272,13 @@ const (
 
 func runFaultScenario(t *testing.T, sc faultScenario, latency time.Duration) faultFigures {
 	figs := faultFigures{Scenario: sc.name, Latency: latency}
-	e := &faultEnv{t: t, rabbit: testenv.StartRabbit(t)}
+	e := &faultEnv{t: t}
+	if sc.rabbitNodes > 1 {
+		e.rabbits = testenv.StartRabbitCluster(t, sc.rabbitNodes)
+		e.rabbit = e.rabbits[0]
+	} else {
+		e.rabbit = testenv.StartRabbit(t)
+	}
 	switch sc.backend {
 	case "cluster":
 		e.cluster = testenv.NewClusterControl(t)
