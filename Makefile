@@ -11,7 +11,7 @@ SERVICES := apiserver msgworker pushserver devicesim
 # How long `make fuzz` runs each fuzz target.
 FUZZTIME ?= 60s
 
-.PHONY: help run build test test-short fmt vet services fuzz bench clean
+.PHONY: help run build test test-short fmt vet services fuzz bench faults clean
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  %-11s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -71,6 +71,10 @@ fuzz: ## Run every fuzz target of the module for FUZZTIME each (default 60s)
 bench: ## Start local services, run the benchmark (~5 min; BENCH_FLAGS=--quick: ~1.5 min), write bench/results/
 	@if [ -f deployments/local/services.sh ]; then bash deployments/local/services.sh; fi
 	$(GO) run ./bench $(BENCH_FLAGS)
+
+faults: services ## The fault suite (~20 min, not in `make test`): private RabbitMQ/Redis killed, paused, frozen under load; writes bench/results/faults-*.md
+	GW_FAULTS=1 GW_FAULTS_REPORT=bench/results/faults-$$(date -u +%Y-%m-%dT%H%M).md \
+		$(GO) test -count=1 -timeout 25m -run '^TestFaultSuite$$' -v ./devicesim/
 
 clean: ## Remove bin/ and test leftovers (run/ stays: a local Redis may use it)
 	rm -rf bin coverage.out coverage.html

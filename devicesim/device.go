@@ -30,6 +30,34 @@ type FleetStats struct {
 	Received, Answered, Failed, Dropped, Duplicates, Unknown, PublishErrors atomic.Int64
 	// Polls and PollErrors count the HTTP polls of devices over HTTP.
 	Polls, PollErrors atomic.Int64
+	// Answers, when not nil, records when each command was answered (for
+	// fault tests: a command the device answered must never end timeout).
+	Answers *AnswerLog
+}
+
+// AnswerLog records, by the id a device saw ("{client}:{id}",
+// protocol.DeviceMsgID), when the device first sent its answer. It grows
+// with every command: only for bounded runs (tests).
+type AnswerLog struct {
+	m sync.Map // string -> time.Time
+}
+
+func (l *AnswerLog) add(id json.RawMessage, at time.Time) {
+	var s string
+	if json.Unmarshal(id, &s) != nil {
+		s = string(id)
+	}
+	l.m.LoadOrStore(s, at)
+}
+
+// At returns when the device answered the command whose device-facing id
+// is id, and whether it did.
+func (l *AnswerLog) At(id string) (time.Time, bool) {
+	v, ok := l.m.Load(id)
+	if !ok {
+		return time.Time{}, false
+	}
+	return v.(time.Time), true
 }
 
 // HTTPChannel is how a device polls over HTTP (a sleepy device): it
@@ -261,6 +289,9 @@ func (d *Device) execute(tp, method string, params, id json.RawMessage, n int64,
 	a.payload, a.tp = payload, telemetry.TraceParent(ctx)
 	span.End()
 	d.Stats.Answered.Add(1)
+	if d.Stats.Answers != nil {
+		d.Stats.Answers.add(id, time.Now())
+	}
 	d.publish(payload, a.tp)
 	if method == "reboot" && resp.Error == nil {
 		d.GoOffline(d.B.Reboot)

@@ -31,6 +31,9 @@ type FleetOptions struct {
 	HTTP   bool
 	Poll   HTTPChannel
 	Switch time.Duration
+	// RecordAnswers keeps when each command was answered (Stats.Answers):
+	// for bounded runs only (it grows with every command).
+	RecordAnswers bool
 }
 
 func fleetCmd(ctx context.Context, g *globals) *cobra.Command {
@@ -101,6 +104,9 @@ func StartFleet(ctx context.Context, g *globals, o FleetOptions, wg *sync.WaitGr
 	}
 	api := NewAPI(g.API)
 	fl := &Fleet{}
+	if o.RecordAnswers {
+		fl.Stats.Answers = &AnswerLog{}
+	}
 	sem := make(chan struct{}, max(o.Connect, 1))
 	for i := 0; i < o.Devices; i++ {
 		id := fmt.Sprintf("%s%d", o.Prefix, i)

@@ -302,3 +302,49 @@ func TestHeldAnswerOffReadLoop(t *testing.T) {
 	require.Equal(t, 1.0, value(t, n.m.late.WithLabelValues(lateDevice)), "gw_answers_late_total{cause=device}")
 	require.Equal(t, 0.0, value(t, n.m.late.WithLabelValues(lateHeld)), "gw_answers_late_total{cause=held}")
 }
+
+// TestHeldAnswersAckedInOrder: answers read while Redis cannot take them,
+// and an answer read after them once Redis is back, are PUBACKed on the
+// open connection in the order they arrived (MQTT 4.6), each only once
+// its command is complete.
+func TestHeldAnswersAckedInOrder(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	n := e.startNode(func(c *Config) { c.AnswerGrace = 300 * time.Millisecond })
+	const device, client = "dev-order", "cli-order"
+	for _, id := range []string{"1", "2", "3"} {
+		e.sendCommand(client, device, id, n.NodeID())
+	}
+	outage := &redisOutage{}
+	n.rdb.AddHook(outage)
+	c := dialRaw(t, n.Addr(), 5)
+	require.Equal(t, byte(0), c.connect(device, token(t, device, auth.RoleDevice, time.Hour)).ReasonCode)
+	answer := func(pid uint16, id string) {
+		require.NoError(t, c.send(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+			TopicName:   protocol.DeviceResponsesTopic(device),
+			PacketID:    pid,
+			Payload:     []byte(`{"jsonrpc":"2.0","result":"ok","id":"cli-order:` + id + `"}`),
+		}))
+	}
+	outage.down.Store(true)
+	answer(11, "1")
+	answer(12, "2")
+	eventually(t, 5*time.Second, func() bool { return value(t, n.m.held) == 2 }, "the two answers are not held")
+	outage.down.Store(false)
+	answer(13, "3") // read after the held ones: waits behind them
+	var got []uint16
+	for len(got) < 3 {
+		pk, err := c.recv(10 * time.Second)
+		require.NoError(t, err, "PUBACKs so far %v, want 11, 12, 13", got)
+		if pk.FixedHeader.Type != packets.Puback {
+			continue // a command for the device
+		}
+		got = append(got, pk.PacketID)
+	}
+	require.Equal(t, []uint16{11, 12, 13}, got, "PUBACK order: got %v, want the arrival order", got)
+	for _, id := range []string{"1", "2", "3"} {
+		st := e.commandStatus(client, id).Status
+		require.Equal(t, protocol.StatusSucceeded, st, "command %s: got %s, want succeeded", id, st)
+	}
+}

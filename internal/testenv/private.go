@@ -306,6 +306,73 @@ const rabbitBin = "/usr/lib/rabbitmq/bin"
 // installed or the node does not start within startWait.
 func StartRabbit(t testing.TB) *PrivateRabbit {
 	t.Helper()
+	r := newRabbit(t, "")
+	ctx, cancel := context.WithTimeout(context.Background(), startWait)
+	defer cancel()
+	if err := r.Start(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// StartRabbitCluster starts n private RabbitMQ nodes (as StartRabbit)
+// that share an Erlang cookie, and joins the others to the first: one
+// cluster, whose quorum queues have a member on every node. They are
+// killed when t ends.
+func StartRabbitCluster(t testing.TB, n int) []*PrivateRabbit {
+	t.Helper()
+	cookie := fmt.Sprintf("GWFAULTS%d", time.Now().UnixNano())
+	nodes := make([]*PrivateRabbit, n)
+	for i := range nodes {
+		nodes[i] = newRabbit(t, cookie)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*startWait)
+	defer cancel()
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i, r := range nodes {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			errs[i] = r.Start(ctx)
+		}()
+	}
+	wg.Wait()
+	for _, err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range nodes[1:] {
+		for _, args := range [][]string{{"stop_app"}, {"join_cluster", nodes[0].node}, {"start_app"}} {
+			if _, err := r.Ctl(ctx, args...); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := r.waitAMQP(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, err := nodes[0].Ctl(ctx, "cluster_status", "--formatter", "json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, r := range nodes {
+		if !strings.Contains(out, r.node) {
+			t.Fatalf("testenv: %s is not in the cluster: %s", r.node, out)
+		}
+	}
+	return nodes
+}
+
+// Node is the node's Erlang name (name@localhost).
+func (r *PrivateRabbit) Node() string { return r.node }
+
+// newRabbit prepares a private node (its folders, files and
+// environment; with cookie, the Erlang cookie in its HOME) without
+// starting it; t's cleanup kills it.
+func newRabbit(t testing.TB, cookie string) *PrivateRabbit {
+	t.Helper()
 	server := filepath.Join(rabbitBin, "rabbitmq-server")
 	if _, err := os.Stat(server); err != nil {
 		t.Fatalf("testenv: RabbitMQ is not installed at %s (deployments/local/services.sh installs it): %v", rabbitBin, err)
@@ -348,12 +415,12 @@ func StartRabbit(t testing.TB) *PrivateRabbit {
 	}
 	r.p = &proc{name: "private RabbitMQ " + name, dir: dir, log: filepath.Join(dir, "rabbitmq.out"),
 		argv: []string{server}, env: r.env}
-	t.Cleanup(r.p.stop)
-	ctx, cancel := context.WithTimeout(context.Background(), startWait)
-	defer cancel()
-	if err := r.Start(ctx); err != nil {
-		t.Fatal(err)
+	if cookie != "" {
+		if err := os.WriteFile(filepath.Join(home, ".erlang.cookie"), []byte(cookie), 0o400); err != nil {
+			t.Fatal(err)
+		}
 	}
+	t.Cleanup(r.p.stop)
 	return r
 }
 
