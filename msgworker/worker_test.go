@@ -109,10 +109,12 @@ func TestOfflineDeviceExpires(t *testing.T) {
 	h := newHarness(t)
 	h.worker(nil)
 
-	env := h.send(spec{client: "app-1", device: "lamp-1", id: `1`, expiresIn: time.Second})
+	// expires_in leaves time to see the command sent first, also on a
+	// starved CPU (with 1 s it could expire before the worker took it).
+	env := h.send(spec{client: "app-1", device: "lamp-1", id: `1`, expiresIn: 4 * time.Second})
 	h.waitStatus(env, protocol.StatusSent, 10*time.Second)
 	require.Len(t, h.mailboxEntries("lamp-1"), 1)
-	c := h.waitStatus(env, protocol.StatusExpired, 10*time.Second)
+	c := h.waitStatus(env, protocol.StatusExpired, 15*time.Second)
 	require.Contains(t, c.Reason, "expires_in")
 	require.Equal(t, protocol.CodeExpired, gatewayCode(t, h.oneResult(env)))
 	require.Empty(t, h.mailboxEntries("lamp-1"))
