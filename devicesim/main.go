@@ -68,11 +68,13 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		Long: `Simulate devices and clients of the IoT command gateway, send commands, measure.
 
 The whole HTTP API from the command line: get, list, cancel, wait, dead,
-replay, connect (and stats). Each takes --json to print the API's JSON, and
+replay, connect, retry, group (put, get, delete), group-command (get, wait,
+cancel, list) (and stats). Each takes --json to print the API's JSON, and
 --token, or mints one with --secret (or GW_AUTH_SECRET) for --client
 (--operator for dead and replay). Given a token, the client is its sub.
 
-Exit status of get, list, cancel, wait, dead, replay and connect:
+Exit status of get, list, cancel, wait, dead, replay, connect, retry, group
+and group-command:
   0  ok
   1  usage, bad input, or interrupted (Ctrl-C)
   2  not found (404)
@@ -80,6 +82,7 @@ Exit status of get, list, cancel, wait, dead, replay and connect:
   4  the API is unreachable, did not answer in time, answered 5xx, or 429
   5  authentication or authorization failed (401, 403)
   6  wait: the command ended with a final status other than succeeded
+     (group-command wait: every child final, not every one succeeded)
   7  wait: --timeout passed before the command was final
 send and load document their own in their help.`,
 		SilenceUsage:  true,
@@ -105,7 +108,8 @@ send and load document their own in their help.`,
 	g.envSecret = getenv("GW_AUTH_SECRET")
 	root.PersistentFlags().StringVar(&g.LogLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	root.AddCommand(tokenCmd(g), fleetCmd(ctx, g), sendCmd(ctx, g), loadCmd(ctx, g), statsCmd(ctx, g),
-		getCmd(ctx, g), listCmd(ctx, g), cancelCmd(ctx, g), waitCmd(ctx, g), deadCmd(ctx, g), replayCmd(ctx, g), connectCmd(ctx, g))
+		getCmd(ctx, g), listCmd(ctx, g), cancelCmd(ctx, g), waitCmd(ctx, g), deadCmd(ctx, g), replayCmd(ctx, g), connectCmd(ctx, g),
+		groupCmd(ctx, g), groupCommandCmd(ctx, g), retryCmd(ctx, g))
 	setCompletions(root)
 	// Spans of simulated devices and clients go to stderr with the console
 	// exporter: stdout is the commands' output.
