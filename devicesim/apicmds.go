@@ -21,7 +21,8 @@ import (
 )
 
 // Exit statuses of the API commands (get, list, cancel, wait, dead,
-// replay, connect). send keeps its own (see its help).
+// replay, connect, and those of groupcmds.go and devicecmds.go). send
+// keeps its own (see its help).
 const (
 	exitOK          = 0
 	exitUsage       = 1 // usage or bad input, and anything else

@@ -49,6 +49,8 @@ var completionCases = []struct {
 	{"devicesim group-command ", []string{"cancel", "get", "list", "wait"}},
 	{"devicesim group-command wait --t", []string{"--timeout", "--token"}},
 	{"devicesim retry ", nil},
+	{"devicesim po", []string{"poll"}},
+	{"devicesim answer --re", []string{"--result"}},
 }
 
 // TestCompletion: the candidates devicesim gives its completion scripts:

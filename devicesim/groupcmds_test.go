@@ -27,6 +27,10 @@ func TestMoreAPICommandsUsage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	devTok, err := auth.Mint([]byte(testSecret), "dev-1", auth.RoleDevice, nil, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
 	// Nothing listens here: a command that got as far as a request would
 	// fail with 4, not the status wanted.
 	api := "http://" + testenv.FreeAddr(t)
@@ -48,6 +52,16 @@ func TestMoreAPICommandsUsage(t *testing.T) {
 		{"group-command wait with no time", []string{"group-command", "wait", "x", "--timeout", "0s"}, exitUsage, []string{"--timeout must be positive"}},
 		{"group-command list, a bad limit", []string{"group-command", "list", "--limit", "0"}, exitUsage, []string{"--limit 0"}},
 		{"group-command list with a client token", []string{"group-command", "list", "--token", clientTok}, exitAuth, []string{"operator token"}},
+		{"poll without a device", []string{"poll"}, exitUsage, []string{"give --device"}},
+		{"poll, a bad device", []string{"poll", "--device", "a b"}, exitUsage, []string{"not a valid device ID"}},
+		{"poll, a bad --max", []string{"poll", "--device", "dev-1", "--max", "101"}, exitUsage, []string{"--max 101"}},
+		{"poll, an empty ack", []string{"poll", "--device", "dev-1", "--ack", "a,,b"}, exitUsage, []string{"empty token"}},
+		{"poll with a client token", []string{"poll", "--token", clientTok}, exitAuth, []string{"device token", `"app-1"`}},
+		{"poll, --device differs from the token's sub", []string{"poll", "--token", devTok, "--device", "dev-2"}, exitUsage, []string{`"dev-2"`, `"dev-1"`}},
+		{"answer, not JSON", []string{"answer", "--device", "dev-1", "{nope"}, exitUsage, []string{"not JSON"}},
+		{"answer with a body and --id", []string{"answer", "--device", "dev-1", "{}", "--id", "a:b", "--result", "1"}, exitUsage, []string{"either the response or --id"}},
+		{"answer with nothing", []string{"answer", "--device", "dev-1"}, exitUsage, []string{"give the response"}},
+		{"answer, --result not JSON", []string{"answer", "--device", "dev-1", "--id", "a:b", "--result", "on"}, exitUsage, []string{"--result is not JSON"}},
 		{"retry, --client differs from the token's sub", []string{"retry", "x", "--token", clientTok, "--client", "app-2"}, exitUsage, []string{`"app-2"`, `"app-1"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -78,6 +92,8 @@ func TestMoreAPICommandsUnreachable(t *testing.T) {
 		{"group-command", "cancel", "x"},
 		{"group-command", "list"},
 		{"retry", "x"},
+		{"poll", "--device", "dev-1"},
+		{"answer", "--device", "dev-1", "--id", "a:b", "--result", "1"},
 	} {
 		_, err, took := cliRun(t, api, testSecret, args...)
 		if got := exitStatus(err); got != exitUnavailable {
@@ -143,8 +159,8 @@ func FuzzParseDeviceList(f *testing.F) {
 	})
 }
 
-// TestMoreAPICommands drives group, group-command and retry against the
-// real gateway, with --json and in the human form, and checks their output
+// TestMoreAPICommands drives group, group-command, retry, poll and answer
+// against the real gateway, with --json and in the human form, and checks their output
 // and exit statuses.
 func TestMoreAPICommands(t *testing.T) {
 	g := startGatewayOn(t, testenv.RedisURL(), 1, 1)
@@ -335,5 +351,93 @@ func TestMoreAPICommands(t *testing.T) {
 	})
 	t.Run("retry, not found", func(t *testing.T) {
 		cli(t, exitNotFound, "retry", "no-such", "--client", "app-1")
+	})
+
+	// The HTTP channel of "http-1", which never connects over MQTT.
+	for _, id := range []string{"h1", "h2"} {
+		body := []byte(`{"jsonrpc":"2.0","method":"echo","params":{"n":"` + id + `"},"id":"` + id + `"}`)
+		if _, _, err := api.SendCommand(t.Context(), tok, "http-1", body, 30*time.Second, time.Hour); err != nil {
+			t.Fatalf("cannot send %s: %v", id, err)
+		}
+	}
+	var ack string
+	t.Run("poll --json", func(t *testing.T) {
+		var p struct{ Commands []Polled }
+		var ids []string
+		// --wait: until the commands are in the mailbox.
+		for deadline := time.Now().Add(30 * time.Second); len(ids) < 2 && time.Now().Before(deadline); {
+			decode(t, cli(t, 0, "poll", "--device", "http-1", "--wait", "10s", "--max", "1", "--json"), &p)
+			for _, c := range p.Commands {
+				var r struct {
+					ID string `json:"id"`
+				}
+				if err := json.Unmarshal(c.Request, &r); err != nil || c.Ack == "" {
+					t.Fatalf("poll: command %s, ack %q: want a request with an id and an ack (%v)", c.Request, c.Ack, err)
+				}
+				if !slices.Contains(ids, r.ID) {
+					ids = append(ids, r.ID)
+				}
+				if r.ID == "app-1:h1" {
+					ack = c.Ack
+				}
+			}
+		}
+		slices.Sort(ids)
+		if !slices.Equal(ids, []string{"app-1:h1", "app-1:h2"}) {
+			t.Fatalf("poll --max 1 (repeated) = %q, want app-1:h1 and app-1:h2", ids)
+		}
+	})
+	t.Run("poll --ack", func(t *testing.T) {
+		out := cli(t, 0, "poll", "--device", "http-1", "--ack", ack)
+		if !strings.HasPrefix(out, "ACK") {
+			t.Errorf("poll --ack printed %q, want a table", out)
+		}
+	})
+	t.Run("poll a device that holds an MQTT session: conflict", func(t *testing.T) {
+		cli(t, exitConflict, "poll", "--device", "on-0")
+	})
+	t.Run("answer --id --result", func(t *testing.T) {
+		out := cli(t, 0, "answer", "--device", "http-1", "--id", "app-1:h1", "--result", `{"ok":1}`)
+		if !strings.Contains(out, "app-1:h1") || !strings.Contains(out, "succeeded") {
+			t.Errorf("answer app-1:h1 printed %q, want it succeeded", out)
+		}
+		var c struct {
+			Status   string `json:"status"`
+			Response struct {
+				Result map[string]int `json:"result"`
+			} `json:"response"`
+		}
+		decode(t, cli(t, 0, "wait", "h1", "--client", "app-1", "--timeout", "30s", "--json"), &c)
+		if c.Status != "succeeded" || c.Response.Result["ok"] != 1 {
+			t.Errorf("wait h1 = %+v, want succeeded with the answer's result", c)
+		}
+	})
+	t.Run("answer a batch, one unknown: conflict", func(t *testing.T) {
+		devTok, err := g.Token("device", "http-1", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		out, err, _ := cliRun(t, g.APIURL, secret, "answer", "--token", devTok, "--json",
+			`[{"jsonrpc":"2.0","result":2,"id":"app-1:h2"},{"jsonrpc":"2.0","result":1,"id":"app-1:nope"}]`)
+		if got := exitStatus(err); got != exitConflict {
+			t.Fatalf("answer a batch: exit status %d (%v), want %d\n%s", got, err, exitConflict, out)
+		}
+		var outs []answerOutcome
+		decode(t, out, &outs)
+		if len(outs) != 2 || outs[0].Outcome != "succeeded" || outs[1].Outcome != "unknown" {
+			t.Errorf("answer a batch = %s, want h2 succeeded and nope unknown", out)
+		}
+		if !strings.Contains(err.Error(), "1 of 2") || !strings.Contains(err.Error(), "app-1:nope unknown") {
+			t.Errorf("answer a batch: error %q, want it to name app-1:nope unknown", err)
+		}
+	})
+	t.Run("answer again: conflict", func(t *testing.T) {
+		cli(t, exitConflict, "answer", "--device", "http-1", "--id", "app-1:h1", "--result", `{"ok":1}`)
+	})
+	t.Run("answer without a {client}:{id} id: 400", func(t *testing.T) {
+		out, err, _ := cliRun(t, g.APIURL, secret, "answer", "--device", "http-1", `{"jsonrpc":"2.0","result":1,"id":"x"}`)
+		if got := exitStatus(err); got != exitUsage || !strings.Contains(err.Error(), "400") {
+			t.Errorf("answer id x: exit status %d (%v), want %d naming 400\n%s", got, err, exitUsage, out)
+		}
 	})
 }

@@ -69,16 +69,16 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 
 The whole HTTP API from the command line: get, list, cancel, wait, dead,
 replay, connect, retry, group (put, get, delete), group-command (get, wait,
-cancel, list) (and stats). Each takes --json to print the API's JSON, and
+cancel, list), and a device's HTTP channel: poll, answer (and stats). Each takes --json to print the API's JSON, and
 --token, or mints one with --secret (or GW_AUTH_SECRET) for --client
 (--operator for dead and replay). Given a token, the client is its sub.
 
-Exit status of get, list, cancel, wait, dead, replay, connect, retry, group
-and group-command:
+Exit status of get, list, cancel, wait, dead, replay, connect, retry, group,
+group-command, poll and answer:
   0  ok
   1  usage, bad input, or interrupted (Ctrl-C)
   2  not found (404)
-  3  conflict (409, e.g. cancel too late)
+  3  conflict (409, e.g. cancel too late; answer: a response changed nothing)
   4  the API is unreachable, did not answer in time, answered 5xx, or 429
   5  authentication or authorization failed (401, 403)
   6  wait: the command ended with a final status other than succeeded
@@ -109,7 +109,7 @@ send and load document their own in their help.`,
 	root.PersistentFlags().StringVar(&g.LogLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	root.AddCommand(tokenCmd(g), fleetCmd(ctx, g), sendCmd(ctx, g), loadCmd(ctx, g), statsCmd(ctx, g),
 		getCmd(ctx, g), listCmd(ctx, g), cancelCmd(ctx, g), waitCmd(ctx, g), deadCmd(ctx, g), replayCmd(ctx, g), connectCmd(ctx, g),
-		groupCmd(ctx, g), groupCommandCmd(ctx, g), retryCmd(ctx, g))
+		groupCmd(ctx, g), groupCommandCmd(ctx, g), retryCmd(ctx, g), pollCmd(ctx, g), answerCmd(ctx, g))
 	setCompletions(root)
 	// Spans of simulated devices and clients go to stderr with the console
 	// exporter: stdout is the commands' output.
