@@ -260,3 +260,83 @@ not JSON (nothing is sent) or that the API refuses (400). The token is
 	f.BoolVar(&asJSON, "json", false, "print the API's JSON")
 	return cmd
 }
+
+// deviceView is the part of GET /v1/devices/{device} the human output shows.
+type deviceView struct {
+	Device     string `json:"device"`
+	Online     bool   `json:"online"`
+	Connection string `json:"connection"`
+	Node       string `json:"node"`
+	MQTTURL    string `json:"mqtt_url"`
+	Pending    int    `json:"pending"`
+	LastSeen   string `json:"last_seen"`
+	LastPoll   string `json:"last_poll"`
+	Lanes      []struct {
+		Name       string          `json:"name"`
+		Commands   int             `json:"commands"`
+		Waiting    int             `json:"waiting"`
+		HeadID     json.RawMessage `json:"head_id"`
+		HeadStatus string          `json:"head_status"`
+	} `json:"lanes"`
+}
+
+// writeDevice prints a device as "key: value" lines, then its lanes.
+func writeDevice(w io.Writer, raw json.RawMessage) error {
+	var d deviceView
+	if err := json.Unmarshal(raw, &d); err != nil {
+		return fmt.Errorf("cannot decode the device: %w", err)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
+	for _, kv := range [][2]string{
+		{"device", d.Device}, {"online", fmt.Sprint(d.Online)}, {"connection", d.Connection},
+		{"node", d.Node}, {"mqtt_url", d.MQTTURL}, {"pending", fmt.Sprint(d.Pending)},
+		{"last_seen", d.LastSeen}, {"last_poll", d.LastPoll},
+	} {
+		if kv[1] != "" {
+			fmt.Fprintf(tw, "%s:\t%s\n", kv[0], kv[1])
+		}
+	}
+	for _, l := range d.Lanes {
+		head := ""
+		if len(l.HeadID) > 0 {
+			head = fmt.Sprintf(", head %s %s", idText(l.HeadID), l.HeadStatus)
+		}
+		fmt.Fprintf(tw, "lane %s:\t%d commands, %d waiting%s\n", l.Name, l.Commands, l.Waiting, head)
+	}
+	return tw.Flush()
+}
+
+func deviceCmd(ctx context.Context, g *globals) *cobra.Command {
+	var af authFlags
+	var asJSON bool
+	cmd := &cobra.Command{
+		Use:   "device <device>",
+		Short: "Show a device's connection, mailbox and lanes (GET /v1/devices/{device})",
+		Long: `Show whether a device is online and how it connects (mqtt, http_poll, offline),
+its push server, the messages waiting in its mailbox, when it was last seen
+and its ordered lanes that hold commands not yet final.` + exitHelp,
+		Example: `  devicesim device dev-1 --client app-1`,
+		Args:    exactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if !protocol.ValidIdentity(args[0]) {
+				return usageError("%q is not a valid device ID", args[0])
+			}
+			who, err := af.resolve(cmd, g, false)
+			if err != nil {
+				return err
+			}
+			var raw json.RawMessage
+			if err := call(ctx, g, cliAPI(g.API), asJSON, http.MethodGet, "/v1/devices/"+url.PathEscape(args[0])+who.query(nil), who.token,
+				"get device "+args[0], &raw); err != nil {
+				return err
+			}
+			if asJSON {
+				return writeJSON(g.stdout, raw)
+			}
+			return writeDevice(g.stdout, raw)
+		},
+	}
+	af.register(cmd, false)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the API's JSON")
+	return cmd
+}

@@ -62,6 +62,7 @@ func TestMoreAPICommandsUsage(t *testing.T) {
 		{"answer with a body and --id", []string{"answer", "--device", "dev-1", "{}", "--id", "a:b", "--result", "1"}, exitUsage, []string{"either the response or --id"}},
 		{"answer with nothing", []string{"answer", "--device", "dev-1"}, exitUsage, []string{"give the response"}},
 		{"answer, --result not JSON", []string{"answer", "--device", "dev-1", "--id", "a:b", "--result", "on"}, exitUsage, []string{"--result is not JSON"}},
+		{"device, a bad ID", []string{"device", "a b"}, exitUsage, []string{`"a b" is not a valid device ID`}},
 		{"retry, --client differs from the token's sub", []string{"retry", "x", "--token", clientTok, "--client", "app-2"}, exitUsage, []string{`"app-2"`, `"app-1"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -93,6 +94,7 @@ func TestMoreAPICommandsUnreachable(t *testing.T) {
 		{"group-command", "list"},
 		{"retry", "x"},
 		{"poll", "--device", "dev-1"},
+		{"device", "dev-1"},
 		{"answer", "--device", "dev-1", "--id", "a:b", "--result", "1"},
 	} {
 		_, err, took := cliRun(t, api, testSecret, args...)
@@ -391,6 +393,26 @@ func TestMoreAPICommands(t *testing.T) {
 		out := cli(t, 0, "poll", "--device", "http-1", "--ack", ack)
 		if !strings.HasPrefix(out, "ACK") {
 			t.Errorf("poll --ack printed %q, want a table", out)
+		}
+	})
+	t.Run("device: polled over HTTP", func(t *testing.T) {
+		var d struct {
+			Device     string `json:"device"`
+			Online     bool   `json:"online"`
+			Connection string `json:"connection"`
+			LastPoll   string `json:"last_poll"`
+		}
+		decode(t, cli(t, 0, "device", "http-1", "--client", "app-1", "--json"), &d)
+		if d.Device != "http-1" || d.Online || d.Connection != "http_poll" || d.LastPoll == "" {
+			t.Errorf("device http-1 = %+v, want offline, connection http_poll, a last_poll", d)
+		}
+	})
+	t.Run("device: online over MQTT", func(t *testing.T) {
+		out := cli(t, 0, "device", "on-0", "--token", tok)
+		for _, want := range []string{"device:", "on-0", "online:", "true", "connection:", "mqtt", "node:", "push-0"} {
+			if !strings.Contains(out, want) {
+				t.Errorf("device on-0 printed %q, want it to contain %q", out, want)
+			}
 		}
 	})
 	t.Run("poll a device that holds an MQTT session: conflict", func(t *testing.T) {
