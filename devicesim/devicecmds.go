@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/protocol"
 )
 
@@ -162,7 +163,7 @@ type answerOutcome struct {
 func outcomeTaken(outcome string) bool { return outcome == "succeeded" || outcome == "failed" }
 
 func answerCmd(ctx context.Context, g *globals) *cobra.Command {
-	var token, device, id, result string
+	var token, device, id, result, traceParent string
 	var asJSON bool
 	cmd := &cobra.Command{
 		Use:   "answer --device <device> '<JSON-RPC response or batch>' | - | --id <id> --result <json>",
@@ -173,8 +174,9 @@ stdin ("-"), or built from --id and --result. Prints each response's outcome.
 Exit status 0 when every response completed its command (outcome succeeded
 or failed); 3 when any changed nothing (late, duplicate, timeout, malformed,
 unknown, other_device, not_sent: the error lists them); 1 for a body that is
-not JSON (nothing is sent) or that the API refuses (400). The token is
---token (a device token), or one minted for --device with --secret.` + exitHelp,
+not JSON (nothing is sent) or that the API refuses (400). --traceparent
+(the polled command's, from poll --json) continues the command's trace. The
+token is --token (a device token), or one minted for --device with --secret.` + exitHelp,
 		Example: `  devicesim answer --device dev-1 '{"jsonrpc":"2.0","result":{"on":true},"id":"app-1:send-abc"}'
   devicesim answer --device dev-1 --id app-1:send-abc --result '{"on":true}'`,
 		Args: cobra.MaximumNArgs(1),
@@ -208,12 +210,19 @@ not JSON (nothing is sent) or that the API refuses (400). The token is
 			if !json.Valid(body) {
 				return usageError("the response is not JSON")
 			}
+			if traceParent != "" {
+				if telemetry.TraceIDOf(traceParent) == "" {
+					return usageError("--traceparent %q is not a W3C traceparent", traceParent)
+				}
+			}
+			// With no --traceparent, the request starts a trace of its own.
+			rctx := telemetry.ContextWithTraceParent(ctx, traceParent)
 			tok, device, err := deviceCaller(cmd, g, token, device)
 			if err != nil {
 				return err
 			}
 			var raw json.RawMessage
-			if err := callBody(ctx, g, cliAPI(g.API), asJSON, http.MethodPost, devicePath(device, "responses"), tok,
+			if err := callBody(rctx, g, cliAPI(g.API), asJSON, http.MethodPost, devicePath(device, "responses"), tok,
 				"post the answer of device "+device, body, &raw); err != nil {
 				return err
 			}
@@ -257,6 +266,7 @@ not JSON (nothing is sent) or that the API refuses (400). The token is
 	f.StringVar(&token, "token", "", "device token (default: minted for --device with --secret or GW_AUTH_SECRET)")
 	f.StringVar(&id, "id", "", `the polled request's id ("{client}:{id}"), with --result`)
 	f.StringVar(&result, "result", "", "the JSON-RPC result (JSON), with --id")
+	f.StringVar(&traceParent, "traceparent", "", "the polled command's traceparent (poll --json): the answer continues its trace")
 	f.BoolVar(&asJSON, "json", false, "print the API's JSON")
 	return cmd
 }

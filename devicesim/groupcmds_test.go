@@ -61,6 +61,7 @@ func TestMoreAPICommandsUsage(t *testing.T) {
 		{"answer, not JSON", []string{"answer", "--device", "dev-1", "{nope"}, exitUsage, []string{"not JSON"}},
 		{"answer with a body and --id", []string{"answer", "--device", "dev-1", "{}", "--id", "a:b", "--result", "1"}, exitUsage, []string{"either the response or --id"}},
 		{"answer with nothing", []string{"answer", "--device", "dev-1"}, exitUsage, []string{"give the response"}},
+		{"answer, a bad --traceparent", []string{"answer", "--device", "dev-1", "{}", "--traceparent", "00-xyz"}, exitUsage, []string{"not a W3C traceparent"}},
 		{"answer, --result not JSON", []string{"answer", "--device", "dev-1", "--id", "a:b", "--result", "on"}, exitUsage, []string{"--result is not JSON"}},
 		{"device, a bad ID", []string{"device", "a b"}, exitUsage, []string{`"a b" is not a valid device ID`}},
 		{"retry, --client differs from the token's sub", []string{"retry", "x", "--token", clientTok, "--client", "app-2"}, exitUsage, []string{`"app-2"`, `"app-1"`}},
@@ -362,9 +363,14 @@ func TestMoreAPICommands(t *testing.T) {
 			t.Fatalf("cannot send %s: %v", id, err)
 		}
 	}
-	var ack string
+	var ack, tp2 string
 	t.Run("poll --json", func(t *testing.T) {
-		var p struct{ Commands []Polled }
+		var p struct {
+			Commands []struct {
+				Polled
+				TraceParent string `json:"traceparent"`
+			}
+		}
 		var ids []string
 		// --wait: until the commands are in the mailbox.
 		for deadline := time.Now().Add(30 * time.Second); len(ids) < 2 && time.Now().Before(deadline); {
@@ -379,8 +385,11 @@ func TestMoreAPICommands(t *testing.T) {
 				if !slices.Contains(ids, r.ID) {
 					ids = append(ids, r.ID)
 				}
-				if r.ID == "app-1:h1" {
+				switch r.ID {
+				case "app-1:h1":
 					ack = c.Ack
+				case "app-1:h2":
+					tp2 = c.TraceParent
 				}
 			}
 		}
@@ -439,7 +448,10 @@ func TestMoreAPICommands(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		out, err, _ := cliRun(t, g.APIURL, secret, "answer", "--token", devTok, "--json",
+		if telemetry.TraceIDOf(tp2) == "" {
+			t.Fatalf("poll: h2's traceparent %q, want a W3C traceparent", tp2)
+		}
+		out, err, _ := cliRun(t, g.APIURL, secret, "answer", "--token", devTok, "--json", "--traceparent", tp2,
 			`[{"jsonrpc":"2.0","result":2,"id":"app-1:h2"},{"jsonrpc":"2.0","result":1,"id":"app-1:nope"}]`)
 		if got := exitStatus(err); got != exitConflict {
 			t.Fatalf("answer a batch: exit status %d (%v), want %d\n%s", got, err, exitConflict, out)
@@ -451,6 +463,26 @@ func TestMoreAPICommands(t *testing.T) {
 		}
 		if !strings.Contains(err.Error(), "1 of 2") || !strings.Contains(err.Error(), "app-1:nope unknown") {
 			t.Errorf("answer a batch: error %q, want it to name app-1:nope unknown", err)
+		}
+	})
+	t.Run("answer --traceparent continues the command's trace", func(t *testing.T) {
+		// The apiserver logs the POST with the trace ID of its traceparent.
+		want := `"path":"/v1/devices/http-1/responses","status":200`
+		trace := `"trace_id":"` + telemetry.TraceIDOf(tp2) + `"`
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			found := false
+			for _, l := range strings.Split(g.Logs(3000), "\n") {
+				if strings.Contains(l, want) && strings.Contains(l, trace) {
+					found = true
+				}
+			}
+			if found {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("no apiserver log line of the answer's POST with %s", trace)
+			}
+			time.Sleep(50 * time.Millisecond)
 		}
 	})
 	t.Run("answer again: conflict", func(t *testing.T) {
