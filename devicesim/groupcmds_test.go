@@ -243,34 +243,34 @@ func TestMoreAPICommands(t *testing.T) {
 			}
 		}
 	})
-	t.Run("group put --file - and exit statuses, through the binary", func(t *testing.T) {
-		// The test binary runs as devicesim (TestMain): stdin, stderr and
-		// the process's exit status are the real ones.
-		devicesim := func(stdin string, args ...string) (string, string, int) {
-			t.Helper()
-			cmd := exec.CommandContext(t.Context(), os.Args[0], append(args, "--api", g.APIURL)...)
-			cmd.Env = append(os.Environ(), testMainEnv+"=1", "GW_AUTH_SECRET="+secret)
-			cmd.Stdin = strings.NewReader(stdin)
-			var stdout, stderr bytes.Buffer
-			cmd.Stdout, cmd.Stderr = &stdout, &stderr
-			err := cmd.Run()
-			var ee *exec.ExitError
-			if err != nil && !errors.As(err, &ee) {
-				t.Fatalf("cannot run devicesim %v: %v", args, err)
-			}
-			return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
+	// devicesim runs the test binary as devicesim (TestMain): stdin, stderr
+	// and the process's exit status are the real ones.
+	devicesim := func(t *testing.T, stdin string, args ...string) (string, string, int) {
+		t.Helper()
+		cmd := exec.CommandContext(t.Context(), os.Args[0], append(args, "--api", g.APIURL)...)
+		cmd.Env = append(os.Environ(), testMainEnv+"=1", "GW_AUTH_SECRET="+secret)
+		cmd.Stdin = strings.NewReader(stdin)
+		var stdout, stderr bytes.Buffer
+		cmd.Stdout, cmd.Stderr = &stdout, &stderr
+		err := cmd.Run()
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
+			t.Fatalf("cannot run devicesim %v: %v", args, err)
 		}
-		out, errOut, code := devicesim("# from stdin\na-1\na-2, a-3\n", "group", "put", "g2", "--file", "-", "--json")
+		return stdout.String(), stderr.String(), cmd.ProcessState.ExitCode()
+	}
+	t.Run("group put --file - and exit statuses, through the binary", func(t *testing.T) {
+		out, errOut, code := devicesim(t, "# from stdin\na-1\na-2, a-3\n", "group", "put", "g2", "--file", "-", "--json")
 		var dg groupJSON
 		decode(t, out, &dg)
 		if code != 0 || !slices.Equal(dg.Devices, []string{"a-1", "a-2", "a-3"}) {
 			t.Errorf("group put g2 --file - = %d, %+v (stderr %q); want 0 and a-1, a-2, a-3", code, dg, errOut)
 		}
-		_, errOut, code = devicesim("", "group", "get", "no-such")
+		_, errOut, code = devicesim(t, "", "group", "get", "no-such")
 		if code != exitNotFound || !strings.Contains(errOut, "devicesim: cannot get device group no-such") || !strings.Contains(errOut, "404") {
 			t.Errorf("group get no-such = exit status %d, stderr %q; want %d naming the group and 404", code, errOut, exitNotFound)
 		}
-		_, errOut, code = devicesim("a-1\na-1\n", "group", "put", "g2", "--file", "-")
+		_, errOut, code = devicesim(t, "a-1\na-1\n", "group", "put", "g2", "--file", "-")
 		if code != exitUsage || !strings.Contains(errOut, `--file -: line 2: device "a-1" is listed twice`) {
 			t.Errorf("group put g2 with a repeat on stdin = exit status %d, stderr %q; want %d naming the repeat", code, errOut, exitUsage)
 		}
@@ -521,6 +521,12 @@ func TestMoreAPICommands(t *testing.T) {
 	})
 	t.Run("answer again: conflict", func(t *testing.T) {
 		cli(t, exitConflict, "answer", "--device", "http-1", "--id", "app-1:h1", "--result", `{"ok":1}`)
+	})
+	t.Run("answer - (stdin), through the binary", func(t *testing.T) {
+		_, errOut, code := devicesim(t, `{"jsonrpc":"2.0","result":1,"id":"app-1:nope"}`, "answer", "--device", "http-1", "-")
+		if code != exitConflict || !strings.Contains(errOut, "1 of 1 responses changed nothing: app-1:nope unknown") {
+			t.Errorf("answer - = exit status %d, stderr %q; want %d naming app-1:nope unknown", code, errOut, exitConflict)
+		}
 	})
 	t.Run("answer without a {client}:{id} id: 400", func(t *testing.T) {
 		out, err, _ := cliRun(t, g.APIURL, secret, "answer", "--device", "http-1", `{"jsonrpc":"2.0","result":1,"id":"x"}`)
