@@ -21,7 +21,8 @@ import (
 )
 
 // Exit statuses of the API commands (get, list, cancel, wait, dead,
-// replay, connect). send keeps its own (see its help).
+// replay, connect, and those of groupcmds.go and devicecmds.go). send
+// keeps its own (see its help).
 const (
 	exitOK          = 0
 	exitUsage       = 1 // usage or bad input, and anything else
@@ -295,7 +296,12 @@ func writeJSON(w io.Writer, raw json.RawMessage) error {
 // call sends one request and classifies its failure. With asJSON, an
 // error answer's JSON body is printed to stdout as well.
 func call(ctx context.Context, g *globals, api *API, asJSON bool, method, path, token, what string, out any) error {
-	_, err := api.Do(ctx, method, path, token, nil, out)
+	return callBody(ctx, g, api, asJSON, method, path, token, what, nil, out)
+}
+
+// callBody is call with a JSON request body.
+func callBody(ctx context.Context, g *globals, api *API, asJSON bool, method, path, token, what string, body []byte, out any) error {
+	_, err := api.Do(ctx, method, path, token, body, out)
 	if err != nil {
 		var ae *APIError
 		if asJSON && errors.As(err, &ae) && json.Valid([]byte(ae.Body)) {

@@ -16,8 +16,8 @@ import (
 // that asks the binary itself (`devicesim __complete …`) for candidates:
 // subcommands and flags come from the command tree, the values of
 // enumerated flags from flagValues, and every other flag value and
-// argument completes to nothing rather than to file names (devicesim
-// reads no file).
+// argument completes to nothing rather than to file names (the one file
+// devicesim reads is --file of group put, which completes to file names).
 
 // logLevels are the values of --log-level.
 var logLevels = []string{"debug", "info", "warn", "error"}
@@ -52,6 +52,9 @@ func setCompletions(root *cobra.Command) {
 		c.LocalFlags().VisitAll(func(f *pflag.Flag) {
 			if f.Value.Type() == "bool" {
 				return
+			}
+			if f.Name == "file" {
+				return // the shell's file names
 			}
 			complete := cobra.NoFileCompletions
 			if vs, ok := values[f.Name]; ok {

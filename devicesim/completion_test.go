@@ -45,6 +45,12 @@ var completionCases = []struct {
 	{"devicesim load --method ec", []string{"echo"}},
 	{"devicesim send --device ", nil}, // free text: no file names either
 	{"devicesim get ", nil},
+	{"devicesim group ", []string{"delete", "get", "put"}},
+	{"devicesim group-command ", []string{"cancel", "get", "list", "wait"}},
+	{"devicesim group-command wait --t", []string{"--timeout", "--token"}},
+	{"devicesim retry ", nil},
+	{"devicesim po", []string{"poll"}},
+	{"devicesim answer --re", []string{"--result"}},
 }
 
 // TestCompletion: the candidates devicesim gives its completion scripts:
@@ -61,6 +67,10 @@ func TestCompletion(t *testing.T) {
 		if directive != ":4" { // ShellCompDirectiveNoFileComp
 			t.Errorf("complete %q: directive %s, want :4 (no file completion)", tc.line, directive)
 		}
+	}
+	// group put --file: the shell's file names.
+	if got, directive := complete(t, "group", "put", "g1", "--file", ""); len(got) != 0 || directive != ":0" {
+		t.Errorf("complete group put --file: %q, directive %s; want no candidates and :0 (file names)", got, directive)
 	}
 	// Every status but void, which a client never sees.
 	got, _ := complete(t, "list", "--status", "")

@@ -68,18 +68,23 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		Long: `Simulate devices and clients of the IoT command gateway, send commands, measure.
 
 The whole HTTP API from the command line: get, list, cancel, wait, dead,
-replay, connect (and stats). Each takes --json to print the API's JSON, and
---token, or mints one with --secret (or GW_AUTH_SECRET) for --client
-(--operator for dead and replay). Given a token, the client is its sub.
+replay, connect, device, retry, group (put, get, delete), group-command
+(get, wait, cancel, list), and a device's HTTP channel: poll, answer (and
+stats). Each takes --json to print the API's JSON, and --token, or mints
+one with --secret (or GW_AUTH_SECRET) for --client (--operator for dead,
+replay, group and group-command list; --device for poll and answer).
+Given a token, the client is its sub.
 
-Exit status of get, list, cancel, wait, dead, replay and connect:
+Exit status of get, list, cancel, wait, dead, replay, connect, device,
+retry, group, group-command, poll and answer:
   0  ok
   1  usage, bad input, or interrupted (Ctrl-C)
   2  not found (404)
-  3  conflict (409, e.g. cancel too late)
+  3  conflict (409, e.g. cancel too late; answer: a response changed nothing)
   4  the API is unreachable, did not answer in time, answered 5xx, or 429
   5  authentication or authorization failed (401, 403)
   6  wait: the command ended with a final status other than succeeded
+     (group-command wait: every child final, not every one succeeded)
   7  wait: --timeout passed before the command was final
 send and load document their own in their help.`,
 		SilenceUsage:  true,
@@ -105,7 +110,8 @@ send and load document their own in their help.`,
 	g.envSecret = getenv("GW_AUTH_SECRET")
 	root.PersistentFlags().StringVar(&g.LogLevel, "log-level", "warn", "log level: debug, info, warn, error")
 	root.AddCommand(tokenCmd(g), fleetCmd(ctx, g), sendCmd(ctx, g), loadCmd(ctx, g), statsCmd(ctx, g),
-		getCmd(ctx, g), listCmd(ctx, g), cancelCmd(ctx, g), waitCmd(ctx, g), deadCmd(ctx, g), replayCmd(ctx, g), connectCmd(ctx, g))
+		getCmd(ctx, g), listCmd(ctx, g), cancelCmd(ctx, g), waitCmd(ctx, g), deadCmd(ctx, g), replayCmd(ctx, g), connectCmd(ctx, g),
+		groupCmd(ctx, g), groupCommandCmd(ctx, g), retryCmd(ctx, g), pollCmd(ctx, g), answerCmd(ctx, g), deviceCmd(ctx, g))
 	setCompletions(root)
 	// Spans of simulated devices and clients go to stderr with the console
 	// exporter: stdout is the commands' output.
