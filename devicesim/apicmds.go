@@ -295,6 +295,19 @@ func writeJSON(w io.Writer, raw json.RawMessage) error {
 
 // call sends one request and classifies its failure. With asJSON, an
 // error answer's JSON body is printed to stdout as well.
+// show calls the API (see call) and prints its answer: the JSON as it
+// came with --json, else the table write makes of it.
+func show(ctx context.Context, g *globals, asJSON bool, method, path, token, what string, write func(io.Writer, json.RawMessage) error) error {
+	var raw json.RawMessage
+	if err := call(ctx, g, cliAPI(g.API), asJSON, method, path, token, what, &raw); err != nil {
+		return err
+	}
+	if asJSON {
+		return writeJSON(g.stdout, raw)
+	}
+	return write(g.stdout, raw)
+}
+
 func call(ctx context.Context, g *globals, api *API, asJSON bool, method, path, token, what string, out any) error {
 	return callBody(ctx, g, api, asJSON, method, path, token, what, nil, out)
 }
@@ -330,16 +343,7 @@ func getCmd(ctx context.Context, g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			api := cliAPI(g.API)
-			var raw json.RawMessage
-			if err := call(ctx, g, api, asJSON, http.MethodGet, commandPath(args[0])+who.query(nil), who.token,
-				fmt.Sprintf("get command %s of client %s", args[0], who.client), &raw); err != nil {
-				return err
-			}
-			if asJSON {
-				return writeJSON(g.stdout, raw)
-			}
-			return writeCommand(g.stdout, raw)
+			return show(ctx, g, asJSON, http.MethodGet, commandPath(args[0])+who.query(nil), who.token, fmt.Sprintf("get command %s of client %s", args[0], who.client), writeCommand)
 		},
 	}
 	af.register(cmd, false)
@@ -620,15 +624,7 @@ the command is neither dead nor a replay waiting for a worker.` + exitHelp,
 				return err
 			}
 			q := url.Values{"client": {client}}
-			var raw json.RawMessage
-			if err := call(ctx, g, cliAPI(g.API), asJSON, http.MethodPost, "/v1/dead/"+url.PathEscape(args[0])+"/replay?"+q.Encode(), who.token,
-				fmt.Sprintf("replay command %s of client %s", args[0], client), &raw); err != nil {
-				return err
-			}
-			if asJSON {
-				return writeJSON(g.stdout, raw)
-			}
-			return writeCommand(g.stdout, raw)
+			return show(ctx, g, asJSON, http.MethodPost, "/v1/dead/"+url.PathEscape(args[0])+"/replay?"+q.Encode(), who.token, fmt.Sprintf("replay command %s of client %s", args[0], client), writeCommand)
 		},
 	}
 	af.register(cmd, true)

@@ -335,15 +335,7 @@ and its ordered lanes that hold commands not yet final.` + exitHelp,
 			if err != nil {
 				return err
 			}
-			var raw json.RawMessage
-			if err := call(ctx, g, cliAPI(g.API), asJSON, http.MethodGet, "/v1/devices/"+url.PathEscape(args[0])+who.query(nil), who.token,
-				"get device "+args[0], &raw); err != nil {
-				return err
-			}
-			if asJSON {
-				return writeJSON(g.stdout, raw)
-			}
-			return writeDevice(g.stdout, raw)
+			return show(ctx, g, asJSON, http.MethodGet, "/v1/devices/"+url.PathEscape(args[0])+who.query(nil), who.token, "get device "+args[0], writeDevice)
 		},
 	}
 	af.register(cmd, false)

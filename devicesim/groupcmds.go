@@ -177,15 +177,7 @@ func groupGetCmd(ctx context.Context, g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var raw json.RawMessage
-			if err := call(ctx, g, cliAPI(g.API), asJSON, http.MethodGet, groupPath(args[0]), who.token,
-				"get device group "+args[0], &raw); err != nil {
-				return err
-			}
-			if asJSON {
-				return writeJSON(g.stdout, raw)
-			}
-			return writeDeviceGroup(g.stdout, raw)
+			return show(ctx, g, asJSON, http.MethodGet, groupPath(args[0]), who.token, "get device group "+args[0], writeDeviceGroup)
 		},
 	}
 	af.register(cmd, true)
@@ -309,15 +301,7 @@ func groupCommandGetCmd(ctx context.Context, g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			var raw json.RawMessage
-			if err := call(ctx, g, cliAPI(g.API), asJSON, http.MethodGet, groupCommandPath(args[0])+who.query(nil), who.token,
-				fmt.Sprintf("get group command %s of client %s", args[0], who.client), &raw); err != nil {
-				return err
-			}
-			if asJSON {
-				return writeJSON(g.stdout, raw)
-			}
-			return writeGroupCommand(g.stdout, raw)
+			return show(ctx, g, asJSON, http.MethodGet, groupCommandPath(args[0])+who.query(nil), who.token, fmt.Sprintf("get group command %s of client %s", args[0], who.client), writeGroupCommand)
 		},
 	}
 	af.register(cmd, false)
@@ -411,15 +395,7 @@ was final already.` + exitHelp,
 			if err != nil {
 				return err
 			}
-			var raw json.RawMessage
-			if err := call(ctx, g, cliAPI(g.API), asJSON, http.MethodDelete, groupCommandPath(args[0])+who.query(nil), who.token,
-				fmt.Sprintf("cancel group command %s of client %s", args[0], who.client), &raw); err != nil {
-				return err
-			}
-			if asJSON {
-				return writeJSON(g.stdout, raw)
-			}
-			return writeGroupCommand(g.stdout, raw)
+			return show(ctx, g, asJSON, http.MethodDelete, groupCommandPath(args[0])+who.query(nil), who.token, fmt.Sprintf("cancel group command %s of client %s", args[0], who.client), writeGroupCommand)
 		},
 	}
 	af.register(cmd, false)
@@ -491,15 +467,7 @@ in another status (the error names it).` + exitHelp,
 			if err != nil {
 				return err
 			}
-			var raw json.RawMessage
-			if err := call(ctx, g, cliAPI(g.API), asJSON, http.MethodPost, commandPath(args[0])+"/retry"+who.query(nil), who.token,
-				fmt.Sprintf("retry command %s of client %s", args[0], who.client), &raw); err != nil {
-				return err
-			}
-			if asJSON {
-				return writeJSON(g.stdout, raw)
-			}
-			return writeCommand(g.stdout, raw)
+			return show(ctx, g, asJSON, http.MethodPost, commandPath(args[0])+"/retry"+who.query(nil), who.token, fmt.Sprintf("retry command %s of client %s", args[0], who.client), writeCommand)
 		},
 	}
 	af.register(cmd, false)
