@@ -73,8 +73,8 @@ bench: ## Start local services, run the benchmark (~5 min; BENCH_FLAGS=--quick: 
 	$(GO) run ./bench $(BENCH_FLAGS)
 
 faults: services ## The fault suite (~20 min, not in `make test`): private RabbitMQ/Redis killed, paused, frozen under load; writes bench/results/faults-*.md
-	GW_FAULTS=1 GW_FAULTS_REPORT=bench/results/faults-$$(date -u +%Y-%m-%dT%H%M).md \
-		$(GO) test -count=1 -timeout 25m -run '^TestFaultSuite$$' -v ./devicesim/
+	GW_FAULTS=1 GW_FAULTS_REPORT=$(CURDIR)/bench/results/faults-$$(date -u +%Y-%m-%dT%H%M).md \
+		$(GO) test -count=1 -timeout 29m -run '^TestFaultSuite$$' -v ./devicesim/
 
 clean: ## Remove bin/ and test leftovers (run/ stays: a local Redis may use it)
 	rm -rf bin coverage.out coverage.html
