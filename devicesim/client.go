@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"time"
 
 	"go.opentelemetry.io/otel/attribute"
@@ -17,6 +18,25 @@ type Result struct {
 	Device string
 	Resp   *protocol.Response
 	At     time.Time
+}
+
+// connectClient runs sess until stop is called and waits, 15 s at most,
+// until it is subscribed to client's results.
+func connectClient(ctx context.Context, sess *Session, client string) (stop func(), err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	done := make(chan struct{})
+	go func() { defer close(done); sess.Run(ctx, nil) }()
+	stop = func() { cancel(); <-done }
+	select {
+	case <-sess.Ready():
+		return stop, nil
+	case <-time.After(15 * time.Second):
+		err = fmt.Errorf("could not connect client %s to its push server within 15s", client)
+	case <-ctx.Done():
+		err = ctx.Err()
+	}
+	stop()
+	return nil, err
 }
 
 // NewClientSession returns a session that subscribes to all of client's

@@ -111,34 +111,8 @@ minted for --device with --secret.` + exitHelp,
 			if err != nil {
 				return err
 			}
-			var raw json.RawMessage
-			if err := call(ctx, g, cliAPI(g.API), asJSON, http.MethodGet, devicePath(device, "commands/next")+"?"+q.Encode(), tok,
-				"poll the commands of device "+device, &raw); err != nil {
-				return err
-			}
-			if asJSON {
-				return writeJSON(g.stdout, raw)
-			}
-			var out struct {
-				Commands []Polled `json:"commands"`
-			}
-			if err := json.Unmarshal(raw, &out); err != nil {
-				return fmt.Errorf("cannot decode the answer: %w", err)
-			}
-			tw := tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "ACK\tID\tMETHOD\tPARAMS")
-			for _, p := range out.Commands {
-				var r struct {
-					ID     json.RawMessage `json:"id"`
-					Method string          `json:"method"`
-					Params json.RawMessage `json:"params"`
-				}
-				if err := json.Unmarshal(p.Request, &r); err != nil {
-					return fmt.Errorf("cannot decode a command: %w", err)
-				}
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Ack, idText(r.ID), r.Method, r.Params)
-			}
-			return tw.Flush()
+			return show(ctx, g, asJSON, http.MethodGet, devicePath(device, "commands/next")+"?"+q.Encode(), tok,
+				"poll the commands of device "+device, writePolled)
 		},
 	}
 	f := cmd.Flags()
@@ -341,4 +315,28 @@ and its ordered lanes that hold commands not yet final.` + exitHelp,
 	af.register(cmd, false)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the API's JSON")
 	return cmd
+}
+
+// writePolled prints the commands of a device's poll as a table.
+func writePolled(w io.Writer, raw json.RawMessage) error {
+	var out struct {
+		Commands []Polled `json:"commands"`
+	}
+	if err := json.Unmarshal(raw, &out); err != nil {
+		return fmt.Errorf("cannot decode the answer: %w", err)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ACK\tID\tMETHOD\tPARAMS")
+	for _, p := range out.Commands {
+		var r struct {
+			ID     json.RawMessage `json:"id"`
+			Method string          `json:"method"`
+			Params json.RawMessage `json:"params"`
+		}
+		if err := json.Unmarshal(p.Request, &r); err != nil {
+			return fmt.Errorf("cannot decode a command: %w", err)
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\n", p.Ack, idText(r.ID), r.Method, r.Params)
+	}
+	return tw.Flush()
 }

@@ -131,18 +131,11 @@ func sendGroup(ctx context.Context, g *globals, client, token, id string, req js
 			mu.Unlock()
 		}
 	})
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(chan struct{})
-	go func() { defer close(done); sess.Run(ctx, nil) }()
-	defer func() { cancel(); <-done }()
-	select {
-	case <-sess.Ready():
-	case <-time.After(15 * time.Second):
-		return fmt.Errorf("could not connect client %s to its push server within 15s", client)
-	case <-ctx.Done():
-		return ctx.Err()
+	stop, err := connectClient(ctx, sess, client)
+	if err != nil {
+		return err
 	}
+	defer stop()
 	start := time.Now()
 	acc, status, err := api.SendGroup(ctx, token, req, devices, group, o)
 	if err != nil {
@@ -259,18 +252,11 @@ func RunGroupLoad(ctx context.Context, g *globals, o GroupLoadOptions) (*GroupLo
 		}
 		mu.Unlock()
 	})
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(chan struct{})
-	go func() { defer close(done); sess.Run(ctx, nil) }()
-	defer func() { cancel(); <-done }()
-	select {
-	case <-sess.Ready():
-	case <-time.After(15 * time.Second):
-		return nil, fmt.Errorf("could not connect client %s to its push server within 15s", o.Client)
-	case <-ctx.Done():
-		return nil, ctx.Err()
+	stop, err := connectClient(ctx, sess, o.Client)
+	if err != nil {
+		return nil, err
 	}
+	defer stop()
 	devices := make([]string, o.Devices)
 	for i := range devices {
 		devices[i] = o.Prefix + strconv.Itoa(i)

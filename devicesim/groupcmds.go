@@ -422,26 +422,8 @@ operator token: --token, or one minted for --operator with --secret.` + exitHelp
 			if err != nil {
 				return err
 			}
-			var raw json.RawMessage
-			if err := call(ctx, g, cliAPI(g.API), asJSON, http.MethodGet, fmt.Sprintf("/v1/group-commands?limit=%d", limit), who.token,
-				"list group commands", &raw); err != nil {
-				return err
-			}
-			if asJSON {
-				return writeJSON(g.stdout, raw)
-			}
-			var l struct {
-				Groups []groupCommandView `json:"groups"`
-			}
-			if err := json.Unmarshal(raw, &l); err != nil {
-				return fmt.Errorf("cannot decode the answer: %w", err)
-			}
-			tw := tabwriter.NewWriter(g.stdout, 0, 0, 2, ' ', 0)
-			fmt.Fprintln(tw, "ID\tCLIENT\tMETHOD\tSTATUS\tTOTAL\tFINAL\tFAILURES\tCREATED")
-			for _, c := range l.Groups {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", idText(c.ID), c.Client, c.Method, c.Status, c.Total, c.Final, c.Failures, c.CreatedAt)
-			}
-			return tw.Flush()
+			return show(ctx, g, asJSON, http.MethodGet, fmt.Sprintf("/v1/group-commands?limit=%d", limit), who.token,
+				"list group commands", writeGroupCommandList)
 		},
 	}
 	af.register(cmd, true)
@@ -473,4 +455,20 @@ in another status (the error names it).` + exitHelp,
 	af.register(cmd, false)
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the API's JSON")
 	return cmd
+}
+
+// writeGroupCommandList prints a page of group commands as a table.
+func writeGroupCommandList(w io.Writer, raw json.RawMessage) error {
+	var l struct {
+		Groups []groupCommandView `json:"groups"`
+	}
+	if err := json.Unmarshal(raw, &l); err != nil {
+		return fmt.Errorf("cannot decode the answer: %w", err)
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "ID\tCLIENT\tMETHOD\tSTATUS\tTOTAL\tFINAL\tFAILURES\tCREATED")
+	for _, c := range l.Groups {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%d\t%d\t%s\n", idText(c.ID), c.Client, c.Method, c.Status, c.Total, c.Final, c.Failures, c.CreatedAt)
+	}
+	return tw.Flush()
 }

@@ -146,18 +146,11 @@ func sendOne(ctx context.Context, g *globals, client, token, device, id string, 
 			once.Do(func() { results <- r })
 		}
 	})
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	done := make(chan struct{})
-	go func() { defer close(done); sess.Run(ctx, nil) }()
-	defer func() { cancel(); <-done }()
-	select {
-	case <-sess.Ready():
-	case <-time.After(15 * time.Second):
-		return fmt.Errorf("could not connect client %s to its push server within 15s", client)
-	case <-ctx.Done():
-		return ctx.Err()
+	stop, err := connectClient(ctx, sess, client)
+	if err != nil {
+		return err
 	}
+	defer stop()
 	start := time.Now()
 	acc, status, err := api.Send(ctx, token, device, body, o)
 	if err != nil {
