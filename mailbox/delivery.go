@@ -361,33 +361,3 @@ func (s *Store) NextDue(ctx context.Context, p int) (time.Time, error) {
 	}
 	return time.UnixMilli(int64(zs[0].Score)), nil
 }
-
-// DuePartitions returns those of parts that have a due timer, or an
-// outbox entry older than outboxAge, in one pipeline: what a partition
-// owner polls each tick, so that it calls FireTimersIn and RelayOutbox
-// only where there is work.
-func (s *Store) DuePartitions(ctx context.Context, parts []int, outboxAge time.Duration) ([]int, error) {
-	now := s.now()
-	timers := make([]*redis.StringSliceCmd, len(parts))
-	outbox := make([]*redis.XMessageSliceCmd, len(parts))
-	_, err := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
-		for i, p := range parts {
-			pk := s.keys.Part(p)
-			timers[i] = pipe.ZRangeByScore(ctx, pk.Timers(), &redis.ZRangeBy{
-				Min: "-inf", Max: strconv.FormatInt(now.UnixMilli(), 10), Count: 1,
-			})
-			outbox[i] = pipe.XRangeN(ctx, pk.Outbox(), "-", strconv.FormatInt(now.Add(-outboxAge).UnixMilli(), 10), 1)
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, fmt.Errorf("cannot poll the partitions: %w", s.classify(err))
-	}
-	var due []int
-	for i, p := range parts {
-		if len(timers[i].Val()) > 0 || len(outbox[i].Val()) > 0 {
-			due = append(due, p)
-		}
-	}
-	return due, nil
-}

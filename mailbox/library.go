@@ -10,6 +10,7 @@ import (
 	"io/fs"
 	"net"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 
@@ -99,7 +100,9 @@ func buildLibrary() *library {
 		}
 	}
 	var b strings.Builder
-	b.WriteString(strings.Replace(string(libSrc), "--@FINAL@--", final.String(), 1))
+	src := strings.Replace(string(libSrc), "--@FINAL@--", final.String(), 1)
+	src = strings.Replace(src, "--@OUTBOXAGE@--", strconv.FormatInt(OutboxAge.Milliseconds(), 10), 1)
+	b.WriteString(src)
 	b.WriteString("\nlocal S = {}\n")
 	names, _ := fs.Glob(luaFiles, "lua/*.lua")
 	sort.Strings(names)
@@ -117,6 +120,7 @@ func buildLibrary() *library {
 local function batch(KEYS, ARGV)
   local f = S[ARGV[5]]
   begin({ARGV[1], ARGV[2], ARGV[3], ARGV[4]})
+  local w = watch(KEYS)
   local out, pos, kpos = {}, 6, 1
   while pos <= #ARGV do
     local nk, na = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1])
@@ -135,12 +139,12 @@ local function batch(KEYS, ARGV)
       out[#out + 1] = {0, tostring(v)}
     end
   end
-  return out
+  return report(w, out)
 end
 `)
 	const ph = "@LIB@"
 	for _, step := range steps {
-		fmt.Fprintf(&b, "redis.register_function('%s_%s', function(KEYS, ARGV) return S['%s'](KEYS, begin(ARGV)) end)\n", ph, step, step)
+		fmt.Fprintf(&b, "redis.register_function('%s_%s', function(KEYS, ARGV) local A = begin(ARGV); local w = watch(KEYS); return report(w, S['%s'](KEYS, A)) end)\n", ph, step, step)
 	}
 	b.WriteString("redis.register_function('" + ph + "_batch', batch)\n")
 	sum := sha1.Sum([]byte(b.String()))
@@ -182,7 +186,14 @@ func (s *Store) call(ctx context.Context, p int, step string, keys []string, arg
 	if errors.Is(err, redis.Nil) {
 		return nil, nil
 	}
-	return v, s.classify(err)
+	if err != nil {
+		return nil, s.classify(err)
+	}
+	v, due := unwrapDue(v)
+	if due > 0 {
+		s.noteDue(context.WithoutCancel(ctx), p, due)
+	}
+	return v, nil
 }
 
 // fcall runs FCALL (and the barrier) on the connection of p's primary.

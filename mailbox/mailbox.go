@@ -56,7 +56,10 @@
 // loaded once and called with FCALL; on older servers they run with
 // EVALSHA (functions.go). Concurrent calls of one script are coalesced
 // into one batched call, each item keeping the semantics of its own call
-// (batch.go: Options.BatchInFlight and BatchMax).
+// (batch.go: Options.BatchInFlight and BatchMax). A step that made its
+// partition's work due earlier than anything the partition held reports
+// it in its reply, which the Store unwraps and adds to the due set that
+// the partitions' owners read (due.go).
 //
 // # Errors
 //
@@ -211,6 +214,8 @@ type Store struct {
 	finalConflicts atomic.Int64
 	lost           atomic.Int64
 	missing        atomic.Int64
+
+	dueReports, dueLost atomic.Int64 // next-due reports sent, failed (due.go)
 }
 
 // New returns the Store of namespace ns on rdb: a *redis.Client (one

@@ -26,6 +26,9 @@ const (
 	DefaultTimerInterval = 200 * time.Millisecond
 	// DefaultTimerBatch is the most timers one FireTimers call fires.
 	DefaultTimerBatch = 256
+	// DefaultTimerSweep is how often a worker polls every partition it
+	// owns (Config.TimerSweep).
+	DefaultTimerSweep = 30 * time.Second
 	// DefaultShutdownTimeout bounds the wait for in-flight handlers at
 	// shutdown.
 	DefaultShutdownTimeout = 10 * time.Second
@@ -79,6 +82,11 @@ type Config struct {
 	// TimerBatch is the most timers fired by one poll; a full batch is
 	// followed by another poll at once. Default 256.
 	TimerBatch int
+	// TimerSweep is how often the worker polls every partition it owns,
+	// the backstop of the next-due reports (due.go): a report lost (its
+	// process died right after the step) delays that work by at most
+	// this much. Default 30s.
+	TimerSweep time.Duration
 	// ShutdownTimeout bounds how long Run waits for in-flight handlers
 	// once its context is cancelled. Default 10s.
 	ShutdownTimeout time.Duration
@@ -118,6 +126,9 @@ func (c *Config) ensureDefaults() {
 	}
 	if c.TimerBatch <= 0 {
 		c.TimerBatch = DefaultTimerBatch
+	}
+	if c.TimerSweep <= 0 {
+		c.TimerSweep = DefaultTimerSweep
 	}
 	if c.ShutdownTimeout <= 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout

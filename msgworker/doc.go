@@ -20,8 +20,26 @@
 //	                      only on a pending or queued     client gets -32003; noop when
 //	                      command                         sent or beyond (its timers or
 //	                                                      the device's answer end it)
-//	timer loop            mailbox.FireTimers every        expired, timeout, rearmed
-//	                      --timer-interval
+//	timer loop            mailbox.FireTimersIn on the     expired, timeout, rearmed
+//	                      owned partitions that are due
+//
+// # Timers: only the partitions that are due
+//
+// A worker owns a share of the partitions (DESIGN §7) and fires their
+// timers and relays their leftover outbox entries. It does not poll
+// every owned partition each tick: it keeps a heap of when each has work
+// next (due.go) and polls, every --timer-interval, only the due set
+// (mailbox.Store.TakeReported: the partitions whose work a step of any
+// process made due earlier) and the partitions the heap says are due;
+// every Config.TimerSweep (30 s) it polls them all, the backstop for a
+// report lost with its process.
+//
+// Measured (TestIdleOwnerCallsRedisLittle, an idle worker owning all 256
+// partitions at the default 200 ms interval, counting every command its
+// Redis client sends): 2,565 Redis commands a second before the heap
+// (two reads per owned partition and tick), 11 a second after, plus 512
+// commands (one pipeline) per full sweep: about 28 a second in all,
+// whatever the partitions a worker owns between sweeps.
 //
 // A worker never sees a device's answer: the push server that receives
 // it completes the command in Redis (mailbox.Store.Complete, DESIGN §5),

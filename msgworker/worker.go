@@ -35,6 +35,7 @@ type Worker struct {
 	// timers and relays their leftover outbox entries (DESIGN §7).
 	parts *ring.Partitions
 	reach reachability // of the owned partitions, for runTimers
+	due   *dueHeap     // when each owned partition has work next, for runTimers
 	mx    *metrics
 
 	consumers []*amqpx.Consumer
@@ -60,6 +61,7 @@ func New(cfg Config) (*Worker, error) {
 	}
 	w := &Worker{
 		reach: reachability{},
+		due:   newDueHeap(),
 		cfg:   cfg,
 		log:   cfg.Logger.With("component", "msgworker", "namespace", cfg.Namespace),
 		topo:  protocol.NewTopology(cfg.Namespace, cfg.Queues, cfg.Partitions),
@@ -344,13 +346,11 @@ func (w *Worker) ownPartitions(ctx context.Context) {
 	}
 }
 
-// outboxAge is how old an outbox entry must be before the partition's
-// owner relays it: the step that wrote it relays at once, this is the
-// backstop for a relay that failed or a process that died in between.
-const outboxAge = 3 * time.Second
-
 // fireOwned fires the due timers of the partitions this worker owns and
-// relays their leftover outbox entries.
+// relays their leftover outbox entries, polling only the partitions its
+// schedule says are due (dueHeap): on an idle worker, one Redis call per
+// tick whatever the partitions it owns, plus a full sweep of them every
+// Config.TimerSweep.
 //
 // It fires a partition's timers only once it has reached the partition
 // without error for the answer grace (DESIGN §7a): after an outage, or
@@ -362,16 +362,39 @@ func (w *Worker) fireOwned(ctx context.Context) (int, map[string]int, error) {
 	owned := w.parts.Owned()
 	now := time.Now()
 	w.reach.own(owned, now)
+	w.due.own(owned, now, w.cfg.TimerSweep)
 	if len(owned) == 0 {
 		return 0, outcomes, nil
 	}
-	due, err := w.store.DuePartitions(ctx, owned, outboxAge)
+	reported, err := w.store.TakeReported(ctx, w.due.owns)
 	if err != nil {
 		w.reach.lost(owned...)
 		return 0, outcomes, err
 	}
+	for _, p := range reported {
+		w.due.soon(p, now)
+	}
+	due := w.due.take(now)
+	if len(due) == 0 {
+		return 0, outcomes, nil
+	}
+	next, err := w.store.NextWork(ctx, due)
+	if err != nil {
+		for _, p := range due {
+			w.due.set(p, now)
+		}
+		w.reach.lost(owned...)
+		return 0, outcomes, err
+	}
 	n := 0
-	for _, p := range due {
+	for i, p := range due {
+		if next[i].IsZero() || next[i].After(now) {
+			w.due.set(p, next[i])
+			continue
+		}
+		// Work is due: poll again at the next tick, until a poll finds
+		// none (or an error leaves it due).
+		w.due.set(p, now)
 		if w.reach.steady(p, now, w.cfg.AnswerGrace) {
 			k, o, err := w.store.FireTimersIn(ctx, p, w.cfg.TimerBatch)
 			n += k
@@ -380,15 +403,25 @@ func (w *Worker) fireOwned(ctx context.Context) (int, map[string]int, error) {
 			}
 			if err != nil {
 				w.reach.lost(p)
+				w.requeue(due[i+1:], now)
 				return n, outcomes, err
 			}
 		}
-		if _, err := w.store.RelayOutbox(ctx, p, outboxAge, 100); err != nil {
+		if _, err := w.store.RelayOutbox(ctx, p, mailbox.OutboxAge, 100); err != nil {
 			w.reach.lost(p)
+			w.requeue(due[i+1:], now)
 			return n, outcomes, err
 		}
 	}
 	return n, outcomes, nil
+}
+
+// requeue makes parts, taken from the schedule but not looked at, due
+// again at now.
+func (w *Worker) requeue(parts []int, now time.Time) {
+	for _, p := range parts {
+		w.due.set(p, now)
+	}
 }
 
 // reachability is, for each partition the worker owns, since when it has

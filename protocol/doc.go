@@ -520,6 +520,9 @@
 //	{ns:ring:g}:nodes                set         RingKeys.Nodes           members of ring g ("push", "workers")
 //	{ns:ring:g}:node:{node}          string      RingKeys.Node            one live member (expiry; advertise URL)
 //	{ns:ring:g}:changes              pub/sub     RingKeys.Changes         ring membership changes
+//	ns:due                           sorted set  Keys.Due                 partitions a step made due earlier
+//	                                                                      (member: partition; score: due, ms),
+//	                                                                      read and cleared by their owners
 //	ns:node:{node}:sessions          set         Keys.NodeSessions        identities connected to a push server
 //	ns:node:{node}:pending           set         Keys.NodePending         identities with entries to stream
 //	ns:node:{node}:wake              pub/sub     Keys.NodeWake            "this identity has new entries"

@@ -165,6 +165,13 @@ func (k Keys) NodePending(node string) string { return k.NS + ":node:" + node + 
 // server is told that an identity's mailbox has new entries.
 func (k Keys) NodeWake(node string) string { return k.NS + ":node:" + node + ":wake" }
 
+// Due is the sorted set of partitions that a step made due earlier than
+// anything they held (member: the partition number, score: the due time
+// in unix ms). The processes that run steps write it (ZADD LT); the
+// partitions' owners read and clear the members of their partitions
+// (DESIGN §7a "Costs that do not grow with P").
+func (k Keys) Due() string { return k.NS + ":due" }
+
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
 // Group is the hash of one group command (issue 14), in the client's

@@ -33,6 +33,49 @@ end
 
 local function ms(n) return string.format('%d', n) end
 
+-- The next-due report (library.go, DESIGN §7a "Costs that do not grow
+-- with P"). watch finds the partition's timer set and outbox among a
+-- call's KEYS and notes their state before the step; report compares
+-- after it. When the step made work due earlier than anything the
+-- partition had (a timer earlier than its earliest, or a first outbox
+-- entry, due OBAGE after it was written), the reply becomes
+-- {DUE, due_ms, reply}, which the Go side unwraps before any caller sees
+-- it and passes to the partition's owner.
+local DUE, OBAGE = '@DUE@', --@OUTBOXAGE@--
+
+local function watch(KEYS)
+  local tk, ok
+  for i = 1, #KEYS do
+    local k = KEYS[i]
+    if not tk and string.match(k, '^%b{}:timers$') then tk = k
+    elseif not ok and string.match(k, '^%b{}:outbox$') then ok = k end
+  end
+  if not tk and not ok then return nil end
+  local w = {tk = tk, ok = ok}
+  if tk then w.t = tonumber(redis.call('ZRANGE', tk, 0, 0, 'WITHSCORES')[2]) end
+  if ok then w.o = redis.call('XLEN', ok) end
+  return w
+end
+
+local function report(w, v)
+  if not w then return v end
+  local due
+  if w.tk then
+    local t = tonumber(redis.call('ZRANGE', w.tk, 0, 0, 'WITHSCORES')[2])
+    if t and (not w.t or t < w.t) then due = t end
+  end
+  if w.ok and w.o == 0 then
+    local x = redis.call('XRANGE', w.ok, '-', '+', 'COUNT', 1)
+    if #x > 0 then
+      local t = tonumber(string.match(x[1][1], '^(%d+)')) + OBAGE
+      if not due or t < due then due = t end
+    end
+  end
+  if not due then return v end
+  if v == nil then v = false end
+  return {DUE, string.format('%d', due), v}
+end
+
 local function num(v)
   if v == nil or v == false or v == '' then return 0 end
   return tonumber(v) or 0
