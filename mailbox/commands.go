@@ -156,15 +156,15 @@ func (s *Store) Release(ctx context.Context, device, client, idKey, leaseToken s
 	return nil
 }
 
-// lostCommand is what the claim of a command the gateway lost still
-// tells (the record is gone): its client, device, id, the lost status and
-// the -32006 result.
-func lostCommand(client, idKey string, cl map[string]string) *Command {
+// claimCommand is what the final claim of a command whose record is gone
+// still tells: a command the gateway lost (-32006), or one an orphan
+// answer ended (orphan.go), or one whose record expired first.
+func claimCommand(client, idKey string, cl map[string]string) *Command {
 	id, err := protocol.ParseID(json.RawMessage(cl["id"]))
 	if err != nil {
 		id, _ = protocol.ParseID(json.RawMessage(strconv.Quote(idKey)))
 	}
-	return &Command{Client: client, Device: cl["device"], ID: id, Status: protocol.StatusLost,
+	return &Command{Client: client, Device: cl["device"], ID: id, Status: protocol.Status(cl["status"]),
 		Response: json.RawMessage(cl["resp"]), CreatedAt: msTime(cl["claimed"]), FinishedAt: msTime(cl["finished"])}
 }
 
@@ -199,8 +199,8 @@ func (s *Store) Get(ctx context.Context, client, idKey string) (*Command, error)
 	if err != nil {
 		return nil, fmt.Errorf("cannot get command %s: %w", idKey, s.classify(err))
 	}
-	if len(m) == 0 && cl["state"] == "final" && cl["status"] == string(protocol.StatusLost) {
-		return lostCommand(client, idKey, cl), nil
+	if len(m) == 0 && cl["state"] == "final" && cl["status"] != "" {
+		return claimCommand(client, idKey, cl), nil
 	}
 	if len(m) == 0 || m[fStatus] == string(protocol.StatusVoid) {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, idKey)

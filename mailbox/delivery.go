@@ -124,9 +124,12 @@ func (s *Store) Missing() int64 { return s.missing.Load() }
 // mailbox entry, and relays the client's response.
 //
 // The same answer again returns OutcomeDuplicate; any other answer to a
-// final command is recorded in Late and returns OutcomeLate. An unknown
-// command, one of another device, one not yet sent, or a corrupt record
-// returns OutcomeNoop.
+// final command is recorded in Late and returns OutcomeLate. An answer
+// whose record is gone while the client's claim is open for this device
+// is an orphan: it becomes the claim's final (succeeded or failed, which
+// it returns) through the outbox, as orphan.go says. An unknown command
+// returns OutcomeUnknown; one of another device, one not yet sent, or a
+// corrupt record returns OutcomeOtherDevice, OutcomeNotSent, OutcomeNoop.
 //
 // The trace context of ctx (the span of the answer's completion), when it
 // continues the command's trace (the same trace ID as the record's tp),
@@ -169,9 +172,18 @@ func (s *Store) Complete(ctx context.Context, client, idKey, device string, resp
 		return OutcomeNoop, nil
 	case string(OutcomeUnknown):
 		// The record of another device's command lives in that device's
-		// partition: the client's claim tells whose it is.
-		if cl, err := s.claimOf(ctx, client, idKey); err == nil && cl != nil && cl["device"] != device {
+		// partition: the client's claim tells whose it is. An open claim
+		// of this device whose record is gone takes the answer as an
+		// orphan (orphan.go).
+		cl, err := s.claimOf(ctx, client, idKey)
+		if err != nil {
+			return "", fmt.Errorf("cannot complete command %s: %w", idKey, err)
+		}
+		switch {
+		case cl != nil && cl["device"] != device:
 			return OutcomeOtherDevice, nil
+		case cl != nil && cl["state"] == "open":
+			return s.orphan(ctx, p, keys, cl, client, idKey, device, body, to)
 		}
 	}
 	if len(a) > 3 {

@@ -64,6 +64,7 @@ const (
 	stepOneWay       = "oneway"
 	stepSessionClear = "session_clear"
 	stepRefuse       = "refuse"
+	stepOrphan       = "orphan"
 	// Group commands (group.go).
 	stepGroupClaim    = "group_claim"
 	stepGroupStop     = "group_stop"

@@ -214,6 +214,7 @@ type Store struct {
 	finalConflicts atomic.Int64
 	lost           atomic.Int64
 	missing        atomic.Int64
+	orphans        atomic.Int64
 
 	dueReports, dueLost atomic.Int64 // next-due reports sent, failed (due.go)
 }

@@ -39,6 +39,9 @@ type outboxEntry struct {
 	// the relay counts the child's outcome in the group's record.
 	grp string
 	tp  string // the W3C traceparent of the span that ended the command
+	// orphan marks an answer that found no record (orphan.lua): the
+	// relay applies it to an open claim only.
+	orphan bool
 }
 
 // parseOutbox reads the outbox entry a final step returned
@@ -70,7 +73,8 @@ func outboxFromStream(p int, m redis.XMessage) *outboxEntry {
 	str := func(f string) string { v, _ := m.Values[f].(string); return v }
 	g, _ := strconv.Atoi(str("g"))
 	return &outboxEntry{p: p, id: m.ID, client: str("c"), key: str("k"), device: str("d"), gen: g,
-		status: str("s"), resp: str("r"), finished: str("f"), expires: str("x"), grp: str("G"), tp: str("tp")}
+		status: str("s"), resp: str("r"), finished: str("f"), expires: str("x"), grp: str("G"), tp: str("tp"),
+		orphan: str("o") == "1"}
 }
 
 // relayNow relays e right after the step that wrote it and reports
@@ -96,6 +100,13 @@ func (s *Store) relayNow(ctx context.Context, e *outboxEntry, clientOwner string
 // "relay", continues the trace of the step that ended the command (e.tp)
 // and goes with the result into the client's mailbox.
 func (s *Store) relay(ctx context.Context, e *outboxEntry, clientOwner string) (dropped bool, err error) {
+	_, dropped, err = s.relayStep(ctx, e, clientOwner)
+	return dropped, err
+}
+
+// relayStep is relay, which also returns what the relay step did:
+// "relayed", "dup", "conflict", "mismatch" or "stale".
+func (s *Store) relayStep(ctx context.Context, e *outboxEntry, clientOwner string) (what string, dropped bool, err error) {
 	ctx, span := telemetry.Tracer().Start(telemetry.ContextWithTraceParent(ctx, e.tp), "relay",
 		trace.WithAttributes(attribute.String("client_id", e.client), attribute.String("device_id", e.device),
 			attribute.String("msg_id", e.key), attribute.String("status", e.status)))
@@ -115,13 +126,18 @@ func (s *Store) relay(ctx context.Context, e *outboxEntry, clientOwner string) (
 	if e.grp != "" {
 		keys = append(keys, pk.Group(e.client, e.grp))
 		args = append(args, groupMember(e.client, e.grp), groupAbortReason)
+	} else if e.orphan {
+		args = append(args, "", "")
+	}
+	if e.orphan {
+		args = append(args, "1")
 	}
 	v, err := s.run(ctx, cp, stepRelay, keys, args...)
 	if err != nil {
-		return false, fmt.Errorf("cannot relay the result of %s: %w", e.key, err)
+		return "", false, fmt.Errorf("cannot relay the result of %s: %w", e.key, err)
 	}
 	a, _ := v.([]any)
-	what, sess, drop := "", "", ""
+	sess, drop := "", ""
 	if len(a) == 3 {
 		what, _ = a[0].(string)
 		sess, _ = a[1].(string)
@@ -147,12 +163,12 @@ func (s *Store) relay(ctx context.Context, e *outboxEntry, clientOwner string) (
 			"client_id", e.client, "device_id", e.device, "msg_id", e.key)
 	}
 	if e.id == "" {
-		return dropped, nil // not from an outbox: the claim's watchdog
+		return what, dropped, nil // not from an outbox: the claim's watchdog
 	}
 	if err := s.rdb.XDel(ctx, s.keys.Part(e.p).Outbox(), e.id).Err(); err != nil {
-		return dropped, fmt.Errorf("cannot delete a relayed outbox entry: %w", s.classify(err))
+		return what, dropped, fmt.Errorf("cannot delete a relayed outbox entry: %w", s.classify(err))
 	}
-	return dropped, nil
+	return what, dropped, nil
 }
 
 // FinalConflicts is how many relays found a different final already in

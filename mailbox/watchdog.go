@@ -2,7 +2,6 @@ package mailbox
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"strconv"
 	"time"
@@ -75,11 +74,7 @@ func (s *Store) watchClaim(ctx context.Context, p int, member, client, device, k
 	}
 	now := s.now()
 	if len(m) == 0 {
-		id := cl["id"]
-		if id == "" { // a claim made before claims kept the id
-			b, _ := json.Marshal(key)
-			id = string(b)
-		}
+		id := claimID(cl, key)
 		e := &outboxEntry{client: client, key: key, device: device, gen: gen, status: string(protocol.StatusLost),
 			resp:     `{"jsonrpc":"2.0",` + gatewayError(protocol.StatusLost, reasonLost) + `,"id":` + id + `}`,
 			finished: msString(now), expires: msString(now.Add(s.opts.Retention)), grp: cl["grp"]}

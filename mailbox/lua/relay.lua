@@ -18,12 +18,15 @@ local tp = A[9] or ''
 -- same partition), its abort timer member (A[10]) and what to say when
 -- its failures reach the group's abort_after (A[11]).
 local gk, gmember, greason = KEYS[7], A[10], A[11]
+-- orphan (A[12] = '1'): an answer that found no record (orphan.lua). Like
+-- 'lost', it applies to an open claim of its generation only.
+local orphan = A[12] == '1'
 
 local c = redis.call('HMGET', claim, 'device', 'state', 'gen', 'status', 'resp')
 if c[1] and c[1] ~= device then return {'mismatch', '', ''} end
 local cg = num(c[3])
 if c[1] and cg > gen then return {'stale', '', ''} end
-if status == 'lost' and (c[2] ~= 'open' or cg ~= gen) then return {'stale', '', ''} end
+if (status == 'lost' or orphan) and (c[2] ~= 'open' or cg ~= gen) then return {'stale', '', ''} end
 if c[2] == 'final' and cg == gen then
   if c[4] == status and c[5] == resp then return {'dup', '', ''} end
   redis.call('HSET', claim, 'conflict', status)
@@ -63,4 +66,5 @@ redis.call('HSET', claim, 'device', device, 'state', 'final', 'gen', ms(gen), 's
 redis.call('PEXPIRE', claim, ms(RET))
 redis.call('ZREM', timers, member)
 if status == 'lost' then count(stats, 'lost') end
+if orphan then count(stats, 'orphan_applied') end
 return {'relayed', session(sess), dropped}
