@@ -185,9 +185,10 @@ func (c *Config) validate() error {
 	return nil
 }
 
-// topology is the namespace's AMQP topology with the configured counts.
+// topology is the namespace's AMQP topology with the configured counts
+// (during a resize, GW_QUEUES_FROM set: the old and the new queues).
 func (c *Config) topology() protocol.Topology {
-	return protocol.NewTopology(c.Namespace, c.Queues, c.Partitions)
+	return c.Scale.Topology(c.Namespace)
 }
 
 // flags is the binary's configuration: the Config plus what only the

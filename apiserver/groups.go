@@ -281,7 +281,7 @@ func (s *Server) postGroupCommand(c echo.Context) error {
 	}
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.ConfirmTimeout+2*time.Second)
 	defer cancel()
-	exchange, key := s.topo.DeviceRoute(cl.Subject)
+	exchange, key := s.deviceRoute(cl.Subject)
 	if err := s.pub.Publish(pctx, exchange, key, body, amqpx.Headers{
 		MessageID: "group:" + protocol.DeviceMsgID(cl.Subject, req.ID), TraceParent: env.TraceParent, Type: protocol.KindGroup,
 	}); err != nil {

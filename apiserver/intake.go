@@ -488,7 +488,7 @@ func commandEnvelope(client, device string, id protocol.ID, payload []byte, acce
 // producer span): its traceparent goes into the envelope and the AMQP
 // headers, so that the worker continues it.
 func (s *Server) publishSpan(ctx context.Context, device string) (context.Context, trace.Span) {
-	exchange, key := s.topo.DeviceRoute(device)
+	exchange, key := s.deviceRoute(device)
 	return telemetry.Tracer().Start(ctx, "publish", trace.WithSpanKind(trace.SpanKindProducer),
 		trace.WithAttributes(attribute.String("messaging.system", "rabbitmq"),
 			attribute.String("messaging.destination.name", exchange),
@@ -500,7 +500,7 @@ func (s *Server) publishSpan(ctx context.Context, device string) (context.Contex
 // (persistent, mandatory, with a publisher confirm), with the message id
 // of the client's command id.
 func (s *Server) publishCommand(ctx context.Context, body []byte, client, device string, id protocol.ID, trace string) error {
-	exchange, key := s.topo.DeviceRoute(device)
+	exchange, key := s.deviceRoute(device)
 	return s.pub.Publish(ctx, exchange, key, body, amqpx.Headers{
 		MessageID:   protocol.DeviceMsgID(client, id),
 		TraceParent: trace,

@@ -120,7 +120,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	// may be recorded. A Redis that does not answer yet is checked by the
 	// AMQP fence alone.
 	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	err = store.CheckCounts(fctx, cfg.Queues, true)
+	err = store.CheckResize(fctx, cfg.QueuesFrom, cfg.Queues, true)
 	cancel()
 	if errors.Is(err, mailbox.ErrCounts) {
 		return err

@@ -61,12 +61,15 @@ type Deps struct {
 // Server is the HTTP API of DESIGN §3. Build it with NewServer; serve it
 // with Serve, or mount Handler in an httptest.Server.
 type Server struct {
-	cfg      Config
-	store    *mailbox.Store
-	pub      Publisher
-	ring     Ring
-	rdb      redis.UniversalClient
-	topo     protocol.Topology
+	cfg   Config
+	store *mailbox.Store
+	pub   Publisher
+	ring  Ring
+	rdb   redis.UniversalClient
+	topo  protocol.Topology
+	// pubTopo is where commands are published (queues.go): topo, or
+	// during a resize the old or, once switched, the new count.
+	pubTopo  atomic.Pointer[protocol.Topology]
 	verifier *auth.Verifier
 	limiter  *limiter
 	metrics  *metrics
@@ -129,6 +132,7 @@ func NewServer(cfg Config, deps Deps) (*Server, error) {
 		log:      deps.Logger,
 		stopping: make(chan struct{}),
 	}
+	s.initRoute()
 	if err := deps.Registry.Register(prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 		Name: "gw_api_requests_in_flight",
 		Help: "Client API requests being handled (bounded by GW_MAX_INFLIGHT; long-polls that wait not counted).",
@@ -213,6 +217,11 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	}
 	if s.cfg.TLSCert != "" {
 		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
+	}
+	if s.topo.Resizing() {
+		fctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go s.followResize(fctx)
 	}
 	errc := make(chan error, 1)
 	go func() {

@@ -51,7 +51,10 @@
 // share GW_PREFETCH and GW_CONCURRENCY (Config.Prefetch), and count as
 // queue="commands" in the metrics. A worker started with another
 // GW_QUEUES or GW_PARTITIONS than the namespace's stops at once: the
-// namespace's fence refuses it (amqpx.ErrCounts).
+// namespace's fence refuses it (amqpx.ErrCounts). The exception is a
+// resize of GW_QUEUES (resize.go; README "Resizing GW_QUEUES"): a worker
+// with GW_QUEUES_FROM set consumes the old and the new queues, and once
+// every worker does, one of them switches the namespace to the new count.
 //
 // A delivery is acknowledged only after the script that applied it has
 // returned, that is, after its effect is in Redis (durable as far as

@@ -41,9 +41,15 @@ const testAnswerGrace = 100 * time.Millisecond
 
 func newHarness(t testing.TB) *harness {
 	t.Helper()
+	return newHarnessQueues(t, protocol.DefaultQueues) // the Worker's default
+}
+
+// newHarnessQueues is newHarness for a namespace of queues command queues.
+func newHarnessQueues(t testing.TB, queues int) *harness {
+	t.Helper()
 	rdb := testenv.Redis(t)
 	ns := testenv.Namespace(t)
-	topo := protocol.NewTopology(ns, protocol.DefaultQueues, protocol.DefaultPartitions) // the Worker's defaults
+	topo := protocol.NewTopology(ns, queues, protocol.DefaultPartitions)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	pub, err := amqpx.NewPublisher(ctx, amqpx.Options{URL: testenv.AMQPURL(), Name: "msgworker-test", Logger: testenv.Logger(t)}, topo)
@@ -60,6 +66,14 @@ func newHarness(t testing.TB) *harness {
 // checks that it stopped cleanly) when the test ends.
 func (h *harness) worker(mutate func(*Config)) *Worker {
 	h.t.Helper()
+	w, _ := h.stoppableWorker(mutate)
+	return w
+}
+
+// stoppableWorker is worker, with a function that stops the Worker (and
+// checks that it stopped cleanly) before the test ends.
+func (h *harness) stoppableWorker(mutate func(*Config)) (*Worker, func()) {
+	h.t.Helper()
 	cfg := Config{
 		Common:        config.Common{AMQPURL: testenv.AMQPURL(), RedisURL: testenv.RedisURL(), Namespace: h.ns},
 		TimerInterval: 50 * time.Millisecond,
@@ -75,18 +89,22 @@ func (h *harness) worker(mutate func(*Config)) *Worker {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- w.Run(ctx) }()
-	h.t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				h.t.Errorf("Worker.Run = %v, want nil", err)
+	var once sync.Once
+	stop := func() {
+		once.Do(func() {
+			cancel()
+			select {
+			case err := <-done:
+				if err != nil {
+					h.t.Errorf("Worker.Run = %v, want nil", err)
+				}
+			case <-time.After(15 * time.Second):
+				h.t.Errorf("Worker.Run did not return within 15s of the cancel")
 			}
-		case <-time.After(15 * time.Second):
-			h.t.Errorf("Worker.Run did not return within 15s of the cancel")
-		}
-	})
-	return w
+		})
+	}
+	h.t.Cleanup(stop)
+	return w, stop
 }
 
 // spec describes one command as a client sends it.
@@ -97,6 +115,7 @@ type spec struct {
 	timeout        time.Duration // default 30s
 	expiresIn      time.Duration // default 1h
 	created        time.Time     // default now
+	lane           string        // ordered lane ("" for none)
 }
 
 func (s *spec) defaults() {
@@ -129,7 +148,7 @@ func (h *harness) reserve(s spec) (*mailbox.Command, *protocol.Envelope, error) 
 	out, rec, err := store.Reserve(context.Background(), &mailbox.Command{
 		Client: s.client, Device: s.device, ID: id, Method: s.method, Params: params,
 		Fingerprint: protocol.Fingerprint(s.device, s.method, params, s.timeout, s.expiresIn),
-		Timeout:     s.timeout, ExpiresIn: s.expiresIn, CreatedAt: s.created,
+		Timeout:     s.timeout, ExpiresIn: s.expiresIn, CreatedAt: s.created, Lane: s.lane,
 	})
 	if err != nil {
 		return nil, nil, err
@@ -161,15 +180,21 @@ func (h *harness) trySend(s spec) (*protocol.Envelope, error) {
 	if err != nil {
 		return nil, err
 	}
+	return env, h.tryPublishTo(h.topo, env)
+}
+
+// tryPublishTo does the apiserver's publish and MarkQueued of a reserved
+// command, to its device's queue in topo.
+func (h *harness) tryPublishTo(topo protocol.Topology, env *protocol.Envelope) error {
 	body, err := env.Encode()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	exchange, key := h.topo.DeviceRoute(env.Device)
+	exchange, key := topo.DeviceRoute(env.Device)
 	if err := h.tryPublish(exchange, key, body); err != nil {
-		return nil, err
+		return err
 	}
-	return env, h.store.MarkQueued(context.Background(), env.Device, env.Client, env.MsgID.Key())
+	return h.store.MarkQueued(context.Background(), env.Device, env.Client, env.MsgID.Key())
 }
 
 // publishCommand publishes env to the command queue of its device.

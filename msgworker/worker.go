@@ -39,6 +39,7 @@ type Worker struct {
 	mx    *metrics
 
 	consumers []*amqpx.Consumer
+	aopts     amqpx.Options // of the consumers, for the switch of a resize
 }
 
 // New returns a Worker for cfg. It checks the configuration and creates
@@ -64,12 +65,13 @@ func New(cfg Config) (*Worker, error) {
 		due:   newDueHeap(),
 		cfg:   cfg,
 		log:   cfg.Logger.With("component", "msgworker", "namespace", cfg.Namespace),
-		topo:  protocol.NewTopology(cfg.Namespace, cfg.Queues, cfg.Partitions),
+		topo:  cfg.Scale.Topology(cfg.Namespace),
 		rdb:   rdb,
 	}
 	w.ring = ring.New(w.rdb, cfg.Namespace, ring.Options{Logger: cfg.Logger})
-	w.parts = ring.NewPartitions(w.rdb, cfg.Namespace, workerID(), max(cfg.Partitions, 1),
-		ring.PartitionOptions{Ring: ring.Options{Logger: cfg.Logger}})
+	node := workerID()
+	w.parts = ring.NewPartitions(w.rdb, cfg.Namespace, node, max(cfg.Partitions, 1),
+		ring.PartitionOptions{Ring: ring.Options{Logger: cfg.Logger}, URL: workerURL(node, cfg.Queues)})
 	w.store = mailbox.New(w.rdb, cfg.Namespace, mailbox.Options{
 		Partitions:   cfg.Partitions,
 		Retention:    cfg.Retention,
@@ -88,6 +90,7 @@ func New(cfg Config) (*Worker, error) {
 
 	// The connection name shows the namespace in RabbitMQ's UI.
 	aopts := amqpx.Options{URL: cfg.AMQPURL, Name: "msgworker@" + cfg.Namespace, Logger: cfg.Logger}
+	w.aopts = aopts
 	// Outermost first: count and log what the layers below did, panics
 	// included.
 	std := []Middleware{tracing(), instrument(w.mx), logging(w.log), recoverer(w.log)}
@@ -163,7 +166,7 @@ func (w *Worker) Run(ctx context.Context) error {
 	// servers record them after the AMQP fence let them in); a Redis that
 	// does not answer yet is checked by the AMQP fence alone.
 	fctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	err := w.store.CheckCounts(fctx, w.cfg.Queues, false)
+	err := w.store.CheckResize(fctx, w.cfg.QueuesFrom, w.cfg.Queues, false)
 	cancel()
 	if errors.Is(err, mailbox.ErrCounts) {
 		return err
@@ -173,6 +176,13 @@ func (w *Worker) Run(ctx context.Context) error {
 
 	bg, stopBG := context.WithCancel(context.WithoutCancel(ctx))
 	var bgWG sync.WaitGroup
+	if w.topo.Resizing() {
+		bgWG.Add(1)
+		go func() {
+			defer bgWG.Done()
+			w.resize(bg)
+		}()
+	}
 	bgWG.Add(4)
 	go func() {
 		defer bgWG.Done()

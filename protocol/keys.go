@@ -172,6 +172,12 @@ func (k Keys) NodeWake(node string) string { return k.NS + ":node:" + node + ":w
 // (DESIGN §7a "Costs that do not grow with P").
 func (k Keys) Due() string { return k.NS + ":due" }
 
+// Queues holds the command queue count the namespace publishes to once a
+// resize of GW_QUEUES has switched (a decimal string; absent before the
+// first resize). The worker that finds every worker consuming the new
+// count sets it; apiservers that take part in the resize read it.
+func (k Keys) Queues() string { return k.NS + ":queues" }
+
 func itoa(n int64) string { return strconv.FormatInt(n, 10) }
 
 // Group is the hash of one group command (issue 14), in the client's

@@ -44,6 +44,13 @@ type Topology struct {
 	// QueueCount is the number of command queues (GW_QUEUES) and
 	// PartitionCount the number of state partitions (GW_PARTITIONS).
 	QueueCount, PartitionCount int
+	// ResizeFrom, when not 0, is the queue count a resize of GW_QUEUES
+	// comes from (GW_QUEUES_FROM, DESIGN §7a "Fixed counts, fenced
+	// twice"): the topology's queues are the union of the old and the new
+	// ones (CommandQueues, Bindings, Queues), and its fence accepts a
+	// namespace that still records ResizeFrom. CommandQueueOf and the
+	// fence value it declares use QueueCount.
+	ResizeFrom int
 
 	CommandsExchange  string // {ns}.commands, direct
 	DeadExchange      string // {ns}.dead, direct
@@ -73,13 +80,44 @@ func NewTopology(ns string, queues, partitions int) Topology {
 	}
 }
 
+// NewResizeTopology is NewTopology for a resize of the queue count from
+// from to queues (see Topology.ResizeFrom); from equal to queues, or 0,
+// is no resize.
+func NewResizeTopology(ns string, from, queues, partitions int) Topology {
+	t := NewTopology(ns, queues, partitions)
+	if from != queues {
+		t.ResizeFrom = from
+	}
+	return t
+}
+
+// Resizing reports whether the topology is that of a resize.
+func (t Topology) Resizing() bool { return t.ResizeFrom > 0 && t.ResizeFrom != t.QueueCount }
+
+// WithQueues returns the topology of the same namespace with queues
+// command queues and no resize: where a process publishes once the
+// namespace has switched to queues.
+func (t Topology) WithQueues(queues int) Topology {
+	return NewTopology(t.NS, queues, t.PartitionCount)
+}
+
+// unionCount is how many command queues the topology declares and lists:
+// QueueCount, or during a resize the larger of both counts.
+func (t Topology) unionCount() int {
+	if t.Resizing() {
+		return max(t.QueueCount, t.ResizeFrom, 0)
+	}
+	return max(t.QueueCount, 0)
+}
+
 // CommandQueue returns the name of command queue q: "{ns}.commands.{q}".
 func (t Topology) CommandQueue(q int) string { return t.CommandsGroup + "." + strconv.Itoa(q) }
 
-// CommandQueues lists the command queues, queue 0 first.
+// CommandQueues lists the command queues, queue 0 first (during a
+// resize, the old and the new ones).
 func (t Topology) CommandQueues() []string {
-	out := make([]string, 0, max(t.QueueCount, 0))
-	for q := range max(t.QueueCount, 0) {
+	out := make([]string, 0, t.unionCount())
+	for q := range t.unionCount() {
 		out = append(out, t.CommandQueue(q))
 	}
 	return out
@@ -142,7 +180,7 @@ func (t Topology) Bindings() []Binding {
 	out := []Binding{
 		{Queue: t.CommandsDeadQueue, Exchange: t.DeadExchange, RoutingKey: RoutingDeadCommands, Args: deadQueueArgs()},
 	}
-	for q := range max(t.QueueCount, 0) {
+	for q := range t.unionCount() {
 		args := t.mainQueueArgs(RoutingDeadCommands)
 		args["x-queue-leader-locator"] = LeaderLocator
 		_, key := t.CommandRoute(q)

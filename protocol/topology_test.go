@@ -247,3 +247,40 @@ func TestTopologyConstants(t *testing.T) {
 		}
 	}
 }
+
+func TestResizeTopology(t *testing.T) {
+	t.Parallel()
+	for _, tt := range []struct {
+		from, to      int
+		resizing      bool
+		queues, binds int // CommandQueues, Bindings (with the dead-letter queue)
+		fence         string
+	}{
+		{0, 4, false, 4, 5, "queues=4,partitions=256"},
+		{4, 4, false, 4, 5, "queues=4,partitions=256"},
+		{2, 4, true, 4, 5, "queues=4,partitions=256"},
+		{8, 2, true, 8, 9, "queues=2,partitions=256"},
+	} {
+		topo := NewResizeTopology("gw", tt.from, tt.to, 256)
+		if got := topo.Resizing(); got != tt.resizing {
+			t.Errorf("NewResizeTopology(%d, %d).Resizing() = %v, want %v", tt.from, tt.to, got, tt.resizing)
+		}
+		if got := len(topo.CommandQueues()); got != tt.queues {
+			t.Errorf("NewResizeTopology(%d, %d): %d command queues, want %d", tt.from, tt.to, got, tt.queues)
+		}
+		if got := len(topo.Bindings()); got != tt.binds {
+			t.Errorf("NewResizeTopology(%d, %d): %d bindings, want %d", tt.from, tt.to, got, tt.binds)
+		}
+		if got := topo.FenceArgs()["x-dead-letter-routing-key"]; got != tt.fence {
+			t.Errorf("NewResizeTopology(%d, %d): fence %v, want %s", tt.from, tt.to, got, tt.fence)
+		}
+		if w := topo.WithQueues(tt.to); w.Resizing() || len(w.CommandQueues()) != tt.to {
+			t.Errorf("NewResizeTopology(%d, %d).WithQueues(%d) = %+v, want %d queues, no resize", tt.from, tt.to, tt.to, w, tt.to)
+		}
+		for _, d := range []string{"dev-1", "dev-2", "lamp-7"} {
+			if got, want := topo.CommandQueueOf(d, 256), Partition(d, 256)%tt.to; got != want {
+				t.Errorf("NewResizeTopology(%d, %d).CommandQueueOf(%s) = %d, want %d (the new count)", tt.from, tt.to, d, got, want)
+			}
+		}
+	}
+}

@@ -207,11 +207,8 @@ func (c *Consumer) session(ctx context.Context, hcancel context.CancelFunc) (con
 		return false, err
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
+	ch, err := DeclareConn(conn, c.topo)
 	if err != nil {
-		return false, fmt.Errorf("cannot open channel: %w", err)
-	}
-	if err := Declare(ch, c.topo); err != nil {
 		return false, err
 	}
 	if err := ch.Qos(c.co.Prefetch, 0, false); err != nil {

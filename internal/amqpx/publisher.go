@@ -140,9 +140,8 @@ func (p *Publisher) connect(ctx context.Context) (*pubSession, error) {
 	if err != nil {
 		return nil, err
 	}
-	ch, err := conn.Channel()
+	ch, err := DeclareConn(conn, p.topo)
 	if err == nil {
-		err = Declare(ch, p.topo)
 		_ = ch.Close()
 	}
 	if err != nil {

@@ -44,10 +44,80 @@ func Declare(ch *amqp.Channel, topo protocol.Topology) error {
 	if _, err := ch.QueueDeclare(topo.FenceQueue, true, false, false, false, amqp.Table(topo.FenceArgs())); err != nil {
 		var ae *amqp.Error
 		if errors.As(err, &ae) && ae.Code == amqp.PreconditionFailed {
+			if topo.Resizing() && fenceHolds(ae.Reason) == protocol.FenceValue(topo.ResizeFrom, topo.PartitionCount) {
+				return errFenceAtFrom
+			}
 			return countsError(topo, ae.Reason)
 		}
 		return fmt.Errorf("cannot declare queue %s: %w", topo.FenceQueue, err)
 	}
+	return declareQueues(ch, topo)
+}
+
+// errFenceAtFrom: the fence holds the count a resizing topology comes
+// from, which it accepts; RabbitMQ closed the channel, so DeclareConn
+// declares the queues on another.
+var errFenceAtFrom = errors.New("amqpx: the fence holds the count being resized from")
+
+// DeclareConn is Declare on a channel of conn, which it returns open for
+// the caller's use. During a resize (topo.ResizeFrom) it also accepts a
+// fence that still holds the count the resize comes from: the failed
+// declaration of the fence closes its channel, so the queues are then
+// declared on a new one.
+func DeclareConn(conn *amqp.Connection, topo protocol.Topology) (*amqp.Channel, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return nil, fmt.Errorf("cannot open channel: %w", err)
+	}
+	err = Declare(ch, topo)
+	if errors.Is(err, errFenceAtFrom) {
+		if ch, err = conn.Channel(); err != nil {
+			return nil, fmt.Errorf("cannot open channel: %w", err)
+		}
+		err = declareQueues(ch, topo)
+	}
+	if err != nil {
+		_ = ch.Close()
+		return nil, err
+	}
+	return ch, nil
+}
+
+// MoveFence makes the namespace's fence hold topo's counts, whatever it
+// held: the switch of a resize of GW_QUEUES. It deletes the fence queue
+// (it carries no messages) and declares it again, on a connection of its
+// own; a process that declared the fence with other counts in between is
+// overruled by a second try. From then on, a process started with the old
+// count is refused (a resizing one accepts both).
+func MoveFence(ctx context.Context, opts Options, topo protocol.Topology) error {
+	opts.ensureDefaults()
+	conn, err := dial(ctx, &opts)
+	if err != nil {
+		return fmt.Errorf("cannot move the fence: %w", err)
+	}
+	defer conn.Close()
+	fence := protocol.NewTopology(topo.NS, topo.QueueCount, topo.PartitionCount)
+	for try := 0; ; try++ {
+		ch, err := conn.Channel()
+		if err != nil {
+			return fmt.Errorf("cannot move the fence: %w", err)
+		}
+		if _, err = ch.QueueDelete(fence.FenceQueue, false, false, false); err == nil {
+			_, err = ch.QueueDeclare(fence.FenceQueue, true, false, false, false, amqp.Table(fence.FenceArgs()))
+		}
+		_ = ch.Close()
+		if err == nil || try == 2 {
+			if err != nil {
+				return fmt.Errorf("cannot move the fence of %s to %s: %w", topo.NS,
+					protocol.FenceValue(topo.QueueCount, topo.PartitionCount), err)
+			}
+			return nil
+		}
+	}
+}
+
+// declareQueues declares and binds every queue of topo.Bindings().
+func declareQueues(ch *amqp.Channel, topo protocol.Topology) error {
 	for _, b := range topo.Bindings() {
 		if _, err := ch.QueueDeclare(b.Queue, true, false, false, false, amqp.Table(b.Args)); err != nil {
 			return fmt.Errorf("cannot declare queue %s: %w", b.Queue, err)
@@ -81,6 +151,15 @@ func checkTopology(topo protocol.Topology) error {
 // current is 'queues=4,...'" (some versions say "received the value
 // '...' of type 'longstr'").
 var fenceReasonRE = regexp.MustCompile(`x-dead-letter-routing-key.*received (?:the value )?'([^']*)'.* current is (?:the value )?'([^']*)'`)
+
+// fenceHolds is the fence value a PRECONDITION_FAILED reason says is
+// current, or "".
+func fenceHolds(reason string) string {
+	if m := fenceReasonRE.FindStringSubmatch(reason); m != nil {
+		return m[2]
+	}
+	return ""
+}
 
 // countsError is the error of a fence that refused topo: both counts of
 // the namespace (as RabbitMQ's reason tells them) and of this process.

@@ -374,3 +374,50 @@ func TestCountsErrorReasons(t *testing.T) {
 		t.Errorf("countsError(unknown) = %q", err)
 	}
 }
+
+// TestDeclareResize: a topology resizing from 2 to 4 queues is accepted
+// by a fence that holds 2 (and declares the union of the queues) and by
+// one that holds 4, not by one that holds 8; MoveFence makes the fence
+// hold 4, after which a plain 2 is refused.
+func TestDeclareResize(t *testing.T) {
+	t.Parallel()
+	testenv.RequireServices(t)
+	ns := testenv.Namespace(t)
+	two, resizing := protocol.NewTopology(ns, 2, 256), protocol.NewResizeTopology(ns, 2, 4, 256)
+	dropQueues(t, resizing)
+	conn := testenv.AMQP(t)
+	declare := func(topo protocol.Topology) error {
+		t.Helper()
+		ch, err := DeclareConn(conn, topo)
+		if err == nil {
+			_ = ch.Close()
+		}
+		return err
+	}
+	if err := declare(two); err != nil {
+		t.Fatalf("DeclareConn(2 queues) = %v", err)
+	}
+	if err := declare(resizing); err != nil {
+		t.Fatalf("DeclareConn(2 → 4 queues) on a fence of 2 = %v, want nil", err)
+	}
+	if m, err := QueueDepth(context.Background(), conn, resizing.CommandQueues()...); err != nil || len(m) != 4 {
+		t.Fatalf("QueueDepth(the union) = %v, %v; want 4 queues", m, err)
+	}
+	if err := declare(protocol.NewResizeTopology(ns, 8, 4, 256)); !errors.Is(err, ErrCounts) {
+		t.Errorf("DeclareConn(8 → 4 queues) on a fence of 2 = %v, want ErrCounts", err)
+	}
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := MoveFence(ctx, Options{URL: testenv.AMQPURL(), Logger: testenv.Logger(t)}, resizing.WithQueues(4)); err != nil {
+		t.Fatalf("MoveFence(4) = %v", err)
+	}
+	for _, tt := range []struct {
+		topo protocol.Topology
+		ok   bool
+	}{{two, false}, {resizing, true}, {resizing.WithQueues(4), true}} {
+		if err := declare(tt.topo); (err == nil) != tt.ok {
+			t.Errorf("DeclareConn(%d from %d) after the move = %v, want ok %v", tt.topo.QueueCount, tt.topo.ResizeFrom, err, tt.ok)
+		}
+	}
+}

@@ -18,6 +18,13 @@ type Scale struct {
 	// Queues is the number of command queues (queues, GW_QUEUES).
 	// Default protocol.DefaultQueues.
 	Queues int
+	// QueuesFrom is, during a resize of GW_QUEUES, the count the
+	// namespace is resized from (queues-from, GW_QUEUES_FROM; README
+	// "Running at scale"): workers consume the old and the new queues,
+	// apiservers publish to the old ones until every worker runs with
+	// the new count, and both accept a namespace that records either
+	// count. Default 0: no resize.
+	QueuesFrom int
 	// WaitReplicas is how many replicas must have a step before it is
 	// revealed outside its partition (redis-wait-replicas,
 	// GW_REDIS_WAIT_REPLICAS). Default 0: no barrier.
@@ -46,6 +53,7 @@ const (
 func (s *Scale) Bind(b *Binder) {
 	b.Int(&s.Partitions, "partitions", protocol.DefaultPartitions, "state partitions, a power of two fixed per deployment")
 	b.Int(&s.Queues, "queues", protocol.DefaultQueues, "command queues")
+	b.Int(&s.QueuesFrom, "queues-from", 0, "during a resize of the command queues, the count resized from (0: no resize)")
 	b.Int(&s.WaitReplicas, "redis-wait-replicas", 0, "replicas that must have a step before it is acknowledged")
 	b.Duration(&s.WaitTimeout, "redis-wait-timeout", DefaultWaitTimeout, "longest wait for those replicas")
 	b.String(&s.Durability, "durability", DurabilityStrict, "strict (readiness needs durable Redis) or relaxed")
@@ -71,6 +79,12 @@ func (s *Scale) SetDefaults() {
 	}
 }
 
+// Topology is the AMQP topology of namespace ns for these counts: during
+// a resize (QueuesFrom set), the union of the old and the new queues.
+func (s *Scale) Topology(ns string) protocol.Topology {
+	return protocol.NewResizeTopology(ns, s.QueuesFrom, s.Queues, s.Partitions)
+}
+
 // Check returns an error for a count or a setting out of range.
 func (s *Scale) Check() error {
 	if err := protocol.CheckPartitions(s.Partitions); err != nil {
@@ -78,6 +92,11 @@ func (s *Scale) Check() error {
 	}
 	if err := protocol.CheckQueues(s.Queues); err != nil {
 		return fmt.Errorf("queues: %w", err)
+	}
+	if s.QueuesFrom != 0 {
+		if err := protocol.CheckQueues(s.QueuesFrom); err != nil {
+			return fmt.Errorf("queues-from: %w", err)
+		}
 	}
 	if s.WaitReplicas < 0 || s.WaitReplicas > 16 {
 		return fmt.Errorf("redis-wait-replicas %d must be from 0 to 16", s.WaitReplicas)

@@ -1,6 +1,7 @@
 package ring
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -23,6 +24,10 @@ type PartitionOptions struct {
 	// partitions of a member that went silent move within TTL + Refresh
 	// (3.5 s). OnPruned and OnRevived are called as documented there.
 	Ring Options
+	// URL is the member's URL in the ring (Member.URL). Default
+	// "worker://{node}". Workers add what the others must know of them
+	// (msgworker: the command queues it consumes).
+	URL string
 	// Settle is how long a partition that comes to this member from a
 	// member still in the ring waits before Owned reports it, so that the
 	// previous owner has seen the change and let the partition go.
@@ -110,7 +115,7 @@ func NewPartitions(rdb redis.UniversalClient, ns, node string, partitions int, o
 	}
 	opts.ensureDefaults()
 	ps := &Partitions{
-		self:      Member{Node: node, URL: "worker://" + node},
+		self:      Member{Node: node, URL: cmp.Or(opts.URL, "worker://"+node)},
 		n:         partitions,
 		settle:    opts.Settle,
 		log:       opts.Ring.Logger.With("ring", opts.Ring.Group, "node", node),
