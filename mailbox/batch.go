@@ -3,6 +3,7 @@ package mailbox
 import (
 	"context"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 )
@@ -209,6 +210,8 @@ func (s *Store) runBatch(ctx context.Context, p int, step string, items []*batch
 	}
 	rows, _ := v.([]any)
 	out := make([]itemResult, len(items))
+	var due map[int]int64 // the items' next-due reports, earliest per partition
+	defer func() { s.noteDues(ctx, due) }()
 	for i := range items {
 		if i >= len(rows) {
 			out[i].err = fmt.Errorf("mailbox: batched step answered %d rows for %d calls", len(rows), len(items))
@@ -218,6 +221,17 @@ func (s *Store) runBatch(ctx context.Context, p int, step string, items []*batch
 		if len(row) == 0 {
 			out[i].err = fmt.Errorf("mailbox: batched step answered %v for a call", rows[i])
 			continue
+		}
+		if len(row) > 2 {
+			if ds, _ := row[2].(string); ds != "" {
+				d, _ := strconv.ParseInt(ds, 10, 64)
+				if due == nil {
+					due = map[int]int64{}
+				}
+				if cur, ok := due[items[i].p]; !ok || d < cur {
+					due[items[i].p] = d
+				}
+			}
 		}
 		if ok, _ := row[0].(int64); ok != 1 {
 			msg := "unknown error"

@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"maps"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -255,5 +257,46 @@ func TestFunctionLibraryReloads(t *testing.T) {
 	}
 	if n, err := s.Len(ctx, "x"); err != nil || n != 21 {
 		t.Errorf("mailbox holds %d (%v), want 21", n, err)
+	}
+}
+
+// A batch on one server may span partitions: each item's next-due report
+// goes to its own partition.
+func TestBatchReportsEachPartition(t *testing.T) {
+	t.Parallel()
+	rdb := testenv.Redis(t)
+	s := New(rdb, testenv.Namespace(t), Options{Partitions: 8, Now: func() time.Time { return time.UnixMilli(1_000_000) }})
+	b := s.batcherFor(stepClaim, 0)
+	var calls []*batchCall
+	want := map[string]float64{}
+	for i, client := range []string{"c1", "c2", "c3"} {
+		p := s.PartitionOf(client)
+		pk := s.keys.Part(p)
+		watch := int64(1000 * (i + 1))
+		calls = append(calls, &batchCall{p: p, keys: []string{pk.Claim(client, "k"), pk.Timers()},
+			args: []any{"d1", "fp", 60000, `"k"`, watch, watchMember(client, "d1", "k")}, done: make(chan struct{})})
+		if cur, ok := want[strconv.Itoa(p)]; !ok || float64(1_000_000+watch) < cur {
+			want[strconv.Itoa(p)] = float64(1_000_000 + watch)
+		}
+	}
+	if len(want) < 2 {
+		t.Fatalf("the clients share a partition: %v", want)
+	}
+	b.exec(calls)
+	for _, c := range calls {
+		if c.err != nil {
+			t.Fatalf("claim: %v", c.err)
+		}
+	}
+	zs, err := rdb.ZRangeWithScores(context.Background(), s.keys.Due(), 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[string]float64{}
+	for _, z := range zs {
+		got[z.Member.(string)] = z.Score
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("due set = %v, want %v", got, want)
 	}
 }

@@ -55,15 +55,27 @@ func unwrapDue(v any) (any, int64) {
 }
 
 // noteDue tells partition p's owner that p has work due at dueMs (unix
-// ms). A failure is logged and counted: the owner's full sweep finds the
-// work later.
+// ms); see noteDues.
 func (s *Store) noteDue(ctx context.Context, p int, dueMs int64) {
-	s.dueReports.Add(1)
-	err := s.rdb.ZAddLT(ctx, s.keys.Due(), redis.Z{Score: float64(dueMs), Member: strconv.Itoa(p)}).Err()
-	if err != nil {
-		s.dueLost.Add(1)
-		s.log.WarnContext(ctx, "cannot report a partition's next due time; its owner's full sweep will find it",
-			"partition", p, "err", err)
+	s.noteDues(ctx, map[int]int64{p: dueMs})
+}
+
+// noteDues tells the owners of the partitions in due (partition → unix
+// ms) that they have work due then, in one ZADD LT. A failure is logged
+// and counted: the owners' full sweep finds the work later.
+func (s *Store) noteDues(ctx context.Context, due map[int]int64) {
+	if len(due) == 0 {
+		return
+	}
+	zs := make([]redis.Z, 0, len(due))
+	for p, ms := range due {
+		zs = append(zs, redis.Z{Score: float64(ms), Member: strconv.Itoa(p)})
+	}
+	s.dueReports.Add(int64(len(zs)))
+	if err := s.rdb.ZAddLT(context.WithoutCancel(ctx), s.keys.Due(), zs...).Err(); err != nil {
+		s.dueLost.Add(int64(len(zs)))
+		s.log.WarnContext(ctx, "cannot report partitions' next due times; their owners' full sweep will find them",
+			"partitions", len(zs), "err", err)
 	}
 }
 

@@ -35,7 +35,8 @@ import (
 // (group commit, batch.go): ARGV is the common arguments, the step's
 // name, then for each item its key count, its argument count and its
 // arguments; KEYS are the items' keys in order. Each item runs in a
-// protected call and gets {1, reply} or {0, error}.
+// protected call and gets {1, reply, due} or {0, error, due}, where due
+// is the item's next-due report ('' when none; due.go).
 
 //go:embed lua/*.lua
 var luaFiles embed.FS
@@ -121,7 +122,6 @@ func buildLibrary() *library {
 local function batch(KEYS, ARGV)
   local f = S[ARGV[5]]
   begin({ARGV[1], ARGV[2], ARGV[3], ARGV[4]})
-  local w = watch(KEYS)
   local out, pos, kpos = {}, 6, 1
   while pos <= #ARGV do
     local nk, na = tonumber(ARGV[pos]), tonumber(ARGV[pos + 1])
@@ -130,17 +130,20 @@ local function batch(KEYS, ARGV)
     for j = 1, na do a[j] = ARGV[pos + 1 + j] end
     kpos = kpos + nk
     pos = pos + 2 + na
+    local w = watch(k)
     local ok, v = pcall(f, k, a)
+    local due = lowered(w)
+    due = due and string.format('%d', due) or ''
     if ok then
       if v == nil then v = false end
-      out[#out + 1] = {1, v}
+      out[#out + 1] = {1, v, due}
     elseif type(v) == 'table' and v.err then
-      out[#out + 1] = {0, v.err}
+      out[#out + 1] = {0, v.err, due}
     else
-      out[#out + 1] = {0, tostring(v)}
+      out[#out + 1] = {0, tostring(v), due}
     end
   end
-  return report(w, out)
+  return out
 end
 `)
 	const ph = "@LIB@"
@@ -192,7 +195,7 @@ func (s *Store) call(ctx context.Context, p int, step string, keys []string, arg
 	}
 	v, due := unwrapDue(v)
 	if due > 0 {
-		s.noteDue(context.WithoutCancel(ctx), p, due)
+		s.noteDue(ctx, p, due)
 	}
 	return v, nil
 }

@@ -64,13 +64,7 @@ func TestOrphanAnswers(t *testing.T) {
 			if n := e.s.Orphans(); n != tt.orphans {
 				t.Errorf("Orphans() = %d, want %d", n, tt.orphans)
 			}
-			rec, err := e.s.Get(e.ctx, "c1", "w")
-			switch {
-			case tt.status == "" && err == nil:
-				t.Errorf("Get = %s, want not found", rec.Status)
-			case tt.status != "" && (err != nil || rec.Status != tt.status):
-				t.Errorf("Get = %v, %v; want %s", rec, err, tt.status)
-			}
+			e.wantGet("c1", "w", tt.status)
 			rs := e.results("c1")
 			if len(rs) != tt.results {
 				t.Fatalf("client results = %+v, want %d", rs, tt.results)

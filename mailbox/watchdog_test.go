@@ -69,13 +69,7 @@ func TestClaimWatchdog(t *testing.T) {
 			if err != nil || outcomes[tt.outcome] != 1 {
 				t.Fatalf("FireTimers outcomes = %v, %v; want one %s", outcomes, err, tt.outcome)
 			}
-			got, err := e.s.Get(e.ctx, "c1", "w")
-			switch {
-			case tt.status == "" && err == nil:
-				t.Errorf("Get = %s, want not found", got.Status)
-			case tt.status != "" && (err != nil || got.Status != tt.status):
-				t.Errorf("Get = %v, %v; want %s", got, err, tt.status)
-			}
+			e.wantGet("c1", "w", tt.status)
 			rs := e.results("c1")
 			switch {
 			case tt.code == 0 && len(rs) != 0:
@@ -121,6 +115,19 @@ func TestLostCounted(t *testing.T) {
 	r, err := protocol.ParseResponse(got.Response)
 	if err != nil || r.Error == nil || r.Error.Code != protocol.CodeLost {
 		t.Errorf("Get response = %s, %v; want -32006", got.Response, err)
+	}
+}
+
+// wantGet checks that Get(client, key) finds the command with status, or
+// (status "") does not find it.
+func (e *env) wantGet(client, key string, status protocol.Status) {
+	e.t.Helper()
+	got, err := e.s.Get(e.ctx, client, key)
+	switch {
+	case status == "" && err == nil:
+		e.t.Errorf("Get(%s, %s) = %s, want not found", client, key, got.Status)
+	case status != "" && (err != nil || got.Status != status):
+		e.t.Errorf("Get(%s, %s) = %v, %v; want %s", client, key, got, err, status)
 	}
 }
 

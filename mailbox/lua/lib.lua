@@ -40,7 +40,9 @@ local function ms(n) return string.format('%d', n) end
 -- partition had (a timer earlier than its earliest, or a first outbox
 -- entry, due OBAGE after it was written), the reply becomes
 -- {DUE, due_ms, reply}, which the Go side unwraps before any caller sees
--- it and passes to the partition's owner.
+-- it and passes to the partition's owner. In a batch (which may span
+-- partitions on one server) each item is watched on its own and its row
+-- carries the time as a third element ('' when none).
 local DUE, OBAGE = '@DUE@', --@OUTBOXAGE@--
 
 local function watch(KEYS)
@@ -57,8 +59,10 @@ local function watch(KEYS)
   return w
 end
 
-local function report(w, v)
-  if not w then return v end
+-- lowered is the time a step made its partition's work due earlier than
+-- before (watch's note w), or nil.
+local function lowered(w)
+  if not w then return nil end
   local due
   if w.tk then
     local t = tonumber(redis.call('ZRANGE', w.tk, 0, 0, 'WITHSCORES')[2])
@@ -71,6 +75,11 @@ local function report(w, v)
       if not due or t < due then due = t end
     end
   end
+  return due
+end
+
+local function report(w, v)
+  local due = lowered(w)
   if not due then return v end
   if v == nil then v = false end
   return {DUE, string.format('%d', due), v}
