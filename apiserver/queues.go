@@ -38,19 +38,25 @@ func (s *Server) deviceRoute(device string) (exchange, key string) {
 func (s *Server) followResize(ctx context.Context) {
 	t := time.NewTicker(resizePoll)
 	defer t.Stop()
-	for {
-		n, err := s.rdb.Get(ctx, s.store.Keys().Queues()).Int()
-		if err == nil && n == s.topo.QueueCount {
-			pt := s.topo.WithQueues(n)
-			s.pubTopo.Store(&pt)
-			s.log.Info("every worker consumes the new command queues: publishing to them", "queues", n,
-				"from", s.topo.ResizeFrom)
-			return
-		}
+	for !s.resizeSwitched(ctx) {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 		}
 	}
+}
+
+// resizeSwitched reads the namespace's queue count and, when it is the
+// new one, publishes to it from now on. It reports whether it is.
+func (s *Server) resizeSwitched(ctx context.Context) bool {
+	n, err := s.rdb.Get(ctx, s.store.Keys().Queues()).Int()
+	if err != nil || n != s.topo.QueueCount {
+		return false
+	}
+	pt := s.topo.WithQueues(n)
+	s.pubTopo.Store(&pt)
+	s.log.Info("every worker consumes the new command queues: publishing to them", "queues", n,
+		"from", s.topo.ResizeFrom)
+	return true
 }

@@ -219,9 +219,16 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		srv.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
 	if s.topo.Resizing() {
-		fctx, stop := context.WithCancel(ctx)
-		defer stop()
-		go s.followResize(fctx)
+		// Before the first request: an apiserver started after the
+		// switch publishes to the new queues at once.
+		rctx, cancel := context.WithTimeout(ctx, time.Second)
+		switched := s.resizeSwitched(rctx)
+		cancel()
+		if !switched {
+			fctx, stop := context.WithCancel(ctx)
+			defer stop()
+			go s.followResize(fctx)
+		}
 	}
 	errc := make(chan error, 1)
 	go func() {

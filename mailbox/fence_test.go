@@ -51,3 +51,52 @@ func TestCheckCounts(t *testing.T) {
 		t.Errorf("after the refusals: CheckCounts = %v, want nil", err)
 	}
 }
+
+// TestResizeFence: a resizing process (from 2 to 4 queues) records the
+// count still in effect, 2, and passes whether 2 or 4 is recorded; the
+// switch (MoveQueues) records 4 in every partition, after which a plain 2
+// is refused and a plain 4 passes.
+func TestResizeFence(t *testing.T) {
+	t.Parallel()
+	s := mailbox.New(testenv.Redis(t), testenv.Namespace(t), mailbox.Options{Partitions: 8, Logger: testenv.Logger(t)})
+	ctx := t.Context()
+	if err := s.CheckResize(ctx, 2, 4, true); err != nil {
+		t.Fatalf("first start, resizing 2 → 4: CheckResize = %v", err)
+	}
+	steps := []struct {
+		name         string
+		from, queues int
+		ok           bool
+	}{
+		{"plain 2 before the switch", 0, 2, true},
+		{"plain 4 before the switch", 0, 4, false},
+		{"resizing 8 → 4", 8, 4, false},
+	}
+	check := func(when string) {
+		t.Helper()
+		for _, st := range steps {
+			err := s.CheckResize(ctx, st.from, st.queues, false)
+			if (err == nil) != st.ok || (err != nil && !errors.Is(err, mailbox.ErrCounts)) {
+				t.Errorf("%s, %s: CheckResize(%d, %d) = %v, want ok %v", when, st.name, st.from, st.queues, err, st.ok)
+			}
+		}
+	}
+	check("before the switch")
+	if err := s.MoveQueues(ctx, 2, 4); err != nil {
+		t.Fatalf("MoveQueues(2, 4) = %v", err)
+	}
+	if err := s.MoveQueues(ctx, 2, 4); err != nil {
+		t.Fatalf("MoveQueues(2, 4) again = %v, want nil (nothing to change)", err)
+	}
+	steps = []struct {
+		name         string
+		from, queues int
+		ok           bool
+	}{
+		{"plain 2 after the switch", 0, 2, false},
+		{"plain 4 after the switch", 0, 4, true},
+		{"resizing 2 → 4 after the switch", 2, 4, true},
+		{"resizing 8 → 4 after the switch", 8, 4, true},
+	}
+	check("after the switch")
+}

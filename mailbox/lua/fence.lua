@@ -13,7 +13,11 @@ local partitions, queues, record, from = A[1], A[2], A[3], A[4] or ''
 local m = redis.call('HMGET', meta, 'partitions', 'queues')
 if not m[1] then
   if record == '0' then return {'unset'} end
-  redis.call('HSET', meta, 'partitions', partitions, 'queues', queues)
+  -- A resizing process (from set) records the count still in effect;
+  -- the switch records queues.
+  local q = queues
+  if record == '1' and from ~= '' then q = from end
+  redis.call('HSET', meta, 'partitions', partitions, 'queues', q)
   return {'set'}
 end
 if m[1] ~= partitions or (m[2] ~= queues and (from == '' or m[2] ~= from)) then
