@@ -33,21 +33,31 @@ func TestQueuesOf(t *testing.T) {
 }
 
 // TestResizeQueues: a namespace started with GW_QUEUES=2 is resized to 4
-// while commands flow (DESIGN §7a "Fixed counts, fenced twice"). A worker
-// started with GW_QUEUES=4 and GW_QUEUES_FROM=2 consumes the old and the
-// new queues; the namespace switches only once every worker does (the
-// old worker stopped), and then records 4 in Redis and in the AMQP fence.
-// Commands published before, during and after the switch, to the old
-// count's queues and to the new count's, are all delivered and answered,
-// none lost, each with one result; two commands of one ordered lane whose
-// AMQP messages arrive in the wrong order, on different queues, still go
-// to the device in lane order.
+// (and one started with 4 to 2) while commands flow (DESIGN §7a "Fixed
+// counts, fenced twice"). A worker started with the new GW_QUEUES and
+// GW_QUEUES_FROM set to the old count consumes the old and the new
+// queues; the namespace switches only once every worker does (the old
+// worker stopped), and then records the new count in Redis and in the
+// AMQP fence. Commands published before, during and after the switch, to
+// the old count's queues and to the new count's, are all delivered and
+// answered, none lost, each with one result; two commands of one ordered
+// lane whose AMQP messages arrive in the wrong order, on different
+// queues, still go to the device in lane order.
 func TestResizeQueues(t *testing.T) {
 	t.Parallel()
-	h := newHarnessQueues(t, 2)
+	for _, tt := range []struct{ from, to int }{{2, 4}, {4, 2}} {
+		t.Run(fmt.Sprintf("%d to %d", tt.from, tt.to), func(t *testing.T) {
+			t.Parallel()
+			testResize(t, tt.from, tt.to)
+		})
+	}
+}
+
+func testResize(t *testing.T, from, to int) {
+	h := newHarnessQueues(t, from)
 	ctx := t.Context()
-	old, resized := h.topo, protocol.NewTopology(h.ns, 4, protocol.DefaultPartitions)
-	_, stopOld := h.stoppableWorker(func(c *Config) { c.Queues = 2 })
+	old, resized := h.topo, protocol.NewTopology(h.ns, to, protocol.DefaultPartitions)
+	_, stopOld := h.stoppableWorker(func(c *Config) { c.Queues = from })
 
 	var sent []*protocol.Envelope
 	send := func(topo protocol.Topology, batch string, n int) {
@@ -61,11 +71,11 @@ func TestResizeQueues(t *testing.T) {
 	}
 	send(old, "before", 12)
 
-	w, _ := h.stoppableWorker(func(c *Config) { c.Queues, c.QueuesFrom = 4, 2 })
+	w, _ := h.stoppableWorker(func(c *Config) { c.Queues, c.QueuesFrom = to, from })
 	require.Eventually(t, func() bool { return len(w.parts.Members()) == 2 }, 10*time.Second, 10*time.Millisecond,
 		"the resizing worker never joined the ring")
 	send(old, "during", 12)
-	// The old worker still consumes 2 queues: no switch.
+	// The old worker still consumes the old queues only: no switch.
 	n, err := h.rdb.Exists(ctx, h.keys.Queues()).Result()
 	require.NoError(t, err)
 	require.Zero(t, n, "the namespace switched while a worker consumed the old count only")
@@ -81,15 +91,16 @@ func TestResizeQueues(t *testing.T) {
 	require.NoError(t, err)
 
 	stopOld()
-	require.Eventually(t, func() bool { return h.rdb.Get(ctx, h.keys.Queues()).Val() == "4" }, 15*time.Second, 20*time.Millisecond,
-		"the namespace never switched to 4 queues after the old worker left")
-	// Both fences hold 4 now: a process with the old count is refused.
-	require.ErrorIs(t, h.store.CheckCounts(ctx, 2, false), mailbox.ErrCounts, "Redis fence with GW_QUEUES=2")
-	require.NoError(t, h.store.CheckCounts(ctx, 4, false), "Redis fence with GW_QUEUES=4")
+	require.Eventually(t, func() bool { return h.rdb.Get(ctx, h.keys.Queues()).Val() == fmt.Sprint(to) }, 15*time.Second, 20*time.Millisecond,
+		"the namespace never switched to %d queues after the old worker left", to)
+	// Both fences hold the new count now: a process with the old count is
+	// refused.
+	require.ErrorIs(t, h.store.CheckCounts(ctx, from, false), mailbox.ErrCounts, "Redis fence with the old GW_QUEUES")
+	require.NoError(t, h.store.CheckCounts(ctx, to, false), "Redis fence with the new GW_QUEUES")
 	for _, tt := range []struct {
 		queues  int
 		refused bool
-	}{{2, true}, {4, false}} {
+	}{{from, true}, {to, false}} {
 		pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 		p, err := amqpx.NewPublisher(pctx, amqpx.Options{URL: testenv.AMQPURL(), Name: "resize-test", Logger: testenv.Logger(t)},
 			protocol.NewTopology(h.ns, tt.queues, protocol.DefaultPartitions))
