@@ -433,7 +433,7 @@ const (
 	OutcomeRetried        Outcome = "retried"
 	OutcomeRetryScheduled Outcome = "retry_scheduled"
 	OutcomeRetryWaits     Outcome = "retry_waits"
-	OutcomeRearmed     Outcome = "rearmed"      // a deliver-by timer that could not decide yet (on the wire: waits one timeout; pending within its lease) was re-armed
+	OutcomeRearmed        Outcome = "rearmed" // a deliver-by timer that could not decide yet (on the wire: waits one timeout; pending within its lease) was re-armed
 )
 
 // Entry is one message of a mailbox.
