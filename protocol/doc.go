@@ -300,8 +300,10 @@
 //	sent       cancelled                                  apiserver
 //	delivered  succeeded, failed                          pushserver
 //	delivered  timeout, dead                              msgworker
-//	delivered  sent (a retry: retries=N)                  msgworker
+//	delivered  sent (a retry: timeout, expired)           msgworker
 //	sent, delivered → scheduled (a retry's backoff)       msgworker
+//	delivered  sent (a retry: device_error, rejected)     pushserver
+//	sent, delivered → scheduled (the same, with backoff)  pushserver
 //	pending, queued, sent, delivered → lost               msgworker (the claim's watchdog)
 //	dead       queued (operator replay)                   apiserver
 //	failed, timeout, expired, rejected → queued (retry)   apiserver
