@@ -23,6 +23,25 @@ type Behaviour struct {
 	FailRate float64       // share of commands answered with an error
 	DropRate float64       // share of commands never answered
 	Reboot   time.Duration // how long "reboot" keeps the device offline
+	// FailFirst answers the first FailFirst attempts of every command
+	// with an error: the attempt a device-facing id names with its suffix
+	// "#{n}" (protocol.DeviceAttemptID; none: the first). With a retry
+	// policy that retries device_error, the gateway tries it again.
+	FailFirst int
+}
+
+// failsAttempt reports whether the behaviour fails the attempt the
+// device-facing id names (FailFirst).
+func (b Behaviour) failsAttempt(id json.RawMessage) bool {
+	if b.FailFirst <= 0 {
+		return false
+	}
+	var s string
+	if json.Unmarshal(id, &s) != nil {
+		return false
+	}
+	_, n, ok := protocol.SplitAttempt(s)
+	return ok && max(n, 1) <= b.FailFirst
 }
 
 // FleetStats counts what a fleet did.
@@ -276,7 +295,7 @@ func (d *Device) execute(tp, method string, params, id json.RawMessage, n int64,
 		time.Sleep(delay)
 	}
 	var resp *protocol.Response
-	if r < d.B.DropRate+d.B.FailRate {
+	if r < d.B.DropRate+d.B.FailRate || d.B.failsAttempt(id) {
 		resp = protocol.NewErrorResponse(id, &protocol.Error{Code: SimulatedFailureCode, Message: "simulated failure"})
 		d.Stats.Failed.Add(1)
 	} else {

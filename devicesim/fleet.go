@@ -65,6 +65,7 @@ until nothing waits, answer with POST /v1/devices/{d}/responses, and sleep
 	f.DurationVar(&o.Jitter, "jitter", 0, "uniform random extra answer latency")
 	f.Float64Var(&o.FailRate, "fail-rate", 0, "share of commands answered with an error (0..1)")
 	f.Float64Var(&o.DropRate, "drop-rate", 0, "share of commands never answered (0..1)")
+	f.IntVar(&o.FailFirst, "fail-first", 0, "answer the first N attempts of every command with an error (attempt n's id ends in #n; with --retry-on device_error the gateway retries them)")
 	f.DurationVar(&o.Reboot, "reboot", 3*time.Second, "how long the reboot method keeps a device offline")
 	f.Float64Var(&o.Churn, "churn", 0, "disconnections per second across the fleet")
 	f.DurationVar(&o.Offline, "offline", 2*time.Second, "how long a churned device stays offline")
@@ -95,6 +96,9 @@ func StartFleet(ctx context.Context, g *globals, o FleetOptions, wg *sync.WaitGr
 	}
 	if o.Devices < 1 {
 		return nil, fmt.Errorf("--devices must be at least 1")
+	}
+	if o.FailFirst < 0 {
+		return nil, fmt.Errorf("--fail-first must not be negative")
 	}
 	if o.FailRate < 0 || o.DropRate < 0 || o.FailRate+o.DropRate > 1 {
 		return nil, fmt.Errorf("--fail-rate and --drop-rate must be in 0..1 and sum to at most 1")

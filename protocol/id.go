@@ -257,6 +257,18 @@ func AnswerAttempt(r *Response) int {
 	return n
 }
 
+// ResultAttempts returns the member "attempts" of a client's result (the
+// attempts of a command with a retry policy), 0 when it has none.
+func ResultAttempts(payload []byte) int {
+	var r struct {
+		Attempts int `json:"attempts"`
+	}
+	if json.Unmarshal(payload, &r) != nil {
+		return 0
+	}
+	return r.Attempts
+}
+
 // AnswerTarget returns the client and the client's own ID that a device's
 // answer is for, from its id: the string "{client}:{id}" the command
 // carried (DeviceMsgID), or "{client}:{id}#{n}" for attempt n of a retry
