@@ -845,7 +845,7 @@ type Stats struct {
 		// Counts Transitions into each status over the window (every status, zero included).
 		Counts map[string]int `json:"counts"`
 
-		// Events Other counts over the window: late (answers after the command ended), result_dropped (results a full client mailbox refused), lane_wait (commands that waited behind the head of their ordered lane).
+		// Events Other counts over the window: late (answers after the command ended), result_dropped (results a full client mailbox refused), lane_wait (commands that waited behind the head of their ordered lane), retried (attempts a retry policy started again) and retried_{outcome} by the outcome that ended the attempt (retried_timeout, retried_expired, retried_device_error, retried_rejected).
 		Events        map[string]int `json:"events"`
 		WindowMinutes int            `json:"window_minutes"`
 	} `json:"statuses"`
