@@ -36,6 +36,21 @@
 // publish outcome never came back (past its lease). A message that merely
 // arrives late is expired by its own Dispatch.
 //
+// # Retry policies
+//
+// A command with Retries > 0 is tried at most Retries + 1 times. Wherever
+// an attempt ends with an outcome its RetryOn names (timeout: the answer
+// timer; expired: the deliver-by timer or Dispatch; device_error:
+// Complete; rejected: Refuse or a full mailbox), the step starts the next
+// attempt instead of a final status, in the same script (lua/lib.lua,
+// again): the attempt's mailbox entry and timers go, Tries is counted,
+// and the command's device request goes into the mailbox again with a
+// fresh expires_in window and the id "{client}:{id}#{n}"
+// (protocol.DeviceAttemptID), or waits out its Backoff as scheduled.
+// Complete and Refuse then wake the device's push server themselves
+// (OutcomeRetried). The final result carries the attempts
+// (protocol/doc.go, "Retry policies").
+//
 // # Who calls what
 //
 //   - apiserver: Reserve, then publish with confirm, then MarkQueued (or

@@ -2,6 +2,7 @@ package mailbox_test
 
 import (
 	"encoding/json"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -318,4 +319,31 @@ func TestRetryOn(t *testing.T) {
 			t.Errorf("client results = %v, want one with attempts 3", rs)
 		}
 	})
+}
+
+// TestRetryKeepsLane: a retried command of an ordered lane keeps its
+// place: the lane's next command waits until the last attempt ends it,
+// whatever ended the earlier ones.
+func TestRetryKeepsLane(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	first := policy(t, `"l1"`, 1, "device_error")
+	first.Lane = "valve"
+	e.queued(first)
+	e.queued(inLane(t, "c1", "d1", `"l2"`, "valve"))
+	e.dispatch("c1", "l1", mailbox.OutcomeSent)
+	e.dispatch("c1", "l2", mailbox.OutcomeLaneWait)
+	if out := e.answerAttempt("l1", "c1:l1", -32000); out != mailbox.OutcomeRetried {
+		t.Fatalf("error answer = %v, want retried", out)
+	}
+	if got := e.onWire("d1"); !slices.Equal(got, []string{"l1"}) {
+		t.Fatalf("after the first attempt the mailbox holds %v, want [l1] (its second attempt; l2 waits)", got)
+	}
+	if out := e.answerAttempt("l1", "c1:l1#2", 0); out != mailbox.OutcomeSucceeded {
+		t.Fatalf("result = %v, want succeeded", out)
+	}
+	e.fire() // the lane timer of l2, due at once
+	if got := e.onWire("d1"); !slices.Equal(got, []string{"l2"}) {
+		t.Errorf("after l1 ended the mailbox holds %v, want [l2]", got)
+	}
 }
