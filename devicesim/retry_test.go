@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -28,18 +27,7 @@ func TestRetryPolicy(t *testing.T) {
 	t.Parallel()
 	e := newScenarioEnv(t, testenv.RedisURL(), "GW_MAILBOX_CAP=2")
 	gl := &globals{API: e.gw.APIURL, Secret: e.gw.Opts.Secret, stdout: io.Discard, stderr: io.Discard, log: telemetry.Discard()}
-	fleetCtx, stopFleet := context.WithCancel(t.Context())
-	var wg sync.WaitGroup
-	defer func() { stopFleet(); wg.Wait() }()
-	fl, err := StartFleet(fleetCtx, gl, FleetOptions{Devices: 4, Prefix: "rty-", Connect: 4, Behaviour: Behaviour{FailFirst: 2}}, &wg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	waitCtx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
-	defer cancel()
-	if err := fl.WaitOnline(waitCtx); err != nil {
-		t.Fatal(err)
-	}
+	startFleet(t, gl, FleetOptions{Devices: 4, Prefix: "rty-", Connect: 4, Behaviour: Behaviour{FailFirst: 2}})
 
 	const client = "rty-app"
 	token := e.tok("client", client, "rty-*")
