@@ -157,9 +157,14 @@ func TestRetryOn(t *testing.T) {
 			if out := e.answerAttempt("a", want, -32000); out != mailbox.OutcomeRetried {
 				t.Fatalf("attempt %d: error answer = %v, want retried", n+1, out)
 			}
-			if got := e.get("c1", "a"); got.Status != protocol.StatusSent || got.Attempt() != n+2 || got.RetriedOn != "device_error" {
+			got := e.get("c1", "a")
+			if got.Status != protocol.StatusSent || got.Attempt() != n+2 || got.RetriedOn != "device_error" {
 				t.Fatalf("after attempt %d: %s attempt %d retried on %q; want sent, %d, device_error", n+1, got.Status, got.Attempt(), got.RetriedOn, n+2)
 			}
+			if want := e.clock.Now().Add(time.Hour); !got.DeliverBy.Equal(want) {
+				t.Errorf("after attempt %d: deliver-by %v, want %v (a fresh expires_in window)", n+1, got.DeliverBy, want)
+			}
+			e.clock.Add(time.Second)
 			if rs := e.rawResults(); len(rs) != 0 {
 				t.Fatalf("after attempt %d the client has results %v, want none", n+1, rs)
 			}

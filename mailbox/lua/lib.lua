@@ -425,7 +425,8 @@ local function again(K, r, why, request, expired_body, expired_reason, rejected_
     redis.call('ZADD', K.timers, ms(nb), tm('s', r))
     return {'retry_scheduled', ''}
   end
-  redis.call('HSET', K.rec, 'tries', r.tries, 'rw', why, 'entry', '', 'req', request)
+  r.deliver_by = ms(NOW + exp)
+  redis.call('HSET', K.rec, 'tries', r.tries, 'rw', why, 'entry', '', 'req', request, 'deliver_by', r.deliver_by)
   local res = send(K, r, r.device, request, NOW + exp, expired_body, expired_reason, rejected_body, rejected_reason)
   if res[1] == 'sent' then res[1] = 'retried' end
   return res
