@@ -94,6 +94,9 @@ results over MQTT; the exit status is 0 only when every child succeeded.`,
 				req["params"] = json.RawMessage(params)
 			}
 			body, _ := json.Marshal(req)
+			if retry.Retries == 0 && (retry.On != "" || retry.Backoff != "") {
+				return fmt.Errorf("--retry-on and --retry-backoff need --retries (a retry policy)")
+			}
 			if retry.On != "" {
 				if _, err := protocol.ParseRetryOn(retry.On); err != nil {
 					return fmt.Errorf("--retry-on: %w", err)
