@@ -77,9 +77,9 @@
 //	                                                       ([ParseRetryOn]): timeout, expired, device_error,
 //	                                                       rejected. Default timeout. Part of the body's
 //	                                                       identity as a set.
-//	retry_backoff  no         query     initial[,mult[,max]]  With retries: retry n waits min(initial ×
-//	                                                       mult^(n−1), max) as scheduled. Part of the body's
-//	                                                       identity.
+//	retry_backoff  no         query     "1s,2,30s"         With retries: initial[,multiplier[,max]]; retry n
+//	                                                       waits min(initial × multiplier^(n−1), max) as
+//	                                                       scheduled. Part of the body's identity.
 //	(body)         yes        body      object or array    One JSON-RPC 2.0 request object, or a batch: an
 //	                                                       array of 1 to 100 (MaxBatch) request objects.
 //	                                                       At most GW_BODY_LIMIT bytes (default 64 KiB).
