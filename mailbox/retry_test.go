@@ -352,3 +352,57 @@ func TestRetryKeepsLane(t *testing.T) {
 		t.Errorf("after l1 ended the mailbox holds %v, want [l2]", got)
 	}
 }
+
+// TestRetryExpiredWhereItWaits: an attempt that expires before it went on
+// the wire starts the next one from where the command waited: a message
+// that comes after the deliver-by puts the next attempt straight into the
+// mailbox; a command waiting for its lane keeps waiting, with a fresh
+// window, and goes with the next attempt's id when its turn comes.
+func TestRetryExpiredWhereItWaits(t *testing.T) {
+	t.Parallel()
+	t.Run("the message comes late", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, mailbox.Options{})
+		rec := e.queued(policy(t, `"m"`, 1, "expired"))
+		e.clock.Add(time.Hour + time.Second)
+		// The message comes before the deliver-by timer fires.
+		if out, err := e.s.Dispatch(e.ctx, envelope(t, rec), "", ""); err != nil || out != mailbox.OutcomeRetried {
+			t.Fatalf("Dispatch = %v, %v; want retried", out, err)
+		}
+		if _, id := e.attemptOnWire(); id != "c1:m#2" {
+			t.Errorf("the device sees id %q, want c1:m#2", id)
+		}
+		if got := e.get("c1", "m"); got.Status != protocol.StatusSent || !got.DeliverBy.Equal(e.clock.Now().Add(time.Hour)) {
+			t.Errorf("record: %s deliver-by %v, want sent by %v", got.Status, got.DeliverBy, e.clock.Now().Add(time.Hour))
+		}
+	})
+	t.Run("waiting for its lane", func(t *testing.T) {
+		t.Parallel()
+		e := newEnv(t, mailbox.Options{})
+		head := inLane(t, "c1", "d1", `"h"`, "valve")
+		head.ExpiresIn = 3 * time.Hour
+		head.Fingerprint = protocol.Fingerprint("d1", head.Method, nil, head.Timeout, head.ExpiresIn, "lane=valve")
+		e.queued(head)
+		w := policy(t, `"w"`, 1, "expired")
+		w.Lane = "valve"
+		e.queued(w)
+		e.dispatch("c1", "h", mailbox.OutcomeSent)
+		e.dispatch("c1", "w", mailbox.OutcomeLaneWait)
+		e.clock.Add(time.Hour + time.Second) // w's deliver-by passes while h holds the lane
+		if _, outcomes, err := e.s.FireTimersOutcomes(e.ctx, 100, nil); err != nil || outcomes[string(mailbox.OutcomeRetryWaits)] != 1 {
+			t.Fatalf("outcomes %v, %v; want one retry_waits", outcomes, err)
+		}
+		got := e.get("c1", "w")
+		if got.Status != protocol.StatusQueued || !got.LaneWait || got.Attempt() != 2 {
+			t.Fatalf("w: %s lane_wait %v attempt %d; want queued, waiting for its lane, 2", got.Status, got.LaneWait, got.Attempt())
+		}
+		if out := e.answerAttempt("h", "c1:h", 0); out != mailbox.OutcomeSucceeded {
+			t.Fatalf("h's answer = %v, want succeeded", out)
+		}
+		e.fire() // w's lane timer
+		es, err := e.s.Fetch(e.ctx, "d1", "", 10)
+		if err != nil || len(es) != 1 || !strings.Contains(string(es[0].Payload), `"id":"c1:w#2"`) {
+			t.Errorf("the mailbox holds %d entries (%v), want w's attempt 2", len(es), err)
+		}
+	})
+}
