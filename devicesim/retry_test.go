@@ -17,8 +17,9 @@ import (
 // TestRetryPolicy drives retry policies (issue 14) through the real
 // binaries, from the POST to the client's MQTT subscription: simulated
 // devices that fail the first two attempts of every command
-// (--fail-first 2) and a device that is never online (expired, and a full
-// mailbox: rejected). Each command's client gets exactly one result, the
+// (--fail-first 2), one that refuses the first attempt with an MQTT 5
+// PUBACK (--refuse-first 1), and a device that is never online (expired,
+// and a full mailbox: rejected). Each command's client gets exactly one result, the
 // last attempt's, with "attempts"; its record says the same.
 func TestRetryPolicy(t *testing.T) {
 	if testing.Short() {
@@ -28,6 +29,7 @@ func TestRetryPolicy(t *testing.T) {
 	e := newScenarioEnv(t, testenv.RedisURL(), "GW_MAILBOX_CAP=2")
 	gl := &globals{API: e.gw.APIURL, Secret: e.gw.Opts.Secret, stdout: io.Discard, stderr: io.Discard, log: telemetry.Discard()}
 	startFleet(t, gl, FleetOptions{Devices: 4, Prefix: "rty-", Connect: 4, Behaviour: Behaviour{FailFirst: 2}})
+	startFleet(t, gl, FleetOptions{Devices: 1, Prefix: "rty-refuse-", Connect: 1, Behaviour: Behaviour{RefuseFirst: 1}})
 
 	const client = "rty-app"
 	token := e.tok("client", client, "rty-*")
@@ -108,6 +110,10 @@ func TestRetryPolicy(t *testing.T) {
 			SimulatedFailureCode, protocol.StatusFailed, 1, ""},
 		{"with a backoff", "rty-3", "backoff", SendOptions{Timeout: 10 * time.Second, Retry: RetryOptions{Retries: 2, On: "device_error", Backoff: "200ms,2"}},
 			0, protocol.StatusSucceeded, 3, "device_error"},
+		{"refused once (MQTT 5 PUBACK 0x87), then answered", "rty-refuse-0", "refused", SendOptions{Timeout: 10 * time.Second, Retry: RetryOptions{Retries: 1, On: "rejected"}},
+			0, protocol.StatusSucceeded, 2, "rejected"},
+		{"refused, rejected not retried", "rty-refuse-0", "refused-final", SendOptions{Timeout: 10 * time.Second, Retry: RetryOptions{Retries: 1}},
+			protocol.CodeRejected, protocol.StatusRejected, 1, ""},
 		{"expired every time", "rty-offline", "exp", SendOptions{ExpiresIn: time.Second, Retry: RetryOptions{Retries: 2, On: "expired"}},
 			protocol.CodeExpired, protocol.StatusExpired, 3, "expired"},
 	}
