@@ -45,6 +45,9 @@ var (
 //   - OutcomeSent: in the device's mailbox.
 //   - OutcomeExpired: DeliverBy had passed; the client got -32002.
 //   - OutcomeRejected: the device's mailbox was full; the client got -32005.
+//   - OutcomeRetried, OutcomeRetryScheduled: expired or rejected so, but
+//     its retry policy took the next attempt (in the mailbox at once, or
+//     after its backoff).
 //   - OutcomeNoop: the record is sent or beyond (a redelivery after a
 //     crash, a cancel, a final state: never a second mailbox entry), or
 //     it does not exist, or it names another device or method than the
