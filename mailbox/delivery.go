@@ -255,7 +255,8 @@ func (s *Store) FireTimersOutcomes(ctx context.Context, limit int, ownerOf func(
 //     Unsend) expires at its deliver-by instead.
 //
 // It returns how many command timers it applied (a malformed one,
-// dropped, included; not the claims' watchdogs) and the outcomes of all: "expired", "timeout", "rearmed", "noop"
+// dropped, included; not the claims' watchdogs) and the outcomes of all: "expired", "timeout", "rearmed",
+// "retried", "retry_scheduled" and "retry_waits" (a retry policy's next attempt), "noop"
 // (already final or gone), "notdue" (taken or moved by someone else),
 // "malformed" and "corrupt".
 func (s *Store) FireTimersIn(ctx context.Context, p, limit int) (int, map[string]int, error) {
