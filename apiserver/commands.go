@@ -35,22 +35,30 @@ type commandView struct {
 	NotBefore   time.Time       `json:"not_before,omitzero"`
 	Retries     int             `json:"retries,omitempty"`
 	Tries       int             `json:"tries,omitempty"`
-	Lane        string          `json:"lane,omitempty"`
-	LaneWait    bool            `json:"lane_wait,omitempty"`
-	LaneMode    string          `json:"lane_mode,omitempty"`
+	// RetryOn names the outcomes its retries take (with retries);
+	// RetriedOn the one that ended its previous attempt.
+	RetryOn   string `json:"retry_on,omitempty"`
+	RetriedOn string `json:"retried_on,omitempty"`
+	Lane      string `json:"lane,omitempty"`
+	LaneWait  bool   `json:"lane_wait,omitempty"`
+	LaneMode  string `json:"lane_mode,omitempty"`
 	// RetryBackoff is the wait before each retry, "initial,multiplier,max".
 	RetryBackoff string `json:"retry_backoff,omitempty"`
 	// Group is the id (key) of the group command this command is a
 	// child of.
-	Group         string          `json:"group,omitempty"`
-	CreatedAt     time.Time       `json:"created_at,omitzero"`
-	QueuedAt      time.Time       `json:"queued_at,omitzero"`
-	SendingAt     time.Time       `json:"sending_at,omitzero"`
-	SentAt        time.Time       `json:"sent_at,omitzero"`
-	DeliveredAt   time.Time       `json:"delivered_at,omitzero"`
-	FinishedAt    time.Time       `json:"finished_at,omitzero"`
-	DeliverBy     time.Time       `json:"deliver_by,omitzero"`
+	Group       string    `json:"group,omitempty"`
+	CreatedAt   time.Time `json:"created_at,omitzero"`
+	QueuedAt    time.Time `json:"queued_at,omitzero"`
+	SendingAt   time.Time `json:"sending_at,omitzero"`
+	SentAt      time.Time `json:"sent_at,omitzero"`
+	DeliveredAt time.Time `json:"delivered_at,omitzero"`
+	FinishedAt  time.Time `json:"finished_at,omitzero"`
+	DeliverBy   time.Time `json:"deliver_by,omitzero"`
+	// Attempts is the number of its attempts under its retry policy so
+	// far (1 + tries: the current one, or the last once final); Publishes
+	// counts the PUBLISHes to the device, redeliveries included.
 	Attempts      int             `json:"attempts"`
+	Publishes     int             `json:"publishes"`
 	Response      json.RawMessage `json:"response,omitempty"`
 	Reason        string          `json:"reason,omitempty"`
 	ResultDropped bool            `json:"result_dropped,omitempty"`
@@ -89,7 +97,10 @@ func viewFor(c *mailbox.Command, caller string) commandView {
 		DeliveredAt:   utc(c.DeliveredAt),
 		FinishedAt:    utc(c.FinishedAt),
 		DeliverBy:     utc(c.DeliverBy),
-		Attempts:      c.Attempts,
+		Attempts:      c.Attempt(),
+		Publishes:     c.Attempts,
+		RetryOn:       c.RetryOn,
+		RetriedOn:     c.RetriedOn,
 		Reason:        c.Reason,
 		ResultDropped: c.ResultDropped,
 	}

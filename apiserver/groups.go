@@ -53,11 +53,8 @@ type groupOptions struct {
 	rate               float64
 	abortAfter         string // as given
 	abortAt            int    // failures that stop the group (0: never)
-	// retries and backoff are every child's (retries, retry_backoff as
-	// given in backoffAs).
-	retries   int
-	backoff   mailbox.Backoff
-	backoffAs string
+	// retry is every child's retry policy.
+	retry retryPolicy
 }
 
 // decodeStrict decodes one JSON object into v: unknown fields and
@@ -138,13 +135,7 @@ func parseGroupOptions(q url.Values, total int) (groupOptions, error) {
 		}
 		o.abortAfter = v
 	}
-	if v := q.Get("retries"); v != "" {
-		if o.retries, err = strconv.Atoi(v); err != nil || o.retries < 0 || o.retries > MaxRetries {
-			return o, errBadRequest(fmt.Sprintf("retries: must be an integer from 0 to %d", MaxRetries))
-		}
-	}
-	o.backoffAs = q.Get("retry_backoff")
-	if o.backoff, err = backoffParam(o.backoffAs, o.retries); err != nil {
+	if o.retry, err = retryParams(q, false); err != nil {
 		return o, err
 	}
 	return o, nil
@@ -216,9 +207,9 @@ func groupFingerprint(req *protocol.Request, o groupOptions, b *groupBody) strin
 		}
 		target = "devices=" + hex.EncodeToString(h.Sum(nil)[:16])
 	}
-	return protocol.Fingerprint(target, req.Method, req.Params, o.timeout, o.expiresIn,
-		"rate="+strconv.FormatFloat(o.rate, 'f', -1, 64), "abort_after="+o.abortAfter,
-		"retries="+strconv.Itoa(o.retries), "retry_backoff="+o.backoffAs)
+	extra := append([]string{"rate=" + strconv.FormatFloat(o.rate, 'f', -1, 64), "abort_after=" + o.abortAfter,
+		"retries=" + strconv.Itoa(o.retry.retries), "retry_backoff=" + o.retry.backoffAs}, o.retry.onIdentity()...)
+	return protocol.Fingerprint(target, req.Method, req.Params, o.timeout, o.expiresIn, extra...)
 }
 
 // postGroupCommand is POST /v1/commands: a group command. 202 once its
@@ -257,7 +248,7 @@ func (s *Server) postGroupCommand(c echo.Context) error {
 	g := &mailbox.Group{
 		Client: cl.Subject, ID: req.ID, Fingerprint: groupFingerprint(req, o, b), Method: req.Method,
 		Params: req.Params, Timeout: o.timeout, ExpiresIn: o.expiresIn, Target: b.Group, Rate: o.rate,
-		AbortAfter: o.abortAfter, AbortAt: o.abortAt, Retries: o.retries, Backoff: o.backoff,
+		AbortAfter: o.abortAfter, AbortAt: o.abortAt, Retries: o.retry.retries, RetryOn: o.retry.on, Backoff: o.retry.backoff,
 	}
 	created, rec, err := s.store.ClaimGroup(ctx, g, devices)
 	if errors.Is(err, mailbox.ErrConflict) {
@@ -330,8 +321,9 @@ type groupView struct {
 	AbortAt    int     `json:"abort_at,omitempty"`
 	Timeout    string  `json:"timeout"`
 	ExpiresIn  string  `json:"expires_in"`
-	// Retries and RetryBackoff are every child's.
+	// Retries, RetryOn and RetryBackoff are every child's.
 	Retries      int    `json:"retries,omitempty"`
+	RetryOn      string `json:"retry_on,omitempty"`
 	RetryBackoff string `json:"retry_backoff,omitempty"`
 	// ChildIDs says how a child's id is made (GET /v1/commands/{child id}).
 	ChildIDs   string    `json:"child_ids"`
@@ -348,7 +340,7 @@ func groupViewFor(g *mailbox.Group) groupView {
 		Timeout: g.Timeout.String(), ExpiresIn: g.ExpiresIn.String(),
 		ChildIDs: g.ID.Key() + ":{device}", CreatedAt: utc(g.CreatedAt), StopReason: g.StopReason, StoppedAt: utc(g.StoppedAt),
 	}
-	v.Retries = g.Retries
+	v.Retries, v.RetryOn = g.Retries, g.RetryOn
 	if b := g.Backoff; b.Initial > 0 {
 		v.RetryBackoff = fmt.Sprintf("%s,%s,%s", b.Initial, strconv.FormatFloat(b.Multiplier, 'f', -1, 64), b.Max)
 	}

@@ -144,6 +144,8 @@ func TestGroupCommandBadInput(t *testing.T) {
 		{"not_before", "not_before=1m", ok, "not_before"},
 		{"retries out of range", "retries=11", ok, "retries"},
 		{"retry_backoff without retries", "retry_backoff=1s", ok, "retry_backoff"},
+		{"retry_on without retries", "retry_on=device_error", ok, "retry_on"},
+		{"retry_on unknown", "retries=1&retry_on=error", ok, "retry_on"},
 		{"retry_backoff too short", "retries=1&retry_backoff=1ms", ok, "retry_backoff"},
 		{"no target", "", map[string]any{"request": cmd("b1", "reboot", nil)}, "devices"},
 		{"empty list", "", groupBodyOf("b1"), "devices"},
@@ -257,17 +259,21 @@ func TestRetryBackoffParam(t *testing.T) {
 	require.Equal(t, "1s,3,1m0s", v.RetryBackoff)
 	r = g.post(tok, "dev-1", cmd("bo", "reboot", nil), "retries=2&retry_backoff=2s,3")
 	require.Equal(t, http.StatusConflict, r.Status, "another backoff is another body")
-	// A group's children inherit retries and their backoff.
-	r = g.do(http.MethodPost, "/v1/commands?retries=2&retry_backoff=1s,3", tok, groupBodyOf("gb", "dev-1"))
+	// A group's children inherit retries, retry_on and their backoff.
+	r = g.do(http.MethodPost, "/v1/commands?retries=2&retry_backoff=1s,3&retry_on=device_error,timeout", tok, groupBodyOf("gb", "dev-1"))
 	require.Equal(t, http.StatusAccepted, r.Status, "body %s", r.Body)
 	r = g.do(http.MethodGet, "/v1/group-commands/gb", tok, nil)
 	var gv groupView
 	r.json(t, &gv)
 	require.Equal(t, 2, gv.Retries)
 	require.Equal(t, "1s,3,1m0s", gv.RetryBackoff)
+	require.Equal(t, "timeout,device_error", gv.RetryOn)
 	require.NoError(t, g.store.RunGroup(t.Context(), "app-1", "gb", ""))
 	r = g.do(http.MethodGet, "/v1/commands/gb:dev-1", tok, nil)
 	r.json(t, &v)
 	require.Equal(t, 2, v.Retries, "the child's retries")
 	require.Equal(t, "1s,3,1m0s", v.RetryBackoff, "the child's backoff")
+	require.Equal(t, "timeout,device_error", v.RetryOn, "the child's retry_on")
+	r = g.do(http.MethodPost, "/v1/commands?retries=2&retry_backoff=1s,3&retry_on=device_error", tok, groupBodyOf("gb", "dev-1"))
+	require.Equal(t, http.StatusConflict, r.Status, "another retry_on is another body: %s", r.Body)
 }

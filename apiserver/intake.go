@@ -86,14 +86,9 @@ func (s *Server) postCommands(c echo.Context) error {
 	if err != nil {
 		return err
 	}
-	retries := 0
-	if v := q.Get("retries"); v != "" {
-		if retries, err = strconv.Atoi(v); err != nil || retries < 0 || retries > MaxRetries {
-			return errBadRequest(fmt.Sprintf("retries: must be an integer from 0 to %d", MaxRetries))
-		}
-		if timeout == 0 && retries > 0 {
-			return errBadRequest("retries: a one-way command awaits no answer, so it is never retried")
-		}
+	retry, err := retryParams(q, timeout == 0)
+	if err != nil {
+		return err
 	}
 	// An ordered lane: the commands of one lane of one device go on the
 	// wire one at a time, in acceptance order (part of the body's
@@ -113,14 +108,10 @@ func (s *Server) postCommands(c echo.Context) error {
 		return errBadRequest(fmt.Sprintf("lane_mode: %q is neither final nor puback", v))
 	case lane == "":
 		return errBadRequest("lane_mode: only with a lane")
-	case retries > 0:
+	case retry.retries > 0:
 		return errBadRequest("lane_mode: a command that moves its lane on at its PUBACK is not retried (retries)")
 	default:
 		laneMode = v
-	}
-	backoff, err := backoffParam(q.Get("retry_backoff"), retries)
-	if err != nil {
-		return err
 	}
 	body, err := s.readBody(c)
 	if err != nil {
@@ -137,11 +128,9 @@ func (s *Server) postCommands(c echo.Context) error {
 		expiresIn: expiresIn,
 		delay:     delay,
 		notBefore: q.Get("not_before"),
-		retries:   retries,
+		retry:     retry,
 		lane:      lane,
 		laneMode:  laneMode,
-		backoff:   backoff,
-		backoffAs: q.Get("retry_backoff"),
 	}
 	if !batch {
 		e := entries[0]
@@ -227,15 +216,11 @@ type intake struct {
 	// as given in notBefore; part of the body's identity).
 	delay     time.Duration
 	notBefore string
-	// retries: sends again after a timeout (part of the body's identity).
-	retries int
+	// retry: the retry policy (part of the body's identity).
+	retry retryPolicy
 	// lane: the ordered lane, "" for none; laneMode "puback" or "" (both
 	// part of the body's identity).
 	lane, laneMode string
-	// backoff: the wait before each retry (retry_backoff, as given in
-	// backoffAs; part of the body's identity).
-	backoff   mailbox.Backoff
-	backoffAs string
 }
 
 // fingerprint is the body's identity: the request and its options.
@@ -244,8 +229,8 @@ func fingerprint(in intake, req *protocol.Request) string {
 	if in.notBefore != "" {
 		extra = append(extra, "not_before="+in.notBefore)
 	}
-	if in.retries > 0 {
-		extra = append(extra, "retries="+strconv.Itoa(in.retries))
+	if in.retry.retries > 0 {
+		extra = append(extra, "retries="+strconv.Itoa(in.retry.retries))
 	}
 	if in.lane != "" {
 		extra = append(extra, "lane="+in.lane)
@@ -253,9 +238,10 @@ func fingerprint(in intake, req *protocol.Request) string {
 	if in.laneMode != "" {
 		extra = append(extra, "lane_mode="+in.laneMode)
 	}
-	if in.backoffAs != "" {
-		extra = append(extra, "retry_backoff="+in.backoffAs)
+	if in.retry.backoffAs != "" {
+		extra = append(extra, "retry_backoff="+in.retry.backoffAs)
 	}
+	extra = append(extra, in.retry.onIdentity()...)
 	return protocol.Fingerprint(in.device, req.Method, req.Params, in.timeout, in.expiresIn, extra...)
 }
 
@@ -362,10 +348,11 @@ func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request
 		Timeout:     in.timeout,
 		ExpiresIn:   in.expiresIn,
 		Delay:       in.delay,
-		Retries:     in.retries,
+		Retries:     in.retry.retries,
+		RetryOn:     in.retry.on,
 		Lane:        in.lane,
 		LaneMode:    in.laneMode,
-		Backoff:     in.backoff,
+		Backoff:     in.retry.backoff,
 	}
 	lease := 2 * s.cfg.ConfirmTimeout
 	giveUp := time.Now().Add(lease + s.cfg.ConfirmTimeout)
@@ -375,7 +362,7 @@ func (s *Server) intakeOne(ctx context.Context, in intake, req *protocol.Request
 		switch {
 		case errors.Is(err, mailbox.ErrConflict):
 			return intakeResult{err: newAPIError(protocol.NewError(protocol.CodeConflict,
-				"conflict: this id was used before with a different body (device, method, params, timeout, expires_in, one_way, not_before, retries, retry_backoff, lane or lane_mode)", nil))}
+				"conflict: this id was used before with a different body (device, method, params, timeout, expires_in, one_way, not_before, retries, retry_on, retry_backoff, lane or lane_mode)", nil))}
 		case err != nil:
 			if ctx.Err() != nil {
 				return intakeResult{err: errNotAccepted("request cancelled")}

@@ -683,3 +683,51 @@ func TestRetriesIntake(t *testing.T) {
 		assert.Equal(t, tt.want, r.Status, "%s: %s", tt.name, r.Body)
 	}
 }
+
+// retry_on and max_attempts: the outcomes a retry policy takes, part of
+// the body's identity in canonical form (the default, timeout, is the
+// identity of a body without it), shown; max_attempts is retries + 1;
+// every bad option is a 400 that names it.
+func TestRetryOnIntake(t *testing.T) {
+	t.Parallel()
+	g := newGW(t)
+	tok := token(t, "app-1", auth.RoleClient, "dev-*")
+	r := g.post(tok, "dev-1", cmd("ro", "reboot", nil), "retries=2", "retry_on=rejected,device_error")
+	require.Equal(t, http.StatusAccepted, r.Status, "%s", r.Body)
+	r = g.do(http.MethodGet, "/v1/commands/ro", tok, nil)
+	var v commandView
+	r.json(t, &v)
+	assert.Equal(t, "device_error,rejected", v.RetryOn, "retry_on in its canonical form")
+	assert.Equal(t, 1, v.Attempts, "the first attempt")
+	r = g.post(tok, "dev-1", cmd("rd", "reboot", nil), "retries=1")
+	require.Equal(t, http.StatusAccepted, r.Status, "%s", r.Body)
+
+	tests := []struct {
+		name, id string
+		query    []string
+		want     int
+		says     string // in the 400's message
+	}{
+		{"the same set, another order", "ro", []string{"retries=2", "retry_on=device_error,%20rejected"}, http.StatusOK, ""},
+		{"max_attempts for retries", "ro", []string{"max_attempts=3", "retry_on=device_error,rejected"}, http.StatusOK, ""},
+		{"another set", "ro", []string{"retries=2", "retry_on=device_error"}, http.StatusConflict, ""},
+		{"the default named", "rd", []string{"retries=1", "retry_on=timeout"}, http.StatusOK, ""},
+		{"unknown outcome", "ro1", []string{"retries=1", "retry_on=failed"}, http.StatusBadRequest, `unknown outcome`},
+		{"empty", "ro2", []string{"retries=1", "retry_on="}, http.StatusBadRequest, "retry_on is empty"},
+		{"named twice", "ro3", []string{"retries=1", "retry_on=expired,expired"}, http.StatusBadRequest, "named twice"},
+		{"without retries", "ro4", []string{"retry_on=expired"}, http.StatusBadRequest, "retry_on: needs retries"},
+		{"one_way", "ro5", []string{"one_way=true", "retry_on=rejected"}, http.StatusBadRequest, "retry_on: a one-way command"},
+		{"one_way with max_attempts", "ro6", []string{"one_way=true", "max_attempts=2"}, http.StatusBadRequest, "max_attempts: a one-way command"},
+		{"max_attempts 0", "ro7", []string{"max_attempts=0"}, http.StatusBadRequest, "max_attempts: must be an integer from 1 to 11"},
+		{"max_attempts 12", "ro8", []string{"max_attempts=12"}, http.StatusBadRequest, "max_attempts: must be"},
+		{"retries and max_attempts", "ro9", []string{"retries=1", "max_attempts=2"}, http.StatusBadRequest, "not both"},
+		{"max_attempts 1 with retry_on", "ro10", []string{"max_attempts=1", "retry_on=timeout"}, http.StatusBadRequest, "retry_on: needs retries"},
+	}
+	for _, tt := range tests {
+		r := g.post(tok, "dev-1", cmd(tt.id, "reboot", nil), tt.query...)
+		assert.Equal(t, tt.want, r.Status, "%s: %s", tt.name, r.Body)
+		if tt.says != "" {
+			assert.Contains(t, string(r.Body), tt.says, tt.name)
+		}
+	}
+}

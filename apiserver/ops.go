@@ -277,7 +277,7 @@ type pushServerView struct {
 
 // knownEvents are the non-status counts of mailbox.Store.EventCounts,
 // shown as zero before they first happen.
-var knownEvents = []string{"late", "result_dropped", "lane_wait"}
+var knownEvents = []string{"late", "result_dropped", "lane_wait", "retried"}
 
 // stats is GET /v1/stats: everything is read at the moment of the call,
 // the sources in parallel.

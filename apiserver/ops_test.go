@@ -420,7 +420,8 @@ func TestDeadListAndReplay(t *testing.T) {
 	assert.Equal(t, "app-1", c.Client)
 	assert.Equal(t, "dev-1", c.Device)
 	assert.Equal(t, "delivery limit reached for 7", c.Reason)
-	assert.Equal(t, 0, c.Attempts)
+	assert.Equal(t, 0, c.Publishes)
+	assert.Equal(t, 1, c.Attempts, "the first attempt")
 	assert.Equal(t, "/v1/commands/7?client=app-1", c.StatusURL)
 
 	// Paging.

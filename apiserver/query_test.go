@@ -103,6 +103,7 @@ func TestGetCommandAndLongPoll(t *testing.T) {
 	r.json(t, &v)
 	assert.Equal(t, protocol.StatusSucceeded, v.Status)
 	assert.Equal(t, 1, v.Attempts)
+	assert.Equal(t, 1, v.Publishes)
 	assert.False(t, v.SentAt.IsZero())
 	assert.False(t, v.SendingAt.IsZero())
 	assert.False(t, v.FinishedAt.IsZero())

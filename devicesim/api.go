@@ -155,6 +155,30 @@ type SendOptions struct {
 	// Lane: an ordered lane of the device ("" for none); LaneMode
 	// "puback" moves it on at each command's delivery.
 	Lane, LaneMode string
+	// Retry is the command's retry policy.
+	Retry RetryOptions
+}
+
+// RetryOptions is a retry policy: at most Retries + 1 attempts, each
+// retried when it ends with an outcome named in On (retry_on; "": the
+// gateway's default, timeout), after the wait Backoff gives
+// (retry_backoff, "initial[,multiplier[,max]]"; "": none).
+type RetryOptions struct {
+	Retries     int
+	On, Backoff string
+}
+
+// set adds the policy's query options to q.
+func (o RetryOptions) set(q url.Values) {
+	if o.Retries > 0 {
+		q.Set("retries", strconv.Itoa(o.Retries))
+	}
+	if o.On != "" {
+		q.Set("retry_on", o.On)
+	}
+	if o.Backoff != "" {
+		q.Set("retry_backoff", o.Backoff)
+	}
 }
 
 // SendCommand posts one JSON-RPC request to device.
@@ -191,6 +215,7 @@ func (a *API) Send(ctx context.Context, token, device string, req []byte, o Send
 	if o.LaneMode != "" {
 		q.Set("lane_mode", o.LaneMode)
 	}
+	o.Retry.set(q)
 	path := "/v1/devices/" + url.PathEscape(device) + "/commands"
 	if len(q) > 0 {
 		path += "?" + q.Encode()

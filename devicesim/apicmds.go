@@ -219,6 +219,10 @@ type commandView struct {
 	Method      string          `json:"method"`
 	Status      string          `json:"status"`
 	Attempts    int             `json:"attempts"`
+	Publishes   int             `json:"publishes"`
+	Retries     int             `json:"retries"`
+	RetryOn     string          `json:"retry_on"`
+	RetriedOn   string          `json:"retried_on"`
 	CreatedAt   string          `json:"created_at"`
 	QueuedAt    string          `json:"queued_at"`
 	SendingAt   string          `json:"sending_at"`
@@ -248,7 +252,8 @@ func writeCommand(w io.Writer, raw json.RawMessage) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 1, ' ', 0)
 	for _, kv := range [][2]string{
 		{"id", idText(c.ID)}, {"client", c.Client}, {"device", c.Device}, {"method", c.Method},
-		{"status", c.Status}, {"attempts", fmt.Sprint(c.Attempts)},
+		{"status", c.Status}, {"attempts", fmt.Sprint(c.Attempts)}, {"publishes", fmt.Sprint(c.Publishes)},
+		{"retry", retryText(c.Retries, c.RetryOn)}, {"retried_on", c.RetriedOn},
 		{"created_at", c.CreatedAt}, {"queued_at", c.QueuedAt}, {"sending_at", c.SendingAt},
 		{"sent_at", c.SentAt}, {"delivered_at", c.DeliveredAt}, {"finished_at", c.FinishedAt},
 		{"deliver_by", c.DeliverBy}, {"reason", c.Reason}, {"response", string(c.Response)},
@@ -258,6 +263,15 @@ func writeCommand(w io.Writer, raw json.RawMessage) error {
 		}
 	}
 	return tw.Flush()
+}
+
+// retryText is a retry policy as one line: "2 on timeout,device_error",
+// "" without one.
+func retryText(retries int, on string) string {
+	if retries == 0 {
+		return ""
+	}
+	return fmt.Sprintf("%d on %s", retries, on)
 }
 
 // writeCommandTable prints commands one a line.

@@ -18,6 +18,9 @@ type Result struct {
 	Device string
 	Resp   *protocol.Response
 	At     time.Time
+	// Attempts is the result's "attempts" (a command with a retry
+	// policy), 0 when it has none.
+	Attempts int
 }
 
 // connectClient runs sess until stop is called and waits, 15 s at most,
@@ -62,7 +65,7 @@ func NewClientSession(client, token string, api *API, deliver func(Result)) *Ses
 			// Keep what was received visible to the ledger as unexpected.
 			resp = &protocol.Response{ID: json.RawMessage("null")}
 		}
-		deliver(Result{Device: t.Device, Resp: resp, At: now})
+		deliver(Result{Device: t.Device, Resp: resp, At: now, Attempts: protocol.ResultAttempts(m.Payload)})
 	}
 	return s
 }

@@ -23,11 +23,59 @@ type Behaviour struct {
 	FailRate float64       // share of commands answered with an error
 	DropRate float64       // share of commands never answered
 	Reboot   time.Duration // how long "reboot" keeps the device offline
+	// RefuseFirst refuses the first RefuseFirst attempts of every command
+	// (by the attempt its id names, as FailFirst) with the MQTT 5 PUBACK
+	// 0x87, not authorized: the gateway ends it rejected, or, with a retry
+	// policy that retries rejected, tries it again. Over MQTT only.
+	RefuseFirst int
+	// FailFirst answers the first FailFirst attempts of every command
+	// with an error: the attempt a device-facing id names with its suffix
+	// "#{n}" (protocol.DeviceAttemptID; none: the first). With a retry
+	// policy that retries device_error, the gateway tries it again.
+	FailFirst int
+}
+
+// failsAttempt reports whether the behaviour fails the attempt the
+// device-facing id names (FailFirst).
+func (b Behaviour) failsAttempt(id json.RawMessage) bool {
+	n := attemptOf(id)
+	return n > 0 && n <= b.FailFirst
+}
+
+// attemptOf is the attempt a device-facing id names: n for the suffix
+// "#{n}", 1 without one, 0 when id is not a string with a valid suffix.
+func attemptOf(id json.RawMessage) int {
+	var s string
+	if json.Unmarshal(id, &s) != nil {
+		return 0
+	}
+	if _, n, ok := protocol.SplitAttempt(s); ok {
+		return max(n, 1)
+	}
+	return 0
+}
+
+// refusedCode is the PUBACK reason code with which the device refuses a
+// command (RefuseFirst), 0 when it takes it.
+func (d *Device) refusedCode(m Message) byte {
+	var req struct {
+		ID json.RawMessage `json:"id"`
+	}
+	if json.Unmarshal(m.Payload, &req) != nil {
+		return 0
+	}
+	if n := attemptOf(req.ID); n > 0 && n <= d.B.RefuseFirst {
+		d.Stats.Refused.Add(1)
+		return 0x87 // not authorized
+	}
+	return 0
 }
 
 // FleetStats counts what a fleet did.
 type FleetStats struct {
 	Received, Answered, Failed, Dropped, Duplicates, Unknown, PublishErrors atomic.Int64
+	// Refused counts commands refused with a PUBACK (RefuseFirst).
+	Refused atomic.Int64
 	// Polls and PollErrors count the HTTP polls of devices over HTTP.
 	Polls, PollErrors atomic.Int64
 	// Answers, when not nil, records when each command was answered (for
@@ -112,6 +160,9 @@ func NewDevice(id string, sess *Session, b Behaviour, st *FleetStats) *Device {
 		state: map[string]json.RawMessage{}, seen: map[string]*answer{}, ready: make(chan struct{})}
 	sess.Filter = protocol.DeviceCommandsTopic(id)
 	sess.Handler = d.onMessage
+	if b.RefuseFirst > 0 {
+		sess.Refuse = d.refusedCode
+	}
 	return d
 }
 
@@ -276,7 +327,7 @@ func (d *Device) execute(tp, method string, params, id json.RawMessage, n int64,
 		time.Sleep(delay)
 	}
 	var resp *protocol.Response
-	if r < d.B.DropRate+d.B.FailRate {
+	if r < d.B.DropRate+d.B.FailRate || d.B.failsAttempt(id) {
 		resp = protocol.NewErrorResponse(id, &protocol.Error{Code: SimulatedFailureCode, Message: "simulated failure"})
 		d.Stats.Failed.Add(1)
 	} else {

@@ -65,6 +65,8 @@ until nothing waits, answer with POST /v1/devices/{d}/responses, and sleep
 	f.DurationVar(&o.Jitter, "jitter", 0, "uniform random extra answer latency")
 	f.Float64Var(&o.FailRate, "fail-rate", 0, "share of commands answered with an error (0..1)")
 	f.Float64Var(&o.DropRate, "drop-rate", 0, "share of commands never answered (0..1)")
+	f.IntVar(&o.RefuseFirst, "refuse-first", 0, "refuse the first N attempts of every command with the MQTT 5 PUBACK 0x87 (with --retry-on rejected the gateway retries them)")
+	f.IntVar(&o.FailFirst, "fail-first", 0, "answer the first N attempts of every command with an error (attempt n's id ends in #n; with --retry-on device_error the gateway retries them)")
 	f.DurationVar(&o.Reboot, "reboot", 3*time.Second, "how long the reboot method keeps a device offline")
 	f.Float64Var(&o.Churn, "churn", 0, "disconnections per second across the fleet")
 	f.DurationVar(&o.Offline, "offline", 2*time.Second, "how long a churned device stays offline")
@@ -95,6 +97,9 @@ func StartFleet(ctx context.Context, g *globals, o FleetOptions, wg *sync.WaitGr
 	}
 	if o.Devices < 1 {
 		return nil, fmt.Errorf("--devices must be at least 1")
+	}
+	if o.FailFirst < 0 || o.RefuseFirst < 0 {
+		return nil, fmt.Errorf("--fail-first and --refuse-first must not be negative")
 	}
 	if o.FailRate < 0 || o.DropRate < 0 || o.FailRate+o.DropRate > 1 {
 		return nil, fmt.Errorf("--fail-rate and --drop-rate must be in 0..1 and sum to at most 1")
@@ -181,19 +186,21 @@ func (fl *Fleet) WaitOnline(ctx context.Context) error {
 
 // Totals is the fleet's summary.
 type Totals struct {
-	Devices       int   `json:"devices"`
-	Online        int   `json:"online"`
-	Received      int64 `json:"received"`
-	Answered      int64 `json:"answered"`
-	Failed        int64 `json:"failed"`
-	Dropped       int64 `json:"dropped"`
-	Duplicates    int64 `json:"duplicates"`
-	Unknown       int64 `json:"unparsable"`
-	PublishErrors int64 `json:"publish_errors"`
-	Connects      int64 `json:"connects"`
-	Refusals      int64 `json:"refused_connects"`
-	Polls         int64 `json:"http_polls"`
-	PollErrors    int64 `json:"http_poll_errors"`
+	Devices    int   `json:"devices"`
+	Online     int   `json:"online"`
+	Received   int64 `json:"received"`
+	Answered   int64 `json:"answered"`
+	Failed     int64 `json:"failed"`
+	Dropped    int64 `json:"dropped"`
+	Duplicates int64 `json:"duplicates"`
+	// RefusedCommands are commands refused with a PUBACK (--refuse-first).
+	RefusedCommands int64 `json:"refused_commands"`
+	Unknown         int64 `json:"unparsable"`
+	PublishErrors   int64 `json:"publish_errors"`
+	Connects        int64 `json:"connects"`
+	Refusals        int64 `json:"refused_connects"`
+	Polls           int64 `json:"http_polls"`
+	PollErrors      int64 `json:"http_poll_errors"`
 }
 
 // Totals sums the fleet's counters.
@@ -201,7 +208,8 @@ func (fl *Fleet) Totals() Totals {
 	t := Totals{Devices: len(fl.Devices), Online: fl.Online(),
 		Received: fl.Stats.Received.Load(), Answered: fl.Stats.Answered.Load(), Failed: fl.Stats.Failed.Load(),
 		Dropped: fl.Stats.Dropped.Load(), Duplicates: fl.Stats.Duplicates.Load(), Unknown: fl.Stats.Unknown.Load(),
-		PublishErrors: fl.Stats.PublishErrors.Load(), Polls: fl.Stats.Polls.Load(), PollErrors: fl.Stats.PollErrors.Load()}
+		PublishErrors: fl.Stats.PublishErrors.Load(), Polls: fl.Stats.Polls.Load(), PollErrors: fl.Stats.PollErrors.Load(),
+		RefusedCommands: fl.Stats.Refused.Load()}
 	for _, d := range fl.Devices {
 		t.Connects += d.Sess.Connects.Load()
 		t.Refusals += d.Sess.Refusals.Load()

@@ -27,6 +27,8 @@ type GroupOptions struct {
 	// a percentage ("5%"), "" for none.
 	Rate       float64
 	AbortAfter string
+	// Retry is every child's retry policy.
+	Retry RetryOptions
 }
 
 func (o GroupOptions) query() string {
@@ -43,6 +45,7 @@ func (o GroupOptions) query() string {
 	if o.AbortAfter != "" {
 		q.Set("abort_after", o.AbortAfter)
 	}
+	o.Retry.set(q)
 	if len(q) == 0 {
 		return ""
 	}

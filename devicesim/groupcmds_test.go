@@ -66,6 +66,8 @@ func TestMoreAPICommandsUsage(t *testing.T) {
 		{"answer, a bad --traceparent", []string{"answer", "--device", "dev-1", "{}", "--traceparent", "00-xyz"}, exitUsage, []string{"not a W3C traceparent"}},
 		{"answer, --result not JSON", []string{"answer", "--device", "dev-1", "--id", "a:b", "--result", "on"}, exitUsage, []string{"--result is not JSON"}},
 		{"device, a bad ID", []string{"device", "a b"}, exitUsage, []string{`"a b" is not a valid device ID`}},
+		{"send, an unknown --retry-on", []string{"send", "--device", "dev-1", "--retry", "2", "--retry-on", "timeout,bogus"}, exitUsage, []string{"--retry-on", `unknown outcome "bogus"`}},
+		{"send, --retry-on without --retries", []string{"send", "--device", "dev-1", "--retry-on", "expired"}, exitUsage, []string{"need --retries"}},
 		{"retry, --client differs from the token's sub", []string{"retry", "x", "--token", clientTok, "--client", "app-2"}, exitUsage, []string{`"app-2"`, `"app-1"`}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

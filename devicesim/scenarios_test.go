@@ -14,6 +14,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/iotgw/gateway/internal/config"
+	"github.com/iotgw/gateway/internal/gwproc"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -22,6 +23,7 @@ import (
 // one push server) with MQTT clients that record every result they get.
 type scenarioEnv struct {
 	t    *testing.T
+	gw   *gwproc.Gateway
 	api  *API
 	addr string // the push server's MQTT address
 	tok  func(role, sub string, devices ...string) string
@@ -37,7 +39,7 @@ type scenarioEnv struct {
 
 func newScenarioEnv(t *testing.T, redisURL string, extraEnv ...string) *scenarioEnv {
 	g := startGatewayOn(t, redisURL, 1, 1, extraEnv...)
-	e := &scenarioEnv{t: t, api: NewAPI(g.APIURL), addr: g.PushAddrs[0], results: map[string][]*protocol.Response{},
+	e := &scenarioEnv{t: t, gw: g, api: NewAPI(g.APIURL), addr: g.PushAddrs[0], results: map[string][]*protocol.Response{},
 		keys: protocol.NewKeys(g.Opts.Namespace), partitions: protocol.DefaultPartitions}
 	c := config.Common{RedisURL: redisURL}
 	rdb, err := c.NewRedis(nil)

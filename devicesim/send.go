@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
 
 	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/protocol"
@@ -28,6 +29,7 @@ func sendCmd(ctx context.Context, g *globals) *cobra.Command {
 	var devices []string
 	var group, abortAfter string
 	var rate float64
+	var retry RetryOptions
 	cmd := &cobra.Command{
 		Use:   "send",
 		Short: "Send one command to one device, or a group command to many, and print its result",
@@ -36,13 +38,17 @@ and print it. Exit status: 0 success, 2 the device answered with an error,
 3 timeout (no answer in time), 4 the gateway refused or failed the command,
 1 anything else. With --oneway the device's PUBACK is the success (exit 0 with
 the result {"one_way":true,"delivered":true}); --lane puts the command into an
-ordered lane of the device.
+ordered lane of the device. --retries N (or --retry N) gives the command a
+retry policy: at most N + 1 attempts, each retried when it ends with an
+outcome --retry-on names (timeout, expired, device_error, rejected; default
+timeout), after --retry-backoff; the result says how many attempts it took.
 
 With --devices a,b,c or --group NAME it sends a group command (POST
 /v1/commands; --rate and --abort-after shape the rollout), prints the
 group's progress until every child is final and counts the children's
 results over MQTT; the exit status is 0 only when every child succeeded.`,
 		Example: `  devicesim send --device dev-1 --method echo --params '{"hello":"world"}'
+  devicesim send --device dev-1 --method reboot --retries 2 --retry-on device_error,timeout --retry-backoff 1s,2
   devicesim send --devices dev-1,dev-2,dev-3 --method reboot --rate 50 --abort-after 5%`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -88,8 +94,17 @@ results over MQTT; the exit status is 0 only when every child succeeded.`,
 				req["params"] = json.RawMessage(params)
 			}
 			body, _ := json.Marshal(req)
+			if retry.Retries == 0 && (retry.On != "" || retry.Backoff != "") {
+				return fmt.Errorf("--retry-on and --retry-backoff need --retries (a retry policy)")
+			}
+			if retry.On != "" {
+				if _, err := protocol.ParseRetryOn(retry.On); err != nil {
+					return fmt.Errorf("--retry-on: %w", err)
+				}
+			}
 			if wait == 0 {
-				wait = timeout + 30*time.Second
+				// Each attempt may take its expiry window and its timeout.
+				wait = time.Duration(retry.Retries+1)*timeout + 30*time.Second
 			}
 			if device == "" {
 				if oneWay || lane != "" {
@@ -98,7 +113,7 @@ results over MQTT; the exit status is 0 only when every child succeeded.`,
 				if rate > 0 && len(devices) > 0 {
 					wait += time.Duration(float64(len(devices)) / rate * float64(time.Second))
 				}
-				o := GroupOptions{Timeout: timeout, ExpiresIn: expiresIn, Rate: rate, AbortAfter: abortAfter}
+				o := GroupOptions{Timeout: timeout, ExpiresIn: expiresIn, Rate: rate, AbortAfter: abortAfter, Retry: retry}
 				return sendGroup(ctx, g, client, token, id, body, devices, group, o, wait)
 			}
 			if oneWay && cmd.Flags().Changed("timeout") {
@@ -113,7 +128,7 @@ results over MQTT; the exit status is 0 only when every child succeeded.`,
 				return fmt.Errorf("--lane-mode is final or puback, with --lane")
 			}
 			return sendOne(ctx, g, client, token, device, id, body,
-				SendOptions{Timeout: timeout, ExpiresIn: expiresIn, OneWay: oneWay, Lane: lane, LaneMode: laneMode}, wait)
+				SendOptions{Timeout: timeout, ExpiresIn: expiresIn, OneWay: oneWay, Lane: lane, LaneMode: laneMode, Retry: retry}, wait)
 		},
 	}
 	f := cmd.Flags()
@@ -133,6 +148,15 @@ results over MQTT; the exit status is 0 only when every child succeeded.`,
 	f.BoolVar(&oneWay, "oneway", false, "a one-way command: the device's PUBACK is its success, result {\"one_way\":true,\"delivered\":true}")
 	f.StringVar(&lane, "lane", "", "send the command in this ordered lane of the device")
 	f.StringVar(&laneMode, "lane-mode", "", "with --lane: final (default) or puback (the lane moves on at this command's delivery)")
+	f.IntVar(&retry.Retries, "retries", 0, "a retry policy: at most this many retries (--retry for short)")
+	f.StringVar(&retry.On, "retry-on", "", "with --retries: the outcomes retried, comma-separated: timeout, expired, device_error, rejected (default timeout)")
+	f.StringVar(&retry.Backoff, "retry-backoff", "", "with --retries: the wait before each retry, initial[,multiplier[,max]] (1s,2,30s)")
+	f.SetNormalizeFunc(func(_ *pflag.FlagSet, name string) pflag.NormalizedName {
+		if name == "retry" {
+			name = "retries"
+		}
+		return pflag.NormalizedName(name)
+	})
 	return cmd
 }
 
@@ -163,6 +187,9 @@ func sendOne(ctx context.Context, g *globals, client, token, device, id string, 
 		out, _ := json.MarshalIndent(r.Resp, "", "  ")
 		fmt.Fprintf(g.stdout, "%s\n", out)
 		fmt.Fprintf(g.stderr, "round trip %s\n", time.Since(start).Round(time.Microsecond))
+		if r.Attempts > 0 {
+			fmt.Fprintf(g.stderr, "attempts %d\n", r.Attempts)
+		}
 		switch {
 		case r.Resp.Error == nil:
 			return nil

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -15,6 +16,8 @@ import (
 
 	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/eclipse/paho.golang/paho/session"
+	"github.com/eclipse/paho.golang/paho/session/state"
 )
 
 // Message is one PUBLISH a session received.
@@ -40,6 +43,10 @@ type Session struct {
 	// messages (paho acknowledges after Handler returns).
 	Filter  string
 	Handler func(Message)
+	// Refuse, when set, is asked first for each message: a reason code of
+	// 0x80 or more refuses it with that PUBACK (MQTT 5: the device will
+	// never take it) and Handler does not get it; 0 takes it.
+	Refuse func(Message) byte
 	// TLS is used for mqtts:// URLs (nil: system roots).
 	TLS *tls.Config
 	Log *slog.Logger
@@ -139,13 +146,21 @@ func (s *Session) connect(ctx context.Context, lost chan<- error) error {
 		default:
 		}
 	}
+	acks := &refusingSession{SessionManager: state.NewInMemory(), codes: map[uint16]byte{}}
 	c := paho.NewClient(paho.ClientConfig{
 		ClientID: s.Identity,
 		Conn:     conn,
+		Session:  acks,
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			m := Message{Topic: pr.Packet.Topic, Payload: pr.Packet.Payload}
 			if p := pr.Packet.Properties; p != nil {
 				m.TraceParent = p.User.Get("traceparent")
+			}
+			if s.Refuse != nil {
+				if code := s.Refuse(m); code >= 0x80 {
+					acks.refuse(pr.Packet.PacketID, code)
+					return true, nil
+				}
 			}
 			if s.Handler != nil {
 				s.Handler(m)
@@ -245,4 +260,42 @@ func sleep(ctx context.Context, d time.Duration) {
 	case <-ctx.Done():
 	case <-t.C:
 	}
+}
+
+// refusingSession is paho's in-memory session whose PUBACK of a message
+// the Session refused carries the refusal's reason code (paho's own
+// PUBACK always carries 0).
+type refusingSession struct {
+	session.SessionManager
+	mu    sync.Mutex
+	conn  io.Writer
+	codes map[uint16]byte // packet ID → reason code, until its PUBACK
+}
+
+func (r *refusingSession) ConAckReceived(conn io.Writer, c *packets.Connect, ca *packets.Connack) error {
+	r.mu.Lock()
+	r.conn = conn
+	r.mu.Unlock()
+	return r.SessionManager.ConAckReceived(conn, c, ca)
+}
+
+func (r *refusingSession) refuse(id uint16, code byte) {
+	r.mu.Lock()
+	r.codes[id] = code
+	r.mu.Unlock()
+}
+
+// Ack sends the PUBACK of pb: the refusal's for a refused message, else
+// paho's.
+func (r *refusingSession) Ack(pb *packets.Publish) error {
+	r.mu.Lock()
+	code, refused := r.codes[pb.PacketID]
+	delete(r.codes, pb.PacketID)
+	conn := r.conn
+	r.mu.Unlock()
+	if !refused || pb.QoS != 1 || conn == nil {
+		return r.SessionManager.Ack(pb)
+	}
+	_, err := (&packets.Puback{PacketID: pb.PacketID, ReasonCode: code, Properties: &packets.Properties{}}).WriteTo(conn)
+	return err
 }

@@ -71,7 +71,8 @@ func (s *Store) Reserve(ctx context.Context, c *Command) (ReserveOutcome, *Comma
 		c.Client, c.Device, string(c.ID.Raw()), key, c.Method, string(c.Params),
 		c.Fingerprint, c.Timeout.Milliseconds(), c.ExpiresIn.Milliseconds(),
 		newToken(), s.opts.Lease.Milliseconds(), max(c.Delay, 0).Milliseconds(), c.Retries, laneArg(c), c.Group,
-		c.Backoff.Initial.Milliseconds(), strconv.FormatFloat(c.Backoff.Multiplier, 'f', -1, 64), c.Backoff.Max.Milliseconds())
+		c.Backoff.Initial.Milliseconds(), strconv.FormatFloat(c.Backoff.Multiplier, 'f', -1, 64), c.Backoff.Max.Milliseconds(),
+		retryOnArg(c.Retries, c.RetryOn))
 	if err != nil {
 		// The claim is made: the command is not accepted, but not surely
 		// refused either (the step may have run, or a retry completes it).
@@ -100,6 +101,15 @@ func (s *Store) Reserve(ctx context.Context, c *Command) (ReserveOutcome, *Comma
 		return Exists, rec, fmt.Errorf("%w: command %s", ErrConflict, key)
 	}
 	return 0, nil, fmt.Errorf("cannot reserve command %s: unexpected reply %q", key, head)
+}
+
+// retryOnArg is the retry_on a record stores: "" for the default
+// (timeout) and without retries.
+func retryOnArg(retries int, on string) string {
+	if retries == 0 || on == protocol.DefaultRetryOn {
+		return ""
+	}
+	return on
 }
 
 // laneArg is the lane argument of the reserve step: the lane, and

@@ -45,6 +45,9 @@ var (
 //   - OutcomeSent: in the device's mailbox.
 //   - OutcomeExpired: DeliverBy had passed; the client got -32002.
 //   - OutcomeRejected: the device's mailbox was full; the client got -32005.
+//   - OutcomeRetried, OutcomeRetryScheduled: expired or rejected so, but
+//     its retry policy took the next attempt (in the mailbox at once, or
+//     after its backoff).
 //   - OutcomeNoop: the record is sent or beyond (a redelivery after a
 //     crash, a cancel, a final state: never a second mailbox entry), or
 //     it does not exist, or it names another device or method than the
@@ -93,7 +96,7 @@ func (s *Store) Dispatch(ctx context.Context, env *protocol.Envelope, deviceOwne
 			s.log.DebugContext(ctx, "dispatch is a no-op", "client_id", env.Client, "device_id", env.Device,
 				"msg_id", env.MsgID.Key(), "why", detail)
 		}
-	case string(OutcomeSent):
+	case string(OutcomeSent), string(OutcomeRetried):
 		sess, _ := a[2].(string)
 		if deviceOwner == "" && s.opts.OwnerOf != nil {
 			deviceOwner = s.opts.OwnerOf(env.Device)
@@ -160,7 +163,8 @@ func (s *Store) Complete(ctx context.Context, client, idKey, device string, resp
 	}
 	p, keys := s.cmdKeys(device, client, idKey)
 	v, err := s.run(ctx, p, stepComplete, keys, device, body, string(to), string(raw),
-		max(held, 0).Milliseconds(), errTimeout, reasonTimeout, telemetry.TraceParent(ctx))
+		max(held, 0).Milliseconds(), errTimeout, reasonTimeout, telemetry.TraceParent(ctx),
+		protocol.AnswerAttempt(resp), errExpired, reasonExpired, errRejected, reasonRejected)
 	if err != nil {
 		return "", fmt.Errorf("cannot complete command %s: %w", idKey, err)
 	}
@@ -189,7 +193,25 @@ func (s *Store) Complete(ctx context.Context, client, idKey, device string, resp
 	if len(a) > 3 {
 		s.relayNow(ctx, parseOutbox(p, a[3]), clientOwner)
 	}
+	s.wakeRetried(ctx, device, head, a)
 	return Outcome(head), nil
+}
+
+// wakeRetried wakes the push server of device when a step's reply
+// (outcome head, then the entry and the session node) put the next
+// attempt of a retried command into its mailbox.
+func (s *Store) wakeRetried(ctx context.Context, device, head string, a []any) {
+	if head != string(OutcomeRetried) || len(a) < 3 {
+		return
+	}
+	sess, _ := a[2].(string)
+	owner := ""
+	if s.opts.OwnerOf != nil {
+		owner = s.opts.OwnerOf(device)
+	}
+	if err := s.wake(ctx, device, sess, owner); err != nil {
+		s.log.WarnContext(ctx, "cannot wake the device's push server; its sweep will find the entry", "device_id", device, "err", err)
+	}
 }
 
 // fireBatch bounds the timers one call applies.
@@ -245,7 +267,8 @@ func (s *Store) FireTimersOutcomes(ctx context.Context, limit int, ownerOf func(
 //     Unsend) expires at its deliver-by instead.
 //
 // It returns how many command timers it applied (a malformed one,
-// dropped, included; not the claims' watchdogs) and the outcomes of all: "expired", "timeout", "rearmed", "noop"
+// dropped, included; not the claims' watchdogs) and the outcomes of all: "expired", "timeout", "rearmed",
+// "retried", "retry_scheduled" and "retry_waits" (a retry policy's next attempt), "noop"
 // (already final or gone), "notdue" (taken or moved by someone else),
 // "malformed" and "corrupt".
 func (s *Store) FireTimersIn(ctx context.Context, p, limit int) (int, map[string]int, error) {
@@ -337,17 +360,9 @@ func (s *Store) fireBatch(ctx context.Context, p int, items []*batchCall, ownerO
 		if what != "notdue" {
 			n++
 		}
-		if what == string(OutcomeSent) || what == "retried" { // a scheduled command is due, or a retry: wake its device's push server
+		if what == string(OutcomeSent) || what == string(OutcomeRetried) { // a scheduled command is due, or a retry: wake its device's push server
 			member, _ := items[i].args[0].(string)
-			device := strings.SplitN(member, "|", 4)[1]
-			sess, _ := a[2].(string)
-			owner := ""
-			if s.opts.OwnerOf != nil {
-				owner = s.opts.OwnerOf(device)
-			}
-			if err := s.wake(ctx, device, sess, owner); err != nil {
-				s.log.WarnContext(ctx, "cannot wake the device's push server; its sweep will find the entry", "device_id", device, "err", err)
-			}
+			s.wakeRetried(ctx, strings.SplitN(member, "|", 4)[1], string(OutcomeRetried), a)
 		}
 		if len(a) > 3 {
 			e := parseOutbox(p, a[3])

@@ -40,6 +40,7 @@ import (
 //	rate                    children released per second (0: all at once)
 //	abort_after, abort_at   the option as given and the failure count that stops the group (0: never)
 //	retries, rb_i, rb_m, rb_x   every child's retries and retry backoff (as in a command's record)
+//	ron                     every child's retry_on (as in a command's record)
 //	state                   pending until the publish of its envelope is confirmed, then queued
 //	created                 accepted at (ms)
 //	released                children created so far (a cursor over devs)
@@ -79,8 +80,10 @@ type Group struct {
 	// failures that stop the group (0: never).
 	AbortAfter string
 	AbortAt    int
-	// Retries and Backoff are every child's (Command.Retries, Backoff).
+	// Retries, RetryOn and Backoff are every child's (Command.Retries,
+	// RetryOn, Backoff).
 	Retries int
+	RetryOn string
 	Backoff Backoff
 	// State is pending until its envelope is durable in RabbitMQ, then
 	// queued.
@@ -129,7 +132,8 @@ func (s *Store) ClaimGroup(ctx context.Context, g *Group, devices []string) (boo
 		g.Timeout.Milliseconds(), g.ExpiresIn.Milliseconds(), len(devices),
 		strconv.FormatFloat(g.Rate, 'f', -1, 64), g.AbortAfter, g.AbortAt, g.Target,
 		strings.Join(devices, "\n"), lifetime.Milliseconds(), g.Client+"|"+key, groupListHorizon.Milliseconds(),
-		g.Retries, g.Backoff.Initial.Milliseconds(), strconv.FormatFloat(g.Backoff.Multiplier, 'f', -1, 64), g.Backoff.Max.Milliseconds())
+		g.Retries, g.Backoff.Initial.Milliseconds(), strconv.FormatFloat(g.Backoff.Multiplier, 'f', -1, 64), g.Backoff.Max.Milliseconds(),
+		retryOnArg(g.Retries, g.RetryOn))
 	if err != nil {
 		return false, nil, fmt.Errorf("cannot claim group command %s: %w", key, err)
 	}
@@ -236,6 +240,9 @@ func (s *Store) GetGroup(ctx context.Context, client, key string) (*Group, error
 	}
 	g.Rate, _ = strconv.ParseFloat(m["rate"], 64)
 	g.Retries = atoi("retries")
+	if g.RetryOn = m["ron"]; g.RetryOn == "" && g.Retries > 0 {
+		g.RetryOn = protocol.DefaultRetryOn
+	}
 	if m["rb_i"] != "" && m["rb_i"] != "0" {
 		g.Backoff.Initial, g.Backoff.Max = msDur(m["rb_i"]), msDur(m["rb_x"])
 		g.Backoff.Multiplier, _ = strconv.ParseFloat(m["rb_m"], 64)
@@ -258,7 +265,7 @@ func (s *Store) GetGroup(ctx context.Context, client, key string) (*Group, error
 var groupFields = func() []string {
 	f := []string{"fp", "id", "client", "method", "params", "tmo", "exp", "total", "rate", "abort_after",
 		"abort_at", "target", "state", "created", "released", "done", "failures", "stopped", "stop_reason",
-		"stopped_at", "n:skipped", "retries", "rb_i", "rb_m", "rb_x"}
+		"stopped_at", "n:skipped", "retries", "rb_i", "rb_m", "rb_x", "ron"}
 	for _, st := range protocol.Statuses {
 		if st.Final() {
 			f = append(f, "n:"+string(st))
@@ -529,7 +536,7 @@ func (s *Store) createChild(ctx context.Context, g *Group, device, trace string,
 	cmd := &Command{
 		Client: g.Client, Device: device, ID: child, Method: g.Method, Params: g.Params,
 		Fingerprint: ChildFingerprint(g, device), Timeout: g.Timeout, ExpiresIn: g.ExpiresIn,
-		Group: g.ID.Key(), Retries: g.Retries, Backoff: g.Backoff,
+		Group: g.ID.Key(), Retries: g.Retries, RetryOn: g.RetryOn, Backoff: g.Backoff,
 	}
 	outcome, rec, err := s.Reserve(ctx, cmd)
 	if errors.Is(err, ErrConflict) {

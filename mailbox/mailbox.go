@@ -36,6 +36,21 @@
 // publish outcome never came back (past its lease). A message that merely
 // arrives late is expired by its own Dispatch.
 //
+// # Retry policies
+//
+// A command with Retries > 0 is tried at most Retries + 1 times. Wherever
+// an attempt ends with an outcome its RetryOn names (timeout: the answer
+// timer; expired: the deliver-by timer or Dispatch; device_error:
+// Complete; rejected: Refuse or a full mailbox), the step starts the next
+// attempt instead of a final status, in the same script (lua/lib.lua,
+// again): the attempt's mailbox entry and timers go, Tries is counted,
+// and the command's device request goes into the mailbox again with a
+// fresh expires_in window and the id "{client}:{id}#{n}"
+// (protocol.DeviceAttemptID), or waits out its Backoff as scheduled.
+// Complete and Refuse then wake the device's push server themselves
+// (OutcomeRetried). The final result carries the attempts
+// (protocol/doc.go, "Retry policies").
+//
 // # Who calls what
 //
 //   - apiserver: Reserve, then publish with confirm, then MarkQueued (or
@@ -311,10 +326,19 @@ type Command struct {
 	// scheduled once a worker took it from its queue).
 	Delay     time.Duration
 	NotBefore time.Time
-	// Retries is how many times a command that got no answer within its
-	// timeout is sent again (the same request, a fresh expires_in window)
-	// before it ends timeout; Tries counts those done.
+	// Retries is how many times a command is tried again (its retry
+	// policy: at most Retries + 1 attempts) when an attempt ends with an
+	// outcome named in RetryOn, each with a fresh expires_in window and
+	// its own device-facing id (protocol.DeviceAttemptID); Tries counts
+	// those done, so the current attempt is Tries + 1 (Attempt).
 	Retries, Tries int
+	// RetryOn, with Retries, names the outcomes an attempt may end with
+	// and be retried: protocol.ParseRetryOn's form ("" given to Reserve:
+	// protocol.DefaultRetryOn, timeout).
+	RetryOn string
+	// RetriedOn is the outcome that ended the previous attempt ("" before
+	// the first retry).
+	RetriedOn string
 	// Lane, given to Reserve, puts the command into an ordered lane of
 	// its device (protocol.ParseLane): the commands of one lane go on the
 	// wire one at a time, in acceptance order, each only once the one
@@ -339,7 +363,8 @@ type Command struct {
 	CreatedAt, QueuedAt, SendingAt, SentAt, DeliveredAt, FinishedAt time.Time
 	DeliverBy                                                       time.Time // CreatedAt + ExpiresIn
 
-	// Attempts counts PUBLISHes to the device (incremented by Fetch).
+	// Attempts counts PUBLISHes to the device (incremented by Fetch),
+	// redeliveries included; the attempts of a retry policy are Attempt.
 	Attempts int
 	// Response is the JSON-RPC response the client gets once the command
 	// is final, with the client's own id: the device's result or error,
@@ -364,6 +389,10 @@ type Command struct {
 	LeaseToken string
 	LeaseUntil time.Time
 }
+
+// Attempt is the number of the command's current attempt under its retry
+// policy, or of its last one once final: Tries + 1.
+func (c *Command) Attempt() int { return c.Tries + 1 }
 
 // ReserveOutcome says what Reserve did.
 type ReserveOutcome int
@@ -418,7 +447,14 @@ const (
 	OutcomeUnknown     Outcome = "unknown"      // no command with this id waits: never accepted, or gone
 	OutcomeOtherDevice Outcome = "other_device" // the command is another device's
 	OutcomeNotSent     Outcome = "not_sent"     // the command was not sent yet (pending or queued)
-	OutcomeRearmed     Outcome = "rearmed"      // a deliver-by timer that could not decide yet (on the wire: waits one timeout; pending within its lease) was re-armed
+	// A retry policy (Command.Retries) took the next attempt instead of
+	// ending the command: sent again at once (OutcomeRetried), waiting out
+	// its backoff as scheduled, or waiting where it was (queued: its AMQP
+	// message or its lane's turn sends it) with a fresh window.
+	OutcomeRetried        Outcome = "retried"
+	OutcomeRetryScheduled Outcome = "retry_scheduled"
+	OutcomeRetryWaits     Outcome = "retry_waits"
+	OutcomeRearmed        Outcome = "rearmed" // a deliver-by timer that could not decide yet (on the wire: waits one timeout; pending within its lease) was re-armed
 )
 
 // Entry is one message of a mailbox.

@@ -36,6 +36,11 @@ import (
 //	grp              the key of its group command, for a child of one
 //	lm               "puback": its lane moves on at its delivery, not at its end
 //	rb_i, rb_m, rb_x the backoff of its retries: initial wait (ms), multiplier, longest wait (ms)
+//	retries, tries   its retry policy's retries, and those done (its attempt is tries + 1)
+//	ron              the outcomes its retries take (protocol.ParseRetryOn's form; absent: timeout)
+//	rw               the outcome that ended its previous attempt (a retry's why)
+//	rerr             the device's error answer that ended its previous attempt (device_error)
+//	req              its device request (attempt 1's id), kept for retries, a lane or a schedule
 //	tp               W3C traceparent of the latest span that moved it: the worker's
 //	                 dispatch, then the push server's completion of the answer
 //
@@ -101,6 +106,11 @@ func decodeRecord(m map[string]string) (*Command, error) {
 	c.Replays, _ = strconv.Atoi(m["replays"])
 	c.Retries, _ = strconv.Atoi(m["retries"])
 	c.Tries, _ = strconv.Atoi(m["tries"])
+	c.RetryOn = m["ron"]
+	if c.RetryOn == "" && c.Retries > 0 {
+		c.RetryOn = protocol.DefaultRetryOn
+	}
+	c.RetriedOn = m["rw"]
 	c.Lane = m["lane"]
 	c.LaneWait = m["lw"] == "1"
 	c.Group = m["grp"]

@@ -109,8 +109,10 @@ func (s *Store) totalMailboxes(ctx context.Context, p int, t *Totals) error {
 // into StatusCounts(unix minute) hashes that expire after about an hour;
 // the same hashes also count the events "late" (answers after final),
 // "result_dropped" (results a full client mailbox refused) and
-// "lane_wait" (commands that waited behind their lane's head), which
-// EventCounts returns.
+// "lane_wait" (commands that waited behind their lane's head) and
+// "retried" (next attempts of a retry policy, also by the outcome that
+// ended the attempt: "retried_timeout", "retried_expired",
+// "retried_device_error", "retried_rejected"), which EventCounts returns.
 func (s *Store) StatusCounts(ctx context.Context, minutes int) (map[protocol.Status]int64, error) {
 	all, err := s.counts(ctx, minutes)
 	if err != nil {
@@ -126,7 +128,8 @@ func (s *Store) StatusCounts(ctx context.Context, minutes int) (map[protocol.Sta
 }
 
 // EventCounts returns the counts of the events that are not statuses
-// ("late", "result_dropped", "lane_wait") over the last minutes minutes.
+// ("late", "result_dropped", "lane_wait", "retried", "retried_{outcome}")
+// over the last minutes minutes.
 func (s *Store) EventCounts(ctx context.Context, minutes int) (map[string]int64, error) {
 	all, err := s.counts(ctx, minutes)
 	if err != nil {

@@ -212,7 +212,9 @@ const reasonRefused = "refused by the device"
 // carries no command (a result refused by a client), it only removes the
 // entry, as Ack does. e must be the entry as Fetch returned it; one that
 // carries another command than e names is acked instead. It returns
-// OutcomeRejected when it ended the command, else OutcomeNoop.
+// OutcomeRejected when it ended the command, OutcomeRetried or
+// OutcomeRetryScheduled when its retry policy (retry_on rejected) took
+// the next attempt instead, else OutcomeNoop.
 func (s *Store) Refuse(ctx context.Context, device string, e Entry, reasonCode byte) (Outcome, error) {
 	if e.Client == "" {
 		return OutcomeNoop, s.AckMany(ctx, device, []Entry{e})
@@ -222,17 +224,22 @@ func (s *Store) Refuse(ctx context.Context, device string, e Entry, reasonCode b
 		return "", fmt.Errorf("cannot refuse command %s: %w", e.MsgKey, err)
 	}
 	p, keys := s.cmdKeys(device, e.Client, e.MsgKey)
-	v, err := s.run(ctx, p, stepRefuse, keys, device, e.ID, e.Client, e.MsgKey, `"error":`+string(b), reasonRefused)
+	v, err := s.run(ctx, p, stepRefuse, keys, device, e.ID, e.Client, e.MsgKey, `"error":`+string(b), reasonRefused,
+		errExpired, reasonExpired, errRejected, reasonRejected)
 	if err != nil {
 		return "", fmt.Errorf("cannot refuse command %s: %w", e.MsgKey, err)
 	}
 	head, _ := reply(v)
+	a, _ := v.([]any)
 	switch head {
 	case "rejected":
-		if a, _ := v.([]any); len(a) > 3 {
+		if len(a) > 3 {
 			s.relayNow(ctx, parseOutbox(p, a[3]), "")
 		}
 		return OutcomeRejected, nil
+	case string(OutcomeRetried), string(OutcomeRetryScheduled):
+		s.wakeRetried(ctx, device, head, a)
+		return Outcome(head), nil
 	case "mismatch":
 		// The stored entry knows its command; Ack reads it.
 		return OutcomeNoop, s.AckMany(ctx, device, []Entry{{ID: e.ID}})

@@ -69,6 +69,17 @@
 //	                                                       PUBACK, or the ack of an HTTP poll) instead of once
 //	                                                       it is final. Not with retries. Part of the body's
 //	                                                       identity.
+//	retries        no         query     0 to 10            A retry policy (see "Retry policies"): at most
+//	                                                       retries + 1 attempts. Default 0. Not with one_way.
+//	                                                       Part of the body's identity.
+//	max_attempts   no         query     1 to 11            retries + 1, the name; not with retries.
+//	retry_on       no         query     outcome list       With retries: the outcomes retried, comma-separated
+//	                                                       ([ParseRetryOn]): timeout, expired, device_error,
+//	                                                       rejected. Default timeout. Part of the body's
+//	                                                       identity as a set.
+//	retry_backoff  no         query     "1s,2,30s"         With retries: initial[,multiplier[,max]]; retry n
+//	                                                       waits min(initial × multiplier^(n−1), max) as
+//	                                                       scheduled. Part of the body's identity.
 //	(body)         yes        body      object or array    One JSON-RPC 2.0 request object, or a batch: an
 //	                                                       array of 1 to 100 (MaxBatch) request objects.
 //	                                                       At most GW_BODY_LIMIT bytes (default 64 KiB).
@@ -183,8 +194,12 @@
 //	abort_after    never     a count of failed children (1 to the number of children) or a percentage
 //	                         ("5%", rounded up, at least 1); a failure is a child final in anything but
 //	                         succeeded or cancelled
-//	retries        0         every child's retries, as for one command
+//	retries        0         every child's retries, as for one command (or max_attempts)
+//	retry_on       timeout   every child's retry_on, as for one command (needs retries)
 //	retry_backoff  none      every child's retry backoff, as for one command (needs retries)
+//
+// A child retried by its policy is not final, so it counts towards
+// abort_after only once its last attempt ended it.
 //
 // Answers: 202 {"id","status":"queued","status_url":"/v1/group-commands/{id}"}
 // once the group's record is in Redis and its envelope (KindGroup,
@@ -214,6 +229,50 @@
 //	total       children; released: created so far; final: final so far; in_flight: released − final
 //	counts      final children per status (skipped: the child's id was taken by another command)
 //	failures    final children in neither succeeded nor cancelled; abort_at: the failures that stop it
+//
+// # Retry policies
+//
+// A command with retries = N > 0 (or max_attempts = N + 1) is tried at
+// most N + 1 times. An attempt starts when the command goes into the
+// device's mailbox (or would: see expired) with a fresh expires_in
+// window, and ends with one outcome. An outcome named in retry_on, with
+// attempts left, is not final: the next attempt starts, after the wait
+// of retry_backoff (status scheduled meanwhile, cancellable); any other
+// outcome, or the last attempt's, is final as usual.
+//
+//	retry_on      the attempt ended                         would be   retried by
+//	timeout       no answer within timeout of delivery      timeout    msgworker (answer timer)
+//	expired       not delivered within expires_in of the    expired    msgworker (deliver-by timer,
+//	              attempt's start (queued in RabbitMQ,                 dispatch)
+//	              waiting for its lane, or in the mailbox)
+//	device_error  the device answered with an "error"       failed     pushserver (the answer's step)
+//	rejected      the device refused it (MQTT 5 PUBACK       rejected   pushserver (refusal),
+//	              0x80+), or its mailbox was full                      msgworker (full mailbox)
+//
+// An expired attempt of a command not yet taken from its command queue,
+// or waiting for its lane, gets its new window where it is (a lane keeps
+// its place: a retried command is still its lane's head, or still waits
+// behind it). One-way commands are never retried (a 400 names the
+// option), nor are lane_mode=puback ones.
+//
+// Attempt n ≥ 2 reaches the device with the id "{client}:{id}#{n}"
+// ([DeviceAttemptID]); the first keeps "{client}:{id}". A device that must
+// not run a command twice deduplicates by the part before "#"; one that
+// should run a retry again (the point of device_error) uses the whole id.
+// The device answers with the id it got; an answer without the suffix is
+// taken for the current attempt. An answer naming an earlier attempt
+// counts while the command is not final if it is a "result" (the device
+// did the work); an earlier attempt's "error", an answer naming an
+// attempt not made yet, and any answer while the next attempt waits out
+// its backoff are kept as late (the record's late) and change nothing.
+//
+// The client gets exactly one result, the last attempt's, with its own
+// id. Its top-level member "attempts" counts the attempts (every final
+// status, a success too: JSON-RPC's "result" is the device's and has no
+// data); an error the gateway made carries it in data.attempts as well.
+// A device's error reaches the client unchanged. GET /v1/commands/{id}
+// shows retries, retry_on, tries, attempts (1 + tries) and retried_on
+// (the outcome that ended the previous attempt).
 //
 // # Error codes
 //
@@ -300,8 +359,10 @@
 //	sent       cancelled                                  apiserver
 //	delivered  succeeded, failed                          pushserver
 //	delivered  timeout, dead                              msgworker
-//	delivered  sent (a retry: retries=N)                  msgworker
+//	delivered  sent (a retry: timeout, expired)           msgworker
 //	sent, delivered → scheduled (a retry's backoff)       msgworker
+//	delivered  sent (a retry: device_error, rejected)     pushserver
+//	sent, delivered → scheduled (the same, with backoff)  pushserver
 //	pending, queued, sent, delivered → lost               msgworker (the claim's watchdog)
 //	dead       queued (operator replay)                   apiserver
 //	failed, timeout, expired, rejected → queued (retry)   apiserver
@@ -416,8 +477,9 @@
 // another server) with the owner as server reference.
 //
 //	topic                     subscriber     publisher    payload
-//	devices/{d}/commands      device d       push server  JSON-RPC request, id "{client}:{id}"
-//	devices/{d}/responses     push server    device d     JSON-RPC response, the same id
+//	devices/{d}/commands      device d       push server  JSON-RPC request, id "{client}:{id}" ("#{n}" added
+//	                                                      for attempt n ≥ 2 of a retry policy)
+//	devices/{d}/responses     push server    device d     JSON-RPC response, the same id (with or without "#{n}")
 //	clients/{c}/results/{d}   client c       push server  JSON-RPC response to c's command to d, c's own id
 //
 // A client subscribes to clients/{c}/results/+ (all devices) or to one
@@ -453,7 +515,7 @@
 //
 // A client's result is a JSON-RPC response with the client's own id:
 //
-//	final status       result payload
+//	final status       result payload ("attempts":N after the id for a command with retries)
 //	succeeded          {"jsonrpc":"2.0","result":<the device's result>,"id":ID}
 //	failed             {"jsonrpc":"2.0","error":<the device's error, unchanged>,"id":ID}
 //	timeout, expired,  {"jsonrpc":"2.0","error":{"code":-3200x,"message":STATUS[": " detail],

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"reflect"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -324,16 +325,23 @@ func FuzzParseTopic(f *testing.F) {
 
 func FuzzParseDeviceMsgID(f *testing.F) {
 	for _, s := range []string{"app-1:42", "c:1", "c:abc", "c:a:b", "c::", "c:007", "c:-5", "c:-0", "c:1234567890123456",
-		"c:-1234567890123456", "", "c", "c:", ":1", "-c:1", "c d:1", "é:1", id128 + ":" + id128, id129 + ":1"} {
+		"c:-1234567890123456", "", "c", "c:", ":1", "-c:1", "c d:1", "é:1", id128 + ":" + id128, id129 + ":1",
+		"c:1#2", "c:a#99", "c:a#100", "c:a#1", "c:a#0", "c:a#02", "c:a#", "c:a##2", "c:#2", "c#2:a", "c:a#2#3", "c:a#x"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
-		client, id, err := ParseDeviceMsgID(s)
+		client, id, attempt, err := ParseDeviceAttempt(s)
+		if c1, id1, err1 := ParseDeviceMsgID(s); c1 != client || id1.Key() != id.Key() || (err1 == nil) != (err == nil) {
+			t.Fatalf("ParseDeviceMsgID(%q) = %q, %q, %v; ParseDeviceAttempt gives %q, %q, %v", s, c1, id1.Key(), err1, client, id.Key(), err)
+		}
 		if err != nil {
-			if !errors.Is(err, ErrDeviceMsgID) || client != "" || !id.IsZero() {
-				t.Fatalf("ParseDeviceMsgID(%q) = %q, %q, %v, want %v", s, client, id.Key(), err, ErrDeviceMsgID)
+			if !errors.Is(err, ErrDeviceMsgID) || client != "" || !id.IsZero() || attempt != 0 {
+				t.Fatalf("ParseDeviceAttempt(%q) = %q, %q, %d, %v, want %v", s, client, id.Key(), attempt, err, ErrDeviceMsgID)
 			}
 			return
+		}
+		if attempt != 0 && (attempt < 2 || attempt > MaxAttempt) {
+			t.Fatalf("ParseDeviceAttempt(%q) = attempt %d, want 0 or 2 to %d", s, attempt, MaxAttempt)
 		}
 		if !ValidIdentity(client) || id.IsZero() {
 			t.Fatalf("ParseDeviceMsgID(%q) = %q, %q, want a valid client and id", s, client, id.Key())
@@ -341,13 +349,13 @@ func FuzzParseDeviceMsgID(f *testing.F) {
 		if back, err := ParseID(id.Raw()); err != nil || back.Key() != id.Key() {
 			t.Fatalf("ParseID(%q) = %q, %v, want %q", id.Raw(), back.Key(), err, id.Key())
 		}
-		rebuilt := DeviceMsgID(client, id)
-		if rebuilt != s && s != client+":-0" {
-			t.Fatalf("DeviceMsgID(ParseDeviceMsgID(%q)) = %q, want %q", s, rebuilt, s)
+		rebuilt := DeviceAttemptID(client, id, attempt)
+		if rebuilt != s && !strings.HasPrefix(s, client+":-0") {
+			t.Fatalf("DeviceAttemptID(ParseDeviceAttempt(%q)) = %q, want %q", s, rebuilt, s)
 		}
-		c2, id2, err := ParseDeviceMsgID(rebuilt)
-		if err != nil || c2 != client || id2.Key() != id.Key() {
-			t.Fatalf("ParseDeviceMsgID(%q) = %q, %q, %v, want %q, %q", rebuilt, c2, id2.Key(), err, client, id.Key())
+		c2, id2, a2, err := ParseDeviceAttempt(rebuilt)
+		if err != nil || c2 != client || id2.Key() != id.Key() || a2 != attempt {
+			t.Fatalf("ParseDeviceAttempt(%q) = %q, %q, %d, %v, want %q, %q, %d", rebuilt, c2, id2.Key(), a2, err, client, id.Key(), attempt)
 		}
 	})
 }
@@ -564,6 +572,37 @@ func FuzzGroupEnvelope(f *testing.F) {
 		}
 		if e2.Client != e.Client || e2.MsgID.Key() != e.MsgID.Key() || e2.Method != e.Method || e2.TimeoutMS != e.TimeoutMS {
 			t.Errorf("round trip changed the envelope: %+v → %+v", e, e2)
+		}
+	})
+}
+
+func FuzzParseRetryOn(f *testing.F) {
+	for _, s := range []string{"timeout", "expired", "device_error", "rejected", "timeout,expired,device_error,rejected",
+		"rejected,timeout", " device_error , expired ", "", " ", ",", "timeout,", "timeout,timeout", "Timeout", "error",
+		"device-error", "timeout;expired", "é"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		got, err := ParseRetryOn(s)
+		if err != nil {
+			if got != "" {
+				t.Fatalf("ParseRetryOn(%q) = %q, %v; want no value with an error", s, got, err)
+			}
+			return
+		}
+		// The canonical form is a fixed point, and names each outcome of
+		// s once, in the order of RetryOutcomes.
+		again, err := ParseRetryOn(got)
+		if err != nil || again != got {
+			t.Fatalf("ParseRetryOn(%q) = %q, %v; want %q (canonical)", got, again, err, got)
+		}
+		last := -1
+		for _, name := range strings.Split(got, ",") {
+			i := slices.Index(RetryOutcomes, name)
+			if i <= last {
+				t.Fatalf("ParseRetryOn(%q) = %q: %q out of order or unknown", s, got, name)
+			}
+			last = i
 		}
 	})
 }

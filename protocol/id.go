@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strconv"
 	"strings"
 )
 
@@ -204,10 +205,75 @@ func CheckIdentity(s string) error {
 // different clients never collide at a device.
 func DeviceMsgID(client string, id ID) string { return client + ":" + id.Key() }
 
+// MaxAttempt is the highest attempt number a device-facing id carries
+// (a command is tried at most 1 + the apiserver's MaxRetries times).
+const MaxAttempt = 99
+
+// DeviceAttemptID is the id a device sees for attempt n of a command
+// under a retry policy: DeviceMsgID for the first attempt (n ≤ 1), and
+// "{client}:{id key}#{n}" for each later one, so that a device can tell a
+// retry from a redelivery ("#" occurs in no identity and no ID).
+func DeviceAttemptID(client string, id ID, n int) string {
+	if n <= 1 {
+		return DeviceMsgID(client, id)
+	}
+	return DeviceMsgID(client, id) + "#" + strconv.Itoa(n)
+}
+
+// SplitAttempt splits a device-facing id into the id of the command's
+// first attempt and the attempt number after "#" (2 to MaxAttempt,
+// decimal, no leading zero); attempt is 0 when s carries no suffix. ok is
+// false for a suffix that is not such a number.
+func SplitAttempt(s string) (base string, attempt int, ok bool) {
+	i := strings.IndexByte(s, '#')
+	if i < 0 {
+		return s, 0, true
+	}
+	n := s[i+1:]
+	if n == "" || len(n) > 2 || n[0] == '0' {
+		return "", 0, false
+	}
+	for j := 0; j < len(n); j++ {
+		if n[j] < '0' || n[j] > '9' {
+			return "", 0, false
+		}
+	}
+	a, _ := strconv.Atoi(n)
+	if a < 2 {
+		return "", 0, false
+	}
+	return s[:i], a, true
+}
+
+// AnswerAttempt returns the attempt number a device's answer names with
+// the suffix "#{n}" of its id (DeviceAttemptID), 0 when it names none (or
+// its id is not a device-facing id at all: AnswerTarget tells).
+func AnswerAttempt(r *Response) int {
+	var s string
+	if json.Unmarshal(r.ID, &s) != nil {
+		return 0
+	}
+	_, n, _ := SplitAttempt(s)
+	return n
+}
+
+// ResultAttempts returns the member "attempts" of a client's result (the
+// attempts of a command with a retry policy), 0 when it has none.
+func ResultAttempts(payload []byte) int {
+	var r struct {
+		Attempts int `json:"attempts"`
+	}
+	if json.Unmarshal(payload, &r) != nil {
+		return 0
+	}
+	return r.Attempts
+}
+
 // AnswerTarget returns the client and the client's own ID that a device's
 // answer is for, from its id: the string "{client}:{id}" the command
-// carried (DeviceMsgID). Its error never quotes more than a few bytes of
-// the id.
+// carried (DeviceMsgID), or "{client}:{id}#{n}" for attempt n of a retry
+// (DeviceAttemptID). Its error never quotes more than a few bytes of the
+// id.
 func AnswerTarget(r *Response) (client string, id ID, err error) {
 	var s string
 	if err := json.Unmarshal(r.ID, &s); err != nil {
@@ -222,9 +288,29 @@ func AnswerTarget(r *Response) (client string, id ID, err error) {
 
 // ParseDeviceMsgID splits a device-facing id into the client and the
 // client's own ID. The client part ends at the first colon (an identity
-// has none); the rest must be a valid ID key. An all-digit rest is the
-// integer ID.
+// has none); the rest must be a valid ID key, optionally followed by the
+// attempt suffix "#{n}" of DeviceAttemptID (dropped: see
+// ParseDeviceAttempt). An all-digit rest is the integer ID.
 func ParseDeviceMsgID(s string) (client string, id ID, err error) {
+	client, id, _, err = ParseDeviceAttempt(s)
+	return client, id, err
+}
+
+// ParseDeviceAttempt is ParseDeviceMsgID that also returns the attempt
+// number of the suffix "#{n}" (DeviceAttemptID), 0 when there is none.
+func ParseDeviceAttempt(s string) (client string, id ID, attempt int, err error) {
+	s, attempt, ok := SplitAttempt(s)
+	if !ok {
+		return "", ID{}, 0, fmt.Errorf("%w: the attempt after \"#\" must be a number from 2 to %d", ErrDeviceMsgID, MaxAttempt)
+	}
+	client, id, err = parseDeviceMsgID(s)
+	if err != nil {
+		return "", ID{}, 0, err
+	}
+	return client, id, attempt, nil
+}
+
+func parseDeviceMsgID(s string) (client string, id ID, err error) {
 	i := strings.IndexByte(s, ':')
 	if i <= 0 || i == len(s)-1 {
 		return "", ID{}, ErrDeviceMsgID

@@ -353,3 +353,71 @@ func TestAnswerTarget(t *testing.T) {
 		}
 	}
 }
+
+func TestDeviceAttemptID(t *testing.T) {
+	id := ID{}
+	var err error
+	if id, err = ParseID([]byte(`"r-1"`)); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		attempt int
+		want    string
+	}{
+		{0, "app-1:r-1"}, {1, "app-1:r-1"}, {2, "app-1:r-1#2"}, {11, "app-1:r-1#11"},
+	}
+	for _, tt := range tests {
+		got := DeviceAttemptID("app-1", id, tt.attempt)
+		if got != tt.want {
+			t.Errorf("DeviceAttemptID(app-1, r-1, %d) = %q, want %q", tt.attempt, got, tt.want)
+		}
+		client, back, attempt, err := ParseDeviceAttempt(got)
+		want := tt.attempt
+		if want < 2 {
+			want = 0
+		}
+		if err != nil || client != "app-1" || back.Key() != "r-1" || attempt != want {
+			t.Errorf("ParseDeviceAttempt(%q) = %q, %q, %d, %v; want app-1, r-1, %d", got, client, back.Key(), attempt, err, want)
+		}
+	}
+	for _, bad := range []string{"app-1:r-1#1", "app-1:r-1#0", "app-1:r-1#02", "app-1:r-1#100", "app-1:r-1#", "app-1:r-1#x", "app-1:r-1#2#3"} {
+		if _, _, _, err := ParseDeviceAttempt(bad); err == nil {
+			t.Errorf("ParseDeviceAttempt(%q) = nil error, want %v", bad, ErrDeviceMsgID)
+		}
+	}
+}
+
+func TestAnswerAttempt(t *testing.T) {
+	tests := []struct {
+		id   string
+		want int
+	}{
+		{`"c:1"`, 0}, {`"c:1#3"`, 3}, {`"c:1#1"`, 0}, {`7`, 0}, {`"c:1#x"`, 0},
+	}
+	for _, tt := range tests {
+		if got := AnswerAttempt(&Response{ID: []byte(tt.id)}); got != tt.want {
+			t.Errorf("AnswerAttempt(id %s) = %d, want %d", tt.id, got, tt.want)
+		}
+	}
+}
+
+func TestParseRetryOn(t *testing.T) {
+	tests := []struct {
+		in, want, err string
+	}{
+		{"timeout", "timeout", ""},
+		{"rejected,device_error", "device_error,rejected", ""},
+		{" expired , timeout ", "timeout,expired", ""},
+		{"timeout,expired,device_error,rejected", "timeout,expired,device_error,rejected", ""},
+		{"", "", "retry_on is empty"},
+		{"timeout,", "", `unknown outcome ""`},
+		{"failed", "", `unknown outcome "failed"`},
+		{"timeout,timeout", "", `"timeout" is named twice`},
+	}
+	for _, tt := range tests {
+		got, err := ParseRetryOn(tt.in)
+		if got != tt.want || (err == nil) != (tt.err == "") || (err != nil && !strings.Contains(err.Error(), tt.err)) {
+			t.Errorf("ParseRetryOn(%q) = %q, %v; want %q, an error with %q", tt.in, got, err, tt.want, tt.err)
+		}
+	}
+}

@@ -1,6 +1,9 @@
 package protocol
 
-import "fmt"
+import (
+	"fmt"
+	"slices"
+)
 
 // Status is the state of one command (DESIGN §4).
 type Status string
@@ -91,11 +94,17 @@ var Transitions = []Transition{
 	{StatusDelivered, StatusFailed, OwnerPush},
 	{StatusDelivered, StatusTimeout, OwnerWorker},
 	{StatusDelivered, StatusDead, OwnerWorker},
-	// A retry (retries=N): no answer within the timeout, sent again.
+	// A retry policy (retries=N, retry_on) takes the next attempt instead
+	// of a final status: sent again (sent → sent is a new mailbox entry),
+	// or, with a backoff (retry_backoff), waiting as scheduled. The worker
+	// does it for a timeout or an expiry (and a full mailbox), the push
+	// server for a device's error answer or its refusal (MQTT 5 PUBACK).
 	{StatusDelivered, StatusSent, OwnerWorker},
-	// A retry with a backoff (retry_backoff): it waits as scheduled.
 	{StatusSent, StatusScheduled, OwnerWorker},
 	{StatusDelivered, StatusScheduled, OwnerWorker},
+	{StatusDelivered, StatusSent, OwnerPush},
+	{StatusSent, StatusScheduled, OwnerPush},
+	{StatusDelivered, StatusScheduled, OwnerPush},
 	// The operator's replay of a dead letter (POST /v1/dead/{id}/replay,
 	// mailbox.ReplayDead): the only way out of a final status; the client
 	// then gets a second final result for the same id.
@@ -164,7 +173,7 @@ func CanTransition(from, to Status, by Owner) bool {
 func Sources(to Status) []Status {
 	var out []Status
 	for _, t := range Transitions {
-		if t.To == to {
+		if t.To == to && !slices.Contains(out, t.From) {
 			out = append(out, t.From)
 		}
 	}

@@ -89,6 +89,11 @@ func TestCanTransition(t *testing.T) {
 		{StatusDelivered, StatusTimeout, OwnerWorker}:   true,
 		{StatusDelivered, StatusDead, OwnerWorker}:      true,
 
+		// A retry policy's next attempt after a device's error or refusal.
+		{StatusDelivered, StatusSent, OwnerPush}:      true,
+		{StatusSent, StatusScheduled, OwnerPush}:      true,
+		{StatusDelivered, StatusScheduled, OwnerPush}: true,
+
 		{StatusDead, StatusQueued, OwnerAPI}: true, // operator replay of a dead letter
 		// The client's retry (POST /v1/commands/{id}/retry).
 		{StatusFailed, StatusQueued, OwnerAPI}:   true,
@@ -119,9 +124,11 @@ func TestCanTransition(t *testing.T) {
 	}
 	// Each status has one owner who sets it (DESIGN §4 "set by"), except
 	// rejected: the worker (the mailbox is full) or the push server (the
-	// device refused it).
+	// device refused it); and the next attempt of a retry policy (sent or
+	// scheduled), which the push server takes after a device's error or
+	// refusal.
 	setBy := map[Status][]Owner{
-		StatusPending: {OwnerAPI}, StatusQueued: {OwnerAPI}, StatusScheduled: {OwnerWorker}, StatusSent: {OwnerWorker}, StatusDelivered: {OwnerPush},
+		StatusPending: {OwnerAPI}, StatusQueued: {OwnerAPI}, StatusScheduled: {OwnerWorker, OwnerPush}, StatusSent: {OwnerWorker, OwnerPush}, StatusDelivered: {OwnerPush},
 		StatusSucceeded: {OwnerPush}, StatusFailed: {OwnerPush}, StatusTimeout: {OwnerWorker},
 		StatusExpired: {OwnerWorker}, StatusCancelled: {OwnerAPI}, StatusRejected: {OwnerWorker, OwnerPush},
 		StatusDead: {OwnerWorker}, StatusVoid: {OwnerAPI}, StatusLost: {OwnerWorker},

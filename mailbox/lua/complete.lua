@@ -4,7 +4,16 @@
 -- the answer deadline (delivered + timeout) ends the command as timeout
 -- with the answer kept as late; one received in time wins while the
 -- record is not final. First final wins; nothing overrides a final.
--- Replies {outcome, '', '', outbox entry or absent}.
+--
+-- Under a retry policy (lib.lua): an error answer whose command retries
+-- device_error (or an answer past the deadline, timeout) takes the next
+-- attempt instead of ending it. att is the attempt the answer's id names
+-- ("{client}:{id}#{n}"; 0: no suffix, the current attempt): an earlier
+-- attempt's result still counts (the device did the work), its error
+-- does not (that attempt already ended), and neither does any answer
+-- while the next attempt waits out its backoff, or one naming an attempt
+-- not made yet: those are kept as late and change nothing.
+-- Replies {outcome, '', '', outbox entry or absent}, or again's reply.
 local K = cmdkeys(KEYS)
 local device, body, status, raw, held = A[1], A[2], A[3], A[4], tonumber(A[5])
 local timeout_body, timeout_reason = A[6], A[7]
@@ -13,25 +22,34 @@ local timeout_body, timeout_reason = A[6], A[7]
 -- command's trace (the same trace ID, characters 4 to 35), so that an
 -- answer sent without the command's trace leaves the record's.
 local tp = A[8] or ''
+local att = tonumber(A[9]) or 0
+local expired_body, expired_reason, rejected_body, rejected_reason = A[10], A[11], A[12], A[13]
 local received = NOW - held
 
-local r = load(K.rec)
-if not r then return {'unknown', ''} end
-if r.device ~= device then return {'other_device', ''} end
-local st = r.status
-if FINAL[st] then
-  if (st == 'succeeded' or st == 'failed') and r.id and
-      r.resp == '{"jsonrpc":"2.0",' .. body .. ',"id":' .. r.id .. '}' then
-    return {'duplicate', ''}
-  end
+-- keeplate records raw as the command's late answer, changing nothing else.
+local function keeplate(r)
   if r.late ~= raw then
     redis.call('HSET', K.rec, 'late', raw)
     count(K.stats, 'late')
   end
   return {'late', ''}
 end
+
+local r = load(K.rec)
+if not r then return {'unknown', ''} end
+if r.device ~= device then return {'other_device', ''} end
+local st = r.status
+if FINAL[st] then
+  if (st == 'succeeded' or st == 'failed') and r.id and r.resp == response(r, body, false) then
+    return {'duplicate', ''}
+  end
+  return keeplate(r)
+end
+local current = num(r.tries) + 1
+if st == 'scheduled' and num(r.tries) > 0 then return keeplate(r) end
 if st ~= 'sent' and st ~= 'delivered' then return {'not_sent', ''} end
 if not sane(r) then return {'corrupt', ''} end
+if att > current or (att > 0 and att < current and status ~= 'succeeded') then return keeplate(r) end
 if tp ~= '' and (not r.tp or r.tp == '' or string.sub(r.tp, 4, 35) == string.sub(tp, 4, 35)) then
   redis.call('HSET', K.rec, 'tp', tp)
   r.tp = tp
@@ -53,6 +71,16 @@ local deadline = num(r.delivered) + num(r.tmo)
 if received > deadline then
   extra[#extra + 1] = 'late'; extra[#extra + 1] = raw
   count(K.stats, 'late')
+  if retrying(r, 'timeout') and r.req then
+    redis.call('HSET', K.rec, unpack(extra))
+    return again(K, r, 'timeout', r.req, expired_body, expired_reason, rejected_body, rejected_reason)
+  end
   return {'timeout', '', '', finalize(K, r, 'timeout', timeout_body, timeout_reason, extra)}
+end
+if status == 'failed' and retrying(r, 'device_error') and r.req then
+  -- The device's error ends this attempt only; it is kept as rerr.
+  extra[#extra + 1] = 'rerr'; extra[#extra + 1] = raw
+  redis.call('HSET', K.rec, unpack(extra))
+  return again(K, r, 'device_error', r.req, expired_body, expired_reason, rejected_body, rejected_reason)
 end
 return {status, '', '', finalize(K, r, status, body, '', extra)}

@@ -15,6 +15,8 @@
 --     grace has passed (an answer read in time may still be recorded
 --     until then); a sent command no longer on the wire (handed back)
 --     expires at its deliver-by instead.
+-- A command whose retry policy retries the timeout or the expiry takes
+-- its next attempt instead (again, lib.lua).
 -- Replies {outcome, '', '', outbox entry or absent}.
 local K = cmdkeys(KEYS)
 local member, horizon = A[1], tonumber(A[2])
@@ -26,6 +28,17 @@ if not due or tonumber(due) > NOW then return {'notdue', ''} end
 redis.call('ZREM', K.timers, member)
 local kind = string.sub(member, 1, 1)
 local r = load(K.rec)
+
+-- expire ends r expired, or starts its next attempt when its policy
+-- retries an expiry (request: its device request, nil while its AMQP
+-- message or its lane's turn is still to come).
+local function expire(request)
+  if retrying(r, 'expired') then
+    return again(K, r, 'expired', request, expired_body, expired_reason, rejected_body, rejected_reason)
+  end
+  return {'expired', '', '', finalize(K, r, 'expired', expired_body, expired_reason)}
+end
+
 if not r then
   -- The record is gone: whatever lane it held lets the next one go.
   local _, d, c, k = string.match(member, '^(%a)|([^|]*)|([^|]*)|(.*)$')
@@ -54,6 +67,7 @@ if kind == 'l' then
   if lanehead(K, r.lane) ~= lanemember(r) then return {'noop', ''} end
   local request = r.req
   if num(r.retries) == 0 then redis.call('HDEL', K.rec, 'lw', 'req') else redis.call('HDEL', K.rec, 'lw') end
+  r.lw = nil
   return send(K, r, r.device, request, num(r.deliver_by), expired_body, expired_reason, rejected_body, rejected_reason)
 end
 if kind == 'd' then
@@ -70,14 +84,14 @@ if kind == 'd' then
       return {'rearmed', ''}
     end
     queue(K, r, horizon)
-    return {'expired', '', '', finalize(K, r, 'expired', expired_body, expired_reason)}
+    return expire(nil)
   end
-  if st == 'queued' then return {'expired', '', '', finalize(K, r, 'expired', expired_body, expired_reason)} end
+  if st == 'queued' then return expire(nil) end
   if num(r.sending) > 0 then
     redis.call('ZADD', K.timers, ms(NOW + num(r.tmo) + GRACE), tm('a', r))
     return {'rearmed', ''}
   end
-  return {'expired', '', '', finalize(K, r, 'expired', expired_body, expired_reason)}
+  return expire(r.req)
 end
 if st == 'sent' and num(r.sending) == 0 then
   local by = num(r.deliver_by)
@@ -85,48 +99,16 @@ if st == 'sent' and num(r.sending) == 0 then
     redis.call('ZADD', K.timers, ms(by), tm('d', r))
     return {'rearmed', ''}
   end
-  return {'expired', '', '', finalize(K, r, 'expired', expired_body, expired_reason)}
+  return expire(r.req)
 end
 if st == 'delivered' and num(r.tmo) == 0 then
   -- One-way, PUBACKed, and the step after the PUBACK never ran.
   return {'succeeded', '', '', finalize(K, r, 'succeeded', ONEWAY, '')}
 end
-if (st == 'sent' or st == 'delivered') and num(r.retries) > num(r.tries) and r.req then
-  -- No answer within the timeout, and tries are left: the same request
-  -- (same id: the device answers a repeat again, it does not run it
-  -- twice) goes into the mailbox again, with a fresh expires_in window.
-  if r.entry and r.entry ~= '' then redis.call('XDEL', K.mbox, r.entry) end
-  redis.call('HDEL', K.rec, 'delivered', 'sending', 'fetched')
-  local try = num(r.tries) + 1
-  local rb_i = num(r.rb_i)
-  if rb_i > 0 then
-    -- A backoff: it waits as scheduled (cancellable) until then, and its
-    -- expires_in window starts then; the scheduled timer sends it.
-    local wait = rb_i
-    local mult = tonumber(r.rb_m) or 1
-    local cap = num(r.rb_x)
-    for _ = 2, try do
-      if wait >= cap then break end
-      wait = wait * mult
-    end
-    if wait > cap then wait = cap end
-    wait = math.floor(wait)
-    local nb = NOW + wait
-    if r.entry and r.entry ~= '' then
-      if redis.call('XLEN', K.mbox) == 0 then redis.call('SREM', K.mboxes, r.device) end
-    end
-    redis.call('HSET', K.rec, 'status', 'scheduled', 'tries', ms(try), 'nb', ms(nb), 'deliver_by', ms(nb + num(r.exp)), 'entry', '')
-    redis.call('ZADD', K.timers, ms(nb), tm('s', r))
-    count(K.stats, 'retried')
-    return {'retry_scheduled', ''}
-  end
-  redis.call('HSET', K.rec, 'status', 'sent', 'tries', ms(try))
-  local res = send(K, r, r.device, r.req, NOW + num(r.exp), expired_body, expired_reason, rejected_body, rejected_reason)
-  if res[1] == 'sent' then
-    res[1] = 'retried'
-    count(K.stats, 'retried')
-  end
-  return res
+if (st == 'sent' or st == 'delivered') and retrying(r, 'timeout') and r.req then
+  -- No answer within the timeout, and the policy retries it: the next
+  -- attempt (its own device-facing id) with a fresh expires_in window.
+  return again(K, r, 'timeout', r.req, expired_body, expired_reason, rejected_body, rejected_reason)
 end
 if st == 'sent' or st == 'delivered' then
   return {'timeout', '', '', finalize(K, r, 'timeout', timeout_body, timeout_reason)}

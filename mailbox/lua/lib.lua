@@ -290,6 +290,7 @@ local function lanegate(K, r, request)
     if num(r.lw) > 0 then
       redis.call('HDEL', K.rec, 'lw')
       if num(r.retries) == 0 then redis.call('HDEL', K.rec, 'req') end
+      r.lw = nil
     end
     return true
   end
@@ -323,6 +324,64 @@ local function queue(K, r, horizon)
   r.status = 'queued'
 end
 
+-- response is the client's JSON-RPC response of r: body is '"result":…'
+-- or '"error":…' (without jsonrpc and id). A command with a retry policy
+-- (retries) carries the number of its attempts as the member "attempts"
+-- and, when the gateway made the error (gw), in the error's data as well
+-- (a gateway error always has data; "attempts" sorts first in it).
+local function response(r, body, gw)
+  if num(r.retries) == 0 then return '{"jsonrpc":"2.0",' .. body .. ',"id":' .. r.id .. '}' end
+  local n = ms(num(r.tries) + 1)
+  if gw then
+    body = string.gsub(body, '^("error":{.-"data":{)', '%1"attempts":' .. n .. ',', 1)
+  end
+  return '{"jsonrpc":"2.0",' .. body .. ',"id":' .. r.id .. ',"attempts":' .. n .. '}'
+end
+
+-- Retry policies (issue 14). A command with retries = N > 0 is tried at
+-- most N + 1 times; tries counts the retries done, so its current attempt
+-- is tries + 1. ron ("retry_on", absent: timeout) names the outcomes that
+-- end an attempt without ending the command: timeout, expired,
+-- device_error (an answer with an error) and rejected (refused by the
+-- device, or its mailbox full). An attempt starts when the command goes
+-- into the device's mailbox (or would), with a fresh expires_in window.
+
+-- retrying reports whether r's policy retries an attempt that ended with
+-- outcome what: it names what, and tries are left.
+local function retrying(r, what)
+  if num(r.retries) <= num(r.tries) or num(r.tmo) == 0 then return false end
+  local on = r.ron
+  if not on or on == '' then on = 'timeout' end
+  return string.find(',' .. on .. ',', ',' .. what .. ',', 1, true) ~= nil
+end
+
+-- backoff is the wait (ms) before retry n of r (1 for the first):
+-- min(rb_i × rb_m^(n−1), rb_x), 0 without a backoff.
+local function backoff(r, n)
+  local wait = num(r.rb_i)
+  if wait <= 0 then return 0 end
+  local mult = tonumber(r.rb_m) or 1
+  local cap = num(r.rb_x)
+  for _ = 2, n do
+    if wait >= cap then break end
+    wait = wait * mult
+  end
+  if wait > cap then wait = cap end
+  return math.floor(wait)
+end
+
+-- attemptreq is the device request of r's current attempt: request (as
+-- dispatch made it, with the id "{client}:{id}" last) for the first, and
+-- with the id "{client}:{id}#{n}" for attempt n ≥ 2
+-- (protocol.DeviceAttemptID).
+local function attemptreq(r, request)
+  local n = num(r.tries) + 1
+  if n < 2 then return request end
+  local tail = '"id":"' .. r.client .. ':' .. r.key .. '"}'
+  if string.sub(request, -#tail) ~= tail then return request end
+  return string.sub(request, 1, -3) .. '#' .. ms(n) .. '"}'
+end
+
 -- finalize sets a final status: body is the JSON-RPC response without
 -- jsonrpc and id ('"result":…' or '"error":…'). It removes the device
 -- mailbox entry, cancels the timers, appends the client's result to the
@@ -336,7 +395,7 @@ end
 -- the command) for the relay to continue.
 local function finalize(K, r, status, body, reason, extra)
   local c, k, d = r.client, r.key, r.device
-  local resp = '{"jsonrpc":"2.0",' .. body .. ',"id":' .. r.id .. '}'
+  local resp = response(r, body, status ~= 'succeeded' and status ~= 'failed')
   local set = {'status', status, 'finished', ms(NOW), 'resp', resp}
   if r.lw and r.lw ~= '' then set[#set + 1] = 'lw'; set[#set + 1] = '' end
   if reason and reason ~= '' then set[#set + 1] = 'reason'; set[#set + 1] = reason end
@@ -372,19 +431,81 @@ local function finalize(K, r, status, body, reason, extra)
   return {ob, c, k, d, gen, status, resp, ms(NOW), ms(NOW + RET), nextlane, grp, tp}
 end
 
+-- again starts the next attempt of r, whose current one ended with
+-- outcome why (retrying(r, why) holds): it leaves the device's mailbox,
+-- tries is counted, and
+--   - with no request at hand (a queued command whose AMQP message has
+--     not come yet) or waiting for its lane (lw), it stays where it is
+--     with a fresh window: deliver-by = now + backoff + expires_in (the
+--     message, or its lane's turn, sends it; a message sees nb);
+--   - with a backoff, it waits as scheduled (cancellable) until then, its
+--     window starting then; the scheduled timer sends it;
+--   - else request goes into the mailbox again at once (send).
+-- The answer and deliver-by timers of the attempt that ended are taken
+-- out. rw keeps why. Replies {'retry_waits'|'retry_scheduled', ''} or
+-- send's reply with 'retried' for 'sent'.
+local send
+local function again(K, r, why, request, expired_body, expired_reason, rejected_body, rejected_reason)
+  if r.entry and r.entry ~= '' then
+    redis.call('XDEL', K.mbox, r.entry)
+    if redis.call('XLEN', K.mbox) == 0 then redis.call('SREM', K.mboxes, r.device) end
+  end
+  redis.call('ZREM', K.timers, tm('d', r), tm('a', r))
+  redis.call('HDEL', K.rec, 'delivered', 'sending', 'fetched')
+  r.delivered, r.sending, r.fetched, r.entry = nil, nil, nil, ''
+  local try = num(r.tries) + 1
+  r.tries = ms(try)
+  count(K.stats, 'retried')
+  count(K.stats, 'retried_' .. why)
+  local wait = backoff(r, try)
+  local exp = num(r.exp)
+  if not request or num(r.lw) > 0 then
+    local by = NOW + wait + exp
+    local f = {'tries', r.tries, 'entry', '', 'rw', why, 'deliver_by', ms(by)}
+    if wait > 0 and num(r.lw) == 0 then f[#f + 1] = 'nb'; f[#f + 1] = ms(NOW + wait) end
+    redis.call('HSET', K.rec, unpack(f))
+    r.deliver_by = ms(by)
+    redis.call('ZADD', K.timers, ms(by), tm('d', r))
+    return {'retry_waits', ''}
+  end
+  if wait > 0 then
+    local nb = NOW + wait
+    redis.call('HSET', K.rec, 'status', 'scheduled', 'tries', r.tries, 'rw', why, 'nb', ms(nb),
+      'deliver_by', ms(nb + exp), 'entry', '', 'req', request)
+    r.status = 'scheduled'
+    unqueue(K, r)
+    redis.call('ZADD', K.timers, ms(nb), tm('s', r))
+    return {'retry_scheduled', ''}
+  end
+  r.deliver_by = ms(NOW + exp)
+  redis.call('HSET', K.rec, 'tries', r.tries, 'rw', why, 'entry', '', 'req', request, 'deliver_by', r.deliver_by)
+  local res = send(K, r, r.device, request, NOW + exp, expired_body, expired_reason, rejected_body, rejected_reason)
+  if res[1] == 'sent' then res[1] = 'retried' end
+  return res
+end
+
 -- send puts a command into the device's mailbox (status sent, its
--- deliver-by timer armed), or ends it expired (deliver-by passed) or
--- rejected (the mailbox is full). Replies as dispatch does.
-local function send(K, r, device, request, by, expired_body, expired_reason, rejected_body, rejected_reason)
+-- deliver-by timer armed), the device request of its current attempt
+-- (attemptreq), or ends it expired (deliver-by passed) or rejected (the
+-- mailbox is full), unless its retry policy takes the next attempt
+-- instead (again). Replies as dispatch does.
+send = function(K, r, device, request, by, expired_body, expired_reason, rejected_body, rejected_reason)
   local c, k = r.client, r.key
   if by <= NOW then
+    if retrying(r, 'expired') then
+      return again(K, r, 'expired', request, expired_body, expired_reason, rejected_body, rejected_reason)
+    end
     return {'expired', '', '', finalize(K, r, 'expired', expired_body, expired_reason)}
   end
-  local id = append(K.mbox, K.mboxes, device, 'devices/' .. device .. '/commands', request, by, c, k, r.tp)
+  local id = append(K.mbox, K.mboxes, device, 'devices/' .. device .. '/commands', attemptreq(r, request), by, c, k, r.tp)
   if not id then
+    if retrying(r, 'rejected') then
+      return again(K, r, 'rejected', request, expired_body, expired_reason, rejected_body, rejected_reason)
+    end
     return {'rejected', '', '', finalize(K, r, 'rejected', rejected_body, rejected_reason)}
   end
   redis.call('HSET', K.rec, 'status', 'sent', 'sent', ms(NOW), 'entry', id)
+  r.status, r.entry = 'sent', id
   unqueue(K, r)
   redis.call('ZADD', K.timers, ms(by), tm('d', r))
   if num(r.replays) > 0 then redis.call('ZREM', K.dead, c .. '|' .. k) end

@@ -4,9 +4,12 @@
 -- with body (the client's -32005, carrying the reason code) and reason;
 -- for any other state the entry only leaves the mailbox, as with ack. An
 -- entry that carries another command than (client, key) stays, and is
--- reported 'mismatch'. Replies {outcome, '', '', outbox entry or absent}.
+-- reported 'mismatch'. A command whose retry policy retries rejected
+-- takes its next attempt instead (again, lib.lua: its reply).
+-- Replies {outcome, '', '', outbox entry or absent}.
 local K = cmdkeys(KEYS)
 local device, id, client, key, body, reason = A[1], A[2], A[3], A[4], A[5], A[6]
+local expired_body, expired_reason, rejected_body, rejected_reason = A[7], A[8], A[9], A[10]
 
 local es = redis.call('XRANGE', K.mbox, id, id)
 if #es == 0 then return {'gone', ''} end
@@ -16,6 +19,9 @@ local r = load(K.rec)
 local out = {'deleted', ''}
 if r and r.status == 'sent' and r.entry == id and r.device == device and r.client == client and r.key == key then
   if not sane(r) then return {'corrupt', ''} end
+  if retrying(r, 'rejected') and r.req then
+    return again(K, r, 'rejected', r.req, expired_body, expired_reason, rejected_body, rejected_reason)
+  end
   out = {'rejected', '', '', finalize(K, r, 'rejected', body, reason)}
 else
   redis.call('XDEL', K.mbox, id)

@@ -20,7 +20,7 @@ if not string.find(',' .. allowed .. ',', ',' .. r.status .. ',', 1, true) then 
 if not sane(r) then return {'corrupt', raw} end
 local by = NOW + num(r.exp)
 redis.call('PERSIST', K.rec)
-redis.call('HDEL', K.rec, 'finished', 'resp', 'reason', 'dropped', 'sending', 'sent', 'delivered', 'entry', 'tries')
+redis.call('HDEL', K.rec, 'finished', 'resp', 'reason', 'dropped', 'sending', 'sent', 'delivered', 'entry', 'tries', 'rw', 'rerr')
 redis.call('HSET', K.rec, 'status', 'queued', 'queued', ms(NOW), 'deliver_by', ms(by), 'replays', ms(num(r.replays) + 1))
 redis.call('ZADD', K.queued, ms(NOW), r.client .. '|' .. r.key)
 redis.call('ZADD', K.timers, ms(by), tm('d', r))

@@ -17,6 +17,8 @@ local grp = A[15] or ''
 -- The backoff of the retries: initial wait (ms, 0: none), multiplier,
 -- longest wait (ms).
 local rb_i, rb_m, rb_x = tonumber(A[16]) or 0, A[17] or '', tonumber(A[18]) or 0
+-- ron: the outcomes its retries take ("retry_on", canonical; '': timeout).
+local ron = A[19] or ''
 -- A scheduled command (delay > 0) waits until nb = now + delay; its
 -- deliver-by counts expires_in from nb.
 
@@ -30,6 +32,7 @@ if not r or r.status == 'void' then
     'attempts', '0', 'lease', token, 'lease_until', ms(NOW + lease)}
   if delay > 0 then rec[#rec + 1] = 'nb'; rec[#rec + 1] = ms(NOW + delay) end
   if retries > 0 then rec[#rec + 1] = 'retries'; rec[#rec + 1] = ms(retries) end
+  if retries > 0 and ron ~= '' then rec[#rec + 1] = 'ron'; rec[#rec + 1] = ron end
   local life = (retries + 1) * (delay + exp + tmo) + retries * rb_x + lease + 2 * GRACE + RET
   if lane ~= '' then
     rec[#rec + 1] = 'lane'; rec[#rec + 1] = lane

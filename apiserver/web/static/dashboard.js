@@ -589,10 +589,15 @@
         el("span", { class: "badge " + c.status }, c.status),
         el("span", { class: "mono" }, `${c.client} → ${c.device}`),
         el("span", {}, "method ", el("b", { class: "mono" }, c.method)),
-        el("span", {}, "attempts ", el("b", {}, num(c.attempts))),
+        el("span", {}, "attempts ", el("b", {}, c.retries ? `${num(c.attempts)} of ${num(c.retries + 1)}` : num(c.attempts))),
+        c.retries ? el("span", {}, "retried on ", el("b", { class: "mono" }, c.retry_on)) : null,
         c.deliver_by ? el("span", { class: "null" }, "deliver by " + dateTime(c.deliver_by)) : null),
       timeline,
     ];
+    // A retried command's timeline shows its current (or last) attempt;
+    // the line says how the previous one ended.
+    if (c.retried_on) parts.push(el("p", {}, `Attempt ${num(c.attempts)}: the previous attempt ended ${c.retried_on}; ` +
+      `the device saw the id "${c.client}:${c.id}#${c.attempts}". PUBLISHes: ${num(c.publishes)}.`));
     if (c.reason) parts.push(el("p", {}, "Reason: ", c.reason));
     if (c.result_dropped) parts.push(el("p", { class: "error" }, "The result was dropped: the client's mailbox was full."));
     if (c.response) parts.push(el("pre", { class: "json" }, JSON.stringify(c.response, null, 2)));

@@ -49,6 +49,30 @@ func (e CommandLaneMode) Valid() bool {
 	}
 }
 
+// Defines values for CommandRetriedOn.
+const (
+	CommandRetriedOnDeviceError CommandRetriedOn = "device_error"
+	CommandRetriedOnExpired     CommandRetriedOn = "expired"
+	CommandRetriedOnRejected    CommandRetriedOn = "rejected"
+	CommandRetriedOnTimeout     CommandRetriedOn = "timeout"
+)
+
+// Valid indicates whether the value is a known member of the CommandRetriedOn enum.
+func (e CommandRetriedOn) Valid() bool {
+	switch e {
+	case CommandRetriedOnDeviceError:
+		return true
+	case CommandRetriedOnExpired:
+		return true
+	case CommandRetriedOnRejected:
+		return true
+	case CommandRetriedOnTimeout:
+		return true
+	default:
+		return false
+	}
+}
+
 // Defines values for CommandQueueStatsOldestAgeSource.
 const (
 	CommandQueueStatsOldestAgeSourceGateway    CommandQueueStatsOldestAgeSource = "gateway"
@@ -373,7 +397,7 @@ type BatchResult_Item struct {
 
 // Command defines model for Command.
 type Command struct {
-	// Attempts PUBLISHes sent to the device.
+	// Attempts Its attempts under its retry policy so far: 1 + tries (the current one, or the last once final).
 	Attempts    int        `json:"attempts"`
 	Client      Identity   `json:"client"`
 	CreatedAt   *time.Time `json:"created_at,omitempty"`
@@ -403,10 +427,13 @@ type Command struct {
 	NotBefore *time.Time `json:"not_before,omitempty"`
 
 	// OneWay A one-way command: its PUBACK is its success.
-	OneWay   *bool           `json:"one_way,omitempty"`
-	Params   *Command_Params `json:"params,omitempty"`
-	QueuedAt *time.Time      `json:"queued_at,omitempty"`
-	Reason   *string         `json:"reason,omitempty"`
+	OneWay *bool           `json:"one_way,omitempty"`
+	Params *Command_Params `json:"params,omitempty"`
+
+	// Publishes PUBLISHes sent to the device (or polls that returned it), redeliveries included.
+	Publishes int        `json:"publishes"`
+	QueuedAt  *time.Time `json:"queued_at,omitempty"`
+	Reason    *string    `json:"reason,omitempty"`
 
 	// Response The JSON-RPC response the client gets, with its own id.
 	Response *Response `json:"response,omitempty"`
@@ -414,11 +441,17 @@ type Command struct {
 	// ResultDropped The client's mailbox was full when the command became final; the response is only here.
 	ResultDropped *bool `json:"result_dropped,omitempty"`
 
-	// Retries Sends again after a timeout, at most this often.
+	// RetriedOn The outcome that ended its previous attempt.
+	RetriedOn *CommandRetriedOn `json:"retried_on,omitempty"`
+
+	// Retries Its retry policy: tried at most retries + 1 times.
 	Retries *int `json:"retries,omitempty"`
 
 	// RetryBackoff The wait before each retry: initial,multiplier,max (retry_backoff).
 	RetryBackoff *string `json:"retry_backoff,omitempty"`
+
+	// RetryOn With retries: the outcomes retried (canonical order: timeout,expired,device_error,rejected).
+	RetryOn *string `json:"retry_on,omitempty"`
 
 	// SendingAt When the push server took it to send (on the wire).
 	SendingAt *time.Time `json:"sending_at,omitempty"`
@@ -431,7 +464,7 @@ type Command struct {
 	// TimeoutMs 0 for a one-way command.
 	TimeoutMs int `json:"timeout_ms"`
 
-	// Tries Retries done so far.
+	// Tries Retries done so far (attempts − 1).
 	Tries *int `json:"tries,omitempty"`
 }
 
@@ -448,6 +481,9 @@ type CommandParams1 = []interface{}
 type Command_Params struct {
 	union json.RawMessage
 }
+
+// CommandRetriedOn The outcome that ended its previous attempt.
+type CommandRetriedOn string
 
 // CommandList defines model for CommandList.
 type CommandList struct {
@@ -585,6 +621,9 @@ type GroupCommand struct {
 
 	// RetryBackoff Every child's retry backoff: initial,multiplier,max.
 	RetryBackoff *string `json:"retry_backoff,omitempty"`
+
+	// RetryOn Every child's retry_on (with retries).
+	RetryOn *string `json:"retry_on,omitempty"`
 
 	// Status pending (not yet durable), queued (no child created yet), running, completed (every child final), aborted (abort_after reached) or cancelled (DELETE).
 	Status     GroupCommandStatus `json:"status"`
@@ -725,8 +764,12 @@ type Request_Params struct {
 
 // Response The JSON-RPC response the client gets, with its own id.
 type Response struct {
-	Error *struct {
-		Code    int         `json:"code"`
+	// Attempts A command with a retry policy (retries): the number of its attempts, for every final status (a success too, whose `result` is the device's).
+	Attempts *int `json:"attempts,omitempty"`
+	Error    *struct {
+		Code int `json:"code"`
+
+		// Data The device's error data, unchanged; for an error the gateway made, an object with source "gateway", status, and `attempts` for a command with a retry policy.
 		Data    interface{} `json:"data,omitempty"`
 		Message string      `json:"message"`
 	} `json:"error,omitempty"`
@@ -802,7 +845,7 @@ type Stats struct {
 		// Counts Transitions into each status over the window (every status, zero included).
 		Counts map[string]int `json:"counts"`
 
-		// Events Other counts over the window: late (answers after the command ended), result_dropped (results a full client mailbox refused), lane_wait (commands that waited behind the head of their ordered lane).
+		// Events Other counts over the window: late (answers after the command ended), result_dropped (results a full client mailbox refused), lane_wait (commands that waited behind the head of their ordered lane), retried (attempts a retry policy started again) and retried_{outcome} by the outcome that ended the attempt (retried_timeout, retried_expired, retried_device_error, retried_rejected).
 		Events        map[string]int `json:"events"`
 		WindowMinutes int            `json:"window_minutes"`
 	} `json:"statuses"`
@@ -880,8 +923,14 @@ type PostGroupCommandParams struct {
 	// `data.reason` "group aborted: abort_after reached: N failed".
 	AbortAfter *string `form:"abort_after,omitempty" json:"abort_after,omitempty"`
 
-	// Retries Every child's retries (as for one command, 0 to 10).
+	// Retries Every child's retries (as for one command, 0 to 10). A child counts as failed for abort_after only once final.
 	Retries *int `form:"retries,omitempty" json:"retries,omitempty"`
+
+	// MaxAttempts Every child's max_attempts (as for one command; retries + 1).
+	MaxAttempts *int `form:"max_attempts,omitempty" json:"max_attempts,omitempty"`
+
+	// RetryOn Every child's retry_on (as for one command; needs retries).
+	RetryOn *string `form:"retry_on,omitempty" json:"retry_on,omitempty"`
 
 	// RetryBackoff Every child's retry backoff (as for one command; needs retries).
 	RetryBackoff *string `form:"retry_backoff,omitempty" json:"retry_backoff,omitempty"`
@@ -957,8 +1006,14 @@ type SendCommandsParams struct {
 	// ExpiresIn The command must be delivered within this (counted from not_before when given). A Go duration or whole seconds. Default 1h, 1s to 7d.
 	ExpiresIn *string `form:"expires_in,omitempty" json:"expires_in,omitempty"`
 
-	// Retries Sends the command again (the same request and id; a fresh expires_in window) when no answer came within its timeout, up to this many times, before it ends `timeout`. 0 to 10, default 0; not with one_way. Part of the body's identity.
+	// Retries A retry policy: the command is tried at most retries + 1 times. An attempt that ends with an outcome named in `retry_on` (default `timeout`) is not final: the next attempt goes into the device's mailbox with a fresh expires_in window (after `retry_backoff`) and the device-facing id `{client}:{id}#{n}` (attempt n ≥ 2; the first keeps `{client}:{id}`). The client gets one result, the last attempt's, with `attempts`. 0 to 10, default 0; not with one_way. Part of the body's identity.
 	Retries *int `form:"retries,omitempty" json:"retries,omitempty"`
+
+	// MaxAttempts The same as retries + 1 (issue 14's name): 1 to 11. Give retries or max_attempts, not both (400).
+	MaxAttempts *int `form:"max_attempts,omitempty" json:"max_attempts,omitempty"`
+
+	// RetryOn With retries: the outcomes of an attempt that are retried, comma-separated, each at most once: `timeout` (no answer within timeout of delivery), `expired` (not delivered within expires_in of the attempt's start), `device_error` (the device answered with a JSON-RPC error), `rejected` (the device refused it with an MQTT 5 PUBACK of 0x80 or more, or its mailbox was full). Default `timeout`. An unknown or repeated name, an empty list, or retry_on without retries (or on a one-way command) is a 400. Part of the body's identity as a set (`rejected,timeout` = `timeout,rejected`; naming only `timeout` is the same body as naming nothing).
+	RetryOn *string `form:"retry_on,omitempty" json:"retry_on,omitempty"`
 
 	// Lane An ordered lane of the device: 1 to 64 characters of [A-Za-z0-9._-], starting with a letter or digit (400 otherwise). The commands of one lane of one device (from any client) go on the wire one at a time, in acceptance order, each only once the one before is final; until then a command is `queued` with `lane_wait: true`. Anything that ends a command releases its lane (an answer, a one-way PUBACK, cancel, expiry, timeout, a dead letter), so a lane never deadlocks. Commands without a lane are never held. Works for MQTT and HTTP-polling devices alike. The commands of a batch join the lane in the batch's order. Part of the body's identity.
 	Lane *string `form:"lane,omitempty" json:"lane,omitempty"`
@@ -966,7 +1021,7 @@ type SendCommandsParams struct {
 	// LaneMode With `lane`: `final` (the default) sends the lane's next command once this one is final; `puback` once this one is delivered (the device's PUBACK, or the ack of its HTTP poll; an answer that comes first counts too). Not with `retries`. Part of the body's identity.
 	LaneMode *SendCommandsParamsLaneMode `form:"lane_mode,omitempty" json:"lane_mode,omitempty"`
 
-	// RetryBackoff With retries, the wait before each retry: `initial[,multiplier[,max]]` (e.g. `1s,2,30s`; multiplier 1 to 10, default 2; max default the larger of initial and 1m; durations from 100ms to 1h). Retry n waits min(initial × multiplier^(n−1), max) as `scheduled` (cancellable), then is sent with a fresh expires_in window. An answer to the earlier try that arrives during the wait is not recorded (the device answers the same id again when it is sent). Part of the body's identity.
+	// RetryBackoff With retries, the wait before each retry: `initial[,multiplier[,max]]` (e.g. `1s,2,30s`; multiplier 1 to 10, default 2; max default the larger of initial and 1m; durations from 100ms to 1h). Retry n waits min(initial × multiplier^(n−1), max) as `scheduled` (cancellable), then is sent with a fresh expires_in window. An answer that arrives during the wait is kept as late and changes nothing. Part of the body's identity.
 	RetryBackoff *string `form:"retry_backoff,omitempty" json:"retry_backoff,omitempty"`
 
 	// NotBefore A scheduled command: not sent before this time, an RFC 3339 time or a duration from now (`10m`, `2h`), at most 30 days ahead (a time in the past: at once). Accepted (202) now; status `scheduled` once a worker has taken it from its queue, cancellable until then; `expires_in` counts from it. Part of the body's identity, as given.
@@ -3030,6 +3085,30 @@ func NewPostGroupCommandRequestWithBody(server string, params *PostGroupCommandP
 
 		}
 
+		if params.MaxAttempts != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "max_attempts", *params.MaxAttempts, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.RetryOn != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "retry_on", *params.RetryOn, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
 		if params.RetryBackoff != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "retry_backoff", *params.RetryBackoff, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
@@ -3691,6 +3770,30 @@ func NewSendCommandsRequestWithBody(server string, deviceId DeviceID, params *Se
 		if params.Retries != nil {
 
 			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "retries", *params.Retries, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.MaxAttempts != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "max_attempts", *params.MaxAttempts, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "integer", Format: ""}); err != nil {
+				return nil, err
+			} else {
+				for _, qp := range strings.Split(queryFrag, "&") {
+					rawQueryFragments = append(rawQueryFragments, qp)
+				}
+			}
+
+		}
+
+		if params.RetryOn != nil {
+
+			if queryFrag, err := runtime.StyleParamWithOptions("form", true, "retry_on", *params.RetryOn, runtime.StyleParamOptions{ParamLocation: runtime.ParamLocationQuery, Type: "string", Format: ""}); err != nil {
 				return nil, err
 			} else {
 				for _, qp := range strings.Split(queryFrag, "&") {
