@@ -72,7 +72,7 @@
 //	retries        no         query     0 to 10            A retry policy (see "Retry policies"): at most
 //	                                                       retries + 1 attempts. Default 0. Not with one_way.
 //	                                                       Part of the body's identity.
-//	max_attempts   no         query     1 to 11            retries + 1, the name; not with retries.
+//	max_attempts   no         query     1 to 11            retries + 1, another way to say it; not with retries.
 //	retry_on       no         query     outcome list       With retries: the outcomes retried, comma-separated
 //	                                                       ([ParseRetryOn]): timeout, expired, device_error,
 //	                                                       rejected. Default timeout. Part of the body's
