@@ -39,10 +39,10 @@ local function ms(n) return string.format('%d', n) end
 
 -- The next-due report (due.go, DESIGN §7a "Costs that do not grow with
 -- P"). A step that makes its partition's work due earlier than anything
--- the partition held, and sooner than HORIZON, reports that time: arm notes a timer earlier than
--- the timer set's earliest (one ZRANGE per step, read at its first arm),
--- and a final step notes the first entry of an empty outbox, due OBAGE
--- later (finalize). The wrapper of a plain call then replies
+-- the partition held, and sooner than HORIZON, reports that time: arm
+-- notes a timer earlier than the timer set's earliest (one ZRANGE per
+-- step, read at its first arm), and a final step notes the first entry
+-- of an empty outbox, due OBAGE later (finalize). The wrapper of a plain call then replies
 -- {DUE, due_ms, reply}, which the Go side unwraps before any caller sees
 -- it; in a batch each item's row carries its due ('' when none). The
 -- fire step arms without arm: only a partition's owner and the Store of
