@@ -5,8 +5,8 @@ import (
 	"time"
 )
 
-// During a resize of GW_QUEUES (GW_QUEUES_FROM set; README "Running at
-// scale"), the apiserver declares the old and the new queues but
+// During a resize of GW_QUEUES (GW_QUEUES_FROM set; README "Resizing
+// GW_QUEUES"), the apiserver declares the old and the new queues but
 // publishes to the old count until every worker consumes the new one:
 // the worker that sees so sets Keys.Queues to the new count, which
 // followResize reads every second. Before that, and when the read fails,

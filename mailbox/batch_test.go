@@ -288,6 +288,11 @@ func TestBatchReportsEachPartition(t *testing.T) {
 			t.Fatalf("claim: %v", c.err)
 		}
 	}
+	for deadline := time.Now().Add(5 * time.Second); !s.DueFlushed(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the reports were never sent")
+		}
+	}
 	zs, err := rdb.ZRangeWithScores(context.Background(), s.keys.Due(), 0, -1).Result()
 	if err != nil {
 		t.Fatal(err)

@@ -15,19 +15,33 @@ import (
 // keeps, per partition, when it has work next (its earliest timer, or its
 // oldest outbox entry plus OutboxAge) and polls a partition only then.
 // What it cannot see is work that another process's step made due
-// earlier; so every step that declares its partition's timer set or
-// outbox reports, in its reply, when it made the partition's work due
-// earlier than anything the partition held (lib.lua's watch and report:
-// a timer earlier than the earliest, or a first outbox entry). The Store
-// that ran the step adds that time to the namespace's due set
-// (Keys.Due, ZADD LT: only ever earlier) and the owner reads the members
-// due by now each tick (TakeReported), removing them before it polls the
-// partition. A step that does not make work due earlier needs no report:
-// the owner already polls the partition no later than its earliest work.
+// earlier; so a step that makes its partition's work due earlier than
+// anything the partition held reports it in its reply (lib.lua's arm: a
+// timer earlier than the timer set's earliest; finalize: the first entry
+// of an empty outbox). The Store that ran the step adds that time to the
+// namespace's due set (Keys.Due, ZADD LT: only ever earlier) and the
+// owner reads the members due by now each tick (TakeReported), removing
+// them before it polls the partition. A step that does not make work due
+// earlier needs no report: the owner already polls the partition no
+// later than its earliest work. The fire step reports nothing: it runs
+// on timers already due, so the owner polls that partition again anyway.
 //
-// A report lost (the process died between the step and the ZADD, or the
-// ZADD failed) delays that work until the owner's slow full sweep of its
-// partitions, the backstop.
+// Work due later than ReportHorizon is not reported at all: an owner
+// sweeps all its partitions at least that often (msgworker's TimerSweep
+// is at most ReportHorizon), so a sweep finds it before it is due. So a
+// command with the default expires_in and timeout reports only its first
+// outbox entry, and the reports cost little even on an idle gateway,
+// where every step finds its partition empty.
+//
+// Reports go out after the step, from a goroutine that coalesces them
+// into one ZADD LT (noteDues), off the caller's path. A report lost (the
+// process died before it went out, or the ZADD failed) delays that work
+// until the owner's full sweep of its partitions, the backstop.
+
+// ReportHorizon is how far ahead a step reports work it made due
+// earlier (see above); owners must sweep all their partitions at least
+// this often.
+const ReportHorizon = 30 * time.Second
 
 // OutboxAge is how old an outbox entry must be before the partition's
 // owner relays it: the Store that ran the final step relays at once, this
@@ -61,22 +75,64 @@ func (s *Store) noteDue(ctx context.Context, p int, dueMs int64) {
 }
 
 // noteDues tells the owners of the partitions in due (partition → unix
-// ms) that they have work due then, in one ZADD LT. A failure is logged
-// and counted: the owners' full sweep finds the work later.
+// ms) that they have work due then: it adds them to the pending reports,
+// which flushDues sends, coalesced, off the caller's path.
 func (s *Store) noteDues(ctx context.Context, due map[int]int64) {
 	if len(due) == 0 {
 		return
 	}
-	zs := make([]redis.Z, 0, len(due))
+	s.dueMu.Lock()
+	if s.duePending == nil {
+		s.duePending = map[int]int64{}
+	}
 	for p, ms := range due {
-		zs = append(zs, redis.Z{Score: float64(ms), Member: strconv.Itoa(p)})
+		if cur, ok := s.duePending[p]; !ok || ms < cur {
+			s.duePending[p] = ms
+		}
 	}
-	s.dueReports.Add(int64(len(zs)))
-	if err := s.rdb.ZAddLT(context.WithoutCancel(ctx), s.keys.Due(), zs...).Err(); err != nil {
-		s.dueLost.Add(int64(len(zs)))
-		s.log.WarnContext(ctx, "cannot report partitions' next due times; their owners' full sweep will find them",
-			"partitions", len(zs), "err", err)
+	start := !s.dueFlushing
+	s.dueFlushing = true
+	s.dueMu.Unlock()
+	s.dueReports.Add(int64(len(due)))
+	if start {
+		go s.flushDues(context.WithoutCancel(ctx))
 	}
+}
+
+// flushDues sends the pending reports, one ZADD LT per round, until none
+// is pending. A failure is logged and counted: the owners' full sweep
+// finds the work later.
+func (s *Store) flushDues(ctx context.Context) {
+	for {
+		s.dueMu.Lock()
+		pending := s.duePending
+		s.duePending = nil
+		if len(pending) == 0 {
+			s.dueFlushing = false
+			s.dueMu.Unlock()
+			return
+		}
+		s.dueMu.Unlock()
+		zs := make([]redis.Z, 0, len(pending))
+		for p, ms := range pending {
+			zs = append(zs, redis.Z{Score: float64(ms), Member: strconv.Itoa(p)})
+		}
+		cctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+		err := s.rdb.ZAddLT(cctx, s.keys.Due(), zs...).Err()
+		cancel()
+		if err != nil {
+			s.dueLost.Add(int64(len(zs)))
+			s.log.WarnContext(ctx, "cannot report partitions' next due times; their owners' full sweep will find them",
+				"partitions", len(zs), "err", err)
+		}
+	}
+}
+
+// DueFlushed reports whether no next-due report waits to be sent.
+func (s *Store) DueFlushed() bool {
+	s.dueMu.Lock()
+	defer s.dueMu.Unlock()
+	return !s.dueFlushing
 }
 
 // DueReports is the number of next-due reports this Store sent (see

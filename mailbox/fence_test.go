@@ -63,11 +63,12 @@ func TestResizeFence(t *testing.T) {
 	if err := s.CheckResize(ctx, 2, 4, true); err != nil {
 		t.Fatalf("first start, resizing 2 → 4: CheckResize = %v", err)
 	}
-	steps := []struct {
+	type step struct {
 		name         string
 		from, queues int
 		ok           bool
-	}{
+	}
+	steps := []step{
 		{"plain 2 before the switch", 0, 2, true},
 		{"plain 4 before the switch", 0, 4, false},
 		{"resizing 8 → 4", 8, 4, false},
@@ -88,11 +89,7 @@ func TestResizeFence(t *testing.T) {
 	if err := s.MoveQueues(ctx, 2, 4); err != nil {
 		t.Fatalf("MoveQueues(2, 4) again = %v, want nil (nothing to change)", err)
 	}
-	steps = []struct {
-		name         string
-		from, queues int
-		ok           bool
-	}{
+	steps = []step{
 		{"plain 2 after the switch", 0, 2, false},
 		{"plain 4 after the switch", 0, 4, true},
 		{"resizing 2 → 4 after the switch", 2, 4, true},

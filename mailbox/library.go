@@ -104,6 +104,7 @@ func buildLibrary() *library {
 	var b strings.Builder
 	src := strings.Replace(string(libSrc), "--@FINAL@--", final.String(), 1)
 	src = strings.Replace(src, "--@OUTBOXAGE@--", strconv.FormatInt(OutboxAge.Milliseconds(), 10), 1)
+	src = strings.Replace(src, "--@HORIZON@--", strconv.FormatInt(ReportHorizon.Milliseconds(), 10), 1)
 	b.WriteString(src)
 	b.WriteString("\nlocal S = {}\n")
 	names, _ := fs.Glob(luaFiles, "lua/*.lua")
@@ -130,10 +131,9 @@ local function batch(KEYS, ARGV)
     for j = 1, na do a[j] = ARGV[pos + 1 + j] end
     kpos = kpos + nk
     pos = pos + 2 + na
-    local w = watch(k)
+    EARLIEST, DUEAT = nil, nil
     local ok, v = pcall(f, k, a)
-    local due = lowered(w)
-    due = due and string.format('%d', due) or ''
+    local due = DUEAT and ms(DUEAT) or ''
     if ok then
       if v == nil then v = false end
       out[#out + 1] = {1, v, due}
@@ -148,7 +148,7 @@ end
 `)
 	const ph = "@LIB@"
 	for _, step := range steps {
-		fmt.Fprintf(&b, "redis.register_function('%s_%s', function(KEYS, ARGV) local A = begin(ARGV); local w = watch(KEYS); return report(w, S['%s'](KEYS, A)) end)\n", ph, step, step)
+		fmt.Fprintf(&b, "redis.register_function('%s_%s', function(KEYS, ARGV) local A = begin(ARGV); return report(S['%s'](KEYS, A)) end)\n", ph, step, step)
 	}
 	b.WriteString("redis.register_function('" + ph + "_batch', batch)\n")
 	sum := sha1.Sum([]byte(b.String()))

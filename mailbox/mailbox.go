@@ -232,6 +232,9 @@ type Store struct {
 	orphans        atomic.Int64
 
 	dueReports, dueLost atomic.Int64 // next-due reports sent, failed (due.go)
+	dueMu               sync.Mutex
+	duePending          map[int]int64 // reports not sent yet: partition → due (unix ms)
+	dueFlushing         bool          // a flushDues goroutine runs
 }
 
 // New returns the Store of namespace ns on rdb: a *redis.Client (one

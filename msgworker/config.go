@@ -11,6 +11,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/iotgw/gateway/internal/config"
+	"github.com/iotgw/gateway/mailbox"
 )
 
 // Defaults of the worker's own settings. The shared ones (URLs, namespace,
@@ -27,8 +28,9 @@ const (
 	// DefaultTimerBatch is the most timers one FireTimers call fires.
 	DefaultTimerBatch = 256
 	// DefaultTimerSweep is how often a worker polls every partition it
-	// owns (Config.TimerSweep).
-	DefaultTimerSweep = 30 * time.Second
+	// owns (Config.TimerSweep), and the longest it may wait: steps do not
+	// report work due later than mailbox.ReportHorizon.
+	DefaultTimerSweep = mailbox.ReportHorizon
 	// DefaultShutdownTimeout bounds the wait for in-flight handlers at
 	// shutdown.
 	DefaultShutdownTimeout = 10 * time.Second
@@ -82,10 +84,12 @@ type Config struct {
 	// TimerBatch is the most timers fired by one poll; a full batch is
 	// followed by another poll at once. Default 256.
 	TimerBatch int
-	// TimerSweep is how often the worker polls every partition it owns,
-	// the backstop of the next-due reports (due.go): a report lost (its
-	// process died right after the step) delays that work by at most
-	// this much. Default 30s.
+	// TimerSweep is how often the worker polls every partition it owns:
+	// it finds the work that steps do not report (due later than
+	// mailbox.ReportHorizon) before it is due, and is the backstop of the
+	// reports (due.go): a report lost (its process died right after the
+	// step) delays that work by at most this much. Default and most
+	// mailbox.ReportHorizon (30s); a longer one is lowered to it.
 	TimerSweep time.Duration
 	// ShutdownTimeout bounds how long Run waits for in-flight handlers
 	// once its context is cancelled. Default 10s.
@@ -127,7 +131,7 @@ func (c *Config) ensureDefaults() {
 	if c.TimerBatch <= 0 {
 		c.TimerBatch = DefaultTimerBatch
 	}
-	if c.TimerSweep <= 0 {
+	if c.TimerSweep <= 0 || c.TimerSweep > DefaultTimerSweep {
 		c.TimerSweep = DefaultTimerSweep
 	}
 	if c.ShutdownTimeout <= 0 {

@@ -47,7 +47,7 @@ func TestIdleOwnerCallsRedisLittle(t *testing.T) {
 	h := newHarness(t)
 	w := h.worker(func(c *Config) {
 		c.TimerInterval = DefaultTimerInterval
-		c.TimerSweep = time.Hour // the sweep's cost is computed, not waited for
+		c.TimerSweep = DefaultTimerSweep // 30 s: the sweep's cost is computed, not waited for
 	})
 	var cc commandCounter
 	w.rdb.AddHook(&cc)
@@ -68,13 +68,14 @@ func TestIdleOwnerCallsRedisLittle(t *testing.T) {
 	}
 }
 
-// TestReportedTimerFires: with a full sweep once an hour, a timer that a
+// TestReportedTimerFires: with a full sweep every 30 s, a timer that a
 // step armed after the sweep (the answer timer, armed by the device's
-// PUBACK) still fires on time, because the step reported it.
+// PUBACK, due within a second) still fires on time, because the step
+// reported it.
 func TestReportedTimerFires(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
-	w := h.worker(func(c *Config) { c.TimerSweep = time.Hour })
+	w := h.worker(func(c *Config) { c.TimerSweep = DefaultTimerSweep })
 	waitOwnsAll(t, w)
 	env := h.send(spec{client: "app-1", device: "lamp-1", id: `1`, timeout: time.Second})
 	h.waitStatus(env, protocol.StatusSent, 10*time.Second)

@@ -38,7 +38,7 @@ for i = 2, #A, 2 do
         redis.call('HSET', rk, unpack(set))
         local rr = {device = r[3], client = r[6], key = r[7]}
         redis.call('ZREM', timers, tm('d', rr))
-        redis.call('ZADD', timers, ms(NOW + num(r[4]) + GRACE), tm('a', rr))
+        arm(timers, NOW + num(r[4]) + GRACE, tm('a', rr))
         count(stats, 'delivered')
         what = 'delivered'
         -- A one-way command (timeout 0) succeeds by this PUBACK: the

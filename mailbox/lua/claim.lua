@@ -16,7 +16,7 @@ if not c[1] then
   redis.call('HSET', claim, 'device', device, 'fp', fp, 'state', 'open', 'gen', '0', 'claimed', ms(NOW), 'id', id)
   if grp ~= '' then redis.call('HSET', claim, 'grp', grp) end
   redis.call('PEXPIRE', claim, ms(lifetime))
-  redis.call('ZADD', timers, ms(NOW + watch), member)
+  arm(timers, NOW + watch, member)
   return {'new', device}
 end
 if c[1] ~= device or c[2] ~= fp then return {'conflict', c[1]} end

@@ -25,7 +25,7 @@ if num(r.nb) > NOW then
   -- durable), with the device request, for its timer.
   redis.call('HSET', K.rec, 'status', 'scheduled', 'req', request)
   unqueue(K, r)
-  redis.call('ZADD', K.timers, ms(r.nb), tm('s', r))
+  arm(K.timers, num(r.nb), tm('s', r))
   count(K.stats, 'scheduled')
   return {'scheduled', '', ''}
 end

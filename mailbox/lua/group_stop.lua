@@ -8,5 +8,5 @@ local how, reason, member = A[1], A[2], A[3]
 if redis.call('EXISTS', gk) == 0 then return 'notfound' end
 if redis.call('HSETNX', gk, 'stopped', how) == 0 then return 'already' end
 redis.call('HSET', gk, 'stop_reason', reason, 'stopped_at', ms(NOW))
-redis.call('ZADD', timers, ms(NOW), member)
+arm(timers, NOW, member)
 return 'stopped'

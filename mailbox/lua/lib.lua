@@ -13,11 +13,15 @@
 --   - expiries are relative (PEXPIRE).
 
 local NOW, RET, CAP, GRACE
+-- Of the step (see arm): the timer set's earliest due (false: empty;
+-- nil: not read yet) and the due time it reports.
+local EARLIEST, DUEAT
 
 -- begin reads the common arguments: clock (ms; 0: read Redis TIME),
 -- retention (ms), mailbox cap, answer grace (ms); it returns the step's
 -- own arguments.
 local function begin(ARGV)
+  EARLIEST, DUEAT = nil, nil
   NOW = tonumber(ARGV[1])
   if NOW == 0 then
     local t = redis.call('TIME')
@@ -33,56 +37,42 @@ end
 
 local function ms(n) return string.format('%d', n) end
 
--- The next-due report (library.go, DESIGN §7a "Costs that do not grow
--- with P"). watch finds the partition's timer set and outbox among a
--- call's KEYS and notes their state before the step; report compares
--- after it. When the step made work due earlier than anything the
--- partition had (a timer earlier than its earliest, or a first outbox
--- entry, due OBAGE after it was written), the reply becomes
+-- The next-due report (due.go, DESIGN §7a "Costs that do not grow with
+-- P"). A step that makes its partition's work due earlier than anything
+-- the partition held, and sooner than HORIZON, reports that time: arm
+-- notes a timer earlier than the timer set's earliest (one ZRANGE per
+-- step, read at its first arm), and a final step notes the first entry
+-- of an empty outbox, due OBAGE later (finalize). The wrapper of a plain call then replies
 -- {DUE, due_ms, reply}, which the Go side unwraps before any caller sees
--- it and passes to the partition's owner. In a batch (which may span
--- partitions on one server) each item is watched on its own and its row
--- carries the time as a third element ('' when none).
-local DUE, OBAGE = '@DUE@', --@OUTBOXAGE@--
-
-local function watch(KEYS)
-  local tk, ok
-  for i = 1, #KEYS do
-    local k = KEYS[i]
-    if not tk and string.match(k, '^%b{}:timers$') then tk = k
-    elseif not ok and string.match(k, '^%b{}:outbox$') then ok = k end
-  end
-  if not tk and not ok then return nil end
-  local w = {tk = tk, ok = ok}
-  if tk then w.t = tonumber(redis.call('ZRANGE', tk, 0, 0, 'WITHSCORES')[2]) end
-  if ok then w.o = redis.call('XLEN', ok) end
-  return w
+-- it; in a batch each item's row carries its due ('' when none). The
+-- fire step arms without arm: only a partition's owner and the Store of
+-- an ordered lane's fast path fire, after the owner knew of an earlier
+-- timer, so the owner polls the partition again anyway.
+local DUE, OBAGE, HORIZON = '@DUE@', --@OUTBOXAGE@--, --@HORIZON@--
+-- note_due notes work due at t; beyond HORIZON from now it needs no
+-- report: an owner's full sweep comes first (due.go).
+local function note_due(t)
+  if t < NOW + HORIZON and (not DUEAT or t < DUEAT) then DUEAT = t end
 end
 
--- lowered is the time a step made its partition's work due earlier than
--- before (watch's note w), or nil.
-local function lowered(w)
-  if not w then return nil end
-  local due
-  if w.tk then
-    local t = tonumber(redis.call('ZRANGE', w.tk, 0, 0, 'WITHSCORES')[2])
-    if t and (not w.t or t < w.t) then due = t end
+-- arm adds member (or moves it) to the timer set timers, due at the
+-- instant at (unix ms, a number).
+local function arm(timers, at, member)
+  if EARLIEST == nil then
+    EARLIEST = tonumber(redis.call('ZRANGE', timers, 0, 0, 'WITHSCORES')[2]) or false
   end
-  if w.ok and w.o == 0 then
-    local x = redis.call('XRANGE', w.ok, '-', '+', 'COUNT', 1)
-    if #x > 0 then
-      local t = tonumber(string.match(x[1][1], '^(%d+)')) + OBAGE
-      if not due or t < due then due = t end
-    end
+  redis.call('ZADD', timers, ms(at), member)
+  if EARLIEST == false or at < EARLIEST then
+    note_due(at)
+    EARLIEST = at
   end
-  return due
 end
 
-local function report(w, v)
-  local due = lowered(w)
-  if not due then return v end
+-- report wraps a plain call's reply v with the step's due, if any.
+local function report(v)
+  if not DUEAT then return v end
   if v == nil then v = false end
-  return {DUE, string.format('%d', due), v}
+  return {DUE, ms(DUEAT), v}
 end
 
 local function num(v)
@@ -260,7 +250,7 @@ local function laneleave(K, r)
   local c, k = string.match(nh, '^[^|]*|%d+|([^|]*)|(.*)$')
   if not c then return '' end
   local member = tm('l', {device = r.device, client = c, key = k})
-  redis.call('ZADD', K.timers, ms(NOW), member)
+  arm(K.timers, NOW, member)
   return member
 end
 
@@ -414,6 +404,7 @@ local function finalize(K, r, status, body, reason, extra)
   local grp = r.grp or ''
   local tp = r.tp or ''
   local ob
+  if redis.call('XLEN', K.outbox) == 0 then note_due(NOW + OBAGE) end
   if grp ~= '' then
     ob = redis.call('XADD', K.outbox, '*', 'c', c, 'k', k, 'd', d, 'g', gen,
       's', status, 'r', resp, 'f', ms(NOW), 'x', ms(NOW + RET), 'tp', tp, 'G', grp)
@@ -507,7 +498,7 @@ send = function(K, r, device, request, by, expired_body, expired_reason, rejecte
   redis.call('HSET', K.rec, 'status', 'sent', 'sent', ms(NOW), 'entry', id)
   r.status, r.entry = 'sent', id
   unqueue(K, r)
-  redis.call('ZADD', K.timers, ms(by), tm('d', r))
+  arm(K.timers, by, tm('d', r))
   if num(r.replays) > 0 then redis.call('ZREM', K.dead, c .. '|' .. k) end
   count(K.stats, 'sent')
   return {'sent', id, session(K.sess)}

@@ -13,5 +13,6 @@ count(K.stats, 'orphan')
 local f = {'c', client, 'k', key, 'd', device, 'g', gen, 's', status, 'r', resp,
   'f', ms(NOW), 'x', ms(NOW + RET), 'tp', tp, 'o', '1'}
 if grp ~= '' then f[#f + 1] = 'G'; f[#f + 1] = grp end
+if redis.call('XLEN', K.outbox) == 0 then note_due(NOW + OBAGE) end
 local ob = redis.call('XADD', K.outbox, '*', unpack(f))
 return {'orphan', {ob, client, key, device, gen, status, resp, ms(NOW), ms(NOW + RET), '', grp, tp}}

@@ -56,7 +56,7 @@ if gk and redis.call('EXISTS', gk) == 1 then
     local at = num(redis.call('HGET', gk, 'abort_at'))
     if at > 0 and f >= at and redis.call('HSETNX', gk, 'stopped', 'aborted') == 1 then
       redis.call('HSET', gk, 'stop_reason', greason .. ': ' .. f .. ' failed', 'stopped_at', ms(NOW))
-      redis.call('ZADD', timers, ms(NOW), gmember)
+      arm(timers, NOW, gmember)
       count(stats, 'group_aborted')
     end
   end

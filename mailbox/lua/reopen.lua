@@ -15,5 +15,5 @@ end
 redis.call('HSET', claim, 'device', device, 'state', 'open', 'gen', ms(gen))
 redis.call('HDEL', claim, 'status', 'resp', 'finished', 'dropped', 'conflict')
 redis.call('PEXPIRE', claim, ms(lifetime))
-redis.call('ZADD', timers, ms(NOW + watch), member)
+arm(timers, NOW + watch, member)
 return 'reopened'

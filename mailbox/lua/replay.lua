@@ -23,7 +23,7 @@ redis.call('PERSIST', K.rec)
 redis.call('HDEL', K.rec, 'finished', 'resp', 'reason', 'dropped', 'sending', 'sent', 'delivered', 'entry', 'tries', 'rw', 'rerr')
 redis.call('HSET', K.rec, 'status', 'queued', 'queued', ms(NOW), 'deliver_by', ms(by), 'replays', ms(num(r.replays) + 1))
 redis.call('ZADD', K.queued, ms(NOW), r.client .. '|' .. r.key)
-redis.call('ZADD', K.timers, ms(by), tm('d', r))
+arm(K.timers, by, tm('d', r))
 r.deliver_by = ms(by)
 if r.lane and r.lane ~= '' then
   -- It left its lane when it died; it joins it again at the end.

@@ -47,7 +47,7 @@ if not r or r.status == 'void' then
   end
   redis.call('HSET', K.rec, unpack(rec))
   redis.call('PEXPIRE', K.rec, ms(life))
-  redis.call('ZADD', K.timers, ms(math.max(NOW + delay + exp, NOW + lease)), tm('d', {device = device, client = c, key = key}))
+  arm(K.timers, math.max(NOW + delay + exp, NOW + lease), tm('d', {device = device, client = c, key = key}))
   count(K.stats, 'pending')
   return {'reserved', rec}
 end
@@ -60,7 +60,7 @@ if r.status == 'pending' and num(r.lease_until) <= NOW then
   redis.call('HSET', K.rec, 'lease', r.lease, 'lease_until', r.lease_until,
     'created', r.created, 'deliver_by', r.deliver_by, 'retakes', r.retakes)
   redis.call('PEXPIRE', K.rec, ms(by - NOW + num(r.tmo) + lease + 2 * GRACE + RET))
-  redis.call('ZADD', K.timers, ms(math.max(by, NOW + lease)), tm('d', r))
+  arm(K.timers, math.max(by, NOW + lease), tm('d', r))
   return {'retake', flat(r)}
 end
 return {'exists', raw}
