@@ -456,7 +456,7 @@ local function again(K, r, why, request, expired_body, expired_reason, rejected_
     if wait > 0 and num(r.lw) == 0 then f[#f + 1] = 'nb'; f[#f + 1] = ms(NOW + wait) end
     redis.call('HSET', K.rec, unpack(f))
     r.deliver_by = ms(by)
-    redis.call('ZADD', K.timers, ms(by), tm('d', r))
+    arm(K.timers, by, tm('d', r))
     return {'retry_waits', ''}
   end
   if wait > 0 then
@@ -465,7 +465,7 @@ local function again(K, r, why, request, expired_body, expired_reason, rejected_
       'deliver_by', ms(nb + exp), 'entry', '', 'req', request)
     r.status = 'scheduled'
     unqueue(K, r)
-    redis.call('ZADD', K.timers, ms(nb), tm('s', r))
+    arm(K.timers, nb, tm('s', r))
     return {'retry_scheduled', ''}
   end
   r.deliver_by = ms(NOW + exp)
