@@ -677,13 +677,15 @@ func startProbe(t *testing.T, g *gwproc.Gateway) *probe {
 	return p
 }
 
-// try POSTs one command (one-way, to a device of the fleet) and returns
-// the HTTP status (0 when none came within 2 s).
+// try POSTs one command (one-way, to fo-probe, a device that never
+// connects, so that the probe's commands leave the fleet's figures and
+// the late answers alone: they expire after 5 s) and returns the HTTP
+// status (0 when none came within 2 s).
 func (p *probe) try(ctx context.Context) int {
 	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
 	defer cancel()
 	body := []byte(`{"jsonrpc":"2.0","method":"ping","id":"p-` + fmt.Sprint(time.Now().UnixNano()) + `"}`)
-	code, _ := p.api.Do(ctx, http.MethodPost, "/v1/devices/fo-0/commands?one_way=true&expires_in=5s", p.token, body, nil)
+	code, _ := p.api.Do(ctx, http.MethodPost, "/v1/devices/fo-probe/commands?one_way=true&expires_in=5s", p.token, body, nil)
 	return code
 }
 
