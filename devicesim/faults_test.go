@@ -257,11 +257,11 @@ func freeze(ctx context.Context, p *gwproc.Proc, d time.Duration) error {
 
 // faultFigures is one scenario's line of the report.
 type faultFigures struct {
-	Scenario                              string
-	Latency                               time.Duration
-	Sent, Accepted, Indeterminate         int64
-	Succeeded, DeviceErrors, Timeouts     int64
-	FalseTimeouts, Lost, Duplicated       int64
+	Scenario                          string
+	Latency                           time.Duration
+	Sent, Accepted, Indeterminate     int64
+	Succeeded, DeviceErrors, Timeouts int64
+	FalseTimeouts, Lost, Duplicated   int64
 	// Unexpected: results for ids the ledger does not know, or for
 	// commands the API said for sure it had not accepted.
 	Conflicting, Unexpected, GetDisagrees int64
