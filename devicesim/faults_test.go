@@ -809,8 +809,8 @@ const lossWarning = "Redis lost writes it had acknowledged"
 // workers' gw_redis_writes_lost_total and WARN lines) into figs, and
 // checks it (DESIGN §7a, "Relaxed durability says so"). Where a loss is
 // allowed (the everysec host crash), the deployment must show it is
-// relaxed (readiness, and a WARN at start naming everysec in every
-// process), and any damage the ledger saw (lost, two results, GET
+// relaxed (readiness, naming everysec, and a WARN at start naming it in
+// every process), and any damage the ledger saw (lost, two results, GET
 // disagreeing, stuck) must have been noticed: at least one loss counted
 // and logged. Everywhere else Redis must lose nothing it acknowledged.
 func (e *faultEnv) checkWriteLoss(figs *faultFigures, allowed bool) {
@@ -831,8 +831,8 @@ func (e *faultEnv) checkWriteLoss(figs *faultFigures, allowed bool) {
 		Checks map[string]string `json:"checks"`
 	}
 	code, err := NewAPI(e.g.APIURL).Do(t.Context(), http.MethodGet, "/readyz", "", nil, &ready)
-	if err != nil || !strings.HasPrefix(ready.Checks["durability"], "relaxed") {
-		t.Errorf("GET /readyz = %d %v, durability %q; want ready, durability relaxed", code, err, ready.Checks["durability"])
+	if d := ready.Checks["durability"]; err != nil || !strings.HasPrefix(d, "relaxed") || !strings.Contains(d, "everysec") {
+		t.Errorf("GET /readyz = %d %v, durability %q; want ready, durability relaxed, naming everysec", code, err, d)
 	}
 	for _, p := range e.g.All() {
 		if n := logLinesWith([]*gwproc.Proc{p}, "durability is relaxed", "everysec"); n == 0 {
