@@ -510,8 +510,9 @@ func (s *Server) healthz(c echo.Context) error {
 }
 
 // readyz is GET /readyz: 200 when the publisher is connected and not
-// blocked, Redis answers PING and is durable (mailbox.CheckDurable; not
-// checked with GW_DURABILITY=relaxed), else 503 naming what is not ready.
+// blocked, Redis answers PING and is durable (mailbox.CheckDurable; with
+// GW_DURABILITY=relaxed not required, but durability says relaxed and
+// why Redis is not durable), else 503 naming what is not ready.
 func (s *Server) readyz(c echo.Context) error {
 	checks := map[string]string{"rabbitmq": "ok", "redis": "ok"}
 	ready := true
@@ -529,7 +530,13 @@ func (s *Server) readyz(c echo.Context) error {
 	// acknowledges, or the deployment says it is relaxed.
 	switch {
 	case s.cfg.Durability == config.DurabilityRelaxed:
+		// Ready anyway; but say what a crash can take (DESIGN §7a,
+		// "Relaxed durability says so").
 		checks["durability"] = "relaxed (GW_DURABILITY=relaxed)"
+		var nd *mailbox.NotDurableError
+		if ready && errors.As(mailbox.CheckDurable(ctx, s.rdb, s.cfg.WaitReplicas), &nd) {
+			checks["durability"] += ": Redis is not durable (" + nd.Why + "): what it acknowledged in the last second before a crash can be lost"
+		}
 	case !ready:
 		checks["durability"] = "unknown"
 	default:

@@ -33,7 +33,19 @@ func TestHealthReadyMetricsOpenAPI(t *testing.T) {
 	assert.Equal(t, http.StatusOK, r.Status)
 	r = g.do(http.MethodGet, "/readyz", "", nil)
 	assert.Equal(t, http.StatusOK, r.Status, "%s", r.Body)
-	assert.JSONEq(t, `{"status":"ready","checks":{"rabbitmq":"ok","redis":"ok","durability":"relaxed (GW_DURABILITY=relaxed)"}}`, string(r.Body))
+	// The test Redis may not be durable: relaxed says why then.
+	var ready struct {
+		Status string            `json:"status"`
+		Checks map[string]string `json:"checks"`
+	}
+	require.NoError(t, json.Unmarshal(r.Body, &ready))
+	assert.Equal(t, "ready", ready.Status)
+	assert.Equal(t, "ok", ready.Checks["rabbitmq"])
+	assert.Equal(t, "ok", ready.Checks["redis"])
+	durability := ready.Checks["durability"]
+	if durability != "relaxed (GW_DURABILITY=relaxed)" && !strings.HasPrefix(durability, "relaxed (GW_DURABILITY=relaxed): Redis is not durable (appendonly is ") {
+		t.Errorf("durability = %q, want relaxed, and why Redis is not durable when it is not", durability)
+	}
 
 	r = g.do(http.MethodGet, "/openapi.yaml", "", nil)
 	require.Equal(t, http.StatusOK, r.Status)

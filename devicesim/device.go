@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"math/rand/v2"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -78,34 +79,83 @@ type FleetStats struct {
 	Refused atomic.Int64
 	// Polls and PollErrors count the HTTP polls of devices over HTTP.
 	Polls, PollErrors atomic.Int64
-	// Answers, when not nil, records when each command was answered (for
-	// fault tests: a command the device answered must never end timeout).
+	// Answers, when not nil, records when each command was received and
+	// answered (for fault tests: a command the device answered must never
+	// end timeout, and a re-offer must be answered again).
 	Answers *AnswerLog
 }
 
 // AnswerLog records, by the id a device saw ("{client}:{id}",
-// protocol.DeviceMsgID), when the device first sent its answer. It grows
+// protocol.DeviceMsgID), when the device received the command (every
+// offer: the first and each re-offer of the same id) and when it sent
+// its answer (the first and each copy answering a re-offer). It grows
 // with every command: only for bounded runs (tests).
 type AnswerLog struct {
-	m sync.Map // string -> time.Time
+	mu sync.Mutex
+	m  map[string]*AnswerHistory
 }
 
-func (l *AnswerLog) add(id json.RawMessage, at time.Time) {
+// AnswerHistory is what a device did with one command id.
+type AnswerHistory struct {
+	Offers  []time.Time // each time the device received the id
+	Answers []time.Time // each time it sent its answer (a copy for a re-offer)
+}
+
+// idString is the device-facing id as a string ("{client}:{id}").
+func idString(id json.RawMessage) string {
 	var s string
 	if json.Unmarshal(id, &s) != nil {
 		s = string(id)
 	}
-	l.m.LoadOrStore(s, at)
+	return s
 }
 
-// At returns when the device answered the command whose device-facing id
-// is id, and whether it did.
+// entry returns the history of id, made when absent; l.mu is held.
+func (l *AnswerLog) entry(id string) *AnswerHistory {
+	if l.m == nil {
+		l.m = map[string]*AnswerHistory{}
+	}
+	h := l.m[id]
+	if h == nil {
+		h = &AnswerHistory{}
+		l.m[id] = h
+	}
+	return h
+}
+
+func (l *AnswerLog) offered(id json.RawMessage, at time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	h := l.entry(idString(id))
+	h.Offers = append(h.Offers, at)
+}
+
+func (l *AnswerLog) add(id json.RawMessage, at time.Time) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	h := l.entry(idString(id))
+	h.Answers = append(h.Answers, at)
+}
+
+// At returns when the device first answered the command whose
+// device-facing id is id, and whether it did.
 func (l *AnswerLog) At(id string) (time.Time, bool) {
-	v, ok := l.m.Load(id)
-	if !ok {
+	h := l.History(id)
+	if len(h.Answers) == 0 {
 		return time.Time{}, false
 	}
-	return v.(time.Time), true
+	return h.Answers[0], true
+}
+
+// History returns a copy of what the device did with id.
+func (l *AnswerLog) History(id string) AnswerHistory {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	h := l.m[id]
+	if h == nil {
+		return AnswerHistory{}
+	}
+	return AnswerHistory{Offers: slices.Clone(h.Offers), Answers: slices.Clone(h.Answers)}
 }
 
 // HTTPChannel is how a device polls over HTTP (a sleepy device): it
@@ -277,13 +327,21 @@ func (d *Device) handle(payload []byte, tp string) {
 		return
 	}
 	key := string(req.ID)
+	if d.Stats.Answers != nil {
+		d.Stats.Answers.offered(req.ID, time.Now())
+	}
 	d.mu.Lock()
 	if a, ok := d.seen[key]; ok {
 		d.mu.Unlock()
 		d.Stats.Duplicates.Add(1)
+		// A re-offer of the same id (DESIGN §7a): answer it again
+		// without executing it again.
 		go func() {
 			<-a.done
 			if a.payload != nil {
+				if d.Stats.Answers != nil {
+					d.Stats.Answers.add(req.ID, time.Now())
+				}
 				d.publish(a.payload, a.tp)
 			}
 		}()

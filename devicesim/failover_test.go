@@ -176,34 +176,90 @@ func runFailover(t *testing.T, g *gwproc.Gateway, fail, restore func(context.Con
 // there or end with another response than the one the client got over
 // MQTT (each final's Why), and the first of them.
 func claimsDiffer(t *testing.T, g *gwproc.Gateway, finals []Suspect) (int, string) {
-	api := NewAPI(g.APIURL)
-	tokens := map[string]string{}
+	return viewsDiffer(finals, getCommands(t, g, finals))
+}
+
+// viewsDiffer is claimsDiffer on views already read (getCommands).
+func viewsDiffer(finals []Suspect, views map[string]cmdView) (int, string) {
 	n, first := 0, ""
 	for _, f := range finals {
-		tok, ok := tokens[f.Client]
-		if !ok {
-			var err error
-			tok, err = g.Token("client", f.Client, []string{"fo-*"})
-			require.NoError(t, err)
-			tokens[f.Client] = tok
-		}
-		var v struct {
-			Status   protocol.Status `json:"status"`
-			Response json.RawMessage `json:"response"`
-		}
-		code, err := api.Do(t.Context(), http.MethodGet, "/v1/commands/"+f.ID, tok, nil, &v)
+		v := views[f.Client+" "+f.ID]
 		var resp protocol.Response
-		if err == nil && v.Status.Final() && json.Unmarshal(v.Response, &resp) == nil {
+		if v.Err == nil && v.Status.Final() && json.Unmarshal(v.Response, &resp) == nil {
 			if b, _ := json.Marshal(&resp); sameJSON(b, []byte(f.Why)) {
 				continue
 			}
 		}
 		n++
 		if first == "" {
-			first = fmt.Sprintf("%s %s: GET answered %d %v, status %s, response %s; the client got %s", f.Client, f.ID, code, err, v.Status, v.Response, f.Why)
+			first = fmt.Sprintf("%s %s: GET answered %d %v, status %s, response %s; the client got %s", f.Client, f.ID, v.Code, v.Err, v.Status, v.Response, f.Why)
 		}
 	}
 	return n, first
+}
+
+// cmdView is what GET /v1/commands/{id} said of one command.
+type cmdView struct {
+	Code        int // the HTTP status (0: no answer)
+	Err         error
+	Status      protocol.Status `json:"status"`
+	Response    json.RawMessage `json:"response"`
+	TimeoutMS   int64           `json:"timeout_ms"`
+	DeliveredAt time.Time       `json:"delivered_at"`
+	DeliverBy   time.Time       `json:"deliver_by"`
+	FinishedAt  time.Time       `json:"finished_at"`
+}
+
+// deadline is when the command must have its answer (delivered_at +
+// timeout) or, not delivered, its delivery (deliver_by); zero when GET
+// did not say.
+func (v cmdView) deadline() time.Time {
+	if !v.DeliveredAt.IsZero() {
+		return v.DeliveredAt.Add(time.Duration(v.TimeoutMS) * time.Millisecond)
+	}
+	return v.DeliverBy
+}
+
+// getCommands reads every command of cmds with GET /v1/commands/{id},
+// four at a time, keyed by "{client} {id}".
+func getCommands(t *testing.T, g *gwproc.Gateway, cmds []Suspect) map[string]cmdView {
+	api := NewAPI(g.APIURL)
+	var mu sync.Mutex
+	tokens := map[string]string{}
+	token := func(client string) string {
+		mu.Lock()
+		defer mu.Unlock()
+		tok, ok := tokens[client]
+		if !ok {
+			var err error
+			tok, err = g.Token("client", client, []string{"fo-*"})
+			require.NoError(t, err)
+			tokens[client] = tok
+		}
+		return tok
+	}
+	views := make(map[string]cmdView, len(cmds))
+	work := make(chan Suspect)
+	var wg sync.WaitGroup
+	for range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for c := range work {
+				var v cmdView
+				v.Code, v.Err = api.Do(t.Context(), http.MethodGet, "/v1/commands/"+c.ID, token(c.Client), nil, &v)
+				mu.Lock()
+				views[c.Client+" "+c.ID] = v
+				mu.Unlock()
+			}
+		}()
+	}
+	for _, c := range cmds {
+		work <- c
+	}
+	close(work)
+	wg.Wait()
+	return views
 }
 
 // unsettledStatuses counts the statuses that GET /v1/commands/{id} gives

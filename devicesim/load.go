@@ -214,6 +214,8 @@ type LoadReport struct {
 	// Unsettled names commands whose answer was neither 202 nor a sure
 	// rejection and whose client got no result (at most 500).
 	Unsettled []Suspect `json:"-"`
+	// NoResult names every accepted command whose client got no result.
+	NoResult []Suspect `json:"-"`
 	// Finals holds, for every accepted command that got a result, the
 	// first result its client got (as JSON in Why), for a test to
 	// compare with what the gateway's claim says (GET).
@@ -527,8 +529,11 @@ func RunLoad(ctx context.Context, g *globals, o LoadOptions) (*LoadReport, error
 			rep.Unsettled = append(rep.Unsettled, Suspect{Client: rec.client, ID: rec.id, Device: rec.device,
 				Why: fmt.Sprintf("answered %d", rec.status)})
 		}
-		if rec.state == 1 && rec.results > 0 {
+		switch {
+		case rec.state == 1 && rec.results > 0:
 			rep.Finals = append(rep.Finals, Suspect{Client: rec.client, ID: rec.id, Device: rec.device, Why: string(rec.first)})
+		case rec.state == 1:
+			rep.NoResult = append(rep.NoResult, Suspect{Client: rec.client, ID: rec.id, Device: rec.device, Why: "no result"})
 		}
 		if why != "" && len(rep.Suspects) < 50 {
 			rep.Suspects = append(rep.Suspects, Suspect{Client: rec.client, ID: rec.id, Device: rec.device, Why: why})

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/url"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -56,8 +57,22 @@ type Session struct {
 	online atomic.Bool
 	// Connects counts successful connections; Refusals failed attempts.
 	Connects, Refusals atomic.Int64
-	ready              chan struct{}
-	readyOnce          sync.Once
+	// connectedAt holds when the latest connections (at most
+	// maxConnectTimes) were made and subscribed; under mu.
+	connectedAt []time.Time
+	ready       chan struct{}
+	readyOnce   sync.Once
+}
+
+// maxConnectTimes bounds Session.ConnectTimes.
+const maxConnectTimes = 64
+
+// ConnectTimes returns when the latest connections (at most 64) were
+// made and subscribed, oldest first.
+func (s *Session) ConnectTimes() []time.Time {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return slices.Clone(s.connectedAt)
 }
 
 // ErrOffline is returned by Publish while the session is not connected.
@@ -207,6 +222,10 @@ func (s *Session) connect(ctx context.Context, lost chan<- error) error {
 	}()
 	s.mu.Lock()
 	s.client = c
+	s.connectedAt = append(s.connectedAt, time.Now())
+	if len(s.connectedAt) > maxConnectTimes {
+		s.connectedAt = s.connectedAt[1:]
+	}
 	if s.ready == nil {
 		s.ready = make(chan struct{})
 	}

@@ -20,8 +20,14 @@ func TestCheckDurable(t *testing.T) {
 	ctx := context.Background()
 	if err := mailbox.CheckDurable(ctx, testenv.Redis(t), 0); !errors.Is(err, mailbox.ErrRedisNotDurable) {
 		t.Logf("the shared Redis is durable (%v): its case is not checked", err)
-	} else if !strings.Contains(err.Error(), "appendfsync") || !strings.Contains(err.Error(), "GW_DURABILITY=relaxed") {
-		t.Errorf("CheckDurable(shared Redis) = %q, want it to name appendfsync and GW_DURABILITY=relaxed", err)
+	} else {
+		if !strings.Contains(err.Error(), "appendfsync") || !strings.Contains(err.Error(), "GW_DURABILITY=relaxed") {
+			t.Errorf("CheckDurable(shared Redis) = %q, want it to name appendfsync and GW_DURABILITY=relaxed", err)
+		}
+		var nd *mailbox.NotDurableError
+		if !errors.As(err, &nd) || !strings.Contains(nd.Why, "appendfsync") {
+			t.Errorf("CheckDurable(shared Redis) = %#v, want a *NotDurableError whose Why names appendfsync", err)
+		}
 	}
 	for _, tt := range []struct {
 		name string

@@ -261,9 +261,23 @@ func CheckDurable(ctx context.Context, rdb redis.UniversalClient, waitReplicas i
 	return nil
 }
 
+// NotDurableError is CheckDurable's error when a primary is not durable
+// (it wraps ErrRedisNotDurable); Why says what the primaries run
+// ("appendonly is "yes", appendfsync "everysec"").
+type NotDurableError struct {
+	Why          string
+	WaitReplicas int
+}
+
+func (e *NotDurableError) Error() string {
+	return fmt.Sprintf("%v: %s; want appendonly yes with appendfsync always, or GW_REDIS_WAIT_REPLICAS ≥ 1 (now %d) with that many replicas connected to every primary; GW_DURABILITY=relaxed runs anyway, and can lose what was acknowledged in the last second before a Redis crash",
+		ErrRedisNotDurable, e.Why, e.WaitReplicas)
+}
+
+func (e *NotDurableError) Unwrap() error { return ErrRedisNotDurable }
+
 func notDurable(why string, waitReplicas int) error {
-	return fmt.Errorf("%w: %s; want appendonly yes with appendfsync always, or GW_REDIS_WAIT_REPLICAS ≥ 1 (now %d) with that many replicas connected to every primary; GW_DURABILITY=relaxed runs anyway, and can lose what was acknowledged in the last second before a Redis crash",
-		ErrRedisNotDurable, why, waitReplicas)
+	return &NotDurableError{Why: why, WaitReplicas: waitReplicas}
 }
 
 // durableNode checks one primary; why is "" when it is durable.

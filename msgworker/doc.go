@@ -129,5 +129,23 @@
 // gw_worker_handler_duration_seconds{queue}, gw_worker_timers_fired_total,
 // gw_worker_dead_letters_total{queue}, gw_worker_reconnects_total,
 // gw_groups_runs_total (group commands whose children this worker began
-// to create, issue 14), and the Go and process collectors.
+// to create, issue 14), gw_final_conflicts_total (results that found a
+// different final in the client's claim: not delivered),
+// gw_commands_lost_total (claims its watchdog ended -32006 "lost by the
+// gateway"), gw_redis_writes_lost_total (see below), and the Go and
+// process collectors.
+//
+// # The write watch
+//
+// Every 250 ms the worker increments a counter in one partition of each
+// Redis primary ({ns:p}:watch, followed by the durability barrier when
+// GW_REDIS_WAIT_REPLICAS is set) and remembers the values Redis
+// acknowledged (mailbox.WriteWatch). A counter that comes back lower
+// means Redis lost writes it had acknowledged: a host crash with
+// appendfsync everysec, a failover to a replica that was behind. The
+// worker then logs a WARN "Redis lost writes it had acknowledged" with
+// the time the lost span began (lost_since) and counts it in
+// gw_redis_writes_lost_total: the commands accepted, answered or finished
+// since then may be gone (GET 404), end lost, or reach their client twice
+// with different outcomes (DESIGN §7a, "Relaxed durability says so").
 package main

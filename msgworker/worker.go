@@ -82,7 +82,7 @@ func New(cfg Config) (*Worker, error) {
 		OwnerOf:      w.ownerOf,
 		Logger:       cfg.Logger,
 	})
-	w.mx, err = newMetrics(cfg.Registerer, w.reconnects)
+	w.mx, err = newMetrics(cfg.Registerer, w.reconnects, w.store)
 	if err != nil {
 		_ = w.rdb.Close()
 		return nil, fmt.Errorf("cannot register metrics: %w", err)
@@ -183,10 +183,14 @@ func (w *Worker) Run(ctx context.Context) error {
 			w.resize(bg)
 		}()
 	}
-	bgWG.Add(4)
+	bgWG.Add(5)
 	go func() {
 		defer bgWG.Done()
 		w.checkRedis(bg)
+	}()
+	go func() {
+		defer bgWG.Done()
+		w.watchWrites(bg, watchInterval)
 	}()
 	go func() {
 		defer bgWG.Done()
@@ -256,6 +260,39 @@ func (w *Worker) checkRedis(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// watchInterval is how often the worker's write watch checks Redis.
+const watchInterval = 250 * time.Millisecond
+
+// watchWrites runs the write watch (mailbox.WriteWatch) every interval
+// until ctx is done: when Redis lost writes it had acknowledged (an
+// appendfsync everysec host crash, a failover to a replica behind), it
+// logs a WARN naming when the lost span began and what it may have done
+// to commands (DESIGN §7a, "Relaxed durability says so"), and counts it
+// (gw_redis_writes_lost_total). Redis being unreachable is not logged
+// here (the timers and handlers say it).
+func (w *Worker) watchWrites(ctx context.Context, interval time.Duration) {
+	watch := w.store.NewWriteWatch()
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		cctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		losses, _ := watch.Check(cctx)
+		cancel()
+		for _, l := range losses {
+			w.mx.writesLost.Inc()
+			w.log.Warn("Redis lost writes it had acknowledged: commands accepted, answered or finished since then may be gone (GET 404), "+
+				"end lost (-32006), or reach their client twice with different outcomes (DESIGN §7a)",
+				"partition", l.Partition, "node", l.Node, "acknowledged", l.Had, "now", l.Got,
+				"lost_since", l.Since.UTC().Format(time.RFC3339Nano), "durability", w.cfg.Durability)
 		}
 	}
 }

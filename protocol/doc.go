@@ -571,6 +571,8 @@
 //	{ns:p}:meta                      hash        PartKeys.Meta            the partition and queue counts recorded
 //	                                                                      at first start (the fence)
 //	{ns:p}:barrier                   string      PartKeys.Barrier         written before a durability barrier
+//	{ns:p}:watch                     string      PartKeys.Watch           the write watch's counter, in one
+//	                                                                      partition per primary (workers)
 //	{ns:p}:sess:{identity}           string      PartKeys.Session         the push server holding the session
 //	{ns:p}:stats:{unix minute}       hash        PartKeys.StatusCounts    transitions into each status that minute
 //	{ns:p}:grp:{client}:{id}         hash        PartKeys.Group           a group command, in p(client): its

@@ -97,6 +97,10 @@ func (pk PartKeys) Meta() string { return pk.prefix + "meta" }
 // (GW_REDIS_WAIT_REPLICAS ≥ 1).
 func (pk PartKeys) Barrier() string { return pk.prefix + "barrier" }
 
+// Watch is the counter of the write watch (mailbox.WriteWatch): a
+// value lower than one Redis acknowledged means it lost writes.
+func (pk PartKeys) Watch() string { return pk.prefix + "watch" }
+
 // Session is the key (value: node ID) naming the push server that holds
 // the identity's live MQTT session, in the identity's partition.
 func (pk PartKeys) Session(identity string) string { return pk.prefix + "sess:" + identity }

@@ -473,12 +473,22 @@ func (r *PrivateRabbit) StopApp(ctx context.Context) error {
 }
 
 // StartApp starts the application again and waits until the node
-// accepts AMQP connections.
+// accepts AMQP connections. A start_app that fails (on a loaded machine
+// rabbitmqctl may give up with exit status 69 while the node is busy) is
+// tried again every 2 s until ctx is done: the fault is the stop, not a
+// node left down.
 func (r *PrivateRabbit) StartApp(ctx context.Context) error {
-	if _, err := r.Ctl(ctx, "start_app"); err != nil {
-		return err
+	for {
+		_, err := r.Ctl(ctx, "start_app")
+		if err == nil {
+			return r.waitAMQP(ctx)
+		}
+		select {
+		case <-ctx.Done():
+			return err
+		case <-time.After(2 * time.Second):
+		}
 	}
-	return r.waitAMQP(ctx)
 }
 
 // MemoryAlarm sets (on) or clears the node's memory alarm: while it is

@@ -728,7 +728,7 @@ type QueueStatsSource string
 // Readiness defines model for Readiness.
 type Readiness struct {
 	Checks struct {
-		// Durability ok; relaxed (GW_DURABILITY=relaxed); unknown (Redis unreachable); or why Redis is not durable (appendonly yes with appendfsync always, or GW_REDIS_WAIT_REPLICAS replicas connected, on every primary)
+		// Durability ok; relaxed (GW_DURABILITY=relaxed), followed by ": Redis is not durable (…)" and what it runs when it is not (ready all the same); unknown (Redis unreachable); or why Redis is not durable (appendonly yes with appendfsync always, or GW_REDIS_WAIT_REPLICAS replicas connected, on every primary)
 		Durability string `json:"durability"`
 		Rabbitmq   string `json:"rabbitmq"`
 		Redis      string `json:"redis"`
