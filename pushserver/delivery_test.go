@@ -48,7 +48,7 @@ func TestDrainInOrder(t *testing.T) {
 	eventually(t, 5*time.Second, func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return !s.running && !s.pending
+		return s.run == runIdle && s.state != sessionNew
 	}, "the session's first run over")
 	require.Equal(t, int64(len(offline)), e.mailboxLen(id))
 	require.Zero(t, value(t, n.m.delivers))
