@@ -68,7 +68,9 @@ func (n *Node) connect(c *client) error {
 // packet: it holds the token).
 func (c *client) parseConnect(pk packets.Packet) {
 	c.version = pk.ProtocolVersion
-	c.id = pk.Connect.ClientIdentifier
+	// A copy: the codec's strings share the packet's bytes, which hold
+	// the token.
+	c.id = strings.Clone(pk.Connect.ClientIdentifier)
 	c.keepalive = pk.Connect.Keepalive // [MQTT-3.2.2-22]
 	if c.version == 5 {
 		p := &pk.Properties
@@ -275,16 +277,19 @@ func (n *Node) establish(c *client, claims *auth.Claims) error {
 		old.cl.disconnect(packets.ErrSessionTakenOver, "") // [MQTT-3.1.4-3]
 	}
 	n.capKeepAlive(c)
+	if err := c.writePacket(n.connack(c)); err != nil { // [MQTT-3.2.0-1]
+		return fmt.Errorf("ack connection packet: %w", err)
+	}
+	// The session exists before any packet after the CONNECT is read
+	// (on this goroutine, once connect returns).
 	s := newSession(n, c, claims)
 	c.sess = s
 	n.connected.Add(1)
-	if err := c.writePacket(n.connack(c)); err != nil { // [MQTT-3.2.0-1]
-		n.connected.Add(-1)
-		s.stopExpiry()
-		return fmt.Errorf("ack connection packet: %w", err)
-	}
 	c.advance(connOpen)
 	n.addSession(s)
+	if s.expires != 0 {
+		n.expiries.add(s)
+	}
 	n.sessWG.Add(1)
 	s.start()
 	n.log.Debug("session established", "client_id", s.identity, "remote", c.remote(),

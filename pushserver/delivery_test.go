@@ -225,9 +225,9 @@ func TestSweepCatchesLostSignal(t *testing.T) {
 }
 
 // TestPacketIDsOfBothDirections: the packet IDs a device uses for its own
-// PUBLISHes are independent of the ones the server uses (mochi keeps both
-// in one in-flight map and would forget an outbound message when an
-// inbound one reuses its ID); a device answering with the same packet ID
+// PUBLISHes are independent of the ones the server uses (a server that
+// kept both in one in-flight map, as mochi's Client does, would forget an
+// outbound message when an inbound one reuses its ID); a device answering with the same packet ID
 // still completes the delivery with its PUBACK.
 func TestPacketIDsOfBothDirections(t *testing.T) {
 	t.Parallel()

@@ -72,10 +72,10 @@ type Node struct {
 	heldWG     sync.WaitGroup     // completers of held device answers (response.go)
 	completers sync.Map           // *client -> *completer, for connections that held answers
 	connected  atomic.Int64       // open connections (Config.MaxClients)
+	expiries   expiries           // ends sessions whose tokens expire (expiry.go)
 
-	mu       sync.RWMutex
-	byClient map[*client]*session
-	byID     map[string]*session // the current session of each identity
+	mu   sync.RWMutex
+	byID map[string]*session // the current session of each identity
 
 	// regLocks order the session registrations (SetSessionConn and
 	// ClearSessionConn) of one identity on this node, so that an old
@@ -125,17 +125,18 @@ func NewNode(cfg Config) (*Node, error) {
 	}
 	var prefix [8]byte
 	_, _ = rand.Read(prefix[:]) // never fails (crypto/rand)
-	return &Node{
+	n := &Node{
 		cfg:        cfg,
 		log:        cfg.Logger,
 		verifier:   v,
 		m:          newMetrics(cfg.Registry),
 		topo:       protocol.NewTopology(cfg.Namespace, cfg.Queues, cfg.Partitions),
-		byClient:   make(map[*client]*session),
 		byID:       make(map[string]*session),
 		connPrefix: hex.EncodeToString(prefix[:]),
 		revived:    make(chan struct{}, 1),
-	}, nil
+	}
+	n.expiries.n = n
+	return n, nil
 }
 
 // newConnToken returns a token unique to one connection: unique on this
@@ -428,6 +429,7 @@ func (n *Node) shutdown(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("cannot finish sessions in time: %w", ctx.Err()))
 	}
 	n.cancel()
+	n.expiries.stop()
 	n.loops.Wait()
 	n.heldWG.Wait()
 	if n.metricsSrv != nil {
@@ -457,6 +459,7 @@ func (n *Node) kill() {
 		l.dropAll()
 	}
 	n.connWG.Wait()
+	n.expiries.stop()
 	n.sessWG.Wait()
 	n.loops.Wait()
 	n.heldWG.Wait()
@@ -491,33 +494,29 @@ func (n *Node) current(identity string) *session {
 
 func (n *Node) addSession(s *session) {
 	n.mu.Lock()
-	n.byClient[s.cl] = s
 	n.byID[s.identity] = s
 	n.mu.Unlock()
 	n.m.sessions.Inc()
 }
 
-func (n *Node) removeSession(cl *client) *session {
+// forget removes a session whose connection has ended (once), unless a
+// newer session of the identity has replaced it already.
+func (n *Node) forget(s *session) {
 	n.mu.Lock()
-	s := n.byClient[cl]
-	if s != nil {
-		delete(n.byClient, cl)
-		if n.byID[s.identity] == s {
-			delete(n.byID, s.identity)
-		}
+	if n.byID[s.identity] == s {
+		delete(n.byID, s.identity)
 	}
 	n.mu.Unlock()
-	if s != nil {
-		n.m.sessions.Dec()
-	}
-	return s
+	n.m.sessions.Dec()
 }
 
+// sessions returns the current session of every identity (one taken over
+// is being closed already).
 func (n *Node) sessions() []*session {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
-	out := make([]*session, 0, len(n.byClient))
-	for _, s := range n.byClient {
+	out := make([]*session, 0, len(n.byID))
+	for _, s := range n.byID {
 		out = append(out, s)
 	}
 	return out

@@ -281,8 +281,7 @@ func (n *Node) connectionEnded(cl *client) {
 	if c, ok := n.completers.LoadAndDelete(cl); ok {
 		close(c.(*completer).q)
 	}
-	if s := n.removeSession(cl); s != nil {
-		s.close()
+	if s := cl.sess; s != nil && s.close() {
 		n.log.Debug("session ended", "client_id", s.identity)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
@@ -74,13 +75,14 @@ func putEntries(b *[]mailbox.Entry) {
 // with mailbox.Unsend, by the background goroutine, so that Cancel and
 // the deliver-by timer see the truth.
 type session struct {
-	n        *Node
-	cl       *client
-	identity string
-	conn     string    // token of this connection in the session registry
-	role     auth.Role // the token's role: decides the topics (topicAllowed)
-	window   int
-	expiry   *time.Timer // closes the session when its token expires
+	n         *Node
+	cl        *client
+	identity  string
+	conn      string    // token of this connection in the session registry
+	role      auth.Role // the token's role: decides the topics (topicAllowed)
+	window    int
+	expires   int64 // when the token expires, unix nanoseconds; 0: never
+	expiryIdx int32 // in the node's expiries heap; -1: not in it
 
 	mu      sync.Mutex
 	state   sessionState
@@ -190,29 +192,30 @@ func newSession(n *Node, c *client, claims *auth.Claims) *session {
 		window = rm
 	}
 	s := &session{
-		n:        n,
-		cl:       c,
-		identity: c.id,
-		conn:     n.newConnToken(),
-		role:     claims.Role,
-		window:   window,
-		finished: make(chan struct{}),
+		n:         n,
+		cl:        c,
+		identity:  c.id,
+		conn:      n.newConnToken(),
+		role:      internRole(claims.Role),
+		expiryIdx: -1,
+		window:    window,
+		finished:  make(chan struct{}),
 	}
 	if exp := claims.Expires(); !exp.IsZero() {
-		s.expiry = time.AfterFunc(time.Until(exp), func() {
-			n.log.Info("token expired: closing session", "client_id", s.identity)
-			s.closing()
-			c.disconnect(packets.ErrMaxConnectTime, "") // 0xA0
-		})
+		s.expires = exp.UnixNano()
 	}
 	return s
 }
 
-// stopExpiry stops the token's timer.
-func (s *session) stopExpiry() {
-	if s.expiry != nil {
-		s.expiry.Stop()
+// internRole returns the constant of a token's role, so that a session
+// keeps no string of the decoded token.
+func internRole(r auth.Role) auth.Role {
+	for _, known := range []auth.Role{auth.RoleDevice, auth.RoleClient, auth.RoleOperator} {
+		if r == known {
+			return known
+		}
 	}
+	return r
 }
 
 // kick asks the runner to read the mailbox.
@@ -287,7 +290,7 @@ func (s *session) subscribed(filters []string, limit int) []bool {
 		case have < limit:
 			ok[i] = true
 			have++
-			s.granted = append(s.granted, f)
+			s.granted = append(s.granted, strings.Clone(f)) // not the packet's bytes
 		}
 	}
 	return ok
@@ -416,15 +419,19 @@ func (s *session) closing() bool {
 	return s.moveTo(sessionClosing)
 }
 
-// close tells the runner that the connection has ended.
-func (s *session) close() {
-	s.stopExpiry()
+// close tells the runner that the connection has ended, once: the node
+// forgets the session first, so that the runner's unregister sees whether
+// a newer session of the identity lives here. It reports whether it did.
+func (s *session) close() bool {
+	s.n.expiries.remove(s)
 	s.mu.Lock()
 	moved := s.moveTo(sessionClosed)
 	s.mu.Unlock()
 	if moved {
+		s.n.forget(s)
 		s.poke()
 	}
+	return moved
 }
 
 // current returns the session's state.
