@@ -89,7 +89,7 @@ func (e *expiries) fire() {
 	for _, s := range due {
 		e.n.log.Info("token expired: closing session", "client_id", s.identity)
 		if s.closing() {
-			s.cl.disconnect(packets.ErrMaxConnectTime, "") // 0xA0
+			e.n.closeAnswered(s.cl, packets.ErrMaxConnectTime, "") // 0xA0
 		}
 	}
 }

@@ -119,7 +119,10 @@ func NewNode(cfg Config) (*Node, error) {
 	if err := cfg.Scale.Check(); err != nil {
 		return nil, fmt.Errorf("pushserver: %w", err)
 	}
-	v, err := auth.NewVerifier([]byte(cfg.AuthSecret))
+	// No cache of verified tokens: a token is verified once per
+	// connection, and a cache would hold every connected session's token
+	// (about 0.4 KB each, up to auth.DefaultCacheSize).
+	v, err := auth.NewVerifierSize([]byte(cfg.AuthSecret), 0)
 	if err != nil {
 		return nil, fmt.Errorf("pushserver: %w", err)
 	}
@@ -418,7 +421,9 @@ func (n *Node) shutdown(ctx context.Context) error {
 		budget = min(budget, time.Until(dl)/2)
 	}
 	n.shedAll(ctx, budget)
-
+	// A connection holding answers is closed once they are acknowledged,
+	// at most the answer grace after its shedding (closeAnswered).
+	n.waitAnswered(ctx)
 	for _, l := range n.listeners() {
 		l.dropAll() // those the shedding did not reach, and those not accepted yet
 	}
@@ -441,6 +446,27 @@ func (n *Node) shutdown(ctx context.Context) error {
 	_ = n.rdb.Close()
 	n.log.Info("push server stopped")
 	return errors.Join(errs...)
+}
+
+// waitAnswered waits, at most the answer grace (and until ctx ends),
+// until no connection holds answers.
+func (n *Node) waitAnswered(ctx context.Context) {
+	if !n.holdingAny() {
+		return
+	}
+	deadline := time.NewTimer(n.cfg.AnswerGrace)
+	defer deadline.Stop()
+	t := time.NewTicker(answeredPoll)
+	defer t.Stop()
+	for n.holdingAny() {
+		select {
+		case <-t.C:
+		case <-deadline.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // kill stops the node abruptly, as a crash would (for tests): the

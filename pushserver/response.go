@@ -286,6 +286,64 @@ func (n *Node) connectionEnded(cl *client) {
 	}
 }
 
+// holding reports how many answers read on c are held, not yet
+// acknowledged.
+func (n *Node) holding(c *client) int32 {
+	if v, ok := n.completers.Load(c); ok {
+		return v.(*completer).pending.Load()
+	}
+	return 0
+}
+
+// holdingAny reports whether some connection holds answers.
+func (n *Node) holdingAny() bool {
+	held := false
+	n.completers.Range(func(_, v any) bool {
+		held = v.(*completer).pending.Load() > 0
+		return !held
+	})
+	return held
+}
+
+// answeredPoll is how often closeAnswered looks whether a connection's
+// held answers are acknowledged.
+const answeredPoll = 20 * time.Millisecond
+
+// closeAnswered closes a connection the gateway ends on purpose (shed,
+// token expiry, lame duck: DISCONNECT with code and serverRef), but not
+// while it holds answers (DESIGN §7a): it waits until they are
+// acknowledged, at most the answer grace G from now, reading on
+// meanwhile (the session, closing, sends nothing new). Past G it closes
+// the connection all the same; the completer still completes what it
+// holds.
+func (n *Node) closeAnswered(c *client, code packets.Code, serverRef string) {
+	if n.holding(c) == 0 {
+		c.disconnect(code, serverRef)
+		return
+	}
+	n.log.Info("connection holds answers: closing it once they are acknowledged", "client_id", c.id,
+		"held", n.holding(c), "reason", code.Code)
+	go func() {
+		t := time.NewTicker(answeredPoll)
+		defer t.Stop()
+		deadline := time.After(n.cfg.AnswerGrace)
+		for n.holding(c) > 0 && !c.isClosed() {
+			select {
+			case <-t.C:
+			case <-deadline:
+				n.log.Warn("connection still holds answers after the answer grace: closing it", "client_id", c.id,
+					"held", n.holding(c))
+				c.disconnect(code, serverRef)
+				return
+			case <-n.ctx.Done():
+				c.disconnect(code, serverRef)
+				return
+			}
+		}
+		c.disconnect(code, serverRef)
+	}()
+}
+
 // userProperty is the value of the MQTT 5 user property key of pk, "" when
 // it has none.
 func userProperty(pk packets.Packet, key string) string {

@@ -348,3 +348,71 @@ func TestHeldAnswersAckedInOrder(t *testing.T) {
 		require.Equal(t, protocol.StatusSucceeded, st, "command %s: got %s, want succeeded", id, st)
 	}
 }
+
+// TestHeldAnswersKeepConnectionOpen: a connection whose answers are held
+// (Redis cannot take them) is not closed when the gateway ends it (here:
+// its token expires; shedding and the lame duck go the same way,
+// closeAnswered) until they are acknowledged: it keeps reading (a
+// PINGREQ is answered), gets its PUBACK once Redis is back, and only then
+// the DISCONNECT (0xA0). The wait is bounded by the answer grace G: past
+// it the connection is closed all the same, and the held answer is still
+// completed (DESIGN §7a).
+func TestHeldAnswersKeepConnectionOpen(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		grace   time.Duration
+		restore bool // Redis comes back within the grace
+	}{
+		{"acknowledged within the grace", 20 * time.Second, true},
+		{"closed past the grace", time.Second, false},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			n := e.startNode(func(c *Config) { c.AnswerGrace = tt.grace })
+			device, client := fmt.Sprintf("dev-keep-%d", i), fmt.Sprintf("cli-keep-%d", i)
+			e.sendCommand(client, device, "1", n.NodeID())
+			outage := &redisOutage{}
+			n.rdb.AddHook(outage)
+
+			c := dialRaw(t, n.Addr(), 5)
+			require.Equal(t, byte(0), c.connect(device, token(t, device, auth.RoleDevice, 2*time.Second)).ReasonCode)
+			s := n.current(device)
+			require.NotNil(t, s)
+			outage.down.Store(true)
+			require.NoError(t, c.send(packets.Packet{
+				FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+				TopicName:   protocol.DeviceResponsesTopic(device),
+				PacketID:    9,
+				Payload:     []byte(`{"jsonrpc":"2.0","result":"kept","id":"` + client + `:1"}`),
+			}))
+			eventually(t, 5*time.Second, func() bool { return value(t, n.m.held) == 1 }, "the answer is not held")
+			eventually(t, 5*time.Second, func() bool { return s.current() >= sessionClosing }, "the token did not expire")
+
+			if tt.restore {
+				// Still open, still read: a PINGREQ is answered.
+				require.NoError(t, c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}))
+				pk, err := c.recv(5 * time.Second)
+				require.NoError(t, err, "connection closed while it held an answer")
+				require.Equal(t, packets.Pingresp, pk.FixedHeader.Type, "got packet type %d, want PINGRESP", pk.FixedHeader.Type)
+				outage.down.Store(false)
+				pk, err = c.recv(10 * time.Second)
+				require.NoError(t, err, "no PUBACK once Redis was back")
+				require.Equal(t, packets.Puback, pk.FixedHeader.Type, "got packet type %d, want the held PUBACK first", pk.FixedHeader.Type)
+				require.Equal(t, uint16(9), pk.PacketID)
+			}
+			pk, err := c.recv(tt.grace + 5*time.Second)
+			require.NoError(t, err, "no DISCONNECT")
+			require.Equal(t, packets.Disconnect, pk.FixedHeader.Type, "got packet type %d, want DISCONNECT", pk.FixedHeader.Type)
+			require.Equal(t, packets.ErrMaxConnectTime.Code, pk.ReasonCode)
+			if !tt.restore {
+				require.Equal(t, 1.0, value(t, n.m.held), "the held answer was given up with its connection")
+				outage.down.Store(false)
+			}
+			eventually(t, 10*time.Second, func() bool { return e.commandStatus(client, "1").Status == protocol.StatusSucceeded },
+				"the held answer was not completed")
+		})
+	}
+}

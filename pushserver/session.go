@@ -458,9 +458,9 @@ func (s *session) shed(owner ring.Member) {
 	}
 	s.n.m.sheds.Inc()
 	if owner.URL != "" {
-		s.cl.disconnect(packets.ErrUseAnotherServer, owner.URL)
+		s.n.closeAnswered(s.cl, packets.ErrUseAnotherServer, owner.URL)
 	} else {
-		s.cl.disconnect(packets.ErrServerShuttingDown, "")
+		s.n.closeAnswered(s.cl, packets.ErrServerShuttingDown, "")
 	}
 }
 
