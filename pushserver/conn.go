@@ -154,30 +154,7 @@ func (c *client) write(pk packets.Packet) error {
 			writeBuffers.Put(buf)
 		}
 	}()
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connack:
-		err = pk.ConnackEncode(buf)
-	case packets.Publish:
-		err = pk.PublishEncode(buf)
-	case packets.Puback:
-		err = pk.PubackEncode(buf)
-	case packets.Pubrel:
-		err = pk.PubrelEncode(buf)
-	case packets.Pubcomp:
-		err = pk.PubcompEncode(buf)
-	case packets.Suback:
-		err = pk.SubackEncode(buf)
-	case packets.Unsuback:
-		err = pk.UnsubackEncode(buf)
-	case packets.Pingresp:
-		err = pk.PingrespEncode(buf)
-	case packets.Disconnect:
-		err = pk.DisconnectEncode(buf)
-	default:
-		err = fmt.Errorf("%w: %v", packets.ErrNoValidPacketAvailable, pk.FixedHeader.Type)
-	}
-	if err != nil {
+	if err := encode(&pk, buf); err != nil {
 		return err
 	}
 	if pk.Mods.MaxSize > 0 && uint32(buf.Len()) > pk.Mods.MaxSize {
@@ -185,7 +162,7 @@ func (c *client) write(pk packets.Packet) error {
 	}
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	_, err = c.rc.Write(buf.Bytes())
+	_, err := c.rc.Write(buf.Bytes())
 	return err
 }
 
@@ -386,6 +363,9 @@ func (c *client) readPacket() (pk packets.Packet, err error) {
 	if err := fh.Decode(b); err != nil {
 		return pk, err
 	}
+	if !fromClient(fh.Type) {
+		return pk, fmt.Errorf("%w: packet type %d from a client", packets.ErrProtocolViolation, fh.Type)
+	}
 	if fh.Remaining, _, err = packets.DecodeLength(&c.rc); err != nil {
 		return pk, err
 	}
@@ -411,36 +391,6 @@ func (c *client) readPacket() (pk packets.Packet, err error) {
 		c.rc.read++
 	}
 	return pk, err
-}
-
-// decode decodes the body of a packet whose fixed header pk has.
-func decode(pk *packets.Packet, body []byte) error {
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		return pk.ConnectDecode(body)
-	case packets.Disconnect:
-		return pk.DisconnectDecode(body)
-	case packets.Publish:
-		return pk.PublishDecode(body)
-	case packets.Puback:
-		return pk.PubackDecode(body)
-	case packets.Pubrec:
-		return pk.PubrecDecode(body)
-	case packets.Pubrel:
-		return pk.PubrelDecode(body)
-	case packets.Pubcomp:
-		return pk.PubcompDecode(body)
-	case packets.Subscribe:
-		return pk.SubscribeDecode(body)
-	case packets.Unsubscribe:
-		return pk.UnsubscribeDecode(body)
-	case packets.Pingreq:
-		return nil
-	case packets.Auth:
-		return pk.AuthDecode(body)
-	}
-	// CONNACK, SUBACK, UNSUBACK, PINGRESP: a server's packets.
-	return fmt.Errorf("%w: packet type %d from a client", packets.ErrProtocolViolation, pk.FixedHeader.Type)
 }
 
 // codecPackage is the import path of mochi's packet codec.

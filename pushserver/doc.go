@@ -102,25 +102,31 @@
 // per idle session, against a budget of 8 KB. The earlier code ran
 // mochi's connections itself but kept mochi's Server and Client beneath
 // (9-10 KB an idle session, hooks called on mochi's behalf, its counters
-// patched). Measured on this machine (2 cores, shared; TestIdleMemory,
-// 9,000 idle MQTT 3.1.1 sessions subscribed, both ends of the sockets in
-// one process; BenchmarkDelivery, 20,000 messages to 100 clients, CPU of
+// patched). Measured on 2026-12-07 on this machine (2 cores, shared
+// with other work: load 10 and more), before and after the change:
+// the bench's idle section (go run ./bench -sections idle: 15,000
+// sessions, the push server's RSS alone); TestIdleMemory (9,000 idle MQTT
+// 3.1.1 sessions subscribed, both ends of the sockets in one process,
+// two runs); BenchmarkDelivery (20,000 messages to 100 clients, CPU of
 // the whole process, clients and Puts included, best of two runs):
 //
 //	                                   mochi Server and Client   own model
 //	                                   beneath (before)          on the codec
-//	RSS per idle session               12.1-12.5 KB              8.9-9.1 KB
-//	  heap in use per session          6.4-6.6 KB                4.3-4.4 KB
-//	  stacks per session               2.3-2.4 KB                2.3-2.4 KB
-//	idle section of make bench         IDLE_BEFORE               IDLE_AFTER
-//	CPU per message, from a backlog    CPU_DRAIN_BEFORE          CPU_DRAIN_AFTER
-//	CPU per message, live              CPU_LIVE_BEFORE           CPU_LIVE_AFTER
+//	idle section: RSS per session      10.9 KB                   7.2 KB
+//	TestIdleMemory: RSS per session    12.1-12.5 KB              7.0-7.5 KB
+//	  heap in use per session          6.4-6.6 KB                3.0-3.1 KB
+//	  goroutine stacks per session     2.3-2.4 KB                2.4-2.5 KB
+//	CPU per message, from a backlog    27.7 µs                   27.7 µs
+//	CPU per message, live              236 µs                    181 µs
 //
 // The memory is mochi's Client (its state, in-flight map, topic aliases,
-// contexts, buffered reader) and Server bookkeeping, gone; the CPU per
-// message is the same within the noise of the machine: the codec does
-// the same work, and the write path is one encode and one write either
-// way.
+// contexts, buffered reader), its Server's bookkeeping and the token
+// cache, gone, and the CONNECT no longer kept (the codec's strings share
+// the packet's bytes: the client ID is copied). The CPU per message is
+// the same within the noise of this machine (single runs varied by 20%):
+// the codec does the same work, the write path is one encode and one
+// write either way, and a PUBACK no longer wakes the session's runner
+// unless the window has room for a refill.
 //
 // # Delivery (store, then forward)
 //
@@ -151,7 +157,11 @@
 // Whatever is not acknowledged when a connection ends stays in the
 // mailbox and is sent again to the next session, on whichever node owns
 // the identity then: duplicates are possible, loss is not; receivers
-// deduplicate by id.
+// deduplicate by id. When the node reaches Redis again after an outage
+// (its sweep, or the session's own mailbox read, failed and then
+// succeeded), each subscribed session reads its mailbox again from the
+// start and offers its delivered, unanswered commands again, once
+// (session.offerAgain, gw_push_reoffers_total; DESIGN §7a).
 //
 // # Device responses
 //
@@ -163,7 +173,10 @@
 // While Redis cannot take the step, the answer is held off the read loop
 // by the connection's completer (response.go), with every answer read
 // after it, so that PUBACKs go in arrival order; the connection keeps
-// reading, and the completer retries and then writes the PUBACKs.
+// reading, and the completer retries and then writes the PUBACKs. A
+// connection holding answers is not closed by the gateway (shedding,
+// token expiry, lame duck) until they are acknowledged, at most the
+// answer grace later (closeAnswered).
 // Responses that can never succeed are dropped, counted in
 // gw_push_responses_dropped_total{reason} and still acknowledged.
 //
@@ -188,7 +201,7 @@
 //
 // # Memory
 //
-// An idle session costs about IDLE_AFTER of RSS (the benchmark's idle
+// An idle session costs about 7.2 KB of RSS (the benchmark's idle
 // section, 15,000 sessions): the client, the socket, the session, one
 // goroutine.
 //
@@ -197,6 +210,11 @@
 //     stack (2 KB); mochi's own loop would hold two per connection whose
 //     stacks come to 20 KB.
 //   - Subscriptions are the session's list of filters, nothing else.
+//   - Tokens: the node keeps no cache of verified tokens (a token is
+//     verified once per connection), nor the token itself: the codec's
+//     strings share the CONNECT's bytes, so the client ID is copied. A
+//     token's expiry is an entry in one heap of the node with one timer,
+//     not a timer per session (expiry.go).
 //   - Buffers: the waiting goroutine reads up to 16 bytes into the
 //     connection's own array, and whatever more arrives is read ahead
 //     into buffers from a pool, held only while packets arrive; writes

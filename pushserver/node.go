@@ -653,7 +653,10 @@ func (n *Node) sweepLoop() {
 			n.log.Warn("cannot read pending identities", "err", err)
 		case err == nil && failing:
 			failing = false
-			n.log.Info("pending identities readable again")
+			n.log.Info("pending identities readable again; offering every session's mailbox again")
+			for _, s := range n.sessions() {
+				s.offerAgain()
+			}
 		}
 		if tick%fullSweepEvery == 0 && !sweeping.Swap(true) {
 			full.Add(1)

@@ -382,12 +382,7 @@ func TestHeldAnswersKeepConnectionOpen(t *testing.T) {
 			s := n.current(device)
 			require.NotNil(t, s)
 			outage.down.Store(true)
-			require.NoError(t, c.send(packets.Packet{
-				FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
-				TopicName:   protocol.DeviceResponsesTopic(device),
-				PacketID:    9,
-				Payload:     []byte(`{"jsonrpc":"2.0","result":"kept","id":"` + client + `:1"}`),
-			}))
+			require.NoError(t, c.answer(device, 9, `{"jsonrpc":"2.0","result":"kept","id":"`+client+`:1"}`))
 			eventually(t, 5*time.Second, func() bool { return value(t, n.m.held) == 1 }, "the answer is not held")
 			eventually(t, 5*time.Second, func() bool { return s.current() >= sessionClosing }, "the token did not expire")
 

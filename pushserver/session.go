@@ -84,18 +84,20 @@ type session struct {
 	expires   int64 // when the token expires, unix nanoseconds; 0: never
 	expiryIdx int32 // in the node's expiries heap; -1: not in it
 
-	mu      sync.Mutex
-	state   sessionState
-	run     runState
-	subs    []string        // granted filters (QoS 1)
-	granted []string        // filters granted by a SUBSCRIBE whose SUBACK is not written yet
-	wake    bool            // the mailbox may have new entries
-	rewind  bool            // a subscription was added: re-read skipped entries
-	bgBusy  bool            // the background goroutine is running
-	acking  map[string]bool // entry IDs PUBACKed whose Ack is queued or running (nil when none)
-	ackQ    *[]mailbox.Entry
-	unsendQ []mailbox.Entry // fetched, unpublished entries for it to Unsend
-	refuseQ []refusal       // command entries the device refused, for it to Refuse
+	mu          sync.Mutex
+	state       sessionState
+	run         runState
+	subs        []string        // granted filters (QoS 1)
+	granted     []string        // filters granted by a SUBSCRIBE whose SUBACK is not written yet
+	wake        bool            // the mailbox may have new entries
+	rewind      bool            // a subscription was added: re-read skipped entries
+	reoffer     bool            // Redis is back from an outage: offer everything again, delivered commands too
+	reofferedAt int64           // when the last re-offer was asked for, unix nanoseconds
+	bgBusy      bool            // the background goroutine is running
+	acking      map[string]bool // entry IDs PUBACKed whose Ack is queued or running (nil when none)
+	ackQ        *[]mailbox.Entry
+	unsendQ     []mailbox.Entry // fetched, unpublished entries for it to Unsend
+	refuseQ     []refusal       // command entries the device refused, for it to Refuse
 	// The window, shared by the runner (which fills it) and the reading
 	// worker (whose PUBACKs empty it).
 	inflight map[uint16]mailbox.Entry // by packet ID; nil when empty
@@ -465,13 +467,44 @@ func (s *session) shed(owner ring.Member) {
 }
 
 // take returns and clears what the connection recorded for the runner.
-func (s *session) take() (state sessionState, wake, rewind bool, subs []string) {
+// A re-offer forgets what this connection PUBACKed.
+func (s *session) take() (state sessionState, wake, rewind, reoffer bool, subs []string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	wake, rewind = s.wake, s.rewind
-	s.wake, s.rewind = false, false
-	return s.state, wake, rewind, slices.Clone(s.subs)
+	wake, rewind, reoffer = s.wake, s.rewind, s.reoffer
+	s.wake, s.rewind, s.reoffer = false, false, false
+	if reoffer {
+		s.delivered = nil
+	}
+	return s.state, wake, rewind, reoffer, slices.Clone(s.subs)
 }
+
+// offerAgain has the mailbox read again from its start, and the commands
+// this connection has PUBACKed offered again (same id), once: after Redis
+// came back from an outage (DESIGN §7a, "Re-offer"), during which an
+// answer may have been lost. Devices answer a repeated id again without
+// executing it again.
+//
+// Both the node (its sweep) and the session (its mailbox read) notice
+// the end of an outage: a session re-offers at most once per
+// reofferSweeps sweep intervals, so one outage re-offers once.
+func (s *session) offerAgain() {
+	now := time.Now().UnixNano()
+	s.mu.Lock()
+	if s.state != sessionStreaming || (s.reofferedAt != 0 && now-s.reofferedAt < int64(reofferSweeps*s.n.cfg.SweepInterval)) {
+		s.mu.Unlock()
+		return
+	}
+	s.reofferedAt = now
+	s.reoffer, s.wake = true, true
+	s.mu.Unlock()
+	s.n.m.reoffers.Inc()
+	s.poke()
+}
+
+// reofferSweeps is how many sweep intervals a re-offer covers (see
+// offerAgain).
+const reofferSweeps = 5
 
 // runSession is the runner: it steps while there is something to do (a
 // kick, a subscription, a freed slot of the window, the end of the
@@ -504,7 +537,7 @@ func (s *session) stepOnce() bool {
 // session is streaming, refills the window from the mailbox. It returns
 // true when it has ended the session.
 func (s *session) step() bool {
-	state, wake, rewind, subs := s.take()
+	state, wake, rewind, reoffer, subs := s.take()
 	if state == sessionNew {
 		s.register()
 		s.mu.Lock()
@@ -532,7 +565,7 @@ func (s *session) step() bool {
 	if wake {
 		s.more = true
 	}
-	if rewind && s.skipped {
+	if reoffer || (rewind && s.skipped) {
 		s.cursor, s.skipped, s.more = "", false, true
 	}
 	if state != sessionStreaming {
@@ -567,8 +600,11 @@ func (s *session) step() bool {
 			break
 		}
 		if s.failing {
+			// Back from an outage: what this page holds is sent, and
+			// the next step reads the mailbox again from its start.
 			s.failing = false
 			s.n.log.Info("mailbox readable again", "client_id", s.identity)
+			s.offerAgain()
 		}
 		s.n.m.reads.Inc()
 		if len(entries) < want && !more {
