@@ -336,8 +336,7 @@ func (n *Node) closeAnswered(c *client, code packets.Code, serverRef string) {
 				c.disconnect(code, serverRef)
 				return
 			case <-n.ctx.Done():
-				c.disconnect(code, serverRef)
-				return
+				return // stopping: the node drops what is left
 			}
 		}
 		c.disconnect(code, serverRef)
