@@ -38,8 +38,9 @@
 // The node owns its connections outright: it frames and decodes packets
 // with mochi's packets codec (Packet, FixedHeader, the Decode and Encode
 // methods) and nothing else of mochi's: no mochi Server, Client, hooks,
-// topic index, Info counters or logger. Four files hold the model:
+// topic index, Info counters or logger. These files hold the model:
 //
+//   - codec.go: encode and decode, the codec's methods by packet type;
 //   - reader.go: connReader, the socket as packets are read from it: the
 //     CONNECT read whole before it is decoded (memory that grows with what
 //     has arrived), the wait for the next packet, the read-ahead;
@@ -51,7 +52,8 @@
 //     admit, establish);
 //   - session.go: session, the streaming of one identity's mailbox to one
 //     connection: its sessionState, the window of PUBLISHes in flight,
-//     the runner that fills it, the background goroutine that acks.
+//     the runner that fills it, the background goroutine that acks;
+//   - expiry.go: the node's heap of token expiries, one timer for all.
 //
 // A connection moves through connState (only forward):
 //
