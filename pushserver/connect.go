@@ -274,7 +274,7 @@ func (n *Node) establish(c *client, claims *auth.Claims) error {
 		return c.refuse(refuseBadCredentials, "")
 	}
 	if old := n.current(c.id); old != nil {
-		old.closing() // nothing more is sent on it
+		old.closing()                                      // nothing more is sent on it
 		old.cl.disconnect(packets.ErrSessionTakenOver, "") // [MQTT-3.1.4-3]
 	}
 	n.capKeepAlive(c)
