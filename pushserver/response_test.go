@@ -379,8 +379,8 @@ func TestHeldAnswersKeepConnectionOpen(t *testing.T) {
 
 			c := dialRaw(t, n.Addr(), 5)
 			require.Equal(t, byte(0), c.connect(device, token(t, device, auth.RoleDevice, 2*time.Second)).ReasonCode)
-			s := n.current(device)
-			require.NotNil(t, s)
+			var s *session
+			eventually(t, 5*time.Second, func() bool { s = n.current(device); return s != nil }, "no session")
 			outage.down.Store(true)
 			require.NoError(t, c.answer(device, 9, `{"jsonrpc":"2.0","result":"kept","id":"`+client+`:1"}`))
 			eventually(t, 5*time.Second, func() bool { return value(t, n.m.held) == 1 }, "the answer is not held")
