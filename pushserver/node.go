@@ -73,6 +73,9 @@ type Node struct {
 	completers sync.Map           // *client -> *completer, for connections that held answers
 	connected  atomic.Int64       // open connections (Config.MaxClients)
 	expiries   expiries           // ends sessions whose tokens expire (expiry.go)
+	// closingAnswered counts connections the node is closing once their
+	// held answers are acknowledged (closeAnswered).
+	closingAnswered atomic.Int32
 
 	mu   sync.RWMutex
 	byID map[string]*session // the current session of each identity
@@ -449,16 +452,17 @@ func (n *Node) shutdown(ctx context.Context) error {
 }
 
 // waitAnswered waits, at most the answer grace (and until ctx ends),
-// until no connection holds answers.
+// until the connections that held answers when they were shed are
+// closed (closeAnswered).
 func (n *Node) waitAnswered(ctx context.Context) {
-	if !n.holdingAny() {
+	if n.closingAnswered.Load() == 0 {
 		return
 	}
 	deadline := time.NewTimer(n.cfg.AnswerGrace)
 	defer deadline.Stop()
 	t := time.NewTicker(answeredPoll)
 	defer t.Stop()
-	for n.holdingAny() {
+	for n.closingAnswered.Load() > 0 {
 		select {
 		case <-t.C:
 		case <-deadline.C:

@@ -295,16 +295,6 @@ func (n *Node) holding(c *client) int32 {
 	return 0
 }
 
-// holdingAny reports whether some connection holds answers.
-func (n *Node) holdingAny() bool {
-	held := false
-	n.completers.Range(func(_, v any) bool {
-		held = v.(*completer).pending.Load() > 0
-		return !held
-	})
-	return held
-}
-
 // answeredPoll is how often closeAnswered looks whether a connection's
 // held answers are acknowledged.
 const answeredPoll = 20 * time.Millisecond
@@ -323,7 +313,9 @@ func (n *Node) closeAnswered(c *client, code packets.Code, serverRef string) {
 	}
 	n.log.Info("connection holds answers: closing it once they are acknowledged", "client_id", c.id,
 		"held", n.holding(c), "reason", code.Code)
+	n.closingAnswered.Add(1)
 	go func() {
+		defer n.closingAnswered.Add(-1)
 		t := time.NewTicker(answeredPoll)
 		defer t.Stop()
 		deadline := time.After(n.cfg.AnswerGrace)

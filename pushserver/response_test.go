@@ -411,3 +411,50 @@ func TestHeldAnswersKeepConnectionOpen(t *testing.T) {
 		})
 	}
 }
+
+// TestShutdownWaitsForHeldAnswers: a push server shutting down (lame
+// duck) closes a connection that holds answers only once they are
+// acknowledged: the PUBACK comes first, then the DISCONNECT (0x8B: no
+// other push server to send the device to), within the answer grace.
+func TestShutdownWaitsForHeldAnswers(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	n := e.startNode(func(c *Config) { c.AnswerGrace = 20 * time.Second })
+	const device, client = "dev-lame", "cli-lame"
+	e.sendCommand(client, device, "1", n.NodeID())
+	outage := &redisOutage{}
+	n.rdb.AddHook(outage)
+
+	c := dialRaw(t, n.Addr(), 5)
+	require.Equal(t, byte(0), c.connect(device, token(t, device, auth.RoleDevice, time.Hour)).ReasonCode)
+	var s *session
+	eventually(t, 5*time.Second, func() bool { s = n.current(device); return s != nil }, "no session")
+	outage.down.Store(true)
+	require.NoError(t, c.answer(device, 9, `{"jsonrpc":"2.0","result":"lame","id":"`+client+`:1"}`))
+	eventually(t, 5*time.Second, func() bool { return value(t, n.m.held) == 1 }, "the answer is not held")
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- n.Shutdown(context.Background()) }()
+	eventually(t, 10*time.Second, func() bool { return s.current() >= sessionClosing }, "the session was not shed")
+	require.NoError(t, c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}))
+	pk, err := c.recv(5 * time.Second)
+	require.NoError(t, err, "connection closed while it held an answer")
+	require.Equal(t, packets.Pingresp, pk.FixedHeader.Type, "got packet type %d, want PINGRESP", pk.FixedHeader.Type)
+	outage.down.Store(false)
+	pk, err = c.recv(10 * time.Second)
+	require.NoError(t, err, "no PUBACK once Redis was back")
+	require.Equal(t, packets.Puback, pk.FixedHeader.Type, "got packet type %d, want the held PUBACK first", pk.FixedHeader.Type)
+	pk, err = c.recv(10 * time.Second)
+	require.NoError(t, err, "no DISCONNECT")
+	require.Equal(t, packets.Disconnect, pk.FixedHeader.Type, "got packet type %d, want DISCONNECT", pk.FixedHeader.Type)
+	require.Equal(t, packets.ErrServerShuttingDown.Code, pk.ReasonCode)
+	select {
+	case err := <-stopped:
+		if err != nil { // leaving the ring during the outage failed: Shutdown goes on
+			require.ErrorIs(t, err, errOutage)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Shutdown did not return")
+	}
+	require.Equal(t, protocol.StatusSucceeded, e.commandStatus(client, "1").Status)
+}
