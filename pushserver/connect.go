@@ -278,7 +278,7 @@ func (n *Node) establish(c *client, claims *auth.Claims) error {
 		old.cl.disconnect(packets.ErrSessionTakenOver, "") // [MQTT-3.1.4-3]
 	}
 	n.capKeepAlive(c)
-	n.connected.Add(1) // before the CONNACK: the next CONNECT counts this one
+	n.connected.Add(1)                                  // before the CONNACK: the next CONNECT counts this one
 	if err := c.writePacket(n.connack(c)); err != nil { // [MQTT-3.2.0-1]
 		n.connected.Add(-1)
 		return fmt.Errorf("ack connection packet: %w", err)
