@@ -274,11 +274,13 @@ func (n *Node) establish(c *client, claims *auth.Claims) error {
 		return c.refuse(refuseBadCredentials, "")
 	}
 	if old := n.current(c.id); old != nil {
-		old.closing()                                      // nothing more is sent on it
-		old.cl.disconnect(packets.ErrSessionTakenOver, "") // [MQTT-3.1.4-3]
+		// Nothing more is sent on it. [MQTT-3.1.4-3]
+		old.closing()
+		old.cl.disconnect(packets.ErrSessionTakenOver, "")
 	}
 	n.capKeepAlive(c)
-	n.connected.Add(1)                                  // before the CONNACK: the next CONNECT counts this one
+	// Counted before the CONNACK: the next CONNECT counts this one.
+	n.connected.Add(1)
 	if err := c.writePacket(n.connack(c)); err != nil { // [MQTT-3.2.0-1]
 		n.connected.Add(-1)
 		return fmt.Errorf("ack connection packet: %w", err)
