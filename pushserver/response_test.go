@@ -373,30 +373,11 @@ func TestHeldAnswersKeepConnectionOpen(t *testing.T) {
 			e := newEnv(t)
 			n := e.startNode(func(c *Config) { c.AnswerGrace = tt.grace })
 			device, client := fmt.Sprintf("dev-keep-%d", i), fmt.Sprintf("cli-keep-%d", i)
-			e.sendCommand(client, device, "1", n.NodeID())
-			outage := &redisOutage{}
-			n.rdb.AddHook(outage)
-
-			c := dialRaw(t, n.Addr(), 5)
-			require.Equal(t, byte(0), c.connect(device, token(t, device, auth.RoleDevice, 2*time.Second)).ReasonCode)
-			var s *session
-			eventually(t, 5*time.Second, func() bool { s = n.current(device); return s != nil }, "no session")
-			outage.down.Store(true)
-			require.NoError(t, c.answer(device, 9, `{"jsonrpc":"2.0","result":"kept","id":"`+client+`:1"}`))
-			eventually(t, 5*time.Second, func() bool { return value(t, n.m.held) == 1 }, "the answer is not held")
-			eventually(t, 5*time.Second, func() bool { return s.current() >= sessionClosing }, "the token did not expire")
-
+			h := holdAnswer(t, e, n, device, client, 2*time.Second)
+			eventually(t, 5*time.Second, func() bool { return h.s.current() >= sessionClosing }, "the token did not expire")
+			c, outage := h.c, h.outage
 			if tt.restore {
-				// Still open, still read: a PINGREQ is answered.
-				require.NoError(t, c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}))
-				pk, err := c.recv(5 * time.Second)
-				require.NoError(t, err, "connection closed while it held an answer")
-				require.Equal(t, packets.Pingresp, pk.FixedHeader.Type, "got packet type %d, want PINGRESP", pk.FixedHeader.Type)
-				outage.down.Store(false)
-				pk, err = c.recv(10 * time.Second)
-				require.NoError(t, err, "no PUBACK once Redis was back")
-				require.Equal(t, packets.Puback, pk.FixedHeader.Type, "got packet type %d, want the held PUBACK first", pk.FixedHeader.Type)
-				require.Equal(t, uint16(9), pk.PacketID)
+				h.ackedWhileOpen(t)
 			}
 			pk, err := c.recv(tt.grace + 5*time.Second)
 			require.NoError(t, err, "no DISCONNECT")
@@ -421,30 +402,13 @@ func TestShutdownWaitsForHeldAnswers(t *testing.T) {
 	e := newEnv(t)
 	n := e.startNode(func(c *Config) { c.AnswerGrace = 20 * time.Second })
 	const device, client = "dev-lame", "cli-lame"
-	e.sendCommand(client, device, "1", n.NodeID())
-	outage := &redisOutage{}
-	n.rdb.AddHook(outage)
-
-	c := dialRaw(t, n.Addr(), 5)
-	require.Equal(t, byte(0), c.connect(device, token(t, device, auth.RoleDevice, time.Hour)).ReasonCode)
-	var s *session
-	eventually(t, 5*time.Second, func() bool { s = n.current(device); return s != nil }, "no session")
-	outage.down.Store(true)
-	require.NoError(t, c.answer(device, 9, `{"jsonrpc":"2.0","result":"lame","id":"`+client+`:1"}`))
-	eventually(t, 5*time.Second, func() bool { return value(t, n.m.held) == 1 }, "the answer is not held")
+	h := holdAnswer(t, e, n, device, client, time.Hour)
 
 	stopped := make(chan error, 1)
 	go func() { stopped <- n.Shutdown(context.Background()) }()
-	eventually(t, 10*time.Second, func() bool { return s.current() >= sessionClosing }, "the session was not shed")
-	require.NoError(t, c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}))
-	pk, err := c.recv(5 * time.Second)
-	require.NoError(t, err, "connection closed while it held an answer")
-	require.Equal(t, packets.Pingresp, pk.FixedHeader.Type, "got packet type %d, want PINGRESP", pk.FixedHeader.Type)
-	outage.down.Store(false)
-	pk, err = c.recv(10 * time.Second)
-	require.NoError(t, err, "no PUBACK once Redis was back")
-	require.Equal(t, packets.Puback, pk.FixedHeader.Type, "got packet type %d, want the held PUBACK first", pk.FixedHeader.Type)
-	pk, err = c.recv(10 * time.Second)
+	eventually(t, 10*time.Second, func() bool { return h.s.current() >= sessionClosing }, "the session was not shed")
+	h.ackedWhileOpen(t)
+	pk, err := h.c.recv(10 * time.Second)
 	require.NoError(t, err, "no DISCONNECT")
 	require.Equal(t, packets.Disconnect, pk.FixedHeader.Type, "got packet type %d, want DISCONNECT", pk.FixedHeader.Type)
 	require.Equal(t, packets.ErrServerShuttingDown.Code, pk.ReasonCode)
@@ -457,4 +421,44 @@ func TestShutdownWaitsForHeldAnswers(t *testing.T) {
 		t.Fatal("Shutdown did not return")
 	}
 	require.Equal(t, protocol.StatusSucceeded, e.commandStatus(client, "1").Status)
+}
+
+// heldAnswer is an MQTT 5 connection of a device whose answer (packet ID
+// 9, to command "1" of client) is held: Redis is down for the node.
+type heldAnswer struct {
+	c      *raw
+	s      *session
+	outage *redisOutage
+}
+
+// holdAnswer sends command "1" of client to device, connects the device
+// (token valid for ttl), takes Redis away from the node and has the
+// device answer, until the node holds the answer.
+func holdAnswer(t *testing.T, e *env, n *Node, device, client string, ttl time.Duration) heldAnswer {
+	t.Helper()
+	e.sendCommand(client, device, "1", n.NodeID())
+	h := heldAnswer{c: dialRaw(t, n.Addr(), 5), outage: &redisOutage{}}
+	n.rdb.AddHook(h.outage)
+	require.Equal(t, byte(0), h.c.connect(device, token(t, device, auth.RoleDevice, ttl)).ReasonCode)
+	eventually(t, 5*time.Second, func() bool { h.s = n.current(device); return h.s != nil }, "no session")
+	h.outage.down.Store(true)
+	require.NoError(t, h.c.answer(device, 9, `{"jsonrpc":"2.0","result":"held","id":"`+client+`:1"}`))
+	eventually(t, 5*time.Second, func() bool { return value(t, n.m.held) == 1 }, "the answer is not held")
+	return h
+}
+
+// ackedWhileOpen checks that the connection is still open and read (a
+// PINGREQ is answered), brings Redis back, and checks that the held
+// answer's PUBACK is the next packet.
+func (h heldAnswer) ackedWhileOpen(t *testing.T) {
+	t.Helper()
+	require.NoError(t, h.c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}))
+	pk, err := h.c.recv(5 * time.Second)
+	require.NoError(t, err, "connection closed while it held an answer")
+	require.Equal(t, packets.Pingresp, pk.FixedHeader.Type, "got packet type %d, want PINGRESP", pk.FixedHeader.Type)
+	h.outage.down.Store(false)
+	pk, err = h.c.recv(10 * time.Second)
+	require.NoError(t, err, "no PUBACK once Redis was back")
+	require.Equal(t, packets.Puback, pk.FixedHeader.Type, "got packet type %d, want the held PUBACK first", pk.FixedHeader.Type)
+	require.Equal(t, uint16(9), pk.PacketID)
 }
