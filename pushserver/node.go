@@ -676,7 +676,7 @@ func (n *Node) sweepLoop() {
 // sweepSessions kicks every subscribed session whose mailbox the set of
 // non-empty mailboxes lists (mailbox.Listed: an empty mailbox has
 // nothing to read), sweepWorkers at a time:
-// each worker runs the session's step itself when the session goroutine
+// each worker runs the session's step itself when its runner
 // is not running (session.kickHere), so that a sweep of many idle
 // sessions never starts a goroutine (and its stack) for each of them at
 // once.
