@@ -273,28 +273,33 @@ func (n *Node) establish(c *client, claims *auth.Claims) error {
 	if exp := claims.Expires(); !exp.IsZero() && !time.Now().Before(exp) { // expired since it was verified
 		return c.refuse(refuseBadCredentials, "")
 	}
-	if old := n.current(c.id); old != nil {
-		// Nothing more is sent on it. [MQTT-3.1.4-3]
-		old.closing()
-		old.cl.disconnect(packets.ErrSessionTakenOver, "")
-	}
 	n.capKeepAlive(c)
-	// Counted before the CONNACK: the next CONNECT counts this one.
-	n.connected.Add(1)
-	if err := c.writePacket(n.connack(c)); err != nil { // [MQTT-3.2.0-1]
-		n.connected.Add(-1)
-		return fmt.Errorf("ack connection packet: %w", err)
-	}
-	// The session exists before any packet after the CONNECT is read
-	// (on this goroutine, once connect returns).
+	// The new session is the identity's current one, and the connection
+	// counted, before the earlier one is closed and before the CONNACK:
+	// the end of the earlier session sees that a newer one lives here
+	// (it leaves the registration to it), and the next CONNECT counts
+	// this connection. Nothing is sent on the session before a
+	// SUBSCRIBE, which is read after the CONNACK.
+	old := n.current(c.id)
 	s := newSession(n, c, claims)
 	c.sess = s
-	c.advance(connOpen)
+	n.connected.Add(1)
+	n.sessWG.Add(1)
 	n.addSession(s)
 	if s.expires != 0 {
 		n.expiries.add(s)
 	}
-	n.sessWG.Add(1)
+	if old != nil {
+		// Nothing more is sent on it. [MQTT-3.1.4-3]
+		old.closing()
+		old.cl.disconnect(packets.ErrSessionTakenOver, "")
+	}
+	if err := c.writePacket(n.connack(c)); err != nil { // [MQTT-3.2.0-1]
+		n.connected.Add(-1)
+		s.close() // its runner ends it
+		return fmt.Errorf("ack connection packet: %w", err)
+	}
+	c.advance(connOpen)
 	s.start()
 	n.log.Debug("session established", "client_id", s.identity, "remote", c.remote(),
 		"protocol", c.version, "window", s.window)
