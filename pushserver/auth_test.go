@@ -161,9 +161,9 @@ func TestSessionsAreFresh(t *testing.T) {
 	eventually(t, 5*time.Second, func() bool {
 		s2.mu.Lock()
 		defer s2.mu.Unlock()
-		// more is the run goroutine's; with running false it is not
+		// more is the runner's; with the run state idle it is not
 		// running, and the next run starts by taking mu.
-		return !s2.running && !s2.pending && s2.more
+		return s2.run == runIdle && s2.more
 	}, "the second session took the wake of m1")
 	require.Empty(t, second.col.list())
 	require.Equal(t, int64(1), e.mailboxLen(id))

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -73,13 +74,16 @@ func benchDelivery(b *testing.B, live bool, clients int) {
 		wg.Wait()
 	}
 
+	var cpu0 time.Duration
 	if live {
 		subscribe()
 		b.ResetTimer()
+		cpu0 = processCPU(b)
 		put()
 	} else {
 		put()
 		b.ResetTimer()
+		cpu0 = processCPU(b)
 		subscribe()
 	}
 	select {
@@ -88,6 +92,19 @@ func benchDelivery(b *testing.B, live bool, clients int) {
 		b.Fatalf("received %d of %d", received.Load(), b.N)
 	}
 	b.StopTimer()
+	cpu := processCPU(b) - cpu0
 	b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "msgs/s")
+	// The process's CPU: the node and its paho clients (and, live, the
+	// test's Puts), per message.
+	b.ReportMetric(float64(cpu.Microseconds())/float64(b.N), "cpu-µs/msg")
 	b.ReportMetric(value(b, n.m.reads), "fetches")
+}
+
+// processCPU is the CPU time (user and system) the process has used.
+func processCPU(tb testing.TB) time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		tb.Fatalf("getrusage: %v", err)
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }

@@ -7,68 +7,69 @@ import (
 	"io"
 	"net"
 	"runtime"
-	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 
-	"github.com/iotgw/gateway/internal/auth"
 	"github.com/iotgw/gateway/internal/telemetry"
 )
 
-// One MQTT connection, with small stacks.
-//
-// Mochi's own Server.EstablishConnection holds two goroutines for every
-// connection for its whole life: the one that reads (parked, between
-// packets, under attachClient and Client.Read, whose frames alone are
-// 4.6 KB because mochi passes its 808-byte packets.Packet by value) and
-// Client.WriteLoop (parked in a 1.8 KB frame: a 4 KB stack). Handling one
-// packet takes that reading goroutine about 18 KB deep, so its stack
-// grows to 32 KB; the garbage collector halves a stack only while less
-// than a quarter of it is in use, so it comes back to 16 KB and no
-// further. That is 20 KB of stack per idle connection, more than the
-// whole budget of an idle session.
-//
-// serveConn does what EstablishConnection does, with mochi's exported
-// API, in another shape:
-//
-//   - a connection has one goroutine at a time. The one that waits
-//     between packets does nothing else: it is started for that (fresh,
-//     with Go's smallest stack, 2 KB), reads the first bytes of the next
-//     packet in a shallow call chain (about 0.7 KB) and allocates nothing
-//     before it has them;
-//   - then the packets that have arrived are read and processed, as deep
-//     as mochi needs, by a worker: a goroutine whose stack has grown for
-//     that already, parked after an earlier burst (of any connection),
-//     or else the waiting goroutine itself. When nothing more has
-//     arrived, the worker starts a new waiting goroutine for the
-//     connection and parks (a few are kept) or ends. So the deep stacks
-//     belong to the few connections that are busy, not to every idle
-//     one. The CONNECT (with the token check) runs on the listener's
-//     goroutine, which then becomes a worker too;
-//   - there is no WriteLoop: mochi queues packets for it only when it
-//     routes a PUBLISH to subscribers, which never happens here (every
-//     PUBLISH is a device response, which OnPublish marks as not to be
-//     routed; retained messages and the inline client are off; $SYS
-//     topics cannot be subscribed). Everything else mochi writes, and
-//     every mailbox entry, is written directly (Client.WritePacket).
-//
-// Packets are read by mochi (Client.ReadFixedHeader, Client.ReadPacket
-// with the OnPacketRead hook), in order, one at a time, as its own read
-// loop does, and processed by mochi (Server.InjectPacket), except
-// SUBSCRIBE and UNSUBSCRIBE, which the node processes as mochi does but
-// records only in the session (see subscribe).
+// One MQTT connection: the client, its states, its read path and its
+// write path, on mochi's packets codec only (see the package doc).
 
-// conn is one established connection, handed from goroutine to goroutine.
-type conn struct {
-	n     *Node
-	cl    *mqtt.Client
-	rc    connReader
-	ended func(net.Conn, error) // called once, when the connection has ended
+// connState is where a connection is in its life. It only ever moves
+// forward:
+//
+//	connAwaiting ──CONNACK 0x00──▶ connOpen ──disconnect──▶ connClosing ──▶ connClosed
+//	      │                           │                                        ▲
+//	      └──refused, malformed, ─────┴──read error, DISCONNECT, write error───┘
+//	         CONNECT deadline
+//
+// connClosing is the gateway closing the connection on purpose (shed,
+// token expiry, lame duck, take-over, a protocol error): only the
+// DISCONNECT that says why is written after it.
+type connState uint32
+
+const (
+	connAwaiting connState = iota // accepted; its CONNECT is not accepted yet
+	connOpen                      // CONNACK 0x00 written; packets are read and written
+	connClosing                   // the gateway is closing it: nothing but its DISCONNECT is written
+	connClosed                    // the socket is closed
+)
+
+// errConnClosed is the error of a write to a connection that is closing
+// or closed.
+var errConnClosed = errors.New("pushserver: connection closed")
+
+// client is one MQTT connection: what its CONNECT said, and the socket.
+// It is handed from goroutine to goroutine (a waiting goroutine, then a
+// worker that reads and processes the packets that have arrived, see
+// serveConn); writes come from the reading worker (acknowledgements),
+// the session's runner (PUBLISHes), the completer of held answers
+// (their PUBACKs) and the node (DISCONNECTs), one at a time (wmu).
+type client struct {
+	n        *Node
+	rc       connReader // the socket, and what has been read ahead of it
+	listener string     // "mqtt" or "ws"
+	ended    func(net.Conn, error)
+
+	// From the CONNECT; set before the connection is open, read-only
+	// after.
+	id              string // the client ID, which is the identity
+	version         byte   // 4 (3.1.1) or 5
+	keepalive       uint16 // seconds; 0: none
+	serverKeepalive bool   // keepalive is the server's (MQTT 5 Server Keep Alive)
+	maxPacket       uint32 // the client's Maximum Packet Size (MQTT 5); 0: none
+	receiveMax      uint16 // the client's Receive Maximum (MQTT 5); 0: none
+	noProblemInfo   bool   // MQTT 5 Request Problem Information 0: no reason strings
+
+	sess *session // set when the connection is accepted, before it opens
+
+	state atomic.Uint32 // a connState
+	wmu   sync.Mutex    // one write at a time
 
 	// waitFn is c.waitPacket, made once: starting a waiting goroutine
 	// allocates nothing (an allocation can take a goroutine deeper than
@@ -76,19 +77,118 @@ type conn struct {
 	waitFn func()
 }
 
+// remote is the client's address, for logs.
+func (c *client) remote() string { return c.rc.RemoteAddr().String() }
+
+// isClosed reports whether the connection is closing or closed.
+func (c *client) isClosed() bool { return connState(c.state.Load()) >= connClosing }
+
+// advance moves the connection to state to, if that is forward; it
+// reports whether it moved.
+func (c *client) advance(to connState) bool {
+	for {
+		from := c.state.Load()
+		if connState(from) >= to {
+			return false
+		}
+		if c.state.CompareAndSwap(from, uint32(to)) {
+			return true
+		}
+	}
+}
+
+// stop closes the socket (once).
+func (c *client) stop() {
+	if c.advance(connClosed) {
+		_ = c.rc.Close()
+	}
+}
+
+// disconnect closes the connection on purpose: MQTT 5 clients get a
+// DISCONNECT with code (and the server reference, if any); MQTT 3.1.1
+// has no server DISCONNECT, so the connection is just closed.
+func (c *client) disconnect(code packets.Code, serverRef string) {
+	if !c.advance(connClosing) {
+		c.stop()
+		return
+	}
+	if c.version == 5 {
+		_ = c.rc.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = c.write(packets.Packet{
+			FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
+			ReasonCode:  code.Code,
+			Properties:  packets.Properties{ReasonString: code.Reason, ServerReference: serverRef},
+		})
+	}
+	c.stop()
+}
+
+// writePacket encodes pk with the codec for this client and writes it;
+// errConnClosed once the connection is closing, packets.ErrPacketTooLarge
+// when it exceeds the client's Maximum Packet Size (nothing is written).
+func (c *client) writePacket(pk packets.Packet) error {
+	if c.isClosed() {
+		return errConnClosed
+	}
+	return c.write(pk)
+}
+
+// writeBuffers hold packets while they are encoded and written.
+var writeBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
+
+// maxPooledWrite is the largest buffer given back to writeBuffers.
+const maxPooledWrite = 64 << 10
+
+func (c *client) write(pk packets.Packet) error {
+	if pk.Expiry > 0 {
+		pk.Properties.MessageExpiryInterval = uint32(max(1, pk.Expiry-time.Now().Unix())) // [MQTT-3.3.2-6]
+	}
+	pk.ProtocolVersion = c.version
+	pk.Mods.MaxSize = c.maxPacket
+	pk.Mods.DisallowProblemInfo = c.noProblemInfo // [MQTT-3.1.2-29]
+	pk.Mods.AllowResponseInfo = true              // never set on a CONNACK here: no Response Information
+	buf := writeBuffers.Get().(*bytes.Buffer)
+	buf.Reset()
+	defer func() {
+		if buf.Cap() <= maxPooledWrite {
+			writeBuffers.Put(buf)
+		}
+	}()
+	if err := encode(&pk, buf); err != nil {
+		return err
+	}
+	if pk.Mods.MaxSize > 0 && uint32(buf.Len()) > pk.Mods.MaxSize {
+		return packets.ErrPacketTooLarge // [MQTT-3.1.2-24] [MQTT-3.1.2-25]
+	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_, err := c.rc.Write(buf.Bytes())
+	return err
+}
+
 // serveConn runs the MQTT connection nc, accepted by listener lid, from
-// its CONNECT to its end (what mochi's Server.EstablishConnection does;
-// see above), and calls ended with why it ended. It returns once the
-// connection is refused, or established and handed on.
+// its CONNECT to its end, and calls ended with why it ended. It returns
+// once the connection is refused, or accepted and handed on.
+//
+// A connection has one goroutine at a time. The one that waits between
+// packets does nothing else: it is started for that (fresh, with Go's
+// smallest stack, 2 KB), reads the first bytes of the next packet in a
+// shallow call chain and allocates nothing before it has them. Then the
+// packets that have arrived are read and processed by a worker: a
+// goroutine whose stack has grown for that already, parked after an
+// earlier burst (of any connection), or else the waiting goroutine
+// itself. When nothing more has arrived, the worker starts a new waiting
+// goroutine for the connection and parks (a few are kept) or ends. So the
+// deep stacks belong to the few connections that are busy, not to every
+// idle one. The CONNECT (with the token check) runs on the listener's
+// goroutine, which then becomes a worker too.
 func (n *Node) serveConn(lid string, nc net.Conn, ended func(net.Conn, error)) {
-	s := n.server
-	s.Listeners.ClientsWg.Add(1)
-	c := &conn{n: n, ended: ended}
+	n.connWG.Add(1)
+	c := &client{n: n, listener: lid, ended: ended}
 	c.rc.Conn = nc
-	c.cl = s.NewClient(&c.rc, lid, "", false)
-	if ok, err := n.connect(c.cl, &c.rc, lid); !ok {
-		c.cl.Stop(nil)
-		s.Listeners.ClientsWg.Done()
+	if err := n.connect(c); err != nil {
+		c.stop()
+		n.connWG.Done()
 		ended(nc, err)
 		return
 	}
@@ -102,10 +202,10 @@ func (n *Node) serveConn(lid string, nc net.Conn, ended func(net.Conn, error)) {
 }
 
 // next hands the connection, whose packets so far have all been
-// processed, to a new waiting goroutine, or ends it (err, or a client
-// that is closed: mochi's read loop returns nil then).
-func (c *conn) next(err error) {
-	if err != nil || c.cl.Closed() {
+// processed, to a new waiting goroutine, or ends it (err, or a
+// connection that is closing).
+func (c *client) next(err error) {
+	if err != nil || c.isClosed() {
 		c.end(err)
 		return
 	}
@@ -116,7 +216,7 @@ func (c *conn) next(err error) {
 // set after the last packet bounds the wait), then has them processed.
 // It is the first function of a waiting goroutine: until its wait is
 // over, keep it shallow and allocation-free.
-func (c *conn) waitPacket() {
+func (c *client) waitPacket() {
 	if err := c.rc.wait(); err != nil {
 		c.end(err)
 		return
@@ -126,15 +226,18 @@ func (c *conn) waitPacket() {
 
 // burst reads and processes the packets that have arrived, then hands
 // the connection on.
-func (c *conn) burst() {
-	c.next(c.n.readPackets(c.cl, &c.rc))
+func (c *client) burst() {
+	c.next(c.readPackets())
 }
 
-// end ends an established connection.
-func (c *conn) end(err error) {
-	c.n.disconnected(c.cl, err)
-	c.cl.Stop(nil)
-	c.n.server.Listeners.ClientsWg.Done()
+// end ends an open connection: the socket is closed and the session
+// told (it finishes on its runner: acks, hand-backs, unregistration).
+func (c *client) end(err error) {
+	c.stop()
+	c.n.log.Debug("client disconnected", "err", err, "client_id", telemetry.Clip(c.id), "listener", c.listener)
+	c.n.connectionEnded(c)
+	c.n.connected.Add(-1)
+	c.n.connWG.Done()
 	c.ended(c.rc.Conn, err)
 }
 
@@ -200,202 +303,79 @@ func (w *workers[T]) stay() {
 	}
 }
 
-// connect reads the CONNECT and, when the connection is accepted, sends
-// the CONNACK and establishes the session: the first half of mochi's
-// attachClient, with the hooks of the node called directly (the node's
-// server has no other hook). It reports whether the session is
-// established; if not, the error says why.
-func (n *Node) connect(cl *mqtt.Client, rc *connReader, lid string) (bool, error) {
-	s := n.server
-	// The CONNECT is read whole, with memory that grows with what has
-	// arrived, before mochi reads it (mochi would allocate the announced
-	// length at once).
-	if err := rc.preread(int(min(maxConnectSize, n.cfg.MaxPacketSize-1)), n.m.connecting.Inc, n.m.connecting.Dec); err != nil {
-		return false, fmt.Errorf("read connection: %w", err)
-	}
-	// preread has checked that the packet is a CONNECT. [MQTT-3.1.0-1]
-	pk, err := readPacket(cl, rc)
-	if err != nil {
-		n.codecPanicked(cl, &pk, err)
-		return false, fmt.Errorf("read connection: %w", err)
-	}
-	if pk.FixedHeader.Type != packets.Connect {
-		return false, fmt.Errorf("read connection: %w", packets.ErrProtocolViolationRequireFirstConnect) // [MQTT-3.1.0-1]
-	}
-
-	cl.ParseConnect(lid, pk)
-	// ParseConnect keeps the username as a slice of the packet, which
-	// would keep the whole CONNECT (the token too) for the life of the
-	// connection.
-	cl.Properties.Username = bytes.Clone(cl.Properties.Username)
-	if atomic.LoadInt64(&s.Info.ClientsConnected) >= s.Options.Capabilities.MaximumClients {
-		_ = n.sendRefusal(cl, packets.ErrServerBusy, nil) // 0x89 / 0x03
-		return false, packets.ErrServerBusy
-	}
-	if code := n.validateConnect(cl, pk); code != packets.CodeSuccess {
-		// MQTT 3.1.1 clients get a 3.1.1 return code, or no CONNACK for
-		// a malformed CONNECT.
-		if err := n.sendRefusal(cl, code, nil); err != nil {
-			return false, fmt.Errorf("invalid connection send ack: %w", err)
-		}
-		return false, code // [MQTT-3.2.2-7] [MQTT-3.1.4-6]
-	}
-	// admit is OnConnect and OnConnectAuthenticate in one, verifying the
-	// token once: it sends its own refusing CONNACK. [MQTT-3.1.4-2]
-	claims, err := n.hook.admit(cl, pk)
-	if err != nil {
-		return false, err
-	}
-	refreshDeadline(cl)
-
-	atomic.AddInt64(&s.Info.ClientsConnected, 1)
-	if err := n.establish(cl, pk, claims); err != nil {
-		atomic.AddInt64(&s.Info.ClientsConnected, -1)
-		return false, err
-	}
-	refreshDeadline(cl)
-	return true, nil
-}
-
-// establish takes the client ID over from an earlier connection, makes cl
-// its client, sends the CONNACK and starts the session, one connection of
-// the ID at a time: connections of one ID that arrive together (a device
-// reconnecting in a loop, two devices with one identity) would otherwise
-// each take over the same earlier one, and leave a connection open that
-// is neither mochi's client of the ID nor the node's current session,
-// which no wake signal reaches.
-func (n *Node) establish(cl *mqtt.Client, pk packets.Packet, claims *auth.Claims) error {
-	mu := &n.establishLocks[stripe(cl.ID, len(n.establishLocks))]
-	mu.Lock()
-	defer mu.Unlock()
-	n.hook.OnSessionEstablish(cl, pk)
-	n.capKeepAlive(cl)
-	n.attach(cl)
-	// Sessions are always fresh: session present is 0 (and OnPacketEncode
-	// would make it so).
-	if err := n.server.SendConnack(cl, packets.CodeSuccess, false, nil); err != nil { // [MQTT-3.2.0-1]
-		n.detach(cl)
-		return fmt.Errorf("ack connection packet: %w", err)
-	}
-	n.hook.start(cl, claims)
-	return nil
-}
-
-// capKeepAlive gives an MQTT 5 client whose keep alive is longer than
-// Config.MaxKeepAlive, or none, the maximum instead: SendConnack then
-// carries it as Server Keep Alive [MQTT-3.2.2-21], and the connection's
-// deadline follows it.
-func (n *Node) capKeepAlive(cl *mqtt.Client) {
-	limit := uint16(min(n.cfg.MaxKeepAlive/time.Second, 65535))
-	if cl.Properties.ProtocolVersion < 5 || limit == 0 {
-		return
-	}
-	if ka := cl.State.Keepalive; ka == 0 || ka > limit {
-		cl.State.Keepalive = limit
-		cl.State.ServerKeepalive = true
-	}
-}
-
-// validateConnect is mochi's check of a CONNECT packet.
-func (n *Node) validateConnect(cl *mqtt.Client, pk packets.Packet) packets.Code {
-	code := pk.ConnectValidate() // [MQTT-3.1.4-1] [MQTT-3.1.4-2]
-	if code != packets.CodeSuccess {
-		return code
-	}
-	caps := n.server.Options.Capabilities
-	switch {
-	case cl.Properties.ProtocolVersion < 5 && !pk.Connect.Clean && pk.Connect.ClientIdentifier == "":
-		return packets.ErrClientIdentifierNotValid // 3.1.1: 0x02 [MQTT-3.1.3-8]
-	case cl.Properties.ProtocolVersion < caps.MinimumProtocolVersion:
-		return packets.ErrUnsupportedProtocolVersion // [MQTT-3.1.2-2]
-	case cl.Properties.Will.Qos > caps.MaximumQos:
-		return packets.ErrQosNotSupported // [MQTT-3.2.2-12]
-	case cl.Properties.Will.Retain && caps.RetainAvailable == 0x00:
-		return packets.ErrRetainNotSupported // [MQTT-3.2.2-13]
-	}
-	return code
-}
-
-// attach makes cl the client of its ID, taking over from an earlier
-// connection of the same ID (which OnSessionEstablish has already
-// emptied: sessions are always fresh, so nothing is inherited).
-func (n *Node) attach(cl *mqtt.Client) {
-	s := n.server
-	if old, ok := s.Clients.Get(cl.ID); ok && old != cl {
-		_ = s.DisconnectClient(old, packets.ErrSessionTakenOver) // [MQTT-3.1.4-3]
-		s.UnsubscribeClient(old)
-		old.ClearInflights()
-	} else if atomic.LoadInt64(&s.Info.ClientsConnected) > atomic.LoadInt64(&s.Info.ClientsMaximum) {
-		atomic.AddInt64(&s.Info.ClientsMaximum, 1)
-	}
-	mu := n.clientLock(cl.ID)
-	mu.Lock()
-	s.Clients.Add(cl) // [MQTT-4.1.0-1]
-	mu.Unlock()
-}
-
-// detach forgets cl as the client of its ID, unless a newer connection
-// has taken the ID over; it reports whether cl was the client.
-func (n *Node) detach(cl *mqtt.Client) bool {
-	mu := n.clientLock(cl.ID)
-	mu.Lock()
-	defer mu.Unlock()
-	if cur, ok := n.server.Clients.Get(cl.ID); !ok || cur != cl {
-		return false
-	}
-	n.server.UnsubscribeClient(cl)
-	n.server.Clients.Delete(cl.ID) // [MQTT-4.1.0-2]
-	return true
-}
-
-// clientLock orders attach and detach of one client ID.
-func (n *Node) clientLock(id string) *sync.Mutex {
-	return &n.clientLocks[stripe(id, len(n.clientLocks))]
-}
-
 // readPackets reads and processes the packets that have arrived, one at
-// a time, as mochi's Client.Read does, and returns when no byte of a
-// further packet has arrived (nil), when the client is closed (nil), or
-// with the error that ends the connection.
-func (n *Node) readPackets(cl *mqtt.Client, rc *connReader) error {
+// a time, and returns when no byte of a further packet has arrived
+// (nil), when the connection is closing (nil), or with the error that
+// ends the connection.
+func (c *client) readPackets() error {
 	for {
-		pk, err := readPacket(cl, rc)
+		pk, err := c.readPacket()
 		if err != nil {
-			n.codecPanicked(cl, &pk, err)
+			c.codecPanicked(&pk, err)
 			return err
 		}
-		if err := n.receivePacket(cl, pk); err != nil {
+		if err := c.receive(pk); err != nil {
 			return err
 		}
-		if cl.Closed() {
+		if c.isClosed() {
 			return nil
 		}
-		refreshDeadline(cl) // for the next packet
-		if !rc.buffered() {
+		c.refreshDeadline() // for the next packet
+		if !c.rc.buffered() {
 			return nil
 		}
 	}
+}
+
+// refreshDeadline sets the connection's deadline to one and a half keep
+// alive intervals from now ([MQTT-3.1.2-22]); keep alive 0 means no
+// deadline.
+func (c *client) refreshDeadline() {
+	var expiry time.Time
+	if ka := c.keepalive; ka > 0 {
+		expiry = time.Now().Add(time.Duration(ka+ka/2) * time.Second)
+	}
+	_ = c.rc.SetDeadline(expiry)
 }
 
 // errCodecPanic marks a packet on which mochi's packet codec panicked.
 var errCodecPanic = errors.New("pushserver: the packet codec panicked")
 
-// readPacket reads the next packet from cl with mochi's codec
-// (Client.ReadFixedHeader, then Client.ReadPacket, which decodes it and
-// calls the OnPacketRead hook), and counts it as read by rc.
+// readPacket reads the next packet: the fixed header, the remaining
+// length (at most Config.MaxPacketSize in all, [MQTT-3.2.2-15]), then the
+// body, which the codec decodes; it counts the packet as read by rc.
 //
 // The codec decodes bytes from untrusted sockets, and it can panic: mochi
 // v2.7.9's SubscribeDecode reads past the end of an MQTT 5 SUBSCRIBE whose
-// last filter has no options byte (an index out of range), which ended
-// the whole process, every connection with it. A panic raised in the
+// last filter has no options byte (an index out of range), which would
+// end the whole process, every connection with it. A panic raised in the
 // codec is taken as a malformed packet instead: the error wraps
 // packets.ErrMalformedPacket and errCodecPanic (the caller counts and
 // logs it, codecPanicked), pk has the packet's fixed header, and only
-// this connection ends. A panic raised anywhere else (a hook, the node's
-// own code) is a bug, not an outsider's packet: it goes on.
-func readPacket(cl *mqtt.Client, rc *connReader) (pk packets.Packet, err error) {
+// this connection ends. A panic raised anywhere else is a bug, not an
+// outsider's packet: it goes on.
+func (c *client) readPacket() (pk packets.Packet, err error) {
+	b, err := c.rc.ReadByte()
+	if err != nil {
+		return pk, err
+	}
 	var fh packets.FixedHeader
-	if err := cl.ReadFixedHeader(&fh); err != nil {
+	if err := fh.Decode(b); err != nil {
+		return pk, err
+	}
+	if !fromClient(fh.Type) {
+		return pk, fmt.Errorf("%w: packet type %d from a client", packets.ErrProtocolViolation, fh.Type)
+	}
+	if fh.Remaining, _, err = packets.DecodeLength(&c.rc); err != nil {
+		return pk, err
+	}
+	if limit := c.n.cfg.MaxPacketSize; limit > 0 && int64(fh.Remaining)+1 > limit {
+		return pk, packets.ErrPacketTooLarge
+	}
+	pk.ProtocolVersion = c.version
+	pk.FixedHeader = fh
+	body := make([]byte, fh.Remaining)
+	if _, err := io.ReadFull(&c.rc, body); err != nil {
 		return pk, err
 	}
 	defer func() {
@@ -403,13 +383,12 @@ func readPacket(cl *mqtt.Client, rc *connReader) (pk packets.Packet, err error) 
 			if !panickedInCodec() {
 				panic(r)
 			}
-			pk = packets.Packet{FixedHeader: fh, ProtocolVersion: cl.Properties.ProtocolVersion}
+			pk = packets.Packet{FixedHeader: fh, ProtocolVersion: c.version}
 			err = fmt.Errorf("%w: %w: %s", packets.ErrMalformedPacket, errCodecPanic, telemetry.Clip(fmt.Sprint(r)))
 		}
 	}()
-	pk, err = cl.ReadPacket(&fh)
-	if err == nil {
-		rc.read++
+	if err = decode(&pk, body); err == nil {
+		c.rc.read++
 	}
 	return pk, err
 }
@@ -454,405 +433,228 @@ func funcPackage(fn string) string {
 	return fn
 }
 
-// codecPanicked counts and logs, with bounded fields only, a packet read
-// from cl on which mochi's codec panicked (err from readPacket wraps
-// errCodecPanic); other errors it leaves alone. The connection ends, as
-// for any packet mochi cannot decode; no DISCONNECT is sent.
-func (n *Node) codecPanicked(cl *mqtt.Client, pk *packets.Packet, err error) {
+// codecPanicked counts and logs, with bounded fields only, a packet on
+// which the codec panicked (err from readPacket wraps errCodecPanic);
+// other errors it leaves alone. The connection ends, as for any packet
+// the codec cannot decode; no DISCONNECT is sent.
+func (c *client) codecPanicked(pk *packets.Packet, err error) {
 	if !errors.Is(err, errCodecPanic) {
 		return
 	}
-	n.m.codecPanics.Inc()
-	n.log.Warn("malformed packet: the packet codec panicked; connection closed",
-		"client_id", telemetry.Clip(cl.ID), "listener", cl.Net.Listener, "remote", cl.Net.Remote,
-		"packet", packetSummary(pk), "remaining", pk.FixedHeader.Remaining, "version", cl.Properties.ProtocolVersion,
+	c.n.m.codecPanics.Inc()
+	c.n.log.Warn("malformed packet: the packet codec panicked; connection closed",
+		"client_id", telemetry.Clip(c.id), "listener", c.listener, "remote", c.remote(),
+		"packet", packetSummary(pk), "remaining", pk.FixedHeader.Remaining, "version", c.version,
 		"error", err)
 }
 
-// receivePacket processes one packet read from cl, as mochi's
-// receivePacket does: an error that is an MQTT 5 reason code is sent to
-// the client in a DISCONNECT; every error ends the connection. SUBSCRIBE
-// and UNSUBSCRIBE are processed by the node (subscribe, unsubscribe),
-// every other packet by mochi.
-func (n *Node) receivePacket(cl *mqtt.Client, pk packets.Packet) error {
-	s := n.server
+// receive processes one packet of an open connection. An error ends the
+// connection; one that is an MQTT 5 reason code is sent to an MQTT 5
+// client in a DISCONNECT first.
+func (c *client) receive(pk packets.Packet) error {
 	var err error
 	switch pk.FixedHeader.Type {
+	case packets.Publish:
+		err = c.publish(pk)
+	case packets.Puback:
+		c.sess.puback(pk.PacketID, pk.ReasonCode)
+	case packets.Pingreq:
+		err = c.writePacket(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingresp}}) // [MQTT-3.12.4-1]
 	case packets.Subscribe:
-		err = n.subscribe(cl, pk)
+		err = c.subscribe(pk)
 	case packets.Unsubscribe:
-		err = n.unsubscribe(cl, pk)
-	default:
-		if err = s.InjectPacket(cl, pk); err == nil {
-			// InjectPacket counts the packet as received; ReadPacket
-			// has already.
-			atomic.AddInt64(&s.Info.PacketsReceived, -1)
-			if pk.FixedHeader.Type == packets.Publish {
-				atomic.AddInt64(&s.Info.MessagesReceived, -1)
-			}
+		err = c.unsubscribe(pk)
+	case packets.Disconnect:
+		err = c.disconnected(pk)
+	case packets.Connect:
+		err = packets.ErrProtocolViolationSecondConnect // [MQTT-3.1.0-2]
+	case packets.Pubrec:
+		// The server never sends QoS 2: no PUBLISH of this ID waits for
+		// a PUBREC. [MQTT-4.3.3-7]
+		err = c.writePacket(ack(packets.Pubrel, pk.PacketID, packets.ErrPacketIdentifierNotFound))
+	case packets.Pubrel:
+		// QoS 2 PUBLISHes are refused (below): none waits for a PUBREL.
+		err = c.writePacket(ack(packets.Pubcomp, pk.PacketID, packets.ErrPacketIdentifierNotFound))
+	case packets.Pubcomp:
+	case packets.Auth:
+		// No enhanced authentication: the token is in the CONNECT.
+		if code := pk.AuthValidate(); code != packets.CodeSuccess {
+			err = code
 		}
 	}
 	if err == nil {
 		return nil
 	}
-	if code, ok := err.(packets.Code); ok && cl.Properties.ProtocolVersion == 5 && code.Code >= packets.ErrUnspecifiedError.Code { //nolint:errorlint // as mochi
-		_ = s.DisconnectClient(cl, code)
+	var code packets.Code
+	if errors.As(err, &code) && c.version == 5 && code.Code >= packets.ErrUnspecifiedError.Code {
+		c.disconnect(code, "")
 	}
 	// The packet's type only: never the packet (a second CONNECT holds a
 	// password, a PUBLISH a payload).
-	s.Log.Warn("error processing packet", "err", err, "client_id", telemetry.Clip(cl.ID), "listener", cl.Net.Listener,
-		"packet", packetSummary(&pk))
+	c.n.log.Warn("error processing packet", "err", telemetry.Clip(err.Error()), "client_id", telemetry.Clip(c.id),
+		"listener", c.listener, "packet", packetSummary(&pk))
 	return err
 }
 
-// subscribe processes a SUBSCRIBE as mochi's processSubscribe does (the
-// same checks of each filter, with the hook's OnSubscribe and
-// OnACLCheck, the same SUBACK), except that a granted subscription is
-// recorded by the session only, not in mochi's topic index and the
-// client's subscription map: only mochi's routing of PUBLISHes reads
-// those, and it never routes here (see the top of this file), while they
-// would cost every session about 2 KB. A filter that would take the
-// session beyond Config.MaxSubscriptions is refused (0x97 quota exceeded;
-// 3.1.1: 0x80). The subscriptions take effect once
-// the SUBACK is written (session.subscribeDone), so that nothing is
-// published on them before it.
-func (n *Node) subscribe(cl *mqtt.Client, pk packets.Packet) error {
+// ack returns an acknowledgement of type typ for packet ID pid with an
+// MQTT 5 reason code (an MQTT 3.1.1 encoding leaves it out).
+func ack(typ byte, pid uint16, code packets.Code) packets.Packet {
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: typ}, PacketID: pid, ReasonCode: code.Code}
+	if typ == packets.Pubrel {
+		pk.FixedHeader.Qos = 1
+	}
+	if code.Code >= packets.ErrUnspecifiedError.Code {
+		pk.Properties.ReasonString = code.Reason
+	}
+	return pk
+}
+
+// disconnected processes the client's DISCONNECT: the connection ends.
+func (c *client) disconnected(pk packets.Packet) error {
+	if pk.Properties.SessionExpiryIntervalFlag && pk.Properties.SessionExpiryInterval > 0 {
+		return packets.ErrProtocolViolationZeroNonZeroExpiry // the CONNECT's was 0 [MQTT-3.14.2-2]
+	}
+	if pk.ReasonCode == packets.CodeDisconnectWillMessage.Code {
+		// There is no will to send (CONNECTs with one are refused).
+		return packets.CodeDisconnectWillMessage
+	}
+	c.stop() // [MQTT-3.14.4-2]
+	return nil
+}
+
+// publish processes a PUBLISH of the client: only a device's answer on
+// its own responses topic is taken (forwardResponse), at QoS 0 or 1:
+//
+//   - QoS 2 or the retain flag is a protocol error here (the CONNACK
+//     said maximum QoS 1, retain not available): MQTT 5 clients get
+//     DISCONNECT 0x9B / 0x9A, 3.1.1 clients are disconnected;
+//   - a topic the client may not publish to: QoS 0 is dropped, QoS 1
+//     gets PUBACK 0x87 in MQTT 5 and closes an MQTT 3.1.1 connection
+//     (which has no negative PUBACK);
+//   - an answer is acknowledged once it is completed, in arrival order
+//     (forwardResponse).
+func (c *client) publish(pk packets.Packet) error {
+	if code := pk.PublishValidate(0); code != packets.CodeSuccess { // no topic aliases
+		return code
+	}
+	switch {
+	case pk.FixedHeader.Qos > 1:
+		return packets.ErrQosNotSupported
+	case pk.FixedHeader.Retain:
+		return packets.ErrRetainNotSupported
+	case !topicAllowed(c.sess.role, c.id, pk.TopicName, true):
+		switch {
+		case pk.FixedHeader.Qos == 0:
+			return nil
+		case c.version < 5:
+			return packets.ErrNotAuthorized
+		}
+		return c.writePacket(ack(packets.Puback, pk.PacketID, packets.ErrNotAuthorized))
+	}
+	if !c.n.forwardResponse(c, pk) || pk.FixedHeader.Qos == 0 {
+		return nil // held: the completer acknowledges it
+	}
+	return c.writePacket(ack(packets.Puback, pk.PacketID, packets.CodeSuccess)) // [MQTT-4.3.2-4]
+}
+
+// validFilter reports whether filter is a well-formed topic filter: not
+// empty ([MQTT-4.7.3-1]), # only last ([MQTT-4.7.1-2]), + a whole level.
+func validFilter(filter string) bool {
+	if filter == "" {
+		return false
+	}
+	for _, level := range strings.Split(filter, "/") {
+		if level != "#" && level != "+" && strings.ContainsAny(level, "+#") {
+			return false
+		}
+	}
+	if k := strings.IndexByte(filter, '#'); k >= 0 && k != len(filter)-1 {
+		return false
+	}
+	return true
+}
+
+// subscribe processes a SUBSCRIBE. Each filter is granted QoS 1, or
+// refused in its SUBACK:
+//
+//	malformed filter                                0x8F (3.1.1: 0x80)
+//	QoS 0 or 2 (an entry leaves a mailbox only on   0x87 (0x80)
+//	a PUBACK), or not the identity's own topic
+//	(topicAllowed: no #, $share/…, $SYS/…)
+//	beyond Config.MaxSubscriptions                  0x97 (0x80)
+//
+// The subscriptions take effect once the SUBACK is written
+// (session.subscribeDone), so that nothing is published on them before
+// it.
+func (c *client) subscribe(pk packets.Packet) error {
 	if code := pk.SubscribeValidate(); code != packets.CodeSuccess {
 		return code
 	}
-	pk = n.hook.OnSubscribe(cl, pk)
-	code := packets.CodeSuccess
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); ok {
-		code = packets.ErrPacketIdentifierInUse
-	}
-	caps := n.server.Options.Capabilities
+	s := c.sess
 	reasons := make([]byte, len(pk.Filters))
-	sess := n.sessionOf(cl)
-	var added []string // filters this SUBSCRIBE adds to the session's
-	overQuota := func(filter string) bool {
-		if sess == nil || sess.subscribedTo(filter) || slices.Contains(added, filter) {
-			return false
-		}
-		if sess.subscriptions()+len(added) >= n.cfg.MaxSubscriptions {
-			return true
-		}
-		added = append(added, filter)
-		return false
-	}
+	var want []int // the filters to grant, quota permitting
 	for i, sub := range pk.Filters {
 		switch {
-		case code != packets.CodeSuccess:
-			reasons[i] = code.Code // NB 3.9.3 Non-normative 0x91
-			continue
-		case !mqtt.IsValidFilter(sub.Filter, false):
+		case !validFilter(sub.Filter):
 			reasons[i] = packets.ErrTopicFilterInvalid.Code
-		case sub.NoLocal && mqtt.IsSharedFilter(sub.Filter):
-			reasons[i] = packets.ErrProtocolViolationInvalidSharedNoLocal.Code // [MQTT-3.8.3-4]
-		case !n.hook.OnACLCheck(cl, sub.Filter, false):
+		case sub.Qos != 1 || !topicAllowed(s.role, c.id, sub.Filter, false):
 			reasons[i] = packets.ErrNotAuthorized.Code
-			if caps.Compatibilities.ObscureNotAuthorized {
-				reasons[i] = packets.ErrUnspecifiedError.Code
-			}
-		case overQuota(sub.Filter):
-			reasons[i] = packets.ErrQuotaExceeded.Code // 3.1.1: 0x80 (below)
 		default:
-			reasons[i] = min(sub.Qos, caps.MaximumQos) // [MQTT-3.2.2-9] [MQTT-3.9.3-1] [MQTT-3.8.4-7]
-		}
-		if reasons[i] > packets.CodeGrantedQos2.Code && cl.Properties.ProtocolVersion < 5 { // MQTT 3.1.1
-			reasons[i] = packets.ErrUnspecifiedError.Code
+			want = append(want, i)
 		}
 	}
-	ack := packets.Packet{ // [MQTT-3.8.4-1] [MQTT-3.8.4-5]
+	filters := make([]string, len(want))
+	for j, i := range want {
+		filters[j] = pk.Filters[i].Filter
+	}
+	for j, ok := range s.subscribed(filters, c.n.cfg.MaxSubscriptions) {
+		reasons[want[j]] = packets.ErrQuotaExceeded.Code
+		if ok {
+			reasons[want[j]] = packets.CodeGrantedQos1.Code // [MQTT-3.9.3-1]
+		}
+	}
+	if c.version < 5 {
+		for i, r := range reasons {
+			if r > packets.CodeGrantedQos2.Code {
+				reasons[i] = packets.ErrUnspecifiedError.Code // 3.1.1: 0x80 failure
+			}
+		}
+	}
+	err := c.writePacket(packets.Packet{ // [MQTT-3.8.4-1]
 		FixedHeader: packets.FixedHeader{Type: packets.Suback},
-		PacketID:    pk.PacketID, // [MQTT-2.2.1-6] [MQTT-3.8.4-2]
+		PacketID:    pk.PacketID, // [MQTT-3.8.4-2]
 		ReasonCodes: reasons,     // [MQTT-3.8.4-6]
 		Properties:  packets.Properties{User: pk.Properties.User},
-	}
-	if code.Code >= packets.ErrUnspecifiedError.Code {
-		ack.Properties.ReasonString = code.Reason
-	}
-	n.hook.OnSubscribed(cl, pk, reasons)
-	if err := cl.WritePacket(ack); err != nil {
+	})
+	if err != nil {
 		return err
 	}
-	// No retained messages to send: retain is not available.
-	if s := n.sessionOf(cl); s != nil {
-		s.subscribeDone()
-	}
+	s.subscribeDone() // no retained messages to send: retain is not available
 	return nil
 }
 
-// unsubscribe processes an UNSUBSCRIBE as mochi's processUnsubscribe
-// does, with the session's subscriptions (see subscribe): the UNSUBACK
-// says, for each filter, whether it was subscribed.
-func (n *Node) unsubscribe(cl *mqtt.Client, pk packets.Packet) error {
+// unsubscribe processes an UNSUBSCRIBE: the UNSUBACK says, for each
+// filter, whether it was subscribed.
+func (c *client) unsubscribe(pk packets.Packet) error {
 	if code := pk.UnsubscribeValidate(); code != packets.CodeSuccess {
 		return code
 	}
-	code := packets.CodeSuccess
-	if _, ok := cl.State.Inflight.Get(pk.PacketID); ok {
-		code = packets.ErrPacketIdentifierInUse
+	filters := make([]string, len(pk.Filters))
+	for i, f := range pk.Filters {
+		filters[i] = f.Filter
 	}
-	s := n.sessionOf(cl)
-	reasons := make([]byte, len(pk.Filters))
-	for i, sub := range pk.Filters { // [MQTT-3.10.4-6] [MQTT-3.11.3-1]
-		switch {
-		case code != packets.CodeSuccess:
-			reasons[i] = code.Code // NB 3.11.3 Non-normative 0x91
-		case s != nil && s.subscribedTo(sub.Filter):
+	removed := c.sess.unsubscribed(filters)
+	reasons := make([]byte, len(filters))
+	for i := range filters { // [MQTT-3.10.4-6] [MQTT-3.11.3-1]
+		reasons[i] = packets.CodeNoSubscriptionExisted.Code
+		if removed[i] {
 			reasons[i] = packets.CodeSuccess.Code
-		default:
-			reasons[i] = packets.CodeNoSubscriptionExisted.Code
 		}
 	}
-	ack := packets.Packet{ // [MQTT-3.10.4-4]
+	return c.writePacket(packets.Packet{ // [MQTT-3.10.4-4]
 		FixedHeader: packets.FixedHeader{Type: packets.Unsuback},
-		PacketID:    pk.PacketID, // [MQTT-2.2.1-6]  [MQTT-3.10.4-5]
+		PacketID:    pk.PacketID, // [MQTT-3.10.4-5]
 		ReasonCodes: reasons,     // [MQTT-3.11.3-2]
 		Properties:  packets.Properties{User: pk.Properties.User},
-	}
-	if code.Code >= packets.ErrUnspecifiedError.Code {
-		ack.Properties.ReasonString = code.Reason
-	}
-	n.hook.OnUnsubscribed(cl, pk) // [MQTT-3.10.4-2]
-	return cl.WritePacket(ack)
-}
-
-// disconnected ends an established connection: the second half of
-// mochi's attachClient. There is no will message to send: OnConnect
-// refuses them.
-func (n *Node) disconnected(cl *mqtt.Client, err error) {
-	s := n.server
-	if err != nil {
-		cl.Stop(err)
-	} else {
-		cl.Properties.Will = mqtt.Will{} // [MQTT-3.14.4-3] [MQTT-3.1.2-10]
-	}
-	s.Log.Debug("client disconnected", "err", err, "client_id", telemetry.Clip(cl.ID), "remote", cl.Net.Remote, "listener", cl.Net.Listener)
-	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) ||
-		(cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
-	n.hook.OnDisconnect(cl, err, expire)
-	if expire {
-		cl.ClearInflights()
-		n.detach(cl)
-	}
-	atomic.AddInt64(&s.Info.ClientsConnected, -1)
-}
-
-// refreshDeadline sets the connection's deadline to one and a half keep
-// alive intervals from now, as mochi does before reading each packet
-// ([MQTT-3.1.2-22]); keep alive 0 means no deadline.
-func refreshDeadline(cl *mqtt.Client) {
-	var expiry time.Time
-	if ka := cl.State.Keepalive; ka > 0 {
-		expiry = time.Now().Add(time.Duration(ka+ka/2) * time.Second)
-	}
-	_ = cl.Net.Conn.SetDeadline(expiry)
-}
-
-// readAheadSize is the size of the buffers a connection reads into while
-// packets arrive. They come from a pool: an idle connection holds none.
-const readAheadSize = 4096
-
-var readAheadPool = sync.Pool{New: func() any { return new([readAheadSize]byte) }}
-
-// connReader is the net.Conn given to mochi. It lets a connection's
-// waiting goroutine wait for the next packet without a buffer of its own
-// (wait reads into a small array in the connReader and keeps what it
-// read for the next Reads), reads ahead into a pooled buffer only while
-// bytes are arriving, and follows
-// the MQTT framing of the bytes it hands to mochi's reader, so that
-// buffered can tell whether any byte of a packet that mochi has not read
-// yet is waiting in that reader.
-//
-// Reads happen on one goroutine at a time (the connection's waiting
-// goroutine, then the worker that reads and processes); writes,
-// deadlines and Close are the underlying connection's.
-type connReader struct {
-	net.Conn
-
-	pre    []byte               // the first packet, read by preread (nil once handed out)
-	pr     int                  // pre[pr:] is unread
-	small  [16]byte             // what wait read
-	sr, sw uint8                // small[sr:sw] is unread
-	ahead  *[readAheadSize]byte // read ahead, not yet handed out (nil when empty)
-	r, w   int                  // ahead[r:w] is unread
-
-	// The framing of the bytes handed out (mochi's packets.DecodeLength).
-	state   uint8
-	shift   uint32
-	length  uint32
-	left    int    // bytes of the current packet's body not handed out
-	started uint64 // packets whose first byte has been handed out
-	read    uint64 // packets mochi has read (counted by its caller)
-}
-
-// States of connReader's framing.
-const (
-	frameHeader uint8 = iota // next byte starts a packet
-	frameLength              // in the remaining length
-	frameBody                // in the body (left bytes)
-	frameBroken              // a malformed length: mochi ends the connection
-)
-
-// wait blocks until bytes arrive on the connection (or the read fails,
-// e.g. at the keep alive deadline), and keeps them (at most 16, which
-// the connection holds anyway: enough for a PUBACK or two, or a PINGREQ)
-// for the next Reads.
-func (c *connReader) wait() error {
-	for {
-		k, err := c.Conn.Read(c.small[:])
-		if k > 0 {
-			c.sr, c.sw = 0, uint8(k)
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-	}
-}
-
-// buffered reports whether a byte of a packet that mochi has not read yet
-// is waiting: kept by wait, read ahead, or in mochi's reader.
-func (c *connReader) buffered() bool {
-	return c.pre != nil || c.sr < c.sw || c.ahead != nil || c.started > c.read
-}
-
-// maxConnectSize bounds the CONNECT of a connection that is not accepted
-// yet (its remaining length, below Config.MaxPacketSize): a client ID and
-// a username of at most 128 bytes, a token and a few MQTT 5 properties fit
-// in it many times over. A larger CONNECT closes the connection.
-const maxConnectSize = 16 << 10
-
-// prereadChunk is the first size of preread's buffer, which then doubles
-// as the bytes arrive.
-const prereadChunk = 512
-
-// preread reads the connection's first packet, a CONNECT of at most limit
-// bytes of body, whole, before mochi's reader sees it: into a buffer that
-// grows with the bytes received, so that a client that announces a large
-// CONNECT and sends little costs little (mochi's Client.ReadPacket
-// allocates the announced length at once). The Reads then hand it to
-// mochi. reading is called once the fixed header is read and its body
-// awaited; done when preread returns after that.
-func (c *connReader) preread(limit int, reading, done func()) error {
-	var hdr [5]byte
-	n, length := 0, 0
-	for {
-		if _, err := io.ReadFull(c.Conn, hdr[n:n+1]); err != nil {
-			return err
-		}
-		n++
-		if n == 1 {
-			if hdr[0]>>4 != packets.Connect {
-				return packets.ErrProtocolViolationRequireFirstConnect // [MQTT-3.1.0-1]
-			}
-			continue
-		}
-		length |= int(hdr[n-1]&127) << (7 * (n - 2))
-		if hdr[n-1]&128 == 0 {
-			break
-		}
-		if n == len(hdr) {
-			return packets.ErrMalformedVariableByteInteger
-		}
-	}
-	if length > limit {
-		return packets.ErrPacketTooLarge
-	}
-	reading()
-	defer done()
-	buf := make([]byte, n, n+min(length, prereadChunk))
-	copy(buf, hdr[:n])
-	for len(buf) < n+length {
-		if len(buf) == cap(buf) {
-			buf = slices.Grow(buf, min(cap(buf), n+length-len(buf)))
-		}
-		k, err := c.Conn.Read(buf[len(buf):min(cap(buf), n+length)])
-		buf = buf[:len(buf)+k]
-		if err != nil && len(buf) < n+length {
-			return err
-		}
-	}
-	c.pre, c.pr = buf, 0
-	return nil
-}
-
-// Read hands mochi's reader what wait read, then what was read ahead,
-// then reads from the connection (small reads go through a read-ahead
-// buffer).
-func (c *connReader) Read(p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	var k int
-	var err error
-	switch {
-	case c.pre != nil:
-		k = copy(p, c.pre[c.pr:])
-		c.pr += k
-		if c.pr == len(c.pre) {
-			c.pre, c.pr = nil, 0
-		}
-	case c.sr < c.sw:
-		k = copy(p, c.small[c.sr:c.sw])
-		c.sr += uint8(k)
-	case c.ahead != nil:
-		k = copy(p, c.ahead[c.r:c.w])
-		c.r += k
-	case len(p) >= readAheadSize:
-		k, err = c.Conn.Read(p)
-	default:
-		buf := readAheadPool.Get().(*[readAheadSize]byte)
-		var m int
-		m, err = c.Conn.Read(buf[:])
-		c.ahead, c.r, c.w = buf, 0, m
-		k = copy(p, buf[:m])
-		c.r = k
-	}
-	if c.ahead != nil && c.r == c.w {
-		readAheadPool.Put(c.ahead)
-		c.ahead = nil
-	}
-	c.frame(p[:k])
-	return k, err
-}
-
-// frame follows the MQTT framing through bytes handed out: a fixed
-// header byte, the remaining length (a variable byte integer, decoded as
-// mochi's packets.DecodeLength does), then that many bytes of body.
-func (c *connReader) frame(b []byte) {
-	for len(b) > 0 {
-		switch c.state {
-		case frameHeader:
-			c.started++
-			c.state, c.shift, c.length = frameLength, 0, 0
-			b = b[1:]
-		case frameLength:
-			x := b[0]
-			b = b[1:]
-			c.length |= uint32(x&127) << c.shift
-			switch {
-			case c.length > 268435455:
-				c.state = frameBroken
-			case x&128 == 0:
-				c.left = int(c.length)
-				c.state = frameBody
-				if c.left == 0 {
-					c.state = frameHeader
-				}
-			default:
-				c.shift += 7
-			}
-		case frameBody:
-			k := min(c.left, len(b))
-			c.left -= k
-			b = b[k:]
-			if c.left == 0 {
-				c.state = frameHeader
-			}
-		default:
-			return
-		}
-	}
+	})
 }

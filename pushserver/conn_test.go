@@ -1,7 +1,6 @@
 package main
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"io"
@@ -60,9 +59,10 @@ func varint(n int, padded bool) []byte {
 
 // TestConnReaderFraming reads streams of packets of all sizes, split
 // into chunks at random, the way the node does (wait when nothing is
-// buffered, then read packets with mochi's 16-byte reader while
-// something is), and checks that buffered is true exactly when a byte
-// not yet read as a packet is waiting somewhere.
+// buffered, then read packets byte by byte for the fixed header and
+// whole for the body, client.readPacket, while something is), and checks
+// that buffered is true exactly when a byte taken from the socket is not
+// yet read as a packet.
 func TestConnReaderFraming(t *testing.T) {
 	t.Parallel()
 	rng := rand.New(rand.NewPCG(1, 2))
@@ -95,22 +95,30 @@ func TestConnReaderFraming(t *testing.T) {
 			chunks = append(chunks, b[:k])
 			b = b[k:]
 		}
-		rc := &connReader{Conn: &chunkConn{chunks: chunks}}
-		br := bufio.NewReaderSize(rc, 16)
-		waiting := func() bool { return br.Buffered() > 0 || rc.sr < rc.sw || rc.ahead != nil }
+		cc := &chunkConn{chunks: chunks}
+		rc := &connReader{Conn: cc}
+		consumed := 0 // bytes read as packets
+		waiting := func() bool {
+			left := 0
+			for _, c := range cc.chunks {
+				left += len(c)
+			}
+			return stream.Len()-left > consumed // taken from the socket, not read as a packet
+		}
 		for i, n := range want {
 			if !rc.buffered() {
 				require.NoError(t, rc.wait(), "round %d packet %d", round, i)
 			}
-			b, err := br.ReadByte()
+			b, err := rc.ReadByte()
 			require.NoError(t, err)
 			require.Equal(t, byte(0x30), b)
-			length, _, err := packets.DecodeLength(br)
+			length, bu, err := packets.DecodeLength(rc)
 			require.NoError(t, err)
 			require.Equal(t, n, length, "round %d packet %d", round, i)
-			_, err = io.ReadFull(br, make([]byte, length))
+			_, err = io.ReadFull(rc, make([]byte, length))
 			require.NoError(t, err)
 			rc.read++
+			consumed += 1 + bu + length
 			require.Equal(t, waiting(), rc.buffered(), "round %d packet %d", round, i)
 		}
 		require.False(t, rc.buffered())

@@ -48,7 +48,7 @@ func TestDrainInOrder(t *testing.T) {
 	eventually(t, 5*time.Second, func() bool {
 		s.mu.Lock()
 		defer s.mu.Unlock()
-		return !s.running && !s.pending
+		return s.run == runIdle && s.state != sessionNew
 	}, "the session's first run over")
 	require.Equal(t, int64(len(offline)), e.mailboxLen(id))
 	require.Zero(t, value(t, n.m.delivers))
@@ -225,9 +225,9 @@ func TestSweepCatchesLostSignal(t *testing.T) {
 }
 
 // TestPacketIDsOfBothDirections: the packet IDs a device uses for its own
-// PUBLISHes are independent of the ones the server uses (mochi keeps both
-// in one in-flight map and would forget an outbound message when an
-// inbound one reuses its ID); a device answering with the same packet ID
+// PUBLISHes are independent of the ones the server uses (a server that
+// kept both in one in-flight map, as mochi's Client does, would forget an
+// outbound message when an inbound one reuses its ID); a device answering with the same packet ID
 // still completes the delivery with its PUBACK.
 func TestPacketIDsOfBothDirections(t *testing.T) {
 	t.Parallel()

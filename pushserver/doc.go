@@ -1,6 +1,7 @@
 // Command pushserver is the gateway's MQTT side (DESIGN §5): an MQTT
-// 3.1.1 and 5 broker (mochi-mqtt, embedded) that streams each connected
-// identity's mailbox to it and forwards device responses to RabbitMQ.
+// 3.1.1 and 5 server of its own, on mochi-mqtt's packets codec, that
+// streams each connected identity's mailbox to it and completes device
+// answers in Redis.
 //
 // # What a connection goes through
 //
@@ -12,19 +13,122 @@
 //	                this node owns the identity (ring, with grace) 0x9C + server reference (0x03)
 //	                fewer than max-clients connected               0x89 (0x03)
 //	                at most 16 KiB (maxConnectSize)                closed, no CONNACK
-//	                mochi's checks of the CONNECT                  its MQTT 5 code (3.1.1: 0x01, 0x02, 0x05;
-//	                                                               malformed: closed without CONNACK)
+//	                within connect-timeout of the accept           closed, no CONNACK
+//	                the codec's checks of the CONNECT              its MQTT 5 code (3.1.1: 0x01, 0x02, 0x05;
+//	                (ConnectValidate, validateConnect)             malformed: closed without CONNACK)
 //	session         always fresh: session present 0, nothing is
-//	                inherited from an earlier connection; ends when
-//	                the token expires (MQTT 5: DISCONNECT 0xA0)
-//	SUBSCRIBE       own topics only (protocol.MaySubscribe), QoS 1  SUBACK 0x87 (3.1.1: 0x80)
-//	                only; no #, no $share/…, no $SYS/…
-//	                at most max-subscriptions filters a session     SUBACK 0x97 (3.1.1: 0x80)
+//	                inherited from an earlier connection (which
+//	                is taken over: MQTT 5 DISCONNECT 0x8E); ends
+//	                when the token expires (MQTT 5: DISCONNECT 0xA0)
+//	SUBSCRIBE       own topics only (topicAllowed), QoS 1 only;    SUBACK 0x87 (3.1.1: 0x80)
+//	                no #, no $share/…, no $SYS/…
+//	                a well-formed filter                           SUBACK 0x8F (0x80)
+//	                at most max-subscriptions filters a session     SUBACK 0x97 (0x80)
 //	PUBLISH         devices/{d}/responses by device d only          MQTT 5: PUBACK 0x87; 3.1.1: disconnect
 //	                QoS 2 or retain flag                            DISCONNECT 0x9B / 0x9A
+//	keep alive      a packet within 1.5 × keep alive; MQTT 5
+//	                clients get max-keepalive (10 s) as Server
+//	                Keep Alive when theirs is longer or 0
 //
 // MQTT 3.1.1 clients only ever get MQTT 3.1.1 return codes (0x01 to 0x05)
 // in a CONNACK: every refusal goes through connackCode.
+//
+// # The model: a connection, a session, their goroutines
+//
+// The node owns its connections outright: it frames and decodes packets
+// with mochi's packets codec (Packet, FixedHeader, the Decode and Encode
+// methods) and nothing else of mochi's: no mochi Server, Client, hooks,
+// topic index, Info counters or logger. These files hold the model:
+//
+//   - codec.go: encode and decode, the codec's methods by packet type;
+//   - reader.go: connReader, the socket as packets are read from it: the
+//     CONNECT read whole before it is decoded (memory that grows with what
+//     has arrived), the wait for the next packet, the read-ahead;
+//   - conn.go: client, one connection: its connState, its read path
+//     (readPacket, then receive dispatches each packet type to its
+//     handler) and its write path (writePacket: encode, one write at a
+//     time);
+//   - connect.go: the CONNECT, its refusals and the CONNACK (connect,
+//     admit, establish);
+//   - session.go: session, the streaming of one identity's mailbox to one
+//     connection: its sessionState, the window of PUBLISHes in flight,
+//     the runner that fills it, the background goroutine that acks;
+//   - expiry.go: the node's heap of token expiries, one timer for all.
+//
+// A connection moves through connState (only forward):
+//
+//	connAwaiting ──CONNACK 0x00──▶ connOpen ──disconnect──▶ connClosing ──▶ connClosed
+//
+// and its session through sessionState (sessionTransitions lists the
+// moves):
+//
+//	sessionNew ──register──▶ sessionIdle ◀──SUBACK / last UNSUBSCRIBE──▶ sessionStreaming
+//	     └────────┴───── shed, token expiry, lame duck, failed write ──▶ sessionClosing
+//	     └────────┴──────────────┴───── the connection ended ──────────▶ sessionClosed ──▶ sessionEnded
+//
+// Goroutines: an idle connection has exactly one, which waits for the
+// next packet with Go's smallest stack (client.waitPacket); the packets
+// that arrive are read and handled by a worker (a pool of goroutines
+// whose stacks have grown already), which then starts a new waiting
+// goroutine. A session has goroutines only while it has work: its runner
+// (session.runSession, from another pool: register, fetch, PUBLISH) and
+// its background goroutine (AckMany, Refuse, Unsend). A connection that
+// holds device answers Redis could not take has a completer
+// (response.go).
+//
+// A PUBACK goes from the socket to Redis with at most two hand-offs
+// between goroutines; the reading worker handles it itself, with no
+// detour through the runner:
+//
+//	socket
+//	  │  client.waitPacket (the waiting goroutine) reads its first bytes
+//	  ▼  hand-off 1: workers.run, to a parked worker (none parked: none)
+//	worker: client.readPackets → readPacket (codec) → receive
+//	  │       → session.puback: the entry leaves the window, joins ackQ
+//	  ▼  hand-off 2: to the background goroutine (started if not running)
+//	session.background → mailbox.Store.AckMany (a refused command:
+//	                     mailbox.Store.Refuse) ──▶ Redis
+//
+// The freed slot of the window pokes the runner, which fetches more: that
+// is the next PUBLISH's path, not the PUBACK's.
+//
+// # Why a model of our own, on mochi's codec
+//
+// Issue 13 offered two options: stock mochi, with hooks and nothing
+// re-implemented, or a connection and session model of our own on
+// mochi's packets codec. Stock mochi runs two goroutines per connection
+// whose stacks come to about 20 KB for an idle one (its reader grows to
+// 32 KB while it handles a packet and is only halved back), allocates the
+// announced length of a packet before authentication, keeps a topic
+// index and client state per session, and logs whole packets: about 40 KB
+// per idle session, against a budget of 8 KB. The earlier code ran
+// mochi's connections itself but kept mochi's Server and Client beneath
+// (9-10 KB an idle session, hooks called on mochi's behalf, its counters
+// patched). Measured on 2026-12-07 on this machine (2 cores, shared
+// with other work: load 10 and more), before and after the change:
+// the bench's idle section (go run ./bench -sections idle: 15,000
+// sessions, the push server's RSS alone); TestIdleMemory (9,000 idle MQTT
+// 3.1.1 sessions subscribed, both ends of the sockets in one process,
+// two runs); BenchmarkDelivery (20,000 messages to 100 clients, CPU of
+// the whole process, clients and Puts included, best of two runs):
+//
+//	                                   mochi Server and Client   own model
+//	                                   beneath (before)          on the codec
+//	idle section: RSS per session      10.9 KB                   7.2 KB
+//	TestIdleMemory: RSS per session    12.1-12.5 KB              7.0-7.5 KB
+//	  heap in use per session          6.4-6.6 KB                3.0-3.1 KB
+//	  goroutine stacks per session     2.3-2.4 KB                2.4-2.5 KB
+//	CPU per message, from a backlog    27.7 µs                   27.7 µs
+//	CPU per message, live              236 µs                    181 µs
+//
+// The memory is mochi's Client (its state, in-flight map, topic aliases,
+// contexts, buffered reader), its Server's bookkeeping and the token
+// cache, gone, and the CONNECT no longer kept (the codec's strings share
+// the packet's bytes: the client ID is copied). The CPU per message is
+// the same within the noise of this machine (single runs varied by 20%):
+// the codec does the same work, the write path is one encode and one
+// write either way, and a PUBACK no longer wakes the session's runner
+// unless the window has room for a refill.
 //
 // # Delivery (store, then forward)
 //
@@ -32,7 +136,7 @@
 // identity's live session (registered with mailbox.SetSessionConn, with a
 // token per connection, so that the end of a connection that was taken
 // over never clears its successor's registration) or the ring owner. For
-// each session that has subscribed, a goroutine reads the mailbox in
+// each session that has subscribed, its runner reads the mailbox in
 // order, no more entries at once than the free slots of its window, and
 // sends each entry a subscription matches as a QoS 1 PUBLISH, with at
 // most Inflight unacknowledged; the entry is acknowledged only when the
@@ -55,7 +159,11 @@
 // Whatever is not acknowledged when a connection ends stays in the
 // mailbox and is sent again to the next session, on whichever node owns
 // the identity then: duplicates are possible, loss is not; receivers
-// deduplicate by id.
+// deduplicate by id. When the node reaches Redis again after an outage
+// (its sweep, or the session's own mailbox read, failed and then
+// succeeded), each subscribed session reads its mailbox again from the
+// start and offers its delivered, unanswered commands again, once
+// (session.offerAgain, gw_push_reoffers_total; DESIGN §7a).
 //
 // # Device responses
 //
@@ -64,11 +172,15 @@
 // node completes it in Redis itself (mailbox.Store.Complete: final
 // status, response, outbox entry for the client; DESIGN §5: answers do
 // not cross RabbitMQ), and only then does the device get its PUBACK.
-// While Redis cannot take the step it holds the PUBACK and retries, for
-// up to the answer grace; only past it is the answer refused (no PUBACK,
-// the connection closed). Responses that can never succeed are dropped,
-// counted in gw_push_responses_dropped_total{reason} and still
-// acknowledged.
+// While Redis cannot take the step, the answer is held off the read loop
+// by the connection's completer (response.go), with every answer read
+// after it, so that PUBACKs go in arrival order; the connection keeps
+// reading, and the completer retries and then writes the PUBACKs. A
+// connection holding answers is not closed by the gateway (shedding,
+// token expiry, lame duck) until they are acknowledged, at most the
+// answer grace later (closeAnswered).
+// Responses that can never succeed are dropped, counted in
+// gw_push_responses_dropped_total{reason} and still acknowledged.
 //
 // # Ring
 //
@@ -77,7 +189,7 @@
 // (ring-grace), then closes the sessions it no longer owns at shed-rate
 // per second (MQTT 5: DISCONNECT 0x9C with the new owner as server
 // reference). Shutdown leaves the ring first, then closes the sessions
-// gradually, then the broker, Redis and RabbitMQ.
+// gradually, then whatever connection remains, then Redis and RabbitMQ.
 //
 // # Configuration
 //
@@ -91,36 +203,32 @@
 //
 // # Memory
 //
-// An idle session costs about 9 KB of RSS (the benchmark's idle section,
-// 15,000 sessions: 5.3 KB of heap, 2 KB of stack, the rest the runtime's
-// headroom): mochi's client, the socket, the session, one goroutine.
+// An idle session costs about 7.2 KB of RSS (the benchmark's idle
+// section, 15,000 sessions): the client, the socket, the session, one
+// goroutine.
 //
-//   - The node runs mochi's connections itself (conn.go), with mochi's
-//     exported API: mochi's own loop would hold two goroutines per
-//     connection whose stacks come to 20 KB (16 KB for the reader, which
-//     packet handling grows to 32 KB and the garbage collector can only
-//     halve once, 4 KB for the writer). Here a connection has one
-//     goroutine at a time: between packets, a fresh one that only waits,
-//     with Go's smallest stack (2 KB); the packets that arrive are read
-//     and processed by a worker (a few are kept, with grown stacks, for
-//     the bursts of all connections), which then starts a new waiting
-//     goroutine. Mochi's write loop is not run: nothing is ever queued
-//     for it.
-//   - Subscriptions are recorded by the session only, not also in
-//     mochi's topic index and client state (about 2.5 KB a session), which
-//     only mochi's routing would read, and it routes nothing here.
-//   - Buffers: mochi's read buffer is bufio's smallest (16 bytes); the
-//     waiting goroutine reads up to 16 bytes into the connection's own
-//     array, and whatever more arrives is read ahead into buffers from a
-//     pool, held only while packets arrive. Nothing is queued for
-//     writing. The CONNECT packet (with the token) is not kept.
+//   - A connection has one goroutine at a time (see the model above):
+//     between packets, a fresh one that only waits, with Go's smallest
+//     stack (2 KB); mochi's own loop would hold two per connection whose
+//     stacks come to 20 KB.
+//   - Subscriptions are the session's list of filters, nothing else.
+//   - Tokens: the node keeps no cache of verified tokens (a token is
+//     verified once per connection), nor the token itself: the codec's
+//     strings share the CONNECT's bytes, so the client ID is copied. A
+//     token's expiry is an entry in one heap of the node with one timer,
+//     not a timer per session (expiry.go).
+//   - Buffers: the waiting goroutine reads up to 16 bytes into the
+//     connection's own array, and whatever more arrives is read ahead
+//     into buffers from a pool, held only while packets arrive; writes
+//     are encoded into pooled buffers. The CONNECT packet (with the
+//     token) is not kept.
 //   - Before its CONNECT is accepted, a connection costs about what has
 //     arrived of it (TestUnauthenticatedMemory: about 3 KB a socket,
 //     both ends, for 2,000 sockets that announce a 16 KiB CONNECT and
 //     send 100 bytes of it): the CONNECT, at most 16 KiB, is read into a
-//     buffer that grows as it arrives before mochi reads it (mochi would
-//     allocate the announced length at once: up to max-packet-size per
-//     socket).
+//     buffer that grows as it arrives before it is decoded (a packet
+//     after the CONNECT gets its announced length, up to
+//     max-packet-size, at once).
 //   - Delivery state (the in-flight window, its maps, the ack queue) is
 //     taken from process-wide pools when a session has something in
 //     flight and given back when it has not; an idle session holds none
@@ -133,17 +241,20 @@
 //     and its stack, for every session at once.
 //
 // The binary runs its garbage collector at Go's default, GOGC=100
-// (defaultGCPercent), unless the GOGC variable is set. Idle sessions cost
-// about 9.5 KB each at 15,000 with it (8.6 KB at GOGC=50, 10.5 KB at
-// 200, make bench), while live delivery, which allocates per message,
-// spends about 7% less CPU per message than at 50. A TLS connection costs
+// (defaultGCPercent), unless the GOGC variable is set: with mochi's
+// Server and Client beneath, idle sessions cost about 9.5 KB each at
+// 15,000 with it (8.6 KB at GOGC=50, 10.5 KB at 200, make bench), while
+// live delivery, which allocates per message, spent about 7% less CPU
+// per message than at 50. A TLS connection costs
 // more: crypto/tls's state and buffers, and a waiting goroutine of 4 KB
 // (a TLS read is deeper).
 //
 // # Untrusted bytes
 //
-// Every byte a socket sends is read by connReader (conn.go), which frames
-// packets, and decoded by mochi's packets codec (readPacket). Mochi
+// Every byte a socket sends is read by connReader (reader.go) and
+// client.readPacket (conn.go), which frame packets (a packet beyond
+// max-packet-size ends the connection before its body is read), and
+// decoded by mochi's packets codec. Mochi
 // v2.7.9's codec can panic on a malformed packet (SubscribeDecode reads
 // past the end of an MQTT 5 SUBSCRIBE whose last filter lacks its options
 // byte); readPacket takes a panic raised in the codec for a malformed
@@ -156,9 +267,8 @@
 //
 // # Logs
 //
-// No packet, password, token or payload is ever logged. Mochi's logger
-// (warnings and above) goes through redact, which writes a packet as its
-// type and packet ID and a byte slice as its length; every value an
+// No packet, password, token or payload is ever logged: a packet is
+// logged as its type and packet ID (packetSummary); every value an
 // outsider controls (a username, a client ID, an id in a device's
 // answer) is clipped to a few hundred bytes (telemetry.Clip).
 //

@@ -413,6 +413,17 @@ func (c *raw) recv(timeout time.Duration) (packets.Packet, error) {
 	return decodeFrom(c.r, c.v)
 }
 
+// answer publishes a device's answer (QoS 1, packet ID pid) on its
+// responses topic.
+func (c *raw) answer(device string, pid uint16, payload string) error {
+	return c.send(packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
+		TopicName:   protocol.DeviceResponsesTopic(device),
+		PacketID:    pid,
+		Payload:     []byte(payload),
+	})
+}
+
 // connect sends a CONNECT for identity and returns the CONNACK.
 func (c *raw) connect(identity, password string) packets.Packet {
 	c.t.Helper()

@@ -9,6 +9,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strconv"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -51,7 +52,7 @@ func TestIdleMemory(t *testing.T) {
 		return m
 	}
 	time.Sleep(500 * time.Millisecond)
-	m0, g0 := snap(), runtime.NumGoroutine()
+	m0, g0, rss0 := snap(), runtime.NumGoroutine(), rssBytes(t)
 	conns := make([]net.Conn, len(ids))
 	var wg sync.WaitGroup
 	sem := make(chan struct{}, 64)
@@ -93,12 +94,13 @@ func TestIdleMemory(t *testing.T) {
 	for deadline := time.Now().Add(10 * time.Second); runtime.NumGoroutine()-g0 > len(ids) && time.Now().Before(deadline); {
 		time.Sleep(200 * time.Millisecond)
 	}
-	m1, g1 := snap(), runtime.NumGoroutine()
+	m1, g1, rss1 := snap(), runtime.NumGoroutine(), rssBytes(t)
 	k := float64(len(ids))
 	t.Logf("%d sessions: goroutines/session %.2f", len(ids), float64(g1-g0)/k)
 	t.Logf("HeapInuse/session %.0f B, HeapAlloc/session %.0f B, StackInuse/session %.0f B, Sys/session %.0f B",
 		float64(m1.HeapInuse-m0.HeapInuse)/k, float64(m1.HeapAlloc-m0.HeapAlloc)/k,
 		float64(m1.StackInuse-m0.StackInuse)/k, float64(m1.Sys-m0.Sys)/k)
+	t.Logf("RSS/session %.0f B (both ends of the connections)", float64(rss1-rss0)/k)
 	if dir := os.Getenv("PUSHSERVER_IDLE_PROFILE"); dir != "" {
 		f, err := os.Create(dir + "/heap.pprof")
 		require.NoError(t, err)
@@ -114,4 +116,21 @@ func TestIdleMemory(t *testing.T) {
 			_ = c.Close()
 		}
 	}
+}
+
+// rssBytes is the process's resident set size (VmRSS of
+// /proc/self/status); 0 where there is none.
+func rssBytes(t *testing.T) int64 {
+	b, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if rest, ok := strings.CutPrefix(line, "VmRSS:"); ok {
+			kb, err := strconv.ParseInt(strings.TrimSuffix(strings.TrimSpace(rest), " kB"), 10, 64)
+			require.NoError(t, err, "VmRSS %q", rest)
+			return kb << 10
+		}
+	}
+	return 0
 }

@@ -10,7 +10,6 @@ import (
 	"testing"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/stretchr/testify/require"
 
@@ -128,7 +127,8 @@ func (*fuzzConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(192, 0
 // FuzzConnReader feeds the bytes of an untrusted socket, in chunks of
 // 1 + chunk bytes, to the reader that frames and decodes packets the way
 // a connection of the node does: connReader (preread of the CONNECT, then
-// wait and read-ahead) under mochi's reader and codec (readPacket). No
+// wait and read-ahead) under the client's reader and the codec
+// (client.readPacket). No
 // input may panic (a panic here would end the push server with every
 // connection), every packet read must have been framed by connReader
 // (read ≤ started), and what is left unread after a packet is reported
@@ -158,13 +158,7 @@ func FuzzConnReader(f *testing.F) {
 			}
 		}
 	}
-	caps := mqtt.NewDefaultServerCapabilities()
-	caps.MaximumPacketSize = DefaultMaxPacketSize
-	s := mqtt.New(&mqtt.Options{
-		Capabilities:            caps,
-		Logger:                  slog.New(slog.NewTextHandler(io.Discard, nil)),
-		ClientNetReadBufferSize: 16, // as the node's
-	})
+	n := &Node{cfg: Config{MaxPacketSize: DefaultMaxPacketSize}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	f.Fuzz(func(t *testing.T, chunk uint8, data []byte) {
 		var chunks [][]byte
 		for b := data; len(b) > 0; {
@@ -172,24 +166,25 @@ func FuzzConnReader(f *testing.F) {
 			chunks = append(chunks, b[:k])
 			b = b[k:]
 		}
-		rc := &connReader{Conn: &fuzzConn{chunkConn{chunks: chunks}}}
-		cl := s.NewClient(rc, "fuzz", "", false)
+		cl := &client{n: n, listener: "fuzz"}
+		cl.rc.Conn = &fuzzConn{chunkConn{chunks: chunks}}
+		rc := &cl.rc
 		if err := rc.preread(maxConnectSize, func() {}, func() {}); err != nil {
 			return
 		}
-		pk, err := readPacket(cl, rc)
+		pk, err := cl.readPacket()
 		if err != nil {
 			return
 		}
 		require.Equal(t, packets.Connect, pk.FixedHeader.Type, "preread let through a packet that is not a CONNECT")
-		cl.ParseConnect("fuzz", pk)
+		cl.parseConnect(pk)
 		for {
 			if !rc.buffered() {
 				if err := rc.wait(); err != nil {
 					return
 				}
 			}
-			if _, err := readPacket(cl, rc); err != nil {
+			if _, err := cl.readPacket(); err != nil {
 				return
 			}
 			require.LessOrEqual(t, rc.read, rc.started, "packets read %d, framed %d", rc.read, rc.started)

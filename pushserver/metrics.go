@@ -35,7 +35,7 @@ type metrics struct {
 	abandoned *prometheus.CounterVec
 	// codecPanics counts packets whose decoding panicked in mochi's
 	// codec: each is taken as malformed and ends its connection
-	// (readPacket).
+	// (client.readPacket).
 	codecPanics prometheus.Counter
 	// held counts the device answers held now (read, waiting for Redis
 	// to take their completion step).
@@ -45,6 +45,9 @@ type metrics struct {
 	late *prometheus.CounterVec
 	// wakeResubscribes counts (re)subscriptions of the wake channel.
 	wakeResubscribes prometheus.Counter
+	// reoffers counts sessions whose mailbox was offered again, delivered
+	// commands included, after Redis came back from an outage.
+	reoffers prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -94,6 +97,9 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		codecPanics: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gw_push_codec_panics_total", Help: "Packets on which mochi's packet codec panicked: taken as malformed, their connection closed.",
 		}),
+		reoffers: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gw_push_reoffers_total", Help: "Sessions whose delivered, unanswered commands were offered again (same id) once Redis came back from an outage (DESIGN §7a).",
+		}),
 		wakeResubscribes: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gw_push_wake_subscriptions_total", Help: "Subscriptions of the node's wake channel: 1 at start, one more after each reconnect to Redis (each re-reads every session's mailbox).",
 		}),
@@ -110,6 +116,6 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, o := range []string{"rejected", "noop"} {
 		m.refusals.WithLabelValues(o)
 	}
-	reg.MustRegister(m.sessions, m.connecting, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.unsent, m.refusals, m.abandoned, m.codecPanics, m.held, m.late, m.wakeResubscribes)
+	reg.MustRegister(m.sessions, m.connecting, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.unsent, m.refusals, m.abandoned, m.codecPanics, m.held, m.late, m.wakeResubscribes, m.reoffers)
 	return m
 }

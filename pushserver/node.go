@@ -17,8 +17,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
-	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/redis/go-redis/v9"
 
 	"github.com/iotgw/gateway/internal/amqpx"
@@ -36,10 +34,10 @@ var (
 	ErrStopped = errors.New("pushserver: node stopped")
 )
 
-// Node is one push server: an embedded mochi MQTT broker with the
-// gateway's authentication and ACL hooks, a member of the ring, streaming
-// mailboxes to its connected identities and forwarding device responses
-// to RabbitMQ.
+// Node is one push server: an MQTT server of its own (on mochi's packet
+// codec, see conn.go) with the gateway's authentication and ACL, a
+// member of the ring, streaming mailboxes to its connected identities
+// and completing device answers.
 //
 // NewNode only checks the configuration; Start listens, connects, joins
 // the ring and serves; Shutdown leaves the ring and closes everything in
@@ -57,9 +55,8 @@ type Node struct {
 	store           *mailbox.Store
 	ring            *ring.Ring
 	pub             *amqpx.Publisher
-	server          *mqtt.Server
-	hook            *hook
-	workers         *workers[*conn]    // process the connections' packets (conn.go)
+	maxClients      int64
+	workers         *workers[*client]  // process the connections' packets (conn.go)
 	runners         *workers[*session] // run the sessions' steps
 	lis             *listener
 	wsLis           *listener // MQTT over WebSocket; nil when Config.WSAddr is empty
@@ -70,13 +67,18 @@ type Node struct {
 	cancel     context.CancelFunc
 	joinCancel context.CancelFunc // stops the ring heartbeat
 	loops      sync.WaitGroup     // background loops
-	sessWG     sync.WaitGroup     // session goroutines
+	sessWG     sync.WaitGroup     // sessions not ended yet
+	connWG     sync.WaitGroup     // connections not ended yet
 	heldWG     sync.WaitGroup     // completers of held device answers (response.go)
-	completers sync.Map           // *mqtt.Client -> *completer, for connections that held answers
+	completers sync.Map           // *client -> *completer, for connections that held answers
+	connected  atomic.Int64       // open connections (Config.MaxClients)
+	expiries   expiries           // ends sessions whose tokens expire (expiry.go)
+	// closingAnswered counts connections the node is closing once their
+	// held answers are acknowledged (closeAnswered).
+	closingAnswered atomic.Int32
 
-	mu       sync.RWMutex
-	byClient map[*mqtt.Client]*session
-	byID     map[string]*session // the current session of each identity
+	mu   sync.RWMutex
+	byID map[string]*session // the current session of each identity
 
 	// regLocks order the session registrations (SetSessionConn and
 	// ClearSessionConn) of one identity on this node, so that an old
@@ -90,12 +92,10 @@ type Node struct {
 
 	revived chan struct{} // the ring re-registered this node after a prune
 
-	// clientLocks order attach and detach (conn.go) of one client ID.
-	clientLocks [64]sync.Mutex
 	// establishLocks make the establishment of one client ID's
-	// connections (take-over, attach, CONNACK, session start) one at a
-	// time, so that of many connections arriving together the last one
-	// is both mochi's client and the node's current session.
+	// connections (take-over, CONNACK, session start) one at a time, so
+	// that of many connections arriving together the last one is the
+	// node's current session.
 	establishLocks [64]sync.Mutex
 
 	// beforePublish, when set (by tests), runs just before a session
@@ -122,23 +122,27 @@ func NewNode(cfg Config) (*Node, error) {
 	if err := cfg.Scale.Check(); err != nil {
 		return nil, fmt.Errorf("pushserver: %w", err)
 	}
-	v, err := auth.NewVerifier([]byte(cfg.AuthSecret))
+	// No cache of verified tokens: a token is verified once per
+	// connection, and a cache would hold every connected session's token
+	// (about 0.4 KB each, up to auth.DefaultCacheSize).
+	v, err := auth.NewVerifierSize([]byte(cfg.AuthSecret), 0)
 	if err != nil {
 		return nil, fmt.Errorf("pushserver: %w", err)
 	}
 	var prefix [8]byte
 	_, _ = rand.Read(prefix[:]) // never fails (crypto/rand)
-	return &Node{
+	n := &Node{
 		cfg:        cfg,
 		log:        cfg.Logger,
 		verifier:   v,
 		m:          newMetrics(cfg.Registry),
 		topo:       protocol.NewTopology(cfg.Namespace, cfg.Queues, cfg.Partitions),
-		byClient:   make(map[*mqtt.Client]*session),
 		byID:       make(map[string]*session),
 		connPrefix: hex.EncodeToString(prefix[:]),
 		revived:    make(chan struct{}, 1),
-	}, nil
+	}
+	n.expiries.n = n
+	return n, nil
 }
 
 // newConnToken returns a token unique to one connection: unique on this
@@ -294,45 +298,17 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		return err
 	}
 
-	n.server = mqtt.New(&mqtt.Options{
-		Capabilities: n.capabilities(),
-		// Mochi logs whole packets (a second CONNECT with its password):
-		// redact replaces them, and clips strings.
-		Logger: slog.New(redact{minLevel{n.log.With("component", "mochi").Handler(), slog.LevelWarn}}),
-		// The write buffer is used only while mochi's write queue holds
-		// packets, which it never does here (conn.go). Mochi's read
-		// buffer is held by every connection for its life: bufio's
-		// smallest, since connReader reads ahead into pooled buffers
-		// while packets arrive (and a large body is read straight into
-		// its own buffer).
-		ClientNetWriteBufferSize: 4096,
-		ClientNetReadBufferSize:  16,
-		SysTopicResendInterval:   60,
-	})
-	n.hook = &hook{n: n}
-	if err := n.server.AddHook(n.hook, nil); err != nil {
-		return fmt.Errorf("cannot add MQTT hook: %w", err)
-	}
+	n.maxClients = maxClients(n.cfg.MaxClients)
 	n.lis = newListener("mqtt", ln, tlsConfig, n.cfg.ConnectTimeout, n.log, n.serveConn)
-	if err := n.server.AddListener(n.lis); err != nil {
-		return fmt.Errorf("cannot add MQTT listener: %w", err)
-	}
 	if wsln != nil {
 		// TLS, if any, is the WebSocket listener's own (wss://).
 		n.wsLis = newListener("ws", wsln, nil, n.cfg.ConnectTimeout, n.log, n.serveConn)
-		n.wsLis.proto = "ws"
-		if tlsConfig != nil {
-			n.wsLis.proto = "wss"
-		}
-		if err := n.server.AddListener(n.wsLis); err != nil {
-			return fmt.Errorf("cannot add MQTT WebSocket listener: %w", err)
-		}
 	}
 
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	undo = append(undo, func() { n.cancel(); n.loops.Wait() })
-	n.workers = newWorkers(max(16, 4*runtime.GOMAXPROCS(0)), (*conn).burst, n.ctx.Done())
-	n.runners = newWorkers(max(16, 4*runtime.GOMAXPROCS(0)), (*session).run, n.ctx.Done())
+	n.workers = newWorkers(max(16, 4*runtime.GOMAXPROCS(0)), (*client).burst, n.ctx.Done())
+	n.runners = newWorkers(max(16, 4*runtime.GOMAXPROCS(0)), (*session).runSession, n.ctx.Done())
 
 	// Subscribe to wake signals before joining, so that no signal sent to
 	// a member that is already in the ring is missed.
@@ -380,12 +356,12 @@ func (n *Node) Start(ctx context.Context) (err error) {
 
 	n.goLoop(n.sweepLoop)
 	n.goLoop(n.shedLoop)
-	if err := n.server.Serve(); err != nil {
-		return fmt.Errorf("cannot serve MQTT: %w", err)
+	for _, l := range n.listeners() {
+		go l.serve()
 	}
 	n.running.Store(true)
 	n.log.Info("push server listening", "addr", n.addr, "url", n.url, "ws_addr", n.wsAddr,
-		"tls", tlsConfig != nil, "max_clients", n.server.Options.Capabilities.MaximumClients,
+		"tls", tlsConfig != nil, "max_clients", n.maxClients,
 		"inflight", n.cfg.Inflight, "max_packet_size", n.cfg.MaxPacketSize)
 	return nil
 }
@@ -405,33 +381,6 @@ func reachableAddr(addr string) string {
 	return addr
 }
 
-// capabilities are the broker's limits: QoS 1 at most, no retained
-// messages, no shared subscriptions, sessions that end with the
-// connection, a maximum packet size, and a client limit below the file
-// limit.
-func (n *Node) capabilities() *mqtt.Capabilities {
-	c := mqtt.NewDefaultServerCapabilities()
-	c.MaximumClients = maxClients(n.cfg.MaxClients)
-	c.MaximumQos = 1
-	c.RetainAvailable = 0
-	c.SharedSubAvailable = 0
-	c.SubIDAvailable = 0
-	c.TopicAliasMaximum = 0
-	c.MaximumPacketSize = uint32(n.cfg.MaxPacketSize)
-	c.MaximumSessionExpiryInterval = 0
-	c.MinimumProtocolVersion = 4
-	// Outbound PUBLISHes are written by the session goroutines, and mochi
-	// never routes a PUBLISH to a client here, so nothing is ever queued
-	// for mochi's write loop, which does not run (conn.go): no room in the
-	// per-client queue (allocated for every connection).
-	c.MaximumClientWritesPending = 0
-	// Inbound QoS 1 publishes (device responses) in flight per client.
-	c.ReceiveMaximum = 64
-	c.MaximumInflight = 1024
-	c.Compatibilities.NoInheritedPropertiesOnAck = true
-	return c
-}
-
 func (n *Node) goLoop(f func()) {
 	n.loops.Add(1)
 	go func() {
@@ -443,8 +392,8 @@ func (n *Node) goLoop(f func()) {
 // Shutdown stops the node in order: it leaves the ring (other nodes take
 // over its identities), stops accepting connections, closes its sessions
 // gradually (at most Config.ShutdownShed, less if ctx ends sooner, MQTT 5
-// clients are told the new owner), closes the broker, waits for the
-// session goroutines, and closes Redis and RabbitMQ. When ctx ends first,
+// clients are told the new owner), closes what connections remain, waits
+// for the sessions to end, and closes Redis and RabbitMQ. When ctx ends first,
 // the remaining steps are done at once. It returns the first error.
 func (n *Node) Shutdown(ctx context.Context) error {
 	if !n.running.Load() {
@@ -475,24 +424,20 @@ func (n *Node) shutdown(ctx context.Context) error {
 		budget = min(budget, time.Until(dl)/2)
 	}
 	n.shedAll(ctx, budget)
-
-	closed := make(chan struct{})
-	go func() {
-		_ = n.server.Close()
-		close(closed)
-	}()
-	select {
-	case <-closed:
-	case <-ctx.Done():
-		for _, l := range n.listeners() {
-			l.dropAll()
-		}
-		errs = append(errs, fmt.Errorf("cannot close MQTT server in time: %w", ctx.Err()))
+	// A connection holding answers is closed once they are acknowledged,
+	// at most the answer grace after its shedding (closeAnswered).
+	n.waitAnswered(ctx)
+	for _, l := range n.listeners() {
+		l.dropAll() // those the shedding did not reach, and those not accepted yet
+	}
+	if !waitGroup(ctx, &n.connWG) {
+		errs = append(errs, fmt.Errorf("cannot close MQTT connections in time: %w", ctx.Err()))
 	}
 	if !waitGroup(ctx, &n.sessWG) {
 		errs = append(errs, fmt.Errorf("cannot finish sessions in time: %w", ctx.Err()))
 	}
 	n.cancel()
+	n.expiries.stop()
 	n.loops.Wait()
 	n.heldWG.Wait()
 	if n.metricsSrv != nil {
@@ -504,6 +449,28 @@ func (n *Node) shutdown(ctx context.Context) error {
 	_ = n.rdb.Close()
 	n.log.Info("push server stopped")
 	return errors.Join(errs...)
+}
+
+// waitAnswered waits, at most the answer grace (and until ctx ends),
+// until the connections that held answers when they were shed are
+// closed (closeAnswered).
+func (n *Node) waitAnswered(ctx context.Context) {
+	if n.closingAnswered.Load() == 0 {
+		return
+	}
+	deadline := time.NewTimer(n.cfg.AnswerGrace)
+	defer deadline.Stop()
+	t := time.NewTicker(answeredPoll)
+	defer t.Stop()
+	for n.closingAnswered.Load() > 0 {
+		select {
+		case <-t.C:
+		case <-deadline.C:
+			return
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 // kill stops the node abruptly, as a crash would (for tests): the
@@ -521,7 +488,8 @@ func (n *Node) kill() {
 		l.stopAccepting()
 		l.dropAll()
 	}
-	_ = n.server.Close()
+	n.connWG.Wait()
+	n.expiries.stop()
 	n.sessWG.Wait()
 	n.loops.Wait()
 	n.heldWG.Wait()
@@ -548,12 +516,6 @@ func waitGroup(ctx context.Context, wg *sync.WaitGroup) bool {
 
 // Session registry.
 
-func (n *Node) sessionOf(cl *mqtt.Client) *session {
-	n.mu.RLock()
-	defer n.mu.RUnlock()
-	return n.byClient[cl]
-}
-
 func (n *Node) current(identity string) *session {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
@@ -562,33 +524,29 @@ func (n *Node) current(identity string) *session {
 
 func (n *Node) addSession(s *session) {
 	n.mu.Lock()
-	n.byClient[s.cl] = s
 	n.byID[s.identity] = s
 	n.mu.Unlock()
 	n.m.sessions.Inc()
 }
 
-func (n *Node) removeSession(cl *mqtt.Client) *session {
+// forget removes a session whose connection has ended (once), unless a
+// newer session of the identity has replaced it already.
+func (n *Node) forget(s *session) {
 	n.mu.Lock()
-	s := n.byClient[cl]
-	if s != nil {
-		delete(n.byClient, cl)
-		if n.byID[s.identity] == s {
-			delete(n.byID, s.identity)
-		}
+	if n.byID[s.identity] == s {
+		delete(n.byID, s.identity)
 	}
 	n.mu.Unlock()
-	if s != nil {
-		n.m.sessions.Dec()
-	}
-	return s
+	n.m.sessions.Dec()
 }
 
+// sessions returns the current session of every identity (one taken over
+// is being closed already).
 func (n *Node) sessions() []*session {
 	n.mu.RLock()
 	defer n.mu.RUnlock()
-	out := make([]*session, 0, len(n.byClient))
-	for _, s := range n.byClient {
+	out := make([]*session, 0, len(n.byID))
+	for _, s := range n.byID {
 		out = append(out, s)
 	}
 	return out
@@ -699,7 +657,10 @@ func (n *Node) sweepLoop() {
 			n.log.Warn("cannot read pending identities", "err", err)
 		case err == nil && failing:
 			failing = false
-			n.log.Info("pending identities readable again")
+			n.log.Info("pending identities readable again; offering every session's mailbox again")
+			for _, s := range n.sessions() {
+				s.offerAgain()
+			}
 		}
 		if tick%fullSweepEvery == 0 && !sweeping.Swap(true) {
 			full.Add(1)
@@ -715,7 +676,7 @@ func (n *Node) sweepLoop() {
 // sweepSessions kicks every subscribed session whose mailbox the set of
 // non-empty mailboxes lists (mailbox.Listed: an empty mailbox has
 // nothing to read), sweepWorkers at a time:
-// each worker runs the session's step itself when the session goroutine
+// each worker runs the session's step itself when its runner
 // is not running (session.kickHere), so that a sweep of many idle
 // sessions never starts a goroutine (and its stack) for each of them at
 // once.
@@ -900,42 +861,6 @@ func (n *Node) shedAll(ctx context.Context, budget time.Duration) {
 		}
 		s.shed(owner)
 	}
-}
-
-// disconnect ends a client's connection: MQTT 5 clients get a DISCONNECT
-// with code (and the server reference, if any); MQTT 3.1.1 has no
-// server DISCONNECT, so the connection is just closed.
-func disconnect(cl *mqtt.Client, code packets.Code, serverRef string) {
-	if cl.Net.Conn != nil {
-		_ = cl.Net.Conn.SetWriteDeadline(time.Now().Add(time.Second))
-	}
-	if cl.Properties.ProtocolVersion == 5 {
-		pk := packets.Packet{
-			FixedHeader: packets.FixedHeader{Type: packets.Disconnect},
-			ReasonCode:  code.Code,
-			Properties:  packets.Properties{ReasonString: code.Reason, ServerReference: serverRef},
-		}
-		_ = cl.WritePacket(pk)
-	}
-	cl.Stop(code)
-}
-
-// minLevel is a slog.Handler that drops records below a level.
-type minLevel struct {
-	slog.Handler
-	min slog.Level
-}
-
-func (h minLevel) Enabled(ctx context.Context, l slog.Level) bool {
-	return l >= h.min && h.Handler.Enabled(ctx, l)
-}
-
-func (h minLevel) WithAttrs(a []slog.Attr) slog.Handler {
-	return minLevel{h.Handler.WithAttrs(a), h.min}
-}
-
-func (h minLevel) WithGroup(g string) slog.Handler {
-	return minLevel{h.Handler.WithGroup(g), h.min}
 }
 
 // ready is the push server's readiness, served at /readyz on the metrics

@@ -211,16 +211,16 @@ func TestListenerKeepsAcceptingAfterErrors(t *testing.T) {
 	require.NoError(t, err)
 	flaky := &flakyListener{Listener: ln}
 	flaky.fails.Store(5)
-	l := newListener("test", flaky, nil, time.Second, testenv.Logger(t), nil)
 	accepted := make(chan net.Conn, 1)
+	l := newListener("test", flaky, nil, time.Second, testenv.Logger(t), func(_ string, c net.Conn, ended func(net.Conn, error)) {
+		accepted <- c
+		_, err := c.Read(make([]byte, 1)) // until the deadline or close
+		ended(c, err)
+	})
 	served := make(chan struct{})
 	go func() {
 		defer close(served)
-		l.Serve(func(_ string, c net.Conn) error {
-			accepted <- c
-			_, err := c.Read(make([]byte, 1)) // until the deadline or close
-			return err
-		})
+		l.serve()
 	}()
 	c, err := net.Dial("tcp", ln.Addr().String())
 	require.NoError(t, err)
@@ -232,13 +232,14 @@ func TestListenerKeepsAcceptingAfterErrors(t *testing.T) {
 	}
 	require.Less(t, flaky.fails.Load(), int32(0))
 
-	l.Close(func(string) {})
+	l.stopAccepting()
+	l.dropAll()
 	select {
 	case <-served:
 	case <-time.After(5 * time.Second):
-		t.Fatal("Serve did not return after Close")
+		t.Fatal("serve did not return after stopAccepting")
 	}
-	// Close dropped the open connection.
+	// dropAll dropped the open connection.
 	_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
 	_, err = c.Read(make([]byte, 1))
 	require.Error(t, err)

@@ -205,41 +205,7 @@ func packetFrom(t testing.TB, name string, v byte) packets.Packet {
 // pk.ProtocolVersion.
 func encodePacket(pk packets.Packet) ([]byte, error) {
 	var buf bytes.Buffer
-	var err error
-	switch pk.FixedHeader.Type {
-	case packets.Connect:
-		err = pk.ConnectEncode(&buf)
-	case packets.Connack:
-		err = pk.ConnackEncode(&buf)
-	case packets.Publish:
-		err = pk.PublishEncode(&buf)
-	case packets.Puback:
-		err = pk.PubackEncode(&buf)
-	case packets.Pubrec:
-		err = pk.PubrecEncode(&buf)
-	case packets.Pubrel:
-		err = pk.PubrelEncode(&buf)
-	case packets.Pubcomp:
-		err = pk.PubcompEncode(&buf)
-	case packets.Subscribe:
-		err = pk.SubscribeEncode(&buf)
-	case packets.Suback:
-		err = pk.SubackEncode(&buf)
-	case packets.Unsubscribe:
-		err = pk.UnsubscribeEncode(&buf)
-	case packets.Unsuback:
-		err = pk.UnsubackEncode(&buf)
-	case packets.Pingreq:
-		err = pk.PingreqEncode(&buf)
-	case packets.Pingresp:
-		err = pk.PingrespEncode(&buf)
-	case packets.Disconnect:
-		err = pk.DisconnectEncode(&buf)
-	case packets.Auth:
-		err = pk.AuthEncode(&buf)
-	default:
-		err = fmt.Errorf("encode: unknown packet type %d", pk.FixedHeader.Type)
-	}
+	err := encode(&pk, &buf)
 	return buf.Bytes(), err
 }
 
@@ -271,40 +237,7 @@ func decodeFrom(r *bufio.Reader, v byte) (packets.Packet, error) {
 		return packets.Packet{}, err
 	}
 	pk := packets.Packet{FixedHeader: fh, ProtocolVersion: v}
-	switch fh.Type {
-	case packets.Connect:
-		err = pk.ConnectDecode(body)
-	case packets.Connack:
-		err = pk.ConnackDecode(body)
-	case packets.Publish:
-		err = pk.PublishDecode(body)
-	case packets.Puback:
-		err = pk.PubackDecode(body)
-	case packets.Pubrec:
-		err = pk.PubrecDecode(body)
-	case packets.Pubrel:
-		err = pk.PubrelDecode(body)
-	case packets.Pubcomp:
-		err = pk.PubcompDecode(body)
-	case packets.Subscribe:
-		err = pk.SubscribeDecode(body)
-	case packets.Suback:
-		err = pk.SubackDecode(body)
-	case packets.Unsubscribe:
-		err = pk.UnsubscribeDecode(body)
-	case packets.Unsuback:
-		err = pk.UnsubackDecode(body)
-	case packets.Pingreq:
-		err = pk.PingreqDecode(body)
-	case packets.Pingresp:
-		err = pk.PingrespDecode(body)
-	case packets.Disconnect:
-		err = pk.DisconnectDecode(body)
-	case packets.Auth:
-		err = pk.AuthDecode(body)
-	default:
-		err = fmt.Errorf("decode: unknown packet type %d", fh.Type)
-	}
+	err = decode(&pk, body)
 	return pk, err
 }
 

@@ -23,8 +23,8 @@ func connectHeader(remaining int) []byte {
 
 // TestUnauthenticatedMemory: 2,000 sockets that announce a CONNECT and
 // send only a little of it cost the node little memory each (not the
-// announced length, let alone GW_MAX_PACKET_SIZE: mochi's reader would
-// allocate the announced length at once); a CONNECT announced larger than
+// announced length, let alone GW_MAX_PACKET_SIZE, which mochi's reader
+// would allocate at once); a CONNECT announced larger than
 // maxConnectSize closes its connection at once.
 func TestUnauthenticatedMemory(t *testing.T) {
 	if testing.Short() {

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"log/slog"
 	"strings"
 	"testing"
 	"time"
@@ -80,4 +81,46 @@ func TestReoffer(t *testing.T) {
 	}))
 	eventually(t, 5*time.Second, func() bool { return e.commandStatus(client, "1").Status == protocol.StatusSucceeded }, "answered")
 	eventually(t, 5*time.Second, func() bool { return e.mailboxLen(device) == 1 }, "the answered entry left (the large one waits)")
+}
+
+// TestReofferAfterOutage: a command the device PUBACKed but did not
+// answer is offered again, once, with the same id, on the same
+// connection, when the push server reaches Redis again after an outage
+// (DESIGN §7a, "Re-offer"): an answer lost meanwhile is asked for again.
+func TestReofferAfterOutage(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	var log logBuffer
+	n := e.startNode(func(c *Config) {
+		c.SweepInterval = 100 * time.Millisecond
+		c.Logger = slog.New(slog.NewTextHandler(&log, &slog.HandlerOptions{Level: slog.LevelInfo}))
+	})
+	const device, client = "dev-reoffer-out", "cli-reoffer-out"
+	e.sendCommand(client, device, "1", n.NodeID())
+	outage := &redisOutage{}
+	n.rdb.AddHook(outage)
+
+	c := dialRaw(t, n.Addr(), 4)
+	require.Equal(t, byte(0), c.connect(device, token(t, device, auth.RoleDevice, time.Hour)).ReasonCode)
+	c.subscribe(protocol.DeviceCommandsTopic(device), 1)
+	pub, err := c.recv(5 * time.Second)
+	require.NoError(t, err)
+	require.Equal(t, packets.Publish, pub.FixedHeader.Type)
+	require.NoError(t, c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pub.PacketID}))
+	eventually(t, 5*time.Second, func() bool { return e.commandStatus(client, "1").Status == protocol.StatusDelivered }, "delivered")
+	require.Equal(t, 0.0, value(t, n.m.reoffers))
+
+	outage.down.Store(true)
+	eventually(t, 5*time.Second, func() bool { return strings.Contains(log.String(), "cannot read pending identities") },
+		"the outage was not noticed")
+	outage.down.Store(false)
+
+	again, err := c.recv(5 * time.Second)
+	require.NoError(t, err, "the delivered command was not offered again after the outage")
+	require.Equal(t, packets.Publish, again.FixedHeader.Type, "got packet type %d, want PUBLISH", again.FixedHeader.Type)
+	require.Equal(t, string(pub.Payload), string(again.Payload), "offered again: got another command, want the same id")
+	require.NoError(t, c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: again.PacketID}))
+	require.Equal(t, 1.0, value(t, n.m.reoffers), "re-offers of the one session after one outage")
+	require.NoError(t, c.answer(device, 7, `{"jsonrpc":"2.0","result":"done","id":"`+client+`:1"}`))
+	eventually(t, 5*time.Second, func() bool { return e.commandStatus(client, "1").Status == protocol.StatusSucceeded }, "answered")
 }

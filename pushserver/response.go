@@ -7,7 +7,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/trace"
@@ -34,7 +33,7 @@ type devAnswer struct {
 	// ctx carries the answer's span (see forwardResponse) for the
 	// completion step; it ends with the push server.
 	ctx    context.Context
-	cl     *mqtt.Client
+	cl     *client
 	pk     packets.Packet
 	resp   *protocol.Response
 	client string
@@ -43,38 +42,39 @@ type devAnswer struct {
 	log    *slog.Logger
 }
 
-// forwardResponse handles a PUBLISH of device cl.ID on its responses
+// forwardResponse handles a PUBLISH of device cl.id on its responses
 // topic: the push server that reads a device's answer completes it
 // (DESIGN §5, "the edge completes them"). It runs the completion step in
 // the device's partition (mailbox.Complete, with held = the time since
 // the answer was read, so that a timeout is decided by when the answer
 // reached the edge) and only then lets the PUBACK go:
 //
-//   - packets.CodeSuccessIgnore: mochi sends the PUBACK (QoS 1) and does
-//     not route the message to any subscriber. Returned once the step is
-//     done (succeeded, failed, a late or duplicate answer recorded), and
+//   - true: the caller writes the PUBACK (QoS 1) now. Returned once the
+//     step is done (succeeded, failed, a late or duplicate answer recorded), and
 //     for a response that can never succeed (malformed, an id that is not
 //     "{client}:{id}", an unknown command, another device's command, one
 //     never sent), which is dropped with a log line and
 //     gw_push_responses_dropped_total{reason}.
 //   - When Redis cannot take the step, the answer is held off the read
 //     loop in the connection's completer (see hold), with every answer
-//     read after it: packets.ErrRejectPacket (mochi sends nothing), the
-//     connection goes on reading (PINGREQs answered, more answers read),
+//     read after it: false (the caller writes nothing), the connection
+//     goes on reading (PINGREQs answered, more answers read),
 //     and the completer retries the step and then writes the PUBACK
 //     itself, in arrival order. The gateway never closes a connection to
 //     make a device resend (a clean-session device would not).
-func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
+func (n *Node) forwardResponse(cl *client, pk packets.Packet) bool {
 	read := time.Now()
-	log := n.log.With("device_id", cl.ID)
+	log := n.log.With("device_id", cl.id)
 
 	resp, err := protocol.ParseResponse(pk.Payload)
 	if err != nil {
-		return n.dropResponse(log, dropMalformed, err)
+		n.dropResponse(log, dropMalformed, err)
+		return true
 	}
 	client, id, err := protocol.AnswerTarget(resp)
 	if err != nil {
-		return n.dropResponse(log, dropID, err)
+		n.dropResponse(log, dropID, err)
+		return true
 	}
 	log = log.With("client_id", telemetry.Clip(client), "msg_id", telemetry.Clip(id.Key()))
 	// An MQTT 5 device that continues the command's trace sends the
@@ -87,7 +87,7 @@ func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 		var span trace.Span
 		base, span = telemetry.Tracer().Start(telemetry.ContextWithTraceParent(n.ctx, tp), "complete",
 			trace.WithSpanKind(trace.SpanKindConsumer), trace.WithAttributes(
-				attribute.String("device_id", cl.ID), attribute.String("client_id", client),
+				attribute.String("device_id", cl.id), attribute.String("client_id", client),
 				attribute.String("msg_id", id.Key()), attribute.String("node", n.cfg.NodeID)))
 		defer span.End()
 		if tid := telemetry.TraceID(base); tid != "" {
@@ -101,14 +101,16 @@ func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 		if c.pending.Load() > 0 {
 			// Answers before it are held: it waits behind them (PUBACKs
 			// in arrival order).
-			return n.hold(a, c, nil)
+			n.hold(a, c, nil)
+			return false
 		}
 	}
 	done, err := n.completeAnswer(a, false)
 	if done {
-		return packets.CodeSuccessIgnore
+		return true
 	}
-	return n.hold(a, c, err)
+	n.hold(a, c, err)
+	return false
 }
 
 // completeAnswer runs the completion step of a once. It reports whether
@@ -116,20 +118,20 @@ func (n *Node) forwardResponse(cl *mqtt.Client, pk packets.Packet) error {
 // acknowledged), or else the error that kept Redis from taking it.
 func (n *Node) completeAnswer(a *devAnswer, held bool) (bool, error) {
 	ctx, cancel := context.WithTimeout(a.ctx, n.cfg.ConfirmTimeout)
-	out, err := n.store.Complete(ctx, a.client, a.id.Key(), a.cl.ID, a.resp, time.Since(a.read), "")
+	out, err := n.store.Complete(ctx, a.client, a.id.Key(), a.cl.id, a.resp, time.Since(a.read), "")
 	cancel()
 	if err != nil {
 		return false, err
 	}
 	switch out {
 	case mailbox.OutcomeUnknown, mailbox.OutcomeNoop:
-		_ = n.dropResponse(a.log, dropUnknown, errors.New("no command of this device waits for this answer"))
+		n.dropResponse(a.log, dropUnknown, errors.New("no command of this device waits for this answer"))
 		return true, nil
 	case mailbox.OutcomeOtherDevice:
-		_ = n.dropResponse(a.log, dropDevice, errors.New("the command is another device's"))
+		n.dropResponse(a.log, dropDevice, errors.New("the command is another device's"))
 		return true, nil
 	case mailbox.OutcomeNotSent:
-		_ = n.dropResponse(a.log, dropNotSent, errors.New("the command was not sent yet"))
+		n.dropResponse(a.log, dropNotSent, errors.New("the command was not sent yet"))
 		return true, nil
 	case mailbox.OutcomeLate, mailbox.OutcomeTimeout:
 		// After its command ended, or read past its timeout: recorded
@@ -159,8 +161,8 @@ type completer struct {
 
 // hold queues an answer that cannot be completed now (err; nil when it
 // is queued only to keep the order) to its connection's completer, off
-// the read loop: packets.ErrRejectPacket (mochi sends nothing), and the
-// connection goes on reading (PINGREQs answered, more answers read). The
+// the read loop (the caller writes no PUBACK), and the connection goes
+// on reading (PINGREQs answered, more answers read). The
 // completer retries the step at least every AnswerGrace/4 (DESIGN §7a)
 // until Redis takes it or the node stops, and then writes the PUBACK
 // (when the connection is still open). The step decides a timeout by
@@ -169,7 +171,7 @@ type completer struct {
 // ends first. A connection holds at most maxHeldAnswers: beyond that,
 // its reads wait here for a place. A QoS 0 answer has no PUBACK to
 // hold: it is retried for one grace, then counted as lost.
-func (n *Node) hold(a *devAnswer, c *completer, err error) error {
+func (n *Node) hold(a *devAnswer, c *completer, err error) {
 	if c == nil {
 		c = &completer{q: make(chan *devAnswer, maxHeldAnswers)}
 		n.completers.Store(a.cl, c)
@@ -186,7 +188,7 @@ func (n *Node) hold(a *devAnswer, c *completer, err error) error {
 	n.m.held.Inc()
 	select {
 	case c.q <- a:
-		return packets.ErrRejectPacket
+		return
 	default:
 	}
 	a.log.Warn("a connection holds the most answers it may: its reads wait for a place", "max", maxHeldAnswers)
@@ -198,7 +200,6 @@ func (n *Node) hold(a *devAnswer, c *completer, err error) error {
 		n.m.abandoned.WithLabelValues("shutdown").Inc()
 		a.log.Warn("device response not completed before shutdown: not acknowledged")
 	}
-	return packets.ErrRejectPacket
 }
 
 // runCompleter completes c's answers in order; see hold.
@@ -252,13 +253,12 @@ func (n *Node) retryHeld(a *devAnswer) {
 		}
 		done, err := n.completeAnswer(a, true)
 		if done {
-			open := !a.cl.Closed()
+			open := !a.cl.isClosed()
 			if held := time.Since(began); held > retry {
 				a.log.Info("held device response completed", "held", held.Round(time.Millisecond), "connection_open", open)
 			}
 			if open && a.pk.FixedHeader.Qos > 0 {
-				ack := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: a.pk.PacketID}
-				if err := a.cl.WritePacket(ack); err != nil {
+				if err := a.cl.writePacket(ack(packets.Puback, a.pk.PacketID, packets.CodeSuccess)); err != nil {
 					a.log.Debug("cannot write the PUBACK of a held answer", "err", err)
 				}
 			}
@@ -277,10 +277,62 @@ func (n *Node) retryHeld(a *devAnswer) {
 
 // connectionEnded closes the completer of a connection that ended: it
 // completes what it holds, then ends.
-func (n *Node) connectionEnded(cl *mqtt.Client) {
+func (n *Node) connectionEnded(cl *client) {
 	if c, ok := n.completers.LoadAndDelete(cl); ok {
 		close(c.(*completer).q)
 	}
+	if s := cl.sess; s != nil && s.close() {
+		n.log.Debug("session ended", "client_id", s.identity)
+	}
+}
+
+// holding reports how many answers read on c are held, not yet
+// acknowledged.
+func (n *Node) holding(c *client) int32 {
+	if v, ok := n.completers.Load(c); ok {
+		return v.(*completer).pending.Load()
+	}
+	return 0
+}
+
+// answeredPoll is how often closeAnswered looks whether a connection's
+// held answers are acknowledged.
+const answeredPoll = 20 * time.Millisecond
+
+// closeAnswered closes a connection the gateway ends on purpose (shed,
+// token expiry, lame duck: DISCONNECT with code and serverRef), but not
+// while it holds answers (DESIGN §7a): it waits until they are
+// acknowledged, at most the answer grace G from now, reading on
+// meanwhile (the session, closing, sends nothing new). Past G it closes
+// the connection all the same; the completer still completes what it
+// holds.
+func (n *Node) closeAnswered(c *client, code packets.Code, serverRef string) {
+	if n.holding(c) == 0 {
+		c.disconnect(code, serverRef)
+		return
+	}
+	n.log.Info("connection holds answers: closing it once they are acknowledged", "client_id", c.id,
+		"held", n.holding(c), "reason", code.Code)
+	n.closingAnswered.Add(1)
+	go func() {
+		defer n.closingAnswered.Add(-1)
+		t := time.NewTicker(answeredPoll)
+		defer t.Stop()
+		deadline := time.After(n.cfg.AnswerGrace)
+		for n.holding(c) > 0 && !c.isClosed() {
+			select {
+			case <-t.C:
+			case <-deadline:
+				n.log.Warn("connection still holds answers after the answer grace: closing it", "client_id", c.id,
+					"held", n.holding(c))
+				c.disconnect(code, serverRef)
+				return
+			case <-n.ctx.Done():
+				return // stopping: the node drops what is left
+			}
+		}
+		c.disconnect(code, serverRef)
+	}()
 }
 
 // userProperty is the value of the MQTT 5 user property key of pk, "" when
@@ -296,8 +348,7 @@ func userProperty(pk packets.Packet, key string) string {
 
 // dropResponse counts and logs a response that can never succeed; it is
 // still acknowledged.
-func (n *Node) dropResponse(log *slog.Logger, reason string, err error) error {
+func (n *Node) dropResponse(log *slog.Logger, reason string, err error) {
 	n.m.dropped.WithLabelValues(reason).Inc()
 	log.Warn("device response dropped", "reason", reason, "err", telemetry.Clip(err.Error()))
-	return packets.CodeSuccessIgnore
 }

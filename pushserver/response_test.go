@@ -348,3 +348,117 @@ func TestHeldAnswersAckedInOrder(t *testing.T) {
 		require.Equal(t, protocol.StatusSucceeded, st, "command %s: got %s, want succeeded", id, st)
 	}
 }
+
+// TestHeldAnswersKeepConnectionOpen: a connection whose answers are held
+// (Redis cannot take them) is not closed when the gateway ends it (here:
+// its token expires; shedding and the lame duck go the same way,
+// closeAnswered) until they are acknowledged: it keeps reading (a
+// PINGREQ is answered), gets its PUBACK once Redis is back, and only then
+// the DISCONNECT (0xA0). The wait is bounded by the answer grace G: past
+// it the connection is closed all the same, and the held answer is still
+// completed (DESIGN §7a).
+func TestHeldAnswersKeepConnectionOpen(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name    string
+		grace   time.Duration
+		restore bool // Redis comes back within the grace
+	}{
+		{"acknowledged within the grace", 20 * time.Second, true},
+		{"closed past the grace", time.Second, false},
+	}
+	for i, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			e := newEnv(t)
+			n := e.startNode(func(c *Config) { c.AnswerGrace = tt.grace })
+			device, client := fmt.Sprintf("dev-keep-%d", i), fmt.Sprintf("cli-keep-%d", i)
+			h := holdAnswer(t, e, n, device, client, 2*time.Second)
+			eventually(t, 5*time.Second, func() bool { return h.s.current() >= sessionClosing }, "the token did not expire")
+			c, outage := h.c, h.outage
+			if tt.restore {
+				h.ackedWhileOpen(t)
+			}
+			pk, err := c.recv(tt.grace + 5*time.Second)
+			require.NoError(t, err, "no DISCONNECT")
+			require.Equal(t, packets.Disconnect, pk.FixedHeader.Type, "got packet type %d, want DISCONNECT", pk.FixedHeader.Type)
+			require.Equal(t, packets.ErrMaxConnectTime.Code, pk.ReasonCode)
+			if !tt.restore {
+				require.Equal(t, 1.0, value(t, n.m.held), "the held answer was given up with its connection")
+				outage.down.Store(false)
+			}
+			eventually(t, 10*time.Second, func() bool { return e.commandStatus(client, "1").Status == protocol.StatusSucceeded },
+				"the held answer was not completed")
+		})
+	}
+}
+
+// TestShutdownWaitsForHeldAnswers: a push server shutting down (lame
+// duck) closes a connection that holds answers only once they are
+// acknowledged: the PUBACK comes first, then the DISCONNECT (0x8B: no
+// other push server to send the device to), within the answer grace.
+func TestShutdownWaitsForHeldAnswers(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	n := e.startNode(func(c *Config) { c.AnswerGrace = 20 * time.Second })
+	const device, client = "dev-lame", "cli-lame"
+	h := holdAnswer(t, e, n, device, client, time.Hour)
+
+	stopped := make(chan error, 1)
+	go func() { stopped <- n.Shutdown(context.Background()) }()
+	eventually(t, 10*time.Second, func() bool { return h.s.current() >= sessionClosing }, "the session was not shed")
+	h.ackedWhileOpen(t)
+	pk, err := h.c.recv(10 * time.Second)
+	require.NoError(t, err, "no DISCONNECT")
+	require.Equal(t, packets.Disconnect, pk.FixedHeader.Type, "got packet type %d, want DISCONNECT", pk.FixedHeader.Type)
+	require.Equal(t, packets.ErrServerShuttingDown.Code, pk.ReasonCode)
+	select {
+	case err := <-stopped:
+		if err != nil { // leaving the ring during the outage failed: Shutdown goes on
+			require.ErrorIs(t, err, errOutage)
+		}
+	case <-time.After(20 * time.Second):
+		t.Fatal("Shutdown did not return")
+	}
+	require.Equal(t, protocol.StatusSucceeded, e.commandStatus(client, "1").Status)
+}
+
+// heldAnswer is an MQTT 5 connection of a device whose answer (packet ID
+// 9, to command "1" of client) is held: Redis is down for the node.
+type heldAnswer struct {
+	c      *raw
+	s      *session
+	outage *redisOutage
+}
+
+// holdAnswer sends command "1" of client to device, connects the device
+// (token valid for ttl), takes Redis away from the node and has the
+// device answer, until the node holds the answer.
+func holdAnswer(t *testing.T, e *env, n *Node, device, client string, ttl time.Duration) heldAnswer {
+	t.Helper()
+	e.sendCommand(client, device, "1", n.NodeID())
+	h := heldAnswer{c: dialRaw(t, n.Addr(), 5), outage: &redisOutage{}}
+	n.rdb.AddHook(h.outage)
+	require.Equal(t, byte(0), h.c.connect(device, token(t, device, auth.RoleDevice, ttl)).ReasonCode)
+	eventually(t, 5*time.Second, func() bool { h.s = n.current(device); return h.s != nil }, "no session")
+	h.outage.down.Store(true)
+	require.NoError(t, h.c.answer(device, 9, `{"jsonrpc":"2.0","result":"held","id":"`+client+`:1"}`))
+	eventually(t, 5*time.Second, func() bool { return value(t, n.m.held) == 1 }, "the answer is not held")
+	return h
+}
+
+// ackedWhileOpen checks that the connection is still open and read (a
+// PINGREQ is answered), brings Redis back, and checks that the held
+// answer's PUBACK is the next packet.
+func (h heldAnswer) ackedWhileOpen(t *testing.T) {
+	t.Helper()
+	require.NoError(t, h.c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}}))
+	pk, err := h.c.recv(5 * time.Second)
+	require.NoError(t, err, "connection closed while it held an answer")
+	require.Equal(t, packets.Pingresp, pk.FixedHeader.Type, "got packet type %d, want PINGRESP", pk.FixedHeader.Type)
+	h.outage.down.Store(false)
+	pk, err = h.c.recv(10 * time.Second)
+	require.NoError(t, err, "no PUBACK once Redis was back")
+	require.Equal(t, packets.Puback, pk.FixedHeader.Type, "got packet type %d, want the held PUBACK first", pk.FixedHeader.Type)
+	require.Equal(t, uint16(9), pk.PacketID)
+}

@@ -4,10 +4,10 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"sync"
 	"time"
 
-	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/packets"
 	"go.opentelemetry.io/otel/attribute"
 	"go.opentelemetry.io/otel/codes"
@@ -44,25 +44,29 @@ func putEntries(b *[]mailbox.Entry) {
 	entryPool.Put(b)
 }
 
-// session is one live MQTT connection of an identity and the goroutine
-// that streams the identity's mailbox to it.
+// session is one live MQTT connection of an identity and the streaming of
+// the identity's mailbox to it.
 //
-// The hooks (on the goroutine reading the connection) only record events
-// under mu and kick the session goroutine; every Redis call is made by
-// the session goroutine, so a slow Redis never blocks mochi.
+// Its life is a sessionState (below). The connection's reading worker
+// records what the client did (a SUBSCRIBE, an UNSUBSCRIBE) and
+// processes PUBACKs itself (puback); the session's runner (a goroutine
+// that runs only while there is work, see runState) registers the
+// session, reads the mailbox and writes PUBLISHes; the background
+// goroutine makes the Redis calls nobody waits for (AckMany, Refuse,
+// Unsend). A slow Redis never blocks the connection's reads.
 //
-// Delivery: once the session has a subscription, the goroutine reads the
+// Delivery: once the session has a subscription, the runner reads the
 // mailbox in order (Fetch after a cursor, no more entries than the free
-// slots of the window) and sends each entry that one of its subscriptions
-// matches as a QoS 1 PUBLISH, with a packet ID it allocates itself,
-// keeping at most window PUBLISHes unacknowledged. A PUBACK read on this
-// very connection (hook OnPacketRead) removes the entry from the mailbox:
-// the PUBACKed entries are acked in batches (mailbox.AckMany) by the
-// session's background goroutine. Entries no subscription matches are
-// skipped and stay in the mailbox; a later subscription re-reads the
-// mailbox from the start. When the connection ends, unacknowledged
-// entries simply stay in the mailbox for the next session, wherever it
-// is.
+// slots of the window) and sends each entry that one of its
+// subscriptions matches as a QoS 1 PUBLISH, with a packet ID it
+// allocates itself, keeping at most window PUBLISHes unacknowledged. A
+// PUBACK read on this very connection takes the entry out of the window
+// and queues it for the background goroutine, which removes the
+// PUBACKed entries from the mailbox in batches (mailbox.AckMany). Entries
+// no subscription matches are skipped and stay in the mailbox; a later
+// subscription re-reads the mailbox from the start. When the connection
+// ends, unacknowledged entries simply stay in the mailbox for the next
+// session, wherever it is.
 //
 // Fetch marks every command entry it returns as on the wire. Each fetched
 // command entry that is not published after all (no subscription matches
@@ -71,82 +75,152 @@ func putEntries(b *[]mailbox.Entry) {
 // with mailbox.Unsend, by the background goroutine, so that Cancel and
 // the deliver-by timer see the truth.
 type session struct {
-	n        *Node
-	cl       *mqtt.Client
-	identity string
-	conn     string    // token of this connection in the session registry
-	role     auth.Role // the token's role: decides the topics (topicAllowed)
-	window   int
-	expiry   *time.Timer // closes the session when its token expires
+	n         *Node
+	cl        *client
+	identity  string
+	conn      string    // token of this connection in the session registry
+	role      auth.Role // the token's role: decides the topics (topicAllowed)
+	window    int
+	expires   int64 // when the token expires, unix nanoseconds; 0: never
+	expiryIdx int32 // in the node's expiries heap; -1: not in it
 
-	mu       sync.Mutex
-	subs     []string         // granted filters (QoS 1)
-	granted  []string         // filters granted by a SUBSCRIBE whose SUBACK is not written yet
-	acked    []puback         // PUBACKs read and not yet processed
-	wake     bool             // the mailbox may have new entries
-	rewind   bool             // a subscription was added: re-read skipped entries
-	shedding bool             // being closed by the node
-	acking   map[string]bool  // entry IDs PUBACKed whose Ack is queued or running (nil when none)
-	ackQ     *[]mailbox.Entry // PUBACKed entries for the background goroutine to ack (nil when none)
-	unsendQ  []mailbox.Entry  // fetched, unpublished entries for it to Unsend
-	refuseQ  []refusal        // command entries the device refused, for it to Refuse
-	bgBusy   bool             // the background goroutine is running
-	pending  bool             // something for the session goroutine to do
-	running  bool             // the session goroutine is running (for good once it has ended the session)
-
-	bgWG sync.WaitGroup // the background goroutine
-
-	// The delivery state, owned by the session goroutine. That goroutine
-	// runs only while there is work (see poke), so an idle session costs
-	// no goroutine; one run hands the state to the next under mu.
-	registered bool
-	inflight   map[uint16]mailbox.Entry // by packet ID; nil when empty
-	sending    map[string]bool          // entry IDs in flight; nil when empty
+	mu          sync.Mutex
+	state       sessionState
+	run         runState
+	subs        []string        // granted filters (QoS 1)
+	granted     []string        // filters granted by a SUBSCRIBE whose SUBACK is not written yet
+	wake        bool            // the mailbox may have new entries
+	rewind      bool            // a subscription was added: re-read skipped entries
+	reoffer     bool            // Redis is back from an outage: offer everything again, delivered commands too
+	reofferedAt int64           // when the last re-offer was asked for, unix nanoseconds
+	bgBusy      bool            // the background goroutine is running
+	acking      map[string]bool // entry IDs PUBACKed whose Ack is queued or running (nil when none)
+	ackQ        *[]mailbox.Entry
+	unsendQ     []mailbox.Entry // fetched, unpublished entries for it to Unsend
+	refuseQ     []refusal       // command entries the device refused, for it to Refuse
+	// The window, shared by the runner (which fills it) and the reading
+	// worker (whose PUBACKs empty it).
+	inflight map[uint16]mailbox.Entry // by packet ID; nil when empty
+	sending  map[string]bool          // entry IDs in flight; nil when empty
 	// delivered holds the command entries this connection PUBACKed: they
 	// stay in the mailbox until their command is final (re-offered to the
 	// device's next connection, DESIGN §7a), and a rewind must not send
 	// them again on this one. Bounded by maxDelivered; nil when empty.
 	delivered map[string]bool
-	cursor    string // last entry read
-	more      bool   // the mailbox may hold more after cursor
-	skipped   bool   // some entry was skipped for want of a subscription
-	pid       uint16 // last packet ID allocated
-	retry     *time.Timer
-	failing   bool
-	broken    bool // the connection refused a write: send nothing more
 
-	closed    chan struct{} // closed when the connection has ended
-	closeOnce sync.Once
-	finished  chan struct{} // closed when the session goroutine has ended the session (unregistered)
+	bgWG sync.WaitGroup // the background goroutine
+
+	// The reading position, the runner's alone (one run hands it to the
+	// next under mu).
+	cursor  string // last entry read
+	more    bool   // the mailbox may hold more after cursor
+	skipped bool   // some entry was skipped for want of a subscription
+	pid     uint16 // last packet ID allocated
+	retry   *time.Timer
+	failing bool
+
+	finished chan struct{} // closed when the session has ended (sessionEnded)
 }
+
+// sessionState is where a session is in its life:
+//
+//	                 register           SUBACK
+//	sessionNew ─────────────▶ sessionIdle ◀────▶ sessionStreaming
+//	     │  (or straight to Streaming      UNSUBSCRIBE   │
+//	     │   when subscribed already)      of the last   │
+//	     │                                               │
+//	     ├──── shed, token expiry, lame duck, ───────────┤
+//	     │     a write that failed                       ▼
+//	     │                                        sessionClosing
+//	     │                                               │
+//	     └──────── the connection ended ─────────────────┴──▶ sessionClosed ──▶ sessionEnded
+//	                                                              (acks, hand-backs done;
+//	                                                               registration cleared)
+//
+// Only the runner registers (New → Idle/Streaming) and ends
+// (Closed → Ended) a session; transitions are checked against
+// sessionTransitions.
+type sessionState uint8
+
+const (
+	sessionNew       sessionState = iota // established; not registered in Redis yet
+	sessionIdle                          // registered; no subscription: nothing is streamed
+	sessionStreaming                     // subscribed: the mailbox is streamed
+	sessionClosing                       // the connection is being closed (or refuses writes): nothing more is sent
+	sessionClosed                        // the connection has ended: what is queued is finished, then it is unregistered
+	sessionEnded                         // unregistered; nothing runs again
+)
+
+var sessionStateNames = [...]string{"new", "idle", "streaming", "closing", "closed", "ended"}
+
+func (st sessionState) String() string { return sessionStateNames[st] }
+
+// sessionTransitions lists, for each state, the states it may move to.
+var sessionTransitions = [...][]sessionState{
+	sessionNew:       {sessionIdle, sessionStreaming, sessionClosing, sessionClosed},
+	sessionIdle:      {sessionStreaming, sessionClosing, sessionClosed},
+	sessionStreaming: {sessionIdle, sessionClosing, sessionClosed},
+	sessionClosing:   {sessionClosed},
+	sessionClosed:    {sessionEnded},
+	sessionEnded:     nil,
+}
+
+// moveTo moves the session to state next if sessionTransitions allows
+// it from where it is, and reports whether it did. The caller holds mu.
+func (s *session) moveTo(next sessionState) bool {
+	if !slices.Contains(sessionTransitions[s.state], next) {
+		return false
+	}
+	s.state = next
+	return true
+}
+
+// runState says whether the session's runner is running: a session that
+// has nothing to do holds no goroutine.
+type runState uint8
+
+const (
+	runIdle  runState = iota // no runner
+	runBusy                  // a runner is stepping
+	runAgain                 // a runner is stepping, and more work arrived: it steps again
+)
 
 // maxDelivered bounds a session's set of delivered entries.
 const maxDelivered = 4096
 
-func newSession(n *Node, cl *mqtt.Client, expires time.Time) *session {
+func newSession(n *Node, c *client, claims *auth.Claims) *session {
 	window := n.cfg.Inflight
-	if rm := int(cl.Properties.Props.ReceiveMaximum); cl.Properties.ProtocolVersion == 5 && rm > 0 && rm < window {
+	if rm := int(c.receiveMax); c.version == 5 && rm > 0 && rm < window {
 		window = rm
 	}
 	s := &session{
-		n:        n,
-		cl:       cl,
-		identity: cl.ID,
-		conn:     n.newConnToken(),
-		window:   window,
-		closed:   make(chan struct{}),
-		finished: make(chan struct{}),
+		n:         n,
+		cl:        c,
+		identity:  c.id,
+		conn:      n.newConnToken(),
+		role:      internRole(claims.Role),
+		expiryIdx: -1,
+		window:    window,
+		finished:  make(chan struct{}),
 	}
-	if !expires.IsZero() {
-		s.expiry = time.AfterFunc(time.Until(expires), func() {
-			n.log.Info("token expired: closing session", "client_id", s.identity)
-			disconnect(cl, packets.ErrMaxConnectTime, "")
-		})
+	if exp := claims.Expires(); !exp.IsZero() {
+		s.expires = exp.UnixNano()
 	}
 	return s
 }
 
-// kick asks the goroutine to read the mailbox.
+// internRole returns the constant of a token's role, so that a session
+// keeps no string of the decoded token.
+func internRole(r auth.Role) auth.Role {
+	for _, known := range []auth.Role{auth.RoleDevice, auth.RoleClient, auth.RoleOperator} {
+		if r == known {
+			return known
+		}
+	}
+	return r
+}
+
+// kick asks the runner to read the mailbox.
 func (s *session) kick() {
 	s.mu.Lock()
 	s.wake = true
@@ -154,31 +228,40 @@ func (s *session) kick() {
 	s.poke()
 }
 
-// kickHere is kick, but when the session goroutine is not running, the
-// caller does the step itself (for the full sweep, whose workers bound
-// how many sessions read their mailbox at once); what arrives meanwhile
-// continues on a runner.
+// kickHere is kick, but when the runner is not running, the caller does
+// the step itself (for the full sweep, whose workers bound how many
+// sessions read their mailbox at once); what arrives meanwhile continues
+// on a runner.
 func (s *session) kickHere() {
 	s.mu.Lock()
 	s.wake = true
-	s.pending = true
-	start := !s.running
-	s.running = true
+	start := s.claimRun()
 	s.mu.Unlock()
-	if start && s.once() {
+	if start && s.stepOnce() {
 		// More arrived during the step (a busy session): it continues
 		// on a runner, so that no sweep worker is held by one session.
 		s.n.runners.start(s)
 	}
 }
 
-// poke gives the session goroutine something to do, starting it if it is
-// not running.
+// claimRun records that there is work, and reports whether the caller
+// must start a runner (none is running). The caller holds mu.
+func (s *session) claimRun() bool {
+	switch s.run {
+	case runIdle:
+		s.run = runBusy
+		return true
+	case runBusy:
+		s.run = runAgain
+	}
+	return false
+}
+
+// poke gives the runner something to do, starting it if it is not
+// running.
 func (s *session) poke() {
 	s.mu.Lock()
-	s.pending = true
-	start := !s.running
-	s.running = true
+	start := s.claimRun()
 	s.mu.Unlock()
 	if start {
 		// On a parked runner, whose stack has grown for a step already.
@@ -186,16 +269,33 @@ func (s *session) poke() {
 	}
 }
 
-// start starts the session: its goroutine registers it (and then waits
-// for work). The caller has added the session to n.sessWG.
+// start starts the session: its runner registers it. The caller has
+// added the session to n.sessWG.
 func (s *session) start() { s.poke() }
 
-// subscribed records filters granted by a SUBSCRIBE; they take effect
+// subscribed records the filters a SUBSCRIBE asks for, within limit
+// subscriptions in all; it reports which it granted (a filter subscribed
+// already is granted again without counting twice). They take effect
 // with subscribeDone.
-func (s *session) subscribed(filters []string) {
+func (s *session) subscribed(filters []string, limit int) []bool {
+	ok := make([]bool, len(filters))
 	s.mu.Lock()
-	s.granted = append(s.granted, filters...)
-	s.mu.Unlock()
+	defer s.mu.Unlock()
+	have := len(s.subs) + len(s.granted)
+	for i, f := range filters {
+		switch {
+		case slices.Contains(s.subs, f) || slices.Contains(s.granted, f):
+			ok[i] = true
+			if !slices.Contains(s.granted, f) {
+				s.granted = append(s.granted, f)
+			}
+		case have < limit:
+			ok[i] = true
+			have++
+			s.granted = append(s.granted, strings.Clone(f)) // not the packet's bytes
+		}
+	}
+	return ok
 }
 
 // subscribeDone makes the filters granted by a SUBSCRIBE take effect and
@@ -214,38 +314,28 @@ func (s *session) subscribeDone() {
 	}
 	s.granted = nil
 	s.wake, s.rewind = true, true
+	if s.state == sessionIdle {
+		s.moveTo(sessionStreaming)
+	}
 	s.mu.Unlock()
 	s.poke()
 }
 
-// subscribedTo reports whether filter is one of the session's
-// subscriptions.
-func (s *session) subscribedTo(filter string) bool {
+// unsubscribed forgets filters; it reports which were subscribed.
+func (s *session) unsubscribed(filters []string) []bool {
+	removed := make([]bool, len(filters))
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	return slices.Contains(s.subs, filter)
-}
-
-// subscriptions returns how many filters the session has subscribed to,
-// those whose SUBACK is not written yet included.
-func (s *session) subscriptions() int {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.subs) + len(s.granted)
-}
-
-// unsubscribed forgets filters.
-func (s *session) unsubscribed(filters []string) {
-	s.mu.Lock()
-	s.subs = slices.DeleteFunc(s.subs, func(f string) bool { return slices.Contains(filters, f) })
-	s.mu.Unlock()
-}
-
-// puback is one PUBACK read on the connection: its packet ID and (MQTT
-// 5) reason code.
-type puback struct {
-	pid  uint16
-	code byte
+	for i, f := range filters {
+		if k := slices.Index(s.subs, f); k >= 0 {
+			s.subs = slices.Delete(s.subs, k, k+1)
+			removed[i] = true
+		}
+	}
+	if len(s.subs) == 0 && s.state == sessionStreaming {
+		s.moveTo(sessionIdle)
+	}
+	return removed
 }
 
 // refusal is a command entry that its device refused with a PUBACK
@@ -255,138 +345,36 @@ type refusal struct {
 	code byte
 }
 
-// puback records the PUBACK of packet ID pid on this connection, with its
-// reason code (0 for MQTT 3.1.1).
+// puback processes the PUBACK of packet ID pid read on this connection,
+// with its reason code (0 for MQTT 3.1.1), on the reading worker: the
+// entry leaves the window and goes to the background goroutine, which
+// removes it from the mailbox (AckMany) or, for a command its device
+// refused (reason code 0x80 or more), ends the command rejected
+// (mailbox.Store.Refuse). A client that refuses a result will never take
+// it either: that delivery is complete all the same. A PUBACK of a
+// packet ID that is not in flight is ignored.
 func (s *session) puback(pid uint16, code byte) {
 	s.mu.Lock()
-	s.acked = append(s.acked, puback{pid, code})
-	s.mu.Unlock()
-	s.poke()
-}
-
-// close tells the goroutine that the connection has ended.
-func (s *session) close() {
-	s.closeOnce.Do(func() {
-		if s.expiry != nil {
-			s.expiry.Stop()
-		}
-		close(s.closed)
-		s.poke()
-	})
-}
-
-// isClosed reports whether the connection has ended.
-func (s *session) isClosed() bool {
-	select {
-	case <-s.closed:
-		return true
-	default:
-		return false
-	}
-}
-
-func (s *session) hasSubscription() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return len(s.subs) > 0
-}
-
-func (s *session) isShed() bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.shedding
-}
-
-// shed closes the session because another node owns the identity (or the
-// node is stopping): MQTT 5 clients get DISCONNECT 0x9C with the owner's
-// URL as server reference (0x8B when no owner is known).
-func (s *session) shed(owner ring.Member) {
-	s.mu.Lock()
-	if s.shedding {
+	e, ok := s.inflight[pid]
+	if !ok {
 		s.mu.Unlock()
 		return
 	}
-	s.shedding = true
-	s.mu.Unlock()
-	s.n.m.sheds.Inc()
-	if owner.URL != "" {
-		disconnect(s.cl, packets.ErrUseAnotherServer, owner.URL)
-	} else {
-		disconnect(s.cl, packets.ErrServerShuttingDown, "")
+	delete(s.inflight, pid)
+	delete(s.sending, e.ID)
+	if s.acking == nil {
+		s.acking = idSetPool.Get().(map[string]bool)
 	}
-}
-
-// take returns and clears what the hooks recorded.
-func (s *session) take() (acked []puback, wake, rewind bool, subs []string) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	acked, s.acked = s.acked, nil
-	wake, rewind = s.wake, s.rewind
-	s.wake, s.rewind = false, false
-	return acked, wake, rewind, slices.Clone(s.subs)
-}
-
-// run is the session goroutine: it runs while there is something to do
-// (a kick, a subscription, a PUBACK, the end of the connection) and
-// returns when there is nothing, so that idle sessions hold no goroutine.
-// At most one runs at a time (poke). The first run registers the session;
-// the run that sees the connection closed ends the session for good.
-func (s *session) run() {
-	for s.once() {
-	}
-}
-
-// once does the pending step, if any, and reports whether more is
-// pending; when it reports false, running is cleared (nothing pending)
-// or the session has ended (running stays set: no run starts again).
-func (s *session) once() bool {
-	s.mu.Lock()
-	if !s.pending {
-		s.running = false
-		s.mu.Unlock()
-		return false
-	}
-	s.pending = false
-	s.mu.Unlock()
-	if !s.registered {
-		s.registered = true
-		s.register()
-	}
-	if s.step() {
-		return false // ended
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if !s.pending {
-		s.running = false
-		return false
-	}
-	return true
-}
-
-// step does what the hooks recorded: it processes the PUBACKs, then,
-// when the session is subscribed, refills the window from the mailbox.
-// It returns true when it has ended the session (the connection closed).
-func (s *session) step() bool {
-	closed := s.isClosed()
-	acked, wake, rewind, subs := s.take()
-	var buf [4]mailbox.Entry
-	acks := buf[:0]
-	var refusals []refusal
-	for _, a := range acked {
-		e, ok := s.inflight[a.pid]
-		if !ok {
-			continue // not ours (or acked twice)
+	s.acking[e.ID] = true
+	refused := code >= packets.ErrUnspecifiedError.Code
+	switch {
+	case refused && e.Client != "":
+		s.refuseQ = append(s.refuseQ, refusal{e, code})
+	default:
+		if s.ackQ == nil {
+			s.ackQ = entryPool.Get().(*[]mailbox.Entry)
 		}
-		delete(s.inflight, a.pid)
-		delete(s.sending, e.ID)
-		if a.code >= packets.ErrUnspecifiedError.Code && e.Client != "" {
-			// A device refused a command: it will never take it, and it
-			// ends rejected instead of delivered.
-			refusals = append(refusals, refusal{e, a.code})
-			continue
-		}
-		acks = append(acks, e)
+		*s.ackQ = append(*s.ackQ, e)
 		if e.Client != "" {
 			if s.delivered == nil || len(s.delivered) >= maxDelivered {
 				s.delivered = make(map[string]bool) // past the bound: a rewind may repeat one (devices dedupe)
@@ -394,20 +382,182 @@ func (s *session) step() bool {
 			s.delivered[e.ID] = true
 		}
 	}
-	if s.inflight != nil && len(s.inflight) == 0 {
-		// Give the maps back while idle.
-		clear(s.sending) // in step with inflight; cleared to be sure
-		flightPool.Put(s.inflight)
-		idSetPool.Put(s.sending)
-		s.inflight, s.sending = nil, nil
+	if len(s.inflight) == 0 {
+		s.releaseWindow()
 	}
-	s.enqueue(acks, refusals, nil)
-	if closed {
+	bg := s.claimBackground()
+	free := s.window - len(s.inflight)
+	refill := s.state == sessionStreaming && (free == s.window || free >= max(1, s.window/4))
+	s.mu.Unlock()
+	if refused {
+		s.n.log.Info("client refused a message", "client_id", s.identity, "reason", code)
+	}
+	if bg {
+		go s.background()
+	}
+	if refill {
+		s.poke()
+	}
+}
+
+// releaseWindow gives the window's maps back while nothing is in
+// flight. The caller holds mu.
+func (s *session) releaseWindow() {
+	if s.inflight == nil {
+		return
+	}
+	clear(s.sending) // in step with inflight; cleared to be sure
+	flightPool.Put(s.inflight)
+	idSetPool.Put(s.sending)
+	s.inflight, s.sending = nil, nil
+}
+
+// closing records that the connection is being closed (shed, token
+// expiry, lame duck): nothing more is sent on it. It reports whether the
+// session was open until now.
+func (s *session) closing() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.moveTo(sessionClosing)
+}
+
+// close tells the runner that the connection has ended, once: the node
+// forgets the session first, so that the runner's unregister sees whether
+// a newer session of the identity lives here. It reports whether it did.
+func (s *session) close() bool {
+	s.n.expiries.remove(s)
+	s.mu.Lock()
+	moved := s.moveTo(sessionClosed)
+	s.mu.Unlock()
+	if moved {
+		s.n.forget(s)
+		s.poke()
+	}
+	return moved
+}
+
+// current returns the session's state.
+func (s *session) current() sessionState {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.state
+}
+
+// isClosed reports whether the connection has ended.
+func (s *session) isClosed() bool { return s.current() >= sessionClosed }
+
+func (s *session) hasSubscription() bool { return s.current() == sessionStreaming }
+
+// isShed reports whether the connection is being closed already.
+func (s *session) isShed() bool { return s.current() >= sessionClosing }
+
+// shed closes the session because another node owns the identity (or the
+// node is stopping): MQTT 5 clients get DISCONNECT 0x9C with the owner's
+// URL as server reference (0x8B when no owner is known).
+func (s *session) shed(owner ring.Member) {
+	if !s.closing() {
+		return
+	}
+	s.n.m.sheds.Inc()
+	if owner.URL != "" {
+		s.n.closeAnswered(s.cl, packets.ErrUseAnotherServer, owner.URL)
+	} else {
+		s.n.closeAnswered(s.cl, packets.ErrServerShuttingDown, "")
+	}
+}
+
+// take returns and clears what the connection recorded for the runner.
+// A re-offer forgets what this connection PUBACKed.
+func (s *session) take() (state sessionState, wake, rewind, reoffer bool, subs []string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	wake, rewind, reoffer = s.wake, s.rewind, s.reoffer
+	s.wake, s.rewind, s.reoffer = false, false, false
+	if reoffer {
+		s.delivered = nil
+	}
+	return s.state, wake, rewind, reoffer, slices.Clone(s.subs)
+}
+
+// offerAgain has the mailbox read again from its start, and the commands
+// this connection has PUBACKed offered again (same id), once: after Redis
+// came back from an outage (DESIGN §7a, "Re-offer"), during which an
+// answer may have been lost. Devices answer a repeated id again without
+// executing it again.
+//
+// Both the node (its sweep) and the session (its mailbox read) notice
+// the end of an outage: a session re-offers at most once per
+// reofferSweeps sweep intervals, so one outage re-offers once.
+func (s *session) offerAgain() {
+	now := time.Now().UnixNano()
+	s.mu.Lock()
+	if s.state != sessionStreaming || (s.reofferedAt != 0 && now-s.reofferedAt < int64(reofferSweeps*s.n.cfg.SweepInterval)) {
+		s.mu.Unlock()
+		return
+	}
+	s.reofferedAt = now
+	s.reoffer, s.wake = true, true
+	s.mu.Unlock()
+	s.n.m.reoffers.Inc()
+	s.poke()
+}
+
+// reofferSweeps is how many sweep intervals a re-offer covers (see
+// offerAgain).
+const reofferSweeps = 5
+
+// runSession is the runner: it steps while there is something to do (a
+// kick, a subscription, a freed slot of the window, the end of the
+// connection) and returns when there is nothing, so that idle sessions
+// hold no goroutine. At most one runs at a time (poke).
+func (s *session) runSession() {
+	for s.stepOnce() {
+	}
+}
+
+// stepOnce does a step and reports whether more work arrived meanwhile
+// (the caller steps again); when it reports false, the run state is idle,
+// or the session has ended (the run state stays busy: no runner starts
+// again).
+func (s *session) stepOnce() bool {
+	if s.step() {
+		return false // ended
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.run == runAgain {
+		s.run = runBusy
+		return true
+	}
+	s.run = runIdle
+	return false
+}
+
+// step registers a new session, ends a closed one, and, when the
+// session is streaming, refills the window from the mailbox. It returns
+// true when it has ended the session.
+func (s *session) step() bool {
+	state, wake, rewind, reoffer, subs := s.take()
+	if state == sessionNew {
+		s.register()
+		s.mu.Lock()
+		if len(s.subs) > 0 {
+			s.moveTo(sessionStreaming)
+		} else {
+			s.moveTo(sessionIdle)
+		}
+		state = s.state
+		s.mu.Unlock()
+	}
+	if state == sessionClosed {
 		if s.retry != nil {
 			s.retry.Stop()
 		}
 		s.bgWG.Wait()
 		s.unregister()
+		s.mu.Lock()
+		s.moveTo(sessionEnded)
+		s.mu.Unlock()
 		close(s.finished)
 		s.n.sessWG.Done()
 		return true
@@ -415,19 +565,22 @@ func (s *session) step() bool {
 	if wake {
 		s.more = true
 	}
-	if rewind && s.skipped {
+	if reoffer || (rewind && s.skipped) {
 		s.cursor, s.skipped, s.more = "", false, true
 	}
-	if len(subs) == 0 || s.broken {
-		return false // nothing is streamed before a subscription
+	if state != sessionStreaming {
+		return false // nothing is streamed before a subscription, nor once closing
 	}
 	// Refill the window in batches of at least a quarter of it (one
 	// Fetch for many entries), unless nothing is in flight. Fetch marks
 	// what it returns as on the wire: ask for no more than the free
 	// slots.
 	refill := max(1, s.window/4)
-	for s.more && !s.broken && !s.isClosed() && (len(s.inflight) == 0 || s.window-len(s.inflight) >= refill) {
-		want := s.window - len(s.inflight)
+	for s.more {
+		want, sending := s.freeSlots()
+		if want == 0 || (want < refill && sending) {
+			break
+		}
 		ctx, cancel := context.WithTimeout(s.n.ctx, redisTimeout)
 		entries, more, err := s.n.store.FetchPage(ctx, s.identity, s.cursor, want)
 		cancel()
@@ -447,90 +600,161 @@ func (s *session) step() bool {
 			break
 		}
 		if s.failing {
+			// Back from an outage: what this page holds is sent, and
+			// the next step reads the mailbox again from its start.
 			s.failing = false
 			s.n.log.Info("mailbox readable again", "client_id", s.identity)
+			s.offerAgain()
 		}
 		s.n.m.reads.Inc()
 		if len(entries) < want && !more {
 			s.more = false
 		}
-		if len(entries) == 0 {
-			continue // a run of stale entries, skipped and deleted: read on
+		if !s.send(entries, subs) {
+			break
 		}
-		var unsend []mailbox.Entry
-		// notSent hands a fetched entry back (command entries only: Fetch
-		// marks nothing else).
-		notSent := func(e mailbox.Entry) {
-			if e.Client != "" {
-				unsend = append(unsend, e)
-			}
-		}
-		for _, e := range entries {
-			s.cursor = e.ID
-			if s.broken {
-				notSent(e)
-				continue
-			}
-			if s.sending[e.ID] || s.isAcking(e.ID) {
-				notSent(e) // re-read after a rewind: already on the wire
-				continue
-			}
-			if s.delivered[e.ID] {
-				continue // re-read after a rewind: this connection PUBACKed it
-			}
-			if !matchesAny(subs, e.Topic) {
-				s.skipped = true
-				notSent(e)
-				continue
-			}
-			if s.isClosed() {
-				s.broken, s.more = true, false
-				notSent(e)
-				continue
-			}
-			for {
-				s.pid++
-				if s.pid == 0 {
-					s.pid = 1
-				}
-				if _, used := s.inflight[s.pid]; !used {
-					break
-				}
-			}
-			if h := s.n.beforePublish.Load(); h != nil {
-				(*h)(s)
-			}
-			err := s.publish(s.pid, e)
-			if errors.Is(err, packets.ErrPacketTooLarge) {
-				// Larger than the client's Maximum Packet Size: it can
-				// never be delivered on this connection. It stays in the
-				// mailbox (until it expires).
-				s.n.log.Warn("mailbox entry too large for the client's maximum packet size; skipped",
-					"client_id", s.identity, "entry", e.ID, "size", len(e.Payload), telemetry.KeyTraceID, telemetry.TraceIDOf(e.TraceParent))
-				s.skipped = true
-				notSent(e)
-				continue
-			}
-			if err != nil {
-				// The connection is going away; the close follows. A
-				// failed write never completes a PUBLISH, so neither this
-				// entry nor the rest of the batch went out.
-				s.n.log.Debug("cannot send mailbox entry", "client_id", s.identity, "err", err)
-				s.broken, s.more = true, false
-				notSent(e)
-				continue
-			}
-			if s.inflight == nil {
-				s.inflight = flightPool.Get().(map[uint16]mailbox.Entry)
-				s.sending = idSetPool.Get().(map[string]bool)
-			}
-			s.inflight[s.pid] = e
-			s.sending[e.ID] = true
-			s.n.m.delivers.Inc()
-		}
-		s.enqueue(nil, nil, unsend)
 	}
 	return false
+}
+
+// freeSlots returns how many entries the window can take, and whether
+// any is in flight; 0 when the session no longer streams.
+func (s *session) freeSlots() (free int, sending bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.state != sessionStreaming {
+		return 0, false
+	}
+	return s.window - len(s.inflight), len(s.inflight) > 0
+}
+
+// send publishes the fetched entries that a subscription matches, in
+// order, each into the window, and hands the others back (Unsend). It
+// reports false when the connection refuses writes (nothing more is
+// sent).
+func (s *session) send(entries []mailbox.Entry, subs []string) bool {
+	var unsend []mailbox.Entry
+	// notSent hands a fetched entry back (command entries only: Fetch
+	// marks nothing else).
+	notSent := func(e mailbox.Entry) {
+		if e.Client != "" {
+			unsend = append(unsend, e)
+		}
+	}
+	ok := true
+	for _, e := range entries {
+		s.cursor = e.ID
+		if !ok {
+			notSent(e)
+			continue
+		}
+		pid, verdict := s.place(e, subs)
+		switch verdict {
+		case placeOnWire:
+			notSent(e) // re-read after a rewind: already on the wire
+			continue
+		case placeDelivered:
+			continue // re-read after a rewind: this connection PUBACKed it
+		case placeSkipped:
+			s.skipped = true
+			notSent(e)
+			continue
+		case placeClosed:
+			ok, s.more = false, false
+			notSent(e)
+			continue
+		}
+		if h := s.n.beforePublish.Load(); h != nil {
+			(*h)(s)
+		}
+		err := s.publish(pid, e)
+		if err == nil {
+			s.n.m.delivers.Inc()
+			continue
+		}
+		if !s.unplace(pid) {
+			continue // PUBACKed all the same: the client had it
+		}
+		notSent(e)
+		if errors.Is(err, packets.ErrPacketTooLarge) {
+			// Larger than the client's Maximum Packet Size: it can never
+			// be delivered on this connection. It stays in the mailbox
+			// (until it expires).
+			s.n.log.Warn("mailbox entry too large for the client's maximum packet size; skipped",
+				"client_id", s.identity, "entry", e.ID, "size", len(e.Payload), telemetry.KeyTraceID, telemetry.TraceIDOf(e.TraceParent))
+			s.skipped = true
+			continue
+		}
+		// The connection is going away; the close follows. A failed
+		// write never completes a PUBLISH, so neither this entry nor the
+		// rest of the batch went out.
+		s.n.log.Debug("cannot send mailbox entry", "client_id", s.identity, "err", err)
+		s.closing()
+		ok, s.more = false, false
+	}
+	s.enqueue(unsend)
+	return ok
+}
+
+// Where place puts a fetched entry.
+const (
+	placeInWindow  = iota // in the window, with a packet ID: publish it
+	placeOnWire           // in flight or being acked already
+	placeDelivered        // this connection PUBACKed it already
+	placeSkipped          // no subscription matches it
+	placeClosed           // the session no longer streams
+)
+
+// place puts entry e into the window with a new packet ID, unless it is
+// there already, was delivered on this connection, no subscription
+// matches it, or the session no longer streams. It is in the window
+// before its PUBLISH is written, so that its PUBACK always finds it.
+func (s *session) place(e mailbox.Entry, subs []string) (uint16, int) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	switch {
+	case s.sending[e.ID] || s.acking[e.ID]:
+		return 0, placeOnWire
+	case s.delivered[e.ID]:
+		return 0, placeDelivered
+	case !matchesAny(subs, e.Topic):
+		return 0, placeSkipped
+	case s.state != sessionStreaming:
+		return 0, placeClosed
+	}
+	for {
+		s.pid++
+		if s.pid == 0 {
+			s.pid = 1
+		}
+		if _, used := s.inflight[s.pid]; !used {
+			break
+		}
+	}
+	if s.inflight == nil {
+		s.inflight = flightPool.Get().(map[uint16]mailbox.Entry)
+		s.sending = idSetPool.Get().(map[string]bool)
+	}
+	s.inflight[s.pid] = e
+	s.sending[e.ID] = true
+	return s.pid, placeInWindow
+}
+
+// unplace takes back the entry of packet ID pid whose PUBLISH could not
+// be written; false when it is not in the window anymore (PUBACKed).
+func (s *session) unplace(pid uint16) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	e, ok := s.inflight[pid]
+	if !ok {
+		return false
+	}
+	delete(s.inflight, pid)
+	delete(s.sending, e.ID)
+	if len(s.inflight) == 0 {
+		s.releaseWindow()
+	}
+	return true
 }
 
 // publish writes entry e as a QoS 1 PUBLISH with packet ID pid. An
@@ -550,15 +774,15 @@ func (s *session) publish(pid uint16, e mailbox.Entry) error {
 		pk.Expiry = e.Expires.Unix() // MQTT 5 message expiry interval
 	}
 	if e.TraceParent == "" {
-		return s.cl.WritePacket(pk)
+		return s.cl.writePacket(pk)
 	}
 	if !telemetry.Enabled() {
 		// No span to record: the entry's traceparent goes on as it is
 		// (written by the gateway, so well-formed), at no cost.
-		if s.cl.Properties.ProtocolVersion == 5 {
+		if s.cl.version == 5 {
 			pk.Properties.User = []packets.UserProperty{{Key: "traceparent", Val: e.TraceParent}}
 		}
-		return s.cl.WritePacket(pk)
+		return s.cl.writePacket(pk)
 	}
 	name, attrs := "deliver", []attribute.KeyValue{attribute.String("client_id", s.identity)}
 	if e.Client != "" {
@@ -570,62 +794,45 @@ func (s *session) publish(pid uint16, e mailbox.Entry) error {
 			attribute.String("messaging.system", "mqtt"), attribute.String("messaging.destination.name", e.Topic),
 			attribute.String("node", s.n.cfg.NodeID))...))
 	defer span.End()
-	if s.cl.Properties.ProtocolVersion == 5 {
+	if s.cl.version == 5 {
 		pk.Properties.User = []packets.UserProperty{{Key: "traceparent", Val: telemetry.TraceParent(ctx)}}
 	}
-	err := s.cl.WritePacket(pk)
+	err := s.cl.writePacket(pk)
 	if err != nil {
 		span.SetStatus(codes.Error, err.Error())
 	}
 	return err
 }
 
-// enqueue hands PUBACKed entries (acks), refused command entries
-// (refusals) and fetched but unpublished entries (unsends) to the
-// session's background goroutine, starting it if it is not running, so
-// that the window refills without waiting for Redis. Until its Ack (or
-// Refuse) is done, a re-read of the mailbox skips an acked entry. It
-// copies the entries: the caller keeps its slices.
-func (s *session) enqueue(acks []mailbox.Entry, refusals []refusal, unsends []mailbox.Entry) {
-	if len(acks) == 0 && len(refusals) == 0 && len(unsends) == 0 {
+// enqueue hands fetched but unpublished entries to the background
+// goroutine (Unsend), starting it if it is not running. It copies the
+// entries: the caller keeps its slice.
+func (s *session) enqueue(unsends []mailbox.Entry) {
+	if len(unsends) == 0 {
 		return
 	}
 	s.mu.Lock()
-	if len(refusals) > 0 {
-		if s.acking == nil {
-			s.acking = idSetPool.Get().(map[string]bool)
-		}
-		for _, r := range refusals {
-			s.acking[r.e.ID] = true
-		}
-		s.refuseQ = append(s.refuseQ, refusals...)
-	}
-	if len(acks) > 0 {
-		if s.acking == nil {
-			s.acking = idSetPool.Get().(map[string]bool)
-		}
-		if s.ackQ == nil {
-			s.ackQ = entryPool.Get().(*[]mailbox.Entry)
-		}
-		for _, e := range acks {
-			s.acking[e.ID] = true
-		}
-		*s.ackQ = append(*s.ackQ, acks...)
-	}
 	s.unsendQ = append(s.unsendQ, unsends...)
-	start := !s.bgBusy
-	if start {
-		s.bgBusy = true
-		s.bgWG.Add(1)
-	}
+	start := s.claimBackground()
 	s.mu.Unlock()
 	if start {
 		go s.background()
 	}
 }
 
-// background makes the Redis calls that the session goroutine does not
-// wait for, until nothing is queued: the Unsends first (so that an entry
+// claimBackground reports whether the caller must start the background
+// goroutine for what it has just queued (none is running). The caller
+// holds mu.
+func (s *session) claimBackground() bool {
+	if s.bgBusy {
+		return false
+	}
+	s.bgBusy = true
+	s.bgWG.Add(1)
+	return true
+}
+
+// background makes the Redis calls that nobody waits for, until nothing is queued: the Unsends first (so that an entry
 // re-read while its Ack is still queued gets its attempt back before the
 // Ack makes it delivered), then the refused command entries, one Refuse
 // each, then all the PUBACKed entries in one AckMany. What arrives
@@ -673,12 +880,6 @@ func (s *session) background() {
 			putEntries(acks)
 		}
 	}
-}
-
-func (s *session) isAcking(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.acking[id]
 }
 
 // ack removes entries whose PUBACK arrived on this connection, in one

@@ -130,7 +130,7 @@ func TestBrokenConnectionIsUnsent(t *testing.T) {
 	}
 	kill := func(s *session) {
 		if s.identity == device {
-			s.cl.Stop(packets.ErrServerShuttingDown)
+			s.cl.stop()
 		}
 	}
 	n.beforePublish.Store(&kill)

@@ -86,7 +86,7 @@ func newWSListener(ln net.Listener, tlsConfig *tls.Config, connectTimeout time.D
 		upgrader: websocket.Upgrader{
 			HandshakeTimeout: connectTimeout,
 			// Small: a connection's read buffer is held for its life
-			// (mochi reads the stream through its own).
+			// (connReader reads the stream through its own).
 			ReadBufferSize:  512,
 			WriteBufferPool: &wsWriteBuffers,
 			Subprotocols:    []string{"mqtt"},
@@ -161,7 +161,8 @@ func (l *wsListener) Addr() net.Addr { return l.ln.Addr() }
 // other, Write sends each buffer as one binary message.
 //
 // Reads happen on one goroutine at a time (conn.go); writes may come
-// from several (mochi, the session) and are serialized here. The write
+// from several (the reading worker, the session's runner, the
+// completer) and are serialized here. The write
 // deadline is kept here and applied to each write (gorilla's own is not
 // safe against a concurrent write), and set on the socket at once too,
 // so that it also ends a write that is blocked already.

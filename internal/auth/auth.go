@@ -141,6 +141,13 @@ func NewVerifier(secret []byte) (*Verifier, error) {
 	return newVerifier(secret, DefaultCacheSize, time.Now)
 }
 
+// NewVerifierSize is NewVerifier remembering up to cacheSize verified
+// tokens; 0 remembers none (for a caller that verifies each token once,
+// such as the push server at a CONNECT).
+func NewVerifierSize(secret []byte, cacheSize int) (*Verifier, error) {
+	return newVerifier(secret, cacheSize, time.Now)
+}
+
 func newVerifier(secret []byte, cacheSize int, now func() time.Time) (*Verifier, error) {
 	if len(secret) == 0 {
 		return nil, ErrNoSecret
