@@ -1,6 +1,9 @@
 package main
 
-import "github.com/prometheus/client_golang/prometheus"
+import (
+	"github.com/iotgw/gateway/mailbox"
+	"github.com/prometheus/client_golang/prometheus"
+)
 
 // Reasons of gw_push_responses_dropped_total.
 const (
@@ -50,7 +53,11 @@ type metrics struct {
 	reoffers prometheus.Counter
 }
 
-func newMetrics(reg prometheus.Registerer) *metrics {
+// newMetrics registers the push server's metrics with reg. store returns
+// the node's mailbox store once it has started (nil before): results the
+// push server completes are relayed by it too, so its relay counters are
+// exported here as the workers export theirs.
+func newMetrics(reg prometheus.Registerer, store func() *mailbox.Store) *metrics {
 	m := &metrics{
 		sessions: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "gw_push_sessions", Help: "Live MQTT sessions on this push server.",
@@ -116,6 +123,24 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 	for _, o := range []string{"rejected", "noop"} {
 		m.refusals.WithLabelValues(o)
 	}
+	relayed := func(count func(*mailbox.Store) int64) func() float64 {
+		return func() float64 {
+			if s := store(); s != nil {
+				return float64(count(s))
+			}
+			return 0
+		}
+	}
+	reg.MustRegister(
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gw_final_conflicts_total",
+			Help: "Results this push server relayed that found a different final already in the client's claim: not delivered, written back to the record (DESIGN §7a), each logged at WARN.",
+		}, relayed((*mailbox.Store).FinalConflicts)),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Name: "gw_commands_lost_total",
+			Help: "Commands this push server's mailbox store ended as lost (-32006 \"lost by the gateway\"), each logged at WARN.",
+		}, relayed((*mailbox.Store).Lost)),
+	)
 	reg.MustRegister(m.sessions, m.connecting, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.unsent, m.refusals, m.abandoned, m.codecPanics, m.held, m.late, m.wakeResubscribes, m.reoffers)
 	return m
 }

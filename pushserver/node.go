@@ -53,15 +53,18 @@ type Node struct {
 	node, url, addr string
 	rdb             redis.UniversalClient
 	store           *mailbox.Store
-	ring            *ring.Ring
-	pub             *amqpx.Publisher
-	maxClients      int64
-	workers         *workers[*client]  // process the connections' packets (conn.go)
-	runners         *workers[*session] // run the sessions' steps
-	lis             *listener
-	wsLis           *listener // MQTT over WebSocket; nil when Config.WSAddr is empty
-	wsAddr          string
-	metricsSrv      *telemetry.MetricsServer
+	// relays is store once Start has set it, for the metrics that read
+	// its relay counters (registered before Start).
+	relays     atomic.Pointer[mailbox.Store]
+	ring       *ring.Ring
+	pub        *amqpx.Publisher
+	maxClients int64
+	workers    *workers[*client]  // process the connections' packets (conn.go)
+	runners    *workers[*session] // run the sessions' steps
+	lis        *listener
+	wsLis      *listener // MQTT over WebSocket; nil when Config.WSAddr is empty
+	wsAddr     string
+	metricsSrv *telemetry.MetricsServer
 
 	ctx        context.Context // cancelled by kill, or at the end of Shutdown
 	cancel     context.CancelFunc
@@ -135,12 +138,12 @@ func NewNode(cfg Config) (*Node, error) {
 		cfg:        cfg,
 		log:        cfg.Logger,
 		verifier:   v,
-		m:          newMetrics(cfg.Registry),
 		topo:       protocol.NewTopology(cfg.Namespace, cfg.Queues, cfg.Partitions),
 		byID:       make(map[string]*session),
 		connPrefix: hex.EncodeToString(prefix[:]),
 		revived:    make(chan struct{}, 1),
 	}
+	n.m = newMetrics(cfg.Registry, n.relays.Load)
 	n.expiries.n = n
 	return n, nil
 }
@@ -272,6 +275,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 		},
 		Logger: n.log,
 	})
+	n.relays.Store(n.store)
 	n.ring = ring.New(n.rdb, n.cfg.Namespace, ring.Options{
 		Heartbeat: n.cfg.RingHeartbeat, TTL: n.cfg.RingTTL, Grace: n.cfg.RingGrace, Logger: n.cfg.Logger, // the ring logs the node itself
 		OnPruned: n.forgetSilentNodes,
