@@ -130,8 +130,9 @@ func waitTCP(ctx context.Context, addr string, d time.Duration, p *gwproc.Proc) 
 }
 
 // startPushServer starts one push server in ns and waits until it
-// listens and is a ring member. Its Prometheus metrics are served at
-// p.metrics (see scrapeGo).
+// listens and is a ring member. Node "push-N" is process pushserver-N.
+// Its Prometheus metrics (and pprof) are served at b.metricsAddr[p] (see
+// scrapeGo).
 func (b *Bench) startPushServer(ctx context.Context, section, ns, node string) (*gwproc.Proc, string, error) {
 	if err := b.need("pushserver"); err != nil {
 		return nil, "", err
@@ -144,7 +145,7 @@ func (b *Bench) startPushServer(ctx context.Context, section, ns, node string) (
 	if err != nil {
 		return nil, "", err
 	}
-	p := b.proc(section, "pushserver-0", "pushserver", []string{"--mqtt-addr", addr, "--node-id", node, "--metrics-addr", maddr}, b.gwEnv(ns))
+	p := b.proc(section, "pushserver-"+strings.TrimPrefix(node, "push-"), "pushserver", []string{"--mqtt-addr", addr, "--node-id", node, "--metrics-addr", maddr}, b.gwEnv(ns))
 	b.metricsAddr[p] = maddr
 	if err := p.Start(); err != nil {
 		return nil, "", err

@@ -81,7 +81,12 @@ import (
 
 func main() {
 	ctx, cancel := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	err := run(ctx, os.Args[1:], os.Getenv, os.Stdout)
+	var err error
+	if len(os.Args) > 1 && os.Args[1] == idleClientsCmd {
+		err = runIdleClients(ctx, os.Args[2:], os.Getenv, os.Stdin, os.Stdout)
+	} else {
+		err = run(ctx, os.Args[1:], os.Getenv, os.Stdout)
+	}
 	cancel()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
