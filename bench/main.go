@@ -17,7 +17,7 @@
 //   - cluster: the same round trip with every service's GW_REDIS_URL on
 //     the local Redis Cluster (--redis-cluster-url, `make services`), at
 //     the maximum rate and at half of it;
-//   - reconnect: a device that connects to 1,000 waiting commands;
+//   - reconnect: a device that connects to 10,000 waiting commands;
 //   - intake: the apiserver alone, no workers;
 //   - worker: one msgworker draining a pre-filled command queue;
 //   - push: one push server streaming mailboxes to 1,000 subscribers, and
@@ -106,7 +106,7 @@ var sectionDefs = []sectionDef{
 	{"baseline", "Bare RabbitMQ baseline (one hop, the gateway's settings)", runBaseline, 60 * time.Second},
 	{"roundtrip", "Round trip through the gateway, state on one Redis server", runRoundtrip, 2 * time.Minute},
 	{"cluster", "Round trip through the gateway, state on the local Redis Cluster", runRoundtripCluster, 100 * time.Second},
-	{"reconnect", "A device reconnecting to 1,000 waiting commands", runReconnect, 90 * time.Second},
+	{"reconnect", "A device reconnecting to 10,000 waiting commands", runReconnect, 90 * time.Second},
 	{"intake", "Intake only: the apiserver without workers", runIntake, 90 * time.Second},
 	{"worker", "Worker only: one msgworker draining pre-filled queues", runWorker, 2 * time.Minute},
 	{"push", "Push server only, and Mosquitto for comparison", runPush, 2 * time.Minute},
