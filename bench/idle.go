@@ -187,6 +187,8 @@ func runIdle(ctx context.Context, b *Bench, s *Section) error {
 		}
 	}
 	var goNotes []string
+	var heap, stack float64
+	measured := 0
 	for _, sv := range servers {
 		if sv.goErr != nil || sv.clients.count == 0 {
 			continue
@@ -195,10 +197,16 @@ func runIdle(ctx context.Context, b *Bench, s *Section) error {
 			n := float64(sv.clients.count)
 			goNotes = append(goNotes, fmt.Sprintf("%s %.1f goroutines, %.1f KB of heap in use, %.1f KB of goroutine stacks", sv.p.Name,
 				(go1.goroutines-sv.go0.goroutines)/n, (go1.heapInuse-sv.go0.heapInuse)/n/1024, (go1.stackInuse-sv.go0.stackInuse)/n/1024))
+			heap += go1.heapInuse - sv.go0.heapInuse
+			stack += go1.stackInuse - sv.go0.stackInuse
+			measured += sv.clients.count
 		}
 	}
 	if len(goNotes) > 0 {
 		s.Note("Go runtime of the push servers (their /metrics), per session: %s; the rest of the RSS growth is what the runtime holds beyond that (GC headroom, freed spans not yet returned).", strings.Join(goNotes, "; "))
+		n := float64(measured)
+		s.SetWhere("idle_kb_per_session", fmt.Sprintf("Of the %.1f KB of RSS per session (%s), the Go runtimes of the push servers hold %.1f KB of heap in use and %.1f KB of goroutine stacks per session (their /metrics); the remaining %.1f KB is what the runtimes keep beyond that (GC headroom, freed spans not yet returned) and runtime metadata.",
+			perSession, strings.Join(perServer, ", "), heap/n/1024, stack/n/1024, perSession-(heap+stack)/n/1024))
 	}
 	keys := protocol.NewKeys(ns)
 	var regNotes []string
