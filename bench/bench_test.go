@@ -369,7 +369,7 @@ Showing top 2 nodes out of 200
      0.50s 20.00% 20.00%      1.00s 40.00%  github.com/iotgw/gateway/mailbox.(*Store).fetchPage
      0.25s 10.00% 30.00%      0.25s 10.00%  runtime.memmove
 `
-	want := "of 2.50s of samples: mailbox.(*Store).fetchPage 20.00% (cum 40.00%), runtime.memmove 10.00% (cum 10.00%)"
+	want := "of 2.50s in all: mailbox.(*Store).fetchPage 20.00% (cum 40.00%), runtime.memmove 10.00% (cum 10.00%)"
 	if got := pprofTop(out); got != want {
 		t.Errorf("pprofTop = %q, want %q", got, want)
 	}

@@ -309,3 +309,27 @@ func runJSON(ctx context.Context, bin string, args []string, logPath string, out
 	}
 	return cpu, nil
 }
+
+// logField returns field of the first record of the JSON log at path
+// whose msg is msg, formatted with %v; "" when there is none (the log
+// names its fields; a process that changes them just loses the figure).
+func logField(path, msg, field string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var rec map[string]any
+		if json.Unmarshal(sc.Bytes(), &rec) != nil || rec["msg"] != msg {
+			continue
+		}
+		if v, ok := rec[field]; ok {
+			return fmt.Sprint(v)
+		}
+		return ""
+	}
+	return ""
+}

@@ -202,11 +202,24 @@ func runIdle(ctx context.Context, b *Bench, s *Section) error {
 			measured += sv.clients.count
 		}
 	}
+	var where []string
 	if len(goNotes) > 0 {
 		s.Note("Go runtime of the push servers (their /metrics), per session: %s; the rest of the RSS growth is what the runtime holds beyond that (GC headroom, freed spans not yet returned).", strings.Join(goNotes, "; "))
 		n := float64(measured)
-		s.SetWhere("idle_kb_per_session", fmt.Sprintf("Of the %.1f KB of RSS per session (%s), the Go runtimes of the push servers hold %.1f KB of heap in use and %.1f KB of goroutine stacks per session (their /metrics); the remaining %.1f KB is what the runtimes keep beyond that (GC headroom, freed spans not yet returned) and runtime metadata.",
+		where = append(where, fmt.Sprintf("Of the %.1f KB of RSS per session (%s), the Go runtimes of the push servers hold %.1f KB of heap in use and %.1f KB of goroutine stacks per session (their /metrics); the remaining %.1f KB is what the runtimes keep beyond that (GC headroom, freed spans not yet returned) and runtime metadata.",
 			perSession, strings.Join(perServer, ", "), heap/n/1024, stack/n/1024, perSession-(heap+stack)/n/1024))
+	}
+	sv := servers[0]
+	heapPath := filepath.Join(b.RunDir, "idle", sv.p.Name+"-heap.pprof")
+	if flat, cum, err := heapProfile(ctx, b.metricsAddr[sv.p], b.bins["pushserver"], heapPath).summary(ctx, 10); err != nil {
+		s.Note("Heap profile of %s: %v.", sv.p.Name, err)
+	} else {
+		h := fmt.Sprintf("Heap in use of %s with %s sessions (its /debug/pprof/heap, %s), by allocation site: %s. The gateway's own functions with what they called: %s.", sv.p.Name, thousands(float64(sv.clients.count)), heapPath, flat, cum)
+		s.Note("%s", h)
+		where = append(where, h)
+	}
+	if len(where) > 0 {
+		s.SetWhere("idle_kb_per_session", strings.Join(where, " "))
 	}
 	keys := protocol.NewKeys(ns)
 	var regNotes []string

@@ -12,23 +12,34 @@ import (
 	"time"
 )
 
-// cpuProfile records a CPU profile of a gateway process over seconds
-// through its metrics listener (/debug/pprof/profile) into path. Start it
-// when the run to profile starts; wait returns the profile's summary.
-type cpuProfile struct {
+// profile is a pprof profile of a gateway process, fetched through its
+// metrics listener (/debug/pprof/) into path: a CPU profile over some
+// seconds (start it when the run to profile starts), or the heap in use.
+// summary returns what it shows.
+type profile struct {
 	path, bin string
 	done      chan error
 }
 
-// startProfile starts fetching a profile of the process whose binary is
+// startProfile starts fetching a CPU profile over seconds of the process
+// whose binary is bin and whose metrics listener is at addr.
+func startProfile(ctx context.Context, addr, bin, path string, seconds int) *profile {
+	return fetchProfile(ctx, addr, "profile?seconds="+strconv.Itoa(seconds), bin, path, time.Duration(seconds+10)*time.Second)
+}
+
+// heapProfile fetches the heap profile of the process whose binary is
 // bin and whose metrics listener is at addr.
-func startProfile(ctx context.Context, addr, bin, path string, seconds int) *cpuProfile {
-	cp := &cpuProfile{path: path, bin: bin, done: make(chan error, 1)}
+func heapProfile(ctx context.Context, addr, bin, path string) *profile {
+	return fetchProfile(ctx, addr, "heap", bin, path, 10*time.Second)
+}
+
+func fetchProfile(ctx context.Context, addr, query, bin, path string, timeout time.Duration) *profile {
+	cp := &profile{path: path, bin: bin, done: make(chan error, 1)}
 	go func() {
 		cp.done <- func() error {
-			ctx, cancel := context.WithTimeout(ctx, time.Duration(seconds+10)*time.Second)
+			ctx, cancel := context.WithTimeout(ctx, timeout)
 			defer cancel()
-			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/debug/pprof/profile?seconds="+strconv.Itoa(seconds), nil)
+			req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/debug/pprof/"+query, nil)
 			if err != nil {
 				return err
 			}
@@ -55,12 +66,12 @@ func startProfile(ctx context.Context, addr, bin, path string, seconds int) *cpu
 }
 
 // summary waits for the profile and returns the functions that cost the
-// most: the top n by own CPU (flat), and the top n of the gateway's own
-// code by CPU including callees (cum), as `go tool pprof -top` prints
-// them, in one line each.
-func (cp *cpuProfile) summary(ctx context.Context, n int) (flat, cum string, err error) {
+// most (CPU, or heap in use): the top n by their own (flat), and the top
+// n of the gateway's own code including callees (cum), as `go tool pprof
+// -top` prints them, in one line each.
+func (cp *profile) summary(ctx context.Context, n int) (flat, cum string, err error) {
 	if err := <-cp.done; err != nil {
-		return "", "", fmt.Errorf("no CPU profile: %w", err)
+		return "", "", fmt.Errorf("no profile: %w", err)
 	}
 	top := func(extra ...string) (string, error) {
 		args := append([]string{"tool", "pprof", "-top", "-nodecount=" + strconv.Itoa(n)}, extra...)
@@ -103,7 +114,7 @@ func pprofTop(out string) string {
 	}
 	s := strings.Join(parts, ", ")
 	if total != "" {
-		s = "of " + total + " of samples: " + s
+		s = "of " + total + " in all: " + s
 	}
 	return s
 }

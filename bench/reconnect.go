@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"net/http"
 	"net/url"
+	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -116,6 +118,10 @@ func runReconnect(ctx context.Context, b *Bench, s *Section) error {
 		}
 	}
 	push := g.Push[0]
+	var prof *profile
+	if maddr := logField(push.Log, "metrics listening", "addr"); maddr != "" {
+		prof = startProfile(ctx, maddr, b.bins["pushserver"], filepath.Join(b.RunDir, "reconnect", "pushserver-drain.pprof"), 1)
+	}
 	m := b.newMeter(append(gatewaySources(g), b.brokers(ctx)...)...)
 	t0 := time.Now()
 	c, err := leanConnect(broker, device, device, tok, handler)
@@ -145,6 +151,18 @@ func runReconnect(ctx context.Context, b *Bench, s *Section) error {
 	s.Add("reconnect_per_s", "commands per second to the reconnected device", perSecond(int64(got), l.Sub(f)), "/s", nil)
 	s.Note("CONNECT → CONNACK %s, → SUBACK %s, → first command %s, → %sth command %s; %d duplicates. The device (the bench's lean MQTT 3.1.1 client: one goroutine reading its socket, the PUBACKs of one read in one write) PUBACKs each command and does not answer it.",
 		tConn.Sub(t0).Round(100*time.Microsecond), tSub.Sub(t0).Round(100*time.Microsecond), f.Sub(t0).Round(100*time.Microsecond), thousands(reconnectWaiting), total.Round(100*time.Microsecond), d)
+	if w := logField(push.Log, "push server listening", "inflight"); w != "" {
+		s.Note("The push server sends at most %s QoS 1 messages to a session before their PUBACKs (its log: inflight), so the drain is at least %s windows.", w, thousands(float64(reconnectWaiting)/atofOr(w, 1)))
+	}
+	if prof != nil {
+		if flat, cum, err := prof.summary(ctx, 12); err != nil {
+			s.Note("%v.", err)
+		} else {
+			where := fmt.Sprintf("CPU profile of %s over the first second of the drain (%s): by own CPU (flat), %s. The gateway's own functions with their callees (cum): %s.", push.Name, filepath.Join(b.RunDir, "reconnect", "pushserver-drain.pprof"), flat, cum)
+			s.Note("%s", where)
+			s.SetWhere("reconnect_drain_ms", where)
+		}
+	}
 	s.Note("Gateway: 1 apiserver, 1 msgworker, 1 pushserver. The commands were accepted through the API (expires_in 10m, from %d clients, as one client may send 1,000 requests/s) and all %d were in the device's mailbox before it connected.", reconnectClients, inbox)
 	s.Notes = append(s.Notes, logProblems(g.All()...)...)
 	b.logf("reconnect: %s", total.Round(time.Millisecond))
@@ -175,4 +193,12 @@ func ownerAddr(ctx context.Context, api, identity, token string) (string, error)
 		return "", fmt.Errorf("bad MQTT URL %q for %s", o.MQTTURL, identity)
 	}
 	return u.Host, nil
+}
+
+// atofOr parses s as a number, def when it is not one.
+func atofOr(s string, def float64) float64 {
+	if v, err := strconv.ParseFloat(s, 64); err == nil && v > 0 {
+		return v
+	}
+	return def
 }

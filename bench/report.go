@@ -468,7 +468,7 @@ func (r *Report) pushTargets(add func(row TargetRow, measured bool, section, run
 	}
 	rc, ok := r.figure("reconnect", "reconnect_drain_ms")
 	add(TargetRow{Name: fmt.Sprintf("a device reconnecting to %s waiting commands receives them all", thousands(reconnectWaiting)), Value: rc.Value, Unit: "ms", Target: AtMost(1000),
-		From: "reconnect: CONNECT → last command"}, ok, "reconnect", "the drain")
+		From: "reconnect: CONNECT → last command", Where: where("reconnect", "reconnect_drain_ms")}, ok, "reconnect", "the drain")
 	for _, x := range []struct{ key, name string }{
 		{"push_backlog_cpu_us", "push server CPU per delivered message, from a backlog"},
 		{"push_live_cpu_us", "push server CPU per delivered message, live"},
@@ -775,6 +775,9 @@ func cpuBreakdown(t CPUTable, cpus int) string {
 		t.Run, fmtUS(tot.PerMsgUS), strings.Join(parts, ", "), fmtUS(gw))
 	if tot.PerMsgUS > 0 && cpus > 0 {
 		s += fmt.Sprintf(" At that cost %d CPUs carry at most %s messages/s.", cpus, thousands(float64(cpus)*1e6/tot.PerMsgUS))
+	}
+	if t.WallS > 0 && t.MachineS > 0 && t.OtherS > 0.1*t.MachineS {
+		s += fmt.Sprintf(" Processes outside this run took %.2f of the %.2f CPU s the machine was busy over these %.1f s (its %d CPUs had %.1f).", t.OtherS, t.MachineS, t.WallS, cpus, float64(cpus)*t.WallS)
 	}
 	return s
 }
