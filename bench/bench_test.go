@@ -377,3 +377,44 @@ Showing top 2 nodes out of 200
 		t.Errorf("pprofTop(no table) = %q, want empty", got)
 	}
 }
+
+func TestLogField(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.log")
+	log := `not json
+{"level":"INFO","msg":"metrics listening","addr":"127.0.0.1:4242"}
+{"level":"INFO","msg":"push server listening","addr":"127.0.0.1:1883","inflight":32}
+{"level":"INFO","msg":"push server listening","inflight":64}
+`
+	if err := os.WriteFile(path, []byte(log), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ msg, field, want string }{
+		{"metrics listening", "addr", "127.0.0.1:4242"},
+		{"push server listening", "inflight", "32"}, // the first record
+		{"push server listening", "nope", ""},
+		{"no such message", "addr", ""},
+	}
+	for _, tt := range tests {
+		if got := logField(path, tt.msg, tt.field); got != tt.want {
+			t.Errorf("logField(%q, %q) = %q, want %q", tt.msg, tt.field, got, tt.want)
+		}
+	}
+	if got := logField(filepath.Join(t.TempDir(), "none.log"), "x", "y"); got != "" {
+		t.Errorf("logField(missing file) = %q, want empty", got)
+	}
+}
+
+func TestCPUBreakdownInterference(t *testing.T) {
+	tab := CPUTable{Run: "live", Messages: 1000, WallS: 2, MachineS: 3.5, OtherS: 2,
+		Rows: []CPURow{{Process: "pushserver-0", CPUS: 1, PerMsgUS: 1000}, {Process: "redis", CPUS: 0.5, PerMsgUS: 500}}}
+	got := cpuBreakdown(tab, 2)
+	for _, want := range []string{"pushserver-0 1,000 µs (67%)", "Processes outside this run took 2.00 of the 3.50 CPU s the machine was busy over these 2.0 s (its 2 CPUs had 4.0)."} {
+		if !strings.Contains(got, want) {
+			t.Errorf("cpuBreakdown = %q, want it to contain %q", got, want)
+		}
+	}
+	tab.OtherS = 0.1
+	if got := cpuBreakdown(tab, 2); strings.Contains(got, "outside") {
+		t.Errorf("cpuBreakdown with little interference = %q, want no word of it", got)
+	}
+}

@@ -108,12 +108,12 @@ func TestLeanPublish(t *testing.T) {
 		name      string
 		n, window int
 	}{{"window smaller than the messages", 700, 16}, {"window of one", 50, 1}, {"window larger", 20, 1024}}
-	for _, tt := range tests {
+	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			var mu sync.Mutex
 			seen := map[string]int{}
 			all := make(chan struct{})
-			c, err := leanConnect(addr, "sub-"+tt.name[:6], "", "", func(p []byte) {
+			c, err := leanConnect(addr, "sub-"+strconv.Itoa(i), "", "", func(p []byte) {
 				mu.Lock()
 				defer mu.Unlock()
 				seen[string(p)]++
@@ -129,7 +129,7 @@ func TestLeanPublish(t *testing.T) {
 			if err := c.Subscribe(topic + "/#"); err != nil {
 				t.Fatal(err)
 			}
-			err = leanPublish(context.Background(), addr, "pub-"+tt.name[:6], tt.n, tt.window, func(k int) (string, []byte) {
+			err = leanPublish(context.Background(), addr, "pub-"+strconv.Itoa(i), tt.n, tt.window, func(k int) (string, []byte) {
 				return topic + "/" + strconv.Itoa(k%5), []byte("m" + strconv.Itoa(k))
 			}, time.Now().Add(10*time.Second))
 			if err != nil {

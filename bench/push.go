@@ -252,6 +252,9 @@ func pushGateway(ctx context.Context, b *Bench, s *Section, ns string, clients, 
 	if err := mailboxesEmpty(ctx, s, store, ids, "live"); err != nil {
 		return err
 	}
+	if w := logField(p.Log, "push server listening", "inflight"); w != "" {
+		s.Note("Push server: at most %s QoS 1 messages in flight to a session (its log: inflight); Mosquitto runs with its configuration's defaults (max_inflight_messages 20, max_queued_messages 1,000 per client, unless /etc/mosquitto says otherwise).", w)
+	}
 	s.Notes = append(s.Notes, logProblems(p)...)
 	return nil
 }
