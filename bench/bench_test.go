@@ -418,3 +418,15 @@ func TestCPUBreakdownInterference(t *testing.T) {
 		t.Errorf("cpuBreakdown with little interference = %q, want no word of it", got)
 	}
 }
+
+func TestRedisCallsCompared(t *testing.T) {
+	backlog := CPUTable{RedisCallsPerMsg: 1.02, Redis: []RedisCmdRow{{Cmd: "xrange", PerMsg: 0.93}, {Cmd: "xdel", PerMsg: 0.03}}}
+	live := CPUTable{RedisCallsPerMsg: 10.5, Redis: []RedisCmdRow{{Cmd: "xadd", PerMsg: 1}, {Cmd: "xrange", PerMsg: 1.76}, {Cmd: "xlen", PerMsg: 1.71}}}
+	want := "Redis calls per delivered message: from a backlog 1.02 (XRANGE 0.93, XDEL 0.03); live 10.50 (XRANGE 1.76, XLEN 1.71, XADD 1.00; the bench's mailbox.Put included)."
+	if got := redisCallsCompared(backlog, live); got != want {
+		t.Errorf("redisCallsCompared = %q, want %q", got, want)
+	}
+	if got := redisCallsCompared(CPUTable{}, live); got != "" {
+		t.Errorf("redisCallsCompared without backlog calls = %q, want empty", got)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -191,6 +192,7 @@ func pushGateway(ctx context.Context, b *Bench, s *Section, ns string, clients, 
 	el := time.Duration(rcv.last.Load() - t0.UnixNano())
 	got := rcv.count.Load()
 	cpu := m.table("push server, backlog", got)
+	backlogCPU := cpu
 	s.CPU = append(s.CPU, cpu)
 	if !complete {
 		s.Note("Push server, backlog: only %d of %d messages arrived within 60 s.", got, total)
@@ -244,6 +246,10 @@ func pushGateway(ctx context.Context, b *Bench, s *Section, ns string, clients, 
 		where := fmt.Sprintf("CPU profile of %s over the first %d s of the live run (its /debug/pprof/profile; %s): by own CPU (flat), %s. The gateway's own functions by CPU with their callees (cum): %s.", p.Name, profSecs, filepath.Join(b.RunDir, "push", "pushserver-live.pprof"), flat, cum)
 		s.Note("%s", where)
 		s.SetWhere("push_vs_mosquitto", where)
+	}
+	if calls := redisCallsCompared(backlogCPU, cpu); calls != "" {
+		s.Note("%s", calls)
+		s.SetWhere("push_vs_mosquitto", calls+" "+s.Where["push_vs_mosquitto"])
 	}
 	if putEl > el*9/10 {
 		s.Note("Push server, live: the Puts ended close to the last delivery, so the filling side (Redis scripts run by the bench, sharing the CPUs) bounds this figure as much as the push server; the backlog figure leaves it out.")
@@ -425,4 +431,24 @@ func pushRatios(s *Section) {
 			}
 		}
 	}
+}
+
+// redisCallsCompared compares the Redis calls per delivered message of
+// the backlog and live runs (INFO commandstats, the bench's Puts included
+// in the live run): where the live path's extra round trips go.
+func redisCallsCompared(backlog, live CPUTable) string {
+	if backlog.RedisCallsPerMsg == 0 || live.RedisCallsPerMsg == 0 {
+		return ""
+	}
+	top := func(t CPUTable) string {
+		rows := append([]RedisCmdRow(nil), t.Redis...)
+		sort.Slice(rows, func(i, j int) bool { return rows[i].PerMsg > rows[j].PerMsg })
+		var parts []string
+		for _, r := range rows[:min(5, len(rows))] {
+			parts = append(parts, fmt.Sprintf("%s %.2f", strings.ToUpper(r.Cmd), r.PerMsg))
+		}
+		return strings.Join(parts, ", ")
+	}
+	return fmt.Sprintf("Redis calls per delivered message: from a backlog %.2f (%s); live %.2f (%s; the bench's mailbox.Put included).",
+		backlog.RedisCallsPerMsg, top(backlog), live.RedisCallsPerMsg, top(live))
 }

@@ -142,7 +142,8 @@ func runReconnect(ctx context.Context, b *Bench, s *Section) error {
 	mu.Lock()
 	got, d, f, l := len(seen), dups, first, lastAt
 	mu.Unlock()
-	s.CPU = append(s.CPU, m.table("the drain", int64(got)))
+	drain := m.table("the drain", int64(got))
+	s.CPU = append(s.CPU, drain)
 	if got < reconnectWaiting {
 		return fmt.Errorf("the device received %d of %d waiting commands within 30s (push server log %s)", got, reconnectWaiting, push.Log)
 	}
@@ -154,15 +155,30 @@ func runReconnect(ctx context.Context, b *Bench, s *Section) error {
 	if w := logField(push.Log, "push server listening", "inflight"); w != "" {
 		s.Note("The push server sends at most %s QoS 1 messages to a session before their PUBACKs (its log: inflight), so the drain is at least %s windows.", w, thousands(float64(reconnectWaiting)/atofOr(w, 1)))
 	}
+	var where []string
+	for _, r := range drain.Rows {
+		if r.Process == push.Name && drain.WallS > 0 {
+			redis := rowCPU(drain, "redis")
+			why := "the drain waits on round trips (a fetch from Redis, then the device's PUBACKs for each window) more than on CPU"
+			if r.CPUS > 0.6*drain.WallS || redis > 0.6*drain.WallS {
+				why = "CPU bounds the drain"
+			}
+			busy := fmt.Sprintf("Over the %.2f s of the drain %s was busy %.2f CPU s (%.0f%% of one CPU), Redis %.2f: %s.",
+				drain.WallS, push.Name, r.CPUS, 100*r.CPUS/drain.WallS, redis, why)
+			s.Note("%s", busy)
+			where = append(where, busy)
+		}
+	}
 	if prof != nil {
 		if flat, cum, err := prof.summary(ctx, 12); err != nil {
 			s.Note("%v.", err)
 		} else {
-			where := fmt.Sprintf("CPU profile of %s over the first second of the drain (%s): by own CPU (flat), %s. The gateway's own functions with their callees (cum): %s.", push.Name, filepath.Join(b.RunDir, "reconnect", "pushserver-drain.pprof"), flat, cum)
-			s.Note("%s", where)
-			s.SetWhere("reconnect_drain_ms", where)
+			w := fmt.Sprintf("CPU profile of %s over the first second of the drain (%s): by own CPU (flat), %s. The gateway's own functions with their callees (cum): %s.", push.Name, filepath.Join(b.RunDir, "reconnect", "pushserver-drain.pprof"), flat, cum)
+			s.Note("%s", w)
+			where = append(where, w)
 		}
 	}
+	s.SetWhere("reconnect_drain_ms", strings.Join(where, " "))
 	s.Note("Gateway: 1 apiserver, 1 msgworker, 1 pushserver. The commands were accepted through the API (expires_in 10m, from %d clients, as one client may send 1,000 requests/s) and all %d were in the device's mailbox before it connected.", reconnectClients, inbox)
 	s.Notes = append(s.Notes, logProblems(g.All()...)...)
 	b.logf("reconnect: %s", total.Round(time.Millisecond))
@@ -201,4 +217,14 @@ func atofOr(s string, def float64) float64 {
 		return v
 	}
 	return def
+}
+
+// rowCPU is the CPU seconds of process in t (0 when it has no row).
+func rowCPU(t CPUTable, process string) float64 {
+	for _, r := range t.Rows {
+		if r.Process == process {
+			return r.CPUS
+		}
+	}
+	return 0
 }
