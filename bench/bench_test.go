@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"encoding/json"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -171,7 +172,10 @@ func TestReportTargets(t *testing.T) {
 	type want struct {
 		measured, met bool
 	}
-	wants := []want{{true, false}, {true, false}, {true, true}, {false, false}, {true, false}, {false, false}, {true, true}}
+	// The round trip's seven, then the push server's seven, not measured
+	// here (no idle, push or reconnect section ran).
+	wants := []want{{true, false}, {true, false}, {true, true}, {false, false}, {true, false}, {false, false}, {true, true},
+		{false, false}, {false, false}, {false, false}, {false, false}, {false, false}, {false, false}, {false, false}}
 	if len(r.Targets) != len(wants) {
 		t.Fatalf("%d targets, want %d: %+v", len(r.Targets), len(wants), r.Targets)
 	}
@@ -267,5 +271,162 @@ func TestMQTTPackets(t *testing.T) {
 	typ, body, err = readPacket(bufio.NewReader(bytes.NewReader(sub)))
 	if err != nil || typ != 0x80 || body[0] != 0 || body[1] != 7 || body[len(body)-1] != 1 {
 		t.Errorf("SUBSCRIBE = 0x%02x % x, %v", typ, body, err)
+	}
+}
+
+// pushSections are the idle, push and reconnect sections of a run, with
+// the figures those sections add.
+func pushSections(quick bool) []*Section {
+	idle := &Section{Name: "idle", Title: "Idle", Status: StatusOK}
+	idle.Add("idle_kb_per_session", "push server RSS per idle session", 9.5, "KB/session", AtMost(idleKBTarget))
+	n := float64(idleTarget)
+	if quick {
+		n = idleQuickTarget
+	}
+	idle.Add("idle_sessions", "idle sessions", n, "", AtLeast(n))
+	idle.SetWhere("idle_kb_per_session", "7.0 KB of heap in use")
+	push := &Section{Name: "push", Title: "Push", Status: StatusOK}
+	push.CPU = []CPUTable{
+		{Run: "push server, backlog", Messages: 1000, Rows: []CPURow{{Process: "pushserver-0", CPUS: 0.012, PerMsgUS: 12}, {Process: "redis", CPUS: 0.008, PerMsgUS: 8}}},
+		{Run: "push server, live", Messages: 1000, Rows: []CPURow{{Process: "pushserver-0", CPUS: 0.045, PerMsgUS: 45}, {Process: "redis", CPUS: 0.04, PerMsgUS: 40}}},
+		{Run: "Mosquitto", Messages: 1000, Rows: []CPURow{{Process: "mosquitto", CPUS: 0.02, PerMsgUS: 20}}},
+	}
+	push.Add("push_backlog_msgs_per_s", "backlog", 60000, "msgs/s", nil)
+	addCPUPerMsg(push, "push_backlog_cpu_us", "push server, backlog", push.CPU[0], "pushserver-0")
+	push.Add("push_msgs_per_s", "live", 15000, "msgs/s", nil)
+	addCPUPerMsg(push, "push_live_cpu_us", "push server, live", push.CPU[1], "pushserver-0")
+	push.Add("mosquitto_msgs_per_s", "Mosquitto", 50000, "msgs/s", nil)
+	addCPUPerMsg(push, "mosquitto_cpu_us", "Mosquitto", push.CPU[2], "mosquitto")
+	pushRatios(push)
+	push.SetWhere("push_vs_mosquitto", "CPU profile: mailbox.(*Store).FetchPage 40%")
+	rc := &Section{Name: "reconnect", Title: "Reconnect", Status: StatusOK}
+	rc.Add("reconnect_drain_ms", "drain", 640, "ms", AtMost(1000))
+	return []*Section{idle, push, rc}
+}
+
+func TestPushTargets(t *testing.T) {
+	type row struct {
+		name     string // prefix of the target's name
+		value    float64
+		met      bool
+		where    string // part of Where, for a missed target
+		beside   string
+		noTarget bool
+	}
+	rows := []row{
+		{name: "push server RSS per idle session", value: 9.5, where: "7.0 KB of heap in use"},
+		{name: "idle sessions over 3 push servers", value: idleTarget, met: true},
+		{name: "push server from a backlog / Mosquitto", value: 1.2, met: true},
+		{name: "push server live", value: 0.3, where: "Beside it, Mosquitto: Over Mosquitto: 20.0 µs"},
+		{name: "a device reconnecting to 10,000 waiting commands", value: 640, met: true},
+		{name: "push server CPU per delivered message, from a backlog (20.0 µs with Redis's)", value: 12, beside: "Mosquitto 20.0 µs", noTarget: true},
+		{name: "push server CPU per delivered message, live (85.0 µs with Redis's)", value: 45, beside: "Mosquitto 20.0 µs", noTarget: true},
+	}
+	for _, quick := range []bool{false, true} {
+		r := &Report{Quick: quick, Host: Host{CPUs: 2}, Sections: pushSections(quick)}
+		r.summarize()
+		got := r.Targets[len(r.Targets)-len(rows):]
+		rows[1].value = idleTarget
+		if quick {
+			rows[1].value = idleQuickTarget
+		}
+		for i, w := range rows {
+			g := got[i]
+			if !strings.HasPrefix(g.Name, w.name) || !g.Measured || math.Abs(g.Value-w.value) > 1e-9 || g.Met != w.met && !w.noTarget || g.Beside != w.beside || (g.Target == nil) != w.noTarget {
+				t.Errorf("quick %v: target %d = %+v, want %+v", quick, i, g, w)
+			}
+			if w.where != "" && !strings.Contains(g.Where, w.where) {
+				t.Errorf("quick %v: target %q says where %q, want it to contain %q", quick, g.Name, g.Where, w.where)
+			}
+		}
+		if s := got[1]; quick && (s.Target.Value != idleQuickTarget || !strings.Contains(s.Name, "quick run")) {
+			t.Errorf("quick: sessions target %+v, want ≥ %d and the name saying so", s, idleQuickTarget)
+		}
+		var buf bytes.Buffer
+		if err := r.WriteMarkdown(&buf); err != nil {
+			t.Fatal(err)
+		}
+		for _, want := range []string{
+			"| push server CPU per delivered message, live (85.0 µs with Redis's) | 45.0 µs | Mosquitto 20.0 µs | beside |",
+			"| push server CPU per delivered message, live (85.0 µs with Redis's) | 45.0 µs | beside: Mosquitto 20.0 µs | |",
+			"| push server live (while the mailboxes fill) / Mosquitto, messages delivered per second | 0.300 × | ≥ 0.500 × | ✗ |",
+		} {
+			if !strings.Contains(buf.String(), want) {
+				t.Errorf("quick %v: markdown lacks %q:\n%s", quick, want, buf.String())
+			}
+		}
+	}
+}
+
+func TestPprofTop(t *testing.T) {
+	out := `File: pushserver
+Type: cpu
+Duration: 3s, Total samples = 2.50s (83.33%)
+Showing nodes accounting for 2.10s, 84.00% of 2.50s total
+Dropped 10 nodes (cum <= 0.01s)
+Showing top 2 nodes out of 200
+      flat  flat%   sum%        cum   cum%
+     0.50s 20.00% 20.00%      1.00s 40.00%  github.com/iotgw/gateway/mailbox.(*Store).fetchPage
+     0.25s 10.00% 30.00%      0.25s 10.00%  runtime.memmove
+`
+	want := "of 2.50s in all: mailbox.(*Store).fetchPage 20.00% (cum 40.00%), runtime.memmove 10.00% (cum 10.00%)"
+	if got := pprofTop(out); got != want {
+		t.Errorf("pprofTop = %q, want %q", got, want)
+	}
+	if got := pprofTop("no table"); got != "" {
+		t.Errorf("pprofTop(no table) = %q, want empty", got)
+	}
+}
+
+func TestLogField(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "p.log")
+	log := `not json
+{"level":"INFO","msg":"metrics listening","addr":"127.0.0.1:4242"}
+{"level":"INFO","msg":"push server listening","addr":"127.0.0.1:1883","inflight":32}
+{"level":"INFO","msg":"push server listening","inflight":64}
+`
+	if err := os.WriteFile(path, []byte(log), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct{ msg, field, want string }{
+		{"metrics listening", "addr", "127.0.0.1:4242"},
+		{"push server listening", "inflight", "32"}, // the first record
+		{"push server listening", "nope", ""},
+		{"no such message", "addr", ""},
+	}
+	for _, tt := range tests {
+		if got := logField(path, tt.msg, tt.field); got != tt.want {
+			t.Errorf("logField(%q, %q) = %q, want %q", tt.msg, tt.field, got, tt.want)
+		}
+	}
+	if got := logField(filepath.Join(t.TempDir(), "none.log"), "x", "y"); got != "" {
+		t.Errorf("logField(missing file) = %q, want empty", got)
+	}
+}
+
+func TestCPUBreakdownInterference(t *testing.T) {
+	tab := CPUTable{Run: "live", Messages: 1000, WallS: 2, MachineS: 3.5, OtherS: 2,
+		Rows: []CPURow{{Process: "pushserver-0", CPUS: 1, PerMsgUS: 1000}, {Process: "redis", CPUS: 0.5, PerMsgUS: 500}}}
+	got := cpuBreakdown(tab, 2)
+	for _, want := range []string{"pushserver-0 1,000 µs (67%)", "Processes outside this run took 2.00 of the 3.50 CPU s the machine was busy over these 2.0 s (its 2 CPUs had 4.0)."} {
+		if !strings.Contains(got, want) {
+			t.Errorf("cpuBreakdown = %q, want it to contain %q", got, want)
+		}
+	}
+	tab.OtherS = 0.1
+	if got := cpuBreakdown(tab, 2); strings.Contains(got, "outside") {
+		t.Errorf("cpuBreakdown with little interference = %q, want no word of it", got)
+	}
+}
+
+func TestRedisCallsCompared(t *testing.T) {
+	backlog := CPUTable{RedisCallsPerMsg: 1.02, Redis: []RedisCmdRow{{Cmd: "xrange", PerMsg: 0.93}, {Cmd: "xdel", PerMsg: 0.03}}}
+	live := CPUTable{RedisCallsPerMsg: 10.5, Redis: []RedisCmdRow{{Cmd: "xadd", PerMsg: 1}, {Cmd: "xrange", PerMsg: 1.76}, {Cmd: "xlen", PerMsg: 1.71}}}
+	want := "Redis calls per delivered message: from a backlog 1.02 (XRANGE 0.93, XDEL 0.03); live 10.50 (XRANGE 1.76, XLEN 1.71, XADD 1.00; the bench's mailbox.Put included)."
+	if got := redisCallsCompared(backlog, live); got != want {
+		t.Errorf("redisCallsCompared = %q, want %q", got, want)
+	}
+	if got := redisCallsCompared(CPUTable{}, live); got != "" {
+		t.Errorf("redisCallsCompared without backlog calls = %q, want empty", got)
 	}
 }

@@ -130,8 +130,9 @@ func waitTCP(ctx context.Context, addr string, d time.Duration, p *gwproc.Proc) 
 }
 
 // startPushServer starts one push server in ns and waits until it
-// listens and is a ring member. Its Prometheus metrics are served at
-// p.metrics (see scrapeGo).
+// listens and is a ring member. Node "push-N" is process pushserver-N.
+// Its Prometheus metrics (and pprof) are served at b.metricsAddr[p] (see
+// scrapeGo).
 func (b *Bench) startPushServer(ctx context.Context, section, ns, node string) (*gwproc.Proc, string, error) {
 	if err := b.need("pushserver"); err != nil {
 		return nil, "", err
@@ -144,7 +145,7 @@ func (b *Bench) startPushServer(ctx context.Context, section, ns, node string) (
 	if err != nil {
 		return nil, "", err
 	}
-	p := b.proc(section, "pushserver-0", "pushserver", []string{"--mqtt-addr", addr, "--node-id", node, "--metrics-addr", maddr}, b.gwEnv(ns))
+	p := b.proc(section, "pushserver-"+strings.TrimPrefix(node, "push-"), "pushserver", []string{"--mqtt-addr", addr, "--node-id", node, "--metrics-addr", maddr}, b.gwEnv(ns))
 	b.metricsAddr[p] = maddr
 	if err := p.Start(); err != nil {
 		return nil, "", err
@@ -307,4 +308,28 @@ func runJSON(ctx context.Context, bin string, args []string, logPath string, out
 		return cpu, fmt.Errorf("cannot decode the JSON report of %s %s: %w", filepath.Base(bin), args[0], err)
 	}
 	return cpu, nil
+}
+
+// logField returns field of the first record of the JSON log at path
+// whose msg is msg, formatted with %v; "" when there is none (the log
+// names its fields; a process that changes them just loses the figure).
+func logField(path, msg, field string) string {
+	f, err := os.Open(path)
+	if err != nil {
+		return ""
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		var rec map[string]any
+		if json.Unmarshal(sc.Bytes(), &rec) != nil || rec["msg"] != msg {
+			continue
+		}
+		if v, ok := rec[field]; ok {
+			return fmt.Sprint(v)
+		}
+		return ""
+	}
+	return ""
 }

@@ -9,65 +9,9 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
-
-	mqtt "github.com/eclipse/paho.mqtt.golang"
 )
-
-// pahoClient connects a paho MQTT 3.1.1 client with a clean session and
-// no automatic reconnect, and subscribes filter at QoS 1 when it is set
-// (handler gets the messages; paho sends the PUBACK after it returns).
-func pahoClient(broker, id, user, pass, filter string, handler mqtt.MessageHandler) (mqtt.Client, error) {
-	opts := mqtt.NewClientOptions().
-		AddBroker("tcp://" + broker).
-		SetClientID(id).
-		SetCleanSession(true).
-		SetAutoReconnect(false).
-		SetConnectRetry(false).
-		SetConnectTimeout(10 * time.Second).
-		SetKeepAlive(60 * time.Second).
-		SetWriteTimeout(10 * time.Second).
-		SetOrderMatters(true)
-	if user != "" {
-		opts.SetUsername(user).SetPassword(pass)
-	}
-	c := mqtt.NewClient(opts)
-	tok := c.Connect()
-	if !tok.WaitTimeout(15 * time.Second) {
-		c.Disconnect(0)
-		return nil, fmt.Errorf("connect %s to %s timed out", id, broker)
-	}
-	if err := tok.Error(); err != nil {
-		return nil, fmt.Errorf("connect %s to %s: %w", id, broker, err)
-	}
-	if filter == "" {
-		return c, nil
-	}
-	if err := pahoSubscribe(c, filter, handler); err != nil {
-		c.Disconnect(0)
-		return nil, err
-	}
-	return c, nil
-}
-
-// pahoSubscribe subscribes filter at QoS 1 and checks the SUBACK.
-func pahoSubscribe(c mqtt.Client, filter string, handler mqtt.MessageHandler) error {
-	sub := c.Subscribe(filter, 1, handler)
-	if !sub.WaitTimeout(15 * time.Second) {
-		return fmt.Errorf("subscribe %s: no SUBACK within 15s", filter)
-	}
-	if err := sub.Error(); err != nil {
-		return fmt.Errorf("subscribe %s: %w", filter, err)
-	}
-	if st, ok := sub.(*mqtt.SubscribeToken); ok {
-		for _, code := range st.Result() {
-			if code >= 0x80 {
-				return fmt.Errorf("subscribe %s refused with 0x%02x", filter, code)
-			}
-		}
-	}
-	return nil
-}
 
 // connectAll connects n clients, k at a time; mk makes client i. On an
 // error it closes (with closeAll) those already connected.
@@ -83,25 +27,6 @@ func connectAll[C any](ctx context.Context, n, k int, mk func(i int) (C, error),
 		return nil, err
 	}
 	return clients, nil
-}
-
-// disconnectAll disconnects every client, in parallel.
-func disconnectAll(clients []mqtt.Client) {
-	var wg sync.WaitGroup
-	sem := make(chan struct{}, 64)
-	for _, c := range clients {
-		if c == nil {
-			continue
-		}
-		wg.Add(1)
-		sem <- struct{}{}
-		go func() {
-			defer wg.Done()
-			defer func() { <-sem }()
-			c.Disconnect(50)
-		}()
-	}
-	wg.Wait()
 }
 
 // rawSession is a minimal MQTT 3.1.1 session for the idle-memory
@@ -237,6 +162,15 @@ func readHeader(r *bufio.Reader) (byte, int, error) {
 	return h, n, nil
 }
 
+// varIntLen is the length of n as an MQTT variable byte integer.
+func varIntLen(n int) int {
+	k := 1
+	for ; n >= 128; n /= 128 {
+		k++
+	}
+	return k
+}
+
 // readPacket reads one packet: its type (the first byte without flags)
 // and body.
 func readPacket(r *bufio.Reader) (byte, []byte, error) {
@@ -263,6 +197,41 @@ type leanClient struct {
 	wmu     sync.Mutex // writes: PUBACKs, SUBSCRIBE, DISCONNECT
 	subacks chan byte  // return codes of SUBACKs
 	done    chan struct{}
+	// The PUBLISH packets received: how many, how many at QoS 1 (each
+	// PUBACKed), and their bytes (fixed header, topic, packet id and
+	// payload): what tells that two brokers sent the same packets.
+	pubs, qos1, bytes atomic.Int64
+}
+
+// leanStats are the PUBLISH counters of a set of lean clients.
+type leanStats struct{ pubs, qos1, bytes int64 }
+
+// statsOf sums the counters of cs.
+func statsOf(cs []*leanClient) leanStats {
+	var st leanStats
+	for _, c := range cs {
+		st.pubs += c.pubs.Load()
+		st.qos1 += c.qos1.Load()
+		st.bytes += c.bytes.Load()
+	}
+	return st
+}
+
+func (a leanStats) minus(b leanStats) leanStats {
+	return leanStats{a.pubs - b.pubs, a.qos1 - b.qos1, a.bytes - b.bytes}
+}
+
+// String describes the packets: "50,000 PUBLISH packets, all at QoS 1,
+// 142.0 bytes each".
+func (a leanStats) String() string {
+	if a.pubs == 0 {
+		return "no PUBLISH packets"
+	}
+	qos := "all at QoS 1"
+	if a.qos1 != a.pubs {
+		qos = fmt.Sprintf("%s of them at QoS 1", thousands(float64(a.qos1)))
+	}
+	return fmt.Sprintf("%s PUBLISH packets, %s, %.1f bytes each", thousands(float64(a.pubs)), qos, float64(a.bytes)/float64(a.pubs))
 }
 
 // leanConnect connects (clean session, no keep-alive: the runs are
@@ -278,7 +247,8 @@ func leanConnect(addr, id, user, pass string, handle func(payload []byte)) (*lea
 	return c, nil
 }
 
-// Subscribe subscribes filter at QoS 1 and waits for a SUBACK granting it.
+// Subscribe subscribes filter at QoS 1 and waits for a SUBACK granting
+// QoS 1.
 func (c *leanClient) Subscribe(filter string) error {
 	c.wmu.Lock()
 	_ = c.conn.SetWriteDeadline(time.Now().Add(10 * time.Second))
@@ -289,8 +259,8 @@ func (c *leanClient) Subscribe(filter string) error {
 	}
 	select {
 	case code := <-c.subacks:
-		if code >= 0x80 {
-			return fmt.Errorf("subscribe %s refused with 0x%02x", filter, code)
+		if code != 1 {
+			return fmt.Errorf("subscribe %s at QoS 1: SUBACK return code 0x%02x", filter, code)
 		}
 		return nil
 	case <-c.done:
@@ -321,11 +291,14 @@ func (c *leanClient) read(handle func([]byte)) {
 			if len(body) < 2 {
 				return
 			}
+			c.pubs.Add(1)
+			c.bytes.Add(int64(1 + varIntLen(n) + n))
 			p := 2 + int(binary.BigEndian.Uint16(body))
 			if h&0x06 != 0 { // QoS 1 (2 is never granted here)
 				if len(body) < p+2 {
 					return
 				}
+				c.qos1.Add(1)
 				acks = append(acks, 0x40, 2, body[p], body[p+1])
 				p += 2
 			}
@@ -373,4 +346,75 @@ func closeAll(cs []*leanClient) {
 		}
 	}
 	wg.Wait()
+}
+
+// leanPublish publishes n messages at QoS 1 on one MQTT 3.1.1 connection
+// to addr as client id, without paho: msg(k) gives the topic and payload
+// of the k-th; at most window (≤ 65,535) wait for their PUBACK, and the
+// PUBLISHes are written in batches. It returns once every PUBACK came,
+// or with the error that stopped it (the connection failed, ctx ended,
+// deadline passed).
+func leanPublish(ctx context.Context, addr, id string, n, window int, msg func(k int) (string, []byte), deadline time.Time) error {
+	rs, err := rawConnect(addr, id, "", "", "", 0)
+	if err != nil {
+		return fmt.Errorf("connect %s to %s: %w", id, addr, err)
+	}
+	defer rs.Close()
+	conn := rs.conn
+	_ = conn.SetDeadline(deadline)
+	window = min(max(window, 1), 65535)
+	slots := make(chan struct{}, window)
+	readErr := make(chan error, 1)
+	go func() {
+		r := bufio.NewReaderSize(conn, 8192)
+		for acked := 0; acked < n; {
+			typ, _, err := readPacket(r)
+			if err != nil {
+				readErr <- fmt.Errorf("%s: %d of %d PUBACKs: %w", id, acked, n, err)
+				return
+			}
+			if typ == 0x40 {
+				acked++
+				<-slots
+			}
+		}
+		readErr <- nil
+	}()
+	w := bufio.NewWriterSize(conn, 64<<10)
+	for k := range n {
+		select {
+		case slots <- struct{}{}:
+		default:
+			if err := w.Flush(); err != nil {
+				return err
+			}
+			select {
+			case slots <- struct{}{}:
+			case err := <-readErr:
+				return fmt.Errorf("%s: the reader stopped after %d publishes: %v", id, k, err)
+			case <-ctx.Done():
+				return ctx.Err()
+			}
+		}
+		topic, payload := msg(k)
+		if _, err := w.Write(publishPacket(topic, uint16(k%65535+1), payload)); err != nil {
+			return err
+		}
+	}
+	if err := w.Flush(); err != nil {
+		return err
+	}
+	select {
+	case err := <-readErr:
+		return err
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// publishPacket is a QoS 1 PUBLISH of payload to topic with packet id.
+func publishPacket(topic string, id uint16, payload []byte) []byte {
+	b := appendString(make([]byte, 0, 4+len(topic)+len(payload)), topic)
+	b = binary.BigEndian.AppendUint16(b, id)
+	return packet(0x32, append(b, payload...))
 }

@@ -66,6 +66,10 @@ type TargetRow struct {
 	// Where says, for a missed target, where the time goes.
 	From  string `json:"from,omitempty"`
 	Where string `json:"where,omitempty"`
+	// Beside, for a row without a target, is the figure it stands
+	// beside (Mosquitto's CPU per message); such a row is neither met
+	// nor missed.
+	Beside string `json:"beside,omitempty"`
 }
 
 // Previous is what the Redis CPU target takes from an earlier report.
@@ -150,6 +154,19 @@ type Section struct {
 	// Raw keeps the tools' own reports (devicesim load JSON and the
 	// like), keyed by run.
 	Raw map[string]any `json:"raw,omitempty"`
+	// Where is what the section found about where the time or the
+	// memory of a figure goes beyond its CPU tables (a CPU profile, the
+	// Go runtime's figures), keyed by the figure's key; the Targets
+	// table quotes it for a missed target.
+	Where map[string]string `json:"where,omitempty"`
+}
+
+// SetWhere records where the time or memory of figure key goes.
+func (s *Section) SetWhere(key, where string) {
+	if s.Where == nil {
+		s.Where = map[string]string{}
+	}
+	s.Where[key] = where
 }
 
 // Figure is one measured number, with its target when it has one.
@@ -355,15 +372,16 @@ func (r *Report) cpuTable(section, run string) (CPUTable, bool) {
 	return CPUTable{}, false
 }
 
-// targets fills r.Targets: the issue's five targets, in its order.
+// targets fills r.Targets: the targets of the issues, in their order
+// (the round trip's, then the push server's of issue 13).
 func (r *Report) targets() {
 	r.Targets = nil
 	add := func(row TargetRow, measured bool, section, run string) {
 		row.Measured = measured
 		row.Met = measured && row.Target.Met(row.Value)
-		if measured && !row.Met {
+		if measured && !row.Met && row.Target != nil {
 			if t, ok := r.cpuTable(section, run); ok {
-				row.Where = cpuBreakdown(t, r.Host.CPUs)
+				row.Where = strings.TrimSpace(cpuBreakdown(t, r.Host.CPUs) + " " + row.Where)
 			}
 		}
 		r.Targets = append(r.Targets, row)
@@ -401,6 +419,69 @@ func (r *Report) targets() {
 		From: "summary: cluster round trip at maximum rate over the single-Redis one"}, rtOK && r.ClusterRatio > 0, "cluster", rtMaxRun)
 	if n := len(r.Targets); n > 0 && !r.Targets[n-1].Met && r.Targets[n-1].Measured {
 		r.Targets[n-1].Where = clusterDiff(r) + " " + r.Targets[n-1].Where
+	}
+	r.pushTargets(add)
+}
+
+// pushTargets adds the push server's targets (issue 13): idle sessions
+// and their memory, delivery beside Mosquitto's, a reconnecting device's
+// backlog, and the CPU per delivered message beside Mosquitto's.
+func (r *Report) pushTargets(add func(row TargetRow, measured bool, section, run string)) {
+	where := func(section, key string) string {
+		for _, s := range r.Sections {
+			if s.Name == section {
+				return s.Where[key]
+			}
+		}
+		return ""
+	}
+	kb, ok := r.figure("idle", "idle_kb_per_session")
+	add(TargetRow{Name: "push server RSS per idle session (3 push servers)", Value: kb.Value, Unit: "KB/session", Target: AtMost(idleKBTarget),
+		From: "idle: RSS growth of the push servers over their sessions", Where: where("idle", "idle_kb_per_session")}, ok, "idle", "")
+	n, ok := r.figure("idle", "idle_sessions")
+	name := "idle sessions over 3 push servers"
+	if r.Quick {
+		name += fmt.Sprintf(" (quick run: %s, not the issue's %s)", thousands(idleQuickTarget), thousands(idleTarget))
+	}
+	add(TargetRow{Name: name, Value: n.Value, Unit: "", Target: AtLeast(float64(idleTarget)), From: "idle: sessions connected and subscribed"}, ok, "idle", "")
+	if ok && r.Quick {
+		r.Targets[len(r.Targets)-1].Target = n.Target
+		r.Targets[len(r.Targets)-1].Met = n.Met()
+	}
+
+	mq, mqOK := r.figure("push", "mosquitto_cpu_us")
+	mqWhere := ""
+	if t, ok := r.cpuTable("push", "Mosquitto"); ok {
+		mqWhere = "Beside it, Mosquitto: " + cpuBreakdown(t, r.Host.CPUs)
+	}
+	for _, x := range []struct{ key, run, name string }{
+		{"push_backlog_vs_mosquitto", "push server, backlog", "push server from a backlog / Mosquitto (QoS 1, 1,000 clients)"},
+		{"push_vs_mosquitto", "push server, live", "push server live, while the mailboxes fill / Mosquitto (QoS 1, 1,000 clients)"},
+	} {
+		f, ok := r.figure("push", x.key)
+		tgt := AtLeast(1.0)
+		if f.Target != nil {
+			tgt = f.Target
+		}
+		add(TargetRow{Name: x.name, Value: f.Value, Unit: "×", Target: tgt,
+			From: "push: messages delivered per second over Mosquitto's", Where: strings.TrimSpace(mqWhere + " " + where("push", x.key))}, ok, "push", x.run)
+	}
+	rc, ok := r.figure("reconnect", "reconnect_drain_ms")
+	add(TargetRow{Name: fmt.Sprintf("a device reconnecting to %s waiting commands receives them all", thousands(reconnectWaiting)), Value: rc.Value, Unit: "ms", Target: AtMost(1000),
+		From: "reconnect: CONNECT → last command", Where: where("reconnect", "reconnect_drain_ms")}, ok, "reconnect", "the drain")
+	for _, x := range []struct{ key, name string }{
+		{"push_backlog_cpu_us", "push server CPU per delivered message, from a backlog"},
+		{"push_live_cpu_us", "push server CPU per delivered message, live"},
+	} {
+		f, ok := r.figure("push", x.key)
+		row := TargetRow{Name: x.name, Value: f.Value, Unit: "µs", From: "push: the push server's row of the CPU table", Beside: "–"}
+		if wr, ok := r.figure("push", x.key+"_with_redis"); ok {
+			row.Name += fmt.Sprintf(" (%s µs with Redis's)", fmtUS(wr.Value))
+		}
+		if mqOK {
+			row.Beside = "Mosquitto " + fmtValue(mq.Value, "µs")
+		}
+		add(row, ok, "push", "")
 	}
 }
 
@@ -489,6 +570,11 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 			fmt.Fprintf(&b, "| %s | %s | %s | %s |\n", f.Name, fmtValue(f.Value, f.Unit), fmtTarget(f.Target, f.Unit), mark(f, s.Status == StatusOK))
 		}
 	}
+	for _, t := range r.Targets {
+		if t.Target == nil && t.Measured {
+			fmt.Fprintf(&b, "| %s | %s | beside: %s | |\n", t.Name, fmtValue(t.Value, t.Unit), t.Beside)
+		}
+	}
 	var skipped []string
 	for _, s := range r.Sections {
 		if s.Status != StatusOK {
@@ -545,14 +631,17 @@ func writeTargets(b *strings.Builder, r *Report) {
 	b.WriteString("\n## Targets (2-core machine)\n\n")
 	b.WriteString("| target | measured | goal | | from |\n|---|---:|---:|---|---|\n")
 	for _, t := range r.Targets {
-		m, v := "–", "not measured"
+		m, v, goal := "–", "not measured", fmtTarget(t.Target, t.Unit)
 		if t.Measured {
 			m, v = "✗ missed", fmtValue(t.Value, t.Unit)
 			if t.Met {
 				m = "✓ met"
 			}
 		}
-		fmt.Fprintf(b, "| %s | %s | %s | %s | %s |\n", t.Name, v, fmtTarget(t.Target, t.Unit), m, t.From)
+		if t.Target == nil {
+			m, goal = "beside", t.Beside
+		}
+		fmt.Fprintf(b, "| %s | %s | %s | %s | %s |\n", t.Name, v, goal, m, t.From)
 	}
 	var where []string
 	for _, t := range r.Targets {
@@ -686,6 +775,9 @@ func cpuBreakdown(t CPUTable, cpus int) string {
 		t.Run, fmtUS(tot.PerMsgUS), strings.Join(parts, ", "), fmtUS(gw))
 	if tot.PerMsgUS > 0 && cpus > 0 {
 		s += fmt.Sprintf(" At that cost %d CPUs carry at most %s messages/s.", cpus, thousands(float64(cpus)*1e6/tot.PerMsgUS))
+	}
+	if t.WallS > 0 && t.MachineS > 0 && t.OtherS > 0.1*t.MachineS {
+		s += fmt.Sprintf(" Processes outside this run took %.2f of the %.2f CPU s the machine was busy over these %.1f s (its %d CPUs had %.1f).", t.OtherS, t.MachineS, t.WallS, cpus, float64(cpus)*t.WallS)
 	}
 	return s
 }
