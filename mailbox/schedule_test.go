@@ -1,6 +1,7 @@
 package mailbox_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -76,5 +77,52 @@ func TestScheduled(t *testing.T) {
 				t.Errorf("device mailbox holds %d entries, want %d", n, tt.inBox)
 			}
 		})
+	}
+}
+
+// TestFireStartsIn: while a partition's owner holds its timers for the
+// answer grace it fires only those that start an attempt: a scheduled
+// command due now goes into the device's mailbox, a due deliver-by timer
+// (which ends a command) stays due until the owner fires every kind.
+func TestFireStartsIn(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	const delay = 10 * time.Minute
+	s := cmd(t, "c1", "d1", `"s"`, ``)
+	s.Delay = delay
+	s.Fingerprint = protocol.Fingerprint("d1", s.Method, nil, s.Timeout, s.ExpiresIn, "not_before=10m")
+	rec := e.queued(s)
+	if out, err := e.s.Dispatch(e.ctx, envelope(t, rec), "node-d", "node-c"); err != nil || out != mailbox.OutcomeScheduled {
+		t.Fatalf("Dispatch before not-before = %v, %v; want scheduled", out, err)
+	}
+	q := cmd(t, "c1", "d1", `"q"`, ``)
+	q.ExpiresIn = time.Minute
+	q.Fingerprint = protocol.Fingerprint("d1", q.Method, nil, q.Timeout, q.ExpiresIn)
+	e.queued(q) // its message never dispatched: only its deliver-by timer ends it
+	e.clock.Add(delay)
+
+	p := e.s.PartitionOf("d1")
+	steps := []struct {
+		name          string
+		fire          func(ctx context.Context, p, limit int) (int, map[string]int, error)
+		wantN         int
+		wantS, wantQ  protocol.Status
+		wantInMailbox int64
+	}{
+		{"FireStartsIn", e.s.FireStartsIn, 1, protocol.StatusSent, protocol.StatusQueued, 1},
+		{"FireStartsIn again", e.s.FireStartsIn, 0, protocol.StatusSent, protocol.StatusQueued, 1},
+		{"FireTimersIn", e.s.FireTimersIn, 1, protocol.StatusSent, protocol.StatusExpired, 1},
+	}
+	for _, st := range steps {
+		n, _, err := st.fire(e.ctx, p, 100)
+		if err != nil || n != st.wantN {
+			t.Fatalf("%s = %d, %v; want %d fired", st.name, n, err, st.wantN)
+		}
+		if gs, gq := e.get("c1", "s").Status, e.get("c1", "q").Status; gs != st.wantS || gq != st.wantQ {
+			t.Errorf("after %s: s %s, q %s; want %s, %s", st.name, gs, gq, st.wantS, st.wantQ)
+		}
+		if got, _ := e.s.Len(e.ctx, "d1"); got != st.wantInMailbox {
+			t.Errorf("after %s: the device's mailbox holds %d entries, want %d", st.name, got, st.wantInMailbox)
+		}
 	}
 }
