@@ -228,8 +228,8 @@ func (s *Store) runBatch(ctx context.Context, p int, step string, items []*batch
 				if due == nil {
 					due = map[int]int64{}
 				}
-				if cur, ok := due[p]; !ok || d < cur { // every item is of partition p
-					due[p] = d
+				if cur, ok := due[items[i].p]; !ok || d < cur {
+					due[items[i].p] = d
 				}
 			}
 		}

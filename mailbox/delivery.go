@@ -335,7 +335,7 @@ func (s *Store) fireTimersIn(ctx context.Context, p, limit int, ownerOf func(str
 		}
 		_, keys := s.cmdKeys(parts[1], parts[2], parts[3])
 		a := append([]any{m}, args[1:]...)
-		items = append(items, &batchCall{keys: keys, args: a})
+		items = append(items, &batchCall{p: p, keys: keys, args: a})
 	}
 	n, err = s.fireBatch(ctx, p, items, ownerOf, n, outcomes)
 	if err != nil {

@@ -2,6 +2,7 @@ package mailbox_test
 
 import (
 	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -124,5 +125,37 @@ func TestFireStartsIn(t *testing.T) {
 		if got, _ := e.s.Len(e.ctx, "d1"); got != st.wantInMailbox {
 			t.Errorf("after %s: the device's mailbox holds %d entries, want %d", st.name, got, st.wantInMailbox)
 		}
+	}
+}
+
+// TestFiredBackoffReportedForItsPartition: a timer whose retry waits a
+// backoff (an expiry retried) arms the scheduled timer; the fire step
+// reports it for the command's own partition, not partition 0.
+func TestFiredBackoffReportedForItsPartition(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{Partitions: 8})
+	p := e.s.PartitionOf("d1")
+	if p == 0 {
+		t.Fatal("d1 is in partition 0: the test cannot tell partitions apart")
+	}
+	c := policy(t, `"b"`, 1, "expired")
+	c.Backoff = mailbox.Backoff{Initial: 10 * time.Second, Multiplier: 2, Max: time.Minute}
+	e.sent(c)
+	e.clock.Add(time.Hour + time.Second) // never fetched: not on the wire
+	if _, outcomes, err := e.s.FireTimersIn(e.ctx, p, 100); err != nil || outcomes[string(mailbox.OutcomeRetryScheduled)] != 1 {
+		t.Fatalf("FireTimersIn = %v, %v; want one retry_scheduled", outcomes, err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !e.s.DueFlushed(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the report was never sent")
+		}
+	}
+	zs, err := e.rdb.ZRangeWithScores(e.ctx, e.s.Keys().Due(), 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := e.clock.Now().Add(10 * time.Second).UnixMilli()
+	if len(zs) != 1 || zs[0].Member != strconv.Itoa(p) || int64(zs[0].Score) != want {
+		t.Errorf("due set = %v, want partition %d at %d", zs, p, want)
 	}
 }
