@@ -157,6 +157,9 @@ type SendOptions struct {
 	Lane, LaneMode string
 	// Retry is the command's retry policy.
 	Retry RetryOptions
+	// NotBefore schedules the command (not_before: an RFC 3339 time or
+	// a duration from now; "": at once).
+	NotBefore string
 }
 
 // RetryOptions is a retry policy: at most Retries + 1 attempts, each
@@ -214,6 +217,9 @@ func (a *API) Send(ctx context.Context, token, device string, req []byte, o Send
 	}
 	if o.LaneMode != "" {
 		q.Set("lane_mode", o.LaneMode)
+	}
+	if o.NotBefore != "" {
+		q.Set("not_before", o.NotBefore)
 	}
 	o.Retry.set(q)
 	path := "/v1/devices/" + url.PathEscape(device) + "/commands"

@@ -34,11 +34,15 @@ func TestRetryPolicy(t *testing.T) {
 	const client = "rty-app"
 	token := e.tok("client", client, "rty-*")
 	var mu sync.Mutex
-	results := map[string][]Result{} // by the result's id key
+	results := map[string][]Result{}  // by the result's id key
+	arrived := map[string]time.Time{} // when the first result of an id key arrived
 	sess := NewClientSession(client, token, e.api, func(r Result) {
 		if id, err := protocol.ParseID(r.Resp.ID); err == nil {
 			mu.Lock()
 			results[id.Key()] = append(results[id.Key()], r)
+			if _, ok := arrived[id.Key()]; !ok {
+				arrived[id.Key()] = time.Now()
+			}
 			mu.Unlock()
 		}
 	})
@@ -94,6 +98,13 @@ func TestRetryPolicy(t *testing.T) {
 		}
 	}
 
+	// within bounds the time from the POST to the result of the cases
+	// that wait (a backoff, not_before) on devices that answer at once:
+	// the waits plus a few timer ticks (200 ms) and steps, with room for
+	// a loaded machine. Right after the gateway started, the partition
+	// owner used to hold these timers for its answer grace (10 s): the
+	// first of these cases, within 10 s of the start, took that long.
+	const within = 5 * time.Second
 	tests := []struct {
 		name, device, id string
 		o                SendOptions
@@ -101,26 +112,36 @@ func TestRetryPolicy(t *testing.T) {
 		status           protocol.Status // the record's
 		attempts         int
 		retriedOn        string
+		earliest, within time.Duration // the result arrives in [earliest, within] after the POST; within 0: no bound
 	}{
 		{"fails twice then succeeds", "rty-0", "twice", SendOptions{Timeout: 10 * time.Second, Retry: RetryOptions{Retries: 2, On: "device_error"}},
-			0, protocol.StatusSucceeded, 3, "device_error"},
+			0, protocol.StatusSucceeded, 3, "device_error", 0, 0},
 		{"the attempts run out", "rty-1", "short", SendOptions{Timeout: 10 * time.Second, Retry: RetryOptions{Retries: 1, On: "timeout,device_error"}},
-			SimulatedFailureCode, protocol.StatusFailed, 2, "device_error"},
+			SimulatedFailureCode, protocol.StatusFailed, 2, "device_error", 0, 0},
 		{"device_error not retried", "rty-2", "not-on", SendOptions{Timeout: 10 * time.Second, Retry: RetryOptions{Retries: 2}},
-			SimulatedFailureCode, protocol.StatusFailed, 1, ""},
+			SimulatedFailureCode, protocol.StatusFailed, 1, "", 0, 0},
 		{"with a backoff", "rty-3", "backoff", SendOptions{Timeout: 10 * time.Second, Retry: RetryOptions{Retries: 2, On: "device_error", Backoff: "200ms,2"}},
-			0, protocol.StatusSucceeded, 3, "device_error"},
+			0, protocol.StatusSucceeded, 3, "device_error", 600 * time.Millisecond, within},
+		{"scheduled a second ahead", "rty-3", "later", SendOptions{Timeout: 10 * time.Second, NotBefore: "1s", Retry: RetryOptions{Retries: 2, On: "device_error"}},
+			0, protocol.StatusSucceeded, 3, "device_error", time.Second, within},
 		{"refused once (MQTT 5 PUBACK 0x87), then answered", "rty-refuse-0", "refused", SendOptions{Timeout: 10 * time.Second, Retry: RetryOptions{Retries: 1, On: "rejected"}},
-			0, protocol.StatusSucceeded, 2, "rejected"},
+			0, protocol.StatusSucceeded, 2, "rejected", 0, 0},
 		{"refused, rejected not retried", "rty-refuse-0", "refused-final", SendOptions{Timeout: 10 * time.Second, Retry: RetryOptions{Retries: 1}},
-			protocol.CodeRejected, protocol.StatusRejected, 1, ""},
+			protocol.CodeRejected, protocol.StatusRejected, 1, "", 0, 0},
 		{"expired every time", "rty-offline", "exp", SendOptions{ExpiresIn: time.Second, Retry: RetryOptions{Retries: 2, On: "expired"}},
-			protocol.CodeExpired, protocol.StatusExpired, 3, "expired"},
+			protocol.CodeExpired, protocol.StatusExpired, 3, "expired", 0, 0},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
+			posted := time.Now()
 			send(t, tt.device, tt.id, tt.o)
 			r := only(t, tt.id)
+			mu.Lock()
+			took := arrived[tt.id].Sub(posted)
+			mu.Unlock()
+			if tt.within > 0 && (took < tt.earliest-50*time.Millisecond || took > tt.within) {
+				t.Errorf("the result arrived %v after the POST, want between %v and %v", took, tt.earliest, tt.within)
+			}
 			if got := gatewayCode(r.Resp); got != tt.code || r.Attempts != tt.attempts {
 				t.Errorf("result %+v: code %d attempts %d, want %d, %d", r.Resp, got, r.Attempts, tt.code, tt.attempts)
 			}

@@ -457,8 +457,8 @@ func (s *Store) CancelAll(ctx context.Context, client, device, clientOwner strin
 				break
 			}
 			m, _ := z.Member.(string)
-			_, keys := s.cmdKeys(device, client, m)
-			items = append(items, &batchCall{keys: keys, args: []any{body, reason}})
+			p, keys := s.cmdKeys(device, client, m)
+			items = append(items, &batchCall{p: p, keys: keys, args: []any{body, reason}})
 			cur = zcursor{score: int64(z.Score), member: m, set: true}
 		}
 		if len(items) > 0 {

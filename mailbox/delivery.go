@@ -223,7 +223,7 @@ const fireBatch = 100
 func (s *Store) FireTimers(ctx context.Context, limit int, ownerOf func(identity string) string) (int, error) {
 	n := 0
 	for p := 0; p < s.opts.Partitions; p++ {
-		k, _, err := s.fireTimersIn(ctx, p, limit, ownerOf)
+		k, _, err := s.fireTimersIn(ctx, p, limit, ownerOf, "")
 		n += k
 		if err != nil {
 			return n, err
@@ -238,7 +238,7 @@ func (s *Store) FireTimersOutcomes(ctx context.Context, limit int, ownerOf func(
 	outcomes := map[string]int{}
 	n := 0
 	for p := 0; p < s.opts.Partitions; p++ {
-		k, o, err := s.fireTimersIn(ctx, p, limit, ownerOf)
+		k, o, err := s.fireTimersIn(ctx, p, limit, ownerOf, "")
 		n += k
 		for what, c := range o {
 			outcomes[what] += c
@@ -272,13 +272,33 @@ func (s *Store) FireTimersOutcomes(ctx context.Context, limit int, ownerOf func(
 // (already final or gone), "notdue" (taken or moved by someone else),
 // "malformed" and "corrupt".
 func (s *Store) FireTimersIn(ctx context.Context, p, limit int) (int, map[string]int, error) {
-	return s.fireTimersIn(ctx, p, limit, nil)
+	return s.fireTimersIn(ctx, p, limit, nil, "")
+}
+
+// startKinds are the kinds of the timers that start an attempt and end
+// nothing an answer could have ended: scheduled ('s': not_before, a
+// retry's backoff) and lane ('l') timers, whose command is not on the
+// wire, so that no device's answer to it can be held anywhere.
+const startKinds = "sl"
+
+// FireStartsIn is FireTimersIn for only the timers that start an
+// attempt (a scheduled command's not-before, a retry's backoff, an
+// ordered lane's turn). A partition's owner fires these while it holds
+// the others for the answer grace (DESIGN §7a: after it took the
+// partition over, or after an outage, the push servers first complete
+// the answers they held): a command not on the wire has no held answer
+// to wait for, so it goes on the wire at its time, not one grace later.
+// Among the first limit due timers it fires those kinds and leaves the
+// others due.
+func (s *Store) FireStartsIn(ctx context.Context, p, limit int) (int, map[string]int, error) {
+	return s.fireTimersIn(ctx, p, limit, nil, startKinds)
 }
 
 // fireTimersIn is FireTimersIn; ownerOf, when set, names the push server
 // to wake for a client whose result a timer produced (default
-// Options.OwnerOf).
-func (s *Store) fireTimersIn(ctx context.Context, p, limit int, ownerOf func(string) string) (int, map[string]int, error) {
+// Options.OwnerOf); kinds, when not empty, are the timer kinds fired
+// (the others are left due).
+func (s *Store) fireTimersIn(ctx context.Context, p, limit int, ownerOf func(string) string, kinds string) (int, map[string]int, error) {
 	outcomes := map[string]int{}
 	if limit <= 0 {
 		limit = fireBatch
@@ -306,13 +326,16 @@ func (s *Store) fireTimersIn(ctx context.Context, p, limit int, ownerOf func(str
 			_ = s.rdb.ZRem(ctx, tk, m).Err()
 			continue
 		}
+		if kinds != "" && !strings.Contains(kinds, parts[0]) {
+			continue
+		}
 		if parts[0] == "w" || parts[0] == "g" { // a claim's watchdog or a stopped group: rare, and they read several partitions
 			watch = append(watch, parts)
 			continue
 		}
 		_, keys := s.cmdKeys(parts[1], parts[2], parts[3])
 		a := append([]any{m}, args[1:]...)
-		items = append(items, &batchCall{keys: keys, args: a})
+		items = append(items, &batchCall{p: p, keys: keys, args: a})
 	}
 	n, err = s.fireBatch(ctx, p, items, ownerOf, n, outcomes)
 	if err != nil {

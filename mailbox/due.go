@@ -23,8 +23,10 @@ import (
 // owner reads the members due by now each tick (TakeReported), removing
 // them before it polls the partition. A step that does not make work due
 // earlier needs no report: the owner already polls the partition no
-// later than its earliest work. The fire step reports nothing: it runs
-// on timers already due, so the owner polls that partition again anyway.
+// later than its earliest work. The fire step needs no report for the
+// timer it re-arms: it runs on timers already due, so the owner polls
+// that partition again anyway (a retry it starts reports what it arms,
+// like any step).
 //
 // Work due later than ReportHorizon is not reported at all: an owner
 // sweeps all its partitions at least that often (msgworker's TimerSweep

@@ -38,7 +38,7 @@ func (s *Store) advanceLane(ctx context.Context, p int, member string) {
 	_, keys := s.cmdKeys(parts[1], parts[2], parts[3])
 	args := []any{member, s.horizonMs(), errExpired, reasonExpired, errTimeout, reasonTimeout, errRejected, reasonRejected}
 	outcomes := map[string]int{}
-	if _, err := s.fireBatch(ctx, p, []*batchCall{{keys: keys, args: args}}, nil, 0, outcomes); err != nil {
+	if _, err := s.fireBatch(ctx, p, []*batchCall{{p: p, keys: keys, args: args}}, nil, 0, outcomes); err != nil {
 		s.log.Warn("cannot send the next command of a lane now; the partition's owner will",
 			"device_id", parts[1], "client_id", parts[2], "msg_id", parts[3], "err", err)
 	}

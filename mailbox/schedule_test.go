@@ -1,6 +1,8 @@
 package mailbox_test
 
 import (
+	"context"
+	"strconv"
 	"testing"
 	"time"
 
@@ -76,5 +78,84 @@ func TestScheduled(t *testing.T) {
 				t.Errorf("device mailbox holds %d entries, want %d", n, tt.inBox)
 			}
 		})
+	}
+}
+
+// TestFireStartsIn: while a partition's owner holds its timers for the
+// answer grace it fires only those that start an attempt: a scheduled
+// command due now goes into the device's mailbox, a due deliver-by timer
+// (which ends a command) stays due until the owner fires every kind.
+func TestFireStartsIn(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	const delay = 10 * time.Minute
+	s := cmd(t, "c1", "d1", `"s"`, ``)
+	s.Delay = delay
+	s.Fingerprint = protocol.Fingerprint("d1", s.Method, nil, s.Timeout, s.ExpiresIn, "not_before=10m")
+	rec := e.queued(s)
+	if out, err := e.s.Dispatch(e.ctx, envelope(t, rec), "node-d", "node-c"); err != nil || out != mailbox.OutcomeScheduled {
+		t.Fatalf("Dispatch before not-before = %v, %v; want scheduled", out, err)
+	}
+	q := cmd(t, "c1", "d1", `"q"`, ``)
+	q.ExpiresIn = time.Minute
+	q.Fingerprint = protocol.Fingerprint("d1", q.Method, nil, q.Timeout, q.ExpiresIn)
+	e.queued(q) // its message never dispatched: only its deliver-by timer ends it
+	e.clock.Add(delay)
+
+	p := e.s.PartitionOf("d1")
+	steps := []struct {
+		name          string
+		fire          func(ctx context.Context, p, limit int) (int, map[string]int, error)
+		wantN         int
+		wantS, wantQ  protocol.Status
+		wantInMailbox int64
+	}{
+		{"FireStartsIn", e.s.FireStartsIn, 1, protocol.StatusSent, protocol.StatusQueued, 1},
+		{"FireStartsIn again", e.s.FireStartsIn, 0, protocol.StatusSent, protocol.StatusQueued, 1},
+		{"FireTimersIn", e.s.FireTimersIn, 1, protocol.StatusSent, protocol.StatusExpired, 1},
+	}
+	for _, st := range steps {
+		n, _, err := st.fire(e.ctx, p, 100)
+		if err != nil || n != st.wantN {
+			t.Fatalf("%s = %d, %v; want %d fired", st.name, n, err, st.wantN)
+		}
+		if gs, gq := e.get("c1", "s").Status, e.get("c1", "q").Status; gs != st.wantS || gq != st.wantQ {
+			t.Errorf("after %s: s %s, q %s; want %s, %s", st.name, gs, gq, st.wantS, st.wantQ)
+		}
+		if got, _ := e.s.Len(e.ctx, "d1"); got != st.wantInMailbox {
+			t.Errorf("after %s: the device's mailbox holds %d entries, want %d", st.name, got, st.wantInMailbox)
+		}
+	}
+}
+
+// TestFiredBackoffReportedForItsPartition: a timer whose retry waits a
+// backoff (an expiry retried) arms the scheduled timer; the fire step
+// reports it for the command's own partition, not partition 0.
+func TestFiredBackoffReportedForItsPartition(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{Partitions: 8})
+	p := e.s.PartitionOf("d1")
+	if p == 0 {
+		t.Fatal("d1 is in partition 0: the test cannot tell partitions apart")
+	}
+	c := policy(t, `"b"`, 1, "expired")
+	c.Backoff = mailbox.Backoff{Initial: 10 * time.Second, Multiplier: 2, Max: time.Minute}
+	e.sent(c)
+	e.clock.Add(time.Hour + time.Second) // never fetched: not on the wire
+	if _, outcomes, err := e.s.FireTimersIn(e.ctx, p, 100); err != nil || outcomes[string(mailbox.OutcomeRetryScheduled)] != 1 {
+		t.Fatalf("FireTimersIn = %v, %v; want one retry_scheduled", outcomes, err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); !e.s.DueFlushed(); time.Sleep(time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the report was never sent")
+		}
+	}
+	zs, err := e.rdb.ZRangeWithScores(e.ctx, e.s.Keys().Due(), 0, -1).Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := e.clock.Now().Add(10 * time.Second).UnixMilli()
+	if len(zs) != 1 || zs[0].Member != strconv.Itoa(p) || int64(zs[0].Score) != want {
+		t.Errorf("due set = %v, want partition %d at %d", zs, p, want)
 	}
 }

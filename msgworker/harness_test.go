@@ -116,6 +116,7 @@ type spec struct {
 	expiresIn      time.Duration // default 1h
 	created        time.Time     // default now
 	lane           string        // ordered lane ("" for none)
+	delay          time.Duration // not_before, from acceptance (0: none)
 }
 
 func (s *spec) defaults() {
@@ -148,7 +149,7 @@ func (h *harness) reserve(s spec) (*mailbox.Command, *protocol.Envelope, error) 
 	out, rec, err := store.Reserve(context.Background(), &mailbox.Command{
 		Client: s.client, Device: s.device, ID: id, Method: s.method, Params: params,
 		Fingerprint: protocol.Fingerprint(s.device, s.method, params, s.timeout, s.expiresIn),
-		Timeout:     s.timeout, ExpiresIn: s.expiresIn, CreatedAt: s.created, Lane: s.lane,
+		Timeout:     s.timeout, ExpiresIn: s.expiresIn, CreatedAt: s.created, Lane: s.lane, Delay: s.delay,
 	})
 	if err != nil {
 		return nil, nil, err

@@ -403,7 +403,11 @@ func (w *Worker) ownPartitions(ctx context.Context) {
 // without error for the answer grace (DESIGN §7a): after an outage, or
 // when it has just taken a partition over, the push servers first get
 // one grace to complete the answers they held, so that a command its
-// device answered in time never ends as timeout. Relays are never held.
+// device answered in time never ends as timeout. Meanwhile it fires only
+// the timers that start an attempt (mailbox.Store.FireStartsIn: not
+// before, a retry's backoff, a lane's turn): their command is not on the
+// wire, so no answer to it is held, and holding them delayed a scheduled
+// command or a retry by up to a grace. Relays are never held.
 func (w *Worker) fireOwned(ctx context.Context) (int, map[string]int, error) {
 	outcomes := map[string]int{}
 	owned := w.parts.Owned()
@@ -442,17 +446,19 @@ func (w *Worker) fireOwned(ctx context.Context) (int, map[string]int, error) {
 		// Work is due: poll again at the next tick, until a poll finds
 		// none (or an error leaves it due).
 		w.due.set(p, now)
-		if w.reach.steady(p, now, w.cfg.AnswerGrace) {
-			k, o, err := w.store.FireTimersIn(ctx, p, w.cfg.TimerBatch)
-			n += k
-			for what, c := range o {
-				outcomes[what] += c
-			}
-			if err != nil {
-				w.reach.lost(p)
-				w.requeue(due[i+1:], now)
-				return n, outcomes, err
-			}
+		fire := w.store.FireTimersIn
+		if !w.reach.steady(p, now, w.cfg.AnswerGrace) {
+			fire = w.store.FireStartsIn // the timers no held answer can concern
+		}
+		k, o, err := fire(ctx, p, w.cfg.TimerBatch)
+		n += k
+		for what, c := range o {
+			outcomes[what] += c
+		}
+		if err != nil {
+			w.reach.lost(p)
+			w.requeue(due[i+1:], now)
+			return n, outcomes, err
 		}
 		if _, err := w.store.RelayOutbox(ctx, p, mailbox.OutboxAge, 100); err != nil {
 			w.reach.lost(p)

@@ -501,9 +501,11 @@ func TestDeadAfterDispatchLeftAlone(t *testing.T) {
 }
 
 // TestOwnerWaitsOneGrace: a worker that has just taken its partitions
-// fires no timer before it has reached them for the answer grace
-// (DESIGN §7a), so answers held by push servers land first; then the
-// timer fires as usual.
+// fires no timer that ends a command before it has reached them for the
+// answer grace (DESIGN §7a), so answers held by push servers land first;
+// then the timer fires as usual. A scheduled command of the same
+// partition, which no held answer can concern, goes into its device's
+// mailbox at its not-before meanwhile, not one grace later.
 func TestOwnerWaitsOneGrace(t *testing.T) {
 	t.Parallel()
 	h := newHarness(t)
@@ -520,8 +522,20 @@ func TestOwnerWaitsOneGrace(t *testing.T) {
 	require.Equal(t, mailbox.Reserved, out)
 	require.NoError(t, store.MarkQueued(t.Context(), "lamp-1", "app-1", id.Key()))
 
+	// Published before the worker starts, which dispatches it (scheduled)
+	// at once: due 300 ms after it was reserved.
+	const notBefore = 300 * time.Millisecond
+	sched := h.send(spec{client: "app-1", device: "lamp-1", id: `"s"`, delay: notBefore})
+
 	start := time.Now()
 	h.worker(func(c *Config) { c.AnswerGrace = grace })
+	s := h.waitStatus(sched, protocol.StatusSent, 15*time.Second)
+	// Timer interval 200 ms, Redis's clock in ms: well within the grace,
+	// which it waited for without the fix.
+	if got, bound := s.SentAt.Sub(start), grace*3/4; got > bound {
+		t.Errorf("the scheduled command was sent %v after the worker started (not before %v after it was reserved), want within %v", got, notBefore, bound)
+	}
+	require.Len(t, h.mailboxEntries("lamp-1"), 1)
 	env := &protocol.Envelope{Client: "app-1", Device: "lamp-1", MsgID: id}
 	c := h.waitStatus(env, protocol.StatusExpired, 15*time.Second)
 	// Due 300 ms after it was reserved, it expired only once the worker

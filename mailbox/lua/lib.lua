@@ -45,9 +45,11 @@ local function ms(n) return string.format('%d', n) end
 -- of an empty outbox, due OBAGE later (finalize). The wrapper of a plain call then replies
 -- {DUE, due_ms, reply}, which the Go side unwraps before any caller sees
 -- it; in a batch each item's row carries its due ('' when none). The
--- fire step arms without arm: only a partition's owner and the Store of
--- an ordered lane's fast path fire, after the owner knew of an earlier
--- timer, so the owner polls the partition again anyway.
+-- fire step re-arms its own timer without arm: only a partition's owner
+-- and the Store of an ordered lane's fast path fire, after the owner knew
+-- of an earlier timer, so the owner polls the partition again anyway; a
+-- retry's next attempt (again, send) arms through arm like any step, and
+-- its report goes to the item's partition.
 local DUE, OBAGE, HORIZON = '@DUE@', --@OUTBOXAGE@--, --@HORIZON@--
 -- note_due notes work due at t; beyond HORIZON from now it needs no
 -- report: an owner's full sweep comes first (due.go).
