@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -197,6 +198,83 @@ func TestInflightWindow(t *testing.T) {
 		_, err = c.recv(500 * time.Millisecond)
 		require.Error(t, err, "more than one PUBLISH after one PUBACK")
 	}
+}
+
+// TestRefillByQuarterWindow: once the window is full, a PUBACK that
+// frees less than a quarter of it (while others are in flight) reads
+// nothing; the PUBACK that frees a quarter reads that many with one
+// Fetch; and the refills go on until the mailbox is drained, in order.
+func TestRefillByQuarterWindow(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	n := e.startNode(func(c *Config) { c.Inflight = 8 })
+	const id = "dev-quarter"
+	topic := protocol.DeviceCommandsTopic(id)
+	all := seq("q", 0, 20)
+	for _, p := range all {
+		e.put(id, topic, p, n.NodeID())
+	}
+	c := dialRaw(t, n.Addr(), 4)
+	require.Equal(t, byte(0), c.connect(id, token(t, id, auth.RoleDevice, time.Hour)).ReasonCode)
+	c.subscribe(topic, 1)
+	var got []string
+	recvPublish := func() packets.Packet {
+		t.Helper()
+		pk, err := c.recv(5 * time.Second)
+		require.NoError(t, err, "PUBLISH %d", len(got))
+		require.Equal(t, packets.Publish, pk.FixedHeader.Type, "packet %d", len(got))
+		got = append(got, string(pk.Payload))
+		return pk
+	}
+	puback := func(pk packets.Packet) {
+		t.Helper()
+		require.NoError(t, c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}))
+	}
+	var window []packets.Packet
+	for range 8 {
+		window = append(window, recvPublish())
+	}
+	reads := value(t, n.m.reads)
+	puback(window[0]) // frees 1 of 8: less than a quarter
+	puback(window[1]) // frees 2: a quarter
+	window = append(window[2:], recvPublish(), recvPublish())
+	require.Equal(t, reads+1, value(t, n.m.reads), "Fetches for the two PUBACKs: got %v, want one", value(t, n.m.reads)-reads)
+	for len(got) < len(all) { // a quarter at a time
+		puback(window[0])
+		puback(window[1])
+		window = window[2:]
+		for range min(2, len(all)-len(got)) {
+			window = append(window, recvPublish())
+		}
+	}
+	require.Equal(t, all, got)
+}
+
+// TestLargePage: the PUBLISHes of a page larger than a write buffer
+// (64 KiB) go out in several writes, whole and in order.
+func TestLargePage(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	n := e.startNode()
+	const id = "dev-large-page"
+	topic := protocol.DeviceCommandsTopic(id)
+	var want []string
+	for i := range 6 {
+		p := fmt.Sprintf("%d-%s", i, strings.Repeat("x", 30000))
+		want = append(want, p)
+		e.put(id, topic, p, n.NodeID())
+	}
+	c := dialRaw(t, n.Addr(), 4)
+	require.Equal(t, byte(0), c.connect(id, token(t, id, auth.RoleDevice, time.Hour)).ReasonCode)
+	c.subscribe(topic, 1)
+	for i, w := range want {
+		pk, err := c.recv(5 * time.Second)
+		require.NoError(t, err, "PUBLISH %d", i)
+		require.Equal(t, packets.Publish, pk.FixedHeader.Type, "packet %d", i)
+		require.Equal(t, w, string(pk.Payload), "payload %d", i)
+		require.NoError(t, c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}))
+	}
+	eventually(t, 5*time.Second, func() bool { return e.mailboxLen(id) == 0 }, "mailbox drained")
 }
 
 // TestSweepCatchesLostSignal: an entry appended without any wake signal

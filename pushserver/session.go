@@ -88,9 +88,10 @@ type session struct {
 	mu          sync.Mutex
 	state       sessionState
 	run         runState
-	subs        []string        // granted filters (QoS 1)
+	subs        []string        // granted filters (QoS 1); copied on write: the runner reads it unlocked
 	granted     []string        // filters granted by a SUBSCRIBE whose SUBACK is not written yet
 	wake        bool            // the mailbox may have new entries
+	blocked     bool            // the runner stopped reading for want of room in the window: PUBACKs refill it
 	rewind      bool            // a subscription was added: re-read skipped entries
 	reoffer     bool            // Redis is back from an outage: offer everything again, delivered commands too
 	reofferedAt int64           // when the last re-offer was asked for, unix nanoseconds
@@ -308,11 +309,13 @@ func (s *session) subscribeDone() {
 		s.mu.Unlock()
 		return
 	}
+	subs := slices.Clone(s.subs)
 	for _, f := range s.granted {
-		if !slices.Contains(s.subs, f) {
-			s.subs = append(s.subs, f)
+		if !slices.Contains(subs, f) {
+			subs = append(subs, f)
 		}
 	}
+	s.subs = subs
 	s.granted = nil
 	s.wake, s.rewind = true, true
 	if s.state == sessionIdle {
@@ -329,7 +332,7 @@ func (s *session) unsubscribed(filters []string) []bool {
 	defer s.mu.Unlock()
 	for i, f := range filters {
 		if k := slices.Index(s.subs, f); k >= 0 {
-			s.subs = slices.Delete(s.subs, k, k+1)
+			s.subs = slices.Delete(slices.Clone(s.subs), k, k+1)
 			removed[i] = true
 		}
 	}
@@ -387,8 +390,10 @@ func (s *session) puback(pid uint16, code byte) {
 		s.releaseWindow()
 	}
 	bg := s.claimBackground()
-	free := s.window - len(s.inflight)
-	refill := s.state == sessionStreaming && (free == s.window || free >= max(1, s.window/4))
+	refill := s.blocked && s.state == sessionStreaming && s.roomFor(max(1, s.window/4))
+	if refill {
+		s.blocked = false
+	}
 	s.mu.Unlock()
 	if refused {
 		s.n.log.Info("client refused a message", "client_id", s.identity, "reason", code)
@@ -477,7 +482,7 @@ func (s *session) take() (state sessionState, wake, rewind, reoffer bool, subs [
 	if reoffer {
 		s.delivered = nil
 	}
-	return s.state, wake, rewind, reoffer, slices.Clone(s.subs)
+	return s.state, wake, rewind, reoffer, s.subs // copied on write
 }
 
 // offerAgain has the mailbox read again from its start, and the commands
@@ -578,9 +583,9 @@ func (s *session) step() bool {
 	// slots.
 	refill := max(1, s.window/4)
 	for s.more {
-		want, sending := s.freeSlots()
-		if want == 0 || (want < refill && sending) {
-			break
+		want := s.freeSlots(refill)
+		if want == 0 {
+			break // the PUBACKs that make room step again (blocked)
 		}
 		ctx, cancel := context.WithTimeout(s.n.ctx, redisTimeout)
 		entries, more, err := s.n.store.FetchPage(ctx, s.identity, s.cursor, want)
@@ -618,15 +623,32 @@ func (s *session) step() bool {
 	return false
 }
 
-// freeSlots returns how many entries the window can take, and whether
-// any is in flight; 0 when the session no longer streams.
-func (s *session) freeSlots() (free int, sending bool) {
+// freeSlots returns how many entries to fetch into the window: its free
+// slots when they are at least refill or nothing is in flight (roomFor),
+// else 0. It records whether it returned 0 for want of room (blocked),
+// in the same critical section as the PUBACKs that make room read it, so
+// that the PUBACK that makes enough room steps the runner again (puback):
+// none is lost, and no other PUBACK steps it for nothing. 0 as well when
+// the session no longer streams.
+func (s *session) freeSlots(refill int) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.blocked = false
 	if s.state != sessionStreaming {
-		return 0, false
+		return 0
 	}
-	return s.window - len(s.inflight), len(s.inflight) > 0
+	if !s.roomFor(refill) {
+		s.blocked = true
+		return 0
+	}
+	return s.window - len(s.inflight)
+}
+
+// roomFor reports whether the window has room for a fetch: refill free
+// slots or more, or nothing in flight. The caller holds mu.
+func (s *session) roomFor(refill int) bool {
+	free := s.window - len(s.inflight)
+	return free > 0 && (free >= refill || len(s.inflight) == 0)
 }
 
 // send publishes the fetched entries that a subscription matches, in
