@@ -22,6 +22,21 @@ func seq(prefix string, from, to int) []string {
 	return out
 }
 
+// fillAndSubscribe puts payloads into device id's mailbox on its
+// commands topic, then connects an MQTT 3.1.1 device and subscribes it
+// to that topic.
+func fillAndSubscribe(t *testing.T, e *env, n *Node, id string, payloads []string) *raw {
+	t.Helper()
+	topic := protocol.DeviceCommandsTopic(id)
+	for _, p := range payloads {
+		e.put(id, topic, p, n.NodeID())
+	}
+	c := dialRaw(t, n.Addr(), 4)
+	require.Equal(t, byte(0), c.connect(id, token(t, id, auth.RoleDevice, time.Hour)).ReasonCode)
+	require.Equal(t, []byte{1}, c.subscribe(topic, 1).ReasonCodes, "SUBACK reason codes")
+	return c
+}
+
 // TestDrainInOrder: what waited while the device was offline is streamed
 // in order once it subscribes, then removed; new entries follow through
 // the wake signal.
@@ -109,13 +124,7 @@ func TestRedeliveryWithoutPuback(t *testing.T) {
 	const id = "dev-noack"
 	topic := protocol.DeviceCommandsTopic(id)
 	all := seq("m", 0, 10)
-	for _, p := range all {
-		e.put(id, topic, p, n.NodeID())
-	}
-
-	c := dialRaw(t, n.Addr(), 4)
-	require.Equal(t, byte(0), c.connect(id, token(t, id, auth.RoleDevice, time.Hour)).ReasonCode)
-	require.Equal(t, []byte{1}, c.subscribe(topic, 1).ReasonCodes)
+	c := fillAndSubscribe(t, e, n, id, all)
 	var pubs []packets.Packet
 	ids := map[uint16]bool{}
 	for range all {
@@ -208,15 +217,8 @@ func TestRefillByQuarterWindow(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
 	n := e.startNode(func(c *Config) { c.Inflight = 8 })
-	const id = "dev-quarter"
-	topic := protocol.DeviceCommandsTopic(id)
 	all := seq("q", 0, 20)
-	for _, p := range all {
-		e.put(id, topic, p, n.NodeID())
-	}
-	c := dialRaw(t, n.Addr(), 4)
-	require.Equal(t, byte(0), c.connect(id, token(t, id, auth.RoleDevice, time.Hour)).ReasonCode)
-	c.subscribe(topic, 1)
+	c := fillAndSubscribe(t, e, n, "dev-quarter", all)
 	var got []string
 	recvPublish := func() packets.Packet {
 		t.Helper()
@@ -257,16 +259,11 @@ func TestLargePage(t *testing.T) {
 	e := newEnv(t)
 	n := e.startNode()
 	const id = "dev-large-page"
-	topic := protocol.DeviceCommandsTopic(id)
 	var want []string
 	for i := range 6 {
-		p := fmt.Sprintf("%d-%s", i, strings.Repeat("x", 30000))
-		want = append(want, p)
-		e.put(id, topic, p, n.NodeID())
+		want = append(want, fmt.Sprintf("%d-%s", i, strings.Repeat("x", 30000)))
 	}
-	c := dialRaw(t, n.Addr(), 4)
-	require.Equal(t, byte(0), c.connect(id, token(t, id, auth.RoleDevice, time.Hour)).ReasonCode)
-	c.subscribe(topic, 1)
+	c := fillAndSubscribe(t, e, n, id, want)
 	for i, w := range want {
 		pk, err := c.recv(5 * time.Second)
 		require.NoError(t, err, "PUBLISH %d", i)
