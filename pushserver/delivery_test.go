@@ -213,10 +213,11 @@ func TestInflightWindow(t *testing.T) {
 // frees less than a quarter of it (while others are in flight) reads
 // nothing; the PUBACK that frees a quarter reads that many with one
 // Fetch; and the refills go on until the mailbox is drained, in order.
+// No sweep runs: the PUBACKs alone refill the window.
 func TestRefillByQuarterWindow(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t)
-	n := e.startNode(func(c *Config) { c.Inflight = 8 })
+	n := e.startNode(func(c *Config) { c.Inflight, c.SweepInterval = 8, time.Hour })
 	all := seq("q", 0, 20)
 	c := fillAndSubscribe(t, e, n, "dev-quarter", all)
 	var got []string
