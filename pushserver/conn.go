@@ -187,12 +187,16 @@ func (c *client) encodeTo(pk *packets.Packet, buf *bytes.Buffer) error {
 }
 
 // writeEncoded writes packets encoded by encodeTo, all in one write;
-// errConnClosed once the connection is closing.
+// errConnClosed once the connection is closing, checked under the write
+// lock, so that nothing follows the DISCONNECT that closes it.
 func (c *client) writeEncoded(b []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	if c.isClosed() {
 		return errConnClosed
 	}
-	return c.writeBytes(b)
+	_, err := c.rc.Write(b)
+	return err
 }
 
 // writeBytes writes encoded packets in one write, after any write under

@@ -742,11 +742,18 @@ func getBatch() *pubBatch {
 
 // putBatch pools b, keeping no payload.
 func putBatch(b *pubBatch) {
+	b.reset()
 	putWriteBuffer(b.buf)
 	b.buf = nil
-	clear(b.entries)
-	b.pids, b.entries, b.spans = b.pids[:0], b.entries[:0], b.spans[:0]
 	batchPool.Put(b)
+}
+
+// reset empties b, keeping its buffers but no entry or span.
+func (b *pubBatch) reset() {
+	b.buf.Reset()
+	clear(b.entries)
+	clear(b.spans)
+	b.pids, b.entries, b.spans = b.pids[:0], b.entries[:0], b.spans[:0]
 }
 
 // flush writes the PUBLISHes of batch b at once and empties it. When the
@@ -778,9 +785,7 @@ func (s *session) flush(b *pubBatch, notSent func(mailbox.Entry)) bool {
 		s.closing()
 		s.more = false
 	}
-	b.buf.Reset()
-	clear(b.entries)
-	b.pids, b.entries, b.spans = b.pids[:0], b.entries[:0], b.spans[:0]
+	b.reset()
 	return ok
 }
 
