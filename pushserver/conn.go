@@ -140,6 +140,33 @@ var writeBuffers = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 const maxPooledWrite = 64 << 10
 
 func (c *client) write(pk packets.Packet) error {
+	buf := getWriteBuffer()
+	defer putWriteBuffer(buf)
+	if err := c.encodeTo(&pk, buf); err != nil {
+		return err
+	}
+	return c.writeBytes(buf.Bytes())
+}
+
+// getWriteBuffer returns an empty buffer from writeBuffers.
+func getWriteBuffer() *bytes.Buffer {
+	buf := writeBuffers.Get().(*bytes.Buffer)
+	buf.Reset()
+	return buf
+}
+
+// putWriteBuffer gives buf back to writeBuffers unless it has grown
+// beyond maxPooledWrite.
+func putWriteBuffer(buf *bytes.Buffer) {
+	if buf.Cap() <= maxPooledWrite {
+		writeBuffers.Put(buf)
+	}
+}
+
+// encodeTo appends pk, encoded for this client, to buf;
+// packets.ErrPacketTooLarge when it exceeds the client's Maximum Packet
+// Size. On an error buf is as it was.
+func (c *client) encodeTo(pk *packets.Packet, buf *bytes.Buffer) error {
 	if pk.Expiry > 0 {
 		pk.Properties.MessageExpiryInterval = uint32(max(1, pk.Expiry-time.Now().Unix())) // [MQTT-3.3.2-6]
 	}
@@ -147,22 +174,37 @@ func (c *client) write(pk packets.Packet) error {
 	pk.Mods.MaxSize = c.maxPacket
 	pk.Mods.DisallowProblemInfo = c.noProblemInfo // [MQTT-3.1.2-29]
 	pk.Mods.AllowResponseInfo = true              // never set on a CONNACK here: no Response Information
-	buf := writeBuffers.Get().(*bytes.Buffer)
-	buf.Reset()
-	defer func() {
-		if buf.Cap() <= maxPooledWrite {
-			writeBuffers.Put(buf)
-		}
-	}()
-	if err := encode(&pk, buf); err != nil {
+	start := buf.Len()
+	if err := encode(pk, buf); err != nil {
+		buf.Truncate(start)
 		return err
 	}
-	if pk.Mods.MaxSize > 0 && uint32(buf.Len()) > pk.Mods.MaxSize {
+	if pk.Mods.MaxSize > 0 && uint32(buf.Len()-start) > pk.Mods.MaxSize {
+		buf.Truncate(start)
 		return packets.ErrPacketTooLarge // [MQTT-3.1.2-24] [MQTT-3.1.2-25]
 	}
+	return nil
+}
+
+// writeEncoded writes packets encoded by encodeTo, all in one write;
+// errConnClosed once the connection is closing, checked under the write
+// lock, so that nothing follows the DISCONNECT that closes it.
+func (c *client) writeEncoded(b []byte) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
-	_, err := c.rc.Write(buf.Bytes())
+	if c.isClosed() {
+		return errConnClosed
+	}
+	_, err := c.rc.Write(b)
+	return err
+}
+
+// writeBytes writes encoded packets in one write, after any write under
+// way (wmu).
+func (c *client) writeBytes(b []byte) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	_, err := c.rc.Write(b)
 	return err
 }
 

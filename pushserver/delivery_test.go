@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"strings"
 	"testing"
 	"time"
 
@@ -19,6 +20,21 @@ func seq(prefix string, from, to int) []string {
 		out = append(out, fmt.Sprintf("%s-%03d", prefix, i))
 	}
 	return out
+}
+
+// fillAndSubscribe puts payloads into device id's mailbox on its
+// commands topic, then connects an MQTT 3.1.1 device and subscribes it
+// to that topic.
+func fillAndSubscribe(t *testing.T, e *env, n *Node, id string, payloads []string) *raw {
+	t.Helper()
+	topic := protocol.DeviceCommandsTopic(id)
+	for _, p := range payloads {
+		e.put(id, topic, p, n.NodeID())
+	}
+	c := dialRaw(t, n.Addr(), 4)
+	require.Equal(t, byte(0), c.connect(id, token(t, id, auth.RoleDevice, time.Hour)).ReasonCode)
+	require.Equal(t, []byte{1}, c.subscribe(topic, 1).ReasonCodes, "SUBACK reason codes")
+	return c
 }
 
 // TestDrainInOrder: what waited while the device was offline is streamed
@@ -108,13 +124,7 @@ func TestRedeliveryWithoutPuback(t *testing.T) {
 	const id = "dev-noack"
 	topic := protocol.DeviceCommandsTopic(id)
 	all := seq("m", 0, 10)
-	for _, p := range all {
-		e.put(id, topic, p, n.NodeID())
-	}
-
-	c := dialRaw(t, n.Addr(), 4)
-	require.Equal(t, byte(0), c.connect(id, token(t, id, auth.RoleDevice, time.Hour)).ReasonCode)
-	require.Equal(t, []byte{1}, c.subscribe(topic, 1).ReasonCodes)
+	c := fillAndSubscribe(t, e, n, id, all)
 	var pubs []packets.Packet
 	ids := map[uint16]bool{}
 	for range all {
@@ -197,6 +207,72 @@ func TestInflightWindow(t *testing.T) {
 		_, err = c.recv(500 * time.Millisecond)
 		require.Error(t, err, "more than one PUBLISH after one PUBACK")
 	}
+}
+
+// TestRefillByQuarterWindow: once the window is full, a PUBACK that
+// frees less than a quarter of it (while others are in flight) reads
+// nothing; the PUBACK that frees a quarter reads that many with one
+// Fetch; and the refills go on until the mailbox is drained, in order.
+// No sweep runs: the PUBACKs alone refill the window.
+func TestRefillByQuarterWindow(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	n := e.startNode(func(c *Config) { c.Inflight, c.SweepInterval = 8, time.Hour })
+	all := seq("q", 0, 20)
+	c := fillAndSubscribe(t, e, n, "dev-quarter", all)
+	var got []string
+	recvPublish := func() packets.Packet {
+		t.Helper()
+		pk, err := c.recv(5 * time.Second)
+		require.NoError(t, err, "PUBLISH %d", len(got))
+		require.Equal(t, packets.Publish, pk.FixedHeader.Type, "packet %d", len(got))
+		got = append(got, string(pk.Payload))
+		return pk
+	}
+	puback := func(pk packets.Packet) {
+		t.Helper()
+		require.NoError(t, c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}))
+	}
+	var window []packets.Packet
+	for range 8 {
+		window = append(window, recvPublish())
+	}
+	reads := value(t, n.m.reads)
+	puback(window[0]) // frees 1 of 8: less than a quarter
+	puback(window[1]) // frees 2: a quarter
+	window = append(window[2:], recvPublish(), recvPublish())
+	require.Equal(t, reads+1, value(t, n.m.reads), "Fetches for the two PUBACKs: got %v, want one", value(t, n.m.reads)-reads)
+	for len(got) < len(all) { // a quarter at a time
+		puback(window[0])
+		puback(window[1])
+		window = window[2:]
+		for range min(2, len(all)-len(got)) {
+			window = append(window, recvPublish())
+		}
+	}
+	require.Equal(t, all, got)
+}
+
+// TestLargePage: the PUBLISHes of a page larger than a write buffer
+// (64 KiB) go out in several writes, whole and in order.
+func TestLargePage(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	n := e.startNode()
+	const id = "dev-large-page"
+	var want []string
+	for i := range 6 {
+		want = append(want, fmt.Sprintf("%d-%s", i, strings.Repeat("x", 30000)))
+	}
+	c := fillAndSubscribe(t, e, n, id, want)
+	for i, w := range want {
+		pk, err := c.recv(5 * time.Second)
+		require.NoError(t, err, "PUBLISH %d", i)
+		require.Equal(t, packets.Publish, pk.FixedHeader.Type, "packet %d", i)
+		require.Equal(t, w, string(pk.Payload), "payload %d", i)
+		require.NoError(t, c.send(packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID}))
+	}
+	eventually(t, 5*time.Second, func() bool { return e.mailboxLen(id) == 0 }, "mailbox drained")
 }
 
 // TestSweepCatchesLostSignal: an entry appended without any wake signal

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"slices"
@@ -87,9 +88,10 @@ type session struct {
 	mu          sync.Mutex
 	state       sessionState
 	run         runState
-	subs        []string        // granted filters (QoS 1)
+	subs        []string        // granted filters (QoS 1); copied on write: the runner reads it unlocked
 	granted     []string        // filters granted by a SUBSCRIBE whose SUBACK is not written yet
 	wake        bool            // the mailbox may have new entries
+	blocked     bool            // the runner stopped reading for want of room in the window: PUBACKs refill it
 	rewind      bool            // a subscription was added: re-read skipped entries
 	reoffer     bool            // Redis is back from an outage: offer everything again, delivered commands too
 	reofferedAt int64           // when the last re-offer was asked for, unix nanoseconds
@@ -307,11 +309,13 @@ func (s *session) subscribeDone() {
 		s.mu.Unlock()
 		return
 	}
+	subs := slices.Clone(s.subs)
 	for _, f := range s.granted {
-		if !slices.Contains(s.subs, f) {
-			s.subs = append(s.subs, f)
+		if !slices.Contains(subs, f) {
+			subs = append(subs, f)
 		}
 	}
+	s.subs = subs
 	s.granted = nil
 	s.wake, s.rewind = true, true
 	if s.state == sessionIdle {
@@ -328,7 +332,7 @@ func (s *session) unsubscribed(filters []string) []bool {
 	defer s.mu.Unlock()
 	for i, f := range filters {
 		if k := slices.Index(s.subs, f); k >= 0 {
-			s.subs = slices.Delete(s.subs, k, k+1)
+			s.subs = slices.Delete(slices.Clone(s.subs), k, k+1)
 			removed[i] = true
 		}
 	}
@@ -386,8 +390,10 @@ func (s *session) puback(pid uint16, code byte) {
 		s.releaseWindow()
 	}
 	bg := s.claimBackground()
-	free := s.window - len(s.inflight)
-	refill := s.state == sessionStreaming && (free == s.window || free >= max(1, s.window/4))
+	refill := s.blocked && s.state == sessionStreaming && s.roomFor(max(1, s.window/4))
+	if refill {
+		s.blocked = false
+	}
 	s.mu.Unlock()
 	if refused {
 		s.n.log.Info("client refused a message", "client_id", s.identity, "reason", code)
@@ -476,7 +482,7 @@ func (s *session) take() (state sessionState, wake, rewind, reoffer bool, subs [
 	if reoffer {
 		s.delivered = nil
 	}
-	return s.state, wake, rewind, reoffer, slices.Clone(s.subs)
+	return s.state, wake, rewind, reoffer, s.subs // copied on write
 }
 
 // offerAgain has the mailbox read again from its start, and the commands
@@ -577,9 +583,9 @@ func (s *session) step() bool {
 	// slots.
 	refill := max(1, s.window/4)
 	for s.more {
-		want, sending := s.freeSlots()
-		if want == 0 || (want < refill && sending) {
-			break
+		want := s.freeSlots(refill)
+		if want == 0 {
+			break // the PUBACKs that make room step again (blocked)
 		}
 		ctx, cancel := context.WithTimeout(s.n.ctx, redisTimeout)
 		entries, more, err := s.n.store.FetchPage(ctx, s.identity, s.cursor, want)
@@ -617,15 +623,32 @@ func (s *session) step() bool {
 	return false
 }
 
-// freeSlots returns how many entries the window can take, and whether
-// any is in flight; 0 when the session no longer streams.
-func (s *session) freeSlots() (free int, sending bool) {
+// freeSlots returns how many entries to fetch into the window: its free
+// slots when they are at least refill or nothing is in flight (roomFor),
+// else 0. It records whether it returned 0 for want of room (blocked),
+// in the same critical section as the PUBACKs that make room read it, so
+// that the PUBACK that makes enough room steps the runner again (puback):
+// none is lost, and no other PUBACK steps it for nothing. 0 as well when
+// the session no longer streams.
+func (s *session) freeSlots(refill int) int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	s.blocked = false
 	if s.state != sessionStreaming {
-		return 0, false
+		return 0
 	}
-	return s.window - len(s.inflight), len(s.inflight) > 0
+	if !s.roomFor(refill) {
+		s.blocked = true
+		return 0
+	}
+	return s.window - len(s.inflight)
+}
+
+// roomFor reports whether the window has room for a fetch: refill free
+// slots or more, or nothing in flight. The caller holds mu.
+func (s *session) roomFor(refill int) bool {
+	free := s.window - len(s.inflight)
+	return free > 0 && (free >= refill || len(s.inflight) == 0)
 }
 
 // send publishes the fetched entries that a subscription matches, in
@@ -642,6 +665,7 @@ func (s *session) send(entries []mailbox.Entry, subs []string) bool {
 		}
 	}
 	ok := true
+	b := getBatch()
 	for _, e := range entries {
 		s.cursor = e.ID
 		if !ok {
@@ -667,13 +691,15 @@ func (s *session) send(entries []mailbox.Entry, subs []string) bool {
 		if h := s.n.beforePublish.Load(); h != nil {
 			(*h)(s)
 		}
-		err := s.publish(pid, e)
+		err := s.encodePublish(b, pid, e)
 		if err == nil {
-			s.n.m.delivers.Inc()
+			if b.buf.Len() >= maxPooledWrite {
+				ok = s.flush(b, notSent)
+			}
 			continue
 		}
 		if !s.unplace(pid) {
-			continue // PUBACKed all the same: the client had it
+			continue // PUBACKed all the same
 		}
 		notSent(e)
 		if errors.Is(err, packets.ErrPacketTooLarge) {
@@ -685,14 +711,81 @@ func (s *session) send(entries []mailbox.Entry, subs []string) bool {
 			s.skipped = true
 			continue
 		}
-		// The connection is going away; the close follows. A failed
-		// write never completes a PUBLISH, so neither this entry nor the
-		// rest of the batch went out.
-		s.n.log.Debug("cannot send mailbox entry", "client_id", s.identity, "err", err)
+		s.n.log.Warn("cannot encode mailbox entry", "client_id", s.identity, "entry", e.ID, "err", err)
 		s.closing()
 		ok, s.more = false, false
 	}
+	if !s.flush(b, notSent) {
+		ok = false
+	}
+	putBatch(b)
 	s.enqueue(unsend)
+	return ok
+}
+
+// pubBatch holds the PUBLISHes of one page, encoded into one buffer, until
+// they are written with one write (session.flush).
+type pubBatch struct {
+	buf     *bytes.Buffer
+	pids    []uint16        // their packet IDs, in the window
+	entries []mailbox.Entry // their entries
+	spans   []trace.Span    // their producer spans, ended once written
+}
+
+var batchPool = sync.Pool{New: func() any { return new(pubBatch) }}
+
+func getBatch() *pubBatch {
+	b := batchPool.Get().(*pubBatch)
+	b.buf = getWriteBuffer()
+	return b
+}
+
+// putBatch pools b, keeping no payload.
+func putBatch(b *pubBatch) {
+	b.reset()
+	putWriteBuffer(b.buf)
+	b.buf = nil
+	batchPool.Put(b)
+}
+
+// reset empties b, keeping its buffers but no entry or span.
+func (b *pubBatch) reset() {
+	b.buf.Reset()
+	clear(b.entries)
+	clear(b.spans)
+	b.pids, b.entries, b.spans = b.pids[:0], b.entries[:0], b.spans[:0]
+}
+
+// flush writes the PUBLISHes of batch b at once and empties it. When the
+// write fails, the connection is going away (the close follows): a
+// failed write never completes a PUBLISH, so the batch's entries leave
+// the window and go to notSent (but those PUBACKed all the same: the
+// client had them), nothing more is sent, and flush reports false.
+func (s *session) flush(b *pubBatch, notSent func(mailbox.Entry)) bool {
+	if len(b.pids) == 0 {
+		return true
+	}
+	err := s.cl.writeEncoded(b.buf.Bytes())
+	for _, span := range b.spans {
+		if err != nil {
+			span.SetStatus(codes.Error, err.Error())
+		}
+		span.End()
+	}
+	ok := err == nil
+	if ok {
+		s.n.m.delivers.Add(float64(len(b.pids)))
+	} else {
+		for i, pid := range b.pids {
+			if s.unplace(pid) {
+				notSent(b.entries[i])
+			}
+		}
+		s.n.log.Debug("cannot send mailbox entries", "client_id", s.identity, "entries", len(b.pids), "err", err)
+		s.closing()
+		s.more = false
+	}
+	b.reset()
 	return ok
 }
 
@@ -757,12 +850,13 @@ func (s *session) unplace(pid uint16) bool {
 	return true
 }
 
-// publish writes entry e as a QoS 1 PUBLISH with packet ID pid. An
-// entry that carries a trace (Entry.TraceParent: the worker's dispatch
-// for a command, the relay for a result) gets a producer span, "send" to
-// a device or "deliver" to a client, whose traceparent an MQTT 5
-// receiver gets as the user property "traceparent".
-func (s *session) publish(pid uint16, e mailbox.Entry) error {
+// encodePublish adds entry e to batch b as a QoS 1 PUBLISH with packet
+// ID pid. An entry that carries a trace (Entry.TraceParent: the worker's
+// dispatch for a command, the relay for a result) gets a producer span,
+// "send" to a device or "deliver" to a client, whose traceparent an
+// MQTT 5 receiver gets as the user property "traceparent"; the span ends
+// when the batch is written (flush).
+func (s *session) encodePublish(b *pubBatch, pid uint16, e mailbox.Entry) error {
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
 		TopicName:   e.Topic,
@@ -773,35 +867,43 @@ func (s *session) publish(pid uint16, e mailbox.Entry) error {
 	if !e.Expires.IsZero() {
 		pk.Expiry = e.Expires.Unix() // MQTT 5 message expiry interval
 	}
-	if e.TraceParent == "" {
-		return s.cl.writePacket(pk)
-	}
-	if !telemetry.Enabled() {
+	var span trace.Span
+	switch {
+	case e.TraceParent == "":
+	case !telemetry.Enabled():
 		// No span to record: the entry's traceparent goes on as it is
 		// (written by the gateway, so well-formed), at no cost.
 		if s.cl.version == 5 {
 			pk.Properties.User = []packets.UserProperty{{Key: "traceparent", Val: e.TraceParent}}
 		}
-		return s.cl.writePacket(pk)
+	default:
+		name, attrs := "deliver", []attribute.KeyValue{attribute.String("client_id", s.identity)}
+		if e.Client != "" {
+			name, attrs = "send", []attribute.KeyValue{attribute.String("device_id", s.identity),
+				attribute.String("client_id", e.Client), attribute.String("msg_id", e.MsgKey)}
+		}
+		var ctx context.Context
+		ctx, span = telemetry.Tracer().Start(telemetry.ContextWithTraceParent(context.Background(), e.TraceParent), name,
+			trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(append(attrs,
+				attribute.String("messaging.system", "mqtt"), attribute.String("messaging.destination.name", e.Topic),
+				attribute.String("node", s.n.cfg.NodeID))...))
+		if s.cl.version == 5 {
+			pk.Properties.User = []packets.UserProperty{{Key: "traceparent", Val: telemetry.TraceParent(ctx)}}
+		}
 	}
-	name, attrs := "deliver", []attribute.KeyValue{attribute.String("client_id", s.identity)}
-	if e.Client != "" {
-		name, attrs = "send", []attribute.KeyValue{attribute.String("device_id", s.identity),
-			attribute.String("client_id", e.Client), attribute.String("msg_id", e.MsgKey)}
+	if err := s.cl.encodeTo(&pk, b.buf); err != nil {
+		if span != nil {
+			span.SetStatus(codes.Error, err.Error())
+			span.End()
+		}
+		return err
 	}
-	ctx, span := telemetry.Tracer().Start(telemetry.ContextWithTraceParent(context.Background(), e.TraceParent), name,
-		trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(append(attrs,
-			attribute.String("messaging.system", "mqtt"), attribute.String("messaging.destination.name", e.Topic),
-			attribute.String("node", s.n.cfg.NodeID))...))
-	defer span.End()
-	if s.cl.version == 5 {
-		pk.Properties.User = []packets.UserProperty{{Key: "traceparent", Val: telemetry.TraceParent(ctx)}}
+	b.pids = append(b.pids, pid)
+	b.entries = append(b.entries, e)
+	if span != nil {
+		b.spans = append(b.spans, span)
 	}
-	err := s.cl.writePacket(pk)
-	if err != nil {
-		span.SetStatus(codes.Error, err.Error())
-	}
-	return err
+	return nil
 }
 
 // enqueue hands fetched but unpublished entries to the background
