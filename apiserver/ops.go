@@ -394,12 +394,7 @@ func (o *ops) collect(ctx context.Context) statsView {
 		for _, st := range protocol.Statuses {
 			v.Statuses.Counts[string(st)] = counts[st]
 		}
-		for _, ev := range knownEvents {
-			v.Statuses.Events[ev] = 0
-		}
-		for k, n := range events {
-			v.Statuses.Events[k] = n
-		}
+		v.Statuses.Events = recentEvents(events)
 	}
 	for i, m := range members {
 		ps := pushServerView{Node: m.Node, MQTTURL: m.URL}
@@ -670,6 +665,10 @@ type opsSample struct {
 	at     time.Time
 	queues map[string]amqpx.QueueInfo // the queues that could be inspected
 	totals *mailbox.Totals            // nil when Redis failed
+	// counts and events are the transitions into each status and the
+	// events of the last statsWindowMinutes (nil when Redis failed).
+	counts map[protocol.Status]int64
+	events map[string]int64
 }
 
 // sample reads the gauges' sources once.
@@ -685,6 +684,16 @@ func (o *ops) sample(ctx context.Context) (*opsSample, error) {
 	if err == nil {
 		smp.totals = &t
 	} else {
+		errs = append(errs, err)
+	}
+	counts, err := o.s.store.StatusCounts(ctx, statsWindowMinutes)
+	if err == nil {
+		var events map[string]int64
+		if events, err = o.s.store.EventCounts(ctx, statsWindowMinutes); err == nil {
+			smp.counts, smp.events = counts, events
+		}
+	}
+	if err != nil {
 		errs = append(errs, err)
 	}
 	return smp, errors.Join(errs...)
@@ -807,13 +816,17 @@ var (
 		"Entries in one partition's outbox (non-empty outboxes only).", []string{"partition"}, nil)
 	descPartOutboxAge = prometheus.NewDesc("gw_outbox_partition_oldest_age_seconds",
 		"Age of the oldest entry of one partition's outbox (non-empty outboxes only).", []string{"partition"}, nil)
+	descRecentStatuses = prometheus.NewDesc("gw_commands_recent",
+		"Transitions into each status over the last "+strconv.Itoa(statsWindowMinutes)+" minutes, as in /v1/stats (scheduled: commands waiting for not_before or a retry's backoff; every status shown, 0 included).", []string{"status"}, nil)
+	descRecentEvents = prometheus.NewDesc("gw_command_events_recent",
+		"Events over the last "+strconv.Itoa(statsWindowMinutes)+" minutes, as in /v1/stats: retried (next attempts of a retry policy) and retried_{outcome} by the outcome that ended the attempt, late, result_dropped, lane_wait.", []string{"event"}, nil)
 	descQueueOldestAge = prometheus.NewDesc("gw_queue_oldest_age_seconds",
 		"Age of the oldest command still queued in each command queue, from the gateway's records (0 when none waits).", []string{"queue"}, nil)
 )
 
 func (oc *opsCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{descQueueReady, descQueueConsumers, descMailboxEntries, descMailboxes, descTimers, descDead,
-		descOutboxEntries, descOutboxAge, descPartOutboxEntries, descPartOutboxAge, descQueueOldestAge} {
+		descOutboxEntries, descOutboxAge, descPartOutboxEntries, descPartOutboxAge, descQueueOldestAge, descRecentStatuses, descRecentEvents} {
 		ch <- d
 	}
 }
@@ -850,4 +863,25 @@ func (oc *opsCollector) Collect(ch chan<- prometheus.Metric) {
 			ch <- prometheus.MustNewConstMetric(descQueueOldestAge, prometheus.GaugeValue, age, oc.o.s.topo.CommandQueue(i))
 		}
 	}
+	if smp.counts != nil {
+		for _, st := range protocol.Statuses {
+			ch <- prometheus.MustNewConstMetric(descRecentStatuses, prometheus.GaugeValue, float64(smp.counts[st]), string(st))
+		}
+		for name, n := range recentEvents(smp.events) {
+			ch <- prometheus.MustNewConstMetric(descRecentEvents, prometheus.GaugeValue, float64(n), name)
+		}
+	}
+}
+
+// recentEvents is events with every known event present (0 before it
+// first happens), as /v1/stats shows them.
+func recentEvents(events map[string]int64) map[string]int64 {
+	out := make(map[string]int64, len(knownEvents)+len(events))
+	for _, e := range knownEvents {
+		out[e] = 0
+	}
+	for e, n := range events {
+		out[e] = n
+	}
+	return out
 }

@@ -641,6 +641,19 @@ func TestOpsGauges(t *testing.T) {
 			assert.Equal(t, want, v, series)
 		}
 	}
+	// The status transitions and events of the stats window, as
+	// /v1/stats shows them (nothing moves meanwhile: no worker runs).
+	stats := g.stats(t)
+	require.NotZero(t, stats.Statuses.Counts["dead"], "/v1/stats counts no dead command: %+v", stats.Statuses)
+	for st, want := range stats.Statuses.Counts {
+		got, ok := metricValue(t, m, fmt.Sprintf(`gw_commands_recent{status=%q}`, st))
+		assert.True(t, ok && got == float64(want), "gw_commands_recent{status=%q} = %v (present %v), want %d as in /v1/stats", st, got, ok, want)
+	}
+	for ev, want := range stats.Statuses.Events {
+		got, ok := metricValue(t, m, fmt.Sprintf(`gw_command_events_recent{event=%q}`, ev))
+		assert.True(t, ok && got == float64(want), "gw_command_events_recent{event=%q} = %v (present %v), want %d as in /v1/stats", ev, got, ok, want)
+	}
+
 	// The age of the oldest queued command of each command queue: one of
 	// the 4 queued ones somewhere, 0 where none waits.
 	oldest := 0.0
