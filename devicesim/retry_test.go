@@ -1,10 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -150,6 +152,33 @@ func TestRetryPolicy(t *testing.T) {
 			}
 		})
 	}
+
+	t.Run("send --not-before", func(t *testing.T) {
+		cli := func(args ...string) (string, error) {
+			var out bytes.Buffer
+			err := run(t.Context(), append([]string{"send", "--api", e.gw.APIURL, "--secret", e.gw.Opts.Secret,
+				"--client", "rty-cli", "--method", "echo", "--retries", "2", "--retry-on", "device_error"}, args...),
+				func(string) string { return "" }, &out)
+			return out.String(), err
+		}
+		posted := time.Now()
+		out, err := cli("--device", "rty-2", "--id", "cli-later", "--not-before", "1s")
+		took := time.Since(posted)
+		if err != nil || !strings.Contains(out, `"result"`) {
+			t.Fatalf("send --not-before 1s: %v; output %s; want a result", err, out)
+		}
+		if took < time.Second {
+			t.Errorf("send --not-before 1s got its result %v after the POST, want at least 1s", took)
+		}
+		for _, bad := range [][]string{
+			{"--device", "rty-2", "--id", "cli-bad", "--not-before", "yesterday"},
+			{"--devices", "rty-1,rty-2", "--id", "cli-bad-g", "--not-before", "1s"},
+		} {
+			if out, err := cli(bad...); err == nil {
+				t.Errorf("send %v: no error (output %s), want one", bad, out)
+			}
+		}
+	})
 
 	t.Run("a full mailbox, rejected twice", func(t *testing.T) {
 		// rty-full is never online: two commands fill its mailbox

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/pflag"
 
 	"github.com/iotgw/gateway/internal/auth"
+	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/protocol"
 )
 
@@ -23,7 +24,7 @@ const (
 )
 
 func sendCmd(ctx context.Context, g *globals) *cobra.Command {
-	var device, method, params, id, client, token, lane, laneMode string
+	var device, method, params, id, client, token, lane, laneMode, notBefore string
 	var timeout, expiresIn, wait time.Duration
 	var oneWay bool
 	var devices []string
@@ -38,7 +39,8 @@ and print it. Exit status: 0 success, 2 the device answered with an error,
 3 timeout (no answer in time), 4 the gateway refused or failed the command,
 1 anything else. With --oneway the device's PUBACK is the success (exit 0 with
 the result {"one_way":true,"delivered":true}); --lane puts the command into an
-ordered lane of the device. --retries N (or --retry N) gives the command a
+ordered lane of the device; --not-before schedules it (status scheduled until
+then, and expires_in counts from then). --retries N (or --retry N) gives the command a
 retry policy: at most N + 1 attempts, each retried when it ends with an
 outcome --retry-on names (timeout, expired, device_error, rejected; default
 timeout), after --retry-backoff; the result says how many attempts it took.
@@ -49,6 +51,7 @@ group's progress until every child is final and counts the children's
 results over MQTT; the exit status is 0 only when every child succeeded.`,
 		Example: `  devicesim send --device dev-1 --method echo --params '{"hello":"world"}'
   devicesim send --device dev-1 --method reboot --retries 2 --retry-on device_error,timeout --retry-backoff 1s,2
+  devicesim send --device dev-1 --method firmware.check --not-before 2h
   devicesim send --devices dev-1,dev-2,dev-3 --method reboot --rate 50 --abort-after 5%`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -102,9 +105,22 @@ results over MQTT; the exit status is 0 only when every child succeeded.`,
 					return fmt.Errorf("--retry-on: %w", err)
 				}
 			}
+			// The gateway checks not_before; here it only lengthens the
+			// default wait by the time the command stays scheduled.
+			var delay time.Duration
+			if notBefore != "" {
+				if device == "" {
+					return fmt.Errorf("--not-before is for one command (--device): group commands are not scheduled")
+				}
+				if t, err := time.Parse(time.RFC3339Nano, notBefore); err == nil {
+					delay = time.Until(t)
+				} else if delay, err = config.ParseDuration(notBefore); err != nil || delay < 0 {
+					return fmt.Errorf("--not-before %q is neither an RFC 3339 time nor a duration (10m, 2h)", notBefore)
+				}
+			}
 			if wait == 0 {
 				// Each attempt may take its expiry window and its timeout.
-				wait = time.Duration(retry.Retries+1)*timeout + 30*time.Second
+				wait = max(delay, 0) + time.Duration(retry.Retries+1)*timeout + 30*time.Second
 			}
 			if device == "" {
 				if oneWay || lane != "" {
@@ -128,7 +144,7 @@ results over MQTT; the exit status is 0 only when every child succeeded.`,
 				return fmt.Errorf("--lane-mode is final or puback, with --lane")
 			}
 			return sendOne(ctx, g, client, token, device, id, body,
-				SendOptions{Timeout: timeout, ExpiresIn: expiresIn, OneWay: oneWay, Lane: lane, LaneMode: laneMode, Retry: retry}, wait)
+				SendOptions{Timeout: timeout, ExpiresIn: expiresIn, OneWay: oneWay, Lane: lane, LaneMode: laneMode, Retry: retry, NotBefore: notBefore}, wait)
 		},
 	}
 	f := cmd.Flags()
@@ -150,6 +166,7 @@ results over MQTT; the exit status is 0 only when every child succeeded.`,
 	f.StringVar(&laneMode, "lane-mode", "", "with --lane: final (default) or puback (the lane moves on at this command's delivery)")
 	f.IntVar(&retry.Retries, "retries", 0, "a retry policy: at most this many retries (--retry for short)")
 	f.StringVar(&retry.On, "retry-on", "", "with --retries: the outcomes retried, comma-separated: timeout, expired, device_error, rejected (default timeout)")
+	f.StringVar(&notBefore, "not-before", "", "schedule the command (--device): an RFC 3339 time or a duration from now (10m, 2h), at most 30 days ahead; it stays scheduled, cancellable, until then")
 	f.StringVar(&retry.Backoff, "retry-backoff", "", "with --retries: the wait before each retry, initial[,multiplier[,max]] (1s,2,30s)")
 	f.SetNormalizeFunc(func(_ *pflag.FlagSet, name string) pflag.NormalizedName {
 		if name == "retry" {
