@@ -307,8 +307,6 @@ func writeJSON(w io.Writer, raw json.RawMessage) error {
 	return enc.Encode(v)
 }
 
-// call sends one request and classifies its failure. With asJSON, an
-// error answer's JSON body is printed to stdout as well.
 // show calls the API (see call) and prints its answer: the JSON as it
 // came with --json, else the table write makes of it.
 func show(ctx context.Context, g *globals, asJSON bool, method, path, token, what string, write func(io.Writer, json.RawMessage) error) error {
@@ -322,6 +320,43 @@ func show(ctx context.Context, g *globals, asJSON bool, method, path, token, wha
 	return write(g.stdout, raw)
 }
 
+// apiRequest is the one request of a showCmd.
+type apiRequest struct{ method, path, what string }
+
+// showCmd makes cmd (its Use, Short, Long, Example and Args) a command
+// that sends one API request, built by request from its arguments and its
+// caller, and shows the answer (show, with write): the caller's flags
+// (authFlags; an operator's only when operatorOnly) and --json.
+func showCmd(ctx context.Context, g *globals, cmd *cobra.Command, operatorOnly bool,
+	request func(args []string, who caller) apiRequest, write func(io.Writer, json.RawMessage) error) *cobra.Command {
+	var af authFlags
+	var asJSON bool
+	cmd.RunE = func(c *cobra.Command, args []string) error {
+		who, err := af.resolve(c, g, operatorOnly)
+		if err != nil {
+			return err
+		}
+		r := request(args, who)
+		return show(ctx, g, asJSON, r.method, r.path, who.token, r.what, write)
+	}
+	af.register(cmd, operatorOnly)
+	cmd.Flags().BoolVar(&asJSON, "json", false, "print the API's JSON")
+	return cmd
+}
+
+// identityArg checks that the first argument is a valid identity (a
+// device ID, a group name: kind), before any token is resolved.
+func identityArg(kind string) cobra.PositionalArgs {
+	return func(_ *cobra.Command, args []string) error {
+		if !protocol.ValidIdentity(args[0]) {
+			return usageError("%q is not a valid %s", args[0], kind)
+		}
+		return nil
+	}
+}
+
+// call sends one request and classifies its failure. With asJSON, an
+// error answer's JSON body is printed to stdout as well.
 func call(ctx context.Context, g *globals, api *API, asJSON bool, method, path, token, what string, out any) error {
 	return callBody(ctx, g, api, asJSON, method, path, token, what, nil, out)
 }
@@ -343,26 +378,16 @@ func callBody(ctx context.Context, g *globals, api *API, asJSON bool, method, pa
 func commandPath(id string) string { return "/v1/commands/" + url.PathEscape(id) }
 
 func getCmd(ctx context.Context, g *globals) *cobra.Command {
-	var af authFlags
-	var asJSON bool
-	cmd := &cobra.Command{
+	return showCmd(ctx, g, &cobra.Command{
 		Use:   "get <id>",
 		Short: "Show one command's status, transition times, attempts and response (GET /v1/commands/{id})",
 		Long:  "Show one of the client's commands." + exitHelp,
 		Example: `  devicesim get send-abc --client app-1
   devicesim get 42 --token "$TOKEN" --json`,
 		Args: exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			who, err := af.resolve(cmd, g, false)
-			if err != nil {
-				return err
-			}
-			return show(ctx, g, asJSON, http.MethodGet, commandPath(args[0])+who.query(nil), who.token, fmt.Sprintf("get command %s of client %s", args[0], who.client), writeCommand)
-		},
-	}
-	af.register(cmd, false)
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the API's JSON")
-	return cmd
+	}, false, func(args []string, who caller) apiRequest {
+		return apiRequest{http.MethodGet, commandPath(args[0]) + who.query(nil), fmt.Sprintf("get command %s of client %s", args[0], who.client)}
+	}, writeCommand)
 }
 
 func listCmd(ctx context.Context, g *globals) *cobra.Command {

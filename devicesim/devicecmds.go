@@ -291,30 +291,17 @@ func writeDevice(w io.Writer, raw json.RawMessage) error {
 }
 
 func deviceCmd(ctx context.Context, g *globals) *cobra.Command {
-	var af authFlags
-	var asJSON bool
-	cmd := &cobra.Command{
+	return showCmd(ctx, g, &cobra.Command{
 		Use:   "device <device>",
 		Short: "Show a device's connection, mailbox and lanes (GET /v1/devices/{device})",
 		Long: `Show whether a device is online and how it connects (mqtt, http_poll, offline),
 its push server, the messages waiting in its mailbox, when it was last seen
 and its ordered lanes that hold commands not yet final.` + exitHelp,
 		Example: `  devicesim device dev-1 --client app-1`,
-		Args:    exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if !protocol.ValidIdentity(args[0]) {
-				return usageError("%q is not a valid device ID", args[0])
-			}
-			who, err := af.resolve(cmd, g, false)
-			if err != nil {
-				return err
-			}
-			return show(ctx, g, asJSON, http.MethodGet, "/v1/devices/"+url.PathEscape(args[0])+who.query(nil), who.token, "get device "+args[0], writeDevice)
-		},
-	}
-	af.register(cmd, false)
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the API's JSON")
-	return cmd
+		Args:    cobra.MatchAll(exactArgs(1), identityArg("device ID")),
+	}, false, func(args []string, who caller) apiRequest {
+		return apiRequest{http.MethodGet, "/v1/devices/" + url.PathEscape(args[0]) + who.query(nil), "get device " + args[0]}
+	}, writeDevice)
 }
 
 // writePolled prints the commands of a device's poll as a table.

@@ -161,28 +161,15 @@ func groupPutCmd(ctx context.Context, g *globals) *cobra.Command {
 }
 
 func groupGetCmd(ctx context.Context, g *globals) *cobra.Command {
-	var af authFlags
-	var asJSON bool
-	cmd := &cobra.Command{
+	return showCmd(ctx, g, &cobra.Command{
 		Use:     "get <name>",
 		Short:   "Show a named device group (GET /v1/groups/{name})",
 		Long:    "Show a named device group: its update time and devices." + exitHelp,
 		Example: `  devicesim group get valves --json`,
-		Args:    exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			if !protocol.ValidIdentity(args[0]) {
-				return usageError("%q is not a valid group name", args[0])
-			}
-			who, err := af.resolve(cmd, g, true)
-			if err != nil {
-				return err
-			}
-			return show(ctx, g, asJSON, http.MethodGet, groupPath(args[0]), who.token, "get device group "+args[0], writeDeviceGroup)
-		},
-	}
-	af.register(cmd, true)
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the API's JSON")
-	return cmd
+		Args:    cobra.MatchAll(exactArgs(1), identityArg("group name")),
+	}, true, func(args []string, who caller) apiRequest {
+		return apiRequest{http.MethodGet, groupPath(args[0]), "get device group " + args[0]}
+	}, writeDeviceGroup)
 }
 
 func groupDeleteCmd(ctx context.Context, g *globals) *cobra.Command {
@@ -288,25 +275,15 @@ and retry take it.` + exitHelp,
 }
 
 func groupCommandGetCmd(ctx context.Context, g *globals) *cobra.Command {
-	var af authFlags
-	var asJSON bool
-	cmd := &cobra.Command{
+	return showCmd(ctx, g, &cobra.Command{
 		Use:     "get <id>",
 		Short:   "Show a group command's progress (GET /v1/group-commands/{id})",
 		Long:    "Show one of the client's group commands and its children's counts." + exitHelp,
 		Example: `  devicesim group-command get grp-1 --client app-1`,
 		Args:    exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			who, err := af.resolve(cmd, g, false)
-			if err != nil {
-				return err
-			}
-			return show(ctx, g, asJSON, http.MethodGet, groupCommandPath(args[0])+who.query(nil), who.token, fmt.Sprintf("get group command %s of client %s", args[0], who.client), writeGroupCommand)
-		},
-	}
-	af.register(cmd, false)
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the API's JSON")
-	return cmd
+	}, false, func(args []string, who caller) apiRequest {
+		return apiRequest{http.MethodGet, groupCommandPath(args[0]) + who.query(nil), fmt.Sprintf("get group command %s of client %s", args[0], who.client)}
+	}, writeGroupCommand)
 }
 
 func groupCommandWaitCmd(ctx context.Context, g *globals) *cobra.Command {
@@ -380,9 +357,7 @@ passed first (the last view is printed).`,
 }
 
 func groupCommandCancelCmd(ctx context.Context, g *globals) *cobra.Command {
-	var af authFlags
-	var asJSON bool
-	cmd := &cobra.Command{
+	return showCmd(ctx, g, &cobra.Command{
 		Use:   "cancel <id>",
 		Short: "Cancel a group command (DELETE /v1/group-commands/{id})",
 		Long: `Stop releasing the group's children and cancel every child not yet on the
@@ -390,17 +365,9 @@ wire; children on the wire end as they would. Exit status 3 when every child
 was final already.` + exitHelp,
 		Example: `  devicesim group-command cancel grp-1 --client app-1`,
 		Args:    exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			who, err := af.resolve(cmd, g, false)
-			if err != nil {
-				return err
-			}
-			return show(ctx, g, asJSON, http.MethodDelete, groupCommandPath(args[0])+who.query(nil), who.token, fmt.Sprintf("cancel group command %s of client %s", args[0], who.client), writeGroupCommand)
-		},
-	}
-	af.register(cmd, false)
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the API's JSON")
-	return cmd
+	}, false, func(args []string, who caller) apiRequest {
+		return apiRequest{http.MethodDelete, groupCommandPath(args[0]) + who.query(nil), fmt.Sprintf("cancel group command %s of client %s", args[0], who.client)}
+	}, writeGroupCommand)
 }
 
 func groupCommandListCmd(ctx context.Context, g *globals) *cobra.Command {
@@ -433,9 +400,7 @@ operator token: --token, or one minted for --operator with --secret.` + exitHelp
 }
 
 func retryCmd(ctx context.Context, g *globals) *cobra.Command {
-	var af authFlags
-	var asJSON bool
-	cmd := &cobra.Command{
+	return showCmd(ctx, g, &cobra.Command{
 		Use:   "retry <id>",
 		Short: "Send a command that ended failed, timeout, expired or rejected once more (POST /v1/commands/{id}/retry)",
 		Long: `Queue the command again under the same id with a fresh expires_in window; the
@@ -444,17 +409,9 @@ in another status (the error names it).` + exitHelp,
 		Example: `  devicesim retry send-abc --client app-1
   devicesim wait send-abc --client app-1`,
 		Args: exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			who, err := af.resolve(cmd, g, false)
-			if err != nil {
-				return err
-			}
-			return show(ctx, g, asJSON, http.MethodPost, commandPath(args[0])+"/retry"+who.query(nil), who.token, fmt.Sprintf("retry command %s of client %s", args[0], who.client), writeCommand)
-		},
-	}
-	af.register(cmd, false)
-	cmd.Flags().BoolVar(&asJSON, "json", false, "print the API's JSON")
-	return cmd
+	}, false, func(args []string, who caller) apiRequest {
+		return apiRequest{http.MethodPost, commandPath(args[0]) + "/retry" + who.query(nil), fmt.Sprintf("retry command %s of client %s", args[0], who.client)}
+	}, writeCommand)
 }
 
 // writeGroupCommandList prints a page of group commands as a table.

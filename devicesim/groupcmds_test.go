@@ -49,6 +49,8 @@ func TestMoreAPICommandsUsage(t *testing.T) {
 		{"group put, a repeated device", []string{"group", "put", "g1", "--devices", "a,b,a"}, exitUsage, []string{`"a" is listed twice`}},
 		{"group put, a missing file", []string{"group", "put", "g1", "--file", missing}, exitUsage, []string{"cannot read --file", "none.txt"}},
 		{"group put, a bad name", []string{"group", "put", "a b", "--devices", "a"}, exitUsage, []string{`"a b" is not a valid group name`}},
+		{"group get, a bad name", []string{"group", "get", "a b"}, exitUsage, []string{`"a b" is not a valid group name`}},
+		{"device, a bad device", []string{"device", "a b"}, exitUsage, []string{`"a b" is not a valid device ID`}},
 		{"group get with a client token", []string{"group", "get", "g1", "--token", clientTok}, exitAuth, []string{"operator token", `"app-1"`}},
 		{"group get without a name", []string{"group", "get"}, exitUsage, []string{"get takes 1 argument"}},
 		{"group-command wait with no time", []string{"group-command", "wait", "x", "--timeout", "0s"}, exitUsage, []string{"--timeout must be positive"}},
