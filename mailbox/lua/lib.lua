@@ -58,8 +58,16 @@ local function note_due(t)
 end
 
 -- arm adds member (or moves it) to the timer set timers, due at the
--- instant at (unix ms, a number).
+-- instant at (unix ms, a number). A timer at or beyond HORIZON needs no
+-- report (note_due), so it needs no read of the earliest either: a later
+-- arm of the step that may report reads it then, this one included (the
+-- set's earliest is the same either way for any time before HORIZON).
+-- Most arms are that far (a deliver-by, a claim's watchdog).
 local function arm(timers, at, member)
+  if at >= NOW + HORIZON then
+    redis.call('ZADD', timers, ms(at), member)
+    return
+  end
   if EARLIEST == nil then
     EARLIEST = tonumber(redis.call('ZRANGE', timers, 0, 0, 'WITHSCORES')[2]) or false
   end
