@@ -25,7 +25,7 @@ local ron = A[19] or ''
 local r, raw = load(K.rec)
 if not r or r.status == 'void' then
   if r and r.fp ~= fp then return {'conflict', raw} end
-  redis.call('DEL', K.rec)
+  if r then redis.call('DEL', K.rec) end -- the void record's fields go
   local rec = {'client', c, 'device', device, 'id', id, 'key', key,
     'method', method, 'params', params, 'fp', fp, 'status', 'pending',
     'tmo', ms(tmo), 'exp', ms(exp), 'created', ms(NOW), 'deliver_by', ms(NOW + delay + exp),
