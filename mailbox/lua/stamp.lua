@@ -15,7 +15,7 @@ for i = 2, #A, 3 do
   local drop, hide = x <= NOW, false
   if not drop and ri > 0 then
     local rk = KEYS[ri]
-    local st = redis.call('HMGET', rk, 'status', 'entry', 'sending', 'fetched')
+    local st = redis.call('HMGET', rk, 'status', 'entry', 'sending', 'fetched', 'attempts')
     if not st[1] or FINAL[st[1]] or st[1] == 'void' or st[2] ~= id then
       drop = true
     elseif st[1] == 'delivered' then
@@ -24,16 +24,17 @@ for i = 2, #A, 3 do
       if vis > 0 then
         hide = true
       else
-        redis.call('HSET', rk, 'fetched', ms(NOW))
-        redis.call('HINCRBY', rk, 'attempts', 1)
+        redis.call('HSET', rk, 'fetched', ms(NOW), 'attempts', ms(num(st[5]) + 1))
       end
     elseif st[1] == 'sent' then
       if vis > 0 and num(st[4]) > NOW - vis then
         hide = true
       else
-        if not st[3] or st[3] == '' then redis.call('HSET', rk, 'sending', ms(NOW)) end
-        redis.call('HSET', rk, 'fetched', ms(NOW))
-        redis.call('HINCRBY', rk, 'attempts', 1)
+        if not st[3] or st[3] == '' then
+          redis.call('HSET', rk, 'sending', ms(NOW), 'fetched', ms(NOW), 'attempts', ms(num(st[5]) + 1))
+        else
+          redis.call('HSET', rk, 'fetched', ms(NOW), 'attempts', ms(num(st[5]) + 1))
+        end
       end
     end
   end
