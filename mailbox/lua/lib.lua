@@ -408,7 +408,10 @@ local function finalize(K, r, status, body, reason, extra)
   end
   redis.call('ZREM', K.timers, tm('d', r), tm('a', r))
   if num(r.replays) > 0 then redis.call('ZREM', K.dead, c .. '|' .. k) end
-  unqueue(K, r)
+  -- Only a queued record is in the queued set (queue and replay put it
+  -- there with status queued; every step that moves it on takes it out):
+  -- a sent or delivered one needs no ZREM.
+  if r.status ~= 'sent' and r.status ~= 'delivered' then unqueue(K, r) end
   count(K.stats, status)
   local gen = ms(num(r.replays))
   local grp = r.grp or ''
