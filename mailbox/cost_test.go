@@ -15,6 +15,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
@@ -156,6 +157,11 @@ func roundTripCost(b *testing.B, conc int) {
 	srdb.AddHook(hook)
 	s := mailbox.New(srdb, testenv.Namespace(b), mailbox.Options{})
 	resp := protocol.NewResult(json.RawMessage(`"x"`), json.RawMessage(`{"ok":true}`))
+	// Every command is traced, as in the gateway: the envelope carries
+	// the apiserver's span, the answer's completion continues the trace.
+	const tpDispatch = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"
+	const tpComplete = "00-4bf92f3577b34da6a3ce929d0e0e4736-b7ad6b7169203331-01"
+	cctx := telemetry.ContextWithTraceParent(ctx, tpComplete)
 
 	n := b.N
 	type cmd struct {
@@ -193,7 +199,7 @@ func roundTripCost(b *testing.B, conc int) {
 			env := &protocol.Envelope{V: protocol.EnvelopeVersion, Kind: protocol.KindCommand,
 				Client: x.c.Client, Device: x.c.Device, MsgID: x.c.ID, Payload: payload,
 				AcceptedAt: x.rec.CreatedAt, DeliverBy: x.rec.DeliverBy,
-				AnswerWithinMS: x.c.Timeout.Milliseconds(), Attempt: 1}
+				AnswerWithinMS: x.c.Timeout.Milliseconds(), Attempt: 1, TraceParent: tpDispatch}
 			out, err := s.Dispatch(ctx, env, "node-d", "node-c")
 			if err == nil && out != mailbox.OutcomeSent {
 				err = fmt.Errorf("Dispatch = %v, want sent", out)
@@ -210,7 +216,7 @@ func roundTripCost(b *testing.B, conc int) {
 		}},
 		{"ack device", func(x *cmd) error { return s.Ack(ctx, x.c.Device, x.dev[0]) }},
 		{"complete+relay+xdel", func(x *cmd) error {
-			out, err := s.Complete(ctx, x.c.Client, x.c.ID.Key(), x.c.Device, resp, 0, "node-c")
+			out, err := s.Complete(cctx, x.c.Client, x.c.ID.Key(), x.c.Device, resp, 0, "node-c")
 			if err == nil && out != mailbox.OutcomeSucceeded {
 				err = fmt.Errorf("Complete = %v, want succeeded", out)
 			}

@@ -50,21 +50,23 @@ if st == 'scheduled' and num(r.tries) > 0 then return keeplate(r) end
 if st ~= 'sent' and st ~= 'delivered' then return {'not_sent', ''} end
 if not sane(r) then return {'corrupt', ''} end
 if att > current or (att > 0 and att < current and status ~= 'succeeded') then return keeplate(r) end
+-- Every way on from here writes extra (finalize, or the HSET before
+-- again), so the trace goes in with it rather than in a write of its own.
+local extra = {}
 if tp ~= '' and (not r.tp or r.tp == '' or string.sub(r.tp, 4, 35) == string.sub(tp, 4, 35)) then
-  redis.call('HSET', K.rec, 'tp', tp)
+  extra = {'tp', tp}
   r.tp = tp
 end
 if num(r.tmo) == 0 then
   -- A one-way command awaits no answer: the device got it, so it has
   -- succeeded; the answer it sent anyway is kept as late.
   count(K.stats, 'late')
-  local extra = {'late', raw}
+  extra[#extra + 1] = 'late'; extra[#extra + 1] = raw
   if num(r.delivered) == 0 then extra[#extra + 1] = 'delivered'; extra[#extra + 1] = ms(math.min(NOW, received)) end
   return {'succeeded', '', '', finalize(K, r, 'succeeded', ONEWAY, '', extra)}
 end
-local extra = {}
 if num(r.delivered) == 0 then
-  extra = {'delivered', ms(math.min(NOW, received))}
+  extra[#extra + 1] = 'delivered'; extra[#extra + 1] = ms(math.min(NOW, received))
   r.delivered = ms(math.min(NOW, received))
 end
 local deadline = num(r.delivered) + num(r.tmo)

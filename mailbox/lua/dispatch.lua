@@ -17,13 +17,23 @@ if r.device ~= device or r.method ~= method then return {'noop', 'mismatch', ''}
 local st = r.status
 if st ~= 'pending' and st ~= 'queued' then return {'noop', st, ''} end
 if not sane(r) then return {'corrupt', '', ''} end
-if tp ~= '' then redis.call('HSET', K.rec, 'tp', tp); r.tp = tp end
+-- The trace goes into the record with the step's other fields: send's
+-- write of sent takes it (and clears r.tpw); any other way writes it here.
+if tp ~= '' then r.tp, r.tpw = tp, true end
+local function tpwrite()
+  if r.tpw then redis.call('HSET', K.rec, 'tp', tp); r.tpw = nil end
+end
 if st == 'pending' then queue(K, r, horizon) end
 local c, k = r.client, r.key
 if num(r.nb) > NOW then
   -- Not before nb: it waits here (the message is acked: the record is
   -- durable), with the device request, for its timer.
-  redis.call('HSET', K.rec, 'status', 'scheduled', 'req', request)
+  if r.tpw then
+    redis.call('HSET', K.rec, 'status', 'scheduled', 'req', request, 'tp', tp)
+    r.tpw = nil
+  else
+    redis.call('HSET', K.rec, 'status', 'scheduled', 'req', request)
+  end
   unqueue(K, r)
   arm(K.timers, num(r.nb), tm('s', r))
   count(K.stats, 'scheduled')
@@ -33,7 +43,12 @@ local by = num(r.deliver_by)
 if by == 0 then by = env_by end
 -- A command of an ordered lane waits (queued, its request kept) until it
 -- is its lane's head.
-if not lanegate(K, r, request) then return {'lane_wait', '', ''} end
+if not lanegate(K, r, request) then
+  tpwrite()
+  return {'lane_wait', '', ''}
+end
 -- A command with retries keeps its device request for them.
 if num(r.retries) > 0 then redis.call('HSET', K.rec, 'req', request) end
-return send(K, r, device, request, by, expired_body, expired_reason, rejected_body, rejected_reason)
+local res = send(K, r, device, request, by, expired_body, expired_reason, rejected_body, rejected_reason)
+tpwrite()
+return res

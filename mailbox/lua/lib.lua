@@ -508,7 +508,13 @@ send = function(K, r, device, request, by, expired_body, expired_reason, rejecte
     end
     return {'rejected', '', '', finalize(K, r, 'rejected', rejected_body, rejected_reason)}
   end
-  redis.call('HSET', K.rec, 'status', 'sent', 'sent', ms(NOW), 'entry', id)
+  if r.tpw then
+    -- dispatch's trace, written with this (dispatch.lua)
+    redis.call('HSET', K.rec, 'status', 'sent', 'sent', ms(NOW), 'entry', id, 'tp', r.tp)
+    r.tpw = nil
+  else
+    redis.call('HSET', K.rec, 'status', 'sent', 'sent', ms(NOW), 'entry', id)
+  end
   r.status, r.entry = 'sent', id
   unqueue(K, r)
   arm(K.timers, by, tm('d', r))
