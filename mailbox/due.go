@@ -17,8 +17,9 @@ import (
 // What it cannot see is work that another process's step made due
 // earlier; so a step that makes its partition's work due earlier than
 // anything the partition held reports it in its reply (lib.lua's arm: a
-// timer earlier than the timer set's earliest; finalize: the first entry
-// of an empty outbox). The Store that ran the step adds that time to the
+// timer earlier than the timer set's earliest; finalize: its outbox
+// entry, reported without checking that the outbox was empty, which it
+// nearly always is since the relay follows at once). The Store that ran the step adds that time to the
 // namespace's due set (Keys.Due, ZADD LT: only ever earlier) and the
 // owner reads the members due by now each tick (TakeReported), removing
 // them before it polls the partition. A step that does not make work due

@@ -41,8 +41,11 @@ local function ms(n) return string.format('%d', n) end
 -- P"). A step that makes its partition's work due earlier than anything
 -- the partition held, and sooner than HORIZON, reports that time: arm
 -- notes a timer earlier than the timer set's earliest (one ZRANGE per
--- step, read at its first arm), and a final step notes the first entry
--- of an empty outbox, due OBAGE later (finalize). The wrapper of a plain call then replies
+-- step, read at its first arm that may report), and a final step notes
+-- its outbox entry, due OBAGE later (finalize: the outbox is nearly
+-- always empty, since the relay follows at once, so it reports without
+-- an XLEN; a report of a partition that had earlier work is harmless,
+-- the due set keeps the earliest). The wrapper of a plain call then replies
 -- {DUE, due_ms, reply}, which the Go side unwraps before any caller sees
 -- it; in a batch each item's row carries its due ('' when none). The
 -- fire step re-arms its own timer without arm: only a partition's owner
@@ -417,7 +420,7 @@ local function finalize(K, r, status, body, reason, extra)
   local grp = r.grp or ''
   local tp = r.tp or ''
   local ob
-  if redis.call('XLEN', K.outbox) == 0 then note_due(NOW + OBAGE) end
+  note_due(NOW + OBAGE)
   if grp ~= '' then
     ob = redis.call('XADD', K.outbox, '*', 'c', c, 'k', k, 'd', d, 'g', gen,
       's', status, 'r', resp, 'f', ms(NOW), 'x', ms(NOW + RET), 'tp', tp, 'G', grp)
