@@ -119,6 +119,20 @@ local function load(key)
   return fields(a), a
 end
 
+-- loadf is load of only the fields names (a list): HMGET of what a step
+-- reads instead of HGETALL of the whole record (its request, params and
+-- response included) and a table of every field. Absent fields are nil;
+-- nil when none of them is there (no record).
+local function loadf(key, names)
+  local a = redis.call('HMGET', key, unpack(names))
+  local t, found = {}, false
+  for i = 1, #names do
+    if a[i] then t[names[i]] = a[i]; found = true end
+  end
+  if not found then return nil end
+  return t
+end
+
 -- sane reports whether a record has every field a transition reads.
 local function sane(r)
   local function set(v) return v ~= nil and v ~= false and v ~= '' end
