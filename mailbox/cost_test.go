@@ -176,8 +176,9 @@ func roundTripCost(b *testing.B, conc int) {
 		if err != nil {
 			b.Fatal(err)
 		}
-		c := &mailbox.Command{Client: client, Device: device, Method: "reboot", ID: id,
-			Timeout: 30 * time.Second, ExpiresIn: time.Hour}
+		// The timeout and expiry of the round trip of `make bench`.
+		c := &mailbox.Command{Client: client, Device: device, Method: "echo", ID: id,
+			Timeout: 10 * time.Second, ExpiresIn: time.Minute}
 		c.Fingerprint = protocol.Fingerprint(device, c.Method, nil, c.Timeout, c.ExpiresIn)
 		cmds[i] = &cmd{c: c}
 	}
