@@ -32,7 +32,7 @@ import (
 // Work due later than ReportHorizon is not reported at all: an owner
 // sweeps all its partitions at least that often (msgworker's TimerSweep
 // is at most ReportHorizon), so a sweep finds it before it is due. So a
-// command with the default expires_in and timeout reports only its first
+// command with the default expires_in and timeout reports only its
 // outbox entry, and the reports cost little even on an idle gateway,
 // where every step finds its partition empty.
 //
