@@ -81,9 +81,11 @@
 // BenchmarkRoundTripCost (cost_test.go) runs every step of a round trip
 // as a phase over thousands of commands on a Redis of its own and reports
 // per command the steps (FCALLs), the calls they make inside (inner), their
-// server time and redis-server's CPU. Issue 11's cuts, same run (3 × 5,000
-// round trips each, alternating, nice −10, load average 14-15 from other
-// work on the 2 CPUs, so µs are ±10%; calls are exact), one at a time:
+// server time and redis-server's CPU. Before and after issue 11's cuts,
+// per command, in one run (3 × 5,000 round trips each, alternating, nice
+// −10, load average 14-15 from other work on the 2 CPUs, so µs are ±10%;
+// calls are exact); the steps of one command at a time, but for the last
+// row:
 //
 //	step (Go side)                    inner calls   step µs    CPU µs
 //	claim + reserve (Reserve)         14.1 → 11.1    69 → 58   101 → 98
@@ -106,13 +108,13 @@
 // relay's wake-up and outbox XDEL share one pipeline. What is left is
 // mostly per call and per round trip, not Lua: at one round trip at a
 // time about 40% of redis-server's CPU is outside the steps (14 network
-// round trips per command: reads, writes, the AOF write); inside them, a
-// profile (perf, 32 at once) splits the CPU into the kernel 23% (network,
-// AOF, scheduling), the Lua VM 19%, Redis's commands and key lookups 32%
-// (dictFind alone 7%), malloc 9%, libc 7% and the redis.call glue 2%. In
-// a loop on a warm key an inner call costs 0.5-1.5 µs (HGETALL of a
-// 20-field record with its table 5-9 µs); on the cold keys of a real
-// round trip about 4 µs.
+// round trips per command: reads, writes, the AOF write). A profile of
+// redis-server (perf, 32 at once, before the cuts) splits its CPU into the
+// kernel 23% (network, AOF, scheduling), the Lua VM 19%, Redis's commands
+// and key lookups 32% (dictFind alone 7%), malloc 9%, libc 7% and the
+// redis.call glue 2%. In a loop on a warm key an inner call costs 0.5-1.5
+// µs (HGETALL of a 20-field record with its table 5-9 µs); on the cold
+// keys of a real round trip about 4 µs.
 //
 // # Errors
 //
