@@ -13,8 +13,11 @@ local grp = A[7] or ''
 
 local c = redis.call('HMGET', claim, 'device', 'fp', 'state')
 if not c[1] then
-  redis.call('HSET', claim, 'device', device, 'fp', fp, 'state', 'open', 'gen', '0', 'claimed', ms(NOW), 'id', id)
-  if grp ~= '' then redis.call('HSET', claim, 'grp', grp) end
+  if grp ~= '' then
+    redis.call('HSET', claim, 'device', device, 'fp', fp, 'state', 'open', 'gen', '0', 'claimed', ms(NOW), 'id', id, 'grp', grp)
+  else
+    redis.call('HSET', claim, 'device', device, 'fp', fp, 'state', 'open', 'gen', '0', 'claimed', ms(NOW), 'id', id)
+  end
   redis.call('PEXPIRE', claim, ms(lifetime))
   arm(timers, NOW + watch, member)
   return {'new', device}
