@@ -33,6 +33,8 @@ import (
 //     commandstats less those the Go side sent, which a hook counts);
 //   - top: the commands the Go side sent besides FCALL (XRANGE of a
 //     fetch, the outbox XDEL, the wake-up pipeline);
+//   - trips: the Go side's network round trips to Redis (a pipeline is
+//     one, a batched FCALL one for all its items);
 //   - cpu: redis-server's CPU (INFO cpu: getrusage of the process, all
 //     threads, the network I/O and the AOF write included).
 //
@@ -58,15 +60,18 @@ func BenchmarkRoundTripCost(b *testing.B) {
 	}
 }
 
-// topCounter counts the commands a client sends, by name.
+// topCounter counts the commands a client sends, by name, and its
+// network round trips (a pipeline is one).
 type topCounter struct {
-	mu sync.Mutex
-	n  map[string]int64
+	mu    sync.Mutex
+	n     map[string]int64
+	trips int64
 }
 
 func (h *topCounter) add(cmds ...redis.Cmder) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	h.trips++
 	for _, c := range cmds {
 		h.n[strings.ToLower(c.Name())]++
 	}
@@ -76,7 +81,8 @@ func (h *topCounter) take() map[string]int64 {
 	h.mu.Lock()
 	defer h.mu.Unlock()
 	n := h.n
-	h.n = map[string]int64{}
+	n["(trips)"] = h.trips
+	h.n, h.trips = map[string]int64{}, 0
 	return n
 }
 
@@ -133,10 +139,10 @@ func readServerStats(b *testing.B, rdb *redis.Client) serverStats {
 
 // phaseCost is one phase's figures per command.
 type phaseCost struct {
-	name                          string
-	fcalls, inner, top, fcallUsec float64
-	cpuUsec                       float64
-	innerBy                       map[string]float64
+	name                                 string
+	fcalls, inner, top, trips, fcallUsec float64
+	cpuUsec                              float64
+	innerBy                              map[string]float64
 }
 
 func roundTripCost(b *testing.B, conc int) {
@@ -273,10 +279,11 @@ func roundTripCost(b *testing.B, conc int) {
 		pc := phaseCost{name: ph.name, innerBy: map[string]float64{}}
 		var topN int64
 		for name, k := range top {
-			if name != "fcall" {
+			if name != "fcall" && name != "(trips)" {
 				topN += k
 			}
 		}
+		pc.trips = float64(top["(trips)"]) / float64(n)
 		fcalls := after.calls["fcall"] - before.calls["fcall"]
 		var all int64
 		for name, c := range after.calls {
@@ -302,7 +309,7 @@ func roundTripCost(b *testing.B, conc int) {
 	var t phaseCost
 	var sb strings.Builder
 	fmt.Fprintf(&sb, "\n%d commands, %d at once; per command:\n", n, conc)
-	fmt.Fprintf(&sb, "| %-28s | %7s | %7s | %9s | %7s | %9s | %s\n", "phase", "fcalls", "inner", "fcall µs", "top", "redis CPU", "inner calls by command")
+	fmt.Fprintf(&sb, "| %-28s | %7s | %7s | %9s | %7s | %7s | %9s | %s\n", "phase", "fcalls", "inner", "fcall µs", "top", "trips", "redis CPU", "inner calls by command")
 	for _, pc := range costs {
 		names := make([]string, 0, len(pc.innerBy))
 		for k := range pc.innerBy {
@@ -313,14 +320,15 @@ func roundTripCost(b *testing.B, conc int) {
 		for _, k := range names {
 			by = append(by, fmt.Sprintf("%s %.2f", k, pc.innerBy[k]))
 		}
-		fmt.Fprintf(&sb, "| %-28s | %7.2f | %7.2f | %9.1f | %7.2f | %9.1f | %s\n", pc.name, pc.fcalls, pc.inner, pc.fcallUsec, pc.top, pc.cpuUsec, strings.Join(by, ", "))
+		fmt.Fprintf(&sb, "| %-28s | %7.2f | %7.2f | %9.1f | %7.2f | %7.2f | %9.1f | %s\n", pc.name, pc.fcalls, pc.inner, pc.fcallUsec, pc.top, pc.trips, pc.cpuUsec, strings.Join(by, ", "))
 		t.fcalls += pc.fcalls
 		t.inner += pc.inner
 		t.top += pc.top
+		t.trips += pc.trips
 		t.fcallUsec += pc.fcallUsec
 		t.cpuUsec += pc.cpuUsec
 	}
-	fmt.Fprintf(&sb, "| %-28s | %7.2f | %7.2f | %9.1f | %7.2f | %9.1f |\n", "round trip", t.fcalls, t.inner, t.fcallUsec, t.top, t.cpuUsec)
+	fmt.Fprintf(&sb, "| %-28s | %7.2f | %7.2f | %9.1f | %7.2f | %7.2f | %9.1f |\n", "round trip", t.fcalls, t.inner, t.fcallUsec, t.top, t.trips, t.cpuUsec)
 	if n > 1 { // the first run (b.N = 1) only finds b.N
 		fmt.Print(sb.String())
 	}
@@ -328,5 +336,6 @@ func roundTripCost(b *testing.B, conc int) {
 	b.ReportMetric(t.fcallUsec, "fcall-µs/rt")
 	b.ReportMetric(t.fcalls, "fcalls/rt")
 	b.ReportMetric(t.inner, "inner-calls/rt")
+	b.ReportMetric(t.trips, "trips/rt")
 	b.ReportMetric(0, "ns/op")
 }
