@@ -156,7 +156,8 @@ func TestReportMarkdown(t *testing.T) {
 func TestReportTargets(t *testing.T) {
 	r := sampleReport()
 	rt := r.Sections[1]
-	rt.Add("redis_calls_per_rt", "Redis calls per round trip", 8.5, "calls", AtMost(10))
+	rt.Add("redis_sent_calls_per_rt", "Redis calls sent per round trip", 4, "calls", AtMost(10))
+	rt.Add("redis_calls_per_rt", "Redis commands run per round trip", 72, "commands", nil)
 	rt.Add("redis_cpu_us_per_rt", "Redis CPU per round trip", 200, "µs", nil)
 	rt.Add("roundtrip_half_p99_ms", "p99 at half", 30, "ms", AtMost(25))
 	rt.CPU = append(rt.CPU, CPUTable{Run: rtHalfRun, Messages: 500, Rows: []CPURow{{Process: "apiserver", CPUS: 0.1, PerMsgUS: 200}}})
@@ -172,9 +173,11 @@ func TestReportTargets(t *testing.T) {
 	type want struct {
 		measured, met bool
 	}
-	// The round trip's seven, then the push server's seven, not measured
-	// here (no idle, push or reconnect section ran).
-	wants := []want{{true, false}, {true, false}, {true, true}, {false, false}, {true, false}, {false, false}, {true, true},
+	// The round trip's nine (ratio, Redis CPU, calls sent and commands
+	// run on single Redis and on the Cluster, p99 on each, the Cluster's
+	// ratio), then the push server's seven, not measured here (no idle,
+	// push or reconnect section ran).
+	wants := []want{{true, false}, {true, false}, {true, true}, {true, true}, {false, false}, {false, false}, {true, false}, {false, false}, {true, true},
 		{false, false}, {false, false}, {false, false}, {false, false}, {false, false}, {false, false}, {false, false}}
 	if len(r.Targets) != len(wants) {
 		t.Fatalf("%d targets, want %d: %+v", len(r.Targets), len(wants), r.Targets)
@@ -190,6 +193,9 @@ func TestReportTargets(t *testing.T) {
 	}
 	if r.Targets[1].Target.Value != 183.5 {
 		t.Errorf("Redis CPU target = %v, want half of 367", r.Targets[1].Target.Value)
+	}
+	if got := r.Targets[3]; got.Target != nil || got.Beside != "calls sent 4 calls" {
+		t.Errorf("commands run row: target %v, beside %q; want no target, beside \"calls sent 4 calls\"", got.Target, got.Beside)
 	}
 }
 
