@@ -562,8 +562,8 @@ func (b *Bench) hostInfo(ctx context.Context, nofile uint64) Host {
 	if m, err := b.rdb.InfoMap(ctx, "server").Result(); err == nil {
 		h.Redis = m["Server"]["redis_version"]
 	}
-	if v, err := b.rdb.ConfigGet(ctx, "appendfsync").Result(); err == nil {
-		h.AppendFsync = v["appendfsync"]
+	if v, err := b.rdb.ConfigGet(ctx, "append*").Result(); err == nil {
+		h.AppendOnly, h.AppendFsync = v["appendonly"], v["appendfsync"]
 	}
 	if conn, err := amqp.DialConfig(b.AMQPURL, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second)}); err == nil {
 		if v, ok := conn.Properties["version"].(string); ok {

@@ -94,6 +94,7 @@ type Host struct {
 	Go          string `json:"go"`
 	RabbitMQ    string `json:"rabbitmq,omitempty"`
 	Redis       string `json:"redis,omitempty"`
+	AppendOnly  string `json:"redis_appendonly,omitempty"`
 	AppendFsync string `json:"redis_appendfsync,omitempty"`
 	NoFile      uint64 `json:"rlimit_nofile"`
 	// LoadStart and LoadEnd are the 1-minute load averages when the run
@@ -494,9 +495,31 @@ func clusterDiff(r *Report) string {
 			parts = append(parts, fmt.Sprintf("%s %s → %s", row.Process, fmtUS(v), fmtUS(row.PerMsgUS)))
 		}
 	}
-	return fmt.Sprintf("CPU µs per round trip, single Redis → Cluster: redis-server processes %s → %s (primaries %s), %s; all processes %s → %s.",
-		fmtUS(one.RedisCPUPerMsgUS), fmtUS(cl.RedisCPUPerMsgUS), fmtUS(cl.RedisPrimaryCPUPerMsgUS), strings.Join(parts, ", "),
-		fmtUS(one.Total().PerMsgUS), fmtUS(cl.Total().PerMsgUS))
+	out := fmt.Sprintf("CPU µs per round trip, single Redis → Cluster: redis-server processes %s → %s (primaries %s, replicas %s), %s; all processes %s → %s.",
+		fmtUS(one.RedisCPUPerMsgUS), fmtUS(cl.RedisCPUPerMsgUS), fmtUS(cl.RedisPrimaryCPUPerMsgUS), fmtUS(cl.RedisCPUPerMsgUS-cl.RedisPrimaryCPUPerMsgUS),
+		strings.Join(parts, ", "), fmtUS(one.Total().PerMsgUS), fmtUS(cl.Total().PerMsgUS))
+	fcalls := func(t CPUTable) float64 {
+		for _, c := range t.Redis {
+			if c.Cmd == "fcall" {
+				return c.PerMsg
+			}
+		}
+		return 0
+	}
+	out += fmt.Sprintf(" Per round trip: Redis calls sent %.2f → %.2f; FCALLs %.2f → %.2f (one server runs a batch of any partitions in one FCALL, a Cluster needs one per partition, since a call names the keys of one slot); commands run %.1f → %.1f at %.1f → %.1f µs mean.",
+		one.RedisSentPerMsg, cl.RedisSentPerMsg, fcalls(one), fcalls(cl), one.RedisCallsPerMsg, cl.RedisCallsPerMsg, one.RedisUSPerCall, cl.RedisUSPerCall)
+	pers := func(section string) string {
+		for _, s := range r.Sections {
+			if s.Name == section {
+				return s.Where["persistence"]
+			}
+		}
+		return ""
+	}
+	if a, b := pers("roundtrip"), pers("cluster"); a != "" && b != "" && a != b {
+		out += fmt.Sprintf(" The two deployments do not keep data alike: single Redis %s; Cluster %s.", a, b)
+	}
+	return out
 }
 
 // WriteJSON writes the report as indented JSON.
@@ -532,7 +555,7 @@ func (r *Report) WriteMarkdown(w io.Writer) error {
 		b.WriteString(" — **other work was running on this machine; the CPU tables show how much** (\"processes outside this run\")")
 	}
 	b.WriteString(".\n")
-	fmt.Fprintf(&b, "- Servers on 127.0.0.1: RabbitMQ %s, Redis %s (appendfsync %s).\n", orDash(h.RabbitMQ), orDash(h.Redis), orDash(h.AppendFsync))
+	fmt.Fprintf(&b, "- Servers on 127.0.0.1: RabbitMQ %s, Redis %s (appendonly %s, appendfsync %s).\n", orDash(h.RabbitMQ), orDash(h.Redis), orDash(h.AppendOnly), orDash(h.AppendFsync))
 	if g := r.Gateway; g.APIServers > 0 {
 		fmt.Fprintf(&b, "- Round-trip gateway: %d apiserver, %d msgworker(s), %d pushserver(s)", g.APIServers, g.Workers, g.PushServers)
 		if g.Why != "" {

@@ -175,6 +175,9 @@ func roundtrip(ctx context.Context, b *Bench, s *Section, dep *redisDeploy, sect
 		return err
 	}
 	defer e.stop()
+	if pers := dep.persistence(ctx); pers != "" {
+		s.SetWhere("persistence", pers)
+	}
 	b.layout = GatewaySet{APIServers: 1, Workers: w, PushServers: p, Why: why}
 	b.logf("gateway up on %s (%d msgworkers, %d pushservers), %d devices online", dep.Name, e.workers, e.push, devices)
 
@@ -268,7 +271,7 @@ func roundtrip(ctx context.Context, b *Bench, s *Section, dep *redisDeploy, sect
 			LatencyRow{"202 accepted at 200/s", rep.AcceptLatency})
 	}
 
-	s.Note("State on %s (GW_REDIS_URL of every service: %s). Gateway: 1 apiserver, %d msgworker(s), %d pushserver(s) (%s).", dep.Name, redactURL(dep.URL), e.workers, e.push, why)
+	s.Note("State on %s (GW_REDIS_URL of every service: %s; %s). Gateway: 1 apiserver, %d msgworker(s), %d pushserver(s) (%s).", dep.Name, redactURL(dep.URL), orDash(s.Where["persistence"]), e.workers, e.push, why)
 	s.Note("Open-loop runs schedule commands at fixed times and measure the round trip from the scheduled time (no coordinated omission); the maximum-rate run is closed loop with %d commands in flight. %d clients, %d devices answering echo at once, %s per run; latency is from the scheduled send to the client's receipt of the result over MQTT; throughput is devicesim's: results received over the time from the first send to the last result (plus 0.3 s).",
 		rtConcurrency, rtClients, devices, dur)
 	s.Note("Redis calls sent per round trip are the calls the gateway's processes sent (gw_redis_calls_total of each, read from its /metrics before and after the run): a command sent on its own is one call, an FCALL too however many commands it runs, and a pipeline or MULTI/EXEC sent to one server is one call (one network round trip); the issue's target of at most 10 Redis calls per round trip applies to these (docs/DEVIATIONS.md). Redis commands run per round trip are the calls of every command in INFO commandstats (summed over the primaries) over the round trips: Redis counts each command a function (FCALL) runs as a call of its own, besides the FCALL, so that figure is Redis's work, not the calls the gateway makes, and commandstats cannot tell the two apart; the mean time per command run is usec / calls of the same lines. Redis CPU per round trip is the CPU of the redis-server processes (from /proc; on the Cluster every primary and replica) over the round trips, whoever else used them meanwhile.")
