@@ -156,7 +156,8 @@ func TestReportMarkdown(t *testing.T) {
 func TestReportTargets(t *testing.T) {
 	r := sampleReport()
 	rt := r.Sections[1]
-	rt.Add("redis_calls_per_rt", "Redis calls per round trip", 8.5, "calls", AtMost(10))
+	rt.Add("redis_sent_calls_per_rt", "Redis calls sent per round trip", 4, "calls", AtMost(10))
+	rt.Add("redis_calls_per_rt", "Redis commands run per round trip", 72, "commands", nil)
 	rt.Add("redis_cpu_us_per_rt", "Redis CPU per round trip", 200, "µs", nil)
 	rt.Add("roundtrip_half_p99_ms", "p99 at half", 30, "ms", AtMost(25))
 	rt.CPU = append(rt.CPU, CPUTable{Run: rtHalfRun, Messages: 500, Rows: []CPURow{{Process: "apiserver", CPUS: 0.1, PerMsgUS: 200}}})
@@ -164,7 +165,6 @@ func TestReportTargets(t *testing.T) {
 	cl.Add("cluster_roundtrip_max_per_s", "round trip, Cluster", 3400, "/s", nil)
 	cl.CPU = []CPUTable{{Run: rtMaxRun, Messages: 1000, Rows: []CPURow{{Process: "apiserver", CPUS: 0.35, PerMsgUS: 350}}}}
 	r.Sections = append(r.Sections, cl)
-	r.Previous = &Previous{File: "old.md", RedisUSPerRT: 367}
 	r.summarize()
 	if r.RoundtripClusterMaxPerS != 3400 || r.ClusterRatio != 0.85 {
 		t.Errorf("cluster max, ratio = %v, %v, want 3400, 0.85", r.RoundtripClusterMaxPerS, r.ClusterRatio)
@@ -172,9 +172,11 @@ func TestReportTargets(t *testing.T) {
 	type want struct {
 		measured, met bool
 	}
-	// The round trip's seven, then the push server's seven, not measured
-	// here (no idle, push or reconnect section ran).
-	wants := []want{{true, false}, {true, false}, {true, true}, {false, false}, {true, false}, {false, false}, {true, true},
+	// The round trip's nine (ratio, Redis CPU, calls sent and commands
+	// run on single Redis and on the Cluster, p99 on each, the Cluster's
+	// ratio), then the push server's seven, not measured here (no idle,
+	// push or reconnect section ran).
+	wants := []want{{true, false}, {true, false}, {true, true}, {true, true}, {false, false}, {false, false}, {true, false}, {false, false}, {true, true},
 		{false, false}, {false, false}, {false, false}, {false, false}, {false, false}, {false, false}, {false, false}}
 	if len(r.Targets) != len(wants) {
 		t.Fatalf("%d targets, want %d: %+v", len(r.Targets), len(wants), r.Targets)
@@ -191,31 +193,49 @@ func TestReportTargets(t *testing.T) {
 	if r.Targets[1].Target.Value != 183.5 {
 		t.Errorf("Redis CPU target = %v, want half of 367", r.Targets[1].Target.Value)
 	}
+	if got := r.Targets[3]; got.Target != nil || got.Beside != "calls sent 4 calls" {
+		t.Errorf("commands run row: target %v, beside %q; want no target, beside \"calls sent 4 calls\"", got.Target, got.Beside)
+	}
 }
 
-func TestPreviousReport(t *testing.T) {
-	dir := t.TempDir()
-	write := func(name string, r *Report) {
-		var buf bytes.Buffer
-		if err := r.WriteJSON(&buf); err != nil {
-			t.Fatal(err)
+// TestRedisCPUReference checks that the Redis CPU target halves the
+// report it names, whatever reports are newer: the reference is the
+// redis row of that report's round trip at the maximum rate.
+func TestRedisCPUReference(t *testing.T) {
+	data, err := os.ReadFile(filepath.Join("results", strings.TrimSuffix(redisCPUReference.File, ".md")+".json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var old Report
+	if err := json.Unmarshal(data, &old); err != nil {
+		t.Fatal(err)
+	}
+	var us float64
+	for _, s := range old.Sections {
+		for _, c := range s.CPU {
+			if s.Name != "roundtrip" || c.Run != rtMaxRun {
+				continue
+			}
+			for _, row := range c.Rows {
+				if row.Process == "redis" {
+					us = row.PerMsgUS
+				}
+			}
 		}
-		if err := os.WriteFile(filepath.Join(dir, name), buf.Bytes(), 0o644); err != nil {
-			t.Fatal(err)
-		}
 	}
-	withRedis := func(us float64, quick bool) *Report {
-		s := &Section{Name: "roundtrip", Status: StatusOK, CPU: []CPUTable{{Run: rtMaxRun, Rows: []CPURow{{Process: "redis", PerMsgUS: us}}}}}
-		return &Report{Quick: quick, Sections: []*Section{s}}
+	if math.Round(us) != redisCPUReference.RedisUSPerRT {
+		t.Errorf("%s: redis row of the round trip at the maximum rate = %v µs, the reference says %v", redisCPUReference.File, us, redisCPUReference.RedisUSPerRT)
 	}
-	write("2026-11-23T1906.json", withRedis(367, false))
-	write("2026-11-24T1000.json", withRedis(100, true)) // quick: not a reference
-	got := previousReport(dir)
-	if got == nil || got.File != "2026-11-23T1906.md" || got.RedisUSPerRT != 367 {
-		t.Errorf("previousReport = %+v, want 2026-11-23T1906.md with 367 µs", got)
+
+	r := sampleReport()
+	r.Sections[1].Add("redis_cpu_us_per_rt", "Redis CPU per round trip", 150, "µs", nil)
+	r.summarize()
+	got := r.Targets[1]
+	if got.Target == nil || got.Target.Value != 183.5 || !got.Met || !strings.Contains(got.Name, "2026-11-23T1906.md") {
+		t.Errorf("Redis CPU target row = %+v; want at most 183.5 µs (half of 367 in 2026-11-23T1906.md), met by 150", got)
 	}
-	if got := previousReport(t.TempDir()); got != nil {
-		t.Errorf("previousReport(empty) = %+v, want nil", got)
+	if r.RedisCPURef == nil || *r.RedisCPURef != redisCPUReference {
+		t.Errorf("report's redis_cpu_reference = %+v, want %+v", r.RedisCPURef, redisCPUReference)
 	}
 }
 

@@ -286,6 +286,9 @@ type cpuSource struct {
 	// redis marks a redis-server process of the measured deployment;
 	// primary one that is a primary.
 	redis, primary bool
+	// metrics is the Prometheus endpoint of a gateway process, whose
+	// Redis calls sent the meter reads ("" for other processes).
+	metrics string
 }
 
 // meter measures the CPU that each of its processes uses between start
@@ -295,6 +298,10 @@ type meter struct {
 	redis0    map[string]redisCmd
 	srcs      []cpuSource
 	start     []time.Duration
+	// sent0 is each source's Redis calls sent at the start; sentOK
+	// false when a source with metrics could not be read.
+	sent0     []redisSent
+	sentOK    bool
 	extra     []CPURow
 	busy0     time.Duration
 	steal0    time.Duration
@@ -319,7 +326,9 @@ func (b *Bench) brokersFor(ctx context.Context, d *redisDeploy) []cpuSource {
 }
 
 // procSource is the CPU source of a gateway process.
-func procSource(p *gwproc.Proc) cpuSource { return cpuSource{name: p.Name, cpu: p.CPU} }
+func procSource(p *gwproc.Proc) cpuSource {
+	return cpuSource{name: p.Name, cpu: p.CPU, metrics: p.MetricsURL}
+}
 
 func newMeter(srcs ...cpuSource) *meter {
 	m := &meter{srcs: srcs}
@@ -385,9 +394,29 @@ func (m *meter) reset() {
 		m.start[i] = s.cpu()
 	}
 	m.extra = nil
+	m.sent0, m.sentOK = m.redisSent()
 	m.redis0 = commandStats(m.primaries)
 	m.busy0, m.steal0 = machineBusy()
 	m.startedAt = time.Now()
+}
+
+// redisSent reads the Redis calls sent by every source with metrics;
+// false when one could not be read (a process that stopped, say).
+func (m *meter) redisSent() ([]redisSent, bool) {
+	out := make([]redisSent, len(m.srcs))
+	ok := true
+	for i, s := range m.srcs {
+		if s.metrics == "" {
+			continue
+		}
+		r, err := scrapeRedisSent(context.Background(), s.metrics)
+		if err != nil {
+			ok = false
+			continue
+		}
+		out[i] = r
+	}
+	return out, ok
 }
 
 // addTotal adds a process measured as a whole (one that ran only for
@@ -413,6 +442,21 @@ func (m *meter) table(run string, msgs int64) CPUTable {
 		}
 	}
 	t.Rows = append(t.Rows, m.extra...)
+	if sent, ok := m.redisSent(); ok && m.sentOK && msgs > 0 {
+		var all redisSent
+		for i, s := range m.srcs {
+			if s.metrics == "" {
+				continue
+			}
+			d := sent[i].sub(m.sent0[i])
+			all = redisSent{all.commands + d.commands, all.pipelines + d.pipelines, all.pipelined + d.pipelined}
+			n := float64(msgs)
+			t.RedisSent = append(t.RedisSent, RedisSentRow{Process: s.name, Commands: d.commands / n, Pipelines: d.pipelines / n, Pipelined: d.pipelined / n})
+		}
+		if len(t.RedisSent) > 0 {
+			t.RedisSentPerMsg = all.calls() / float64(msgs)
+		}
+	}
 	for i := range t.Rows {
 		if msgs > 0 {
 			t.Rows[i].PerMsgUS = t.Rows[i].CPUS * 1e6 / float64(msgs)
@@ -518,8 +562,8 @@ func (b *Bench) hostInfo(ctx context.Context, nofile uint64) Host {
 	if m, err := b.rdb.InfoMap(ctx, "server").Result(); err == nil {
 		h.Redis = m["Server"]["redis_version"]
 	}
-	if v, err := b.rdb.ConfigGet(ctx, "appendfsync").Result(); err == nil {
-		h.AppendFsync = v["appendfsync"]
+	if v, err := b.rdb.ConfigGet(ctx, "append*").Result(); err == nil {
+		h.AppendOnly, h.AppendFsync = v["appendonly"], v["appendfsync"]
 	}
 	if conn, err := amqp.DialConfig(b.AMQPURL, amqp.Config{Dial: amqp.DefaultDial(5 * time.Second)}); err == nil {
 		if v, ok := conn.Properties["version"].(string); ok {

@@ -147,6 +147,7 @@ func (b *Bench) startPushServer(ctx context.Context, section, ns, node string) (
 	}
 	p := b.proc(section, "pushserver-"+strings.TrimPrefix(node, "push-"), "pushserver", []string{"--mqtt-addr", addr, "--node-id", node, "--metrics-addr", maddr}, b.gwEnv(ns))
 	b.metricsAddr[p] = maddr
+	p.MetricsURL = "http://" + maddr + "/metrics"
 	if err := p.Start(); err != nil {
 		return nil, "", err
 	}

@@ -202,6 +202,35 @@ func commandStats(clients []*redis.Client) map[string]redisCmd {
 	return out
 }
 
+// persistence describes how the deployment keeps its data: appendonly
+// and appendfsync of its first primary, and its primaries and replicas
+// ("appendonly no, appendfsync everysec; 1 primary, 0 replicas").
+func (d *redisDeploy) persistence(ctx context.Context) string {
+	nodes, err := d.nodes(ctx)
+	if err != nil || len(nodes) == 0 || nodes[0].client == nil {
+		return ""
+	}
+	v, err := nodes[0].client.ConfigGet(ctx, "append*").Result()
+	if err != nil {
+		return ""
+	}
+	primaries, replicas := 0, 0
+	for _, n := range nodes {
+		if n.primary {
+			primaries++
+		} else {
+			replicas++
+		}
+	}
+	if len(nodes) == 1 {
+		// One server: its replicas are not nodes of a Cluster.
+		if m, err := nodes[0].client.InfoMap(ctx, "replication").Result(); err == nil {
+			replicas, _ = strconv.Atoi(m["Replication"]["connected_slaves"])
+		}
+	}
+	return fmt.Sprintf("appendonly %s, appendfsync %s; %d primary(ies), %d replica(s)", v["appendonly"], v["appendfsync"], primaries, replicas)
+}
+
 // memory returns the bytes of every key of namespace ns on every primary
 // and those of the key one (MEMORY USAGE with SAMPLES 0: exact).
 func (d *redisDeploy) memory(ctx context.Context, ns, one string) (all, key int64, err error) {

@@ -14,6 +14,7 @@ import (
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/iotgw/gateway/internal/config"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/protocol"
 )
@@ -303,5 +304,144 @@ func TestBatchReportsEachPartition(t *testing.T) {
 	}
 	if !maps.Equal(got, want) {
 		t.Errorf("due set = %v, want %v", got, want)
+	}
+}
+
+// clusterStore returns a Store on the local Redis Cluster in a namespace
+// of its own, whose keys are deleted when t ends.
+func clusterStore(t *testing.T, opts Options) (*Store, redis.UniversalClient) {
+	t.Helper()
+	c := config.Common{RedisURL: testenv.RedisClusterURL(t)}
+	rdb, err := c.NewRedis(nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := testenv.Namespace(t)
+	t.Cleanup(func() {
+		defer rdb.Close()
+		cc := rdb.(*redis.ClusterClient)
+		_ = cc.ForEachMaster(context.Background(), func(ctx context.Context, n *redis.Client) error {
+			it := n.Scan(ctx, 0, "{"+ns+":*", 1000).Iterator()
+			for it.Next(ctx) {
+				n.Del(ctx, it.Val())
+			}
+			return it.Err()
+		})
+	})
+	opts.Logger = testenv.Logger(t)
+	return New(rdb, ns, opts), rdb
+}
+
+// On Cluster one batch holds the items of many partitions: each
+// partition's items run in one call of the batch function, all calls in
+// one pipeline (with the durability barrier, one per primary, ended by
+// one WAIT). Each item gets its own result, an item that fails fails
+// alone, and two items of one partition both run, in order.
+func TestBatchOnClusterSpansPartitions(t *testing.T) {
+	t.Parallel()
+	for _, wait := range []int{0, 1} {
+		t.Run(fmt.Sprintf("wait replicas %d", wait), func(t *testing.T) {
+			t.Parallel()
+			s, rdb := clusterStore(t, Options{Partitions: 64, WaitReplicas: wait})
+			ctx := context.Background()
+			// A mailbox key holding a string: XLEN fails with WRONGTYPE.
+			if err := rdb.Set(ctx, s.part("bad").Mailbox("bad"), "x", time.Minute).Err(); err != nil {
+				t.Fatal(err)
+			}
+			exp := time.Now().Add(time.Minute).UnixMilli()
+			var ids []string
+			parts, nodes := map[int]bool{}, map[string]bool{}
+			for i := range 16 {
+				ids = append(ids, fmt.Sprintf("d%d", i))
+			}
+			ids = append(ids, "bad", "d3") // d3 twice: two items of one partition
+			batch := make([]*batchCall, len(ids))
+			for i, id := range ids {
+				pk := s.part(id)
+				parts[s.PartitionOf(id)] = true
+				nodes[s.groupOf(s.PartitionOf(id))] = true
+				batch[i] = &batchCall{p: s.PartitionOf(id), keys: []string{pk.Mailbox(id), pk.Mailboxes(), pk.Session(id)},
+					args: []any{id, "t/" + id, fmt.Sprintf("p%s-%d", id, i), exp}, done: make(chan struct{})}
+			}
+			if len(parts) < 8 || len(nodes) < 2 {
+				t.Fatalf("the items reach %d partitions on %d primaries, want at least 8 on 2", len(parts), len(nodes))
+			}
+			s.batcherFor(stepPut, 0).exec(batch)
+			for i, c := range batch {
+				select {
+				case <-c.done:
+				default:
+					t.Fatalf("call %d not done after exec", i)
+				}
+				if ids[i] == "bad" {
+					var re redis.Error
+					if c.err == nil || !errors.As(c.err, &re) || !strings.Contains(c.err.Error(), "WRONGTYPE") {
+						t.Errorf("bad item: err = %v, want a redis.Error with WRONGTYPE", c.err)
+					}
+					continue
+				}
+				if head, id := reply(c.v); c.err != nil || head != "ok" || id == nil {
+					t.Errorf("item %d (%s): got %v, %v; want ok and an entry id", i, ids[i], c.v, c.err)
+				}
+			}
+			for i, id := range ids {
+				if id == "bad" {
+					continue
+				}
+				es, err := s.Fetch(ctx, id, "", 10)
+				var got []string
+				for _, e := range es {
+					got = append(got, string(e.Payload))
+				}
+				want := []string{fmt.Sprintf("p%s-%d", id, i)}
+				if id == "d3" {
+					want = []string{"pd3-3", fmt.Sprintf("pd3-%d", len(ids)-1)}
+				}
+				if err != nil || strings.Join(got, ",") != strings.Join(want, ",") {
+					t.Errorf("mailbox %s: got %v (%v), want %v", id, got, err, want)
+				}
+			}
+		})
+	}
+}
+
+// Concurrent Puts on Cluster over many partitions form batches (one
+// batch in flight per primary and step) and every Put lands once.
+func TestBatchedConcurrentPutsOnCluster(t *testing.T) {
+	t.Parallel()
+	s, _ := clusterStore(t, Options{Partitions: 64, BatchInFlight: 1, BatchMax: 16})
+	ctx := context.Background()
+	const devices, per = 40, 5
+	var wg sync.WaitGroup
+	for i := range devices * per {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := fmt.Sprintf("d%d", i%devices)
+			if _, err := s.Put(ctx, id, "t", []byte(strconv.Itoa(i)), time.Now().Add(time.Minute), ""); err != nil {
+				t.Errorf("Put %s: %v", id, err)
+			}
+		}()
+	}
+	wg.Wait()
+	var coalesced int64
+	groups := map[string]bool{}
+	s.batchMu.Lock()
+	for k, b := range s.batchers {
+		coalesced += b.coalesced.Load()
+		groups[k.group] = true
+	}
+	s.batchMu.Unlock()
+	if coalesced == 0 {
+		t.Errorf("no call ran in a batch of more than one")
+	}
+	if len(groups) < 2 || len(groups) > 3 {
+		t.Errorf("batching groups %v, want one per primary of the local Cluster (3)", groups)
+	}
+	for d := range devices {
+		id := fmt.Sprintf("d%d", d)
+		if n, err := s.Len(ctx, id); err != nil || n != per {
+			t.Errorf("mailbox %s holds %d (%v), want %d", id, n, err, per)
+		}
 	}
 }

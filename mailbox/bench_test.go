@@ -6,12 +6,16 @@ import (
 	"fmt"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/redis/go-redis/v9"
 
+	"github.com/iotgw/gateway/internal/config"
+	"github.com/iotgw/gateway/internal/gwproc"
+	"github.com/iotgw/gateway/internal/telemetry"
 	"github.com/iotgw/gateway/internal/testenv"
 	"github.com/iotgw/gateway/mailbox"
 	"github.com/iotgw/gateway/protocol"
@@ -185,4 +189,104 @@ func BenchmarkPutParallel(b *testing.B) {
 			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "puts/s")
 		})
 	}
+}
+
+// BenchmarkLifecycleParallelCluster is BenchmarkLifecycleParallel on the
+// local Redis Cluster (256 partitions, 50 clients and 50 devices, so a
+// batch spans many partitions), with 64 goroutines per CPU. Besides the rate it reports the calls
+// the Store sent per lifecycle (gw_redis_calls_total: a command or a
+// pipeline to one primary is one call) and the CPU of the Cluster's
+// redis-server processes per lifecycle (from /proc; primaries, and
+// replicas apart), which other users of the Cluster also move: run it
+// alone.
+func BenchmarkLifecycleParallelCluster(b *testing.B) {
+	c := config.Common{RedisURL: testenv.RedisClusterURL(b)}
+	rdb, err := c.NewRedis(nil)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rdb.Close()
+	cc := rdb.(*redis.ClusterClient)
+	ctx := context.Background()
+	ns := testenv.Namespace(b)
+	defer cc.ForEachMaster(ctx, func(ctx context.Context, n *redis.Client) error {
+		it := n.Scan(ctx, 0, "{"+ns+":*", 1000).Iterator()
+		for it.Next(ctx) {
+			n.Del(ctx, it.Val())
+		}
+		return it.Err()
+	})
+	type node struct {
+		pid     int
+		primary bool
+	}
+	var mu sync.Mutex
+	var nodes []node
+	collect := func(primary bool) func(context.Context, *redis.Client) error {
+		return func(ctx context.Context, n *redis.Client) error {
+			m, err := n.InfoMap(ctx, "server").Result()
+			if err != nil {
+				return err
+			}
+			pid, _ := strconv.Atoi(m["Server"]["process_id"])
+			mu.Lock()
+			nodes = append(nodes, node{pid, primary})
+			mu.Unlock()
+			return nil
+		}
+	}
+	if err := cc.ForEachMaster(ctx, collect(true)); err != nil {
+		b.Fatal(err)
+	}
+	if err := cc.ForEachSlave(ctx, collect(false)); err != nil {
+		b.Fatal(err)
+	}
+	cpu := func() (primaries, replicas time.Duration) {
+		for _, n := range nodes {
+			if n.primary {
+				primaries += gwproc.ProcessCPU(n.pid)
+			} else {
+				replicas += gwproc.ProcessCPU(n.pid)
+			}
+		}
+		return primaries, replicas
+	}
+	sent := func() float64 {
+		mfs, err := telemetry.NewRegistry().Gather()
+		if err != nil {
+			b.Fatal(err)
+		}
+		var n float64
+		for _, mf := range mfs {
+			if mf.GetName() == "gw_redis_calls_total" {
+				for _, m := range mf.GetMetric() {
+					n += m.GetCounter().GetValue()
+				}
+			}
+		}
+		return n
+	}
+	s := mailbox.New(rdb, ns, mailbox.Options{})
+	one := lifecycle(b, s)
+	one(-1)
+	var next atomic.Int64
+	// 64 goroutines per CPU, as many lifecycles at once as the round trip
+	// of make bench has commands in flight (128), so that steps wait and
+	// batch.
+	b.SetParallelism(64)
+	p0, r0 := cpu()
+	sent0 := sent()
+	b.ResetTimer()
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			one(int(next.Add(1)))
+		}
+	})
+	b.StopTimer()
+	p1, r1 := cpu()
+	n := float64(b.N)
+	b.ReportMetric(n/b.Elapsed().Seconds(), "lifecycles/s")
+	b.ReportMetric((sent()-sent0)/n, "calls-sent/op")
+	b.ReportMetric(float64((p1-p0).Microseconds())/n, "primaries-cpu-µs/op")
+	b.ReportMetric(float64((r1-r0).Microseconds())/n, "replicas-cpu-µs/op")
 }

@@ -71,7 +71,9 @@
 // loaded once and called with FCALL; on older servers they run with
 // EVALSHA (functions.go). Concurrent calls of one script are coalesced
 // into one batched call, each item keeping the semantics of its own call
-// (batch.go: Options.BatchInFlight and BatchMax). A step that made its
+// (batch.go: Options.BatchInFlight and BatchMax); on Cluster a batch is
+// the calls of the partitions one primary serves, one call per partition,
+// sent in one pipeline. A step that made its
 // partition's work due earlier than anything the partition held reports
 // it in its reply, which the Store unwraps and adds to the due set that
 // the partitions' owners read (due.go).
@@ -192,9 +194,10 @@ type Options struct {
 	WaitReplicas int
 	// WaitTimeout bounds each WAIT. Default 1s.
 	WaitTimeout time.Duration
-	// BatchInFlight is how many calls of one step run at once before
-	// further concurrent calls wait and are coalesced into one batched
-	// call (see batch.go). Default 4. Negative: no batching.
+	// BatchInFlight is how many calls of one step run at once on one
+	// server (on Cluster, on each primary) before further concurrent
+	// calls wait and are coalesced into one batch (see batch.go).
+	// Default 4. Negative: no batching.
 	BatchInFlight int
 	// BatchMax is the most calls one batched call carries. Default 64.
 	BatchMax int

@@ -13,6 +13,8 @@ import (
 
 	"github.com/redis/go-redis/v9"
 	"github.com/redis/go-redis/v9/maintnotifications"
+
+	"github.com/iotgw/gateway/internal/telemetry"
 )
 
 // RedisKind is the kind of Redis deployment a Redis URL names (DESIGN §7).
@@ -108,6 +110,9 @@ const allForms = "one server " + RedisSingleForm + ", Cluster " + RedisClusterFo
 // a primary dies; see reloadOnNodeError), so a failover costs a few
 // seconds of errors, not a minute.
 //
+// Every call the client sends (a command, or a pipeline to one server)
+// counts in gw_redis_calls_total (telemetry.RedisCallsHook).
+//
 // An error names the form the URL was read as and never contains its
 // passwords.
 func (c *Common) NewRedis(tune func(*redis.UniversalOptions)) (redis.UniversalClient, error) {
@@ -128,8 +133,12 @@ func (c *Common) NewRedis(tune func(*redis.UniversalOptions)) (redis.UniversalCl
 	}
 	opts.MaintNotificationsConfig = &maintnotifications.Config{Mode: maintnotifications.ModeDisabled}
 	rdb := redis.NewUniversalClient(opts)
-	if cc, ok := rdb.(*redis.ClusterClient); ok {
-		cc.OnNewNode(func(node *redis.Client) { node.AddHook(reloadOnNodeError{cc}) })
+	switch c := rdb.(type) {
+	case *redis.ClusterClient:
+		// Counted per node: a pipeline over three nodes is three calls.
+		c.OnNewNode(func(node *redis.Client) { node.AddHook(reloadOnNodeError{c}); node.AddHook(telemetry.RedisCallsHook{}) })
+	case *redis.Client:
+		c.AddHook(telemetry.RedisCallsHook{})
 	}
 	return rdb, nil
 }

@@ -80,6 +80,9 @@ type Proc struct {
 	Args []string
 	Env  []string
 	Log  string // path of its log file
+	// MetricsURL is where its Prometheus metrics are served ("" when
+	// unknown).
+	MetricsURL string
 
 	mu   sync.Mutex
 	cmd  *exec.Cmd
@@ -308,15 +311,24 @@ func Start(ctx context.Context, o Options) (*Gateway, error) {
 		if err != nil {
 			return nil, err
 		}
+		maddr, err := FreeAddr()
+		if err != nil {
+			return nil, err
+		}
 		p := &Proc{Name: fmt.Sprintf("pushserver-%d", i), Bin: filepath.Join(o.BinDir, "pushserver"),
-			Args: []string{"--mqtt-addr", addr, "--node-id", fmt.Sprintf("push-%d", i)},
-			Env:  env, Log: filepath.Join(o.RunDir, fmt.Sprintf("pushserver-%d.log", i))}
+			Args: []string{"--mqtt-addr", addr, "--node-id", fmt.Sprintf("push-%d", i), "--metrics-addr", maddr},
+			Env:  env, Log: filepath.Join(o.RunDir, fmt.Sprintf("pushserver-%d.log", i)), MetricsURL: "http://" + maddr + "/metrics"}
 		g.Push = append(g.Push, p)
 		g.PushAddrs = append(g.PushAddrs, addr)
 	}
 	for i := 0; i < o.Workers; i++ {
+		maddr, err := FreeAddr()
+		if err != nil {
+			return nil, err
+		}
 		g.Workers = append(g.Workers, &Proc{Name: fmt.Sprintf("msgworker-%d", i), Bin: filepath.Join(o.BinDir, "msgworker"),
-			Env: env, Log: filepath.Join(o.RunDir, fmt.Sprintf("msgworker-%d.log", i))})
+			Args: []string{"--metrics-addr", maddr},
+			Env:  env, Log: filepath.Join(o.RunDir, fmt.Sprintf("msgworker-%d.log", i)), MetricsURL: "http://" + maddr + "/metrics"})
 	}
 	apiAddr, err := FreeAddr()
 	if err != nil {
@@ -324,7 +336,7 @@ func Start(ctx context.Context, o Options) (*Gateway, error) {
 	}
 	g.APIURL = "http://" + apiAddr
 	g.API = &Proc{Name: "apiserver", Bin: filepath.Join(o.BinDir, "apiserver"), Args: []string{"--http-addr", apiAddr},
-		Env: env, Log: filepath.Join(o.RunDir, "apiserver.log")}
+		Env: env, Log: filepath.Join(o.RunDir, "apiserver.log"), MetricsURL: g.APIURL + "/metrics"}
 	for _, p := range g.All() {
 		if err := p.Start(); err != nil {
 			g.Stop()

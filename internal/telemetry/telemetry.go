@@ -59,10 +59,12 @@ func Discard() *slog.Logger { return slog.New(slog.NewTextHandler(io.Discard, ni
 
 // NewRegistry returns a Prometheus registry with gw_build_info (the
 // running build, internal/buildinfo), the Go runtime and
-// process collectors, for one service.
+// process collectors, and the process's Redis calls (RedisCallsHook),
+// for one service.
 func NewRegistry() *prometheus.Registry {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}), buildinfo.Collector())
+	reg.MustRegister(redisCallsCollectors()...)
 	return reg
 }
 
