@@ -35,10 +35,15 @@ import (
 // outbox entry, and the reports cost little even on an idle gateway,
 // where every step finds its partition empty.
 //
-// Reports go out after the step, from a goroutine that coalesces them
-// into one ZADD LT (noteDues), off the caller's path. A report lost (the
-// process died before it went out, or the ZADD failed) delays that work
-// until the owner's full sweep of its partitions, the backstop.
+// Reports go out after the step, off the caller's path, coalesced into
+// one ZADD LT (noteDues): a report waits up to DueCoalesce for others,
+// but goes out at least dueSlack before the work it reports is due (at
+// once for work due sooner), so the owner still polls the partition in
+// time. Without the wait every final step at a moderate rate cost its own
+// ZADD (a first outbox entry is reported 3 s ahead, and relayed within
+// milliseconds), a goroutine and a Redis round trip per command. A report
+// lost (the process died before it went out, or the ZADD failed) delays
+// that work until the owner's full sweep of its partitions, the backstop.
 
 // ReportHorizon is how far ahead a step reports work it made due
 // earlier (see above); owners must sweep all their partitions at least
@@ -50,6 +55,15 @@ const ReportHorizon = 30 * time.Second
 // is the backstop for a relay that failed or a process that died in
 // between.
 const OutboxAge = 3 * time.Second
+
+// DueCoalesce is the longest a next-due report waits to go out with
+// others (see noteDues).
+const DueCoalesce = time.Second
+
+// dueSlack is how long before the reported work is due a report goes out
+// at the latest: more than an owner's tick (msgworker's TimerInterval,
+// 200 ms) and a Redis round trip.
+const dueSlack = 500 * time.Millisecond
 
 // dueMark is the first element of a reply that carries a next-due
 // report (lib.lua's DUE).
@@ -78,11 +92,13 @@ func (s *Store) noteDue(ctx context.Context, p int, dueMs int64) {
 
 // noteDues tells the owners of the partitions in due (partition → unix
 // ms) that they have work due then: it adds them to the pending reports,
-// which flushDues sends, coalesced, off the caller's path.
+// which flushDues sends, coalesced, off the caller's path, within
+// DueCoalesce and no later than dueSlack before the earliest is due.
 func (s *Store) noteDues(ctx context.Context, due map[int]int64) {
 	if len(due) == 0 {
 		return
 	}
+	var first int64
 	s.dueMu.Lock()
 	if s.duePending == nil {
 		s.duePending = map[int]int64{}
@@ -91,14 +107,26 @@ func (s *Store) noteDues(ctx context.Context, due map[int]int64) {
 		if cur, ok := s.duePending[p]; !ok || ms < cur {
 			s.duePending[p] = ms
 		}
+		if first == 0 || ms < first {
+			first = ms
+		}
 	}
-	start := !s.dueFlushing
-	s.dueFlushing = true
+	wait := min(max(time.UnixMilli(first).Add(-dueSlack).Sub(s.now()), 0), DueCoalesce)
+	at := time.Now().Add(wait)
+	switch {
+	case !s.dueFlushing:
+		s.dueFlushing = true
+		s.dueAt = at
+		fctx := context.WithoutCancel(ctx)
+		s.dueTimer = time.AfterFunc(wait, func() { s.flushDues(fctx) })
+	case s.dueTimer != nil && at.Before(s.dueAt) && s.dueTimer.Stop():
+		// Due sooner than the scheduled flush: bring it forward. (When
+		// Stop fails the flush runs already and takes these too.)
+		s.dueAt = at
+		s.dueTimer.Reset(wait)
+	}
 	s.dueMu.Unlock()
 	s.dueReports.Add(int64(len(due)))
-	if start {
-		go s.flushDues(context.WithoutCancel(ctx))
-	}
 }
 
 // flushDues sends the pending reports, one ZADD LT per round, until none
@@ -107,6 +135,7 @@ func (s *Store) noteDues(ctx context.Context, due map[int]int64) {
 func (s *Store) flushDues(ctx context.Context) {
 	for {
 		s.dueMu.Lock()
+		s.dueTimer = nil
 		pending := s.duePending
 		s.duePending = nil
 		if len(pending) == 0 {
