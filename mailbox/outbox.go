@@ -12,6 +12,7 @@ import (
 	"go.opentelemetry.io/otel/trace"
 
 	"github.com/iotgw/gateway/internal/telemetry"
+	"github.com/iotgw/gateway/protocol"
 )
 
 // The outbox (DESIGN §7). A final transition happens in the device's
@@ -143,6 +144,7 @@ func (s *Store) relayStep(ctx context.Context, e *outboxEntry, clientOwner strin
 		sess, _ = a[1].(string)
 		drop, _ = a[2].(string)
 	}
+	var woke bool
 	switch what {
 	case "relayed":
 		if dropped = drop == "1"; dropped {
@@ -151,9 +153,7 @@ func (s *Store) relayStep(ctx context.Context, e *outboxEntry, clientOwner strin
 		if clientOwner == "" && s.opts.OwnerOf != nil {
 			clientOwner = s.opts.OwnerOf(e.client)
 		}
-		if err := s.wake(ctx, e.client, sess, clientOwner); err != nil {
-			s.log.WarnContext(ctx, "cannot wake the client's push server", "client_id", e.client, "err", err)
-		}
+		woke = true
 	case "conflict":
 		s.finalConflicts.Add(1)
 		s.log.WarnContext(ctx, "a different final for a command whose client already has one: not delivered",
@@ -162,11 +162,32 @@ func (s *Store) relayStep(ctx context.Context, e *outboxEntry, clientOwner strin
 		s.log.WarnContext(ctx, "a result whose claim names another device: not delivered",
 			"client_id", e.client, "device_id", e.device, "msg_id", e.key)
 	}
-	if e.id == "" {
-		return what, dropped, nil // not from an outbox: the claim's watchdog
+	// The wake-up and the deletion of the entry (e.id "": not from an
+	// outbox, the claim's watchdog) go in one pipeline, one round trip:
+	// both only follow the relay step.
+	var del *redis.IntCmd
+	var wakeErr error
+	if woke || e.id != "" {
+		cmds, _ := s.rdb.Pipelined(ctx, func(pipe redis.Pipeliner) error {
+			if woke {
+				queueWake(ctx, pipe, s.keys, s.cluster, e.client, sess, clientOwner)
+			}
+			if e.id != "" {
+				del = pipe.XDel(ctx, s.keys.Part(e.p).Outbox(), e.id)
+			}
+			return nil
+		})
+		for _, c := range cmds {
+			if c != del && c.Err() != nil && wakeErr == nil {
+				wakeErr = c.Err()
+			}
+		}
 	}
-	if err := s.rdb.XDel(ctx, s.keys.Part(e.p).Outbox(), e.id).Err(); err != nil {
-		return what, dropped, fmt.Errorf("cannot delete a relayed outbox entry: %w", s.classify(err))
+	if wakeErr != nil {
+		s.log.WarnContext(ctx, "cannot wake the client's push server", "client_id", e.client, "err", s.classify(wakeErr))
+	}
+	if del != nil && del.Err() != nil {
+		return what, dropped, fmt.Errorf("cannot delete a relayed outbox entry: %w", s.classify(del.Err()))
 	}
 	return what, dropped, nil
 }
@@ -251,30 +272,32 @@ func idSeq(id string) string {
 // channel; sharded pub/sub on Cluster). Wake-ups go out from Go after the
 // step, never from inside it.
 func (s *Store) wake(ctx context.Context, identity, sess, owner string) error {
-	nodes := make([]string, 0, 2)
-	if sess != "" {
-		nodes = append(nodes, sess)
-	}
-	if owner != "" && owner != sess {
-		nodes = append(nodes, owner)
-	}
-	if len(nodes) == 0 {
+	if sess == "" && owner == "" {
 		return nil
 	}
 	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, node := range nodes {
-			pk := s.keys.NodePending(node)
-			p.SAdd(ctx, pk, identity)
-			p.PExpire(ctx, pk, pendingTTL)
-			if s.cluster {
-				p.SPublish(ctx, s.keys.NodeWake(node), identity)
-			} else {
-				p.Publish(ctx, s.keys.NodeWake(node), identity)
-			}
-		}
+		queueWake(ctx, p, s.keys, s.cluster, identity, sess, owner)
 		return nil
 	})
 	return s.classify(err)
+}
+
+// queueWake adds wake's commands to pipe (none when sess and owner are
+// both "").
+func queueWake(ctx context.Context, p redis.Pipeliner, keys protocol.Keys, cluster bool, identity, sess, owner string) {
+	for i, node := range [2]string{sess, owner} {
+		if node == "" || i == 1 && owner == sess {
+			continue
+		}
+		pk := keys.NodePending(node)
+		p.SAdd(ctx, pk, identity)
+		p.PExpire(ctx, pk, pendingTTL)
+		if cluster {
+			p.SPublish(ctx, keys.NodeWake(node), identity)
+		} else {
+			p.Publish(ctx, keys.NodeWake(node), identity)
+		}
+	}
 }
 
 // pendingTTL is the expiry of a node's pending set, renewed when it
