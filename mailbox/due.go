@@ -98,11 +98,11 @@ func (s *Store) noteDues(ctx context.Context, due map[int]int64) {
 	if len(due) == 0 {
 		return
 	}
-	var first int64
 	s.dueMu.Lock()
 	if s.duePending == nil {
 		s.duePending = map[int]int64{}
 	}
+	var first int64
 	for p, ms := range due {
 		if cur, ok := s.duePending[p]; !ok || ms < cur {
 			s.duePending[p] = ms
@@ -111,39 +111,46 @@ func (s *Store) noteDues(ctx context.Context, due map[int]int64) {
 			first = ms
 		}
 	}
-	wait := min(max(time.UnixMilli(first).Add(-dueSlack).Sub(s.now()), 0), DueCoalesce)
-	at := time.Now().Add(wait)
-	switch {
-	case !s.dueFlushing:
+	if !s.dueFlushing {
 		s.dueFlushing = true
-		s.dueAt = at
-		fctx := context.WithoutCancel(ctx)
-		s.dueTimer = time.AfterFunc(wait, func() { s.flushDues(fctx) })
-	case s.dueTimer != nil && at.Before(s.dueAt) && s.dueTimer.Stop():
+		s.scheduleDuesLocked(context.WithoutCancel(ctx), first)
+	} else if s.dueTimer != nil {
 		// Due sooner than the scheduled flush: bring it forward. (When
-		// Stop fails the flush runs already and takes these too.)
-		s.dueAt = at
-		s.dueTimer.Reset(wait)
+		// Stop fails the flush runs already; it schedules what it did
+		// not take.)
+		if at := s.dueFlushAt(first); at.Before(s.dueAt) && s.dueTimer.Stop() {
+			s.dueAt = at
+			s.dueTimer.Reset(time.Until(at))
+		}
 	}
 	s.dueMu.Unlock()
 	s.dueReports.Add(int64(len(due)))
 }
 
-// flushDues sends the pending reports, one ZADD LT per round, until none
-// is pending. A failure is logged and counted: the owners' full sweep
-// finds the work later.
+// dueFlushAt is when a report of work due at first (unix ms) goes out at
+// the latest: dueSlack before it, within DueCoalesce from now.
+func (s *Store) dueFlushAt(first int64) time.Time {
+	wait := min(max(time.UnixMilli(first).Add(-dueSlack).Sub(s.now()), 0), DueCoalesce)
+	return time.Now().Add(wait)
+}
+
+// scheduleDuesLocked schedules flushDues for the pending reports, the
+// earliest of them due at first (unix ms). dueMu is held.
+func (s *Store) scheduleDuesLocked(ctx context.Context, first int64) {
+	s.dueAt = s.dueFlushAt(first)
+	s.dueTimer = time.AfterFunc(time.Until(s.dueAt), func() { s.flushDues(ctx) })
+}
+
+// flushDues sends the pending reports in one ZADD LT, then schedules the
+// reports noted meanwhile (see noteDues). A failure is logged and
+// counted: the owners' full sweep finds the work later.
 func (s *Store) flushDues(ctx context.Context) {
-	for {
-		s.dueMu.Lock()
-		s.dueTimer = nil
-		pending := s.duePending
-		s.duePending = nil
-		if len(pending) == 0 {
-			s.dueFlushing = false
-			s.dueMu.Unlock()
-			return
-		}
-		s.dueMu.Unlock()
+	s.dueMu.Lock()
+	s.dueTimer = nil
+	pending := s.duePending
+	s.duePending = nil
+	s.dueMu.Unlock()
+	if len(pending) > 0 {
 		zs := make([]redis.Z, 0, len(pending))
 		for p, ms := range pending {
 			zs = append(zs, redis.Z{Score: float64(ms), Member: strconv.Itoa(p)})
@@ -157,6 +164,19 @@ func (s *Store) flushDues(ctx context.Context) {
 				"partitions", len(zs), "err", err)
 		}
 	}
+	s.dueMu.Lock()
+	defer s.dueMu.Unlock()
+	if len(s.duePending) == 0 {
+		s.dueFlushing = false
+		return
+	}
+	var first int64
+	for _, ms := range s.duePending {
+		if first == 0 || ms < first {
+			first = ms
+		}
+	}
+	s.scheduleDuesLocked(ctx, first)
 }
 
 // DueFlushed reports whether no next-due report waits to be sent.
