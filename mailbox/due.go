@@ -36,10 +36,15 @@ import (
 // outbox entry, and the reports cost little even on an idle gateway,
 // where every step finds its partition empty.
 //
-// Reports go out after the step, from a goroutine that coalesces them
-// into one ZADD LT (noteDues), off the caller's path. A report lost (the
-// process died before it went out, or the ZADD failed) delays that work
-// until the owner's full sweep of its partitions, the backstop.
+// Reports go out after the step, off the caller's path, coalesced into
+// one ZADD LT (noteDues): a report waits up to DueCoalesce for others,
+// but goes out at least dueSlack before the work it reports is due (at
+// once for work due sooner), so the owner still polls the partition in
+// time. Without the wait every final step at a moderate rate cost its own
+// ZADD (a first outbox entry is reported 3 s ahead, and relayed within
+// milliseconds), a goroutine and a Redis round trip per command. A report
+// lost (the process died before it went out, or the ZADD failed) delays
+// that work until the owner's full sweep of its partitions, the backstop.
 
 // ReportHorizon is how far ahead a step reports work it made due
 // earlier (see above); owners must sweep all their partitions at least
@@ -51,6 +56,15 @@ const ReportHorizon = 30 * time.Second
 // is the backstop for a relay that failed or a process that died in
 // between.
 const OutboxAge = 3 * time.Second
+
+// DueCoalesce is the longest a next-due report waits to go out with
+// others (see noteDues).
+const DueCoalesce = time.Second
+
+// dueSlack is how long before the reported work is due a report goes out
+// at the latest: more than an owner's tick (msgworker's TimerInterval,
+// 200 ms) and a Redis round trip.
+const dueSlack = 500 * time.Millisecond
 
 // dueMark is the first element of a reply that carries a next-due
 // report (lib.lua's DUE).
@@ -79,7 +93,8 @@ func (s *Store) noteDue(ctx context.Context, p int, dueMs int64) {
 
 // noteDues tells the owners of the partitions in due (partition → unix
 // ms) that they have work due then: it adds them to the pending reports,
-// which flushDues sends, coalesced, off the caller's path.
+// which flushDues sends, coalesced, off the caller's path, within
+// DueCoalesce and no later than dueSlack before the earliest is due.
 func (s *Store) noteDues(ctx context.Context, due map[int]int64) {
 	if len(due) == 0 {
 		return
@@ -88,34 +103,55 @@ func (s *Store) noteDues(ctx context.Context, due map[int]int64) {
 	if s.duePending == nil {
 		s.duePending = map[int]int64{}
 	}
+	var first int64
 	for p, ms := range due {
 		if cur, ok := s.duePending[p]; !ok || ms < cur {
 			s.duePending[p] = ms
 		}
+		if first == 0 || ms < first {
+			first = ms
+		}
 	}
-	start := !s.dueFlushing
-	s.dueFlushing = true
+	if !s.dueFlushing {
+		s.dueFlushing = true
+		s.scheduleDuesLocked(context.WithoutCancel(ctx), first)
+	} else if s.dueTimer != nil {
+		// Due sooner than the scheduled flush: bring it forward. (When
+		// Stop fails the flush runs already; it schedules what it did
+		// not take.)
+		if at := s.dueFlushAt(first); at.Before(s.dueAt) && s.dueTimer.Stop() {
+			s.dueAt = at
+			s.dueTimer.Reset(time.Until(at))
+		}
+	}
 	s.dueMu.Unlock()
 	s.dueReports.Add(int64(len(due)))
-	if start {
-		go s.flushDues(context.WithoutCancel(ctx))
-	}
 }
 
-// flushDues sends the pending reports, one ZADD LT per round, until none
-// is pending. A failure is logged and counted: the owners' full sweep
-// finds the work later.
+// dueFlushAt is when a report of work due at first (unix ms) goes out at
+// the latest: dueSlack before it, within DueCoalesce from now.
+func (s *Store) dueFlushAt(first int64) time.Time {
+	wait := min(max(time.UnixMilli(first).Add(-dueSlack).Sub(s.now()), 0), DueCoalesce)
+	return time.Now().Add(wait)
+}
+
+// scheduleDuesLocked schedules flushDues for the pending reports, the
+// earliest of them due at first (unix ms). dueMu is held.
+func (s *Store) scheduleDuesLocked(ctx context.Context, first int64) {
+	s.dueAt = s.dueFlushAt(first)
+	s.dueTimer = time.AfterFunc(time.Until(s.dueAt), func() { s.flushDues(ctx) })
+}
+
+// flushDues sends the pending reports in one ZADD LT, then schedules the
+// reports noted meanwhile (see noteDues). A failure is logged and
+// counted: the owners' full sweep finds the work later.
 func (s *Store) flushDues(ctx context.Context) {
-	for {
-		s.dueMu.Lock()
-		pending := s.duePending
-		s.duePending = nil
-		if len(pending) == 0 {
-			s.dueFlushing = false
-			s.dueMu.Unlock()
-			return
-		}
-		s.dueMu.Unlock()
+	s.dueMu.Lock()
+	s.dueTimer = nil
+	pending := s.duePending
+	s.duePending = nil
+	s.dueMu.Unlock()
+	if len(pending) > 0 {
 		zs := make([]redis.Z, 0, len(pending))
 		for p, ms := range pending {
 			zs = append(zs, redis.Z{Score: float64(ms), Member: strconv.Itoa(p)})
@@ -129,6 +165,19 @@ func (s *Store) flushDues(ctx context.Context) {
 				"partitions", len(zs), "err", err)
 		}
 	}
+	s.dueMu.Lock()
+	defer s.dueMu.Unlock()
+	if len(s.duePending) == 0 {
+		s.dueFlushing = false
+		return
+	}
+	var first int64
+	for _, ms := range s.duePending {
+		if first == 0 || ms < first {
+			first = ms
+		}
+	}
+	s.scheduleDuesLocked(ctx, first)
 }
 
 // DueFlushed reports whether no next-due report waits to be sent.

@@ -277,7 +277,9 @@ type Store struct {
 	dueReports, dueLost atomic.Int64 // next-due reports sent, failed (due.go)
 	dueMu               sync.Mutex
 	duePending          map[int]int64 // reports not sent yet: partition → due (unix ms)
-	dueFlushing         bool          // a flushDues goroutine runs
+	dueFlushing         bool          // reports are pending: a flush is scheduled (dueTimer) or runs
+	dueTimer            *time.Timer   // the scheduled flush, nil once it runs
+	dueAt               time.Time     // when dueTimer fires
 }
 
 // New returns the Store of namespace ns on rdb: a *redis.Client (one

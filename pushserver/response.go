@@ -39,7 +39,22 @@ type devAnswer struct {
 	client string
 	id     protocol.ID
 	read   time.Time
-	log    *slog.Logger
+	// attrs are the answer's log attributes (device_id, client_id,
+	// msg_id, trace_id); log is n.log with them, made on first use
+	// (logger): most answers log nothing, and slog's With formats the
+	// attributes at once.
+	attrs []any
+	base  *slog.Logger
+	log   *slog.Logger
+}
+
+// logger returns the answer's logger (see attrs). An answer is used by
+// one goroutine at a time (the read loop, then its completer).
+func (a *devAnswer) logger() *slog.Logger {
+	if a.log == nil {
+		a.log = a.base.With(a.attrs...)
+	}
+	return a.log
 }
 
 // forwardResponse handles a PUBLISH of device cl.id on its responses
@@ -64,19 +79,18 @@ type devAnswer struct {
 //     make a device resend (a clean-session device would not).
 func (n *Node) forwardResponse(cl *client, pk packets.Packet) bool {
 	read := time.Now()
-	log := n.log.With("device_id", cl.id)
 
 	resp, err := protocol.ParseResponse(pk.Payload)
 	if err != nil {
-		n.dropResponse(log, dropMalformed, err)
+		n.dropResponse(n.log.With("device_id", cl.id), dropMalformed, err)
 		return true
 	}
 	client, id, err := protocol.AnswerTarget(resp)
 	if err != nil {
-		n.dropResponse(log, dropID, err)
+		n.dropResponse(n.log.With("device_id", cl.id), dropID, err)
 		return true
 	}
-	log = log.With("client_id", telemetry.Clip(client), "msg_id", telemetry.Clip(id.Key()))
+	attrs := []any{"device_id", cl.id, "client_id", telemetry.Clip(client), "msg_id", telemetry.Clip(id.Key())}
 	// An MQTT 5 device that continues the command's trace sends the
 	// traceparent of its answer as a user property: the completion's span
 	// is its child, and the result's relay continues it. Without one the
@@ -91,10 +105,10 @@ func (n *Node) forwardResponse(cl *client, pk packets.Packet) bool {
 				attribute.String("msg_id", id.Key()), attribute.String("node", n.cfg.NodeID)))
 		defer span.End()
 		if tid := telemetry.TraceID(base); tid != "" {
-			log = log.With(telemetry.KeyTraceID, tid)
+			attrs = append(attrs, telemetry.KeyTraceID, tid)
 		}
 	}
-	a := &devAnswer{ctx: base, cl: cl, pk: pk, resp: resp, client: client, id: id, read: read, log: log}
+	a := &devAnswer{ctx: base, cl: cl, pk: pk, resp: resp, client: client, id: id, read: read, attrs: attrs, base: n.log}
 	var c *completer
 	if v, ok := n.completers.Load(cl); ok {
 		c = v.(*completer)
@@ -125,13 +139,13 @@ func (n *Node) completeAnswer(a *devAnswer, held bool) (bool, error) {
 	}
 	switch out {
 	case mailbox.OutcomeUnknown, mailbox.OutcomeNoop:
-		n.dropResponse(a.log, dropUnknown, errors.New("no command of this device waits for this answer"))
+		n.dropResponse(a.logger(), dropUnknown, errors.New("no command of this device waits for this answer"))
 		return true, nil
 	case mailbox.OutcomeOtherDevice:
-		n.dropResponse(a.log, dropDevice, errors.New("the command is another device's"))
+		n.dropResponse(a.logger(), dropDevice, errors.New("the command is another device's"))
 		return true, nil
 	case mailbox.OutcomeNotSent:
-		n.dropResponse(a.log, dropNotSent, errors.New("the command was not sent yet"))
+		n.dropResponse(a.logger(), dropNotSent, errors.New("the command was not sent yet"))
 		return true, nil
 	case mailbox.OutcomeLate, mailbox.OutcomeTimeout:
 		// After its command ended, or read past its timeout: recorded
@@ -143,7 +157,9 @@ func (n *Node) completeAnswer(a *devAnswer, held bool) (bool, error) {
 		n.m.late.WithLabelValues(cause).Inc()
 	}
 	n.m.responses.Inc()
-	a.log.Debug("device response completed", "outcome", out, "held", held)
+	if a.base.Enabled(a.ctx, slog.LevelDebug) {
+		a.logger().Debug("device response completed", "outcome", out, "held", held)
+	}
 	return true, nil
 }
 
@@ -182,7 +198,7 @@ func (n *Node) hold(a *devAnswer, c *completer, err error) {
 		}()
 	}
 	if err != nil {
-		a.log.Warn("cannot complete the answer yet; holding its PUBACK and retrying", "err", err)
+		a.logger().Warn("cannot complete the answer yet; holding its PUBACK and retrying", "err", err)
 	}
 	c.pending.Add(1)
 	n.m.held.Inc()
@@ -191,14 +207,14 @@ func (n *Node) hold(a *devAnswer, c *completer, err error) {
 		return
 	default:
 	}
-	a.log.Warn("a connection holds the most answers it may: its reads wait for a place", "max", maxHeldAnswers)
+	a.logger().Warn("a connection holds the most answers it may: its reads wait for a place", "max", maxHeldAnswers)
 	select {
 	case c.q <- a:
 	case <-n.ctx.Done():
 		c.pending.Add(-1)
 		n.m.held.Dec()
 		n.m.abandoned.WithLabelValues("shutdown").Inc()
-		a.log.Warn("device response not completed before shutdown: not acknowledged")
+		a.logger().Warn("device response not completed before shutdown: not acknowledged")
 	}
 }
 
@@ -223,7 +239,7 @@ func (n *Node) runCompleter(c *completer) {
 					n.m.held.Dec()
 					c.pending.Add(-1)
 					n.m.abandoned.WithLabelValues("shutdown").Inc()
-					a.log.Warn("device response not completed before shutdown: not acknowledged")
+					a.logger().Warn("device response not completed before shutdown: not acknowledged")
 				default:
 					return
 				}
@@ -247,7 +263,7 @@ func (n *Node) retryHeld(a *devAnswer) {
 		select {
 		case <-n.ctx.Done():
 			n.m.abandoned.WithLabelValues("shutdown").Inc()
-			a.log.Warn("device response not completed before shutdown: not acknowledged")
+			a.logger().Warn("device response not completed before shutdown: not acknowledged")
 			return
 		case <-t.C:
 		}
@@ -255,11 +271,11 @@ func (n *Node) retryHeld(a *devAnswer) {
 		if done {
 			open := !a.cl.isClosed()
 			if held := time.Since(began); held > retry {
-				a.log.Info("held device response completed", "held", held.Round(time.Millisecond), "connection_open", open)
+				a.logger().Info("held device response completed", "held", held.Round(time.Millisecond), "connection_open", open)
 			}
 			if open && a.pk.FixedHeader.Qos > 0 {
 				if err := a.cl.writePacket(ack(packets.Puback, a.pk.PacketID, packets.CodeSuccess)); err != nil {
-					a.log.Debug("cannot write the PUBACK of a held answer", "err", err)
+					a.logger().Debug("cannot write the PUBACK of a held answer", "err", err)
 				}
 			}
 			return
@@ -267,7 +283,7 @@ func (n *Node) retryHeld(a *devAnswer) {
 		if a.pk.FixedHeader.Qos == 0 && time.Since(a.read) > grace {
 			// No PUBACK to hold: the answer is lost, and counted.
 			n.m.dropped.WithLabelValues(dropUnsent).Inc()
-			a.log.Warn("QoS 0 device response lost", "err", err)
+			a.logger().Warn("QoS 0 device response lost", "err", err)
 			return
 		}
 		t.Reset(retry)
