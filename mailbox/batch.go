@@ -23,8 +23,8 @@ import (
 // batch with one item under load spread over many partitions: each step
 // a round trip of its own.) The primary of a partition is go-redis's
 // view of the slot map when the call joins its group; the pipeline routes
-// each call by its own keys anyway and follows redirections, so a stale
-// view costs only a smaller batch.
+// each call by its own keys anyway (and, without the durability barrier,
+// follows redirections), so a stale view costs only smaller batches.
 //
 // A call that finds fewer than Options.BatchInFlight batches of its
 // (step, group) running starts one at once (when nothing else waits, it
@@ -37,9 +37,9 @@ import (
 // Each item keeps the semantics of its own call. Items run one after the
 // other in Redis, each in a protected call (pcall), so an item that fails
 // returns its error to its caller only, with the writes it made before
-// the error kept, exactly as the plain step would have left them. All
-// items of a batch see the same clock argument (each partition still
-// reads its own TIME when the test clock is unset). A call of a pipeline
+// the error kept, exactly as the plain step would have left them. The
+// items of a batch in one partition see the same clock (the test clock's
+// instant, or that partition's TIME). A call of a pipeline
 // that fails (a redirection that could not be followed, a node down)
 // fails its partition's items only, with the error classified as the
 // plain step's would be. A caller whose ctx ends while its item waits or
