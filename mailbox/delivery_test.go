@@ -907,3 +907,60 @@ func TestFireTimersUnsentAfterRearm(t *testing.T) {
 		t.Errorf("%d timers left", n)
 	}
 }
+
+// Concurrent wake-ups are group-committed: every identity put reaches the
+// node's wake channel (in messages that may carry many records) and its
+// pending set, and the identities of one mailbox arrive in the order of
+// their Puts.
+func TestWakeCoalesced(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	ps := e.s.Wake(e.ctx, "n1")
+	defer ps.Close()
+	if _, err := ps.Receive(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	const identities, each = 50, 4
+	var wg sync.WaitGroup
+	for i := range identities {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := fmt.Sprintf("d%d", i)
+			for range each {
+				if _, err := e.s.Put(e.ctx, id, "t", []byte("p"), time.Time{}, "n1"); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	seen := map[string]int{}
+	records, messages := 0, 0
+	for records < identities*each {
+		select {
+		case m := <-ps.Channel():
+			messages++
+			ws, err := mailbox.ParseWake(m.Payload)
+			if err != nil {
+				t.Fatalf("ParseWake(%q): %v", m.Payload, err)
+			}
+			for _, w := range ws {
+				seen[w.Identity]++
+				records++
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("got %d wake-ups of %d", records, identities*each)
+		}
+	}
+	for i := range identities {
+		if id := fmt.Sprintf("d%d", i); seen[id] != each {
+			t.Errorf("%s woken %d times, want %d", id, seen[id], each)
+		}
+	}
+	pending, err := e.s.TakePending(e.ctx, "n1", 1000)
+	if err != nil || len(pending) != identities {
+		t.Errorf("pending = %d identities, %v; want %d", len(pending), err, identities)
+	}
+	t.Logf("%d wake-ups in %d messages", records, messages)
+}

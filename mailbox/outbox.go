@@ -245,38 +245,6 @@ func idSeq(id string) string {
 	return ""
 }
 
-// wake tells the push servers that should stream identity's mailbox: the
-// node of its live session (sess, read by the step) and owner, each once
-// (DESIGN §5: SADD to the node's pending set, then a message on its wake
-// channel; sharded pub/sub on Cluster). Wake-ups go out from Go after the
-// step, never from inside it.
-func (s *Store) wake(ctx context.Context, identity, sess, owner string) error {
-	nodes := make([]string, 0, 2)
-	if sess != "" {
-		nodes = append(nodes, sess)
-	}
-	if owner != "" && owner != sess {
-		nodes = append(nodes, owner)
-	}
-	if len(nodes) == 0 {
-		return nil
-	}
-	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
-		for _, node := range nodes {
-			pk := s.keys.NodePending(node)
-			p.SAdd(ctx, pk, identity)
-			p.PExpire(ctx, pk, pendingTTL)
-			if s.cluster {
-				p.SPublish(ctx, s.keys.NodeWake(node), identity)
-			} else {
-				p.Publish(ctx, s.keys.NodeWake(node), identity)
-			}
-		}
-		return nil
-	})
-	return s.classify(err)
-}
-
 // pendingTTL is the expiry of a node's pending set, renewed when it
 // gains a member.
 const pendingTTL = 24 * time.Hour

@@ -588,13 +588,25 @@ func (n *Node) wakeLoop(ps *redis.PubSub) {
 			}
 			switch msg := m.(type) {
 			case *redis.Message:
-				if s := n.current(msg.Payload); s != nil {
-					s.kick()
-				}
+				n.wakeMessage(msg.Payload)
 			case *redis.Subscription:
 				n.wakeSubscription(ps, msg)
 			}
 		}
+	}
+}
+
+// wakeMessage kicks the session of every identity a wake message names
+// (mailbox.ParseWake: one message may carry many wake-ups).
+func (n *Node) wakeMessage(payload string) {
+	ws, err := mailbox.ParseWake(payload)
+	for _, w := range ws {
+		if s := n.current(w.Identity); s != nil {
+			s.kick()
+		}
+	}
+	if err != nil {
+		n.log.Warn("malformed wake message; the sweep reads what it announced", "size", len(payload), "err", err)
 	}
 }
 
