@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -580,7 +581,16 @@ func TestSignals(t *testing.T) {
 		t.Helper()
 		select {
 		case m := <-p.Channel():
-			return m.Payload
+			// The identities of its records (a Put's carries its entry).
+			ws, err := mailbox.ParseWake(m.Payload)
+			if err != nil {
+				t.Errorf("ParseWake(%q): %v", m.Payload, err)
+			}
+			var ids []string
+			for _, w := range ws {
+				ids = append(ids, w.Identity)
+			}
+			return strings.Join(ids, ",")
 		case <-time.After(3 * time.Second):
 			return "(nothing)"
 		}
@@ -963,4 +973,73 @@ func TestWakeCoalesced(t *testing.T) {
 		t.Errorf("pending = %d identities, %v; want %d", len(pending), err, identities)
 	}
 	t.Logf("%d wake-ups in %d messages", records, messages)
+}
+
+// A Put's wake-up carries its entry and the mailbox's last entry before
+// it, so that a session that has read up to there sends it without a
+// read (mailbox.Wake.Next).
+func TestPutWakeCarries(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	ps := e.s.Wake(e.ctx, "n1")
+	defer ps.Close()
+	if _, err := ps.Receive(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	next := func() mailbox.Wake {
+		t.Helper()
+		select {
+		case m := <-ps.Channel():
+			ws, err := mailbox.ParseWake(m.Payload)
+			if err != nil || len(ws) != 1 {
+				t.Fatalf("ParseWake(%q) = %d records, %v; want 1", m.Payload, len(ws), err)
+			}
+			return ws[0]
+		case <-time.After(3 * time.Second):
+			t.Fatal("no wake-up")
+		}
+		return mailbox.Wake{}
+	}
+	exp := e.clock.Now().Add(time.Hour)
+	tests := []struct {
+		topic, payload string
+		prev           int // index of the entry before it; -1: the mailbox was empty
+	}{
+		{"clients/c1/results/d", `{"a":1}`, -1},
+		{"clients/c1/results/d", "two words\nand a line", 0},
+		{"t", "", 1},
+	}
+	var ids []string
+	for i, tt := range tests {
+		id, err := e.s.Put(e.ctx, "c1", tt.topic, []byte(tt.payload), exp, "n1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+		w := next()
+		want := mailbox.Wake{Identity: "c1", Carried: true,
+			Entry: mailbox.Entry{ID: id, Topic: tt.topic, Payload: []byte(tt.payload), Expires: time.UnixMilli(exp.UnixMilli())}}
+		if tt.prev >= 0 {
+			want.Prev = ids[tt.prev]
+		}
+		if !reflect.DeepEqual(w, want) {
+			t.Errorf("put %d: wake-up %+v, want %+v", i, w, want)
+		}
+		fetched, err := e.s.Fetch(e.ctx, "c1", w.Prev, 10)
+		if err != nil || len(fetched) != 1 || fetched[0].ID != id || fetched[0].Topic != tt.topic || string(fetched[0].Payload) != tt.payload {
+			t.Errorf("put %d: Fetch after Prev = %+v, %v; want the carried entry alone", i, fetched, err)
+		}
+	}
+	// Emptied by acks, the mailbox's next entry has no entry before it.
+	for _, id := range ids {
+		if err := e.s.Ack(e.ctx, "c1", mailbox.Entry{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.s.Put(e.ctx, "c1", "t", []byte("p"), exp, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	if w := next(); !w.Carried || w.Prev != "" {
+		t.Errorf("wake-up after the mailbox emptied: carried %v, prev %q; want carried, prev \"\"", w.Carried, w.Prev)
+	}
 }

@@ -159,6 +159,16 @@
 // pending set, every ten seconds every subscribed session whose mailbox
 // is listed as not empty.
 //
+// A wake signal may carry its entry (mailbox.Wake; mailbox.Put's do,
+// with the ID of the mailbox's last entry before it): a session that has
+// read its mailbox up to there sends the entry at once, without a read
+// (session.sendCarried, gw_push_carried_total), in the same step and
+// window as a fetched page. Anything else (a gap: an entry whose signal
+// was lost, or came in another order; a full window; a command entry,
+// which its read must stamp; an expired entry) falls back to the read,
+// which finds every entry whose signal has arrived: an entry is appended
+// before its signal is sent.
+//
 // A step writes the PUBLISHes of the page it fetched with one write:
 // each is encoded into one buffer (in the window before it is encoded,
 // so that its PUBACK always finds it), the buffer is written when the

@@ -597,11 +597,17 @@ func (n *Node) wakeLoop(ps *redis.PubSub) {
 }
 
 // wakeMessage kicks the session of every identity a wake message names
-// (mailbox.ParseWake: one message may carry many wake-ups).
+// (mailbox.ParseWake: one message may carry many wake-ups), or offers it
+// the entry the wake-up carries.
 func (n *Node) wakeMessage(payload string) {
 	ws, err := mailbox.ParseWake(payload)
 	for _, w := range ws {
-		if s := n.current(w.Identity); s != nil {
+		s := n.current(w.Identity)
+		switch {
+		case s == nil:
+		case w.Carried:
+			s.offer(w)
+		default:
 			s.kick()
 		}
 	}

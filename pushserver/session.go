@@ -91,6 +91,7 @@ type session struct {
 	subs        []string        // granted filters (QoS 1); copied on write: the runner reads it unlocked
 	granted     []string        // filters granted by a SUBSCRIBE whose SUBACK is not written yet
 	wake        bool            // the mailbox may have new entries
+	carried     []mailbox.Wake  // wake-ups that carry their entries, in arrival order (offer)
 	blocked     bool            // the runner stopped reading for want of room in the window: PUBACKs refill it
 	rewind      bool            // a subscription was added: re-read skipped entries
 	reoffer     bool            // Redis is back from an outage: offer everything again, delivered commands too
@@ -226,6 +227,25 @@ func internRole(r auth.Role) auth.Role {
 func (s *session) kick() {
 	s.mu.Lock()
 	s.wake = true
+	s.mu.Unlock()
+	s.poke()
+}
+
+// maxCarried bounds the carried entries a session keeps until its
+// runner steps; beyond it, a wake-up only asks for a read.
+const maxCarried = 256
+
+// offer hands the runner a wake-up that carries its entry
+// (mailbox.Wake): when the session has read its mailbox up to the entry
+// before it, the runner sends it without reading the mailbox
+// (sendCarried); otherwise it reads the mailbox, as for a kick.
+func (s *session) offer(w mailbox.Wake) {
+	s.mu.Lock()
+	if len(s.carried) < maxCarried {
+		s.carried = append(s.carried, w)
+	} else {
+		s.wake = true
+	}
 	s.mu.Unlock()
 	s.poke()
 }
@@ -472,17 +492,17 @@ func (s *session) shed(owner ring.Member) {
 	}
 }
 
-// take returns and clears what the connection recorded for the runner.
-// A re-offer forgets what this connection PUBACKed.
-func (s *session) take() (state sessionState, wake, rewind, reoffer bool, subs []string) {
+// take returns and clears what the connection and the wake-ups recorded
+// for the runner. A re-offer forgets what this connection PUBACKed.
+func (s *session) take() (state sessionState, wake, rewind, reoffer bool, subs []string, carried []mailbox.Wake) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	wake, rewind, reoffer = s.wake, s.rewind, s.reoffer
-	s.wake, s.rewind, s.reoffer = false, false, false
+	wake, rewind, reoffer, carried = s.wake, s.rewind, s.reoffer, s.carried
+	s.wake, s.rewind, s.reoffer, s.carried = false, false, false, nil
 	if reoffer {
 		s.delivered = nil
 	}
-	return s.state, wake, rewind, reoffer, s.subs // copied on write
+	return s.state, wake, rewind, reoffer, s.subs, carried // subs: copied on write
 }
 
 // offerAgain has the mailbox read again from its start, and the commands
@@ -543,7 +563,7 @@ func (s *session) stepOnce() bool {
 // session is streaming, refills the window from the mailbox. It returns
 // true when it has ended the session.
 func (s *session) step() bool {
-	state, wake, rewind, reoffer, subs := s.take()
+	state, wake, rewind, reoffer, subs, carried := s.take()
 	if state == sessionNew {
 		s.register()
 		s.mu.Lock()
@@ -576,6 +596,9 @@ func (s *session) step() bool {
 	}
 	if state != sessionStreaming {
 		return false // nothing is streamed before a subscription, nor once closing
+	}
+	if len(carried) > 0 && !s.more {
+		s.sendCarried(carried, subs)
 	}
 	// Refill the window in batches of at least a quarter of it (one
 	// Fetch for many entries), unless nothing is in flight. Fetch marks
@@ -621,6 +644,37 @@ func (s *session) step() bool {
 		}
 	}
 	return false
+}
+
+// sendCarried sends the entries that wake-ups carried, in order, without
+// reading the mailbox, as long as each is the next one (mailbox.Wake.Next:
+// after the cursor, and nothing between), fits in the window, carries no
+// command (Fetch's stamp must mark those on the wire) and has not expired.
+// Entries read already are passed over. At the first that fails one of
+// these, the rest is left to a read of the mailbox (s.more), which finds
+// them all: an entry is appended before its wake-up is published.
+func (s *session) sendCarried(carried []mailbox.Wake, subs []string) {
+	s.mu.Lock()
+	free := s.window - len(s.inflight)
+	s.mu.Unlock()
+	now := time.Now()
+	cursor := s.cursor
+	var page []mailbox.Entry
+	for _, w := range carried {
+		if mailbox.CompareIDs(w.Entry.ID, cursor) <= 0 {
+			continue // read already
+		}
+		if !w.Next(cursor) || w.Entry.Client != "" || !w.Entry.Expires.After(now) || len(page) >= free {
+			s.more = true
+			break
+		}
+		page = append(page, w.Entry)
+		cursor = w.Entry.ID
+	}
+	if len(page) > 0 {
+		s.n.m.carried.Add(float64(len(page)))
+		s.send(page, subs)
+	}
 }
 
 // freeSlots returns how many entries to fetch into the window: its free
