@@ -1043,3 +1043,29 @@ func TestPutWakeCarries(t *testing.T) {
 		t.Errorf("wake-up after the mailbox emptied: carried %v, prev %q; want carried, prev \"\"", w.Carried, w.Prev)
 	}
 }
+
+// Tails reads the last entry ID of each mailbox, "" for an empty one.
+func TestTails(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{Partitions: 4})
+	exp := e.clock.Now().Add(time.Hour)
+	var last string
+	for range 3 {
+		id, err := e.s.Put(e.ctx, "t1", "t", []byte("p"), exp, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = id
+	}
+	one, err := e.s.Put(e.ctx, "t2", "t", []byte("p"), exp, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.s.Ack(e.ctx, "t2", mailbox.Entry{ID: one}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.s.Tails(e.ctx, []string{"t1", "t2", "t3"})
+	if want := []string{last, "", ""}; err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("Tails = %q, %v; want %q", got, err, want)
+	}
+}

@@ -339,6 +339,30 @@ func (s *Store) Unsend(ctx context.Context, identity string, e Entry) error {
 	return nil
 }
 
+// Tails returns the ID of the last entry of each identity's mailbox (""
+// when it is empty), in one pipelined round trip: a node's sweep reads
+// only the mailboxes that hold something after what their session has
+// read.
+func (s *Store) Tails(ctx context.Context, identities []string) ([]string, error) {
+	cmds := make([]*redis.XMessageSliceCmd, len(identities))
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range identities {
+			cmds[i] = p.XRevRangeN(ctx, s.part(id).Mailbox(id), "+", "-", 1)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the tails of %d mailboxes: %w", len(identities), s.classify(err))
+	}
+	out := make([]string, len(identities))
+	for i, c := range cmds {
+		if ms := c.Val(); len(ms) > 0 {
+			out[i] = ms[0].ID
+		}
+	}
+	return out, nil
+}
+
 // Len returns the number of entries in identity's mailbox, expired ones
 // included until something deletes them.
 func (s *Store) Len(ctx context.Context, identity string) (int64, error) {

@@ -156,8 +156,10 @@
 // mailbox.Unsend, so that it can still be cancelled and expire. Reads are
 // triggered by the subscription, by wake signals (Redis pub/sub) and by a
 // sweep, which catches a lost signal: every two seconds the node's
-// pending set, every ten seconds every subscribed session whose mailbox
-// is listed as not empty.
+// pending set (a session reads its mailbox only when the mailbox's last
+// entry, read for all of them in one pipeline, comes after its cursor:
+// session.nudge), every ten seconds every subscribed session whose
+// mailbox is listed as not empty.
 //
 // A wake signal may carry its entry (mailbox.Wake; mailbox.Put's do,
 // with the ID of the mailbox's last entry before it): a session that has

@@ -762,10 +762,31 @@ func (n *Node) sweepPending() error {
 		// the mailbox anyway. Identities not connected here (or whose
 		// connection is ending) are dropped from the set: their next
 		// session, wherever it is, reads the whole mailbox when it
-		// subscribes.
+		// subscribes. The sessions read their mailbox only when it
+		// holds something after what they have read (one pipelined
+		// read of the mailboxes' tails, session.nudge): most pending
+		// identities were streamed already by their wake-ups.
+		var live []*session
+		var liveIDs []string
 		for _, id := range ids {
 			if s := n.current(id); s != nil {
-				s.kick()
+				live = append(live, s)
+				liveIDs = append(liveIDs, id)
+			}
+		}
+		if len(live) > 0 {
+			ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+			tails, err := n.store.Tails(ctx, liveIDs)
+			cancel()
+			for i, s := range live {
+				if err != nil {
+					s.kick()
+				} else {
+					s.nudge(tails[i])
+				}
+			}
+			if err != nil {
+				return err
 			}
 		}
 		if len(ids) < batch {

@@ -92,6 +92,7 @@ type session struct {
 	granted     []string        // filters granted by a SUBSCRIBE whose SUBACK is not written yet
 	wake        bool            // the mailbox may have new entries
 	carried     []mailbox.Wake  // wake-ups that carry their entries, in arrival order (offer)
+	tail        string          // the latest mailbox tail a sweep found (nudge)
 	blocked     bool            // the runner stopped reading for want of room in the window: PUBACKs refill it
 	rewind      bool            // a subscription was added: re-read skipped entries
 	reoffer     bool            // Redis is back from an outage: offer everything again, delivered commands too
@@ -227,6 +228,22 @@ func internRole(r auth.Role) auth.Role {
 func (s *session) kick() {
 	s.mu.Lock()
 	s.wake = true
+	s.mu.Unlock()
+	s.poke()
+}
+
+// nudge is kick for the sweep of the node's pending set, which read the
+// ID of the mailbox's last entry (tail, "" when it was empty): the runner
+// reads the mailbox only when tail is after its cursor (what it has read
+// already needs no read), and an empty mailbox needs no step at all.
+func (s *session) nudge(tail string) {
+	if tail == "" {
+		return
+	}
+	s.mu.Lock()
+	if mailbox.CompareIDs(tail, s.tail) > 0 {
+		s.tail = tail
+	}
 	s.mu.Unlock()
 	s.poke()
 }
@@ -494,15 +511,15 @@ func (s *session) shed(owner ring.Member) {
 
 // take returns and clears what the connection and the wake-ups recorded
 // for the runner. A re-offer forgets what this connection PUBACKed.
-func (s *session) take() (state sessionState, wake, rewind, reoffer bool, subs []string, carried []mailbox.Wake) {
+func (s *session) take() (state sessionState, wake, rewind, reoffer bool, subs []string, carried []mailbox.Wake, tail string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	wake, rewind, reoffer, carried = s.wake, s.rewind, s.reoffer, s.carried
-	s.wake, s.rewind, s.reoffer, s.carried = false, false, false, nil
+	wake, rewind, reoffer, carried, tail = s.wake, s.rewind, s.reoffer, s.carried, s.tail
+	s.wake, s.rewind, s.reoffer, s.carried, s.tail = false, false, false, nil, ""
 	if reoffer {
 		s.delivered = nil
 	}
-	return s.state, wake, rewind, reoffer, s.subs, carried // subs: copied on write
+	return s.state, wake, rewind, reoffer, s.subs, carried, tail // subs: copied on write
 }
 
 // offerAgain has the mailbox read again from its start, and the commands
@@ -563,7 +580,7 @@ func (s *session) stepOnce() bool {
 // session is streaming, refills the window from the mailbox. It returns
 // true when it has ended the session.
 func (s *session) step() bool {
-	state, wake, rewind, reoffer, subs, carried := s.take()
+	state, wake, rewind, reoffer, subs, carried, tail := s.take()
 	if state == sessionNew {
 		s.register()
 		s.mu.Lock()
@@ -588,7 +605,7 @@ func (s *session) step() bool {
 		s.n.sessWG.Done()
 		return true
 	}
-	if wake {
+	if wake || mailbox.CompareIDs(tail, s.cursor) > 0 {
 		s.more = true
 	}
 	if reoffer || (rewind && s.skipped) {

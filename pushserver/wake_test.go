@@ -89,3 +89,45 @@ func TestCarriedWake(t *testing.T) {
 	require.Greater(t, value(t, n.m.reads), reads, "mailbox reads")
 	eventually(t, 5*time.Second, func() bool { return e.mailboxLen(id) == 0 }, "the PUBACKed entries were not removed")
 }
+
+// TestSweepReadsOnlyNew: the sweep of the node's pending set reads a
+// session's mailbox only when the mailbox holds something after what the
+// session has read (session.nudge): an identity pending with nothing new
+// costs no read, while an entry whose wake-up was lost is read and sent.
+func TestSweepReadsOnlyNew(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t)
+	// The full sweep (every fifth sweep) reads every listed mailbox: at
+	// most once over the rounds below.
+	n := e.startNode(func(c *Config) { c.SweepInterval = time.Second })
+	const id = "dev-sweep-new"
+	topic := protocol.DeviceCommandsTopic(id)
+	c := fillAndSubscribe(t, e, n, id, nil)
+	e.put(id, topic, "held", n.NodeID())
+	pk, err := c.recv(5 * time.Second)
+	require.NoError(t, err)
+	require.Equal(t, "held", string(pk.Payload)) // no PUBACK: it stays, read and in flight
+
+	pending := func() {
+		t.Helper()
+		require.NoError(t, e.store.Repend(t.Context(), n.NodeID(), id))
+		eventually(t, 5*time.Second, func() bool {
+			ids, err := e.rdb.SMembers(t.Context(), e.store.Keys().NodePending(n.NodeID())).Result()
+			return err == nil && len(ids) == 0
+		}, "the sweep did not take the pending identity")
+	}
+	pending() // the Put's own pending mark is gone too
+	reads := value(t, n.m.reads)
+	for range 3 {
+		pending()
+	}
+	require.LessOrEqual(t, value(t, n.m.reads), reads+1, "mailbox reads for pending identities with nothing new")
+
+	x := strconv.FormatInt(time.Now().Add(time.Hour).UnixMilli(), 10)
+	require.NoError(t, e.rdb.XAdd(t.Context(), &redis.XAddArgs{Stream: e.keys(id).Mailbox(id),
+		Values: []any{"t", topic, "p", "lost", "x", x}}).Err())
+	pending()
+	pk, err = c.recv(5 * time.Second)
+	require.NoError(t, err)
+	require.Equal(t, "lost", string(pk.Payload))
+}
