@@ -72,7 +72,9 @@
 // whose stacks have grown already), which then starts a new waiting
 // goroutine. A session has goroutines only while it has work: its runner
 // (session.runSession, from another pool: register, fetch, PUBLISH) and
-// its background goroutine (AckMany, Refuse, Unsend). A connection that
+// its background goroutine (AckMany, Refuse, Unsend; session.background,
+// from a third pool, Node.acker: a goroutine started per PUBACK grew its
+// stack through go-redis's call path each time). A connection that
 // holds device answers Redis could not take has a completer
 // (response.go).
 //
@@ -85,7 +87,8 @@
 //	  ▼  hand-off 1: workers.run, to a parked worker (none parked: none)
 //	worker: client.readPackets → readPacket (codec) → receive
 //	  │       → session.puback: the entry leaves the window, joins ackQ
-//	  ▼  hand-off 2: to the background goroutine (started if not running)
+//	  ▼  hand-off 2: to the background goroutine (started if not running,
+//	  │              on a parked acker worker, else a new goroutine)
 //	session.background → mailbox.Store.AckMany (a refused command:
 //	                     mailbox.Store.Refuse) ──▶ Redis
 //

@@ -61,6 +61,7 @@ type Node struct {
 	maxClients int64
 	workers    *workers[*client]  // process the connections' packets (conn.go)
 	runners    *workers[*session] // run the sessions' steps
+	acker      *workers[*session] // run the sessions' background goroutines (acks)
 	lis        *listener
 	wsLis      *listener // MQTT over WebSocket; nil when Config.WSAddr is empty
 	wsAddr     string
@@ -313,6 +314,7 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	undo = append(undo, func() { n.cancel(); n.loops.Wait() })
 	n.workers = newWorkers(max(16, 4*runtime.GOMAXPROCS(0)), (*client).burst, n.ctx.Done())
 	n.runners = newWorkers(max(16, 4*runtime.GOMAXPROCS(0)), (*session).runSession, n.ctx.Done())
+	n.acker = newWorkers(max(16, 4*runtime.GOMAXPROCS(0)), (*session).background, n.ctx.Done())
 
 	// Subscribe to wake signals before joining, so that no signal sent to
 	// a member that is already in the ring is missed.

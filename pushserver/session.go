@@ -436,7 +436,7 @@ func (s *session) puback(pid uint16, code byte) {
 		s.n.log.Info("client refused a message", "client_id", s.identity, "reason", code)
 	}
 	if bg {
-		go s.background()
+		s.n.acker.start(s)
 	}
 	if refill {
 		s.poke()
@@ -989,7 +989,7 @@ func (s *session) enqueue(unsends []mailbox.Entry) {
 	start := s.claimBackground()
 	s.mu.Unlock()
 	if start {
-		go s.background()
+		s.n.acker.start(s)
 	}
 }
 
