@@ -313,7 +313,9 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	undo = append(undo, func() { n.cancel(); n.loops.Wait() })
 	n.workers = newWorkers(max(16, 4*runtime.GOMAXPROCS(0)), (*client).burst, n.ctx.Done())
-	n.runners = newWorkers(max(16, 4*runtime.GOMAXPROCS(0)), (*session).runSession, n.ctx.Done())
+	// Wake messages poke many sessions at once: more parked runners
+	// spare new goroutines, whose stacks grow during their first step.
+	n.runners = newWorkers(max(64, 16*runtime.GOMAXPROCS(0)), (*session).runSession, n.ctx.Done())
 	n.acker = newWorkers(max(16, 4*runtime.GOMAXPROCS(0)), (*session).background, n.ctx.Done())
 
 	// Subscribe to wake signals before joining, so that no signal sent to
