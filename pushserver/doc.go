@@ -201,19 +201,37 @@
 //	BenchmarkDelivery live: CPU per message     147.6, 144.0 µs   144.2, 140.3 µs
 //	BenchmarkDelivery drain: CPU per message    26.6, 26.4 µs     22.2, 23.9 µs
 //
-// The live figure is bounded by the Puts (the bench's mailbox.Put, Redis
-// scripts on the same two cores): they end close to the last delivery.
-// What the push server asks of Redis per message live is one fetch
-// (XRANGE, then the stamp script) per wake-up, 0.7 (bench push) to 1.04
-// (BenchmarkDelivery) of them per message as the wake-ups coalesce, and
-// one ack script. The XRANGE and XLEN counts per message (about 1.7
-// each) are mostly the ack script's XRANGE per acked entry and XLEN per
-// call and the append's XLEN, not extra fetches. Fewer Redis calls per
-// message live needs the mailbox's fetch to be one script (XRANGE and
-// stamp in one round trip). So the live ratio stays under the 0.5 ×
-// Mosquitto of issue 13: these changes cut the push server's CPU
-// (about 15% from a backlog, a few % live), not the Redis work the
-// Puts wait on.
+// Then the live path itself (issue 13's live figure): before, each
+// wake-up cost the session a fetch (XRANGE, then the stamp script: two
+// round trips, 45% of the push server's CPU in the live profile; the
+// bench's summary showed mailbox.(*Store).fetchPage as 31-45% "flat"
+// only because its -show filter folds go-redis and the syscalls beneath
+// into the last gateway frame), and each Put a pipeline of its own
+// (SADD, PEXPIRE, PUBLISH). Now wake-ups are group-committed (one
+// pipeline and one message per node for all those queued), a Put's
+// wake-up carries its entry, which the session sends without a read
+// when its cursor is at the entry before it (sendCarried), the sweep of
+// the pending set reads only mailboxes whose tail is after the
+// session's cursor (nudge), acks run on parked workers and the PUBLISH
+// being encoded is off the runner's stack. Measured on 2026-12-07, 2
+// cores shared with other helpers' benches and tests (load 10-17: the
+// rates, Mosquitto's included, swing by 3 × between runs, so the CPU per
+// message is the figure to compare), alternating builds, bench push
+// (50,000 messages to 1,000 clients), CPU per delivered message live:
+//
+//	                                   before (ff2a6e1)       after
+//	push server                        92.6, 79.6, 99.0 µs    48.2, 46.4, 49.8, 49.0 µs
+//	bench (Puts and the clients)       62.2, 56.6, 67.0 µs    40.2, 39.8, 40.4, 40.2 µs
+//	BenchmarkDelivery live, 100        309.9 µs, 14,571       165.9 µs, 202
+//	  clients, 10,000 messages: CPU      fetches                fetches
+//	  of the process, mailbox reads
+//
+// (Redis's CPU is left out: other helpers' runs share the server.) What
+// is left per message live: the Put step (batched), its share of a wake
+// pipeline, one PUBLISH write and one PUBACK read on the socket, and
+// the ack step (batched across sessions). A command entry still takes
+// the fetch (its stamp marks it on the wire), and so do results relayed
+// by the relay step, whose wake-up does not carry its entry yet.
 //
 // Whatever is not acknowledged when a connection ends stays in the
 // mailbox and is sent again to the next session, on whichever node owns
