@@ -1,6 +1,7 @@
 package mailbox_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -1067,5 +1068,34 @@ func TestTails(t *testing.T) {
 	got, err := e.s.Tails(e.ctx, []string{"t1", "t2", "t3"})
 	if want := []string{last, "", ""}; err != nil || !reflect.DeepEqual(got, want) {
 		t.Errorf("Tails = %q, %v; want %q", got, err, want)
+	}
+}
+
+// An entry larger than a wake-up carries gets a plain wake-up.
+func TestPutWakeLargeEntry(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	ps := e.s.Wake(e.ctx, "n1")
+	defer ps.Close()
+	if _, err := ps.Receive(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		size    int
+		carried bool
+	}{{8<<10 - 1, true}, {8 << 10, false}, {64 << 10, false}}
+	for _, tt := range tests {
+		if _, err := e.s.Put(e.ctx, "c1", "t", bytes.Repeat([]byte("x"), tt.size), time.Time{}, "n1"); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case m := <-ps.Channel():
+			ws, err := mailbox.ParseWake(m.Payload)
+			if err != nil || len(ws) != 1 || ws[0].Carried != tt.carried || ws[0].Identity != "c1" {
+				t.Errorf("payload of %d bytes: %d records, %v; want one for c1, carried %v", tt.size, len(ws), err, tt.carried)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatalf("payload of %d bytes: no wake-up", tt.size)
+		}
 	}
 }

@@ -405,7 +405,7 @@ func (s *Store) Put(ctx context.Context, identity, topic string, payload []byte,
 		sess, _ = a[2].(string)
 	}
 	w := Wake{Identity: identity}
-	if len(a) > 3 {
+	if len(a) > 3 && len(topic)+len(payload) <= maxCarried {
 		prev, _ = a[3].(string)
 		w = Wake{Identity: identity, Carried: true, Prev: prev,
 			Entry: Entry{ID: sid, Topic: topic, Payload: payload, Expires: time.UnixMilli(expires.UnixMilli())}}

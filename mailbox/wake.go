@@ -48,6 +48,13 @@ const wakeInFlight = 1
 // wakeMax bounds the wake-ups one flush carries.
 const wakeMax = 256
 
+// maxCarried is the largest entry (topic and payload) a wake-up carries;
+// a larger one gets a plain wake-up. So a wake message stays under 2 MiB
+// (wakeMax records), well within Redis's output buffer limit for pub/sub
+// clients (8 MiB for 60 s by default), beyond which Redis would drop the
+// node's subscription.
+const maxCarried = 8 << 10
+
 // Wake is one record of a wake message: identity's mailbox got a new
 // entry; Carried when the record carries that entry.
 type Wake struct {
