@@ -248,9 +248,9 @@ func (s *session) nudge(tail string) {
 	s.poke()
 }
 
-// maxCarried bounds the carried entries a session keeps until its
+// maxCarriedQueue bounds the carried entries a session keeps until its
 // runner steps; beyond it, a wake-up only asks for a read.
-const maxCarried = 256
+const maxCarriedQueue = 256
 
 // offer hands the runner a wake-up that carries its entry
 // (mailbox.Wake): when the session has read its mailbox up to the entry
@@ -258,7 +258,7 @@ const maxCarried = 256
 // (sendCarried); otherwise it reads the mailbox, as for a kick.
 func (s *session) offer(w mailbox.Wake) {
 	s.mu.Lock()
-	if len(s.carried) < maxCarried {
+	if len(s.carried) < maxCarriedQueue {
 		s.carried = append(s.carried, w)
 	} else {
 		s.wake = true
