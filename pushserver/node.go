@@ -43,6 +43,8 @@ var (
 // the ring and serves; Shutdown leaves the ring and closes everything in
 // order.
 type Node struct {
+	rctx     atomic.Pointer[sharedCtx] // the context Redis calls of sessions share (redisCtx)
+	rctxMu   sync.Mutex
 	cfg      Config
 	log      *slog.Logger
 	verifier *auth.Verifier
