@@ -230,12 +230,25 @@
 //	  clients, 10,000 messages: CPU    fetches              fetches
 //	  of the process, mailbox reads
 //
+// In a quieter window (load 3-4, others' CPU under 0.2 s per run), at
+// 1614641 (before the shared Redis context of redisCtx) against the
+// baseline, bench push, live:
+//
+//	                                 before (ff2a6e1)      after (1614641)
+//	live / Mosquitto                 0.263, (0.629: Mosq.  0.330, 0.385, 0.305
+//	                                 disturbed)
+//	live msgs/s                      12,534, 11,185        14,522, 18,772, 15,843
+//	CPU per message: push server     53.6, 57.6 µs         46.8, 35.8, 42.0 µs
+//	  bench (Puts and clients)       41.4, 43.0 µs         38.0, 29.0, 33.2 µs
+//	  Redis                          53.6, 52.0 µs         40.8, 30.8, 37.6 µs
+//	  all processes                  149, 153 µs           126, 96, 113 µs
+//
 // The live run is bound by the Puts (they end with the last delivery):
-// the whole path's CPU per message decides its rate. Scaled to the quiet
-// report 2026-12-07T1833 (push server 51, bench 37, Redis 48 µs), the
-// push server and bench rows' 39% cut gives about 54 + 35-40 µs of Redis:
-// about 0.4 × Mosquitto's 52,767 msgs/s on a quiet machine, short of the
-// 0.5 × of issue 13 (not measured quietly: the machine never was).
+// the whole path's CPU per message decides its rate, and 0.5 × Mosquitto
+// (about 26,000 msgs/s) needs about 75 µs of CPU per message on the two
+// cores. Still short: what is left is mostly the Redis steps (the Put's
+// and the ack's Lua, about 10 Redis calls per message), the bench's own
+// Puts and clients, and two syscalls per message on the socket.
 //
 // What is left per message live: the Put step (batched), its share of a wake
 // pipeline, one PUBLISH write and one PUBACK read on the socket, and
