@@ -230,18 +230,19 @@
 //	  clients, 10,000 messages: CPU    fetches              fetches
 //	  of the process, mailbox reads
 //
-// In a quieter window (load 3-4, others' CPU under 0.2 s per run), at
-// 1614641 (before the shared Redis context of redisCtx) against the
-// baseline, bench push, live:
+// In quieter windows (others' CPU under 0.2 s over the live run; load
+// 3-9), bench push, live:
 //
-//	                                 before (ff2a6e1)      after (1614641)
-//	live / Mosquitto                 0.263, (0.629: Mosq.  0.330, 0.385, 0.305
-//	                                 disturbed)
-//	live msgs/s                      12,534, 11,185        14,522, 18,772, 15,843
-//	CPU per message: push server     53.6, 57.6 µs         46.8, 35.8, 42.0 µs
-//	  bench (Puts and clients)       41.4, 43.0 µs         38.0, 29.0, 33.2 µs
-//	  Redis                          53.6, 52.0 µs         40.8, 30.8, 37.6 µs
-//	  all processes                  149, 153 µs           126, 96, 113 µs
+//	                                 before (ff2a6e1)        after
+//	                                                         1614641                 40d3ade
+//	live / Mosquitto                 0.263, 0.294            0.330, 0.385, 0.305     0.358
+//	live msgs/s (Mosquitto's)        12,534 (47,678),        14,522 (43,996),        18,655 (52,101)
+//	                                 13,812 (46,974)         18,772 (48,733),
+//	                                                         15,843 (51,937)
+//	CPU per message: push server     53.6, 49.8 µs           46.8, 35.8, 42.0 µs     34.6 µs
+//	  bench (Puts and clients)       41.4, 38.8 µs           38.0, 29.0, 33.2 µs     30.2 µs
+//	  Redis                          53.6, 47.0 µs           40.8, 30.8, 37.6 µs     30.0 µs
+//	  all processes                  149, 136 µs             126, 96, 113 µs         94.8 µs
 //
 // The live run is bound by the Puts (they end with the last delivery):
 // the whole path's CPU per message decides its rate, and 0.5 × Mosquitto
