@@ -244,6 +244,11 @@
 //	  Redis                          53.6, 47.0 µs           40.8, 30.8, 37.6 µs     30.0 µs
 //	  all processes                  149, 136 µs             126, 96, 113 µs         94.8 µs
 //
+// and later, load 2-3, others' CPU under 0.3 s: before 0.308, 0.262 ×
+// (16,070 and 12,859 msgs/s; 116, 143 µs per message in all); after
+// (648c647) 0.377, 0.511, 0.365 × (17,696, 19,339 and 21,259 msgs/s,
+// Mosquitto 46,881, 37,822 and 58,199; 102, 92.6, 84.4 µs in all).
+//
 // The live run is bound by the Puts (they end with the last delivery):
 // the whole path's CPU per message decides its rate, and 0.5 × Mosquitto
 // (about 26,000 msgs/s) needs about 75 µs of CPU per message on the two
