@@ -1,10 +1,12 @@
 package mailbox_test
 
 import (
+	"bytes"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"reflect"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -580,7 +582,16 @@ func TestSignals(t *testing.T) {
 		t.Helper()
 		select {
 		case m := <-p.Channel():
-			return m.Payload
+			// The identities of its records (a Put's carries its entry).
+			ws, err := mailbox.ParseWake(m.Payload)
+			if err != nil {
+				t.Errorf("ParseWake(%q): %v", m.Payload, err)
+			}
+			var ids []string
+			for _, w := range ws {
+				ids = append(ids, w.Identity)
+			}
+			return strings.Join(ids, ",")
 		case <-time.After(3 * time.Second):
 			return "(nothing)"
 		}
@@ -905,5 +916,186 @@ func TestFireTimersUnsentAfterRearm(t *testing.T) {
 	}
 	if n, _ := e.rdb.ZCard(e.ctx, e.keys.Timers()).Result(); n != 0 {
 		t.Errorf("%d timers left", n)
+	}
+}
+
+// Concurrent wake-ups are group-committed: every identity put reaches the
+// node's wake channel (in messages that may carry many records) and its
+// pending set, and the identities of one mailbox arrive in the order of
+// their Puts.
+func TestWakeCoalesced(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	ps := e.s.Wake(e.ctx, "n1")
+	defer ps.Close()
+	if _, err := ps.Receive(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	const identities, each = 50, 4
+	var wg sync.WaitGroup
+	for i := range identities {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := fmt.Sprintf("d%d", i)
+			for range each {
+				if _, err := e.s.Put(e.ctx, id, "t", []byte("p"), time.Time{}, "n1"); err != nil {
+					t.Error(err)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	seen := map[string]int{}
+	records, messages := 0, 0
+	for records < identities*each {
+		select {
+		case m := <-ps.Channel():
+			messages++
+			ws, err := mailbox.ParseWake(m.Payload)
+			if err != nil {
+				t.Fatalf("ParseWake(%q): %v", m.Payload, err)
+			}
+			for _, w := range ws {
+				seen[w.Identity]++
+				records++
+			}
+		case <-time.After(5 * time.Second):
+			t.Fatalf("got %d wake-ups of %d", records, identities*each)
+		}
+	}
+	for i := range identities {
+		if id := fmt.Sprintf("d%d", i); seen[id] != each {
+			t.Errorf("%s woken %d times, want %d", id, seen[id], each)
+		}
+	}
+	pending, err := e.s.TakePending(e.ctx, "n1", 1000)
+	if err != nil || len(pending) != identities {
+		t.Errorf("pending = %d identities, %v; want %d", len(pending), err, identities)
+	}
+	t.Logf("%d wake-ups in %d messages", records, messages)
+}
+
+// A Put's wake-up carries its entry and the mailbox's last entry before
+// it, so that a session that has read up to there sends it without a
+// read (mailbox.Wake.Next).
+func TestPutWakeCarries(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	ps := e.s.Wake(e.ctx, "n1")
+	defer ps.Close()
+	if _, err := ps.Receive(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	next := func() mailbox.Wake {
+		t.Helper()
+		select {
+		case m := <-ps.Channel():
+			ws, err := mailbox.ParseWake(m.Payload)
+			if err != nil || len(ws) != 1 {
+				t.Fatalf("ParseWake(%q) = %d records, %v; want 1", m.Payload, len(ws), err)
+			}
+			return ws[0]
+		case <-time.After(3 * time.Second):
+			t.Fatal("no wake-up")
+		}
+		return mailbox.Wake{}
+	}
+	exp := e.clock.Now().Add(time.Hour)
+	tests := []struct {
+		topic, payload string
+		prev           int // index of the entry before it; -1: the mailbox was empty
+	}{
+		{"clients/c1/results/d", `{"a":1}`, -1},
+		{"clients/c1/results/d", "two words\nand a line", 0},
+		{"t", "", 1},
+	}
+	var ids []string
+	for i, tt := range tests {
+		id, err := e.s.Put(e.ctx, "c1", tt.topic, []byte(tt.payload), exp, "n1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ids = append(ids, id)
+		w := next()
+		want := mailbox.Wake{Identity: "c1", Carried: true,
+			Entry: mailbox.Entry{ID: id, Topic: tt.topic, Payload: []byte(tt.payload), Expires: time.UnixMilli(exp.UnixMilli())}}
+		if tt.prev >= 0 {
+			want.Prev = ids[tt.prev]
+		}
+		if !reflect.DeepEqual(w, want) {
+			t.Errorf("put %d: wake-up %+v, want %+v", i, w, want)
+		}
+		fetched, err := e.s.Fetch(e.ctx, "c1", w.Prev, 10)
+		if err != nil || len(fetched) != 1 || fetched[0].ID != id || fetched[0].Topic != tt.topic || string(fetched[0].Payload) != tt.payload {
+			t.Errorf("put %d: Fetch after Prev = %+v, %v; want the carried entry alone", i, fetched, err)
+		}
+	}
+	// Emptied by acks, the mailbox's next entry has no entry before it.
+	for _, id := range ids {
+		if err := e.s.Ack(e.ctx, "c1", mailbox.Entry{ID: id}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := e.s.Put(e.ctx, "c1", "t", []byte("p"), exp, "n1"); err != nil {
+		t.Fatal(err)
+	}
+	if w := next(); !w.Carried || w.Prev != "" {
+		t.Errorf("wake-up after the mailbox emptied: carried %v, prev %q; want carried, prev \"\"", w.Carried, w.Prev)
+	}
+}
+
+// Tails reads the last entry ID of each mailbox, "" for an empty one.
+func TestTails(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{Partitions: 4})
+	exp := e.clock.Now().Add(time.Hour)
+	var last string
+	for range 3 {
+		id, err := e.s.Put(e.ctx, "t1", "t", []byte("p"), exp, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		last = id
+	}
+	one, err := e.s.Put(e.ctx, "t2", "t", []byte("p"), exp, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.s.Ack(e.ctx, "t2", mailbox.Entry{ID: one}); err != nil {
+		t.Fatal(err)
+	}
+	got, err := e.s.Tails(e.ctx, []string{"t1", "t2", "t3"})
+	if want := []string{last, "", ""}; err != nil || !reflect.DeepEqual(got, want) {
+		t.Errorf("Tails = %q, %v; want %q", got, err, want)
+	}
+}
+
+// An entry larger than a wake-up carries gets a plain wake-up.
+func TestPutWakeLargeEntry(t *testing.T) {
+	t.Parallel()
+	e := newEnv(t, mailbox.Options{})
+	ps := e.s.Wake(e.ctx, "n1")
+	defer ps.Close()
+	if _, err := ps.Receive(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		size    int
+		carried bool
+	}{{8<<10 - 1, true}, {8 << 10, false}, {64 << 10, false}}
+	for _, tt := range tests {
+		if _, err := e.s.Put(e.ctx, "c1", "t", bytes.Repeat([]byte("x"), tt.size), time.Time{}, "n1"); err != nil {
+			t.Fatal(err)
+		}
+		select {
+		case m := <-ps.Channel():
+			ws, err := mailbox.ParseWake(m.Payload)
+			if err != nil || len(ws) != 1 || ws[0].Carried != tt.carried || ws[0].Identity != "c1" {
+				t.Errorf("payload of %d bytes: %d records, %v; want one for c1, carried %v", tt.size, len(ws), err, tt.carried)
+			}
+		case <-time.After(3 * time.Second):
+			t.Fatalf("payload of %d bytes: no wake-up", tt.size)
+		}
 	}
 }

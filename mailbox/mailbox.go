@@ -266,6 +266,8 @@ type Store struct {
 	batchMu  sync.Mutex
 	batchers map[batchKey]*batcher
 
+	waker waker // group-commits wake-ups (wake.go)
+
 	loadMu sync.Mutex
 	loads  atomic.Int64 // libraries loaded so far
 

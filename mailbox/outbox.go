@@ -143,11 +143,6 @@ func (s *Store) relayStep(ctx context.Context, e *outboxEntry, clientOwner strin
 		sess, _ = a[1].(string)
 		drop, _ = a[2].(string)
 	}
-	// The wake-up of the client's push server and the delete of the
-	// outbox entry, both after the relay step, go in one pipeline.
-	var wakes []redis.Cmder
-	var del *redis.IntCmd
-	pipe := s.rdb.Pipeline()
 	switch what {
 	case "relayed":
 		if dropped = drop == "1"; dropped {
@@ -156,7 +151,10 @@ func (s *Store) relayStep(ctx context.Context, e *outboxEntry, clientOwner strin
 		if clientOwner == "" && s.opts.OwnerOf != nil {
 			clientOwner = s.opts.OwnerOf(e.client)
 		}
-		wakes = s.queueWake(ctx, pipe, e.client, sess, clientOwner)
+		// Group-committed with the process's other wake-ups (wake.go).
+		if err := s.wake(ctx, e.client, sess, clientOwner); err != nil {
+			s.log.WarnContext(ctx, "cannot wake the client's push server", "client_id", e.client, "err", err)
+		}
 	case "conflict":
 		s.finalConflicts.Add(1)
 		s.log.WarnContext(ctx, "a different final for a command whose client already has one: not delivered",
@@ -165,32 +163,13 @@ func (s *Store) relayStep(ctx context.Context, e *outboxEntry, clientOwner strin
 		s.log.WarnContext(ctx, "a result whose claim names another device: not delivered",
 			"client_id", e.client, "device_id", e.device, "msg_id", e.key)
 	}
-	if e.id != "" { // else not from an outbox: the claim's watchdog
-		del = pipe.XDel(ctx, s.keys.Part(e.p).Outbox(), e.id)
+	if e.id == "" {
+		return what, dropped, nil // not from an outbox: the claim's watchdog
 	}
-	if pipe.Len() == 0 {
-		return what, dropped, nil
-	}
-	_, _ = pipe.Exec(ctx) // each command has its own error (a failed pipeline sets it on all)
-	if err := firstErr(wakes); err != nil {
-		s.log.WarnContext(ctx, "cannot wake the client's push server", "client_id", e.client, "err", s.classify(err))
-	}
-	if del != nil {
-		if err := del.Err(); err != nil {
-			return what, dropped, fmt.Errorf("cannot delete a relayed outbox entry: %w", s.classify(err))
-		}
+	if err := s.rdb.XDel(ctx, s.keys.Part(e.p).Outbox(), e.id).Err(); err != nil {
+		return what, dropped, fmt.Errorf("cannot delete a relayed outbox entry: %w", s.classify(err))
 	}
 	return what, dropped, nil
-}
-
-// firstErr is the first error of cmds, which ran in a pipeline.
-func firstErr(cmds []redis.Cmder) error {
-	for _, c := range cmds {
-		if err := c.Err(); err != nil {
-			return err
-		}
-	}
-	return nil
 }
 
 // FinalConflicts is how many relays found a different final already in
@@ -265,39 +244,6 @@ func idSeq(id string) string {
 		}
 	}
 	return ""
-}
-
-// wake tells the push servers that should stream identity's mailbox: the
-// node of its live session (sess, read by the step) and owner, each once
-// (DESIGN §5: SADD to the node's pending set, then a message on its wake
-// channel; sharded pub/sub on Cluster). Wake-ups go out from Go after the
-// step, never from inside it.
-func (s *Store) wake(ctx context.Context, identity, sess, owner string) error {
-	pipe := s.rdb.Pipeline()
-	if len(s.queueWake(ctx, pipe, identity, sess, owner)) == 0 {
-		return nil
-	}
-	_, err := pipe.Exec(ctx)
-	return s.classify(err)
-}
-
-// queueWake adds wake's commands to pipe and returns them (none when
-// there is no node to wake).
-func (s *Store) queueWake(ctx context.Context, pipe redis.Pipeliner, identity, sess, owner string) []redis.Cmder {
-	var cmds []redis.Cmder
-	for i, node := range [2]string{sess, owner} {
-		if node == "" || (i == 1 && node == sess) {
-			continue
-		}
-		pk := s.keys.NodePending(node)
-		cmds = append(cmds, pipe.SAdd(ctx, pk, identity), pipe.PExpire(ctx, pk, pendingTTL))
-		if s.cluster {
-			cmds = append(cmds, pipe.SPublish(ctx, s.keys.NodeWake(node), identity))
-		} else {
-			cmds = append(cmds, pipe.Publish(ctx, s.keys.NodeWake(node), identity))
-		}
-	}
-	return cmds
 }
 
 // pendingTTL is the expiry of a node's pending set, renewed when it

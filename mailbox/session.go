@@ -157,8 +157,9 @@ func (s *Store) TakePending(ctx context.Context, node string, max int) ([]string
 	return ids, nil
 }
 
-// Wake subscribes to NodeWake(node): each message's payload is an
-// identity whose mailbox got a new entry. The caller closes the PubSub.
+// Wake subscribes to NodeWake(node): each message holds the wake-ups of
+// one or more identities whose mailboxes got new entries (ParseWake
+// reads them). The caller closes the PubSub.
 // Messages are lost while the subscription is down; TakePending is the
 // backstop.
 func (s *Store) Wake(ctx context.Context, node string) *redis.PubSub {

@@ -360,6 +360,30 @@ func (s *Store) Unsend(ctx context.Context, identity string, e Entry) error {
 	return nil
 }
 
+// Tails returns the ID of the last entry of each identity's mailbox (""
+// when it is empty), in one pipelined round trip: a node's sweep reads
+// only the mailboxes that hold something after what their session has
+// read.
+func (s *Store) Tails(ctx context.Context, identities []string) ([]string, error) {
+	cmds := make([]*redis.XMessageSliceCmd, len(identities))
+	_, err := s.rdb.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for i, id := range identities {
+			cmds[i] = p.XRevRangeN(ctx, s.part(id).Mailbox(id), "+", "-", 1)
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("cannot read the tails of %d mailboxes: %w", len(identities), s.classify(err))
+	}
+	out := make([]string, len(identities))
+	for i, c := range cmds {
+		if ms := c.Val(); len(ms) > 0 {
+			out[i] = ms[0].ID
+		}
+	}
+	return out, nil
+}
+
 // Len returns the number of entries in identity's mailbox, expired ones
 // included until something deletes them.
 func (s *Store) Len(ctx context.Context, identity string) (int64, error) {
@@ -371,7 +395,9 @@ func (s *Store) Len(ctx context.Context, identity string) (int64, error) {
 }
 
 // Put appends a message to identity's mailbox and signals (the live
-// session's node, else owner); it returns the entry ID. expires zero
+// session's node, and owner); it returns the entry ID. The wake-up
+// carries the entry (wake.go), so that a session that has read the
+// mailbox up to the entry before it sends it without reading. expires zero
 // means now + Retention. ErrFull when the mailbox holds MailboxCap
 // entries and its oldest entry is live: a full mailbox frees only the run
 // of stale entries (expired, or of a command that ended) at its head.
@@ -395,14 +421,20 @@ func (s *Store) Put(ctx context.Context, identity, topic string, payload []byte,
 		return "", fmt.Errorf("%w: %s", ErrFull, identity)
 	}
 	sid, _ := id.(string)
-	sess := ""
+	sess, prev := "", ""
 	if len(a) > 2 {
 		sess, _ = a[2].(string)
+	}
+	w := Wake{Identity: identity}
+	if len(a) > 3 && len(topic)+len(payload) <= maxCarried {
+		prev, _ = a[3].(string)
+		w = Wake{Identity: identity, Carried: true, Prev: prev,
+			Entry: Entry{ID: sid, Topic: topic, Payload: payload, Expires: time.UnixMilli(expires.UnixMilli())}}
 	}
 	if owner == "" && s.opts.OwnerOf != nil {
 		owner = s.opts.OwnerOf(identity)
 	}
-	if err := s.wake(ctx, identity, sess, owner); err != nil {
+	if err := s.wakeWith(ctx, w, sess, owner); err != nil {
 		s.log.Warn("cannot wake the push server; its sweep will find the entry", "identity", identity, "err", err)
 	}
 	return sid, nil

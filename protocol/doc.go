@@ -589,8 +589,10 @@
 //	                                                                      read and cleared by their owners
 //	ns:node:{node}:sessions          set         Keys.NodeSessions        identities connected to a push server
 //	ns:node:{node}:pending           set         Keys.NodePending         identities with entries to stream
-//	ns:node:{node}:wake              pub/sub     Keys.NodeWake            "this identity has new entries"
-//	                                                                      (sharded pub/sub on Redis Cluster)
+//	ns:node:{node}:wake              pub/sub     Keys.NodeWake            "these identities have new entries"
+//	                                                                      (records, some carrying the entry:
+//	                                                                      mailbox.ParseWake; sharded pub/sub
+//	                                                                      on Redis Cluster)
 //
 // {id} in a key is always the ID's key (ID.Key), so 1 and "1" are one
 // record.

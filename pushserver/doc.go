@@ -72,7 +72,9 @@
 // whose stacks have grown already), which then starts a new waiting
 // goroutine. A session has goroutines only while it has work: its runner
 // (session.runSession, from another pool: register, fetch, PUBLISH) and
-// its background goroutine (AckMany, Refuse, Unsend). A connection that
+// its background goroutine (AckMany, Refuse, Unsend; session.background,
+// from a third pool, Node.acker: a goroutine started per PUBACK grew its
+// stack through go-redis's call path each time). A connection that
 // holds device answers Redis could not take has a completer
 // (response.go).
 //
@@ -85,7 +87,8 @@
 //	  ▼  hand-off 1: workers.run, to a parked worker (none parked: none)
 //	worker: client.readPackets → readPacket (codec) → receive
 //	  │       → session.puback: the entry leaves the window, joins ackQ
-//	  ▼  hand-off 2: to the background goroutine (started if not running)
+//	  ▼  hand-off 2: to the background goroutine (started if not running,
+//	  │              on a parked acker worker, else a new goroutine)
 //	session.background → mailbox.Store.AckMany (a refused command:
 //	                     mailbox.Store.Refuse) ──▶ Redis
 //
@@ -156,8 +159,20 @@
 // mailbox.Unsend, so that it can still be cancelled and expire. Reads are
 // triggered by the subscription, by wake signals (Redis pub/sub) and by a
 // sweep, which catches a lost signal: every two seconds the node's
-// pending set, every ten seconds every subscribed session whose mailbox
-// is listed as not empty.
+// pending set (a session reads its mailbox only when the mailbox's last
+// entry, read for all of them in one pipeline, comes after its cursor:
+// session.nudge), every ten seconds every subscribed session whose
+// mailbox is listed as not empty.
+//
+// A wake signal may carry its entry (mailbox.Wake; mailbox.Put's do,
+// with the ID of the mailbox's last entry before it): a session that has
+// read its mailbox up to there sends the entry at once, without a read
+// (session.sendCarried, gw_push_carried_total), in the same step and
+// window as a fetched page. Anything else (a gap: an entry whose signal
+// was lost, or came in another order; a full window; a command entry,
+// which its read must stamp; an expired entry) falls back to the read,
+// which finds every entry whose signal has arrived: an entry is appended
+// before its signal is sent.
 //
 // A step writes the PUBLISHes of the page it fetched with one write:
 // each is encoded into one buffer (in the window before it is encoded,
@@ -186,19 +201,66 @@
 //	BenchmarkDelivery live: CPU per message     147.6, 144.0 µs   144.2, 140.3 µs
 //	BenchmarkDelivery drain: CPU per message    26.6, 26.4 µs     22.2, 23.9 µs
 //
-// The live figure is bounded by the Puts (the bench's mailbox.Put, Redis
-// scripts on the same two cores): they end close to the last delivery.
-// What the push server asks of Redis per message live is one fetch
-// (XRANGE, then the stamp script) per wake-up, 0.7 (bench push) to 1.04
-// (BenchmarkDelivery) of them per message as the wake-ups coalesce, and
-// one ack script. The XRANGE and XLEN counts per message (about 1.7
-// each) are mostly the ack script's XRANGE per acked entry and XLEN per
-// call and the append's XLEN, not extra fetches. Fewer Redis calls per
-// message live needs the mailbox's fetch to be one script (XRANGE and
-// stamp in one round trip). So the live ratio stays under the 0.5 ×
-// Mosquitto of issue 13: these changes cut the push server's CPU
-// (about 15% from a backlog, a few % live), not the Redis work the
-// Puts wait on.
+// Then the live path itself (issue 13's live figure): before, each
+// wake-up cost the session a fetch (XRANGE, then the stamp script: two
+// round trips, 45% of the push server's CPU in the live profile; the
+// bench's summary showed mailbox.(*Store).fetchPage as 31-45% "flat"
+// only because its -show filter folds go-redis and the syscalls beneath
+// into the last gateway frame), and each Put a pipeline of its own
+// (SADD, PEXPIRE, PUBLISH). Now wake-ups are group-committed (one
+// pipeline and one message per node for all those queued), a Put's
+// wake-up carries its entry, which the session sends without a read
+// when its cursor is at the entry before it (sendCarried), the sweep of
+// the pending set reads only mailboxes whose tail is after the
+// session's cursor (nudge), acks run on parked workers and the PUBLISH
+// being encoded is off the runner's stack. Measured on 2026-12-07, 2
+// cores shared with other helpers' benches and tests (load 7-15: the
+// rates, Mosquitto's included, swing by 3 × between runs, so the CPU per
+// message is the figure to compare), eight pairs of runs alternating
+// builds, bench push (50,000 messages to 1,000 clients), CPU per
+// delivered message live (median, range):
+//
+//	                                 before (ff2a6e1)     after (7a0a058 to 84f6f38)
+//	push server                      77.7 (55.6-99.0) µs  47.7 (41.2-53.2) µs
+//	bench (Puts and the clients)     56.8 (44.8-67.0) µs  37.8 (32.4-41.4) µs
+//	Redis (others' work on it too)   72.1 (56.6-151) µs   59.7 (38.8-90.0) µs
+//	live / Mosquitto (both           0.375 (0.218-0.733)  0.537 (0.261-0.614)
+//	  disturbed by the load)
+//	BenchmarkDelivery live, 100      309.9 µs, 14,571     165.9 µs, 202
+//	  clients, 10,000 messages: CPU    fetches              fetches
+//	  of the process, mailbox reads
+//
+// In quieter windows (others' CPU under 0.2 s over the live run; load
+// 3-9), bench push, live:
+//
+//	                                 before (ff2a6e1)        after
+//	                                                         1614641                 40d3ade
+//	live / Mosquitto                 0.263, 0.294            0.330, 0.385, 0.305     0.358
+//	live msgs/s (Mosquitto's)        12,534 (47,678),        14,522 (43,996),        18,655 (52,101)
+//	                                 13,812 (46,974)         18,772 (48,733),
+//	                                                         15,843 (51,937)
+//	CPU per message: push server     53.6, 49.8 µs           46.8, 35.8, 42.0 µs     34.6 µs
+//	  bench (Puts and clients)       41.4, 38.8 µs           38.0, 29.0, 33.2 µs     30.2 µs
+//	  Redis                          53.6, 47.0 µs           40.8, 30.8, 37.6 µs     30.0 µs
+//	  all processes                  149, 136 µs             126, 96, 113 µs         94.8 µs
+//
+// and later, load 2-3, others' CPU under 0.3 s: before 0.308, 0.262 ×
+// (16,070 and 12,859 msgs/s; 116, 143 µs per message in all); after
+// (648c647) 0.377, 0.511, 0.365 × (17,696, 19,339 and 21,259 msgs/s,
+// Mosquitto 46,881, 37,822 and 58,199; 102, 92.6, 84.4 µs in all).
+//
+// The live run is bound by the Puts (they end with the last delivery):
+// the whole path's CPU per message decides its rate, and 0.5 × Mosquitto
+// (about 26,000 msgs/s) needs about 75 µs of CPU per message on the two
+// cores. Still short: what is left is mostly the Redis steps (the Put's
+// and the ack's Lua, about 10 Redis calls per message), the bench's own
+// Puts and clients, and two syscalls per message on the socket.
+//
+// What is left per message live: the Put step (batched), its share of a wake
+// pipeline, one PUBLISH write and one PUBACK read on the socket, and
+// the ack step (batched across sessions). A command entry still takes
+// the fetch (its stamp marks it on the wire), and so do results relayed
+// by the relay step, whose wake-up does not carry its entry yet.
 //
 // Whatever is not acknowledged when a connection ends stays in the
 // mailbox and is sent again to the next session, on whichever node owns

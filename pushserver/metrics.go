@@ -28,6 +28,7 @@ type metrics struct {
 	responses  prometheus.Counter
 	dropped    *prometheus.CounterVec
 	reads      prometheus.Counter
+	carried    prometheus.Counter
 	unsent     prometheus.Counter
 	// refusals counts command entries their device refused (PUBACK reason
 	// code ≥ 0x80), by what mailbox.Store.Refuse did: rejected, or noop
@@ -83,6 +84,9 @@ func newMetrics(reg prometheus.Registerer, store func() *mailbox.Store) *metrics
 		dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "gw_push_responses_dropped_total", Help: "Device responses dropped, by reason.",
 		}, []string{"reason"}),
+		carried: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "gw_push_carried_total", Help: "Mailbox entries sent as their wake-up carried them, without a mailbox read.",
+		}),
 		reads: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "gw_push_mailbox_reads_total", Help: "Mailbox reads (Fetch calls).",
 		}),
@@ -141,6 +145,6 @@ func newMetrics(reg prometheus.Registerer, store func() *mailbox.Store) *metrics
 			Help: "Commands this push server's mailbox store ended as lost (-32006 \"lost by the gateway\"), each logged at WARN.",
 		}, relayed((*mailbox.Store).Lost)),
 	)
-	reg.MustRegister(m.sessions, m.connecting, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.unsent, m.refusals, m.abandoned, m.codecPanics, m.held, m.late, m.wakeResubscribes, m.reoffers)
+	reg.MustRegister(m.sessions, m.connecting, m.delivers, m.acks, m.redirects, m.sheds, m.responses, m.dropped, m.reads, m.carried, m.unsent, m.refusals, m.abandoned, m.codecPanics, m.held, m.late, m.wakeResubscribes, m.reoffers)
 	return m
 }

@@ -43,6 +43,8 @@ var (
 // the ring and serves; Shutdown leaves the ring and closes everything in
 // order.
 type Node struct {
+	rctx     atomic.Pointer[sharedCtx] // the context Redis calls of sessions share (redisCtx)
+	rctxMu   sync.Mutex
 	cfg      Config
 	log      *slog.Logger
 	verifier *auth.Verifier
@@ -61,6 +63,7 @@ type Node struct {
 	maxClients int64
 	workers    *workers[*client]  // process the connections' packets (conn.go)
 	runners    *workers[*session] // run the sessions' steps
+	acker      *workers[*session] // run the sessions' background goroutines (acks)
 	lis        *listener
 	wsLis      *listener // MQTT over WebSocket; nil when Config.WSAddr is empty
 	wsAddr     string
@@ -312,7 +315,10 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	undo = append(undo, func() { n.cancel(); n.loops.Wait() })
 	n.workers = newWorkers(max(16, 4*runtime.GOMAXPROCS(0)), (*client).burst, n.ctx.Done())
-	n.runners = newWorkers(max(16, 4*runtime.GOMAXPROCS(0)), (*session).runSession, n.ctx.Done())
+	// Wake messages poke many sessions at once: more parked runners
+	// spare new goroutines, whose stacks grow during their first step.
+	n.runners = newWorkers(max(64, 16*runtime.GOMAXPROCS(0)), (*session).runSession, n.ctx.Done())
+	n.acker = newWorkers(max(16, 4*runtime.GOMAXPROCS(0)), (*session).background, n.ctx.Done())
 
 	// Subscribe to wake signals before joining, so that no signal sent to
 	// a member that is already in the ring is missed.
@@ -588,13 +594,31 @@ func (n *Node) wakeLoop(ps *redis.PubSub) {
 			}
 			switch msg := m.(type) {
 			case *redis.Message:
-				if s := n.current(msg.Payload); s != nil {
-					s.kick()
-				}
+				n.wakeMessage(msg.Payload)
 			case *redis.Subscription:
 				n.wakeSubscription(ps, msg)
 			}
 		}
+	}
+}
+
+// wakeMessage kicks the session of every identity a wake message names
+// (mailbox.ParseWake: one message may carry many wake-ups), or offers it
+// the entry the wake-up carries.
+func (n *Node) wakeMessage(payload string) {
+	ws, err := mailbox.ParseWake(payload)
+	for _, w := range ws {
+		s := n.current(w.Identity)
+		switch {
+		case s == nil:
+		case w.Carried:
+			s.offer(w)
+		default:
+			s.kick()
+		}
+	}
+	if err != nil {
+		n.log.Warn("malformed wake message; the sweep reads what it announced", "size", len(payload), "err", err)
 	}
 }
 
@@ -744,10 +768,31 @@ func (n *Node) sweepPending() error {
 		// the mailbox anyway. Identities not connected here (or whose
 		// connection is ending) are dropped from the set: their next
 		// session, wherever it is, reads the whole mailbox when it
-		// subscribes.
+		// subscribes. The sessions read their mailbox only when it
+		// holds something after what they have read (one pipelined
+		// read of the mailboxes' tails, session.nudge): most pending
+		// identities were streamed already by their wake-ups.
+		var live []*session
+		var liveIDs []string
 		for _, id := range ids {
 			if s := n.current(id); s != nil {
-				s.kick()
+				live = append(live, s)
+				liveIDs = append(liveIDs, id)
+			}
+		}
+		if len(live) > 0 {
+			ctx, cancel := context.WithTimeout(n.ctx, 5*time.Second)
+			tails, err := n.store.Tails(ctx, liveIDs)
+			cancel()
+			for i, s := range live {
+				if err != nil {
+					s.kick()
+				} else {
+					s.nudge(tails[i])
+				}
+			}
+			if err != nil {
+				return err
 			}
 		}
 		if len(ids) < batch {

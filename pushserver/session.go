@@ -21,8 +21,39 @@ import (
 	"github.com/iotgw/gateway/protocol"
 )
 
-// redisTimeout bounds one Redis call of a session.
+// redisTimeout bounds one Redis call of a session (an ack or a fetch: at
+// least redisTimeout - 1 s, with the context those calls share, redisCtx).
 const redisTimeout = 5 * time.Second
+
+// sharedCtx is a context that the Redis calls starting within about a
+// second share (Node.redisCtx).
+type sharedCtx struct {
+	ctx      context.Context
+	cancel   context.CancelFunc // never called early: calls may use ctx until its deadline, which releases it
+	deadline time.Time
+}
+
+// redisCtx returns the context of one Redis call of a session (an ack, a
+// fetch): done when the node stops, with a deadline between
+// redisTimeout - 1 s and redisTimeout away. The calls that start within
+// the same second share it, so that a call costs no context, timer and
+// registration with the node's context of its own: one per ack, they cost
+// a tenth of the push server's CPU live.
+func (n *Node) redisCtx() context.Context {
+	now := time.Now()
+	if c := n.rctx.Load(); c != nil && c.deadline.Sub(now) >= redisTimeout-time.Second {
+		return c.ctx
+	}
+	n.rctxMu.Lock()
+	defer n.rctxMu.Unlock()
+	if c := n.rctx.Load(); c != nil && c.deadline.Sub(now) >= redisTimeout-time.Second {
+		return c.ctx
+	}
+	c := &sharedCtx{deadline: now.Add(redisTimeout)}
+	c.ctx, c.cancel = context.WithDeadline(n.ctx, c.deadline)
+	n.rctx.Store(c)
+	return c.ctx
+}
 
 // retryDelay is how long a session waits before reading its mailbox again
 // after a Redis error.
@@ -91,6 +122,8 @@ type session struct {
 	subs        []string        // granted filters (QoS 1); copied on write: the runner reads it unlocked
 	granted     []string        // filters granted by a SUBSCRIBE whose SUBACK is not written yet
 	wake        bool            // the mailbox may have new entries
+	carried     []mailbox.Wake  // wake-ups that carry their entries, in arrival order (offer)
+	tail        string          // the latest mailbox tail a sweep found (nudge)
 	blocked     bool            // the runner stopped reading for want of room in the window: PUBACKs refill it
 	rewind      bool            // a subscription was added: re-read skipped entries
 	reoffer     bool            // Redis is back from an outage: offer everything again, delivered commands too
@@ -226,6 +259,41 @@ func internRole(r auth.Role) auth.Role {
 func (s *session) kick() {
 	s.mu.Lock()
 	s.wake = true
+	s.mu.Unlock()
+	s.poke()
+}
+
+// nudge is kick for the sweep of the node's pending set, which read the
+// ID of the mailbox's last entry (tail, "" when it was empty): the runner
+// reads the mailbox only when tail is after its cursor (what it has read
+// already needs no read), and an empty mailbox needs no step at all.
+func (s *session) nudge(tail string) {
+	if tail == "" {
+		return
+	}
+	s.mu.Lock()
+	if mailbox.CompareIDs(tail, s.tail) > 0 {
+		s.tail = tail
+	}
+	s.mu.Unlock()
+	s.poke()
+}
+
+// maxCarriedQueue bounds the carried entries a session keeps until its
+// runner steps; beyond it, a wake-up only asks for a read.
+const maxCarriedQueue = 256
+
+// offer hands the runner a wake-up that carries its entry
+// (mailbox.Wake): when the session has read its mailbox up to the entry
+// before it, the runner sends it without reading the mailbox
+// (sendCarried); otherwise it reads the mailbox, as for a kick.
+func (s *session) offer(w mailbox.Wake) {
+	s.mu.Lock()
+	if len(s.carried) < maxCarriedQueue {
+		s.carried = append(s.carried, w)
+	} else {
+		s.wake = true
+	}
 	s.mu.Unlock()
 	s.poke()
 }
@@ -399,7 +467,7 @@ func (s *session) puback(pid uint16, code byte) {
 		s.n.log.Info("client refused a message", "client_id", s.identity, "reason", code)
 	}
 	if bg {
-		go s.background()
+		s.n.acker.start(s)
 	}
 	if refill {
 		s.poke()
@@ -472,17 +540,17 @@ func (s *session) shed(owner ring.Member) {
 	}
 }
 
-// take returns and clears what the connection recorded for the runner.
-// A re-offer forgets what this connection PUBACKed.
-func (s *session) take() (state sessionState, wake, rewind, reoffer bool, subs []string) {
+// take returns and clears what the connection and the wake-ups recorded
+// for the runner. A re-offer forgets what this connection PUBACKed.
+func (s *session) take() (state sessionState, wake, rewind, reoffer bool, subs []string, carried []mailbox.Wake, tail string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	wake, rewind, reoffer = s.wake, s.rewind, s.reoffer
-	s.wake, s.rewind, s.reoffer = false, false, false
+	wake, rewind, reoffer, carried, tail = s.wake, s.rewind, s.reoffer, s.carried, s.tail
+	s.wake, s.rewind, s.reoffer, s.carried, s.tail = false, false, false, nil, ""
 	if reoffer {
 		s.delivered = nil
 	}
-	return s.state, wake, rewind, reoffer, s.subs // copied on write
+	return s.state, wake, rewind, reoffer, s.subs, carried, tail // subs: copied on write
 }
 
 // offerAgain has the mailbox read again from its start, and the commands
@@ -543,7 +611,7 @@ func (s *session) stepOnce() bool {
 // session is streaming, refills the window from the mailbox. It returns
 // true when it has ended the session.
 func (s *session) step() bool {
-	state, wake, rewind, reoffer, subs := s.take()
+	state, wake, rewind, reoffer, subs, carried, tail := s.take()
 	if state == sessionNew {
 		s.register()
 		s.mu.Lock()
@@ -568,7 +636,7 @@ func (s *session) step() bool {
 		s.n.sessWG.Done()
 		return true
 	}
-	if wake {
+	if wake || mailbox.CompareIDs(tail, s.cursor) > 0 {
 		s.more = true
 	}
 	if reoffer || (rewind && s.skipped) {
@@ -576,6 +644,9 @@ func (s *session) step() bool {
 	}
 	if state != sessionStreaming {
 		return false // nothing is streamed before a subscription, nor once closing
+	}
+	if len(carried) > 0 && !s.more {
+		s.sendCarried(carried, subs)
 	}
 	// Refill the window in batches of at least a quarter of it (one
 	// Fetch for many entries), unless nothing is in flight. Fetch marks
@@ -587,9 +658,7 @@ func (s *session) step() bool {
 		if want == 0 {
 			break // the PUBACKs that make room step again (blocked)
 		}
-		ctx, cancel := context.WithTimeout(s.n.ctx, redisTimeout)
-		entries, more, err := s.n.store.FetchPage(ctx, s.identity, s.cursor, want)
-		cancel()
+		entries, more, err := s.n.store.FetchPage(s.n.redisCtx(), s.identity, s.cursor, want)
 		if err != nil {
 			if s.n.ctx.Err() != nil {
 				break
@@ -621,6 +690,37 @@ func (s *session) step() bool {
 		}
 	}
 	return false
+}
+
+// sendCarried sends the entries that wake-ups carried, in order, without
+// reading the mailbox, as long as each is the next one (mailbox.Wake.Next:
+// after the cursor, and nothing between), fits in the window, carries no
+// command (Fetch's stamp must mark those on the wire) and has not expired.
+// Entries read already are passed over. At the first that fails one of
+// these, the rest is left to a read of the mailbox (s.more), which finds
+// them all: an entry is appended before its wake-up is published.
+func (s *session) sendCarried(carried []mailbox.Wake, subs []string) {
+	s.mu.Lock()
+	free := s.window - len(s.inflight)
+	s.mu.Unlock()
+	now := time.Now()
+	cursor := s.cursor
+	var page []mailbox.Entry
+	for _, w := range carried {
+		if mailbox.CompareIDs(w.Entry.ID, cursor) <= 0 {
+			continue // read already
+		}
+		if !w.Next(cursor) || w.Entry.Client != "" || !w.Entry.Expires.After(now) || len(page) >= free {
+			s.more = true
+			break
+		}
+		page = append(page, w.Entry)
+		cursor = w.Entry.ID
+	}
+	if len(page) > 0 {
+		s.n.m.carried.Add(float64(len(page)))
+		s.send(page, subs)
+	}
 }
 
 // freeSlots returns how many entries to fetch into the window: its free
@@ -726,6 +826,7 @@ func (s *session) send(entries []mailbox.Entry, subs []string) bool {
 // pubBatch holds the PUBLISHes of one page, encoded into one buffer, until
 // they are written with one write (session.flush).
 type pubBatch struct {
+	pk      packets.Packet // the PUBLISH being encoded: 800 bytes kept off the runner's stack, which then rarely grows
 	buf     *bytes.Buffer
 	pids    []uint16        // their packet IDs, in the window
 	entries []mailbox.Entry // their entries
@@ -751,6 +852,7 @@ func putBatch(b *pubBatch) {
 // reset empties b, keeping its buffers but no entry or span.
 func (b *pubBatch) reset() {
 	b.buf.Reset()
+	b.pk = packets.Packet{}
 	clear(b.entries)
 	clear(b.spans)
 	b.pids, b.entries, b.spans = b.pids[:0], b.entries[:0], b.spans[:0]
@@ -857,13 +959,10 @@ func (s *session) unplace(pid uint16) bool {
 // MQTT 5 receiver gets as the user property "traceparent"; the span ends
 // when the batch is written (flush).
 func (s *session) encodePublish(b *pubBatch, pid uint16, e mailbox.Entry) error {
-	pk := packets.Packet{
-		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1},
-		TopicName:   e.Topic,
-		Payload:     e.Payload,
-		PacketID:    pid,
-		Created:     time.Now().Unix(),
-	}
+	b.pk = packets.Packet{} // nothing of the page's previous PUBLISH; reset clears it too (no payload kept)
+	pk := &b.pk
+	pk.FixedHeader = packets.FixedHeader{Type: packets.Publish, Qos: 1}
+	pk.TopicName, pk.Payload, pk.PacketID, pk.Created = e.Topic, e.Payload, pid, time.Now().Unix()
 	if !e.Expires.IsZero() {
 		pk.Expiry = e.Expires.Unix() // MQTT 5 message expiry interval
 	}
@@ -891,7 +990,7 @@ func (s *session) encodePublish(b *pubBatch, pid uint16, e mailbox.Entry) error 
 			pk.Properties.User = []packets.UserProperty{{Key: "traceparent", Val: telemetry.TraceParent(ctx)}}
 		}
 	}
-	if err := s.cl.encodeTo(&pk, b.buf); err != nil {
+	if err := s.cl.encodeTo(pk, b.buf); err != nil {
 		if span != nil {
 			span.SetStatus(codes.Error, err.Error())
 			span.End()
@@ -918,7 +1017,7 @@ func (s *session) enqueue(unsends []mailbox.Entry) {
 	start := s.claimBackground()
 	s.mu.Unlock()
 	if start {
-		go s.background()
+		s.n.acker.start(s)
 	}
 }
 
@@ -996,9 +1095,7 @@ func (s *session) ack(entries []mailbox.Entry) {
 		if attempt > 0 {
 			time.Sleep(100 * time.Millisecond)
 		}
-		ctx, cancel := context.WithTimeout(s.n.ctx, redisTimeout)
-		err = s.n.store.AckMany(ctx, s.identity, entries)
-		cancel()
+		err = s.n.store.AckMany(s.n.redisCtx(), s.identity, entries)
 		if err == nil {
 			s.n.m.acks.Add(float64(len(entries)))
 			return
