@@ -92,7 +92,8 @@ func ParseWake(msg string) ([]Wake, error) {
 		x, err1 := strconv.ParseInt(f[3], 10, 64)
 		tl, err2 := strconv.Atoi(f[4])
 		pl, err3 := strconv.Atoi(f[5])
-		if !nl || err1 != nil || err2 != nil || err3 != nil || tl < 0 || pl < 0 || tl+pl > len(rest) {
+		// tl and pl are checked one at a time: their sum may overflow.
+		if !nl || f[0] == "" || err1 != nil || err2 != nil || err3 != nil || tl < 0 || pl < 0 || tl > len(rest) || pl > len(rest)-tl {
 			return out, errWakeFormat
 		}
 		w := Wake{Identity: f[0], Carried: true, Prev: f[1],
