@@ -33,29 +33,12 @@ func TestBatchItemErrorIsItsOwn(t *testing.T) {
 	}
 	exp := time.Now().Add(time.Minute).UnixMilli()
 	ids := []string{"a", "b", "bad", "c"}
-	batch := make([]*batchCall, len(ids))
-	for i, id := range ids {
-		pk := s.part(id)
-		batch[i] = &batchCall{p: s.PartitionOf(id), keys: []string{pk.Mailbox(id), pk.Mailboxes(), pk.Session(id)},
-			args: []any{id, "t/" + id, "p" + id, exp}, done: make(chan struct{})}
-	}
+	batch := putBatch(s, ids, func(i int, id string) string { return "p" + id }, exp)
 	s.batcherFor(stepPut, 0).exec(batch)
-	for i, c := range batch {
-		select {
-		case <-c.done:
-		default:
-			t.Fatalf("call %d not done after exec", i)
-		}
+	checkPutBatch(t, batch, ids)
+	for i := range batch {
 		if ids[i] == "bad" {
-			var re redis.Error
-			if c.err == nil || !errors.As(c.err, &re) || !strings.Contains(c.err.Error(), "WRONGTYPE") {
-				t.Errorf("bad item: err = %v, want a redis.Error with WRONGTYPE", c.err)
-			}
 			continue
-		}
-		head, id := reply(c.v)
-		if c.err != nil || head != "ok" || id == nil {
-			t.Errorf("item %s: got %v, %v; want ok and an entry id", ids[i], c.v, c.err)
 		}
 		es, err := s.Fetch(ctx, ids[i], "", 10)
 		if err != nil || len(es) != 1 || string(es[0].Payload) != "p"+ids[i] {
@@ -355,35 +338,16 @@ func TestBatchOnClusterSpansPartitions(t *testing.T) {
 				ids = append(ids, fmt.Sprintf("d%d", i))
 			}
 			ids = append(ids, "bad", "d3") // d3 twice: two items of one partition
-			batch := make([]*batchCall, len(ids))
-			for i, id := range ids {
-				pk := s.part(id)
+			for _, id := range ids {
 				parts[s.PartitionOf(id)] = true
 				nodes[s.groupOf(s.PartitionOf(id))] = true
-				batch[i] = &batchCall{p: s.PartitionOf(id), keys: []string{pk.Mailbox(id), pk.Mailboxes(), pk.Session(id)},
-					args: []any{id, "t/" + id, fmt.Sprintf("p%s-%d", id, i), exp}, done: make(chan struct{})}
 			}
 			if len(parts) < 8 || len(nodes) < 2 {
 				t.Fatalf("the items reach %d partitions on %d primaries, want at least 8 on 2", len(parts), len(nodes))
 			}
+			batch := putBatch(s, ids, func(i int, id string) string { return fmt.Sprintf("p%s-%d", id, i) }, exp)
 			s.batcherFor(stepPut, 0).exec(batch)
-			for i, c := range batch {
-				select {
-				case <-c.done:
-				default:
-					t.Fatalf("call %d not done after exec", i)
-				}
-				if ids[i] == "bad" {
-					var re redis.Error
-					if c.err == nil || !errors.As(c.err, &re) || !strings.Contains(c.err.Error(), "WRONGTYPE") {
-						t.Errorf("bad item: err = %v, want a redis.Error with WRONGTYPE", c.err)
-					}
-					continue
-				}
-				if head, id := reply(c.v); c.err != nil || head != "ok" || id == nil {
-					t.Errorf("item %d (%s): got %v, %v; want ok and an entry id", i, ids[i], c.v, c.err)
-				}
-			}
+			checkPutBatch(t, batch, ids)
 			for i, id := range ids {
 				if id == "bad" {
 					continue
@@ -442,6 +406,42 @@ func TestBatchedConcurrentPutsOnCluster(t *testing.T) {
 		id := fmt.Sprintf("d%d", d)
 		if n, err := s.Len(ctx, id); err != nil || n != per {
 			t.Errorf("mailbox %s holds %d (%v), want %d", id, n, err, per)
+		}
+	}
+}
+
+// putBatch is a batch of Puts, one per identity of ids (an identity may
+// come twice), item i with payload(i, id).
+func putBatch(s *Store, ids []string, payload func(i int, id string) string, exp int64) []*batchCall {
+	batch := make([]*batchCall, len(ids))
+	for i, id := range ids {
+		pk := s.part(id)
+		batch[i] = &batchCall{p: s.PartitionOf(id), keys: []string{pk.Mailbox(id), pk.Mailboxes(), pk.Session(id)},
+			args: []any{id, "t/" + id, payload(i, id), exp}, done: make(chan struct{})}
+	}
+	return batch
+}
+
+// checkPutBatch checks a batch of putBatch after exec: every item is
+// done, the one for "bad" (whose mailbox key holds a string) failed alone
+// with its own redis.Error, and every other one put its entry.
+func checkPutBatch(t *testing.T, batch []*batchCall, ids []string) {
+	t.Helper()
+	for i, c := range batch {
+		select {
+		case <-c.done:
+		default:
+			t.Fatalf("call %d not done after exec", i)
+		}
+		if ids[i] == "bad" {
+			var re redis.Error
+			if c.err == nil || !errors.As(c.err, &re) || !strings.Contains(c.err.Error(), "WRONGTYPE") {
+				t.Errorf("bad item: err = %v, want a redis.Error with WRONGTYPE", c.err)
+			}
+			continue
+		}
+		if head, id := reply(c.v); c.err != nil || head != "ok" || id == nil {
+			t.Errorf("item %d (%s): got %v, %v; want ok and an entry id", i, ids[i], c.v, c.err)
 		}
 	}
 }

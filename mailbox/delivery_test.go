@@ -569,32 +569,20 @@ func TestMarkDeadAndReplay(t *testing.T) {
 func TestSignals(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, mailbox.Options{})
-	ps := e.s.Wake(e.ctx, "owner")
-	defer ps.Close()
-	live := e.s.Wake(e.ctx, "live")
-	defer live.Close()
-	for _, p := range []*redis.PubSub{ps, live} {
-		if _, err := p.Receive(e.ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	ps := subscribeWake(t, e, "owner")
+	live := subscribeWake(t, e, "live")
 	recv := func(p *redis.PubSub) string {
 		t.Helper()
-		select {
-		case m := <-p.Channel():
-			// The identities of its records (a Put's carries its entry).
-			ws, err := mailbox.ParseWake(m.Payload)
-			if err != nil {
-				t.Errorf("ParseWake(%q): %v", m.Payload, err)
-			}
-			var ids []string
-			for _, w := range ws {
-				ids = append(ids, w.Identity)
-			}
-			return strings.Join(ids, ",")
-		case <-time.After(3 * time.Second):
+		// The identities of its records (a Put's carries its entry).
+		ws, ok := receiveWake(t, p, 3*time.Second)
+		if !ok {
 			return "(nothing)"
 		}
+		var ids []string
+		for _, w := range ws {
+			ids = append(ids, w.Identity)
+		}
+		return strings.Join(ids, ",")
 	}
 	put := func(identity, owner string) {
 		t.Helper()
@@ -926,11 +914,7 @@ func TestFireTimersUnsentAfterRearm(t *testing.T) {
 func TestWakeCoalesced(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, mailbox.Options{})
-	ps := e.s.Wake(e.ctx, "n1")
-	defer ps.Close()
-	if _, err := ps.Receive(e.ctx); err != nil {
-		t.Fatal(err)
-	}
+	ps := subscribeWake(t, e, "n1")
 	const identities, each = 50, 4
 	var wg sync.WaitGroup
 	for i := range identities {
@@ -947,21 +931,24 @@ func TestWakeCoalesced(t *testing.T) {
 	}
 	wg.Wait()
 	seen := map[string]int{}
+	last := map[string]string{} // the entry of each identity's latest wake-up
 	records, messages := 0, 0
 	for records < identities*each {
-		select {
-		case m := <-ps.Channel():
-			messages++
-			ws, err := mailbox.ParseWake(m.Payload)
-			if err != nil {
-				t.Fatalf("ParseWake(%q): %v", m.Payload, err)
-			}
-			for _, w := range ws {
-				seen[w.Identity]++
-				records++
-			}
-		case <-time.After(5 * time.Second):
+		ws, ok := receiveWake(t, ps, 5*time.Second)
+		if !ok {
 			t.Fatalf("got %d wake-ups of %d", records, identities*each)
+		}
+		messages++
+		for _, w := range ws {
+			seen[w.Identity]++
+			records++
+			if !w.Carried {
+				t.Fatalf("the wake-up of a Put of %s carries no entry", w.Identity)
+			}
+			if mailbox.CompareIDs(w.Entry.ID, last[w.Identity]) <= 0 {
+				t.Errorf("%s: wake-up of entry %s after that of %s, want the order of the Puts", w.Identity, w.Entry.ID, last[w.Identity])
+			}
+			last[w.Identity] = w.Entry.ID
 		}
 	}
 	for i := range identities {
@@ -982,24 +969,17 @@ func TestWakeCoalesced(t *testing.T) {
 func TestPutWakeCarries(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, mailbox.Options{})
-	ps := e.s.Wake(e.ctx, "n1")
-	defer ps.Close()
-	if _, err := ps.Receive(e.ctx); err != nil {
-		t.Fatal(err)
-	}
+	ps := subscribeWake(t, e, "n1")
 	next := func() mailbox.Wake {
 		t.Helper()
-		select {
-		case m := <-ps.Channel():
-			ws, err := mailbox.ParseWake(m.Payload)
-			if err != nil || len(ws) != 1 {
-				t.Fatalf("ParseWake(%q) = %d records, %v; want 1", m.Payload, len(ws), err)
-			}
-			return ws[0]
-		case <-time.After(3 * time.Second):
+		ws, ok := receiveWake(t, ps, 3*time.Second)
+		if !ok {
 			t.Fatal("no wake-up")
 		}
-		return mailbox.Wake{}
+		if len(ws) != 1 {
+			t.Fatalf("got %d records in a wake message, want 1", len(ws))
+		}
+		return ws[0]
 	}
 	exp := e.clock.Now().Add(time.Hour)
 	tests := []struct {
@@ -1075,11 +1055,7 @@ func TestTails(t *testing.T) {
 func TestPutWakeLargeEntry(t *testing.T) {
 	t.Parallel()
 	e := newEnv(t, mailbox.Options{})
-	ps := e.s.Wake(e.ctx, "n1")
-	defer ps.Close()
-	if _, err := ps.Receive(e.ctx); err != nil {
-		t.Fatal(err)
-	}
+	ps := subscribeWake(t, e, "n1")
 	tests := []struct {
 		size    int
 		carried bool
@@ -1088,14 +1064,41 @@ func TestPutWakeLargeEntry(t *testing.T) {
 		if _, err := e.s.Put(e.ctx, "c1", "t", bytes.Repeat([]byte("x"), tt.size), time.Time{}, "n1"); err != nil {
 			t.Fatal(err)
 		}
-		select {
-		case m := <-ps.Channel():
-			ws, err := mailbox.ParseWake(m.Payload)
-			if err != nil || len(ws) != 1 || ws[0].Carried != tt.carried || ws[0].Identity != "c1" {
-				t.Errorf("payload of %d bytes: %d records, %v; want one for c1, carried %v", tt.size, len(ws), err, tt.carried)
-			}
-		case <-time.After(3 * time.Second):
+		ws, ok := receiveWake(t, ps, 3*time.Second)
+		if !ok {
 			t.Fatalf("payload of %d bytes: no wake-up", tt.size)
 		}
+		if len(ws) != 1 || ws[0].Carried != tt.carried || ws[0].Identity != "c1" {
+			t.Errorf("payload of %d bytes: %d records; want one for c1, carried %v", tt.size, len(ws), tt.carried)
+		}
+	}
+}
+
+// subscribeWake subscribes to node's wake channel, once Redis confirmed
+// the subscription; it is closed when the test ends.
+func subscribeWake(t *testing.T, e *env, node string) *redis.PubSub {
+	t.Helper()
+	ps := e.s.Wake(e.ctx, node)
+	t.Cleanup(func() { ps.Close() })
+	if _, err := ps.Receive(e.ctx); err != nil {
+		t.Fatal(err)
+	}
+	return ps
+}
+
+// receiveWake returns the records of the next wake message on ps, or
+// false when none comes within timeout; a malformed message fails the
+// test.
+func receiveWake(t *testing.T, ps *redis.PubSub, timeout time.Duration) ([]mailbox.Wake, bool) {
+	t.Helper()
+	select {
+	case m := <-ps.Channel():
+		ws, err := mailbox.ParseWake(m.Payload)
+		if err != nil {
+			t.Fatalf("ParseWake(%q): %v", m.Payload, err)
+		}
+		return ws, true
+	case <-time.After(timeout):
+		return nil, false
 	}
 }
