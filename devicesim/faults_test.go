@@ -357,7 +357,14 @@ func runFaultScenario(t *testing.T, sc faultScenario, latency time.Duration) fau
 		e.g = startGatewayWith(t, e.rabbit.URL(), e.sentinel.URL(), true, waitOneReplica)
 	default:
 		e.redis = testenv.StartRedis(t, sc.fsync)
-		e.g = startGatewayWith(t, e.rabbit.URL(), e.redis.URL(), false)
+		var extra []string
+		if sc.lateAllowed {
+			// Debug logs say, for each device, where it connected and how
+			// each answer's step ended: what traceLate prints for a false
+			// timeout the re-offer should have recovered.
+			extra = append(extra, "GW_LOG_LEVEL=debug")
+		}
+		e.g = startGatewayWith(t, e.rabbit.URL(), e.redis.URL(), false, extra...)
 	}
 	gl := &globals{API: e.g.APIURL, Secret: e.g.Opts.Secret, stdout: io.Discard, stderr: io.Discard, log: telemetry.Discard()}
 
@@ -485,6 +492,9 @@ func runFaultScenario(t *testing.T, sc faultScenario, latency time.Duration) fau
 				figs.Unrecovered++
 			}
 			t.Logf("false timeout %s %s to %s: %s", f.Client, f.ID, f.Device, why)
+			if !allowed {
+				t.Logf("what the gateway logged of %s and %s:\n%s", f.ID, f.Device, traceLate(e.g, f, 80))
+			}
 		}
 		figs.Reoffered = e.reoffered(rep.Finals)
 		t.Logf("%d commands whose answer went to the frozen push server ended succeeded through the re-offer", figs.Reoffered)
@@ -799,6 +809,40 @@ func (e *faultEnv) classifyLate(f Suspect, v cmdView) (allowed bool, why string)
 		return false, fmt.Sprintf("should have been recovered: the device connected elsewhere %.1fs before the deadline; ", dl.Sub(moved).Seconds()) + detail
 	}
 	return true, "allowed (frozen past timeout): " + detail
+}
+
+// traceLate returns at most n lines of the gateway's logs that name the
+// command f (its id) or its device's connections and answers, prefixed
+// with the process, in each log's order: the evidence for a false
+// timeout the re-offer should have recovered, kept in the test's output
+// (the logs themselves go with the run's folder).
+func traceLate(g *gwproc.Gateway, f Suspect, n int) string {
+	// Its id names its answers' steps; the device's id as client_id its
+	// connections (established, refused, shed, ended).
+	marks := []string{`"msg_id":"` + f.ID + `"`, `"client_id":"` + f.Device + `"`}
+	var b strings.Builder
+	lines := 0
+	for _, p := range g.All() {
+		data, err := os.ReadFile(p.Log)
+		if err != nil {
+			fmt.Fprintf(&b, "%s: cannot read its log: %v\n", p.Name, err)
+			continue
+		}
+		for line := range strings.SplitSeq(string(data), "\n") {
+			if lines >= n {
+				b.WriteString("… (more lines left out)\n")
+				return b.String()
+			}
+			if slices.ContainsFunc(marks, func(m string) bool { return strings.Contains(line, m) }) {
+				fmt.Fprintf(&b, "%s: %s\n", p.Name, line)
+				lines++
+			}
+		}
+	}
+	if lines == 0 {
+		b.WriteString("(no line names them)\n")
+	}
+	return b.String()
 }
 
 // lossWarning is the message of the worker's WARN when Redis lost writes
