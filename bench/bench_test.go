@@ -198,6 +198,59 @@ func TestReportTargets(t *testing.T) {
 	}
 }
 
+// TestReportClusterRatioShard checks that with the shard section in the
+// run the Cluster's target ratio is over it (like for like), the ratio
+// over the shared single Redis is beside it without a target, and a
+// missed target says where the time goes, with the ratio the CPU alone
+// predicts.
+func TestReportClusterRatioShard(t *testing.T) {
+	r := sampleReport()
+	sh := &Section{Name: "shard", Title: "Shard", Status: StatusOK, Where: map[string]string{"persistence": "appendonly yes, appendfsync always; 1 primary(ies), 1 replica(s)"}}
+	sh.Add("shard_roundtrip_max_per_s", "round trip, shard", 2000, "/s", nil)
+	sh.CPU = []CPUTable{{Run: rtMaxRun, Messages: 1000, Rows: []CPURow{{Process: "apiserver", CPUS: 1, PerMsgUS: 1000}}}}
+	cl := &Section{Name: "cluster", Title: "Cluster", Status: StatusOK, Where: map[string]string{"persistence": "appendonly yes, appendfsync always; 3 primary(ies), 3 replica(s)"}}
+	cl.Add("cluster_roundtrip_max_per_s", "round trip, Cluster", 1200, "/s", nil)
+	cl.CPU = []CPUTable{{Run: rtMaxRun, Messages: 1000, Rows: []CPURow{{Process: "apiserver", CPUS: 1.6, PerMsgUS: 1600}}}}
+	r.Sections = append(r.Sections, sh, cl)
+	r.summarize()
+	if r.RoundtripShardMaxPerS != 2000 || r.ClusterRatio != 0.6 || r.ClusterRatioBase != "shard" || r.ClusterRatioShared != 0.3 {
+		t.Errorf("shard max %v, ratio %v over %q, shared ratio %v; want 2000, 0.6 over \"shard\", 0.3",
+			r.RoundtripShardMaxPerS, r.ClusterRatio, r.ClusterRatioBase, r.ClusterRatioShared)
+	}
+	var like, shared *TargetRow
+	for i := range r.Targets {
+		switch {
+		case strings.HasPrefix(r.Targets[i].Name, "Cluster round trip / round trip on a single Redis kept like a Cluster shard"):
+			like = &r.Targets[i]
+		case strings.HasPrefix(r.Targets[i].Name, "Cluster round trip / round trip on the shared single Redis"):
+			shared = &r.Targets[i]
+		case strings.HasPrefix(r.Targets[i].Name, "Cluster round trip /"):
+			t.Errorf("unexpected Cluster ratio row %q", r.Targets[i].Name)
+		}
+	}
+	if like == nil || shared == nil {
+		t.Fatalf("Cluster ratio rows: like for like %v, shared %v; want both", like, shared)
+	}
+	if like.Value != 0.6 || !like.Measured || like.Met || like.Target == nil || like.Target.Value != 0.8 {
+		t.Errorf("like-for-like row = %+v; want 0.6, measured, missed against at least 0.8", *like)
+	}
+	for _, want := range []string{"kept like a Cluster shard → Cluster", "1,000 / 1,600 = 0.625 × predicted by CPU alone", "at most 1,250 µs per round trip", "Both keep data alike per primary"} {
+		if !strings.Contains(like.Where, want) {
+			t.Errorf("like-for-like row's where lacks %q: %s", want, like.Where)
+		}
+	}
+	if shared.Value != 0.3 || !shared.Measured || shared.Target != nil {
+		t.Errorf("shared row = %+v; want 0.3, measured, no target", *shared)
+	}
+	var buf bytes.Buffer
+	if err := r.WriteMarkdown(&buf); err != nil {
+		t.Fatal(err)
+	}
+	if want := "| round trip at maximum rate, single Redis kept like a Cluster shard (appendonly yes, appendfsync always, 1 replica) | 2,000 /s | | |"; !strings.Contains(buf.String(), want) {
+		t.Errorf("markdown lacks %q", want)
+	}
+}
+
 // TestRedisCPUReference checks that the Redis CPU target halves the
 // report it names, whatever reports are newer: the reference is the
 // redis row of that report's round trip at the maximum rate.
