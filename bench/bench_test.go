@@ -211,6 +211,7 @@ func TestReportClusterRatioShard(t *testing.T) {
 	cl := &Section{Name: "cluster", Title: "Cluster", Status: StatusOK, Where: map[string]string{"persistence": "appendonly yes, appendfsync always; 3 primary(ies), 3 replica(s)"}}
 	cl.Add("cluster_roundtrip_max_per_s", "round trip, Cluster", 1200, "/s", nil)
 	cl.CPU = []CPUTable{{Run: rtMaxRun, Messages: 1000, Rows: []CPURow{{Process: "apiserver", CPUS: 1.6, PerMsgUS: 1600}}}}
+	r.Sections[1].Where = map[string]string{"persistence": "appendonly no, appendfsync everysec; 1 primary(ies), 0 replica(s)"}
 	r.Sections = append(r.Sections, sh, cl)
 	r.summarize()
 	if r.RoundtripShardMaxPerS != 2000 || r.ClusterRatio != 0.6 || r.ClusterRatioBase != "shard" || r.ClusterRatioShared != 0.3 {
@@ -242,12 +243,23 @@ func TestReportClusterRatioShard(t *testing.T) {
 	if shared.Value != 0.3 || !shared.Measured || shared.Target != nil {
 		t.Errorf("shared row = %+v; want 0.3, measured, no target", *shared)
 	}
+	if want := "that one runs appendonly no, appendfsync everysec; 1 primary(ies), 0 replica(s))"; !strings.HasSuffix(shared.Name, want) {
+		t.Errorf("shared row's name %q does not end with %q", shared.Name, want)
+	}
+	if want := "The two deployments do not keep data alike"; !strings.Contains(shared.Where, want) {
+		t.Errorf("shared row's where lacks %q: %s", want, shared.Where)
+	}
 	var buf bytes.Buffer
 	if err := r.WriteMarkdown(&buf); err != nil {
 		t.Fatal(err)
 	}
-	if want := "| round trip at maximum rate, single Redis kept like a Cluster shard (appendonly yes, appendfsync always, 1 replica) | 2,000 /s | | |"; !strings.Contains(buf.String(), want) {
-		t.Errorf("markdown lacks %q", want)
+	for _, want := range []string{
+		"| round trip at maximum rate, single Redis kept like a Cluster shard (appendonly yes, appendfsync always, 1 replica) | 2,000 /s | | |",
+		"- **Cluster round trip / round trip on the shared single Redis (maximum rate; not like for like: that one runs appendonly no, appendfsync everysec; 1 primary(ies), 0 replica(s))** (0.300 ×, beside the like-for-like ratio above): CPU µs per round trip, single Redis → Cluster",
+	} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("markdown lacks %q:\n%s", want, buf.String())
+		}
 	}
 }
 
