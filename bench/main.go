@@ -1,5 +1,5 @@
 // Command bench is the gateway's benchmark: `make bench` runs it after
-// starting RabbitMQ and Redis. In about five minutes it measures, on this
+// starting RabbitMQ and Redis. In about seven minutes it measures, on this
 // machine and with every process on 127.0.0.1:
 //
 //   - baseline: bare RabbitMQ, one hop, with the gateway's settings
