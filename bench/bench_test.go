@@ -5,8 +5,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -261,6 +264,56 @@ func TestReportClusterRatioShard(t *testing.T) {
 			t.Errorf("markdown lacks %q:\n%s", want, buf.String())
 		}
 	}
+}
+
+func TestReplicaAddrs(t *testing.T) {
+	tests := []struct {
+		name string
+		repl map[string]string
+		want []string
+	}{
+		{"none", map[string]string{"role": "master", "connected_slaves": "0"}, nil},
+		{"one", map[string]string{"slave0": "ip=127.0.0.1,port=7302,state=online,offset=1234,lag=0"}, []string{"127.0.0.1:7302"}},
+		{"two in order", map[string]string{
+			"slave1": "ip=127.0.0.1,port=7303,state=online,offset=1,lag=1",
+			"slave0": "ip=127.0.0.1,port=7302,state=online,offset=1,lag=0",
+		}, []string{"127.0.0.1:7302", "127.0.0.1:7303"}},
+		{"IPv6", map[string]string{"slave0": "ip=::1,port=7302,state=online"}, []string{"[::1]:7302"}},
+		{"bad entries left out", map[string]string{
+			"slave0": "ip=127.0.0.1,state=online",
+			"slave1": "port=7303",
+			"slave2": "ip=127.0.0.1,port=70000",
+			"slave3": "ip=127.0.0.1,port=x",
+			"slave4": "ip=replica.local,port=7305",
+			"slave5": "ip=127.0.0.1,port=7306",
+		}, []string{"127.0.0.1:7306"}},
+		{"a gap ends the list", map[string]string{"slave0": "ip=127.0.0.1,port=7302", "slave2": "ip=127.0.0.1,port=7304"}, []string{"127.0.0.1:7302"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := replicaAddrs(tt.repl); !slices.Equal(got, tt.want) {
+				t.Errorf("replicaAddrs(%v) = %q, want %q", tt.repl, got, tt.want)
+			}
+		})
+	}
+}
+
+// FuzzReplicaAddrs checks that replicaAddrs takes any INFO replication
+// entry without panicking and returns only addresses with a host and a
+// port in 1-65535.
+func FuzzReplicaAddrs(f *testing.F) {
+	f.Add("ip=127.0.0.1,port=7302,state=online,offset=1234,lag=0")
+	f.Add("ip=::1,port=1")
+	f.Add("port=,ip=,=,")
+	f.Fuzz(func(t *testing.T, v string) {
+		for _, addr := range replicaAddrs(map[string]string{"slave0": v, "slave1": v}) {
+			host, port, err := net.SplitHostPort(addr)
+			n, perr := strconv.Atoi(port)
+			if err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
+				t.Errorf("replicaAddrs(%q) returned %q", v, addr)
+			}
+		}
+	})
 }
 
 // TestRedisCPUReference checks that the Redis CPU target halves the

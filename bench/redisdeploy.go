@@ -107,18 +107,7 @@ func (d *redisDeploy) serverNodes(ctx context.Context) ([]redisNode, error) {
 	pid, _ := strconv.Atoi(m["Server"]["process_id"])
 	self := redisNode{pid: pid, primary: true, client: c}
 	var out []redisNode
-	for i := 0; ; i++ {
-		// slave0:ip=127.0.0.1,port=7302,state=online,offset=…,lag=0
-		v, ok := m["Replication"]["slave"+strconv.Itoa(i)]
-		if !ok {
-			break
-		}
-		f := map[string]string{}
-		for _, kv := range strings.Split(v, ",") {
-			k, val, _ := strings.Cut(kv, "=")
-			f[k] = val
-		}
-		addr := net.JoinHostPort(f["ip"], f["port"])
+	for _, addr := range replicaAddrs(m["Replication"]) {
 		r := redis.NewClient(&redis.Options{Addr: addr, Username: c.Options().Username, Password: c.Options().Password})
 		rm, err := r.InfoMap(ctx, "server").Result()
 		r.Close()
@@ -132,6 +121,33 @@ func (d *redisDeploy) serverNodes(ctx context.Context) ([]redisNode, error) {
 		self.addr = c.Options().Addr
 	}
 	return append([]redisNode{self}, out...), nil
+}
+
+// replicaAddrs returns the addresses of the replicas that the fields of
+// INFO replication list (slave0, slave1, … in order, each
+// "ip=127.0.0.1,port=7302,state=online,offset=…,lag=0"); an entry without
+// an IP address or a port in 1-65535 is left out.
+func replicaAddrs(repl map[string]string) []string {
+	var out []string
+	for i := 0; ; i++ {
+		v, ok := repl["slave"+strconv.Itoa(i)]
+		if !ok {
+			return out
+		}
+		var ip, port string
+		for _, kv := range strings.Split(v, ",") {
+			switch k, val, _ := strings.Cut(kv, "="); k {
+			case "ip":
+				ip = val
+			case "port":
+				port = val
+			}
+		}
+		if n, err := strconv.Atoi(port); net.ParseIP(ip) == nil || err != nil || n < 1 || n > 65535 {
+			continue
+		}
+		out = append(out, net.JoinHostPort(ip, port))
+	}
 }
 
 // cpuSources are the CPU sources of the deployment's redis-server

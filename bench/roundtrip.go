@@ -164,21 +164,26 @@ const shardURL = "redis://127.0.0.1:7301"
 // shared Redis runs appendonly no and has no replica, and must not be
 // reconfigured). It starts that server with
 // deployments/local/redis-shard.sh (private ports, idempotent) and stops
-// it afterwards.
+// it afterwards, unless it already ran (another run of the bench uses
+// it: stopping it would break that run; the CPU rows then count both).
 func runRoundtripShard(ctx context.Context, b *Bench, s *Section) error {
 	script := filepath.Join(b.Root, "deployments", "local", "redis-shard.sh")
 	logFile := filepath.Join(b.RunDir, "shard", "redis-shard.log")
-	if err := runScript(ctx, script, "start", logFile); err != nil {
-		return skip("cannot start the single Redis kept like a Cluster shard (%s start): %v", script, err)
-	}
-	defer func() {
-		// Its own context: the section's may have ended.
-		sctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-		defer cancel()
-		if err := runScript(sctx, script, "stop", logFile); err != nil {
-			s.Note("cannot stop the single Redis kept like a Cluster shard: %v", err)
+	if runScript(ctx, script, "status", logFile) == nil {
+		s.Note("The single Redis kept like a Cluster shard (%s) was already running: it was used as found and left running; its CPU rows count whatever else used it meanwhile.", shardURL)
+	} else {
+		if err := runScript(ctx, script, "start", logFile); err != nil {
+			return skip("cannot start the single Redis kept like a Cluster shard (%s start): %v", script, err)
 		}
-	}()
+		defer func() {
+			// Its own context: the section's may have ended.
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			if err := runScript(sctx, script, "stop", logFile); err != nil {
+				s.Note("cannot stop the single Redis kept like a Cluster shard: %v", err)
+			}
+		}()
+	}
 	d, err := openRedis(shardName, shardURL, 256)
 	if err != nil {
 		return err
