@@ -68,7 +68,7 @@ fuzz: ## Run every fuzz target of the module for FUZZTIME each (default 60s)
 	done; \
 	if [ "$$found" = 0 ]; then echo "no fuzz targets found"; fi
 
-bench: ## Start local services, run the benchmark (~5 min; BENCH_FLAGS=--quick: ~1.5 min), write bench/results/
+bench: ## Start local services, run the benchmark (~7 min; BENCH_FLAGS=--quick: ~1.5 min), write bench/results/
 	@if [ -f deployments/local/services.sh ]; then bash deployments/local/services.sh; fi
 	$(GO) run ./bench $(BENCH_FLAGS)
 

@@ -5,8 +5,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -196,6 +199,121 @@ func TestReportTargets(t *testing.T) {
 	if got := r.Targets[3]; got.Target != nil || got.Beside != "calls sent 4 calls" {
 		t.Errorf("commands run row: target %v, beside %q; want no target, beside \"calls sent 4 calls\"", got.Target, got.Beside)
 	}
+}
+
+// TestReportClusterRatioShard checks that with the shard section in the
+// run the Cluster's target ratio is over it (like for like), the ratio
+// over the shared single Redis is beside it without a target, and a
+// missed target says where the time goes, with the ratio the CPU alone
+// predicts.
+func TestReportClusterRatioShard(t *testing.T) {
+	r := sampleReport()
+	sh := &Section{Name: "shard", Title: "Shard", Status: StatusOK, Where: map[string]string{"persistence": "appendonly yes, appendfsync always; 1 primary(ies), 1 replica(s)"}}
+	sh.Add("shard_roundtrip_max_per_s", "round trip, shard", 2000, "/s", nil)
+	sh.CPU = []CPUTable{{Run: rtMaxRun, Messages: 1000, Rows: []CPURow{{Process: "apiserver", CPUS: 1, PerMsgUS: 1000}}}}
+	cl := &Section{Name: "cluster", Title: "Cluster", Status: StatusOK, Where: map[string]string{"persistence": "appendonly yes, appendfsync always; 3 primary(ies), 3 replica(s)"}}
+	cl.Add("cluster_roundtrip_max_per_s", "round trip, Cluster", 1200, "/s", nil)
+	cl.CPU = []CPUTable{{Run: rtMaxRun, Messages: 1000, Rows: []CPURow{{Process: "apiserver", CPUS: 1.6, PerMsgUS: 1600}}}}
+	r.Sections[1].Where = map[string]string{"persistence": "appendonly no, appendfsync everysec; 1 primary(ies), 0 replica(s)"}
+	r.Sections = append(r.Sections, sh, cl)
+	r.summarize()
+	if r.RoundtripShardMaxPerS != 2000 || r.ClusterRatio != 0.6 || r.ClusterRatioBase != "shard" || r.ClusterRatioShared != 0.3 {
+		t.Errorf("shard max %v, ratio %v over %q, shared ratio %v; want 2000, 0.6 over \"shard\", 0.3",
+			r.RoundtripShardMaxPerS, r.ClusterRatio, r.ClusterRatioBase, r.ClusterRatioShared)
+	}
+	var like, shared *TargetRow
+	for i := range r.Targets {
+		switch {
+		case strings.HasPrefix(r.Targets[i].Name, "Cluster round trip / round trip on a single Redis kept like a Cluster shard"):
+			like = &r.Targets[i]
+		case strings.HasPrefix(r.Targets[i].Name, "Cluster round trip / round trip on the shared single Redis"):
+			shared = &r.Targets[i]
+		case strings.HasPrefix(r.Targets[i].Name, "Cluster round trip /"):
+			t.Errorf("unexpected Cluster ratio row %q", r.Targets[i].Name)
+		}
+	}
+	if like == nil || shared == nil {
+		t.Fatalf("Cluster ratio rows: like for like %v, shared %v; want both", like, shared)
+	}
+	if like.Value != 0.6 || !like.Measured || like.Met || like.Target == nil || like.Target.Value != 0.8 {
+		t.Errorf("like-for-like row = %+v; want 0.6, measured, missed against at least 0.8", *like)
+	}
+	for _, want := range []string{"kept like a Cluster shard → Cluster", "1,000 / 1,600 = 0.625 × predicted by CPU alone", "at most 1,250 µs per round trip", "Both keep data alike per primary"} {
+		if !strings.Contains(like.Where, want) {
+			t.Errorf("like-for-like row's where lacks %q: %s", want, like.Where)
+		}
+	}
+	if shared.Value != 0.3 || !shared.Measured || shared.Target != nil {
+		t.Errorf("shared row = %+v; want 0.3, measured, no target", *shared)
+	}
+	if want := "that one runs appendonly no, appendfsync everysec; 1 primary(ies), 0 replica(s))"; !strings.HasSuffix(shared.Name, want) {
+		t.Errorf("shared row's name %q does not end with %q", shared.Name, want)
+	}
+	if want := "The two deployments do not keep data alike"; !strings.Contains(shared.Where, want) {
+		t.Errorf("shared row's where lacks %q: %s", want, shared.Where)
+	}
+	var buf bytes.Buffer
+	if err := r.WriteMarkdown(&buf); err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		"| round trip at maximum rate, single Redis kept like a Cluster shard (appendonly yes, appendfsync always, 1 replica) | 2,000 /s | | |",
+		"- **Cluster round trip / round trip on the shared single Redis (maximum rate; not like for like: that one runs appendonly no, appendfsync everysec; 1 primary(ies), 0 replica(s))** (0.300 ×, beside the like-for-like ratio above): CPU µs per round trip, single Redis → Cluster",
+	} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("markdown lacks %q:\n%s", want, buf.String())
+		}
+	}
+}
+
+func TestReplicaAddrs(t *testing.T) {
+	tests := []struct {
+		name string
+		repl map[string]string
+		want []string
+	}{
+		{"none", map[string]string{"role": "master", "connected_slaves": "0"}, nil},
+		{"one", map[string]string{"slave0": "ip=127.0.0.1,port=7302,state=online,offset=1234,lag=0"}, []string{"127.0.0.1:7302"}},
+		{"two in order", map[string]string{
+			"slave1": "ip=127.0.0.1,port=7303,state=online,offset=1,lag=1",
+			"slave0": "ip=127.0.0.1,port=7302,state=online,offset=1,lag=0",
+		}, []string{"127.0.0.1:7302", "127.0.0.1:7303"}},
+		{"IPv6", map[string]string{"slave0": "ip=::1,port=7302,state=online"}, []string{"[::1]:7302"}},
+		{"bad entries left out", map[string]string{
+			"slave0": "ip=127.0.0.1,state=online",
+			"slave1": "port=7303",
+			"slave2": "ip=127.0.0.1,port=70000",
+			"slave3": "ip=127.0.0.1,port=x",
+			"slave4": "ip=replica.local,port=7305",
+			"slave5": "ip=127.0.0.1,port=7306",
+		}, []string{"127.0.0.1:7306"}},
+		{"a gap ends the list", map[string]string{"slave0": "ip=127.0.0.1,port=7302", "slave2": "ip=127.0.0.1,port=7304"}, []string{"127.0.0.1:7302"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := replicaAddrs(tt.repl); !slices.Equal(got, tt.want) {
+				t.Errorf("replicaAddrs(%v) = %q, want %q", tt.repl, got, tt.want)
+			}
+		})
+	}
+}
+
+// FuzzReplicaAddrs checks that replicaAddrs takes any INFO replication
+// entry without panicking and returns only addresses with a host and a
+// port in 1-65535.
+func FuzzReplicaAddrs(f *testing.F) {
+	f.Add("ip=127.0.0.1,port=7302,state=online,offset=1234,lag=0")
+	f.Add("ip=::1,port=1")
+	f.Add("port=,ip=,=,")
+	f.Fuzz(func(t *testing.T, v string) {
+		for _, addr := range replicaAddrs(map[string]string{"slave0": v, "slave1": v}) {
+			host, port, err := net.SplitHostPort(addr)
+			n, perr := strconv.Atoi(port)
+			if err != nil || host == "" || perr != nil || n < 1 || n > 65535 {
+				t.Errorf("replicaAddrs(%q) returned %q", v, addr)
+			}
+		}
+	})
 }
 
 // TestRedisCPUReference checks that the Redis CPU target halves the

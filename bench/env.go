@@ -56,7 +56,10 @@ type Bench struct {
 	// its deployment once that section opened it.
 	ClusterURL string
 	cluster    *redisDeploy
-	started    time.Time
+	// shard is the single Redis kept like a Cluster shard while the shard
+	// section runs (deployments/local/redis-shard.sh).
+	shard   *redisDeploy
+	started time.Time
 }
 
 // errSkip marks a section that cannot run here; the report says why.
@@ -159,14 +162,15 @@ func (b *Bench) proc(section, name, bin string, args, env []string) *gwproc.Proc
 	return &gwproc.Proc{Name: name, Bin: b.bins[bin], Args: args, Env: env, Log: filepath.Join(dir, name+".log")}
 }
 
-// cleanup deletes the namespace's Redis keys, on the one server and on
-// every primary of the Cluster when the run used it, and its queues and
+// cleanup deletes the namespace's Redis keys, on the one server, on every
+// primary of the Cluster when the run used it and on the single Redis kept
+// like a shard while it runs, and its queues and
 // exchanges (the standard topology plus extra queues).
 func (b *Bench) cleanup(ns string, extraQueues ...string) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	var errs []error
-	for _, d := range []*redisDeploy{b.redis, b.cluster} {
+	for _, d := range []*redisDeploy{b.redis, b.cluster, b.shard} {
 		if d != nil {
 			if err := d.cleanup(ctx, ns); err != nil {
 				errs = append(errs, err)

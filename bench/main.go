@@ -1,5 +1,5 @@
 // Command bench is the gateway's benchmark: `make bench` runs it after
-// starting RabbitMQ and Redis. In about five minutes it measures, on this
+// starting RabbitMQ and Redis. In about seven minutes it measures, on this
 // machine and with every process on 127.0.0.1:
 //
 //   - baseline: bare RabbitMQ, one hop, with the gateway's settings
@@ -14,6 +14,12 @@
 //     commands/s (the path's own latency), with devicesim fleet and
 //     devicesim load processes; 1 msgworker and 1 pushserver unless
 //     --workers and --push-servers say otherwise;
+//   - shard: the same round trip on one Redis server kept exactly like
+//     one shard of the local Cluster (appendonly yes, appendfsync always,
+//     one replica; deployments/local/redis-shard.sh on 7301-7302, started
+//     for the section and stopped after), at the maximum rate and at half
+//     of it: the like-for-like base of the Cluster's ratio, since the
+//     shared Redis runs appendonly no and has no replica;
 //   - cluster: the same round trip with every service's GW_REDIS_URL on
 //     the local Redis Cluster (--redis-cluster-url, `make services`), at
 //     the maximum rate and at half of it;
@@ -50,7 +56,7 @@
 //
 // Usage:
 //
-//	go run ./bench [--quick] [--sections baseline,roundtrip,cluster,...] [--out bench/results]
+//	go run ./bench [--quick] [--sections baseline,roundtrip,shard,cluster,...] [--out bench/results]
 //	               [--redis-cluster-url URL]
 //
 // The servers come from GW_AMQP_URL, GW_AMQP_MGMT_URL and GW_REDIS_URL
@@ -113,6 +119,7 @@ type sectionDef struct {
 var sectionDefs = []sectionDef{
 	{"baseline", "Bare RabbitMQ baseline (one hop, the gateway's settings)", runBaseline, 60 * time.Second},
 	{"roundtrip", "Round trip through the gateway, state on one Redis server", runRoundtrip, 2 * time.Minute},
+	{"shard", "Round trip through the gateway, state on one Redis server kept like a Cluster shard", runRoundtripShard, 100 * time.Second},
 	{"cluster", "Round trip through the gateway, state on the local Redis Cluster", runRoundtripCluster, 100 * time.Second},
 	{"reconnect", "A device reconnecting to 10,000 waiting commands", runReconnect, 90 * time.Second},
 	{"intake", "Intake only: the apiserver without workers", runIntake, 90 * time.Second},
@@ -326,7 +333,7 @@ func writeReports(rep *Report, dir, stamp string, stdout io.Writer) error {
 		return fmt.Errorf("cannot write the report: %w", err)
 	}
 	fmt.Fprintf(stdout, "\nreport: %s.md\n        %s.json\n", base, base)
-	fmt.Fprintf(stdout, "baseline %.0f/s, round trip %.0f/s (Cluster %.0f/s), ratio %.3f\n", rep.BaselineAMQPPerS, rep.RoundtripMaxPerS, rep.RoundtripClusterMaxPerS, rep.Ratio)
+	fmt.Fprintf(stdout, "baseline %.0f/s, round trip %.0f/s (kept like a Cluster shard %.0f/s, Cluster %.0f/s), ratio %.3f\n", rep.BaselineAMQPPerS, rep.RoundtripMaxPerS, rep.RoundtripShardMaxPerS, rep.RoundtripClusterMaxPerS, rep.Ratio)
 	for _, t := range rep.Targets {
 		verdict := "not measured"
 		switch {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"sort"
 	"strconv"
 	"strings"
@@ -50,18 +51,13 @@ type redisNode struct {
 	client  *redis.Client // nil for a replica
 }
 
-// nodes returns the deployment's servers: the one server, or every
-// primary and replica of the Cluster, primaries first, by address.
+// nodes returns the deployment's servers: the one server and its
+// replicas, or every primary and replica of the Cluster, primaries first,
+// by address.
 func (d *redisDeploy) nodes(ctx context.Context) ([]redisNode, error) {
 	cc, ok := d.rdb.(*redis.ClusterClient)
 	if !ok {
-		c, _ := d.rdb.(*redis.Client)
-		m, err := d.rdb.InfoMap(ctx, "server").Result()
-		if err != nil {
-			return nil, err
-		}
-		pid, _ := strconv.Atoi(m["Server"]["process_id"])
-		return []redisNode{{addr: "", pid: pid, primary: true, client: c}}, nil
+		return d.serverNodes(ctx)
 	}
 	var out []redisNode
 	var mu sync.Mutex
@@ -98,9 +94,66 @@ func (d *redisDeploy) nodes(ctx context.Context) ([]redisNode, error) {
 	return out, nil
 }
 
+// serverNodes returns the nodes of one server: the server itself and the
+// replicas it reports (INFO replication), each of which is asked for its
+// process id. Without replicas the server's addr is "" (its CPU row is
+// "redis"); with some, every node has its address, as a Cluster's.
+func (d *redisDeploy) serverNodes(ctx context.Context) ([]redisNode, error) {
+	c, _ := d.rdb.(*redis.Client)
+	m, err := d.rdb.InfoMap(ctx, "server", "replication").Result()
+	if err != nil {
+		return nil, err
+	}
+	pid, _ := strconv.Atoi(m["Server"]["process_id"])
+	self := redisNode{pid: pid, primary: true, client: c}
+	var out []redisNode
+	for _, addr := range replicaAddrs(m["Replication"]) {
+		r := redis.NewClient(&redis.Options{Addr: addr, Username: c.Options().Username, Password: c.Options().Password})
+		rm, err := r.InfoMap(ctx, "server").Result()
+		r.Close()
+		if err != nil {
+			return nil, fmt.Errorf("cannot read INFO of the replica %s: %w", addr, err)
+		}
+		rpid, _ := strconv.Atoi(rm["Server"]["process_id"])
+		out = append(out, redisNode{addr: addr, pid: rpid})
+	}
+	if len(out) > 0 && c != nil {
+		self.addr = c.Options().Addr
+	}
+	return append([]redisNode{self}, out...), nil
+}
+
+// replicaAddrs returns the addresses of the replicas that the fields of
+// INFO replication list (slave0, slave1, … in order, each
+// "ip=127.0.0.1,port=7302,state=online,offset=…,lag=0"); an entry without
+// an IP address or a port in 1-65535 is left out.
+func replicaAddrs(repl map[string]string) []string {
+	var out []string
+	for i := 0; ; i++ {
+		v, ok := repl["slave"+strconv.Itoa(i)]
+		if !ok {
+			return out
+		}
+		var ip, port string
+		for _, kv := range strings.Split(v, ",") {
+			switch k, val, _ := strings.Cut(kv, "="); k {
+			case "ip":
+				ip = val
+			case "port":
+				port = val
+			}
+		}
+		if n, err := strconv.Atoi(port); net.ParseIP(ip) == nil || err != nil || n < 1 || n > 65535 {
+			continue
+		}
+		out = append(out, net.JoinHostPort(ip, port))
+	}
+}
+
 // cpuSources are the CPU sources of the deployment's redis-server
-// processes: "redis" for one server, "redis :port (primary|replica)" for
-// the nodes of a Cluster. Each is marked redis, so that a CPU table can
+// processes: "redis" for one server without replicas, "redis :port
+// (primary|replica)" for the nodes of a Cluster or of a server with
+// replicas. Each is marked redis, so that a CPU table can
 // sum them.
 func (d *redisDeploy) cpuSources(ctx context.Context) []cpuSource {
 	nodes, err := d.nodes(ctx)
@@ -220,12 +273,6 @@ func (d *redisDeploy) persistence(ctx context.Context) string {
 			primaries++
 		} else {
 			replicas++
-		}
-	}
-	if len(nodes) == 1 {
-		// One server: its replicas are not nodes of a Cluster.
-		if m, err := nodes[0].client.InfoMap(ctx, "replication").Result(); err == nil {
-			replicas, _ = strconv.Atoi(m["Replication"]["connected_slaves"])
 		}
 	}
 	return fmt.Sprintf("appendonly %s, appendfsync %s; %d primary(ies), %d replica(s)", v["appendonly"], v["appendfsync"], primaries, replicas)

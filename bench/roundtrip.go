@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"net/url"
+	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"time"
@@ -149,6 +151,71 @@ func runRoundtripCluster(ctx context.Context, b *Bench, s *Section) error {
 		b.cluster = d
 	}
 	return roundtrip(ctx, b, s, b.cluster, "cluster", "cluster_")
+}
+
+// shardURL is the Redis of deployments/local/redis-shard.sh: one server
+// kept like one shard of the local Cluster (appendonly yes, appendfsync
+// always, one replica).
+const shardURL = "redis://127.0.0.1:7301"
+
+// runRoundtripShard measures the round trip with every service's
+// GW_REDIS_URL on one Redis server kept exactly like one shard of the
+// local Cluster: the like-for-like base of the Cluster's ratio (the
+// shared Redis runs appendonly no and has no replica, and must not be
+// reconfigured). It starts that server with
+// deployments/local/redis-shard.sh (private ports, idempotent) and stops
+// it afterwards, unless it already ran (another run of the bench uses
+// it: stopping it would break that run; the CPU rows then count both).
+func runRoundtripShard(ctx context.Context, b *Bench, s *Section) error {
+	script := filepath.Join(b.Root, "deployments", "local", "redis-shard.sh")
+	logFile := filepath.Join(b.RunDir, "shard", "redis-shard.log")
+	if runScript(ctx, script, "status", logFile) == nil {
+		s.Note("The single Redis kept like a Cluster shard (%s) was already running: it was used as found and left running; its CPU rows count whatever else used it meanwhile.", shardURL)
+	} else {
+		if err := runScript(ctx, script, "start", logFile); err != nil {
+			return skip("cannot start the single Redis kept like a Cluster shard (%s start): %v", script, err)
+		}
+		defer func() {
+			// Its own context: the section's may have ended.
+			sctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+			defer cancel()
+			if err := runScript(sctx, script, "stop", logFile); err != nil {
+				s.Note("cannot stop the single Redis kept like a Cluster shard: %v", err)
+			}
+		}()
+	}
+	d, err := openRedis(shardName, shardURL, 256)
+	if err != nil {
+		return err
+	}
+	b.shard = d
+	defer func() {
+		b.shard = nil
+		d.rdb.Close()
+	}()
+	return roundtrip(ctx, b, s, d, "shard", "shard_")
+}
+
+// shardName is the name of the deployment of runRoundtripShard.
+const shardName = "single Redis kept like a Cluster shard"
+
+// runScript runs a deployments/local script with one argument, its
+// output appended to logFile.
+func runScript(ctx context.Context, script, arg, logFile string) error {
+	if err := os.MkdirAll(filepath.Dir(logFile), 0o755); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(logFile, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	cmd := exec.CommandContext(ctx, "bash", script, arg)
+	cmd.Stdout, cmd.Stderr = f, f
+	if err := cmd.Run(); err != nil {
+		return fmt.Errorf("%s %s: %w (log %s)", filepath.Base(script), arg, err, logFile)
+	}
+	return nil
 }
 
 // roundtrip runs the round trip on dep, with a devicesim fleet answering
