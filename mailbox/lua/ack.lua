@@ -13,14 +13,27 @@ local identity = A[1]
 local out, gone = {}, {}
 for i = 2, #A, 2 do
   local id, ri = A[i], tonumber(A[i + 1])
-  local es = redis.call('XRANGE', mk, id, id)
+  local r = {}
+  if ri > 0 then
+    r = redis.call('HMGET', KEYS[ri], 'status', 'entry', 'device', 'tmo', 'sending', 'client', 'key', 'lm', 'deliver_by')
+  end
+  -- The entry is read only when the record does not vouch for it. A
+  -- record sent or delivered through this very entry to this identity,
+  -- before its deliver-by, proves it: send wrote the entry (c, k: the
+  -- record's client and key) with expiry deliver-by, so neither
+  -- makeroom nor the mailbox's expiry can have taken it yet, and every
+  -- step that deletes it otherwise clears the record's entry (finalize,
+  -- again, refuse) or leaves a record not sent through it (stamp's drop).
+  local es, ef
+  if ri > 0 and (r[1] == 'sent' or r[1] == 'delivered') and r[2] == id and r[3] == identity
+      and num(r[9]) > NOW and r[6] and r[7] then
+    es, ef = true, {c = r[6], k = r[7]}
+  else
+    es = redis.call('XRANGE', mk, id, id)
+    if #es > 0 then ef = fields(es[1][2]) else es = false end
+  end
   local what = 'gone'
-  if #es > 0 then
-    local ef = fields(es[1][2])
-    local r = {}
-    if ri > 0 then
-      r = redis.call('HMGET', KEYS[ri], 'status', 'entry', 'device', 'tmo', 'sending', 'client', 'key', 'lm')
-    end
+  if es then
     if (ef.c or '') ~= '' and (ri == 0 or ef.c ~= r[6] or ef.k ~= r[7]) then
       what = 'mismatch'
     elseif ri > 0 and r[1] == 'delivered' and r[2] == id and r[3] == identity then
