@@ -520,6 +520,9 @@ type Entry struct {
 	// dispatch span for a command, the relay's span for a result), "" when
 	// none: the push server's span of the send continues it.
 	TraceParent string
+	// read: the entry as Fetch read it from its mailbox, so Client and
+	// MsgKey are what it carries and the ack step need not read it again.
+	read bool
 }
 
 // Totals are the monitoring totals of a namespace.

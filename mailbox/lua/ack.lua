@@ -1,5 +1,5 @@
 -- ack: PUBACKs of entries of one mailbox. Each entry (id, index of its
--- command's record key in KEYS or 0) leaves the mailbox, but one whose
+-- command's record key in KEYS, 0 or -1) leaves the mailbox, but one whose
 -- command is sent through that very entry to this device: the command
 -- becomes delivered, its deliver-by timer becomes the answer timer at
 -- delivered + timeout + grace, and the entry stays until the command is
@@ -7,7 +7,10 @@
 -- (DESIGN §7a "Re-offer"; the PUBACK of such a re-offer changes nothing).
 -- An entry whose stored command (fields c, k)
 -- is not the record named for it stays, and is reported 'mismatch', so
--- the caller can name the right record and ack again.
+-- the caller can name the right record and ack again. Index -1 names an
+-- entry the caller read (Fetch) and found to carry no command: an entry
+-- ID is never reused in its stream, so it is deleted without a read
+-- ('deleted', whether or not it was still there).
 local mk, mboxes, timers, stats = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local identity = A[1]
 local out, gone = {}, {}
@@ -25,7 +28,9 @@ for i = 2, #A, 2 do
   -- step that deletes it otherwise clears the record's entry (finalize,
   -- again, refuse) or leaves a record not sent through it (stamp's drop).
   local es, ef
-  if ri > 0 and (r[1] == 'sent' or r[1] == 'delivered') and r[2] == id and r[3] == identity
+  if ri < 0 then
+    es, ef = true, {}
+  elseif ri > 0 and (r[1] == 'sent' or r[1] == 'delivered') and r[2] == id and r[3] == identity
       and num(r[9]) > NOW and r[6] and r[7] then
     es, ef = true, {c = r[6], k = r[7]}
   else
