@@ -148,7 +148,9 @@ func (s *Store) fetchPage(ctx context.Context, identity, after string, count int
 // grace. For a command already final (or any other entry) it only deletes
 // the entry. Acking an entry that is gone is a no-op. The stored entry
 // decides which command it carries: e.Client and e.MsgKey (as Fetch
-// returned them) only save a read.
+// returned them) only save a read, and so does an entry as Fetch returned
+// it that carries none (a result, a message), which is deleted unread (an
+// entry ID is never reused in its mailbox).
 func (s *Store) Ack(ctx context.Context, identity string, e Entry) error {
 	return s.AckMany(ctx, identity, []Entry{e})
 }
