@@ -105,7 +105,7 @@ func (s *Store) fetchPage(ctx context.Context, identity, after string, count int
 			str := func(f string) string { v, _ := m.Values[f].(string); return v }
 			x, _ := strconv.ParseInt(str("x"), 10, 64)
 			e := Entry{ID: m.ID, Topic: str("t"), Payload: []byte(str("p")), Expires: time.UnixMilli(x),
-				Client: str("c"), MsgKey: str("k"), TraceParent: str("tp")}
+				Client: str("c"), MsgKey: str("k"), TraceParent: str("tp"), read: true}
 			read[m.ID] = e
 			ri := 0
 			if e.Client != "" {
@@ -148,7 +148,9 @@ func (s *Store) fetchPage(ctx context.Context, identity, after string, count int
 // grace. For a command already final (or any other entry) it only deletes
 // the entry. Acking an entry that is gone is a no-op. The stored entry
 // decides which command it carries: e.Client and e.MsgKey (as Fetch
-// returned them) only save a read.
+// returned them) only save a read, and so does an entry as Fetch returned
+// it that carries none (a result, a message), which is deleted unread (an
+// entry ID is never reused in its mailbox).
 func (s *Store) Ack(ctx context.Context, identity string, e Entry) error {
 	return s.AckMany(ctx, identity, []Entry{e})
 }
@@ -281,10 +283,15 @@ func (s *Store) ack(ctx context.Context, identity string, entries []Entry) (wron
 	args := make([]any, 0, 1+2*len(entries))
 	args = append(args, identity)
 	for _, e := range entries {
+		// ri: the index of the record of the command the entry carries, 0
+		// when the step must read the entry to know (an entry named by its
+		// ID only), -1 for an entry Fetch read that carries none.
 		ri := 0
 		if e.Client != "" {
 			keys = append(keys, pk.Command(e.Client, e.MsgKey))
 			ri = len(keys)
+		} else if e.read {
+			ri = -1
 		}
 		args = append(args, e.ID, ri)
 	}
