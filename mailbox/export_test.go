@@ -26,3 +26,7 @@ func RelayTwice(ctx context.Context, s *Store, p int) error {
 	}
 	return nil
 }
+
+// AsRead returns e marked as read from its mailbox, as Fetch returns an
+// entry and ParseWake a carried one (its ack need not read it again).
+func AsRead(e Entry) Entry { e.read = true; return e }

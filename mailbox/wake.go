@@ -96,8 +96,10 @@ func ParseWake(msg string) ([]Wake, error) {
 		if !nl || f[0] == "" || err1 != nil || err2 != nil || err3 != nil || tl < 0 || pl < 0 || tl > len(rest) || pl > len(rest)-tl {
 			return out, errWakeFormat
 		}
+		// read: a carried entry is one a Put appended, which carries no
+		// command, so its ack deletes it unread, as one Fetch returned.
 		w := Wake{Identity: f[0], Carried: true, Prev: f[1],
-			Entry: Entry{ID: f[2], Topic: rest[:tl], Payload: []byte(rest[tl : tl+pl]), Expires: time.UnixMilli(x)}}
+			Entry: Entry{ID: f[2], Topic: rest[:tl], Payload: []byte(rest[tl : tl+pl]), Expires: time.UnixMilli(x), read: true}}
 		if w.Prev == "-" {
 			w.Prev = ""
 		}

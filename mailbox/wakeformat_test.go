@@ -15,7 +15,7 @@ func TestWakeRecords(t *testing.T) {
 	x := time.UnixMilli(1796668580123)
 	carried := func(id, prev, ident, topic, payload string) Wake {
 		return Wake{Identity: ident, Carried: true, Prev: prev,
-			Entry: Entry{ID: id, Topic: topic, Payload: []byte(payload), Expires: x}}
+			Entry: Entry{ID: id, Topic: topic, Payload: []byte(payload), Expires: x, read: true}}
 	}
 	tests := []struct {
 		name string
