@@ -74,14 +74,14 @@ func (e *rtEnv) stop() {
 // dep and a devicesim fleet of devices devices, and waits until every
 // device is online.
 func (b *Bench) startRT(ctx context.Context, dep *redisDeploy, section, ns string, workers, push, devices int) (*rtEnv, error) {
-	g, err := b.startGatewayOn(ctx, dep, section, ns, workers, push)
+	g, err := b.startGatewayOn(ctx, dep, section, ns, workers, push, b.rtProcEnv()...)
 	if err != nil {
 		return nil, err
 	}
 	e := &rtEnv{ns: ns, workers: workers, push: push, g: g}
 	e.fleet = b.proc(section, fmt.Sprintf("devicesim-fleet-%s", ns), "devicesim", []string{"fleet",
 		"--devices", strconv.Itoa(devices), "--prefix", "dev-", "--api", g.APIURL, "--secret", b.Secret,
-		"--progress=false", "--connect-parallel", "64"}, nil)
+		"--progress=false", "--connect-parallel", "64"}, b.rtProcEnv())
 	e.fleet.Name = "devicesim-fleet"
 	if err := e.fleet.Start(); err != nil {
 		e.stop()
@@ -104,6 +104,55 @@ func (b *Bench) startRT(ctx context.Context, dep *redisDeploy, section, ns strin
 	return e, nil
 }
 
+// rtProcEnv is what the round trip adds to the environment of every
+// process it starts: GOMAXPROCS=--gomaxprocs, nothing when it is 0 (the
+// default: Go's own, the CPU count).
+//
+// Why it is a knob: on the 2 cores the bench runs on, the round trip runs
+// seven processes besides the brokers, each with a Go scheduler of its
+// own. With GOMAXPROCS=2 a wake-up that finds the other P idle starts a
+// second thread spinning for work (runtime.wakep, startm), and each
+// process's sysmon thread polls every 20 µs while any P is busy, so at
+// moderate rates the schedulers cost a large share of each message.
+// Measured on 2026-12-07 with the round trip alone (its open-loop
+// half-rate run pinned to 100/s for the comparison), the machine shared
+// with other helpers' work (others' CPU 18-40 s over each 15 s run, the
+// maximum rate 130-265/s instead of a quiet machine's 1,542/s), runs
+// alternating; perf stat and perf record -g over 8 s of each Go process
+// at 200/s:
+//
+//	                                   GOMAXPROCS default    GOMAXPROCS=1
+//	                                   (4 runs; perf: 3)     (3 runs)
+//	context switches in the 8 s,       15,677-22,436         7,684-10,385
+//	  apiserver
+//	  pushserver                       12,422-25,151         8,651-10,148
+//	  devicesim load                   16,656-22,047         7,872-8,891
+//	CPU of the 5 Go processes in       3.26-4.30 s           2.79-3.14 s
+//	  the 8 s (task clock)
+//	runtime.schedule (findRunnable,    15%                   4%
+//	  park_m, startm), pushserver
+//	runtime.sysmon, each Go process    12-15%                10-14%
+//	CPU per round trip of the 5 Go processes (gateway, devicesim fleet
+//	and load), from the report's CPU tables:
+//	  maximum rate                     1,868-2,325 µs        1,970-2,102 µs
+//	  100/s                            3,345-4,401 µs        3,350-4,519 µs
+//	  200/s                            2,209-2,914 µs        2,219-2,363 µs
+//
+// Fewer context switches and less scheduler time every time, but the CPU
+// per round trip moved by less than that machine's noise (at 200/s
+// perhaps 15% less, at 100/s and at the maximum rate nothing to see), so
+// the default stays Go's: an A/B on a quiet machine (--gomaxprocs 1
+// against 0, alternating) is what would decide it. None of the round
+// trip's processes needs more than one core at the rates it reaches on 2
+// cores (the busiest, the pushserver, used a third of one at 1,542/s in
+// report 2026-12-07T2131).
+func (b *Bench) rtProcEnv() []string {
+	if b.GoMaxProcs <= 0 {
+		return nil
+	}
+	return []string{"GOMAXPROCS=" + strconv.Itoa(b.GoMaxProcs)}
+}
+
 // load runs one devicesim load process against e: open loop at rate, or
 // closed loop with rtConcurrency in flight when rate is 0.
 func (b *Bench) load(ctx context.Context, section string, e *rtEnv, tag string, rate int, dur, drain time.Duration, devices int) (loadReport, time.Duration, error) {
@@ -114,7 +163,7 @@ func (b *Bench) load(ctx context.Context, section string, e *rtEnv, tag string, 
 		"--duration", dur.String(), "--method", "echo", "--timeout", "10s", "--expires-in", "1m",
 		"--drain", drain.String(), "--max-inflight", "4096", "--json", "--progress=false"}
 	var rep loadReport
-	cpu, err := runJSON(ctx, b.bins["devicesim"], args, filepath.Join(b.RunDir, section, "devicesim-load-"+tag+".log"), &rep)
+	cpu, err := runJSON(ctx, b.bins["devicesim"], args, b.rtProcEnv(), filepath.Join(b.RunDir, section, "devicesim-load-"+tag+".log"), &rep)
 	return rep, cpu, err
 }
 
@@ -272,6 +321,11 @@ func roundtrip(ctx context.Context, b *Bench, s *Section, dep *redisDeploy, sect
 	}
 
 	s.Note("State on %s (GW_REDIS_URL of every service: %s; %s). Gateway: 1 apiserver, %d msgworker(s), %d pushserver(s) (%s).", dep.Name, redactURL(dep.URL), orDash(s.Where["persistence"]), e.workers, e.push, why)
+	if b.GoMaxProcs > 0 {
+		s.Note("Every process of the round trip (its gateway, devicesim fleet and load) ran with GOMAXPROCS=%d (--gomaxprocs; 0 leaves Go's default, the CPU count).", b.GoMaxProcs)
+	} else {
+		s.Note("Every process of the round trip ran with Go's default GOMAXPROCS, the CPU count (--gomaxprocs 0).")
+	}
 	s.Note("Open-loop runs schedule commands at fixed times and measure the round trip from the scheduled time (no coordinated omission); the maximum-rate run is closed loop with %d commands in flight. %d clients, %d devices answering echo at once, %s per run; latency is from the scheduled send to the client's receipt of the result over MQTT; throughput is devicesim's: results received over the time from the first send to the last result (plus 0.3 s).",
 		rtConcurrency, rtClients, devices, dur)
 	s.Note("Redis calls sent per round trip are the calls the gateway's processes sent (gw_redis_calls_total of each, read from its /metrics before and after the run): a command sent on its own is one call, an FCALL too however many commands it runs, and a pipeline or MULTI/EXEC sent to one server is one call (one network round trip); the issue's target of at most 10 Redis calls per round trip applies to these (docs/DEVIATIONS.md). Redis commands run per round trip are the calls of every command in INFO commandstats (summed over the primaries) over the round trips: Redis counts each command a function (FCALL) runs as a call of its own, besides the FCALL, so that figure is Redis's work, not the calls the gateway makes, and commandstats cannot tell the two apart; the mean time per command run is usec / calls of the same lines. Redis CPU per round trip is the CPU of the redis-server processes (from /proc; on the Cluster every primary and replica) over the round trips, whoever else used them meanwhile.")
