@@ -105,52 +105,49 @@ func (b *Bench) startRT(ctx context.Context, dep *redisDeploy, section, ns strin
 }
 
 // rtProcEnv is what the round trip adds to the environment of every
-// process it starts: GOMAXPROCS=--gomaxprocs (default 1), nothing when
-// it is 0 (Go's default, the CPU count).
+// process it starts: GOMAXPROCS=--gomaxprocs, nothing when it is 0 (the
+// default: Go's own, the CPU count).
 //
-// Why: on the 2 cores the bench runs on, the round trip runs seven
-// processes besides the brokers, each with a Go scheduler of its own.
-// With GOMAXPROCS=2 a wake-up that finds the other P idle starts a second
-// thread spinning for work (runtime.wakep, startm), and each process's
-// sysmon thread polls every 20 µs while any P is busy, so at moderate
-// rates the schedulers cost a large share of each message and their
-// threads queue behind each other for the two cores. Measured on
-// 2026-12-07 with the round trip alone, the machine shared with other
-// helpers' work (others' CPU 17-40 s over each 15 s run, so the maximum
-// rate was 130-265/s instead of a quiet machine's 1,542/s), runs
-// alternating GOMAXPROCS default and 1; the half-rate run pinned to
-// 100/s in four pairs, at half the measured maximum (113-119/s) in the
-// fifth (a fifth default run, paired with another experiment, is in the
-// ranges too); perf stat and perf record -g over 8 s of each Go process
-// at 200/s in the first three pairs:
+// Why it is a knob: on the 2 cores the bench runs on, the round trip runs
+// seven processes besides the brokers, each with a Go scheduler of its
+// own. With GOMAXPROCS=2 a wake-up that finds the other P idle starts a
+// second thread spinning for work (runtime.wakep, startm), and each
+// process's sysmon thread polls every 20 µs while any P is busy: perf at
+// 200/s showed runtime.sysmon at 12-15% and the scheduler's parking and
+// spinning (runtime.schedule) at up to 15% of each Go process's CPU.
+// Measured on 2026-12-07 with the round trip alone, the machine shared
+// with other helpers' work (others' CPU 1-40 s over each 15 s run, the
+// maximum rate 134-424/s instead of a quiet machine's 1,542/s), six
+// pairs of runs, GOMAXPROCS default (A) and 1 (B); in the first three
+// the half-rate run was pinned to 100/s; perf stat and perf record -g
+// over 8 s of each Go process at 200/s in those three:
 //
 //	                                   GOMAXPROCS default    GOMAXPROCS=1
-//	round trip at half rate, p99       1,479-7,617 ms        829-2,084 ms
-//	  (each pair: default, 1)          (4,404 2,084; 7,617 829; 2,911 1,056; 1,479 860)
-//	  p50                              356-3,463 ms          213-853 ms
 //	context switches in the 8 s,       15,677-22,436         7,684-10,385
 //	  apiserver
 //	  pushserver                       12,422-25,151         8,651-10,148
 //	  devicesim load                   16,656-22,047         7,872-8,891
 //	CPU of the 5 Go processes in       3.26-4.30 s           2.79-3.14 s
 //	  the 8 s (task clock)
-//	runtime.schedule (findRunnable,    15%                   4%
-//	  park_m, startm), pushserver
+//	runtime.schedule, pushserver       15%                   4%
 //	runtime.sysmon, each Go process    12-15%                10-14%
-//	CPU per round trip of the 5 Go processes (gateway, devicesim fleet
-//	and load), from the report's CPU tables:
-//	  maximum rate                     1,868-2,325 µs        1,970-2,153 µs
-//	  half rate                        3,345-5,048 µs        3,350-4,639 µs
-//	  200/s                            2,209-3,243 µs        2,219-2,834 µs
-//	maximum rate                       134-252/s             178-234/s
 //
-// The latency at half rate was lower in every pair; the CPU per round
-// trip moved by less than that machine's noise (at 200/s a median of
-// 2,358 µs against 2,854, elsewhere nothing to see). None of the round
-// trip's processes needs more than one core at the rates it reaches on
-// 2 cores (the busiest, the pushserver, used a third of one at 1,542/s
-// in report 2026-12-07T2131). A deployment that runs several gateway processes on
-// a small machine can do the same (README, "Running at scale").
+// and the round trip's p99 at half rate, in the order run, with the
+// CPU others used over that run:
+//
+//	pair 1-3 (100/s)   A 4,404 ms (25 s), B 2,084 (23); A 7,617 (23), B 829 (20);
+//	                   A 2,911 (21), B 1,056 (23)
+//	pair 4-6 (half of  A 1,479 (17), B 860 (17); B 1,539 (17), A 231 (1);
+//	  the maximum)     B 1,018 (11), A 513 (8)
+//
+// The run that came second had the lower p99 in all six pairs, whichever
+// it was, as the machine grew quieter; the CPU per round trip of the 5
+// Go processes moved by less than the noise at every rate (maximum
+// 1,868-2,325 µs A, 1,970-2,153 µs B). Fewer context switches and less
+// scheduler time every time, but no gain shown in what the issue
+// measures, so the default stays Go's; an A/B on a quiet machine
+// (--gomaxprocs 1 against 0, alternating, the order swapped half the
+// time) is what would decide it.
 func (b *Bench) rtProcEnv() []string {
 	if b.GoMaxProcs <= 0 {
 		return nil
