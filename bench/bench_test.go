@@ -374,6 +374,31 @@ func TestRequireLoopback(t *testing.T) {
 	}
 }
 
+func TestRTProcEnv(t *testing.T) {
+	tests := []struct {
+		gomaxprocs int
+		want       string
+	}{
+		{0, ""},
+		{1, "GOMAXPROCS=1"},
+		{2, "GOMAXPROCS=2"},
+	}
+	for _, tt := range tests {
+		b := &Bench{GoMaxProcs: tt.gomaxprocs}
+		if got := strings.Join(b.rtProcEnv(), " "); got != tt.want {
+			t.Errorf("rtProcEnv() with GoMaxProcs %d = %q, want %q", tt.gomaxprocs, got, tt.want)
+		}
+	}
+}
+
+func TestGomaxprocsFlag(t *testing.T) {
+	var out bytes.Buffer
+	err := run(t.Context(), []string{"--gomaxprocs", "-1"}, func(string) string { return "" }, &out)
+	if err == nil || !strings.Contains(err.Error(), "--gomaxprocs") {
+		t.Errorf("run(--gomaxprocs -1) = %v, want an error about --gomaxprocs", err)
+	}
+}
+
 func TestSelectSections(t *testing.T) {
 	all, err := selectSections("")
 	if err != nil || len(all) != len(sectionDefs) {

@@ -73,7 +73,7 @@ func (b *Bench) loadWith(ctx context.Context, section, api, tag string, flags ..
 	args := append([]string{"load", "--api", api, "--secret", b.Secret, "--client-prefix", "load" + tag + "-",
 		"--max-inflight", "4096", "--json", "--progress=false"}, flags...)
 	var rep loadReport
-	cpu, err := runJSON(ctx, b.bins["devicesim"], args, filepath.Join(b.RunDir, section, "devicesim-load-"+tag+".log"), &rep)
+	cpu, err := runJSON(ctx, b.bins["devicesim"], args, nil, filepath.Join(b.RunDir, section, "devicesim-load-"+tag+".log"), &rep)
 	return rep, cpu, err
 }
 

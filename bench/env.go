@@ -39,6 +39,9 @@ type Bench struct {
 	// LogLevel is passed to the gateway's processes as GW_LOG_LEVEL
 	// ("" keeps their default).
 	LogLevel string
+	// GoMaxProcs is GOMAXPROCS of every process the round trip starts
+	// (rtProcEnv); 0 leaves Go's default.
+	GoMaxProcs int
 
 	Root   string // module root
 	BinDir string

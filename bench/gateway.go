@@ -29,8 +29,9 @@ func (b *Bench) startGateway(ctx context.Context, section, ns string, workers, p
 	return b.startGatewayOn(ctx, b.redis, section, ns, workers, push)
 }
 
-// startGatewayOn is startGateway with every service's GW_REDIS_URL on d.
-func (b *Bench) startGatewayOn(ctx context.Context, d *redisDeploy, section, ns string, workers, push int) (*gwproc.Gateway, error) {
+// startGatewayOn is startGateway with every service's GW_REDIS_URL on d,
+// and env added to every process's environment.
+func (b *Bench) startGatewayOn(ctx context.Context, d *redisDeploy, section, ns string, workers, push int, env ...string) (*gwproc.Gateway, error) {
 	if err := b.need("apiserver", "msgworker", "pushserver"); err != nil {
 		return nil, err
 	}
@@ -43,7 +44,7 @@ func (b *Bench) startGatewayOn(ctx context.Context, d *redisDeploy, section, ns 
 		RedisURL:    d.URL,
 		Workers:     workers,
 		PushServers: push,
-		ExtraEnv:    b.extraEnv(),
+		ExtraEnv:    append(b.extraEnv(), env...),
 	})
 	if err != nil {
 		return nil, fmt.Errorf("cannot start the gateway: %w", err)
@@ -284,10 +285,13 @@ func logProblems(procs ...*gwproc.Proc) []string {
 }
 
 // runJSON runs a command to completion and decodes its standard output
-// as JSON into out; stderr goes to logPath. It returns the CPU time the
-// command used.
-func runJSON(ctx context.Context, bin string, args []string, logPath string, out any) (time.Duration, error) {
+// as JSON into out; stderr goes to logPath; env is added to the bench's
+// own environment. It returns the CPU time the command used.
+func runJSON(ctx context.Context, bin string, args, env []string, logPath string, out any) (time.Duration, error) {
 	cmd := exec.CommandContext(ctx, bin, args...)
+	if len(env) > 0 {
+		cmd.Env = append(os.Environ(), env...)
+	}
 	var stdout bytes.Buffer
 	cmd.Stdout = &stdout
 	f, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)

@@ -57,7 +57,7 @@ func runGroups(ctx context.Context, b *Bench, s *Section) error {
 	args := []string{"load", "--api", e.g.APIURL, "--secret", b.Secret, "--client-prefix", "bench-",
 		"--prefix", "dev-", "--group-devices", strconv.Itoa(devices), "--method", "echo",
 		"--timeout", "30s", "--expires-in", "5m", "--drain", "3m", "--json", "--progress=false"}
-	if _, err := runJSON(ctx, b.bins["devicesim"], args, filepath.Join(b.RunDir, "groups", "devicesim-group.log"), &rep); err != nil {
+	if _, err := runJSON(ctx, b.bins["devicesim"], args, nil, filepath.Join(b.RunDir, "groups", "devicesim-group.log"), &rep); err != nil {
 		return err
 	}
 	s.Raw["group"] = rep

@@ -57,7 +57,12 @@
 // Usage:
 //
 //	go run ./bench [--quick] [--sections baseline,roundtrip,shard,cluster,...] [--out bench/results]
-//	               [--redis-cluster-url URL]
+//	               [--redis-cluster-url URL] [--gomaxprocs N]
+//
+// The round trip (and the shard, cluster and groups sections, which start
+// the same way) runs every process it starts, the gateway's and devicesim's,
+// with GOMAXPROCS=--gomaxprocs when it is above 0 (default 0: Go's
+// default, the CPU count): see rtProcEnv for why and what it measured.
 //
 // The servers come from GW_AMQP_URL, GW_AMQP_MGMT_URL and GW_REDIS_URL
 // (one server; most sections keep their state there) and
@@ -143,6 +148,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	push := fs.Int("push-servers", 0, "pushservers of the round-trip gateway (default: probe 3 and 1, keep the faster)")
 	logLevel := fs.String("log-level", "", "GW_LOG_LEVEL of the gateway's processes (default: theirs, info)")
 	clusterURL := fs.String("redis-cluster-url", envOr(getenv, "GW_BENCH_REDIS_CLUSTER_URL", testenv.DefaultRedisClusterURL), "the Redis Cluster of the cluster section (GW_BENCH_REDIS_CLUSTER_URL; the default is the one of `make services`)")
+	gomaxprocs := fs.Int("gomaxprocs", 0, "GOMAXPROCS of every process the round trip starts (its gateway, devicesim fleet and load); 0 (default) leaves Go's, the CPU count")
 	maxTime := fs.Duration("max-time", 0, "sections that would start after this are skipped (default 9m, 4m with --quick)")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
@@ -159,6 +165,9 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 	}
 	if *workers < 0 || *push < 0 || (*workers == 0) != (*push == 0) {
 		return errors.New("--workers and --push-servers go together, each at least 1")
+	}
+	if *gomaxprocs < 0 {
+		return errors.New("--gomaxprocs is at least 0 (0: Go's default)")
 	}
 	if *maxTime <= 0 {
 		*maxTime = 9 * time.Minute
@@ -190,6 +199,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout 
 		Workers:     *workers,
 		PushServers: *push,
 		LogLevel:    *logLevel,
+		GoMaxProcs:  *gomaxprocs,
 		Root:        root,
 		Log:         stdout,
 		started:     started,

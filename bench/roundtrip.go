@@ -76,14 +76,14 @@ func (e *rtEnv) stop() {
 // dep and a devicesim fleet of devices devices, and waits until every
 // device is online.
 func (b *Bench) startRT(ctx context.Context, dep *redisDeploy, section, ns string, workers, push, devices int) (*rtEnv, error) {
-	g, err := b.startGatewayOn(ctx, dep, section, ns, workers, push)
+	g, err := b.startGatewayOn(ctx, dep, section, ns, workers, push, b.rtProcEnv()...)
 	if err != nil {
 		return nil, err
 	}
 	e := &rtEnv{ns: ns, workers: workers, push: push, g: g}
 	e.fleet = b.proc(section, fmt.Sprintf("devicesim-fleet-%s", ns), "devicesim", []string{"fleet",
 		"--devices", strconv.Itoa(devices), "--prefix", "dev-", "--api", g.APIURL, "--secret", b.Secret,
-		"--progress=false", "--connect-parallel", "64"}, nil)
+		"--progress=false", "--connect-parallel", "64"}, b.rtProcEnv())
 	e.fleet.Name = "devicesim-fleet"
 	if err := e.fleet.Start(); err != nil {
 		e.stop()
@@ -106,6 +106,57 @@ func (b *Bench) startRT(ctx context.Context, dep *redisDeploy, section, ns strin
 	return e, nil
 }
 
+// rtProcEnv is what the round trip adds to the environment of every
+// process it starts: GOMAXPROCS=--gomaxprocs, nothing when it is 0 (the
+// default: Go's own, the CPU count).
+//
+// Why it is a knob: on the 2 cores the bench runs on, the round trip runs
+// seven processes besides the brokers, each with a Go scheduler of its
+// own. With GOMAXPROCS=2 a wake-up that finds the other P idle starts a
+// second thread spinning for work (runtime.wakep, startm), and each
+// process's sysmon thread polls every 20 µs while any P is busy: perf at
+// 200/s showed runtime.sysmon at 12-15% and the scheduler's parking and
+// spinning (runtime.schedule) at up to 15% of each Go process's CPU.
+// Measured on 2026-12-07 with the round trip alone, the machine shared
+// with other helpers' work (others' CPU 1-40 s over each 15 s run, the
+// maximum rate 134-424/s instead of a quiet machine's 1,542/s), six
+// pairs of runs, GOMAXPROCS default (A) and 1 (B); in the first three
+// the half-rate run was pinned to 100/s; perf stat and perf record -g
+// over 8 s of each Go process at 200/s in those three:
+//
+//	                                   GOMAXPROCS default    GOMAXPROCS=1
+//	context switches in the 8 s,       15,677-22,436         7,684-10,385
+//	  apiserver
+//	  pushserver                       12,422-25,151         8,651-10,148
+//	  devicesim load                   16,656-22,047         7,872-8,891
+//	CPU of the 5 Go processes in       3.26-4.30 s           2.79-3.14 s
+//	  the 8 s (task clock)
+//	runtime.schedule, pushserver       15%                   4%
+//	runtime.sysmon, each Go process    12-15%                10-14%
+//
+// and the round trip's p99 at half rate, in the order run, with the
+// CPU others used over that run:
+//
+//	pair 1-3 (100/s)   A 4,404 ms (25 s), B 2,084 (23); A 7,617 (23), B 829 (20);
+//	                   A 2,911 (21), B 1,056 (23)
+//	pair 4-6 (half of  A 1,479 (17), B 860 (17); B 1,539 (17), A 231 (1);
+//	  the maximum)     B 1,018 (11), A 513 (8)
+//
+// The run that came second had the lower p99 in all six pairs, whichever
+// it was, as the machine grew quieter; the CPU per round trip of the 5
+// Go processes moved by less than the noise at every rate (maximum
+// 1,868-2,325 µs A, 1,970-2,153 µs B). Fewer context switches and less
+// scheduler time every time, but no gain shown in what the issue
+// measures, so the default stays Go's; an A/B on a quiet machine
+// (--gomaxprocs 1 against 0, alternating, the order swapped half the
+// time) is what would decide it.
+func (b *Bench) rtProcEnv() []string {
+	if b.GoMaxProcs <= 0 {
+		return nil
+	}
+	return []string{"GOMAXPROCS=" + strconv.Itoa(b.GoMaxProcs)}
+}
+
 // load runs one devicesim load process against e: open loop at rate, or
 // closed loop with rtConcurrency in flight when rate is 0.
 func (b *Bench) load(ctx context.Context, section string, e *rtEnv, tag string, rate int, dur, drain time.Duration, devices int) (loadReport, time.Duration, error) {
@@ -116,7 +167,7 @@ func (b *Bench) load(ctx context.Context, section string, e *rtEnv, tag string, 
 		"--duration", dur.String(), "--method", "echo", "--timeout", "10s", "--expires-in", "1m",
 		"--drain", drain.String(), "--max-inflight", "4096", "--json", "--progress=false"}
 	var rep loadReport
-	cpu, err := runJSON(ctx, b.bins["devicesim"], args, filepath.Join(b.RunDir, section, "devicesim-load-"+tag+".log"), &rep)
+	cpu, err := runJSON(ctx, b.bins["devicesim"], args, b.rtProcEnv(), filepath.Join(b.RunDir, section, "devicesim-load-"+tag+".log"), &rep)
 	return rep, cpu, err
 }
 
@@ -339,6 +390,11 @@ func roundtrip(ctx context.Context, b *Bench, s *Section, dep *redisDeploy, sect
 	}
 
 	s.Note("State on %s (GW_REDIS_URL of every service: %s; %s). Gateway: 1 apiserver, %d msgworker(s), %d pushserver(s) (%s).", dep.Name, redactURL(dep.URL), orDash(s.Where["persistence"]), e.workers, e.push, why)
+	if b.GoMaxProcs > 0 {
+		s.Note("Every process of the round trip (its gateway, devicesim fleet and load) ran with GOMAXPROCS=%d (--gomaxprocs; 0 leaves Go's default, the CPU count).", b.GoMaxProcs)
+	} else {
+		s.Note("Every process of the round trip ran with Go's default GOMAXPROCS, the CPU count (--gomaxprocs 0).")
+	}
 	s.Note("Open-loop runs schedule commands at fixed times and measure the round trip from the scheduled time (no coordinated omission); the maximum-rate run is closed loop with %d commands in flight. %d clients, %d devices answering echo at once, %s per run; latency is from the scheduled send to the client's receipt of the result over MQTT; throughput is devicesim's: results received over the time from the first send to the last result (plus 0.3 s).",
 		rtConcurrency, rtClients, devices, dur)
 	s.Note("Redis calls sent per round trip are the calls the gateway's processes sent (gw_redis_calls_total of each, read from its /metrics before and after the run): a command sent on its own is one call, an FCALL too however many commands it runs, and a pipeline or MULTI/EXEC sent to one server is one call (one network round trip); the issue's target of at most 10 Redis calls per round trip applies to these (docs/DEVIATIONS.md). Redis commands run per round trip are the calls of every command in INFO commandstats (summed over the primaries) over the round trips: Redis counts each command a function (FCALL) runs as a call of its own, besides the FCALL, so that figure is Redis's work, not the calls the gateway makes, and commandstats cannot tell the two apart; the mean time per command run is usec / calls of the same lines. Redis CPU per round trip is the CPU of the redis-server processes (from /proc; on the Cluster every primary and replica) over the round trips, whoever else used them meanwhile.")
