@@ -68,6 +68,11 @@ type client struct {
 
 	sess *session // set when the connection is accepted, before it opens
 
+	// deadline is the socket's deadline set by refreshDeadline, unix
+	// nanoseconds (0: none set yet; noDeadline: none). The reading
+	// goroutine's alone.
+	deadline int64
+
 	state atomic.Uint32 // a connState
 	wmu   sync.Mutex    // one write at a time
 
@@ -369,16 +374,38 @@ func (c *client) readPackets() error {
 	}
 }
 
-// refreshDeadline sets the connection's deadline to one and a half keep
-// alive intervals from now ([MQTT-3.1.2-22]); keep alive 0 means no
-// deadline.
+// deadlineSlack is how much later than one and a half keep alive
+// intervals after a packet a connection's deadline may fall: the
+// deadline moves only when it would come earlier than that, so that a
+// busy connection (a PUBACK every few milliseconds) does not reset the
+// socket's two deadline timers for each packet.
+const deadlineSlack = 500 * time.Millisecond
+
+// refreshDeadline makes the connection's deadline (reads and writes) fall
+// between one and a half keep alive intervals from now and deadlineSlack
+// after that ([MQTT-3.1.2-22]: never before); keep alive 0 means no
+// deadline (set once: it clears the CONNECT's). It runs on the
+// connection's reading goroutine, the only one that uses c.deadline.
 func (c *client) refreshDeadline() {
-	var expiry time.Time
-	if ka := c.keepalive; ka > 0 {
-		expiry = time.Now().Add(time.Duration(ka+ka/2) * time.Second)
+	ka := c.keepalive
+	if ka == 0 {
+		if c.deadline != noDeadline {
+			c.deadline = noDeadline
+			_ = c.rc.SetDeadline(time.Time{})
+		}
+		return
 	}
-	_ = c.rc.SetDeadline(expiry)
+	need := time.Now().Add(time.Duration(ka) * 1500 * time.Millisecond)
+	if c.deadline > 0 && need.UnixNano() <= c.deadline {
+		return
+	}
+	at := need.Add(deadlineSlack)
+	c.deadline = at.UnixNano()
+	_ = c.rc.SetDeadline(at)
 }
+
+// noDeadline is client.deadline once the connection has no deadline.
+const noDeadline = -1
 
 // errCodecPanic marks a packet on which mochi's packet codec panicked.
 var errCodecPanic = errors.New("pushserver: the packet codec panicked")
