@@ -26,9 +26,11 @@
 //	                at most max-subscriptions filters a session     SUBACK 0x97 (0x80)
 //	PUBLISH         devices/{d}/responses by device d only          MQTT 5: PUBACK 0x87; 3.1.1: disconnect
 //	                QoS 2 or retain flag                            DISCONNECT 0x9B / 0x9A
-//	keep alive      a packet within 1.5 × keep alive; MQTT 5
-//	                clients get max-keepalive (10 s) as Server
-//	                Keep Alive when theirs is longer or 0
+//	keep alive      a packet within 1.5 × keep alive (the socket's
+//	                deadline, moved at most every 0.5 s: closed
+//	                within 0.5 s after that); MQTT 5 clients get
+//	                max-keepalive (10 s) as Server Keep Alive when
+//	                theirs is longer or 0
 //
 // MQTT 3.1.1 clients only ever get MQTT 3.1.1 return codes (0x01 to 0x05)
 // in a CONNACK: every refusal goes through connackCode.
@@ -70,7 +72,10 @@
 // next packet with Go's smallest stack (client.waitPacket); the packets
 // that arrive are read and handled by a worker (a pool of goroutines
 // whose stacks have grown already), which then starts a new waiting
-// goroutine. A session has goroutines only while it has work: its runner
+// goroutine; but when what arrived is nothing but plain PUBACKs (4 bytes
+// each, no reason code: client.pubacks, the live case), the waiting
+// goroutine processes them itself, without the codec, and waits again.
+// A session has goroutines only while it has work: its runner
 // (session.runSession, from another pool: register, fetch, PUBLISH) and
 // its background goroutine (AckMany, Refuse, Unsend; session.background,
 // from a third pool, Node.acker: a goroutine started per PUBACK grew its
@@ -79,12 +84,14 @@
 // (response.go).
 //
 // A PUBACK goes from the socket to Redis with at most two hand-offs
-// between goroutines; the reading worker handles it itself, with no
-// detour through the runner:
+// between goroutines (a plain PUBACK, one); the goroutine that reads it
+// handles it itself, with no detour through the runner:
 //
 //	socket
 //	  │  client.waitPacket (the waiting goroutine) reads its first bytes
-//	  ▼  hand-off 1: workers.run, to a parked worker (none parked: none)
+//	  │    nothing but plain PUBACKs (client.pubacks): no hand-off, it
+//	  │    calls session.puback itself (below), then waits again
+//	  ▼  else hand-off 1: workers.run, to a parked worker (none parked: none)
 //	worker: client.readPackets → readPacket (codec) → receive
 //	  │       → session.puback: the entry leaves the window, joins ackQ
 //	  ▼  hand-off 2: to the background goroutine (started if not running,
@@ -369,7 +376,10 @@
 // panic goes on. FuzzConnReader fuzzes that path, with its corpus in
 // testdata/fuzz/FuzzConnReader; the tests' packets are the table in
 // packets_test.go (every packet type of MQTT 3.1.1 and 5), checked
-// against the codec both ways.
+// against the codec both ways. The one packet read without the codec, a
+// plain PUBACK on the waiting goroutine (client.pubacks: exactly 0x40
+// 0x02 and a packet ID, or the bytes go to readPacket), is fuzzed
+// against the codec's path by FuzzPubacks.
 //
 // # Logs
 //
