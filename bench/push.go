@@ -249,7 +249,7 @@ func pushGateway(ctx context.Context, b *Bench, s *Section, ns string, clients, 
 		s.Note("Push server, live: no delivery counters: %v.", err)
 	} else {
 		d := func(name string) float64 { return after[name] - before[name] }
-		s.Note("Push server, live: of %.0f PUBLISHes, %.0f were sent as their wake-up carried them, without a mailbox read (gw_push_carried_total); %.0f mailbox reads (gw_push_mailbox_reads_total); %.0f entries acknowledged (gw_push_acks_total).",
+		s.Note("Push server, live: of %.0f PUBLISHes, %.0f were sent as their wake-up carried them, without a mailbox read (gw_push_carried_total); %.0f mailbox reads (gw_push_mailbox_reads_total); %.0f entries acknowledged in Redis by the time the last message arrived (gw_push_acks_total).",
 			d("gw_push_deliveries_total"), d("gw_push_carried_total"), d("gw_push_mailbox_reads_total"), d("gw_push_acks_total"))
 	}
 	if flat, cum, err := prof.summary(ctx, 12); err != nil {
