@@ -288,15 +288,25 @@
 // and a new waiting goroutine (client.pubacks; BenchmarkPubacks: 50-125
 // ns against 395-880 ns and an allocation through the codec, the
 // hand-offs saved besides), and the socket's deadline moves only when it
-// must (refreshDeadline, 0.5 s of slack: BenchmarkRefreshDeadline). On
-// the bench's push section (quick, 10,000 messages; seven pairs of runs
-// alternating builds, 2026-12-08) on a machine shared with other work at
-// load 15-25 (Mosquitto's own rate swung from 1,710 to 10,182 msgs/s
-// between runs, the live rate from 511 to 3,110), the push server's CPU
-// per live message was, before, 100 µs median (93-115, eleven runs)
-// and after 95 µs (83-114, seven runs; lower in five pairs of seven, by
-// 5 µs on average): a gain within the spread of these runs. (38 µs in
-// the last quiet report: the loaded machine inflates every figure.)
+// must (refreshDeadline, 0.5 s of slack: BenchmarkRefreshDeadline).
+// Measured on 2026-12-08, the bench's push section (50,000 messages),
+// five pairs of runs alternating builds, load 2-8 (others' benches and
+// Redis work; Mosquitto's own rate swung from 8,630 to 24,546 msgs/s
+// between runs, so the ratio says little), CPU per live message, median
+// (range):
+//
+//	                             before (f5ea66b)     after (db13a58)
+//	push server                  83.4 (70.8-99.4) µs  75.8 (66.6-81.4) µs
+//	bench (Puts and clients)     71.2 (59.2-87.4) µs  66.2 (57.8-71.6) µs
+//	Redis                        78.6 (68.8-98.8) µs  75.4 (72.4-81.6) µs
+//	all processes                238 (203-288) µs     217 (197-235) µs
+//	live / Mosquitto             0.464 (0.383-0.569)  0.393 (0.356-0.853)
+//
+// The push server was lower in four pairs of five (by 4.4 µs, the
+// median of the pairs): a gain, but within the spread of these runs.
+// Under load 15-25 (quick runs, 10,000 messages, seven pairs) it was
+// lost in the noise: 100 µs median before, 95 after. (38 µs in the
+// last quiet report: the shared machine inflates every figure.)
 //
 // Whatever is not acknowledged when a connection ends stays in the
 // mailbox and is sent again to the next session, on whichever node owns
