@@ -1,12 +1,15 @@
 package main
 
 import (
+	"bufio"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
+	"net/http"
 	"path/filepath"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -219,6 +222,7 @@ func pushGateway(ctx context.Context, b *Bench, s *Section, ns string, clients, 
 		profSecs = 1
 	}
 	prof := startProfile(ctx, b.metricsAddr[p], b.bins["pushserver"], filepath.Join(b.RunDir, "push", "pushserver-live.pprof"), profSecs)
+	before, beforeErr := scrapeCounters(ctx, b.metricsAddr[p], pushPathCounters...)
 	m.reset()
 	t0 = time.Now()
 	if err := parallel(ctx, putters, total, put); err != nil {
@@ -226,6 +230,7 @@ func pushGateway(ctx context.Context, b *Bench, s *Section, ns string, clients, 
 	}
 	putEl = time.Since(t0)
 	complete = rcv.wait(ctx, 60*time.Second)
+	after, afterErr := scrapeCounters(ctx, b.metricsAddr[p], pushPathCounters...)
 	el = time.Duration(rcv.last.Load() - t0.UnixNano())
 	got = rcv.count.Load()
 	cpu = m.table("push server, live", got)
@@ -240,6 +245,13 @@ func pushGateway(ctx context.Context, b *Bench, s *Section, ns string, clients, 
 	s.Latencies = append(s.Latencies, LatencyRow{"push server, live: mailbox.Put → client receives", rcv.lat.Summary()})
 	s.Note("Push server, live: the last of %d messages arrived %s after the first Put; the Puts took %s; %d duplicates, %d unparsable, %d redeliveries of backlog messages; the clients received %s.",
 		got, el.Round(time.Millisecond), putEl.Round(time.Millisecond), rcv.dups.Load(), rcv.bad.Load(), rcv.stale.Load(), statsOf(subs).minus(st))
+	if err := errors.Join(beforeErr, afterErr); err != nil {
+		s.Note("Push server, live: no delivery counters: %v.", err)
+	} else {
+		d := func(name string) float64 { return after[name] - before[name] }
+		s.Note("Push server, live: of %.0f PUBLISHes, %.0f were sent as their wake-up carried them, without a mailbox read (gw_push_carried_total); %.0f mailbox reads (gw_push_mailbox_reads_total); %.0f entries acknowledged in Redis by the time the last message arrived (gw_push_acks_total).",
+			d("gw_push_deliveries_total"), d("gw_push_carried_total"), d("gw_push_mailbox_reads_total"), d("gw_push_acks_total"))
+	}
 	if flat, cum, err := prof.summary(ctx, 12); err != nil {
 		s.Note("Push server, live: %v.", err)
 	} else {
@@ -451,4 +463,49 @@ func redisCallsCompared(backlog, live CPUTable) string {
 	}
 	return fmt.Sprintf("Redis calls per delivered message: from a backlog %.2f (%s); live %.2f (%s; the bench's mailbox.Put included).",
 		backlog.RedisCallsPerMsg, top(backlog), live.RedisCallsPerMsg, top(live))
+}
+
+// pushPathCounters are the push server's counters of its delivery path
+// that the push section reports for the live run.
+var pushPathCounters = []string{"gw_push_deliveries_total", "gw_push_carried_total", "gw_push_mailbox_reads_total", "gw_push_acks_total"}
+
+// scrapeCounters reads the named counters (without labels) from a
+// process's Prometheus endpoint at addr; a counter it does not find is
+// an error.
+func scrapeCounters(ctx context.Context, addr string, names ...string) (map[string]float64, error) {
+	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr+"/metrics", nil)
+	if err != nil {
+		return nil, err
+	}
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		return nil, err
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil, fmt.Errorf("http://%s/metrics answered %s", addr, resp.Status)
+	}
+	out := make(map[string]float64, len(names))
+	sc := bufio.NewScanner(resp.Body)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		name, val, ok := strings.Cut(sc.Text(), " ")
+		if !ok || !slices.Contains(names, name) {
+			continue
+		}
+		if v, err := strconv.ParseFloat(strings.TrimSpace(val), 64); err == nil {
+			out[name] = v
+		}
+	}
+	if err := sc.Err(); err != nil {
+		return nil, err
+	}
+	for _, name := range names {
+		if _, ok := out[name]; !ok {
+			return nil, fmt.Errorf("no %s at http://%s/metrics", name, addr)
+		}
+	}
+	return out, nil
 }

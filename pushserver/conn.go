@@ -68,6 +68,11 @@ type client struct {
 
 	sess *session // set when the connection is accepted, before it opens
 
+	// deadline is the socket's deadline set by refreshDeadline, unix
+	// nanoseconds (0: none set yet; noDeadline: none). The reading
+	// goroutine's alone.
+	deadline int64
+
 	state atomic.Uint32 // a connState
 	wmu   sync.Mutex    // one write at a time
 
@@ -258,12 +263,59 @@ func (c *client) next(err error) {
 // set after the last packet bounds the wait), then has them processed.
 // It is the first function of a waiting goroutine: until its wait is
 // over, keep it shallow and allocation-free.
+//
+// What it read is nothing but whole plain PUBACKs (pubacks, the live
+// case: a client acknowledges a PUBLISH or two at a time) it processes
+// itself, and waits again: no hand-off to a worker, no new waiting
+// goroutine. Anything else goes to a worker.
 func (c *client) waitPacket() {
-	if err := c.rc.wait(); err != nil {
-		c.end(err)
-		return
+	for {
+		if err := c.rc.wait(); err != nil {
+			c.end(err)
+			return
+		}
+		if !c.pubacks() {
+			c.n.workers.run(c)
+			return
+		}
+		if c.isClosed() {
+			c.end(nil)
+			return
+		}
+		c.refreshDeadline() // for the next packet
 	}
-	c.n.workers.run(c)
+}
+
+// pubackSize is the size of a PUBACK without a reason code: its fixed
+// header (0x40), remaining length 2, the packet ID. MQTT 5 leaves the
+// reason code out when it is 0x00 (success) and there are no properties.
+const pubackSize = 4
+
+// pubacks processes, on the waiting goroutine, what wait read when it is
+// nothing but whole PUBACKs of pubackSize (the codec would decode each to
+// its packet ID and reason code 0x00, and receive would call
+// session.puback with them), and reports whether it was; anything else
+// (another packet, a part of one, a PUBACK with a reason code) is left
+// for readPackets, on a worker. It keeps the reader's framing and counts
+// (connReader.frame, read) as readPacket would.
+func (c *client) pubacks() bool {
+	r := &c.rc
+	b := r.small[r.sr:r.sw]
+	if r.state != frameHeader || r.pre != nil || r.ahead != nil || len(b) == 0 || len(b)%pubackSize != 0 {
+		return false
+	}
+	for i := 0; i < len(b); i += pubackSize {
+		if b[i] != packets.Puback<<4 || b[i+1] != pubackSize-2 {
+			return false
+		}
+	}
+	r.frame(b)
+	r.sr = r.sw
+	for i := 0; i < len(b); i += pubackSize {
+		r.read++
+		c.sess.puback(uint16(b[i+2])<<8|uint16(b[i+3]), 0)
+	}
+	return true
 }
 
 // burst reads and processes the packets that have arrived, then hands
@@ -369,16 +421,38 @@ func (c *client) readPackets() error {
 	}
 }
 
-// refreshDeadline sets the connection's deadline to one and a half keep
-// alive intervals from now ([MQTT-3.1.2-22]); keep alive 0 means no
-// deadline.
+// deadlineSlack is how much later than one and a half keep alive
+// intervals after a packet a connection's deadline may fall: the
+// deadline moves only when it would come earlier than that, so that a
+// busy connection (a PUBACK every few milliseconds) does not reset the
+// socket's two deadline timers for each packet.
+const deadlineSlack = 500 * time.Millisecond
+
+// refreshDeadline makes the connection's deadline (reads and writes) fall
+// between one and a half keep alive intervals from now and deadlineSlack
+// after that ([MQTT-3.1.2-22]: never before); keep alive 0 means no
+// deadline (set once: it clears the CONNECT's). It runs on the
+// connection's reading goroutine, the only one that uses c.deadline.
 func (c *client) refreshDeadline() {
-	var expiry time.Time
-	if ka := c.keepalive; ka > 0 {
-		expiry = time.Now().Add(time.Duration(ka+ka/2) * time.Second)
+	ka := c.keepalive
+	if ka == 0 {
+		if c.deadline != noDeadline {
+			c.deadline = noDeadline
+			_ = c.rc.SetDeadline(time.Time{})
+		}
+		return
 	}
-	_ = c.rc.SetDeadline(expiry)
+	need := time.Now().Add(time.Duration(ka) * 1500 * time.Millisecond)
+	if c.deadline > 0 && need.UnixNano() <= c.deadline {
+		return
+	}
+	at := need.Add(deadlineSlack)
+	c.deadline = at.UnixNano()
+	_ = c.rc.SetDeadline(at)
 }
+
+// noDeadline is client.deadline once the connection has no deadline.
+const noDeadline = -1
 
 // errCodecPanic marks a packet on which mochi's packet codec panicked.
 var errCodecPanic = errors.New("pushserver: the packet codec panicked")

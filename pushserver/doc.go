@@ -26,9 +26,11 @@
 //	                at most max-subscriptions filters a session     SUBACK 0x97 (0x80)
 //	PUBLISH         devices/{d}/responses by device d only          MQTT 5: PUBACK 0x87; 3.1.1: disconnect
 //	                QoS 2 or retain flag                            DISCONNECT 0x9B / 0x9A
-//	keep alive      a packet within 1.5 × keep alive; MQTT 5
-//	                clients get max-keepalive (10 s) as Server
-//	                Keep Alive when theirs is longer or 0
+//	keep alive      a packet within 1.5 × keep alive (the socket's
+//	                deadline, moved at most every 0.5 s: closed
+//	                within 0.5 s after that); MQTT 5 clients get
+//	                max-keepalive (10 s) as Server Keep Alive when
+//	                theirs is longer or 0
 //
 // MQTT 3.1.1 clients only ever get MQTT 3.1.1 return codes (0x01 to 0x05)
 // in a CONNACK: every refusal goes through connackCode.
@@ -70,7 +72,10 @@
 // next packet with Go's smallest stack (client.waitPacket); the packets
 // that arrive are read and handled by a worker (a pool of goroutines
 // whose stacks have grown already), which then starts a new waiting
-// goroutine. A session has goroutines only while it has work: its runner
+// goroutine; but when what arrived is nothing but plain PUBACKs (4 bytes
+// each, no reason code: client.pubacks, the live case), the waiting
+// goroutine processes them itself, without the codec, and waits again.
+// A session has goroutines only while it has work: its runner
 // (session.runSession, from another pool: register, fetch, PUBLISH) and
 // its background goroutine (AckMany, Refuse, Unsend; session.background,
 // from a third pool, Node.acker: a goroutine started per PUBACK grew its
@@ -79,12 +84,14 @@
 // (response.go).
 //
 // A PUBACK goes from the socket to Redis with at most two hand-offs
-// between goroutines; the reading worker handles it itself, with no
-// detour through the runner:
+// between goroutines (a plain PUBACK, one); the goroutine that reads it
+// handles it itself, with no detour through the runner:
 //
 //	socket
 //	  │  client.waitPacket (the waiting goroutine) reads its first bytes
-//	  ▼  hand-off 1: workers.run, to a parked worker (none parked: none)
+//	  │    nothing but plain PUBACKs (client.pubacks): no hand-off, it
+//	  │    calls session.puback itself (below), then waits again
+//	  ▼  else hand-off 1: workers.run, to a parked worker (none parked: none)
 //	worker: client.readPackets → readPacket (codec) → receive
 //	  │       → session.puback: the entry leaves the window, joins ackQ
 //	  ▼  hand-off 2: to the background goroutine (started if not running,
@@ -262,6 +269,45 @@
 // the fetch (its stamp marks it on the wire), and so do results relayed
 // by the relay step, whose wake-up does not carry its entry yet.
 //
+// The Redis commands of a live message (about 10.6, INFO commandstats,
+// the bench's Put included) are the steps' own, not fetches: the Put
+// (XREVRANGE for the previous tail, XLEN, XADD, PEXPIRE and SADD, the
+// mailbox being empty again by then, GET of the session), its share of
+// a group-committed wake pipeline (SADD, PEXPIRE, PUBLISH per node for
+// about 20 wake-ups), and the ack (XRANGE: the step checks that the
+// entry carries no command, XDEL, XLEN, SREM). The bench's push section
+// notes how many PUBLISHes went out as their wake-up carried them
+// (gw_push_carried_total) against the mailbox reads. The live run sends
+// one PUBLISH per write: the bench's Puts go round the 1,000 clients, so
+// a session has one entry at a time to send (Mosquitto's run, whose
+// publishers outrun it, has many per write).
+//
+// Per PUBACK the push server then pays: the read, the wake-up of the
+// connection's waiting goroutine, and the hand-off to the background
+// goroutine. A plain PUBACK (4 bytes) no longer goes through a worker
+// and a new waiting goroutine (client.pubacks; BenchmarkPubacks: 50-125
+// ns against 395-880 ns and an allocation through the codec, the
+// hand-offs saved besides), and the socket's deadline moves only when it
+// must (refreshDeadline, 0.5 s of slack: BenchmarkRefreshDeadline).
+// Measured on 2026-12-08, the bench's push section (50,000 messages),
+// five pairs of runs alternating builds, load 2-8 (others' benches and
+// Redis work; Mosquitto's own rate swung from 8,630 to 24,546 msgs/s
+// between runs, so the ratio says little), CPU per live message, median
+// (range):
+//
+//	                             before (f5ea66b)     after (db13a58)
+//	push server                  83.4 (70.8-99.4) µs  75.8 (66.6-81.4) µs
+//	bench (Puts and clients)     71.2 (59.2-87.4) µs  66.2 (57.8-71.6) µs
+//	Redis                        78.6 (68.8-98.8) µs  75.4 (72.4-81.6) µs
+//	all processes                238 (203-288) µs     217 (197-235) µs
+//	live / Mosquitto             0.464 (0.383-0.569)  0.393 (0.356-0.853)
+//
+// The push server was lower in four pairs of five (by 4.4 µs, the
+// median of the pairs): a gain, but within the spread of these runs.
+// Under load 15-25 (quick runs, 10,000 messages, seven pairs) it was
+// lost in the noise: 100 µs median before, 95 after. (38 µs in the
+// last quiet report: the shared machine inflates every figure.)
+//
 // Whatever is not acknowledged when a connection ends stays in the
 // mailbox and is sent again to the next session, on whichever node owns
 // the identity then: duplicates are possible, loss is not; receivers
@@ -369,7 +415,11 @@
 // panic goes on. FuzzConnReader fuzzes that path, with its corpus in
 // testdata/fuzz/FuzzConnReader; the tests' packets are the table in
 // packets_test.go (every packet type of MQTT 3.1.1 and 5), checked
-// against the codec both ways.
+// against the codec both ways. The one packet read without the codec, a
+// plain PUBACK on the waiting goroutine (client.pubacks: exactly 0x40
+// 0x02 and a packet ID, or the bytes go to readPacket), is fuzzed
+// against the codec's path by FuzzPubacks, with its corpus in
+// testdata/fuzz/FuzzPubacks.
 //
 // # Logs
 //

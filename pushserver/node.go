@@ -318,7 +318,10 @@ func (n *Node) Start(ctx context.Context) (err error) {
 	// Wake messages poke many sessions at once: more parked runners
 	// spare new goroutines, whose stacks grow during their first step.
 	n.runners = newWorkers(max(64, 16*runtime.GOMAXPROCS(0)), (*session).runSession, n.ctx.Done())
-	n.acker = newWorkers(max(16, 4*runtime.GOMAXPROCS(0)), (*session).background, n.ctx.Done())
+	// Live, every session with a PUBACK has its background goroutine
+	// waiting on an AckMany (a share of a batch): tens at once, not
+	// just a few, so as many are kept parked as runners.
+	n.acker = newWorkers(max(64, 16*runtime.GOMAXPROCS(0)), (*session).background, n.ctx.Done())
 
 	// Subscribe to wake signals before joining, so that no signal sent to
 	// a member that is already in the ring is missed.
