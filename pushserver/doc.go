@@ -270,12 +270,13 @@
 // by the relay step, whose wake-up does not carry its entry yet.
 //
 // The Redis commands of a live message (about 10.6, INFO commandstats,
-// the bench's Put included) are the steps' own, not fetches: the Put
-// (XREVRANGE for the previous tail, XLEN, XADD, PEXPIRE and SADD, the
-// mailbox being empty again by then, GET of the session), its share of
-// a group-committed wake pipeline (SADD, PEXPIRE, PUBLISH per node for
-// about 20 wake-ups), and the ack (XRANGE: the step checks that the
-// entry carries no command, XDEL, XLEN, SREM). The bench's push section
+// the bench's Put included, before the ack's XRANGE went) are the steps'
+// own, not fetches: the Put (XREVRANGE for the previous tail, XLEN, XADD,
+// PEXPIRE and SADD, the mailbox being empty again by then, GET of the
+// session), its share of a group-committed wake pipeline (SADD, PEXPIRE,
+// PUBLISH per node for about 20 wake-ups), and the ack (XDEL, XLEN,
+// SREM; a carried entry is marked read, as one Fetch returned, so the
+// step no longer reads it to check that it carries no command). The bench's push section
 // notes how many PUBLISHes went out as their wake-up carried them
 // (gw_push_carried_total) against the mailbox reads. The live run sends
 // one PUBLISH per write: the bench's Puts go round the 1,000 clients, so
