@@ -1,5 +1,5 @@
-# redis-lib.sh: the helpers redis-cluster.sh and redis-sentinel.sh share,
-# sourced by both. The script sets HOST, BASE (one folder per port, with
+# redis-lib.sh: the helpers redis-cluster.sh, redis-sentinel.sh and
+# redis-shard.sh share, sourced by each. The script sets HOST, BASE (one folder per port, with
 # the node's redis.pid), RUN_DIR, WAIT, LOCK_NAME and LOCK_PORT, and
 # defines say, warn, die and conf_of PORT before sourcing it.
 
@@ -113,6 +113,61 @@ refuse_foreign() {
 		elif tcp_used "$p" && ! pid_of "$p" >/dev/null; then
 			# (A node of ours that hangs is stopped and started again.)
 			die "port $p: in use by something that is not a Redis answering PING; free the port"
+		fi
+	done
+}
+
+# node_conf PORT prints the settings every data node of these scripts
+# shares: loopback only, a daemon whose files are in $BASE/PORT, every
+# write fsynced before it is acknowledged (appendfsync always, as §7a's
+# durable Redis), no eviction. The script adds its own (cluster,
+# replicaof).
+node_conf() {
+	local dir=$BASE/$1
+	cat <<-EOF
+		port $1
+		bind $HOST
+		protected-mode yes
+		daemonize yes
+		dir $dir
+		pidfile $dir/redis.pid
+		logfile $dir/redis.log
+		appendonly yes
+		appendfsync always
+		save ""
+		maxmemory-policy noeviction
+	EOF
+}
+
+# start_node PORT [ARGS...] starts the node (or sentinel) on PORT from its
+# config (conf_of PORT) with ARGS, and waits until it answers.
+start_node() {
+	local port=$1 dir=$BASE/$1
+	shift
+	# 8>&- 9>&-: the daemon must not inherit (and hold forever) the locks of
+	# lock().
+	if ! redis-server "$(conf_of "$port")" "$@" >"$dir/start.log" 2>&1 </dev/null 8>&- 9>&-; then
+		warn "$port: redis-server failed: $(tail -n 3 "$dir/start.log" "$dir/redis.log" 2>/dev/null)"
+		return 1
+	fi
+	if ! wait_until "$WAIT" answers "$port"; then
+		warn "$port: not answering after ${WAIT}s; see the log in $dir"
+		return 1
+	fi
+}
+
+# status_nodes PORT... prints a line for each: up (its role, pid, and
+# whether this script started it) or down.
+status_nodes() {
+	local p role
+	for p in "$@"; do
+		if answers "$p"; then
+			role=$(field "$p" server redis_mode)
+			[[ $role == sentinel ]] || role=$(field "$p" replication role)
+			printf '%s:%s  up    %-8s pid %s%s\n' "$HOST" "$p" "$role" \
+				"$(field "$p" server process_id)" "$(ours "$p" || echo '  (not started by this script)')"
+		else
+			printf '%s:%s  down\n' "$HOST" "$p"
 		fi
 	done
 }

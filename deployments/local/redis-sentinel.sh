@@ -153,21 +153,11 @@ write_confs() {
 	for p in "${DATA[@]}"; do
 		dir=$BASE/$p
 		mkdir -p "$dir"
-		cat >"$dir/redis.conf" <<-EOF
-			# Written by deployments/local/redis-sentinel.sh; wiped with the rest.
-			# The sentinels rewrite replicaof here after a failover.
-			port $p
-			bind $HOST
-			protected-mode yes
-			daemonize yes
-			dir $dir
-			pidfile $dir/redis.pid
-			logfile $dir/redis.log
-			appendonly yes
-			appendfsync always
-			save ""
-			maxmemory-policy noeviction
-		EOF
+		{
+			echo "# Written by deployments/local/redis-sentinel.sh; wiped with the rest."
+			echo "# The sentinels rewrite replicaof here after a failover."
+			node_conf "$p"
+		} >"$dir/redis.conf"
 		if [[ $p != "${DATA[0]}" ]]; then
 			printf 'replicaof %s %s\n' "$HOST" "${DATA[0]}" >>"$dir/redis.conf"
 		fi
@@ -192,20 +182,12 @@ write_confs() {
 	done
 }
 
-# start_one PORT starts the process from its config and waits until it
-# answers.
+# start_one PORT starts the data node or sentinel on PORT (start_node).
 start_one() {
-	local port=$1 dir=$BASE/$1 args=()
-	is_sentinel "$port" && args=(--sentinel)
-	# 8>&- 9>&-: the daemon must not inherit (and hold forever) the locks of
-	# lock().
-	if ! redis-server "$(conf_of "$port")" "${args[@]}" >"$dir/start.log" 2>&1 </dev/null 8>&- 9>&-; then
-		warn "$port: redis-server failed: $(tail -n 3 "$dir/start.log" 2>/dev/null)"
-		return 1
-	fi
-	if ! wait_until "$WAIT" answers "$port"; then
-		warn "$port: not answering after ${WAIT}s; see the log in $dir"
-		return 1
+	if is_sentinel "$1"; then
+		start_node "$1" --sentinel
+	else
+		start_node "$1"
 	fi
 }
 
@@ -282,17 +264,8 @@ cmd_stop() {
 }
 
 cmd_status() {
-	local p why role
-	for p in "${ALL[@]}"; do
-		if answers "$p"; then
-			role=$(field "$p" server redis_mode)
-			[[ $role == sentinel ]] || role=$(field "$p" replication role)
-			printf '%s:%s  up    %-8s pid %s%s\n' "$HOST" "$p" "$role" \
-				"$(field "$p" server process_id)" "$(ours "$p" || echo '  (not started by this script)')"
-		else
-			printf '%s:%s  down\n' "$HOST" "$p"
-		fi
-	done
+	local why
+	status_nodes "${ALL[@]}"
 	if why=$(health); then
 		say "healthy; primary $(cli "${SENTINELS[0]}" sentinel get-master-addr-by-name "$MASTER" | paste -sd:)"
 	else

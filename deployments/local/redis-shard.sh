@@ -92,37 +92,12 @@ health() {
 write_conf() {
 	local port=$1 dir=$BASE/$1
 	mkdir -p "$dir"
-	cat >"$dir/redis.conf" <<-EOF
-		# Written by deployments/local/redis-shard.sh; wiped with it.
-		port $port
-		bind $HOST
-		protected-mode yes
-		daemonize yes
-		dir $dir
-		pidfile $dir/redis.pid
-		logfile $dir/redis.log
-		appendonly yes
-		appendfsync always
-		save ""
-		maxmemory-policy noeviction
-	EOF
+	{
+		echo "# Written by deployments/local/redis-shard.sh; wiped with it."
+		node_conf "$port"
+	} >"$dir/redis.conf"
 	if [[ $port != "${PORTS[0]}" ]]; then
 		printf 'replicaof %s %s\n' "$HOST" "${PORTS[0]}" >>"$dir/redis.conf"
-	fi
-}
-
-# start_node PORT starts the node from its config and waits until it answers.
-start_node() {
-	local port=$1 dir=$BASE/$1
-	# 8>&- 9>&-: the daemon must not inherit (and hold forever) the locks of
-	# lock().
-	if ! redis-server "$dir/redis.conf" >"$dir/start.log" 2>&1 </dev/null 8>&- 9>&-; then
-		warn "node $port: redis-server failed: $(tail -n 3 "$dir/start.log" "$dir/redis.log" 2>/dev/null)"
-		return 1
-	fi
-	if ! wait_until "$WAIT" answers "$port"; then
-		warn "node $port: not answering after ${WAIT}s; see $dir/redis.log"
-		return 1
 	fi
 }
 
@@ -159,15 +134,8 @@ cmd_stop() {
 }
 
 cmd_status() {
-	local p why
-	for p in "${PORTS[@]}"; do
-		if answers "$p"; then
-			printf '%s:%s  up    %-7s pid %s%s\n' "$HOST" "$p" "$(field "$p" replication role)" \
-				"$(field "$p" server process_id)" "$(ours "$p" || echo '  (not started by this script)')"
-		else
-			printf '%s:%s  down\n' "$HOST" "$p"
-		fi
-	done
+	local why
+	status_nodes "${PORTS[@]}"
 	if why=$(health); then
 		say "healthy"
 	else
