@@ -63,11 +63,10 @@ func (d *redisDeploy) nodes(ctx context.Context) ([]redisNode, error) {
 	var mu sync.Mutex
 	collect := func(primary bool) func(context.Context, *redis.Client) error {
 		return func(ctx context.Context, n *redis.Client) error {
-			m, err := n.InfoMap(ctx, "server").Result()
+			pid, err := processID(ctx, n)
 			if err != nil {
 				return err
 			}
-			pid, _ := strconv.Atoi(m["Server"]["process_id"])
 			node := redisNode{addr: n.Options().Addr, pid: pid, primary: primary}
 			if primary {
 				node.client = n
@@ -109,18 +108,28 @@ func (d *redisDeploy) serverNodes(ctx context.Context) ([]redisNode, error) {
 	var out []redisNode
 	for _, addr := range replicaAddrs(m["Replication"]) {
 		r := redis.NewClient(&redis.Options{Addr: addr, Username: c.Options().Username, Password: c.Options().Password})
-		rm, err := r.InfoMap(ctx, "server").Result()
+		rpid, err := processID(ctx, r)
 		r.Close()
 		if err != nil {
 			return nil, fmt.Errorf("cannot read INFO of the replica %s: %w", addr, err)
 		}
-		rpid, _ := strconv.Atoi(rm["Server"]["process_id"])
 		out = append(out, redisNode{addr: addr, pid: rpid})
 	}
 	if len(out) > 0 && c != nil {
 		self.addr = c.Options().Addr
 	}
 	return append([]redisNode{self}, out...), nil
+}
+
+// processID returns the process id of the Redis of c (INFO server; 0 when
+// INFO does not give one).
+func processID(ctx context.Context, c *redis.Client) (int, error) {
+	m, err := c.InfoMap(ctx, "server").Result()
+	if err != nil {
+		return 0, err
+	}
+	pid, _ := strconv.Atoi(m["Server"]["process_id"])
+	return pid, nil
 }
 
 // replicaAddrs returns the addresses of the replicas that the fields of

@@ -178,7 +178,7 @@ func roundTripCost(b *testing.B, conc int) {
 	type cmd struct {
 		c   *mailbox.Command
 		rec *mailbox.Command
-		dev []mailbox.Entry
+		got []mailbox.Entry // what the last fetch phase read
 	}
 	cmds := make([]*cmd, n+1)
 	for i := range cmds {
@@ -192,6 +192,18 @@ func roundTripCost(b *testing.B, conc int) {
 			Timeout: 10 * time.Second, ExpiresIn: time.Minute}
 		c.Fingerprint = protocol.Fingerprint(device, c.Method, nil, c.Timeout, c.ExpiresIn)
 		cmds[i] = &cmd{c: c}
+	}
+	// fetchOne is the phase that reads the one entry waiting for the
+	// command's device or client (who), kept in got for the ack.
+	fetchOne := func(who string, identity func(x *cmd) string) func(x *cmd) error {
+		return func(x *cmd) error {
+			es, err := s.Fetch(ctx, identity(x), "", 10)
+			if err == nil && len(es) != 1 {
+				err = fmt.Errorf("Fetch(%s) = %d entries, want 1", who, len(es))
+			}
+			x.got = es
+			return err
+		}
 	}
 	phases := []struct {
 		name string
@@ -218,15 +230,8 @@ func roundTripCost(b *testing.B, conc int) {
 			}
 			return err
 		}},
-		{"fetch device (xrange+stamp)", func(x *cmd) error {
-			es, err := s.Fetch(ctx, x.c.Device, "", 10)
-			if err == nil && len(es) != 1 {
-				err = fmt.Errorf("Fetch(device) = %d entries, want 1", len(es))
-			}
-			x.dev = es
-			return err
-		}},
-		{"ack device", func(x *cmd) error { return s.Ack(ctx, x.c.Device, x.dev[0]) }},
+		{"fetch device (xrange+stamp)", fetchOne("device", func(x *cmd) string { return x.c.Device })},
+		{"ack device", func(x *cmd) error { return s.Ack(ctx, x.c.Device, x.got[0]) }},
 		{"complete+relay+xdel", func(x *cmd) error {
 			out, err := s.Complete(cctx, x.c.Client, x.c.ID.Key(), x.c.Device, resp, 0, "node-c")
 			if err == nil && out != mailbox.OutcomeSucceeded {
@@ -234,15 +239,8 @@ func roundTripCost(b *testing.B, conc int) {
 			}
 			return err
 		}},
-		{"fetch client (xrange+stamp)", func(x *cmd) error {
-			es, err := s.Fetch(ctx, x.c.Client, "", 10)
-			if err == nil && len(es) != 1 {
-				err = fmt.Errorf("Fetch(client) = %d entries, want 1", len(es))
-			}
-			x.dev = es
-			return err
-		}},
-		{"ack client", func(x *cmd) error { return s.Ack(ctx, x.c.Client, x.dev[0]) }},
+		{"fetch client (xrange+stamp)", fetchOne("client", func(x *cmd) string { return x.c.Client })},
+		{"ack client", func(x *cmd) error { return s.Ack(ctx, x.c.Client, x.got[0]) }},
 	}
 	// One command through every phase first, to load the library.
 	for _, ph := range phases {
